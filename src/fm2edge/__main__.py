@@ -1,0 +1,3 @@
+from fm2edge.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""Command line: a {command: (function, config class)} table; jsonargparse builds every flag from the classes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from fm2edge.catalog import ListJob, list_job
+from fm2edge.config import DemoJob, TrainJob
+from fm2edge.demo import demo_job
+from fm2edge.errors import Fm2EdgeError
+from fm2edge.train import train_job
+
+COMMANDS = {
+    "demo": (demo_job, DemoJob, "run the whole lifecycle offline on scikit-learn's digits (no arguments needed)"),
+    "train": (train_job, TrainJob, "train a model on labelled images, no teacher (the lab's task 5)"),
+    "list": (list_job, ListJob, "list registered models and accepted data sources"),
+}
+
+
+def build_parser():
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog="fm2edge", description="From a vision foundation model to a tiny edge model, "
+                            "with numbers for what was gained and lost.", exit_on_error=False,
+                            allow_abbrev=False)
+    sub = parser.add_subcommands(dest="command", required=True)
+    for name, (_, cls, help_text) in COMMANDS.items():
+        # allow_abbrev=False: a misspelt flag such as --train.epoch must be an error, not a prefix of --train.epochs
+        p = ArgumentParser(description=(cls.__doc__ or help_text).split("\n")[0], exit_on_error=False,
+                           allow_abbrev=False)
+        p.add_argument("--config", action=ActionConfigFile, help="YAML file with the same sections as the flags")
+        p.add_class_arguments(cls, as_group=False, fail_untyped=True)
+        sub.add_subcommand(name, p, help=help_text)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("datasets", "transformers", "accelerate", "timm", "filelock", "urllib3", "httpx", "huggingface_hub",
+                  "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jsonargparse import ArgumentError
+
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    try:
+        cfg = parser.parse_args(argv)
+        fn, cls, _ = COMMANDS[cfg.command]
+        job = parser.instantiate(cfg)[cfg.command]
+        # jsonargparse leaves the top-level class as a namespace; build it (its __post_init__ validates).
+        job = cls(**{k: v for k, v in vars(job).items() if k != "config"})
+    except (ArgumentError, ValueError, TypeError) as exc:
+        print(f"fm2edge: error: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
+        return 2
+    _quiet_libraries()
+    try:
+        fn(job)
+    except Fm2EdgeError as exc:
+        print(f"fm2edge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fm2edge: interrupted; the run folder keeps its last checkpoint: rerun with --run.resume true",
+              file=sys.stderr)
+        return 130
+    return 0

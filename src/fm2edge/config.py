@@ -1,0 +1,231 @@
+"""Typed configuration: one dataclass per stage.
+
+YAML sections and ``--section.field`` flags map 1:1 onto these classes (jsonargparse reads the signatures and the
+``Args:`` docstrings below, so ``fm2edge CMD --help`` shows them). Precedence is defaults < YAML (``--config``) <
+flags; unknown keys are errors. ``__post_init__`` validates values so a bad one fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass
+class DataConfig:
+    """Where images and labels come from, and which of them to use.
+
+    Args:
+        source: "digits" (scikit-learn's 8x8 digits, offline), a Hugging Face dataset id such as "uoft-cs/cifar10",
+            a local folder of parquet/arrow files in the hub's schema, a single parquet/arrow file, or an image
+            folder laid out as root/<class>/<image>.
+        train_split: Name of the training split.
+        test_split: Name of the test split; when the source has none, a stratified hold-out of the training split
+            of size test_fraction is used.
+        test_fraction: Share of the training split held out as test data when the source has no test split.
+        image_column: Image column; detected from the schema when empty.
+        label_column: Label column; detected from the schema when empty.
+        max_train: Use at most this many training images, class-balanced.
+        max_test: Use at most this many test images, class-balanced.
+        per_class: Use this many labelled training images per class (overrides max_train).
+        image_size: Store images at this square size (shortest-edge resize then centre crop); empty keeps the native
+            size when all images share it, else 224.
+        revision: Dataset revision on the hub (branch, tag or commit).
+        cache_dir: Folder for the decoded uint8 image cache; empty uses $FM2EDGE_CACHE or ~/.cache/fm2edge.
+        on_bad_image: What to do with an image that cannot be decoded: "error" stops, "skip" drops it and counts it.
+    """
+
+    source: str = "digits"
+    train_split: str = "train"
+    test_split: str = "test"
+    test_fraction: float = 0.25
+    image_column: str | None = None
+    label_column: str | None = None
+    max_train: int | None = None
+    max_test: int | None = None
+    per_class: int | None = None
+    image_size: int | None = None
+    revision: str | None = None
+    cache_dir: str | None = None
+    on_bad_image: Literal["error", "skip"] = "error"
+
+    def __post_init__(self) -> None:
+        _check(bool(self.source), "data.source must not be empty")
+        _check(0.0 < self.test_fraction < 1.0, f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
+        for name in ("max_train", "max_test", "per_class", "image_size"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, f"data.{name} must be at least 1, got {value}")
+
+
+@dataclass
+class ModelConfig:
+    """Which network, and how its inputs are prepared.
+
+    Args:
+        name: Registered model name with its source prefix, e.g. "student:cifar_resnet18", "torchvision:resnet18",
+            "timm:mobilenetv3_small_100", "hf:facebook/dinov2-small" or "hf:/path/to/saved/model"
+            (see `fm2edge list`).
+        pretrained: Load pretrained weights (hub or package); false builds the architecture with random weights.
+        image_size: Input resolution; empty uses the model's own.
+        crop_pct: Share of the resized image kept by the centre crop (1.0 resizes straight to image_size);
+            empty uses the model's own.
+        mean: Per-channel normalisation mean; empty uses the model's own.
+        std: Per-channel normalisation std; empty uses the model's own.
+    """
+
+    name: str = "student:small_cnn"
+    pretrained: bool = False
+    image_size: int | None = None
+    crop_pct: float | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "model.name must not be empty")
+        _check(self.image_size is None or self.image_size >= 8, f"model.image_size must be >= 8, got {self.image_size}")
+        _check(self.crop_pct is None or 0.0 < self.crop_pct <= 1.0,
+               f"model.crop_pct must be in (0, 1], got {self.crop_pct}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            _check(value is None or len(value) == 3, f"model.{name} needs 3 values (R, G, B), got {value}")
+        _check(self.std is None or all(s > 0 for s in self.std), f"model.std must be positive, got {self.std}")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop: optimiser, schedule, precision, batching.
+
+    Args:
+        epochs: Passes over the training set.
+        batch_size: Images per optimiser step, summed over processes.
+        lr: Peak learning rate.
+        optimizer: "adam" (the lab's), "adamw" or "sgd" (Nesterov momentum).
+        weight_decay: Weight decay.
+        momentum: SGD momentum.
+        schedule: "constant" (the lab's), "cosine" or "onecycle" (linear warm-up then linear decay), stepped per batch.
+        warmup_epochs: Linear warm-up length for "cosine".
+        label_smoothing: Cross-entropy label smoothing.
+        augment: On-device augmentation: "none" (the lab's), "flip", or "crop_flip" (4-pixel-padded random crop + flip).
+        precision: "auto" is bf16 autocast on CUDA and fp32 on CPU; "bf16" forces autocast where supported.
+        device: "auto" picks CUDA when available.
+        seed: Seed for weights, data order and augmentation; each epoch reseeds from (seed, epoch) so a resumed run
+            follows the same path as an uninterrupted one.
+        eval_batch_size: Batch size for evaluation.
+        channels_last: Use channels_last memory format for convolutional networks.
+        compile: Wrap the model in torch.compile.
+        keep_checkpoints: Epoch checkpoints to keep (the newest ones).
+    """
+
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    augment: Literal["none", "flip", "crop_flip"] = "none"
+    precision: Precision = "auto"
+    device: Device = "auto"
+    seed: int = 0
+    eval_batch_size: int = 512
+    channels_last: bool = True
+    compile: bool = False
+    keep_checkpoints: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"train.epochs must be at least 1, got {self.epochs}")
+        _check(self.batch_size >= 1, f"train.batch_size must be at least 1, got {self.batch_size}")
+        _check(self.eval_batch_size >= 1, f"train.eval_batch_size must be at least 1, got {self.eval_batch_size}")
+        _check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(0 <= self.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check(self.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _check(self.keep_checkpoints >= 1, f"train.keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
+
+
+@dataclass
+class RunConfig:
+    """Where results go.
+
+    Args:
+        root: Folder that holds run folders.
+        name: Run folder name under root; empty derives one from the command and the model.
+        resume: Continue the run in an existing run folder from its last checkpoint.
+        overwrite: Delete an existing run folder of the same name first.
+    """
+
+    root: str = "runs"
+    name: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _check(not (self.resume and self.overwrite), "run.resume and run.overwrite cannot both be true")
+        _check(self.name is None or ("/" not in self.name and self.name not in (".", "..")),
+               f"run.name must be a plain folder name, got {self.name!r}")
+
+
+@dataclass
+class TrainJob:
+    """`fm2edge train`: train a model on labelled images with the one training loop (no teacher)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class DemoJob:
+    """`fm2edge demo`: the whole lifecycle, offline, on scikit-learn's digits, in a few minutes on a laptop CPU.
+
+    Args:
+        run: Where the demo's run folders go.
+        epochs: Training epochs for each student.
+    """
+
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="demo", overwrite=True))
+    epochs: int = 15
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain-dict view of a config dataclass, for YAML and JSON."""
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML, key-for-key loadable with ``--config``."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Rebuild a (nested) config dataclass from a plain dict, refusing unknown keys."""
+    kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown config keys for {cls.__name__}: {sorted(unknown)}")
+    for name, value in values.items():
+        ftype = fields[name].type
+        sub = _CONFIG_CLASSES.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+        kwargs[name] = from_dict(sub, value) if sub is not None and isinstance(value, dict) else value
+    return cls(**kwargs)
+
+
+_CONFIG_CLASSES = {c.__name__: c for c in (DataConfig, ModelConfig, TrainConfig, RunConfig, TrainJob, DemoJob)}

@@ -1,0 +1,333 @@
+"""One dataset type for every source: decoded uint8 images, integer labels and class names.
+
+Sources (scikit-learn digits, a hub id, local parquet/arrow files, an image folder) are opened through
+Hugging Face ``datasets`` where it applies; images are then decoded once into a uint8 N x 3 x H x W array cached on
+disk and memory-mapped, so epochs never re-decode and memory does not grow with the dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fm2edge.config import DataConfig
+from fm2edge.data.images import decode, peek_size
+from fm2edge.errors import Fm2EdgeError, HubUnreachableError, is_offline_error
+from fm2edge.runs import atomic_dir
+
+log = logging.getLogger(__name__)
+
+IMAGE_COLUMNS = ("img", "image", "images", "pixel_values", "picture", "photo")
+LABEL_COLUMNS = ("label", "labels", "fine_label", "target", "class", "category")
+DEFAULT_VARIABLE_SIZE = 224
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass
+class ImageData:
+    """Images as a uint8 tensor (N, 3, H, W), labels as int64 (N,), and the dataset's class names."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    fingerprint: str
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.images.shape[-2]), int(self.images.shape[-1])
+
+    def subset(self, indices: np.ndarray | torch.Tensor) -> ImageData:
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        digest = hashlib.sha1(idx.numpy().tobytes()).hexdigest()[:12]
+        return ImageData(self.images[idx], self.labels[idx], self.class_names, f"{self.fingerprint}-{digest}")
+
+
+def balanced_indices(labels: np.ndarray, n: int | None = None, per_class: int | None = None) -> np.ndarray:
+    """Deterministic class-balanced selection, in source order.
+
+    Classes are interleaved by rank of appearance (the first image of every class, then the second of every class,
+    ...) and the first ``n`` are kept, so every class gets n // C or one more while it has images. ``per_class``
+    keeps the first k images of each class. On a source already interleaved by class (the shared CIFAR-10 copy)
+    this equals ``range(n)``, the lab's ``select(range(5000))``.
+    """
+    labels = np.asarray(labels)
+    if per_class is not None:
+        keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)])
+        return np.sort(keep)
+    if n is None or n >= len(labels):
+        return np.arange(len(labels))
+    rank = np.zeros(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        rank[where] = np.arange(len(where))
+    order = np.lexsort((np.arange(len(labels)), rank))
+    return np.sort(order[:n])
+
+
+def holdout_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (train, test) index split for sources without a test split."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 2 else None
+    train, test = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
+    return np.sort(train), np.sort(test)
+
+
+# ---------------------------------------------------------------- opening sources
+
+
+@dataclass
+class _Split:
+    """One split before decoding: a row accessor for encoded images, the labels, and a stable fingerprint."""
+
+    rows: Any  # sequence of encoded images (bytes / path / PIL) or an array of decoded HWC uint8 images
+    labels: np.ndarray
+    class_names: list[str]
+    fingerprint: str
+
+
+def _digits() -> dict[str, _Split]:
+    import sklearn
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # 8x8 intensities 0..16 -> 0..255, replicated to RGB, like any greyscale image.
+    grey = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    names = [str(n) for n in bunch.target_names]
+    return {"train": _Split(rgb, bunch.target.astype(np.int64), names, f"sklearn-digits-{sklearn.__version__}")}
+
+
+def _open_hf(cfg: DataConfig) -> Any:
+    from datasets import load_dataset, load_from_disk
+
+    path = Path(cfg.source).expanduser()
+    if path.exists():
+        if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists()):
+            return load_from_disk(str(path))
+        if path.is_file():
+            kind = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}.get(path.suffix)
+            if kind is None:
+                raise Fm2EdgeError(f"data.source '{cfg.source}' is a file of an unsupported type; give a .parquet or "
+                                   f".arrow file, or a folder of them, or an image folder root/<class>/<image>")
+            return load_dataset(kind, data_files={cfg.train_split: str(path)})
+        if not any(path.iterdir()):
+            raise Fm2EdgeError(f"data.source '{cfg.source}' is an empty folder; put parquet/arrow files or "
+                               f"class sub-folders of images in it")
+        return load_dataset(str(path))
+    if cfg.source.startswith((".", "/", "~")) or not HUB_ID.match(cfg.source):
+        raise Fm2EdgeError(f"data.source '{cfg.source}' does not exist; give an existing folder or file, "
+                           f"a hub dataset id like 'uoft-cs/cifar10', or 'digits'")
+    try:
+        return load_dataset(cfg.source, revision=cfg.revision)
+    except Exception as exc:  # noqa: BLE001 - the hub raises many types; classify, then re-raise
+        if is_offline_error(exc):
+            raise HubUnreachableError("dataset", cfg.source, "--data.source") from exc
+        if type(exc).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError", "FileNotFoundError"):
+            raise Fm2EdgeError(f"data.source '{cfg.source}' is neither a local path nor a dataset on the hub") from exc
+        raise
+
+
+def _pick_column(features: dict, given: str | None, candidates: tuple[str, ...], kind: str, source: str,
+                 type_name: str) -> str:
+    names = list(features)
+    if given is not None:
+        if given not in features:
+            raise Fm2EdgeError(f"data.{kind}_column '{given}' is not a column of '{source}'; its columns are {names}")
+        return given
+    typed = [n for n, f in features.items() if type(f).__name__ == type_name]
+    if typed:
+        return typed[0]
+    for cand in candidates:
+        if cand in features:
+            return cand
+    raise Fm2EdgeError(f"cannot tell which column of '{source}' holds the {kind}s (columns: {names}); "
+                       f"name it with --data.{kind}_column")
+
+
+def _hf_splits(cfg: DataConfig) -> dict[str, _Split]:
+    from datasets import Dataset, DatasetDict
+    from datasets import Image as ImageFeature
+
+    dsd = _open_hf(cfg)
+    if isinstance(dsd, Dataset):
+        dsd = DatasetDict({cfg.train_split: dsd})
+    splits = {}
+    for split, ds in dsd.items():
+        if split not in (cfg.train_split, cfg.test_split):
+            continue
+        if len(ds) == 0:
+            raise Fm2EdgeError(f"split '{split}' of data.source '{cfg.source}' is empty")
+        img_col = _pick_column(ds.features, cfg.image_column, IMAGE_COLUMNS, "image", cfg.source, "Image")
+        lbl_col = _pick_column(ds.features, cfg.label_column, LABEL_COLUMNS, "label", cfg.source, "ClassLabel")
+        feature = ds.features[lbl_col]
+        raw = np.asarray(ds.with_format("numpy")[lbl_col])
+        if hasattr(feature, "names"):
+            names = list(feature.names)
+            labels = raw.astype(np.int64)
+        else:
+            values = np.unique(raw)
+            names = [str(v) for v in values]
+            labels = np.searchsorted(values, raw).astype(np.int64)
+        if isinstance(ds.features[img_col], ImageFeature):
+            ds = ds.cast_column(img_col, ImageFeature(decode=False))
+        rows = _EncodedColumn(ds, img_col)
+        splits[split] = _Split(rows, labels, names, f"{ds._fingerprint}-{img_col}-{lbl_col}")
+    if cfg.train_split not in splits:
+        raise Fm2EdgeError(f"data.source '{cfg.source}' has no split '{cfg.train_split}'; its splits are "
+                           f"{list(dsd)}; choose one with --data.train_split")
+    return splits
+
+
+class _EncodedColumn:
+    """Indexable view of an image column that yields encoded bytes or a path, never a decoded PIL image."""
+
+    def __init__(self, ds: Any, column: str) -> None:
+        self.ds, self.column = ds, column
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def take(self, indices: np.ndarray) -> list:
+        cells = self.ds.select(indices.tolist())[self.column] if len(indices) != len(self.ds) else self.ds[self.column]
+        out = []
+        for cell in cells:
+            if isinstance(cell, dict):
+                out.append(cell.get("bytes") or cell.get("path"))
+            else:
+                out.append(cell)
+        return out
+
+
+def _check_labels(labels: np.ndarray, names: list[str], where: str) -> None:
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
+        bad = labels[(labels < 0) | (labels >= len(names))]
+        raise Fm2EdgeError(f"{where} has labels outside the class range 0..{len(names) - 1} (e.g. {int(bad[0])}); "
+                           f"fix the label column or its class names")
+
+
+# ---------------------------------------------------------------- decoding + cache
+
+
+def cache_root(cfg: DataConfig) -> Path:
+    root = cfg.cache_dir or os.environ.get("FM2EDGE_CACHE") or Path.home() / ".cache" / "fm2edge"
+    return Path(root) / "images"
+
+
+def _target_size(rows: list, size: int | None) -> tuple[int, int] | None:
+    if size is not None:
+        return (size, size)
+    sizes = set()
+    for r in rows:
+        try:
+            sizes.add(peek_size(r))
+        except Exception:  # noqa: BLE001 - unreadable headers are reported by the decoder, which decides
+            continue
+        if len(sizes) > 1:
+            log.info("images differ in size; storing them at %d x %d", DEFAULT_VARIABLE_SIZE, DEFAULT_VARIABLE_SIZE)
+            return (DEFAULT_VARIABLE_SIZE, DEFAULT_VARIABLE_SIZE)
+    return sizes.pop() if sizes else None
+
+
+def _decode_all(rows: list, size: tuple[int, int] | None, out: np.ndarray, on_bad: str, where: str) -> np.ndarray:
+    """Decode ``rows`` into ``out`` (N, H, W, 3); returns a bool mask of images that decoded."""
+
+    def one(i: int) -> bool:
+        try:
+            out[i] = decode(rows[i], size)
+            return True
+        except (OSError, ValueError, SyntaxError) as exc:
+            if on_bad == "error":
+                raise Fm2EdgeError(f"image {i} of {where} cannot be decoded ({exc}); remove it, or pass "
+                                   f"--data.on_bad_image skip to drop and count bad images") from exc
+            return False
+
+    from tqdm.auto import tqdm
+
+    # Threads, not processes: PIL releases the GIL while decoding, and threads share the output array.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        ok = list(tqdm(pool.map(one, range(len(rows)), chunksize=256), total=len(rows), desc=f"decode {where}",
+                       unit="img", disable=len(rows) < 5000, leave=False))
+    return np.asarray(ok, dtype=bool)
+
+
+def _materialise(split: _Split, indices: np.ndarray, cfg: DataConfig, where: str) -> ImageData:
+    digest = hashlib.sha1(indices.astype(np.int64).tobytes()).hexdigest()[:16]
+    key = hashlib.sha1(f"{split.fingerprint}|{digest}|{cfg.image_size}|v1".encode()).hexdigest()[:24]
+    folder = cache_root(cfg) / key
+    labels = split.labels[indices]
+    if not (folder / "meta.json").exists():
+        if isinstance(split.rows, np.ndarray):  # already decoded (scikit-learn digits)
+            arr = split.rows[indices]
+            if cfg.image_size is not None:
+                from PIL import Image
+
+                from fm2edge.data.images import resize_center_crop
+
+                arr = np.stack([np.asarray(resize_center_crop(Image.fromarray(a), cfg.image_size)) for a in arr])
+            ok = np.ones(len(arr), dtype=bool)
+        else:
+            rows = split.rows.take(indices)
+            size = _target_size(rows, cfg.image_size)
+            if size is None:
+                raise Fm2EdgeError(f"no image of {where} can be read; check data.source and data.image_column")
+            arr = np.zeros((len(rows), size[0], size[1], 3), dtype=np.uint8)
+            ok = _decode_all(rows, size, arr, cfg.on_bad_image, where)
+        with atomic_dir(folder) as tmp:
+            np.save(tmp / "images.npy", np.ascontiguousarray(arr[ok].transpose(0, 3, 1, 2)))
+            np.save(tmp / "labels.npy", labels[ok])
+            (tmp / "meta.json").write_text(json.dumps({"where": where, "skipped": int((~ok).sum()),
+                                                       "fingerprint": split.fingerprint}))
+    meta = json.loads((folder / "meta.json").read_text())
+    if meta["skipped"]:
+        log.warning("%s: skipped %d image(s) that could not be decoded", where, meta["skipped"])
+    # copy-on-write map: pages load lazily and torch gets a writable array without a copy
+    images = torch.from_numpy(np.load(folder / "images.npy", mmap_mode="c"))
+    if len(images) == 0:
+        raise Fm2EdgeError(f"{where} holds no decodable image")
+    return ImageData(images, torch.from_numpy(np.load(folder / "labels.npy")), split.class_names,
+                     fingerprint=key, skipped=meta["skipped"])
+
+
+def load_data(cfg: DataConfig) -> tuple[ImageData, ImageData]:
+    """Open ``cfg.source`` and return (train, test) as decoded, class-balanced ``ImageData``."""
+    splits = _digits() if cfg.source in ("digits", "sklearn:digits") else _hf_splits(cfg)
+    train = splits[cfg.train_split] if cfg.train_split in splits else splits["train"]
+    _check_labels(train.labels, train.class_names, f"split '{cfg.train_split}' of '{cfg.source}'")
+    if cfg.test_split in splits and cfg.test_split != cfg.train_split:
+        test = splits[cfg.test_split]
+        test_idx = np.arange(len(test.labels))
+        train_idx = np.arange(len(train.labels))
+        if test.class_names != train.class_names:
+            raise Fm2EdgeError(f"splits '{cfg.train_split}' and '{cfg.test_split}' of '{cfg.source}' name different "
+                               f"classes; give splits of one dataset")
+        _check_labels(test.labels, test.class_names, f"split '{cfg.test_split}' of '{cfg.source}'")
+    else:
+        log.info("'%s' has no split '%s'; holding out %.0f%% of '%s' as test data",
+                 cfg.source, cfg.test_split, 100 * cfg.test_fraction, cfg.train_split)
+        train_idx, test_idx = holdout_split(train.labels, cfg.test_fraction)
+        test = train
+    train_idx = train_idx[balanced_indices(train.labels[train_idx], cfg.max_train, cfg.per_class)]
+    test_idx = test_idx[balanced_indices(test.labels[test_idx], cfg.max_test)]
+    return (_materialise(train, train_idx, cfg, f"{cfg.source}:{cfg.train_split}"),
+            _materialise(test, test_idx, cfg, f"{cfg.source}:{cfg.test_split}"))

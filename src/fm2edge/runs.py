@@ -1,0 +1,136 @@
+"""Run folders and atomic writes: a result or checkpoint is either complete on disk or absent."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fm2edge.errors import Fm2EdgeError
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final``; on success rename it to ``final`` (replacing an old one)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def clean_partial(folder: Path) -> None:
+    """Remove temporary files that an interrupted atomic write left behind."""
+    for p in folder.rglob(".*.tmp"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+class RunDir:
+    """A run folder: ``config.yaml``, ``metrics.json``, ``checkpoints/``, ``predictions.npz``, ``plots/``.
+
+    Holding it takes an exclusive lock, so two processes cannot write one run folder at once.
+    """
+
+    def __init__(self, path: str | Path, *, resume: bool = False, overwrite: bool = False, lock: bool = True) -> None:
+        self.path = Path(path)
+        self._lock = None
+        if not lock:  # a secondary process of a distributed run attaches to the folder its main process set up
+            self.path.mkdir(parents=True, exist_ok=True)
+            return
+        has_content = self.path.exists() and any(p.name != ".lock" for p in self.path.iterdir())
+        if has_content and not (resume or overwrite):
+            raise Fm2EdgeError(f"run folder '{self.path}' already exists; pass --run.resume true to continue it, "
+                               f"--run.overwrite true to replace it, or choose another --run.name")
+        if overwrite and self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path / ".lock", "w")  # noqa: SIM115 - held for the life of the run
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise Fm2EdgeError(f"run folder '{self.path}' is in use by another fm2edge process; wait for it "
+                               f"or choose another --run.name") from None
+        clean_partial(self.path)
+
+    def close(self) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def file(self, *parts: str) -> Path:
+        p = self.path.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        atomic_write_text(self.file("config.yaml"), yaml.safe_dump(config, sort_keys=False))
+
+    def write_json(self, name: str, obj: Any) -> None:
+        atomic_write_json(self.file(name), obj)
+
+    def read_json(self, name: str, default: Any = None) -> Any:
+        p = self.path / name
+        return json.loads(p.read_text()) if p.exists() else default

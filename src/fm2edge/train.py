@@ -1,0 +1,425 @@
+"""The one training loop, shared by training from scratch, distillation and fine-tuning.
+
+A *task* is an ``nn.Module`` that takes a uint8 image batch and labels and returns ``{"loss", "logits", ...}``; a new
+method is a new task, never a change to this loop. The loop keeps images as uint8 tensors (on the GPU when they
+fit), draws batches by index (no per-sample Python work or collation), augments on the device, and writes an atomic
+checkpoint every epoch. Each epoch reseeds from ``(seed, epoch)``, so a run resumed from a checkpoint follows the
+same path as an uninterrupted one. Distribution (DDP over torchrun / ``accelerate launch``) and mixed precision come
+from Hugging Face Accelerate.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import platform
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fm2edge.config import TrainConfig
+from fm2edge.data import ImageData
+from fm2edge.errors import Fm2EdgeError
+from fm2edge.models import Classifier
+from fm2edge.runs import RunDir, atomic_dir, atomic_write_bytes
+
+log = logging.getLogger(__name__)
+CHECKPOINT = re.compile(r"^epoch-(\d+)$")
+
+
+# ---------------------------------------------------------------- accelerator, device, precision
+
+
+def bf16_supported_on_cpu() -> bool:
+    """True when this CPU runs bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def make_accelerator(device: str = "auto", precision: str = "auto"):
+    """An ``accelerate.Accelerator`` for the requested device and precision (fp32 on CPU unless asked)."""
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available() and device != "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise Fm2EdgeError("train.device is 'cuda' but no CUDA device is available; use --train.device cpu or auto")
+    if precision == "auto":
+        mixed = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    elif precision == "fp32":
+        mixed = "no"
+    elif precision == "bf16" and not cuda and not bf16_supported_on_cpu():
+        log.warning("this CPU has no native bf16; training in fp32 instead")
+        mixed = "no"
+    else:
+        mixed = precision
+    return Accelerator(cpu=not cuda, mixed_precision=mixed)
+
+
+def environment(accelerator) -> dict[str, Any]:
+    dev = accelerator.device
+    cpu = f"cpu ({platform.processor() or platform.machine()})"
+    return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu,
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision, "python": platform.python_version()}
+
+
+# ---------------------------------------------------------------- augmentation (on the device, batched)
+
+
+def augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and/or 4-pixel-padded random crop of a uint8 batch, all samples at once."""
+    if kind == "none":
+        return x
+    n, _, h, w = x.shape
+    dev = x.device
+    if kind == "crop_flip":
+        pad = 4
+        padded = F.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator)
+        dx = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator)
+        rows = (torch.arange(h, device=dev)[None] + dy[:, None])[:, None, :, None]
+        cols = (torch.arange(w, device=dev)[None] + dx[:, None])[:, None, None, :]
+        batch = torch.arange(n, device=dev)[:, None, None, None]
+        chan = torch.arange(x.shape[1], device=dev)[None, :, None, None]
+        x = padded[batch, chan, rows, cols]
+    flip = torch.rand(n, device=dev, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+# ---------------------------------------------------------------- tasks
+
+
+class SupervisedTask(nn.Module):
+    """Cross-entropy on the labels: the lab's training from scratch (task 5)."""
+
+    def __init__(self, model: Classifier, label_smoothing: float = 0.0, channels_last: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.label_smoothing = label_smoothing
+        self.channels_last = channels_last
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.model.preprocess(images)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        return {"loss": loss, "logits": logits}
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Learning-rate multiplier at optimiser ``step`` of ``total``: constant, cosine with warm-up, or one-cycle."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "onecycle":
+        peak = max(1, int(0.25 * total))
+        return (step + 1) / peak if step < peak else max(0.0, (total - step) / max(1, total - peak))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def batch_plan(n: int, batch_size: int, world: int, rank: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """This process's index batches for one epoch: a seeded permutation cut into global batches, each split
+    evenly over the processes (a tail too small to give every process a sample is dropped)."""
+    perm = torch.randperm(n, generator=generator)
+    per_rank = max(1, batch_size // world)
+    step = per_rank * world
+    out = []
+    for start in range(0, n, step):
+        chunk = perm[start:start + step]
+        k = len(chunk) // world
+        if k == 0:
+            break
+        out.append(chunk[rank * k:(rank + 1) * k])
+    return out
+
+
+def _place(data: ImageData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Put the uint8 images on the device when they take under a quarter of its free memory, else keep them on
+    the host (pinned) and move one batch at a time."""
+    images = data.images
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if images.numel() < free // 4:
+            return images.to(device), data.labels.to(device)
+        return images.pin_memory(), data.labels.to(device)
+    return images, data.labels
+
+
+@torch.inference_mode()
+def predict(model: Classifier, data: ImageData, batch_size: int, device: torch.device, channels_last: bool = False,
+            accelerator=None, progress: bool = False) -> torch.Tensor:
+    """Logits for every image of ``data`` (fp32, on the CPU), sharded over processes when an accelerator runs many."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    n = len(data)
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    per = math.ceil(n / world)
+    idx = torch.arange(rank * per, min(n, (rank + 1) * per))
+    outs = []
+    autocast = accelerator.autocast() if accelerator is not None else torch.autocast(device.type, enabled=False)
+    with autocast:
+        for start in tqdm(range(0, len(idx), batch_size), desc="eval", leave=False, disable=not progress):
+            b = idx[start:start + batch_size]
+            x = model.preprocess(data.images[b].to(device, non_blocking=True))
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            outs.append(model(x).float())
+    logits = torch.cat(outs) if outs else torch.zeros(0, model.num_classes, device=device)
+    if world > 1:
+        pad = per - len(logits)
+        if pad:
+            logits = torch.cat([logits, logits.new_zeros(pad, logits.shape[1])])
+        logits = accelerator.gather(logits)[:n]
+    return logits.cpu()
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(-1) == labels).float().mean()) if len(labels) else float("nan")
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def latest_checkpoint(run: RunDir) -> Path | None:
+    folder = run.path / "checkpoints"
+    if not folder.exists():
+        return None
+    done = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT.match(p.name)) and
+            (p / "state.json").exists()]
+    return max(done)[1] if done else None
+
+
+def save_checkpoint(run: RunDir, epoch: int, module: nn.Module, optimizer, state: dict, keep: int) -> Path:
+    """Write ``checkpoints/epoch-NNN`` atomically (model as safetensors, optimiser state, JSON state), then prune."""
+    import json
+
+    from safetensors.torch import save_model
+
+    final = run.path / "checkpoints" / f"epoch-{epoch:03d}"
+    with atomic_dir(final) as tmp:
+        save_model(module, str(tmp / "model.safetensors"))
+        buf = io.BytesIO()
+        torch.save(optimizer.state_dict(), buf)
+        atomic_write_bytes(tmp / "optimizer.pt", buf.getvalue())
+        (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
+    done = sorted(p for p in final.parent.iterdir() if CHECKPOINT.match(p.name))
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(folder: Path, module: nn.Module, optimizer) -> dict:
+    import json
+
+    from safetensors.torch import load_model
+
+    try:
+        load_model(module, str(folder / "model.safetensors"), device=str(next(module.parameters()).device))
+    except RuntimeError as exc:
+        raise Fm2EdgeError(f"checkpoint '{folder}' was written for a different architecture than this run's model "
+                           f"({str(exc).splitlines()[0][:200]}); start a new run or fix --model.name") from exc
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+    return json.loads((folder / "state.json").read_text())
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    test_logits: torch.Tensor
+    seconds: float
+    resumed_from: int | None
+
+
+def fit(task: nn.Module, model: Classifier, train: ImageData, test: ImageData, cfg: TrainConfig, run: RunDir,
+        accelerator, config: dict | None = None) -> FitResult:
+    """Train ``task`` (which owns ``model``) for ``cfg.epochs``; checkpoint every epoch; resume when possible."""
+    from tqdm.auto import tqdm
+
+    device = accelerator.device
+    torch.manual_seed(cfg.seed)
+    conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    channels_last = cfg.channels_last and conv
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    task.to(device)
+    optimizer = build_optimizer(task.parameters(), cfg)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    steps_per_epoch = len(batch_plan(len(train), cfg.batch_size, world, rank, torch.Generator().manual_seed(0)))
+    if steps_per_epoch == 0:
+        raise Fm2EdgeError(f"the training set has {len(train)} images, fewer than the {world} processes")
+    total = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, cfg.schedule))
+
+    history: list[dict] = []
+    start_epoch, resumed_from = 0, None
+    ckpt = latest_checkpoint(run)
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, task, optimizer)
+        start_epoch, history, resumed_from = state["epoch"] + 1, state["history"], state["epoch"] + 1
+        scheduler.last_epoch = start_epoch * steps_per_epoch - 1
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * lr_factor(start_epoch * steps_per_epoch, total, warmup, cfg.schedule)
+        if accelerator.is_main_process:
+            print(f"resuming {run.path.name} from the end of epoch {start_epoch} ({ckpt.name})")
+    raw_task = task  # checkpoints and evaluation use the module itself, not its DDP / compiled wrappers
+    if cfg.compile:
+        task = torch.compile(task)
+    task, optimizer = accelerator.prepare(task, optimizer)
+
+    images, labels = _place(train, device)
+    eval_model = model
+    t_start = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        task.train()
+        seed = cfg.seed * 1_000_003 + epoch
+        torch.manual_seed(seed)
+        cpu_gen = torch.Generator().manual_seed(seed)
+        dev_gen = torch.Generator(device=device).manual_seed(seed + rank)
+        batches = batch_plan(len(train), cfg.batch_size, world, rank, cpu_gen)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen = 0
+        t0 = time.perf_counter()
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=not accelerator.is_local_main_process)
+        for step, idx in enumerate(bar):
+            gidx = idx.to(images.device) if images.device.type == "cuda" else idx
+            x = images[gidx].to(device, non_blocking=True)
+            y = labels[idx.to(labels.device)].to(device, non_blocking=True)
+            x = augment(x, cfg.augment, dev_gen)
+            out = task(x, y)
+            accelerator.backward(out["loss"])
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += out["loss"].detach() * len(y)
+            correct += (out["logits"].detach().argmax(-1) == y).sum()
+            seen += len(y)
+            if step % 20 == 0 or step == len(batches) - 1:
+                mean_loss = float(loss_sum) / seen
+                if not math.isfinite(mean_loss):
+                    last = latest_checkpoint(run)
+                    raise Fm2EdgeError(f"the loss became {mean_loss} at epoch {epoch + 1}, step {step + 1}; "
+                                       f"the last good checkpoint is {last.name if last else 'none'}; lower "
+                                       f"--train.lr or check the data")
+                rate = seen * world / (time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
+        totals = accelerator.reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]),
+                                    reduction="sum")
+        seconds = time.perf_counter() - t0
+        test_logits = predict(eval_model, test, cfg.eval_batch_size, device, channels_last, accelerator)
+        row = {"epoch": epoch + 1, "train_loss": float(totals[0] / totals[2]),
+               "train_acc": float(totals[1] / totals[2]),
+               "test_acc": accuracy(test_logits, test.labels), "lr": optimizer.param_groups[0]["lr"],
+               "seconds": seconds, "images_per_s": float(totals[2]) / seconds}
+        history.append(row)
+        if accelerator.is_main_process:
+            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}  "
+                  f"train acc {100 * row['train_acc']:.2f}%"
+                  f"  test acc {100 * row['test_acc']:.2f}%  ({seconds:.1f} s, {row['images_per_s']:.0f} img/s)")
+            save_checkpoint(run, epoch, raw_task, optimizer,
+                            {"epoch": epoch, "history": history, "config": config}, cfg.keep_checkpoints)
+            run.write_json("metrics.json", {"history": history})
+        accelerator.wait_for_everyone()
+    test_logits = predict(eval_model, test, cfg.eval_batch_size, device, channels_last, accelerator)
+    return FitResult(history, test_logits, time.perf_counter() - t_start, resumed_from)
+
+
+# ---------------------------------------------------------------- the `fm2edge train` stage
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower()
+
+
+def write_outputs(run: RunDir, model: Classifier, result: FitResult, test: ImageData, extra: dict) -> dict:
+    """Final model, test predictions, metrics and learning curves of a finished training run."""
+    from fm2edge.models.io import save_classifier
+    from fm2edge.report import plots
+    from fm2edge.report.write import save_figure
+
+    save_classifier(model, run.path)
+    logits = result.test_logits.numpy()
+    buf = io.BytesIO()
+    np.savez(buf, logits=logits, labels=test.labels.numpy(), preds=logits.argmax(-1),
+             class_names=np.array(test.class_names))
+    atomic_write_bytes(run.file("predictions.npz"), buf.getvalue())
+    metrics = {"history": result.history, "test_acc": accuracy(result.test_logits, test.labels),
+               "train_seconds": result.seconds, "resumed_from_epoch": result.resumed_from,
+               "parameters": sum(p.numel() for p in model.parameters()), **extra}
+    run.write_json("metrics.json", metrics)
+    save_figure(plots.learning_curves(result.history, f"{model.name} on {extra.get('data', 'data')}"),
+                run.file("plots", "learning_curves.png"))
+    return metrics
+
+
+def open_run(path: Path, cfg, accelerator) -> RunDir:
+    """The main process checks, creates and locks the run folder; the others attach once it is ready."""
+    run = None
+    if accelerator.is_main_process:
+        run = RunDir(path, resume=cfg.resume, overwrite=cfg.overwrite)
+    accelerator.wait_for_everyone()
+    return run if run is not None else RunDir(path, lock=False)
+
+
+def train_job(job) -> dict:
+    """`fm2edge train`: load data, build the model, run the loop, write the run folder. Returns the metrics."""
+    from fm2edge.config import to_dict
+    from fm2edge.data import load_data
+    from fm2edge.models import create_model
+
+    accelerator = make_accelerator(job.train.device, job.train.precision)
+    with accelerator.main_process_first():
+        train, test = load_data(job.data)
+    torch.manual_seed(job.train.seed)
+    model = create_model(job.model, train.num_classes)
+    name = job.run.name or slug(f"train-{job.model.name}")
+    run = open_run(Path(job.run.root) / name, job.run, accelerator)
+    with run:
+        config = to_dict(job)
+        if accelerator.is_main_process:
+            run.write_config(config)
+            print(f"{model.name}: {sum(p.numel() for p in model.parameters()):,} parameters, input "
+                  f"{model.preprocess.size} px | data {job.data.source}: {len(train)} train / {len(test)} test images, "
+                  f"{train.num_classes} classes | {environment(accelerator)['device']}")
+        task = SupervisedTask(model, job.train.label_smoothing, job.train.channels_last)
+        result = fit(task, model, train, test, job.train, run, accelerator, config)
+        metrics = {}
+        if accelerator.is_main_process:
+            metrics = write_outputs(run, model, result, test, {"data": job.data.source, "env": environment(accelerator),
+                                                               "skipped_images": train.skipped + test.skipped})
+            print(f"test accuracy {100 * metrics['test_acc']:.2f}% | results in {run.path}")
+        accelerator.wait_for_everyone()
+    return metrics

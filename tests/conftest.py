@@ -1,0 +1,85 @@
+"""Offline fixtures: tiny datasets in every supported layout, written to temporary folders."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+
+CLASSES = ["red", "green", "blue", "grey"]
+COLOURS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [128, 128, 128]])
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def coloured_images(n: int, size: int = 16, seed: int = 0) -> tuple[list[np.ndarray], list[int]]:
+    """Images whose class is their dominant colour (plus noise): separable, so training must learn them."""
+    rng = np.random.default_rng(seed)
+    labels = [i % len(CLASSES) for i in range(n)]
+    imgs = [np.clip(COLOURS[y] + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8) for y in labels]
+    return imgs, labels
+
+
+def png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    img = Image.fromarray(arr)
+    if mode:
+        img = img.convert(mode)
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def hub_dataset(n: int, seed: int, size: int = 16, image_column: str = "img", label_column: str = "label"):
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+
+    imgs, labels = coloured_images(n, size, seed)
+    features = Features({image_column: ImageFeature(), label_column: ClassLabel(names=CLASSES)})
+    return Dataset.from_dict({image_column: [{"bytes": png_bytes(a), "path": None} for a in imgs],
+                              label_column: labels}, features=features)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("FM2EDGE_CACHE", str(tmp_path_factory.getbasetemp() / "fm2edge-cache"))
+
+
+@pytest.fixture(scope="session")
+def parquet_dir(tmp_path_factory) -> Path:
+    """A folder with train.parquet / test.parquet in the hub's schema (Image + ClassLabel), like the CIFAR-10 copy."""
+    root = tmp_path_factory.mktemp("parquet")
+    hub_dataset(64, seed=0).to_parquet(str(root / "train.parquet"))
+    hub_dataset(32, seed=1).to_parquet(str(root / "test.parquet"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def arrow_dir(tmp_path_factory) -> Path:
+    """A DatasetDict saved with save_to_disk (arrow files), with non-standard column names."""
+    from datasets import DatasetDict
+
+    root = tmp_path_factory.mktemp("arrow") / "ds"
+    DatasetDict({"train": hub_dataset(40, 2, image_column="picture", label_column="category"),
+                 "test": hub_dataset(20, 3, image_column="picture", label_column="category")}).save_to_disk(str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """root/<class>/<image> with mixed modes (RGB, L, RGBA, P) and sizes, PNG and JPEG."""
+    root = tmp_path_factory.mktemp("folder")
+    imgs, labels = coloured_images(24, size=20, seed=4)
+    modes = ["RGB", "L", "RGBA", "P"]
+    for i, (a, y) in enumerate(zip(imgs, labels, strict=True)):
+        d = root / CLASSES[y]
+        d.mkdir(exist_ok=True)
+        img = Image.fromarray(a).resize((20 + (i % 3) * 6, 20 + (i % 2) * 4)).convert(modes[i % 4])
+        img.save(d / f"{i}.{'jpg' if img.mode in ('RGB', 'L') and i % 5 == 0 else 'png'}")
+    return root

@@ -1,0 +1,122 @@
+"""The command line as a user runs it: files written, one-line errors, kill and resume, two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from fm2edge.cli import main
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "JSONARGPARSE_DEPRECATION_WARNINGS": "off", "PYTHONUNBUFFERED": "1"}
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "fm2edge", *args], capture_output=True, text=True, env=ENV,
+                          timeout=timeout)
+
+
+def test_train_end_to_end_writes_its_files(tmp_path, parquet_dir):
+    rc = main(["train", "--data.source", str(parquet_dir), "--train.epochs", "2", "--train.batch_size", "16",
+               "--run.root", str(tmp_path), "--run.name", "e2e"])
+    assert rc == 0
+    run = tmp_path / "e2e"
+    cfg = (run / "config.yaml").read_text()
+    assert "epochs: 2" in cfg and str(parquet_dir) in cfg
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    pred = np.load(run / "predictions.npz")
+    assert pred["logits"].shape == (32, 4) and list(pred["class_names"]) == ["red", "green", "blue", "grey"]
+    assert metrics["test_acc"] == pytest.approx((pred["preds"] == pred["labels"]).mean())
+    png = (run / "plots" / "learning_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert (run / "checkpoints" / "epoch-001" / "state.json").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--data.source", "/no/such/folder"], "data.source '/no/such/folder' does not exist"),
+    (["--data.source", "{parquet}", "--data.label_column", "lbl"], "data.label_column 'lbl' is not a column"),
+    (["--model.name", "student:tiny"], "unknown model 'student:tiny'"),
+    (["--data.source", "someone/not-here"], "Hugging Face Hub is unreachable"),
+    (["--train.epochs", "0"], "train.epochs must be at least 1"),
+    (["--train.epoch", "3"], "train.epoch"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, parquet_dir, args, message):
+    args = [a.replace("{parquet}", str(parquet_dir)) for a in args]
+    res = cli("train", *args, "--run.root", str(tmp_path), timeout=120)
+    assert res.returncode == 2
+    errors = [line for line in res.stderr.splitlines() if line.startswith("fm2edge: error:")]
+    assert len(errors) == 1 and message in errors[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert not any(tmp_path.rglob("*.safetensors"))
+
+
+def test_help_explains_options():
+    res = cli("train", "--help", timeout=60)
+    assert res.returncode == 0
+    for flag in ("--data.source", "--model.name", "--train.lr", "--run.resume", "--config"):
+        assert flag in res.stdout
+    assert "Peak learning rate" in res.stdout
+
+
+def test_list_prints_models_and_sources():
+    res = cli("list", timeout=60)
+    assert res.returncode == 0 and "student:small_cnn" in res.stdout and "digits" in res.stdout
+
+
+def test_demo_runs_offline(tmp_path):
+    rc = main(["demo", "--epochs", "2", "--run.root", str(tmp_path)])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "demo" / "scratch" / "metrics.json").read_text())
+    assert metrics["test_acc"] > 0.5  # digits, chance is 0.1
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    common = ["train", "--data.source", "digits", "--train.epochs", "4", "--train.batch_size", "64",
+              "--run.root", str(tmp_path), "--train.lr", "0.002"]
+    straight = cli(*common, "--run.name", "straight")
+    assert straight.returncode == 0, straight.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "fm2edge", *common, "--run.name", "killed"], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoints" / "epoch-001" / "state.json"
+    deadline = time.time() + 240
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into epoch 3
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert len(metrics["history"]) < 4, "the run finished before it could be killed"
+    resumed = cli(*common, "--run.name", "killed", "--run.resume", "true")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    a = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert b["resumed_from_epoch"] is not None
+    assert a["test_acc"] == pytest.approx(b["test_acc"], abs=1e-6)
+    assert a["history"][-1]["train_loss"] == pytest.approx(b["history"][-1]["train_loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_with_torchrun(tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    args = ["-m", "fm2edge", "train", "--data.source", "digits", "--train.epochs", "3", "--train.batch_size", "64",
+            "--train.lr", "0.002", "--train.device", "cpu", "--run.root", str(tmp_path)]
+    res = subprocess.run([*torchrun, *args, "--run.name", "ddp"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    one = cli(*args[2:], "--run.name", "single")
+    assert one.returncode == 0
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    single = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    assert ddp["env"]["processes"] == 2 and single["env"]["processes"] == 1
+    assert len(ddp["history"]) == 3
+    # Same global batch and data order; BatchNorm statistics are per process, so results are close, not equal.
+    assert ddp["test_acc"] == pytest.approx(single["test_acc"], abs=0.05)
+    assert ddp["test_acc"] > 0.8

