@@ -70,11 +70,19 @@ def test_list_prints_models_and_sources():
     assert res.returncode == 0 and "student:small_cnn" in res.stdout and "digits" in res.stdout
 
 
+@pytest.mark.slow
 def test_demo_runs_offline(tmp_path):
     rc = main(["demo", "--epochs", "2", "--run.root", str(tmp_path)])
     assert rc == 0
-    metrics = json.loads((tmp_path / "demo" / "scratch" / "metrics.json").read_text())
+    demo = tmp_path / "demo"
+    metrics = json.loads((demo / "scratch" / "metrics.json").read_text())
     assert metrics["test_acc"] > 0.5  # digits, chance is 0.1
+    probe = json.loads((demo / "probe" / "metrics.json").read_text())
+    assert probe["probes"]["logreg"]["test_acc"] > 0.8
+    assert set(probe["label_efficiency"]["scratch"]) == {"1", "5", "25"}
+    for png in ("embed/plots/tsne_train.png", "embed/plots/tsne_test.png", "probe/plots/label_efficiency.png",
+                "scratch/plots/learning_curves.png"):
+        assert (demo / png).stat().st_size > 10_000, png
 
 
 @pytest.mark.slow

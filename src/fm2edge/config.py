@@ -122,9 +122,11 @@ class TrainConfig:
         seed: Seed for weights, data order and augmentation; each epoch reseeds from (seed, epoch) so a resumed run
             follows the same path as an uninterrupted one.
         eval_batch_size: Batch size for evaluation.
+        eval_every: Evaluate on the test split every this many epochs (and always after the last).
         channels_last: Use channels_last memory format for convolutional networks.
         compile: Wrap the model in torch.compile.
         keep_checkpoints: Epoch checkpoints to keep (the newest ones).
+        checkpoint_every: Write a checkpoint every this many epochs (and always after the last).
     """
 
     epochs: int = 3
@@ -141,14 +143,18 @@ class TrainConfig:
     device: Device = "auto"
     seed: int = 0
     eval_batch_size: int = 512
+    eval_every: int = 1
     channels_last: bool = True
     compile: bool = False
     keep_checkpoints: int = 2
+    checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
+        _check(self.checkpoint_every >= 1, f"train.checkpoint_every must be at least 1, got {self.checkpoint_every}")
         _check(self.epochs >= 1, f"train.epochs must be at least 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"train.batch_size must be at least 1, got {self.batch_size}")
         _check(self.eval_batch_size >= 1, f"train.eval_batch_size must be at least 1, got {self.eval_batch_size}")
+        _check(self.eval_every >= 1, f"train.eval_every must be at least 1, got {self.eval_every}")
         _check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
         _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         _check(0 <= self.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")

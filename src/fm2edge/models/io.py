@@ -35,6 +35,8 @@ def load_classifier(folder: str | Path, device: str = "cpu") -> Classifier:
                            f"`fm2edge train` or `fm2edge distill`")
     meta = json.loads(meta_path.read_text())
     model = create_model(ModelConfig(name=meta["name"]), meta["num_classes"])
+    if meta.get("backbone_options"):
+        model.set_pooling(**meta["backbone_options"])
     model.preprocess = Preprocess(**{**meta["preprocess"], "mean": tuple(meta["preprocess"]["mean"]),
                                      "std": tuple(meta["preprocess"]["std"])})
     try:

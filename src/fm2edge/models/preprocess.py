@@ -50,8 +50,10 @@ class Preprocess:
             scale = short / min(h, w)
             nh, nw = max(short, round(h * scale)), max(short, round(w * scale))
             mode = self.interpolation if self.interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
+            # antialias=True also when upsampling: it selects the PIL-compatible kernels (bicubic a=-0.5) that
+            # PIL and the Hugging Face image processors use; without it torch's bicubic uses a=-0.75.
             x = F.interpolate(x, size=(nh, nw), mode=mode, align_corners=False if mode != "nearest" else None,
-                              antialias=mode != "nearest" and (nh < h or nw < w))
+                              antialias=mode != "nearest")
             if mode == "bicubic":
                 x = x.clamp_(0.0, 1.0)
         h, w = x.shape[-2:]

@@ -40,6 +40,18 @@ class Classifier(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
+    def set_pooling(self, pooling: str, last_n: int = 1) -> None:
+        """Change how a token backbone pools (HF transformers); the head is rebuilt when the width changes."""
+        if not hasattr(self.backbone, "set_pooling"):
+            raise Fm2EdgeError(f"{self.name} has no token pooling to choose")
+        self.backbone.set_pooling(pooling, last_n)
+        from fm2edge.models.sources import _probe_dim
+
+        dim = _probe_dim(self.backbone, self.backbone.model.config)
+        if dim != self.feature_dim:
+            self.feature_dim = dim
+            self.head = nn.Linear(dim, self.num_classes)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
@@ -49,6 +61,7 @@ class Classifier(nn.Module):
         return {"name": self.name, "num_classes": self.num_classes, "feature_dim": self.feature_dim,
                 "preprocess": {"size": p.size, "crop_pct": p.crop_pct, "mean": list(p.mean), "std": list(p.std),
                                "interpolation": p.interpolation},
+                "backbone_options": dict(getattr(self.backbone, "options", {})),
                 "parameters": sum(t.numel() for t in self.parameters())}
 
 

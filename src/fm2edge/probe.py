@@ -1,0 +1,313 @@
+"""Probes on cached features: logistic regression, k-NN, a torch linear head (lab task 2).
+
+Extract once, fit many: every probe here reads the feature cache of :mod:`fm2edge.features`. The logistic
+regression's standardisation is folded into one ``nn.Linear`` so backbone + head is an ordinary
+:class:`~fm2edge.models.Classifier` that later stages (distillation) use as a teacher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fm2edge.config import DataConfig, ModelConfig, RunConfig, _check
+from fm2edge.features import EmbedConfig, EmbedJob, Features, embed_data, load_backbone
+
+Method = Literal["logreg", "knn", "linear"]
+
+
+# ---------------------------------------------------------------- probes as pure functions
+
+
+@dataclass
+class LinearHead:
+    """``logits = x @ weight.T + bias`` on raw (unstandardised) features."""
+
+    weight: np.ndarray  # (C, D)
+    bias: np.ndarray  # (C,)
+    info: dict
+
+    def predict_logits(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=np.float32) @ self.weight.T + self.bias
+
+
+def fit_logreg(x: np.ndarray, y: np.ndarray, cs: list[float], folds: int = 3, seed: int = 0,
+               max_iter: int = 1000) -> LinearHead:
+    """Multinomial logistic regression on standardised features, C chosen by stratified cross-validation
+    (scikit-learn's ``LogisticRegressionCV``); with fewer than ``folds`` images per class the middle C is used."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.asarray(x, dtype=np.float32)
+    scaler = StandardScaler().fit(x)
+    xs = scaler.transform(x)
+    min_count = np.bincount(y)[np.unique(y)].min()
+    if len(cs) > 1 and min_count >= folds:
+        # log-loss picks C more stably than accuracy on small folds; the other settings are spelled out because
+        # scikit-learn is changing their defaults.
+        clf = LogisticRegressionCV(Cs=cs, cv=folds, max_iter=max_iter, random_state=seed, scoring="neg_log_loss",
+                                   l1_ratios=(0.0,), use_legacy_attributes=False).fit(xs, y)
+        c = float(np.ravel(clf.C_)[0])
+    else:
+        c = float(sorted(cs)[len(cs) // 2])
+        clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed).fit(xs, y)
+    coef, intercept = clf.coef_, clf.intercept_
+    classes = clf.classes_
+    num_classes = int(y.max()) + 1
+    w = np.zeros((num_classes, x.shape[1]), dtype=np.float32)
+    b = np.full(num_classes, -1e4, dtype=np.float32)  # classes absent from training are never predicted
+    if coef.shape[0] == 1:  # binary: scikit-learn keeps one row
+        coef, intercept = np.vstack([-coef, coef]) / 2, np.array([-intercept[0], intercept[0]]) / 2
+    scale = scaler.scale_.astype(np.float32)
+    mean = scaler.mean_.astype(np.float32)
+    w[classes] = coef / scale
+    b[classes] = intercept - (coef / scale) @ mean
+    return LinearHead(w, b, {"C": c, "cv_folds": folds if len(cs) > 1 and min_count >= folds else 0})
+
+
+def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_classes: int, k: int = 20,
+                temperature: float = 0.07, chunk: int = 1024) -> np.ndarray:
+    """Weighted k-NN on cosine similarity, DINOv2's protocol: the k nearest training images vote with weight
+    exp(similarity / temperature). Returns class scores (N_test, C)."""
+    tr = F.normalize(torch.tensor(np.asarray(train_x), dtype=torch.float32), dim=1)
+    ty = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
+    k = min(k, len(tr))
+    out = []
+    for start in range(0, len(test_x), chunk):
+        q = F.normalize(torch.tensor(np.asarray(test_x[start:start + chunk]), dtype=torch.float32), dim=1)
+        sim, idx = (q @ tr.T).topk(k, dim=1)
+        votes = torch.zeros(len(q), num_classes)
+        votes.scatter_add_(1, ty[idx], (sim / temperature).exp())
+        out.append(votes)
+    return torch.cat(out).numpy() if out else np.zeros((0, num_classes), dtype=np.float32)
+
+
+def fit_linear_torch(x: np.ndarray, y: np.ndarray, num_classes: int, epochs: int = 100, lr: float = 1e-3,
+                     weight_decay: float = 1e-4, batch_size: int = 1024, seed: int = 0,
+                     device: str = "cpu") -> LinearHead:
+    """A linear head trained with AdamW and a cosine schedule on standardised features; for feature sets where
+    scikit-learn's solvers get slow (hundreds of thousands of images, or a GPU at hand)."""
+    g = torch.Generator().manual_seed(seed)
+    xt = torch.tensor(np.asarray(x), dtype=torch.float32)
+    mean, std = xt.mean(0), xt.std(0).clamp_min(1e-6)
+    xt = ((xt - mean) / std).to(device)
+    yt = torch.as_tensor(y, dtype=torch.long).to(device)
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(xt.shape[1], num_classes).to(device)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(len(xt) / batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt), generator=g).to(device)
+        for start in range(0, len(xt), batch_size):
+            idx = perm[start:start + batch_size]
+            loss = F.cross_entropy(head(xt[idx]), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    w = (head.weight.detach() / std.to(device)).cpu()
+    b = (head.bias.detach() - (head.weight.detach() / std.to(device)) @ mean.to(device)).cpu()
+    return LinearHead(w.numpy(), b.numpy(), {"epochs": epochs, "lr": lr, "weight_decay": weight_decay})
+
+
+def probe_scores(method: str, train: Features, test_x: np.ndarray, cfg: ProbeConfig,
+                 train_idx: np.ndarray | None = None) -> tuple[np.ndarray, LinearHead | None]:
+    """Test-set class scores of one probe fitted on ``train`` (optionally a subset of it)."""
+    x = np.asarray(train.features if train_idx is None else train.features[train_idx])
+    y = train.labels if train_idx is None else train.labels[train_idx]
+    c = len(train.class_names)
+    if method == "logreg":
+        head = fit_logreg(x, y, cfg.cs, cfg.cv_folds, cfg.seed)
+        return head.predict_logits(test_x), head
+    if method == "linear":
+        head = fit_linear_torch(x, y, c, cfg.linear_epochs, seed=cfg.seed)
+        return head.predict_logits(test_x), head
+    return knn_predict(x, y, test_x, c, cfg.knn_k, cfg.knn_temperature), None
+
+
+def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    return float((np.asarray(scores).argmax(1) == np.asarray(labels)).mean())
+
+
+# ---------------------------------------------------------------- the `fm2edge probe` stage
+
+
+@dataclass
+class ProbeConfig:
+    """Which probes to fit on the cached features, and which studies to run.
+
+    Args:
+        methods: Probes to fit: "logreg" (scikit-learn, C by cross-validation), "knn" (cosine, weighted votes),
+            "linear" (a torch linear head, for large feature sets).
+        cs: Inverse regularisation strengths tried by cross-validation for "logreg".
+        cv_folds: Cross-validation folds for choosing C.
+        knn_k: Neighbours for k-NN.
+        knn_temperature: Vote temperature for k-NN.
+        linear_epochs: Epochs for the torch linear head.
+        teacher: Which fitted probe becomes the saved classifier (backbone + head) for later stages.
+        label_counts: Labelled images per class for the label-efficiency study (empty skips it).
+        scratch_model: Student trained from scratch on the same labels for the study (empty skips that curve).
+        scratch_steps: Optimiser steps for each from-scratch run (epochs scale with the labelled set).
+        poolings: Poolings to compare with the logistic-regression probe (token backbones only; empty skips).
+        seed: Seed for the probes and the from-scratch runs.
+    """
+
+    methods: list[Method] = field(default_factory=lambda: ["logreg", "knn"])
+    cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
+    cv_folds: int = 3
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    linear_epochs: int = 100
+    teacher: Method = "logreg"
+    label_counts: list[int] = field(default_factory=list)
+    scratch_model: str | None = "student:small_cnn"
+    scratch_steps: int = 300
+    poolings: list[str] = field(default_factory=list)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(bool(self.methods), "probe.methods must name at least one probe")
+        _check(self.teacher in self.methods and self.teacher != "knn",
+               f"probe.teacher must be 'logreg' or 'linear' and one of probe.methods, got {self.teacher}")
+        _check(all(c > 0 for c in self.cs) and self.cs, "probe.cs must be positive numbers")
+        _check(self.cv_folds >= 2, f"probe.cv_folds must be at least 2, got {self.cv_folds}")
+        _check(self.knn_k >= 1, f"probe.knn_k must be at least 1, got {self.knn_k}")
+        _check(all(n >= 1 for n in self.label_counts), "probe.label_counts must be positive")
+        _check(set(self.poolings) <= {"cls", "mean", "both"}, "probe.poolings: choose from cls, mean, both")
+
+
+@dataclass
+class ProbeJob:
+    """`fm2edge probe`: linear / k-NN probes on foundation-model features, label efficiency, pooling comparison."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="pypi:efficientnet_lite0", pretrained=True))
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def label_efficiency(job: ProbeJob, feats: dict[str, Features], run, train_data) -> dict:
+    """Test accuracy against labelled images per class, for the probe and for a CNN trained from scratch."""
+    from fm2edge.config import TrainConfig, TrainJob
+    from fm2edge.data import balanced_indices
+    from fm2edge.train import train_job
+
+    train, test = feats["train"], feats["test"]
+    curves: dict[str, dict[int, float]] = {"probe": {}, "scratch": {}}
+    max_per_class = int(np.bincount(train.labels).max())
+    counts = sorted({min(n, max_per_class) for n in job.probe.label_counts})
+    for n in counts:
+        idx = balanced_indices(train.labels, per_class=n)
+        scores, _ = probe_scores(job.probe.teacher, train, np.asarray(test.features), job.probe, idx)
+        curves["probe"][n] = accuracy(scores, test.labels)
+        print(f"  {n:>5} labels/class: probe {100 * curves['probe'][n]:.2f}%", end="", flush=True)
+        if job.probe.scratch_model:
+            size = n * len(train.class_names)
+            batch = min(128, size)
+            epochs = int(min(300, max(1, math.ceil(job.probe.scratch_steps * batch / size))))
+            sub = TrainJob(data=dataclasses.replace(job.data, per_class=n),
+                           model=ModelConfig(name=job.probe.scratch_model),
+                           train=TrainConfig(epochs=epochs, batch_size=batch, lr=2e-3, optimizer="adamw",
+                                             schedule="onecycle", weight_decay=5e-4, augment="flip",
+                                             seed=job.probe.seed, keep_checkpoints=1,
+                                             eval_every=epochs, checkpoint_every=max(1, epochs // 4)),
+                           run=RunConfig(root=str(run.path / "scratch"), name=f"per-class-{n}", resume=True))
+            m = _quiet(train_job, sub)
+            curves["scratch"][n] = m["test_acc"]
+            print(f" | scratch {100 * m['test_acc']:.2f}% ({epochs} epochs)", end="")
+        print()
+    return {k: {str(n): v for n, v in c.items()} for k, c in curves.items() if c}
+
+
+def _quiet(fn, *args):
+    import contextlib
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return fn(*args)
+
+
+def probe_job(job: ProbeJob) -> dict:
+    from fm2edge.config import to_dict
+    from fm2edge.data import load_data
+    from fm2edge.models.io import save_classifier
+    from fm2edge.report import plots
+    from fm2edge.report.write import save_figure
+    from fm2edge.runs import atomic_write_bytes
+    from fm2edge.train import make_accelerator, open_run, slug
+
+    accelerator = make_accelerator(job.embed.device, "fp32")
+    train_data, test_data = load_data(job.data)
+    run = open_run(Path(job.run.root) / (job.run.name or slug(f"probe-{job.model.name}")), job.run, accelerator)
+    with run:
+        run.write_config(to_dict(job))
+        embed_job_cfg = EmbedJob(data=job.data, model=job.model, embed=job.embed, run=job.run)
+        feats = embed_data(embed_job_cfg, train_data, test_data, accelerator)
+        train, test = feats["train"], feats["test"]
+        test_x = np.asarray(test.features)
+        results: dict = {"model": job.model.name, "pretrained": job.model.pretrained, "data": job.data.source,
+                         "n_train": len(train.labels), "n_test": len(test.labels), "dim": train.meta["dim"],
+                         "pooling": job.embed.pooling, "embed_images_per_s": train.meta["images_per_s"],
+                         "probes": {}}
+        teacher_head = None
+        for method in job.probe.methods:
+            t0 = time.perf_counter()
+            scores, head = probe_scores(method, train, test_x, job.probe)
+            train_scores = (head.predict_logits(np.asarray(train.features)) if head is not None else
+                            knn_predict(train.features, train.labels, train.features, len(train.class_names),
+                                        job.probe.knn_k + 1, job.probe.knn_temperature))
+            row = {"train_acc": accuracy(train_scores, train.labels), "test_acc": accuracy(scores, test.labels),
+                   "seconds": time.perf_counter() - t0, **(head.info if head is not None else
+                                                           {"k": job.probe.knn_k})}
+            results["probes"][method] = row
+            print(f"{method:>7}: train {100 * row['train_acc']:.2f}%  test {100 * row['test_acc']:.2f}%"
+                  f"  ({row['seconds']:.1f} s)")
+            if method == job.probe.teacher:
+                teacher_head, teacher_scores = head, scores
+
+        # backbone + fitted head = a classifier later stages can use as a teacher
+        model = load_backbone(job.model, job.embed, len(train.class_names))
+        model.head.weight.data = torch.as_tensor(teacher_head.weight)
+        model.head.bias.data = torch.as_tensor(teacher_head.bias)
+        save_classifier(model, run.path)
+        buf = io.BytesIO()
+        np.savez(buf, logits=teacher_scores, labels=test.labels, preds=teacher_scores.argmax(1),
+                 class_names=np.array(test.class_names))
+        atomic_write_bytes(run.file("predictions.npz"), buf.getvalue())
+        results["test_acc"] = results["probes"][job.probe.teacher]["test_acc"]
+
+        if job.probe.poolings:
+            results["pooling"] = {}
+            for pooling in job.probe.poolings:
+                cfg = dataclasses.replace(job.embed, pooling=pooling, splits=["train", "test"])
+                pf = embed_data(EmbedJob(data=job.data, model=job.model, embed=cfg), train_data, test_data,
+                                accelerator)
+                scores, _ = probe_scores("logreg", pf["train"], np.asarray(pf["test"].features), job.probe)
+                results["pooling"][pooling] = {"test_acc": accuracy(scores, pf["test"].labels),
+                                               "dim": pf["train"].meta["dim"]}
+                print(f"pooling {pooling:>4}: {100 * results['pooling'][pooling]['test_acc']:.2f}% "
+                      f"({pf['train'].meta['dim']} dims)")
+            fig = plots.bars({k: 100 * v["test_acc"] for k, v in results["pooling"].items()}, "pooling",
+                             "test accuracy (%)", f"{job.model.name}: pooling vs linear-probe accuracy")
+            save_figure(fig, run.file("plots", "pooling.png"))
+        if job.probe.label_counts:
+            print("label efficiency (test accuracy):")
+            results["label_efficiency"] = label_efficiency(job, feats, run, train_data)
+            curves = {("linear probe on " + job.model.name if k == "probe" else f"{job.probe.scratch_model} from "
+                       "scratch"): {int(n): 100 * a for n, a in v.items()} for k, v in
+                      results["label_efficiency"].items()}
+            save_figure(plots.label_efficiency(curves, "Which needs more labels?"),
+                        run.file("plots", "label_efficiency.png"))
+        run.write_json("metrics.json", results)
+        print(f"results in {run.path}")
+    return results

@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fm2edge.config import DataConfig, ModelConfig, RunConfig
+from fm2edge.data import load_data
+from fm2edge.features import EmbedConfig, EmbedJob, embed_data, embed_job, load_backbone
+from fm2edge.probe import ProbeConfig, ProbeJob, fit_linear_torch, fit_logreg, knn_predict, probe_job
+
+
+@pytest.fixture(scope="module")
+def tiny_dinov2(tmp_path_factory):
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    path = tmp_path_factory.mktemp("dinov2")
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+                             image_size=32, patch_size=8)).save_pretrained(path)
+    # DINOv2's own processor settings, scaled down: shortest edge 36 (256 for 224), bicubic, centre crop 32
+    BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}, do_center_crop=True,
+                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+                      do_convert_rgb=True).save_pretrained(path)
+    return path
+
+
+def test_preprocessing_matches_the_models_image_processor(tiny_dinov2, parquet_dir):
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    train, _ = load_data(DataConfig(source=str(parquet_dir), max_train=16))
+    model = load_backbone(ModelConfig(name=f"hf:{tiny_dinov2}"), EmbedConfig(), 4).eval()
+    proc = AutoImageProcessor.from_pretrained(tiny_dinov2)
+    pil = [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in train.images]
+    ref = proc(images=pil, return_tensors="pt")["pixel_values"]
+    ours = model.preprocess(train.images)
+    assert ours.shape == ref.shape
+    # normalised units: the processor rounds the resized image to uint8, fm2edge keeps it in float
+    assert (ours - ref).abs().mean() < 0.01
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(model.features(ours), model.features(ref)).min()
+    assert cos > 0.999
+
+
+def test_embed_cache_hit_and_miss(tiny_dinov2, parquet_dir, monkeypatch):
+    train, test = load_data(DataConfig(source=str(parquet_dir)))
+    job = EmbedJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name=f"hf:{tiny_dinov2}"))
+    first = embed_data(job, train, test)
+    assert first["train"].features.shape == (64, 32) and first["test"].features.shape == (32, 32)
+
+    import fm2edge.features as feats
+
+    def fail(*a, **k):
+        raise AssertionError("recomputed although the cache holds these features")
+
+    monkeypatch.setattr(feats, "embed_batches", fail)
+    again = embed_data(job, train, test)
+    assert np.array_equal(first["train"].features, again["train"].features)
+    job.embed.pooling = "both"  # another key: must recompute
+    with pytest.raises(AssertionError, match="recomputed"):
+        embed_data(job, train, test)
+
+
+@pytest.mark.parametrize("pooling,last_n,dim", [("cls", 1, 32), ("mean", 1, 32), ("both", 1, 64), ("cls", 2, 64),
+                                                 ("both", 3, 192)])
+def test_pooling_widths(tiny_dinov2, pooling, last_n, dim):
+    model = load_backbone(ModelConfig(name=f"hf:{tiny_dinov2}"), EmbedConfig(pooling=pooling, last_n=last_n), 4)
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        f = model.features(model.preprocess(x))
+    assert f.shape == (2, dim) and model.feature_dim == dim
+    if (pooling, last_n) == ("cls", 1):
+        out = model.backbone.model(pixel_values=model.preprocess(x))
+        assert torch.allclose(f, out.last_hidden_state[:, 0])
+
+
+def test_cnn_backbone_refuses_token_pooling():
+    from fm2edge.errors import Fm2EdgeError
+
+    with pytest.raises(Fm2EdgeError, match="does not support pooling"):
+        load_backbone(ModelConfig(name="student:small_cnn"), EmbedConfig(pooling="mean"), 4)
+
+
+def _separable(n=300, d=16, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % c
+    centres = rng.normal(0, 4, (c, d))
+    return (centres[y] + rng.normal(0, 1, (n, d))).astype(np.float32) + 5.0, y
+
+
+def test_probes_on_separable_features():
+    x, y = _separable()
+    xt, yt = _separable(seed=1)
+    xt = xt - _separable(seed=1)[0] + _separable(seed=0)[0][: len(xt)] * 0 + xt  # same centres, new noise
+    x_tr, y_tr, x_te, y_te = x[:200], y[:200], x[200:], y[200:]
+    head = fit_logreg(x_tr, y_tr, [0.1, 1.0])
+    assert (head.predict_logits(x_te).argmax(1) == y_te).mean() > 0.95
+    assert (knn_predict(x_tr, y_tr, x_te, 3, k=10).argmax(1) == y_te).mean() > 0.95
+    lin = fit_linear_torch(x_tr, y_tr, 3, epochs=50, lr=1e-2)
+    assert (lin.predict_logits(x_te).argmax(1) == y_te).mean() > 0.95
+
+
+def test_logreg_folds_standardisation_into_the_head():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = _separable()
+    head = fit_logreg(x, y, [1.0])
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000)).fit(x, y)
+    assert np.allclose(head.predict_logits(x), ref.decision_function(x), atol=1e-3)
+
+
+def test_knn_votes_are_weighted_by_similarity():
+    train_x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    train_y = np.array([0, 0, 1])
+    scores = knn_predict(train_x, train_y, np.array([[0.1, 1.0]]), 2, k=3, temperature=0.1)
+    assert scores.argmax(1).tolist() == [1]
+    assert scores[0, 1] == pytest.approx(np.exp((0.1 * 0 + 1.0) / np.hypot(0.1, 1.0) / 0.1), rel=1e-4)
+
+
+def test_embed_job_writes_tsne_plots(tiny_dinov2, parquet_dir, tmp_path):
+    summary = embed_job(EmbedJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name=f"hf:{tiny_dinov2}"),
+                                 run=RunConfig(root=str(tmp_path), name="emb"), tsne_samples=60))
+    assert summary["train"]["dim"] == 32
+    for split in ("train", "test"):
+        png = (tmp_path / "emb" / "plots" / f"tsne_{split}.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 20_000
+
+
+def test_probe_job_saves_a_usable_teacher(tiny_dinov2, parquet_dir, tmp_path):
+    from fm2edge.models.io import load_classifier
+
+    job = ProbeJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name=f"hf:{tiny_dinov2}"),
+                   embed=EmbedConfig(pooling="both"),
+                   probe=ProbeConfig(methods=["logreg", "knn", "linear"], label_counts=[1, 4], scratch_steps=20,
+                                     poolings=["cls", "mean"]),
+                   run=RunConfig(root=str(tmp_path), name="probe"))
+    results = probe_job(job)
+    assert results["probes"]["logreg"]["test_acc"] > 0.8  # colour classes, random tiny ViT features
+    assert set(results["pooling"]) == {"cls", "mean"}
+    assert set(results["label_efficiency"]["probe"]) == {"1", "4"}
+    assert set(results["label_efficiency"]["scratch"]) == {"1", "4"}
+    run = tmp_path / "probe"
+    for f in ("plots/pooling.png", "plots/label_efficiency.png", "metrics.json", "config.yaml"):
+        assert (run / f).exists()
+    teacher = load_classifier(run)
+    assert teacher.feature_dim == 64  # pooling "both" restored
+    _, test = load_data(DataConfig(source=str(parquet_dir)))
+    with torch.no_grad():
+        preds = teacher(teacher.preprocess(test.images)).argmax(1).numpy()
+    saved = np.load(run / "predictions.npz")
+    assert (preds == saved["preds"]).mean() > 0.95
+
+
+@pytest.mark.skipif(not __import__("fm2edge.train", fromlist=["x"]).bf16_supported_on_cpu(),
+                    reason="this CPU has no native bf16")
+def test_cpu_bf16_embeddings_stay_close_to_fp32(tiny_dinov2, parquet_dir):
+    from fm2edge.features import embed_batches
+
+    train, _ = load_data(DataConfig(source=str(parquet_dir)))
+    model = load_backbone(ModelConfig(name=f"hf:{tiny_dinov2}"), EmbedConfig(), 4)
+    fp32 = embed_batches(model, train.images, 16, torch.device("cpu"), None)
+    bf16 = embed_batches(model, train.images, 16, torch.device("cpu"), torch.bfloat16)
+    cos = torch.nn.functional.cosine_similarity(torch.tensor(fp32), torch.tensor(bf16))
+    assert cos.mean() > 0.99
+
+
+@pytest.mark.slow
+def test_two_process_embedding_equals_one(tiny_dinov2, parquet_dir, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "JSONARGPARSE_DEPRECATION_WARNINGS": "off",
+           "FM2EDGE_CACHE": str(tmp_path / "cache2")}
+    args = ["-m", "fm2edge", "embed", "--data.source", str(parquet_dir), "--model.name", f"hf:{tiny_dinov2}",
+            "--embed.device", "cpu", "--tsne_samples", "0", "--run.root", str(tmp_path)]
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29533", *args, "--run.name", "two"], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    two = json.loads((tmp_path / "two" / "embed.json").read_text())
+    train, test = load_data(DataConfig(source=str(parquet_dir)))
+    one = embed_data(EmbedJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name=f"hf:{tiny_dinov2}"),
+                              embed=EmbedConfig(cache_dir=str(tmp_path / "cache1"))), train, test)
+    for split in ("train", "test"):
+        assert np.allclose(np.load(f"{two[split]['cache']}/features.npy"), one[split].features, atol=1e-5)
