@@ -1,0 +1,117 @@
+"""Embedding speed: the seed's per-image loop vs fm2edge's batched path, same model and images, one run.
+
+    python benchmarks/embed_speed.py [--model small|base] [--n 256] [--batch 64]
+
+The seed (lab task 1) calls the image processor and the model once per PIL image. fm2edge moves uint8 batches to
+the device, preprocesses there and runs the model batched (fp32 on CPU by default, bf16 autocast on CUDA, and bf16
+on CPUs with native support when asked). Random weights: the compute equals the pretrained model's. Prints images/s,
+the ratio to the seed loop, device, dtype, batch size, and the cosine similarity of bf16 to fp32 embeddings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fm2edge.features import embed_batches
+from fm2edge.models.preprocess import Preprocess
+from fm2edge.models.registry import Classifier
+from fm2edge.models.sources import HFBackbone
+from fm2edge.train import bf16_supported_on_cpu
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
+SIZES = {"small": dict(hidden_size=384, num_attention_heads=6, intermediate_size=1536),
+         "base": dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072)}
+
+
+def images(n: int) -> torch.Tensor:
+    """The first n CIFAR-10 test images from ../shared when present, else seeded random 32x32 images."""
+    if (SHARED / "test.parquet").exists():
+        from fm2edge.config import DataConfig
+        from fm2edge.data import load_data
+
+        _, test = load_data(DataConfig(source=str(SHARED), max_train=10, max_test=n))
+        return test.images.clone()
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=list(SIZES), default="small")
+    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--n_seed", type=int, default=64, help="images timed through the seed's per-image loop")
+    ap.add_argument("--batch", type=int, default=64)
+    args = ap.parse_args()
+    from PIL import Image
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    torch.manual_seed(0)
+    net = Dinov2Model(Dinov2Config(**SIZES[args.model], attn_implementation="sdpa")).to(dev).eval()
+    proc = BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
+                             image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    u8 = images(args.n)
+    pil = [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in u8[: args.n_seed]]
+
+    # -- the seed's loop (DINOv2_feature_extraction.py), with a warm-up
+    def seed_loop(imgs):
+        out = []
+        for img in imgs:
+            inputs = {k: v.to(dev) for k, v in proc(images=img.convert("RGB"), return_tensors="pt").items()}
+            with torch.no_grad():
+                out.append(net(**inputs).last_hidden_state[:, 0].cpu().numpy())
+        return np.concatenate(out)
+
+    seed_loop(pil[:3])
+    sync()
+    t0 = time.perf_counter()
+    seed_feats = seed_loop(pil)
+    sync()
+    seed_rate = len(pil) / (time.perf_counter() - t0)
+
+    # -- fm2edge: the same model behind its registry wrapper and on-device preprocessing
+    model = Classifier(HFBackbone(net, "cls"), SIZES[args.model]["hidden_size"], 10,
+                       Preprocess(224, 224 / 256, interpolation="bicubic"), f"dinov2-{args.model} (random)")
+    dtypes = [torch.bfloat16] if dev.type == "cuda" else [None] + ([torch.bfloat16] if bf16_supported_on_cpu() else [])
+    results = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu ({platform.machine()})",
+               "threads": torch.get_num_threads(), "torch": torch.__version__, "model": f"DINOv2-{args.model}",
+               "resolution": 224, "seed_loop_img_s": seed_rate, "seed_loop_images": len(pil), "runs": []}
+    feats = {}
+    for dtype in dtypes:
+        embed_batches(model, u8[: args.batch], args.batch, dev, dtype)  # warm-up
+        sync()
+        t0 = time.perf_counter()
+        feats[dtype] = embed_batches(model, u8, args.batch, dev, dtype)
+        sync()
+        rate = len(u8) / (time.perf_counter() - t0)
+        results["runs"].append({"dtype": str(dtype or torch.float32), "batch": args.batch, "images": len(u8),
+                                "img_s": rate, "ratio_vs_seed": rate / seed_rate})
+    ref = torch.tensor(feats[dtypes[0]][: len(seed_feats)])
+    results["cosine_fm2edge_vs_seed"] = float(torch.nn.functional.cosine_similarity(ref, torch.tensor(seed_feats))
+                                              .mean())
+    if None in feats and torch.bfloat16 in feats:
+        results["cosine_bf16_vs_fp32"] = float(torch.nn.functional.cosine_similarity(
+            torch.tensor(feats[None]), torch.tensor(feats[torch.bfloat16])).mean())
+    print(json.dumps(results, indent=1))
+    print(f"\n{results['model']} at 224 px on {results['device']} ({results['threads']} threads):")
+    print(f"  seed per-image loop (fp32, batch 1):       {seed_rate:8.1f} img/s")
+    for r in results["runs"]:
+        print(f"  fm2edge batched ({r['dtype']:>14}, batch {r['batch']}): {r['img_s']:8.1f} img/s  "
+              f"= {r['ratio_vs_seed']:.1f}x the seed loop")
+    if "cosine_bf16_vs_fp32" in results:
+        print(f"  mean cosine similarity bf16 vs fp32 embeddings: {results['cosine_bf16_vs_fp32']:.5f}")
+    print(f"  mean cosine similarity fm2edge vs seed-loop embeddings: {results['cosine_fm2edge_vs_seed']:.5f}")
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "embed_speed.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
