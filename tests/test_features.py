@@ -187,3 +187,81 @@ def test_two_process_embedding_equals_one(tiny_dinov2, parquet_dir, tmp_path):
                               embed=EmbedConfig(cache_dir=str(tmp_path / "cache1"))), train, test)
     for split in ("train", "test"):
         assert np.allclose(np.load(f"{two[split]['cache']}/features.npy"), one[split].features, atol=1e-5)
+
+
+# ---------------------------------------------------------------- zero-shot
+
+
+def _byte_unicode() -> list[str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A random CLIP with a character-level tokenizer and image processor, saved like a hub model."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    path = tmp_path_factory.mktemp("clip")
+    chars = _byte_unicode()
+    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt")).save_pretrained(path)
+    torch.manual_seed(0)
+    cfg = CLIPConfig(text_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                  "intermediate_size": 64, "vocab_size": len(vocab), "max_position_embeddings": 32,
+                                  "bos_token_id": len(vocab) - 2, "eos_token_id": len(vocab) - 1},
+                     vision_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                    "intermediate_size": 64, "image_size": 32, "patch_size": 8}, projection_dim=16)
+    CLIPModel(cfg).save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+def test_zeroshot_head_is_scaled_mean_of_prompt_embeddings(tiny_clip, parquet_dir, tmp_path):
+    from transformers import AutoTokenizer, CLIPModel
+
+    from fm2edge.models.io import load_classifier
+    from fm2edge.zeroshot import ZeroShotConfig, ZeroShotJob, zeroshot_job
+
+    templates = ["a photo of a {}.", "a {} thing"]
+    job = ZeroShotJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name=f"clip:{tiny_clip}"),
+                      zeroshot=ZeroShotConfig(templates=templates, device="cpu"),
+                      run=RunConfig(root=str(tmp_path), name="zs"))
+    results = zeroshot_job(job)
+    assert 0.0 <= results["test_acc"] <= 1.0 and results["n_test"] == 32
+    # the same numbers by hand, straight from the transformers model
+    model = CLIPModel.from_pretrained(tiny_clip).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_clip)
+    _, test = load_data(DataConfig(source=str(parquet_dir)))
+    clf = load_classifier(tmp_path / "zs")
+    with torch.no_grad():
+        text = []
+        for name in ["red", "green", "blue", "grey"]:
+            t = tok([tp.format(name) for tp in templates], padding="max_length", max_length=32, return_tensors="pt")
+            e = model.get_text_features(input_ids=t["input_ids"], attention_mask=t["attention_mask"])
+            e = getattr(e, "pooler_output", e)
+            text.append(torch.nn.functional.normalize(torch.nn.functional.normalize(e, dim=-1).mean(0), dim=-1))
+        img = model.get_image_features(pixel_values=clf.preprocess(test.images))
+        img = torch.nn.functional.normalize(getattr(img, "pooler_output", img), dim=-1)
+        expected = model.logit_scale.exp() * img @ torch.stack(text).T
+        got = clf(clf.preprocess(test.images))
+    assert torch.allclose(got, expected, atol=1e-4)
+    saved = np.load(tmp_path / "zs" / "predictions.npz")
+    assert np.array_equal(saved["preds"], expected.argmax(1).numpy())
+
+
+def test_zeroshot_rejects_a_vision_only_model(tiny_dinov2, parquet_dir, tmp_path):
+    from fm2edge.errors import Fm2EdgeError
+    from fm2edge.zeroshot import ZeroShotJob, zeroshot_job
+
+    with pytest.raises(Fm2EdgeError, match="not an image-text model"):
+        zeroshot_job(ZeroShotJob(data=DataConfig(source=str(parquet_dir)),
+                                 model=ModelConfig(name=f"clip:{tiny_dinov2}"), run=RunConfig(root=str(tmp_path))))

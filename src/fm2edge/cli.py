@@ -13,12 +13,14 @@ from fm2edge.errors import Fm2EdgeError
 from fm2edge.features import EmbedJob, embed_job
 from fm2edge.probe import ProbeJob, probe_job
 from fm2edge.train import train_job
+from fm2edge.zeroshot import ZeroShotJob, zeroshot_job
 
 COMMANDS = {
     "demo": (demo_job, DemoJob, "run the whole lifecycle offline on scikit-learn's digits (no arguments needed)"),
     "train": (train_job, TrainJob, "train a model on labelled images, no teacher (the lab's task 5)"),
     "embed": (embed_job, EmbedJob, "foundation-model features of a dataset, cached on disk, with t-SNE (lab task 1)"),
     "probe": (probe_job, ProbeJob, "linear / k-NN probes on cached features, label efficiency, pooling (lab task 2)"),
+    "zeroshot": (zeroshot_job, ZeroShotJob, "CLIP-style zero-shot classification from prompts, no training"),
     "list": (list_job, ListJob, "list registered models and accepted data sources"),
 }
 

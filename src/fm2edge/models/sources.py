@@ -231,3 +231,46 @@ def efficientnet_lite0(rest: str, cfg: ModelConfig, num_classes: int) -> Classif
         net.load_state_dict(mapped)
     net.reset_classifier(0)
     return Classifier(net, _timm_dim(net), num_classes, _timm_preprocess(net), "pypi:efficientnet_lite0")
+
+
+# ---------------------------------------------------------------- CLIP-style image towers (zero-shot)
+
+
+class ClipImageTower(nn.Module):
+    """The image half of a CLIP/SigLIP model: projected, L2-normalised image embeddings."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model.get_image_features(pixel_values=x)
+        emb = out.pooler_output if hasattr(out, "pooler_output") else out
+        return torch.nn.functional.normalize(emb.float(), dim=-1)
+
+
+def load_clip(name: str) -> nn.Module:
+    """A transformers CLIP-style model (with both towers) by hub id or local path, never running remote code."""
+    from transformers import AutoModel
+
+    try:
+        model = AutoModel.from_pretrained(name, trust_remote_code=False)
+    except Exception as exc:
+        if is_offline_error(exc):
+            raise HubUnreachableError("model", name, "--model.name clip:/path/to/folder") from exc
+        if isinstance(exc, OSError):
+            raise Fm2EdgeError(f"cannot load 'clip:{name}': not a folder written by save_pretrained and not a model "
+                               f"on the hub ({str(exc).splitlines()[0]})") from exc
+        raise
+    if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+        raise Fm2EdgeError(f"'{name}' is a {type(model).__name__}, not an image-text model such as CLIP or SigLIP")
+    return model
+
+
+@register("clip:", "image tower of a CLIP/SigLIP model, e.g. clip:openai/clip-vit-base-patch32 (zero-shot)", "source")
+def clip_model(rest: str, cfg: ModelConfig, num_classes: int) -> Classifier:
+    model = load_clip(rest)
+    dim = int(getattr(model.config, "projection_dim", 0) or model.config.vision_config.hidden_size)
+    pre = _hf_preprocess(rest, model.config.vision_config)
+    clf = Classifier(ClipImageTower(model), dim, num_classes, pre, f"clip:{rest}")
+    return clf

@@ -1,0 +1,138 @@
+"""Zero-shot classification with CLIP-style models (the lab's promise of zero-shot inference).
+
+Class names are put into prompt templates, embedded by the text tower, averaged over templates and normalised;
+the result becomes the linear head of the image tower (``logit_scale * text_embedding``, plus SigLIP's bias), so
+the zero-shot model is an ordinary :class:`~fm2edge.models.Classifier`: it is evaluated, saved and used as a
+label-free teacher like any other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fm2edge.config import DataConfig, ModelConfig, RunConfig, _check
+from fm2edge.errors import Fm2EdgeError
+
+# A few of CLIP's ImageNet prompt templates (Radford et al. 2021, "prompt ensembling").
+TEMPLATES = ["a photo of a {}.", "a blurry photo of a {}.", "a low resolution photo of a {}.",
+             "a photo of the small {}.", "a photo of the large {}.", "a bright photo of a {}.",
+             "a cropped photo of a {}.", "a good photo of a {}."]
+
+
+@dataclass
+class ZeroShotConfig:
+    """Prompts and inference settings for zero-shot classification.
+
+    Args:
+        templates: Prompt templates; "{}" is replaced by each class name and the embeddings are averaged.
+        class_names: Names to prompt with instead of the dataset's (same order and count), e.g. "car" for
+            "automobile".
+        batch_size: Images per forward pass.
+        device: "auto" picks CUDA when available.
+        precision: "auto" is bf16 autocast on CUDA and fp32 on CPU.
+    """
+
+    templates: list[str] = field(default_factory=lambda: list(TEMPLATES))
+    class_names: list[str] | None = None
+    batch_size: int = 64
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    def __post_init__(self) -> None:
+        _check(bool(self.templates) and all("{}" in t for t in self.templates),
+               "zeroshot.templates must be non-empty and each must contain '{}'")
+        _check(self.batch_size >= 1, f"zeroshot.batch_size must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class ZeroShotJob:
+    """`fm2edge zeroshot`: classify with a CLIP-style model and prompts only, no labels used for training."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="clip:openai/clip-vit-base-patch32"))
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@torch.inference_mode()
+def text_head(model, tokenizer, class_names: list[str], templates: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight (C, D), bias (C,)) of the zero-shot head: scaled, template-averaged, normalised text embeddings."""
+    weights = []
+    for name in class_names:
+        prompts = [t.format(name) for t in templates]
+        tokens = tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt",
+                           max_length=getattr(model.config.text_config, "max_position_embeddings", 77))
+        out = model.get_text_features(**{k: v for k, v in tokens.items() if k in ("input_ids", "attention_mask")})
+        emb = F.normalize((out.pooler_output if hasattr(out, "pooler_output") else out).float(), dim=-1)
+        weights.append(F.normalize(emb.mean(0), dim=-1))
+    scale = model.logit_scale.exp().float() if hasattr(model, "logit_scale") else torch.tensor(100.0)
+    bias = model.logit_bias.float() if hasattr(model, "logit_bias") else torch.zeros(1)
+    w = torch.stack(weights) * scale
+    return w, bias.expand(len(class_names)).clone()
+
+
+def zeroshot_classifier(job: ZeroShotJob, class_names: list[str]):
+    from transformers import AutoTokenizer
+
+    from fm2edge.models import create_model
+
+    if not job.model.name.startswith("clip:"):
+        raise Fm2EdgeError(f"zero-shot needs an image-text model named clip:<id or path>, got '{job.model.name}'")
+    names = job.zeroshot.class_names or class_names
+    if len(names) != len(class_names):
+        raise Fm2EdgeError(f"zeroshot.class_names has {len(names)} names but the dataset has {len(class_names)} "
+                           f"classes; give one name per class, in the dataset's order")
+    clf = create_model(job.model, len(names))
+    path = job.model.name.split(":", 1)[1]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:
+        raise Fm2EdgeError(f"cannot load the tokenizer of '{path}' ({str(exc).splitlines()[0][:160]}); the folder "
+                           f"needs the tokenizer files saved with the model") from exc
+    w, b = text_head(clf.backbone.model, tokenizer, names, job.zeroshot.templates)
+    clf.head.weight.data.copy_(w)
+    clf.head.bias.data.copy_(b)
+    return clf.eval(), names
+
+
+def zeroshot_job(job: ZeroShotJob) -> dict:
+    import io
+
+    from fm2edge.config import to_dict
+    from fm2edge.data import load_data
+    from fm2edge.models.io import save_classifier
+    from fm2edge.report.metrics import per_class_accuracy
+    from fm2edge.runs import atomic_write_bytes
+    from fm2edge.train import make_accelerator, open_run, predict, slug
+
+    accelerator = make_accelerator(job.zeroshot.device, job.zeroshot.precision)
+    _, test = load_data(job.data)
+    clf, names = zeroshot_classifier(job, test.class_names)
+    clf.to(accelerator.device)
+    run = open_run(Path(job.run.root) / (job.run.name or slug(f"zeroshot-{job.model.name}")), job.run, accelerator)
+    with run:
+        logits = predict(clf, test, job.zeroshot.batch_size, accelerator.device, accelerator=accelerator,
+                         progress=True)
+        preds = logits.argmax(1).numpy()
+        labels = test.labels.numpy()
+        acc = float((preds == labels).mean())
+        results = {"model": job.model.name, "data": job.data.source, "n_test": len(labels), "test_acc": acc,
+                   "templates": job.zeroshot.templates, "prompt_class_names": names,
+                   "per_class_acc": dict(zip(test.class_names, per_class_accuracy(preds, labels, len(names)).tolist(),
+                                             strict=True))}
+        if accelerator.is_main_process:
+            run.write_config(to_dict(job))
+            save_classifier(clf, run.path)
+            buf = io.BytesIO()
+            np.savez(buf, logits=logits.numpy(), labels=labels, preds=preds, class_names=np.array(test.class_names))
+            atomic_write_bytes(run.file("predictions.npz"), buf.getvalue())
+            run.write_json("metrics.json", results)
+            print(f"zero-shot test accuracy {100 * acc:.2f}% on {len(labels)} images ({len(job.zeroshot.templates)} "
+                  f"templates) | results in {run.path}")
+    return results
