@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 
+from fm2edge.bench import BenchJob, bench_job
 from fm2edge.catalog import ListJob, list_job
 from fm2edge.config import DemoJob, TrainJob
 from fm2edge.demo import demo_job
@@ -21,6 +23,7 @@ COMMANDS = {
     "embed": (embed_job, EmbedJob, "foundation-model features of a dataset, cached on disk, with t-SNE (lab task 1)"),
     "probe": (probe_job, ProbeJob, "linear / k-NN probes on cached features, label efficiency, pooling (lab task 2)"),
     "zeroshot": (zeroshot_job, ZeroShotJob, "CLIP-style zero-shot classification from prompts, no training"),
+    "bench": (bench_job, BenchJob, "latency, throughput, parameters, MACs and size of models (lab task 4)"),
     "list": (list_job, ListJob, "list registered models and accepted data sources"),
 }
 
@@ -56,10 +59,20 @@ def _quiet_libraries() -> None:
         pass
 
 
+def _positional_models(argv: list[str]) -> list[str]:
+    """`fm2edge bench A B --flags` -> `fm2edge bench --models [A, B] --flags` (models read best as positionals)."""
+    if argv[:1] != ["bench"]:
+        return argv
+    rest, models = list(argv[1:]), []
+    while rest and not rest[0].startswith("-"):
+        models.append(rest.pop(0))
+    return ["bench", *(["--models", json.dumps(models)] if models else []), *rest]
+
+
 def main(argv: list[str] | None = None) -> int:
     from jsonargparse import ArgumentError
 
-    argv = sys.argv[1:] if argv is None else argv
+    argv = _positional_models(sys.argv[1:] if argv is None else list(argv))
     parser = build_parser()
     try:
         cfg = parser.parse_args(argv)

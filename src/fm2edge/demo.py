@@ -71,6 +71,10 @@ def demo_job(job: DemoJob) -> dict:
     print(f"  {'model':<52} {'test accuracy':>13}")
     for name, acc in rows:
         print(f"  {name:<52} {100 * acc:>12.2f}%")
+    gain = results["probe"]["test_acc"] - results["probe-random"]["test_acc"]
+    print(f"  pretrained minus random-weight probe: {100 * gain:+.2f} points" +
+          ("  (digits are 8x8 pen strokes, far from the ImageNet photos the backbone learned from)"
+           if gain < 0.01 else ""))
     eff = results["probe"].get("label_efficiency", {})
     if eff:
         print("  labels/class -> probe | scratch: " + ", ".join(

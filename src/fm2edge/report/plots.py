@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
@@ -75,6 +76,9 @@ def label_efficiency(curves: dict[str, dict[int, float]], title: str) -> Figure:
         xs = sorted(points)
         ax.plot(xs, [points[x] for x in xs], marker=marker, label=name)
     ax.set_xscale("log")
+    ticks = sorted({x for points in curves.values() for x in points})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set(xlabel="labelled images per class (log scale)", ylabel="test accuracy (%)", title=title)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
