@@ -1,0 +1,140 @@
+"""Distillation losses, one ``nn.Module`` per method, each taking explicit tensors.
+
+Logit methods take (student_logits, teacher_logits[, labels]); feature and relation methods take feature tensors.
+Every module returns a scalar loss; the task that combines them (with weights from config) logs the parts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher_T || student_T), batch mean, scaled by T^2 so gradients keep their size as T changes."""
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
+    p_t = F.softmax(teacher_logits.float() / temperature, dim=1)
+    return F.kl_div(log_p_s, p_t, reduction="batchmean") * temperature**2
+
+
+class KDLoss(nn.Module):
+    """Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network", exactly as the lab writes it:
+
+    ``alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))``.
+    Without labels (unlabelled images) only the soft term is used, with weight 1.
+    """
+
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.5) -> None:
+        super().__init__()
+        if temperature <= 0 or not 0 <= alpha <= 1:
+            raise ValueError(f"KD needs temperature > 0 and alpha in [0, 1], got T={temperature}, alpha={alpha}")
+        self.temperature, self.alpha = temperature, alpha
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        soft = _kl(teacher_logits, student_logits, self.temperature)
+        if labels is None:
+            return soft
+        hard = F.cross_entropy(student_logits.float(), labels)
+        return self.alpha * hard + (1 - self.alpha) * soft
+
+
+class DKD(nn.Module):
+    """Zhao et al. 2022, "Decoupled Knowledge Distillation" (CVPR): KD split into target-class (TCKD) and
+    non-target-class (NCKD) terms, weighted ``alpha * TCKD + beta * NCKD``; both scaled by T^2."""
+
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> None:
+        super().__init__()
+        self.alpha, self.beta, self.temperature = alpha, beta, temperature
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                labels: torch.Tensor) -> torch.Tensor:
+        t = self.temperature
+        s, te = student_logits.float(), teacher_logits.float()
+        gt = F.one_hot(labels, s.shape[1]).bool()
+        p_s, p_t = F.softmax(s / t, dim=1), F.softmax(te / t, dim=1)
+        # binary distributions (target, all non-targets)
+        b_s = torch.stack([(p_s * gt).sum(1), (p_s * ~gt).sum(1)], dim=1).clamp_min(1e-12)
+        b_t = torch.stack([(p_t * gt).sum(1), (p_t * ~gt).sum(1)], dim=1).clamp_min(1e-12)
+        tckd = F.kl_div(b_s.log(), b_t, reduction="batchmean") * t**2
+        # distributions over the non-target classes only (the target masked out before the softmax)
+        mask = gt.float() * 1000.0
+        nckd = F.kl_div(F.log_softmax(s / t - mask, dim=1), F.softmax(te / t - mask, dim=1),
+                        reduction="batchmean") * t**2
+        return self.alpha * tckd + self.beta * nckd
+
+
+def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+class DIST(nn.Module):
+    """Huang et al. 2022, "Knowledge Distillation from A Stronger Teacher" (NeurIPS): match the *relations* of
+    predictions rather than their values: ``T^2 * (beta * (1 - inter) + gamma * (1 - intra))`` where inter is the
+    mean Pearson correlation of each image's class distribution and intra that of each class across the batch."""
+
+    def __init__(self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.beta, self.gamma, self.temperature = beta, gamma, temperature
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        t = self.temperature
+        y_s = F.softmax(student_logits.float() / t, dim=1)
+        y_t = F.softmax(teacher_logits.float() / t, dim=1)
+        inter = 1 - _pearson_rows(y_s, y_t).mean()
+        intra = 1 - _pearson_rows(y_s.T, y_t.T).mean()
+        return t**2 * (self.beta * inter + self.gamma * intra)
+
+
+class RKD(nn.Module):
+    """Park et al. 2019, "Relational Knowledge Distillation" (CVPR): the student keeps the teacher's pairwise
+    distances (normalised by their mean) and triplet angles, each compared with the Huber loss; the paper's weights
+    are 25 (distance) and 50 (angle). Features may differ in width: only relations are compared."""
+
+    def __init__(self, distance_weight: float = 25.0, angle_weight: float = 50.0) -> None:
+        super().__init__()
+        self.distance_weight, self.angle_weight = distance_weight, angle_weight
+
+    @staticmethod
+    def _distances(x: torch.Tensor) -> torch.Tensor:
+        d = torch.cdist(x, x)
+        mean = d[d > 0].mean() if (d > 0).any() else d.new_tensor(1.0)
+        return d / mean
+
+    @staticmethod
+    def _angles(x: torch.Tensor) -> torch.Tensor:
+        diff = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=2)  # diff[i, j] = unit(x_j - x_i)
+        return torch.bmm(diff, diff.transpose(1, 2)).reshape(-1)  # cos of angle j-i-k for every triplet
+
+    def forward(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+        s = student_features.float().flatten(1)
+        t = teacher_features.float().flatten(1)
+        with torch.no_grad():
+            t_d, t_a = self._distances(t), self._angles(t)
+        loss = self.distance_weight * F.smooth_l1_loss(self._distances(s), t_d)
+        return loss + self.angle_weight * F.smooth_l1_loss(self._angles(s), t_a)
+
+
+class FeatureDistillation(nn.Module):
+    """Feature-based distillation (the lab's task 7; FitNets, Romero et al. 2015): project the student's features
+    onto the teacher's with a learned projector, ``L = mean || F_teacher - proj(F_student) ||^2``.
+
+    Pooled vectors (N, D) use a linear projector; feature maps (N, C, H, W) a 1x1 convolution, with the student's
+    map resized to the teacher's spatial size. The projector belongs to the distillation task and is not part of
+    the exported student.
+    """
+
+    def __init__(self, student_dim: int, teacher_dim: int, maps: bool = False) -> None:
+        super().__init__()
+        self.maps = maps
+        self.projector = (nn.Conv2d(student_dim, teacher_dim, 1, bias=False) if maps
+                          else nn.Linear(student_dim, teacher_dim, bias=False))
+
+    def forward(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+        s = student_features
+        if self.maps and s.shape[-2:] != teacher_features.shape[-2:]:
+            s = F.interpolate(s, size=teacher_features.shape[-2:], mode="bilinear", align_corners=False)
+        return F.mse_loss(self.projector(s).float(), teacher_features.float())
