@@ -54,8 +54,8 @@ def test_nan_loss_stops_and_names_the_step(tmp_path, parquet_dir, monkeypatch):
     real = tr.SupervisedTask.forward
     calls = {"n": 0}
 
-    def poisoned(self, images, labels):
-        out = real(self, images, labels)
+    def poisoned(self, images, labels, index=None):
+        out = real(self, images, labels, index)
         calls["n"] += 1
         if calls["n"] > 5:  # after the first epoch (4 steps)
             out["loss"] = out["loss"] * float("nan")

@@ -11,6 +11,7 @@ from fm2edge.bench import BenchJob, bench_job
 from fm2edge.catalog import ListJob, list_job
 from fm2edge.config import DemoJob, TrainJob
 from fm2edge.demo import demo_job
+from fm2edge.distill.task import DistillJob, distill_job
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.features import EmbedJob, embed_job
 from fm2edge.probe import ProbeJob, probe_job
@@ -24,6 +25,8 @@ COMMANDS = {
     "probe": (probe_job, ProbeJob, "linear / k-NN probes on cached features, label efficiency, pooling (lab task 2)"),
     "zeroshot": (zeroshot_job, ZeroShotJob, "CLIP-style zero-shot classification from prompts, no training"),
     "bench": (bench_job, BenchJob, "latency, throughput, parameters, MACs and size of models (lab task 4)"),
+    "distill": (distill_job, DistillJob, "train a student with a teacher's guidance: KD, DKD, DIST, RKD, features "
+                "(lab tasks 6-7)"),
     "list": (list_job, ListJob, "list registered models and accepted data sources"),
 }
 

@@ -109,7 +109,8 @@ class SupervisedTask(nn.Module):
         self.label_smoothing = label_smoothing
         self.channels_last = channels_last
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor,
+                index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         x = self.model.preprocess(images)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -320,7 +321,7 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, test: ImageData, c
             x = images[gidx].to(device, non_blocking=True)
             y = labels[idx.to(labels.device)].to(device, non_blocking=True)
             x = augment(x, cfg.augment, dev_gen)
-            out = task(x, y)
+            out = task(x, y, idx.to(device))  # the index lets a task look up cached teacher outputs
             accelerator.backward(out["loss"])
             optimizer.step()
             scheduler.step()

@@ -1,0 +1,253 @@
+"""The distillation task and the `fm2edge distill` stage (lab tasks 6-7).
+
+A :class:`DistillTask` combines a trainable student, a frozen teacher and weighted losses, and returns
+``{"loss", "logits", <part>...}`` to the one training loop. Teacher and student each keep their own preprocessing
+(the teacher may see 224 px ImageNet-normalised inputs while the student trains at 32 px). When the student's inputs
+are deterministic (no augmentation), teacher logits and features are computed once, stored memory-mapped in the run
+folder, and reused every epoch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, _check
+from fm2edge.distill.losses import DIST, DKD, RKD, FeatureDistillation, KDLoss
+from fm2edge.errors import Fm2EdgeError
+from fm2edge.models import Classifier
+
+LOSSES = ("kd", "dkd", "dist", "rkd", "feature", "ce")
+
+
+@dataclass
+class DistillConfig:
+    """The teacher and the losses.
+
+    Args:
+        teacher: A run folder of a trained classifier (`fm2edge probe`, `train`, `zeroshot`, ...) or a registered
+            model name (its new head is untrained, so the quality gate refuses it unless forced).
+        teacher_pretrained: Load pretrained weights when the teacher is a registered name.
+        losses: Loss name -> weight. Names: kd (Hinton, uses alpha and temperature; its alpha already mixes in the
+            labels), dkd, dist, rkd, feature (student features projected onto the teacher's), ce (labels only).
+        temperature: Softmax temperature T for kd and dkd.
+        alpha: kd's weight on the label cross-entropy; 1 - alpha goes to the soft targets.
+        cache_teacher: "auto" caches teacher outputs when training uses no augmentation; "never" always runs the
+            teacher online.
+        min_teacher_gain: The gate: refuse a teacher whose test accuracy is below chance x (1 + this).
+        force: Distil even from a teacher that fails the gate.
+    """
+
+    teacher: str = ""
+    teacher_pretrained: bool = True
+    losses: dict[str, float] = field(default_factory=lambda: {"kd": 1.0})
+    temperature: float = 4.0
+    alpha: float = 0.5
+    cache_teacher: Literal["auto", "never"] = "auto"
+    min_teacher_gain: float = 0.5
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        _check(bool(self.teacher), "distill.teacher is required: a run folder of a trained classifier "
+                                   "(e.g. from `fm2edge probe`) or a registered model name")
+        unknown = set(self.losses) - set(LOSSES)
+        _check(not unknown, f"unknown distillation losses {sorted(unknown)}; choose from {list(LOSSES)}")
+        _check(bool(self.losses) and all(w >= 0 for w in self.losses.values()),
+               "distill.losses needs at least one loss with a non-negative weight")
+        _check(self.temperature > 0, f"distill.temperature must be positive, got {self.temperature}")
+        _check(0 <= self.alpha <= 1, f"distill.alpha must be in [0, 1], got {self.alpha}")
+
+
+@dataclass
+class DistillJob:
+    """`fm2edge distill`: train a student with a teacher's guidance, on the same loop as `fm2edge train`."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=lambda: DistillConfig(teacher="runs/probe"))
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+class DistillTask(nn.Module):
+    """Student + frozen teacher + weighted losses. The teacher is held outside the module tree, so it is neither
+    trained, wrapped by DDP, nor written into checkpoints; the feature projector is a submodule (trained and
+    checkpointed) but not part of the exported student."""
+
+    def __init__(self, student: Classifier, teacher: Classifier, cfg: DistillConfig, channels_last: bool = False,
+                 cache: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.model = student
+        self.__dict__["teacher"] = teacher.eval().requires_grad_(False)
+        self.weights = dict(cfg.losses)
+        self.channels_last = channels_last
+        self.cache = cache
+        self.losses = nn.ModuleDict()
+        if "kd" in self.weights:
+            self.losses["kd"] = KDLoss(cfg.temperature, cfg.alpha)
+        if "dkd" in self.weights:
+            self.losses["dkd"] = DKD(temperature=cfg.temperature)
+        if "dist" in self.weights:
+            self.losses["dist"] = DIST()
+        if "rkd" in self.weights:
+            self.losses["rkd"] = RKD()
+        if "feature" in self.weights:
+            self.losses["feature"] = FeatureDistillation(student.feature_dim, teacher.feature_dim)
+
+    @property
+    def needs_features(self) -> bool:
+        return "feature" in self.weights or "rkd" in self.weights
+
+    @torch.no_grad()
+    def teacher_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self.teacher.preprocess(images)
+        feats = self.teacher.features(x)
+        return self.teacher.head(feats).float(), feats.float() if self.needs_features else None
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None,
+                index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if self.cache is not None and index is not None:
+            t_logits = self.cache["logits"][index].to(images.device).float()
+            t_feats = self.cache["features"][index].to(images.device).float() if "features" in self.cache else None
+        else:
+            t_logits, t_feats = self.teacher_outputs(images)
+        x = self.model.preprocess(images)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        s_feats = self.model.features(x)
+        logits = self.model.head(s_feats)
+        parts: dict[str, torch.Tensor] = {}
+        for name in self.weights:
+            if name == "ce":
+                parts[name] = nn.functional.cross_entropy(logits.float(), labels)
+            elif name == "kd":
+                parts[name] = self.losses["kd"](logits, t_logits, labels)
+            elif name == "dkd":
+                parts[name] = self.losses["dkd"](logits, t_logits, labels)
+            elif name == "dist":
+                parts[name] = self.losses["dist"](logits, t_logits)
+            else:
+                parts[name] = self.losses[name](s_feats, t_feats)
+        loss = sum(self.weights[n] * p for n, p in parts.items())
+        return {"loss": loss, "logits": logits, **{f"loss_{n}": p.detach() for n, p in parts.items()}}
+
+
+# ---------------------------------------------------------------- teacher, gate, cache
+
+
+def load_teacher(cfg: DistillConfig, num_classes: int) -> Classifier:
+    from fm2edge.models import create_model
+    from fm2edge.models.io import load_classifier
+
+    if (Path(cfg.teacher) / "model.json").exists():
+        teacher = load_classifier(cfg.teacher)
+    elif Path(cfg.teacher).exists() or cfg.teacher.startswith((".", "/", "~")):
+        raise Fm2EdgeError(f"distill.teacher '{cfg.teacher}' holds no fm2edge model (model.json missing); give the "
+                           f"run folder of `fm2edge probe`, `train` or `zeroshot`")
+    else:
+        teacher = create_model(ModelConfig(name=cfg.teacher, pretrained=cfg.teacher_pretrained), num_classes)
+    if teacher.num_classes != num_classes:
+        raise Fm2EdgeError(f"the teacher predicts {teacher.num_classes} classes but the dataset has {num_classes}; "
+                           f"give a teacher trained on this dataset's classes")
+    return teacher.eval()
+
+
+def quality_gate(teacher_acc: float, num_classes: int, cfg: DistillConfig, name: str) -> None:
+    """Refuse a teacher near chance (such as a pretrained backbone whose new head was never trained)."""
+    chance = 1.0 / num_classes
+    floor = chance * (1 + cfg.min_teacher_gain)
+    if teacher_acc < floor and not cfg.force:
+        raise Fm2EdgeError(
+            f"the teacher '{name}' scores {100 * teacher_acc:.1f}% on the test split, near chance "
+            f"({100 * chance:.1f}%): its classification head is untrained. Train it first, e.g. "
+            f"`fm2edge probe --model.name {name}` (a linear probe) or `fm2edge train --model.name {name}`, and pass "
+            f"that run folder as --distill.teacher; or pass --distill.force true to distil anyway")
+
+
+def teacher_cache(task: DistillTask, images: torch.Tensor, folder: Path, batch_size: int,
+                  device: torch.device) -> dict[str, torch.Tensor]:
+    """Teacher logits (and features when needed) for every training image: computed once, stored as .npy in the
+    run folder, memory-mapped on reuse."""
+    from fm2edge.runs import atomic_dir
+
+    done = folder / "meta.json"
+    if not done.exists():
+        task.teacher.to(device)
+        logits, feats = [], []
+        for start in range(0, len(images), batch_size):
+            lg, ft = task.teacher_outputs(images[start:start + batch_size].to(device))
+            logits.append(lg.cpu())
+            if ft is not None:
+                feats.append(ft.cpu())
+        with atomic_dir(folder) as tmp:
+            np.save(tmp / "logits.npy", torch.cat(logits).numpy())
+            if feats:
+                np.save(tmp / "features.npy", torch.cat(feats).numpy())
+            (tmp / "meta.json").write_text(json.dumps({"n": len(images), "features": bool(feats)}))
+    out = {"logits": torch.from_numpy(np.load(folder / "logits.npy", mmap_mode="c"))}
+    if (folder / "features.npy").exists():
+        out["features"] = torch.from_numpy(np.load(folder / "features.npy", mmap_mode="c"))
+    if len(out["logits"]) != len(images) or (task.needs_features and "features" not in out):
+        raise Fm2EdgeError(f"the teacher cache in '{folder}' does not match this run; delete it and rerun")
+    return {k: v.to(device) for k, v in out.items()} if device.type == "cuda" else out
+
+
+def distill_job(job: DistillJob) -> dict:
+    """`fm2edge distill`: gate the teacher, build the task, run the one loop, write the run folder."""
+    from fm2edge.config import to_dict
+    from fm2edge.data import load_data
+    from fm2edge.models import create_model
+    from fm2edge.runs import atomic_write_bytes
+    from fm2edge.train import environment, fit, make_accelerator, open_run, predict, slug, write_outputs
+
+    accelerator = make_accelerator(job.train.device, job.train.precision)
+    with accelerator.main_process_first():
+        train, test = load_data(job.data)
+    teacher = load_teacher(job.distill, train.num_classes).to(accelerator.device)
+    t_logits = predict(teacher, test, job.train.eval_batch_size, accelerator.device, accelerator=accelerator)
+    teacher_acc = float((t_logits.argmax(1) == test.labels).float().mean())
+    if accelerator.is_main_process:
+        print(f"teacher {teacher.name}: {100 * teacher_acc:.2f}% on the test split")
+    quality_gate(teacher_acc, train.num_classes, job.distill, teacher.name)
+    torch.manual_seed(job.train.seed)
+    student = create_model(job.model, train.num_classes)
+    name = job.run.name or slug(f"distill-{job.model.name}")
+    run = open_run(Path(job.run.root) / name, job.run, accelerator)
+    with run:
+        config = to_dict(job)
+        task = DistillTask(student, teacher, job.distill, job.train.channels_last)
+        if job.distill.cache_teacher == "auto" and job.train.augment == "none":
+            if accelerator.is_main_process:
+                teacher_cache(task, train.images, run.path / "teacher_cache", job.train.eval_batch_size,
+                              accelerator.device)
+            accelerator.wait_for_everyone()
+            task.cache = teacher_cache(task, train.images, run.path / "teacher_cache", job.train.eval_batch_size,
+                                       accelerator.device)
+        if accelerator.is_main_process:
+            run.write_config(config)
+            print(f"student {student.name}: {sum(p.numel() for p in student.parameters()):,} parameters, input "
+                  f"{student.preprocess.size} px | teacher input {teacher.preprocess.size} px | losses "
+                  f"{job.distill.losses} | teacher outputs {'cached' if task.cache is not None else 'online'}")
+        result = fit(task, student, train, test, job.train, run, accelerator, config)
+        metrics = {}
+        if accelerator.is_main_process:
+            agree = float((result.test_logits.argmax(1) == t_logits.argmax(1)).float().mean())
+            metrics = write_outputs(run, student, result, test, {
+                "data": job.data.source, "env": environment(accelerator), "teacher": teacher.name,
+                "teacher_test_acc": teacher_acc, "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
+                "agreement_with_teacher": agree, "teacher_cached": task.cache is not None})
+            buf = io.BytesIO()
+            np.savez(buf, logits=t_logits.numpy(), labels=test.labels.numpy(), preds=t_logits.argmax(1).numpy(),
+                     class_names=np.array(test.class_names))
+            atomic_write_bytes(run.file("teacher_predictions.npz"), buf.getvalue())
+            print(f"student test accuracy {100 * metrics['test_acc']:.2f}% (teacher {100 * teacher_acc:.2f}%, "
+                  f"agreement {100 * agree:.1f}%) | results in {run.path}")
+        accelerator.wait_for_everyone()
+    return metrics

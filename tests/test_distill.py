@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import hub_dataset
+
+from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
+from fm2edge.distill.task import DistillConfig, DistillJob, DistillTask, distill_job, teacher_cache
+from fm2edge.errors import Fm2EdgeError
+from fm2edge.models import create_model
+from fm2edge.train import train_job
+
+
+@pytest.fixture(scope="module")
+def clean_teacher(tmp_path_factory, parquet_dir):
+    """A teacher trained on clean labels (it knows the truth)."""
+    root = tmp_path_factory.mktemp("teacher")
+    train_job(TrainJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name="student:small_cnn"),
+                       train=TrainConfig(epochs=4, batch_size=16, lr=3e-3, device="cpu"),
+                       run=RunConfig(root=str(root), name="teacher")))
+    return root / "teacher"
+
+
+@pytest.fixture(scope="module")
+def noisy_labels(tmp_path_factory):
+    """Same kind of images, but most 'red' training images are labelled 'green': the labels hide the truth."""
+    root = tmp_path_factory.mktemp("noisy")
+    ds = hub_dataset(64, seed=0)
+    labels = list(ds["label"])
+    red = [i for i, y in enumerate(labels) if y == 0]
+    for i in red[: int(0.75 * len(red))]:
+        labels[i] = 1
+    ds = ds.remove_columns("label").add_column("label", labels).cast(hub_dataset(1, 0).features)
+    ds.to_parquet(str(root / "train.parquet"))
+    hub_dataset(32, seed=1).to_parquet(str(root / "test.parquet"))  # clean test labels
+    return root
+
+
+def student_job(tmp_path, source, name, epochs=6):
+    return TrainJob(data=DataConfig(source=str(source)), model=ModelConfig(name="student:small_cnn"),
+                    train=TrainConfig(epochs=epochs, batch_size=16, lr=3e-3, device="cpu", seed=1),
+                    run=RunConfig(root=str(tmp_path), name=name))
+
+
+def test_gate_refuses_a_teacher_with_an_untrained_head(tmp_path, parquet_dir):
+    job = DistillJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name="student:small_cnn"),
+                     train=TrainConfig(epochs=1, device="cpu"),
+                     distill=DistillConfig(teacher="student:cifar_resnet18", teacher_pretrained=False),
+                     run=RunConfig(root=str(tmp_path)))
+    with pytest.raises(Fm2EdgeError, match=r"near chance \(25.0%\).*fm2edge probe"):
+        distill_job(job)
+    assert not list(tmp_path.rglob("*.safetensors"))  # nothing written
+
+
+def test_teacher_with_other_classes_is_refused(tmp_path, clean_teacher):
+    job = DistillJob(data=DataConfig(source="digits"), distill=DistillConfig(teacher=str(clean_teacher)),
+                     train=TrainConfig(device="cpu"), run=RunConfig(root=str(tmp_path)))
+    with pytest.raises(Fm2EdgeError, match="predicts 4 classes but the dataset has 10"):
+        distill_job(job)
+
+
+def test_cached_and_online_teacher_give_the_same_loss(tmp_path, clean_teacher, parquet_dir):
+    from fm2edge.data import load_data
+    from fm2edge.models.io import load_classifier
+
+    train, _ = load_data(DataConfig(source=str(parquet_dir)))
+    teacher = load_classifier(clean_teacher)
+    torch.manual_seed(0)
+    student = create_model(ModelConfig(name="student:small_cnn"), 4)
+    cfg = DistillConfig(teacher=str(clean_teacher), losses={"kd": 1.0, "feature": 0.5, "rkd": 0.1})
+    task = DistillTask(student, teacher, cfg)
+    idx = torch.tensor([3, 7, 11, 20, 42])
+    online = task(train.images[idx], train.labels[idx], idx)
+    task.cache = teacher_cache(task, train.images, tmp_path / "cache", 16, torch.device("cpu"))
+    cached = task(train.images[idx], train.labels[idx], idx)
+    for key in ("loss", "loss_kd", "loss_feature", "loss_rkd"):
+        assert torch.allclose(online[key], cached[key], atol=1e-5), key
+    assert (tmp_path / "cache" / "logits.npy").exists() and (tmp_path / "cache" / "features.npy").exists()
+
+
+def test_distilled_student_beats_the_student_trained_alone(tmp_path, clean_teacher, noisy_labels):
+    alone = train_job(student_job(tmp_path, noisy_labels, "alone"))
+    job = student_job(tmp_path, noisy_labels, "distilled")
+    distilled = distill_job(DistillJob(data=job.data, model=job.model, train=job.train, run=job.run,
+                                       distill=DistillConfig(teacher=str(clean_teacher), alpha=0.1,
+                                                             temperature=2.0)))
+    assert distilled["teacher_test_acc"] >= 0.9
+    assert distilled["test_acc"] >= alone["test_acc"] + 0.1, (distilled["test_acc"], alone["test_acc"])
+    run = tmp_path / "distilled"
+    for f in ("model.safetensors", "predictions.npz", "teacher_predictions.npz", "teacher_cache/logits.npy"):
+        assert (run / f).exists(), f
+    saved = np.load(run / "teacher_predictions.npz")
+    assert (saved["preds"] == saved["labels"]).mean() == pytest.approx(distilled["teacher_test_acc"])
+
+
+def test_unknown_loss_name_is_an_error():
+    with pytest.raises(ValueError, match="unknown distillation losses"):
+        DistillConfig(teacher="x", losses={"crd": 1.0})
