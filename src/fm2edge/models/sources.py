@@ -166,22 +166,26 @@ def _hf_preprocess(name: str, config) -> Preprocess:
     return Preprocess(size=out, crop_pct=min(crop_pct, 1.0), mean=mean, std=std, interpolation=interp)
 
 
-def load_hf_backbone(name: str, pooling: str = "cls") -> tuple[HFBackbone, int, Preprocess]:
-    """Load a transformers vision model by hub id or local path (never running remote code)."""
+def _auto_model(name: str, prefix: str) -> nn.Module:
+    """``AutoModel.from_pretrained`` with remote code off and hub / path failures turned into one clear error."""
     from transformers import AutoModel
 
-    is_path = Path(name).expanduser().exists()
-    if not is_path and name.startswith((".", "/", "~")):
+    if not Path(name).expanduser().exists() and name.startswith((".", "/", "~")):
         raise Fm2EdgeError(f"model path '{name}' does not exist; give a folder written by save_pretrained or a hub id")
     try:
-        model = AutoModel.from_pretrained(name, trust_remote_code=False)
+        return AutoModel.from_pretrained(name, trust_remote_code=False)
     except Exception as exc:
         if is_offline_error(exc):
-            raise HubUnreachableError("model", name, "--model.name hf:/path/to/folder") from exc
+            raise HubUnreachableError("model", name, f"--model.name {prefix}:/path/to/folder") from exc
         if isinstance(exc, OSError):
-            raise Fm2EdgeError(f"cannot load 'hf:{name}': not a folder written by save_pretrained and not a model on "
-                               f"the hub ({str(exc).splitlines()[0]})") from exc
+            raise Fm2EdgeError(f"cannot load '{prefix}:{name}': not a folder written by save_pretrained and not a "
+                               f"model on the hub ({str(exc).splitlines()[0]})") from exc
         raise
+
+
+def load_hf_backbone(name: str, pooling: str = "cls") -> tuple[HFBackbone, int, Preprocess]:
+    """Load a transformers vision model by hub id or local path (never running remote code)."""
+    model = _auto_model(name, "hf")
     if hasattr(model, "vision_model") and hasattr(model, "text_model"):  # CLIP/SigLIP: keep the image tower
         model = model.vision_model
     config = model.config
@@ -251,17 +255,7 @@ class ClipImageTower(nn.Module):
 
 def load_clip(name: str) -> nn.Module:
     """A transformers CLIP-style model (with both towers) by hub id or local path, never running remote code."""
-    from transformers import AutoModel
-
-    try:
-        model = AutoModel.from_pretrained(name, trust_remote_code=False)
-    except Exception as exc:
-        if is_offline_error(exc):
-            raise HubUnreachableError("model", name, "--model.name clip:/path/to/folder") from exc
-        if isinstance(exc, OSError):
-            raise Fm2EdgeError(f"cannot load 'clip:{name}': not a folder written by save_pretrained and not a model "
-                               f"on the hub ({str(exc).splitlines()[0]})") from exc
-        raise
+    model = _auto_model(name, "clip")
     if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
         raise Fm2EdgeError(f"'{name}' is a {type(model).__name__}, not an image-text model such as CLIP or SigLIP")
     return model
