@@ -68,9 +68,10 @@ def demo_job(job: DemoJob) -> dict:
             (f"k-NN, {TEACHER} (pretrained)", results["probe"]["probes"]["knn"]["test_acc"]),
             (f"linear probe, {TEACHER} (random weights)", results["probe-random"]["test_acc"]),
             ("student:small_cnn from scratch, all labels", results["scratch"]["test_acc"])]
-    print(f"  {'model':<52} {'test accuracy':>13}")
+    width = max(len(name) for name, _ in rows) + 2
+    print(f"  {'model':<{width}} {'test accuracy':>13}")
     for name, acc in rows:
-        print(f"  {name:<52} {100 * acc:>12.2f}%")
+        print(f"  {name:<{width}} {100 * acc:>12.2f}%")
     gain = results["probe"]["test_acc"] - results["probe-random"]["test_acc"]
     print(f"  pretrained minus random-weight probe: {100 * gain:+.2f} points" +
           ("  (digits are 8x8 pen strokes, far from the ImageNet photos the backbone learned from)"
