@@ -243,7 +243,6 @@ def probe_job(job: ProbeJob) -> dict:
     from fm2edge.models.io import save_classifier
     from fm2edge.report import plots
     from fm2edge.report.write import save_figure
-    from fm2edge.runs import atomic_write_bytes
     from fm2edge.train import make_accelerator, open_run, slug
 
     accelerator = make_accelerator(job.embed.device, "fp32")
@@ -280,10 +279,7 @@ def probe_job(job: ProbeJob) -> dict:
         model.head.weight.data = torch.as_tensor(teacher_head.weight)
         model.head.bias.data = torch.as_tensor(teacher_head.bias)
         save_classifier(model, run.path)
-        buf = io.BytesIO()
-        np.savez(buf, logits=teacher_scores, labels=test.labels, preds=teacher_scores.argmax(1),
-                 class_names=np.array(test.class_names))
-        atomic_write_bytes(run.file("predictions.npz"), buf.getvalue())
+        run.write_predictions(teacher_scores, test.labels, test.class_names)
         results["test_acc"] = results["probes"][job.probe.teacher]["test_acc"]
 
         if job.probe.poolings:

@@ -139,6 +139,19 @@ class RunDir:
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write_json(self.file(name), obj)
 
+    def write_predictions(self, logits: Any, labels: Any, class_names: list[str],
+                          name: str = "predictions.npz") -> None:
+        """Test-split logits, labels, argmax predictions and class names, as one .npz written atomically."""
+        import io
+
+        import numpy as np
+
+        logits = np.asarray(logits)
+        buf = io.BytesIO()
+        np.savez(buf, logits=logits, labels=np.asarray(labels), preds=logits.argmax(-1),
+                 class_names=np.array(class_names))
+        atomic_write_bytes(self.file(name), buf.getvalue())
+
     def read_json(self, name: str, default: Any = None) -> Any:
         p = self.path / name
         return json.loads(p.read_text()) if p.exists() else default

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -379,11 +378,7 @@ def write_outputs(run: RunDir, model: Classifier, result: FitResult, test: Image
     from fm2edge.report.write import save_figure
 
     save_classifier(model, run.path)
-    logits = result.test_logits.numpy()
-    buf = io.BytesIO()
-    np.savez(buf, logits=logits, labels=test.labels.numpy(), preds=logits.argmax(-1),
-             class_names=np.array(test.class_names))
-    atomic_write_bytes(run.file("predictions.npz"), buf.getvalue())
+    run.write_predictions(result.test_logits.numpy(), test.labels.numpy(), test.class_names)
     metrics = {"history": result.history, "test_acc": accuracy(result.test_logits, test.labels),
                "train_seconds": result.seconds, "resumed_from_epoch": result.resumed_from,
                "parameters": sum(p.numel() for p in model.parameters()), **extra}

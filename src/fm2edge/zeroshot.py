@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -102,13 +101,11 @@ def zeroshot_classifier(job: ZeroShotJob, class_names: list[str]):
 
 
 def zeroshot_job(job: ZeroShotJob) -> dict:
-    import io
 
     from fm2edge.config import to_dict
     from fm2edge.data import load_data
     from fm2edge.models.io import save_classifier
     from fm2edge.report.metrics import per_class_accuracy
-    from fm2edge.runs import atomic_write_bytes
     from fm2edge.train import make_accelerator, open_run, predict, slug
 
     accelerator = make_accelerator(job.zeroshot.device, job.zeroshot.precision)
@@ -129,9 +126,7 @@ def zeroshot_job(job: ZeroShotJob) -> dict:
         if accelerator.is_main_process:
             run.write_config(to_dict(job))
             save_classifier(clf, run.path)
-            buf = io.BytesIO()
-            np.savez(buf, logits=logits.numpy(), labels=labels, preds=preds, class_names=np.array(test.class_names))
-            atomic_write_bytes(run.file("predictions.npz"), buf.getvalue())
+            run.write_predictions(logits.numpy(), labels, test.class_names)
             run.write_json("metrics.json", results)
             print(f"zero-shot test accuracy {100 * acc:.2f}% on {len(labels)} images ({len(job.zeroshot.templates)} "
                   f"templates) | results in {run.path}")

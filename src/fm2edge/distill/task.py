@@ -9,7 +9,6 @@ folder, and reused every epoch.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,7 +203,6 @@ def distill_job(job: DistillJob) -> dict:
     from fm2edge.config import to_dict
     from fm2edge.data import load_data
     from fm2edge.models import create_model
-    from fm2edge.runs import atomic_write_bytes
     from fm2edge.train import environment, fit, make_accelerator, open_run, predict, slug, write_outputs
 
     accelerator = make_accelerator(job.train.device, job.train.precision)
@@ -243,10 +241,7 @@ def distill_job(job: DistillJob) -> dict:
                 "data": job.data.source, "env": environment(accelerator), "teacher": teacher.name,
                 "teacher_test_acc": teacher_acc, "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
                 "agreement_with_teacher": agree, "teacher_cached": task.cache is not None})
-            buf = io.BytesIO()
-            np.savez(buf, logits=t_logits.numpy(), labels=test.labels.numpy(), preds=t_logits.argmax(1).numpy(),
-                     class_names=np.array(test.class_names))
-            atomic_write_bytes(run.file("teacher_predictions.npz"), buf.getvalue())
+            run.write_predictions(t_logits.numpy(), test.labels.numpy(), test.class_names, "teacher_predictions.npz")
             print(f"student test accuracy {100 * metrics['test_acc']:.2f}% (teacher {100 * teacher_acc:.2f}%, "
                   f"agreement {100 * agree:.1f}%) | results in {run.path}")
         accelerator.wait_for_everyone()
