@@ -43,12 +43,13 @@ def student_job(tmp_path, source, name, epochs=6):
                     run=RunConfig(root=str(tmp_path), name=name))
 
 
-def test_gate_refuses_a_teacher_with_an_untrained_head(tmp_path, parquet_dir):
-    job = DistillJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name="student:small_cnn"),
+def test_gate_refuses_a_teacher_with_an_untrained_head(tmp_path):
+    # digits, not the 4-colour fixture: random conv features separate colours well enough to pass a gate by luck
+    job = DistillJob(data=DataConfig(source="digits"), model=ModelConfig(name="student:small_cnn"),
                      train=TrainConfig(epochs=1, device="cpu"),
                      distill=DistillConfig(teacher="student:cifar_resnet18", teacher_pretrained=False),
                      run=RunConfig(root=str(tmp_path)))
-    with pytest.raises(Fm2EdgeError, match=r"near chance \(25.0%\).*fm2edge probe"):
+    with pytest.raises(Fm2EdgeError, match=r"near chance \(10.0%\).*fm2edge probe"):
         distill_job(job)
     assert not list(tmp_path.rglob("*.safetensors"))  # nothing written
 

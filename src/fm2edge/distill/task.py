@@ -208,6 +208,7 @@ def distill_job(job: DistillJob) -> dict:
     accelerator = make_accelerator(job.train.device, job.train.precision)
     with accelerator.main_process_first():
         train, test = load_data(job.data)
+    torch.manual_seed(job.train.seed)  # a registered teacher gets a fresh head: its gate verdict must be reproducible
     teacher = load_teacher(job.distill, train.num_classes).to(accelerator.device)
     t_logits = predict(teacher, test, job.train.eval_batch_size, accelerator.device, accelerator=accelerator)
     teacher_acc = float((t_logits.argmax(1) == test.labels).float().mean())
