@@ -12,7 +12,7 @@ from fm2edge.errors import Fm2EdgeError
 
 FIELDS = {"model", "backend", "dtype", "batch", "params", "macs", "size_bytes", "image_size", "device", "torch",
           "threads", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "runs", "first_call_s",
-          "throughput_batch", "throughput_img_s", "peak_memory_bytes", "speedup_vs_first"}
+          "throughput_batch", "throughput_img_s", "peak_memory_bytes", "peak_memory_kind", "speedup_vs_first"}
 
 
 def test_summary_percentiles_are_ordered():
@@ -58,6 +58,8 @@ def test_bench_cli_positional_models(tmp_path):
     (BenchJob(models=["nosuch:model"]), "unknown model"),
     (BenchJob(models=["student:small_cnn"], bench=BenchConfig(dtypes=["fp16"])), "fp16 is only timed on CUDA"),
     (BenchJob(models=["student:small_cnn"], bench=BenchConfig(backends=["onnx"], dtypes=["bf16"])), "onnx backend"),
+    (BenchJob(models=["student:small_cnn"], bench=BenchConfig(backends=["onnx_int8"], dtypes=["bf16"])),
+     "onnx_int8 backend"),
 ])
 def test_bench_bad_input(job, match, tmp_path):
     job.output = str(tmp_path / "b.json")
@@ -68,3 +70,24 @@ def test_bench_bad_input(job, match, tmp_path):
 def test_bench_cli_unsupported_backend_is_one_line(capsys):
     assert main(["bench", "student:small_cnn", "--bench.backends", "[tensorrt]"]) == 2
     assert "tensorrt" in capsys.readouterr().err
+
+
+def test_bench_int8_backend_and_cpu_peak_memory(tmp_path):
+    job = BenchJob(models=["student:small_cnn"], output=str(tmp_path / "b.json"),
+                   bench=BenchConfig(runs=5, warmup=1, throughput_batch=32, throughput_runs=1,
+                                     backends=["eager", "onnx_int8"]))
+    rows = bench_job(job)["rows"]
+    assert [r["backend"] for r in rows] == ["eager", "onnx_int8"]
+    for r in rows:
+        assert r["peak_memory_kind"] == "process RSS rise"
+        assert r["peak_memory_bytes"] is None or r["peak_memory_bytes"] >= 0
+        assert r["p50_ms"] > 0
+
+
+def test_peak_rss_sees_a_large_temporary_allocation():
+    from fm2edge.timing import peak_rss_during
+
+    peak = peak_rss_during(lambda: np.ones(64 * 2**20 // 8).sum())  # 64 MiB touched, then freed
+    if peak is None:
+        pytest.skip("no /proc/self/clear_refs on this system")
+    assert peak >= 48 * 2**20

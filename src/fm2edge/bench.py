@@ -19,8 +19,11 @@ import torch
 
 from fm2edge.config import _check
 from fm2edge.errors import Fm2EdgeError
+from fm2edge.timing import peak_rss_during, summarise, time_calls
 
-Backend = Literal["eager", "compile", "onnx"]
+__all__ = ["BenchConfig", "BenchJob", "bench_job", "count_macs", "summarise", "time_calls"]
+
+Backend = Literal["eager", "compile", "onnx", "onnx_int8"]
 DType = Literal["fp32", "bf16", "fp16"]
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -33,7 +36,9 @@ class BenchConfig:
         device: "cpu", "cuda" or "auto" (CUDA when available).
         threads: CPU threads for PyTorch and ONNX Runtime; empty keeps the default.
         dtypes: Weight/input precisions to time: fp32, bf16, fp16 (fp16 on CUDA only).
-        backends: "eager" PyTorch, "compile" (torch.compile) and "onnx" (ONNX Runtime, fp32).
+        backends: "eager" PyTorch, "compile" (torch.compile), "onnx" (ONNX Runtime fp32) and "onnx_int8" (ONNX
+            Runtime, statically quantised; calibrated here on random inputs, which costs the same compute as real
+            ones: for accuracy use `fm2edge export`).
         runs: Timed runs per latency figure (at least 100 for stable p99).
         warmup: Untimed runs first.
         throughput_batch: Batch size for the throughput figure.
@@ -83,28 +88,6 @@ class BenchJob:
 # ---------------------------------------------------------------- measuring (pure functions of a callable)
 
 
-def summarise(seconds: np.ndarray) -> dict[str, float]:
-    """Milliseconds: mean, p50, p90, p99, min, max of per-call times."""
-    ms = 1e3 * np.asarray(seconds, dtype=np.float64)
-    return {"mean_ms": float(ms.mean()), "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-            "p99_ms": float(np.percentile(ms, 99)), "min_ms": float(ms.min()), "max_ms": float(ms.max()),
-            "runs": int(len(ms))}
-
-
-def time_calls(fn, runs: int, warmup: int, sync=lambda: None) -> np.ndarray:
-    """Seconds per call of ``fn`` over ``runs`` timed calls after ``warmup`` untimed ones, synchronised."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    out = np.empty(runs)
-    for i in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        out[i] = time.perf_counter() - t0
-    return out
-
-
 def count_macs(model: torch.nn.Module, x: torch.Tensor) -> int:
     """Multiply-accumulates of one forward pass, from PyTorch's own FLOP counter (FLOPs / 2)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -134,21 +117,6 @@ class _Normalised(torch.nn.Module):
         return self.clf(x)
 
 
-def onnx_session(model: torch.nn.Module, x: torch.Tensor, threads: int | None, folder: Path):
-    """Export ``model`` to ONNX (dynamic batch) and open an ONNX Runtime CPU session on it."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise Fm2EdgeError("the onnx backend needs onnxruntime: pip install 'fm2edge[export]'") from exc
-    path = folder / "model.onnx"
-    torch.onnx.export(model, (x,), str(path), input_names=["pixels"], output_names=["logits"],
-                      dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def load_for_bench(name: str, num_classes: int):
     from fm2edge.config import ModelConfig
     from fm2edge.models import create_model
@@ -157,6 +125,27 @@ def load_for_bench(name: str, num_classes: int):
     if (Path(name) / "model.json").exists():
         return load_classifier(name)
     return create_model(ModelConfig(name=name), num_classes).eval()
+
+
+def _caller(backend: str, model: torch.nn.Module, dt: torch.dtype, x1: torch.Tensor, cfg: BenchConfig, tmp: Path):
+    """``call(batch)`` returns a zero-argument function that runs one forward pass on the chosen backend."""
+    if backend.startswith("onnx"):
+        from fm2edge.export import export_onnx, open_session, quantize_int8, run_session
+
+        path = export_onnx(model, x1.cpu(), tmp / "model.onnx")
+        if backend == "onnx_int8":
+            calib = (torch.randn(8, *x1.shape[1:]).numpy() for _ in range(4))
+            path = quantize_int8(path, tmp / "model.int8.onnx", calib)
+        sess = open_session(path, cfg.threads)
+        return lambda b: (lambda: run_session(sess, b))
+    fwd = torch.compile(model) if backend == "compile" else model
+
+    def call(b):
+        def run():
+            with torch.inference_mode():
+                fwd(b.to(dt))
+        return run
+    return call
 
 
 def bench_model(name: str, cfg: BenchConfig, device: torch.device) -> list[dict]:
@@ -176,25 +165,14 @@ def bench_model(name: str, cfg: BenchConfig, device: torch.device) -> list[dict]
         for dtype_name in cfg.dtypes:
             if dtype_name == "fp16" and device.type != "cuda":
                 raise Fm2EdgeError("fp16 is only timed on CUDA; use --bench.dtypes [fp32,bf16] on the CPU")
-            if backend == "onnx" and (dtype_name != "fp32" or device.type != "cpu"):
-                raise Fm2EdgeError("the onnx backend is timed in fp32 on the CPU; drop it or use --bench.dtypes [fp32]")
+            if backend.startswith("onnx") and (dtype_name != "fp32" or device.type != "cpu"):
+                raise Fm2EdgeError(f"the {backend} backend is timed from fp32 weights on the CPU; drop it or use "
+                                   f"--bench.dtypes [fp32] --bench.device cpu")
             dt = TORCH_DTYPES[dtype_name]
             model = net.to(dt)
+            xb = torch.randn(cfg.throughput_batch, 3, size, size, device=device)
             with tempfile.TemporaryDirectory() as tmp:
-                if backend == "onnx":
-                    sess = onnx_session(model.float(), x1.float(), cfg.threads, Path(tmp))
-
-                    def call(b, sess=sess):
-                        return lambda: sess.run(None, {"pixels": b.numpy()})
-                else:
-                    fwd = torch.compile(model) if backend == "compile" else model
-
-                    def call(b, fwd=fwd, dt=dt):
-                        def run():
-                            with torch.inference_mode():
-                                fwd(b.to(dt))
-                        return run
-                xb = torch.randn(cfg.throughput_batch, 3, size, size, device=device)
+                call = _caller(backend, model, dt, x1, cfg, Path(tmp))
                 t0 = time.perf_counter()
                 call(x1)()  # first call: compilation / session warm-up, reported separately
                 first_s = time.perf_counter() - t0
@@ -204,12 +182,13 @@ def bench_model(name: str, cfg: BenchConfig, device: torch.device) -> list[dict]
                     torch.cuda.reset_peak_memory_stats(device)
                     call(xb)()
                     sync()
-                    peak = torch.cuda.max_memory_allocated(device)
+                    peak, peak_kind = torch.cuda.max_memory_allocated(device), "cuda allocated"
                 else:
-                    peak = None
+                    peak, peak_kind = peak_rss_during(call(xb)), "process RSS rise"
             rows.append({**base, "backend": backend, "dtype": dtype_name, "batch": 1, "first_call_s": first_s,
                          **latency, "throughput_batch": cfg.throughput_batch,
-                         "throughput_img_s": float(cfg.throughput_batch / np.median(tput)), "peak_memory_bytes": peak})
+                         "throughput_img_s": float(cfg.throughput_batch / np.median(tput)), "peak_memory_bytes": peak,
+                         "peak_memory_kind": peak_kind})
             net.float()
     return rows
 

@@ -13,7 +13,9 @@ from fm2edge.config import DemoJob, TrainJob
 from fm2edge.demo import demo_job
 from fm2edge.distill.task import DistillJob, distill_job
 from fm2edge.errors import Fm2EdgeError
+from fm2edge.export import ExportJob, export_job
 from fm2edge.features import EmbedJob, embed_job
+from fm2edge.finetune import FinetuneJob, finetune_job
 from fm2edge.probe import ProbeJob, probe_job
 from fm2edge.train import train_job
 from fm2edge.zeroshot import ZeroShotJob, zeroshot_job
@@ -24,9 +26,13 @@ COMMANDS = {
     "embed": (embed_job, EmbedJob, "foundation-model features of a dataset, cached on disk, with t-SNE (lab task 1)"),
     "probe": (probe_job, ProbeJob, "linear / k-NN probes on cached features, label efficiency, pooling (lab task 2)"),
     "zeroshot": (zeroshot_job, ZeroShotJob, "CLIP-style zero-shot classification from prompts, no training"),
+    "finetune": (finetune_job, FinetuneJob, "adapt a pretrained backbone: LoRA, full or linear fine-tuning, "
+                 "compared (lab task 3)"),
     "bench": (bench_job, BenchJob, "latency, throughput, parameters, MACs and size of models (lab task 4)"),
     "distill": (distill_job, DistillJob, "train a student with a teacher's guidance: KD, DKD, DIST, RKD, features "
                 "(lab tasks 6-7)"),
+    "export": (export_job, ExportJob, "ONNX and int8 ONNX of a trained model, with parity, accuracy and latency "
+               "checks"),
     "list": (list_job, ListJob, "list registered models and accepted data sources"),
 }
 
@@ -62,14 +68,21 @@ def _quiet_libraries() -> None:
         pass
 
 
+POSITIONAL = {"bench": ("models", True), "export": ("model", False)}  # command -> (field, takes several)
+
+
 def _positional_models(argv: list[str]) -> list[str]:
-    """`fm2edge bench A B --flags` -> `fm2edge bench --models [A, B] --flags` (models read best as positionals)."""
-    if argv[:1] != ["bench"]:
+    """`fm2edge bench A B --flags` -> `fm2edge bench --models [A, B] --flags`; `fm2edge export R` -> `--model R`
+    (models read best as positionals)."""
+    if not argv or argv[0] not in POSITIONAL:
         return argv
+    name, several = POSITIONAL[argv[0]]
     rest, models = list(argv[1:]), []
-    while rest and not rest[0].startswith("-"):
+    while rest and not rest[0].startswith("-") and (several or not models):
         models.append(rest.pop(0))
-    return ["bench", *(["--models", json.dumps(models)] if models else []), *rest]
+    if not models:
+        return argv
+    return [argv[0], f"--{name}", json.dumps(models) if several else models[0], *rest]
 
 
 def main(argv: list[str] | None = None) -> int:

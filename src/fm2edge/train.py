@@ -273,7 +273,8 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, test: ImageData, c
     if channels_last:
         model.to(memory_format=torch.channels_last)
     task.to(device)
-    optimizer = build_optimizer(task.parameters(), cfg)
+    # frozen weights (a LoRA base, a linear probe's backbone) get no optimiser state
+    optimizer = build_optimizer([p for p in task.parameters() if p.requires_grad], cfg)
     world, rank = accelerator.num_processes, accelerator.process_index
     steps_per_epoch = len(batch_plan(len(train), cfg.batch_size, world, rank, torch.Generator().manual_seed(0)))
     if steps_per_epoch == 0:

@@ -174,13 +174,15 @@ def teacher_cache(task: DistillTask, images: torch.Tensor, folder: Path, batch_s
                   device: torch.device) -> dict[str, torch.Tensor]:
     """Teacher logits (and features when needed) for every training image: computed once, stored as .npy in the
     run folder, memory-mapped on reuse."""
+    from tqdm.auto import tqdm
+
     from fm2edge.runs import atomic_dir
 
     done = folder / "meta.json"
     if not done.exists():
         task.teacher.to(device)
         logits, feats = [], []
-        for start in range(0, len(images), batch_size):
+        for start in tqdm(range(0, len(images), batch_size), desc="teacher outputs", unit="batch", leave=False):
             lg, ft = task.teacher_outputs(images[start:start + batch_size].to(device))
             logits.append(lg.cpu())
             if ft is not None:

@@ -73,7 +73,10 @@ def _timm_preprocess(net: nn.Module) -> Preprocess:
     import timm.data
 
     dc = timm.data.resolve_data_config({}, model=net)
-    return Preprocess(size=dc["input_size"][-1], crop_pct=dc.get("crop_pct", 1.0), mean=tuple(dc["mean"]),
+    # a ViT built for another size (img_size=...) keeps its pretrained config's 224; its patch embedding knows
+    fixed = getattr(getattr(net, "patch_embed", None), "img_size", None)
+    size = int(fixed[-1] if isinstance(fixed, (tuple, list)) else fixed) if fixed else dc["input_size"][-1]
+    return Preprocess(size=size, crop_pct=dc.get("crop_pct", 1.0), mean=tuple(dc["mean"]),
                       std=tuple(dc["std"]), interpolation=dc.get("interpolation", "bilinear"))
 
 
@@ -91,7 +94,12 @@ def timm_model(rest: str, cfg: ModelConfig, num_classes: int) -> Classifier:
         close = difflib.get_close_matches(rest, timm.list_models(), n=3)
         raise Fm2EdgeError(f"unknown model 'timm:{rest}'" + (f"; did you mean {', '.join(close)}?" if close else ""))
     try:
-        net = timm.create_model(rest, pretrained=cfg.pretrained, num_classes=0)
+        # ViTs take the input size as a constructor argument (position embeddings); CNNs take any size and reject it
+        try:
+            net = timm.create_model(rest, pretrained=cfg.pretrained, num_classes=0,
+                                    **({"img_size": cfg.image_size} if cfg.image_size else {}))
+        except TypeError:
+            net = timm.create_model(rest, pretrained=cfg.pretrained, num_classes=0)
     except Exception as exc:
         if is_offline_error(exc):
             raise HubUnreachableError("timm weights", rest, "--model.pretrained false, or HF_HOME,") from exc
@@ -112,7 +120,9 @@ class HFBackbone(nn.Module):
     def __init__(self, model: nn.Module, pooling: str = "cls", last_n: int = 1) -> None:
         super().__init__()
         self.model = model
-        self.num_prefix = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
+        timm_net = getattr(model, "timm_model", None)  # transformers' timm wrapper (the lab's LoRA model)
+        self.num_prefix = int(getattr(timm_net, "num_prefix_tokens", 1)) if timm_net is not None else \
+            1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
         self.set_pooling(pooling, last_n)
 
     def set_pooling(self, pooling: str, last_n: int = 1) -> None:
@@ -190,12 +200,18 @@ def load_hf_backbone(name: str, pooling: str = "cls") -> tuple[HFBackbone, int, 
         model = model.vision_model
     config = model.config
     backbone = HFBackbone(model, pooling)
-    return backbone, _probe_dim(backbone, config), _hf_preprocess(name, config)
+    # a timm model inside transformers' wrapper keeps timm's own data config (what its image processor applies)
+    pre = _timm_preprocess(model.timm_model) if hasattr(model, "timm_model") else _hf_preprocess(name, config)
+    return backbone, _probe_dim(backbone, config), pre
 
 
 def _probe_dim(backbone: nn.Module, config) -> int:
-    size = getattr(config, "image_size", 224)
-    size = size if isinstance(size, int) else size[0]
+    timm_net = getattr(backbone.model, "timm_model", None)
+    if timm_net is not None:
+        size = _timm_preprocess(timm_net).size
+    else:
+        size = getattr(config, "image_size", 224)
+        size = size if isinstance(size, int) else size[0]
     with torch.no_grad():
         was = backbone.training
         out = backbone.eval()(torch.zeros(1, getattr(config, "num_channels", 3), size, size))

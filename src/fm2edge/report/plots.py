@@ -95,3 +95,30 @@ def bars(values: dict[str, float], xlabel: str, ylabel: str, title: str) -> Figu
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.set_ylim(0, max(100.0, max(values.values()) * 1.1) if values else 100)
     return fig
+
+
+def finetune_comparison(rows: Sequence[dict], title: str) -> Figure:
+    """Linear vs LoRA vs full: test accuracy (before and after), trainable parameters, training time."""
+    fig = Figure(figsize=(11, 3.8), layout="constrained")
+    axes = fig.subplots(1, 3)
+    names = [r["mode"] for r in rows]
+    colours = [f"C{i}" for i in range(len(rows))]
+    after = [100 * r["test_acc"] for r in rows]
+    rects = axes[0].bar(names, after, color=colours)
+    axes[0].bar_label(rects, fmt="%.1f")
+    before = [(i, 100 * r["test_acc_before"]) for i, r in enumerate(rows) if r.get("test_acc_before") is not None]
+    if before:
+        axes[0].scatter([i for i, _ in before], [b for _, b in before], marker="_", s=600, color="k", zorder=3,
+                        label="before training")
+        axes[0].legend(loc="upper left", fontsize=8)
+    axes[0].set(ylabel="test accuracy (%)", ylim=(0, 115), title="accuracy after training")
+    rects = axes[1].bar(names, [r["trainable"] for r in rows], color=colours)
+    axes[1].bar_label(rects, labels=[f"{r['trainable']:,}\n{100 * r['trainable'] / r['total']:.2f}%" for r in rows],
+                      fontsize=8)
+    axes[1].set(yscale="log", ylabel="trainable parameters (log)", title="trainable parameters")
+    axes[1].set_ylim(top=max(r["total"] for r in rows) * 20)
+    rects = axes[2].bar(names, [r["train_seconds"] for r in rows], color=colours)
+    axes[2].bar_label(rects, fmt="%.0f s")
+    axes[2].set(ylabel="seconds", title="training time")
+    fig.suptitle(title)
+    return fig

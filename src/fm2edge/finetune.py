@@ -1,0 +1,260 @@
+"""`fm2edge finetune`: adapt a pretrained backbone to the dataset's classes: LoRA, full or linear (lab task 3).
+
+Every mode runs on the one training loop (Accelerate, bf16 autocast, checkpoints, resume) over a :class:`Classifier`,
+so the new head is always the module named ``head`` and is always trained: the lab's ``modules_to_save=
+["classifier"]`` matched nothing in transformers' timm wrapper and left the head frozen; here the head's name is taken
+from the model and checked after peft has wrapped it. LoRA target modules come from a per-family preset found by
+looking at the model's own layers (timm's fused ``qkv``; transformers' ``q_proj``/``v_proj``, called
+``query``/``value`` before transformers 5), and a target that matches nothing is an error, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, _check
+from fm2edge.errors import Fm2EdgeError
+from fm2edge.models import Classifier
+
+Mode = Literal["lora", "full", "linear"]
+HEAD = "head"  # Classifier's head attribute: the one module every mode trains in full
+# (suffixes of the attention projections LoRA adapts, per model family), tried in this order
+PRESETS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("timm ViT (fused qkv)", ("qkv",)),
+    ("transformers >= 5 ViT / DINOv2, CLIP / SigLIP", ("q_proj", "v_proj")),
+    ("transformers < 5 ViT / DINOv2", ("query", "value")),
+)
+
+
+@dataclass
+class FinetuneConfig:
+    """How the backbone is adapted.
+
+    Args:
+        modes: One or more of lora (low-rank adapters on the attention projections, head trained in full), full
+            (every weight trained) and linear (backbone frozen, head only). Several modes run one after the other on
+            the same data and are compared in one table and plot.
+        lora_r: LoRA rank r.
+        lora_alpha: LoRA scaling alpha (the update is scaled by alpha / r).
+        lora_dropout: Dropout on the LoRA branch's input.
+        target_modules: Module-name suffixes LoRA adapts; empty picks the preset for the model's family (timm: qkv;
+            transformers ViT/DINOv2/CLIP: q_proj, v_proj, or query, value before transformers 5).
+        eval_before: Measure test accuracy before training (the lab's "accuracy before LoRA").
+    """
+
+    modes: list[Mode] = field(default_factory=lambda: ["lora"])
+    lora_r: int = 16
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.1
+    target_modules: list[str] | None = None
+    eval_before: bool = True
+
+    def __post_init__(self) -> None:
+        _check(bool(self.modes) and len(set(self.modes)) == len(self.modes),
+               f"finetune.modes must name each of lora, full, linear at most once, got {self.modes}")
+        _check(self.lora_r >= 1, f"finetune.lora_r must be at least 1, got {self.lora_r}")
+        _check(self.lora_alpha > 0, f"finetune.lora_alpha must be positive, got {self.lora_alpha}")
+        _check(0 <= self.lora_dropout < 1, f"finetune.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+
+@dataclass
+class FinetuneJob:
+    """`fm2edge finetune`: LoRA, full or linear fine-tuning of a pretrained backbone, compared in one table."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="timm:vit_small_patch16_224.augreg_in21k",
+                                                                   pretrained=True))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, batch_size=32, lr=5e-4,
+                                                                   optimizer="adamw"))
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ---------------------------------------------------------------- pure pieces
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Trainable and total parameters, as the lab's ``print_trainable_parameters`` counts them."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": trainable, "total": total}
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.startswith(HEAD)]
+
+
+def resolve_targets(model: Classifier, requested: list[str] | None) -> list[str]:
+    """The LoRA target suffixes: the user's, checked to match, or the first family preset the model's layers fit."""
+    names = linear_names(model)
+    if requested:
+        missing = [t for t in requested if not any(n == t or n.endswith("." + t) for n in names)]
+        if missing:
+            suffixes = sorted({n.rsplit(".", 1)[-1] for n in names})
+            raise Fm2EdgeError(f"LoRA target modules {missing} match no linear layer of {model.name}; its linear "
+                               f"layers end in {suffixes[:12]}; pass some of these as --finetune.target_modules")
+        return list(requested)
+    for _family, suffixes in PRESETS:
+        if all(any(n.endswith("." + s) for n in names) for s in suffixes):
+            return list(suffixes)
+    raise Fm2EdgeError(f"{model.name} has no attention projections LoRA knows (qkv, q_proj/v_proj, query/value); "
+                       f"pass --finetune.target_modules with suffixes of its linear layers, or use "
+                       f"--finetune.modes [full] or [linear]")
+
+
+def expected_lora_parameters(model: Classifier, targets: list[str], r: int) -> int:
+    """r x (in + out) for every adapted linear layer: what LoRA's A (r x in) and B (out x r) matrices add."""
+    total = 0
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and not name.startswith(HEAD) and any(name.endswith("." + t) for t in targets):
+            total += r * (m.in_features + m.out_features)
+    return total
+
+
+def apply_mode(model: Classifier, mode: str, cfg: FinetuneConfig) -> nn.Module:
+    """Freeze or wrap ``model`` for ``mode``; returns the module to train (a peft model for LoRA)."""
+    if mode == "full":
+        model.requires_grad_(True)
+        return model
+    if mode == "linear":
+        model.requires_grad_(False)
+        getattr(model, HEAD).requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets = resolve_targets(model, cfg.target_modules)
+    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
+                        target_modules=targets, modules_to_save=[HEAD])
+    wrapped = get_peft_model(model, config)
+    head_params = [(n, p) for n, p in wrapped.named_parameters() if n.split(".")[2:3] == [HEAD] or
+                   f".{HEAD}.modules_to_save." in n]
+    if not head_params or not all(p.requires_grad for n, p in head_params if "modules_to_save" in n):
+        raise Fm2EdgeError(f"the new head '{HEAD}' of {model.name} is not trainable after LoRA wrapping; "
+                           f"refusing to train adapters under a frozen random head")
+    return wrapped
+
+
+def merged(trained: nn.Module) -> Classifier:
+    """The plain classifier: LoRA updates folded into the weights (``merge_and_unload``), the trained head kept."""
+    if hasattr(trained, "merge_and_unload"):
+        return trained.merge_and_unload()
+    return trained
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _peak_memory(device: torch.device) -> int | None:
+    from fm2edge.timing import peak_rss
+
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()
+
+
+def finetune_one(job: FinetuneJob, mode: str, train, test, accelerator, run_path: Path) -> dict:
+    """One mode in its own run folder; a finished one is read back, an interrupted one resumes."""
+    from fm2edge.config import to_dict
+    from fm2edge.models import create_model
+    from fm2edge.timing import reset_peak_rss
+    from fm2edge.train import SupervisedTask, accuracy, environment, fit, open_run, predict, write_outputs
+
+    done = run_path / "metrics.json"
+    if done.exists() and (run_path / "model.safetensors").exists() and job.run.resume:
+        metrics = json.loads(done.read_text())
+        if "test_acc" in metrics and len(metrics.get("history", [])) >= job.train.epochs:
+            if accelerator.is_main_process:
+                print(f"{mode}: finished earlier, {100 * metrics['test_acc']:.2f}% (from {run_path})")
+            return metrics
+    torch.manual_seed(job.train.seed)
+    model = create_model(job.model, train.num_classes)
+    before = count_parameters(model)
+    trainable = apply_mode(model, mode, job.finetune)
+    after = count_parameters(trainable)
+    device = accelerator.device
+    acc_before = None
+    if job.finetune.eval_before:
+        acc_before = accuracy(predict(trainable.to(device), test, job.train.eval_batch_size, device,
+                                      accelerator=accelerator), test.labels)
+    run = open_run(run_path, job.run, accelerator)
+    with run:
+        config = to_dict(job)
+        extra = {}
+        if accelerator.is_main_process:
+            run.write_config(config)
+            lines = [f"{mode}: {model.name} | trainable parameters before {before['trainable']:,} of "
+                     f"{before['total']:,}, after {after['trainable']:,} of {after['total']:,} "
+                     f"({100 * after['trainable'] / after['total']:.2f}%)"]
+            if mode == "lora":
+                targets = trainable.peft_config["default"].target_modules
+                extra["lora_targets"] = sorted(targets)
+                lines.append(f"  LoRA r={job.finetune.lora_r} alpha={job.finetune.lora_alpha} on {sorted(targets)}; "
+                             f"head '{HEAD}' trained in full")
+            if acc_before is not None:
+                lines.append(f"  test accuracy before training {100 * acc_before:.2f}%")
+            print("\n".join(lines))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        else:
+            reset_peak_rss()
+        task = SupervisedTask(trainable, job.train.label_smoothing, job.train.channels_last)
+        result = fit(task, trainable, train, test, job.train, run, accelerator, config)
+        metrics = {}
+        if accelerator.is_main_process:
+            peak = _peak_memory(device)
+            if mode == "lora":
+                trainable.save_pretrained(str(run.path / "adapter"))
+            plain = merged(trainable)
+            metrics = write_outputs(run, plain, result, test, {
+                "data": job.data.source, "env": environment(accelerator), "mode": mode,
+                "parameters_before": before, "parameters_after": after, "test_acc_before": acc_before,
+                "peak_memory_bytes": peak, "peak_memory_kind": "cuda allocated" if device.type == "cuda"
+                else "process peak RSS", **extra})
+            print(f"{mode}: test accuracy {100 * metrics['test_acc']:.2f}% after {job.train.epochs} epochs "
+                  f"({metrics['train_seconds']:.0f} s) | results in {run.path}")
+        accelerator.wait_for_everyone()
+    return metrics
+
+
+def finetune_job(job: FinetuneJob) -> dict:
+    """`fm2edge finetune`: each mode in RUN/<mode>, then a comparison table, JSON and plot in RUN."""
+    from fm2edge.data import load_data
+    from fm2edge.report import plots
+    from fm2edge.report.write import save_figure
+    from fm2edge.runs import atomic_write_json
+    from fm2edge.train import make_accelerator, slug
+
+    accelerator = make_accelerator(job.train.device, job.train.precision)
+    with accelerator.main_process_first():
+        train, test = load_data(job.data)
+    root = Path(job.run.root) / (job.run.name or slug(f"finetune-{job.model.name}"))
+    if root.exists() and not (job.run.resume or job.run.overwrite) and any(
+            (root / m).exists() for m in job.finetune.modes):
+        raise Fm2EdgeError(f"run folder '{root}' already exists; pass --run.resume true to continue it or "
+                           f"--run.overwrite true to replace it")
+    results = {mode: finetune_one(job, mode, train, test, accelerator, root / mode) for mode in job.finetune.modes}
+    if not accelerator.is_main_process:
+        return {}
+    rows = [{"mode": m, "test_acc": r["test_acc"], "test_acc_before": r.get("test_acc_before"),
+             "trainable": r["parameters_after"]["trainable"], "total": r["parameters_after"]["total"],
+             "train_seconds": r["train_seconds"], "peak_memory_bytes": r.get("peak_memory_bytes"),
+             "images_per_s": r["history"][-1]["images_per_s"] if r["history"] else None}
+            for m, r in results.items()]
+    summary = {"model": job.model.name, "data": job.data.source, "epochs": job.train.epochs, "rows": rows}
+    atomic_write_json(root / "comparison.json", summary)
+    print(f"\n{'mode':<8} {'trainable':>12} {'of total':>9} {'acc before':>11} {'acc after':>10} {'train s':>8} "
+          f"{'img/s':>7} {'peak MB':>8}")
+    for r in rows:
+        before = f"{100 * r['test_acc_before']:.2f}%" if r["test_acc_before"] is not None else "-"
+        peak = f"{r['peak_memory_bytes'] / 2**20:.0f}" if r["peak_memory_bytes"] else "-"
+        print(f"{r['mode']:<8} {r['trainable']:>12,} {100 * r['trainable'] / r['total']:>8.2f}% {before:>11} "
+              f"{100 * r['test_acc']:>9.2f}% {r['train_seconds']:>8.0f} {r['images_per_s'] or 0:>7.0f} {peak:>8}")
+    if len(rows) > 1:
+        save_figure(plots.finetune_comparison(rows, f"{job.model.name} on {job.data.source}"),
+                    root / "plots" / "comparison.png")
+    print(f"results in {root}")
+    return summary

@@ -1,0 +1,79 @@
+"""Measuring primitives shared by `fm2edge bench` and `fm2edge export`: synchronised timing and peak memory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def summarise(seconds: np.ndarray) -> dict[str, float]:
+    """Milliseconds: mean, p50, p90, p99, min, max of per-call times."""
+    ms = 1e3 * np.asarray(seconds, dtype=np.float64)
+    return {"mean_ms": float(ms.mean()), "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "p99_ms": float(np.percentile(ms, 99)), "min_ms": float(ms.min()), "max_ms": float(ms.max()),
+            "runs": int(len(ms))}
+
+
+def time_calls(fn: Callable[[], object], runs: int, warmup: int, sync: Callable[[], object] = lambda: None
+               ) -> np.ndarray:
+    """Seconds per call of ``fn`` over ``runs`` timed calls after ``warmup`` untimed ones, synchronised."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    out = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        out[i] = time.perf_counter() - t0
+    return out
+
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_kib(key: str) -> int | None:
+    for line in _STATUS.read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def peak_rss_during(fn: Callable[[], object]) -> int | None:
+    """Bytes the process's peak resident memory rose above its resident memory before ``fn``, or None off Linux.
+
+    Linux resets the high-water mark (VmHWM) when "5" is written to /proc/self/clear_refs, so the peak of one call
+    is measured exactly, without a sampling thread; what the call allocated and freed again is included.
+    """
+    try:
+        before = _status_kib("VmRSS")
+    except OSError:
+        return None
+    if before is None or not reset_peak_rss():
+        fn()
+        return None
+    fn()
+    peak = peak_rss()
+    return None if peak is None else max(0, peak - before * 1024)
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak-resident-memory window (Linux); False where the kernel offers none."""
+    try:
+        _CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss() -> int | None:
+    """Bytes of the process's peak resident memory since the last :func:`reset_peak_rss` (or since start)."""
+    try:
+        kib = _status_kib("VmHWM")
+    except OSError:
+        return None
+    return None if kib is None else kib * 1024

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fm2edge.cli import main
+from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
+from fm2edge.errors import Fm2EdgeError
+from fm2edge.export import ExportConfig, ExportJob, export_job, open_session, run_session
+from fm2edge.train import train_job
+
+DIGITS = DataConfig(source="digits", max_train=400, max_test=120)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    train_job(TrainJob(data=DIGITS, model=ModelConfig(name="student:small_cnn"),
+                       train=TrainConfig(epochs=3, batch_size=32, lr=3e-3, device="cpu"),
+                       run=RunConfig(root=str(root), name="cnn")))
+    return root / "cnn"
+
+
+def fast(**kw) -> ExportConfig:
+    return ExportConfig(latency_runs=5, calibration_images=64, **kw)
+
+
+def test_export_fp32_and_int8_with_parity_and_accuracy(trained, tmp_path):
+    out = tmp_path / "export"
+    result = export_job(ExportJob(model=str(trained), data=DIGITS, export=fast(), output=str(out)))
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "model.int8.onnx", "export.json"}
+    assert result["parity_max_abs_diff"] <= 1e-3
+    acc = result["test_acc"]
+    assert acc["pytorch_fp32"] == pytest.approx(acc["onnx_fp32"], abs=1 / 120)
+    assert acc["onnx_fp32"] > 0.5  # trained: far above the 10% of chance
+    assert 0 <= acc["onnx_int8"] <= 1 and result["int8_agreement_with_fp32"] > 0.8
+    assert result["size_bytes"]["onnx_int8"] < result["size_bytes"]["onnx_fp32"] / 2
+    assert result["calibration_images"] == 64
+    for key in ("pytorch_fp32", "onnx_fp32", "onnx_int8"):
+        lat = result["latency_batch1"][key]
+        assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
+    assert json.loads((out / "export.json").read_text())["test_acc"] == acc
+    # dynamic batch axis: the files run at batch sizes other than the export example's
+    for name in ("model.onnx", "model.int8.onnx"):
+        sess = open_session(out / name)
+        for n in (1, 5):
+            assert run_session(sess, np.zeros((n, 3, 32, 32), np.float32)).shape == (n, 10)
+
+
+def test_parity_failure_leaves_nothing_behind(trained, tmp_path):
+    out = tmp_path / "export"
+    with pytest.raises(Fm2EdgeError, match="differ from PyTorch"):
+        export_job(ExportJob(model=str(trained), data=DIGITS, export=fast(parity_tolerance=1e-12, int8=False),
+                             output=str(out)))
+    assert not out.exists() and not list(tmp_path.glob(".export*"))
+
+
+def test_int8_drop_above_threshold_warns(trained, tmp_path, capsys):
+    export_job(ExportJob(model=str(trained), data=DIGITS, export=fast(max_int8_drop=-101.0),
+                         output=str(tmp_path / "e")))
+    assert "warning: int8 loses" in capsys.readouterr().out
+
+
+def test_export_cli_positional_and_default_folder(trained):
+    rc = main(["export", str(trained), "--data.source", "digits", "--data.max_train", "200", "--data.max_test",
+               "50", "--export.int8", "false", "--export.latency_runs", "3"])
+    assert rc == 0
+    assert json.loads((trained / "export" / "export.json").read_text())["files"] == {"onnx_fp32": "model.onnx"}
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["export"], "give the run folder"),
+    (["export", "no/such/run"], "model.json missing"),
+    (["export", "RUN", "--export.calibration_method", "median"], "median"),
+    (["export", "RUN", "--data.source", "PARQUET"], "predicts 10 classes"),
+])
+def test_export_bad_input_is_one_line(argv, match, trained, parquet_dir, capsys):
+    argv = [a.replace("RUN", str(trained)).replace("PARQUET", str(parquet_dir)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
