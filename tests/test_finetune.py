@@ -111,7 +111,7 @@ def test_linear_and_full_modes_freeze_as_named(modes, hf_vit):
 
 
 def test_bad_targets_and_cnns_fail_loudly(hf_vit):
-    with pytest.raises(Fm2EdgeError, match=r"\['qkv'\] match no linear layer"):
+    with pytest.raises(Fm2EdgeError, match=r"\['qkv'\] match no linear"):
         resolve_targets(create_model(ModelConfig(name=hf_vit), 10), ["qkv"])
     with pytest.raises(Fm2EdgeError, match="--finetune.modes"):
         resolve_targets(create_model(ModelConfig(name="student:small_cnn"), 10), None)
@@ -161,3 +161,13 @@ def test_finetune_cli_refuses_existing_run_and_bad_mode(tmp_path, hf_vit, capsys
             "--finetune.modes", "[linear]", "--run.root", str(tmp_path), "--run.name", "ft"]
     assert main(argv) == 2 and "already exists" in capsys.readouterr().err
     assert main([*argv[:-4], "--finetune.modes", "[qlora]"]) == 2 and "qlora" in capsys.readouterr().err
+
+
+def test_lora_on_named_convolutions_of_a_cnn():
+    """CNN backbones have no attention; LoRA can still adapt their ungrouped convolutions when named."""
+    model = create_model(ModelConfig(name="student:small_cnn"), 10)
+    expected = expected_lora_parameters(model, ["3"], r=2)  # the second conv of the first stage: 32 -> 32, 3x3
+    assert expected == 2 * (32 * 9 + 32)
+    wrapped = apply_mode(model, "lora", FinetuneConfig(lora_r=2, target_modules=["3"]))
+    head = model.head.weight.numel() + model.head.bias.numel()
+    assert count_parameters(wrapped)["trainable"] == expected + head

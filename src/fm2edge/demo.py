@@ -2,7 +2,8 @@
 
 Each stage is an ordinary job run by the same function as its command, so the demo exercises exactly what a user
 runs: embed (foundation-model features + t-SNE) -> probe (pretrained vs random weights, label efficiency) ->
-train (a small student from scratch).
+train (a small student from scratch) -> distill (the same student taught by the probed backbone) -> bench (teacher vs
+student latency) -> export (the student as ONNX and int8 ONNX, checked against PyTorch).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ TEACHER = "pypi:efficientnet_lite0"
 
 def demo_stages(job: DemoJob) -> list[tuple[str, str, Callable, Any]]:
     """(stage, what, function, job) in lifecycle order."""
+    from fm2edge.bench import BenchConfig, BenchJob, bench_job
+    from fm2edge.distill.task import DistillConfig, DistillJob, distill_job
+    from fm2edge.export import ExportConfig, ExportJob, export_job
     from fm2edge.features import embed_job
     from fm2edge.probe import probe_job
     from fm2edge.train import train_job
@@ -35,6 +39,9 @@ def demo_stages(job: DemoJob) -> list[tuple[str, str, Callable, Any]]:
     def run(name: str) -> RunConfig:
         return RunConfig(root=root, name=name, resume=job.run.resume, overwrite=job.run.overwrite)
 
+    student = TrainConfig(epochs=job.epochs, batch_size=64, lr=2e-3, optimizer="adamw", schedule="onecycle",
+                          weight_decay=5e-4, device="cpu")
+
     return [
         ("embed", f"{TEACHER} features + t-SNE", embed_job,
          EmbedJob(data=data, model=backbone, embed=embed, run=run("embed"), tsne_samples=600)),
@@ -46,10 +53,16 @@ def demo_stages(job: DemoJob) -> list[tuple[str, str, Callable, Any]]:
          ProbeJob(data=data, model=ModelConfig(name=TEACHER, pretrained=False), embed=embed, run=run("probe-random"),
                   probe=ProbeConfig(methods=["logreg"], cs=[1.0]))),
         ("scratch", "student:small_cnn trained from scratch, all labels", train_job,
-         TrainJob(data=data, model=ModelConfig(name="student:small_cnn"),
-                  train=TrainConfig(epochs=job.epochs, batch_size=64, lr=2e-3, optimizer="adamw",
-                                    schedule="onecycle", weight_decay=5e-4, device="cpu"),
-                  run=run("scratch"))),
+         TrainJob(data=data, model=ModelConfig(name="student:small_cnn"), train=student, run=run("scratch"))),
+        ("distill", f"student:small_cnn taught by the {TEACHER} probe (KD, T=4, alpha=0.5)", distill_job,
+         DistillJob(data=data, model=ModelConfig(name="student:small_cnn"), train=student, run=run("distill"),
+                    distill=DistillConfig(teacher=f"{root}/probe", losses={"kd": 1.0}))),
+        ("bench", "teacher vs student latency on this CPU", bench_job,
+         BenchJob(models=[f"{root}/probe", f"{root}/distill"], output=f"{root}/bench.json",
+                  bench=BenchConfig(runs=100, throughput_batch=16, throughput_runs=3))),
+        ("export", "distilled student as ONNX fp32 + int8, parity and accuracy checked", export_job,
+         ExportJob(model=f"{root}/distill", data=data, output=f"{root}/export",
+                   export=ExportConfig(latency_runs=200))),
     ]
 
 
@@ -67,7 +80,9 @@ def demo_job(job: DemoJob) -> dict:
     rows = [(f"linear probe, {TEACHER} (pretrained)", results["probe"]["test_acc"]),
             (f"k-NN, {TEACHER} (pretrained)", results["probe"]["probes"]["knn"]["test_acc"]),
             (f"linear probe, {TEACHER} (random weights)", results["probe-random"]["test_acc"]),
-            ("student:small_cnn from scratch, all labels", results["scratch"]["test_acc"])]
+            ("student:small_cnn from scratch, all labels", results["scratch"]["test_acc"]),
+            ("student:small_cnn distilled from the probe", results["distill"]["test_acc"]),
+            ("distilled student, int8 ONNX", results["export"]["test_acc"]["onnx_int8"])]
     width = max(len(name) for name, _ in rows) + 2
     print(f"  {'model':<{width}} {'test accuracy':>13}")
     for name, acc in rows:
@@ -80,5 +95,10 @@ def demo_job(job: DemoJob) -> dict:
     if eff:
         print("  labels/class -> probe | scratch: " + ", ".join(
             f"{n}: {100 * eff['probe'][n]:.0f}% | {100 * eff['scratch'][n]:.0f}%" for n in eff["probe"]))
+    rows = results["bench"]["rows"]
+    export = results["export"]["latency_batch1"]
+    print(f"  batch-1 latency: teacher {rows[0]['p50_ms']:.2f} ms, student {rows[1]['p50_ms']:.2f} ms "
+          f"({rows[1]['speedup_vs_first']:.1f}x faster, {rows[0]['params'] / rows[1]['params']:.0f}x fewer "
+          f"parameters); student as int8 ONNX {export['onnx_int8']['p50_ms']:.3f} ms")
     print(f"results: {root.resolve()}  (plots under */plots/)")
     return results

@@ -86,8 +86,13 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"trainable": trainable, "total": total}
 
 
+def _adaptable(module: nn.Module) -> bool:
+    """Layers peft's LoRA adapts: linear layers, and ungrouped convolutions (asked for by name, e.g. a CNN's 1x1s)."""
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
+
+
 def linear_names(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.startswith(HEAD)]
+    return [n for n, m in model.named_modules() if _adaptable(m) and not n.startswith(HEAD)]
 
 
 def resolve_targets(model: Classifier, requested: list[str] | None) -> list[str]:
@@ -97,8 +102,8 @@ def resolve_targets(model: Classifier, requested: list[str] | None) -> list[str]
         missing = [t for t in requested if not any(n == t or n.endswith("." + t) for n in names)]
         if missing:
             suffixes = sorted({n.rsplit(".", 1)[-1] for n in names})
-            raise Fm2EdgeError(f"LoRA target modules {missing} match no linear layer of {model.name}; its linear "
-                               f"layers end in {suffixes[:12]}; pass some of these as --finetune.target_modules")
+            raise Fm2EdgeError(f"LoRA target modules {missing} match no linear or convolution layer of {model.name}; "
+                               f"its layers end in {suffixes[:12]}; pass some of these as --finetune.target_modules")
         return list(requested)
     for _family, suffixes in PRESETS:
         if all(any(n.endswith("." + s) for n in names) for s in suffixes):
@@ -109,11 +114,16 @@ def resolve_targets(model: Classifier, requested: list[str] | None) -> list[str]
 
 
 def expected_lora_parameters(model: Classifier, targets: list[str], r: int) -> int:
-    """r x (in + out) for every adapted linear layer: what LoRA's A (r x in) and B (out x r) matrices add."""
+    """r x (in + out) for every adapted linear layer: what LoRA's A (r x in) and B (out x r) matrices add; for a
+    convolution, A is a k x k convolution to r channels and B a 1 x 1 one back: r x (in x k x k + out)."""
     total = 0
     for name, m in model.named_modules():
-        if isinstance(m, nn.Linear) and not name.startswith(HEAD) and any(name.endswith("." + t) for t in targets):
+        if not (_adaptable(m) and not name.startswith(HEAD) and any(name.endswith("." + t) for t in targets)):
+            continue
+        if isinstance(m, nn.Linear):
             total += r * (m.in_features + m.out_features)
+        else:
+            total += r * (m.in_channels * m.kernel_size[0] * m.kernel_size[1] + m.out_channels)
     return total
 
 
