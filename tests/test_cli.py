@@ -130,3 +130,12 @@ def test_two_cpu_processes_with_torchrun(tmp_path):
     assert ddp["history"][0]["train_loss"] == pytest.approx(single["history"][0]["train_loss"], rel=0.1)
     assert ddp["test_acc"] == pytest.approx(single["test_acc"], abs=0.03)
     assert ddp["test_acc"] > 0.95
+
+
+def test_seeds_accept_spaced_values():
+    from fm2edge.cli import _spaced_lists
+
+    assert _spaced_lists(["train", "--seeds", "0", "1", "2", "--train.epochs", "1"]) == \
+        ["train", "--seeds", "[0, 1, 2]", "--train.epochs", "1"]
+    assert _spaced_lists(["train", "--seeds", "[0,1]"]) == ["train", "--seeds", "[0,1]"]
+    assert _spaced_lists(["train", "--seeds", "3"]) == ["train", "--seeds", "[3]"]

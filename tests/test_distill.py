@@ -98,3 +98,49 @@ def test_distilled_student_beats_the_student_trained_alone(tmp_path, clean_teach
 def test_unknown_loss_name_is_an_error():
     with pytest.raises(ValueError, match="unknown distillation losses"):
         DistillConfig(teacher="x", losses={"crd": 1.0})
+
+
+def test_unlabeled_images_are_the_training_images_left_out():
+    from fm2edge.data import load_data, load_unlabeled
+
+    cfg = DataConfig(source="digits", max_train=200, max_test=50)
+    train, test = load_data(cfg)
+    extra = load_unlabeled(cfg, 300)
+    assert len(extra) == 300 and bool((extra.labels == -1).all())
+    flat = {bytes(x.numpy().tobytes()) for x in train.images} | {bytes(x.numpy().tobytes()) for x in test.images}
+    overlap = sum(bytes(x.numpy().tobytes()) in flat for x in extra.images)
+    assert overlap <= 5  # digits holds a few exact duplicate images; the selections themselves are disjoint
+    everything = load_unlabeled(cfg, None)
+    assert len(everything) + len(train) == len(load_data(DataConfig(source="digits", max_test=50))[0])
+    with pytest.raises(Fm2EdgeError, match="no training images beyond"):
+        load_unlabeled(DataConfig(source="digits"), None)
+
+
+def test_kd_with_unlabelled_rows_uses_soft_targets_only():
+    from fm2edge.distill.losses import KDLoss, _kl_rows
+
+    torch.manual_seed(0)
+    s, t = torch.randn(6, 5), torch.randn(6, 5)
+    y = torch.tensor([0, 1, 2, -1, -1, 4])
+    kd = KDLoss(temperature=3.0, alpha=0.3)
+    soft = _kl_rows(t, s, 3.0)
+    hard = torch.nn.functional.cross_entropy(s, y.clamp_min(0), reduction="none")
+    rows = torch.where(y >= 0, 0.3 * hard + 0.7 * soft, soft)
+    assert torch.allclose(kd(s, t, y), rows.mean())
+    assert torch.allclose(kd(s, t, torch.full((6,), -1)), soft.mean())
+
+
+def test_distill_with_unlabeled_and_seeds(tmp_path, clean_teacher, parquet_dir):
+    job = DistillJob(data=DataConfig(source=str(parquet_dir), max_train=24),
+                     model=ModelConfig(name="student:small_cnn"),
+                     train=TrainConfig(epochs=1, batch_size=32, lr=3e-3, device="cpu"),
+                     distill=DistillConfig(teacher=str(clean_teacher), unlabeled=100),
+                     run=RunConfig(root=str(tmp_path), name="kd"), seeds=[0, 1])
+    summary = distill_job(job)
+    assert summary["seeds"] == [0, 1] and len(summary["test_acc"]) == 2
+    assert summary["mean"] == pytest.approx(np.mean(summary["test_acc"]))
+    for seed in (0, 1):
+        run = tmp_path / "kd" / f"seed-{seed}"
+        assert len(np.load(run / "teacher_cache" / "logits.npy")) == 64  # 24 labelled + the other 40, unlabelled
+        assert (run / "model.safetensors").exists()
+    assert (tmp_path / "kd" / "seeds.json").exists()

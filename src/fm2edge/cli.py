@@ -85,10 +85,27 @@ def _positional_models(argv: list[str]) -> list[str]:
     return [argv[0], f"--{name}", json.dumps(models) if several else models[0], *rest]
 
 
+def _spaced_lists(argv: list[str]) -> list[str]:
+    """`--seeds 0 1 2` -> `--seeds [0,1,2]` (jsonargparse reads a list from one token)."""
+    out, i = [], 0
+    while i < len(argv):
+        out.append(argv[i])
+        if argv[i] == "--seeds":
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("-"):
+                j += 1
+            if j - i > 2 or (j - i == 2 and not argv[i + 1].startswith("[")):
+                out.append(json.dumps([int(v) if v.lstrip("-").isdigit() else v for v in argv[i + 1:j]]))
+                i = j
+                continue
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from jsonargparse import ArgumentError
 
-    argv = _positional_models(sys.argv[1:] if argv is None else list(argv))
+    argv = _spaced_lists(_positional_models(sys.argv[1:] if argv is None else list(argv)))
     parser = build_parser()
     try:
         cfg = parser.parse_args(argv)

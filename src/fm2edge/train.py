@@ -312,6 +312,7 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, test: ImageData, c
         batches = batch_plan(len(train), cfg.batch_size, world, rank, cpu_gen)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
+        labelled = torch.zeros((), device=device)  # images distilled on without a label (-1) count in no accuracy
         seen = 0
         t0 = time.perf_counter()
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
@@ -328,6 +329,7 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, test: ImageData, c
             optimizer.zero_grad(set_to_none=True)
             loss_sum += out["loss"].detach() * len(y)
             correct += (out["logits"].detach().argmax(-1) == y).sum()
+            labelled += (y >= 0).sum()
             seen += len(y)
             if step % 20 == 0 or step == len(batches) - 1:
                 mean_loss = float(loss_sum) / seen
@@ -338,14 +340,14 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, test: ImageData, c
                                        f"--train.lr or check the data")
                 rate = seen * world / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
-        totals = accelerator.reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]),
-                                    reduction="sum")
+        totals = accelerator.reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device),
+                                                 labelled.float()]), reduction="sum")
         seconds = time.perf_counter() - t0
         evaluate = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
         test_logits = predict(eval_model, test, cfg.eval_batch_size, device, channels_last, accelerator) \
             if evaluate else None
         row = {"epoch": epoch + 1, "train_loss": float(totals[0] / totals[2]),
-               "train_acc": float(totals[1] / totals[2]),
+               "train_acc": float(totals[1] / totals[3]) if float(totals[3]) else float("nan"),
                "test_acc": accuracy(test_logits, test.labels) if evaluate else None,
                "lr": optimizer.param_groups[0]["lr"],
                "seconds": seconds, "images_per_s": float(totals[2]) / seconds}
@@ -398,8 +400,41 @@ def open_run(path: Path, cfg, accelerator) -> RunDir:
     return run if run is not None else RunDir(path, lock=False)
 
 
+def over_seeds(job, run_one, default_name: str) -> dict:
+    """Run ``run_one(job)`` once, or once per seed of ``job.seeds`` in RUN/seed-N with a mean / std summary."""
+    import dataclasses
+
+    import numpy as np
+
+    from fm2edge.runs import atomic_write_json
+
+    if not job.seeds:
+        return run_one(job)
+    name = job.run.name or default_name
+    per_seed = {}
+    for seed in job.seeds:
+        sub = dataclasses.replace(job, seeds=None, train=dataclasses.replace(job.train, seed=seed),
+                                  run=dataclasses.replace(job.run, root=str(Path(job.run.root) / name),
+                                                          name=f"seed-{seed}"))
+        per_seed[seed] = run_one(sub)
+    if not all(per_seed.values()):  # other processes of a distributed run hold no metrics
+        return {}
+    accs = np.array([m["test_acc"] for m in per_seed.values()])
+    summary = {"seeds": list(job.seeds), "test_acc": [float(a) for a in accs], "mean": float(accs.mean()),
+               "std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0, "runs": [f"seed-{s}" for s in job.seeds]}
+    atomic_write_json(Path(job.run.root) / name / "seeds.json", summary)
+    print(f"test accuracy over seeds {list(job.seeds)}: {100 * summary['mean']:.2f} +- {100 * summary['std']:.2f}% "
+          f"({', '.join(f'{100 * a:.2f}' for a in accs)}) | {Path(job.run.root) / name}")
+    return summary
+
+
 def train_job(job) -> dict:
-    """`fm2edge train`: load data, build the model, run the loop, write the run folder. Returns the metrics."""
+    """`fm2edge train`: one run, or one per seed of ``--seeds``."""
+    return over_seeds(job, train_one, slug(f"train-{job.model.name}"))
+
+
+def train_one(job) -> dict:
+    """Load data, build the model, run the loop, write the run folder. Returns the metrics."""
     from fm2edge.config import to_dict
     from fm2edge.data import load_data
     from fm2edge.models import create_model

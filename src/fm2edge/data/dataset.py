@@ -309,8 +309,8 @@ def _materialise(split: _Split, indices: np.ndarray, cfg: DataConfig, where: str
                      fingerprint=key, skipped=meta["skipped"])
 
 
-def load_data(cfg: DataConfig) -> tuple[ImageData, ImageData]:
-    """Open ``cfg.source`` and return (train, test) as decoded, class-balanced ``ImageData``."""
+def _plan(cfg: DataConfig):
+    """(train split, test split, training pool, labelled training indices, test indices) for ``cfg``."""
     splits = _digits() if cfg.source in ("digits", "sklearn:digits") else _hf_splits(cfg)
     train = splits[cfg.train_split] if cfg.train_split in splits else splits["train"]
     _check_labels(train.labels, train.class_names, f"split '{cfg.train_split}' of '{cfg.source}'")
@@ -327,7 +327,29 @@ def load_data(cfg: DataConfig) -> tuple[ImageData, ImageData]:
                  cfg.source, cfg.test_split, 100 * cfg.test_fraction, cfg.train_split)
         train_idx, test_idx = holdout_split(train.labels, cfg.test_fraction)
         test = train
+    pool = train_idx
     train_idx = train_idx[balanced_indices(train.labels[train_idx], cfg.max_train, cfg.per_class)]
     test_idx = test_idx[balanced_indices(test.labels[test_idx], cfg.max_test)]
+    return train, test, pool, train_idx, test_idx
+
+
+def load_data(cfg: DataConfig) -> tuple[ImageData, ImageData]:
+    """Open ``cfg.source`` and return (train, test) as decoded, class-balanced ``ImageData``."""
+    train, test, _, train_idx, test_idx = _plan(cfg)
     return (_materialise(train, train_idx, cfg, f"{cfg.source}:{cfg.train_split}"),
             _materialise(test, test_idx, cfg, f"{cfg.source}:{cfg.test_split}"))
+
+
+def load_unlabeled(cfg: DataConfig, n: int | None) -> ImageData:
+    """Training images that ``load_data(cfg)`` leaves out (beyond max_train / per_class), the first ``n`` of them in
+    source order (all when ``n`` is None), with every label set to -1: extra images for distillation without labels.
+    Test images are never among them."""
+    train, _, pool, train_idx, _ = _plan(cfg)
+    rest = np.setdiff1d(pool, train_idx)
+    rest = rest if n is None else rest[:n]
+    if len(rest) == 0:
+        raise Fm2EdgeError(f"'{cfg.source}' has no training images beyond the {len(train_idx)} labelled ones; lower "
+                           f"--data.max_train or drop the unlabelled images")
+    data = _materialise(train, rest, cfg, f"{cfg.source}:{cfg.train_split}:unlabeled")
+    return ImageData(data.images, torch.full_like(data.labels, -1), data.class_names, f"{data.fingerprint}-unlabeled",
+                     data.skipped)

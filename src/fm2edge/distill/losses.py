@@ -10,6 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+UNLABELLED = -1  # the label of an image distilled on without a label (soft targets only)
+
+
+def _kl_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-row KL(teacher_T || student_T) x T^2."""
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
+    p_t = F.softmax(teacher_logits.float() / temperature, dim=1)
+    return F.kl_div(log_p_s, p_t, reduction="none").sum(1) * temperature**2
+
 
 def _kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(teacher_T || student_T), batch mean, scaled by T^2 so gradients keep their size as T changes."""
@@ -22,7 +31,8 @@ class KDLoss(nn.Module):
     """Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network", exactly as the lab writes it:
 
     ``alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))``.
-    Without labels (unlabelled images) only the soft term is used, with weight 1.
+    Rows labelled ``UNLABELLED`` (and every row when ``labels`` is None) get the soft term alone, with weight 1;
+    on a fully labelled batch this is the formula above exactly.
     """
 
     def __init__(self, temperature: float = 4.0, alpha: float = 0.5) -> None:
@@ -33,16 +43,26 @@ class KDLoss(nn.Module):
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
-        soft = _kl(teacher_logits, student_logits, self.temperature)
+        soft = _kl_rows(teacher_logits, student_logits, self.temperature)
         if labels is None:
-            return soft
-        hard = F.cross_entropy(student_logits.float(), labels)
-        return self.alpha * hard + (1 - self.alpha) * soft
+            return soft.mean()
+        known = labels != UNLABELLED
+        hard = F.cross_entropy(student_logits.float(), labels.clamp_min(0), reduction="none")
+        return torch.where(known, self.alpha * hard + (1 - self.alpha) * soft, soft).mean()
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the labelled rows (zero, with a gradient path, when the batch has none)."""
+    known = labels != UNLABELLED
+    if not bool(known.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[known].float(), labels[known])
 
 
 class DKD(nn.Module):
     """Zhao et al. 2022, "Decoupled Knowledge Distillation" (CVPR): KD split into target-class (TCKD) and
-    non-target-class (NCKD) terms, weighted ``alpha * TCKD + beta * NCKD``; both scaled by T^2."""
+    non-target-class (NCKD) terms, weighted ``alpha * TCKD + beta * NCKD``; both scaled by T^2. An unlabelled row
+    takes the teacher's top class as its target."""
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> None:
         super().__init__()
@@ -52,6 +72,7 @@ class DKD(nn.Module):
                 labels: torch.Tensor) -> torch.Tensor:
         t = self.temperature
         s, te = student_logits.float(), teacher_logits.float()
+        labels = torch.where(labels == UNLABELLED, te.argmax(1), labels)
         gt = F.one_hot(labels, s.shape[1]).bool()
         p_s, p_t = F.softmax(s / t, dim=1), F.softmax(te / t, dim=1)
         # binary distributions (target, all non-targets)

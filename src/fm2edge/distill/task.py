@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, _check
-from fm2edge.distill.losses import DIST, DKD, RKD, FeatureDistillation, KDLoss
+from fm2edge.distill.losses import DIST, DKD, RKD, FeatureDistillation, KDLoss, masked_cross_entropy
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import Classifier
 
@@ -40,6 +40,8 @@ class DistillConfig:
         alpha: kd's weight on the label cross-entropy; 1 - alpha goes to the soft targets.
         cache_teacher: "auto" caches teacher outputs when training uses no augmentation; "never" always runs the
             teacher online.
+        unlabeled: Also distil on this many further training images without their labels (soft targets only):
+            the training-split images beyond --data.max_train / --data.per_class, in source order; -1 takes all.
         min_teacher_gain: The gate: refuse a teacher whose test accuracy is below chance x (1 + this).
         force: Distil even from a teacher that fails the gate.
     """
@@ -50,6 +52,7 @@ class DistillConfig:
     temperature: float = 4.0
     alpha: float = 0.5
     cache_teacher: Literal["auto", "never"] = "auto"
+    unlabeled: int = 0
     min_teacher_gain: float = 0.5
     force: bool = False
 
@@ -62,17 +65,24 @@ class DistillConfig:
                "distill.losses needs at least one loss with a non-negative weight")
         _check(self.temperature > 0, f"distill.temperature must be positive, got {self.temperature}")
         _check(0 <= self.alpha <= 1, f"distill.alpha must be in [0, 1], got {self.alpha}")
+        _check(self.unlabeled >= -1, f"distill.unlabeled must be a count, or -1 for all, got {self.unlabeled}")
 
 
 @dataclass
 class DistillJob:
-    """`fm2edge distill`: train a student with a teacher's guidance, on the same loop as `fm2edge train`."""
+    """`fm2edge distill`: train a student with a teacher's guidance, on the same loop as `fm2edge train`.
+
+    Args:
+        seeds: Distil once per seed (overriding train.seed), each in RUN/seed-N, and report mean and standard
+            deviation of test accuracy in RUN/seeds.json.
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=lambda: DistillConfig(teacher="runs/probe"))
     run: RunConfig = field(default_factory=RunConfig)
+    seeds: list[int] | None = None
 
 
 class DistillTask(nn.Module):
@@ -125,7 +135,7 @@ class DistillTask(nn.Module):
         parts: dict[str, torch.Tensor] = {}
         for name in self.weights:
             if name == "ce":
-                parts[name] = nn.functional.cross_entropy(logits.float(), labels)
+                parts[name] = masked_cross_entropy(logits, labels)
             elif name == "kd":
                 parts[name] = self.losses["kd"](logits, t_logits, labels)
             elif name == "dkd":
@@ -200,16 +210,33 @@ def teacher_cache(task: DistillTask, images: torch.Tensor, folder: Path, batch_s
     return {k: v.to(device) for k, v in out.items()} if device.type == "cuda" else out
 
 
+def with_unlabeled(train, extra):
+    """The labelled training images followed by unlabelled ones (label -1), as one dataset for the loop."""
+    from fm2edge.data import ImageData
+
+    return ImageData(torch.cat([train.images, extra.images]), torch.cat([train.labels, extra.labels]),
+                     train.class_names, f"{train.fingerprint}+{extra.fingerprint}", train.skipped + extra.skipped)
+
+
 def distill_job(job: DistillJob) -> dict:
-    """`fm2edge distill`: gate the teacher, build the task, run the one loop, write the run folder."""
+    """`fm2edge distill`: gate the teacher, build the task, run the one loop, write the run folder (per seed)."""
+    from fm2edge.train import over_seeds, slug
+
+    return over_seeds(job, distill_one, slug(f"distill-{job.model.name}"))
+
+
+def distill_one(job: DistillJob) -> dict:
     from fm2edge.config import to_dict
-    from fm2edge.data import load_data
+    from fm2edge.data import load_data, load_unlabeled
     from fm2edge.models import create_model
     from fm2edge.train import environment, fit, make_accelerator, open_run, predict, slug, write_outputs
 
     accelerator = make_accelerator(job.train.device, job.train.precision)
     with accelerator.main_process_first():
         train, test = load_data(job.data)
+        if job.distill.unlabeled:
+            train = with_unlabeled(train, load_unlabeled(job.data, None if job.distill.unlabeled < 0
+                                                         else job.distill.unlabeled))
     torch.manual_seed(job.train.seed)  # a registered teacher gets a fresh head: its gate verdict must be reproducible
     teacher = load_teacher(job.distill, train.num_classes).to(accelerator.device)
     t_logits = predict(teacher, test, job.train.eval_batch_size, accelerator.device, accelerator=accelerator)
@@ -234,7 +261,9 @@ def distill_job(job: DistillJob) -> dict:
         if accelerator.is_main_process:
             run.write_config(config)
             print(f"student {student.name}: {sum(p.numel() for p in student.parameters()):,} parameters, input "
-                  f"{student.preprocess.size} px | teacher input {teacher.preprocess.size} px | losses "
+                  f"{student.preprocess.size} px | teacher input {teacher.preprocess.size} px | "
+                  f"{int((train.labels >= 0).sum())} labelled + {int((train.labels < 0).sum())} unlabelled training "
+                  f"images | losses "
                   f"{job.distill.losses} | teacher outputs {'cached' if task.cache is not None else 'online'}")
         result = fit(task, student, train, test, job.train, run, accelerator, config)
         metrics = {}
