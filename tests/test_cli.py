@@ -132,6 +132,29 @@ def test_two_cpu_processes_with_torchrun(tmp_path):
     assert ddp["test_acc"] > 0.95
 
 
+@pytest.mark.slow
+def test_two_cpu_processes_distill_like_one(tmp_path):
+    import numpy as np
+
+    common = ["--data.source", "digits", "--train.epochs", "3", "--train.batch_size", "64", "--train.lr", "0.003",
+              "--train.device", "cpu", "--run.root", str(tmp_path)]
+    assert cli("train", *common, "--run.name", "teacher").returncode == 0
+    args = ["-m", "fm2edge", "distill", *common, "--distill.teacher", str(tmp_path / "teacher")]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    res = subprocess.run([*torchrun, *args, "--run.name", "ddp"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert cli(*args[2:], "--run.name", "single").returncode == 0
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    single = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    assert ddp["env"]["processes"] == 2 and single["env"]["processes"] == 1
+    # the teacher's cached outputs are the same whichever process layout computed them
+    np.testing.assert_allclose(np.load(tmp_path / "ddp" / "teacher_cache" / "logits.npy"),
+                               np.load(tmp_path / "single" / "teacher_cache" / "logits.npy"), atol=1e-5)
+    assert ddp["teacher_test_acc"] == single["teacher_test_acc"]
+    assert ddp["history"][0]["train_loss"] == pytest.approx(single["history"][0]["train_loss"], rel=0.1)
+    assert ddp["test_acc"] == pytest.approx(single["test_acc"], abs=0.03)
+
+
 def test_seeds_accept_spaced_values():
     from fm2edge.cli import _spaced_lists
 

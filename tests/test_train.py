@@ -100,3 +100,11 @@ def test_metrics_json_has_environment(tmp_path, parquet_dir):
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert {"device", "torch", "threads", "mixed_precision"} <= set(m["env"])
     assert m["history"][0]["images_per_s"] > 0
+
+
+def test_precision_can_change_between_stages_of_one_process():
+    from fm2edge.train import bf16_supported_on_cpu, make_accelerator
+
+    assert make_accelerator("cpu", "fp32").mixed_precision == "no"
+    assert make_accelerator("cpu", "bf16").mixed_precision == ("bf16" if bf16_supported_on_cpu() else "no")
+    assert make_accelerator("cpu", "fp32").mixed_precision == "no"

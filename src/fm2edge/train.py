@@ -62,6 +62,13 @@ def make_accelerator(device: str = "auto", precision: str = "auto"):
         mixed = "no"
     else:
         mixed = precision
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed) != mixed:
+        # Accelerate keeps one precision per process; a later stage of the same Python process (the demo, a
+        # notebook, a benchmark beside HF Trainer) may ask for another. The process group itself is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=not cuda, mixed_precision=mixed)
 
 
