@@ -81,8 +81,15 @@ def test_demo_runs_offline(tmp_path):
     assert probe["probes"]["logreg"]["test_acc"] > 0.8
     assert set(probe["label_efficiency"]["scratch"]) == {"1", "5", "25"}
     for png in ("embed/plots/tsne_train.png", "embed/plots/tsne_test.png", "probe/plots/label_efficiency.png",
-                "scratch/plots/learning_curves.png"):
+                "scratch/plots/learning_curves.png", "distill/plots/learning_curves.png"):
         assert (demo / png).stat().st_size > 10_000, png
+    distill = json.loads((demo / "distill" / "metrics.json").read_text())
+    assert distill["teacher_test_acc"] > 0.8 and distill["test_acc"] > 0.5
+    bench = json.loads((demo / "bench.json").read_text())["rows"]
+    assert bench[1]["speedup_vs_first"] > 1  # the student is faster than its teacher
+    export = json.loads((demo / "export" / "export.json").read_text())
+    assert export["parity_max_abs_diff"] < 1e-3 and set(export["test_acc"]) == {"pytorch_fp32", "onnx_fp32",
+                                                                                 "onnx_int8"}
 
 
 @pytest.mark.slow
