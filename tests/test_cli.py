@@ -141,8 +141,6 @@ def test_two_cpu_processes_with_torchrun(tmp_path):
 
 @pytest.mark.slow
 def test_two_cpu_processes_distill_like_one(tmp_path):
-    import numpy as np
-
     common = ["--data.source", "digits", "--train.epochs", "3", "--train.batch_size", "64", "--train.lr", "0.003",
               "--train.device", "cpu", "--run.root", str(tmp_path)]
     assert cli("train", *common, "--run.name", "teacher").returncode == 0
@@ -154,9 +152,9 @@ def test_two_cpu_processes_distill_like_one(tmp_path):
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     single = json.loads((tmp_path / "single" / "metrics.json").read_text())
     assert ddp["env"]["processes"] == 2 and single["env"]["processes"] == 1
-    # the teacher's cached outputs are the same whichever process layout computed them
-    np.testing.assert_allclose(np.load(tmp_path / "ddp" / "teacher_cache" / "logits.npy"),
-                               np.load(tmp_path / "single" / "teacher_cache" / "logits.npy"), atol=1e-5)
+    # one teacher cache serves both runs: same teacher, same images
+    assert ddp["teacher_cache"] == single["teacher_cache"]
+    assert len(np.load(f"{ddp['teacher_cache']}/logits.npy")) == 1347  # digits: 75% of 1,797 images
     assert ddp["teacher_test_acc"] == single["teacher_test_acc"]
     assert ddp["history"][0]["train_loss"] == pytest.approx(single["history"][0]["train_loss"], rel=0.1)
     assert ddp["test_acc"] == pytest.approx(single["test_acc"], abs=0.03)

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -89,8 +92,9 @@ def test_distilled_student_beats_the_student_trained_alone(tmp_path, clean_teach
     assert distilled["teacher_test_acc"] >= 0.9
     assert distilled["test_acc"] >= alone["test_acc"] + 0.1, (distilled["test_acc"], alone["test_acc"])
     run = tmp_path / "distilled"
-    for f in ("model.safetensors", "predictions.npz", "teacher_predictions.npz", "teacher_cache/logits.npy"):
+    for f in ("model.safetensors", "predictions.npz", "teacher_predictions.npz"):
         assert (run / f).exists(), f
+    assert (Path(distilled["teacher_cache"]) / "logits.npy").exists()
     saved = np.load(run / "teacher_predictions.npz")
     assert (saved["preds"] == saved["labels"]).mean() == pytest.approx(distilled["teacher_test_acc"])
 
@@ -141,6 +145,7 @@ def test_distill_with_unlabeled_and_seeds(tmp_path, clean_teacher, parquet_dir):
     assert summary["mean"] == pytest.approx(np.mean(summary["test_acc"]))
     for seed in (0, 1):
         run = tmp_path / "kd" / f"seed-{seed}"
-        assert len(np.load(run / "teacher_cache" / "logits.npy")) == 64  # 24 labelled + the other 40, unlabelled
+        cache = json.loads((run / "metrics.json").read_text())["teacher_cache"]
+        assert len(np.load(f"{cache}/logits.npy")) == 64  # 24 labelled + the other 40, unlabelled
         assert (run / "model.safetensors").exists()
     assert (tmp_path / "kd" / "seeds.json").exists()

@@ -10,12 +10,9 @@ class Fm2EdgeError(Exception):
 class HubUnreachableError(Fm2EdgeError):
     """The Hugging Face Hub (or another download site) cannot be reached for a name that needs it."""
 
-    def __init__(self, what: str, name: str, flag: str) -> None:
-        super().__init__(
-            f"cannot download {what} '{name}': the Hugging Face Hub is unreachable (offline or no network); "
-            f"point {flag} at a local copy (a folder or files on disk), or pre-fill the cache under HF_HOME "
-            f"on a machine with network access."
-        )
+    def __init__(self, what: str, name: str, fix: str) -> None:
+        super().__init__(f"cannot download {what} '{name}': the Hugging Face Hub is unreachable (offline or no "
+                         f"network); {fix}, or pre-fill the cache under HF_HOME on a machine with network access.")
 
 
 def is_offline_error(exc: BaseException) -> bool:

@@ -142,7 +142,8 @@ def _open_hf(cfg: DataConfig) -> Any:
         return load_dataset(cfg.source, revision=cfg.revision)
     except Exception as exc:  # noqa: BLE001 - the hub raises many types; classify, then re-raise
         if is_offline_error(exc):
-            raise HubUnreachableError("dataset", cfg.source, "--data.source") from exc
+            raise HubUnreachableError("dataset", cfg.source, "point --data.source at a local copy (a parquet or "
+                                      "arrow folder, or an image folder)") from exc
         if type(exc).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError", "FileNotFoundError"):
             raise Fm2EdgeError(f"data.source '{cfg.source}' is neither a local path nor a dataset on the hub") from exc
         raise

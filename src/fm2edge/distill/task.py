@@ -180,6 +180,26 @@ def quality_gate(teacher_acc: float, num_classes: int, cfg: DistillConfig, name:
             f"that run folder as --distill.teacher; or pass --distill.force true to distil anyway")
 
 
+def teacher_cache_dir(job: DistillJob, teacher: Classifier, train, features: bool) -> Path:
+    """Where the teacher's outputs on these training images live, shared by every run (seeds, loss variants) with
+    the same teacher weights, teacher preprocessing and images: under the fm2edge cache, keyed by all of those."""
+    import hashlib
+
+    from fm2edge.data.dataset import cache_root
+
+    weights = Path(job.distill.teacher) / "model.safetensors"
+    if weights.exists():
+        h = hashlib.sha1()
+        with open(weights, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        source = h.hexdigest()
+    else:  # a registered model: its head is seeded
+        source = f"{job.distill.teacher}|{job.distill.teacher_pretrained}|seed={job.train.seed}"
+    key = json.dumps([source, teacher.describe()["preprocess"], train.fingerprint, len(train), features, "v1"])
+    return cache_root(job.data).parent / "teacher" / hashlib.sha1(key.encode()).hexdigest()[:24]
+
+
 def teacher_cache(task: DistillTask, images: torch.Tensor, folder: Path, batch_size: int,
                   device: torch.device) -> dict[str, torch.Tensor]:
     """Teacher logits (and features when needed) for every training image: computed once, stored as .npy in the
@@ -251,13 +271,13 @@ def distill_one(job: DistillJob) -> dict:
     with run:
         config = to_dict(job)
         task = DistillTask(student, teacher, job.distill, job.train.channels_last)
+        cache_dir = None
         if job.distill.cache_teacher == "auto" and job.train.augment == "none":
+            cache_dir = teacher_cache_dir(job, teacher, train, task.needs_features)
             if accelerator.is_main_process:
-                teacher_cache(task, train.images, run.path / "teacher_cache", job.train.eval_batch_size,
-                              accelerator.device)
+                teacher_cache(task, train.images, cache_dir, job.train.eval_batch_size, accelerator.device)
             accelerator.wait_for_everyone()
-            task.cache = teacher_cache(task, train.images, run.path / "teacher_cache", job.train.eval_batch_size,
-                                       accelerator.device)
+            task.cache = teacher_cache(task, train.images, cache_dir, job.train.eval_batch_size, accelerator.device)
         if accelerator.is_main_process:
             run.write_config(config)
             print(f"student {student.name}: {sum(p.numel() for p in student.parameters()):,} parameters, input "
@@ -272,7 +292,8 @@ def distill_one(job: DistillJob) -> dict:
             metrics = write_outputs(run, student, result, test, {
                 "data": job.data.source, "env": environment(accelerator), "teacher": teacher.name,
                 "teacher_test_acc": teacher_acc, "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
-                "agreement_with_teacher": agree, "teacher_cached": task.cache is not None})
+                "agreement_with_teacher": agree, "teacher_cached": task.cache is not None,
+                "teacher_cache": str(cache_dir) if cache_dir else None})
             run.write_predictions(t_logits.numpy(), test.labels.numpy(), test.class_names, "teacher_predictions.npz")
             print(f"student test accuracy {100 * metrics['test_acc']:.2f}% (teacher {100 * teacher_acc:.2f}%, "
                   f"agreement {100 * agree:.1f}%) | results in {run.path}")

@@ -102,7 +102,9 @@ def timm_model(rest: str, cfg: ModelConfig, num_classes: int) -> Classifier:
             net = timm.create_model(rest, pretrained=cfg.pretrained, num_classes=0)
     except Exception as exc:
         if is_offline_error(exc):
-            raise HubUnreachableError("timm weights", rest, "--model.pretrained false, or HF_HOME,") from exc
+            raise HubUnreachableError("timm weights", rest, "use --model.pretrained false for random weights, "
+                                      "or a copy saved with save_pretrained as --model.name hf:/path/to/folder") \
+                from exc
         raise
     return Classifier(net, _timm_dim(net), num_classes, _timm_preprocess(net), f"timm:{rest}")
 
@@ -186,7 +188,8 @@ def _auto_model(name: str, prefix: str) -> nn.Module:
         return AutoModel.from_pretrained(name, trust_remote_code=False)
     except Exception as exc:
         if is_offline_error(exc):
-            raise HubUnreachableError("model", name, f"--model.name {prefix}:/path/to/folder") from exc
+            raise HubUnreachableError("model", name, f"point --model.name {prefix}:/path/to/folder at a copy saved "
+                                      f"with save_pretrained") from exc
         if isinstance(exc, OSError):
             raise Fm2EdgeError(f"cannot load '{prefix}:{name}': not a folder written by save_pretrained and not a "
                                f"model on the hub ({str(exc).splitlines()[0]})") from exc
