@@ -17,6 +17,7 @@ from fm2edge.export import ExportJob, export_job
 from fm2edge.features import EmbedJob, embed_job
 from fm2edge.finetune import FinetuneJob, finetune_job
 from fm2edge.probe import ProbeJob, probe_job
+from fm2edge.report.job import ReportJob, report_job
 from fm2edge.train import train_job
 from fm2edge.zeroshot import ZeroShotJob, zeroshot_job
 
@@ -33,6 +34,7 @@ COMMANDS = {
                 "(lab tasks 6-7)"),
     "export": (export_job, ExportJob, "ONNX and int8 ONNX of a trained model, with parity, accuracy and latency "
                "checks"),
+    "report": (report_job, ReportJob, "one self-contained HTML report (and Markdown) from run folders"),
     "list": (list_job, ListJob, "list registered models and accepted data sources"),
 }
 
@@ -68,7 +70,8 @@ def _quiet_libraries() -> None:
         pass
 
 
-POSITIONAL = {"bench": ("models", True), "export": ("model", False)}  # command -> (field, takes several)
+# command -> (field, takes several): models and run folders read best as positionals
+POSITIONAL = {"bench": ("models", True), "export": ("model", False), "report": ("runs", True)}
 
 
 def _positional_models(argv: list[str]) -> list[str]:

@@ -28,6 +28,7 @@ def demo_stages(job: DemoJob) -> list[tuple[str, str, Callable, Any]]:
     from fm2edge.export import ExportConfig, ExportJob, export_job
     from fm2edge.features import embed_job
     from fm2edge.probe import probe_job
+    from fm2edge.report.job import ReportJob, report_job
     from fm2edge.train import train_job
 
     root = str(Path(job.run.root) / (job.run.name or "demo"))
@@ -65,6 +66,8 @@ def demo_stages(job: DemoJob) -> list[tuple[str, str, Callable, Any]]:
         ("export", "distilled student as ONNX fp32 + int8, parity and accuracy checked", export_job,
          ExportJob(model=f"{root}/distill", data=data, output=f"{root}/export",
                    export=ExportConfig(latency_runs=200))),
+        ("report", "one HTML page with every number and plot above", report_job,
+         ReportJob(runs=[root], title="fm2edge demo: digits, EfficientNet-Lite0 teacher -> small CNN student")),
     ]
 
 
@@ -102,5 +105,5 @@ def demo_job(job: DemoJob) -> dict:
     print(f"  batch-1 latency: teacher {rows[0]['p50_ms']:.2f} ms, student {rows[1]['p50_ms']:.2f} ms "
           f"({rows[1]['speedup_vs_first']:.1f}x faster, {rows[0]['params'] / rows[1]['params']:.0f}x fewer "
           f"parameters); student as int8 ONNX {export['onnx_int8']['p50_ms']:.3f} ms")
-    print(f"results: {root.resolve()}  (plots under */plots/)")
+    print(f"results: {root.resolve()}  (report: {root.resolve() / 'report.html'})")
     return results

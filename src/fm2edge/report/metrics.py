@@ -85,17 +85,17 @@ def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, bins: int
 
 
 def groups_from_confusion(matrix: np.ndarray, class_names: list[str], n_groups: int = 2) -> dict[str, list[str]]:
-    """Class groups for datasets without a given hierarchy: agglomerative clustering (scikit-learn) of the classes
-    on how often a (teacher's) confusion matrix mixes them up."""
-    from sklearn.cluster import AgglomerativeClustering
+    """Class groups for datasets without a given hierarchy: spectral clustering (scikit-learn) of the classes on
+    how often a (teacher's) confusion matrix mixes them up; spectral cuts keep groups balanced where linkage
+    clustering tends to split off one class."""
+    from sklearn.cluster import SpectralClustering
 
     m = np.asarray(matrix, dtype=np.float64)
     m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     similarity = (m + m.T) / 2
     np.fill_diagonal(similarity, 0)
-    distance = 1 - similarity / max(similarity.max(), 1e-12)
-    np.fill_diagonal(distance, 0)
-    labels = AgglomerativeClustering(n_clusters=n_groups, metric="precomputed",
-                                      linkage="average").fit_predict(distance)
+    affinity = similarity / max(similarity.max(), 1e-12) + 1e-3  # connected even where classes are never confused
+    np.fill_diagonal(affinity, 1.0)
+    labels = SpectralClustering(n_clusters=n_groups, affinity="precomputed", random_state=0).fit_predict(affinity)
     return {f"group {g + 1}": [c for c, lab in zip(class_names, labels, strict=True) if lab == g]
             for g in range(n_groups)}

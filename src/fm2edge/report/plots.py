@@ -122,3 +122,53 @@ def finetune_comparison(rows: Sequence[dict], title: str) -> Figure:
     axes[2].set(ylabel="seconds", title="training time")
     fig.suptitle(title)
     return fig
+
+
+def confusion_pair(a: np.ndarray, b: np.ndarray, class_names: Sequence[str], names: tuple[str, str],
+                   title: str) -> Figure:
+    """Two row-normalised confusion matrices side by side and their difference (b - a), in percentage points."""
+    n = len(class_names)
+    fig = Figure(figsize=(max(13.0, 1.5 * n + 4), max(4.5, 0.45 * n + 1.5)), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for ax, m, name in ((axes[0], a, names[0]), (axes[1], b, names[1])):
+        im = ax.imshow(100 * m, cmap="Blues", vmin=0, vmax=100)
+        ax.set_title(name)
+    fig.colorbar(im, ax=axes[:2], label="share of true class (%)", shrink=0.8)
+    diff = 100 * (b - a)
+    lim = max(1.0, float(np.abs(diff).max()))
+    im_d = axes[2].imshow(diff, cmap="RdBu", vmin=-lim, vmax=lim)
+    axes[2].set_title(f"{names[1]} minus {names[0]}")
+    fig.colorbar(im_d, ax=axes[2], label="percentage points", shrink=0.8)
+    for ax in axes:
+        ax.set_xticks(range(n), class_names, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n), class_names, fontsize=8)
+        ax.set(xlabel="predicted class", ylabel="true class")
+    fig.suptitle(title)
+    return fig
+
+
+def pareto(points: Sequence[dict], x_key: str, xlabel: str, title: str) -> Figure:
+    """Test accuracy against a cost (latency, parameters) on a log axis, one labelled point per model, with the
+    Pareto front (no other model both cheaper and more accurate) drawn as a line."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    pts = sorted(points, key=lambda p: p[x_key])
+    for i, p in enumerate(pts):
+        ax.scatter(p[x_key], 100 * p["test_acc"], s=50, color=p.get("colour", f"C{i}"), zorder=3)
+        ax.annotate(p["label"], (p[x_key], 100 * p["test_acc"]), textcoords="offset points", xytext=(6, 4),
+                    fontsize=8)
+    front, best = [], -1.0
+    for p in pts:
+        if p["test_acc"] > best:
+            front.append(p)
+            best = p["test_acc"]
+    ax.plot([p[x_key] for p in front], [100 * p["test_acc"] for p in front], "--", color="grey", alpha=0.6,
+            label="Pareto front")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.3g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.margins(x=0.3, y=0.2)
+    ax.set(xlabel=xlabel, ylabel="test accuracy (%)", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="best", fontsize=8)
+    return fig
