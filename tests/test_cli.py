@@ -85,9 +85,10 @@ def test_demo_runs_offline(tmp_path):
         assert (demo / png).stat().st_size > 10_000, png
     distill = json.loads((demo / "distill" / "metrics.json").read_text())
     assert distill["teacher_test_acc"] > 0.8 and distill["test_acc"] > 0.5
-    bench = json.loads((demo / "bench.json").read_text())["rows"]
+    bench = json.loads((demo / "bench" / "bench.json").read_text())["rows"]
     assert bench[1]["speedup_vs_first"] > 1  # the student is faster than its teacher
     export = json.loads((demo / "export" / "export.json").read_text())
+    assert (demo / "report" / "report.html").stat().st_size > 100_000
     assert export["parity_max_abs_diff"] < 1e-3 and set(export["test_acc"]) == {"pytorch_fp32", "onnx_fp32",
                                                                                  "onnx_int8"}
 

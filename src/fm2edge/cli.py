@@ -17,11 +17,13 @@ from fm2edge.export import ExportJob, export_job
 from fm2edge.features import EmbedJob, embed_job
 from fm2edge.finetune import FinetuneJob, finetune_job
 from fm2edge.probe import ProbeJob, probe_job
+from fm2edge.recipe import RunJob, run_job
 from fm2edge.report.job import ReportJob, report_job
 from fm2edge.train import train_job
 from fm2edge.zeroshot import ZeroShotJob, zeroshot_job
 
 COMMANDS = {
+    "run": (run_job, RunJob, "run a recipe YAML (embed -> probe -> ... -> report), skipping unchanged stages"),
     "demo": (demo_job, DemoJob, "run the whole lifecycle offline on scikit-learn's digits (no arguments needed)"),
     "train": (train_job, TrainJob, "train a model on labelled images, no teacher (the lab's task 5)"),
     "embed": (embed_job, EmbedJob, "foundation-model features of a dataset, cached on disk, with t-SNE (lab task 1)"),
@@ -39,20 +41,40 @@ COMMANDS = {
 }
 
 
-def build_parser():
+def command_parser(cls):
     from jsonargparse import ActionConfigFile, ArgumentParser
+
+    # allow_abbrev=False: a misspelt flag such as --train.epoch must be an error, not a prefix of --train.epochs
+    p = ArgumentParser(description=(cls.__doc__ or "").split("\n")[0], exit_on_error=False, allow_abbrev=False)
+    p.add_argument("--config", action=ActionConfigFile, help="YAML file with the same sections as the flags")
+    p.add_class_arguments(cls, as_group=False, fail_untyped=True)
+    return p
+
+
+def job_from_dict(command: str, values: dict):
+    """A command's job from the same nested dict its YAML takes (how recipe stages are built), validated the same
+    way as flags: unknown keys, wrong types and bad values are errors."""
+    from jsonargparse import ArgumentError
+
+    cls = COMMANDS[command][1]
+    parser = command_parser(cls)
+    try:
+        cfg = parser.parse_object(values)
+        job = parser.instantiate_classes(cfg)
+        return cls(**{k: v for k, v in vars(job).items() if k != "config"})
+    except (ArgumentError, ValueError, TypeError) as exc:
+        raise Fm2EdgeError(f"{command} settings: {str(exc).strip().splitlines()[-1]}") from exc
+
+
+def build_parser():
+    from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(prog="fm2edge", description="From a vision foundation model to a tiny edge model, "
                             "with numbers for what was gained and lost.", exit_on_error=False,
                             allow_abbrev=False)
     sub = parser.add_subcommands(dest="command", required=True)
     for name, (_, cls, help_text) in COMMANDS.items():
-        # allow_abbrev=False: a misspelt flag such as --train.epoch must be an error, not a prefix of --train.epochs
-        p = ArgumentParser(description=(cls.__doc__ or help_text).split("\n")[0], exit_on_error=False,
-                           allow_abbrev=False)
-        p.add_argument("--config", action=ActionConfigFile, help="YAML file with the same sections as the flags")
-        p.add_class_arguments(cls, as_group=False, fail_untyped=True)
-        sub.add_subcommand(name, p, help=help_text)
+        sub.add_subcommand(name, command_parser(cls), help=help_text)
     return parser
 
 
@@ -71,7 +93,8 @@ def _quiet_libraries() -> None:
 
 
 # command -> (field, takes several): models and run folders read best as positionals
-POSITIONAL = {"bench": ("models", True), "export": ("model", False), "report": ("runs", True)}
+POSITIONAL = {"bench": ("models", True), "export": ("model", False), "report": ("runs", True),
+              "run": ("recipe", False)}
 
 
 def _positional_models(argv: list[str]) -> list[str]:

@@ -205,11 +205,12 @@ class DemoJob:
     """`fm2edge demo`: the whole lifecycle, offline, on scikit-learn's digits, in a few minutes on a laptop CPU.
 
     Args:
-        run: Where the demo's run folders go.
+        run: Where the demo's run folders go (ROOT/NAME/<stage>); run.overwrite true reruns every stage, else
+            stages whose inputs are unchanged since the last demo are skipped.
         epochs: Training epochs for each student.
     """
 
-    run: RunConfig = field(default_factory=lambda: RunConfig(name="demo", overwrite=True))
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="demo"))
     epochs: int = 15
 
     def __post_init__(self) -> None:

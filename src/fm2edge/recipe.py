@@ -1,0 +1,169 @@
+"""`fm2edge run RECIPE.yaml`: the lifecycle as a list of stages, each an ordinary command, cached by its inputs.
+
+A recipe names its stages in order; each stage is one command (embed, probe, finetune, train, distill, bench, export,
+report, ...) with the same sections its flags take. ``${stage}`` in any string is replaced by that earlier stage's
+folder, so a distillation names its teacher as ``${probe}``. Every stage writes into ROOT/NAME/<stage>.
+
+Caching: a stage's key hashes its command, its resolved settings and the key of the stage before it, so a change
+reruns that stage and every stage after it, and nothing before. A finished stage records its key and result in
+ROOT/NAME/.stages/<stage>.json (atomically, after it succeeds); an unchanged stage is skipped; a stage that was
+interrupted has no record and runs again, continuing from its own checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fm2edge.config import _check
+from fm2edge.errors import Fm2EdgeError
+
+NOT_STAGES = ("run", "demo", "list")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class RunJob:
+    """`fm2edge run RECIPE.yaml`: every stage of a recipe in order, skipping those whose inputs are unchanged.
+
+    Args:
+        recipe: The recipe YAML: {name, root, stages: [{name, command, args}]}.
+        root: Folder for the recipe's run folder; empty uses the recipe's own root (default runs).
+        force: Rerun every stage even when its inputs are unchanged.
+        only: Run only the stages up to and including this one.
+    """
+
+    recipe: str = ""
+    root: str | None = None
+    force: bool = False
+    only: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(bool(self.recipe), "give a recipe, e.g. fm2edge run configs/demo.yaml")
+
+
+# ---------------------------------------------------------------- pure pieces
+
+
+def load_recipe(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise Fm2EdgeError(f"recipe '{path}' does not exist; see configs/ for examples")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    return check_recipe(recipe, str(path))
+
+
+def check_recipe(recipe: dict, where: str = "recipe") -> dict:
+    from fm2edge.cli import COMMANDS
+
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("stages"), list) or not recipe["stages"]:
+        raise Fm2EdgeError(f"{where} needs a list 'stages' of {{name, command, args}}")
+    unknown = set(recipe) - {"name", "root", "stages", "description"}
+    if unknown:
+        raise Fm2EdgeError(f"{where}: unknown keys {sorted(unknown)}; a recipe has name, root, description, stages")
+    seen: set[str] = set()
+    for i, stage in enumerate(recipe["stages"]):
+        name, command = stage.get("name"), stage.get("command")
+        if not isinstance(name, str) or not NAME.match(name) or name in seen:
+            raise Fm2EdgeError(f"{where}: stage {i + 1} needs a unique plain name, got {name!r}")
+        if command not in COMMANDS or command in NOT_STAGES:
+            allowed = sorted(set(COMMANDS) - set(NOT_STAGES))
+            raise Fm2EdgeError(f"{where}: stage '{name}' has command {command!r}; use one of {allowed}")
+        extra = set(stage) - {"name", "command", "args"}
+        if extra:
+            raise Fm2EdgeError(f"{where}: stage '{name}' has unknown keys {sorted(extra)} (name, command, args)")
+        for ref in re.findall(r"\$\{([^}]+)\}", json.dumps(stage.get("args", {}))):
+            if ref not in seen:
+                raise Fm2EdgeError(f"{where}: stage '{name}' refers to ${{{ref}}}, which is not an earlier stage")
+        seen.add(name)
+    return recipe
+
+
+def substitute(value: Any, folders: dict[str, str]) -> Any:
+    """``${stage}`` -> that stage's folder, anywhere in nested args."""
+    if isinstance(value, str):
+        return re.sub(r"\$\{([^}]+)\}", lambda m: folders[m.group(1)], value)
+    if isinstance(value, list):
+        return [substitute(v, folders) for v in value]
+    if isinstance(value, dict):
+        return {k: substitute(v, folders) for k, v in value.items()}
+    return value
+
+
+def place(command: str, args: dict, folder: Path, root: Path) -> dict:
+    """Point the stage's outputs at its folder (run.root/run.name, or output)."""
+    import dataclasses
+
+    from fm2edge.cli import COMMANDS
+
+    cls = COMMANDS[command][1]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    args = copy.deepcopy(args)
+    if "run" in fields:
+        args["run"] = {**args.get("run", {}), "root": str(folder.parent), "name": folder.name}
+    elif command == "bench":
+        args["output"] = str(folder / "bench.json")
+    elif "output" in fields:
+        args["output"] = str(folder)
+    if command == "report":
+        args.setdefault("runs", [str(root)])
+    return args
+
+
+def stage_key(command: str, args: dict, previous: str) -> str:
+    return hashlib.sha1(json.dumps([command, args, previous], sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- running
+
+
+def run_recipe(recipe: dict, root: Path, force: bool = False, only: str | None = None) -> dict[str, Any]:
+    """Run the recipe's stages in order into ``root``; returns {stage: result}."""
+    import time
+
+    from fm2edge.cli import COMMANDS, job_from_dict
+    from fm2edge.runs import atomic_write_json
+
+    folders = {s["name"]: str(root / s["name"]) for s in recipe["stages"]}
+    if only is not None and only not in folders:
+        raise Fm2EdgeError(f"--only names no stage of this recipe; stages: {list(folders)}")
+    state = root / ".stages"
+    previous, results = "", {}
+    for stage in recipe["stages"]:
+        name, command = stage["name"], stage["command"]
+        args = place(command, substitute(stage.get("args", {}) or {}, folders), Path(folders[name]), root)
+        key = stage_key(command, args, previous)
+        record_path = state / f"{name}.json"
+        record = json.loads(record_path.read_text()) if record_path.exists() else None
+        previous = key
+        if record is not None and record["key"] == key and not force:
+            print(f"== {name} ({command}): unchanged, skipped")
+            results[name] = record["result"]
+        else:
+            if "run" in args:  # changed: start the folder afresh; interrupted or new: continue what is there
+                args["run"].update(overwrite=record is not None, resume=record is None)
+            fn = COMMANDS[command][0]
+            print(f"\n== {name} ({command})" + (": settings changed, rerunning" if record else ""))
+            t0 = time.perf_counter()
+            result = fn(job_from_dict(command, args))
+            seconds = time.perf_counter() - t0
+            atomic_write_json(record_path, {"key": key, "command": command, "args": args, "seconds": seconds,
+                                            "result": result})
+            results[name] = json.loads(record_path.read_text())["result"]
+            print(f"   ({seconds:.0f} s)")
+        if name == only:
+            break
+    return results
+
+
+def run_job(job: RunJob) -> dict:
+    recipe = load_recipe(job.recipe)
+    root = Path(job.root or recipe.get("root", "runs")) / recipe.get("name", Path(job.recipe).stem)
+    return run_recipe(recipe, root, job.force, job.only)

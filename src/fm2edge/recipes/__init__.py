@@ -1,0 +1,1 @@
+"""Recipes shipped with fm2edge (the demo)."""
