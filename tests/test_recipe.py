@@ -13,8 +13,8 @@ RECIPE = {
     "name": "tiny",
     "stages": [
         {"name": "scratch", "command": "train",
-         "args": {"data": {"source": "digits", "max_train": 200, "max_test": 60}, "model": {"name": "student:small_cnn"},
-                  "train": {"epochs": 1, "batch_size": 32, "device": "cpu"}}},
+         "args": {"data": {"source": "digits", "max_train": 200, "max_test": 60},
+                  "model": {"name": "student:small_cnn"}, "train": {"epochs": 1, "batch_size": 32, "device": "cpu"}}},
         {"name": "export", "command": "export",
          "args": {"model": "${scratch}", "data": {"source": "digits", "max_train": 200, "max_test": 60},
                   "export": {"int8": False, "latency_runs": 3}}},

@@ -32,8 +32,9 @@ def demo_recipe(job: DemoJob) -> dict:
         args = stage.get("args", {})
         if stage["command"] in ("train", "distill"):
             args["train"]["epochs"] = job.epochs
-        if args.get("model", {}).get("name") == TEACHER and not pretrained:
-            args["model"]["pretrained"] = False
+        model = args.get("model")
+        if isinstance(model, dict) and model.get("name") == TEACHER and not pretrained:
+            model["pretrained"] = False
     return check_recipe(recipe, "the demo recipe")
 
 
