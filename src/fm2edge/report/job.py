@@ -82,6 +82,12 @@ def _npz(path: Path) -> dict | None:
         return {k: z[k] for k in z.files}
 
 
+def _visible(path: Path, root: Path) -> bool:
+    """Not inside checkpoints or a hidden folder (a recipe's .stages records, partial writes)."""
+    parts = path.relative_to(root).parts
+    return "checkpoints" not in parts and not any(p.startswith(".") for p in parts)
+
+
 def collect(paths: list[str]) -> tuple[list[Run], list[Path]]:
     """Every run folder (a folder with metrics.json not nested inside another run) under ``paths``, in path order;
     and every other folder of interest (bench.json, export/, seeds.json, comparison.json holders)."""
@@ -91,7 +97,7 @@ def collect(paths: list[str]) -> tuple[list[Run], list[Path]]:
         if not root.exists():
             raise Fm2EdgeError(f"run folder '{root}' does not exist")
         found = sorted({p.parent for name in ("metrics.json", "embed.json") for p in root.rglob(name)
-                        if "checkpoints" not in p.parts}) if root.is_dir() else []
+                        if _visible(p, root)}) if root.is_dir() else []
         base = root.parent if root in found else root
         for folder in found:
             if any((a / "metrics.json").exists() for a in folder.parents if a != folder and base in a.parents):
@@ -106,7 +112,7 @@ def collect(paths: list[str]) -> tuple[list[Run], list[Path]]:
                             _npz(folder / "predictions.npz"), _npz(folder / "teacher_predictions.npz"),
                             sorted((folder / "plots").glob("*.png")) if (folder / "plots").exists() else []))
         for name in ("bench.json", "seeds.json", "comparison.json", "export/export.json"):
-            extras += sorted(p for p in root.rglob(name) if "checkpoints" not in p.parts)
+            extras += sorted(p for p in root.rglob(name) if _visible(p, root))
     if not runs:
         raise Fm2EdgeError(f"no run folders (with metrics.json) under {', '.join(paths)}; give folders written by "
                            f"fm2edge train, distill, probe, finetune or demo")
