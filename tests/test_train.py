@@ -108,3 +108,22 @@ def test_precision_can_change_between_stages_of_one_process():
     assert make_accelerator("cpu", "fp32").mixed_precision == "no"
     assert make_accelerator("cpu", "bf16").mixed_precision == ("bf16" if bf16_supported_on_cpu() else "no")
     assert make_accelerator("cpu", "fp32").mixed_precision == "no"
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    """Two accumulated batches of 16 take the same optimiser steps as one batch of 32 (a model without BatchNorm or
+    dropout, so the micro-batches see exactly what the big batch sees)."""
+    import numpy as np
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                       image_size=16, patch_size=8), add_pooling_layer=False).save_pretrained(tmp_path / "vit")
+    data = DataConfig(source="digits", max_train=128, max_test=40)
+    out = {}
+    for name, batch, accum in (("big", 32, 1), ("accum", 16, 2)):
+        train_job(TrainJob(data=data, model=ModelConfig(name=f"hf:{tmp_path / 'vit'}"),
+                           train=TrainConfig(epochs=2, batch_size=batch, grad_accum=accum, lr=1e-3, device="cpu"),
+                           run=RunConfig(root=str(tmp_path), name=name)))
+        out[name] = np.load(tmp_path / name / "predictions.npz")["logits"]
+    np.testing.assert_allclose(out["accum"], out["big"], atol=2e-4)

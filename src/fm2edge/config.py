@@ -125,6 +125,8 @@ class TrainConfig:
         eval_every: Evaluate on the test split every this many epochs (and always after the last).
         channels_last: Use channels_last memory format for convolutional networks.
         compile: Wrap the model in torch.compile.
+        grad_accum: Accumulate gradients over this many batches per optimiser step (effective batch = batch_size x
+            grad_accum x processes), for batches that do not fit in memory.
         keep_checkpoints: Epoch checkpoints to keep (the newest ones).
         checkpoint_every: Write a checkpoint every this many epochs (and always after the last).
     """
@@ -146,11 +148,13 @@ class TrainConfig:
     eval_every: int = 1
     channels_last: bool = True
     compile: bool = False
+    grad_accum: int = 1
     keep_checkpoints: int = 2
     checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
         _check(self.checkpoint_every >= 1, f"train.checkpoint_every must be at least 1, got {self.checkpoint_every}")
+        _check(self.grad_accum >= 1, f"train.grad_accum must be at least 1, got {self.grad_accum}")
         _check(self.epochs >= 1, f"train.epochs must be at least 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"train.batch_size must be at least 1, got {self.batch_size}")
         _check(self.eval_batch_size >= 1, f"train.eval_batch_size must be at least 1, got {self.eval_batch_size}")

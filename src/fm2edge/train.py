@@ -10,6 +10,7 @@ from Hugging Face Accelerate.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -283,9 +284,10 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, test: ImageData, c
     # frozen weights (a LoRA base, a linear probe's backbone) get no optimiser state
     optimizer = build_optimizer([p for p in task.parameters() if p.requires_grad], cfg)
     world, rank = accelerator.num_processes, accelerator.process_index
-    steps_per_epoch = len(batch_plan(len(train), cfg.batch_size, world, rank, torch.Generator().manual_seed(0)))
-    if steps_per_epoch == 0:
+    batches_per_epoch = len(batch_plan(len(train), cfg.batch_size, world, rank, torch.Generator().manual_seed(0)))
+    if batches_per_epoch == 0:
         raise Fm2EdgeError(f"the training set has {len(train)} images, fewer than the {world} processes")
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)  # optimiser steps
     total = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, cfg.schedule))
@@ -329,11 +331,18 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, test: ImageData, c
             x = images[gidx].to(device, non_blocking=True)
             y = labels[idx.to(labels.device)].to(device, non_blocking=True)
             x = augment(x, cfg.augment, dev_gen)
-            out = task(x, y, idx.to(device))  # the index lets a task look up cached teacher outputs
-            accelerator.backward(out["loss"])
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            # gradient accumulation: sum micro-batch gradients (without a DDP all-reduce until the last one),
+            # then take one optimiser step
+            group_end = (step + 1) % cfg.grad_accum == 0 or step == len(batches) - 1
+            in_group = min(cfg.grad_accum, len(batches) - (step // cfg.grad_accum) * cfg.grad_accum)
+            sync = contextlib.nullcontext() if group_end or world == 1 else accelerator.no_sync(task)
+            with sync:
+                out = task(x, y, idx.to(device))  # the index lets a task look up cached teacher outputs
+                accelerator.backward(out["loss"] / in_group if cfg.grad_accum > 1 else out["loss"])
+            if group_end:
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
             loss_sum += out["loss"].detach() * len(y)
             correct += (out["logits"].detach().argmax(-1) == y).sum()
             labelled += (y >= 0).sum()
