@@ -142,9 +142,10 @@ def apply_mode(model: Classifier, mode: str, cfg: FinetuneConfig) -> nn.Module:
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
                         target_modules=targets, modules_to_save=[HEAD])
     wrapped = get_peft_model(model, config)
-    head_params = [(n, p) for n, p in wrapped.named_parameters() if n.split(".")[2:3] == [HEAD] or
-                   f".{HEAD}.modules_to_save." in n]
-    if not head_params or not all(p.requires_grad for n, p in head_params if "modules_to_save" in n):
+    # peft keeps a trainable copy of each module to save under <name>.modules_to_save.<adapter>
+    prefix = f"base_model.model.{HEAD}.modules_to_save."
+    trained_head = [p for n, p in wrapped.named_parameters() if n.startswith(prefix)]
+    if not trained_head or not all(p.requires_grad for p in trained_head):
         raise Fm2EdgeError(f"the new head '{HEAD}' of {model.name} is not trainable after LoRA wrapping; "
                            f"refusing to train adapters under a frozen random head")
     return wrapped
