@@ -63,7 +63,7 @@ def job_from_dict(command: str, values: dict):
         job = parser.instantiate_classes(cfg)
         return cls(**{k: v for k, v in vars(job).items() if k != "config"})
     except (ArgumentError, ValueError, TypeError) as exc:
-        raise Fm2EdgeError(f"{command} settings: {str(exc).strip().splitlines()[-1]}") from exc
+        raise Fm2EdgeError(f"{command} settings: {_one_line(exc)}") from exc
 
 
 def build_parser():
@@ -111,6 +111,21 @@ def _positional_models(argv: list[str]) -> list[str]:
     return [argv[0], f"--{name}", json.dumps(models) if several else models[0], *rest]
 
 
+def _one_line(exc: BaseException) -> str:
+    """jsonargparse's message as one line that names the flag: 'Parser key "train.epochs": Expected a <class
+    'int'>. Got value: three' -> '--train.epochs: expected int, got 'three''."""
+    import re
+
+    text = str(exc).strip()
+    key = re.search(r'Parser key "([^"]+)"', text)
+    last = text.splitlines()[-1].strip()
+    wanted = re.match(r"Expected a (.+?)\. Got value: (.*)$", last)
+    if key and wanted:
+        kind = re.sub(r"<class '(\w+)'>", r"\1", wanted.group(1)).replace("typing.", "")
+        return f"--{key.group(1)}: expected {kind}, got {wanted.group(2)!r}"
+    return f"--{key.group(1)}: {last}" if key else last
+
+
 def _spaced_lists(argv: list[str]) -> list[str]:
     """`--seeds 0 1 2` -> `--seeds [0,1,2]` (jsonargparse reads a list from one token)."""
     out, i = [], 0
@@ -140,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         # jsonargparse leaves the top-level class as a namespace; build it (its __post_init__ validates).
         job = cls(**{k: v for k, v in vars(job).items() if k != "config"})
     except (ArgumentError, ValueError, TypeError) as exc:
-        print(f"fm2edge: error: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
+        print(f"fm2edge: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     _quiet_libraries()
     try:

@@ -88,8 +88,15 @@ def holdout_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[n
 
     idx = np.arange(len(labels))
     counts = np.bincount(labels)
-    stratify = labels if counts[counts > 0].min() >= 2 else None
-    train, test = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
+    classes = int((counts > 0).sum())
+    n_test = max(1, round(fraction * len(labels)))
+    if len(labels) < 2:
+        raise Fm2EdgeError(f"the source has {len(labels)} image(s) and no test split; give it more images or a "
+                           f"test split")
+    # a stratified split needs every class twice and at least one test and one training image per class
+    stratified = counts[counts > 0].min() >= 2 and classes <= n_test <= len(labels) - classes
+    train, test = train_test_split(idx, test_size=n_test, random_state=seed,
+                                   stratify=labels if stratified else None)
     return np.sort(train), np.sort(test)
 
 
