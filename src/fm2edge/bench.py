@@ -210,10 +210,10 @@ def bench_job(job: BenchJob) -> dict:
     for r in rows:
         base = ref.get((r["backend"], r["dtype"]))
         r["speedup_vs_first"] = base["p50_ms"] / r["p50_ms"] if base else None
-    print(f"{'model':<28} {'backend':<8} {'dtype':<5} {'params':>10} {'MMACs':>8} {'p50 ms':>8} {'p90 ms':>8} "
+    print(f"{'model':<28} {'backend':<9} {'dtype':<5} {'params':>10} {'MMACs':>8} {'p50 ms':>8} {'p90 ms':>8} "
           f"{'p99 ms':>8} {'img/s':>8} {'speed-up':>8}")
     for r in rows:
-        print(f"{r['model'][:28]:<28} {r['backend']:<8} {r['dtype']:<5} {r['params']:>10,} {r['macs'] / 1e6:>8.0f} "
+        print(f"{r['model'][:28]:<28} {r['backend']:<9} {r['dtype']:<5} {r['params']:>10,} {r['macs'] / 1e6:>8.0f} "
               f"{r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['throughput_img_s']:>8.1f} "
               f"{r['speedup_vs_first']:>7.2f}x")
     print(f"device {rows[0]['device']}, torch {rows[0]['torch']}, {rows[0]['threads']} threads; "
