@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -89,7 +90,7 @@ def holdout_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[n
     idx = np.arange(len(labels))
     counts = np.bincount(labels)
     classes = int((counts > 0).sum())
-    n_test = max(1, round(fraction * len(labels)))
+    n_test = max(1, math.ceil(fraction * len(labels)))  # as scikit-learn rounds a fractional test_size
     if len(labels) < 2:
         raise Fm2EdgeError(f"the source has {len(labels)} image(s) and no test split; give it more images or a "
                            f"test split")
