@@ -197,13 +197,15 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def report_figures(runs: list[Run], bench_rows: list[dict]) -> list[tuple[str, bytes]]:
-    """Figures made for the report: confusion matrices (scratch vs distilled), Pareto plots."""
+def report_figures(runs: list[Run], bench_rows: list[dict], acc_rows: list[dict]) -> list[tuple[str, bytes]]:
+    """Figures made for the report: confusion matrices (scratch vs the most accurate distilled student), Pareto
+    plots (one point per run or seed group, the teacher included)."""
     from fm2edge.report import plots
 
     figs = []
     scratch = next((r for r in runs if r.kind == "train" and r.preds is not None), None)
-    distilled = next((r for r in runs if r.kind == "distill" and r.preds is not None), None)
+    distilled = max((r for r in runs if r.kind == "distill" and r.preds is not None),
+                    key=lambda r: r.metrics.get("test_acc", 0.0), default=None)
     if scratch is not None and distilled is not None and len(scratch.preds["labels"]) == len(distilled.preds["labels"]):
         names = [str(c) for c in scratch.preds["class_names"]]
         n = len(names)
@@ -222,9 +224,8 @@ def report_figures(runs: list[Run], bench_rows: list[dict]) -> list[tuple[str, b
     if len(latency) >= 2:
         figs.append(("Accuracy vs latency", _png(plots.pareto(latency, "p50_ms", "batch-1 latency, p50 (ms, log)",
                                                               "accuracy vs latency (eager PyTorch)"))))
-    params = [{"label": r.label, "test_acc": r.metrics["test_acc"], "parameters": r.metrics["parameters"],
-               "colour": METHOD_COLOURS.get(r.kind, "C7")}
-              for r in runs if r.metrics.get("test_acc") is not None and r.metrics.get("parameters")]
+    params = [{"label": r["label"], "test_acc": r["test_acc"], "parameters": r["parameters"],
+               "colour": METHOD_COLOURS.get(r["kind"], "C7")} for r in acc_rows if r.get("parameters")]
     if len(params) >= 2:
         figs.append(("Accuracy vs parameters", _png(plots.pareto(params, "parameters", "parameters (log)",
                                                                  "accuracy vs model size"))))
@@ -369,7 +370,7 @@ def report_job(job: ReportJob) -> dict:
             extras["comparison"].append((str(p.parent), json.loads(p.read_text())["rows"]))
     acc = accuracy_rows(runs, seeds)
     mistakes, groups = mistakes_rows(runs, job.superclasses)
-    figures = report_figures(runs, [r for _, rows in extras["bench"] for r in rows])
+    figures = report_figures(runs, [r for _, rows in extras["bench"] for r in rows], acc)
     run_plots = [(f"{r.label}: {p.stem.replace('_', ' ')}", p.read_bytes()) for r in runs for p in r.plots]
     for folder, _ in extras["comparison"]:
         for p in sorted((Path(folder) / "plots").glob("*.png")):

@@ -152,7 +152,7 @@ def pareto(points: Sequence[dict], x_key: str, xlabel: str, title: str) -> Figur
     Pareto front (no other model both cheaper and more accurate) drawn as a line."""
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
-    pts = sorted(points, key=lambda p: p[x_key])
+    pts = sorted(points, key=lambda p: (p[x_key], -p["test_acc"]))  # among equal costs, only the best is on the front
     for i, p in enumerate(pts):
         ax.scatter(p[x_key], 100 * p["test_acc"], s=50, color=p.get("colour", f"C{i}"), zorder=3)
         ax.annotate(p["label"], (p[x_key], 100 * p["test_acc"]), textcoords="offset points", xytext=(6, 4),
