@@ -28,6 +28,27 @@ def run_cli(argv, capsys):
 
 
 @pytest.fixture
+def bad_labels(tmp_path):
+    """A parquet split whose ClassLabel names two classes while a label says 5."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from conftest import hub_dataset
+    from datasets import ClassLabel, Features
+    from datasets import Image as ImageFeature
+
+    root = tmp_path / "bad-labels"
+    root.mkdir()
+    feats = Features({"img": ImageFeature(), "label": ClassLabel(names=["a", "b"])})
+    rows = hub_dataset(4, 0).to_dict()
+    tbl = pa.table({"img": [{"bytes": r["bytes"], "path": None} for r in rows["img"]], "label": [0, 1, 5, 1]})
+    pq.write_table(tbl.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": feats.to_dict()}})}),
+                   root / "train.parquet")
+    return root
+
+
+@pytest.fixture
 def truncated_images(tmp_path):
     root = tmp_path / "imgs"
     imgs, labels = coloured_images(8, 12, 0)
@@ -44,15 +65,17 @@ def truncated_images(tmp_path):
     ("empty dataset", ["--data.source", "{tmp}/empty"], "empty folder"),
     ("wrong label column", ["--data.source", "{parquet}", "--data.label_column", "lbl"], "is not a column"),
     ("truncated image", ["--data.source", "{images}"], "cannot be decoded"),
+    ("label outside the classes", ["--data.source", "{labels}", "--data.test_fraction", "0.5"],
+     "outside the class range"),
     ("hub unreachable", ["--data.source", "someone/no-such-dataset"], "Hugging Face Hub is unreachable"),
     ("unknown key", ["--data.source", "digits", "--train.epoch", "2"], "epoch"),
     ("wrong type", ["--data.source", "digits", "--train.epochs", "three"], "epochs"),
     ("bad value", ["--data.source", "digits", "--train.lr", "-1"], "train.lr"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(case, extra, match, tmp_path, parquet_dir, truncated_images,
-                                                  capsys):
+                                                  bad_labels, capsys):
     (tmp_path / "empty").mkdir()
-    extra = [a.format(tmp=tmp_path, parquet=parquet_dir, images=truncated_images) for a in extra]
+    extra = [a.format(tmp=tmp_path, parquet=parquet_dir, images=truncated_images, labels=bad_labels) for a in extra]
     root = tmp_path / "runs"
     rc, err = run_cli(["train", *extra, *COMMON, "--run.root", str(root), "--run.name", "r"], capsys)
     assert rc == 2 and err.startswith("fm2edge: error:") and len(err.splitlines()) == 1, err

@@ -65,6 +65,10 @@ def test_nan_loss_stops_and_names_the_step(tmp_path, parquet_dir, monkeypatch):
     expected = r"loss became nan at epoch 2, step \d+; the last good checkpoint is epoch-000"
     with pytest.raises(Fm2EdgeError, match=expected):
         train_job(job(tmp_path, parquet_dir, epochs=3))
+    run = tmp_path / "run"  # the last good checkpoint is whole; no final model, no partial file
+    assert json.loads((run / "checkpoints" / "epoch-000" / "state.json").read_text())["epoch"] == 0
+    assert (run / "checkpoints" / "epoch-000" / "model.safetensors").exists()
+    assert not (run / "model.safetensors").exists() and not list(run.rglob("*.tmp"))
 
 
 def test_batch_plan_shards_disjointly():
