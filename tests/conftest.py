@@ -27,6 +27,17 @@ def coloured_images(n: int, size: int = 16, seed: int = 0) -> tuple[list[np.ndar
     return imgs, labels
 
 
+def image_folder_with_a_truncated_png(root: Path) -> Path:
+    """root/<class>/<i>.png for 8 coloured images, with red/0.png cut in half (an image that cannot be decoded)."""
+    imgs, labels = coloured_images(8, 12, 0)
+    for i, (a, y) in enumerate(zip(imgs, labels, strict=True)):
+        (root / CLASSES[y]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(root / CLASSES[y] / f"{i}.png")
+    data = (root / "red" / "0.png").read_bytes()
+    (root / "red" / "0.png").write_bytes(data[: len(data) // 2])
+    return root
+
+
 def png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
     buf = io.BytesIO()
     img = Image.fromarray(arr)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, SHARED, coloured_images, hub_dataset
+from conftest import CLASSES, SHARED, coloured_images, hub_dataset, image_folder_with_a_truncated_png
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -177,13 +177,7 @@ def test_labels_outside_class_range(tmp_path):
 def test_corrupt_image_error_or_skip(tmp_path):
     from fm2edge.data.dataset import cache_root
 
-    root = tmp_path / "imgs"
-    imgs, labels = coloured_images(8, 12, 0)
-    for i, (a, y) in enumerate(zip(imgs, labels, strict=True)):
-        (root / CLASSES[y]).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(a).save(root / CLASSES[y] / f"{i}.png")
-    data = (root / "red" / "0.png").read_bytes()
-    (root / "red" / "0.png").write_bytes(data[: len(data) // 2])  # truncated
+    root = image_folder_with_a_truncated_png(tmp_path / "imgs")
     with pytest.raises(Fm2EdgeError, match="cannot be decoded.*on_bad_image skip"):
         load_data(DataConfig(source=str(root), test_fraction=0.5))
     cfg = DataConfig(source=str(root), test_fraction=0.5, on_bad_image="skip")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from conftest import CLASSES, coloured_images
-from PIL import Image
+from conftest import image_folder_with_a_truncated_png
 
 from fm2edge.cli import main
 from fm2edge.runs import RunDir
@@ -50,14 +49,7 @@ def bad_labels(tmp_path):
 
 @pytest.fixture
 def truncated_images(tmp_path):
-    root = tmp_path / "imgs"
-    imgs, labels = coloured_images(8, 12, 0)
-    for i, (a, y) in enumerate(zip(imgs, labels, strict=True)):
-        (root / CLASSES[y]).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(a).save(root / CLASSES[y] / f"{i}.png")
-    data = (root / "red" / "0.png").read_bytes()
-    (root / "red" / "0.png").write_bytes(data[: len(data) // 2])
-    return root
+    return image_folder_with_a_truncated_png(tmp_path / "imgs")
 
 
 @pytest.mark.parametrize("case,extra,match", [
