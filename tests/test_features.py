@@ -67,6 +67,59 @@ def test_embed_cache_hit_and_miss(tiny_dinov2, parquet_dir, monkeypatch):
         embed_data(job, train, test)
 
 
+def test_interrupted_extraction_resumes_from_its_last_chunk(tiny_dinov2, parquet_dir, tmp_path, monkeypatch):
+    import fm2edge.features as feats
+
+    train, test = load_data(DataConfig(source=str(parquet_dir)))
+    job = EmbedJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name=f"hf:{tiny_dinov2}"),
+                   embed=EmbedConfig(chunk_size=16, batch_size=8, splits=["train"], cache_dir=str(tmp_path / "c")))
+    straight = embed_data(EmbedJob(data=job.data, model=job.model,
+                                   embed=EmbedConfig(splits=["train"], cache_dir=str(tmp_path / "ref"))), train, test)
+    real, calls = feats.embed_batches, []
+
+    def interrupt_third(model, images, *a, **k):
+        calls.append(len(images))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C while the third of four chunks is being extracted
+        return real(model, images, *a, **k)
+
+    monkeypatch.setattr(feats, "embed_batches", interrupt_third)
+    with pytest.raises(KeyboardInterrupt):
+        embed_data(job, train, test)
+    entries = list((tmp_path / "c").iterdir())
+    assert not [p for p in entries if not p.name.startswith(".")], "no cache entry before the extraction finished"
+    partial = next(p for p in entries if p.name.endswith(".partial"))
+    assert sorted(p.name for p in partial.iterdir()) == ["000000000-000000016.npz", "000000016-000000032.npz"]
+    calls.clear()
+    resumed = embed_data(job, train, test)["train"]
+    assert calls == [16, 16], "only the two missing chunks are extracted again"
+    assert np.allclose(resumed.features, straight["train"].features, atol=1e-6)
+    assert not partial.exists() and resumed.meta["n"] == 64
+
+
+def test_chunks_of_another_size_are_dropped(tiny_dinov2, parquet_dir, tmp_path, monkeypatch):
+    import fm2edge.features as feats
+
+    train, test = load_data(DataConfig(source=str(parquet_dir)))
+    cfg = EmbedConfig(chunk_size=16, splits=["train"], cache_dir=str(tmp_path))
+    job = EmbedJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name=f"hf:{tiny_dinov2}"), embed=cfg)
+    real, calls = feats.embed_batches, []
+
+    def stop_second(model, images, *a, **k):
+        calls.append(len(images))
+        if calls == [16, 16]:
+            raise KeyboardInterrupt
+        return real(model, images, *a, **k)
+
+    monkeypatch.setattr(feats, "embed_batches", stop_second)
+    with pytest.raises(KeyboardInterrupt):
+        embed_data(job, train, test)
+    calls.clear()
+    cfg.chunk_size = 32  # the saved 16-image chunk does not fit the new plan
+    out = embed_data(job, train, test)["train"]
+    assert calls == [32, 32] and out.features.shape == (64, 32)
+
+
 @pytest.mark.parametrize("pooling,last_n,dim", [("cls", 1, 32), ("mean", 1, 32), ("both", 1, 64), ("cls", 2, 64),
                                                  ("both", 3, 192)])
 def test_pooling_widths(tiny_dinov2, pooling, last_n, dim):
@@ -177,7 +230,7 @@ def test_two_process_embedding_equals_one(tiny_dinov2, parquet_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "JSONARGPARSE_DEPRECATION_WARNINGS": "off",
            "FM2EDGE_CACHE": str(tmp_path / "cache2")}
     args = ["-m", "fm2edge", "embed", "--data.source", str(parquet_dir), "--model.name", f"hf:{tiny_dinov2}",
-            "--embed.device", "cpu", "--tsne_samples", "0", "--run.root", str(tmp_path)]
+            "--embed.device", "cpu", "--embed.chunk_size", "8", "--tsne_samples", "0", "--run.root", str(tmp_path)]
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                           "29533", *args, "--run.name", "two"], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
+import numpy as np
 import pytest
+import torch
 from conftest import image_folder_with_a_truncated_png
 
 from fm2edge.cli import main
@@ -119,3 +127,157 @@ def test_an_existing_run_is_never_overwritten_silently(finished, capsys):
     rc, err = run_cli(["train", "--data.source", "digits", *COMMON, "--run.root", str(finished), "--run.name", "cnn"],
                       capsys)
     assert rc == 2 and "already exists" in err and _digest(finished / "cnn") == before
+
+
+# ---------------------------------------------------------------- interruption: real signals to real processes
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "JSONARGPARSE_DEPRECATION_WARNINGS": "off", "PYTHONUNBUFFERED": "1"}
+
+
+def fm2edge(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "fm2edge", *args], capture_output=True, text=True,
+                          env=env or ENV, timeout=timeout)
+
+
+def signal_when(args, ready, sig, env=None, deadline_s=240):
+    """Start ``fm2edge ARGS``, send ``sig`` as soon as ``ready()`` holds, and return (exit status, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "fm2edge", *args], env=env or ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + deadline_s
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the command ended before the signal could be sent"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+@pytest.fixture(scope="module")
+def small_vit(tmp_path_factory):
+    """A random DINOv2 big enough (196 tokens at 112 px) that extraction takes seconds on a CPU."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    path = tmp_path_factory.mktemp("vit")
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=96, num_hidden_layers=4, num_attention_heads=3, intermediate_size=192,
+                             image_size=112, patch_size=8)).save_pretrained(path)
+    BitImageProcessor(size={"shortest_edge": 112}, crop_size={"height": 112, "width": 112}).save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow
+def test_extraction_killed_mid_split_resumes_to_the_same_features(small_vit, tmp_path):
+    cache = tmp_path / "cache"
+    env = {**ENV, "FM2EDGE_CACHE": str(cache)}
+    args = ["embed", "--data.source", "digits", "--data.max_train", "600", "--model.name", f"hf:{small_vit}",
+            "--embed.device", "cpu", "--embed.splits", "[train]", "--embed.batch_size", "10",
+            "--embed.chunk_size", "50", "--tsne_samples", "0", "--run.root", str(tmp_path)]
+
+    def chunks():
+        return list((cache / "features").glob(".*.partial/*.npz"))
+
+    rc, _ = signal_when([*args, "--run.name", "killed"], lambda: len(chunks()) >= 2, signal.SIGKILL, env=env)
+    assert rc == -signal.SIGKILL
+    saved = len(chunks())
+    assert 2 <= saved < 12, saved
+    entries = [p for p in (cache / "features").iterdir() if not p.name.startswith(".")]
+    assert entries == [], "no cache entry until every chunk is in"
+    resumed = fm2edge(*args, "--run.name", "killed", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming extraction, {saved * 50:,} of 600 images already done" in resumed.stdout
+    straight = fm2edge(*args, "--run.name", "straight", env={**ENV, "FM2EDGE_CACHE": str(tmp_path / "other")})
+    assert straight.returncode == 0, straight.stderr
+    a = json.loads((tmp_path / "killed" / "embed.json").read_text())["train"]["cache"]
+    b = json.loads((tmp_path / "straight" / "embed.json").read_text())["train"]["cache"]
+    assert np.allclose(np.load(f"{a}/features.npy"), np.load(f"{b}/features.npy"), atol=1e-6)
+    assert leftovers(cache) == [] and chunks() == []
+
+
+@pytest.mark.slow
+def test_export_killed_midway_leaves_no_export_and_reruns_clean(finished, tmp_path):
+    model = finished / "cnn"
+    args = ["export", str(model), "--data.source", "digits", "--data.max_train", "200", "--export.latency_runs", "3"]
+    rc, _ = signal_when(args, lambda: bool(list(model.glob(".export.*.tmp"))), signal.SIGKILL)
+    assert rc == -signal.SIGKILL
+    assert not (model / "export").exists(), "a killed export never looks finished"
+    again = fm2edge(*args)
+    assert again.returncode == 0, again.stderr
+    result = json.loads((model / "export" / "export.json").read_text())
+    assert set(result["test_acc"]) == {"pytorch_fp32", "onnx_fp32", "onnx_int8"}
+    assert result["parity_max_abs_diff"] < 1e-3
+    assert {p.name for p in (model / "export").iterdir()} == {"model.onnx", "model.int8.onnx", "export.json"}
+    assert leftovers(model) == [] and not list(model.glob(".export*"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_exits_130_and_resumes_to_the_same_result(tmp_path):
+    common = ["train", "--data.source", "digits", "--train.epochs", "4", "--train.batch_size", "64",
+              "--train.lr", "0.002", "--train.device", "cpu", "--run.root", str(tmp_path)]
+    first = tmp_path / "stopped" / "checkpoints" / "epoch-001" / "state.json"
+    rc, err = signal_when([*common, "--run.name", "stopped"], first.exists, signal.SIGINT)
+    assert rc == 130, err
+    assert err.strip().splitlines()[-1].startswith("fm2edge: interrupted; the run folder keeps its last checkpoint")
+    assert leftovers(tmp_path) == []
+    assert fm2edge(*common, "--run.name", "stopped", "--run.resume", "true").returncode == 0
+    assert fm2edge(*common, "--run.name", "straight").returncode == 0
+    a = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "stopped" / "metrics.json").read_text())
+    assert b["resumed_from_epoch"] is not None
+    assert a["test_acc"] == pytest.approx(b["test_acc"], abs=1e-6)
+    assert a["history"][-1]["train_loss"] == pytest.approx(b["history"][-1]["train_loss"], rel=1e-4)
+
+
+# ---------------------------------------------------------------- safety: nothing from a file runs as code
+
+
+def test_yaml_cannot_run_code(tmp_path, capsys):
+    sentinel = tmp_path / "ran"
+    evil = f"train:\n  epochs: !!python/object/apply:os.system ['touch {sentinel}']\n"
+    (tmp_path / "c.yaml").write_text(evil)
+    (tmp_path / "r.yaml").write_text(f"stages:\n- name: a\n  command: train\n  args: {{x: !!python/object/apply:"
+                                     f"os.system ['touch {sentinel}']}}\n")
+    rc, err = run_cli(["train", "--config", str(tmp_path / "c.yaml"), "--run.root", str(tmp_path)], capsys)
+    assert rc == 2 and "not valid YAML at line 2" in err and "python/object" in err and len(err.splitlines()) == 1
+    rc, err = run_cli(["run", str(tmp_path / "r.yaml"), "--root", str(tmp_path / "runs")], capsys)
+    assert rc == 2 and "not valid YAML at line 4" in err and len(err.splitlines()) == 1, err
+    assert not sentinel.exists()
+
+
+class _RunsCode:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_a_checkpoint_that_holds_code_is_not_loaded(tmp_path, capsys):
+    common = ["train", "--data.source", "digits", "--data.max_train", "200", *COMMON, "--train.epochs", "2",
+              "--run.root", str(tmp_path), "--run.name", "r"]
+    assert main([*common, "--train.epochs", "1"]) == 0
+    capsys.readouterr()
+    sentinel = tmp_path / "ran"
+    ckpt = next((tmp_path / "r" / "checkpoints").iterdir())
+    torch.save({"state": _RunsCode(sentinel)}, ckpt / "optimizer.pt")
+    rc, err = run_cli([*common, "--run.resume", "true"], capsys)
+    assert rc == 2 and "holds more than tensors" in err and len(err.splitlines()) == 1, err
+    assert not sentinel.exists()
+
+
+def test_model_code_shipped_in_a_model_folder_never_runs(tmp_path, capsys):
+    from transformers import Dinov2Config, Dinov2Model
+
+    folder = tmp_path / "model"
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             image_size=32, patch_size=8)).save_pretrained(folder)
+    sentinel = tmp_path / "ran"
+    (folder / "evil.py").write_text(f"import pathlib\npathlib.Path({str(sentinel)!r}).touch()\n")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(model_type="evil-net", auto_map={"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"})
+    (folder / "config.json").write_text(json.dumps(cfg))
+    capsys.readouterr()
+    rc, err = run_cli(["embed", "--data.source", "digits", "--data.max_train", "50", "--model.name", f"hf:{folder}",
+                       "--run.root", str(tmp_path / "runs")], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "never runs code" in err or "trust_remote_code" in err, err
+    assert not sentinel.exists()

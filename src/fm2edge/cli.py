@@ -123,6 +123,11 @@ def _one_line(exc: BaseException) -> str:
     if key and wanted:
         kind = re.sub(r"<class '(\w+)'>", r"\1", wanted.group(1)).replace("typing.", "")
         return f"--{key.group(1)}: expected {kind}, got {wanted.group(2)!r}"
+    if text.startswith("Problems parsing config:"):  # a YAML error: keep the problem and where it is
+        line = re.search(r"line (\d+)", last)
+        problem = text.splitlines()[0].removeprefix("Problems parsing config:").strip()
+        return f"the config file is not valid YAML{f' at line {line.group(1)}' if line else ''}: {problem}; " \
+               f"configs hold plain values only"
     return f"--{key.group(1)}: {last}" if key else last
 
 

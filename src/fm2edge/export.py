@@ -194,7 +194,7 @@ def export_job(job: ExportJob) -> dict:
     out = Path(job.output) if job.output else _default_output(job.model)
     print(f"exporting {model.name} ({sum(p.numel() for p in model.parameters()):,} parameters, input {size} px) "
           f"to {out}")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, lock=True) as tmp:
         fp32_path = export_onnx(model, example, tmp / "model.onnx", cfg.opset)
         sess = open_session(fp32_path, cfg.threads)
         ref = _torch_logits(model, test.images, cfg.batch_size)

@@ -1,18 +1,21 @@
 """Embeddings from any registered backbone, batched on the device and cached on disk (lab task 1).
 
 The seed runs the image processor and the model once per image in a Python loop. Here uint8 batches go to the
-device, the model's own :class:`Preprocess` runs there, and features stream into a memory-mapped ``.npy`` file, so
-memory stays flat however large the dataset. The cache key covers everything that changes the numbers: model name
-and revision, dataset fingerprint, split, preprocessing, pooling, layers and dtype. Under ``torchrun`` each process
-embeds a contiguous shard and the main process stitches the shards together.
+device, the model's own :class:`Preprocess` runs there, and features are saved chunk by chunk (an interrupted
+extraction resumes from its last chunk), then stitched into a memory-mapped ``.npy`` file, so memory stays flat
+however large the dataset. The cache key covers everything that changes the numbers: model name
+and revision, dataset fingerprint, split, preprocessing, pooling, layers and dtype. Under ``torchrun`` the processes
+share the chunks and the main process stitches them together.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +48,7 @@ class EmbedConfig:
         device: "auto" picks CUDA when available.
         splits: Which splits to embed.
         cache_dir: Feature cache folder; empty uses $FM2EDGE_CACHE/features or ~/.cache/fm2edge/features.
+        chunk_size: Images per saved piece of work: an interrupted extraction resumes from its last saved piece.
     """
 
     pooling: Pooling = "cls"
@@ -54,10 +58,12 @@ class EmbedConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     splits: list[str] = field(default_factory=lambda: ["train", "test"])
     cache_dir: str | None = None
+    chunk_size: int = 4096
 
     def __post_init__(self) -> None:
         _check(self.last_n >= 1, f"embed.last_n must be at least 1, got {self.last_n}")
         _check(self.batch_size >= 1, f"embed.batch_size must be at least 1, got {self.batch_size}")
+        _check(self.chunk_size >= 1, f"embed.chunk_size must be at least 1, got {self.chunk_size}")
         _check(set(self.splits) <= {"train", "test"} and self.splits,
                f"embed.splits must be a non-empty subset of ['train', 'test'], got {self.splits}")
 
@@ -131,14 +137,19 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 @torch.inference_mode()
 def embed_batches(model: Classifier, images: torch.Tensor, batch_size: int, device: torch.device,
-                  dtype: torch.dtype | None, out: np.ndarray | None = None, progress: str | None = None) -> np.ndarray:
-    """Features of uint8 ``images`` (N, 3, H, W), computed batch by batch into ``out`` (allocated if None)."""
+                  dtype: torch.dtype | None, out: np.ndarray | None = None, progress: str | None = None,
+                  bar=None) -> np.ndarray:
+    """Features of uint8 ``images`` (N, 3, H, W), computed batch by batch into ``out`` (allocated if None).
+
+    Progress goes to ``bar`` (a tqdm the caller owns) or, with ``progress`` set, to a bar of its own.
+    """
     from tqdm.auto import tqdm
 
     model.eval().to(device)
     n = len(images)
-    bar = tqdm(total=n, desc=progress or "embed", unit="img", disable=progress is None, leave=False)
-    t0 = time.perf_counter()
+    own = bar is None
+    if own:
+        bar = tqdm(total=n, desc=progress or "embed", unit="img", disable=progress is None, leave=False)
     for start in range(0, n, batch_size):
         x = images[start:start + batch_size].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -147,53 +158,119 @@ def embed_batches(model: Classifier, images: torch.Tensor, batch_size: int, devi
             out = np.zeros((n, f.shape[1]), dtype=np.float32)
         out[start:start + len(f)] = f.cpu().numpy()
         bar.update(len(f))
-        bar.set_postfix(img_s=f"{(start + len(f)) / (time.perf_counter() - t0):.1f}")
-    bar.close()
+    if own:
+        bar.close()
     return out if out is not None else np.zeros((0, model.feature_dim), dtype=np.float32)
 
 
+def plan_chunks(n: int, chunk_size: int) -> list[tuple[int, int]]:
+    """Image ranges that are extracted and saved one at a time, so an interrupted extraction loses at most one."""
+    return [(lo, min(n, lo + chunk_size)) for lo in range(0, n, chunk_size)]
+
+
+def _chunk_file(partial: Path, lo: int, hi: int) -> Path:
+    return partial / f"{lo:09d}-{hi:09d}.npz"
+
+
+def _extract_chunks(model: Classifier, data: ImageData, split: str, cfg: EmbedConfig, partial: Path,
+                    device: torch.device, dtype: torch.dtype | None, rank: int, world: int) -> None:
+    """Extract this process's chunks (every ``world``-th) that ``partial`` does not hold yet, saving each atomically."""
+    from tqdm.auto import tqdm
+
+    from fm2edge.runs import atomic_write_bytes
+
+    mine = plan_chunks(len(data), cfg.chunk_size)[rank::world]
+    todo = [(lo, hi) for lo, hi in mine if not _chunk_file(partial, lo, hi).exists()]
+    total = sum(hi - lo for lo, hi in mine)
+    done = total - sum(hi - lo for lo, hi in todo)
+    if done and rank == 0:
+        print(f"embed {split}: resuming extraction, {done * world:,} of {len(data):,} images already done",
+              flush=True)
+    bar = tqdm(total=total, initial=done, desc=f"embed {split}", unit="img", disable=rank != 0, leave=False)
+    for lo, hi in todo:
+        t0 = time.perf_counter()
+        part = embed_batches(model, data.images[lo:hi], cfg.batch_size, device, dtype, bar=bar)
+        buf = io.BytesIO()
+        np.savez(buf, features=part, seconds=time.perf_counter() - t0)
+        atomic_write_bytes(_chunk_file(partial, lo, hi), buf.getvalue())
+    bar.close()
+
+
+def _stitch(folder: Path, partial: Path, model: Classifier, data: ImageData, split: str, cfg: EmbedConfig,
+            dtype: torch.dtype | None, device: torch.device, world: int) -> None:
+    """Gather the saved chunks into the cache folder (atomically), then drop them."""
+    chunks = plan_chunks(len(data), cfg.chunk_size)
+    seconds = 0.0
+    with atomic_dir(folder) as tmp:
+        feats = None
+        for lo, hi in chunks:
+            with np.load(_chunk_file(partial, lo, hi)) as z:
+                part, seconds = z["features"], seconds + float(z["seconds"])
+            if feats is None:
+                feats = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float32,
+                                                  shape=(len(data), part.shape[1]))
+            feats[lo:hi] = part
+        dim = model.feature_dim if feats is None else feats.shape[1]
+        if feats is None:
+            np.save(tmp / "features.npy", np.zeros((0, dim), dtype=np.float32))
+        else:
+            feats.flush()
+            del feats
+        np.save(tmp / "labels.npy", data.labels.numpy())
+        world_seconds = seconds / max(1, min(len(chunks), world))  # chunk times add up over the processes
+        meta = {"model": model.name, "split": split, "n": len(data), "dim": int(dim), "pooling": cfg.pooling,
+                "last_n": cfg.last_n, "dtype": str(dtype or torch.float32), "device": str(device),
+                "seconds": seconds, "images_per_s": len(data) / world_seconds if world_seconds else None,
+                "class_names": data.class_names, "data": data.fingerprint}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(partial, ignore_errors=True)
+
+
+def _prepare_partial(folder: Path, partial: Path, chunks: list[tuple[int, int]]) -> None:
+    """Clear what a killed extraction left half-written; keep its finished chunks that match this plan."""
+    from fm2edge.runs import clean_partial, clean_stale
+
+    clean_stale(folder)
+    partial.mkdir(parents=True, exist_ok=True)
+    clean_partial(partial)
+    expected = {_chunk_file(partial, lo, hi).name for lo, hi in chunks}
+    for p in partial.iterdir():
+        if p.name not in expected:  # chunks of another chunk size
+            p.unlink()
+
+
 def embed_split(model: Classifier, data: ImageData, split: str, cfg: EmbedConfig, accelerator=None) -> Features:
-    """Features of ``data`` from the cache, or computed (sharded over processes when several run) and cached."""
+    """Features of ``data`` from the cache, or computed and cached.
+
+    Work is saved chunk by chunk (``embed.chunk_size`` images), so an interrupted extraction resumes from its last
+    saved chunk. Under ``torchrun`` the processes take every ``world``-th chunk and the main process stitches them.
+    One lock per cache entry keeps two fm2edge processes from extracting the same features at once.
+    """
+    from contextlib import nullcontext
+
+    from fm2edge.runs import exclusive
+
     device = accelerator.device if accelerator is not None else torch.device("cpu")
     dtype = resolve_precision(cfg.precision, device)
     key = cache_key(model, data, split, cfg, str(dtype))
     folder = feature_root(cfg) / key
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
-    if not (folder / "meta.json").exists():
-        t0 = time.perf_counter()
-        shard = folder.with_name(f".{key}.part{rank}.npy")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        per = -(-len(data) // world)
-        lo, hi = rank * per, min(len(data), (rank + 1) * per)
-        part = embed_batches(model, data.images[lo:hi], cfg.batch_size, device, dtype,
-                             progress=f"embed {split}" if rank == 0 else None)
-        seconds = time.perf_counter() - t0
-        if world > 1:
-            np.save(shard, part)
-            accelerator.wait_for_everyone()
-        if rank == 0:
-            with atomic_dir(folder) as tmp:
-                feats = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float32,
-                                                  shape=(len(data), part.shape[1]))
-                if world > 1:
-                    for r in range(world):
-                        p = folder.with_name(f".{key}.part{r}.npy")
-                        chunk = np.load(p, mmap_mode="r")
-                        feats[r * per:r * per + len(chunk)] = chunk
-                        p.unlink()
-                else:
-                    feats[:] = part
-                feats.flush()
-                del feats
-                np.save(tmp / "labels.npy", data.labels.numpy())
-                meta = {"model": model.name, "split": split, "n": len(data), "dim": int(part.shape[1]),
-                        "pooling": cfg.pooling, "last_n": cfg.last_n, "dtype": str(dtype or torch.float32),
-                        "device": str(device), "seconds": seconds, "images_per_s": (hi - lo) * world / seconds,
-                        "class_names": data.class_names, "data": data.fingerprint}
-                (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if accelerator is not None:
-            accelerator.wait_for_everyone()
+    barrier = accelerator.wait_for_everyone if accelerator is not None else (lambda: None)
+    partial = folder.with_name(f".{key}.partial")
+    # ranks must agree on every barrier, so under torchrun even a cache hit goes through the lock
+    if world > 1 or not (folder / "meta.json").exists():
+        with exclusive(folder.with_name(f".{key}.lock"), f"features {key}") if rank == 0 else nullcontext():
+            barrier()  # the main process holds the lock: nobody else writes this entry now
+            if not (folder / "meta.json").exists():  # another process may have finished it while we waited
+                if rank == 0:
+                    _prepare_partial(folder, partial, plan_chunks(len(data), cfg.chunk_size))
+                barrier()
+                _extract_chunks(model, data, split, cfg, partial, device, dtype, rank, world)
+                barrier()
+                if rank == 0:
+                    _stitch(folder, partial, model, data, split, cfg, dtype, device, world)
+            barrier()
     meta = json.loads((folder / "meta.json").read_text())
     return Features(np.load(folder / "features.npy", mmap_mode="r"), np.load(folder / "labels.npy"),
                     meta["class_names"], meta, folder)
@@ -250,7 +327,7 @@ def embed_job(job: EmbedJob) -> dict:
                 summary[split] = {"cache": str(f.path), **{k: f.meta[k] for k in ("n", "dim", "pooling", "last_n",
                                                                                "dtype", "device", "images_per_s")}}
                 print(f"{split}: {f.meta['n']} x {f.meta['dim']} features ({f.meta['pooling']}, {f.meta['dtype']}) "
-                      f"at {f.meta['images_per_s']:.1f} img/s -> {f.path}")
+                      f"at {f.meta['images_per_s'] or 0:.1f} img/s -> {f.path}")
                 if job.tsne_samples:
                     xy, labels = tsne(f.features, f.labels, job.tsne_samples)
                     fig = plots.tsne(xy, labels, f.class_names, f"t-SNE of {job.model.name} features ({split})")

@@ -56,7 +56,14 @@ def load_recipe(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise Fm2EdgeError(f"recipe '{path}' does not exist; see configs/ for examples")
-    recipe = yaml.safe_load(path.read_text()) or {}
+    try:  # safe_load: YAML tags that would build Python objects are refused, so a recipe never runs code
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise Fm2EdgeError(f"recipe '{path}' is not valid YAML{where}: {problem}; a recipe holds plain values "
+                           f"only") from None
     return check_recipe(recipe, str(path))
 
 

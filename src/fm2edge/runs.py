@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,10 +59,49 @@ def _json_default(obj: Any) -> Any:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``final``; on success rename it to ``final`` (replacing an old one)."""
+def exclusive(lock_path: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``lock_path`` (a folder, or a file created if missing) for the block,
+    waiting, and saying so, while another process holds it. A lock file stays: unlinking a lock that another process
+    may be waiting on would let two in."""
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDONLY) if lock_path.is_dir() else os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another fm2edge process that is writing {what}", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def clean_stale(final: str | Path) -> None:
+    """Remove what a killed :func:`atomic_dir` for ``final`` left beside it. Only safe while holding its lock."""
+    final = Path(final)
+    for p in [*final.parent.glob(f".{final.name}.*.tmp"), final.with_name(f".{final.name}.old")]:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path, lock: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final``; on success rename it to ``final`` (replacing an old one).
+
+    ``lock`` is for folders that several processes may write (shared caches, exports): it locks the parent folder
+    for the rename, so writers take turns, and first removes what a killed writer left behind.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    if lock:
+        with exclusive(final.parent, str(final)):
+            clean_stale(final)
+            with atomic_dir(final) as tmp:
+                yield tmp
+        return
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     os.chmod(tmp, 0o777 & ~_umask())
     try:

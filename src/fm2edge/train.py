@@ -14,6 +14,7 @@ import contextlib
 import io
 import logging
 import math
+import pickle
 import platform
 import re
 import shutil
@@ -254,7 +255,12 @@ def load_checkpoint(folder: Path, module: nn.Module, optimizer) -> dict:
     except RuntimeError as exc:
         raise Fm2EdgeError(f"checkpoint '{folder}' was written for a different architecture than this run's model "
                            f"({str(exc).splitlines()[0][:200]}); start a new run or fix --model.name") from exc
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+    try:  # weights_only: a checkpoint may hold tensors and plain containers, never code to run
+        state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise Fm2EdgeError(f"'{folder / 'optimizer.pt'}' holds more than tensors, so it is not loaded (it could run "
+                           f"code); start a new run, or delete that checkpoint to resume from an earlier one") from None
+    optimizer.load_state_dict(state)
     return json.loads((folder / "state.json").read_text())
 
 

@@ -302,7 +302,7 @@ def _materialise(split: _Split, indices: np.ndarray, cfg: DataConfig, where: str
                 raise Fm2EdgeError(f"no image of {where} can be read; check data.source and data.image_column")
             arr = np.zeros((len(rows), size[0], size[1], 3), dtype=np.uint8)
             ok = _decode_all(rows, size, arr, cfg.on_bad_image, where)
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(folder, lock=True) as tmp:
             np.save(tmp / "images.npy", np.ascontiguousarray(arr[ok].transpose(0, 3, 1, 2)))
             np.save(tmp / "labels.npy", labels[ok])
             (tmp / "meta.json").write_text(json.dumps({"where": where, "skipped": int((~ok).sum()),

@@ -217,7 +217,7 @@ def teacher_cache(task: DistillTask, images: torch.Tensor, folder: Path, batch_s
             logits.append(lg.cpu())
             if ft is not None:
                 feats.append(ft.cpu())
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(folder, lock=True) as tmp:
             np.save(tmp / "logits.npy", torch.cat(logits).numpy())
             if feats:
                 np.save(tmp / "features.npy", torch.cat(feats).numpy())

@@ -193,6 +193,10 @@ def _auto_model(name: str, prefix: str) -> nn.Module:
         if isinstance(exc, OSError):
             raise Fm2EdgeError(f"cannot load '{prefix}:{name}': not a folder written by save_pretrained and not a "
                                f"model on the hub ({str(exc).splitlines()[0]})") from exc
+        if "trust_remote_code" in str(exc) or "custom code" in str(exc):
+            raise Fm2EdgeError(f"'{prefix}:{name}' needs its own Python code (trust_remote_code), and fm2edge never "
+                               f"runs code shipped with a model; use an architecture transformers or timm provide")\
+                from exc
         raise
 
 
