@@ -4,8 +4,9 @@
 
 The seed (lab task 1) calls the image processor and the model once per PIL image. fm2edge moves uint8 batches to
 the device, preprocesses there and runs the model batched (fp32 on CPU by default, bf16 autocast on CUDA, and bf16
-on CPUs with native support when asked). Random weights: the compute equals the pretrained model's. Prints images/s,
-the ratio to the seed loop, device, dtype, batch size, and the cosine similarity of bf16 to fp32 embeddings.
+on CPUs with native support when asked; on CPU also ONNX Runtime fp32 and int8, `--embed.backend onnx|onnx_int8`).
+Random weights: the compute equals the pretrained model's. Prints images/s, the ratio to the seed loop, device,
+dtype, batch size, and each variant's mean cosine similarity to the first (fp32 on CPU) embeddings.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fm2edge.features import embed_batches
+from fm2edge.features import EmbedConfig, embed_batches, onnx_runner
 from fm2edge.models.preprocess import Preprocess
 from fm2edge.models.registry import Classifier
 from fm2edge.models.sources import HFBackbone
@@ -48,6 +50,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--n_seed", type=int, default=64, help="images timed through the seed's per-image loop")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime variants (CPU only)")
     args = ap.parse_args()
     from PIL import Image
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
@@ -80,34 +83,39 @@ def main() -> None:
     # -- fm2edge: the same model behind its registry wrapper and on-device preprocessing
     model = Classifier(HFBackbone(net, "cls"), SIZES[args.model]["hidden_size"], 10,
                        Preprocess(224, 224 / 256, interpolation="bicubic"), f"dinov2-{args.model} (random)")
-    dtypes = [torch.bfloat16] if dev.type == "cuda" else [None] + ([torch.bfloat16] if bf16_supported_on_cpu() else [])
+    variants = [("bf16", torch.bfloat16, None)] if dev.type == "cuda" else \
+        [("fp32", None, None)] + ([("bf16", torch.bfloat16, None)] if bf16_supported_on_cpu() else [])
+    if dev.type == "cpu" and not args.no_onnx:
+        cache = tempfile.mkdtemp()
+        for label, backend in (("onnx fp32", "onnx"), ("onnx int8", "onnx_int8")):
+            variants.append((label, None, onnx_runner(model, EmbedConfig(backend=backend, cache_dir=cache))))
     results = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu ({platform.machine()})",
                "threads": torch.get_num_threads(), "torch": torch.__version__, "model": f"DINOv2-{args.model}",
                "resolution": 224, "seed_loop_img_s": seed_rate, "seed_loop_images": len(pil), "runs": []}
     feats = {}
-    for dtype in dtypes:
-        embed_batches(model, u8[: args.batch], args.batch, dev, dtype)  # warm-up
+    for label, dtype, runner in variants:
+        embed_batches(model, u8[: args.batch], args.batch, dev, dtype, runner=runner)  # warm-up
         sync()
         t0 = time.perf_counter()
-        feats[dtype] = embed_batches(model, u8, args.batch, dev, dtype)
+        feats[label] = embed_batches(model, u8, args.batch, dev, dtype, runner=runner)
         sync()
         rate = len(u8) / (time.perf_counter() - t0)
-        results["runs"].append({"dtype": str(dtype or torch.float32), "batch": args.batch, "images": len(u8),
-                                "img_s": rate, "ratio_vs_seed": rate / seed_rate})
-    ref = torch.tensor(feats[dtypes[0]][: len(seed_feats)])
+        results["runs"].append({"variant": label, "batch": args.batch, "images": len(u8), "img_s": rate,
+                                "ratio_vs_seed": rate / seed_rate})
+    first = variants[0][0]
+    ref = torch.tensor(feats[first][: len(seed_feats)])
     results["cosine_fm2edge_vs_seed"] = float(torch.nn.functional.cosine_similarity(ref, torch.tensor(seed_feats))
                                               .mean())
-    if None in feats and torch.bfloat16 in feats:
-        results["cosine_bf16_vs_fp32"] = float(torch.nn.functional.cosine_similarity(
-            torch.tensor(feats[None]), torch.tensor(feats[torch.bfloat16])).mean())
+    for r in results["runs"][1:]:
+        r["cosine_vs_" + first] = float(torch.nn.functional.cosine_similarity(
+            torch.tensor(feats[first]), torch.tensor(feats[r["variant"]])).mean())
     print(json.dumps(results, indent=1))
     print(f"\n{results['model']} at 224 px on {results['device']} ({results['threads']} threads):")
-    print(f"  seed per-image loop (fp32, batch 1):       {seed_rate:8.1f} img/s")
+    print(f"  seed per-image loop (fp32, batch 1):   {seed_rate:8.1f} img/s")
     for r in results["runs"]:
-        print(f"  fm2edge batched ({r['dtype']:>14}, batch {r['batch']}): {r['img_s']:8.1f} img/s  "
-              f"= {r['ratio_vs_seed']:.1f}x the seed loop")
-    if "cosine_bf16_vs_fp32" in results:
-        print(f"  mean cosine similarity bf16 vs fp32 embeddings: {results['cosine_bf16_vs_fp32']:.5f}")
+        cos = r.get("cosine_vs_" + first)
+        print(f"  fm2edge batched ({r['variant']:>9}, batch {r['batch']}): {r['img_s']:8.1f} img/s  "
+              f"= {r['ratio_vs_seed']:.1f}x the seed loop" + (f"  (cosine to {first}: {cos:.5f})" if cos else ""))
     print(f"  mean cosine similarity fm2edge vs seed-loop embeddings: {results['cosine_fm2edge_vs_seed']:.5f}")
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "embed_speed.json").write_text(json.dumps(results, indent=1))

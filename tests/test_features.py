@@ -120,6 +120,44 @@ def test_chunks_of_another_size_are_dropped(tiny_dinov2, parquet_dir, tmp_path, 
     assert calls == [32, 32] and out.features.shape == (64, 32)
 
 
+@pytest.mark.parametrize("backend,min_cos", [("onnx", 0.99999), ("onnx_int8", 0.99)])
+def test_onnx_backends_match_pytorch(backend, min_cos, tiny_dinov2, parquet_dir, tmp_path):
+    train, test = load_data(DataConfig(source=str(parquet_dir)))
+
+    def features(**kw):
+        job = EmbedJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name=f"hf:{tiny_dinov2}"),
+                       embed=EmbedConfig(splits=["train"], pooling="both", cache_dir=str(tmp_path), **kw))
+        return embed_data(job, train, test)["train"]
+
+    ref, got = features(), features(backend=backend)
+    assert got.path != ref.path and got.meta["backend"] == backend  # a cache entry of its own
+    cos = torch.nn.functional.cosine_similarity(torch.tensor(ref.features), torch.tensor(got.features))
+    assert cos.min() > min_cos, cos.min()
+    assert list((tmp_path / ".onnx").glob("*/backbone*.onnx"))  # the exported backbone is kept for the next run
+
+
+def test_onnx_backend_refuses_the_gpu(tiny_dinov2, parquet_dir):
+    from types import SimpleNamespace
+
+    from fm2edge.errors import Fm2EdgeError
+    from fm2edge.features import embed_split
+
+    train, _ = load_data(DataConfig(source=str(parquet_dir)))
+    model = load_backbone(ModelConfig(name=f"hf:{tiny_dinov2}"), EmbedConfig(), 4)
+    fake = SimpleNamespace(device=torch.device("cuda"), num_processes=1, process_index=0)
+    with pytest.raises(Fm2EdgeError, match="runs on the CPU"):
+        embed_split(model, train, "train", EmbedConfig(backend="onnx_int8"), fake)
+
+
+def test_random_weights_are_the_same_in_every_process():
+    cfg = ModelConfig(name="timm:resnet18", pretrained=False)
+    a, b = (load_backbone(cfg, EmbedConfig(), 10) for _ in range(2))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    from fm2edge.features import _weights_digest
+
+    assert _weights_digest(a) == _weights_digest(b)  # so a random baseline's features are cached once
+
+
 @pytest.mark.parametrize("pooling,last_n,dim", [("cls", 1, 32), ("mean", 1, 32), ("both", 1, 64), ("cls", 2, 64),
                                                  ("both", 3, 192)])
 def test_pooling_widths(tiny_dinov2, pooling, last_n, dim):
