@@ -210,13 +210,15 @@ def _extract_chunks(model: Classifier, data: ImageData, split: str, cfg: EmbedCo
 
     from fm2edge.runs import atomic_write_bytes
 
-    mine = plan_chunks(len(data), cfg.chunk_size)[rank::world]
-    todo = [(lo, hi) for lo, hi in mine if not _chunk_file(partial, lo, hi).exists()]
+    chunks = plan_chunks(len(data), cfg.chunk_size)
+    saved = {c for c in chunks if _chunk_file(partial, *c).exists()}
+    mine = chunks[rank::world]
+    todo = [c for c in mine if c not in saved]
     total = sum(hi - lo for lo, hi in mine)
     done = total - sum(hi - lo for lo, hi in todo)
-    if done and rank == 0:
-        print(f"embed {split}: resuming extraction, {done * world:,} of {len(data):,} images already done",
-              flush=True)
+    if saved and rank == 0:
+        print(f"embed {split}: resuming extraction, {sum(hi - lo for lo, hi in saved):,} of {len(data):,} images "
+              f"already done", flush=True)
     runner = onnx_runner(model, cfg) if cfg.backend != "torch" and todo else None
     bar = tqdm(total=total, initial=done, desc=f"embed {split}", unit="img", disable=rank != 0, leave=False)
     for lo, hi in todo:
