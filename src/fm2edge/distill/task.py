@@ -117,6 +117,8 @@ class DistillTask(nn.Module):
     @torch.no_grad()
     def teacher_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = self.teacher.preprocess(images)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         feats = self.teacher.features(x)
         return self.teacher.head(feats).float(), feats.float() if self.needs_features else None
 
