@@ -190,17 +190,20 @@ def onnx_runner(model: Classifier, cfg: EmbedConfig) -> Callable[[torch.Tensor],
     """The backbone as an ONNX Runtime session (fp32, or with int8 matrix multiplies), exported once per weights,
     pooling and input size and kept beside the feature cache."""
     from fm2edge.export import export_onnx, open_session, quantize_dynamic_int8, run_session
-    from fm2edge.runs import atomic_dir
+    from fm2edge.runs import atomic_dir, clean_stale, exclusive
 
     size = model.preprocess.size
     key = hashlib.sha1(json.dumps([model.name, _weights_digest(model), cfg.pooling, cfg.last_n, size]).encode())
     folder = feature_root(cfg) / ".onnx" / key.hexdigest()[:24]
     name = "backbone.int8.onnx" if cfg.backend == "onnx_int8" else "backbone.onnx"
-    if not (folder / name).exists():
-        with atomic_dir(folder, lock=True) as tmp:
-            export_onnx(model.backbone, torch.zeros(2, 3, size, size), tmp / "backbone.onnx")
-            if cfg.backend == "onnx_int8":
-                quantize_dynamic_int8(tmp / "backbone.onnx", tmp / "backbone.int8.onnx")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(folder.parent, str(folder)):  # several processes of one run: the first exports, the rest wait
+        if not (folder / name).exists():
+            clean_stale(folder)
+            with atomic_dir(folder) as tmp:
+                export_onnx(model.backbone, torch.zeros(2, 3, size, size), tmp / "backbone.onnx")
+                if cfg.backend == "onnx_int8":
+                    quantize_dynamic_int8(tmp / "backbone.onnx", tmp / "backbone.int8.onnx")
     sess = open_session(folder / name, torch.get_num_threads())
     return lambda x: run_session(sess, x)
 

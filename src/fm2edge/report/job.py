@@ -178,6 +178,7 @@ def mistakes_rows(runs: list[Run], given_groups: dict | None) -> tuple[list[dict
             bool((teacher["labels"] == p["labels"]).all())
         rows.append({
             "label": label, "kind": kind, "test_acc": M.accuracy(p["preds"], p["labels"]),
+            "errors": int((p["preds"] != p["labels"]).sum()),
             "superclass_error_share": M.superclass_error_share(p["preds"], p["labels"], group_idx)
             if group_idx is not None else None,
             "error_agreement": M.error_agreement(p["preds"], teacher["preds"], p["labels"])
@@ -293,12 +294,13 @@ def render_html(title: str, acc: list[dict], mistakes: list[dict], groups: dict 
                      "predictions, the share that stays in the true class's group" +
                      (f" ({html.escape(described)})" if groups else "") +
                      ". Error agreement: where model and teacher are both wrong, how often they give the same wrong "
-                     "class. KL: mean KL(teacher ‖ model) in nats. ECE: expected calibration error, 15 bins.</p>")
-        parts.append(_table("mistakes", ["run", "kind", "test accuracy", "errors within superclass",
+                     "class. KL: mean KL(teacher ‖ model) in nats. ECE: expected calibration error, 15 bins. "
+                     "Shares of a few errors are noisy: read them with the error count.</p>")
+        parts.append(_table("mistakes", ["run", "kind", "test accuracy", "errors", "errors within superclass",
                                          "error agreement with teacher", "KL to teacher", "ECE"],
-                            [[m["label"], m["kind"], _pct(m["test_acc"]), _pct(m["superclass_error_share"]),
-                              _pct(m["error_agreement"]), _num(m["kl_to_teacher"]), _num(m["ece"])]
-                             for m in mistakes]))
+                            [[m["label"], m["kind"], _pct(m["test_acc"]), f"{m['errors']:,}",
+                              _pct(m["superclass_error_share"]), _pct(m["error_agreement"]),
+                              _num(m["kl_to_teacher"]), _num(m["ece"])] for m in mistakes]))
     for name, rows in extras.get("comparison", []):
         parts.append(f"<h2>Fine-tuning: {html.escape(name)}</h2>")
         parts.append(_table("finetune", ["mode", "trainable parameters", "of total", "accuracy before",
@@ -345,10 +347,10 @@ def render_markdown(title: str, acc: list[dict], mistakes: list[dict]) -> str:
     lines = [f"# {title}", "", "| run | kind | test accuracy | seeds |", "|---|---|---|---|"]
     lines += [f"| {r['label']} | {r['kind']} | {_pct(r['test_acc'], r['std'])} | {r['n']} |" for r in acc]
     if mistakes:
-        lines += ["", "| run | errors within superclass | error agreement with teacher | KL to teacher | ECE |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {m['label']} | {_pct(m['superclass_error_share'])} | {_pct(m['error_agreement'])} | "
-                  f"{_num(m['kl_to_teacher'])} | {_num(m['ece'])} |" for m in mistakes]
+        lines += ["", "| run | errors | errors within superclass | error agreement with teacher | KL to teacher "
+                      "| ECE |", "|---|---|---|---|---|---|"]
+        lines += [f"| {m['label']} | {m['errors']:,} | {_pct(m['superclass_error_share'])} | "
+                  f"{_pct(m['error_agreement'])} | {_num(m['kl_to_teacher'])} | {_num(m['ece'])} |" for m in mistakes]
     return "\n".join(lines) + "\n"
 
 

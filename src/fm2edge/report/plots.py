@@ -153,10 +153,15 @@ def pareto(points: Sequence[dict], x_key: str, xlabel: str, title: str) -> Figur
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     pts = sorted(points, key=lambda p: (p[x_key], -p["test_acc"]))  # among equal costs, only the best is on the front
+    labels: dict[tuple, list[str]] = {}  # models at one spot (same size and accuracy) share one label
     for i, p in enumerate(pts):
         ax.scatter(p[x_key], 100 * p["test_acc"], s=50, color=p.get("colour", f"C{i}"), zorder=3)
-        ax.annotate(p["label"], (p[x_key], 100 * p["test_acc"]), textcoords="offset points", xytext=(6, 4),
-                    fontsize=8)
+        labels.setdefault((p[x_key], round(100 * p["test_acc"], 2)), []).append(p["label"])
+    right = max(p[x_key] for p in pts) if pts else 0
+    for (x, y), names in labels.items():  # labels of the costliest points go to their left, inside the axes
+        left = x == right and len(labels) > 1
+        ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(-6 if left else 6, 4), fontsize=8,
+                    ha="right" if left else "left")
     front, best = [], -1.0
     for p in pts:
         if p["test_acc"] > best:
