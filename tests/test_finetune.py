@@ -171,3 +171,21 @@ def test_lora_on_named_convolutions_of_a_cnn():
     wrapped = apply_mode(model, "lora", FinetuneConfig(lora_r=2, target_modules=["3"]))
     head = model.head.weight.numel() + model.head.bias.numel()
     assert count_parameters(wrapped)["trainable"] == expected + head
+
+
+def test_lora_trains_only_the_classifier_head_not_every_module_named_like_it():
+    """peft matches modules_to_save by bare suffix: 'head' would also catch MobileNet's conv_head and train it."""
+    model = create_model(ModelConfig(name="timm:mobilenetv3_small_050"), 10)
+    assert any(n.endswith("conv_head") for n, _ in model.named_modules())
+    targets = resolve_targets(model, None)
+    assert targets == ["conv_pw", "conv_pwl"]  # the CNN preset
+    lora = expected_lora_parameters(model, targets, 2)
+    head = model.head.weight.numel() + model.head.bias.numel()
+    wrapped = apply_mode(model, "lora", FinetuneConfig(lora_r=2))
+    assert count_parameters(wrapped)["trainable"] == lora + head
+    trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
+    assert not any("conv_head" in n for n in trainable)
+    x = torch.randn(2, 3, 64, 64)
+    wrapped.eval()
+    before = wrapped(x)
+    assert torch.allclose(merged(wrapped)(x), before, atol=1e-5)  # merging still gives the same logits

@@ -29,6 +29,7 @@ PRESETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("timm ViT (fused qkv)", ("qkv",)),
     ("transformers >= 5 ViT / DINOv2, CLIP / SigLIP", ("q_proj", "v_proj")),
     ("transformers < 5 ViT / DINOv2", ("query", "value")),
+    ("timm EfficientNet / MobileNet (pointwise 1x1 convolutions)", ("conv_pw", "conv_pwl")),
 )
 
 
@@ -44,7 +45,8 @@ class FinetuneConfig:
         lora_alpha: LoRA scaling alpha (the update is scaled by alpha / r).
         lora_dropout: Dropout on the LoRA branch's input.
         target_modules: Module-name suffixes LoRA adapts; empty picks the preset for the model's family (timm: qkv;
-            transformers ViT/DINOv2/CLIP: q_proj, v_proj, or query, value before transformers 5).
+            transformers ViT/DINOv2/CLIP: q_proj, v_proj, or query, value before transformers 5; timm EfficientNet
+            and MobileNet, the offline EfficientNet-Lite0 included: the pointwise convolutions conv_pw, conv_pwl).
         eval_before: Measure test accuracy before training (the lab's "accuracy before LoRA").
     """
 
@@ -142,6 +144,7 @@ def apply_mode(model: Classifier, mode: str, cfg: FinetuneConfig) -> nn.Module:
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
                         target_modules=targets, modules_to_save=[HEAD])
     wrapped = get_peft_model(model, config)
+    _unwrap_suffix_matches(wrapped)
     # peft keeps a trainable copy of each module to save under <name>.modules_to_save.<adapter>
     prefix = f"base_model.model.{HEAD}.modules_to_save."
     trained_head = [p for n, p in wrapped.named_parameters() if n.startswith(prefix)]
@@ -149,6 +152,19 @@ def apply_mode(model: Classifier, mode: str, cfg: FinetuneConfig) -> nn.Module:
         raise Fm2EdgeError(f"the new head '{HEAD}' of {model.name} is not trainable after LoRA wrapping; "
                            f"refusing to train adapters under a frozen random head")
     return wrapped
+
+
+def _unwrap_suffix_matches(wrapped: nn.Module) -> None:
+    """peft picks ``modules_to_save`` by bare name suffix, so "head" also catches ``conv_head`` (EfficientNet,
+    MobileNet) and timm's inner ``head``, which would then train in full. Put those modules back as they were: only
+    the classifier's own head is saved and trained besides the adapters."""
+    from peft.utils import ModulesToSaveWrapper
+
+    keep = f"base_model.model.{HEAD}"
+    for name, module in list(wrapped.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper) and name != keep:
+            parent, _, child = name.rpartition(".")
+            setattr(wrapped.get_submodule(parent), child, module.original_module)
 
 
 def merged(trained: nn.Module) -> Classifier:
