@@ -1,4 +1,4 @@
-"""Offline fixtures: tiny datasets in every supported layout, written to temporary folders."""
+"""Offline fixtures: tiny datasets in every supported layout and tiny models, written to temporary folders."""
 
 from __future__ import annotations
 
@@ -55,6 +55,20 @@ def hub_dataset(n: int, seed: int, size: int = 16, image_column: str = "img", la
     features = Features({image_column: ImageFeature(), label_column: ClassLabel(names=CLASSES)})
     return Dataset.from_dict({image_column: [{"bytes": png_bytes(a), "path": None} for a in imgs],
                               label_column: labels}, features=features)
+
+
+def save_dinov2(path: Path, hidden: int, layers: int, heads: int, size: int, patch: int, shortest: int) -> Path:
+    """A random DINOv2 with its image processor (DINOv2's settings scaled to ``size``), saved like a hub copy."""
+    import torch
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                             intermediate_size=2 * hidden, image_size=size, patch_size=patch)).save_pretrained(path)
+    BitImageProcessor(size={"shortest_edge": shortest}, crop_size={"height": size, "width": size}, do_center_crop=True,
+                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+                      do_convert_rgb=True).save_pretrained(path)
+    return path
 
 
 @pytest.fixture(autouse=True)

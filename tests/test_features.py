@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import save_dinov2
 
 from fm2edge.config import DataConfig, ModelConfig, RunConfig
 from fm2edge.data import load_data
@@ -17,17 +18,8 @@ from fm2edge.probe import ProbeConfig, ProbeJob, fit_linear_torch, fit_logreg, k
 
 @pytest.fixture(scope="module")
 def tiny_dinov2(tmp_path_factory):
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-    path = tmp_path_factory.mktemp("dinov2")
-    torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
-                             image_size=32, patch_size=8)).save_pretrained(path)
     # DINOv2's own processor settings, scaled down: shortest edge 36 (256 for 224), bicubic, centre crop 32
-    BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}, do_center_crop=True,
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-                      do_convert_rgb=True).save_pretrained(path)
-    return path
+    return save_dinov2(tmp_path_factory.mktemp("dinov2"), hidden=32, layers=3, heads=2, size=32, patch=8, shortest=36)
 
 
 def test_preprocessing_matches_the_models_image_processor(tiny_dinov2, parquet_dir):

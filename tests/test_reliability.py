@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import image_folder_with_a_truncated_png
+from conftest import image_folder_with_a_truncated_png, save_dinov2
 
 from fm2edge.cli import main
 from fm2edge.runs import RunDir
@@ -155,14 +155,7 @@ def signal_when(args, ready, sig, env=None, deadline_s=240):
 @pytest.fixture(scope="module")
 def small_vit(tmp_path_factory):
     """A random DINOv2 big enough (196 tokens at 112 px) that extraction takes seconds on a CPU."""
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-    path = tmp_path_factory.mktemp("vit")
-    torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(hidden_size=96, num_hidden_layers=4, num_attention_heads=3, intermediate_size=192,
-                             image_size=112, patch_size=8)).save_pretrained(path)
-    BitImageProcessor(size={"shortest_edge": 112}, crop_size={"height": 112, "width": 112}).save_pretrained(path)
-    return path
+    return save_dinov2(tmp_path_factory.mktemp("vit"), hidden=96, layers=4, heads=3, size=112, patch=8, shortest=112)
 
 
 @pytest.mark.slow
