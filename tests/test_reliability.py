@@ -209,7 +209,7 @@ def test_ctrl_c_during_training_exits_130_and_resumes_to_the_same_result(tmp_pat
     first = tmp_path / "stopped" / "checkpoints" / "epoch-001" / "state.json"
     rc, err = signal_when([*common, "--run.name", "stopped"], first.exists, signal.SIGINT)
     assert rc == 130, err
-    assert err.strip().splitlines()[-1].startswith("fm2edge: interrupted; the run folder keeps its last checkpoint")
+    assert err.strip().splitlines()[-1].startswith("fm2edge: interrupted; finished epochs and feature chunks are kept")
     assert leftovers(tmp_path) == []
     assert fm2edge(*common, "--run.name", "stopped", "--run.resume", "true").returncode == 0
     assert fm2edge(*common, "--run.name", "straight").returncode == 0

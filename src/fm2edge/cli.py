@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fm2edge: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fm2edge: interrupted; the run folder keeps its last checkpoint: rerun with --run.resume true",
+        print("fm2edge: interrupted; finished epochs and feature chunks are kept: rerun the same command with "
+              "--run.resume true to continue",
               file=sys.stderr)
         return 130
     return 0
