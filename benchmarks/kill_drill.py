@@ -1,15 +1,15 @@
 """Kill fm2edge at random moments, resume, and count what survived: the interruption drill behind the reliability
 figures.
 
-    python benchmarks/kill_drill.py [--trials 5] [--seed 0] [--root /tmp/kill-drill]
+    python benchmarks/kill_drill.py [--trials 5] [--seed 0] [--root /tmp/kill-drill] [--only train embed ...]
 
-For each command (train, distill, embed, export) one uninterrupted reference run is made and timed. Then, per trial,
-the same command starts in a fresh folder and gets SIGKILL or SIGINT (alternating) at a uniformly random moment
-within the reference's duration; the command is run again (resuming) and its result compared with the reference:
-test accuracy and last training loss for train and distill, the feature matrix for embed, the accuracies and parity
-of export. Afterwards every folder is searched for partial files (``*.tmp``, ``.partial``). It prints one row per
-command: kills sent, kills that landed before the command finished, resumes that reached the reference result, and
-anything lost or left half-written (the target is zero).
+For each command (train, distill, LoRA finetune, embed, export) one uninterrupted reference run is made and timed.
+Then, per trial, the same command starts in a fresh folder and gets SIGKILL or SIGINT (alternating) at a uniformly
+random moment within the reference's duration; the command is run again (resuming) and its result compared with the
+reference: test accuracy and last training loss for train, distill and finetune, the feature matrix for embed, the
+accuracies and parity of export. Afterwards every folder is searched for partial files (``*.tmp``, ``.partial``).
+It prints one row per command: kills sent, kills that landed before the command finished, resumes that reached the
+reference result, and anything lost or left half-written (the target is zero).
 """
 
 from __future__ import annotations
@@ -100,12 +100,16 @@ def cases(teacher: Path) -> dict:
                                 "--model.image_size", "96",
                                 "--embed.device", "cpu", "--embed.chunk_size", "100", "--tsne_samples", "0",
                                 *_run(f, r)], _features, _same_features),
+        "finetune": (lambda f, r: ["finetune", *DIGITS, *TRAIN, "--model.name", "timm:vit_tiny_patch16_224",
+                                   "--model.pretrained", "false", "--model.image_size", "64",
+                                   "--finetune.modes", "[lora]", *_run(f, r)],
+                     lambda f: _train_result(f / "lora"), _same_training),
         "export": (lambda f, r: ["export", str(teacher), *DIGITS, "--export.latency_runs", "20", "--output", str(f)],
                    _export_result, lambda a, b: a == b),
     }
 
 
-COMMANDS = ["train", "distill", "embed", "export"]
+COMMANDS = ["train", "distill", "finetune", "embed", "export"]
 
 
 def main() -> None:
