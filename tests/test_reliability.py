@@ -274,3 +274,42 @@ def test_model_code_shipped_in_a_model_folder_never_runs(tmp_path, capsys):
     assert rc == 2 and len(err.splitlines()) == 1, err
     assert "never runs code" in err or "trust_remote_code" in err, err
     assert not sentinel.exists()
+
+
+# ---------------------------------------------------------------- atomic folders shared by several processes
+
+
+def test_a_locked_atomic_folder_clears_what_a_killed_writer_left(tmp_path):
+    from fm2edge.runs import atomic_dir
+
+    final = tmp_path / "entry"
+    (tmp_path / ".entry.k1ll3d.tmp").mkdir()  # a writer killed before its rename
+    (tmp_path / ".entry.k1ll3d.tmp" / "half.npy").write_bytes(b"\0" * 10)
+    (tmp_path / ".entry.old").mkdir()  # killed between the two renames of a replacement
+    (tmp_path / ".other.x.tmp").mkdir()  # another entry's writer, possibly alive: not ours to remove
+    with atomic_dir(final, lock=True) as tmp:
+        (tmp / "data.txt").write_text("whole")
+    assert (final / "data.txt").read_text() == "whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.x.tmp", "entry"]
+
+
+def test_writers_of_one_locked_folder_take_turns(tmp_path):
+    """Two processes replace one folder at once: each rename happens whole, and the last one wins."""
+    code = ("import sys, time; from fm2edge.runs import atomic_dir\n"
+            "with atomic_dir(sys.argv[1], lock=True) as tmp:\n"
+            "    (tmp / 'a').write_text(sys.argv[2]); time.sleep(3); (tmp / 'b').write_text(sys.argv[2])\n")
+    final = tmp_path / "shared"
+
+    def start(tag):
+        return subprocess.Popen([sys.executable, "-c", code, str(final), tag], stderr=subprocess.PIPE, text=True)
+
+    procs = [start("one")]
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".shared.*.tmp")) and time.time() < deadline:  # one holds the lock and writes
+        time.sleep(0.01)
+    procs.append(start("two"))
+    errs = [p.communicate(timeout=60)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errs
+    assert "waiting for another fm2edge process" in errs[1]  # the second one said it waited
+    assert (final / "a").read_text() == (final / "b").read_text() == "two"  # whole, and the last writer's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]
