@@ -348,3 +348,18 @@ def test_zeroshot_rejects_a_vision_only_model(tiny_dinov2, parquet_dir, tmp_path
     with pytest.raises(Fm2EdgeError, match="not an image-text model"):
         zeroshot_job(ZeroShotJob(data=DataConfig(source=str(parquet_dir)),
                                  model=ModelConfig(name=f"clip:{tiny_dinov2}"), run=RunConfig(root=str(tmp_path))))
+
+
+def test_a_backbone_onnx_cannot_export_is_one_clear_error(tiny_dinov2, monkeypatch, tmp_path):
+    import fm2edge.export as export
+    from fm2edge.errors import Fm2EdgeError
+    from fm2edge.features import onnx_runner
+
+    def unsupported(*a, **k):
+        raise RuntimeError("Exporting the operator 'aten::weird' to ONNX opset version 17 is not supported.\nmore")
+
+    monkeypatch.setattr(export, "export_onnx", unsupported)
+    model = load_backbone(ModelConfig(name=f"hf:{tiny_dinov2}"), EmbedConfig(), 4)
+    with pytest.raises(Fm2EdgeError, match=r"could not be exported to ONNX .*aten::weird.*--embed.backend torch"):
+        onnx_runner(model, EmbedConfig(backend="onnx", cache_dir=str(tmp_path)))
+    assert [p.name for p in (tmp_path / ".onnx").iterdir()] == []  # nothing half-written

@@ -201,7 +201,13 @@ def onnx_runner(model: Classifier, cfg: EmbedConfig) -> Callable[[torch.Tensor],
         if not (folder / name).exists():
             clean_stale(folder)
             with atomic_dir(folder) as tmp:
-                export_onnx(model.backbone, torch.zeros(2, 3, size, size), tmp / "backbone.onnx")
+                try:
+                    export_onnx(model.backbone, torch.zeros(2, 3, size, size), tmp / "backbone.onnx")
+                except Fm2EdgeError:
+                    raise
+                except Exception as exc:  # the exporter's own errors are long; one line and the way out
+                    raise Fm2EdgeError(f"{model.name} could not be exported to ONNX ({type(exc).__name__}: "
+                                       f"{str(exc).splitlines()[0][:160]}); use --embed.backend torch") from exc
                 if cfg.backend == "onnx_int8":
                     quantize_dynamic_int8(tmp / "backbone.onnx", tmp / "backbone.int8.onnx")
     sess = open_session(folder / name, torch.get_num_threads())
