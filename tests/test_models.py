@@ -123,6 +123,17 @@ def test_save_and_load_classifier(tmp_path):
     assert again.preprocess.size == 40
 
 
+def test_a_vit_trained_at_another_size_loads_again(tmp_path):
+    """timm ViTs size their position embeddings from the input size (64 px: 16 patches + the class token)."""
+    model = create_model(ModelConfig(name="timm:vit_tiny_patch16_224", image_size=64), 4).eval()
+    assert model.backbone.pos_embed.shape[1] == 17
+    save_classifier(model, tmp_path)
+    again = load_classifier(tmp_path)
+    x = uint8_batch()
+    with torch.no_grad():
+        assert torch.equal(model(model.preprocess(x)), again(again.preprocess(x)))
+
+
 def test_load_classifier_wrong_architecture(tmp_path):
     import json
 

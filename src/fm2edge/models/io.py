@@ -34,7 +34,8 @@ def load_classifier(folder: str | Path, device: str = "cpu") -> Classifier:
         raise Fm2EdgeError(f"'{folder}' holds no fm2edge model (model.json missing); give a run folder of "
                            f"`fm2edge train` or `fm2edge distill`")
     meta = json.loads(meta_path.read_text())
-    model = create_model(ModelConfig(name=meta["name"]), meta["num_classes"])
+    # the input size goes to the constructor too: a ViT trained at 64 px has 17 position embeddings, not 197
+    model = create_model(ModelConfig(name=meta["name"], image_size=meta["preprocess"]["size"]), meta["num_classes"])
     if meta.get("backbone_options"):
         model.set_pooling(**meta["backbone_options"])
     model.preprocess = Preprocess(**{**meta["preprocess"], "mean": tuple(meta["preprocess"]["mean"]),
