@@ -363,3 +363,30 @@ def test_a_backbone_onnx_cannot_export_is_one_clear_error(tiny_dinov2, monkeypat
     with pytest.raises(Fm2EdgeError, match=r"could not be exported to ONNX .*aten::weird.*--embed.backend torch"):
         onnx_runner(model, EmbedConfig(backend="onnx", cache_dir=str(tmp_path)))
     assert [p.name for p in (tmp_path / ".onnx").iterdir()] == []  # nothing half-written
+
+
+def test_a_read_only_feature_cache_serves_its_entries(tiny_dinov2, parquet_dir, tmp_path, monkeypatch):
+    """Under torchrun even a cache hit takes the entry's lock; where no lock file can be made (a cache mounted
+    read-only) nobody can write either, so the entry is read without one."""
+    import errno
+    from types import SimpleNamespace
+
+    import fm2edge.runs as runs
+    from fm2edge.features import embed_split
+
+    train, test = load_data(DataConfig(source=str(parquet_dir)))
+    cfg = EmbedConfig(cache_dir=str(tmp_path), splits=["train"])
+    job = EmbedJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name=f"hf:{tiny_dinov2}"), embed=cfg)
+    first = embed_data(job, train, test)["train"]
+    real_open = os.open
+
+    def read_only(path, flags, *a):
+        if flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *a)
+
+    monkeypatch.setattr(runs.os, "open", read_only)
+    rank0 = SimpleNamespace(device=torch.device("cpu"), num_processes=2, process_index=0,
+                            wait_for_everyone=lambda: None)
+    again = embed_split(load_backbone(job.model, cfg, train.num_classes), train, "train", cfg, rank0)
+    assert np.array_equal(again.features, first.features)
