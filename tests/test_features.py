@@ -390,3 +390,15 @@ def test_a_read_only_feature_cache_serves_its_entries(tiny_dinov2, parquet_dir, 
                             wait_for_everyone=lambda: None)
     again = embed_split(load_backbone(job.model, cfg, train.num_classes), train, "train", cfg, rank0)
     assert np.array_equal(again.features, first.features)
+
+
+def test_int8_on_a_cnn_says_there_is_nothing_to_quantise(tmp_path, caplog):
+    from fm2edge.features import onnx_runner
+
+    model = load_backbone(ModelConfig(name="student:small_cnn"), EmbedConfig(), 10)
+    with caplog.at_level("WARNING"):
+        run = onnx_runner(model, EmbedConfig(backend="onnx_int8", cache_dir=str(tmp_path)))
+    assert "no matrix multiplies" in caplog.text and "--embed.backend onnx" in caplog.text
+    x = model.preprocess(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    with torch.no_grad():
+        assert np.allclose(run(x), model.features(x).numpy(), atol=1e-4)  # and the features are still right

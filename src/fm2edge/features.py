@@ -192,6 +192,9 @@ def onnx_runner(model: Classifier, cfg: EmbedConfig) -> Callable[[torch.Tensor],
     from fm2edge.export import export_onnx, open_session, quantize_dynamic_int8, run_session
     from fm2edge.runs import atomic_dir, clean_stale, exclusive
 
+    if cfg.backend == "onnx_int8" and not any(isinstance(m, torch.nn.Linear) for m in model.backbone.modules()):
+        log.warning("%s has no matrix multiplies for onnx_int8 to quantise (a CNN); --embed.backend onnx is as "
+                    "accurate and faster", model.name)
     size = model.preprocess.size
     key = hashlib.sha1(json.dumps([model.name, _weights_digest(model), cfg.pooling, cfg.last_n, size]).encode())
     folder = feature_root(cfg) / ".onnx" / key.hexdigest()[:24]
