@@ -89,10 +89,14 @@ def clean_stale(final: str | Path) -> None:
     """Remove what a killed :func:`atomic_dir` for ``final`` left beside it. Only safe while holding its lock."""
     final = Path(final)
     for p in [*final.parent.glob(f".{final.name}.*.tmp"), final.with_name(f".{final.name}.old")]:
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.exists():
-            p.unlink(missing_ok=True)
+        _remove(p)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -130,10 +134,7 @@ def atomic_dir(final: str | Path, lock: bool = False) -> Iterator[Path]:
 def clean_partial(folder: Path) -> None:
     """Remove temporary files that an interrupted atomic write left behind."""
     for p in folder.rglob(".*.tmp"):
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
+        _remove(p)
 
 
 class RunDir:
