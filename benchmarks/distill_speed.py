@@ -23,8 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
+from common import SHARED_CIFAR10
 
 
 def seed_epoch(n: int, size: int, batch: int, device: str) -> float:
@@ -34,7 +33,7 @@ def seed_epoch(n: int, size: int, batch: int, device: str) -> float:
     from torchvision import transforms
     from torchvision.models import resnet18, resnet50
 
-    t = pq.read_table(SHARED / "train.parquet").slice(0, n).to_pydict()
+    t = pq.read_table(SHARED_CIFAR10 / "train.parquet").slice(0, n).to_pydict()
     imgs = [Image.open(io.BytesIO(d["bytes"])).convert("RGB") for d in t["img"]]
     labels = t["label"]
     tf = transforms.Compose([transforms.Resize(size), transforms.ToTensor(),
@@ -83,7 +82,7 @@ def fm2edge_epochs(n: int, size: int, batch: int, precision: str, cache: str, ro
                         teacher)
     name = f"student-{cache}"
     m = distill_job(DistillJob(
-        data=DataConfig(source=str(SHARED), max_train=n, max_test=64),
+        data=DataConfig(source=str(SHARED_CIFAR10), max_train=n, max_test=64),
         model=ModelConfig(name="torchvision:resnet18", image_size=size, crop_pct=1.0),
         train=TrainConfig(epochs=2, batch_size=batch, lr=1e-3, optimizer="adam", schedule="constant",
                           precision=precision, channels_last=True, eval_every=100),

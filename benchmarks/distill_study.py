@@ -15,11 +15,11 @@ import argparse
 import json
 from pathlib import Path
 
+from common import SHARED_CIFAR10
+
 from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
 from fm2edge.distill.task import DistillConfig, DistillJob, distill_job
 from fm2edge.train import train_job
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 
 
 def teacher(root: Path, data: DataConfig) -> Path:
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["scratch", "kd", "feature", "kd+unlabeled"])
     args = ap.parse_args()
     root = Path(args.root)
-    data = DataConfig(source=str(SHARED), max_train=5000, max_test=1000)
+    data = DataConfig(source=str(SHARED_CIFAR10), max_train=5000, max_test=1000)
     t = Path(args.teacher) if args.teacher else teacher(root, data)
     train = TrainConfig(epochs=args.epochs, batch_size=128, lr=4e-3, optimizer="adamw", weight_decay=5e-4,
                         schedule="onecycle")

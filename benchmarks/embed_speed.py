@@ -21,25 +21,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import SHARED_CIFAR10
 
+from fm2edge.device import bf16_supported_on_cpu
 from fm2edge.features import EmbedConfig, embed_batches, onnx_runner
+from fm2edge.models import Classifier
 from fm2edge.models.preprocess import Preprocess
-from fm2edge.models.registry import Classifier
 from fm2edge.models.sources import HFBackbone
-from fm2edge.train import bf16_supported_on_cpu
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 SIZES = {"small": dict(hidden_size=384, num_attention_heads=6, intermediate_size=1536),
          "base": dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072)}
 
 
 def images(n: int) -> torch.Tensor:
     """The first n CIFAR-10 test images from ../shared when present, else seeded random 32x32 images."""
-    if (SHARED / "test.parquet").exists():
+    if (SHARED_CIFAR10 / "test.parquet").exists():
         from fm2edge.config import DataConfig
         from fm2edge.data import load_data
 
-        _, test = load_data(DataConfig(source=str(SHARED), max_train=10, max_test=n))
+        _, test = load_data(DataConfig(source=str(SHARED_CIFAR10), max_train=10, max_test=n))
         return test.images.clone()
     return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 

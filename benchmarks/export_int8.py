@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from pathlib import Path
+
+from common import default_data
 
 from fm2edge.config import DataConfig
 from fm2edge.export import ExportConfig, ExportJob, export_job
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run")
-    ap.add_argument("--data", default=str(SHARED) if SHARED.exists() else "digits")
+    ap.add_argument("--data", default=default_data())
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-train", type=int, default=5000)
     ap.add_argument("--max-test", type=int, default=1000)

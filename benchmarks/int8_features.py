@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 import torch
+from common import default_data
 
 from fm2edge.config import DataConfig, ModelConfig
 from fm2edge.data import load_data
 from fm2edge.features import EmbedConfig, embed_batches, load_backbone, onnx_runner
 from fm2edge.probe import fit_logreg, knn_predict
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
+from fm2edge.report.metrics import accuracy
 
 
 def backbone(spec: str, num_classes: int):
@@ -38,7 +38,7 @@ def backbone(spec: str, num_classes: int):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model")
-    ap.add_argument("--data", default=str(SHARED) if SHARED.exists() else "digits")
+    ap.add_argument("--data", default=default_data())
     ap.add_argument("--max-train", type=int, default=2000)
     ap.add_argument("--max-test", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=64)
@@ -59,9 +59,9 @@ def main() -> None:
     acc = {}
     for label, f in feats.items():
         head = fit_logreg(f["train"], y_train, [0.01, 0.1, 1.0, 10.0])
-        logreg = float((head.predict_logits(f["test"]).argmax(1) == y_test).mean())
+        logreg = accuracy(head.predict_logits(f["test"]), y_test)
         knn = knn_predict(f["train"], y_train, f["test"], train.num_classes)
-        acc[label] = (logreg, float((knn.argmax(1) == y_test).mean()), head.info["C"])
+        acc[label] = (logreg, accuracy(knn, y_test), head.info["C"])
     print(f"\n{model.name} on {args.data}: {len(train)} train / {len(test)} test images, CPU, "
           f"{torch.get_num_threads()} threads")
     for label in ("fp32", "int8"):

@@ -18,14 +18,12 @@ import io
 import json
 import platform
 import tempfile
-from pathlib import Path
 
 import torch
+from common import SHARED_CIFAR10
 
 from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from fm2edge.finetune import FinetuneConfig, FinetuneJob, finetune_job
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 
 
 def lab_recipe(arch: str, n: int, images, labels, out: str) -> float:
@@ -59,12 +57,12 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[32, 128])
     ap.add_argument("--precision", default="auto", help="fm2edge's: auto (bf16 on GPU, fp32 on CPU), bf16 or fp32")
     args = ap.parse_args()
-    if not (SHARED / "train.parquet").exists():
-        raise SystemExit(f"needs CIFAR-10 at {SHARED}")
+    if not (SHARED_CIFAR10 / "train.parquet").exists():
+        raise SystemExit(f"needs CIFAR-10 at {SHARED_CIFAR10}")
     import pyarrow.parquet as pq
     from PIL import Image
 
-    table = pq.read_table(SHARED / "train.parquet").slice(0, args.n).to_pydict()
+    table = pq.read_table(SHARED_CIFAR10 / "train.parquet").slice(0, args.n).to_pydict()
     images = [Image.open(io.BytesIO(d["bytes"])).convert("RGB") for d in table["img"]]
     labels = table["label"]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
@@ -74,7 +72,7 @@ def main() -> None:
         result["lab_trainer_fp32_bs32_img_s"] = lab_recipe(args.arch, args.n, images, labels, f"{tmp}/lab")
         print(json.dumps(result), flush=True)
         for bs in args.batches:
-            job = FinetuneJob(data=DataConfig(source=str(SHARED), max_train=args.n, max_test=10),
+            job = FinetuneJob(data=DataConfig(source=str(SHARED_CIFAR10), max_train=args.n, max_test=10),
                               model=ModelConfig(name=f"timm:{args.arch}"),
                               train=TrainConfig(epochs=1, batch_size=bs, lr=5e-4, optimizer="adamw",
                                                 precision=args.precision, checkpoint_every=1000),

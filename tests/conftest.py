@@ -108,3 +108,76 @@ def image_folder(tmp_path_factory) -> Path:
         img = Image.fromarray(a).resize((20 + (i % 3) * 6, 20 + (i % 2) * 4)).convert(modes[i % 4])
         img.save(d / f"{i}.{'jpg' if img.mode in ('RGB', 'L') and i % 5 == 0 else 'png'}")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov2(tmp_path_factory):
+    """A random DINOv2 with its processor. DINOv2's own processor settings, scaled down: shortest edge 36 (256 for
+    224), bicubic, centre crop 32."""
+    # DINOv2's own processor settings, scaled down: shortest edge 36 (256 for 224), bicubic, centre crop 32
+    return save_dinov2(tmp_path_factory.mktemp("dinov2"), hidden=32, layers=3, heads=2, size=32, patch=8,
+                       shortest=36)
+
+
+def _byte_unicode() -> list[str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A random CLIP with a character-level tokenizer and image processor, saved like a hub model."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    path = tmp_path_factory.mktemp("clip")
+    chars = _byte_unicode()
+    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    (path / "vocab.json").write_text(__import__("json").dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt")).save_pretrained(path)
+    import torch
+
+    torch.manual_seed(0)
+    cfg = CLIPConfig(text_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                  "intermediate_size": 64, "vocab_size": len(vocab), "max_position_embeddings": 32,
+                                  "bos_token_id": len(vocab) - 2, "eos_token_id": len(vocab) - 1},
+                     vision_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                    "intermediate_size": 64, "image_size": 32, "patch_size": 8}, projection_dim=16)
+    CLIPModel(cfg).save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip(tmp_path_factory):
+    """A random SigLIP (image tower with its attention-pooling head, no class token), saved like a hub model."""
+    import torch
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    path = tmp_path_factory.mktemp("siglip")
+    torch.manual_seed(0)
+    cfg = SiglipConfig(text_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                    "intermediate_size": 64, "vocab_size": 64, "max_position_embeddings": 16},
+                       vision_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                      "intermediate_size": 64, "image_size": 32, "patch_size": 8})
+    SiglipModel(cfg).save_pretrained(path)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_resnet(tmp_path_factory):
+    """A random transformers ResNet (a convolutional backbone), saved like a hub model."""
+    import torch
+    from transformers import ResNetConfig, ResNetModel
+
+    path = tmp_path_factory.mktemp("resnet")
+    torch.manual_seed(0)
+    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])).save_pretrained(path)
+    return path

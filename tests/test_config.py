@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fm2edge.cli import COMMANDS, build_parser
-from fm2edge.config import DataConfig, TrainConfig, TrainJob, from_dict, to_dict
+from fm2edge.config import DataConfig, TrainConfig, TrainJob, to_dict
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -16,9 +16,8 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 def parse(argv):
     parser = build_parser()
     cfg = parser.parse_args(argv)
-    fn, cls, _ = COMMANDS[cfg.command]
     ns = parser.instantiate(cfg)[cfg.command]
-    return cls(**{k: v for k, v in vars(ns).items() if k != "config"})
+    return COMMANDS[cfg.command].job(**{k: v for k, v in vars(ns).items() if k != "config"})
 
 
 def test_precedence_defaults_yaml_flags(tmp_path):
@@ -63,8 +62,8 @@ RECIPES = [p for p in CONFIGS if "stages" in (yaml.safe_load(p.read_text()) or {
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_yaml_loads(path):
     if path in RECIPES:  # every stage's settings must build its job (nothing runs)
-        from fm2edge.cli import job_from_dict
         from fm2edge.recipe import load_recipe, place, substitute
+        from fm2edge.stages import job_from_dict
 
         recipe = load_recipe(path)
         folders = {s["name"]: f"runs/x/{s['name']}" for s in recipe["stages"]}
@@ -84,10 +83,14 @@ def test_demo_yaml_is_the_packaged_demo_recipe():
 
 
 def test_dict_round_trip():
+    """A job's dict (what config.yaml holds) builds the same job through the parser recipes use."""
+    from fm2edge.errors import Fm2EdgeError
+    from fm2edge.stages import job_from_dict
+
     job = TrainJob()
-    assert from_dict(TrainJob, to_dict(job)) == job
-    with pytest.raises(ValueError, match="unknown config keys"):
-        from_dict(TrainJob, {"nope": 1})
+    assert job_from_dict("train", to_dict(job)) == job
+    with pytest.raises(Fm2EdgeError, match="nope"):
+        job_from_dict("train", {"nope": 1})
 
 
 @settings(max_examples=40, deadline=None)

@@ -8,18 +8,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import save_dinov2
 
 from fm2edge.config import DataConfig, ModelConfig, RunConfig
 from fm2edge.data import load_data
 from fm2edge.features import EmbedConfig, EmbedJob, embed_data, embed_job, load_backbone
-from fm2edge.probe import ProbeConfig, ProbeJob, fit_linear_torch, fit_logreg, knn_predict, probe_job
-
-
-@pytest.fixture(scope="module")
-def tiny_dinov2(tmp_path_factory):
-    # DINOv2's own processor settings, scaled down: shortest edge 36 (256 for 224), bicubic, centre crop 32
-    return save_dinov2(tmp_path_factory.mktemp("dinov2"), hidden=32, layers=3, heads=2, size=32, patch=8, shortest=36)
 
 
 def test_preprocessing_matches_the_models_image_processor(tiny_dinov2, parquet_dir):
@@ -145,9 +137,9 @@ def test_random_weights_are_the_same_in_every_process():
     cfg = ModelConfig(name="timm:resnet18", pretrained=False)
     a, b = (load_backbone(cfg, EmbedConfig(), 10) for _ in range(2))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
-    from fm2edge.features import _weights_digest
+    from fm2edge.features import weights_digest
 
-    assert _weights_digest(a) == _weights_digest(b)  # so a random baseline's features are cached once
+    assert weights_digest(a) == weights_digest(b)  # so a random baseline's features are cached once
 
 
 @pytest.mark.parametrize("pooling,last_n,dim", [("cls", 1, 32), ("mean", 1, 32), ("both", 1, 64), ("cls", 2, 64),
@@ -170,42 +162,35 @@ def test_cnn_backbone_refuses_token_pooling():
         load_backbone(ModelConfig(name="student:small_cnn"), EmbedConfig(pooling="mean"), 4)
 
 
-def _separable(n=300, d=16, c=3, seed=0):
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % c
-    centres = rng.normal(0, 4, (c, d))
-    return (centres[y] + rng.normal(0, 1, (n, d))).astype(np.float32) + 5.0, y
+def test_siglip_pools_with_its_own_head_not_a_patch(tiny_siglip):
+    """SigLIP's vision tower has no class token: "cls" is its attention-pooling head, "mean" averages every token."""
+    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    feats = {}
+    for pooling in ("cls", "mean", "both"):
+        model = load_backbone(ModelConfig(name=f"hf:{tiny_siglip}"), EmbedConfig(pooling=pooling), 4).eval()
+        with torch.no_grad():
+            feats[pooling] = model.features(model.preprocess(x))
+            out = model.backbone.model(pixel_values=model.preprocess(x))
+        assert model.feature_dim == feats[pooling].shape[1]
+    assert out.last_hidden_state.shape[1] == 16  # 4 x 4 patches, nothing else
+    assert torch.allclose(feats["cls"], out.pooler_output, atol=1e-6)
+    assert not torch.allclose(feats["cls"], out.last_hidden_state[:, 0])
+    assert torch.allclose(feats["mean"], out.last_hidden_state.mean(1), atol=1e-6)  # patch 0 included
+    assert torch.allclose(feats["both"], torch.cat([feats["cls"], feats["mean"]], 1), atol=1e-6)
 
 
-def test_probes_on_separable_features():
-    x, y = _separable()
-    xt, yt = _separable(seed=1)
-    xt = xt - _separable(seed=1)[0] + _separable(seed=0)[0][: len(xt)] * 0 + xt  # same centres, new noise
-    x_tr, y_tr, x_te, y_te = x[:200], y[:200], x[200:], y[200:]
-    head = fit_logreg(x_tr, y_tr, [0.1, 1.0])
-    assert (head.predict_logits(x_te).argmax(1) == y_te).mean() > 0.95
-    assert (knn_predict(x_tr, y_tr, x_te, 3, k=10).argmax(1) == y_te).mean() > 0.95
-    lin = fit_linear_torch(x_tr, y_tr, 3, epochs=50, lr=1e-2)
-    assert (lin.predict_logits(x_te).argmax(1) == y_te).mean() > 0.95
+def test_hf_cnn_refuses_a_pooling_it_cannot_do(tiny_hf_resnet):
+    from fm2edge.errors import Fm2EdgeError
 
-
-def test_logreg_folds_standardisation_into_the_head():
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x, y = _separable()
-    head = fit_logreg(x, y, [1.0])
-    ref = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000)).fit(x, y)
-    assert np.allclose(head.predict_logits(x), ref.decision_function(x), atol=1e-3)
-
-
-def test_knn_votes_are_weighted_by_similarity():
-    train_x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
-    train_y = np.array([0, 0, 1])
-    scores = knn_predict(train_x, train_y, np.array([[0.1, 1.0]]), 2, k=3, temperature=0.1)
-    assert scores.argmax(1).tolist() == [1]
-    assert scores[0, 1] == pytest.approx(np.exp((0.1 * 0 + 1.0) / np.hypot(0.1, 1.0) / 0.1), rel=1e-4)
+    model = load_backbone(ModelConfig(name=f"hf:{tiny_hf_resnet}"), EmbedConfig(pooling="cls"), 4).eval()
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        f = model.features(model.preprocess(x))
+        pooled = model.backbone.model(pixel_values=model.preprocess(x)).pooler_output.flatten(1)
+    assert torch.equal(f, pooled) and model.feature_dim == 16
+    for pooling, last_n in (("mean", 1), ("both", 1), ("cls", 2)):
+        with pytest.raises(Fm2EdgeError, match="convolutional: its features are its own global pool"):
+            load_backbone(ModelConfig(name=f"hf:{tiny_hf_resnet}"), EmbedConfig(pooling=pooling, last_n=last_n), 4)
 
 
 def test_embed_job_writes_tsne_plots(tiny_dinov2, parquet_dir, tmp_path):
@@ -217,32 +202,7 @@ def test_embed_job_writes_tsne_plots(tiny_dinov2, parquet_dir, tmp_path):
         assert png.startswith(b"\x89PNG") and len(png) > 20_000
 
 
-def test_probe_job_saves_a_usable_teacher(tiny_dinov2, parquet_dir, tmp_path):
-    from fm2edge.models.io import load_classifier
-
-    job = ProbeJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name=f"hf:{tiny_dinov2}"),
-                   embed=EmbedConfig(pooling="both"),
-                   probe=ProbeConfig(methods=["logreg", "knn", "linear"], label_counts=[1, 4], scratch_steps=20,
-                                     poolings=["cls", "mean"]),
-                   run=RunConfig(root=str(tmp_path), name="probe"))
-    results = probe_job(job)
-    assert results["probes"]["logreg"]["test_acc"] > 0.8  # colour classes, random tiny ViT features
-    assert set(results["pooling"]) == {"cls", "mean"}
-    assert set(results["label_efficiency"]["probe"]) == {"1", "4"}
-    assert set(results["label_efficiency"]["scratch"]) == {"1", "4"}
-    run = tmp_path / "probe"
-    for f in ("plots/pooling.png", "plots/label_efficiency.png", "metrics.json", "config.yaml"):
-        assert (run / f).exists()
-    teacher = load_classifier(run)
-    assert teacher.feature_dim == 64  # pooling "both" restored
-    _, test = load_data(DataConfig(source=str(parquet_dir)))
-    with torch.no_grad():
-        preds = teacher(teacher.preprocess(test.images)).argmax(1).numpy()
-    saved = np.load(run / "predictions.npz")
-    assert (preds == saved["preds"]).mean() > 0.95
-
-
-@pytest.mark.skipif(not __import__("fm2edge.train", fromlist=["x"]).bf16_supported_on_cpu(),
+@pytest.mark.skipif(not __import__("fm2edge.device", fromlist=["x"]).bf16_supported_on_cpu(),
                     reason="this CPU has no native bf16")
 def test_cpu_bf16_embeddings_stay_close_to_fp32(tiny_dinov2, parquet_dir):
     from fm2edge.features import embed_batches
@@ -273,81 +233,6 @@ def test_two_process_embedding_equals_one(tiny_dinov2, parquet_dir, tmp_path):
 
 
 # ---------------------------------------------------------------- zero-shot
-
-
-def _byte_unicode() -> list[str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """A random CLIP with a character-level tokenizer and image processor, saved like a hub model."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
-    path = tmp_path_factory.mktemp("clip")
-    chars = _byte_unicode()
-    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt")).save_pretrained(path)
-    torch.manual_seed(0)
-    cfg = CLIPConfig(text_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                  "intermediate_size": 64, "vocab_size": len(vocab), "max_position_embeddings": 32,
-                                  "bos_token_id": len(vocab) - 2, "eos_token_id": len(vocab) - 1},
-                     vision_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                    "intermediate_size": 64, "image_size": 32, "patch_size": 8}, projection_dim=16)
-    CLIPModel(cfg).save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
-    return path
-
-
-def test_zeroshot_head_is_scaled_mean_of_prompt_embeddings(tiny_clip, parquet_dir, tmp_path):
-    from transformers import AutoTokenizer, CLIPModel
-
-    from fm2edge.models.io import load_classifier
-    from fm2edge.zeroshot import ZeroShotConfig, ZeroShotJob, zeroshot_job
-
-    templates = ["a photo of a {}.", "a {} thing"]
-    job = ZeroShotJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name=f"clip:{tiny_clip}"),
-                      zeroshot=ZeroShotConfig(templates=templates, device="cpu"),
-                      run=RunConfig(root=str(tmp_path), name="zs"))
-    results = zeroshot_job(job)
-    assert 0.0 <= results["test_acc"] <= 1.0 and results["n_test"] == 32
-    # the same numbers by hand, straight from the transformers model
-    model = CLIPModel.from_pretrained(tiny_clip).eval()
-    tok = AutoTokenizer.from_pretrained(tiny_clip)
-    _, test = load_data(DataConfig(source=str(parquet_dir)))
-    clf = load_classifier(tmp_path / "zs")
-    with torch.no_grad():
-        text = []
-        for name in ["red", "green", "blue", "grey"]:
-            t = tok([tp.format(name) for tp in templates], padding="max_length", max_length=32, return_tensors="pt")
-            e = model.get_text_features(input_ids=t["input_ids"], attention_mask=t["attention_mask"])
-            e = getattr(e, "pooler_output", e)
-            text.append(torch.nn.functional.normalize(torch.nn.functional.normalize(e, dim=-1).mean(0), dim=-1))
-        img = model.get_image_features(pixel_values=clf.preprocess(test.images))
-        img = torch.nn.functional.normalize(getattr(img, "pooler_output", img), dim=-1)
-        expected = model.logit_scale.exp() * img @ torch.stack(text).T
-        got = clf(clf.preprocess(test.images))
-    assert torch.allclose(got, expected, atol=1e-4)
-    saved = np.load(tmp_path / "zs" / "predictions.npz")
-    assert np.array_equal(saved["preds"], expected.argmax(1).numpy())
-
-
-def test_zeroshot_rejects_a_vision_only_model(tiny_dinov2, parquet_dir, tmp_path):
-    from fm2edge.errors import Fm2EdgeError
-    from fm2edge.zeroshot import ZeroShotJob, zeroshot_job
-
-    with pytest.raises(Fm2EdgeError, match="not an image-text model"):
-        zeroshot_job(ZeroShotJob(data=DataConfig(source=str(parquet_dir)),
-                                 model=ModelConfig(name=f"clip:{tiny_dinov2}"), run=RunConfig(root=str(tmp_path))))
 
 
 def test_a_backbone_onnx_cannot_export_is_one_clear_error(tiny_dinov2, monkeypatch, tmp_path):

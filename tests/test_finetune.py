@@ -189,3 +189,27 @@ def test_lora_trains_only_the_classifier_head_not_every_module_named_like_it():
     wrapped.eval()
     before = wrapped(x)
     assert torch.allclose(merged(wrapped)(x), before, atol=1e-5)  # merging still gives the same logits
+
+
+def _norm_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: b.clone() for n, b in module.named_buffers() if "running_" in n or "num_batches" in n}
+
+
+@pytest.mark.parametrize("mode,norm_stats,moves", [("linear", "update", False), ("lora", "frozen", False),
+                                                   ("lora", "update", True), ("full", "update", True)])
+def test_frozen_batchnorm_statistics_stay_put(mode, norm_stats, moves, tmp_path):
+    """Linear fine-tuning leaves the backbone as it was, BatchNorm running statistics included; LoRA updates them
+    or not as --finetune.lora_norm_stats says; full fine-tuning updates them."""
+    model_cfg = ModelConfig(name="timm:mobilenetv3_small_050", image_size=32)
+    job = FinetuneJob(data=DataConfig(source="digits", max_train=64, max_test=32), model=model_cfg,
+                      train=TrainConfig(epochs=1, batch_size=32, lr=1e-3, device="cpu"),
+                      finetune=FinetuneConfig(modes=[mode], lora_norm_stats=norm_stats, eval_before=False,
+                                              target_modules=["conv_pw"] if mode == "lora" else None),
+                      run=RunConfig(root=str(tmp_path), name="ft"))
+    torch.manual_seed(0)
+    before = _norm_buffers(create_model(model_cfg, 10).backbone)
+    assert before
+    finetune_job(job)
+    after = _norm_buffers(load_classifier(tmp_path / "ft" / mode).backbone)
+    changed = [n for n in before if not torch.equal(before[n], after[n])]
+    assert bool(changed) == moves, changed

@@ -81,3 +81,18 @@ def test_a_bad_stage_setting_names_the_stage_command(tmp_path):
     recipe["stages"][0]["args"]["train"]["epoch"] = 3
     with pytest.raises(Fm2EdgeError, match="train settings"):
         run_recipe(check_recipe(recipe), tmp_path / "x")
+
+
+def test_demo_without_the_pretrained_package_says_it_uses_random_weights():
+    from fm2edge.config import DemoJob
+    from fm2edge.demo import TEACHER, demo_recipe, teacher_label
+
+    for pretrained in (True, False):
+        recipe = demo_recipe(DemoJob(), pretrained=pretrained)
+        teachers = [s["args"]["model"] for s in recipe["stages"]
+                    if isinstance(s.get("args", {}).get("model"), dict) and s["args"]["model"]["name"] == TEACHER]
+        assert teachers
+        if not pretrained:
+            assert not any(m["pretrained"] for m in teachers)
+    assert teacher_label(False) == f"{TEACHER} (random weights)"
+    assert teacher_label(True) == f"{TEACHER} (pretrained)"

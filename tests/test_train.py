@@ -107,7 +107,7 @@ def test_metrics_json_has_environment(tmp_path, parquet_dir):
 
 
 def test_precision_can_change_between_stages_of_one_process():
-    from fm2edge.train import bf16_supported_on_cpu, make_accelerator
+    from fm2edge.device import bf16_supported_on_cpu, make_accelerator
 
     assert make_accelerator("cpu", "fp32").mixed_precision == "no"
     assert make_accelerator("cpu", "bf16").mixed_precision == ("bf16" if bf16_supported_on_cpu() else "no")

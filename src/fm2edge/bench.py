@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fm2edge.config import _check
+from fm2edge.config import check
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.timing import peak_rss_during, summarise, time_calls
 
@@ -59,10 +59,10 @@ class BenchConfig:
     num_classes: int = 10
 
     def __post_init__(self) -> None:
-        _check(self.runs >= 1 and self.warmup >= 0, "bench.runs must be >= 1 and bench.warmup >= 0")
-        _check(self.throughput_batch >= 1 and self.throughput_runs >= 1, "throughput batch and runs must be >= 1")
-        _check(self.threads is None or self.threads >= 1, f"bench.threads must be >= 1, got {self.threads}")
-        _check(bool(self.dtypes) and bool(self.backends), "bench.dtypes and bench.backends must not be empty")
+        check(self.runs >= 1 and self.warmup >= 0, "bench.runs must be >= 1 and bench.warmup >= 0")
+        check(self.throughput_batch >= 1 and self.throughput_runs >= 1, "throughput batch and runs must be >= 1")
+        check(self.threads is None or self.threads >= 1, f"bench.threads must be >= 1, got {self.threads}")
+        check(bool(self.dtypes) and bool(self.backends), "bench.dtypes and bench.backends must not be empty")
 
 
 @dataclass
@@ -81,7 +81,7 @@ class BenchJob:
     output: str | None = None
 
     def __post_init__(self) -> None:
-        _check(bool(self.models), "give at least one model, e.g. fm2edge bench torchvision:resnet50 "
+        check(bool(self.models), "give at least one model, e.g. fm2edge bench torchvision:resnet50 "
                                   "torchvision:resnet18")
 
 
@@ -104,17 +104,6 @@ def size_on_disk(model: torch.nn.Module) -> int:
     with tempfile.TemporaryDirectory() as d:
         save_model(model, f"{d}/m.safetensors")
         return Path(f"{d}/m.safetensors").stat().st_size
-
-
-class _Normalised(torch.nn.Module):
-    """The classifier on already-normalised float input: what is timed and exported."""
-
-    def __init__(self, clf) -> None:
-        super().__init__()
-        self.clf = clf
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.clf(x)
 
 
 def load_for_bench(name: str, num_classes: int):
@@ -156,7 +145,7 @@ def bench_model(name: str, cfg: BenchConfig, device: torch.device) -> list[dict]
             "image_size": size, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
             f"cpu ({platform.machine()}, {torch.backends.cpu.get_cpu_capability()})"}
-    net = _Normalised(clf).eval().to(device)
+    net = clf.eval().to(device)  # the classifier on normalised float input: what is timed and exported
     x1 = torch.randn(1, 3, size, size, device=device)
     base["macs"] = count_macs(net, x1)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

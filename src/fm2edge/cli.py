@@ -1,4 +1,5 @@
-"""Command line: a {command: (function, config class)} table; jsonargparse builds every flag from the classes."""
+"""Command line: the stage table plus `run`, `demo` and `list`; jsonargparse builds every flag from the config
+classes."""
 
 from __future__ import annotations
 
@@ -7,63 +8,19 @@ import logging
 import os
 import sys
 
-from fm2edge.bench import BenchJob, bench_job
 from fm2edge.catalog import ListJob, list_job
-from fm2edge.config import DemoJob, TrainJob
+from fm2edge.config import DemoJob
 from fm2edge.demo import demo_job
-from fm2edge.distill.task import DistillJob, distill_job
 from fm2edge.errors import Fm2EdgeError
-from fm2edge.export import ExportJob, export_job
-from fm2edge.features import EmbedJob, embed_job
-from fm2edge.finetune import FinetuneJob, finetune_job
-from fm2edge.probe import ProbeJob, probe_job
 from fm2edge.recipe import RunJob, run_job
-from fm2edge.report.job import ReportJob, report_job
-from fm2edge.train import train_job
-from fm2edge.zeroshot import ZeroShotJob, zeroshot_job
+from fm2edge.stages import STAGES, Stage, command_parser, one_line
 
-COMMANDS = {
-    "run": (run_job, RunJob, "run a recipe YAML (embed -> probe -> ... -> report), skipping unchanged stages"),
-    "demo": (demo_job, DemoJob, "run the whole lifecycle offline on scikit-learn's digits (no arguments needed)"),
-    "train": (train_job, TrainJob, "train a model on labelled images, no teacher (the lab's task 5)"),
-    "embed": (embed_job, EmbedJob, "foundation-model features of a dataset, cached on disk, with t-SNE (lab task 1)"),
-    "probe": (probe_job, ProbeJob, "linear / k-NN probes on cached features, label efficiency, pooling (lab task 2)"),
-    "zeroshot": (zeroshot_job, ZeroShotJob, "CLIP-style zero-shot classification from prompts, no training"),
-    "finetune": (finetune_job, FinetuneJob, "adapt a pretrained backbone: LoRA, full or linear fine-tuning, "
-                 "compared (lab task 3)"),
-    "bench": (bench_job, BenchJob, "latency, throughput, parameters, MACs and size of models (lab task 4)"),
-    "distill": (distill_job, DistillJob, "train a student with a teacher's guidance: KD, DKD, DIST, RKD, features "
-                "(lab tasks 6-7)"),
-    "export": (export_job, ExportJob, "ONNX and int8 ONNX of a trained model, with parity, accuracy and latency "
-               "checks"),
-    "report": (report_job, ReportJob, "one self-contained HTML report (and Markdown) from run folders"),
-    "list": (list_job, ListJob, "list registered models and accepted data sources"),
+COMMANDS: dict[str, Stage] = {
+    "run": Stage(run_job, RunJob, "run a recipe YAML (embed -> probe -> ... -> report), skipping unchanged stages"),
+    "demo": Stage(demo_job, DemoJob, "run the whole lifecycle offline on scikit-learn's digits (no arguments needed)"),
+    **STAGES,
+    "list": Stage(list_job, ListJob, "list registered models and accepted data sources"),
 }
-
-
-def command_parser(cls):
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    # allow_abbrev=False: a misspelt flag such as --train.epoch must be an error, not a prefix of --train.epochs
-    p = ArgumentParser(description=(cls.__doc__ or "").split("\n")[0], exit_on_error=False, allow_abbrev=False)
-    p.add_argument("--config", action=ActionConfigFile, help="YAML file with the same sections as the flags")
-    p.add_class_arguments(cls, as_group=False, fail_untyped=True)
-    return p
-
-
-def job_from_dict(command: str, values: dict):
-    """A command's job from the same nested dict its YAML takes (how recipe stages are built), validated the same
-    way as flags: unknown keys, wrong types and bad values are errors."""
-    from jsonargparse import ArgumentError
-
-    cls = COMMANDS[command][1]
-    parser = command_parser(cls)
-    try:
-        cfg = parser.parse_object(values)
-        job = parser.instantiate_classes(cfg)
-        return cls(**{k: v for k, v in vars(job).items() if k != "config"})
-    except (ArgumentError, ValueError, TypeError) as exc:
-        raise Fm2EdgeError(f"{command} settings: {_one_line(exc)}") from exc
 
 
 def build_parser():
@@ -73,8 +30,8 @@ def build_parser():
                             "with numbers for what was gained and lost.", exit_on_error=False,
                             allow_abbrev=False)
     sub = parser.add_subcommands(dest="command", required=True)
-    for name, (_, cls, help_text) in COMMANDS.items():
-        sub.add_subcommand(name, command_parser(cls), help=help_text)
+    for name, stage in COMMANDS.items():
+        sub.add_subcommand(name, command_parser(stage.job), help=stage.help)
     return parser
 
 
@@ -111,26 +68,6 @@ def _positional_models(argv: list[str]) -> list[str]:
     return [argv[0], f"--{name}", json.dumps(models) if several else models[0], *rest]
 
 
-def _one_line(exc: BaseException) -> str:
-    """jsonargparse's message as one line that names the flag: 'Parser key "train.epochs": Expected a <class
-    'int'>. Got value: three' -> '--train.epochs: expected int, got 'three''."""
-    import re
-
-    text = str(exc).strip()
-    key = re.search(r'Parser key "([^"]+)"', text)
-    last = text.splitlines()[-1].strip()
-    wanted = re.match(r"Expected a (.+?)\. Got value: (.*)$", last)
-    if key and wanted:
-        kind = re.sub(r"<class '(\w+)'>", r"\1", wanted.group(1)).replace("typing.", "")
-        return f"--{key.group(1)}: expected {kind}, got {wanted.group(2)!r}"
-    if text.startswith("Problems parsing config:"):  # a YAML error: keep the problem and where it is
-        line = re.search(r"line (\d+)", last)
-        problem = text.splitlines()[0].removeprefix("Problems parsing config:").strip()
-        return f"the config file is not valid YAML{f' at line {line.group(1)}' if line else ''}: {problem}; " \
-               f"configs hold plain values only"
-    return f"--{key.group(1)}: {last}" if key else last
-
-
 def _spaced_lists(argv: list[str]) -> list[str]:
     """`--seeds 0 1 2` -> `--seeds [0,1,2]` (jsonargparse reads a list from one token)."""
     out, i = [], 0
@@ -155,16 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         cfg = parser.parse_args(argv)
-        fn, cls, _ = COMMANDS[cfg.command]
+        stage = COMMANDS[cfg.command]
         job = parser.instantiate(cfg)[cfg.command]
         # jsonargparse leaves the top-level class as a namespace; build it (its __post_init__ validates).
-        job = cls(**{k: v for k, v in vars(job).items() if k != "config"})
+        job = stage.job(**{k: v for k, v in vars(job).items() if k != "config"})
     except (ArgumentError, ValueError, TypeError) as exc:
-        print(f"fm2edge: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"fm2edge: error: {one_line(exc)}", file=sys.stderr)
         return 2
     _quiet_libraries()
     try:
-        fn(job)
+        stage.run(job)
     except Fm2EdgeError as exc:
         print(f"fm2edge: error: {exc}", file=sys.stderr)
         return 2

@@ -11,13 +11,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import yaml
-
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
-def _check(cond: bool, msg: str) -> None:
+def check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
 
@@ -61,11 +59,11 @@ class DataConfig:
     on_bad_image: Literal["error", "skip"] = "error"
 
     def __post_init__(self) -> None:
-        _check(bool(self.source), "data.source must not be empty")
-        _check(0.0 < self.test_fraction < 1.0, f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
+        check(bool(self.source), "data.source must not be empty")
+        check(0.0 < self.test_fraction < 1.0, f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
         for name in ("max_train", "max_test", "per_class", "image_size"):
             value = getattr(self, name)
-            _check(value is None or value >= 1, f"data.{name} must be at least 1, got {value}")
+            check(value is None or value >= 1, f"data.{name} must be at least 1, got {value}")
 
 
 @dataclass
@@ -92,14 +90,14 @@ class ModelConfig:
     std: list[float] | None = None
 
     def __post_init__(self) -> None:
-        _check(bool(self.name), "model.name must not be empty")
-        _check(self.image_size is None or self.image_size >= 8, f"model.image_size must be >= 8, got {self.image_size}")
-        _check(self.crop_pct is None or 0.0 < self.crop_pct <= 1.0,
-               f"model.crop_pct must be in (0, 1], got {self.crop_pct}")
+        check(bool(self.name), "model.name must not be empty")
+        check(self.image_size is None or self.image_size >= 8, f"model.image_size must be >= 8, got {self.image_size}")
+        check(self.crop_pct is None or 0.0 < self.crop_pct <= 1.0,
+              f"model.crop_pct must be in (0, 1], got {self.crop_pct}")
         for name in ("mean", "std"):
             value = getattr(self, name)
-            _check(value is None or len(value) == 3, f"model.{name} needs 3 values (R, G, B), got {value}")
-        _check(self.std is None or all(s > 0 for s in self.std), f"model.std must be positive, got {self.std}")
+            check(value is None or len(value) == 3, f"model.{name} needs 3 values (R, G, B), got {value}")
+        check(self.std is None or all(s > 0 for s in self.std), f"model.std must be positive, got {self.std}")
 
 
 @dataclass
@@ -153,17 +151,17 @@ class TrainConfig:
     checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
-        _check(self.checkpoint_every >= 1, f"train.checkpoint_every must be at least 1, got {self.checkpoint_every}")
-        _check(self.grad_accum >= 1, f"train.grad_accum must be at least 1, got {self.grad_accum}")
-        _check(self.epochs >= 1, f"train.epochs must be at least 1, got {self.epochs}")
-        _check(self.batch_size >= 1, f"train.batch_size must be at least 1, got {self.batch_size}")
-        _check(self.eval_batch_size >= 1, f"train.eval_batch_size must be at least 1, got {self.eval_batch_size}")
-        _check(self.eval_every >= 1, f"train.eval_every must be at least 1, got {self.eval_every}")
-        _check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
-        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
-        _check(0 <= self.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        _check(self.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        _check(self.keep_checkpoints >= 1, f"train.keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
+        check(self.checkpoint_every >= 1, f"train.checkpoint_every must be at least 1, got {self.checkpoint_every}")
+        check(self.grad_accum >= 1, f"train.grad_accum must be at least 1, got {self.grad_accum}")
+        check(self.epochs >= 1, f"train.epochs must be at least 1, got {self.epochs}")
+        check(self.batch_size >= 1, f"train.batch_size must be at least 1, got {self.batch_size}")
+        check(self.eval_batch_size >= 1, f"train.eval_batch_size must be at least 1, got {self.eval_batch_size}")
+        check(self.eval_every >= 1, f"train.eval_every must be at least 1, got {self.eval_every}")
+        check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
+        check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        check(0 <= self.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        check(self.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        check(self.keep_checkpoints >= 1, f"train.keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
 
 
 @dataclass
@@ -183,9 +181,9 @@ class RunConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        _check(not (self.resume and self.overwrite), "run.resume and run.overwrite cannot both be true")
-        _check(self.name is None or ("/" not in self.name and self.name not in (".", "..")),
-               f"run.name must be a plain folder name, got {self.name!r}")
+        check(not (self.resume and self.overwrite), "run.resume and run.overwrite cannot both be true")
+        check(self.name is None or ("/" not in self.name and self.name not in (".", "..")),
+              f"run.name must be a plain folder name, got {self.name!r}")
 
 
 @dataclass
@@ -218,31 +216,9 @@ class DemoJob:
     epochs: int = 15
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain-dict view of a config dataclass, for YAML and JSON."""
     return dataclasses.asdict(cfg)
-
-
-def to_yaml(cfg: Any) -> str:
-    """The resolved config as YAML, key-for-key loadable with ``--config``."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-def from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Rebuild a (nested) config dataclass from a plain dict, refusing unknown keys."""
-    kwargs = {}
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(values) - set(fields)
-    if unknown:
-        raise ValueError(f"unknown config keys for {cls.__name__}: {sorted(unknown)}")
-    for name, value in values.items():
-        ftype = fields[name].type
-        sub = _CONFIG_CLASSES.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
-        kwargs[name] = from_dict(sub, value) if sub is not None and isinstance(value, dict) else value
-    return cls(**kwargs)
-
-
-_CONFIG_CLASSES = {c.__name__: c for c in (DataConfig, ModelConfig, TrainConfig, RunConfig, TrainJob, DemoJob)}

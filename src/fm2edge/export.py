@@ -19,8 +19,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fm2edge.config import DataConfig, _check
+from fm2edge.config import DataConfig, check
 from fm2edge.errors import Fm2EdgeError
+from fm2edge.report.metrics import accuracy
 from fm2edge.timing import summarise, time_calls
 
 
@@ -53,10 +54,10 @@ class ExportConfig:
     batch_size: int = 256
 
     def __post_init__(self) -> None:
-        _check(self.parity_tolerance > 0, f"export.parity_tolerance must be positive, got {self.parity_tolerance}")
-        _check(self.calibration_images >= 1, "export.calibration_images must be at least 1")
-        _check(self.threads is None or self.threads >= 1, f"export.threads must be >= 1, got {self.threads}")
-        _check(self.latency_runs >= 1 and self.batch_size >= 1, "export.latency_runs and batch_size must be >= 1")
+        check(self.parity_tolerance > 0, f"export.parity_tolerance must be positive, got {self.parity_tolerance}")
+        check(self.calibration_images >= 1, "export.calibration_images must be at least 1")
+        check(self.threads is None or self.threads >= 1, f"export.threads must be >= 1, got {self.threads}")
+        check(self.latency_runs >= 1 and self.batch_size >= 1, "export.latency_runs and batch_size must be >= 1")
 
 
 @dataclass
@@ -76,7 +77,7 @@ class ExportJob:
     output: str | None = None
 
     def __post_init__(self) -> None:
-        _check(bool(self.model), "give the run folder of a trained model, e.g. fm2edge export runs/distill-student")
+        check(bool(self.model), "give the run folder of a trained model, e.g. fm2edge export runs/distill-student")
 
 
 # ---------------------------------------------------------------- ONNX building blocks (shared with `fm2edge bench`)
@@ -195,8 +196,41 @@ def _default_output(model: str) -> Path:
     return Path(model) / "export"
 
 
+def check_parity(model, sess, test, cfg: ExportConfig) -> tuple[np.ndarray, np.ndarray, float]:
+    """PyTorch and ONNX Runtime logits on the test images, and their largest difference; an error above the
+    tolerance (the export is then not written)."""
+    ref = _torch_logits(model, test.images, cfg.batch_size)
+    onnx_logits = _onnx_logits(sess, model, test.images, cfg.batch_size)
+    max_diff = float(np.abs(ref - onnx_logits).max())
+    print(f"parity: max |PyTorch - ONNX Runtime| logit difference {max_diff:.2e} over {len(test)} test images "
+          f"(tolerance {cfg.parity_tolerance:.0e})")
+    if not max_diff <= cfg.parity_tolerance:
+        raise Fm2EdgeError(f"the ONNX model's logits differ from PyTorch's by {max_diff:.3g}, above "
+                           f"--export.parity_tolerance {cfg.parity_tolerance}; nothing was written. Check for "
+                           f"ops ONNX does not support exactly, or raise the tolerance if the gap is expected")
+    return ref, onnx_logits, max_diff
+
+
+def quantise_and_measure(model, fp32_path: Path, int8_path: Path, train, test, fp32_logits: np.ndarray,
+                         x1: torch.Tensor, cfg: ExportConfig) -> dict:
+    """The int8 graph calibrated on class-balanced training images, with its test accuracy, agreement with fp32
+    and batch-1 latency."""
+    from fm2edge.data import balanced_indices
+
+    n = min(cfg.calibration_images, len(train))
+    calib = torch.from_numpy(balanced_indices(train.labels.numpy(), n))
+    quantize_int8(fp32_path, int8_path, _batches(model, train.images[calib], 64), cfg.calibration_method,
+                  cfg.per_channel)
+    sess8 = open_session(int8_path, cfg.threads)
+    q_logits = _onnx_logits(sess8, model, test.images, cfg.batch_size)
+    return {"test_acc": accuracy(q_logits, test.labels),
+            "int8_agreement_with_fp32": accuracy(q_logits.argmax(1), fp32_logits.argmax(1)),
+            "calibration_images": int(len(calib)),
+            "latency": _latency(lambda: run_session(sess8, x1), cfg.latency_runs)}
+
+
 def export_job(job: ExportJob) -> dict:
-    from fm2edge.data import balanced_indices, load_data
+    from fm2edge.data import load_data
     from fm2edge.models.io import load_classifier
     from fm2edge.runs import atomic_dir, atomic_write_json
 
@@ -217,18 +251,8 @@ def export_job(job: ExportJob) -> dict:
     with atomic_dir(out, lock=True) as tmp:
         fp32_path = export_onnx(model, example, tmp / "model.onnx", cfg.opset)
         sess = open_session(fp32_path, cfg.threads)
-        ref = _torch_logits(model, test.images, cfg.batch_size)
-        onnx_logits = _onnx_logits(sess, model, test.images, cfg.batch_size)
-        max_diff = float(np.abs(ref - onnx_logits).max())
-        print(f"parity: max |PyTorch - ONNX Runtime| logit difference {max_diff:.2e} over {len(test)} test images "
-              f"(tolerance {cfg.parity_tolerance:.0e})")
-        if not max_diff <= cfg.parity_tolerance:
-            raise Fm2EdgeError(f"the ONNX model's logits differ from PyTorch's by {max_diff:.3g}, above "
-                               f"--export.parity_tolerance {cfg.parity_tolerance}; nothing was written. Check for "
-                               f"ops ONNX does not support exactly, or raise the tolerance if the gap is expected")
-        labels = test.labels.numpy()
-        acc = {"pytorch_fp32": float((ref.argmax(1) == labels).mean()),
-               "onnx_fp32": float((onnx_logits.argmax(1) == labels).mean())}
+        ref, onnx_logits, max_diff = check_parity(model, sess, test, cfg)
+        acc = {"pytorch_fp32": accuracy(ref, test.labels), "onnx_fp32": accuracy(onnx_logits, test.labels)}
         x1 = example[:1]
         timings = {"pytorch_fp32": _latency(lambda: _torch_forward(model, x1), cfg.latency_runs),
                    "onnx_fp32": _latency(lambda: run_session(sess, x1), cfg.latency_runs)}
@@ -236,18 +260,11 @@ def export_job(job: ExportJob) -> dict:
         result: dict = {"model": job.model, "name": model.name, "data": job.data.source, "test_images": len(test),
                         "parity_max_abs_diff": max_diff, "parity_tolerance": cfg.parity_tolerance}
         if cfg.int8:
-            n = min(cfg.calibration_images, len(train))
-            calib = torch.from_numpy(balanced_indices(train.labels.numpy(), n))
-            int8_path = quantize_int8(fp32_path, tmp / "model.int8.onnx",
-                                      _batches(model, train.images[calib], 64), cfg.calibration_method,
-                                      cfg.per_channel)
-            sess8 = open_session(int8_path, cfg.threads)
-            q_logits = _onnx_logits(sess8, model, test.images, cfg.batch_size)
-            acc["onnx_int8"] = float((q_logits.argmax(1) == labels).mean())
-            result["int8_agreement_with_fp32"] = float((q_logits.argmax(1) == onnx_logits.argmax(1)).mean())
-            result["calibration_images"] = int(len(calib))
-            timings["onnx_int8"] = _latency(lambda: run_session(sess8, x1), cfg.latency_runs)
+            q = quantise_and_measure(model, fp32_path, tmp / "model.int8.onnx", train, test, onnx_logits, x1, cfg)
+            acc["onnx_int8"] = q.pop("test_acc")
+            timings["onnx_int8"] = q.pop("latency")
             files["onnx_int8"] = "model.int8.onnx"
+            result.update(q)
         sizes = {"pytorch_fp32": (Path(job.model) / "model.safetensors").stat().st_size,
                  **{k: (tmp / f).stat().st_size for k, f in files.items()}}
         result.update({"files": files, "size_bytes": sizes, "test_acc": acc, "latency_batch1": timings,

@@ -25,8 +25,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fm2edge.config import DataConfig, ModelConfig, RunConfig, _check
+from fm2edge.config import DataConfig, ModelConfig, RunConfig, check
 from fm2edge.data import ImageData
+from fm2edge.device import autocast_dtype
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import Classifier
 from fm2edge.runs import atomic_dir
@@ -67,11 +68,11 @@ class EmbedConfig:
     backend: Backend = "torch"
 
     def __post_init__(self) -> None:
-        _check(self.last_n >= 1, f"embed.last_n must be at least 1, got {self.last_n}")
-        _check(self.batch_size >= 1, f"embed.batch_size must be at least 1, got {self.batch_size}")
-        _check(self.chunk_size >= 1, f"embed.chunk_size must be at least 1, got {self.chunk_size}")
-        _check(set(self.splits) <= {"train", "test"} and self.splits,
-               f"embed.splits must be a non-empty subset of ['train', 'test'], got {self.splits}")
+        check(self.last_n >= 1, f"embed.last_n must be at least 1, got {self.last_n}")
+        check(self.batch_size >= 1, f"embed.batch_size must be at least 1, got {self.batch_size}")
+        check(self.chunk_size >= 1, f"embed.chunk_size must be at least 1, got {self.chunk_size}")
+        check(set(self.splits) <= {"train", "test"} and self.splits,
+              f"embed.splits must be a non-empty subset of ['train', 'test'], got {self.splits}")
 
 
 @dataclass
@@ -102,7 +103,7 @@ def configure_pooling(model: Classifier, pooling: str, last_n: int) -> None:
 
 def cache_key(model: Classifier, data: ImageData, split: str, cfg: EmbedConfig, dtype: str) -> str:
     revision = getattr(getattr(getattr(model.backbone, "model", None), "config", None), "_commit_hash", None)
-    weights = _weights_digest(model)
+    weights = weights_digest(model)
     parts = {"model": model.name, "revision": revision, "weights": weights, "data": data.fingerprint, "split": split,
              "preprocess": asdict(model.preprocess), "pooling": cfg.pooling, "last_n": cfg.last_n, "dtype": dtype,
              "v": 1}
@@ -111,7 +112,7 @@ def cache_key(model: Classifier, data: ImageData, split: str, cfg: EmbedConfig, 
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def _weights_digest(model: Classifier) -> str:
+def weights_digest(model: Classifier) -> str:
     """A cheap fingerprint of the backbone weights (a strided sample of every tensor), so random-weight and
     pretrained variants of one architecture never share a cache entry."""
     h = hashlib.sha1()
@@ -126,21 +127,6 @@ def feature_root(cfg: EmbedConfig) -> Path:
     root = cfg.cache_dir or (Path(os.environ["FM2EDGE_CACHE"]) / "features" if os.environ.get("FM2EDGE_CACHE")
                              else Path.home() / ".cache" / "fm2edge" / "features")
     return Path(root)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (None means fp32)."""
-    from fm2edge.train import bf16_supported_on_cpu
-
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16
-    if precision == "bf16":
-        if bf16_supported_on_cpu():
-            return torch.bfloat16
-        log.warning("this CPU has no native bf16; embedding in fp32 instead")
-    return None
 
 
 @torch.inference_mode()
@@ -196,7 +182,7 @@ def onnx_runner(model: Classifier, cfg: EmbedConfig) -> Callable[[torch.Tensor],
         log.warning("%s has no matrix multiplies for onnx_int8 to quantise (a CNN); --embed.backend onnx is as "
                     "accurate and faster", model.name)
     size = model.preprocess.size
-    key = hashlib.sha1(json.dumps([model.name, _weights_digest(model), cfg.pooling, cfg.last_n, size]).encode())
+    key = hashlib.sha1(json.dumps([model.name, weights_digest(model), cfg.pooling, cfg.last_n, size]).encode())
     folder = feature_root(cfg) / ".onnx" / key.hexdigest()[:24]
     name = "backbone.int8.onnx" if cfg.backend == "onnx_int8" else "backbone.onnx"
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -304,7 +290,7 @@ def embed_split(model: Classifier, data: ImageData, split: str, cfg: EmbedConfig
     if cfg.backend != "torch" and device.type != "cpu":
         raise Fm2EdgeError(f"--embed.backend {cfg.backend} runs on the CPU; on {device.type} use --embed.backend "
                            f"torch (bf16 autocast), or add --embed.device cpu")
-    dtype = resolve_precision(cfg.precision, device) if cfg.backend == "torch" else None
+    dtype = autocast_dtype(cfg.precision, device) if cfg.backend == "torch" else None
     key = cache_key(model, data, split, cfg, str(dtype))
     folder = feature_root(cfg) / key
     world = accelerator.num_processes if accelerator is not None else 1
@@ -334,7 +320,11 @@ def embed_split(model: Classifier, data: ImageData, split: str, cfg: EmbedConfig
 
 @dataclass
 class EmbedJob:
-    """`fm2edge embed`: foundation-model features of a dataset, cached on disk, with t-SNE plots."""
+    """`fm2edge embed`: foundation-model features of a dataset, cached on disk, with t-SNE plots.
+
+    Args:
+        tsne_samples: Class-balanced images per split drawn in the t-SNE plot (0 skips the plot).
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="pypi:efficientnet_lite0", pretrained=True))
@@ -343,7 +333,7 @@ class EmbedJob:
     tsne_samples: int = 2000
 
     def __post_init__(self) -> None:
-        _check(self.tsne_samples >= 0, f"tsne_samples must be >= 0, got {self.tsne_samples}")
+        check(self.tsne_samples >= 0, f"tsne_samples must be >= 0, got {self.tsne_samples}")
 
 
 def load_backbone(cfg: ModelConfig, embed: EmbedConfig, num_classes: int) -> Classifier:
@@ -364,19 +354,15 @@ def embed_data(job: EmbedJob, train: ImageData, test: ImageData, accelerator=Non
 
 def embed_job(job: EmbedJob) -> dict:
     from fm2edge.config import to_dict
-    from fm2edge.data import load_data
     from fm2edge.report import plots
     from fm2edge.report.write import save_figure
-    from fm2edge.train import make_accelerator, open_run, slug
+    from fm2edge.results import slug, start_stage
 
-    accelerator = make_accelerator(job.embed.device, "fp32")
-    with accelerator.main_process_first():
-        train, test = load_data(job.data)
-    run = open_run(Path(job.run.root) / (job.run.name or slug(f"embed-{job.model.name}")), job.run, accelerator)
-    with run:
-        feats = embed_data(job, train, test, accelerator)
+    session = start_stage(job.data, job.embed.device, "fp32")
+    with session.open(job.run, slug(f"embed-{job.model.name}")) as run:
+        feats = embed_data(job, session.train, session.test, session.accelerator)
         summary = {}
-        if accelerator.is_main_process:
+        if session.is_main:
             run.write_config(to_dict(job))
             for split, f in feats.items():
                 summary[split] = {"cache": str(f.path), **{k: f.meta[k] for k in ("n", "dim", "pooling", "last_n",

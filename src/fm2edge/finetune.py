@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import torch
 from torch import nn
 
-from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, _check
+from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, check
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import Classifier
 
@@ -47,7 +46,11 @@ class FinetuneConfig:
         target_modules: Module-name suffixes LoRA adapts; empty picks the preset for the model's family (timm: qkv;
             transformers ViT/DINOv2/CLIP: q_proj, v_proj, or query, value before transformers 5; timm EfficientNet
             and MobileNet, the offline EfficientNet-Lite0 included: the pointwise convolutions conv_pw, conv_pwl).
-        eval_before: Measure test accuracy before training (the lab's "accuracy before LoRA").
+        eval_before: Measure test accuracy before training ("accuracy before LoRA").
+        lora_norm_stats: In LoRA mode, BatchNorm running statistics either "update" while training (the default,
+            as PyTorch does for any model in training mode: the statistics follow the new data) or stay "frozen" at
+            their pretrained values. Linear mode always keeps the whole backbone, statistics included, frozen;
+            full mode always updates them.
     """
 
     modes: list[Mode] = field(default_factory=lambda: ["lora"])
@@ -56,13 +59,14 @@ class FinetuneConfig:
     lora_dropout: float = 0.1
     target_modules: list[str] | None = None
     eval_before: bool = True
+    lora_norm_stats: Literal["update", "frozen"] = "update"
 
     def __post_init__(self) -> None:
-        _check(bool(self.modes) and len(set(self.modes)) == len(self.modes),
-               f"finetune.modes must name each of lora, full, linear at most once, got {self.modes}")
-        _check(self.lora_r >= 1, f"finetune.lora_r must be at least 1, got {self.lora_r}")
-        _check(self.lora_alpha > 0, f"finetune.lora_alpha must be positive, got {self.lora_alpha}")
-        _check(0 <= self.lora_dropout < 1, f"finetune.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        check(bool(self.modes) and len(set(self.modes)) == len(self.modes),
+              f"finetune.modes must name each of lora, full, linear at most once, got {self.modes}")
+        check(self.lora_r >= 1, f"finetune.lora_r must be at least 1, got {self.lora_r}")
+        check(self.lora_alpha > 0, f"finetune.lora_alpha must be positive, got {self.lora_alpha}")
+        check(0 <= self.lora_dropout < 1, f"finetune.lora_dropout must be in [0, 1), got {self.lora_dropout}")
 
 
 @dataclass
@@ -167,6 +171,16 @@ def _unwrap_suffix_matches(wrapped: nn.Module) -> None:
             setattr(wrapped.get_submodule(parent), child, module.original_module)
 
 
+def frozen_modules(trainable: nn.Module, mode: str, cfg: FinetuneConfig) -> list[nn.Module]:
+    """Modules that stay in eval mode while ``trainable`` trains, so their running statistics do not move: the
+    whole backbone in linear mode; in LoRA mode, the BatchNorm layers when ``lora_norm_stats`` is "frozen"."""
+    if mode == "linear":
+        return [trainable.backbone]
+    if mode == "lora" and cfg.lora_norm_stats == "frozen":
+        return [m for m in trainable.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))]
+    return []
+
+
 def merged(trained: nn.Module) -> Classifier:
     """The plain classifier: LoRA updates folded into the weights (``merge_and_unload``), the trained head kept."""
     if hasattr(trained, "merge_and_unload"):
@@ -177,19 +191,15 @@ def merged(trained: nn.Module) -> Classifier:
 # ---------------------------------------------------------------- the stage
 
 
-def _peak_memory(device: torch.device) -> int | None:
-    from fm2edge.timing import peak_rss
-
-    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()
-
-
-def finetune_one(job: FinetuneJob, mode: str, train, test, accelerator, run_path: Path) -> dict:
+def finetune_one(job: FinetuneJob, mode: str, session, run_path: Path) -> dict:
     """One mode in its own run folder; a finished one is read back, an interrupted one resumes."""
     from fm2edge.config import to_dict
-    from fm2edge.models import create_model
-    from fm2edge.timing import reset_peak_rss
-    from fm2edge.train import SupervisedTask, accuracy, environment, fit, open_run, predict, write_outputs
+    from fm2edge.device import environment, peak_memory, reset_peak_memory
+    from fm2edge.report.metrics import accuracy
+    from fm2edge.results import open_run, write_outputs
+    from fm2edge.train import SupervisedTask, fit, predict
 
+    train, test, accelerator = session.train, session.test, session.accelerator
     done = run_path / "metrics.json"
     if done.exists() and (run_path / "model.safetensors").exists() and job.run.resume:
         metrics = json.loads(done.read_text())
@@ -197,8 +207,7 @@ def finetune_one(job: FinetuneJob, mode: str, train, test, accelerator, run_path
             if accelerator.is_main_process:
                 print(f"{mode}: finished earlier, {100 * metrics['test_acc']:.2f}% (from {run_path})")
             return metrics
-    torch.manual_seed(job.train.seed)
-    model = create_model(job.model, train.num_classes)
+    model = session.model(job.model, job.train.seed)
     before = count_parameters(model)
     trainable = apply_mode(model, mode, job.finetune)
     after = count_parameters(trainable)
@@ -207,8 +216,7 @@ def finetune_one(job: FinetuneJob, mode: str, train, test, accelerator, run_path
     if job.finetune.eval_before:
         acc_before = accuracy(predict(trainable.to(device), test, job.train.eval_batch_size, device,
                                       accelerator=accelerator), test.labels)
-    run = open_run(run_path, job.run, accelerator)
-    with run:
+    with open_run(run_path, job.run, accelerator) as run:
         config = to_dict(job)
         extra = {}
         if accelerator.is_main_process:
@@ -224,23 +232,20 @@ def finetune_one(job: FinetuneJob, mode: str, train, test, accelerator, run_path
             if acc_before is not None:
                 lines.append(f"  test accuracy before training {100 * acc_before:.2f}%")
             print("\n".join(lines))
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        else:
-            reset_peak_rss()
-        task = SupervisedTask(trainable, job.train.label_smoothing, job.train.channels_last)
+        reset_peak_memory(device)
+        task = SupervisedTask(trainable, job.train.label_smoothing, job.train.channels_last,
+                              frozen_modules(trainable, mode, job.finetune))
         result = fit(task, trainable, train, test, job.train, run, accelerator, config)
         metrics = {}
         if accelerator.is_main_process:
-            peak = _peak_memory(device)
+            peak, peak_kind = peak_memory(device)
             if mode == "lora":
                 trainable.save_pretrained(str(run.path / "adapter"))
             plain = merged(trainable)
             metrics = write_outputs(run, plain, result, test, {
                 "data": job.data.source, "env": environment(accelerator), "mode": mode,
                 "parameters_before": before, "parameters_after": after, "test_acc_before": acc_before,
-                "peak_memory_bytes": peak, "peak_memory_kind": "cuda allocated" if device.type == "cuda"
-                else "process peak RSS", **extra})
+                "peak_memory_bytes": peak, "peak_memory_kind": peak_kind, **extra})
             print(f"{mode}: test accuracy {100 * metrics['test_acc']:.2f}% after {job.train.epochs} epochs "
                   f"({metrics['train_seconds']:.0f} s) | results in {run.path}")
         accelerator.wait_for_everyone()
@@ -249,21 +254,19 @@ def finetune_one(job: FinetuneJob, mode: str, train, test, accelerator, run_path
 
 def finetune_job(job: FinetuneJob) -> dict:
     """`fm2edge finetune`: each mode in RUN/<mode>, then a comparison table, JSON and plot in RUN."""
-    from fm2edge.data import load_data
     from fm2edge.report import plots
     from fm2edge.report.write import save_figure
+    from fm2edge.results import slug, start_stage
     from fm2edge.runs import atomic_write_json
-    from fm2edge.train import make_accelerator, slug
 
-    accelerator = make_accelerator(job.train.device, job.train.precision)
-    with accelerator.main_process_first():
-        train, test = load_data(job.data)
+    session = start_stage(job.data, job.train.device, job.train.precision)
+    accelerator = session.accelerator
     root = Path(job.run.root) / (job.run.name or slug(f"finetune-{job.model.name}"))
     if root.exists() and not (job.run.resume or job.run.overwrite) and any(
             (root / m).exists() for m in job.finetune.modes):
         raise Fm2EdgeError(f"run folder '{root}' already exists; pass --run.resume true to continue it or "
                            f"--run.overwrite true to replace it")
-    results = {mode: finetune_one(job, mode, train, test, accelerator, root / mode) for mode in job.finetune.modes}
+    results = {mode: finetune_one(job, mode, session, root / mode) for mode in job.finetune.modes}
     if not accelerator.is_main_process:
         return {}
     rows = [{"mode": m, "test_acc": r["test_acc"], "test_acc_before": r.get("test_acc_before"),

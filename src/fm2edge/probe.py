@@ -12,15 +12,15 @@ import io
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fm2edge.config import DataConfig, ModelConfig, RunConfig, _check
+from fm2edge.config import DataConfig, ModelConfig, RunConfig, check
 from fm2edge.features import EmbedConfig, EmbedJob, Features, embed_data, load_backbone
+from fm2edge.report.metrics import accuracy
 
 Method = Literal["logreg", "knn", "linear"]
 
@@ -135,10 +135,6 @@ def probe_scores(method: str, train: Features, test_x: np.ndarray, cfg: ProbeCon
     return knn_predict(x, y, test_x, c, cfg.knn_k, cfg.knn_temperature), None
 
 
-def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
-    return float((np.asarray(scores).argmax(1) == np.asarray(labels)).mean())
-
-
 # ---------------------------------------------------------------- the `fm2edge probe` stage
 
 
@@ -176,14 +172,14 @@ class ProbeConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(bool(self.methods), "probe.methods must name at least one probe")
-        _check(self.teacher in self.methods and self.teacher != "knn",
-               f"probe.teacher must be 'logreg' or 'linear' and one of probe.methods, got {self.teacher}")
-        _check(all(c > 0 for c in self.cs) and self.cs, "probe.cs must be positive numbers")
-        _check(self.cv_folds >= 2, f"probe.cv_folds must be at least 2, got {self.cv_folds}")
-        _check(self.knn_k >= 1, f"probe.knn_k must be at least 1, got {self.knn_k}")
-        _check(all(n >= 1 for n in self.label_counts), "probe.label_counts must be positive")
-        _check(set(self.poolings) <= {"cls", "mean", "both"}, "probe.poolings: choose from cls, mean, both")
+        check(bool(self.methods), "probe.methods must name at least one probe")
+        check(self.teacher in self.methods and self.teacher != "knn",
+              f"probe.teacher must be 'logreg' or 'linear' and one of probe.methods, got {self.teacher}")
+        check(all(c > 0 for c in self.cs) and self.cs, "probe.cs must be positive numbers")
+        check(self.cv_folds >= 2, f"probe.cv_folds must be at least 2, got {self.cv_folds}")
+        check(self.knn_k >= 1, f"probe.knn_k must be at least 1, got {self.knn_k}")
+        check(all(n >= 1 for n in self.label_counts), "probe.label_counts must be positive")
+        check(set(self.poolings) <= {"cls", "mean", "both"}, "probe.poolings: choose from cls, mean, both")
 
 
 @dataclass
@@ -197,7 +193,60 @@ class ProbeJob:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-def label_efficiency(job: ProbeJob, feats: dict[str, Features], run, train_data) -> dict:
+def fit_probes(job: ProbeJob, train: Features, test: Features) -> tuple[dict, LinearHead, np.ndarray]:
+    """Every probe of ``probe.methods`` fitted on the training features: ({method: row}, the teacher probe's head,
+    its test scores)."""
+    test_x = np.asarray(test.features)
+    rows, teacher = {}, None
+    for method in job.probe.methods:
+        t0 = time.perf_counter()
+        scores, head = probe_scores(method, train, test_x, job.probe)
+        if head is not None:
+            train_scores = head.predict_logits(np.asarray(train.features))
+        else:
+            train_scores = knn_predict(train.features, train.labels, train.features, len(train.class_names),
+                                       job.probe.knn_k + 1, job.probe.knn_temperature)
+        rows[method] = {"train_acc": accuracy(train_scores, train.labels), "test_acc": accuracy(scores, test.labels),
+                        "seconds": time.perf_counter() - t0, **(head.info if head is not None else
+                                                                {"k": job.probe.knn_k})}
+        print(f"{method:>7}: train {100 * rows[method]['train_acc']:.2f}%  test {100 * rows[method]['test_acc']:.2f}%"
+              f"  ({rows[method]['seconds']:.1f} s)")
+        if method == job.probe.teacher:
+            teacher = (head, scores)
+    return rows, teacher[0], teacher[1]
+
+
+def save_teacher(job: ProbeJob, run, head: LinearHead, test: Features, test_scores: np.ndarray) -> None:
+    """Backbone + fitted head as a classifier that later stages (distillation) load as a teacher."""
+    from fm2edge.models.io import save_classifier
+
+    model = load_backbone(job.model, job.embed, len(test.class_names))
+    model.head.weight.data = torch.as_tensor(head.weight)
+    model.head.bias.data = torch.as_tensor(head.bias)
+    save_classifier(model, run.path)
+    run.write_predictions(test_scores, test.labels, test.class_names)
+
+
+def pooling_study(job: ProbeJob, session, run) -> dict:
+    """Logistic-regression test accuracy for each pooling of ``probe.poolings``, with a bar plot."""
+    from fm2edge.report import plots
+    from fm2edge.report.write import save_figure
+
+    out = {}
+    for pooling in job.probe.poolings:
+        cfg = dataclasses.replace(job.embed, pooling=pooling, splits=["train", "test"])
+        pf = embed_data(EmbedJob(data=job.data, model=job.model, embed=cfg), session.train, session.test,
+                        session.accelerator)
+        scores, _ = probe_scores("logreg", pf["train"], np.asarray(pf["test"].features), job.probe)
+        out[pooling] = {"test_acc": accuracy(scores, pf["test"].labels), "dim": pf["train"].meta["dim"]}
+        print(f"pooling {pooling:>4}: {100 * out[pooling]['test_acc']:.2f}% ({pf['train'].meta['dim']} dims)")
+    fig = plots.bars({k: 100 * v["test_acc"] for k, v in out.items()}, "pooling", "test accuracy (%)",
+                     f"{job.model.name}: pooling vs linear-probe accuracy")
+    save_figure(fig, run.file("plots", "pooling.png"))
+    return out
+
+
+def label_efficiency(job: ProbeJob, feats: dict[str, Features], run) -> dict:
     """Test accuracy against labelled images per class, for the probe and for a CNN trained from scratch."""
     from fm2edge.config import TrainConfig, TrainJob
     from fm2edge.data import balanced_indices
@@ -237,73 +286,40 @@ def _quiet(fn, *args):
         return fn(*args)
 
 
-def probe_job(job: ProbeJob) -> dict:
-    from fm2edge.config import to_dict
-    from fm2edge.data import load_data
-    from fm2edge.models.io import save_classifier
+def label_efficiency_study(job: ProbeJob, feats: dict[str, Features], run) -> dict:
+    """The label-efficiency curves with their plot."""
     from fm2edge.report import plots
     from fm2edge.report.write import save_figure
-    from fm2edge.train import make_accelerator, open_run, slug
 
-    accelerator = make_accelerator(job.embed.device, "fp32")
-    train_data, test_data = load_data(job.data)
-    run = open_run(Path(job.run.root) / (job.run.name or slug(f"probe-{job.model.name}")), job.run, accelerator)
-    with run:
+    print("label efficiency (test accuracy):")
+    result = label_efficiency(job, feats, run)
+    curves = {("linear probe on " + job.model.name if k == "probe" else f"{job.probe.scratch_model} from scratch"):
+              {int(n): 100 * a for n, a in v.items()} for k, v in result.items()}
+    save_figure(plots.label_efficiency(curves, "Which needs more labels?"), run.file("plots", "label_efficiency.png"))
+    return result
+
+
+def probe_job(job: ProbeJob) -> dict:
+    """`fm2edge probe`: features, the probes, the teacher they make, then the optional studies."""
+    from fm2edge.config import to_dict
+    from fm2edge.results import slug, start_stage
+
+    session = start_stage(job.data, job.embed.device, "fp32")
+    with session.open(job.run, slug(f"probe-{job.model.name}")) as run:
         run.write_config(to_dict(job))
-        embed_job_cfg = EmbedJob(data=job.data, model=job.model, embed=job.embed, run=job.run)
-        feats = embed_data(embed_job_cfg, train_data, test_data, accelerator)
+        feats = embed_data(EmbedJob(data=job.data, model=job.model, embed=job.embed, run=job.run), session.train,
+                           session.test, session.accelerator)
         train, test = feats["train"], feats["test"]
-        test_x = np.asarray(test.features)
         results: dict = {"model": job.model.name, "pretrained": job.model.pretrained, "data": job.data.source,
                          "n_train": len(train.labels), "n_test": len(test.labels), "dim": train.meta["dim"],
-                         "pooling": job.embed.pooling, "embed_images_per_s": train.meta["images_per_s"],
-                         "probes": {}}
-        teacher_head = None
-        for method in job.probe.methods:
-            t0 = time.perf_counter()
-            scores, head = probe_scores(method, train, test_x, job.probe)
-            train_scores = (head.predict_logits(np.asarray(train.features)) if head is not None else
-                            knn_predict(train.features, train.labels, train.features, len(train.class_names),
-                                        job.probe.knn_k + 1, job.probe.knn_temperature))
-            row = {"train_acc": accuracy(train_scores, train.labels), "test_acc": accuracy(scores, test.labels),
-                   "seconds": time.perf_counter() - t0, **(head.info if head is not None else
-                                                           {"k": job.probe.knn_k})}
-            results["probes"][method] = row
-            print(f"{method:>7}: train {100 * row['train_acc']:.2f}%  test {100 * row['test_acc']:.2f}%"
-                  f"  ({row['seconds']:.1f} s)")
-            if method == job.probe.teacher:
-                teacher_head, teacher_scores = head, scores
-
-        # backbone + fitted head = a classifier later stages can use as a teacher
-        model = load_backbone(job.model, job.embed, len(train.class_names))
-        model.head.weight.data = torch.as_tensor(teacher_head.weight)
-        model.head.bias.data = torch.as_tensor(teacher_head.bias)
-        save_classifier(model, run.path)
-        run.write_predictions(teacher_scores, test.labels, test.class_names)
+                         "pooling": job.embed.pooling, "embed_images_per_s": train.meta["images_per_s"]}
+        results["probes"], head, test_scores = fit_probes(job, train, test)
+        save_teacher(job, run, head, test, test_scores)
         results["test_acc"] = results["probes"][job.probe.teacher]["test_acc"]
-
         if job.probe.poolings:
-            results["pooling"] = {}
-            for pooling in job.probe.poolings:
-                cfg = dataclasses.replace(job.embed, pooling=pooling, splits=["train", "test"])
-                pf = embed_data(EmbedJob(data=job.data, model=job.model, embed=cfg), train_data, test_data,
-                                accelerator)
-                scores, _ = probe_scores("logreg", pf["train"], np.asarray(pf["test"].features), job.probe)
-                results["pooling"][pooling] = {"test_acc": accuracy(scores, pf["test"].labels),
-                                               "dim": pf["train"].meta["dim"]}
-                print(f"pooling {pooling:>4}: {100 * results['pooling'][pooling]['test_acc']:.2f}% "
-                      f"({pf['train'].meta['dim']} dims)")
-            fig = plots.bars({k: 100 * v["test_acc"] for k, v in results["pooling"].items()}, "pooling",
-                             "test accuracy (%)", f"{job.model.name}: pooling vs linear-probe accuracy")
-            save_figure(fig, run.file("plots", "pooling.png"))
+            results["pooling"] = pooling_study(job, session, run)
         if job.probe.label_counts:
-            print("label efficiency (test accuracy):")
-            results["label_efficiency"] = label_efficiency(job, feats, run, train_data)
-            curves = {("linear probe on " + job.model.name if k == "probe" else f"{job.probe.scratch_model} from "
-                       "scratch"): {int(n): 100 * a for n, a in v.items()} for k, v in
-                      results["label_efficiency"].items()}
-            save_figure(plots.label_efficiency(curves, "Which needs more labels?"),
-                        run.file("plots", "label_efficiency.png"))
+            results["label_efficiency"] = label_efficiency_study(job, feats, run)
         run.write_json("metrics.json", results)
         print(f"results in {run.path}")
     return results

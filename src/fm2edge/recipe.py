@@ -22,10 +22,10 @@ from typing import Any
 
 import yaml
 
-from fm2edge.config import _check
+from fm2edge.config import check
 from fm2edge.errors import Fm2EdgeError
+from fm2edge.stages import STAGES, job_from_dict
 
-NOT_STAGES = ("run", "demo", "list")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -46,7 +46,7 @@ class RunJob:
     only: str | None = None
 
     def __post_init__(self) -> None:
-        _check(bool(self.recipe), "give a recipe, e.g. fm2edge run configs/demo.yaml")
+        check(bool(self.recipe), "give a recipe, e.g. fm2edge run configs/demo.yaml")
 
 
 # ---------------------------------------------------------------- pure pieces
@@ -68,8 +68,6 @@ def load_recipe(path: str | Path) -> dict:
 
 
 def check_recipe(recipe: dict, where: str = "recipe") -> dict:
-    from fm2edge.cli import COMMANDS
-
     if not isinstance(recipe, dict) or not isinstance(recipe.get("stages"), list) or not recipe["stages"]:
         raise Fm2EdgeError(f"{where} needs a list 'stages' of {{name, command, args}}")
     unknown = set(recipe) - {"name", "root", "stages", "description"}
@@ -80,8 +78,8 @@ def check_recipe(recipe: dict, where: str = "recipe") -> dict:
         name, command = stage.get("name"), stage.get("command")
         if not isinstance(name, str) or not NAME.match(name) or name in seen:
             raise Fm2EdgeError(f"{where}: stage {i + 1} needs a unique plain name, got {name!r}")
-        if command not in COMMANDS or command in NOT_STAGES:
-            allowed = sorted(set(COMMANDS) - set(NOT_STAGES))
+        if command not in STAGES:
+            allowed = sorted(STAGES)
             raise Fm2EdgeError(f"{where}: stage '{name}' has command {command!r}; use one of {allowed}")
         extra = set(stage) - {"name", "command", "args"}
         if extra:
@@ -108,9 +106,7 @@ def place(command: str, args: dict, folder: Path, root: Path) -> dict:
     """Point the stage's outputs at its folder (run.root/run.name, or output)."""
     import dataclasses
 
-    from fm2edge.cli import COMMANDS
-
-    cls = COMMANDS[command][1]
+    cls = STAGES[command].job
     fields = {f.name for f in dataclasses.fields(cls)}
     args = copy.deepcopy(args)
     if "run" in fields:
@@ -135,7 +131,6 @@ def run_recipe(recipe: dict, root: Path, force: bool = False, only: str | None =
     """Run the recipe's stages in order into ``root``; returns {stage: result}."""
     import time
 
-    from fm2edge.cli import COMMANDS, job_from_dict
     from fm2edge.runs import atomic_write_json
 
     folders = {s["name"]: str(root / s["name"]) for s in recipe["stages"]}
@@ -156,10 +151,9 @@ def run_recipe(recipe: dict, root: Path, force: bool = False, only: str | None =
         else:
             if "run" in args:  # changed: start the folder afresh; interrupted or new: continue what is there
                 args["run"].update(overwrite=record is not None, resume=record is None)
-            fn = COMMANDS[command][0]
             print(f"\n== {name} ({command})" + (": settings changed, rerunning" if record else ""))
             t0 = time.perf_counter()
-            result = fn(job_from_dict(command, args))
+            result = STAGES[command].run(job_from_dict(command, args))
             seconds = time.perf_counter() - t0
             atomic_write_json(record_path, {"key": key, "command": command, "args": args, "seconds": seconds,
                                             "result": result})

@@ -15,13 +15,11 @@ import io
 import logging
 import math
 import pickle
-import platform
 import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,55 +29,12 @@ from fm2edge.config import TrainConfig
 from fm2edge.data import ImageData
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import Classifier
+from fm2edge.report.metrics import accuracy
+from fm2edge.results import over_seeds, slug, start_stage, write_outputs
 from fm2edge.runs import RunDir, atomic_dir, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 CHECKPOINT = re.compile(r"^epoch-(\d+)$")
-
-
-# ---------------------------------------------------------------- accelerator, device, precision
-
-
-def bf16_supported_on_cpu() -> bool:
-    """True when this CPU runs bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slow."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def make_accelerator(device: str = "auto", precision: str = "auto"):
-    """An ``accelerate.Accelerator`` for the requested device and precision (fp32 on CPU unless asked)."""
-    from accelerate import Accelerator
-
-    cuda = torch.cuda.is_available() and device != "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise Fm2EdgeError("train.device is 'cuda' but no CUDA device is available; use --train.device cpu or auto")
-    if precision == "auto":
-        mixed = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
-    elif precision == "fp32":
-        mixed = "no"
-    elif precision == "bf16" and not cuda and not bf16_supported_on_cpu():
-        log.warning("this CPU has no native bf16; training in fp32 instead")
-        mixed = "no"
-    else:
-        mixed = precision
-    from accelerate.state import AcceleratorState
-
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision", mixed) != mixed:
-        # Accelerate keeps one precision per process; a later stage of the same Python process (the demo, a
-        # notebook, a benchmark beside HF Trainer) may ask for another. The process group itself is kept.
-        AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(cpu=not cuda, mixed_precision=mixed)
-
-
-def environment(accelerator) -> dict[str, Any]:
-    dev = accelerator.device
-    cpu = f"cpu ({platform.processor() or platform.machine()})"
-    return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu,
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "processes": accelerator.num_processes,
-            "mixed_precision": accelerator.mixed_precision, "python": platform.python_version()}
 
 
 # ---------------------------------------------------------------- augmentation (on the device, batched)
@@ -109,13 +64,25 @@ def augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Ten
 
 
 class SupervisedTask(nn.Module):
-    """Cross-entropy on the labels: the lab's training from scratch (task 5)."""
+    """Cross-entropy on the labels: the lab's training from scratch (task 5).
 
-    def __init__(self, model: Classifier, label_smoothing: float = 0.0, channels_last: bool = False) -> None:
+    ``frozen`` modules (a linear probe's backbone, BatchNorm layers whose statistics must not move) stay in eval
+    mode whenever the loop switches the task to training, so their running statistics never change.
+    """
+
+    def __init__(self, model: Classifier, label_smoothing: float = 0.0, channels_last: bool = False,
+                 frozen: list[nn.Module] | None = None) -> None:
         super().__init__()
         self.model = model
         self.label_smoothing = label_smoothing
         self.channels_last = channels_last
+        self.frozen = list(frozen or [])  # a plain list: these modules are already registered inside ``model``
+
+    def train(self, mode: bool = True) -> SupervisedTask:
+        super().train(mode)
+        for module in self.frozen:
+            module.eval()
+        return self
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor,
                 index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -208,10 +175,6 @@ def predict(model: Classifier, data: ImageData, batch_size: int, device: torch.d
             logits = torch.cat([logits, logits.new_zeros(pad, logits.shape[1])])
         logits = accelerator.gather(logits)[:n]
     return logits.cpu()
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((logits.argmax(-1) == labels).float().mean()) if len(labels) else float("nan")
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -392,64 +355,6 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, test: ImageData, c
 # ---------------------------------------------------------------- the `fm2edge train` stage
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower()
-
-
-def write_outputs(run: RunDir, model: Classifier, result: FitResult, test: ImageData, extra: dict) -> dict:
-    """Final model, test predictions, metrics and learning curves of a finished training run."""
-    from fm2edge.models.io import save_classifier
-    from fm2edge.report import plots
-    from fm2edge.report.write import save_figure
-
-    save_classifier(model, run.path)
-    run.write_predictions(result.test_logits.numpy(), test.labels.numpy(), test.class_names)
-    metrics = {"history": result.history, "test_acc": accuracy(result.test_logits, test.labels),
-               "train_seconds": result.seconds, "resumed_from_epoch": result.resumed_from,
-               "parameters": sum(p.numel() for p in model.parameters()), **extra}
-    run.write_json("metrics.json", metrics)
-    save_figure(plots.learning_curves(result.history, f"{model.name} on {extra.get('data', 'data')}"),
-                run.file("plots", "learning_curves.png"))
-    return metrics
-
-
-def open_run(path: Path, cfg, accelerator) -> RunDir:
-    """The main process checks, creates and locks the run folder; the others attach once it is ready."""
-    run = None
-    if accelerator.is_main_process:
-        run = RunDir(path, resume=cfg.resume, overwrite=cfg.overwrite)
-    accelerator.wait_for_everyone()
-    return run if run is not None else RunDir(path, lock=False)
-
-
-def over_seeds(job, run_one, default_name: str) -> dict:
-    """Run ``run_one(job)`` once, or once per seed of ``job.seeds`` in RUN/seed-N with a mean / std summary."""
-    import dataclasses
-
-    import numpy as np
-
-    from fm2edge.runs import atomic_write_json
-
-    if not job.seeds:
-        return run_one(job)
-    name = job.run.name or default_name
-    per_seed = {}
-    for seed in job.seeds:
-        sub = dataclasses.replace(job, seeds=None, train=dataclasses.replace(job.train, seed=seed),
-                                  run=dataclasses.replace(job.run, root=str(Path(job.run.root) / name),
-                                                          name=f"seed-{seed}"))
-        per_seed[seed] = run_one(sub)
-    if not all(per_seed.values()):  # other processes of a distributed run hold no metrics
-        return {}
-    accs = np.array([m["test_acc"] for m in per_seed.values()])
-    summary = {"seeds": list(job.seeds), "test_acc": [float(a) for a in accs], "mean": float(accs.mean()),
-               "std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0, "runs": [f"seed-{s}" for s in job.seeds]}
-    atomic_write_json(Path(job.run.root) / name / "seeds.json", summary)
-    print(f"test accuracy over seeds {list(job.seeds)}: {100 * summary['mean']:.2f} +- {100 * summary['std']:.2f}% "
-          f"({', '.join(f'{100 * a:.2f}' for a in accs)}) | {Path(job.run.root) / name}")
-    return summary
-
-
 def train_job(job) -> dict:
     """`fm2edge train`: one run, or one per seed of ``--seeds``."""
     return over_seeds(job, train_one, slug(f"train-{job.model.name}"))
@@ -458,19 +363,14 @@ def train_job(job) -> dict:
 def train_one(job) -> dict:
     """Load data, build the model, run the loop, write the run folder. Returns the metrics."""
     from fm2edge.config import to_dict
-    from fm2edge.data import load_data
-    from fm2edge.models import create_model
+    from fm2edge.device import environment
 
-    accelerator = make_accelerator(job.train.device, job.train.precision)
-    with accelerator.main_process_first():
-        train, test = load_data(job.data)
-    torch.manual_seed(job.train.seed)
-    model = create_model(job.model, train.num_classes)
-    name = job.run.name or slug(f"train-{job.model.name}")
-    run = open_run(Path(job.run.root) / name, job.run, accelerator)
-    with run:
+    session = start_stage(job.data, job.train.device, job.train.precision)
+    train, test, accelerator = session.train, session.test, session.accelerator
+    model = session.model(job.model, job.train.seed)
+    with session.open(job.run, slug(f"train-{job.model.name}")) as run:
         config = to_dict(job)
-        if accelerator.is_main_process:
+        if session.is_main:
             run.write_config(config)
             print(f"{model.name}: {sum(p.numel() for p in model.parameters()):,} parameters, input "
                   f"{model.preprocess.size} px | data {job.data.source}: {len(train)} train / {len(test)} test images, "
@@ -478,7 +378,7 @@ def train_one(job) -> dict:
         task = SupervisedTask(model, job.train.label_smoothing, job.train.channels_last)
         result = fit(task, model, train, test, job.train, run, accelerator, config)
         metrics = {}
-        if accelerator.is_main_process:
+        if session.is_main:
             metrics = write_outputs(run, model, result, test, {"data": job.data.source, "env": environment(accelerator),
                                                                "skipped_images": train.skipped + test.skipped})
             print(f"test accuracy {100 * metrics['test_acc']:.2f}% | results in {run.path}")

@@ -9,13 +9,12 @@ label-free teacher like any other.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from fm2edge.config import DataConfig, ModelConfig, RunConfig, _check
+from fm2edge.config import DataConfig, ModelConfig, RunConfig, check
 from fm2edge.errors import Fm2EdgeError
 
 # A few of CLIP's ImageNet prompt templates (Radford et al. 2021, "prompt ensembling").
@@ -44,9 +43,9 @@ class ZeroShotConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     def __post_init__(self) -> None:
-        _check(bool(self.templates) and all("{}" in t for t in self.templates),
-               "zeroshot.templates must be non-empty and each must contain '{}'")
-        _check(self.batch_size >= 1, f"zeroshot.batch_size must be at least 1, got {self.batch_size}")
+        check(bool(self.templates) and all("{}" in t for t in self.templates),
+              "zeroshot.templates must be non-empty and each must contain '{}'")
+        check(self.batch_size >= 1, f"zeroshot.batch_size must be at least 1, got {self.batch_size}")
 
 
 @dataclass
@@ -101,29 +100,27 @@ def zeroshot_classifier(job: ZeroShotJob, class_names: list[str]):
 
 
 def zeroshot_job(job: ZeroShotJob) -> dict:
-
     from fm2edge.config import to_dict
-    from fm2edge.data import load_data
     from fm2edge.models.io import save_classifier
-    from fm2edge.report.metrics import per_class_accuracy
-    from fm2edge.train import make_accelerator, open_run, predict, slug
+    from fm2edge.report.metrics import accuracy, per_class_accuracy
+    from fm2edge.results import slug, start_stage
+    from fm2edge.train import predict
 
-    accelerator = make_accelerator(job.zeroshot.device, job.zeroshot.precision)
-    _, test = load_data(job.data)
+    session = start_stage(job.data, job.zeroshot.device, job.zeroshot.precision)
+    test = session.test
     clf, names = zeroshot_classifier(job, test.class_names)
-    clf.to(accelerator.device)
-    run = open_run(Path(job.run.root) / (job.run.name or slug(f"zeroshot-{job.model.name}")), job.run, accelerator)
-    with run:
-        logits = predict(clf, test, job.zeroshot.batch_size, accelerator.device, accelerator=accelerator,
+    clf.to(session.device)
+    with session.open(job.run, slug(f"zeroshot-{job.model.name}")) as run:
+        logits = predict(clf, test, job.zeroshot.batch_size, session.device, accelerator=session.accelerator,
                          progress=True)
         preds = logits.argmax(1).numpy()
         labels = test.labels.numpy()
-        acc = float((preds == labels).mean())
+        acc = accuracy(preds, labels)
         results = {"model": job.model.name, "data": job.data.source, "n_test": len(labels), "test_acc": acc,
                    "templates": job.zeroshot.templates, "prompt_class_names": names,
                    "per_class_acc": dict(zip(test.class_names, per_class_accuracy(preds, labels, len(names)).tolist(),
                                              strict=True))}
-        if accelerator.is_main_process:
+        if session.is_main:
             run.write_config(to_dict(job))
             save_classifier(clf, run.path)
             run.write_predictions(logits.numpy(), labels, test.class_names)

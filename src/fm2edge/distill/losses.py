@@ -51,12 +51,15 @@ class KDLoss(nn.Module):
         return torch.where(known, self.alpha * hard + (1 - self.alpha) * soft, soft).mean()
 
 
-def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the labelled rows (zero, with a gradient path, when the batch has none)."""
-    known = labels != UNLABELLED
-    if not bool(known.any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits[known].float(), labels[known])
+class MaskedCrossEntropy(nn.Module):
+    """Cross-entropy over the labelled rows (zero, with a gradient path, when the batch has none): the labels'
+    own loss beside a distillation loss."""
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        known = labels != UNLABELLED
+        if not bool(known.any()):
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits[known].float(), labels[known])
 
 
 class DKD(nn.Module):

@@ -3,13 +3,15 @@
 A :class:`DistillTask` combines a trainable student, a frozen teacher and weighted losses, and returns
 ``{"loss", "logits", <part>...}`` to the one training loop. Teacher and student each keep their own preprocessing
 (the teacher may see 224 px ImageNet-normalised inputs while the student trains at 32 px). When the student's inputs
-are deterministic (no augmentation), teacher logits and features are computed once, stored memory-mapped in the run
-folder, and reused every epoch.
+are deterministic (no augmentation), teacher logits and features are computed once, stored memory-mapped in the
+fm2edge cache (``$FM2EDGE_CACHE/teacher``, keyed by teacher weights, preprocessing and images, so seeds and loss
+variants share them), and reused every epoch.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -18,12 +20,32 @@ import numpy as np
 import torch
 from torch import nn
 
-from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, _check
-from fm2edge.distill.losses import DIST, DKD, RKD, FeatureDistillation, KDLoss, masked_cross_entropy
+from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, check
+from fm2edge.distill.losses import DIST, DKD, RKD, FeatureDistillation, KDLoss, MaskedCrossEntropy
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import Classifier
 
-LOSSES = ("kd", "dkd", "dist", "rkd", "feature", "ce")
+
+@dataclass(frozen=True)
+class LossSpec:
+    """How a loss is built from the config, student and teacher, and which tensors it compares: "logits" (student
+    and teacher logits), "logits+labels" (and the labels), "labels" (student logits and labels) or "features"
+    (student and teacher features)."""
+
+    build: Callable[..., nn.Module]
+    inputs: Literal["logits", "logits+labels", "labels", "features"]
+
+
+# The one table of distillation losses: the config check, the task's modules and its forward pass all read it.
+LOSSES: dict[str, LossSpec] = {
+    "kd": LossSpec(lambda cfg, student, teacher: KDLoss(cfg.temperature, cfg.alpha), "logits+labels"),
+    "dkd": LossSpec(lambda cfg, student, teacher: DKD(temperature=cfg.temperature), "logits+labels"),
+    "dist": LossSpec(lambda cfg, student, teacher: DIST(), "logits"),
+    "rkd": LossSpec(lambda cfg, student, teacher: RKD(), "features"),
+    "feature": LossSpec(lambda cfg, student, teacher: FeatureDistillation(student.feature_dim, teacher.feature_dim),
+                        "features"),
+    "ce": LossSpec(lambda cfg, student, teacher: MaskedCrossEntropy(), "labels"),
+}
 
 
 @dataclass
@@ -57,15 +79,15 @@ class DistillConfig:
     force: bool = False
 
     def __post_init__(self) -> None:
-        _check(bool(self.teacher), "distill.teacher is required: a run folder of a trained classifier "
+        check(bool(self.teacher), "distill.teacher is required: a run folder of a trained classifier "
                                    "(e.g. from `fm2edge probe`) or a registered model name")
         unknown = set(self.losses) - set(LOSSES)
-        _check(not unknown, f"unknown distillation losses {sorted(unknown)}; choose from {list(LOSSES)}")
-        _check(bool(self.losses) and all(w >= 0 for w in self.losses.values()),
-               "distill.losses needs at least one loss with a non-negative weight")
-        _check(self.temperature > 0, f"distill.temperature must be positive, got {self.temperature}")
-        _check(0 <= self.alpha <= 1, f"distill.alpha must be in [0, 1], got {self.alpha}")
-        _check(self.unlabeled >= -1, f"distill.unlabeled must be a count, or -1 for all, got {self.unlabeled}")
+        check(not unknown, f"unknown distillation losses {sorted(unknown)}; choose from {list(LOSSES)}")
+        check(bool(self.losses) and all(w >= 0 for w in self.losses.values()),
+              "distill.losses needs at least one loss with a non-negative weight")
+        check(self.temperature > 0, f"distill.temperature must be positive, got {self.temperature}")
+        check(0 <= self.alpha <= 1, f"distill.alpha must be in [0, 1], got {self.alpha}")
+        check(self.unlabeled >= -1, f"distill.unlabeled must be a count, or -1 for all, got {self.unlabeled}")
 
 
 @dataclass
@@ -98,21 +120,11 @@ class DistillTask(nn.Module):
         self.weights = dict(cfg.losses)
         self.channels_last = channels_last
         self.cache = cache
-        self.losses = nn.ModuleDict()
-        if "kd" in self.weights:
-            self.losses["kd"] = KDLoss(cfg.temperature, cfg.alpha)
-        if "dkd" in self.weights:
-            self.losses["dkd"] = DKD(temperature=cfg.temperature)
-        if "dist" in self.weights:
-            self.losses["dist"] = DIST()
-        if "rkd" in self.weights:
-            self.losses["rkd"] = RKD()
-        if "feature" in self.weights:
-            self.losses["feature"] = FeatureDistillation(student.feature_dim, teacher.feature_dim)
+        self.losses = nn.ModuleDict({name: LOSSES[name].build(cfg, student, teacher) for name in self.weights})
 
     @property
     def needs_features(self) -> bool:
-        return "feature" in self.weights or "rkd" in self.weights
+        return any(LOSSES[name].inputs == "features" for name in self.weights)
 
     @torch.no_grad()
     def teacher_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -135,17 +147,16 @@ class DistillTask(nn.Module):
         s_feats = self.model.features(x)
         logits = self.model.head(s_feats)
         parts: dict[str, torch.Tensor] = {}
-        for name in self.weights:
-            if name == "ce":
-                parts[name] = masked_cross_entropy(logits, labels)
-            elif name == "kd":
-                parts[name] = self.losses["kd"](logits, t_logits, labels)
-            elif name == "dkd":
-                parts[name] = self.losses["dkd"](logits, t_logits, labels)
-            elif name == "dist":
-                parts[name] = self.losses["dist"](logits, t_logits)
+        for name, loss_fn in self.losses.items():
+            inputs = LOSSES[name].inputs
+            if inputs == "features":
+                parts[name] = loss_fn(s_feats, t_feats)
+            elif inputs == "logits":
+                parts[name] = loss_fn(logits, t_logits)
+            elif inputs == "labels":
+                parts[name] = loss_fn(logits, labels)
             else:
-                parts[name] = self.losses[name](s_feats, t_feats)
+                parts[name] = loss_fn(logits, t_logits, labels)
         loss = sum(self.weights[n] * p for n, p in parts.items())
         return {"loss": loss, "logits": logits, **{f"loss_{n}": p.detach() for n, p in parts.items()}}
 
@@ -204,8 +215,8 @@ def teacher_cache_dir(job: DistillJob, teacher: Classifier, train, features: boo
 
 def teacher_cache(task: DistillTask, images: torch.Tensor, folder: Path, batch_size: int,
                   device: torch.device) -> dict[str, torch.Tensor]:
-    """Teacher logits (and features when needed) for every training image: computed once, stored as .npy in the
-    run folder, memory-mapped on reuse."""
+    """Teacher logits (and features when needed) for every training image: computed once, stored as .npy in
+    ``folder`` (see :func:`teacher_cache_dir`), memory-mapped on reuse."""
     from tqdm.auto import tqdm
 
     from fm2edge.runs import atomic_dir
@@ -242,35 +253,34 @@ def with_unlabeled(train, extra):
 
 def distill_job(job: DistillJob) -> dict:
     """`fm2edge distill`: gate the teacher, build the task, run the one loop, write the run folder (per seed)."""
-    from fm2edge.train import over_seeds, slug
+    from fm2edge.results import over_seeds, slug
 
     return over_seeds(job, distill_one, slug(f"distill-{job.model.name}"))
 
 
 def distill_one(job: DistillJob) -> dict:
     from fm2edge.config import to_dict
-    from fm2edge.data import load_data, load_unlabeled
-    from fm2edge.models import create_model
-    from fm2edge.train import environment, fit, make_accelerator, open_run, predict, slug, write_outputs
+    from fm2edge.data import load_unlabeled
+    from fm2edge.device import environment
+    from fm2edge.report.metrics import accuracy
+    from fm2edge.results import slug, start_stage, write_outputs
+    from fm2edge.train import fit, predict
 
-    accelerator = make_accelerator(job.train.device, job.train.precision)
-    with accelerator.main_process_first():
-        train, test = load_data(job.data)
-        if job.distill.unlabeled:
+    session = start_stage(job.data, job.train.device, job.train.precision)
+    train, test, accelerator = session.train, session.test, session.accelerator
+    if job.distill.unlabeled:
+        with accelerator.main_process_first():
             train = with_unlabeled(train, load_unlabeled(job.data, None if job.distill.unlabeled < 0
                                                          else job.distill.unlabeled))
     torch.manual_seed(job.train.seed)  # a registered teacher gets a fresh head: its gate verdict must be reproducible
     teacher = load_teacher(job.distill, train.num_classes).to(accelerator.device)
     t_logits = predict(teacher, test, job.train.eval_batch_size, accelerator.device, accelerator=accelerator)
-    teacher_acc = float((t_logits.argmax(1) == test.labels).float().mean())
+    teacher_acc = accuracy(t_logits, test.labels)
     if accelerator.is_main_process:
         print(f"teacher {teacher.name}: {100 * teacher_acc:.2f}% on the test split")
     quality_gate(teacher_acc, train.num_classes, job.distill, teacher.name)
-    torch.manual_seed(job.train.seed)
-    student = create_model(job.model, train.num_classes)
-    name = job.run.name or slug(f"distill-{job.model.name}")
-    run = open_run(Path(job.run.root) / name, job.run, accelerator)
-    with run:
+    student = session.model(job.model, job.train.seed)
+    with session.open(job.run, slug(f"distill-{job.model.name}")) as run:
         config = to_dict(job)
         task = DistillTask(student, teacher, job.distill, job.train.channels_last)
         cache_dir = None
@@ -290,7 +300,7 @@ def distill_one(job: DistillJob) -> dict:
         result = fit(task, student, train, test, job.train, run, accelerator, config)
         metrics = {}
         if accelerator.is_main_process:
-            agree = float((result.test_logits.argmax(1) == t_logits.argmax(1)).float().mean())
+            agree = accuracy(result.test_logits.argmax(1), t_logits.argmax(1))
             metrics = write_outputs(run, student, result, test, {
                 "data": job.data.source, "env": environment(accelerator), "teacher": teacher.name,
                 "teacher_test_acc": teacher_acc, "teacher_parameters": sum(p.numel() for p in teacher.parameters()),

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from fm2edge.config import ModelConfig
 from fm2edge.errors import Fm2EdgeError
+from fm2edge.models.classifier import Classifier
 from fm2edge.models.preprocess import Preprocess
-from fm2edge.models.registry import Classifier, create_model
+from fm2edge.models.registry import create_model
 from fm2edge.runs import atomic_write_text
 
 

@@ -11,8 +11,9 @@ from torch import nn
 
 from fm2edge.config import ModelConfig
 from fm2edge.errors import Fm2EdgeError, HubUnreachableError, is_offline_error
+from fm2edge.models.classifier import Classifier
 from fm2edge.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from fm2edge.models.registry import Classifier, register
+from fm2edge.models.registry import register
 
 PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
@@ -115,38 +116,71 @@ def timm_model(rest: str, cfg: ModelConfig, num_classes: int) -> Classifier:
 class HFBackbone(nn.Module):
     """A transformers vision model returning pooled features.
 
-    ``pooling``: "cls" (the class token), "mean" (mean of patch tokens, register tokens excluded) or "both"
-    (their concatenation, DINOv2's linear-evaluation input). Convolutional models use their pooler output.
+    ``pooling`` on token models: "cls" is the class token (DINOv2, ViT, CLIP) or, for SigLIP, whose vision tower
+    has no class token, its attention-pooling head (the model's own ``pooler_output``); "mean" is the mean of the
+    patch tokens (register tokens excluded; every token for SigLIP); "both" concatenates the two (DINOv2's
+    linear-evaluation input). ``last_n`` > 1 pools each of the last n blocks, each through the final norm.
+    Convolutional models (ResNet, ConvNeXt) have one pooling, their own global pool: "cls" with last_n 1.
     """
 
-    def __init__(self, model: nn.Module, pooling: str = "cls", last_n: int = 1) -> None:
+    def __init__(self, model: nn.Module, input_size: int, pooling: str = "cls", last_n: int = 1) -> None:
         super().__init__()
         self.model = model
         timm_net = getattr(model, "timm_model", None)  # transformers' timm wrapper (the lab's LoRA model)
-        self.num_prefix = int(getattr(timm_net, "num_prefix_tokens", 1)) if timm_net is not None else \
-            1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
+        self.tokenless = str(getattr(model.config, "model_type", "")).startswith("siglip")
+        if timm_net is not None:
+            self.num_prefix = int(getattr(timm_net, "num_prefix_tokens", 1))
+        elif self.tokenless:
+            self.num_prefix = 0
+        else:
+            self.num_prefix = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
+        # one forward pass tells the layout (tokens or a feature map) and the width
+        with torch.no_grad():
+            was = model.training
+            out = model.eval()(pixel_values=torch.zeros(1, getattr(model.config, "num_channels", 3), input_size,
+                                                         input_size))
+            model.train(was)
+        self.convolutional = out.last_hidden_state.ndim == 4
+        self.width = int(out.pooler_output.flatten(1).shape[1] if self.convolutional else
+                         out.last_hidden_state.shape[-1])
+        self.pooling, self.last_n = "cls", 1
         self.set_pooling(pooling, last_n)
 
     def set_pooling(self, pooling: str, last_n: int = 1) -> None:
         if pooling not in ("cls", "mean", "both"):
             raise Fm2EdgeError(f"unknown pooling '{pooling}'; use cls, mean or both")
+        name = type(self.model).__name__
+        if self.convolutional and (pooling != "cls" or last_n != 1):
+            raise Fm2EdgeError(f"{name} is convolutional: its features are its own global pool, so pooling "
+                               f"'{pooling}' with last_n={last_n} does not apply; use --embed.pooling cls "
+                               f"--embed.last_n 1")
+        if self.tokenless and pooling != "mean" and not getattr(self.model, "use_head", False):
+            raise Fm2EdgeError(f"{name} has no class token and no pooling head; use --embed.pooling mean")
         self.pooling, self.last_n = pooling, last_n
 
     @property
     def options(self) -> dict:
         return {"pooling": self.pooling, "last_n": self.last_n}
 
+    @property
+    def out_dim(self) -> int:
+        """Width of the pooled features for the current pooling."""
+        if self.convolutional:
+            return self.width
+        return self.width * (2 if self.pooling == "both" else 1) * self.last_n
+
     def _pool(self, hidden: torch.Tensor) -> torch.Tensor:
-        cls = hidden[:, 0]
-        if self.pooling == "cls":
-            return cls
-        mean = hidden[:, self.num_prefix:].mean(dim=1)
-        return mean if self.pooling == "mean" else torch.cat([cls, mean], dim=-1)
+        parts = []
+        if self.pooling in ("cls", "both"):
+            parts.append(self.model.head(hidden) if self.tokenless else hidden[:, 0])
+        if self.pooling in ("mean", "both"):
+            parts.append(hidden[:, self.num_prefix:].mean(dim=1))
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.last_n == 1:
             out = self.model(pixel_values=x)
-            if out.last_hidden_state.ndim == 4:  # CNNs (ResNet, ConvNeXt): (N, C, H, W) -> pooler output
+            if self.convolutional:
                 return out.pooler_output.flatten(1)
             return self._pool(out.last_hidden_state)
         out = self.model(pixel_values=x, output_hidden_states=True)
@@ -205,25 +239,10 @@ def load_hf_backbone(name: str, pooling: str = "cls") -> tuple[HFBackbone, int, 
     model = _auto_model(name, "hf")
     if hasattr(model, "vision_model") and hasattr(model, "text_model"):  # CLIP/SigLIP: keep the image tower
         model = model.vision_model
-    config = model.config
-    backbone = HFBackbone(model, pooling)
     # a timm model inside transformers' wrapper keeps timm's own data config (what its image processor applies)
-    pre = _timm_preprocess(model.timm_model) if hasattr(model, "timm_model") else _hf_preprocess(name, config)
-    return backbone, _probe_dim(backbone, config), pre
-
-
-def _probe_dim(backbone: nn.Module, config) -> int:
-    timm_net = getattr(backbone.model, "timm_model", None)
-    if timm_net is not None:
-        size = _timm_preprocess(timm_net).size
-    else:
-        size = getattr(config, "image_size", 224)
-        size = size if isinstance(size, int) else size[0]
-    with torch.no_grad():
-        was = backbone.training
-        out = backbone.eval()(torch.zeros(1, getattr(config, "num_channels", 3), size, size))
-        backbone.train(was)
-    return int(out.shape[-1])
+    pre = _timm_preprocess(model.timm_model) if hasattr(model, "timm_model") else _hf_preprocess(name, model.config)
+    backbone = HFBackbone(model, pre.size, pooling)
+    return backbone, backbone.out_dim, pre
 
 
 @register("hf:", "a transformers vision model by hub id or local folder, e.g. hf:facebook/dinov2-small", "source")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 from fm2edge.config import ModelConfig
+from fm2edge.models.classifier import Classifier
 from fm2edge.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from fm2edge.models.registry import Classifier, register
+from fm2edge.models.registry import register
 
 NATIVE = Preprocess(size=32, crop_pct=1.0, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear")
 

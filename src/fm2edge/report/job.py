@@ -358,7 +358,7 @@ def render_markdown(title: str, acc: list[dict], mistakes: list[dict]) -> str:
 
 
 def report_job(job: ReportJob) -> dict:
-    from fm2edge.runs import atomic_write_text
+    from fm2edge.report.write import write_report
 
     runs, extra_files = collect(job.runs)
     seeds = {p.parent: json.loads(p.read_text()) for p in extra_files if p.name == "seeds.json"}
@@ -379,9 +379,9 @@ def report_job(job: ReportJob) -> dict:
             run_plots.append((f"{Path(folder).name}: {p.stem}", p.read_bytes()))
     out = Path(job.output) if job.output else Path(job.runs[0])
     page = render_html(job.title, acc, mistakes, groups, figures, run_plots, extras, runs)
-    atomic_write_text(out / "report.html", page)
-    atomic_write_text(out / "report.md", render_markdown(job.title, acc, mistakes))
-    print(render_markdown(job.title, acc, mistakes))
+    markdown = render_markdown(job.title, acc, mistakes)
+    write_report(out, page, markdown)
+    print(markdown)
     print(f"report: {(out / 'report.html').resolve()} ({len(page) / 1e6:.1f} MB, {len(figures) + len(run_plots)} "
           f"images) and report.md")
     return {"accuracy": acc, "mistakes": mistakes, "html": str(out / "report.html")}

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def accuracy(preds: np.ndarray, labels: np.ndarray) -> float:
+def accuracy(preds, labels) -> float:
+    """Share of correct predictions: the one definition every stage, the report and the benchmarks use.
+
+    ``preds`` is either class indices (N,) or class scores / logits (N, C), whose argmax is taken; NumPy arrays
+    and CPU tensors both work. NaN for an empty set."""
     preds, labels = np.asarray(preds), np.asarray(labels)
+    if preds.ndim == 2:
+        preds = preds.argmax(1)
     return float((preds == labels).mean()) if len(labels) else float("nan")
 
 

@@ -1,0 +1,92 @@
+"""Where a stage runs: the Accelerate set-up, precision, and the device facts written next to every figure.
+
+Everything that differs between a CPU and a CUDA device lives here (bf16 support, autocast dtype, peak memory), so
+stages ask one question and the CPU path that CI runs is the same code as the GPU path.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from typing import Any
+
+import torch
+
+from fm2edge.errors import Fm2EdgeError
+
+log = logging.getLogger(__name__)
+
+
+def bf16_supported_on_cpu() -> bool:
+    """True when this CPU runs bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def make_accelerator(device: str = "auto", precision: str = "auto"):
+    """An ``accelerate.Accelerator`` for the requested device and precision (fp32 on CPU unless asked)."""
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available() and device != "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise Fm2EdgeError("the device is 'cuda' but no CUDA device is available; use --train.device cpu or auto")
+    if precision == "auto":
+        mixed = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    elif precision == "fp32":
+        mixed = "no"
+    elif precision == "bf16" and not cuda and not bf16_supported_on_cpu():
+        log.warning("this CPU has no native bf16; training in fp32 instead")
+        mixed = "no"
+    else:
+        mixed = precision
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed) != mixed:
+        # Accelerate keeps one precision per process; a later stage of the same Python process (the demo, a
+        # notebook, a benchmark beside HF Trainer) may ask for another. The process group itself is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(cpu=not cuda, mixed_precision=mixed)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` for inference (None means fp32)."""
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16
+    if precision == "bf16":
+        if bf16_supported_on_cpu():
+            return torch.bfloat16
+        log.warning("this CPU has no native bf16; running in fp32 instead")
+    return None
+
+
+def environment(accelerator) -> dict[str, Any]:
+    """Device, versions and parallelism, written into every metrics file."""
+    dev = accelerator.device
+    cpu = f"cpu ({platform.processor() or platform.machine()})"
+    return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu,
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision, "python": platform.python_version()}
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window: CUDA's allocator statistics on a GPU, the process's peak RSS on a CPU."""
+    from fm2edge.timing import reset_peak_rss
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        reset_peak_rss()
+
+
+def peak_memory(device: torch.device) -> tuple[int | None, str]:
+    """(bytes, what they measure) since :func:`reset_peak_memory`."""
+    from fm2edge.timing import peak_rss
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "cuda allocated"
+    return peak_rss(), "process peak RSS"

@@ -1,0 +1,118 @@
+"""What every stage does around its own work: start (device, data, run folder) and finish (model, predictions,
+metrics, plots), once or once per seed.
+
+A stage reads as ``session = start_stage(...)``, ``run = session.open(...)``, its own steps, then ``write_outputs``;
+``over_seeds`` repeats a whole stage per seed and summarises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fm2edge.config import DataConfig, ModelConfig, RunConfig
+from fm2edge.data import ImageData
+from fm2edge.models import Classifier
+from fm2edge.runs import RunDir, atomic_write_json
+
+
+def slug(text: str) -> str:
+    """A folder name from a model name: ``distill-student:small_cnn`` -> ``distill-student-small_cnn``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower()
+
+
+def open_run(path: Path, cfg: RunConfig, accelerator) -> RunDir:
+    """The main process checks, creates and locks the run folder; the others attach once it is ready."""
+    run = None
+    if accelerator.is_main_process:
+        run = RunDir(path, resume=cfg.resume, overwrite=cfg.overwrite)
+    accelerator.wait_for_everyone()
+    return run if run is not None else RunDir(path, lock=False)
+
+
+@dataclass
+class Session:
+    """A stage's start: the accelerator and the data (loaded by the main process first, so one process decodes
+    and the others read its cache)."""
+
+    accelerator: Any
+    train: ImageData
+    test: ImageData
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def open(self, run: RunConfig, default_name: str) -> RunDir:
+        """The stage's run folder, ``run.root/run.name`` (or the default name)."""
+        return open_run(Path(run.root) / (run.name or default_name), run, self.accelerator)
+
+    def model(self, cfg: ModelConfig, seed: int) -> Classifier:
+        """A fresh model for this data's classes, its random weights drawn from ``seed``."""
+        from fm2edge.models import create_model
+
+        torch.manual_seed(seed)
+        return create_model(cfg, self.train.num_classes)
+
+
+def start_stage(data: DataConfig, device: str = "auto", precision: str = "auto") -> Session:
+    """Accelerator for ``device`` / ``precision`` and the data of ``data``: the one start-up of every stage."""
+    from fm2edge.data import load_data
+    from fm2edge.device import make_accelerator
+
+    accelerator = make_accelerator(device, precision)
+    with accelerator.main_process_first():
+        train, test = load_data(data)
+    return Session(accelerator, train, test)
+
+
+def write_outputs(run: RunDir, model: Classifier, result: Any, test: ImageData, extra: dict) -> dict:
+    """Final model, test predictions, metrics and learning curves of a finished training run (``result``: the
+    training loop's ``FitResult``)."""
+    from fm2edge.models.io import save_classifier
+    from fm2edge.report import plots
+    from fm2edge.report.metrics import accuracy
+    from fm2edge.report.write import save_figure
+
+    save_classifier(model, run.path)
+    run.write_predictions(result.test_logits.numpy(), test.labels.numpy(), test.class_names)
+    metrics = {"history": result.history, "test_acc": accuracy(result.test_logits, test.labels),
+               "train_seconds": result.seconds, "resumed_from_epoch": result.resumed_from,
+               "parameters": sum(p.numel() for p in model.parameters()), **extra}
+    run.write_json("metrics.json", metrics)
+    save_figure(plots.learning_curves(result.history, f"{model.name} on {extra.get('data', 'data')}"),
+                run.file("plots", "learning_curves.png"))
+    return metrics
+
+
+def over_seeds(job, run_one, default_name: str) -> dict:
+    """Run ``run_one(job)`` once, or once per seed of ``job.seeds`` in RUN/seed-N with a mean / std summary."""
+    import numpy as np
+
+    if not job.seeds:
+        return run_one(job)
+    name = job.run.name or default_name
+    per_seed = {}
+    for seed in job.seeds:
+        sub = dataclasses.replace(job, seeds=None, train=dataclasses.replace(job.train, seed=seed),
+                                  run=dataclasses.replace(job.run, root=str(Path(job.run.root) / name),
+                                                          name=f"seed-{seed}"))
+        per_seed[seed] = run_one(sub)
+    if not all(per_seed.values()):  # other processes of a distributed run hold no metrics
+        return {}
+    accs = np.array([m["test_acc"] for m in per_seed.values()])
+    summary = {"seeds": list(job.seeds), "test_acc": [float(a) for a in accs], "mean": float(accs.mean()),
+               "std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0, "runs": [f"seed-{s}" for s in job.seeds]}
+    atomic_write_json(Path(job.run.root) / name / "seeds.json", summary)
+    print(f"test accuracy over seeds {list(job.seeds)}: {100 * summary['mean']:.2f} +- {100 * summary['std']:.2f}% "
+          f"({', '.join(f'{100 * a:.2f}' for a in accs)}) | {Path(job.run.root) / name}")
+    return summary
