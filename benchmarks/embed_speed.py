@@ -39,7 +39,7 @@ def images(n: int) -> torch.Tensor:
         from fm2edge.config import DataConfig
         from fm2edge.data import load_data
 
-        _, test = load_data(DataConfig(source=str(SHARED_CIFAR10), max_train=10, max_test=n))
+        _, _, test = load_data(DataConfig(source=str(SHARED_CIFAR10), max_train=10, max_test=n))
         return test.images.clone()
     return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 

@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--max-test", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=64)
     args = ap.parse_args()
-    train, test = load_data(DataConfig(source=args.data, max_train=args.max_train, max_test=args.max_test))
+    train, _, test = load_data(DataConfig(source=args.data, max_train=args.max_train, max_test=args.max_test))
     model = backbone(args.model, train.num_classes).eval()
     cpu = torch.device("cpu")
     runner = onnx_runner(model, EmbedConfig(backend="onnx_int8", cache_dir=tempfile.mkdtemp()))

@@ -17,18 +17,20 @@ from fm2edge.errors import Fm2EdgeError
 
 
 def test_digits_source_is_offline_and_held_out():
-    train, test = load_data(DataConfig(source="digits"))
+    train, val, test = load_data(DataConfig(source="digits"))
     assert train.images.dtype == torch.uint8 and train.images.shape[1:] == (3, 8, 8)
-    assert len(train) + len(test) == 1797
+    assert len(train) + len(val) + len(test) == 1797
+    assert (len(val), len(test)) == (135, 450)  # 10% of the 1,347 non-test images; 25% of all
     assert train.class_names == [str(i) for i in range(10)]
-    # stratified hold-out: every class in both splits
-    assert set(train.labels.tolist()) == set(test.labels.tolist()) == set(range(10))
+    # stratified hold-outs: every class in every split
+    assert set(train.labels.tolist()) == set(val.labels.tolist()) == set(test.labels.tolist()) == set(range(10))
 
 
 def test_parquet_folder_in_hub_schema(parquet_dir):
-    train, test = load_data(DataConfig(source=str(parquet_dir)))
-    assert (len(train), len(test)) == (64, 32)
+    train, val, test = load_data(DataConfig(source=str(parquet_dir)))
+    assert (len(train), len(val), len(test)) == (57, 7, 32)  # validation: 10% of 64, rounded up
     assert train.class_names == CLASSES
+    train, _, _ = load_data(DataConfig(source=str(parquet_dir), val_fraction=0))
     assert train.images.shape == (64, 3, 16, 16)
     # pixel values survive the round trip (PNG is lossless)
     imgs, labels = coloured_images(64, 16, seed=0)
@@ -37,35 +39,38 @@ def test_parquet_folder_in_hub_schema(parquet_dir):
 
 
 def test_single_parquet_file_is_the_train_split(parquet_dir):
-    train, test = load_data(DataConfig(source=str(parquet_dir / "train.parquet"), test_fraction=0.25))
-    assert len(train) == 48 and len(test) == 16
+    train, val, test = load_data(DataConfig(source=str(parquet_dir / "train.parquet"), test_fraction=0.25))
+    assert (len(train), len(val), len(test)) == (43, 5, 16)
 
 
 def test_arrow_folder_with_named_columns(arrow_dir):
-    train, test = load_data(DataConfig(source=str(arrow_dir)))  # columns detected from the Image/ClassLabel types
-    assert (len(train), len(test)) == (40, 20)
-    train2, _ = load_data(DataConfig(source=str(arrow_dir), image_column="picture", label_column="category"))
+    train, val, test = load_data(DataConfig(source=str(arrow_dir)))  # columns detected from the Image/ClassLabel types
+    assert (len(train), len(val), len(test)) == (36, 4, 20)
+    train2, _, _ = load_data(DataConfig(source=str(arrow_dir), image_column="picture", label_column="category"))
     assert torch.equal(train.images, train2.images)
 
 
 def test_image_folder_mixed_modes_and_sizes(image_folder):
-    train, test = load_data(DataConfig(source=str(image_folder), image_size=24))
+    train, val, test = load_data(DataConfig(source=str(image_folder), image_size=24))
     assert train.class_names == sorted(CLASSES)
     assert train.images.shape[1:] == (3, 24, 24)
-    assert len(train) + len(test) == 24
+    assert len(train) + len(val) + len(test) == 24
 
 
 def test_variable_sizes_default_to_224(image_folder):
-    train, _ = load_data(DataConfig(source=str(image_folder)))
+    train, _, _ = load_data(DataConfig(source=str(image_folder)))
     assert train.image_size == (224, 224)
 
 
 def test_balanced_subsets(parquet_dir):
-    train, test = load_data(DataConfig(source=str(parquet_dir), max_train=20, max_test=8))
-    assert torch.bincount(train.labels).tolist() == [5, 5, 5, 5]
+    # max_train and per_class count every labelled image, the held-out validation share included
+    train, val, test = load_data(DataConfig(source=str(parquet_dir), max_train=20, max_test=8))
+    assert torch.bincount(train.labels).tolist() == [4, 4, 4, 4]
+    assert torch.bincount(val.labels).tolist() == [1, 1, 1, 1]
     assert torch.bincount(test.labels).tolist() == [2, 2, 2, 2]
-    train, _ = load_data(DataConfig(source=str(parquet_dir), per_class=3))
-    assert torch.bincount(train.labels).tolist() == [3, 3, 3, 3]
+    train, val, _ = load_data(DataConfig(source=str(parquet_dir), per_class=3))
+    assert torch.bincount(train.labels).tolist() == [2, 2, 2, 2]
+    assert torch.bincount(val.labels).tolist() == [1, 1, 1, 1]
 
 
 def test_balanced_indices_unbalanced_source():
@@ -93,8 +98,8 @@ def test_decode_cache_is_reused(parquet_dir, monkeypatch):
         raise AssertionError("decoded again although the cache holds these images")
 
     monkeypatch.setattr(ds, "_decode_all", fail)
-    train, _ = load_data(DataConfig(source=str(parquet_dir)))
-    assert len(train) == 64
+    train, val, _ = load_data(DataConfig(source=str(parquet_dir)))
+    assert len(train) + len(val) == 64
 
 
 def test_rgba_transparency_composited_on_white():
@@ -153,7 +158,7 @@ def test_labels_outside_class_range(tmp_path):
     table["label"] = [0, 1, 2, 3, 0, 1, 2, 3]
     # integer labels without ClassLabel names are mapped to sorted unique values -> always in range
     Dataset.from_dict(table, features=ds.features).to_parquet(str(tmp_path / "train.parquet"))
-    train, _ = load_data(DataConfig(source=str(tmp_path), test_fraction=0.5))
+    train, _, _ = load_data(DataConfig(source=str(tmp_path), test_fraction=0.5))
     assert train.class_names == ["0", "1", "2", "3"]
 
     from datasets import ClassLabel, Features
@@ -182,12 +187,39 @@ def test_corrupt_image_error_or_skip(tmp_path):
         load_data(DataConfig(source=str(root), test_fraction=0.5))
     cfg = DataConfig(source=str(root), test_fraction=0.5, on_bad_image="skip")
     assert not any(p.name.endswith(".tmp") for p in cache_root(cfg).glob("*")) if cache_root(cfg).exists() else True
-    train, test = load_data(cfg)
-    assert len(train) + len(test) == 7 and train.skipped + test.skipped == 1
+    train, val, test = load_data(cfg)
+    assert len(train) + len(val or []) + len(test) == 7 and train.skipped + test.skipped == 1
 
 
 @pytest.mark.skipif(not (SHARED / "data" / "cifar10" / "test.parquet").exists(), reason="../shared not present")
 def test_shared_cifar10_loads_like_the_hub():
-    train, test = load_data(DataConfig(source=str(SHARED / "data" / "cifar10"), max_train=100, max_test=50))
-    assert train.class_names[:2] == ["airplane", "automobile"] and train.images.shape == (100, 3, 32, 32)
-    assert torch.bincount(train.labels).tolist() == [10] * 10
+    train, val, test = load_data(DataConfig(source=str(SHARED / "data" / "cifar10"), max_train=100, max_test=50))
+    assert train.class_names[:2] == ["airplane", "automobile"] and train.images.shape == (90, 3, 32, 32)
+    assert torch.bincount(train.labels).tolist() == [9] * 10
+    assert torch.bincount(val.labels).tolist() == [1] * 10
+
+
+def test_a_sources_own_validation_split_is_used(tmp_path):
+    """An image folder laid out train/, val/, test/ (datasets calls val/ "validation") keeps its own validation
+    images; naming a split the source lacks is one error that lists the splits there are."""
+    from conftest import CLASSES, coloured_images
+
+    for split, n, seed in (("train", 16, 0), ("val", 8, 1), ("test", 8, 2)):
+        imgs, labels = coloured_images(n, 12, seed)
+        for i, (a, y) in enumerate(zip(imgs, labels, strict=True)):
+            (tmp_path / split / CLASSES[y]).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(a).save(tmp_path / split / CLASSES[y] / f"{i}.png")
+    train, val, test = load_data(DataConfig(source=str(tmp_path)))
+    assert (len(train), len(val), len(test)) == (16, 8, 8)
+    with pytest.raises(Fm2EdgeError, match=r"no split 'dev'; its splits are \['train', 'validation', 'test'\]"):
+        load_data(DataConfig(source=str(tmp_path), val_split="dev"))
+
+
+def test_validation_needs_two_images_of_every_class_and_can_be_off(parquet_dir):
+    train, val, _ = load_data(DataConfig(source=str(parquet_dir), per_class=1))
+    assert val is None and len(train) == 4  # one image per class: nothing can be held out
+    train, val, _ = load_data(DataConfig(source=str(parquet_dir), per_class=2))
+    assert (len(train), len(val)) == (4, 4)  # at least one validation image per class
+    assert sorted(val.labels.tolist()) == [0, 1, 2, 3]
+    train, val, _ = load_data(DataConfig(source=str(parquet_dir), val_fraction=0))
+    assert val is None and len(train) == 64

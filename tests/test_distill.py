@@ -68,7 +68,7 @@ def test_cached_and_online_teacher_give_the_same_loss(tmp_path, clean_teacher, p
     from fm2edge.data import load_data
     from fm2edge.models.io import load_classifier
 
-    train, _ = load_data(DataConfig(source=str(parquet_dir)))
+    train, _, _ = load_data(DataConfig(source=str(parquet_dir)))
     teacher = load_classifier(clean_teacher)
     torch.manual_seed(0)
     student = create_model(ModelConfig(name="student:small_cnn"), 4)
@@ -108,14 +108,16 @@ def test_unlabeled_images_are_the_training_images_left_out():
     from fm2edge.data import load_data, load_unlabeled
 
     cfg = DataConfig(source="digits", max_train=200, max_test=50)
-    train, test = load_data(cfg)
+    train, val, test = load_data(cfg)
     extra = load_unlabeled(cfg, 300)
     assert len(extra) == 300 and bool((extra.labels == -1).all())
-    flat = {bytes(x.numpy().tobytes()) for x in train.images} | {bytes(x.numpy().tobytes()) for x in test.images}
+    flat = {bytes(x.numpy().tobytes()) for split in (train, val, test) for x in split.images}
     overlap = sum(bytes(x.numpy().tobytes()) in flat for x in extra.images)
     assert overlap <= 5  # digits holds a few exact duplicate images; the selections themselves are disjoint
     everything = load_unlabeled(cfg, None)
-    assert len(everything) + len(train) == len(load_data(DataConfig(source="digits", max_test=50))[0])
+    # labelled (training + validation) and unlabelled together: every training-split image that is not test data
+    assert len(train) + len(val) == 200
+    assert len(everything) + len(train) + len(val) == 1797 - 450  # digits holds out 25% (450) as test data
     with pytest.raises(Fm2EdgeError, match="no training images beyond"):
         load_unlabeled(DataConfig(source="digits"), None)
 
@@ -146,6 +148,7 @@ def test_distill_with_unlabeled_and_seeds(tmp_path, clean_teacher, parquet_dir):
     for seed in (0, 1):
         run = tmp_path / "kd" / f"seed-{seed}"
         cache = json.loads((run / "metrics.json").read_text())["teacher_cache"]
-        assert len(np.load(f"{cache}/logits.npy")) == 64  # 24 labelled + the other 40, unlabelled
+        # 24 labelled less 4 for validation, + the other 40, unlabelled (validation images are never among them)
+        assert len(np.load(f"{cache}/logits.npy")) == 60
         assert (run / "model.safetensors").exists()
     assert (tmp_path / "kd" / "seeds.json").exists()

@@ -18,7 +18,7 @@ def test_preprocessing_matches_the_models_image_processor(tiny_dinov2, parquet_d
     from PIL import Image
     from transformers import AutoImageProcessor
 
-    train, _ = load_data(DataConfig(source=str(parquet_dir), max_train=16))
+    train, _, _ = load_data(DataConfig(source=str(parquet_dir), max_train=16))
     model = load_backbone(ModelConfig(name=f"hf:{tiny_dinov2}"), EmbedConfig(), 4).eval()
     proc = AutoImageProcessor.from_pretrained(tiny_dinov2)
     pil = [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in train.images]
@@ -33,10 +33,11 @@ def test_preprocessing_matches_the_models_image_processor(tiny_dinov2, parquet_d
 
 
 def test_embed_cache_hit_and_miss(tiny_dinov2, parquet_dir, monkeypatch):
-    train, test = load_data(DataConfig(source=str(parquet_dir)))
+    train, _, test = load_data(DataConfig(source=str(parquet_dir)))
     job = EmbedJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name=f"hf:{tiny_dinov2}"))
     first = embed_data(job, train, test)
-    assert first["train"].features.shape == (64, 32) and first["test"].features.shape == (32, 32)
+    # 64 training images less 7 held out for validation
+    assert first["train"].features.shape == (57, 32) and first["test"].features.shape == (32, 32)
 
     import fm2edge.features as feats
 
@@ -54,7 +55,7 @@ def test_embed_cache_hit_and_miss(tiny_dinov2, parquet_dir, monkeypatch):
 def test_interrupted_extraction_resumes_from_its_last_chunk(tiny_dinov2, parquet_dir, tmp_path, monkeypatch):
     import fm2edge.features as feats
 
-    train, test = load_data(DataConfig(source=str(parquet_dir)))
+    train, _, test = load_data(DataConfig(source=str(parquet_dir), val_fraction=0))  # 64 = 4 chunks of 16
     job = EmbedJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name=f"hf:{tiny_dinov2}"),
                    embed=EmbedConfig(chunk_size=16, batch_size=8, splits=["train"], cache_dir=str(tmp_path / "c")))
     straight = embed_data(EmbedJob(data=job.data, model=job.model,
@@ -84,7 +85,7 @@ def test_interrupted_extraction_resumes_from_its_last_chunk(tiny_dinov2, parquet
 def test_chunks_of_another_size_are_dropped(tiny_dinov2, parquet_dir, tmp_path, monkeypatch):
     import fm2edge.features as feats
 
-    train, test = load_data(DataConfig(source=str(parquet_dir)))
+    train, _, test = load_data(DataConfig(source=str(parquet_dir), val_fraction=0))  # 64 = 4 chunks of 16
     cfg = EmbedConfig(chunk_size=16, splits=["train"], cache_dir=str(tmp_path))
     job = EmbedJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name=f"hf:{tiny_dinov2}"), embed=cfg)
     real, calls = feats.embed_batches, []
@@ -106,7 +107,7 @@ def test_chunks_of_another_size_are_dropped(tiny_dinov2, parquet_dir, tmp_path, 
 
 @pytest.mark.parametrize("backend,min_cos", [("onnx", 0.99999), ("onnx_int8", 0.99)])
 def test_onnx_backends_match_pytorch(backend, min_cos, tiny_dinov2, parquet_dir, tmp_path):
-    train, test = load_data(DataConfig(source=str(parquet_dir)))
+    train, _, test = load_data(DataConfig(source=str(parquet_dir)))
 
     def features(**kw):
         job = EmbedJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name=f"hf:{tiny_dinov2}"),
@@ -126,7 +127,7 @@ def test_onnx_backend_refuses_the_gpu(tiny_dinov2, parquet_dir):
     from fm2edge.errors import Fm2EdgeError
     from fm2edge.features import embed_split
 
-    train, _ = load_data(DataConfig(source=str(parquet_dir)))
+    train, _, _ = load_data(DataConfig(source=str(parquet_dir)))
     model = load_backbone(ModelConfig(name=f"hf:{tiny_dinov2}"), EmbedConfig(), 4)
     fake = SimpleNamespace(device=torch.device("cuda"), num_processes=1, process_index=0)
     with pytest.raises(Fm2EdgeError, match="runs on the CPU"):
@@ -207,7 +208,7 @@ def test_embed_job_writes_tsne_plots(tiny_dinov2, parquet_dir, tmp_path):
 def test_cpu_bf16_embeddings_stay_close_to_fp32(tiny_dinov2, parquet_dir):
     from fm2edge.features import embed_batches
 
-    train, _ = load_data(DataConfig(source=str(parquet_dir)))
+    train, _, _ = load_data(DataConfig(source=str(parquet_dir)))
     model = load_backbone(ModelConfig(name=f"hf:{tiny_dinov2}"), EmbedConfig(), 4)
     fp32 = embed_batches(model, train.images, 16, torch.device("cpu"), None)
     bf16 = embed_batches(model, train.images, 16, torch.device("cpu"), torch.bfloat16)
@@ -225,7 +226,7 @@ def test_two_process_embedding_equals_one(tiny_dinov2, parquet_dir, tmp_path):
                           "29533", *args, "--run.name", "two"], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     two = json.loads((tmp_path / "two" / "embed.json").read_text())
-    train, test = load_data(DataConfig(source=str(parquet_dir)))
+    train, _, test = load_data(DataConfig(source=str(parquet_dir)))
     one = embed_data(EmbedJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name=f"hf:{tiny_dinov2}"),
                               embed=EmbedConfig(cache_dir=str(tmp_path / "cache1"))), train, test)
     for split in ("train", "test"):
@@ -259,7 +260,7 @@ def test_a_read_only_feature_cache_serves_its_entries(tiny_dinov2, parquet_dir, 
     import fm2edge.runs as runs
     from fm2edge.features import embed_split
 
-    train, test = load_data(DataConfig(source=str(parquet_dir)))
+    train, _, test = load_data(DataConfig(source=str(parquet_dir)))
     cfg = EmbedConfig(cache_dir=str(tmp_path), splits=["train"])
     job = EmbedJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name=f"hf:{tiny_dinov2}"), embed=cfg)
     first = embed_data(job, train, test)["train"]

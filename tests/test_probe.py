@@ -68,8 +68,20 @@ def test_probe_job_saves_a_usable_teacher(tiny_dinov2, parquet_dir, tmp_path):
         assert (run / f).exists()
     teacher = load_classifier(run)
     assert teacher.feature_dim == 64  # pooling "both" restored
-    _, test = load_data(DataConfig(source=str(parquet_dir)))
+    _, _, test = load_data(DataConfig(source=str(parquet_dir)))
     with torch.no_grad():
         preds = teacher(teacher.preprocess(test.images)).argmax(1).numpy()
     saved = np.load(run / "predictions.npz")
     assert (preds == saved["preds"]).mean() > 0.95
+
+
+def test_knn_training_accuracy_is_leave_one_out():
+    """Each training image's own copy would always win its vote; left out, a lone outlier is misclassified."""
+    x = np.array([[1.0, 0.0], [0.99, 0.1], [0.98, 0.2], [0.97, 0.25], [0.0, 1.0], [0.1, 0.99], [0.95, 0.3]])
+    y = np.array([0, 0, 0, 0, 1, 1, 1])  # the last image sits among class 0
+    with_self = knn_predict(x, y, x, 2, k=1).argmax(1)
+    left_out = knn_predict(x, y, x, 2, k=1, leave_one_out=True).argmax(1)
+    assert (with_self == y).all()
+    assert left_out[-1] == 0 and (left_out[:-1] == y[:-1]).all()
+    chunked = knn_predict(x, y, x, 2, k=3, leave_one_out=True, chunk=2)
+    assert np.allclose(chunked, knn_predict(x, y, x, 2, k=3, leave_one_out=True))

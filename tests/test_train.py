@@ -19,7 +19,7 @@ def job(tmp_path, source, epochs=3, name="run", **train):
 
 def test_training_learns_a_separable_task(tmp_path, parquet_dir):
     metrics = train_job(job(tmp_path, parquet_dir))
-    assert metrics["history"][0]["test_acc"] < 1.0 or metrics["test_acc"] == 1.0
+    assert metrics["history"][0]["val_acc"] < 1.0 or metrics["test_acc"] == 1.0
     assert metrics["test_acc"] >= 0.9  # chance is 0.25
     run = tmp_path / "run"
     for f in ("config.yaml", "metrics.json", "model.safetensors", "model.json", "predictions.npz",
@@ -123,7 +123,7 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     torch.manual_seed(0)
     ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                        image_size=16, patch_size=8), add_pooling_layer=False).save_pretrained(tmp_path / "vit")
-    data = DataConfig(source="digits", max_train=128, max_test=40)
+    data = DataConfig(source="digits", max_train=128, max_test=40, val_fraction=0)  # 128 = 4 x 32: no ragged tail
     out = {}
     for name, batch, accum in (("big", 32, 1), ("accum", 16, 2)):
         train_job(TrainJob(data=data, model=ModelConfig(name=f"hf:{tmp_path / 'vit'}"),
@@ -131,3 +131,81 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
                            run=RunConfig(root=str(tmp_path), name=name)))
         out[name] = np.load(tmp_path / name / "predictions.npz")["logits"]
     np.testing.assert_allclose(out["accum"], out["big"], atol=2e-4)
+
+
+def scripted_validation(monkeypatch, accuracies):
+    """Validation accuracy per evaluated epoch, as given (the loop's scoring of validation data is replaced)."""
+    import fm2edge.train as tr
+
+    script = iter(accuracies)
+    monkeypatch.setattr(tr, "accuracy", lambda logits, labels: next(script))
+
+
+def test_the_best_validation_epoch_is_kept_and_the_test_split_read_once(tmp_path, parquet_dir, monkeypatch):
+    import numpy as np
+    from safetensors.torch import load_file
+
+    import fm2edge.train as tr
+
+    scripted_validation(monkeypatch, [0.5, 0.9, 0.7, 0.6])
+    reads, real_predict = [], tr.predict
+    monkeypatch.setattr(tr, "predict", lambda model, data, *a, **k: reads.append(data.fingerprint) or
+                        real_predict(model, data, *a, **k))
+    metrics = train_job(job(tmp_path, parquet_dir, epochs=4, keep_checkpoints=4))
+    assert metrics["selected"] == {"epoch": 2, "on": "validation accuracy", "val_acc": 0.9, "stopped_early": False}
+    assert [h["val_acc"] for h in metrics["history"]] == [0.5, 0.9, 0.7, 0.6]
+    _, _, test = __import__("fm2edge.data", fromlist=["x"]).load_data(DataConfig(source=str(parquet_dir)))
+    assert reads.count(test.fingerprint) == 1 and len(reads) == 5  # 4 validation passes, 1 test pass
+    run = tmp_path / "run"
+    kept, epoch2 = load_file(run / "model.safetensors"), load_file(run / "checkpoints/epoch-001/model.safetensors")
+    assert all(torch.equal(kept[k], epoch2[f"model.{k}"]) for k in kept)  # the task's weights are model.<name>
+    from fm2edge.models.io import load_classifier
+
+    model = load_classifier(run)
+    with torch.no_grad():
+        logits = model(model.preprocess(test.images)).numpy()
+    assert np.allclose(np.load(run / "predictions.npz")["logits"], logits, atol=1e-5)
+
+
+def test_a_resumed_run_keeps_the_same_epoch(tmp_path, parquet_dir, monkeypatch):
+    import fm2edge.train as tr
+
+    scripted_validation(monkeypatch, [0.5, 0.9, 0.7, 0.6])
+    straight = train_job(job(tmp_path, parquet_dir, epochs=4, name="straight"))
+    real, calls = tr.SupervisedTask.forward, {"n": 0}
+
+    def interrupted(self, images, labels, index=None):
+        calls["n"] += 1
+        if calls["n"] == 9:  # the first step of epoch 3 (4 steps an epoch)
+            raise KeyboardInterrupt
+        return real(self, images, labels, index)
+
+    scripted_validation(monkeypatch, [0.5, 0.9])
+    monkeypatch.setattr(tr.SupervisedTask, "forward", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_job(job(tmp_path, parquet_dir, epochs=4, name="split"))
+    scripted_validation(monkeypatch, [0.7, 0.6])
+    resumed_job = job(tmp_path, parquet_dir, epochs=4, name="split")
+    resumed_job.run.resume = True
+    resumed = train_job(resumed_job)
+    assert resumed["resumed_from_epoch"] == 2 and resumed["selected"] == straight["selected"]
+    assert resumed["selected"]["epoch"] == 2
+    assert resumed["test_acc"] == pytest.approx(straight["test_acc"], abs=1e-6)
+
+
+def test_patience_stops_early_and_select_last_keeps_the_last_epoch(tmp_path, parquet_dir, monkeypatch):
+    scripted_validation(monkeypatch, [0.5, 0.9, 0.8, 0.8, 0.8, 0.8])
+    metrics = train_job(job(tmp_path, parquet_dir, epochs=6, name="patient", patience=2))
+    assert len(metrics["history"]) == 4
+    assert metrics["selected"] == {"epoch": 2, "on": "validation accuracy", "val_acc": 0.9, "stopped_early": True}
+    scripted_validation(monkeypatch, [0.5, 0.9, 0.8])
+    last = train_job(job(tmp_path, parquet_dir, epochs=3, name="last", select="last"))
+    assert last["selected"]["epoch"] == 3 and last["selected"]["on"] == "last epoch"
+
+
+def test_without_validation_images_the_last_epoch_is_kept(tmp_path, parquet_dir):
+    j = job(tmp_path, parquet_dir, epochs=2)
+    j.data.val_fraction = 0
+    metrics = train_job(j)
+    assert metrics["selected"]["epoch"] == 2 and metrics["selected"]["on"] == "last epoch (no validation images)"
+    assert all(h["val_acc"] is None for h in metrics["history"])

@@ -25,7 +25,7 @@ def test_zeroshot_head_is_scaled_mean_of_prompt_embeddings(tiny_clip, parquet_di
     # the same numbers by hand, straight from the transformers model
     model = CLIPModel.from_pretrained(tiny_clip).eval()
     tok = AutoTokenizer.from_pretrained(tiny_clip)
-    _, test = load_data(DataConfig(source=str(parquet_dir)))
+    _, _, test = load_data(DataConfig(source=str(parquet_dir)))
     clf = load_classifier(tmp_path / "zs")
     with torch.no_grad():
         text = []

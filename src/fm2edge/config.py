@@ -32,6 +32,11 @@ class DataConfig:
         test_split: Name of the test split; when the source has none, a stratified hold-out of the training split
             of size test_fraction is used.
         test_fraction: Share of the training split held out as test data when the source has no test split.
+        val_split: The source's validation split, used for every choice (best epoch, early stopping, the teacher
+            check); empty finds one named val, validation or valid.
+        val_fraction: When the source has no validation split, this stratified share of the labelled training
+            images (at least one per class) is held out for validation instead; 0 turns validation off, and then
+            the last epoch is kept.
         image_column: Image column; detected from the schema when empty.
         label_column: Label column; detected from the schema when empty.
         max_train: Use at most this many training images, class-balanced.
@@ -48,6 +53,8 @@ class DataConfig:
     train_split: str = "train"
     test_split: str = "test"
     test_fraction: float = 0.25
+    val_split: str | None = None
+    val_fraction: float = 0.1
     image_column: str | None = None
     label_column: str | None = None
     max_train: int | None = None
@@ -61,6 +68,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         check(bool(self.source), "data.source must not be empty")
         check(0.0 < self.test_fraction < 1.0, f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
+        check(0.0 <= self.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         for name in ("max_train", "max_test", "per_class", "image_size"):
             value = getattr(self, name)
             check(value is None or value >= 1, f"data.{name} must be at least 1, got {value}")
@@ -120,7 +128,10 @@ class TrainConfig:
         seed: Seed for weights, data order and augmentation; each epoch reseeds from (seed, epoch) so a resumed run
             follows the same path as an uninterrupted one.
         eval_batch_size: Batch size for evaluation.
-        eval_every: Evaluate on the test split every this many epochs (and always after the last).
+        eval_every: Evaluate on the validation split every this many epochs (and always after the last).
+        select: Which weights are kept and tested: "best" (the epoch with the highest validation accuracy) or "last".
+            The test split is read once, on the kept weights.
+        patience: Stop after this many evaluations without a better validation accuracy; empty trains every epoch.
         channels_last: Use channels_last memory format for convolutional networks.
         compile: Wrap the model in torch.compile.
         grad_accum: Accumulate gradients over this many batches per optimiser step (effective batch = batch_size x
@@ -144,6 +155,8 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 512
     eval_every: int = 1
+    select: Literal["best", "last"] = "best"
+    patience: int | None = None
     channels_last: bool = True
     compile: bool = False
     grad_accum: int = 1
@@ -157,6 +170,7 @@ class TrainConfig:
         check(self.batch_size >= 1, f"train.batch_size must be at least 1, got {self.batch_size}")
         check(self.eval_batch_size >= 1, f"train.eval_batch_size must be at least 1, got {self.eval_batch_size}")
         check(self.eval_every >= 1, f"train.eval_every must be at least 1, got {self.eval_every}")
+        check(self.patience is None or self.patience >= 1, f"train.patience must be at least 1, got {self.patience}")
         check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
         check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         check(0 <= self.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")

@@ -239,7 +239,7 @@ def export_job(job: ExportJob) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model = load_classifier(job.model)
-    train, test = load_data(job.data)
+    train, _, test = load_data(job.data)
     if train.num_classes != model.num_classes:
         raise Fm2EdgeError(f"{job.model} predicts {model.num_classes} classes but {job.data.source} has "
                            f"{train.num_classes}; export with the data the model was trained on (--data.source)")

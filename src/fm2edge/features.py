@@ -42,8 +42,9 @@ class EmbedConfig:
     """How features are taken from the backbone.
 
     Args:
-        pooling: "cls" (class token, the lab's choice), "mean" (mean of patch tokens) or "both" (concatenated, the
-            DINOv2 linear-evaluation input). CNN backbones always use their global average pool.
+        pooling: "cls" (the class token; for SigLIP, which has no class token, its attention-pooling head), "mean"
+            (mean of the patch tokens, register tokens excluded) or "both" (concatenated, DINOv2's linear-evaluation
+            input). Convolutional backbones have one pooling, their own global pool: use "cls" (others are refused).
         last_n: Concatenate the pooled output of the last n transformer blocks (each through the final norm).
         batch_size: Images per forward pass.
         precision: "auto" is bf16 autocast on CUDA and fp32 on CPU; "bf16" on CPU needs native bf16 support

@@ -46,7 +46,8 @@ class FinetuneConfig:
         target_modules: Module-name suffixes LoRA adapts; empty picks the preset for the model's family (timm: qkv;
             transformers ViT/DINOv2/CLIP: q_proj, v_proj, or query, value before transformers 5; timm EfficientNet
             and MobileNet, the offline EfficientNet-Lite0 included: the pointwise convolutions conv_pw, conv_pwl).
-        eval_before: Measure test accuracy before training ("accuracy before LoRA").
+        eval_before: Measure validation accuracy before training ("accuracy before LoRA"); the test split is read
+            only once, after training.
         lora_norm_stats: In LoRA mode, BatchNorm running statistics either "update" while training (the default,
             as PyTorch does for any model in training mode: the statistics follow the new data) or stay "frozen" at
             their pretrained values. Linear mode always keeps the whole backbone, statistics included, frozen;
@@ -213,9 +214,9 @@ def finetune_one(job: FinetuneJob, mode: str, session, run_path: Path) -> dict:
     after = count_parameters(trainable)
     device = accelerator.device
     acc_before = None
-    if job.finetune.eval_before:
-        acc_before = accuracy(predict(trainable.to(device), test, job.train.eval_batch_size, device,
-                                      accelerator=accelerator), test.labels)
+    if job.finetune.eval_before and session.val is not None:
+        acc_before = accuracy(predict(trainable.to(device), session.val, job.train.eval_batch_size, device,
+                                      accelerator=accelerator), session.val.labels)
     with open_run(run_path, job.run, accelerator) as run:
         config = to_dict(job)
         extra = {}
@@ -230,12 +231,12 @@ def finetune_one(job: FinetuneJob, mode: str, session, run_path: Path) -> dict:
                 lines.append(f"  LoRA r={job.finetune.lora_r} alpha={job.finetune.lora_alpha} on {sorted(targets)}; "
                              f"head '{HEAD}' trained in full")
             if acc_before is not None:
-                lines.append(f"  test accuracy before training {100 * acc_before:.2f}%")
+                lines.append(f"  validation accuracy before training {100 * acc_before:.2f}%")
             print("\n".join(lines))
         reset_peak_memory(device)
         task = SupervisedTask(trainable, job.train.label_smoothing, job.train.channels_last,
                               frozen_modules(trainable, mode, job.finetune))
-        result = fit(task, trainable, train, test, job.train, run, accelerator, config)
+        result = fit(task, trainable, train, session.val, test, job.train, run, accelerator, config)
         metrics = {}
         if accelerator.is_main_process:
             peak, peak_kind = peak_memory(device)
@@ -244,7 +245,7 @@ def finetune_one(job: FinetuneJob, mode: str, session, run_path: Path) -> dict:
             plain = merged(trainable)
             metrics = write_outputs(run, plain, result, test, {
                 "data": job.data.source, "env": environment(accelerator), "mode": mode,
-                "parameters_before": before, "parameters_after": after, "test_acc_before": acc_before,
+                "parameters_before": before, "parameters_after": after, "val_acc_before": acc_before,
                 "peak_memory_bytes": peak, "peak_memory_kind": peak_kind, **extra})
             print(f"{mode}: test accuracy {100 * metrics['test_acc']:.2f}% after {job.train.epochs} epochs "
                   f"({metrics['train_seconds']:.0f} s) | results in {run.path}")
@@ -269,20 +270,23 @@ def finetune_job(job: FinetuneJob) -> dict:
     results = {mode: finetune_one(job, mode, session, root / mode) for mode in job.finetune.modes}
     if not accelerator.is_main_process:
         return {}
-    rows = [{"mode": m, "test_acc": r["test_acc"], "test_acc_before": r.get("test_acc_before"),
+    rows = [{"mode": m, "test_acc": r["test_acc"], "val_acc_before": r.get("val_acc_before"),
+             "val_acc": r.get("val_acc"), "selected_epoch": r.get("selected", {}).get("epoch"),
              "trainable": r["parameters_after"]["trainable"], "total": r["parameters_after"]["total"],
              "train_seconds": r["train_seconds"], "peak_memory_bytes": r.get("peak_memory_bytes"),
              "images_per_s": r["history"][-1]["images_per_s"] if r["history"] else None}
             for m, r in results.items()]
     summary = {"model": job.model.name, "data": job.data.source, "epochs": job.train.epochs, "rows": rows}
     atomic_write_json(root / "comparison.json", summary)
-    print(f"\n{'mode':<8} {'trainable':>12} {'of total':>9} {'acc before':>11} {'acc after':>10} {'train s':>8} "
-          f"{'img/s':>7} {'peak MB':>8}")
+    print(f"\n{'mode':<8} {'trainable':>12} {'of total':>9} {'val before':>11} {'val after':>10} {'test':>8} "
+          f"{'train s':>8} {'img/s':>7} {'peak MB':>8}")
     for r in rows:
-        before = f"{100 * r['test_acc_before']:.2f}%" if r["test_acc_before"] is not None else "-"
+        before = f"{100 * r['val_acc_before']:.2f}%" if r["val_acc_before"] is not None else "-"
+        after = f"{100 * r['val_acc']:.2f}%" if r["val_acc"] is not None else "-"
         peak = f"{r['peak_memory_bytes'] / 2**20:.0f}" if r["peak_memory_bytes"] else "-"
         print(f"{r['mode']:<8} {r['trainable']:>12,} {100 * r['trainable'] / r['total']:>8.2f}% {before:>11} "
-              f"{100 * r['test_acc']:>9.2f}% {r['train_seconds']:>8.0f} {r['images_per_s'] or 0:>7.0f} {peak:>8}")
+              f"{after:>10} {100 * r['test_acc']:>7.2f}% {r['train_seconds']:>8.0f} {r['images_per_s'] or 0:>7.0f} "
+              f"{peak:>8}")
     if len(rows) > 1:
         save_figure(plots.finetune_comparison(rows, f"{job.model.name} on {job.data.source}"),
                     root / "plots" / "comparison.png")

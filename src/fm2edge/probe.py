@@ -75,16 +75,23 @@ def fit_logreg(x: np.ndarray, y: np.ndarray, cs: list[float], folds: int = 3, se
 
 
 def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_classes: int, k: int = 20,
-                temperature: float = 0.07, chunk: int = 1024) -> np.ndarray:
+                temperature: float = 0.07, chunk: int = 1024, leave_one_out: bool = False) -> np.ndarray:
     """Weighted k-NN on cosine similarity, DINOv2's protocol: the k nearest training images vote with weight
-    exp(similarity / temperature). Returns class scores (N_test, C)."""
+    exp(similarity / temperature). Returns class scores (N_test, C).
+
+    ``leave_one_out``: ``test_x`` is the training set itself, and no image votes for itself (an honest training
+    accuracy; otherwise every image's nearest neighbour is its own copy)."""
     tr = F.normalize(torch.tensor(np.asarray(train_x), dtype=torch.float32), dim=1)
     ty = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
-    k = min(k, len(tr))
+    k = min(k, len(tr) - 1 if leave_one_out else len(tr))
     out = []
     for start in range(0, len(test_x), chunk):
         q = F.normalize(torch.tensor(np.asarray(test_x[start:start + chunk]), dtype=torch.float32), dim=1)
-        sim, idx = (q @ tr.T).topk(k, dim=1)
+        sim = q @ tr.T
+        if leave_one_out:
+            rows = torch.arange(len(q))
+            sim[rows, rows + start] = float("-inf")
+        sim, idx = sim.topk(k, dim=1)
         votes = torch.zeros(len(q), num_classes)
         votes.scatter_add_(1, ty[idx], (sim / temperature).exp())
         out.append(votes)
@@ -205,7 +212,7 @@ def fit_probes(job: ProbeJob, train: Features, test: Features) -> tuple[dict, Li
             train_scores = head.predict_logits(np.asarray(train.features))
         else:
             train_scores = knn_predict(train.features, train.labels, train.features, len(train.class_names),
-                                       job.probe.knn_k + 1, job.probe.knn_temperature)
+                                       job.probe.knn_k, job.probe.knn_temperature, leave_one_out=True)
         rows[method] = {"train_acc": accuracy(train_scores, train.labels), "test_acc": accuracy(scores, test.labels),
                         "seconds": time.perf_counter() - t0, **(head.info if head is not None else
                                                                 {"k": job.probe.knn_k})}

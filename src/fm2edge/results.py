@@ -42,6 +42,7 @@ class Session:
 
     accelerator: Any
     train: ImageData
+    val: ImageData | None
     test: ImageData
 
     @property
@@ -71,8 +72,21 @@ def start_stage(data: DataConfig, device: str = "auto", precision: str = "auto")
 
     accelerator = make_accelerator(device, precision)
     with accelerator.main_process_first():
-        train, test = load_data(data)
-    return Session(accelerator, train, test)
+        train, val, test = load_data(data)
+    return Session(accelerator, train, val, test)
+
+
+def describe_splits(session: Session) -> str:
+    """``"1212 train / 135 validation / 450 test images"``."""
+    val = f"{len(session.val)} validation" if session.val is not None else "no validation"
+    return f"{len(session.train)} train / {val} / {len(session.test)} test images"
+
+
+def selection_line(selection: dict) -> str:
+    """``"kept epoch 7 of 10 (best validation accuracy 93.10%)"`` for the printed summary."""
+    if selection["on"] == "validation accuracy":
+        return f"kept epoch {selection['epoch']} (best validation accuracy {100 * selection['val_acc']:.2f}%)"
+    return f"kept epoch {selection['epoch']} ({selection['on']})"
 
 
 def write_outputs(run: RunDir, model: Classifier, result: Any, test: ImageData, extra: dict) -> dict:
@@ -86,10 +100,12 @@ def write_outputs(run: RunDir, model: Classifier, result: Any, test: ImageData, 
     save_classifier(model, run.path)
     run.write_predictions(result.test_logits.numpy(), test.labels.numpy(), test.class_names)
     metrics = {"history": result.history, "test_acc": accuracy(result.test_logits, test.labels),
+               "val_acc": result.selection["val_acc"], "selected": result.selection,
                "train_seconds": result.seconds, "resumed_from_epoch": result.resumed_from,
                "parameters": sum(p.numel() for p in model.parameters()), **extra}
     run.write_json("metrics.json", metrics)
-    save_figure(plots.learning_curves(result.history, f"{model.name} on {extra.get('data', 'data')}"),
+    save_figure(plots.learning_curves(result.history, f"{model.name} on {extra.get('data', 'data')}",
+                                      result.selection["epoch"]),
                 run.file("plots", "learning_curves.png"))
     return metrics
 

@@ -11,6 +11,7 @@ from Hugging Face Accelerate.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import math
@@ -30,7 +31,7 @@ from fm2edge.data import ImageData
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import Classifier
 from fm2edge.report.metrics import accuracy
-from fm2edge.results import over_seeds, slug, start_stage, write_outputs
+from fm2edge.results import describe_splits, over_seeds, selection_line, slug, start_stage, write_outputs
 from fm2edge.runs import RunDir, atomic_dir, atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -231,16 +232,59 @@ def load_checkpoint(folder: Path, module: nn.Module, optimizer) -> dict:
 
 
 @dataclass
+class Selection:
+    """Which epoch's weights are kept: the best by validation accuracy so far (ties keep the earlier one), or the
+    last. ``stale`` counts evaluations since the last improvement, for early stopping."""
+
+    epoch: int | None = None  # 1-based
+    val_acc: float | None = None
+    stale: int = 0
+    stopped_early: bool = False
+
+    def offer(self, epoch: int, val_acc: float) -> bool:
+        """Record ``epoch``'s validation accuracy; True when it is the new best."""
+        if self.val_acc is None or val_acc > self.val_acc:
+            self.epoch, self.val_acc, self.stale = epoch, val_acc, 0
+            return True
+        self.stale += 1
+        return False
+
+
+@dataclass
 class FitResult:
     history: list[dict]
     test_logits: torch.Tensor
     seconds: float
     resumed_from: int | None
+    selection: dict  # {"epoch", "on", "val_acc", "stopped_early"}: which weights were tested, chosen on what
 
 
-def fit(task: nn.Module, model: Classifier, train: ImageData, test: ImageData, cfg: TrainConfig, run: RunDir,
-        accelerator, config: dict | None = None) -> FitResult:
-    """Train ``task`` (which owns ``model``) for ``cfg.epochs``; checkpoint every epoch; resume when possible."""
+def save_best(run: RunDir, module: nn.Module, selection: Selection) -> None:
+    """The best weights so far in ``checkpoints/best`` (atomic); epoch checkpoints are pruned, this one is kept."""
+    import json
+
+    from safetensors.torch import save_model
+
+    with atomic_dir(run.path / "checkpoints" / "best") as tmp:
+        save_model(module, str(tmp / "model.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({"epoch": selection.epoch, "val_acc": selection.val_acc}))
+
+
+def load_best(run: RunDir, module: nn.Module) -> None:
+    from safetensors.torch import load_model
+
+    load_model(module, str(run.path / "checkpoints" / "best" / "model.safetensors"),
+               device=str(next(module.parameters()).device))
+
+
+def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | None, test: ImageData,
+        cfg: TrainConfig, run: RunDir, accelerator, config: dict | None = None) -> FitResult:
+    """Train ``task`` (which owns ``model``) for ``cfg.epochs``, checkpointing every epoch and resuming when possible.
+
+    Every evaluated epoch is scored on ``val``; with ``cfg.select == "best"`` the weights of the best validation
+    epoch are kept (and ``cfg.patience`` stops training after that many evaluations without improvement). The test
+    split is read once, at the end, on the kept weights.
+    """
     from tqdm.auto import tqdm
 
     device = accelerator.device
@@ -263,10 +307,12 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, test: ImageData, c
 
     history: list[dict] = []
     start_epoch, resumed_from = 0, None
+    selection = Selection()
     ckpt = latest_checkpoint(run)
     if ckpt is not None:
         state = load_checkpoint(ckpt, task, optimizer)
         start_epoch, history, resumed_from = state["epoch"] + 1, state["history"], state["epoch"] + 1
+        selection = Selection(**state.get("selection", {}))
         scheduler.last_epoch = start_epoch * steps_per_epoch - 1
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lr_factor(start_epoch * steps_per_epoch, total, warmup, cfg.schedule)
@@ -278,10 +324,9 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, test: ImageData, c
     task, optimizer = accelerator.prepare(task, optimizer)
 
     images, labels = _place(train, device)
-    eval_model = model
     t_start = time.perf_counter()
-    test_logits = None
-    for epoch in range(start_epoch, cfg.epochs):
+    end_epoch = start_epoch if selection.stopped_early else cfg.epochs
+    for epoch in range(start_epoch, end_epoch):
         task.train()
         seed = cfg.seed * 1_000_003 + epoch
         torch.manual_seed(seed)
@@ -328,28 +373,53 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, test: ImageData, c
         totals = accelerator.reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device),
                                                  labelled.float()]), reduction="sum")
         seconds = time.perf_counter() - t0
-        evaluate = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
-        test_logits = predict(eval_model, test, cfg.eval_batch_size, device, channels_last, accelerator) \
-            if evaluate else None
+        evaluate = val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
+        val_acc = accuracy(predict(model, val, cfg.eval_batch_size, device, channels_last, accelerator),
+                           val.labels) if evaluate else None
+        improved = val_acc is not None and selection.offer(epoch + 1, val_acc)
+        if cfg.patience and selection.stale >= cfg.patience:
+            selection.stopped_early = True
         row = {"epoch": epoch + 1, "train_loss": float(totals[0] / totals[2]),
                "train_acc": float(totals[1] / totals[3]) if float(totals[3]) else float("nan"),
-               "test_acc": accuracy(test_logits, test.labels) if evaluate else None,
-               "lr": optimizer.param_groups[0]["lr"],
+               "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
                "seconds": seconds, "images_per_s": float(totals[2]) / seconds}
         history.append(row)
-        if accelerator.is_main_process and (cfg.epochs <= 20 or evaluate):
-            test_text = f"test acc {100 * row['test_acc']:.2f}%" if evaluate else "test acc -"
-            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}  "
-                  f"train acc {100 * row['train_acc']:.2f}%  {test_text}  ({seconds:.1f} s, "
-                  f"{row['images_per_s']:.0f} img/s)")
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+        if accelerator.is_main_process:
+            if cfg.epochs <= 20 or evaluate:
+                val_text = f"val acc {100 * val_acc:.2f}%{' (best)' if improved else ''}" if evaluate else "val acc -"
+                print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}  "
+                      f"train acc {100 * row['train_acc']:.2f}%  {val_text}  ({seconds:.1f} s, "
+                      f"{row['images_per_s']:.0f} img/s)")
+            if improved and cfg.select == "best":
+                save_best(run, raw_task, selection)
+            last = epoch + 1 == cfg.epochs or selection.stopped_early
+            if (epoch + 1) % cfg.checkpoint_every == 0 or last:
                 save_checkpoint(run, epoch, raw_task, optimizer,
-                                {"epoch": epoch, "history": history, "config": config}, cfg.keep_checkpoints)
+                                {"epoch": epoch, "history": history, "selection": dataclasses.asdict(selection),
+                                 "config": config}, cfg.keep_checkpoints)
                 run.write_json("metrics.json", {"history": history})
         accelerator.wait_for_everyone()
-    if test_logits is None or start_epoch >= cfg.epochs:
-        test_logits = predict(eval_model, test, cfg.eval_batch_size, device, channels_last, accelerator)
-    return FitResult(history, test_logits, time.perf_counter() - t_start, resumed_from)
+        if selection.stopped_early:
+            if accelerator.is_main_process:
+                print(f"no better validation accuracy for {cfg.patience} evaluations: stopping after epoch "
+                      f"{epoch + 1} (best: epoch {selection.epoch})")
+            break
+    chosen = finish_selection(run, raw_task, selection, history, cfg, val is not None)
+    test_logits = predict(model, test, cfg.eval_batch_size, device, channels_last, accelerator)
+    return FitResult(history, test_logits, time.perf_counter() - t_start, resumed_from, chosen)
+
+
+def finish_selection(run: RunDir, module: nn.Module, selection: Selection, history: list[dict], cfg: TrainConfig,
+                     has_val: bool) -> dict:
+    """Load the kept weights into ``module`` and say which they are and what chose them."""
+    if cfg.select == "best" and selection.epoch is not None:
+        load_best(run, module)
+        return {"epoch": selection.epoch, "on": "validation accuracy", "val_acc": selection.val_acc,
+                "stopped_early": selection.stopped_early}
+    last = history[-1] if history else {}
+    why = "last epoch" if has_val else "last epoch (no validation images)"
+    return {"epoch": last.get("epoch"), "on": why, "val_acc": last.get("val_acc"),
+            "stopped_early": selection.stopped_early}
 
 
 # ---------------------------------------------------------------- the `fm2edge train` stage
@@ -366,21 +436,22 @@ def train_one(job) -> dict:
     from fm2edge.device import environment
 
     session = start_stage(job.data, job.train.device, job.train.precision)
-    train, test, accelerator = session.train, session.test, session.accelerator
+    train, val, test, accelerator = session.train, session.val, session.test, session.accelerator
     model = session.model(job.model, job.train.seed)
     with session.open(job.run, slug(f"train-{job.model.name}")) as run:
         config = to_dict(job)
         if session.is_main:
             run.write_config(config)
             print(f"{model.name}: {sum(p.numel() for p in model.parameters()):,} parameters, input "
-                  f"{model.preprocess.size} px | data {job.data.source}: {len(train)} train / {len(test)} test images, "
+                  f"{model.preprocess.size} px | data {job.data.source}: {describe_splits(session)}, "
                   f"{train.num_classes} classes | {environment(accelerator)['device']}")
         task = SupervisedTask(model, job.train.label_smoothing, job.train.channels_last)
-        result = fit(task, model, train, test, job.train, run, accelerator, config)
+        result = fit(task, model, train, val, test, job.train, run, accelerator, config)
         metrics = {}
         if session.is_main:
             metrics = write_outputs(run, model, result, test, {"data": job.data.source, "env": environment(accelerator),
                                                                "skipped_images": train.skipped + test.skipped})
-            print(f"test accuracy {100 * metrics['test_acc']:.2f}% | results in {run.path}")
+            print(f"{selection_line(result.selection)}: test accuracy {100 * metrics['test_acc']:.2f}% | results in "
+                  f"{run.path}")
         accelerator.wait_for_everyone()
     return metrics

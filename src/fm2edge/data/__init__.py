@@ -1,5 +1,12 @@
 """Data sources -> one dataset type (:class:`ImageData`)."""
 
-from fm2edge.data.dataset import ImageData, balanced_indices, holdout_split, load_data, load_unlabeled
+from fm2edge.data.dataset import (
+    ImageData,
+    balanced_indices,
+    holdout_split,
+    load_data,
+    load_unlabeled,
+    validation_split,
+)
 
-__all__ = ["ImageData", "balanced_indices", "holdout_split", "load_data", "load_unlabeled"]
+__all__ = ["ImageData", "balanced_indices", "holdout_split", "load_data", "load_unlabeled", "validation_split"]

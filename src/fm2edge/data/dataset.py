@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 IMAGE_COLUMNS = ("img", "image", "images", "pixel_values", "picture", "photo")
 LABEL_COLUMNS = ("label", "labels", "fine_label", "target", "class", "category")
 DEFAULT_VARIABLE_SIZE = 224
+VAL_NAMES = ("val", "validation", "valid")  # what sources (image folders: "validation") call a validation split
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -99,6 +100,22 @@ def holdout_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[n
     train, test = train_test_split(idx, test_size=n_test, random_state=seed,
                                    stratify=labels if stratified else None)
     return np.sort(train), np.sort(test)
+
+
+def validation_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    """Stratified (train, validation) positions in ``labels``: ``fraction`` of the images, and at least one of
+    every class, for validation; None when some class has fewer than two images (nothing would be left to train on
+    or to check with)."""
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    classes = int((counts > 0).sum())
+    if fraction <= 0 or classes == 0 or counts[counts > 0].min() < 2:
+        return None
+    n_val = min(max(classes, math.ceil(fraction * len(labels))), len(labels) - classes)
+    train, val = train_test_split(np.arange(len(labels)), test_size=n_val, random_state=seed, stratify=labels)
+    return np.sort(train), np.sort(val)
 
 
 # ---------------------------------------------------------------- opening sources
@@ -181,9 +198,14 @@ def _hf_splits(cfg: DataConfig) -> dict[str, _Split]:
     dsd = _open_hf(cfg)
     if isinstance(dsd, Dataset):
         dsd = DatasetDict({cfg.train_split: dsd})
+    if cfg.val_split and cfg.val_split not in dsd:
+        raise Fm2EdgeError(f"data.source '{cfg.source}' has no split '{cfg.val_split}'; its splits are {list(dsd)}; "
+                           f"choose one with --data.val_split, or leave it empty to hold out --data.val_fraction of "
+                           f"the training images")
+    wanted = {cfg.train_split, cfg.test_split, *(VAL_NAMES if cfg.val_split is None else (cfg.val_split,))}
     splits = {}
     for split, ds in dsd.items():
-        if split not in (cfg.train_split, cfg.test_split):
+        if split not in wanted:
             continue
         if len(ds) == 0:
             raise Fm2EdgeError(f"split '{split}' of data.source '{cfg.source}' is empty")
@@ -318,18 +340,33 @@ def _materialise(split: _Split, indices: np.ndarray, cfg: DataConfig, where: str
                      fingerprint=key, skipped=meta["skipped"])
 
 
-def _plan(cfg: DataConfig):
-    """(train split, test split, training pool, labelled training indices, test indices) for ``cfg``."""
+@dataclass
+class _Plan:
+    """Which rows of which split make the training, validation and test sets (before decoding)."""
+
+    train: _Split
+    train_idx: np.ndarray  # labelled training images
+    pool: np.ndarray  # every training-split image that is not test data (unlabelled extras come from here)
+    labelled: np.ndarray  # the labelled subset (training + a held-out validation share)
+    val: _Split | None
+    val_idx: np.ndarray | None
+    val_name: str | None
+    test: _Split
+    test_idx: np.ndarray
+
+
+def _plan(cfg: DataConfig) -> _Plan:
     splits = _digits() if cfg.source in ("digits", "sklearn:digits") else _hf_splits(cfg)
+    if cfg.val_split is not None and cfg.val_split not in splits:
+        raise Fm2EdgeError(f"data.source '{cfg.source}' has no split '{cfg.val_split}'; its splits are "
+                           f"{list(splits)}; choose one with --data.val_split")
     train = splits[cfg.train_split] if cfg.train_split in splits else splits["train"]
     _check_labels(train.labels, train.class_names, f"split '{cfg.train_split}' of '{cfg.source}'")
     if cfg.test_split in splits and cfg.test_split != cfg.train_split:
         test = splits[cfg.test_split]
         test_idx = np.arange(len(test.labels))
         train_idx = np.arange(len(train.labels))
-        if test.class_names != train.class_names:
-            raise Fm2EdgeError(f"splits '{cfg.train_split}' and '{cfg.test_split}' of '{cfg.source}' name different "
-                               f"classes; give splits of one dataset")
+        _same_classes(train, test, cfg, cfg.test_split)
         _check_labels(test.labels, test.class_names, f"split '{cfg.test_split}' of '{cfg.source}'")
     else:
         log.info("'%s' has no split '%s'; holding out %.0f%% of '%s' as test data",
@@ -337,28 +374,53 @@ def _plan(cfg: DataConfig):
         train_idx, test_idx = holdout_split(train.labels, cfg.test_fraction)
         test = train
     pool = train_idx
-    train_idx = train_idx[balanced_indices(train.labels[train_idx], cfg.max_train, cfg.per_class)]
+    labelled = train_idx[balanced_indices(train.labels[train_idx], cfg.max_train, cfg.per_class)]
     test_idx = test_idx[balanced_indices(test.labels[test_idx], cfg.max_test)]
-    return train, test, pool, train_idx, test_idx
+    val_name = cfg.val_split or next((n for n in VAL_NAMES if n in splits and n != cfg.train_split), None)
+    if val_name is not None:  # the source's own validation split
+        val = splits[val_name]
+        _same_classes(train, val, cfg, val_name)
+        _check_labels(val.labels, val.class_names, f"split '{val_name}' of '{cfg.source}'")
+        return _Plan(train, labelled, pool, labelled, val, np.arange(len(val.labels)), val_name, test, test_idx)
+    held = validation_split(train.labels[labelled], cfg.val_fraction)
+    if held is None:
+        if cfg.val_fraction > 0:
+            log.warning("too few labelled images per class to hold out a validation split; the last epoch is kept "
+                        "and nothing is chosen by validation accuracy")
+        return _Plan(train, labelled, pool, labelled, None, None, None, test, test_idx)
+    return _Plan(train, labelled[held[0]], pool, labelled, train, labelled[held[1]], None, test, test_idx)
 
 
-def load_data(cfg: DataConfig) -> tuple[ImageData, ImageData]:
-    """Open ``cfg.source`` and return (train, test) as decoded, class-balanced ``ImageData``."""
-    train, test, _, train_idx, test_idx = _plan(cfg)
-    return (_materialise(train, train_idx, cfg, f"{cfg.source}:{cfg.train_split}"),
-            _materialise(test, test_idx, cfg, f"{cfg.source}:{cfg.test_split}"))
+def _same_classes(train: _Split, other: _Split, cfg: DataConfig, name: str) -> None:
+    if other.class_names != train.class_names:
+        raise Fm2EdgeError(f"splits '{cfg.train_split}' and '{name}' of '{cfg.source}' name different classes; give "
+                           f"splits of one dataset")
+
+
+def load_data(cfg: DataConfig) -> tuple[ImageData, ImageData | None, ImageData]:
+    """Open ``cfg.source`` and return (train, validation, test) as decoded, class-balanced ``ImageData``.
+
+    Validation is the source's own split (``val``, ``validation``, ``valid``, or ``data.val_split``), else a
+    stratified ``data.val_fraction`` of the labelled training images; None when neither can be had."""
+    plan = _plan(cfg)
+    train = _materialise(plan.train, plan.train_idx, cfg, f"{cfg.source}:{cfg.train_split}")
+    val = None
+    if plan.val is not None:
+        where = f"{cfg.source}:{plan.val_name or f'{cfg.train_split} (held-out validation)'}"
+        val = _materialise(plan.val, plan.val_idx, cfg, where)
+    return train, val, _materialise(plan.test, plan.test_idx, cfg, f"{cfg.source}:{cfg.test_split}")
 
 
 def load_unlabeled(cfg: DataConfig, n: int | None) -> ImageData:
     """Training images that ``load_data(cfg)`` leaves out (beyond max_train / per_class), the first ``n`` of them in
     source order (all when ``n`` is None), with every label set to -1: extra images for distillation without labels.
-    Test images are never among them."""
-    train, _, pool, train_idx, _ = _plan(cfg)
-    rest = np.setdiff1d(pool, train_idx)
+    Test and validation images are never among them."""
+    plan = _plan(cfg)
+    rest = np.setdiff1d(plan.pool, plan.labelled)
     rest = rest if n is None else rest[:n]
     if len(rest) == 0:
-        raise Fm2EdgeError(f"'{cfg.source}' has no training images beyond the {len(train_idx)} labelled ones; lower "
-                           f"--data.max_train or drop the unlabelled images")
-    data = _materialise(train, rest, cfg, f"{cfg.source}:{cfg.train_split}:unlabeled")
+        raise Fm2EdgeError(f"'{cfg.source}' has no training images beyond the {len(plan.labelled)} labelled ones; "
+                           f"lower --data.max_train or drop the unlabelled images")
+    data = _materialise(plan.train, rest, cfg, f"{cfg.source}:{cfg.train_split}:unlabeled")
     return ImageData(data.images, torch.full_like(data.labels, -1), data.class_names, f"{data.fingerprint}-unlabeled",
                      data.skipped)

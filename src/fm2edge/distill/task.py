@@ -64,7 +64,7 @@ class DistillConfig:
             teacher online.
         unlabeled: Also distil on this many further training images without their labels (soft targets only):
             the training-split images beyond --data.max_train / --data.per_class, in source order; -1 takes all.
-        min_teacher_gain: The gate: refuse a teacher whose test accuracy is below chance x (1 + this).
+        min_teacher_gain: The gate: refuse a teacher whose validation accuracy is below chance x (1 + this).
         force: Distil even from a teacher that fails the gate.
     """
 
@@ -181,13 +181,14 @@ def load_teacher(cfg: DistillConfig, num_classes: int) -> Classifier:
     return teacher.eval()
 
 
-def quality_gate(teacher_acc: float, num_classes: int, cfg: DistillConfig, name: str) -> None:
+def quality_gate(teacher_acc: float, num_classes: int, cfg: DistillConfig, name: str,
+                 split: str = "validation") -> None:
     """Refuse a teacher near chance (such as a pretrained backbone whose new head was never trained)."""
     chance = 1.0 / num_classes
     floor = chance * (1 + cfg.min_teacher_gain)
     if teacher_acc < floor and not cfg.force:
         raise Fm2EdgeError(
-            f"the teacher '{name}' scores {100 * teacher_acc:.1f}% on the test split, near chance "
+            f"the teacher '{name}' scores {100 * teacher_acc:.1f}% on the {split} split, near chance "
             f"({100 * chance:.1f}%): its classification head is untrained. Train it first, e.g. "
             f"`fm2edge probe --model.name {name}` (a linear probe) or `fm2edge train --model.name {name}`, and pass "
             f"that run folder as --distill.teacher; or pass --distill.force true to distil anyway")
@@ -263,7 +264,7 @@ def distill_one(job: DistillJob) -> dict:
     from fm2edge.data import load_unlabeled
     from fm2edge.device import environment
     from fm2edge.report.metrics import accuracy
-    from fm2edge.results import slug, start_stage, write_outputs
+    from fm2edge.results import selection_line, slug, start_stage, write_outputs
     from fm2edge.train import fit, predict
 
     session = start_stage(job.data, job.train.device, job.train.precision)
@@ -274,11 +275,14 @@ def distill_one(job: DistillJob) -> dict:
                                                          else job.distill.unlabeled))
     torch.manual_seed(job.train.seed)  # a registered teacher gets a fresh head: its gate verdict must be reproducible
     teacher = load_teacher(job.distill, train.num_classes).to(accelerator.device)
-    t_logits = predict(teacher, test, job.train.eval_batch_size, accelerator.device, accelerator=accelerator)
-    teacher_acc = accuracy(t_logits, test.labels)
+    # the gate is a choice, so it reads validation data (the labelled training images when there is none)
+    gate_data = session.val if session.val is not None else session.train
+    gate_split = "validation" if session.val is not None else "training (no validation split)"
+    gate_acc = accuracy(predict(teacher, gate_data, job.train.eval_batch_size, accelerator.device,
+                                accelerator=accelerator), gate_data.labels)
     if accelerator.is_main_process:
-        print(f"teacher {teacher.name}: {100 * teacher_acc:.2f}% on the test split")
-    quality_gate(teacher_acc, train.num_classes, job.distill, teacher.name)
+        print(f"teacher {teacher.name}: {100 * gate_acc:.2f}% on the {gate_split} split")
+    quality_gate(gate_acc, train.num_classes, job.distill, teacher.name, gate_split)
     student = session.model(job.model, job.train.seed)
     with session.open(job.run, slug(f"distill-{job.model.name}")) as run:
         config = to_dict(job)
@@ -297,17 +301,21 @@ def distill_one(job: DistillJob) -> dict:
                   f"{int((train.labels >= 0).sum())} labelled + {int((train.labels < 0).sum())} unlabelled training "
                   f"images | losses "
                   f"{job.distill.losses} | teacher outputs {'cached' if task.cache is not None else 'online'}")
-        result = fit(task, student, train, test, job.train, run, accelerator, config)
+        result = fit(task, student, train, session.val, test, job.train, run, accelerator, config)
         metrics = {}
+        t_logits = predict(teacher, test, job.train.eval_batch_size, accelerator.device, accelerator=accelerator)
+        teacher_acc = accuracy(t_logits, test.labels)
         if accelerator.is_main_process:
             agree = accuracy(result.test_logits.argmax(1), t_logits.argmax(1))
             metrics = write_outputs(run, student, result, test, {
                 "data": job.data.source, "env": environment(accelerator), "teacher": teacher.name,
-                "teacher_test_acc": teacher_acc, "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
+                "teacher_test_acc": teacher_acc, "teacher_gate_acc": gate_acc, "teacher_gate_split": gate_split,
+                "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
                 "agreement_with_teacher": agree, "teacher_cached": task.cache is not None,
                 "teacher_cache": str(cache_dir) if cache_dir else None})
             run.write_predictions(t_logits.numpy(), test.labels.numpy(), test.class_names, "teacher_predictions.npz")
-            print(f"student test accuracy {100 * metrics['test_acc']:.2f}% (teacher {100 * teacher_acc:.2f}%, "
+            print(f"{selection_line(result.selection)}: student test accuracy {100 * metrics['test_acc']:.2f}% "
+                  f"(teacher {100 * teacher_acc:.2f}%, "
                   f"agreement {100 * agree:.1f}%) | results in {run.path}")
         accelerator.wait_for_everyone()
     return metrics

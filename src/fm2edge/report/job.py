@@ -303,10 +303,11 @@ def render_html(title: str, acc: list[dict], mistakes: list[dict], groups: dict 
                               _num(m["kl_to_teacher"]), _num(m["ece"])] for m in mistakes]))
     for name, rows in extras.get("comparison", []):
         parts.append(f"<h2>Fine-tuning: {html.escape(name)}</h2>")
-        parts.append(_table("finetune", ["mode", "trainable parameters", "of total", "accuracy before",
-                                         "accuracy after", "training s"],
+        parts.append(_table("finetune", ["mode", "trainable parameters", "of total", "validation before",
+                                         "validation after", "test (kept epoch)", "training s"],
                             [[r["mode"], f"{r['trainable']:,}", f"{100 * r['trainable'] / r['total']:.2f}%",
-                              _pct(r.get("test_acc_before")), _pct(r["test_acc"]), f"{r['train_seconds']:.0f}"]
+                              _pct(r.get("val_acc_before")), _pct(r.get("val_acc")), _pct(r["test_acc"]),
+                              f"{r['train_seconds']:.0f}"]
                              for r in rows]))
     for name, rows in extras.get("bench", []):
         parts.append(f"<h2>Speed: {html.escape(name)}</h2>")

@@ -12,16 +12,21 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 
-def learning_curves(history: Sequence[dict], title: str) -> Figure:
-    """Training loss and train/test accuracy per epoch."""
+def learning_curves(history: Sequence[dict], title: str, selected_epoch: int | None = None) -> Figure:
+    """Training loss, and running train accuracy and validation accuracy per epoch; a dashed line marks the epoch
+    whose weights were kept."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
     epochs = [h["epoch"] for h in history]
     ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", color="tab:red")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
     ax_acc.plot(epochs, [100 * h["train_acc"] for h in history], marker="o", label="train (running)")
-    tested = [h for h in history if h.get("test_acc") is not None]
-    ax_acc.plot([h["epoch"] for h in tested], [100 * h["test_acc"] for h in tested], marker="s", label="test")
+    checked = [h for h in history if h.get("val_acc") is not None]
+    ax_acc.plot([h["epoch"] for h in checked], [100 * h["val_acc"] for h in checked], marker="s", label="validation")
+    if selected_epoch is not None:
+        for ax in (ax_loss, ax_acc):
+            ax.axvline(selected_epoch, color="0.4", linestyle="--", linewidth=1)
+        ax_acc.plot([], [], color="0.4", linestyle="--", label=f"kept: epoch {selected_epoch}")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     ax_acc.legend()
     for ax in (ax_loss, ax_acc):
@@ -98,7 +103,8 @@ def bars(values: dict[str, float], xlabel: str, ylabel: str, title: str) -> Figu
 
 
 def finetune_comparison(rows: Sequence[dict], title: str) -> Figure:
-    """Linear vs LoRA vs full: test accuracy (before and after), trainable parameters, training time."""
+    """Linear vs LoRA vs full: test accuracy after training (validation accuracy before, where measured),
+    trainable parameters, training time."""
     fig = Figure(figsize=(11, 3.8), layout="constrained")
     axes = fig.subplots(1, 3)
     names = [r["mode"] for r in rows]
@@ -106,10 +112,10 @@ def finetune_comparison(rows: Sequence[dict], title: str) -> Figure:
     after = [100 * r["test_acc"] for r in rows]
     rects = axes[0].bar(names, after, color=colours)
     axes[0].bar_label(rects, fmt="%.1f")
-    before = [(i, 100 * r["test_acc_before"]) for i, r in enumerate(rows) if r.get("test_acc_before") is not None]
+    before = [(i, 100 * r["val_acc_before"]) for i, r in enumerate(rows) if r.get("val_acc_before") is not None]
     if before:
         axes[0].scatter([i for i, _ in before], [b for _, b in before], marker="_", s=600, color="k", zorder=3,
-                        label="before training")
+                        label="before training (validation)")
         axes[0].legend(loc="upper left", fontsize=8)
     axes[0].set(ylabel="test accuracy (%)", ylim=(0, 115), title="accuracy after training")
     rects = axes[1].bar(names, [r["trainable"] for r in rows], color=colours)
