@@ -19,6 +19,7 @@ from common import SHARED_CIFAR10
 
 from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
 from fm2edge.distill.task import DistillConfig, DistillJob, distill_job
+from fm2edge.report.metrics import seed_difference
 from fm2edge.train import train_job
 
 
@@ -61,8 +62,8 @@ def main() -> None:
             results[variant] = distill_job(DistillJob(data=data, model=student, train=train, distill=cfg, run=run,
                                                       seeds=args.seeds))
     t_acc = json.loads((t / "metrics.json").read_text()).get("test_acc")
-    print(f"\nCIFAR-10, 5,000 labelled / 1,000 test images, student:small_cnn at 32 px, {args.epochs} epochs, "
-          f"seeds {args.seeds}")
+    print(f"\nCIFAR-10, 5,000 labels (4,500 train + 500 validation) / 1,000 test images, student:small_cnn at 32 px, "
+          f"{args.epochs} epochs, best validation epoch kept, seeds {args.seeds}, {minutes(root):.0f} min of training")
     if t_acc is not None:
         print(f"  {'teacher (Lite0 probe, 224 px)':<32} {100 * t_acc:6.2f}%")
     for variant, r in results.items():
@@ -72,10 +73,12 @@ def main() -> None:
     if scratch:
         for variant, r in results.items():
             if variant != "scratch":
-                gain = 100 * (r["mean"] - scratch["mean"])
-                spread = 100 * max(r["std"], scratch["std"])
-                print(f"  {variant} - scratch: {gain:+.2f} points ({'more' if abs(gain) > spread else 'less'} than "
-                      f"the seed spread of {spread:.2f})")
+                print("  " + seed_difference(r["test_acc"], scratch["test_acc"]).line(f"{variant} vs scratch"))
+
+
+def minutes(root: Path) -> float:
+    """Training minutes of every run under ``root``, from their metrics."""
+    return sum(json.loads(p.read_text()).get("train_seconds", 0) for p in root.rglob("metrics.json")) / 60
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def test_report_tables_hold_the_runs_numbers(runs, tmp_path):
     assert acc["kd"]["std"] == pytest.approx(seeds["std"])
     assert next(r for r in result["accuracy"] if r["kind"] == "teacher")["test_acc"] > 0
     kinds = {m["label"]: m for m in result["mistakes"]}
-    assert kinds["scratch"]["kl_to_teacher"] >= 0 and 0 <= kinds["scratch"]["ece"] <= 1
+    assert kinds["scratch (seed 0)"]["kl_to_teacher"] >= 0 and 0 <= kinds["scratch (seed 0)"]["ece"] <= 1
     page = (tmp_path / "report.html").read_text()
     assert "http://" not in page and "https://" not in page  # self-contained: opens from disk offline
     assert len(re.findall(r'<img alt="[^"]*" src="data:image/png;base64,', page)) >= 5
@@ -83,3 +83,96 @@ def test_report_in_a_real_browser(runs, tmp_path):
     kd = json.loads((runs / "kd" / "seeds.json").read_text())["mean"]
     assert any(abs(v - scratch) < 1e-6 for v in shown) and any(abs(v - kd) < 1e-6 for v in shown)
     assert f"{100 * scratch:.2f}%" in table
+
+
+def fake_run(folder, kind, acc, seed, epochs=10, classes=("a", "b", "c"), n=300, teacher_preds=None, rng_seed=0):
+    """A run folder written by hand: config, metrics and test predictions with accuracy ``acc``."""
+    import numpy as np
+    import yaml
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(rng_seed)
+    labels = np.arange(n) % len(classes)
+    preds = labels.copy()
+    wrong = rng.choice(n, int(round((1 - acc) * n)), replace=False)
+    preds[wrong] = (labels[wrong] + 1) % len(classes)
+    logits = np.eye(len(classes))[preds] * 3.0
+    config = {"data": {"source": "x", "max_train": 500}, "model": {"name": "student:small_cnn"},
+              "train": {"epochs": epochs, "lr": 0.01, "seed": seed, "device": "cpu"}, "run": {"name": folder.name}}
+    metrics = {"history": [{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "val_acc": 0.5}],
+               "test_acc": float((preds == labels).mean()), "parameters": 1000}
+    if kind == "distill":
+        config["distill"] = {"teacher": "t", "losses": {"kd": 1.0}}
+        metrics.update(teacher="t", teacher_test_acc=0.9)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    np.savez(folder / "predictions.npz", logits=logits, labels=labels, preds=preds, class_names=np.array(classes))
+    if teacher_preds is not None:
+        np.savez(folder / "teacher_predictions.npz", logits=np.eye(len(classes))[teacher_preds] * 3.0,
+                 labels=labels, preds=teacher_preds, class_names=np.array(classes))
+    return float((preds == labels).mean())
+
+
+def test_matched_groups_and_their_intervals(tmp_path):
+    """Seeds are grouped by setting and method; a distillation is compared with the scratch run of the same budget
+    only; a known gap far outside the seed spread is a gain, a small one is within noise."""
+    root = tmp_path / "study"
+    for s, (lo, hi, near) in enumerate([(0.70, 0.80, 0.705), (0.71, 0.81, 0.695), (0.70, 0.79, 0.712)]):
+        fake_run(root / "scratch" / f"seed-{s}", "train", lo, s, rng_seed=s)
+        fake_run(root / "kd" / f"seed-{s}", "distill", hi, s, rng_seed=10 + s)
+        fake_run(root / "kd-long" / f"seed-{s}", "distill", near, s, epochs=20, rng_seed=20 + s)
+        fake_run(root / "scratch-long" / f"seed-{s}", "train", 0.70, s, epochs=20, rng_seed=30 + s)
+    result = report_job(ReportJob(runs=[str(root)], output=str(tmp_path / "out")))
+    got = {(c["a"], c["b"]): c for c in result["comparisons"]}
+    assert set(got) == {("kd", "scratch"), ("kd-long", "scratch-long")}  # never across budgets
+    assert got[("kd", "scratch")]["verdict"] == "gain" and got[("kd", "scratch")]["low"] > 0
+    assert got[("kd-long", "scratch-long")]["verdict"] == "within noise"
+    assert "Welch" in got[("kd", "scratch")]["method"]
+    rows = {r["label"]: r for r in result["accuracy"]}
+    assert rows["kd"]["n"] == 3 and rows["kd"]["seeds"] == "0, 1, 2"
+    assert any(v.startswith("kd vs scratch: +") and v.endswith(": gain") for v in result["verdicts"])
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert 'id="comparisons"' in page and "within noise" in page and "kd vs scratch" in page
+    assert "matched runs" in page  # the confusion matrices pair kd with its own scratch run
+
+
+def test_groups_are_never_taken_from_a_teacher_and_two_classes_agree_by_necessity(tmp_path):
+    import numpy as np
+
+    labels = np.arange(300) % 2
+    teacher = labels.copy()
+    teacher[:30] = 1 - teacher[:30]
+    fake_run(tmp_path / "two" / "kd", "distill", 0.8, 0, classes=("cat", "dog"), teacher_preds=teacher)
+    fake_run(tmp_path / "two" / "scratch", "train", 0.7, 0, classes=("cat", "dog"))
+    result = report_job(ReportJob(runs=[str(tmp_path / "two")], output=str(tmp_path / "out2")))
+    rows = {m["label"]: m for m in result["mistakes"]}
+    assert rows["kd (seed 0)"]["error_agreement"] == "n/a" and rows["scratch (seed 0)"]["error_agreement"] == "n/a"
+    assert all(m["superclass_error_share"] == "no groups" for m in result["mistakes"])
+    page = (tmp_path / "out2" / "report.html").read_text()
+    assert "<td>n/a</td>" in page and "<td>no groups</td>" in page
+    # ten classes without known groups: still no groups (none are derived from the teacher's confusions)
+    names = tuple("abcdefghij")
+    fake_run(tmp_path / "ten" / "kd", "distill", 0.8, 0, classes=names, teacher_preds=np.arange(300) % 10)
+    result = report_job(ReportJob(runs=[str(tmp_path / "ten")], output=str(tmp_path / "out3")))
+    assert all(m["superclass_error_share"] == "no groups" for m in result["mistakes"])
+    # the user's groups, from a file
+    (tmp_path / "groups.yaml").write_text("first: [a, b, c, d, e]\nsecond: [f, g, h, i, j]\n")
+    result = report_job(ReportJob(runs=[str(tmp_path / "ten")], output=str(tmp_path / "out4"),
+                                  superclasses=str(tmp_path / "groups.yaml")))
+    assert all(isinstance(m["superclass_error_share"], float) for m in result["mistakes"] if m["errors"])
+
+
+def test_rows_from_several_folders_name_their_runs(tmp_path, capsys):
+    """`fm2edge report runs/a runs/b` with seed folders: every row says which run it is, in HTML and Markdown."""
+    for name, acc in (("a", 0.7), ("b", 0.8)):
+        for s in (0, 1):
+            kind = "train" if name == "a" else "distill"
+            fake_run(tmp_path / name / f"seed-{s}", kind, acc + 0.01 * s, s, rng_seed=s + (5 if name == "b" else 0))
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--output", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    page = (tmp_path / "out" / "report.html").read_text()
+    for text in (md, page):
+        for label in ("a/seed-0", "a/seed-1", "b/seed-0", "b/seed-1"):
+            assert label in text
+        assert "b vs a" in text
+    assert "| . |" not in md and "<td>.</td>" not in page

@@ -18,6 +18,7 @@ import yaml
 
 from fm2edge.config import DemoJob
 from fm2edge.recipe import check_recipe, run_recipe
+from fm2edge.report.compare import findings
 
 TEACHER = "pypi:efficientnet_lite0"
 
@@ -68,15 +69,9 @@ def demo_job(job: DemoJob) -> dict:
     print(f"  {'model':<{width}} {'test accuracy':>13}")
     for name, acc in rows:
         print(f"  {name:<{width}} {100 * acc:>12.2f}%")
-    gain = probe["test_acc"] - results["probe-random"]["test_acc"]
-    if pretrained:
-        print(f"  pretrained minus random-weight probe: {100 * gain:+.2f} points" +
-              ("  (digits are 8x8 pen strokes, far from the ImageNet photos the backbone learned from)"
-               if gain < 0.01 else ""))
-    eff = probe.get("label_efficiency", {})
-    if eff:
-        print("  labels/class -> probe | scratch: " + ", ".join(
-            f"{n}: {100 * eff['probe'][n]:.0f}% | {100 * eff['scratch'][n]:.0f}%" for n in eff["probe"]))
+    print("verdicts (a difference counts only when its 95% interval excludes 0):")
+    for line in findings([str(root)]).verdicts:
+        print(f"  {line}")
     bench = results["bench"]["rows"]
     print(f"  batch-1 latency: teacher {bench[0]['p50_ms']:.2f} ms, student {bench[1]['p50_ms']:.2f} ms "
           f"({bench[1]['speedup_vs_first']:.1f}x faster, {bench[0]['params'] / bench[1]['params']:.0f}x fewer "

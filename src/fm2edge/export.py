@@ -9,6 +9,7 @@ every check passes: the export folder appears complete or not at all.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import warnings
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import torch
 
 from fm2edge.config import DataConfig, check
 from fm2edge.errors import Fm2EdgeError
-from fm2edge.report.metrics import accuracy
+from fm2edge.report.metrics import Difference, accuracy, paired_difference
 from fm2edge.timing import summarise, time_calls
 
 
@@ -223,7 +224,10 @@ def quantise_and_measure(model, fp32_path: Path, int8_path: Path, train, test, f
                   cfg.per_channel)
     sess8 = open_session(int8_path, cfg.threads)
     q_logits = _onnx_logits(sess8, model, test.images, cfg.batch_size)
+    labels = test.labels.numpy()
+    difference = paired_difference(q_logits.argmax(1) == labels, fp32_logits.argmax(1) == labels)
     return {"test_acc": accuracy(q_logits, test.labels),
+            "int8_vs_fp32": dataclasses.asdict(difference),
             "int8_agreement_with_fp32": accuracy(q_logits.argmax(1), fp32_logits.argmax(1)),
             "calibration_images": int(len(calib)),
             "latency": _latency(lambda: run_session(sess8, x1), cfg.latency_runs)}
@@ -278,6 +282,8 @@ def export_job(job: ExportJob) -> dict:
         result["int8_drop_points"] = drop if cfg.int8 else None
         atomic_write_json(tmp / "export.json", result)
     _print_table(result)
+    if cfg.int8:
+        print(Difference(**result["int8_vs_fp32"]).line("int8 vs fp32 ONNX"))
     if cfg.int8 and drop > cfg.max_int8_drop:
         print(f"warning: int8 loses {drop:.2f} points of test accuracy (more than --export.max_int8_drop "
               f"{cfg.max_int8_drop}); try --export.calibration_method percentile, more calibration images, or ship "

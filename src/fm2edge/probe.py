@@ -277,7 +277,7 @@ def label_efficiency(job: ProbeJob, feats: dict[str, Features], run) -> dict:
                            train=TrainConfig(epochs=epochs, batch_size=batch, lr=2e-3, optimizer="adamw",
                                              schedule="onecycle", weight_decay=5e-4, augment="flip",
                                              seed=job.probe.seed, keep_checkpoints=1,
-                                             eval_every=epochs, checkpoint_every=max(1, epochs // 4)),
+                                             eval_every=max(1, epochs // 10), checkpoint_every=max(1, epochs // 4)),
                            run=RunConfig(root=str(run.path / "scratch"), name=f"per-class-{n}", resume=True))
             m = _quiet(train_job, sub)
             curves["scratch"][n] = m["test_acc"]

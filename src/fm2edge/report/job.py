@@ -1,13 +1,14 @@
 """`fm2edge report RUN...`: one self-contained HTML page (and a Markdown summary) from run folders.
 
-Reading is separate from rendering: :func:`collect` turns folders into :class:`Run` records, the ``*_rows``
-functions turn records into table rows (pure), and :func:`render_html` / :func:`render_markdown` turn rows and
-figures into text. Images are embedded as base64 PNG, so the page opens from disk with no network.
+Reading (:mod:`~fm2edge.report.read`) and comparing (:mod:`~fm2edge.report.compare`) come first; here the
+``*_rows`` functions turn records into table rows (pure), and :func:`render_html` / :func:`render_markdown` turn
+rows and figures into text. Images are embedded as base64 PNG, so the page opens from disk with no network.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -18,6 +19,8 @@ import numpy as np
 
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.report import metrics as M
+from fm2edge.report.compare import Group, findings
+from fm2edge.report.read import Run
 
 METHOD_COLOURS = {"teacher": "C3", "train": "C0", "distill": "C1", "probe": "C2", "finetune": "C4",
                   "zeroshot": "C5"}
@@ -32,159 +35,96 @@ class ReportJob:
         output: Folder for report.html and report.md; empty writes into the first run folder.
         title: Page title.
         superclasses: Class groups for the "mistakes within a superclass" measure, e.g. {vehicle: [airplane, ...],
-            animal: [...]}; empty uses CIFAR-10's vehicles/animals when the classes are CIFAR-10's, else groups
-            derived from the teacher's confusion matrix.
+            animal: [...]}, or a YAML/JSON file holding them; empty uses the dataset's own groups where fm2edge knows
+            them (CIFAR-10's vehicles and animals, CIFAR-100's 20 coarse classes), else the measure is left out.
+            Groups never come from a model's predictions, which would make a student that copies its teacher look
+            "smarter" by construction.
     """
 
     runs: list[str] = field(default_factory=list)
     output: str | None = None
     title: str = "fm2edge report"
-    superclasses: dict[str, list[str]] | None = None
+    superclasses: dict[str, list[str]] | str | None = None
 
     def __post_init__(self) -> None:
         if not self.runs:
             raise ValueError("give at least one run folder, e.g. fm2edge report runs/demo")
 
 
-@dataclass
-class Run:
-    path: Path
-    label: str
-    kind: str
-    metrics: dict
-    config: str = ""
-    preds: dict | None = None
-    teacher_preds: dict | None = None
-    plots: list[Path] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------- reading
-
-
-def _kind(metrics: dict) -> str:
-    if "teacher" in metrics:
-        return "distill"
-    if "mode" in metrics:
-        return "finetune"
-    if "probes" in metrics:
-        return "probe"
-    if "prompts" in metrics or "templates" in metrics:
-        return "zeroshot"
-    if "history" in metrics:
-        return "train"
-    return "other"
-
-
-def _npz(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-def _visible(path: Path, root: Path) -> bool:
-    """Not inside checkpoints or a hidden folder (a recipe's .stages records, partial writes)."""
-    parts = path.relative_to(root).parts
-    return "checkpoints" not in parts and not any(p.startswith(".") for p in parts)
-
-
-def collect(paths: list[str]) -> tuple[list[Run], list[Path]]:
-    """Every run folder (a folder with metrics.json not nested inside another run) under ``paths``, in path order;
-    and every other folder of interest (bench.json, export/, seeds.json, comparison.json holders)."""
-    runs: list[Run] = []
-    extras: list[Path] = []
-    for root in map(Path, paths):
-        if not root.exists():
-            raise Fm2EdgeError(f"run folder '{root}' does not exist")
-        found = sorted({p.parent for name in ("metrics.json", "embed.json") for p in root.rglob(name)
-                        if _visible(p, root)}) if root.is_dir() else []
-        base = root.parent if root in found else root
-        for folder in found:
-            if any((a / "metrics.json").exists() for a in folder.parents if a != folder and base in a.parents):
-                continue  # a run's internal sub-runs (a probe's label-efficiency trainings)
-            file = folder / "metrics.json" if (folder / "metrics.json").exists() else folder / "embed.json"
-            metrics = json.loads(file.read_text())
-            if "parameters" not in metrics and (folder / "model.json").exists():
-                metrics["parameters"] = json.loads((folder / "model.json").read_text()).get("parameters")
-            config = (folder / "config.yaml").read_text() if (folder / "config.yaml").exists() else ""
-            kind = "embed" if file.name == "embed.json" else _kind(metrics)
-            runs.append(Run(folder, str(folder.relative_to(base)), kind, metrics, config,
-                            _npz(folder / "predictions.npz"), _npz(folder / "teacher_predictions.npz"),
-                            sorted((folder / "plots").glob("*.png")) if (folder / "plots").exists() else []))
-        for name in ("bench.json", "seeds.json", "comparison.json", "export/export.json"):
-            extras += sorted(p for p in root.rglob(name) if _visible(p, root))
-    if not runs:
-        raise Fm2EdgeError(f"no run folders (with metrics.json) under {', '.join(paths)}; give folders written by "
-                           f"fm2edge train, distill, probe, finetune or demo")
-    return runs, extras
-
-
 # ---------------------------------------------------------------- tables (pure)
 
 
-def accuracy_rows(runs: list[Run], seeds: dict[Path, dict]) -> list[dict]:
-    """One row per run, or per seed group (mean and std over the group's seeds), teacher first."""
-    rows, grouped = [], set()
+def accuracy_rows(runs: list[Run], groups: list[Group]) -> list[dict]:
+    """One row per group (mean and std over its seeds), the teacher first."""
+    rows = []
     teacher = next((r for r in runs if r.kind == "distill"), None)
     if teacher is not None:
         rows.append({"label": f"teacher: {teacher.metrics['teacher']}", "kind": "teacher",
-                     "test_acc": teacher.metrics["teacher_test_acc"], "std": None, "n": 1,
+                     "test_acc": teacher.metrics["teacher_test_acc"], "std": None, "n": 1, "seeds": "-",
                      "parameters": teacher.metrics.get("teacher_parameters")})
-    for r in runs:
-        group = r.path.parent if r.path.parent in seeds else None
-        if group is not None:
-            if group in grouped:
-                continue
-            grouped.add(group)
-            s = seeds[group]
-            label = str(Path(r.label).parent)
-            rows.append({"label": label, "kind": r.kind, "test_acc": s["mean"], "std": s["std"],
-                         "n": len(s["seeds"]), "parameters": r.metrics.get("parameters")})
-        else:
-            acc = r.metrics.get("test_acc")
-            if acc is None:
-                continue
-            rows.append({"label": r.label, "kind": r.kind, "test_acc": acc, "std": None, "n": 1,
-                         "parameters": r.metrics.get("parameters")})
+    for g in groups:
+        accs = np.asarray(g.accs)
+        rows.append({"label": g.label, "kind": g.kind, "test_acc": float(accs.mean()),
+                     "std": float(accs.std(ddof=1)) if len(accs) > 1 else None, "n": len(accs),
+                     "seeds": ", ".join(str(s) for s in g.seeds if s is not None) or "-",
+                     "parameters": g.runs[0].metrics.get("parameters")})
     return rows
 
 
-def superclass_groups(class_names: list[str], given: dict | None, teacher_preds: dict | None) -> dict | None:
-    if given:
+def load_superclasses(given: dict | str | None) -> dict | None:
+    """The --superclasses value: groups as given, or read from a YAML or JSON file."""
+    if not isinstance(given, str):
         return given
-    if set(class_names) == {c for members in M.CIFAR10_SUPERCLASSES.values() for c in members}:
-        return M.CIFAR10_SUPERCLASSES
-    if teacher_preds is not None and len(class_names) > 2:
-        cm = M.confusion(teacher_preds["preds"], teacher_preds["labels"], len(class_names))
-        return M.groups_from_confusion(cm, class_names)
-    return None
+    import yaml
+
+    path = Path(given)
+    if not path.exists():
+        raise Fm2EdgeError(f"--superclasses file '{given}' does not exist; give {{group: [class, ...]}} or a YAML file")
+    groups = yaml.safe_load(path.read_text())
+    if not isinstance(groups, dict) or not all(isinstance(v, list) for v in groups.values()):
+        raise Fm2EdgeError(f"'{given}' must map each group name to a list of class names")
+    return {str(k): [str(c) for c in v] for k, v in groups.items()}
+
+
+def superclass_groups(class_names: list[str], given: dict | None) -> dict | None:
+    """The user's groups, else the dataset's own where known (CIFAR-10, CIFAR-100), else None. Never derived from
+    a model's predictions."""
+    if given:
+        unknown = sorted({c for members in given.values() for c in members} - set(class_names))
+        if unknown:
+            raise Fm2EdgeError(f"--superclasses names classes the data does not have: {unknown[:5]}; its classes are "
+                               f"{class_names[:12]}")
+        return given
+    return M.known_superclasses(class_names)
 
 
 def mistakes_rows(runs: list[Run], given_groups: dict | None) -> tuple[list[dict], dict | None]:
     """Per run with test predictions: accuracy, errors within a superclass, agreement with the teacher on shared
-    errors, KL to the teacher, and ECE. The teacher is the one the first distillation run used (same test set)."""
+    errors, KL to the teacher, and ECE. The teacher is the one the first distillation run used (same test set).
+    A measure that cannot differ for this data reads "n/a" (error agreement with two classes: a shared error is
+    always the same wrong class); one without groups reads "no groups"."""
     teacher = next((r.teacher_preds for r in runs if r.teacher_preds is not None), None)
     with_preds = [r for r in runs if r.preds is not None]
     if not with_preds:
         return [], None
     names = [str(c) for c in with_preds[0].preds["class_names"]]
-    groups = superclass_groups(names, given_groups, teacher)
+    groups = superclass_groups(names, given_groups)
     group_idx = M.group_of(names, groups) if groups else None
     rows = []
     entries = ([("teacher", "teacher", teacher)] if teacher is not None else []) + \
-        [(r.label, r.kind, r.preds) for r in with_preds]
+        [(r.name, r.kind, r.preds) for r in with_preds]
     for label, kind, p in entries:
         same_test = teacher is not None and len(teacher["labels"]) == len(p["labels"]) and \
             bool((teacher["labels"] == p["labels"]).all())
+        compare = same_test and kind != "teacher"
         rows.append({
             "label": label, "kind": kind, "test_acc": M.accuracy(p["preds"], p["labels"]),
             "errors": int((p["preds"] != p["labels"]).sum()),
             "superclass_error_share": M.superclass_error_share(p["preds"], p["labels"], group_idx)
-            if group_idx is not None else None,
-            "error_agreement": M.error_agreement(p["preds"], teacher["preds"], p["labels"])
-            if same_test and kind != "teacher" else None,
-            "kl_to_teacher": M.kl_to_teacher(p["logits"], teacher["logits"]) if same_test and kind != "teacher"
-            else None,
+            if group_idx is not None else "no groups",
+            "error_agreement": ("n/a" if len(names) <= 2 else
+                                M.error_agreement(p["preds"], teacher["preds"], p["labels"])) if compare else None,
+            "kl_to_teacher": M.kl_to_teacher(p["logits"], teacher["logits"]) if compare else None,
             "ece": M.expected_calibration_error(p["logits"], p["labels"])})
     return rows, groups
 
@@ -198,22 +138,30 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def report_figures(runs: list[Run], bench_rows: list[dict], acc_rows: list[dict]) -> list[tuple[str, bytes]]:
-    """Figures made for the report: confusion matrices (scratch vs the most accurate distilled student), Pareto
-    plots (one point per run or seed group, the teacher included)."""
+def mean_confusion(group: Group, num_classes: int) -> np.ndarray:
+    """Row-normalised test confusion matrix averaged over the group's seeds."""
+    return np.mean([M.confusion(r.preds["preds"], r.preds["labels"], num_classes, normalize=True)
+                    for r in group.runs], axis=0)
+
+
+def report_figures(runs: list[Run], compared: list[dict], bench_rows: list[dict],
+                   acc_rows: list[dict]) -> list[tuple[str, bytes]]:
+    """Figures made for the report: confusion matrices of a matched pair (a distilled student and the same student
+    from scratch, same data and budget, averaged over seeds), Pareto plots (one point per group, the teacher
+    included)."""
     from fm2edge.report import plots
 
     figs = []
-    scratch = next((r for r in runs if r.kind == "train" and r.preds is not None), None)
-    distilled = max((r for r in runs if r.kind == "distill" and r.preds is not None),
-                    key=lambda r: r.metrics.get("test_acc", 0.0), default=None)
-    if scratch is not None and distilled is not None and len(scratch.preds["labels"]) == len(distilled.preds["labels"]):
-        names = [str(c) for c in scratch.preds["class_names"]]
-        n = len(names)
-        a = M.confusion(scratch.preds["preds"], scratch.preds["labels"], n, normalize=True)
-        b = M.confusion(distilled.preds["preds"], distilled.preds["labels"], n, normalize=True)
-        figs.append(("Confusion matrices: from scratch vs distilled", _png(plots.confusion_pair(
-            a, b, names, (scratch.label, distilled.label), "row-normalised test confusion matrices"))))
+    pair = next((c for c in compared if c["a"].kind == "distill" and c["b"].kind == "train" and
+                 all(r.preds is not None for r in c["a"].runs + c["b"].runs)), None)
+    if pair is not None:
+        scratch, distilled = pair["b"], pair["a"]
+        names = [str(c) for c in scratch.runs[0].preds["class_names"]]
+        seeds = [f"{len(g.runs)} seed{'s' if len(g.runs) > 1 else ''}" for g in (scratch, distilled)]
+        figs.append(("Confusion matrices: from scratch vs distilled (matched runs)", _png(plots.confusion_pair(
+            mean_confusion(scratch, len(names)), mean_confusion(distilled, len(names)), names,
+            (f"{scratch.label} ({seeds[0]})", f"{distilled.label} ({seeds[1]})"),
+            "row-normalised test confusion matrices, averaged over seeds"))))
     latency = []
     for row in bench_rows:
         # bench names a run by the path it was given, relative to where bench ran
@@ -237,12 +185,16 @@ def report_figures(runs: list[Run], bench_rows: list[dict], acc_rows: list[dict]
 
 
 def _pct(v, std=None) -> str:
+    if isinstance(v, str):  # "n/a", "no groups": a measure that does not apply, said in words
+        return v
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return "-"
     return f"{100 * v:.2f}%" + (f" ± {100 * std:.2f}" if std is not None else "")
 
 
 def _num(v, fmt="{:.3f}") -> str:
+    if isinstance(v, str):
+        return v
     return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt.format(v)
 
 
@@ -279,15 +231,38 @@ def _img(data: bytes, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
+def comparison_rows(compared: list[dict]) -> list[list[str]]:
+    """The comparisons as table cells: a, b, their means, the difference, its interval, how, and the verdict."""
+    out = []
+    for c in compared:
+        d = c["difference"]
+        ci = f"{100 * d.low:+.2f} to {100 * d.high:+.2f}" if d.low is not None else "-"
+        out.append([f"{c['a'].label} vs {c['b'].label}", _pct(float(np.mean(c["a"].accs))),
+                    _pct(float(np.mean(c["b"].accs))), f"{100 * d.diff:+.2f}", ci, d.method, d.verdict])
+    return out
+
+
+COMPARISON_HEAD = ["comparison (same student, data, augmentation, budget)", "a", "b", "a - b (points)",
+                   "95% interval", "how", "verdict"]
+
+
 def render_html(title: str, acc: list[dict], mistakes: list[dict], groups: dict | None, figures: list,
-                run_plots: list[tuple[str, bytes]], extras: dict, runs: list[Run]) -> str:
+                run_plots: list[tuple[str, bytes]], extras: dict, runs: list[Run], compared: list[dict],
+                verdicts: list[str]) -> str:
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    if verdicts:
+        parts.append("<h2>Verdicts</h2><ul id='verdicts'>" + "".join(f"<li>{html.escape(v)}</li>" for v in verdicts)
+                     + "</ul><p class='note'>A difference is a gain or a loss only when its 95% interval excludes 0; "
+                       "otherwise it is within noise.</p>")
     parts.append("<h2>Accuracy</h2>")
-    parts.append(_table("accuracy", ["run", "kind", "test accuracy", "seeds", "parameters"],
-                        [[r["label"], r["kind"], _pct(r["test_acc"], r["std"]), r["n"],
+    parts.append(_table("accuracy", ["run", "kind", "test accuracy (mean ± std over seeds)", "seeds", "parameters"],
+                        [[r["label"], r["kind"], _pct(r["test_acc"], r["std"]), r["seeds"],
                           f"{r['parameters']:,}" if r.get("parameters") else "-"] for r in acc],
                         [[None, None, float(r["test_acc"]), None, None] for r in acc]))
+    if compared:
+        parts.append("<h2>Matched comparisons</h2>")
+        parts.append(_table("comparisons", COMPARISON_HEAD, comparison_rows(compared)))
     if mistakes:
         described = "; ".join(f"{k}: {', '.join(v)}" for k, v in groups.items()) if groups else ""
         parts.append("<h2>Smarter mistakes?</h2><p class='note'>Errors within a superclass: of the wrong "
@@ -344,9 +319,16 @@ def render_html(title: str, acc: list[dict], mistakes: list[dict], groups: dict 
     return "\n".join(parts)
 
 
-def render_markdown(title: str, acc: list[dict], mistakes: list[dict]) -> str:
-    lines = [f"# {title}", "", "| run | kind | test accuracy | seeds |", "|---|---|---|---|"]
-    lines += [f"| {r['label']} | {r['kind']} | {_pct(r['test_acc'], r['std'])} | {r['n']} |" for r in acc]
+def render_markdown(title: str, acc: list[dict], mistakes: list[dict], compared: list[dict],
+                    verdicts: list[str]) -> str:
+    lines = [f"# {title}", ""]
+    if verdicts:
+        lines += [f"- {v}" for v in verdicts] + [""]
+    lines += ["| run | kind | test accuracy | seeds |", "|---|---|---|---|"]
+    lines += [f"| {r['label']} | {r['kind']} | {_pct(r['test_acc'], r['std'])} | {r['seeds']} |" for r in acc]
+    if compared:
+        lines += ["", "| " + " | ".join(COMPARISON_HEAD) + " |", "|" + "---|" * len(COMPARISON_HEAD)]
+        lines += ["| " + " | ".join(row) + " |" for row in comparison_rows(compared)]
     if mistakes:
         lines += ["", "| run | errors | errors within superclass | error agreement with teacher | KL to teacher "
                       "| ECE |", "|---|---|---|---|---|---|"]
@@ -361,28 +343,22 @@ def render_markdown(title: str, acc: list[dict], mistakes: list[dict]) -> str:
 def report_job(job: ReportJob) -> dict:
     from fm2edge.report.write import write_report
 
-    runs, extra_files = collect(job.runs)
-    seeds = {p.parent: json.loads(p.read_text()) for p in extra_files if p.name == "seeds.json"}
-    extras: dict[str, list] = {"bench": [], "export": [], "comparison": []}
-    for p in extra_files:
-        if p.name == "bench.json":
-            extras["bench"].append((str(p.parent), json.loads(p.read_text())["rows"]))
-        elif p.name == "export.json":
-            extras["export"].append((str(p.parent), json.loads(p.read_text())))
-        elif p.name == "comparison.json":
-            extras["comparison"].append((str(p.parent), json.loads(p.read_text())["rows"]))
-    acc = accuracy_rows(runs, seeds)
-    mistakes, groups = mistakes_rows(runs, job.superclasses)
-    figures = report_figures(runs, [r for _, rows in extras["bench"] for r in rows], acc)
+    found = findings(job.runs)
+    runs, extras, compared, verdicts = found.runs, found.extras, found.compared, found.verdicts
+    acc = accuracy_rows(runs, found.groups)
+    mistakes, superclasses = mistakes_rows(runs, load_superclasses(job.superclasses))
+    figures = report_figures(runs, compared, [r for _, rows in extras["bench"] for r in rows], acc)
     run_plots = [(f"{r.label}: {p.stem.replace('_', ' ')}", p.read_bytes()) for r in runs for p in r.plots]
     for folder, _ in extras["comparison"]:
         for p in sorted((Path(folder) / "plots").glob("*.png")):
             run_plots.append((f"{Path(folder).name}: {p.stem}", p.read_bytes()))
     out = Path(job.output) if job.output else Path(job.runs[0])
-    page = render_html(job.title, acc, mistakes, groups, figures, run_plots, extras, runs)
-    markdown = render_markdown(job.title, acc, mistakes)
+    page = render_html(job.title, acc, mistakes, superclasses, figures, run_plots, extras, runs, compared, verdicts)
+    markdown = render_markdown(job.title, acc, mistakes, compared, verdicts)
     write_report(out, page, markdown)
     print(markdown)
     print(f"report: {(out / 'report.html').resolve()} ({len(page) / 1e6:.1f} MB, {len(figures) + len(run_plots)} "
           f"images) and report.md")
-    return {"accuracy": acc, "mistakes": mistakes, "html": str(out / "report.html")}
+    return {"accuracy": acc, "mistakes": mistakes, "verdicts": verdicts, "html": str(out / "report.html"),
+            "comparisons": [{"a": c["a"].label, "b": c["b"].label, **dataclasses.asdict(c["difference"]),
+                             "verdict": c["difference"].verdict} for c in compared]}

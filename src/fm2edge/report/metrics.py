@@ -38,6 +38,44 @@ def per_class_accuracy(preds: np.ndarray, labels: np.ndarray, num_classes: int) 
 CIFAR10_SUPERCLASSES = {"vehicle": ["airplane", "automobile", "ship", "truck"],
                         "animal": ["bird", "cat", "deer", "dog", "frog", "horse"]}
 
+# CIFAR-100's own 20 coarse classes over its 100 fine ones (Krizhevsky 2009, the dataset's coarse_label)
+CIFAR100_SUPERCLASSES = {
+    "aquatic mammals": ["beaver", "dolphin", "otter", "seal", "whale"],
+    "fish": ["aquarium_fish", "flatfish", "ray", "shark", "trout"],
+    "flowers": ["orchid", "poppy", "rose", "sunflower", "tulip"],
+    "food containers": ["bottle", "bowl", "can", "cup", "plate"],
+    "fruit and vegetables": ["apple", "mushroom", "orange", "pear", "sweet_pepper"],
+    "household electrical devices": ["clock", "keyboard", "lamp", "telephone", "television"],
+    "household furniture": ["bed", "chair", "couch", "table", "wardrobe"],
+    "insects": ["bee", "beetle", "butterfly", "caterpillar", "cockroach"],
+    "large carnivores": ["bear", "leopard", "lion", "tiger", "wolf"],
+    "large man-made outdoor things": ["bridge", "castle", "house", "road", "skyscraper"],
+    "large natural outdoor scenes": ["cloud", "forest", "mountain", "plain", "sea"],
+    "large omnivores and herbivores": ["camel", "cattle", "chimpanzee", "elephant", "kangaroo"],
+    "medium mammals": ["fox", "porcupine", "possum", "raccoon", "skunk"],
+    "non-insect invertebrates": ["crab", "lobster", "snail", "spider", "worm"],
+    "people": ["baby", "boy", "girl", "man", "woman"],
+    "reptiles": ["crocodile", "dinosaur", "lizard", "snake", "turtle"],
+    "small mammals": ["hamster", "mouse", "rabbit", "shrew", "squirrel"],
+    "trees": ["maple_tree", "oak_tree", "palm_tree", "pine_tree", "willow_tree"],
+    "vehicles 1": ["bicycle", "bus", "motorcycle", "pickup_truck", "train"],
+    "vehicles 2": ["lawn_mower", "rocket", "streetcar", "tank", "tractor"],
+}
+
+
+def known_superclasses(class_names: Sequence[str]) -> dict[str, list[str]] | None:
+    """The dataset's own class groups when its classes are CIFAR-10's or CIFAR-100's (names as the dataset spells
+    them, spaces or underscores), else None."""
+    def norm(name: str) -> str:
+        return str(name).strip().lower().replace(" ", "_")
+
+    names = {norm(c): str(c) for c in class_names}
+    for table in (CIFAR10_SUPERCLASSES, CIFAR100_SUPERCLASSES):
+        members = {c for group in table.values() for c in group}
+        if set(names) == members:
+            return {g: [names[c] for c in group] for g, group in table.items()}
+    return None
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64)
@@ -93,23 +131,6 @@ def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, bins: int
     return float(ece)
 
 
-def groups_from_confusion(matrix: np.ndarray, class_names: list[str], n_groups: int = 2) -> dict[str, list[str]]:
-    """Class groups for datasets without a given hierarchy: spectral clustering (scikit-learn) of the classes on
-    how often a (teacher's) confusion matrix mixes them up; spectral cuts keep groups balanced where linkage
-    clustering tends to split off one class."""
-    from sklearn.cluster import SpectralClustering
-
-    m = np.asarray(matrix, dtype=np.float64)
-    m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
-    similarity = (m + m.T) / 2
-    np.fill_diagonal(similarity, 0)
-    affinity = similarity / max(similarity.max(), 1e-12) + 1e-3  # connected even where classes are never confused
-    np.fill_diagonal(affinity, 1.0)
-    labels = SpectralClustering(n_clusters=n_groups, affinity="precomputed", random_state=0).fit_predict(affinity)
-    return {f"group {g + 1}": [c for c, lab in zip(class_names, labels, strict=True) if lab == g]
-            for g in range(n_groups)}
-
-
 # ---------------------------------------------------------------- comparisons with their noise
 
 
@@ -140,17 +161,29 @@ class Difference:
 
 
 def seed_difference(a: Sequence[float], b: Sequence[float]) -> Difference:
-    """Difference of seed means, with Welch's t interval (scipy) when each side has at least two seeds."""
+    """Difference of seed means, with Welch's t interval (scipy) when each side has at least two seeds; with one
+    seed on one side, a t interval that takes that side's spread to be the other's."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     diff = float(a.mean() - b.mean())
     seeds = f"{len(a)} vs {len(b)} seeds"
-    if len(a) < 2 or len(b) < 2:
+    if len(a) < 2 and len(b) < 2:
         return Difference(diff, None, None, f"{seeds}: too few for an interval")
+    if len(a) < 2 or len(b) < 2:
+        # one side has a single seed: its spread is taken to be the other side's (pooled t, that side's df)
+        from scipy import stats
+
+        other = a if len(a) > 1 else b
+        half = stats.t.ppf(0.975, len(other) - 1) * other.std(ddof=1) * np.sqrt(1 / len(a) + 1 / len(b))
+        return Difference(diff, diff - half, diff + half, f"t over seeds, {seeds}, equal spread assumed")
     if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread at all: the t interval is undefined, the difference exact
         return Difference(diff, diff, diff, f"{seeds}, identical within each")
+    import warnings
+
     from scipy import stats
 
-    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    with warnings.catch_warnings():  # one side without spread: exact for it, and scipy's precision note is moot
+        warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+        ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
     return Difference(diff, float(ci.low), float(ci.high), f"Welch's t over seeds, {seeds}")
 
 
