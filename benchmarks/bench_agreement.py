@@ -10,12 +10,12 @@ For each model, the batch-1 p50 latency from fm2edge's eager backend is compared
 from __future__ import annotations
 
 import argparse
-import platform
 
 import torch
 import torch.utils.benchmark as tb
 
 from fm2edge.bench import BenchConfig, bench_model, load_for_bench
+from fm2edge.device import cpu_features
 
 
 def main() -> None:
@@ -26,8 +26,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"cpu ({platform.machine()}, {torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, "
-          f"{args.threads} threads, fp32, batch 1, eager")
+    print(f"cpu ({cpu_features()}), torch {torch.__version__}, fp32, batch 1, eager")
     print(f"{'model':<24} {'fm2edge p50 ms':>15} {'torch.utils.benchmark median ms':>32} {'ratio':>7} "
           f"{'within 10%':>11}")
     for name in args.models:
@@ -42,7 +41,7 @@ def main() -> None:
         for _ in range(args.rounds):
             # the tool itself, as `fm2edge bench NAME --bench.threads T` runs it
             cfg = BenchConfig(threads=args.threads, runs=args.runs, throughput_batch=1, throughput_runs=1)
-            ours.append(bench_model(name, cfg, torch.device("cpu"))[0]["p50_ms"])
+            ours.append(bench_model(name, cfg, [torch.device("cpu")])[0]["p50_ms"])
             timer = tb.Timer("forward()", globals={"forward": forward}, num_threads=args.threads)
             ref.append(timer.blocked_autorange(min_run_time=2.0).median * 1e3)
         a, b = sorted(ours)[len(ours) // 2], sorted(ref)[len(ref) // 2]

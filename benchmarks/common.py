@@ -15,3 +15,38 @@ SHARED_CIFAR10 = Path(__file__).resolve().parents[1].parent / "shared" / "data" 
 def default_data() -> str:
     """The shared CIFAR-10 copy where it exists, else scikit-learn's digits (offline everywhere)."""
     return str(SHARED_CIFAR10) if SHARED_CIFAR10.exists() else "digits"
+
+
+def cifar_source(n: int) -> Path:
+    """A CIFAR-10 folder in the hub's schema with at least ``n`` training images: the shared copy where it exists,
+    else random 32 x 32 images written once to a temporary folder (speed does not depend on what images show; the
+    GPU machine does not carry ../shared)."""
+    import io
+    import tempfile
+
+    import numpy as np
+
+    if (SHARED_CIFAR10 / "train.parquet").exists():
+        return SHARED_CIFAR10
+    folder = Path(tempfile.gettempdir()) / f"fm2edge-synthetic-cifar-{n}"
+    if not (folder / "test.parquet").exists():
+        from datasets import ClassLabel, Dataset, Features
+        from datasets import Image as ImageFeature
+        from PIL import Image
+
+        names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+        rng = np.random.default_rng(0)
+
+        def split(count: int) -> Dataset:
+            rows = []
+            for _ in range(count):
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
+                rows.append({"bytes": buf.getvalue(), "path": None})
+            return Dataset.from_dict({"img": rows, "label": [i % 10 for i in range(count)]},
+                                     features=Features({"img": ImageFeature(), "label": ClassLabel(names=names)}))
+
+        folder.mkdir(parents=True, exist_ok=True)
+        split(n).to_parquet(str(folder / "train.parquet"))
+        split(max(64, n // 10)).to_parquet(str(folder / "test.parquet"))
+    return folder

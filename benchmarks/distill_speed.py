@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -25,15 +24,17 @@ import torch
 import torch.nn.functional as F
 from common import SHARED_CIFAR10
 
+from fm2edge.device import cpu_features
 
-def seed_epoch(n: int, size: int, batch: int, device: str) -> float:
+
+def seed_epoch(n: int, size: int, batch: int, device: str, source: Path = SHARED_CIFAR10) -> float:
     import pyarrow.parquet as pq
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
     from torchvision import transforms
     from torchvision.models import resnet18, resnet50
 
-    t = pq.read_table(SHARED_CIFAR10 / "train.parquet").slice(0, n).to_pydict()
+    t = pq.read_table(source / "train.parquet").slice(0, n).to_pydict()
     imgs = [Image.open(io.BytesIO(d["bytes"])).convert("RGB") for d in t["img"]]
     labels = t["label"]
     tf = transforms.Compose([transforms.Resize(size), transforms.ToTensor(),
@@ -70,7 +71,9 @@ def seed_epoch(n: int, size: int, batch: int, device: str) -> float:
     return time.perf_counter() - t0
 
 
-def fm2edge_epochs(n: int, size: int, batch: int, precision: str, cache: str, root: Path) -> dict:
+def fm2edge_epochs(n: int, size: int, batch: int, precision: str, cache: str, root: Path,
+                   source: Path = SHARED_CIFAR10, teacher_model: str = "torchvision:resnet50",
+                   student_model: str = "torchvision:resnet18", compile: bool = False) -> dict:
     from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from fm2edge.distill.task import DistillConfig, DistillJob, distill_job
     from fm2edge.models import create_model
@@ -78,14 +81,13 @@ def fm2edge_epochs(n: int, size: int, batch: int, precision: str, cache: str, ro
 
     teacher = root / "teacher"
     if not (teacher / "model.json").exists():
-        save_classifier(create_model(ModelConfig(name="torchvision:resnet50", image_size=size, crop_pct=1.0), 10),
-                        teacher)
+        save_classifier(create_model(ModelConfig(name=teacher_model, image_size=size, crop_pct=1.0), 10), teacher)
     name = f"student-{cache}"
     m = distill_job(DistillJob(
-        data=DataConfig(source=str(SHARED_CIFAR10), max_train=n, max_test=64),
-        model=ModelConfig(name="torchvision:resnet18", image_size=size, crop_pct=1.0),
+        data=DataConfig(source=str(source), max_train=n, max_test=64, val_fraction=0),
+        model=ModelConfig(name=student_model, image_size=size, crop_pct=1.0),
         train=TrainConfig(epochs=2, batch_size=batch, lr=1e-3, optimizer="adam", schedule="constant",
-                          precision=precision, channels_last=True, eval_every=100),
+                          precision=precision, channels_last=True, eval_every=100, compile=compile),
         distill=DistillConfig(teacher=str(teacher), losses={"kd": 1.0}, temperature=4.0, alpha=0.5,
                               cache_teacher=cache, force=True),
         run=RunConfig(root=str(root), name=name)))
@@ -97,11 +99,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1024)
     ap.add_argument("--size", type=int, default=112)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--precision", default="auto", help="fm2edge's own choice by default: bf16 on a GPU, fp32 on a CPU")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    where = torch.cuda.get_device_name() if device == "cuda" else \
-        f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+    where = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({cpu_features()})"
     r = {"device": where, "torch": torch.__version__, "images": args.n, "size": args.size, "batch": args.batch}
     r["seed_epoch_s"] = seed_epoch(args.n, args.size, args.batch, device)
     print(json.dumps(r), flush=True)

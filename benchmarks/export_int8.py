@@ -16,6 +16,7 @@ import tempfile
 from common import default_data
 
 from fm2edge.config import DataConfig
+from fm2edge.device import cpu_features
 from fm2edge.export import ExportConfig, ExportJob, export_job
 
 
@@ -35,7 +36,7 @@ def main() -> None:
     lat, acc = r["latency_batch1"], r["test_acc"]
     speedup = lat["pytorch_fp32"]["p50_ms"] / lat["onnx_int8"]["p50_ms"]
     loss = 100 * (acc["pytorch_fp32"] - acc["onnx_int8"])
-    print(f"\nint8 ONNX vs eager fp32 PyTorch, batch 1, {args.threads} threads: {speedup:.2f}x faster "
+    print(f"\nint8 ONNX vs eager fp32 PyTorch, batch 1, cpu ({cpu_features()}): {speedup:.2f}x faster "
           f"(target >= 2x: {'met' if speedup >= 2 else 'NOT met'}); test accuracy {100 * acc['pytorch_fp32']:.2f}% -> "
           f"{100 * acc['onnx_int8']:.2f}% ({-loss:+.2f} points; target >= -1: {'met' if loss <= 1 else 'NOT met'})")
 

@@ -22,6 +22,7 @@ from common import default_data
 
 from fm2edge.config import DataConfig, ModelConfig
 from fm2edge.data import load_data
+from fm2edge.device import cpu_features
 from fm2edge.features import EmbedConfig, embed_batches, load_backbone, onnx_runner
 from fm2edge.probe import fit_logreg, knn_predict
 from fm2edge.report.metrics import accuracy
@@ -62,8 +63,7 @@ def main() -> None:
         logreg = accuracy(head.predict_logits(f["test"]), y_test)
         knn = knn_predict(f["train"], y_train, f["test"], train.num_classes)
         acc[label] = (logreg, accuracy(knn, y_test), head.info["C"])
-    print(f"\n{model.name} on {args.data}: {len(train)} train / {len(test)} test images, CPU, "
-          f"{torch.get_num_threads()} threads")
+    print(f"\n{model.name} on {args.data}: {len(train)} train / {len(test)} test images, cpu ({cpu_features()})")
     for label in ("fp32", "int8"):
         lr, kn, c = acc[label]
         print(f"  {label}: {rates[label]:7.1f} img/s   logistic regression {100 * lr:6.2f}% (C={c:g})   "

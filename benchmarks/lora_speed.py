@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import tempfile
+from pathlib import Path
 
 import torch
 from common import SHARED_CIFAR10
 
 from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from fm2edge.device import cpu_features
 from fm2edge.finetune import FinetuneConfig, FinetuneJob, finetune_job
 
 
@@ -50,6 +51,31 @@ def lab_recipe(arch: str, n: int, images, labels, out: str) -> float:
     return float(Trainer(model=model, args=args, train_dataset=PerImage()).train().metrics["train_samples_per_second"])
 
 
+def measure(arch: str, n: int, batches: list[int], precision: str = "auto", source: Path = SHARED_CIFAR10) -> dict:
+    """Images/s of the lab's Trainer recipe and of `fm2edge finetune` (LoRA) at each batch size, one epoch each."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    table = pq.read_table(source / "train.parquet").slice(0, n).to_pydict()
+    images = [Image.open(io.BytesIO(d["bytes"])).convert("RGB") for d in table["img"]]
+    labels = table["label"]
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({cpu_features()})"
+    result = {"device": device, "torch": torch.__version__, "arch": arch, "images": n, "precision": precision}
+    with tempfile.TemporaryDirectory() as tmp:
+        result["lab_trainer_fp32_bs32_img_s"] = lab_recipe(arch, n, images, labels, f"{tmp}/lab")
+        for bs in batches:
+            job = FinetuneJob(data=DataConfig(source=str(source), max_train=n, max_test=10, val_fraction=0),
+                              model=ModelConfig(name=f"timm:{arch}"),
+                              train=TrainConfig(epochs=1, batch_size=bs, lr=5e-4, optimizer="adamw",
+                                                precision=precision, checkpoint_every=1000),
+                              finetune=FinetuneConfig(modes=["lora"], eval_before=False),
+                              run=RunConfig(root=tmp, name=f"bs{bs}"))
+            row = finetune_job(job)["rows"][0]
+            result[f"fm2edge_bs{bs}_img_s"] = row["images_per_s"]
+            result[f"ratio_bs{bs}"] = row["images_per_s"] / result["lab_trainer_fp32_bs32_img_s"]
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", default="vit_small_patch16_224" if torch.cuda.is_available() else "vit_tiny_patch16_224")
@@ -59,31 +85,10 @@ def main() -> None:
     args = ap.parse_args()
     if not (SHARED_CIFAR10 / "train.parquet").exists():
         raise SystemExit(f"needs CIFAR-10 at {SHARED_CIFAR10}")
-    import pyarrow.parquet as pq
-    from PIL import Image
-
-    table = pq.read_table(SHARED_CIFAR10 / "train.parquet").slice(0, args.n).to_pydict()
-    images = [Image.open(io.BytesIO(d["bytes"])).convert("RGB") for d in table["img"]]
-    labels = table["label"]
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
-        f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-    result = {"device": device, "torch": torch.__version__, "arch": args.arch, "images": args.n}
-    with tempfile.TemporaryDirectory() as tmp:
-        result["lab_trainer_fp32_bs32_img_s"] = lab_recipe(args.arch, args.n, images, labels, f"{tmp}/lab")
-        print(json.dumps(result), flush=True)
-        for bs in args.batches:
-            job = FinetuneJob(data=DataConfig(source=str(SHARED_CIFAR10), max_train=args.n, max_test=10),
-                              model=ModelConfig(name=f"timm:{args.arch}"),
-                              train=TrainConfig(epochs=1, batch_size=bs, lr=5e-4, optimizer="adamw",
-                                                precision=args.precision, checkpoint_every=1000),
-                              finetune=FinetuneConfig(modes=["lora"], eval_before=False),
-                              run=RunConfig(root=tmp, name=f"bs{bs}"))
-            row = finetune_job(job)["rows"][0]
-            result[f"fm2edge_bs{bs}_img_s"] = row["images_per_s"]
-            result[f"ratio_bs{bs}"] = row["images_per_s"] / result["lab_trainer_fp32_bs32_img_s"]
+    result = measure(args.arch, args.n, args.batches, args.precision)
     print(json.dumps(result))
     lab = result["lab_trainer_fp32_bs32_img_s"]
-    print(f"\n{args.arch}, {args.n} images, LoRA r=16 on qkv, one epoch, {device}, torch {torch.__version__}")
+    print(f"\n{args.arch}, {args.n} images, LoRA r=16 on qkv, one epoch, {result['device']}, torch {torch.__version__}")
     print(f"lab recipe (Trainer, per-image CPU transform, fp32, batch 32): {lab:.1f} img/s")
     for bs in args.batches:
         print(f"fm2edge finetune, batch {bs}, precision {args.precision}: {result[f'fm2edge_bs{bs}_img_s']:.1f} img/s "

@@ -12,7 +12,8 @@ from fm2edge.errors import Fm2EdgeError
 
 FIELDS = {"model", "backend", "dtype", "batch", "params", "macs", "size_bytes", "image_size", "device", "torch",
           "threads", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "runs", "first_call_s",
-          "throughput_batch", "throughput_img_s", "peak_memory_bytes", "peak_memory_kind", "speedup_vs_first"}
+          "throughput_batch", "throughput_img_s", "peak_memory_bytes", "peak_memory_kind", "speedup_vs_first",
+          "device_type", "skipped"}
 
 
 def test_summary_percentiles_are_ordered():
@@ -40,7 +41,7 @@ def test_bench_two_models_every_field(tmp_path):
     rows = result["rows"]
     assert len(rows) == 4
     for r in rows:
-        assert set(r) == FIELDS
+        assert set(r) == FIELDS and r["skipped"] is None
         assert r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
         assert r["throughput_img_s"] > 0 and r["params"] > 0 and r["macs"] > 0 and r["size_bytes"] > 4 * r["params"]
     assert rows[0]["speedup_vs_first"] == pytest.approx(1.0)
@@ -54,17 +55,69 @@ def test_bench_cli_positional_models(tmp_path):
     assert rc == 0 and json.loads(out.read_text())["rows"][0]["model"] == "student:small_cnn"
 
 
-@pytest.mark.parametrize("job,match", [
-    (BenchJob(models=["nosuch:model"]), "unknown model"),
-    (BenchJob(models=["student:small_cnn"], bench=BenchConfig(dtypes=["fp16"])), "fp16 is only timed on CUDA"),
-    (BenchJob(models=["student:small_cnn"], bench=BenchConfig(backends=["onnx"], dtypes=["bf16"])), "onnx backend"),
-    (BenchJob(models=["student:small_cnn"], bench=BenchConfig(backends=["onnx_int8"], dtypes=["bf16"])),
-     "onnx_int8 backend"),
-])
-def test_bench_bad_input(job, match, tmp_path):
-    job.output = str(tmp_path / "b.json")
-    with pytest.raises(Fm2EdgeError, match=match):
-        bench_job(job)
+def test_combinations_that_do_not_apply_are_skipped_rows_not_errors(tmp_path):
+    """fp16 on a CPU, ONNX Runtime from bf16 weights, CUDA on a machine without it: rows that say why."""
+    job = BenchJob(models=["student:small_cnn"], output=str(tmp_path / "b.json"),
+                   bench=BenchConfig(devices=["cpu", "cuda"], dtypes=["fp32", "fp16"], backends=["eager", "onnx"],
+                                     runs=3, warmup=1, throughput_batch=2, throughput_runs=1))
+    rows = {(r["device_type"], r["backend"], r["dtype"]): r for r in bench_job(job)["rows"]}
+    assert len(rows) == 8
+    assert rows[("cpu", "eager", "fp32")]["skipped"] is None and rows[("cpu", "eager", "fp32")]["p50_ms"] > 0
+    assert rows[("cpu", "onnx", "fp32")]["skipped"] is None
+    assert rows[("cpu", "eager", "fp16")]["skipped"] == "fp16 is timed on CUDA only"
+    assert rows[("cpu", "onnx", "fp16")]["skipped"] == "fp16 is timed on CUDA only"  # the first reason that applies
+    from fm2edge.bench import skip_reason
+
+    assert skip_reason("onnx", "bf16", torch.device("cpu")) == "ONNX Runtime is timed from fp32 weights"
+    if not torch.cuda.is_available():
+        assert all(r["skipped"] == "no CUDA device on this machine" for k, r in rows.items() if k[0] == "cuda")
+
+
+def test_on_a_cuda_machine_onnx_without_its_cuda_provider_is_skipped(monkeypatch):
+    """What broke the seed-lab recipe's bench stage on a GPU: ONNX on CUDA. A CUDA machine is faked here."""
+    import fm2edge.bench as bench
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench, "onnx_providers", lambda: ["CPUExecutionProvider"])
+    cuda = torch.device("cuda")
+    assert bench.skip_reason("eager", "fp32", cuda) is None and bench.skip_reason("eager", "fp16", cuda) is None
+    assert "no CUDA provider" in bench.skip_reason("onnx", "fp32", cuda)
+    assert "CPU" in bench.skip_reason("onnx_int8", "fp32", cuda)
+    monkeypatch.setattr(bench, "onnx_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert bench.skip_reason("onnx", "fp32", cuda) is None
+
+
+def test_the_seed_lab_bench_stage_runs_where_cuda_is_absent(tmp_path):
+    from fm2edge.recipe import load_recipe
+    from fm2edge.stages import job_from_dict
+
+    recipe = load_recipe(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "seed-lab.yaml")
+    stage = next(s for s in recipe["stages"] if s["command"] == "bench")
+    args = {**stage["args"], "models": ["student:small_cnn"], "output": str(tmp_path / "b.json"),
+            "bench": {**stage["args"]["bench"], "runs": 3, "warmup": 1, "throughput_batch": 2, "throughput_runs": 1}}
+    job = job_from_dict("bench", args)
+    assert job.bench.devices == ["cpu", "cuda"]
+    rows = bench_job(job)["rows"]
+    measured = [r for r in rows if not r["skipped"]]
+    assert {(r["device_type"], r["backend"]) for r in measured} >= {("cpu", "eager"), ("cpu", "onnx")}
+    if not torch.cuda.is_available():
+        assert {r["skipped"] for r in rows if r["device_type"] == "cuda"} == {"no CUDA device on this machine"}
+
+
+@pytest.mark.slow
+def test_the_compiled_backend_runs_on_the_cpu(tmp_path):
+    """torch.compile (inductor) on the CPU: the path the GPU suite takes on CUDA."""
+    job = BenchJob(models=["student:small_cnn"], output=str(tmp_path / "b.json"),
+                   bench=BenchConfig(backends=["eager", "compile"], runs=5, warmup=2, throughput_batch=4,
+                                     throughput_runs=1))
+    rows = {r["backend"]: r for r in bench_job(job)["rows"]}
+    assert rows["compile"]["skipped"] is None and rows["compile"]["p50_ms"] > 0
+    assert rows["compile"]["first_call_s"] > rows["eager"]["first_call_s"]  # the compilation happens there
+
+
+def test_bench_unknown_model(tmp_path):
+    with pytest.raises(Fm2EdgeError, match="unknown model"):
+        bench_job(BenchJob(models=["nosuch:model"], output=str(tmp_path / "b.json")))
 
 
 def test_bench_cli_unsupported_backend_is_one_line(capsys):

@@ -7,7 +7,7 @@ tagged with the device, torch version, thread count, dtype, batch size and backe
 
 from __future__ import annotations
 
-import platform
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from fm2edge.config import check
-from fm2edge.errors import Fm2EdgeError
 from fm2edge.timing import peak_rss_during, summarise, time_calls
 
 __all__ = ["BenchConfig", "BenchJob", "bench_job", "count_macs", "summarise", "time_calls"]
@@ -33,12 +32,14 @@ class BenchConfig:
     """What to measure and how.
 
     Args:
-        device: "cpu", "cuda" or "auto" (CUDA when available).
+        devices: Devices to time on, one table for all: "cpu", "cuda", or "auto" (CUDA when present, else the CPU).
+            A combination that does not apply (CUDA on a machine without it, fp16 on a CPU, ONNX Runtime without a
+            CUDA provider) is a row that says why it was skipped, never an error.
         threads: CPU threads for PyTorch and ONNX Runtime; empty keeps the default.
         dtypes: Weight/input precisions to time: fp32, bf16, fp16 (fp16 on CUDA only).
-        backends: "eager" PyTorch, "compile" (torch.compile), "onnx" (ONNX Runtime fp32) and "onnx_int8" (ONNX
-            Runtime, statically quantised; calibrated here on random inputs, which costs the same compute as real
-            ones: for accuracy use `fm2edge export`).
+        backends: "eager" PyTorch, "compile" (torch.compile), "onnx" (ONNX Runtime fp32, on the CPU and on CUDA with
+            its CUDA provider) and "onnx_int8" (ONNX Runtime on the CPU, statically quantised; calibrated here on
+            random inputs, which costs the same compute as real ones: for accuracy use `fm2edge export`).
         runs: Timed runs per latency figure (at least 100 for stable p99).
         warmup: Untimed runs first.
         throughput_batch: Batch size for the throughput figure.
@@ -47,7 +48,7 @@ class BenchConfig:
         num_classes: Classes of the head built for registered names.
     """
 
-    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    devices: list[Literal["auto", "cpu", "cuda"]] = field(default_factory=lambda: ["cpu"])
     threads: int | None = None
     dtypes: list[DType] = field(default_factory=lambda: ["fp32"])
     backends: list[Backend] = field(default_factory=lambda: ["eager"])
@@ -62,7 +63,8 @@ class BenchConfig:
         check(self.runs >= 1 and self.warmup >= 0, "bench.runs must be >= 1 and bench.warmup >= 0")
         check(self.throughput_batch >= 1 and self.throughput_runs >= 1, "throughput batch and runs must be >= 1")
         check(self.threads is None or self.threads >= 1, f"bench.threads must be >= 1, got {self.threads}")
-        check(bool(self.dtypes) and bool(self.backends), "bench.dtypes and bench.backends must not be empty")
+        check(bool(self.dtypes) and bool(self.backends) and bool(self.devices),
+              "bench.devices, bench.dtypes and bench.backends must not be empty")
 
 
 @dataclass
@@ -116,7 +118,34 @@ def load_for_bench(name: str, num_classes: int):
     return create_model(ModelConfig(name=name), num_classes).eval()
 
 
-def _caller(backend: str, model: torch.nn.Module, dt: torch.dtype, x1: torch.Tensor, cfg: BenchConfig, tmp: Path):
+def skip_reason(backend: str, dtype: str, device: torch.device) -> str | None:
+    """Why a (backend, dtype, device) combination is not timed here, or None when it is."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device on this machine"
+    if dtype == "fp16" and device.type != "cuda":
+        return "fp16 is timed on CUDA only"
+    if backend.startswith("onnx"):
+        if dtype != "fp32":
+            return "ONNX Runtime is timed from fp32 weights"
+        if device.type == "cuda" and backend == "onnx_int8":
+            return "int8 ONNX is timed on the CPU (its kernels are CPU kernels)"
+        if device.type == "cuda" and "CUDAExecutionProvider" not in onnx_providers():
+            return "this ONNX Runtime has no CUDA provider (pip install onnxruntime-gpu)"
+    if backend == "compile" and device.type == "cpu" and shutil.which("c++") is None and shutil.which("g++") is None:
+        return "torch.compile on the CPU needs a C++ compiler"
+    return None
+
+
+def onnx_providers() -> list[str]:
+    try:
+        import onnxruntime
+    except ImportError:
+        return []
+    return onnxruntime.get_available_providers()
+
+
+def _caller(backend: str, model: torch.nn.Module, dt: torch.dtype, x1: torch.Tensor, cfg: BenchConfig, tmp: Path,
+            device: torch.device):
     """``call(batch)`` returns a zero-argument function that runs one forward pass on the chosen backend."""
     if backend.startswith("onnx"):
         from fm2edge.export import export_onnx, open_session, quantize_int8, run_session
@@ -125,8 +154,8 @@ def _caller(backend: str, model: torch.nn.Module, dt: torch.dtype, x1: torch.Ten
         if backend == "onnx_int8":
             calib = (torch.randn(8, *x1.shape[1:]).numpy() for _ in range(4))
             path = quantize_int8(path, tmp / "model.int8.onnx", calib)
-        sess = open_session(path, cfg.threads)
-        return lambda b: (lambda: run_session(sess, b))
+        sess = open_session(path, cfg.threads, cuda=device.type == "cuda")
+        return lambda b: (lambda: run_session(sess, b.cpu()))
     fwd = torch.compile(model) if backend == "compile" else model
 
     def call(b):
@@ -137,79 +166,109 @@ def _caller(backend: str, model: torch.nn.Module, dt: torch.dtype, x1: torch.Ten
     return call
 
 
-def bench_model(name: str, cfg: BenchConfig, device: torch.device) -> list[dict]:
-    """Every (backend, dtype) figure for one model."""
+def time_backend(net: torch.nn.Module, backend: str, dtype_name: str, size: int, cfg: BenchConfig,
+                 device: torch.device) -> dict:
+    """Latency at batch 1, throughput at ``cfg.throughput_batch`` and peak memory of one (backend, dtype)."""
+    from fm2edge.device import elapsed, peak_memory, reset_peak_memory, synchronize
+
+    dt = TORCH_DTYPES[dtype_name]
+    model = net.to(dt)
+    x1 = torch.randn(1, 3, size, size, device=device)
+    xb = torch.randn(cfg.throughput_batch, 3, size, size, device=device)
+    # ONNX Runtime returns host arrays, so its calls are timed by the wall clock; PyTorch's by the device's clock
+    clock = (lambda fn: elapsed(fn, torch.device("cpu"))) if backend.startswith("onnx") else \
+        (lambda fn: elapsed(fn, device))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            call = _caller(backend, model, dt, x1, cfg, Path(tmp), device)
+            t0 = time.perf_counter()
+            call(x1)()  # first call: compilation / session warm-up, reported separately
+            synchronize(device)
+            first_s = time.perf_counter() - t0
+            latency = summarise(time_calls(call(x1), cfg.runs, cfg.warmup, clock))
+            tput = time_calls(call(xb), cfg.throughput_runs, max(1, cfg.warmup // 5), clock)
+            if device.type == "cuda":
+                reset_peak_memory(device)
+                call(xb)()
+                synchronize(device)
+                peak, peak_kind = peak_memory(device)
+            else:
+                peak, peak_kind = peak_rss_during(call(xb)), "process RSS rise"
+    finally:
+        net.float()
+    return {"first_call_s": first_s, **latency, "throughput_batch": cfg.throughput_batch,
+            "throughput_img_s": float(cfg.throughput_batch / np.median(tput)), "peak_memory_bytes": peak,
+            "peak_memory_kind": peak_kind}
+
+
+def device_label(device: torch.device) -> str:
+    from fm2edge.device import cpu_features
+
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({cpu_features()})" if device.type == "cpu" else "cuda (absent)"
+
+
+def bench_model(name: str, cfg: BenchConfig, devices: list[torch.device]) -> list[dict]:
+    """Every (device, backend, dtype) row for one model: its figures, or why it was skipped."""
     clf = load_for_bench(name, cfg.num_classes)
     size = cfg.image_size or clf.preprocess.size
+    net = clf.eval()  # the classifier on normalised float input: what is timed and exported
     base = {"model": name, "params": sum(p.numel() for p in clf.parameters()), "size_bytes": size_on_disk(clf),
             "image_size": size, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-            f"cpu ({platform.machine()}, {torch.backends.cpu.get_cpu_capability()})"}
-    net = clf.eval().to(device)  # the classifier on normalised float input: what is timed and exported
-    x1 = torch.randn(1, 3, size, size, device=device)
-    base["macs"] = count_macs(net, x1)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+            "macs": count_macs(net, torch.randn(1, 3, size, size)), "batch": 1}
     rows = []
-    for backend in cfg.backends:
-        for dtype_name in cfg.dtypes:
-            if dtype_name == "fp16" and device.type != "cuda":
-                raise Fm2EdgeError("fp16 is only timed on CUDA; use --bench.dtypes [fp32,bf16] on the CPU")
-            if backend.startswith("onnx") and (dtype_name != "fp32" or device.type != "cpu"):
-                raise Fm2EdgeError(f"the {backend} backend is timed from fp32 weights on the CPU; drop it or use "
-                                   f"--bench.dtypes [fp32] --bench.device cpu")
-            dt = TORCH_DTYPES[dtype_name]
-            model = net.to(dt)
-            xb = torch.randn(cfg.throughput_batch, 3, size, size, device=device)
-            with tempfile.TemporaryDirectory() as tmp:
-                call = _caller(backend, model, dt, x1, cfg, Path(tmp))
-                t0 = time.perf_counter()
-                call(x1)()  # first call: compilation / session warm-up, reported separately
-                first_s = time.perf_counter() - t0
-                latency = summarise(time_calls(call(x1), cfg.runs, cfg.warmup, sync))
-                tput = time_calls(call(xb), cfg.throughput_runs, max(1, cfg.warmup // 5), sync)
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                    call(xb)()
-                    sync()
-                    peak, peak_kind = torch.cuda.max_memory_allocated(device), "cuda allocated"
+    for device in devices:
+        for backend in cfg.backends:
+            for dtype_name in cfg.dtypes:
+                row = {**base, "device": device_label(device), "device_type": device.type, "backend": backend,
+                       "dtype": dtype_name}
+                reason = skip_reason(backend, dtype_name, device)
+                if reason is None:
+                    row.update(time_backend(net.to(device), backend, dtype_name, size, cfg, device), skipped=None)
                 else:
-                    peak, peak_kind = peak_rss_during(call(xb)), "process RSS rise"
-            rows.append({**base, "backend": backend, "dtype": dtype_name, "batch": 1, "first_call_s": first_s,
-                         **latency, "throughput_batch": cfg.throughput_batch,
-                         "throughput_img_s": float(cfg.throughput_batch / np.median(tput)), "peak_memory_bytes": peak,
-                         "peak_memory_kind": peak_kind})
-            net.float()
+                    row["skipped"] = reason
+                rows.append(row)
+    net.to("cpu")
     return rows
 
 
 def bench_job(job: BenchJob) -> dict:
+    from fm2edge.device import resolve_device
     from fm2edge.runs import atomic_write_json
 
     cfg = job.bench
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise Fm2EdgeError("bench.device is 'cuda' but no CUDA device is available; use --bench.device cpu")
-    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    devices = list(dict.fromkeys(resolve_device(d) for d in cfg.devices))  # "auto" may repeat "cpu"
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rows = []
     for name in job.models:
-        rows += bench_model(name, cfg, device)
-    ref = {(r["backend"], r["dtype"]): r for r in rows if r["model"] == job.models[0]}
+        rows += bench_model(name, cfg, devices)
+    ref = {(r["device_type"], r["backend"], r["dtype"]): r for r in rows
+           if r["model"] == job.models[0] and not r["skipped"]}
     for r in rows:
-        base = ref.get((r["backend"], r["dtype"]))
-        r["speedup_vs_first"] = base["p50_ms"] / r["p50_ms"] if base else None
-    print(f"{'model':<28} {'backend':<9} {'dtype':<5} {'params':>10} {'MMACs':>8} {'p50 ms':>8} {'p90 ms':>8} "
-          f"{'p99 ms':>8} {'img/s':>8} {'speed-up':>8}")
-    for r in rows:
-        print(f"{r['model'][:28]:<28} {r['backend']:<9} {r['dtype']:<5} {r['params']:>10,} {r['macs'] / 1e6:>8.0f} "
-              f"{r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['throughput_img_s']:>8.1f} "
-              f"{r['speedup_vs_first']:>7.2f}x")
-    print(f"device {rows[0]['device']}, torch {rows[0]['torch']}, {rows[0]['threads']} threads; "
-          f"latency at batch 1 over {cfg.runs} runs after {cfg.warmup} warm-up runs; "
-          f"throughput at batch {cfg.throughput_batch}")
+        first = ref.get((r["device_type"], r["backend"], r["dtype"]))
+        r["speedup_vs_first"] = first["p50_ms"] / r["p50_ms"] if first and not r["skipped"] else None
+    print_table(rows, cfg)
     result = {"rows": rows, "config": {"models": job.models, **cfg.__dict__}}
     out = Path(job.output or "bench.json")
     atomic_write_json(out, result)
     print(f"results in {out}")
     return result
+
+
+def print_table(rows: list[dict], cfg: BenchConfig) -> None:
+    print(f"{'model':<28} {'device':<6} {'backend':<9} {'dtype':<5} {'params':>10} {'MMACs':>8} {'p50 ms':>8} "
+          f"{'p90 ms':>8} {'p99 ms':>8} {'img/s':>8} {'speed-up':>8}")
+    for r in rows:
+        head = f"{r['model'][:28]:<28} {r['device_type']:<6} {r['backend']:<9} {r['dtype']:<5} {r['params']:>10,} " \
+               f"{r['macs'] / 1e6:>8.0f}"
+        if r["skipped"]:
+            print(f"{head}  skipped: {r['skipped']}")
+            continue
+        print(f"{head} {r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['throughput_img_s']:>8.1f} "
+              f"{r['speedup_vs_first']:>7.2f}x")
+    for device in dict.fromkeys(r["device"] for r in rows):
+        print(f"{device}: torch {rows[0]['torch']}")
+    print(f"latency at batch 1 over {cfg.runs} runs after {cfg.warmup} warm-up runs; throughput at batch "
+          f"{cfg.throughput_batch}; speed-up against the first model on the same device, backend and dtype")

@@ -90,3 +90,58 @@ def peak_memory(device: torch.device) -> tuple[int | None, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "cuda allocated"
     return peak_rss(), "process peak RSS"
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" is CUDA when a CUDA device is present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def move(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``; host-to-GPU copies are asynchronous (the caller's next kernel waits for them)."""
+    return x.to(device, non_blocking=device.type == "cuda")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a GPU runs asynchronously; a CPU has nothing to wait for)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def elapsed(fn, device: torch.device) -> float:
+    """Seconds one call of ``fn`` takes on ``device``: CUDA events around it on a GPU (the kernels' own time, not
+    the launch), the wall clock on a CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    import time
+
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def cpu_features() -> str:
+    """The instruction-set features that decide CPU speed for these models (AVX2, AVX-512, AVX-512 BF16, AMX,
+    VNNI), written next to every CPU figure: the same script gives different ratios on different CPUs."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    names = [("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"), ("amx_bf16", "AMX"),
+             ("avx512_vnni", "VNNI"), ("avx_vnni", "AVX-VNNI")]
+    found = [label for flag, label in names if flag in flags]
+    if not found:  # not Linux, or an ARM CPU: torch's own word for what it dispatches to
+        found = [str(torch.backends.cpu.get_cpu_capability())]
+    return f"{platform.machine()}, {', '.join(found)}, {torch.get_num_threads()} threads"

@@ -104,13 +104,15 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset
     return path
 
 
-def open_session(path: Path, threads: int | None = None):
+def open_session(path: Path, threads: int | None = None, cuda: bool = False):
+    """An ONNX Runtime session on the CPU, or on CUDA (with the CPU for the ops CUDA lacks)."""
     ort = _ort()
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), opts, providers=providers)
 
 
 def run_session(sess, x: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -27,7 +27,7 @@ import torch
 
 from fm2edge.config import DataConfig, ModelConfig, RunConfig, check
 from fm2edge.data import ImageData
-from fm2edge.device import autocast_dtype
+from fm2edge.device import autocast_dtype, move
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import Classifier
 from fm2edge.runs import atomic_dir
@@ -147,7 +147,7 @@ def embed_batches(model: Classifier, images: torch.Tensor, batch_size: int, devi
     if own:
         bar = tqdm(total=n, desc=progress or "embed", unit="img", disable=progress is None, leave=False)
     for start in range(0, n, batch_size):
-        x = images[start:start + batch_size].to(device, non_blocking=True)
+        x = move(images[start:start + batch_size], device)
         if runner is not None:
             f = runner(model.preprocess(x).float())
         else:

@@ -17,19 +17,19 @@ def summarise(seconds: np.ndarray) -> dict[str, float]:
             "runs": int(len(ms))}
 
 
-def time_calls(fn: Callable[[], object], runs: int, warmup: int, sync: Callable[[], object] = lambda: None
-               ) -> np.ndarray:
-    """Seconds per call of ``fn`` over ``runs`` timed calls after ``warmup`` untimed ones, synchronised."""
+def wall_clock(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def time_calls(fn: Callable[[], object], runs: int, warmup: int,
+               clock: Callable[[Callable[[], object]], float] = wall_clock) -> np.ndarray:
+    """Seconds per call of ``fn`` over ``runs`` timed calls after ``warmup`` untimed ones, each measured by
+    ``clock`` (the wall clock; on a GPU, ``fm2edge.device.elapsed``'s CUDA events)."""
     for _ in range(warmup):
         fn()
-    sync()
-    out = np.empty(runs)
-    for i in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        out[i] = time.perf_counter() - t0
-    return out
+    return np.array([clock(fn) for _ in range(runs)])
 
 
 _STATUS = Path("/proc/self/status")

@@ -28,6 +28,7 @@ from torch import nn
 
 from fm2edge.config import TrainConfig
 from fm2edge.data import ImageData
+from fm2edge.device import move
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import Classifier
 from fm2edge.report.metrics import accuracy
@@ -165,7 +166,7 @@ def predict(model: Classifier, data: ImageData, batch_size: int, device: torch.d
     with autocast:
         for start in tqdm(range(0, len(idx), batch_size), desc="eval", leave=False, disable=not progress):
             b = idx[start:start + batch_size]
-            x = model.preprocess(data.images[b].to(device, non_blocking=True))
+            x = model.preprocess(move(data.images[b], device))
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             outs.append(model(x).float())
@@ -342,8 +343,8 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
                    disable=not accelerator.is_local_main_process)
         for step, idx in enumerate(bar):
             gidx = idx.to(images.device) if images.device.type == "cuda" else idx
-            x = images[gidx].to(device, non_blocking=True)
-            y = labels[idx.to(labels.device)].to(device, non_blocking=True)
+            x = move(images[gidx], device)
+            y = move(labels[idx.to(labels.device)], device)
             x = augment(x, cfg.augment, dev_gen)
             # gradient accumulation: sum micro-batch gradients (without a DDP all-reduce until the last one),
             # then take one optimiser step

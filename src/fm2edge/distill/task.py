@@ -158,7 +158,10 @@ class DistillTask(nn.Module):
             else:
                 parts[name] = loss_fn(logits, t_logits, labels)
         loss = sum(self.weights[n] * p for n, p in parts.items())
-        return {"loss": loss, "logits": logits, **{f"loss_{n}": p.detach() for n, p in parts.items()}}
+        # The parts are returned as they are and detached by whoever logs them: detaching here breaks
+        # torch.compile, which folds ``1.0 * part`` into the part itself and then marks the loss non-differentiable
+        # along with the detached copy (pytorch/pytorch#195357, fixed after torch 2.14).
+        return {"loss": loss, "logits": logits, **{f"loss_{n}": p for n, p in parts.items()}}
 
 
 # ---------------------------------------------------------------- teacher, gate, cache

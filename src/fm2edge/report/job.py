@@ -167,7 +167,8 @@ def report_figures(runs: list[Run], compared: list[dict], bench_rows: list[dict]
         # bench names a run by the path it was given, relative to where bench ran
         parts = Path(row["model"]).parts
         run = next((r for r in runs if r.path.resolve().parts[-len(parts):] == parts), None)
-        if run is not None and row.get("backend") == "eager" and run.metrics.get("test_acc") is not None:
+        if run is not None and row.get("backend") == "eager" and row.get("device_type", "cpu") == "cpu" and \
+                not row.get("skipped") and run.metrics.get("test_acc") is not None:
             latency.append({"label": run.label, "test_acc": run.metrics["test_acc"], "p50_ms": row["p50_ms"],
                             "colour": METHOD_COLOURS.get(run.kind, "C7")})
     if len(latency) >= 2:
@@ -242,6 +243,16 @@ def comparison_rows(compared: list[dict]) -> list[list[str]]:
     return out
 
 
+def bench_cells(r: dict) -> list[str]:
+    """One row of the speed table; a combination that does not apply says why it was skipped."""
+    head = [r["model"], r.get("device_type", r["device"]), r["backend"], r["dtype"], f"{r['params']:,}",
+            f"{r['macs'] / 1e6:.0f}"]
+    if r.get("skipped"):
+        return head + [f"skipped: {r['skipped']}", "", "", "", ""]
+    return head + [f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['throughput_img_s']:.1f}",
+                   f"{r['speedup_vs_first']:.2f}x"]
+
+
 COMPARISON_HEAD = ["comparison (same student, data, augmentation, budget)", "a", "b", "a - b (points)",
                    "95% interval", "how", "verdict"]
 
@@ -286,14 +297,11 @@ def render_html(title: str, acc: list[dict], mistakes: list[dict], groups: dict 
                              for r in rows]))
     for name, rows in extras.get("bench", []):
         parts.append(f"<h2>Speed: {html.escape(name)}</h2>")
-        parts.append(_table("bench", ["model", "backend", "dtype", "params", "MMACs", "p50 ms", "p90 ms", "p99 ms",
-                                      "img/s", "speed-up"],
-                            [[r["model"], r["backend"], r["dtype"], f"{r['params']:,}", f"{r['macs'] / 1e6:.0f}",
-                              f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                              f"{r['throughput_img_s']:.1f}", f"{r['speedup_vs_first']:.2f}x"] for r in rows]))
-        if rows:
-            parts.append(f"<p class='note'>{html.escape(rows[0]['device'])}, torch {rows[0]['torch']}, "
-                         f"{rows[0]['threads']} threads; batch-1 latency after warm-up.</p>")
+        parts.append(_table("bench", ["model", "device", "backend", "dtype", "params", "MMACs", "p50 ms", "p90 ms",
+                                      "p99 ms", "img/s", "speed-up"], [bench_cells(r) for r in rows]))
+        for device in dict.fromkeys(r["device"] for r in rows):
+            parts.append(f"<p class='note'>{html.escape(device)}, torch {rows[0]['torch']}; batch-1 latency after "
+                         f"warm-up.</p>")
     for name, e in extras.get("export", []):
         parts.append(f"<h2>Export: {html.escape(name)}</h2>")
         keys = [k for k in ("pytorch_fp32", "onnx_fp32", "onnx_int8") if k in e["test_acc"]]

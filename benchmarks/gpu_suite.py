@@ -1,0 +1,236 @@
+"""Every GPU figure from one prepared command: one JSON and one Markdown table with the device, versions and targets.
+
+    python benchmarks/gpu_suite.py [--out DIR]      # on a CUDA machine: about 6 minutes on one H100
+    python benchmarks/gpu_suite.py --smoke          # every part at toy size on the CPU (CI runs this)
+
+GPU time is rare and short, so this script is known to work before a GPU is at hand: ``--smoke`` runs each part
+through the same code at toy size on the CPU, and CI runs it. Each part is measured against the lab's own recipe in
+the same run where the lab has one, and a part that fails is recorded with its error while the others still run
+(the exit status is then 1). The parts:
+
+1. DINOv2-base embeddings (random weights; speed does not depend on them): the lab's per-image processor loop vs
+   fm2edge's batched path. Target at least 10,000 img/s and 60x.
+2. One KD epoch, 10,000 images at 224 px, ResNet-50 -> ResNet-18: the lab's PIL + DataLoader recipe vs `fm2edge
+   distill` with the teacher online and cached. Target 10x.
+3. One cached KD epoch over 50,000 images at 32 px (a CIFAR ResNet-18 student). Target under 0.8 s.
+4. LoRA training img/s (ViT-S/16, r=16): the lab's Trainer recipe vs `fm2edge finetune` at batch 32 and at the
+   best of larger batches. Targets 4x and 15x.
+5. Batch-1 latency of teacher (ResNet-50) and student (ResNet-18) on the CPU and on the GPU (`fm2edge bench`).
+6. A short end-to-end recipe on the device (bf16, torch.compile): train, distill, export. It must finish.
+
+Without ../shared (the GPU machine does not carry it) the images are random, in CIFAR-10's schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from common import SHARED_CIFAR10, cifar_source
+
+from fm2edge.device import cpu_features
+
+SHARED_BENCH = SHARED_CIFAR10.parents[1] / "bench"
+# (figure, target) per part; the table prints them beside the measured figures
+TARGETS = {
+    "embed": "DINOv2-base >= 10,000 img/s and >= 60x the lab's loop",
+    "kd_epoch": ">= 10x the lab's epoch",
+    "kd_cached_50k": "< 0.8 s per epoch",
+    "lora": ">= 4x the lab's Trainer at batch 32, >= 15x at the best batch",
+    "latency": "(reference only)",
+    "recipe": "finishes",
+}
+
+
+def part_embed(smoke: bool) -> dict:
+    import embed_speed
+
+    if smoke:
+        tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+        r = embed_speed.measure("tiny", n=16, n_seed=4, batch=8, onnx=False, config=tiny)
+    else:
+        r = embed_speed.measure("base", n=8192, n_seed=256, batch=512, onnx=False)
+    best = max(r["runs"], key=lambda x: x["img_s"])
+    return {"figures": {"seed loop img/s": r["seed_loop_img_s"], "fm2edge img/s": best["img_s"],
+                        "ratio": best["ratio_vs_seed"]},
+            "notes": f"{r['model']}, {best['variant']}, batch {best['batch']}, cosine to the seed loop "
+                     f"{r['cosine_fm2edge_vs_seed']:.4f}", "raw": r}
+
+
+def part_kd_epoch(smoke: bool, tmp: Path) -> dict:
+    import distill_speed
+
+    n, size, batch = (64, 32, 32) if smoke else (10_000, 224, 128)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    source = cifar_source(n)
+    seed = distill_speed.seed_epoch(n, size, batch, device, source)
+    online = distill_speed.fm2edge_epochs(n, size, batch, "auto", "never", tmp / "kd", source)
+    t0 = time.perf_counter()
+    cached = distill_speed.fm2edge_epochs(n, size, batch, "auto", "auto", tmp / "kd", source)
+    return {"figures": {"lab epoch s": seed, "online epoch s": online["epoch_s"], "cached epoch s": cached["epoch_s"],
+                        "ratio online": seed / online["epoch_s"], "ratio cached": seed / cached["epoch_s"],
+                        "cached run s (cache + 2 epochs)": time.perf_counter() - t0},
+            "notes": f"{n} images at {size} px, batch {batch}, ResNet-50 -> ResNet-18, precision auto"}
+
+
+def part_kd_cached_50k(smoke: bool, tmp: Path) -> dict:
+    import distill_speed
+
+    n, batch = (128, 64) if smoke else (50_000, 512)
+    r = distill_speed.fm2edge_epochs(n, 32, batch, "auto", "auto", tmp / "kd50k", cifar_source(n),
+                                     teacher_model="torchvision:resnet18", student_model="student:cifar_resnet18")
+    return {"figures": {"cached epoch s": r["epoch_s"], "first epoch s": r["first_epoch_s"]},
+            "notes": f"{n} images at 32 px, batch {batch}, CIFAR ResNet-18 student, teacher logits cached"}
+
+
+def part_lora(smoke: bool) -> dict:
+    import lora_speed
+
+    arch, n, batches = ("vit_tiny_patch16_224", 16, [8, 16]) if smoke else ("vit_small_patch16_224", 5000,
+                                                                             [32, 128, 256])
+    r = lora_speed.measure(arch, n, batches, "auto", cifar_source(n))
+    best = max(batches, key=lambda b: r[f"fm2edge_bs{b}_img_s"])
+    return {"figures": {"lab Trainer img/s (batch 32)": r["lab_trainer_fp32_bs32_img_s"],
+                        f"fm2edge img/s (batch {batches[0]})": r[f"fm2edge_bs{batches[0]}_img_s"],
+                        f"ratio (batch {batches[0]})": r[f"ratio_bs{batches[0]}"],
+                        f"fm2edge img/s (best, batch {best})": r[f"fm2edge_bs{best}_img_s"],
+                        "ratio (best batch)": r[f"ratio_bs{best}"]},
+            "notes": f"{arch}, {n} images, LoRA r=16 on qkv, precision auto", "raw": r}
+
+
+def part_latency(smoke: bool, tmp: Path) -> dict:
+    from fm2edge.bench import BenchConfig, BenchJob, bench_job
+
+    models = ["student:small_cnn", "student:cifar_resnet18"] if smoke else ["torchvision:resnet50",
+                                                                           "torchvision:resnet18"]
+    runs = (5, 1) if smoke else (100, 10)
+    r = bench_job(BenchJob(models=models, output=str(tmp / "bench.json"),
+                           bench=BenchConfig(devices=["cpu", "cuda"], runs=runs[0], warmup=runs[1],
+                                             throughput_batch=4 if smoke else 64, throughput_runs=2)))
+    figures = {f"{row['model'].split(':')[-1]} {row['device_type']} p50 ms": row["p50_ms"]
+               for row in r["rows"] if not row["skipped"]}
+    skipped = sorted({f"{row['device_type']}: {row['skipped']}" for row in r["rows"] if row["skipped"]})
+    return {"figures": figures, "notes": "batch 1, eager fp32" + (f"; skipped {skipped}" if skipped else "")}
+
+
+def part_recipe(smoke: bool, tmp: Path) -> dict:
+    """train (compiled, bf16 autocast on CUDA) -> distill (compiled) -> export, on the device."""
+    from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
+    from fm2edge.distill.task import DistillConfig, DistillJob, distill_job
+    from fm2edge.export import ExportConfig, ExportJob, export_job
+    from fm2edge.train import train_job
+
+    n = 256 if smoke else 5000
+    data = DataConfig(source=str(cifar_source(n)), max_train=n, max_test=200)
+    cfg = TrainConfig(epochs=1 if smoke else 3, batch_size=64 if smoke else 256, lr=3e-3, optimizer="adamw",
+                      schedule="onecycle", compile=True, precision="auto", device="auto")
+    t0 = time.perf_counter()
+    teacher = train_job(TrainJob(data=data, model=ModelConfig(name="student:cifar_resnet18"), train=cfg,
+                                 run=RunConfig(root=str(tmp), name="teacher")))
+    student = distill_job(DistillJob(data=data, model=ModelConfig(name="student:small_cnn"), train=cfg,
+                                     distill=DistillConfig(teacher=str(tmp / "teacher"), force=True),
+                                     run=RunConfig(root=str(tmp), name="student")))
+    exported = export_job(ExportJob(model=str(tmp / "student"), data=data,
+                                    export=ExportConfig(latency_runs=20, calibration_images=64)))
+    return {"figures": {"seconds": time.perf_counter() - t0, "teacher test acc": teacher["test_acc"],
+                        "student test acc": student["test_acc"], "int8 test acc": exported["test_acc"]["onnx_int8"]},
+            "notes": f"{n} images, {cfg.epochs} epoch(s), compile, precision auto "
+                     f"({teacher['env']['mixed_precision']})"}
+
+
+def environment() -> dict:
+    env = {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_features()}
+    if torch.cuda.is_available():
+        env.update(device=torch.cuda.get_device_name(), cuda=torch.version.cuda,
+                   gpu_memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1))
+    else:
+        env["device"] = "cpu (no CUDA device)"
+    try:
+        import onnxruntime
+
+        env["onnxruntime"] = f"{onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())})"
+    except ImportError:
+        pass
+    return env
+
+
+def references() -> dict:
+    """The H100 figures measured earlier with the seed-recipe scripts, where ../shared/bench has them."""
+    out = {}
+    for path in sorted(SHARED_BENCH.glob("*.h100.json")) if SHARED_BENCH.exists() else []:
+        out[path.stem] = json.loads(path.read_text())
+    return out
+
+
+def markdown(result: dict) -> str:
+    env = result["environment"]
+    lines = [f"# fm2edge GPU suite{' (smoke: toy sizes)' if result['smoke'] else ''}", "",
+             f"{env['device']}; torch {env['torch']}" + (f", CUDA {env['cuda']}" if env.get("cuda") else "") +
+             f"; ONNX Runtime {env.get('onnxruntime', '-')}; CPU {env['cpu']}", "",
+             "| part | figure | value | target | notes |", "|---|---|---|---|---|"]
+    for name, part in result["parts"].items():
+        if "error" in part:
+            lines.append(f"| {name} | **failed** | {part['error']} | {TARGETS[name]} | |")
+            continue
+        for i, (figure, value) in enumerate(part["figures"].items()):
+            shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+            lines.append(f"| {name if i == 0 else ''} | {figure} | {shown} | {TARGETS[name] if i == 0 else ''} | "
+                         f"{part['notes'] if i == 0 else ''} |")
+    if result["references"]:
+        lines += ["", "Reference figures measured earlier on one H100 (../shared/bench):", ""]
+        for name, ref in result["references"].items():
+            figures = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in ref.items()
+                                if k not in ("device", "torch"))
+            lines.append(f"- {name} ({ref.get('device')}, torch {ref.get('torch')}): {figures}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="every part at toy size on the CPU (what CI runs)")
+    ap.add_argument("--out", default=os.environ.get("OUT") or "runs/gpu-suite", help="folder for the JSON and table")
+    ap.add_argument("--parts", nargs="+", default=list(TARGETS), choices=list(TARGETS))
+    args = ap.parse_args()
+    if args.smoke:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the smoke run is the CPU rehearsal, wherever it runs
+    elif not torch.cuda.is_available():
+        raise SystemExit("no CUDA device here; run with --smoke for the CPU rehearsal")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"smoke": args.smoke, "environment": environment(), "references": references(), "parts": {}}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {"embed": lambda: part_embed(args.smoke),
+                "kd_epoch": lambda: part_kd_epoch(args.smoke, Path(tmp)),
+                "kd_cached_50k": lambda: part_kd_cached_50k(args.smoke, Path(tmp)),
+                "lora": lambda: part_lora(args.smoke),
+                "latency": lambda: part_latency(args.smoke, Path(tmp)),
+                "recipe": lambda: part_recipe(args.smoke, Path(tmp) / "recipe")}
+        for name in args.parts:
+            t0 = time.perf_counter()
+            print(f"\n=== {name} ({TARGETS[name]})", flush=True)
+            try:
+                result["parts"][name] = {**runs[name](), "seconds": time.perf_counter() - t0}
+            except Exception as exc:  # noqa: BLE001 - one failing part must not cost the others' figures
+                traceback.print_exc()
+                result["parts"][name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                                         "seconds": time.perf_counter() - t0}
+            (out / "gpu_suite.json").write_text(json.dumps(result, indent=1, default=str))
+    result["seconds"] = time.perf_counter() - started
+    (out / "gpu_suite.json").write_text(json.dumps(result, indent=1, default=str))
+    table = markdown(result)
+    (out / "gpu_suite.md").write_text(table)
+    print("\n" + table + f"\n{result['seconds']:.0f} s in all; results in {out}")
+    if any("error" in p for p in result["parts"].values()):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The device layer: every CUDA-only branch (event timing, peak memory, asynchronous copies) behind small functions
+that the CPU drives here; `gpu`-marked tests check what only CUDA can show."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from fm2edge.device import (
+    autocast_dtype,
+    cpu_features,
+    elapsed,
+    move,
+    peak_memory,
+    reset_peak_memory,
+    resolve_device,
+    synchronize,
+)
+
+CPU = torch.device("cpu")
+gpu = pytest.mark.gpu
+
+
+def test_the_cpu_paths_of_the_device_layer():
+    assert elapsed(lambda: time.sleep(0.02), CPU) >= 0.02
+    x = torch.ones(3)
+    assert move(x, CPU) is x
+    synchronize(CPU)  # nothing queued on a CPU: returns at once
+    reset_peak_memory(CPU)
+    peak, kind = peak_memory(CPU)
+    assert kind == "process peak RSS" and (peak is None or peak > 0)
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert autocast_dtype("fp32", CPU) is None and autocast_dtype("fp32", torch.device("cuda")) is None
+    assert autocast_dtype("auto", torch.device("cuda")) == torch.bfloat16 and autocast_dtype("auto", CPU) is None
+
+
+def test_cpu_features_name_the_instruction_sets():
+    text = cpu_features()
+    assert "threads" in text and text.split(",")[0] in ("x86_64", "aarch64", "arm64", "AMD64")
+
+
+@gpu
+def test_cuda_events_time_the_kernels_and_peak_memory_counts_allocations():
+    dev = torch.device("cuda")
+    a = move(torch.randn(4096, 4096), dev)
+    synchronize(dev)
+    seconds = elapsed(lambda: a @ a, dev)
+    assert 0 < seconds < 1
+    reset_peak_memory(dev)
+    b = torch.empty(256 * 2**20, dtype=torch.uint8, device=dev)
+    peak, kind = peak_memory(dev)
+    assert kind == "cuda allocated" and peak >= b.numel()
+
+
+@gpu
+def test_training_on_cuda_runs_in_bf16(tmp_path):
+    from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
+    from fm2edge.train import train_job
+
+    metrics = train_job(TrainJob(data=DataConfig(source="digits"), model=ModelConfig(name="student:small_cnn"),
+                                 train=TrainConfig(epochs=3, batch_size=64, lr=3e-3, device="cuda", compile=True),
+                                 run=RunConfig(root=str(tmp_path), name="cuda")))
+    assert metrics["env"]["mixed_precision"] == "bf16" and metrics["test_acc"] > 0.8
+
+
+@gpu
+def test_bench_times_eager_and_compiled_on_cuda(tmp_path):
+    from fm2edge.bench import BenchConfig, BenchJob, bench_job
+
+    rows = bench_job(BenchJob(models=["torchvision:resnet18"], output=str(tmp_path / "b.json"),
+                              bench=BenchConfig(devices=["cuda"], backends=["eager", "compile"],
+                                                dtypes=["fp32", "bf16"], runs=20, warmup=5)))["rows"]
+    assert all(r["skipped"] is None and r["peak_memory_kind"] == "cuda allocated" for r in rows)
