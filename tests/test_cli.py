@@ -172,3 +172,17 @@ def test_seeds_accept_spaced_values():
         ["train", "--seeds", "[0, 1, 2]", "--train.epochs", "1"]
     assert _spaced_lists(["train", "--seeds", "[0,1]"]) == ["train", "--seeds", "[0,1]"]
     assert _spaced_lists(["train", "--seeds", "3"]) == ["train", "--seeds", "[3]"]
+
+
+def test_version_and_list_with_a_positional_what(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"fm2edge {version('fm2edge')}"
+    assert main(["list", "models"]) == 0
+    out = capsys.readouterr().out
+    assert "models (--model.name):" in out and "data sources" not in out
+    assert main(["list", "data"]) == 0
+    out = capsys.readouterr().out
+    assert "data sources" in out and "models (" not in out and "../shared" not in out

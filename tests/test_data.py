@@ -223,3 +223,13 @@ def test_validation_needs_two_images_of_every_class_and_can_be_off(parquet_dir):
     assert sorted(val.labels.tolist()) == [0, 1, 2, 3]
     train, val, _ = load_data(DataConfig(source=str(parquet_dir), val_fraction=0))
     assert val is None and len(train) == 64
+
+
+def test_a_parquet_folders_validation_file_is_its_validation_split(tmp_path):
+    from conftest import hub_dataset
+
+    hub_dataset(24, seed=0).to_parquet(str(tmp_path / "train.parquet"))
+    hub_dataset(12, seed=1).to_parquet(str(tmp_path / "validation.parquet"))
+    hub_dataset(8, seed=2).to_parquet(str(tmp_path / "test.parquet"))
+    train, val, test = load_data(DataConfig(source=str(tmp_path)))
+    assert (len(train), len(val), len(test)) == (24, 12, 8)

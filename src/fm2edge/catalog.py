@@ -8,9 +8,10 @@ from typing import Literal
 DATA_SOURCES = [
     ("digits", "scikit-learn's 8x8 handwritten digits, 1,797 images, 10 classes (ships with scikit-learn, offline)"),
     ("<hub id>", "a Hugging Face dataset, e.g. uoft-cs/cifar10 (needs the hub or its cache)"),
-    ("<folder of parquet/arrow>", "files in the hub's schema, e.g. ../shared/data/cifar10 (train/test by file name)"),
+    ("<folder of parquet/arrow>", "files in the hub's schema, e.g. a folder holding train.parquet and test.parquet "
+                                  "(splits by file name; a validation.parquet is the validation split)"),
     ("<file.parquet|.arrow>", "one file, used as the train split"),
-    ("<image folder>", "root/<class>/<image>, optionally root/{train,test}/<class>/<image>"),
+    ("<image folder>", "root/<class>/<image>, optionally root/{train,val,test}/<class>/<image>"),
 ]
 
 

@@ -29,6 +29,9 @@ def build_parser():
     parser = ArgumentParser(prog="fm2edge", description="From a vision foundation model to a tiny edge model, "
                             "with numbers for what was gained and lost.", exit_on_error=False,
                             allow_abbrev=False)
+    from importlib.metadata import version
+
+    parser.add_argument("--version", action="version", version=f"fm2edge {version('fm2edge')}")
     sub = parser.add_subcommands(dest="command", required=True)
     for name, stage in COMMANDS.items():
         sub.add_subcommand(name, command_parser(stage.job), help=stage.help)
@@ -51,7 +54,7 @@ def _quiet_libraries() -> None:
 
 # command -> (field, takes several): models and run folders read best as positionals
 POSITIONAL = {"bench": ("models", True), "export": ("model", False), "report": ("runs", True),
-              "run": ("recipe", False)}
+              "run": ("recipe", False), "list": ("what", False)}
 
 
 def _positional_models(argv: list[str]) -> list[str]:
