@@ -170,14 +170,14 @@ def time_backend(net: torch.nn.Module, backend: str, dtype_name: str, size: int,
                  device: torch.device) -> dict:
     """Latency at batch 1, throughput at ``cfg.throughput_batch`` and peak memory of one (backend, dtype)."""
     from fm2edge.device import elapsed, peak_memory, reset_peak_memory, synchronize
+    from fm2edge.timing import wall_clock
 
     dt = TORCH_DTYPES[dtype_name]
     model = net.to(dt)
     x1 = torch.randn(1, 3, size, size, device=device)
     xb = torch.randn(cfg.throughput_batch, 3, size, size, device=device)
     # ONNX Runtime returns host arrays, so its calls are timed by the wall clock; PyTorch's by the device's clock
-    clock = (lambda fn: elapsed(fn, torch.device("cpu"))) if backend.startswith("onnx") else \
-        (lambda fn: elapsed(fn, device))
+    clock = wall_clock if backend.startswith("onnx") else (lambda fn: elapsed(fn, device))
     try:
         with tempfile.TemporaryDirectory() as tmp:
             call = _caller(backend, model, dt, x1, cfg, Path(tmp), device)

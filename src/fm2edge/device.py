@@ -120,11 +120,9 @@ def elapsed(fn, device: torch.device) -> float:
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1e3
-    import time
+    from fm2edge.timing import wall_clock
 
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    return wall_clock(fn)
 
 
 def cpu_features() -> str:

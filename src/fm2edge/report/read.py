@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,9 @@ class Run:
     teacher_preds: dict | None = None
     plots: list[Path] = field(default_factory=list)
 
-    @property
+    @cached_property
     def settings(self) -> dict:
-        """The run's resolved config (config.yaml) as a dict."""
+        """The run's resolved config (config.yaml) as a dict, parsed once."""
         import yaml
 
         return (yaml.safe_load(self.config) or {}) if self.config else {}
