@@ -67,8 +67,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def environment(accelerator) -> dict[str, Any]:
     """Device, versions and parallelism, written into every metrics file."""
     dev = accelerator.device
-    cpu = f"cpu ({platform.processor() or platform.machine()})"
-    return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu,
+    return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({cpu_features()})",
             "torch": torch.__version__, "threads": torch.get_num_threads(), "processes": accelerator.num_processes,
             "mixed_precision": accelerator.mixed_precision, "python": platform.python_version()}
 
