@@ -1,79 +1,115 @@
-"""Does distillation help? Scratch vs KD vs feature KD vs KD with unlabelled images, same student, same budget.
+"""Does distillation win? Matched students (same student, data, augmentation, epochs) over several seeds, with
+95% confidence intervals of each variant's difference from the student trained alone.
 
-    python benchmarks/distill_study.py [--teacher RUN] [--seeds 0 1 2] [--epochs 15] [--unlabeled 5000]
+    python benchmarks/distill_study.py [--teacher RUN] [--seeds 0 1 2] [--epochs 30] [--unlabeled 0]
+        [--variants scratch kd dkd dist feature kd-fixed kd-online] [--views 10] [--root runs/distill-study]
 
-On ../shared/data/cifar10 (5,000 labelled training images, 1,000 test images, the lab's sizes). The teacher is the
-offline ImageNet-pretrained EfficientNet-Lite0 with a logistic-regression head (`fm2edge probe`), built first when
---teacher is not given. The student is `student:small_cnn` at native 32 px. Every variant runs once per seed through
-the same commands a user runs (`fm2edge train`, `fm2edge distill --seeds ...`); the table shows the teacher's
-accuracy and each variant's mean and standard deviation over seeds.
+On ../shared/data/cifar10 (5,000 labelled training images: 4,500 to train, 500 to validate; 1,000 test images).
+The teacher is EfficientNet-Lite0 (the offline ImageNet-pretrained package) fine-tuned on those labels with
+`fm2edge finetune --finetune.modes [full]`, validation-selected, built first when --teacher is not given. The
+student is `student:small_cnn` at 32 px. Every variant is an ordinary `fm2edge train` / `fm2edge distill` job,
+with the same augmentation (random-resized crop, flip, TrivialAugment, CutMix) and the same epochs:
+
+- scratch: the student alone, on the labels.
+- kd, dkd, dist, feature: consistent teaching on ``--views`` stored views per image (FKD-style cache).
+- kd-fixed: the teacher sees the plain image while the student sees the augmented one.
+- kd-online: consistent teaching with the teacher run on every batch (fresh views every epoch).
+- any variant + ``--unlabeled N``: N further training images without labels (-1 takes all 45,000).
+
+The table gives each variant's test accuracy (mean +- standard deviation over seeds), its difference from scratch
+with a Welch 95% interval, the wall time of its runs, and the machine; `fm2edge report` writes the HTML report.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
+from dataclasses import replace
 from pathlib import Path
 
 from common import SHARED_CIFAR10
 
-from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
+from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
+from fm2edge.device import cpu_features
 from fm2edge.distill.task import DistillConfig, DistillJob, distill_job
 from fm2edge.report.metrics import seed_difference
 from fm2edge.train import train_job
 
+AUGMENT = AugmentConfig(crop="resized", scale=(0.35, 1.0), flip=True, auto="trivial", cutmix=1.0, mix_prob=0.5)
+LOSSES = {"kd": {"kd": 1.0}, "dkd": {"ce": 1.0, "dkd": 1.0}, "dist": {"ce": 1.0, "dist": 1.0},
+          "feature": {"ce": 1.0, "feature": 1.0}, "kd-fixed": {"kd": 1.0}, "kd-online": {"kd": 1.0}}
 
-def teacher(root: Path, data: DataConfig) -> Path:
-    from fm2edge.features import EmbedConfig
-    from fm2edge.probe import ProbeConfig, ProbeJob, probe_job
 
-    run = root / "teacher"
+def teacher(root: Path, data: DataConfig, epochs: int) -> Path:
+    """Lite0 fine-tuned on the labels (full fine-tuning at 160 px, validation-selected)."""
+    from fm2edge.finetune import FinetuneConfig, FinetuneJob, finetune_job
+
+    run = root / "teacher" / "full"
     if not (run / "model.json").exists():
-        probe_job(ProbeJob(data=data, model=ModelConfig(name="pypi:efficientnet_lite0", pretrained=True),
-                           embed=EmbedConfig(), probe=ProbeConfig(methods=["logreg"]),
-                           run=RunConfig(root=str(root), name="teacher", overwrite=True)))
+        finetune_job(FinetuneJob(
+            data=data, model=ModelConfig(name="pypi:efficientnet_lite0", pretrained=True, image_size=160),
+            train=TrainConfig(epochs=epochs, batch_size=64, lr=5e-4, optimizer="adamw", weight_decay=0.05,
+                              schedule="cosine", warmup_epochs=1, label_smoothing=0.1,
+                              augment=AugmentConfig(crop="resized", scale=(0.5, 1.0), flip=True, auto="trivial")),
+            finetune=FinetuneConfig(modes=["full"]), run=RunConfig(root=str(root), name="teacher", resume=True)))
     return run
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--teacher", help="run folder of a trained teacher; empty builds the Lite0 probe")
+    ap.add_argument("--teacher", help="run folder of a trained teacher; empty fine-tunes Lite0 first")
+    ap.add_argument("--teacher_epochs", type=int, default=10)
     ap.add_argument("--root", default="runs/distill-study")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--unlabeled", type=int, default=5000)
-    ap.add_argument("--variants", nargs="+", default=["scratch", "kd", "feature", "kd+unlabeled"])
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--views", type=int, default=10, help="stored views per image for the cached variants")
+    ap.add_argument("--unlabeled", type=int, default=0, help="further unlabelled images for the distilled variants")
+    ap.add_argument("--variants", nargs="+", default=["scratch", "kd", "dkd", "dist", "feature", "kd-fixed"],
+                    choices=["scratch", *LOSSES])
     args = ap.parse_args()
     root = Path(args.root)
     data = DataConfig(source=str(SHARED_CIFAR10), max_train=5000, max_test=1000)
-    t = Path(args.teacher) if args.teacher else teacher(root, data)
+    t = Path(args.teacher) if args.teacher else teacher(root, data, args.teacher_epochs)
     train = TrainConfig(epochs=args.epochs, batch_size=128, lr=4e-3, optimizer="adamw", weight_decay=5e-4,
-                        schedule="onecycle")
+                        schedule="onecycle", augment=AUGMENT)
     student = ModelConfig(name="student:small_cnn")
-    losses = {"kd": {"kd": 1.0}, "feature": {"ce": 1.0, "feature": 1.0}, "kd+unlabeled": {"kd": 1.0}}
-    results = {}
+    results, seconds = {}, {}
     for variant in args.variants:
-        run = RunConfig(root=str(root), name=variant.replace("+", "-"), resume=True)
+        t0 = time.perf_counter()
+        run = RunConfig(root=str(root), name=variant, resume=True)
         if variant == "scratch":
             results[variant] = train_job(TrainJob(data=data, model=student, train=train, run=run, seeds=args.seeds))
         else:
-            cfg = DistillConfig(teacher=str(t), losses=losses[variant], temperature=4.0, alpha=0.5,
-                                unlabeled=args.unlabeled if variant == "kd+unlabeled" else 0)
+            cfg = DistillConfig(teacher=str(t), losses=LOSSES[variant], temperature=4.0, alpha=0.5,
+                                unlabeled=args.unlabeled,
+                                teaching="fixed" if variant == "kd-fixed" else "consistent",
+                                views=0 if variant in ("kd-online", "kd-fixed") else args.views)
+            run = replace(run, name=variant + (f"+{args.unlabeled}u" if args.unlabeled else ""))
             results[variant] = distill_job(DistillJob(data=data, model=student, train=train, distill=cfg, run=run,
                                                       seeds=args.seeds))
+        seconds[variant] = time.perf_counter() - t0
     t_acc = json.loads((t / "metrics.json").read_text()).get("test_acc")
-    print(f"\nCIFAR-10, 5,000 labels (4,500 train + 500 validation) / 1,000 test images, student:small_cnn at 32 px, "
-          f"{args.epochs} epochs, best validation epoch kept, seeds {args.seeds}, {minutes(root):.0f} min of training")
+    print(f"\nCIFAR-10, 5,000 labels (4,500 train + 500 validation) / 1,000 test images"
+          f"{f' + {args.unlabeled} unlabelled' if args.unlabeled else ''}; student:small_cnn at 32 px, "
+          f"{args.epochs} epochs, batch 128, AdamW one-cycle; augmentation {describe(AUGMENT)}; best validation "
+          f"epoch kept; seeds {args.seeds}; {len(cpu_features())} CPU features: {', '.join(cpu_features())}")
     if t_acc is not None:
-        print(f"  {'teacher (Lite0 probe, 224 px)':<32} {100 * t_acc:6.2f}%")
+        print(f"  {'teacher (Lite0 fine-tuned, 160 px)':<36} {100 * t_acc:6.2f}%")
     for variant, r in results.items():
-        print(f"  {variant:<32} {100 * r['mean']:6.2f}% +- {100 * r['std']:.2f}  "
-              f"({', '.join(f'{100 * a:.2f}' for a in r['test_acc'])})")
+        print(f"  {variant:<36} {100 * r['mean']:6.2f}% +- {100 * r['std']:.2f}  "
+              f"({', '.join(f'{100 * a:.2f}' for a in r['test_acc'])})  {seconds[variant] / 60:5.1f} min this call")
     scratch = results.get("scratch")
     if scratch:
         for variant, r in results.items():
             if variant != "scratch":
                 print("  " + seed_difference(r["test_acc"], scratch["test_acc"]).line(f"{variant} vs scratch"))
+    print(f"training minutes of every run under {root}: {minutes(root):.0f}")
+
+
+def describe(a: AugmentConfig) -> str:
+    return (f"random-resized crop {a.scale[0]:g}-{a.scale[1]:g}, flip, {a.auto}, cutmix {a.cutmix:g} "
+            f"(p {a.mix_prob:g})")
 
 
 def minutes(root: Path) -> float:

@@ -3,7 +3,8 @@ figures.
 
     python benchmarks/kill_drill.py [--trials 5] [--seed 0] [--root /tmp/kill-drill] [--only train embed ...]
 
-For each command (train, distill, LoRA finetune, embed, export) one uninterrupted reference run is made and timed.
+For each command (train, distill, distill on stored augmented views, LoRA finetune, embed, export) one
+uninterrupted reference run is made and timed.
 Then, per trial, the same command starts in a fresh folder and gets SIGKILL or SIGINT (alternating) at a uniformly
 random moment within the reference's duration; the command is run again (resuming) and its result compared with the
 reference: test accuracy and last training loss for train, distill and finetune, the feature matrix for embed, the
@@ -96,6 +97,12 @@ def cases(teacher: Path) -> dict:
         "train": (lambda f, r: ["train", *DIGITS, *TRAIN, *_run(f, r)], _train_result, _same_training),
         "distill": (lambda f, r: ["distill", *DIGITS, *TRAIN, "--distill.teacher", str(teacher), *_run(f, r)],
                     _train_result, _same_training),
+        # augmented, consistently taught on stored views: the kill may land while the teacher's outputs are cached
+        "distill_views": (lambda f, r: ["distill", *DIGITS, *TRAIN, "--distill.teacher", str(teacher),
+                                        "--train.augment.crop", "resized", "--train.augment.flip", "true",
+                                        "--train.augment.mixup", "0.2", "--distill.views", "4",
+                                        "--data.cache_dir", str(f.parent / f"{f.name}-cache"), *_run(f, r)],
+                          _train_result, _same_training),
         "embed": (lambda f, r: ["embed", *DIGITS, "--model.name", "timm:resnet18", "--model.pretrained", "false",
                                 "--model.image_size", "96",
                                 "--embed.device", "cpu", "--embed.chunk_size", "100", "--tsne_samples", "0",
@@ -109,7 +116,7 @@ def cases(teacher: Path) -> dict:
     }
 
 
-COMMANDS = ["train", "distill", "finetune", "embed", "export"]
+COMMANDS = ["train", "distill", "distill_views", "finetune", "embed", "export"]
 
 
 def main() -> None:

@@ -181,3 +181,16 @@ def tiny_hf_resnet(tmp_path_factory):
     torch.manual_seed(0)
     ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def clean_teacher(tmp_path_factory, parquet_dir):
+    """A small_cnn teacher trained on the parquet fixture's clean labels (it knows the truth)."""
+    from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
+    from fm2edge.train import train_job
+
+    root = tmp_path_factory.mktemp("teacher")
+    train_job(TrainJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name="student:small_cnn"),
+                       train=TrainConfig(epochs=4, batch_size=16, lr=3e-3, device="cpu"),
+                       run=RunConfig(root=str(root), name="teacher")))
+    return root / "teacher"

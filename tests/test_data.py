@@ -57,9 +57,9 @@ def test_image_folder_mixed_modes_and_sizes(image_folder):
     assert len(train) + len(val) + len(test) == 24
 
 
-def test_variable_sizes_default_to_224(image_folder):
+def test_variable_sizes_default_to_256(image_folder):
     train, _, _ = load_data(DataConfig(source=str(image_folder)))
-    assert train.image_size == (224, 224)
+    assert train.image_size == (256, 256)  # room for random crops of 224 px inputs
 
 
 def test_balanced_subsets(parquet_dir):

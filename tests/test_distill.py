@@ -9,20 +9,17 @@ import torch
 from conftest import hub_dataset
 
 from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
-from fm2edge.distill.task import DistillConfig, DistillJob, DistillTask, distill_job, teacher_cache
+from fm2edge.distill.task import (
+    DistillConfig,
+    DistillJob,
+    DistillTask,
+    build_teacher_cache,
+    distill_job,
+    load_teacher_cache,
+)
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import create_model
 from fm2edge.train import train_job
-
-
-@pytest.fixture(scope="module")
-def clean_teacher(tmp_path_factory, parquet_dir):
-    """A teacher trained on clean labels (it knows the truth)."""
-    root = tmp_path_factory.mktemp("teacher")
-    train_job(TrainJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name="student:small_cnn"),
-                       train=TrainConfig(epochs=4, batch_size=16, lr=3e-3, device="cpu"),
-                       run=RunConfig(root=str(root), name="teacher")))
-    return root / "teacher"
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +73,8 @@ def test_cached_and_online_teacher_give_the_same_loss(tmp_path, clean_teacher, p
     task = DistillTask(student, teacher, cfg)
     idx = torch.tensor([3, 7, 11, 20, 42])
     online = task(train.images[idx], train.labels[idx], idx)
-    task.cache = teacher_cache(task, train.images, tmp_path / "cache", 16, torch.device("cpu"))
+    build_teacher_cache(task, train.images, None, tmp_path / "cache", 16, torch.device("cpu"))
+    task.cache = load_teacher_cache(tmp_path / "cache", len(train), True, torch.device("cpu"))
     cached = task(train.images[idx], train.labels[idx], idx)
     for key in ("loss", "loss_kd", "loss_feature", "loss_rkd"):
         assert torch.allclose(online[key], cached[key], atol=1e-5), key

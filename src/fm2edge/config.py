@@ -43,7 +43,7 @@ class DataConfig:
         max_test: Use at most this many test images, class-balanced.
         per_class: Use this many labelled training images per class (overrides max_train).
         image_size: Store images at this square size (shortest-edge resize then centre crop); empty keeps the native
-            size when all images share it, else 224.
+            size when all images share it, else 256 (room for random crops of 224 px inputs).
         revision: Dataset revision on the hub (branch, tag or commit).
         cache_dir: Folder for the decoded uint8 image cache; empty uses $FM2EDGE_CACHE or ~/.cache/fm2edge.
         on_bad_image: What to do with an image that cannot be decoded: "error" stops, "skip" drops it and counts it.
@@ -83,7 +83,8 @@ class ModelConfig:
             "timm:mobilenetv3_small_100", "hf:facebook/dinov2-small" or "hf:/path/to/saved/model"
             (see `fm2edge list`).
         pretrained: Load pretrained weights (hub or package); false builds the architecture with random weights.
-        image_size: Input resolution; empty uses the model's own.
+        image_size: Input resolution; empty uses the model's own (a "student:" model follows the data: the stored
+            image size, kept within 32-128 px).
         crop_pct: Share of the resized image kept by the centre crop (1.0 resizes straight to image_size);
             empty uses the model's own.
         mean: Per-channel normalisation mean; empty uses the model's own.
@@ -109,6 +110,62 @@ class ModelConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Augmentation, drawn per image on the device from the run's seed (the same view reaches a teacher in
+    distillation).
+
+    Args:
+        crop: "none"; "pad" (shift by up to ``pad`` pixels, zero-filled: the CIFAR classic); or "resized" (a random
+            box of ``scale`` x the image's area and aspect ratio in ``ratio``, resized to the input size).
+        pad: Largest shift of the "pad" crop, in stored pixels.
+        scale: Area share range of the "resized" crop.
+        ratio: Aspect-ratio range of the "resized" crop.
+        flip: Random horizontal flips.
+        jitter: Colour jitter strength: brightness, contrast and saturation each scaled by a factor in
+            [1 - jitter, 1 + jitter]; 0 turns it off.
+        auto: "none", "trivial" (TrivialAugment: one random operation at a random strength per image) or
+            "randaugment" (two random operations at ``magnitude``).
+        magnitude: RandAugment's strength, 0-30.
+        mixup: MixUp's Beta(a, a) parameter; 0 turns it off.
+        cutmix: CutMix's Beta(a, a) parameter; 0 turns it off. With both on, each image takes one of the two.
+        mix_prob: Share of images that are mixed when mixup or cutmix is on.
+    """
+
+    crop: Literal["none", "pad", "resized"] = "none"
+    pad: int = 4
+    scale: tuple[float, float] = (0.35, 1.0)
+    ratio: tuple[float, float] = (0.75, 1.3333333333333333)
+    flip: bool = False
+    jitter: float = 0.0
+    auto: Literal["none", "trivial", "randaugment"] = "none"
+    magnitude: int = 9
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.scale, self.ratio = tuple(self.scale), tuple(self.ratio)
+        check(len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1,
+              f"augment.scale must be two area shares 0 < min <= max <= 1, got {self.scale}")
+        check(len(self.ratio) == 2 and 0 < self.ratio[0] <= self.ratio[1],
+              f"augment.ratio must be two aspect ratios 0 < min <= max, got {self.ratio}")
+        check(self.pad >= 0, f"augment.pad must be >= 0, got {self.pad}")
+        check(0 <= self.jitter < 1, f"augment.jitter must be in [0, 1), got {self.jitter}")
+        check(0 <= self.magnitude <= 30, f"augment.magnitude must be in [0, 30], got {self.magnitude}")
+        check(self.mixup >= 0 and self.cutmix >= 0, "augment.mixup and augment.cutmix must be >= 0 (0 is off)")
+        check(0 <= self.mix_prob <= 1, f"augment.mix_prob must be in [0, 1], got {self.mix_prob}")
+
+    @property
+    def active(self) -> bool:
+        return (self.crop != "none" or self.flip or self.jitter > 0 or self.auto != "none" or self.mixup > 0
+                or self.cutmix > 0)
+
+    @property
+    def mixes(self) -> bool:
+        return (self.mixup > 0 or self.cutmix > 0) and self.mix_prob > 0
+
+
+@dataclass
 class TrainConfig:
     """The training loop: optimiser, schedule, precision, batching.
 
@@ -116,13 +173,15 @@ class TrainConfig:
         epochs: Passes over the training set.
         batch_size: Images per optimiser step, summed over processes.
         lr: Peak learning rate.
-        optimizer: "adam" (the lab's), "adamw" or "sgd" (Nesterov momentum).
+        optimizer: "adam" (the default), "adamw" or "sgd" (Nesterov momentum).
         weight_decay: Weight decay.
         momentum: SGD momentum.
-        schedule: "constant" (the lab's), "cosine" or "onecycle" (linear warm-up then linear decay), stepped per batch.
+        schedule: "constant" (the default), "cosine" or "onecycle" (linear warm-up then linear decay), stepped
+            per batch.
         warmup_epochs: Linear warm-up length for "cosine".
         label_smoothing: Cross-entropy label smoothing.
-        augment: On-device augmentation: "none" (the lab's), "flip", or "crop_flip" (4-pixel-padded random crop + flip).
+        augment: On-device augmentation (--train.augment.crop resized --train.augment.flip true ...); none by
+            default, as the seed recipe.
         precision: "auto" is bf16 autocast on CUDA and fp32 on CPU; "bf16" forces autocast where supported.
         device: "auto" picks CUDA when available.
         seed: Seed for weights, data order and augmentation; each epoch reseeds from (seed, epoch) so a resumed run
@@ -149,7 +208,7 @@ class TrainConfig:
     schedule: Literal["constant", "cosine", "onecycle"] = "constant"
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
-    augment: Literal["none", "flip", "crop_flip"] = "none"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     precision: Precision = "auto"
     device: Device = "auto"
     seed: int = 0

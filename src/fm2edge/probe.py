@@ -255,7 +255,7 @@ def pooling_study(job: ProbeJob, session, run) -> dict:
 
 def label_efficiency(job: ProbeJob, feats: dict[str, Features], run) -> dict:
     """Test accuracy against labelled images per class, for the probe and for a CNN trained from scratch."""
-    from fm2edge.config import TrainConfig, TrainJob
+    from fm2edge.config import AugmentConfig, TrainConfig, TrainJob
     from fm2edge.data import balanced_indices
     from fm2edge.train import train_job
 
@@ -275,7 +275,8 @@ def label_efficiency(job: ProbeJob, feats: dict[str, Features], run) -> dict:
             sub = TrainJob(data=dataclasses.replace(job.data, per_class=n),
                            model=ModelConfig(name=job.probe.scratch_model),
                            train=TrainConfig(epochs=epochs, batch_size=batch, lr=2e-3, optimizer="adamw",
-                                             schedule="onecycle", weight_decay=5e-4, augment="flip",
+                                             schedule="onecycle", weight_decay=5e-4,
+                                             augment=AugmentConfig(flip=True),
                                              seed=job.probe.seed, keep_checkpoints=1,
                                              eval_every=max(1, epochs // 10), checkpoint_every=max(1, epochs // 4)),
                            run=RunConfig(root=str(run.path / "scratch"), name=f"per-class-{n}", resume=True))

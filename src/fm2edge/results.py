@@ -58,11 +58,24 @@ class Session:
         return open_run(Path(run.root) / (run.name or default_name), run, self.accelerator)
 
     def model(self, cfg: ModelConfig, seed: int) -> Classifier:
-        """A fresh model for this data's classes, its random weights drawn from ``seed``."""
-        from fm2edge.models import create_model
+        """A fresh model for this data's classes, its random weights drawn from ``seed``. A student without an
+        input size follows the data (see :func:`student_size`) rather than its 32 px default."""
+        from fm2edge.models import create_model, resolve
 
+        if cfg.image_size is None and resolve(cfg.name)[0].kind == "student":
+            cfg = dataclasses.replace(cfg, image_size=student_size(self.train.image_size[0]))
         torch.manual_seed(seed)
         return create_model(cfg, self.train.num_classes)
+
+
+STUDENT_SIZES = (32, 128)  # a student's default input: the stored size, within these bounds
+
+
+def student_size(stored: int) -> int:
+    """A student's input size for images stored at ``stored`` px: the same (32 px CIFAR stays 32 px) within
+    ``STUDENT_SIZES``: 256 px photos train at 128 px (an edge model's budget), not silently at 32; 8 px digits
+    are enlarged to 32 px, the smallest input the students are built for."""
+    return min(max(stored, STUDENT_SIZES[0]), STUDENT_SIZES[1])
 
 
 def start_stage(data: DataConfig, device: str = "auto", precision: str = "auto") -> Session:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fm2edge.augment import OnlineViews, Views, render, soft_targets
 from fm2edge.config import TrainConfig
 from fm2edge.data import ImageData
 from fm2edge.device import move
@@ -37,29 +38,6 @@ from fm2edge.runs import RunDir, atomic_dir, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 CHECKPOINT = re.compile(r"^epoch-(\d+)$")
-
-
-# ---------------------------------------------------------------- augmentation (on the device, batched)
-
-
-def augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and/or 4-pixel-padded random crop of a uint8 batch, all samples at once."""
-    if kind == "none":
-        return x
-    n, _, h, w = x.shape
-    dev = x.device
-    if kind == "crop_flip":
-        pad = 4
-        padded = F.pad(x, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator)
-        dx = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator)
-        rows = (torch.arange(h, device=dev)[None] + dy[:, None])[:, None, :, None]
-        cols = (torch.arange(w, device=dev)[None] + dx[:, None])[:, None, None, :]
-        batch = torch.arange(n, device=dev)[:, None, None, None]
-        chan = torch.arange(x.shape[1], device=dev)[None, :, None, None]
-        x = padded[batch, chan, rows, cols]
-    flip = torch.rand(n, device=dev, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
 # ---------------------------------------------------------------- tasks
@@ -86,13 +64,18 @@ class SupervisedTask(nn.Module):
             module.eval()
         return self
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor,
-                index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        x = self.model.preprocess(images)
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None,
+                views: Views | None = None, partners: torch.Tensor | None = None,
+                partner_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if views is None:
+            x = self.model.preprocess(images)
+        else:
+            x = self.model.preprocess.normalise(render(images, views, self.model.preprocess.size, partners))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         logits = self.model(x)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        targets = labels if partners is None else soft_targets(labels, views, partner_labels, logits.shape[1])
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
         return {"loss": loss, "logits": logits}
 
 
@@ -325,6 +308,9 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
     task, optimizer = accelerator.prepare(task, optimizer)
 
     images, labels = _place(train, device)
+    # where each batch's views come from: the task's stored ones (cached teaching) or drawn afresh each epoch
+    view_source = getattr(raw_task, "view_source", None) or OnlineViews(cfg.augment, len(train),
+                                                                         train.image_size[0])
     t_start = time.perf_counter()
     end_epoch = start_epoch if selection.stopped_early else cfg.epochs
     for epoch in range(start_epoch, end_epoch):
@@ -335,6 +321,7 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
         dev_gen = torch.Generator(device=device).manual_seed(seed + rank)
         batches = batch_plan(len(train), cfg.batch_size, world, rank, cpu_gen)
         loss_sum = torch.zeros((), device=device)
+        part_sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=device)
         labelled = torch.zeros((), device=device)  # images distilled on without a label (-1) count in no accuracy
         seen = 0
@@ -345,20 +332,29 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
             gidx = idx.to(images.device) if images.device.type == "cuda" else idx
             x = move(images[gidx], device)
             y = move(labels[idx.to(labels.device)], device)
-            x = augment(x, cfg.augment, dev_gen)
+            views = view_source(idx, epoch, dev_gen)
+            partners = partner_labels = None
+            if views is not None and views.mixes:  # each mixed view's partner image, from anywhere in the data
+                pidx = views.col("partner").long().clamp_min(0).cpu()
+                partners = move(images[pidx.to(images.device)], device)
+                partner_labels = move(labels[pidx.to(labels.device)], device)
             # gradient accumulation: sum micro-batch gradients (without a DDP all-reduce until the last one),
             # then take one optimiser step
             group_end = (step + 1) % cfg.grad_accum == 0 or step == len(batches) - 1
             in_group = min(cfg.grad_accum, len(batches) - (step // cfg.grad_accum) * cfg.grad_accum)
             sync = contextlib.nullcontext() if group_end or world == 1 else accelerator.no_sync(task)
             with sync:
-                out = task(x, y, idx.to(device))  # the index lets a task look up cached teacher outputs
+                # the index lets a task look up cached teacher outputs
+                out = task(x, y, idx.to(device), views, partners, partner_labels)
                 accelerator.backward(out["loss"] / in_group if cfg.grad_accum > 1 else out["loss"])
             if group_end:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += out["loss"].detach() * len(y)
+            for name, part in out.items():
+                if name.startswith("loss_"):
+                    part_sums[name] = part_sums.get(name, torch.zeros((), device=device)) + part.detach() * len(y)
             correct += (out["logits"].detach().argmax(-1) == y).sum()
             labelled += (y >= 0).sum()
             seen += len(y)
@@ -372,7 +368,7 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
                 rate = seen * world / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
         totals = accelerator.reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device),
-                                                 labelled.float()]), reduction="sum")
+                                                 labelled.float(), *part_sums.values()]), reduction="sum")
         seconds = time.perf_counter() - t0
         evaluate = val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
         val_acc = accuracy(predict(model, val, cfg.eval_batch_size, device, channels_last, accelerator),
@@ -383,7 +379,8 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
         row = {"epoch": epoch + 1, "train_loss": float(totals[0] / totals[2]),
                "train_acc": float(totals[1] / totals[3]) if float(totals[3]) else float("nan"),
                "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
-               "seconds": seconds, "images_per_s": float(totals[2]) / seconds}
+               "seconds": seconds, "images_per_s": float(totals[2]) / seconds,
+               **{name: float(total / totals[2]) for name, total in zip(part_sums, totals[4:], strict=True)}}
         history.append(row)
         if accelerator.is_main_process:
             if cfg.epochs <= 20 or evaluate:

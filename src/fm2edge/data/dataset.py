@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ("img", "image", "images", "pixel_values", "picture", "photo")
 LABEL_COLUMNS = ("label", "labels", "fine_label", "target", "class", "category")
-DEFAULT_VARIABLE_SIZE = 224
+# Photos of many sizes are stored at 256 px: 1.14x a 224 px model input (the "resize 256, crop 224" of ImageNet
+# evaluation), so random-resized crops for 224 px models still cut from more pixels than they show.
+DEFAULT_VARIABLE_SIZE = 256
 VAL_NAMES = ("val", "validation", "valid")  # what sources (image folders: "validation") call a validation split
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 

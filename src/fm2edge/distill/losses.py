@@ -13,6 +13,16 @@ from torch import nn
 UNLABELLED = -1  # the label of an image distilled on without a label (soft targets only)
 
 
+def as_targets(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(label distributions (N, C), which rows have one) from class indices (``UNLABELLED`` rows have none) or
+    from distributions already (a mixed view's, whose all-zero rows have none)."""
+    if labels.dim() == 2:
+        probs = labels.float()
+        return probs, probs.sum(1) > 0
+    known = labels != UNLABELLED
+    return F.one_hot(labels.clamp_min(0), num_classes).float() * known.float()[:, None], known
+
+
 def _kl_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Per-row KL(teacher_T || student_T) x T^2."""
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
@@ -32,7 +42,8 @@ class KDLoss(nn.Module):
 
     ``alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))``.
     Rows labelled ``UNLABELLED`` (and every row when ``labels`` is None) get the soft term alone, with weight 1;
-    on a fully labelled batch this is the formula above exactly.
+    on a fully labelled batch this is the formula above exactly. ``labels`` may also be label distributions (a
+    mixed image's), and then the hard term is the cross-entropy with that distribution.
     """
 
     def __init__(self, temperature: float = 4.0, alpha: float = 0.5) -> None:
@@ -46,36 +57,41 @@ class KDLoss(nn.Module):
         soft = _kl_rows(teacher_logits, student_logits, self.temperature)
         if labels is None:
             return soft.mean()
-        known = labels != UNLABELLED
-        hard = F.cross_entropy(student_logits.float(), labels.clamp_min(0), reduction="none")
+        targets, known = as_targets(labels, student_logits.shape[1])
+        hard = F.cross_entropy(student_logits.float(), targets, reduction="none")
         return torch.where(known, self.alpha * hard + (1 - self.alpha) * soft, soft).mean()
 
 
 class MaskedCrossEntropy(nn.Module):
     """Cross-entropy over the labelled rows (zero, with a gradient path, when the batch has none): the labels'
-    own loss beside a distillation loss."""
+    own loss beside a distillation loss. ``labels`` may be class indices or label distributions."""
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        known = labels != UNLABELLED
+        targets, known = as_targets(labels, logits.shape[1])
         if not bool(known.any()):
             return logits.sum() * 0.0
-        return F.cross_entropy(logits[known].float(), labels[known])
+        return F.cross_entropy(logits[known].float(), targets[known])
 
 
 class DKD(nn.Module):
     """Zhao et al. 2022, "Decoupled Knowledge Distillation" (CVPR): KD split into target-class (TCKD) and
     non-target-class (NCKD) terms, weighted ``alpha * TCKD + beta * NCKD``; both scaled by T^2. An unlabelled row
-    takes the teacher's top class as its target."""
+    takes the teacher's top class as its target, a mixed image its larger label share. As in the paper's code, the
+    loss is ramped up linearly over the first ``warmup_steps`` training steps (counted in a buffer, so a resumed
+    run continues the ramp)."""
 
-    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> None:
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
+                 warmup_steps: int = 0) -> None:
         super().__init__()
-        self.alpha, self.beta, self.temperature = alpha, beta, temperature
+        self.alpha, self.beta, self.temperature, self.warmup_steps = alpha, beta, temperature, warmup_steps
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                 labels: torch.Tensor) -> torch.Tensor:
         t = self.temperature
         s, te = student_logits.float(), teacher_logits.float()
-        labels = torch.where(labels == UNLABELLED, te.argmax(1), labels)
+        targets, known = as_targets(labels, s.shape[1])
+        labels = torch.where(known, targets.argmax(1), te.argmax(1))
         gt = F.one_hot(labels, s.shape[1]).bool()
         p_s, p_t = F.softmax(s / t, dim=1), F.softmax(te / t, dim=1)
         # binary distributions (target, all non-targets)
@@ -86,7 +102,12 @@ class DKD(nn.Module):
         mask = gt.float() * 1000.0
         nckd = F.kl_div(F.log_softmax(s / t - mask, dim=1), F.softmax(te / t - mask, dim=1),
                         reduction="batchmean") * t**2
-        return self.alpha * tckd + self.beta * nckd
+        ramp = 1.0
+        if self.warmup_steps:
+            ramp = (self.step.float() + 1).clamp(max=self.warmup_steps) / self.warmup_steps
+            if self.training:
+                self.step += 1
+        return ramp * (self.alpha * tckd + self.beta * nckd)
 
 
 def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

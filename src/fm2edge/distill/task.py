@@ -10,7 +10,10 @@ variants share them), and reused every epoch.
 
 from __future__ import annotations
 
+import io
 import json
+import math
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fm2edge.augment import StoredViews, Views, render, soft_targets
 from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, check
 from fm2edge.distill.losses import DIST, DKD, RKD, FeatureDistillation, KDLoss, MaskedCrossEntropy
 from fm2edge.errors import Fm2EdgeError
@@ -37,14 +41,17 @@ class LossSpec:
 
 
 # The one table of distillation losses: the config check, the task's modules and its forward pass all read it.
+# ``steps`` is the number of optimiser steps per epoch (DKD's warm-up is given in epochs).
 LOSSES: dict[str, LossSpec] = {
-    "kd": LossSpec(lambda cfg, student, teacher: KDLoss(cfg.temperature, cfg.alpha), "logits+labels"),
-    "dkd": LossSpec(lambda cfg, student, teacher: DKD(temperature=cfg.temperature), "logits+labels"),
-    "dist": LossSpec(lambda cfg, student, teacher: DIST(), "logits"),
-    "rkd": LossSpec(lambda cfg, student, teacher: RKD(), "features"),
-    "feature": LossSpec(lambda cfg, student, teacher: FeatureDistillation(student.feature_dim, teacher.feature_dim),
-                        "features"),
-    "ce": LossSpec(lambda cfg, student, teacher: MaskedCrossEntropy(), "labels"),
+    "kd": LossSpec(lambda cfg, student, teacher, steps=1: KDLoss(cfg.temperature, cfg.alpha), "logits+labels"),
+    "dkd": LossSpec(lambda cfg, student, teacher, steps=1: DKD(cfg.dkd_alpha, cfg.dkd_beta, cfg.temperature,
+                                                              round(cfg.dkd_warmup * steps)), "logits+labels"),
+    "dist": LossSpec(lambda cfg, student, teacher, steps=1: DIST(cfg.dist_beta, cfg.dist_gamma, cfg.dist_tau),
+                     "logits"),
+    "rkd": LossSpec(lambda cfg, student, teacher, steps=1: RKD(cfg.rkd_distance, cfg.rkd_angle), "features"),
+    "feature": LossSpec(lambda cfg, student, teacher, steps=1: FeatureDistillation(student.feature_dim,
+                                                                                   teacher.feature_dim), "features"),
+    "ce": LossSpec(lambda cfg, student, teacher, steps=1: MaskedCrossEntropy(), "labels"),
 }
 
 
@@ -60,8 +67,23 @@ class DistillConfig:
             labels), dkd, dist, rkd, feature (student features projected onto the teacher's), ce (labels only).
         temperature: Softmax temperature T for kd and dkd.
         alpha: kd's weight on the label cross-entropy; 1 - alpha goes to the soft targets.
-        cache_teacher: "auto" caches teacher outputs when training uses no augmentation; "never" always runs the
-            teacher online.
+        dkd_alpha: dkd's weight on the target-class term (TCKD).
+        dkd_beta: dkd's weight on the non-target-class term (NCKD).
+        dkd_warmup: Epochs over which dkd's weight ramps up linearly from 0 (0 turns the ramp off).
+        dist_beta: dist's weight on the inter-class relation (each image's class distribution).
+        dist_gamma: dist's weight on the intra-class relation (each class across the batch).
+        dist_tau: dist's softmax temperature.
+        rkd_distance: rkd's weight on pairwise distances.
+        rkd_angle: rkd's weight on triplet angles.
+        teaching: With augmentation on: "consistent" shows the teacher exactly the student's augmented view (same
+            crop, flip, colour and mix, at the teacher's own resolution and normalisation); "fixed" shows it the
+            plain image, so its targets ignore the augmentation.
+        views: Cached consistent views (FKD): 0 runs the teacher online on every augmented batch; K > 0 draws K
+            views of every training image once (from view_seed), stores the teacher's outputs on them in the
+            fm2edge cache, and replays them to the student (epoch e shows view e mod K).
+        view_seed: Seed of the stored views; students with other training seeds share them.
+        cache_teacher: "auto" stores teacher outputs when they are deterministic (no augmentation, "fixed"
+            teaching, or stored views); "never" runs the teacher online.
         unlabeled: Also distil on this many further training images without their labels (soft targets only):
             the training-split images beyond --data.max_train / --data.per_class, in source order; -1 takes all.
         min_teacher_gain: The gate: refuse a teacher whose validation accuracy is below chance x (1 + this).
@@ -73,6 +95,17 @@ class DistillConfig:
     losses: dict[str, float] = field(default_factory=lambda: {"kd": 1.0})
     temperature: float = 4.0
     alpha: float = 0.5
+    dkd_alpha: float = 1.0
+    dkd_beta: float = 8.0
+    dkd_warmup: float = 0.0
+    dist_beta: float = 1.0
+    dist_gamma: float = 1.0
+    dist_tau: float = 1.0
+    rkd_distance: float = 25.0
+    rkd_angle: float = 50.0
+    teaching: Literal["consistent", "fixed"] = "consistent"
+    views: int = 0
+    view_seed: int = 0
     cache_teacher: Literal["auto", "never"] = "auto"
     unlabeled: int = 0
     min_teacher_gain: float = 0.5
@@ -88,6 +121,11 @@ class DistillConfig:
         check(self.temperature > 0, f"distill.temperature must be positive, got {self.temperature}")
         check(0 <= self.alpha <= 1, f"distill.alpha must be in [0, 1], got {self.alpha}")
         check(self.unlabeled >= -1, f"distill.unlabeled must be a count, or -1 for all, got {self.unlabeled}")
+        check(self.views >= 0, f"distill.views must be >= 0 (0 runs the teacher online), got {self.views}")
+        check(self.dkd_warmup >= 0 and self.dist_tau > 0,
+              "distill.dkd_warmup must be >= 0 and distill.dist_tau positive")
+        check(min(self.dkd_alpha, self.dkd_beta, self.dist_beta, self.dist_gamma, self.rkd_distance,
+                  self.rkd_angle) >= 0, "the dkd_*, dist_* and rkd_* weights must be >= 0")
 
 
 @dataclass
@@ -110,42 +148,73 @@ class DistillJob:
 class DistillTask(nn.Module):
     """Student + frozen teacher + weighted losses. The teacher is held outside the module tree, so it is neither
     trained, wrapped by DDP, nor written into checkpoints; the feature projector is a submodule (trained and
-    checkpointed) but not part of the exported student."""
+    checkpointed) but not part of the exported student.
+
+    With augmentation, "consistent" teaching renders each batch's views twice from the same parameters, at the
+    student's and at the teacher's input size. ``cache`` (teacher outputs, (N, K, C)) and ``view_source`` (the
+    stored views they were computed on) replace the online teacher when set; ``view_source`` is what the training
+    loop draws its views from.
+    """
 
     def __init__(self, student: Classifier, teacher: Classifier, cfg: DistillConfig, channels_last: bool = False,
-                 cache: dict[str, torch.Tensor] | None = None) -> None:
+                 steps_per_epoch: int = 1) -> None:
         super().__init__()
         self.model = student
         self.__dict__["teacher"] = teacher.eval().requires_grad_(False)
         self.weights = dict(cfg.losses)
         self.channels_last = channels_last
-        self.cache = cache
-        self.losses = nn.ModuleDict({name: LOSSES[name].build(cfg, student, teacher) for name in self.weights})
+        self.teaching = cfg.teaching
+        self.cache: dict[str, torch.Tensor] | None = None
+        self.view_source: StoredViews | None = None
+        self.losses = nn.ModuleDict({name: LOSSES[name].build(cfg, student, teacher, steps_per_epoch)
+                                     for name in self.weights})
 
     @property
     def needs_features(self) -> bool:
         return any(LOSSES[name].inputs == "features" for name in self.weights)
 
+    def inputs(self, model: Classifier, images: torch.Tensor, views: Views | None,
+               partners: torch.Tensor | None) -> torch.Tensor:
+        """``model``'s normalised input: the plain images through its own preprocessing, or the views rendered at
+        its own size."""
+        if views is None:
+            x = model.preprocess(images)
+        else:
+            x = model.preprocess.normalise(render(images, views, model.preprocess.size, partners))
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     @torch.no_grad()
-    def teacher_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = self.teacher.preprocess(images)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    def teacher_outputs(self, images: torch.Tensor, views: Views | None = None,
+                        partners: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The teacher's logits (and features when a loss needs them) on the images, or on their views when
+        teaching is consistent."""
+        consistent = views is not None and self.teaching == "consistent"
+        x = self.inputs(self.teacher, images, views if consistent else None, partners)
         feats = self.teacher.features(x)
         return self.teacher.head(feats).float(), feats.float() if self.needs_features else None
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None,
-                index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def cached_outputs(self, index: torch.Tensor, views: Views | None,
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The stored teacher outputs for these images (and, with stored views, for the view each one shows)."""
+        rows = index.cpu()
+        slot = torch.zeros_like(rows)
+        if views is not None and self.teaching == "consistent":
+            slot = views.col("slot").long().clamp_min(0).cpu()
+        logits = self.cache["logits"][rows, slot].to(device).float()
+        feats = self.cache["features"][rows, slot].to(device).float() if "features" in self.cache else None
+        return logits, feats
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None,
+                views: Views | None = None, partners: torch.Tensor | None = None,
+                partner_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if self.cache is not None and index is not None:
-            t_logits = self.cache["logits"][index].to(images.device).float()
-            t_feats = self.cache["features"][index].to(images.device).float() if "features" in self.cache else None
+            t_logits, t_feats = self.cached_outputs(index, views, images.device)
         else:
-            t_logits, t_feats = self.teacher_outputs(images)
-        x = self.model.preprocess(images)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        s_feats = self.model.features(x)
+            t_logits, t_feats = self.teacher_outputs(images, views, partners)
+        s_feats = self.model.features(self.inputs(self.model, images, views, partners))
         logits = self.model.head(s_feats)
+        if partners is not None:  # a mixed view's labels are the mix of both images' labels
+            labels = soft_targets(labels, views, partner_labels, logits.shape[1])
         parts: dict[str, torch.Tensor] = {}
         for name, loss_fn in self.losses.items():
             inputs = LOSSES[name].inputs
@@ -197,9 +266,10 @@ def quality_gate(teacher_acc: float, num_classes: int, cfg: DistillConfig, name:
             f"that run folder as --distill.teacher; or pass --distill.force true to distil anyway")
 
 
-def teacher_cache_dir(job: DistillJob, teacher: Classifier, train, features: bool) -> Path:
+def teacher_cache_dir(job: DistillJob, teacher: Classifier, train, features: bool, views: dict | None) -> Path:
     """Where the teacher's outputs on these training images live, shared by every run (seeds, loss variants) with
-    the same teacher weights, teacher preprocessing and images: under the fm2edge cache, keyed by all of those."""
+    the same teacher weights, teacher preprocessing, images and stored views (``views``: their augmentation, count,
+    seed and the teaching): under the fm2edge cache, keyed by all of those, so a change of any one recomputes."""
     import hashlib
 
     from fm2edge.data.dataset import cache_root
@@ -213,38 +283,113 @@ def teacher_cache_dir(job: DistillJob, teacher: Classifier, train, features: boo
         source = h.hexdigest()
     else:  # a registered model: its head is seeded
         source = f"{job.distill.teacher}|{job.distill.teacher_pretrained}|seed={job.train.seed}"
-    key = json.dumps([source, teacher.describe()["preprocess"], train.fingerprint, len(train), features, "v1"])
+    key = json.dumps([source, teacher.describe()["preprocess"], train.fingerprint, len(train), features, views, "v2"],
+                     sort_keys=True)
     return cache_root(job.data).parent / "teacher" / hashlib.sha1(key.encode()).hexdigest()[:24]
 
 
-def teacher_cache(task: DistillTask, images: torch.Tensor, folder: Path, batch_size: int,
-                  device: torch.device) -> dict[str, torch.Tensor]:
-    """Teacher logits (and features when needed) for every training image: computed once, stored as .npy in
-    ``folder`` (see :func:`teacher_cache_dir`), memory-mapped on reuse."""
+CHUNK = 2048  # images per saved piece of a teacher cache: an interrupted build loses at most one
+
+
+def build_teacher_cache(task: DistillTask, images: torch.Tensor, views: torch.Tensor | None, folder: Path,
+                        batch_size: int, device: torch.device) -> None:
+    """The teacher's logits (and features when needed) for every training image, on its plain image or on each of
+    its K stored ``views`` (N, K, columns), saved chunk by chunk (a killed build resumes from its last chunk) and
+    then stitched, atomically, into ``folder``: logits.npy (N, K, C), features.npy (N, K, D), views.npy."""
     from tqdm.auto import tqdm
 
-    from fm2edge.runs import atomic_dir
+    from fm2edge.features import plan_chunks
+    from fm2edge.runs import atomic_dir, atomic_write_bytes, clean_partial
 
-    done = folder / "meta.json"
-    if not done.exists():
-        task.teacher.to(device)
+    if (folder / "meta.json").exists():
+        return
+    per_image = 1 if views is None else int(views.shape[1])
+    partial = folder.parent / f".{folder.name}.partial"
+    partial.mkdir(parents=True, exist_ok=True)
+    clean_partial(partial)
+    task.teacher.to(device)
+    chunks = plan_chunks(len(images), CHUNK)
+    bar = tqdm(total=len(images) * per_image, desc="teacher outputs", unit="view", leave=False)
+    for lo, hi in chunks:
+        piece = partial / f"{lo:09d}-{hi:09d}.npz"
+        if piece.exists():
+            bar.update((hi - lo) * per_image)
+            continue
         logits, feats = [], []
-        for start in tqdm(range(0, len(images), batch_size), desc="teacher outputs", unit="batch", leave=False):
-            lg, ft = task.teacher_outputs(images[start:start + batch_size].to(device))
-            logits.append(lg.cpu())
-            if ft is not None:
-                feats.append(ft.cpu())
-        with atomic_dir(folder, lock=True) as tmp:
-            np.save(tmp / "logits.npy", torch.cat(logits).numpy())
-            if feats:
-                np.save(tmp / "features.npy", torch.cat(feats).numpy())
-            (tmp / "meta.json").write_text(json.dumps({"n": len(images), "features": bool(feats)}))
+        for k in range(per_image):
+            for start in range(lo, hi, batch_size):
+                idx = torch.arange(start, min(hi, start + batch_size))
+                batch_views = partners = None
+                if views is not None:
+                    batch_views = Views(views[idx, k])
+                    if batch_views.mixes:
+                        partners = images[batch_views.col("partner").long().clamp_min(0)].to(device)
+                lg, ft = task.teacher_outputs(images[idx].to(device), batch_views, partners)
+                logits.append(lg.cpu())
+                if ft is not None:
+                    feats.append(ft.cpu())
+                bar.update(len(idx))
+        n = hi - lo
+        arrays = {"logits": torch.cat(logits).view(per_image, n, -1).transpose(0, 1).numpy()}
+        if feats:
+            arrays["features"] = torch.cat(feats).view(per_image, n, -1).transpose(0, 1).numpy()
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write_bytes(piece, buf.getvalue())
+    bar.close()
+    with atomic_dir(folder, lock=True) as tmp:
+        pieces = [np.load(partial / f"{lo:09d}-{hi:09d}.npz") for lo, hi in chunks]
+        np.save(tmp / "logits.npy", np.concatenate([p["logits"] for p in pieces]))
+        if "features" in pieces[0]:
+            np.save(tmp / "features.npy", np.concatenate([p["features"] for p in pieces]))
+        if views is not None:
+            np.save(tmp / "views.npy", views.numpy())
+        (tmp / "meta.json").write_text(json.dumps({"n": len(images), "views_per_image": per_image,
+                                                   "features": "features" in pieces[0]}))
+    shutil.rmtree(partial, ignore_errors=True)
+
+
+def load_teacher_cache(folder: Path, n: int, features: bool, device: torch.device) -> dict[str, torch.Tensor]:
+    """A built teacher cache, memory-mapped (copied to the GPU when training there)."""
     out = {"logits": torch.from_numpy(np.load(folder / "logits.npy", mmap_mode="c"))}
     if (folder / "features.npy").exists():
         out["features"] = torch.from_numpy(np.load(folder / "features.npy", mmap_mode="c"))
-    if len(out["logits"]) != len(images) or (task.needs_features and "features" not in out):
+    if (folder / "views.npy").exists():
+        out["views"] = torch.from_numpy(np.load(folder / "views.npy", mmap_mode="c"))
+    if len(out["logits"]) != n or (features and "features" not in out):
         raise Fm2EdgeError(f"the teacher cache in '{folder}' does not match this run; delete it and rerun")
-    return {k: v.to(device) for k, v in out.items()} if device.type == "cuda" else out
+    return {k: v.to(device) if device.type == "cuda" and k != "views" else v for k, v in out.items()}
+
+
+def teaching_plan(job: DistillJob, train) -> tuple[torch.Tensor | None, bool, dict | None]:
+    """(the stored views (N, K, columns) or None, whether teacher outputs are cached, the views' cache key part).
+
+    Without augmentation, or with "fixed" teaching, the teacher's outputs on the plain images are deterministic
+    and are cached; with consistent teaching they are cached only on stored views (``distill.views`` > 0)."""
+    from fm2edge.augment import draw_stored_views
+    from fm2edge.config import to_dict
+
+    cfg, augment = job.distill, job.train.augment
+    consistent = augment.active and cfg.teaching == "consistent"
+    views = key = None
+    if consistent and cfg.views:
+        views = draw_stored_views(len(train), cfg.views, augment, cfg.view_seed, train.image_size[0])
+        key = {"augment": to_dict(augment), "views": cfg.views, "seed": cfg.view_seed}
+    cached = cfg.cache_teacher == "auto" and (not consistent or views is not None)
+    return views, cached, key
+
+
+def teaching_line(job: DistillJob, task: DistillTask) -> str:
+    """``"consistent teaching on 8 stored views per image (teacher outputs cached)"`` for the start-up line."""
+    if not job.train.augment.active:
+        what = "no augmentation"
+    elif job.distill.teaching == "fixed":
+        what = "fixed teaching (the teacher sees the plain images)"
+    elif task.view_source is not None:
+        what = f"consistent teaching on {task.view_source.per_image} stored views per image"
+    else:
+        what = "consistent teaching on views drawn every epoch"
+    return f"{what}, teacher outputs {'cached' if task.cache is not None else 'online'}"
 
 
 def with_unlabeled(train, extra):
@@ -289,21 +434,26 @@ def distill_one(job: DistillJob) -> dict:
     student = session.model(job.model, job.train.seed)
     with session.open(job.run, slug(f"distill-{job.model.name}")) as run:
         config = to_dict(job)
-        task = DistillTask(student, teacher, job.distill, job.train.channels_last)
+        steps = math.ceil(len(train) / job.train.batch_size / job.train.grad_accum)
+        task = DistillTask(student, teacher, job.distill, job.train.channels_last, steps)
+        views, cached, views_key = teaching_plan(job, train)
         cache_dir = None
-        if job.distill.cache_teacher == "auto" and job.train.augment == "none":
-            cache_dir = teacher_cache_dir(job, teacher, train, task.needs_features)
+        if views is not None:
+            task.view_source = StoredViews(views)
+        if cached:
+            cache_dir = teacher_cache_dir(job, teacher, train, task.needs_features, views_key)
             if accelerator.is_main_process:
-                teacher_cache(task, train.images, cache_dir, job.train.eval_batch_size, accelerator.device)
+                build_teacher_cache(task, train.images, views, cache_dir, job.train.eval_batch_size,
+                                    accelerator.device)
             accelerator.wait_for_everyone()
-            task.cache = teacher_cache(task, train.images, cache_dir, job.train.eval_batch_size, accelerator.device)
+            task.cache = load_teacher_cache(cache_dir, len(train), task.needs_features, accelerator.device)
         if accelerator.is_main_process:
             run.write_config(config)
             print(f"student {student.name}: {sum(p.numel() for p in student.parameters()):,} parameters, input "
                   f"{student.preprocess.size} px | teacher input {teacher.preprocess.size} px | "
                   f"{int((train.labels >= 0).sum())} labelled + {int((train.labels < 0).sum())} unlabelled training "
                   f"images | losses "
-                  f"{job.distill.losses} | teacher outputs {'cached' if task.cache is not None else 'online'}")
+                  f"{job.distill.losses} | {teaching_line(job, task)}")
         result = fit(task, student, train, session.val, test, job.train, run, accelerator, config)
         metrics = {}
         t_logits = predict(teacher, test, job.train.eval_batch_size, accelerator.device, accelerator=accelerator)
@@ -315,6 +465,8 @@ def distill_one(job: DistillJob) -> dict:
                 "teacher_test_acc": teacher_acc, "teacher_gate_acc": gate_acc, "teacher_gate_split": gate_split,
                 "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
                 "agreement_with_teacher": agree, "teacher_cached": task.cache is not None,
+                "teaching": job.distill.teaching if job.train.augment.active else "plain images",
+                "stored_views": job.distill.views if views is not None else 0,
                 "teacher_cache": str(cache_dir) if cache_dir else None})
             run.write_predictions(t_logits.numpy(), test.labels.numpy(), test.class_names, "teacher_predictions.npz")
             print(f"{selection_line(result.selection)}: student test accuracy {100 * metrics['test_acc']:.2f}% "

@@ -60,6 +60,17 @@ class Preprocess:
         if (h, w) != (self.size, self.size):
             top, left = (h - self.size) // 2, (w - self.size) // 2
             x = x[..., top:top + self.size, left:left + self.size]
+        return self.standardise(x)
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """float [0, 1] -> normalised with this model's mean and std."""
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         return (x - mean) / std
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """An augmented view already rendered at ``size`` (uint8) -> normalised float, without resizing or
+        cropping it again."""
+        if images.shape[-1] != self.size or images.shape[-2] != self.size:
+            raise ValueError(f"a view for this model must be {self.size} px, got {tuple(images.shape[-2:])}")
+        return self.standardise(images.float().div_(255.0))

@@ -13,12 +13,17 @@ from matplotlib.figure import Figure  # noqa: E402
 
 
 def learning_curves(history: Sequence[dict], title: str, selected_epoch: int | None = None) -> Figure:
-    """Training loss, and running train accuracy and validation accuracy per epoch; a dashed line marks the epoch
-    whose weights were kept."""
+    """Training loss (with each of its parts, ``loss_<name>``, when there are several), and running train accuracy
+    and validation accuracy per epoch; a dashed line marks the epoch whose weights were kept."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
     epochs = [h["epoch"] for h in history]
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", color="tab:red")
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", color="tab:red", label="total (weighted)")
+    parts = [k for k in (history[0] if history else {}) if k.startswith("loss_")]
+    for name in parts:
+        ax_loss.plot(epochs, [h.get(name) for h in history], marker=".", linewidth=1, label=name[len("loss_"):])
+    if parts:
+        ax_loss.legend(fontsize=8)
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
     ax_acc.plot(epochs, [100 * h["train_acc"] for h in history], marker="o", label="train (running)")
     checked = [h for h in history if h.get("val_acc") is not None]

@@ -1,0 +1,322 @@
+"""Batched, seeded augmentation on the device, as *views*: every image's random choices are drawn first as one row
+of numbers (:class:`Views`), then rendered at any resolution.
+
+Drawing and rendering apart is what consistent teaching needs (Beyer et al., CVPR 2022, "Knowledge distillation: a
+good teacher is patient and consistent"): the student and the teacher render the *same* crop, flip, colour change
+and mix, each at its own input size, and the soft target of a mixed image is the teacher's output on that mixed
+image. It is also what cached views need (FKD, Shen & Xing, ECCV 2022): the rows are stored with the teacher's
+outputs and replayed exactly.
+
+torchvision's ``transforms.v2`` draws one set of parameters per call, so on a batch every image would get the same
+crop, and it does not hand back what it drew; hence the sampling here is written out (vectorised, from a
+``torch.Generator``), while the pixel work uses torchvision: ``ops.roi_align`` crops and resizes every image's own
+box in one call, and the TrivialAugment / RandAugment operations are ``transforms.v2.functional``'s.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fm2edge.config import AugmentConfig
+
+# The columns of a view row: crop box (fractions of the image), flip, colour factors, up to two operations with
+# their magnitudes, the mix partner (a dataset index, -1 for none), the share of the image's own pixels (lam), the
+# cut-out box of CutMix (fractions; zero size for MixUp), and the cached view's slot (-1 when drawn online).
+COLUMNS = ("top", "left", "height", "width", "flip", "brightness", "contrast", "saturation", "op1", "mag1", "op2",
+           "mag2", "partner", "lam", "cut_top", "cut_left", "cut_height", "cut_width", "slot")
+COL = {name: i for i, name in enumerate(COLUMNS)}
+
+# TrivialAugment's "wide" space (Mueller & Hutter, ICCV 2021), as torchvision's TrivialAugmentWide defines it:
+# (name, magnitude range at full strength, signed).
+OPS: tuple[tuple[str, float, bool], ...] = (
+    ("identity", 0.0, False), ("shear_x", 0.99, True), ("shear_y", 0.99, True), ("translate_x", 32.0, True),
+    ("translate_y", 32.0, True), ("rotate", 135.0, True), ("brightness", 0.99, True), ("color", 0.99, True),
+    ("contrast", 0.99, True), ("sharpness", 0.99, True), ("posterize", 6.0, False), ("solarize", 255.0, False),
+    ("autocontrast", 0.0, False), ("equalize", 0.0, False))
+
+
+@dataclass
+class Views:
+    """One row of view parameters per image (see ``COLUMNS``), float64 so dataset indices stay exact."""
+
+    params: torch.Tensor  # (N, len(COLUMNS))
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def col(self, name: str) -> torch.Tensor:
+        return self.params[:, COL[name]]
+
+    @property
+    def mixes(self) -> bool:
+        return bool((self.col("partner") >= 0).any())
+
+    def to(self, device: torch.device) -> Views:
+        return Views(self.params.to(device))
+
+
+def uniform(n: int, lo: float, hi: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+
+
+def draw_views(n: int, cfg: AugmentConfig, generator: torch.Generator, num_images: int,
+               image_size: int = 32) -> Views:
+    """Draw ``n`` views (one per image of a batch) from ``generator``; mix partners come from ``[0, num_images)``.
+    ``image_size`` (the stored images' size) turns the "pad" crop's pixel shift into fractions."""
+    dev = generator.device
+    p = torch.zeros(n, len(COLUMNS), dtype=torch.float64, device=dev)
+    p[:, COL["height"]] = p[:, COL["width"]] = 1.0
+    p[:, COL["brightness"]] = p[:, COL["contrast"]] = p[:, COL["saturation"]] = 1.0
+    p[:, COL["op1"]] = p[:, COL["op2"]] = -1
+    p[:, COL["partner"]] = -1
+    p[:, COL["lam"]] = 1.0
+    p[:, COL["slot"]] = -1
+    if cfg.crop == "resized":
+        # RandomResizedCrop's distribution (area share uniform, aspect ratio log-uniform), drawn for all images at
+        # once; a box that does not fit is shrunk to fit rather than redrawn (torchvision retries ten times).
+        area = uniform(n, cfg.scale[0], cfg.scale[1], generator, dev)
+        log_r = uniform(n, math.log(cfg.ratio[0]), math.log(cfg.ratio[1]), generator, dev)
+        w = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)
+        h = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
+        p[:, COL["height"]], p[:, COL["width"]] = h, w
+        p[:, COL["top"]] = torch.rand(n, generator=generator, device=dev, dtype=torch.float64) * (1 - h)
+        p[:, COL["left"]] = torch.rand(n, generator=generator, device=dev, dtype=torch.float64) * (1 - w)
+    elif cfg.crop == "pad":
+        # the CIFAR classic: pad by cfg.pad pixels, crop the original size back at a random offset
+        shift = torch.randint(-cfg.pad, cfg.pad + 1, (n, 2), generator=generator, device=dev).double() / image_size
+        p[:, COL["top"]], p[:, COL["left"]] = shift[:, 0], shift[:, 1]
+    if cfg.flip:
+        p[:, COL["flip"]] = (torch.rand(n, generator=generator, device=dev) < 0.5).double()
+    if cfg.jitter > 0:
+        for name in ("brightness", "contrast", "saturation"):
+            p[:, COL[name]] = uniform(n, 1 - cfg.jitter, 1 + cfg.jitter, generator, dev)
+    if cfg.auto != "none":
+        count = 1 if cfg.auto == "trivial" else 2
+        for k in range(1, count + 1):
+            p[:, COL[f"op{k}"]] = torch.randint(0, len(OPS), (n,), generator=generator, device=dev).double()
+            # the sign of the strength is the direction of a signed operation (shear, rotate, brightness, ...)
+            sign = torch.where(torch.rand(n, generator=generator, device=dev) < 0.5, -1.0, 1.0).double()
+            if cfg.auto == "trivial":  # TrivialAugment: a uniformly random strength per image
+                p[:, COL[f"mag{k}"]] = sign * torch.rand(n, generator=generator, device=dev, dtype=torch.float64)
+            else:  # RandAugment: a fixed strength (of 30 bins, as torchvision counts them)
+                p[:, COL[f"mag{k}"]] = sign * cfg.magnitude / 30
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mix_partners(p, cfg, generator, num_images)
+    return Views(p)
+
+
+def mix_partners(p: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator, num_images: int) -> None:
+    """MixUp (Zhang et al. 2018) and CutMix (Yun et al. 2019): each chosen image gets a partner from the whole
+    dataset (not only the batch, so a stored view can be replayed in any batch) and a share lam ~ Beta(a, a) of its
+    own pixels; with both enabled each image takes one of the two at random, as timm's Mixup does."""
+    n, dev = len(p), p.device
+    chosen = torch.rand(n, generator=generator, device=dev) < cfg.mix_prob
+    partner = torch.randint(0, num_images, (n,), generator=generator, device=dev)
+    use_cut = torch.rand(n, generator=generator, device=dev) < (0.5 if cfg.mixup > 0 and cfg.cutmix > 0 else
+                                                                 float(cfg.cutmix > 0))
+    # torch's Beta sampler takes no generator: NumPy's, seeded from this one, keeps the draw reproducible
+    rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator, device=dev)))
+    lam_mix = rng.beta(cfg.mixup, cfg.mixup, n) if cfg.mixup > 0 else np.ones(n)
+    lam_cut = rng.beta(cfg.cutmix, cfg.cutmix, n) if cfg.cutmix > 0 else np.ones(n)
+    lam = torch.where(use_cut, torch.as_tensor(lam_cut, device=dev), torch.as_tensor(lam_mix, device=dev))
+    # CutMix's box covers a share 1 - lam of the image; clipped at the border, lam becomes the share left
+    side = torch.sqrt(1 - lam)
+    cy = torch.rand(n, generator=generator, device=dev, dtype=torch.float64)
+    cx = torch.rand(n, generator=generator, device=dev, dtype=torch.float64)
+    top, bottom = (cy - side / 2).clamp(0, 1), (cy + side / 2).clamp(0, 1)
+    left, right = (cx - side / 2).clamp(0, 1), (cx + side / 2).clamp(0, 1)
+    cut = use_cut & chosen
+    p[:, COL["partner"]] = torch.where(chosen, partner.double(), p[:, COL["partner"]])
+    p[:, COL["lam"]] = torch.where(cut, 1 - (bottom - top) * (right - left), torch.where(chosen, lam, 1.0))
+    p[:, COL["cut_top"]] = torch.where(cut, top, 0.0)
+    p[:, COL["cut_left"]] = torch.where(cut, left, 0.0)
+    p[:, COL["cut_height"]] = torch.where(cut, bottom - top, 0.0)
+    p[:, COL["cut_width"]] = torch.where(cut, right - left, 0.0)
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def crop_resize(images: torch.Tensor, views: Views, size: int) -> torch.Tensor:
+    """Every image's own box, resized to ``size`` x ``size`` in one ``roi_align`` call (float, 0..255)."""
+    from torchvision.ops import roi_align
+
+    n, _, h, w = images.shape
+    p = views.params.to(images.device)
+    y0, x0 = p[:, COL["top"]] * h, p[:, COL["left"]] * w
+    boxes = torch.stack([torch.arange(n, device=images.device, dtype=p.dtype), x0, y0,
+                         x0 + p[:, COL["width"]] * w, y0 + p[:, COL["height"]] * h], 1).float()
+    x = images.float()
+    over = float(torch.cat([-boxes[:, 1], -boxes[:, 2], boxes[:, 3] - w, boxes[:, 4] - h]).max())
+    if over > 0:  # a box past the border (the "pad" crop) sees zeros there, as a zero-padded image would
+        pad = math.ceil(over) + 1
+        x = F.pad(x, (pad, pad, pad, pad))
+        boxes[:, 1:] += pad
+    # aligned=True samples pixel centres, so a full-image box at the stored size returns the image unchanged;
+    # sampling_ratio=-1 averages several points per output pixel when shrinking
+    return roi_align(x, boxes, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+def colour(x: torch.Tensor, views: Views) -> torch.Tensor:
+    """Per-image brightness, contrast and saturation factors (float 0..255). transforms.v2's adjust_* take one
+    factor for the whole batch, so the three formulas (the same as theirs) are applied here with a factor per row."""
+    p = views.params.to(x.device).float()
+    b, c, s = (p[:, COL[k]].view(-1, 1, 1, 1) for k in ("brightness", "contrast", "saturation"))
+    if bool((b == 1).all() and (c == 1).all() and (s == 1).all()):
+        return x
+    x = (x * b).clamp(0, 255)
+    gray = (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    x = ((x - gray.mean((2, 3), keepdim=True)) * c + gray.mean((2, 3), keepdim=True)).clamp(0, 255)
+    gray = (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    return (gray + (x - gray) * s).clamp(0, 255)
+
+
+def apply_op(img: torch.Tensor, op: int, magnitude: float) -> torch.Tensor:
+    """One TrivialAugment / RandAugment operation on one uint8 image, through transforms.v2.functional.
+    ``magnitude`` in [-1, 1] scales the operation's range; its sign is the direction of a signed operation."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    name, top, signed = OPS[op]
+    m = (magnitude if signed else abs(magnitude)) * top
+    size = img.shape[-1]
+    if name == "identity":
+        return img
+    if name in ("shear_x", "shear_y"):
+        shear = [math.degrees(math.atan(m)), 0.0] if name == "shear_x" else [0.0, math.degrees(math.atan(m))]
+        return TF.affine(img, angle=0.0, translate=[0, 0], scale=1.0, shear=shear,
+                         interpolation=InterpolationMode.NEAREST, center=[0, 0])
+    if name in ("translate_x", "translate_y"):
+        shift = int(m * size / 32)  # torchvision's 32-pixel range, relative to the image size
+        return TF.affine(img, angle=0.0, translate=[shift, 0] if name == "translate_x" else [0, shift], scale=1.0,
+                         shear=[0.0, 0.0], interpolation=InterpolationMode.NEAREST)
+    if name == "rotate":
+        return TF.rotate(img, m, interpolation=InterpolationMode.NEAREST)
+    if name == "brightness":
+        return TF.adjust_brightness(img, 1 + m)
+    if name == "color":
+        return TF.adjust_saturation(img, 1 + m)
+    if name == "contrast":
+        return TF.adjust_contrast(img, 1 + m)
+    if name == "sharpness":
+        return TF.adjust_sharpness(img, 1 + m)
+    if name == "posterize":
+        return TF.posterize(img, 8 - int(m))
+    if name == "solarize":
+        return TF.solarize(img, 255.0 - m)
+    if name == "autocontrast":
+        return TF.autocontrast(img)
+    return TF.equalize(img)
+
+
+def operations(x: torch.Tensor, views: Views) -> torch.Tensor:
+    """The drawn TrivialAugment / RandAugment operations, image by image (each has its own operation and
+    strength; v2's functional ops take one setting per call)."""
+    p = views.params.cpu()
+    rows = [i for i in range(len(p)) if p[i, COL["op1"]] >= 0]
+    if not rows:
+        return x
+    x = x.clone()
+    for i in rows:
+        img = x[i]
+        for k in (1, 2):
+            op = int(p[i, COL[f"op{k}"]])
+            if op >= 0:
+                img = apply_op(img, op, float(p[i, COL[f"mag{k}"]]))
+        x[i] = img
+    return x
+
+
+def render_own(images: torch.Tensor, views: Views, size: int) -> torch.Tensor:
+    """Crop, flip, operations and colour of each image's view, before any mixing: uint8 (N, 3, size, size)."""
+    x = crop_resize(images, views, size)
+    flip = views.params[:, COL["flip"]].to(x.device) > 0
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    x = x.round_().clamp_(0, 255).to(torch.uint8)
+    x = operations(x, views)
+    return colour(x.float(), views).round_().to(torch.uint8)
+
+
+def render(images: torch.Tensor, views: Views, size: int, partners: torch.Tensor | None = None) -> torch.Tensor:
+    """The views of ``images`` at ``size`` x ``size`` (uint8). ``partners`` holds each row's mix partner image
+    (any image where there is none); the partner is rendered with the same view and then blended (MixUp) or pasted
+    into the cut-out box (CutMix)."""
+    x = render_own(images, views, size)
+    if partners is None or not views.mixes:
+        return x
+    other = render_own(partners, views, size).float()
+    p = views.params.to(x.device)
+    lam = p[:, COL["lam"]].float().view(-1, 1, 1, 1)
+    grid = (torch.arange(size, device=x.device, dtype=torch.float64) + 0.5) / size
+    inside_y = (grid[None] >= p[:, COL["cut_top"], None]) & (grid[None] < (p[:, COL["cut_top"]] +
+                                                                         p[:, COL["cut_height"]])[:, None])
+    inside_x = (grid[None] >= p[:, COL["cut_left"], None]) & (grid[None] < (p[:, COL["cut_left"]] +
+                                                                          p[:, COL["cut_width"]])[:, None])
+    box = (inside_y[:, :, None] & inside_x[:, None, :]).unsqueeze(1)
+    is_cut = (p[:, COL["cut_height"]] > 0).view(-1, 1, 1, 1)
+    has_partner = (p[:, COL["partner"]] >= 0).view(-1, 1, 1, 1)
+    blended = lam * x.float() + (1 - lam) * other
+    mixed = torch.where(is_cut, torch.where(box, other, x.float()), blended)
+    return torch.where(has_partner, mixed, x.float()).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def soft_targets(labels: torch.Tensor, views: Views | None, partner_labels: torch.Tensor | None,
+                 num_classes: int) -> torch.Tensor:
+    """Label distributions for the views: one-hot, mixed by lam with the partner's label; a row whose image or
+    partner is unlabelled (-1) is all zeros (no label loss for it)."""
+    own = F.one_hot(labels.clamp_min(0), num_classes).float() * (labels >= 0).float()[:, None]
+    if views is None or partner_labels is None or not views.mixes:
+        return own
+    p = views.params.to(labels.device)
+    lam = p[:, COL["lam"]].float()[:, None]
+    has = (p[:, COL["partner"]] >= 0)
+    other = F.one_hot(partner_labels.clamp_min(0), num_classes).float()
+    known = (labels >= 0) & (partner_labels >= 0)
+    mixed = (lam * own + (1 - lam) * other) * known.float()[:, None]
+    return torch.where(has[:, None], mixed, own)
+
+
+# ---------------------------------------------------------------- where a batch's views come from
+
+
+class OnlineViews:
+    """Views drawn afresh for every batch from the epoch's generator; None when augmentation is off."""
+
+    def __init__(self, cfg: AugmentConfig, num_images: int, image_size: int) -> None:
+        self.cfg, self.num_images, self.image_size = cfg, num_images, image_size
+
+    def __call__(self, index: torch.Tensor, epoch: int, generator: torch.Generator) -> Views | None:
+        if not self.cfg.active:
+            return None
+        return draw_views(len(index), self.cfg, generator, self.num_images, self.image_size)
+
+
+class StoredViews:
+    """Views drawn once, K per image, and replayed: epoch e shows every image its view e mod K (FKD's schedule),
+    with the view's slot recorded so a task can look up what the teacher said about exactly that view."""
+
+    def __init__(self, params: torch.Tensor) -> None:
+        self.params = params  # (N, K, len(COLUMNS))
+
+    @property
+    def per_image(self) -> int:
+        return int(self.params.shape[1])
+
+    def __call__(self, index: torch.Tensor, epoch: int, generator: torch.Generator | None = None) -> Views:
+        slot = epoch % self.per_image
+        rows = self.params[index.cpu(), slot].clone()
+        rows[:, COL["slot"]] = slot
+        return Views(rows)
+
+
+def draw_stored_views(num_images: int, per_image: int, cfg: AugmentConfig, seed: int, image_size: int) -> torch.Tensor:
+    """``per_image`` views for each of ``num_images`` images, (N, K, len(COLUMNS)), from ``seed`` alone, so the
+    same data and settings always give the same views (on any machine and any number of processes)."""
+    generator = torch.Generator().manual_seed(seed)
+    flat = draw_views(num_images * per_image, cfg, generator, num_images, image_size).params
+    return flat.view(per_image, num_images, -1).transpose(0, 1).contiguous()
