@@ -89,7 +89,7 @@ def main() -> None:
             results[variant] = distill_job(DistillJob(data=data, model=student, train=train, distill=cfg, run=run,
                                                       seeds=args.seeds))
         seconds[variant] = time.perf_counter() - t0
-    t_acc = json.loads((t / "metrics.json").read_text()).get("test_acc")
+    t_acc = json.loads((t / "metrics.json").read_text()).get("test_acc") if (t / "metrics.json").exists() else None
     print(f"\nCIFAR-10, 5,000 labels (4,500 train + 500 validation) / 1,000 test images"
           f"{f' + {args.unlabeled} unlabelled' if args.unlabeled else ''}; student:small_cnn at 32 px, "
           f"{args.epochs} epochs, batch 128, AdamW one-cycle; augmentation {describe(AUGMENT)}; best validation "

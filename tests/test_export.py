@@ -8,7 +8,7 @@ import pytest
 from fm2edge.cli import main
 from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
 from fm2edge.errors import Fm2EdgeError
-from fm2edge.export import ExportConfig, ExportJob, export_job, open_session, run_session
+from fm2edge.export import ExportConfig, ExportJob, export_job, open_session, run_images
 from fm2edge.train import train_job
 
 DIGITS = DataConfig(source="digits", max_train=400, max_test=120)
@@ -31,7 +31,7 @@ def test_export_fp32_and_int8_with_parity_and_accuracy(trained, tmp_path):
     out = tmp_path / "export"
     result = export_job(ExportJob(model=str(trained), data=DIGITS, export=fast(), output=str(out)))
     assert {p.name for p in out.iterdir()} == {"model.onnx", "model.int8.onnx", "export.json"}
-    assert result["parity_max_abs_diff"] <= 1e-3
+    assert result["parity_max_abs_diff"] <= 1e-4
     acc = result["test_acc"]
     assert acc["pytorch_fp32"] == pytest.approx(acc["onnx_fp32"], abs=1 / 120)
     assert acc["onnx_fp32"] > 0.5  # trained: far above the 10% of chance
@@ -46,7 +46,7 @@ def test_export_fp32_and_int8_with_parity_and_accuracy(trained, tmp_path):
     for name in ("model.onnx", "model.int8.onnx"):
         sess = open_session(out / name)
         for n in (1, 5):
-            assert run_session(sess, np.zeros((n, 3, 32, 32), np.float32)).shape == (n, 10)
+            assert run_images(sess, np.zeros((n, 32, 32, 3), np.uint8)).shape == (n, 10)
 
 
 def test_parity_failure_leaves_nothing_behind(trained, tmp_path):

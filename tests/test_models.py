@@ -143,3 +143,47 @@ def test_load_classifier_wrong_architecture(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps(meta))
     with pytest.raises(Fm2EdgeError, match="do not fit"):
         load_classifier(tmp_path)
+
+
+def test_weights_saved_by_plain_pytorch_load_with_their_prefix_dropped(tmp_path, capsys):
+    from fm2edge.cli import main
+    from fm2edge.errors import Fm2EdgeError
+    from fm2edge.models.weights import load_weights
+
+    torch.manual_seed(1)
+    net = create_model(ModelConfig(name="student:small_cnn"), 10)
+    wrapped = torch.nn.DataParallel(net.backbone)  # what a DataParallel / DDP training script saves: "module." keys
+    torch.save(wrapped.state_dict(), tmp_path / "backbone.pth")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "whole.pt")
+    fresh = create_model(ModelConfig(name="student:small_cnn", weights=str(tmp_path / "backbone.pth")), 10)
+    assert torch.equal(fresh.backbone[0].weight, net.backbone[0].weight)
+    assert not torch.equal(fresh.head.weight, net.head.weight), "a bare network's weights: the head is new"
+    whole = create_model(ModelConfig(name="student:small_cnn", weights=str(tmp_path / "whole.pt")), 10)
+    assert torch.equal(whole.head.weight, net.head.weight)
+    with pytest.raises(Fm2EdgeError, match=r"do not fit student:cifar_resnet18: missing .* unexpected"):
+        create_model(ModelConfig(name="student:cifar_resnet18", weights=str(tmp_path / "backbone.pth")), 10)
+    with pytest.raises(Fm2EdgeError, match="wrong shapes head.weight"):
+        load_weights(create_model(ModelConfig(name="student:small_cnn"), 4), tmp_path / "whole.pt")
+    assert main(["train", "--data.source", "digits", "--model.weights", str(tmp_path / "nope.pt")]) == 2
+    assert "is not a file" in capsys.readouterr().err
+
+
+def test_a_run_can_start_from_another_runs_weights(tmp_path):
+    from fm2edge.config import DataConfig, RunConfig, TrainConfig, TrainJob
+    from fm2edge.models.io import load_classifier
+    from fm2edge.train import train_job
+
+    data = DataConfig(source="digits", max_train=300, max_test=100)
+    first = train_job(TrainJob(data=data, train=TrainConfig(epochs=3, batch_size=32, lr=3e-3, device="cpu"),
+                               run=RunConfig(root=str(tmp_path), name="first")))
+    started = create_model(ModelConfig(name="student:small_cnn", init=str(tmp_path / "first")), 10)
+    saved = load_classifier(tmp_path / "first")
+    assert all(torch.equal(a, b) for a, b in zip(started.state_dict().values(), saved.state_dict().values(),
+                                                 strict=True))
+    other_classes = create_model(ModelConfig(name="student:small_cnn", init=str(tmp_path / "first")), 3)
+    assert other_classes.head.out_features == 3
+    assert torch.equal(other_classes.backbone[0].weight, saved.backbone[0].weight)
+    second = train_job(TrainJob(data=data, model=ModelConfig(init=str(tmp_path / "first")),
+                                train=TrainConfig(epochs=1, batch_size=32, lr=1e-4, device="cpu"),
+                                run=RunConfig(root=str(tmp_path), name="second")))
+    assert second["history"][0]["val_acc"] >= first["history"][0]["val_acc"], "it starts where the first run ended"

@@ -5,3 +5,19 @@ The lifecycle is the package layout: ``data`` -> ``models`` -> ``features`` -> `
 """
 
 __version__ = "0.1.0"
+
+
+def load(model, backend: str = "auto", threads: int | None = None):
+    """A trained model ready to classify images: ``fm2edge.load("runs/x").predict(["a.jpg", "b.png"])`` returns
+    labels and probabilities. ``model`` is a run folder (PyTorch) or an .onnx file from `fm2edge export`."""
+    from fm2edge.predict import load as load_predictor
+
+    return load_predictor(model, backend, threads)
+
+
+def run_stage(command: str, config: dict | None = None):
+    """Run a stage (``"train"``, ``"distill"``, ``"export"``, ...) from the nested dict its YAML takes and return
+    its result: ``fm2edge.run_stage("train", {"data": {"source": "digits"}, "train": {"epochs": 3}})``."""
+    from fm2edge.stages import run_stage as run
+
+    return run(command, config)

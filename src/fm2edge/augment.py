@@ -218,7 +218,7 @@ def operations(x: torch.Tensor, views: Views) -> torch.Tensor:
     """The drawn TrivialAugment / RandAugment operations, image by image (each has its own operation and
     strength; v2's functional ops take one setting per call)."""
     p = views.params.cpu()
-    rows = [i for i in range(len(p)) if p[i, COL["op1"]] >= 0]
+    rows = torch.nonzero(p[:, COL["op1"]] >= 0).flatten().tolist()
     if not rows:
         return x
     x = x.clone()

@@ -52,23 +52,26 @@ def _quiet_libraries() -> None:
         pass
 
 
-# command -> (field, takes several): models and run folders read best as positionals
-POSITIONAL = {"bench": ("models", True), "export": ("model", False), "report": ("runs", True),
-              "run": ("recipe", False), "list": ("what", False)}
+# command -> its positionals in order, each (field, takes several): models, run folders and files read best so
+POSITIONAL = {"bench": [("models", True)], "export": [("model", False)], "report": [("runs", True)],
+              "run": [("recipe", False)], "list": [("what", False)],
+              "predict": [("model", False), ("inputs", True)]}
 
 
 def _positional_models(argv: list[str]) -> list[str]:
-    """`fm2edge bench A B --flags` -> `fm2edge bench --models [A, B] --flags`; `fm2edge export R` -> `--model R`
-    (models read best as positionals)."""
+    """`fm2edge bench A B --flags` -> `fm2edge bench --models [A, B] --flags`; `fm2edge export R` -> `--model R`;
+    `fm2edge predict R a.png b.png` -> `--model R --inputs [a.png, b.png]` (models and files read best as
+    positionals)."""
     if not argv or argv[0] not in POSITIONAL:
         return argv
-    name, several = POSITIONAL[argv[0]]
-    rest, models = list(argv[1:]), []
-    while rest and not rest[0].startswith("-") and (several or not models):
-        models.append(rest.pop(0))
-    if not models:
-        return argv
-    return [argv[0], f"--{name}", json.dumps(models) if several else models[0], *rest]
+    rest, out = list(argv[1:]), [argv[0]]
+    for name, several in POSITIONAL[argv[0]]:
+        values = []
+        while rest and not rest[0].startswith("-") and (several or not values):
+            values.append(rest.pop(0))
+        if values:
+            out += [f"--{name}", json.dumps(values) if several else values[0]]
+    return out + rest
 
 
 def _spaced_lists(argv: list[str]) -> list[str]:

@@ -89,6 +89,11 @@ class ModelConfig:
             empty uses the model's own.
         mean: Per-channel normalisation mean; empty uses the model's own.
         std: Per-channel normalisation std; empty uses the model's own.
+        weights: A state dict to load into the architecture (.safetensors, or .pt / .pth read without running code):
+            a whole classifier's or the bare network's (then the head is new); "module." / "model." prefixes are
+            dropped.
+        init: A run folder whose trained weights this run starts from (a new run, not a resume); its head is kept
+            when the classes match.
     """
 
     name: str = "student:small_cnn"
@@ -97,6 +102,8 @@ class ModelConfig:
     crop_pct: float | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    weights: str | None = None
+    init: str | None = None
 
     def __post_init__(self) -> None:
         check(bool(self.name), "model.name must not be empty")

@@ -1,6 +1,9 @@
 """`fm2edge export`: a trained classifier as ONNX (dynamic batch) and int8 ONNX, each checked against PyTorch.
 
-The deployment end of the lifecycle. The fp32 graph must reproduce PyTorch's logits within a tolerance or the export
+The deployment end of the lifecycle. The graphs take uint8 RGB images (N, H, W, 3) at the model's input size and
+return probabilities: normalisation and softmax are inside (:class:`~fm2edge.models.deploy.ImageClassifier`), and
+the class names and preprocessing are in the file's metadata. The fp32 graph must reproduce PyTorch's probabilities
+within a tolerance or the export
 fails; the int8 graph is statically quantised with ONNX Runtime's own tooling (``quant_pre_process`` then
 ``quantize_static``, QDQ format, per-channel weights) from calibration images of the training split, and its test
 accuracy is reported beside fp32's, with a warning when it loses more than a threshold. Nothing is written unless
@@ -32,7 +35,7 @@ class ExportConfig:
 
     Args:
         opset: ONNX opset version.
-        parity_tolerance: Largest allowed absolute difference between PyTorch and ONNX Runtime fp32 logits.
+        parity_tolerance: Largest allowed absolute difference between PyTorch and ONNX Runtime fp32 probabilities.
         int8: Also write a statically quantised int8 model.
         calibration_images: Training images fed through the model to calibrate int8 activation ranges.
         calibration_method: How ranges are chosen from the calibration activations: minmax, percentile or entropy.
@@ -44,7 +47,7 @@ class ExportConfig:
     """
 
     opset: int = 17
-    parity_tolerance: float = 1e-3
+    parity_tolerance: float = 1e-4
     int8: bool = True
     calibration_images: int = 500
     calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
@@ -120,9 +123,41 @@ def run_session(sess, x: np.ndarray | torch.Tensor) -> np.ndarray:
     return sess.run(None, {"pixels": np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
+def export_deployable(model, path: Path, opset: int = 17, metadata: dict | None = None) -> Path:
+    """``model`` as shipped (:class:`~fm2edge.models.deploy.ImageClassifier`: uint8 NHWC images in, probabilities
+    out) as ONNX with a dynamic batch axis; ``metadata`` (class names, preprocessing) goes into the file's
+    metadata_props, so the .onnx describes itself."""
+    import json
+
+    import onnx
+
+    from fm2edge.models.deploy import ImageClassifier
+
+    _ort()
+    wrapped = ImageClassifier(model.float()).eval()
+    example = torch.zeros(2, wrapped.size, wrapped.size, 3, dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(wrapped, (example,), str(path), input_names=["images"], output_names=["probabilities"],
+                          dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=opset,
+                          dynamo=False)
+    if metadata:
+        graph = onnx.load(str(path))
+        onnx.helper.set_model_props(graph, {k: json.dumps(v) for k, v in metadata.items()})
+        onnx.save(graph, str(path))
+    return path
+
+
+def run_images(sess, images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Probabilities from a deployable graph for uint8 images (N, H, W, 3)."""
+    images = images.numpy() if isinstance(images, torch.Tensor) else images
+    return sess.run(None, {"images": np.ascontiguousarray(images, dtype=np.uint8)})[0]
+
+
 def quantize_int8(fp32: Path, out: Path, batches: Iterator[np.ndarray], method: str = "minmax",
-                  per_channel: bool = True) -> Path:
-    """Static int8 quantisation with ONNX Runtime: graph pre-processing, calibration on ``batches``, QDQ format.
+                  per_channel: bool = True, input_name: str = "pixels") -> Path:
+    """Static int8 quantisation with ONNX Runtime: graph pre-processing, calibration on ``batches`` (fed to the
+    graph's ``input_name`` as they are: float pixels, or uint8 images for a deployable graph), QDQ format.
 
     Activations are unsigned and weights signed 8-bit (the U8S8 pairing ONNX Runtime's x86 kernels run fastest).
     """
@@ -142,7 +177,7 @@ def quantize_int8(fp32: Path, out: Path, batches: Iterator[np.ndarray], method: 
 
         def get_next(self):
             b = next(self.it, None)
-            return None if b is None else {"pixels": np.ascontiguousarray(b, dtype=np.float32)}
+            return None if b is None else {input_name: np.ascontiguousarray(b)}
 
     pre = out.with_name(out.stem + ".pre.onnx")
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
@@ -178,21 +213,23 @@ def quantize_dynamic_int8(fp32: Path, out: Path) -> Path:
 # ---------------------------------------------------------------- the stage
 
 
-def _batches(model, images: torch.Tensor, batch_size: int) -> Iterator[np.ndarray]:
-    """Preprocessed (resized, normalised) float batches of uint8 images, as the ONNX graph expects them."""
+def image_batches(model, images: torch.Tensor, batch_size: int) -> Iterator[np.ndarray]:
+    """uint8 (N, H, W, 3) batches at the model's input size, as the deployable graph takes them."""
+    for s in range(0, len(images), batch_size):
+        yield model.preprocess.resize(images[s:s + batch_size]).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _torch_probabilities(model, images: torch.Tensor, batch_size: int) -> np.ndarray:
+    from fm2edge.models.deploy import ImageClassifier
+
+    wrapped = ImageClassifier(model).eval()
     with torch.inference_mode():
-        for s in range(0, len(images), batch_size):
-            yield model.preprocess(images[s:s + batch_size]).float().numpy()
+        return np.concatenate([wrapped(torch.from_numpy(b)).numpy() for b in image_batches(model, images,
+                                                                                             batch_size)])
 
 
-def _torch_logits(model, images: torch.Tensor, batch_size: int) -> np.ndarray:
-    with torch.inference_mode():
-        return np.concatenate([model(torch.from_numpy(b)).float().numpy() for b in _batches(model, images,
-                                                                                               batch_size)])
-
-
-def _onnx_logits(sess, model, images: torch.Tensor, batch_size: int) -> np.ndarray:
-    return np.concatenate([run_session(sess, b) for b in _batches(model, images, batch_size)])
+def _onnx_probabilities(sess, model, images: torch.Tensor, batch_size: int) -> np.ndarray:
+    return np.concatenate([run_images(sess, b) for b in image_batches(model, images, batch_size)])
 
 
 def _default_output(model: str) -> Path:
@@ -200,18 +237,18 @@ def _default_output(model: str) -> Path:
 
 
 def check_parity(model, sess, test, cfg: ExportConfig) -> tuple[np.ndarray, np.ndarray, float]:
-    """PyTorch and ONNX Runtime logits on the test images, and their largest difference; an error above the
-    tolerance (the export is then not written)."""
-    ref = _torch_logits(model, test.images, cfg.batch_size)
-    onnx_logits = _onnx_logits(sess, model, test.images, cfg.batch_size)
-    max_diff = float(np.abs(ref - onnx_logits).max())
-    print(f"parity: max |PyTorch - ONNX Runtime| logit difference {max_diff:.2e} over {len(test)} test images "
-          f"(tolerance {cfg.parity_tolerance:.0e})")
+    """PyTorch and ONNX Runtime probabilities on the test images (the same uint8 inputs), and their largest
+    difference; an error above the tolerance (the export is then not written)."""
+    ref = _torch_probabilities(model, test.images, cfg.batch_size)
+    onnx_probs = _onnx_probabilities(sess, model, test.images, cfg.batch_size)
+    max_diff = float(np.abs(ref - onnx_probs).max())
+    print(f"parity: max |PyTorch - ONNX Runtime| probability difference {max_diff:.2e} over {len(test)} test "
+          f"images (tolerance {cfg.parity_tolerance:.0e})")
     if not max_diff <= cfg.parity_tolerance:
-        raise Fm2EdgeError(f"the ONNX model's logits differ from PyTorch's by {max_diff:.3g}, above "
+        raise Fm2EdgeError(f"the ONNX model's probabilities differ from PyTorch's by {max_diff:.3g}, above "
                            f"--export.parity_tolerance {cfg.parity_tolerance}; nothing was written. Check for "
                            f"ops ONNX does not support exactly, or raise the tolerance if the gap is expected")
-    return ref, onnx_logits, max_diff
+    return ref, onnx_probs, max_diff
 
 
 def quantise_and_measure(model, fp32_path: Path, int8_path: Path, train, test, fp32_logits: np.ndarray,
@@ -222,17 +259,17 @@ def quantise_and_measure(model, fp32_path: Path, int8_path: Path, train, test, f
 
     n = min(cfg.calibration_images, len(train))
     calib = torch.from_numpy(balanced_indices(train.labels.numpy(), n))
-    quantize_int8(fp32_path, int8_path, _batches(model, train.images[calib], 64), cfg.calibration_method,
-                  cfg.per_channel)
+    quantize_int8(fp32_path, int8_path, image_batches(model, train.images[calib], 64), cfg.calibration_method,
+                  cfg.per_channel, input_name="images")
     sess8 = open_session(int8_path, cfg.threads)
-    q_logits = _onnx_logits(sess8, model, test.images, cfg.batch_size)
+    q_logits = _onnx_probabilities(sess8, model, test.images, cfg.batch_size)
     labels = test.labels.numpy()
     difference = paired_difference(q_logits.argmax(1) == labels, fp32_logits.argmax(1) == labels)
     return {"test_acc": accuracy(q_logits, test.labels),
             "int8_vs_fp32": dataclasses.asdict(difference),
             "int8_agreement_with_fp32": accuracy(q_logits.argmax(1), fp32_logits.argmax(1)),
             "calibration_images": int(len(calib)),
-            "latency": _latency(lambda: run_session(sess8, x1), cfg.latency_runs)}
+            "latency": _latency(lambda: run_images(sess8, x1), cfg.latency_runs)}
 
 
 def export_job(job: ExportJob) -> dict:
@@ -249,19 +286,24 @@ def export_job(job: ExportJob) -> dict:
     if train.num_classes != model.num_classes:
         raise Fm2EdgeError(f"{job.model} predicts {model.num_classes} classes but {job.data.source} has "
                            f"{train.num_classes}; export with the data the model was trained on (--data.source)")
+    from fm2edge.models.deploy import ImageClassifier
+
     size = model.preprocess.size
-    example = model.preprocess(test.images[:2]).float()
+    deployable = ImageClassifier(model)
+    x1 = next(image_batches(model, test.images[:1], 1))
     out = Path(job.output) if job.output else _default_output(job.model)
     print(f"exporting {model.name} ({sum(p.numel() for p in model.parameters()):,} parameters, input {size} px) "
           f"to {out}")
     with atomic_dir(out, lock=True) as tmp:
-        fp32_path = export_onnx(model, example, tmp / "model.onnx", cfg.opset)
+        metadata = {"class_names": list(test.class_names), "preprocess": model.describe()["preprocess"],
+                    "input": deployable.describe_input(), "model": model.name}
+        fp32_path = export_deployable(model, tmp / "model.onnx", cfg.opset, metadata)
         sess = open_session(fp32_path, cfg.threads)
         ref, onnx_logits, max_diff = check_parity(model, sess, test, cfg)
         acc = {"pytorch_fp32": accuracy(ref, test.labels), "onnx_fp32": accuracy(onnx_logits, test.labels)}
-        x1 = example[:1]
-        timings = {"pytorch_fp32": _latency(lambda: _torch_forward(model, x1), cfg.latency_runs),
-                   "onnx_fp32": _latency(lambda: run_session(sess, x1), cfg.latency_runs)}
+        x1_torch = torch.from_numpy(x1)
+        timings = {"pytorch_fp32": _latency(lambda: _torch_forward(deployable, x1_torch), cfg.latency_runs),
+                   "onnx_fp32": _latency(lambda: run_images(sess, x1), cfg.latency_runs)}
         files = {"onnx_fp32": "model.onnx"}
         result: dict = {"model": job.model, "name": model.name, "data": job.data.source, "test_images": len(test),
                         "parity_max_abs_diff": max_diff, "parity_tolerance": cfg.parity_tolerance}
@@ -274,8 +316,7 @@ def export_job(job: ExportJob) -> dict:
         sizes = {"pytorch_fp32": (Path(job.model) / "model.safetensors").stat().st_size,
                  **{k: (tmp / f).stat().st_size for k, f in files.items()}}
         result.update({"files": files, "size_bytes": sizes, "test_acc": acc, "latency_batch1": timings,
-                       "input": {"name": "pixels", "shape": ["batch", 3, size, size], "dtype": "float32",
-                                 "preprocess": model.describe()["preprocess"]},
+                       "input": {**deployable.describe_input(), "preprocess": model.describe()["preprocess"]},
                        "class_names": list(test.class_names),
                        "env": {"torch": torch.__version__, "onnxruntime": _ort().__version__,
                                "threads": cfg.threads or torch.get_num_threads(),
@@ -284,6 +325,8 @@ def export_job(job: ExportJob) -> dict:
         result["int8_drop_points"] = drop if cfg.int8 else None
         atomic_write_json(tmp / "export.json", result)
     _print_table(result)
+    print(f"the ONNX graphs take uint8 RGB images, batch x {size} x {size} x 3 (NHWC), and output probabilities; "
+          f"resize first ({result['input']['resize'].split(':')[0]}); `fm2edge predict` does it for image files")
     if cfg.int8:
         print(Difference(**result["int8_vs_fp32"]).line("int8 vs fp32 ONNX"))
     if cfg.int8 and drop > cfg.max_int8_drop:

@@ -17,6 +17,7 @@ from fm2edge.errors import Fm2EdgeError
 from fm2edge.export import ExportJob, export_job
 from fm2edge.features import EmbedJob, embed_job
 from fm2edge.finetune import FinetuneJob, finetune_job
+from fm2edge.predict import PredictJob, predict_job
 from fm2edge.probe import ProbeJob, probe_job
 from fm2edge.report.job import ReportJob, report_job
 from fm2edge.train import train_job
@@ -42,8 +43,18 @@ STAGES: dict[str, Stage] = {
                      "features"),
     "export": Stage(export_job, ExportJob, "ONNX and int8 ONNX of a trained model, with parity, accuracy and "
                     "latency checks"),
+    "predict": Stage(predict_job, PredictJob, "classify image files with a run folder or an exported .onnx: CSV, "
+                     "JSON Lines, pseudo-labels"),
     "report": Stage(report_job, ReportJob, "one self-contained HTML report (and Markdown) from run folders"),
 }
+
+
+def run_stage(command: str, config: dict | None = None):
+    """Run one stage from the nested dict its YAML takes and return its result (metrics, tables, predictions):
+    ``run_stage("distill", {"data": {"source": "digits"}, "distill": {"teacher": "runs/t"}})``."""
+    if command not in STAGES:
+        raise Fm2EdgeError(f"unknown stage '{command}'; choose from {', '.join(STAGES)}")
+    return STAGES[command].run(job_from_dict(command, config or {}))
 
 
 def command_parser(cls):

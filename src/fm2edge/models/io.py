@@ -47,3 +47,4 @@ def load_classifier(folder: str | Path, device: str = "cpu") -> Classifier:
         raise Fm2EdgeError(f"the weights in '{folder}' do not fit {meta['name']}: {str(exc).splitlines()[0][:200]}") \
             from exc
     return model.eval()
+

@@ -41,6 +41,15 @@ class Preprocess:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> float32 (N, 3, size, size), normalised."""
+        return self.standardise(self.scale(images))
+
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> uint8 (N, 3, size, size): the resize and crop alone, rounded to pixels; what a
+        deployed graph that takes uint8 images of the model's size expects."""
+        return self.scale(images).mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+    def scale(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> float32 in [0, 1], resized (shortest edge to size / crop_pct) and centre-cropped."""
         if images.dtype != torch.uint8:
             raise TypeError(f"Preprocess expects uint8 images, got {images.dtype}")
         x = images.float().div_(255.0)
@@ -60,7 +69,7 @@ class Preprocess:
         if (h, w) != (self.size, self.size):
             top, left = (h - self.size) // 2, (w - self.size) // 2
             x = x[..., top:top + self.size, left:left + self.size]
-        return self.standardise(x)
+        return x
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
         """float [0, 1] -> normalised with this model's mean and std."""

@@ -9,6 +9,7 @@ their module is imported; ``fm2edge.models`` imports them all (as timm's ``model
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from fm2edge.errors import Fm2EdgeError
 from fm2edge.models.classifier import Classifier
 
 Builder = Callable[[str, ModelConfig, int], Classifier]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,4 +78,17 @@ def create_model(cfg: ModelConfig, num_classes: int) -> Classifier:
     model = entry.build(rest, cfg, num_classes)
     model.preprocess = model.preprocess.with_overrides(cfg.image_size, cfg.crop_pct, cfg.mean, cfg.std)
     model.name = cfg.name
+    if cfg.weights or cfg.init:
+        from pathlib import Path
+
+        from fm2edge.models.weights import load_weights
+
+        if cfg.weights:
+            log.info("model weights: %s", load_weights(model, cfg.weights))
+        if cfg.init:
+            saved = Path(cfg.init) / "model.safetensors"
+            if not saved.exists():
+                raise Fm2EdgeError(f"--model.init '{cfg.init}' is not a run folder with a trained model "
+                                   f"(model.safetensors missing)")
+            log.info("starting from %s", load_weights(model, saved, skip_head=None))
     return model

@@ -1,0 +1,311 @@
+"""`fm2edge predict` and :func:`load`: classify image files (or PIL images, or uint8 arrays) with a trained run folder
+through PyTorch, or with an exported .onnx through ONNX Runtime.
+
+Both backends take the same uint8 images at the model's input size (each image is decoded, resized on its shortest
+edge and centre-cropped by the model's own :class:`~fm2edge.models.preprocess.Preprocess`, then rounded to pixels)
+and run the same graph, :class:`~fm2edge.models.deploy.ImageClassifier`, so their probabilities agree to float
+rounding.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from fm2edge.config import check
+from fm2edge.errors import Fm2EdgeError
+from fm2edge.models.preprocess import Preprocess
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class PredictConfig:
+    """How to predict and where the answers go.
+
+    Args:
+        backend: "auto" (PyTorch for a run folder, ONNX Runtime for an .onnx file), "torch" or "onnx" (a run
+            folder's exported export/model.onnx).
+        batch_size: Images per forward pass.
+        top_k: Classes (with their probabilities) written per image.
+        min_confidence: Images whose top probability is below this are marked unsure (and left unlabelled in the
+            pseudo-labels).
+        output: A .csv or .jsonl file for the predictions (path, top-k classes and probabilities); empty prints them.
+        pseudo_labels: A folder to write the images at or above min_confidence, with their predicted labels, as a
+            dataset (train.parquet in the hub's schema) that `fm2edge train` / `distill` read with --data.source
+            (autolabelling).
+        threads: CPU threads; empty keeps the default.
+    """
+
+    backend: Literal["auto", "torch", "onnx"] = "auto"
+    batch_size: int = 64
+    top_k: int = 1
+    min_confidence: float = 0.0
+    output: str | None = None
+    pseudo_labels: str | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        check(self.batch_size >= 1 and self.top_k >= 1, "predict.batch_size and predict.top_k must be at least 1")
+        check(0.0 <= self.min_confidence <= 1.0, f"predict.min_confidence must be in [0, 1], got "
+                                                 f"{self.min_confidence}")
+        check(self.output is None or self.output.endswith((".csv", ".jsonl")),
+              f"predict.output must end in .csv or .jsonl, got {self.output!r}")
+
+
+@dataclass
+class PredictJob:
+    """`fm2edge predict MODEL INPUTS...`: classify image files with a trained model.
+
+    Args:
+        model: A run folder of a trained model, or an exported .onnx file (`fm2edge export`).
+        inputs: Image files, folders (searched recursively) or glob patterns.
+        predict: How to predict and where the answers go.
+    """
+
+    model: str = ""
+    inputs: list[str] = field(default_factory=list)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+    def __post_init__(self) -> None:
+        check(bool(self.model), "give a run folder or an .onnx file, e.g. fm2edge predict runs/distill photos/")
+        check(bool(self.inputs), "give image files, folders or glob patterns to classify after the model")
+
+
+@dataclass
+class Predictions:
+    """Per image: the top class, its probability, and every class's probability (rows in input order)."""
+
+    class_names: list[str]
+    probabilities: np.ndarray  # (N, C)
+
+    @property
+    def indices(self) -> np.ndarray:
+        return self.probabilities.argmax(1)
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.class_names[i] for i in self.indices]
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probabilities.max(1)
+
+    def top(self, k: int) -> list[list[tuple[str, float]]]:
+        """The k most likely classes of each image with their probabilities."""
+        order = np.argsort(-self.probabilities, axis=1)[:, :k]
+        return [[(self.class_names[j], float(row[j])) for j in idx] for idx, row in zip(order, self.probabilities,
+                                                                                          strict=True)]
+
+
+ImageInput = str | Path | np.ndarray | torch.Tensor | Any  # a path, an HWC uint8 array, a CHW uint8 tensor, PIL
+
+
+def to_uint8_chw(image: ImageInput) -> torch.Tensor:
+    """One image as a uint8 (3, H, W) RGB tensor, decoded at its own size."""
+    from PIL import Image
+
+    from fm2edge.data.images import decode
+
+    if isinstance(image, torch.Tensor):
+        t = image
+    elif isinstance(image, np.ndarray):
+        t = torch.from_numpy(np.array(image))  # a writable copy
+        if t.dim() == 3 and t.shape[-1] in (1, 3, 4) and t.shape[0] not in (1, 3):
+            t = t.permute(2, 0, 1)
+    elif isinstance(image, (str, Path, Image.Image)):
+        try:
+            array = decode(str(image) if isinstance(image, Path) else image, None)
+            return torch.from_numpy(np.array(array)).permute(2, 0, 1)  # a writable copy
+        except (OSError, ValueError) as exc:
+            raise Fm2EdgeError(f"cannot read image '{image}': {exc}") from exc
+    else:
+        raise Fm2EdgeError(f"cannot classify a {type(image).__name__}: give file paths, PIL images or uint8 arrays")
+    if t.dtype != torch.uint8 or t.dim() != 3 or t.shape[0] not in (1, 3, 4):
+        raise Fm2EdgeError(f"an image array must be uint8 H x W x 3 (or 3 x H x W), got {t.dtype} "
+                           f"{tuple(t.shape)}")
+    return t[:3] if t.shape[0] != 1 else t.expand(3, -1, -1)
+
+
+class Predictor:
+    """A trained model ready to classify images; build it with :func:`load`."""
+
+    def __init__(self, class_names: list[str], preprocess: Preprocess, run_batch, backend: str, source: str) -> None:
+        self.class_names = class_names
+        self.preprocess = preprocess
+        self.run_batch = run_batch  # uint8 (N, size, size, 3) numpy -> probabilities (N, C)
+        self.backend = backend
+        self.source = source
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocess.size
+
+    def prepare(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Decode, resize and crop each image: uint8 (N, size, size, 3), what both backends take."""
+        out = [self.preprocess.resize(to_uint8_chw(img).unsqueeze(0))[0] for img in images]
+        return torch.stack(out).permute(0, 2, 3, 1).contiguous().numpy()
+
+    def predict(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 64,
+                progress: bool = False) -> Predictions:
+        """Probabilities for one image or a list of them (paths, PIL images, uint8 arrays)."""
+        from tqdm.auto import tqdm
+
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        probs = [self.run_batch(self.prepare(items[s:s + batch_size]))
+                 for s in tqdm(range(0, len(items), batch_size), desc="predict", unit="batch", leave=False,
+                               disable=not progress)]
+        return Predictions(self.class_names, np.concatenate(probs) if probs else np.zeros((0, len(self.class_names))))
+
+
+def load(model: str | Path, backend: str = "auto", threads: int | None = None) -> Predictor:
+    """A :class:`Predictor` for a run folder (PyTorch, or its exported ONNX with ``backend="onnx"``) or an .onnx
+    file written by `fm2edge export` (its class names and preprocessing are in the file's metadata)."""
+    path = Path(model)
+    if backend == "auto":
+        backend = "onnx" if path.suffix == ".onnx" else "torch"
+    if backend == "onnx":
+        onnx_path = path if path.suffix == ".onnx" else path / "export" / "model.onnx"
+        if not onnx_path.exists():
+            raise Fm2EdgeError(f"no ONNX model at '{onnx_path}'; export one with `fm2edge export {path}` or use "
+                               f"--predict.backend torch")
+        return onnx_predictor(onnx_path, threads)
+    if path.suffix == ".onnx":
+        raise Fm2EdgeError(f"'{path}' is an ONNX file: it runs with --predict.backend onnx (or auto)")
+    from fm2edge.models.deploy import ImageClassifier
+    from fm2edge.models.io import load_classifier
+
+    if threads:
+        torch.set_num_threads(threads)
+    classifier = load_classifier(path)
+    names = json.loads((path / "model.json").read_text()).get("class_names") or class_names_of_run(path)
+    wrapped = ImageClassifier(classifier).eval()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return wrapped(torch.from_numpy(batch)).numpy()
+
+    return Predictor(names, classifier.preprocess, run, "torch", str(path))
+
+
+def class_names_of_run(path: Path) -> list[str]:
+    """A run's class names, from its saved test predictions."""
+    preds = path / "predictions.npz"
+    if preds.exists():
+        with np.load(preds, allow_pickle=False) as f:
+            if "class_names" in f:
+                return [str(c) for c in f["class_names"]]
+    meta = json.loads((path / "model.json").read_text())
+    return [str(i) for i in range(meta["num_classes"])]
+
+
+def onnx_predictor(path: Path, threads: int | None = None) -> Predictor:
+    from fm2edge.export import open_session, run_images
+
+    sess = open_session(path, threads)
+    meta = {k: json.loads(v) for k, v in sess.get_modelmeta().custom_metadata_map.items()}
+    if "preprocess" not in meta or [i.name for i in sess.get_inputs()] != ["images"]:
+        raise Fm2EdgeError(f"'{path}' was not written by `fm2edge export` (no uint8 'images' input with fm2edge "
+                           f"metadata); export the run folder again")
+    pre = meta["preprocess"]
+    preprocess = Preprocess(size=pre["size"], crop_pct=pre["crop_pct"], mean=tuple(pre["mean"]),
+                            std=tuple(pre["std"]), interpolation=pre["interpolation"])
+    return Predictor(meta["class_names"], preprocess, lambda batch: run_images(sess, batch), "onnx", str(path))
+
+
+def find_images(inputs: Iterable[str]) -> list[Path]:
+    """Image files from files, folders (recursively) and glob patterns, in a stable order; an input that matches
+    nothing is an error naming it."""
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        elif p.is_file():
+            files = [p]
+        else:
+            files = sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
+        if not files:
+            raise Fm2EdgeError(f"'{item}' names no image files (looked for {', '.join(IMAGE_SUFFIXES)})")
+        found.extend(files)
+    return found
+
+
+def write_predictions(path: Path, files: list[Path], preds: Predictions, k: int, min_confidence: float) -> None:
+    """CSV (path, class_1, probability_1, ..., sure) or JSON Lines, written atomically."""
+    from fm2edge.runs import atomic_write_text
+
+    tops = preds.top(k)
+    sure = preds.confidence >= min_confidence
+    if path.suffix == ".jsonl":
+        lines = [json.dumps({"path": str(f), "top": [{"class": c, "probability": round(p, 6)} for c, p in top],
+                             "sure": bool(s)}) for f, top, s in zip(files, tops, sure, strict=True)]
+        atomic_write_text(path, "\n".join(lines) + "\n")
+        return
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", *[h for i in range(1, k + 1) for h in (f"class_{i}", f"probability_{i}")], "sure"])
+    for f, top, s in zip(files, tops, sure, strict=True):
+        w.writerow([str(f), *[v for c, p in top for v in (c, f"{p:.6f}")], int(s)])
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_pseudo_labels(folder: Path, files: list[Path], preds: Predictions, min_confidence: float) -> int:
+    """The images at or above ``min_confidence`` with their predicted labels as ``folder/train.parquet`` in the
+    hub's schema (Image, ClassLabel, and the confidence), written atomically. Returns how many were kept."""
+    from datasets import ClassLabel, Dataset, Features, Image, Value
+
+    from fm2edge.runs import atomic_dir
+
+    keep = np.flatnonzero(preds.confidence >= min_confidence)
+    if len(keep) == 0:
+        raise Fm2EdgeError(f"no image reaches --predict.min_confidence {min_confidence}; lower it to write "
+                           f"pseudo-labels")
+    features = Features({"image": Image(), "label": ClassLabel(names=preds.class_names),
+                         "confidence": Value("float32")})
+    # the image bytes go into the file, so the dataset does not depend on the images staying where they are
+    images = [{"bytes": files[i].read_bytes(), "path": files[i].name} for i in keep]
+    ds = Dataset.from_dict({"image": images, "label": preds.indices[keep].tolist(),
+                            "confidence": preds.confidence[keep].astype(np.float32).tolist()}, features=features)
+    with atomic_dir(folder) as tmp:
+        ds.to_parquet(str(tmp / "train.parquet"))
+    return len(keep)
+
+
+def predict_job(job: PredictJob) -> dict:
+    """`fm2edge predict`: find the images, classify them in batches, write or print the answers."""
+    cfg = job.predict
+    files = find_images(job.inputs)
+    predictor = load(job.model, cfg.backend, cfg.threads)
+    print(f"classifying {len(files)} images with {predictor.source} ({predictor.backend}, input "
+          f"{predictor.input_size} px, {len(predictor.class_names)} classes)")
+    preds = predictor.predict(files, cfg.batch_size, progress=True)
+    sure = preds.confidence >= cfg.min_confidence
+    result = {"images": len(files), "backend": predictor.backend, "sure": int(sure.sum()),
+              "counts": {c: int((preds.indices == i).sum()) for i, c in enumerate(preds.class_names)},
+              "files": [str(f) for f in files], "probabilities": preds.probabilities}
+    if cfg.output:
+        write_predictions(Path(cfg.output), files, preds, cfg.top_k, cfg.min_confidence)
+        print(f"predictions in {cfg.output}")
+    else:
+        for f, top, s in zip(files, preds.top(cfg.top_k), sure, strict=True):
+            answer = ", ".join(f"{c} {100 * p:.1f}%" for c, p in top)
+            print(f"{f}: {answer}{'' if s else '  (unsure)'}")
+    if cfg.pseudo_labels:
+        n = write_pseudo_labels(Path(cfg.pseudo_labels), files, preds, cfg.min_confidence)
+        print(f"pseudo-labels: {n} of {len(files)} images (confidence >= {cfg.min_confidence}) with their predicted "
+              f"labels in {cfg.pseudo_labels}/train.parquet; train on them with --data.source {cfg.pseudo_labels}")
+    counts = ", ".join(f"{c} {n}" for c, n in result["counts"].items() if n)
+    print(f"{len(files)} images: {counts}; {result['sure']} at or above confidence {cfg.min_confidence}")
+    return result

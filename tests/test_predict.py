@@ -1,0 +1,108 @@
+"""From a run folder to predictions: export, `fm2edge predict` through PyTorch and ONNX, the Python API."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fm2edge
+from fm2edge.cli import main
+from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
+from fm2edge.export import ExportConfig, ExportJob, export_job, open_session
+from fm2edge.train import train_job
+
+DIGITS = DataConfig(source="digits", max_train=600, max_test=100)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    train_job(TrainJob(data=DIGITS, model=ModelConfig(name="student:small_cnn"),
+                       train=TrainConfig(epochs=4, batch_size=32, lr=3e-3, device="cpu"),
+                       run=RunConfig(root=str(root), name="cnn")))
+    export_job(ExportJob(model=str(root / "cnn"), data=DIGITS, export=ExportConfig(latency_runs=3, int8=False)))
+    return root / "cnn"
+
+
+@pytest.fixture(scope="module")
+def pngs(tmp_path_factory):
+    """Digits test images as PNG files of other sizes than the stored 8 px (so predict has to resize and crop)."""
+    from fm2edge.data import load_data
+
+    _, _, test = load_data(DIGITS)
+    folder = tmp_path_factory.mktemp("pngs")
+    for i in range(40):
+        img = Image.fromarray(test.images[i].permute(1, 2, 0).numpy()).resize((24 + i % 3 * 4, 24), Image.NEAREST)
+        img.save(folder / f"{i:02d}-{test.class_names[test.labels[i]]}.png")
+    return folder, [test.class_names[y] for y in test.labels[:40]]
+
+
+def test_the_exported_graph_takes_uint8_images_and_says_so(exported):
+    meta = json.loads((exported / "export" / "export.json").read_text())
+    assert meta["input"]["dtype"] == "uint8" and meta["input"]["shape"] == ["batch", 32, 32, 3]
+    assert meta["input"]["output"]["name"] == "probabilities"
+    sess = open_session(exported / "export" / "model.onnx")
+    assert [(i.name, i.type) for i in sess.get_inputs()] == [("images", "tensor(uint8)")]
+    probs = sess.run(None, {"images": np.zeros((3, 32, 32, 3), np.uint8)})[0]
+    assert probs.shape == (3, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert json.loads(sess.get_modelmeta().custom_metadata_map["class_names"]) == [str(i) for i in range(10)]
+
+
+def test_predict_files_through_pytorch_and_onnx_agree(exported, pngs, tmp_path, capsys):
+    folder, truth = pngs
+    out = {}
+    for backend in ("torch", "onnx"):
+        path = tmp_path / f"{backend}.csv"
+        assert main(["predict", str(exported), str(folder), "--predict.backend", backend, "--predict.top_k", "3",
+                     "--predict.output", str(path)]) == 0
+        with open(path) as f:
+            out[backend] = list(csv.DictReader(f))
+    assert len(out["torch"]) == 40
+    assert [r["class_1"] for r in out["torch"]] == [r["class_1"] for r in out["onnx"]]
+    for a, b in zip(out["torch"], out["onnx"], strict=True):
+        assert abs(float(a["probability_1"]) - float(b["probability_1"])) <= 1e-4
+    assert np.mean([r["class_1"] == t for r, t in zip(out["torch"], truth, strict=True)]) >= 0.8
+
+    files = sorted(folder.glob("*.png"))
+    a = fm2edge.load(exported).predict(files)
+    b = fm2edge.load(exported / "export" / "model.onnx").predict(files)
+    assert a.labels == b.labels and float(np.abs(a.probabilities - b.probabilities).max()) <= 1e-4
+    # the same answers for a PIL image and a uint8 array as for the file
+    one = fm2edge.load(exported)
+    pil = Image.open(files[0])
+    for image in (pil, np.asarray(pil.convert("RGB")), torch.from_numpy(np.asarray(pil.convert("RGB"))).permute(2, 0,
+                                                                                                            1)):
+        assert np.allclose(one.predict(image).probabilities, a.probabilities[:1], atol=1e-6)
+
+
+def test_pseudo_labels_are_a_dataset_train_reads(exported, pngs, tmp_path):
+    from fm2edge.data import load_data
+
+    folder, _ = pngs
+    result = fm2edge.run_stage("predict", {"model": str(exported), "inputs": [str(folder)],
+                                           "predict": {"min_confidence": 0.5, "pseudo_labels": str(tmp_path / "pl")}})
+    sure = result["probabilities"].max(1) >= 0.5
+    train, val, test = load_data(DataConfig(source=str(tmp_path / "pl"), test_fraction=0.25, val_fraction=0))
+    assert len(train) + len(test) == int(sure.sum())
+    assert train.class_names == [str(i) for i in range(10)]
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["predict", "RUN"], "give image files"),
+    (["predict", "RUN", "no/such/*.png"], "names no image files"),
+    (["predict", "RUN", "PNGS", "--predict.output", "x.txt"], "must end in .csv or .jsonl"),
+    (["predict", "no/such/run", "PNGS"], "model.json missing"),
+    (["predict", "RUN", "BAD"], "cannot read image"),
+])
+def test_predict_bad_input_is_one_line(argv, match, exported, pngs, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    argv = [a.replace("RUN", str(exported)).replace("PNGS", str(pngs[0])).replace("BAD", str(bad)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
