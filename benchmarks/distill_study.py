@@ -93,7 +93,7 @@ def main() -> None:
     print(f"\nCIFAR-10, 5,000 labels (4,500 train + 500 validation) / 1,000 test images"
           f"{f' + {args.unlabeled} unlabelled' if args.unlabeled else ''}; student:small_cnn at 32 px, "
           f"{args.epochs} epochs, batch 128, AdamW one-cycle; augmentation {describe(AUGMENT)}; best validation "
-          f"epoch kept; seeds {args.seeds}; {len(cpu_features())} CPU features: {', '.join(cpu_features())}")
+          f"epoch kept; seeds {args.seeds}; CPU {cpu_features()}")
     if t_acc is not None:
         print(f"  {'teacher (Lite0 fine-tuned, 160 px)':<36} {100 * t_acc:6.2f}%")
     for variant, r in results.items():

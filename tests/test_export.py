@@ -24,7 +24,7 @@ def trained(tmp_path_factory):
 
 
 def fast(**kw) -> ExportConfig:
-    return ExportConfig(latency_runs=5, calibration_images=64, **kw)
+    return ExportConfig(**{"latency_runs": 5, "calibration_images": 64, **kw})
 
 
 def test_export_fp32_and_int8_with_parity_and_accuracy(trained, tmp_path):
@@ -81,3 +81,22 @@ def test_export_bad_input_is_one_line(argv, match, trained, parquet_dir, capsys)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
+
+
+def test_histogram_calibration_and_fp32_end_layers(trained, tmp_path):
+    import onnx
+
+    from fm2edge.export import first_and_last_layers
+
+    counts = {}
+    for keep in ("none", "first_last"):
+        # 70 calibration images: not a multiple of the calibration batch, which percentile calibration cannot take
+        result = export_job(ExportJob(model=str(trained), data=DIGITS, output=str(tmp_path / keep),
+                                      export=fast(calibration_method="percentile", fp32_layers=keep,
+                                                  calibration_images=70)))
+        assert result["calibration_images"] == 70 and result["test_acc"]["onnx_int8"] > 0.5
+        graph = onnx.load(str(tmp_path / keep / "model.int8.onnx")).graph
+        counts[keep] = sum(n.op_type == "DequantizeLinear" for n in graph.node)
+        fp32_names = first_and_last_layers(tmp_path / keep / "model.onnx")
+        assert len(fp32_names) == 2
+    assert counts["first_last"] < counts["none"], "the first and last layers are left unquantised"

@@ -40,6 +40,8 @@ class ExportConfig:
         calibration_images: Training images fed through the model to calibrate int8 activation ranges.
         calibration_method: How ranges are chosen from the calibration activations: minmax, percentile or entropy.
         per_channel: Quantise weights per output channel (more accurate than one scale per tensor).
+        fp32_layers: Layers kept in fp32 in the int8 graph: "none", or "first_last" (the first convolution or
+            matrix multiply, which sees raw pixels, and the last, which makes the logits).
         max_int8_drop: Warn when int8 test accuracy is more than this many points below fp32's.
         threads: ONNX Runtime and PyTorch CPU threads for the checks and timings; empty keeps the default.
         latency_runs: Timed batch-1 runs per backend (after warm-up) for the latency table.
@@ -52,6 +54,7 @@ class ExportConfig:
     calibration_images: int = 500
     calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
     per_channel: bool = True
+    fp32_layers: Literal["none", "first_last"] = "none"
     max_int8_drop: float = 1.0
     threads: int | None = None
     latency_runs: int = 200
@@ -154,8 +157,16 @@ def run_images(sess, images: np.ndarray | torch.Tensor) -> np.ndarray:
     return sess.run(None, {"images": np.ascontiguousarray(images, dtype=np.uint8)})[0]
 
 
+def first_and_last_layers(path: Path) -> list[str]:
+    """Names of the first and the last Conv / MatMul / Gemm node of an ONNX graph (in graph order)."""
+    import onnx
+
+    nodes = [n.name for n in onnx.load(str(path)).graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    return sorted({nodes[0], nodes[-1]}) if nodes else []
+
+
 def quantize_int8(fp32: Path, out: Path, batches: Iterator[np.ndarray], method: str = "minmax",
-                  per_channel: bool = True, input_name: str = "pixels") -> Path:
+                  per_channel: bool = True, input_name: str = "pixels", fp32_layers: str = "none") -> Path:
     """Static int8 quantisation with ONNX Runtime: graph pre-processing, calibration on ``batches`` (fed to the
     graph's ``input_name`` as they are: float pixels, or uint8 images for a deployable graph), QDQ format.
 
@@ -183,11 +194,12 @@ def quantize_int8(fp32: Path, out: Path, batches: Iterator[np.ndarray], method: 
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
+    exclude = first_and_last_layers(pre) if fp32_layers == "first_last" else []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method])
+                        calibrate_method=methods[method], nodes_to_exclude=exclude)
     pre.unlink()
     return out
 
@@ -217,6 +229,14 @@ def image_batches(model, images: torch.Tensor, batch_size: int) -> Iterator[np.n
     """uint8 (N, H, W, 3) batches at the model's input size, as the deployable graph takes them."""
     for s in range(0, len(images), batch_size):
         yield model.preprocess.resize(images[s:s + batch_size]).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def calibration_batches(model, images: torch.Tensor, batch_size: int = 64) -> Iterator[np.ndarray]:
+    """Calibration batches of one size: ONNX Runtime's histogram calibrators (percentile, entropy) stack what they
+    collect per batch, and fail on a smaller last batch, so the remainder is left out."""
+    batch_size = min(batch_size, len(images))
+    usable = len(images) - len(images) % batch_size
+    return image_batches(model, images[:usable], batch_size)
 
 
 def _torch_probabilities(model, images: torch.Tensor, batch_size: int) -> np.ndarray:
@@ -259,8 +279,8 @@ def quantise_and_measure(model, fp32_path: Path, int8_path: Path, train, test, f
 
     n = min(cfg.calibration_images, len(train))
     calib = torch.from_numpy(balanced_indices(train.labels.numpy(), n))
-    quantize_int8(fp32_path, int8_path, image_batches(model, train.images[calib], 64), cfg.calibration_method,
-                  cfg.per_channel, input_name="images")
+    quantize_int8(fp32_path, int8_path, calibration_batches(model, train.images[calib]), cfg.calibration_method,
+                  cfg.per_channel, input_name="images", fp32_layers=cfg.fp32_layers)
     sess8 = open_session(int8_path, cfg.threads)
     q_logits = _onnx_probabilities(sess8, model, test.images, cfg.batch_size)
     labels = test.labels.numpy()

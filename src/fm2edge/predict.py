@@ -306,6 +306,6 @@ def predict_job(job: PredictJob) -> dict:
         n = write_pseudo_labels(Path(cfg.pseudo_labels), files, preds, cfg.min_confidence)
         print(f"pseudo-labels: {n} of {len(files)} images (confidence >= {cfg.min_confidence}) with their predicted "
               f"labels in {cfg.pseudo_labels}/train.parquet; train on them with --data.source {cfg.pseudo_labels}")
-    counts = ", ".join(f"{c} {n}" for c, n in result["counts"].items() if n)
-    print(f"{len(files)} images: {counts}; {result['sure']} at or above confidence {cfg.min_confidence}")
+    counts = ", ".join(f"{c}: {n}" for c, n in result["counts"].items() if n)
+    print(f"{len(files)} images, per class {counts}; {result['sure']} at or above confidence {cfg.min_confidence}")
     return result
