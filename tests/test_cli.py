@@ -186,3 +186,40 @@ def test_version_and_list_with_a_positional_what(capsys):
     assert main(["list", "data"]) == 0
     out = capsys.readouterr().out
     assert "data sources" in out and "models (" not in out and "../shared" not in out
+
+
+def test_list_and_dict_flags_take_what_users_type(tmp_path, monkeypatch):
+    from fm2edge.cli import _spaced_lists
+
+    assert _spaced_lists(["bench", "--bench.backends", "onnx"]) == ["bench", "--bench.backends", '["onnx"]']
+    assert _spaced_lists(["train", "--seeds", "0", "1", "2"])[2] == "[0, 1, 2]"
+    assert _spaced_lists(["train", "--train.augment.scale", "0.2", "1.0"])[2] == "[0.2, 1.0]"
+    assert _spaced_lists(["distill", "--distill.losses", "{kd:1,feature:0.5}"])[2] == "{kd: 1, feature: 0.5}"
+    assert _spaced_lists(["train", "--seeds", "[0,1]"])[2] == "[0,1]"
+
+
+def test_distill_without_a_teacher_says_what_to_give(capsys):
+    assert main(["distill", "--data.source", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert "--distill.teacher is required" in err and len(err.strip().splitlines()) == 1
+
+
+def test_export_uses_the_runs_own_data_and_refuses_other_classes(tmp_path, parquet_dir, capsys):
+    from fm2edge.config import DataConfig, RunConfig, TrainConfig, TrainJob
+    from fm2edge.train import train_job
+
+    train_job(TrainJob(data=DataConfig(source=str(parquet_dir)), train=TrainConfig(epochs=1, device="cpu"),
+                       run=RunConfig(root=str(tmp_path), name="colours")))
+    assert main(["export", str(tmp_path / "colours"), "--export.int8", "false", "--export.latency_runs", "3"]) == 0
+    saved = json.loads((tmp_path / "colours" / "export" / "export.json").read_text())
+    assert saved["data"] == str(parquet_dir) and saved["class_names"] == ["red", "green", "blue", "grey"]
+    other = tmp_path / "other"
+    other.mkdir()
+    from conftest import hub_dataset
+
+    ds = hub_dataset(40, seed=3)
+    ds = ds.cast_column("label", type(ds.features["label"])(names=["w", "x", "y", "z"]))
+    ds.to_parquet(str(other / "train.parquet"))
+    assert main(["export", str(tmp_path / "colours"), "--data.source", str(other), "--output",
+                 str(tmp_path / "e2")]) == 2
+    assert "was trained on the classes" in capsys.readouterr().err

@@ -74,19 +74,57 @@ def _positional_models(argv: list[str]) -> list[str]:
     return out + rest
 
 
+def flag_kinds(cls, prefix: str = "--") -> dict[str, str]:
+    """``{"--seeds": "list", "--distill.losses": "dict", ...}``: the flags of a job class that take several
+    values, found from its dataclass fields (nested sections included)."""
+    import dataclasses
+    import types
+    import typing
+
+    kinds: dict[str, str] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            kinds.update(flag_kinds(hint, f"{prefix}{f.name}."))
+            continue
+        options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        origins = {typing.get_origin(o) or o for o in options}
+        if origins & {list, tuple}:
+            kinds[f"{prefix}{f.name}"] = "list"
+        elif dict in origins:
+            kinds[f"{prefix}{f.name}"] = "dict"
+    return kinds
+
+
 def _spaced_lists(argv: list[str]) -> list[str]:
-    """`--seeds 0 1 2` -> `--seeds [0,1,2]` (jsonargparse reads a list from one token)."""
-    out, i = [], 0
+    """Friendlier values for flags that take several: `--seeds 0 1 2` and `--bench.backends onnx` become JSON lists
+    (jsonargparse reads a list from one token), and `--distill.losses {kd:1,feature:0.5}` gets the spaces YAML
+    wants after ':' and ','."""
+    import re
+
+    if not argv or argv[0] not in COMMANDS:
+        return argv
+    kinds = flag_kinds(COMMANDS[argv[0]].job)
+    out, i = [argv[0]], 1
     while i < len(argv):
-        out.append(argv[i])
-        if argv[i] == "--seeds":
+        flag = argv[i]
+        out.append(flag)
+        kind = kinds.get(flag)
+        if kind == "list":
             j = i + 1
-            while j < len(argv) and not argv[j].startswith("-"):
+            while j < len(argv) and not argv[j].startswith("--"):
                 j += 1
-            if j - i > 2 or (j - i == 2 and not argv[i + 1].startswith("[")):
-                out.append(json.dumps([int(v) if v.lstrip("-").isdigit() else v for v in argv[i + 1:j]]))
+            values = argv[i + 1:j]
+            if values and not (len(values) == 1 and values[0].lstrip().startswith(("[", "null"))):
+                out.append(json.dumps([int(v) if re.fullmatch(r"-?\d+", v) else float(v)
+                                       if re.fullmatch(r"-?\d*\.\d+(e-?\d+)?", v) else v for v in values]))
                 i = j
                 continue
+        elif kind == "dict" and i + 1 < len(argv) and argv[i + 1].lstrip().startswith("{"):
+            out.append(re.sub(r"([:,])(?=\S)", r"\1 ", argv[i + 1]))
+            i += 2
+            continue
         i += 1
     return out
 

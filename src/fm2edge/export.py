@@ -73,13 +73,14 @@ class ExportJob:
 
     Args:
         model: A run folder holding a trained fm2edge model (`fm2edge train`, `distill`, `probe`, `finetune`).
-        data: Calibration images (training split) and accuracy images (test split); use the model's own data.
+        data: Calibration images (training split) and accuracy images (test split); empty uses the data the run
+            was trained on (its config.yaml).
         export: Export settings and checks.
         output: Folder for model.onnx, model.int8.onnx and export.json; empty writes MODEL/export.
     """
 
     model: str = ""
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig | None = None
     export: ExportConfig = field(default_factory=ExportConfig)
     output: str | None = None
 
@@ -292,6 +293,32 @@ def quantise_and_measure(model, fp32_path: Path, int8_path: Path, train, test, f
             "latency": _latency(lambda: run_images(sess8, x1), cfg.latency_runs)}
 
 
+def run_data(run: Path) -> DataConfig:
+    """The data a run was trained on, from its config.yaml."""
+    import yaml
+
+    config = run / "config.yaml"
+    section = (yaml.safe_load(config.read_text()) or {}).get("data") if config.exists() else None
+    if not section:
+        raise Fm2EdgeError(f"'{run}' does not say which data it was trained on (no data section in config.yaml); "
+                           f"give --data.source")
+    return DataConfig(**section)
+
+
+def check_classes(run: str, model, data, source: str) -> None:
+    """Refuse data whose classes are not the model's: calibrating and scoring on them would mean nothing."""
+    from fm2edge.models.io import class_names_of_run
+
+    if data.num_classes != model.num_classes:
+        raise Fm2EdgeError(f"{run} predicts {model.num_classes} classes but {source} has {data.num_classes}; "
+                           f"export with the data the model was trained on (--data.source)")
+    names = class_names_of_run(Path(run))
+    if names != [str(i) for i in range(model.num_classes)] and names != list(data.class_names):
+        raise Fm2EdgeError(f"{run} was trained on the classes {names[:5]}... but {source} has "
+                           f"{list(data.class_names)[:5]}...; export with the data the model was trained on "
+                           f"(--data.source)")
+
+
 def export_job(job: ExportJob) -> dict:
     from fm2edge.data import load_data
     from fm2edge.models.io import load_classifier
@@ -302,10 +329,9 @@ def export_job(job: ExportJob) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model = load_classifier(job.model)
-    train, _, test = load_data(job.data)
-    if train.num_classes != model.num_classes:
-        raise Fm2EdgeError(f"{job.model} predicts {model.num_classes} classes but {job.data.source} has "
-                           f"{train.num_classes}; export with the data the model was trained on (--data.source)")
+    data = job.data or run_data(Path(job.model))
+    train, _, test = load_data(data)
+    check_classes(job.model, model, train, data.source)
     from fm2edge.models.deploy import ImageClassifier
 
     size = model.preprocess.size
@@ -325,7 +351,7 @@ def export_job(job: ExportJob) -> dict:
         timings = {"pytorch_fp32": _latency(lambda: _torch_forward(deployable, x1_torch), cfg.latency_runs),
                    "onnx_fp32": _latency(lambda: run_images(sess, x1), cfg.latency_runs)}
         files = {"onnx_fp32": "model.onnx"}
-        result: dict = {"model": job.model, "name": model.name, "data": job.data.source, "test_images": len(test),
+        result: dict = {"model": job.model, "name": model.name, "data": data.source, "test_images": len(test),
                         "parity_max_abs_diff": max_diff, "parity_tolerance": cfg.parity_tolerance}
         if cfg.int8:
             q = quantise_and_measure(model, fp32_path, tmp / "model.int8.onnx", train, test, onnx_logits, x1, cfg)

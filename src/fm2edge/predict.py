@@ -182,7 +182,7 @@ def load(model: str | Path, backend: str = "auto", threads: int | None = None) -
     if path.suffix == ".onnx":
         raise Fm2EdgeError(f"'{path}' is an ONNX file: it runs with --predict.backend onnx (or auto)")
     from fm2edge.models.deploy import ImageClassifier
-    from fm2edge.models.io import load_classifier
+    from fm2edge.models.io import class_names_of_run, load_classifier
 
     if threads:
         torch.set_num_threads(threads)
@@ -195,17 +195,6 @@ def load(model: str | Path, backend: str = "auto", threads: int | None = None) -
             return wrapped(torch.from_numpy(batch)).numpy()
 
     return Predictor(names, classifier.preprocess, run, "torch", str(path))
-
-
-def class_names_of_run(path: Path) -> list[str]:
-    """A run's class names, from its saved test predictions."""
-    preds = path / "predictions.npz"
-    if preds.exists():
-        with np.load(preds, allow_pickle=False) as f:
-            if "class_names" in f:
-                return [str(c) for c in f["class_names"]]
-    meta = json.loads((path / "model.json").read_text())
-    return [str(i) for i in range(meta["num_classes"])]
 
 
 def onnx_predictor(path: Path, threads: int | None = None) -> Predictor:

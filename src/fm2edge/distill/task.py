@@ -112,8 +112,6 @@ class DistillConfig:
     force: bool = False
 
     def __post_init__(self) -> None:
-        check(bool(self.teacher), "distill.teacher is required: a run folder of a trained classifier "
-                                   "(e.g. from `fm2edge probe`) or a registered model name")
         unknown = set(self.losses) - set(LOSSES)
         check(not unknown, f"unknown distillation losses {sorted(unknown)}; choose from {list(LOSSES)}")
         check(bool(self.losses) and all(w >= 0 for w in self.losses.values()),
@@ -140,9 +138,13 @@ class DistillJob:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    distill: DistillConfig = field(default_factory=lambda: DistillConfig(teacher="runs/probe"))
+    distill: DistillConfig = field(default_factory=DistillConfig)
     run: RunConfig = field(default_factory=RunConfig)
     seeds: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        check(bool(self.distill.teacher), "--distill.teacher is required: the run folder of a trained classifier "
+                                          "(e.g. runs/probe-<model> from `fm2edge probe`) or a registered model name")
 
 
 class DistillTask(nn.Module):

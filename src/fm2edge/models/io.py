@@ -48,3 +48,16 @@ def load_classifier(folder: str | Path, device: str = "cpu") -> Classifier:
             from exc
     return model.eval()
 
+
+def class_names_of_run(path: str | Path) -> list[str]:
+    """A run's class names, from its saved test predictions."""
+    import numpy as np
+
+    path = Path(path)
+    preds = path / "predictions.npz"
+    if preds.exists():
+        with np.load(preds, allow_pickle=False) as f:
+            if "class_names" in f:
+                return [str(c) for c in f["class_names"]]
+    meta = json.loads((path / "model.json").read_text())
+    return [str(i) for i in range(meta["num_classes"])]
