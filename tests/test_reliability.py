@@ -291,7 +291,8 @@ def test_a_locked_atomic_folder_clears_what_a_killed_writer_left(tmp_path):
     with atomic_dir(final, lock=True) as tmp:
         (tmp / "data.txt").write_text("whole")
     assert (final / "data.txt").read_text() == "whole"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.x.tmp", "entry"]
+    # the lock file stays (removing a lock another process may wait on would let two in)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", ".other.x.tmp", "entry"]
 
 
 def test_writers_of_one_locked_folder_take_turns(tmp_path):
@@ -313,4 +314,4 @@ def test_writers_of_one_locked_folder_take_turns(tmp_path):
     assert all(p.returncode == 0 for p in procs), errs
     assert "waiting for another fm2edge process" in errs[1]  # the second one said it waited
     assert (final / "a").read_text() == (final / "b").read_text() == "two"  # whole, and the last writer's
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "shared"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -64,25 +63,27 @@ def exclusive(lock_path: str | Path, what: str) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``lock_path`` (a folder, or a file created if missing) for the block,
     waiting, and saying so, while another process holds it. A lock file stays: unlinking a lock that another process
     may be waiting on would let two in."""
+    from filelock import FileLock, Timeout
+
     lock_path = Path(lock_path)
+    target = lock_path / ".lock" if lock_path.is_dir() else lock_path  # a folder is locked through a file in it
+    lock = FileLock(target)
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDONLY) if lock_path.is_dir() else \
-            os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"waiting for another fm2edge process that is writing {what}", file=sys.stderr, flush=True)
+            lock.acquire()
     except OSError as exc:
         if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
         yield  # a read-only place (a shared cache mounted read-only): nobody writes there, so nothing to serialise
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for another fm2edge process that is writing {what}", file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)  # closing releases the lock
+        lock.release()
 
 
 def clean_stale(final: str | Path) -> None:
@@ -156,19 +157,20 @@ class RunDir:
         if overwrite and self.path.exists():
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.path / ".lock", "w")  # noqa: SIM115 - held for the life of the run
+        from filelock import FileLock, Timeout
+
+        self._lock = FileLock(self.path / ".lock")  # held for the life of the run
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            self._lock = None
             raise Fm2EdgeError(f"run folder '{self.path}' is in use by another fm2edge process; wait for it "
                                f"or choose another --run.name") from None
         clean_partial(self.path)
 
     def close(self) -> None:
         if self._lock is not None:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
+            self._lock.release()
             self._lock = None
 
     def __enter__(self) -> RunDir:
