@@ -194,3 +194,19 @@ def clean_teacher(tmp_path_factory, parquet_dir):
                        train=TrainConfig(epochs=4, batch_size=16, lr=3e-3, device="cpu"),
                        run=RunConfig(root=str(root), name="teacher")))
     return root / "teacher"
+
+
+DIGITS_SMALL = {"source": "digits", "max_train": 400, "max_test": 120}
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """A small_cnn trained for 3 epochs on 400 digits: a run folder to export and predict with."""
+    from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
+    from fm2edge.train import train_job
+
+    root = tmp_path_factory.mktemp("runs")
+    train_job(TrainJob(data=DataConfig(**DIGITS_SMALL), model=ModelConfig(name="student:small_cnn"),
+                       train=TrainConfig(epochs=3, batch_size=32, lr=3e-3, device="cpu"),
+                       run=RunConfig(root=str(root), name="cnn")))
+    return root / "cnn"

@@ -4,23 +4,19 @@ import json
 
 import numpy as np
 import pytest
+from conftest import DIGITS_SMALL
 
 from fm2edge.cli import main
-from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
+from fm2edge.config import DataConfig
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.export import ExportConfig, ExportJob, export_job, open_session, run_images
-from fm2edge.train import train_job
 
-DIGITS = DataConfig(source="digits", max_train=400, max_test=120)
+DIGITS = DataConfig(**DIGITS_SMALL)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    train_job(TrainJob(data=DIGITS, model=ModelConfig(name="student:small_cnn"),
-                       train=TrainConfig(epochs=3, batch_size=32, lr=3e-3, device="cpu"),
-                       run=RunConfig(root=str(root), name="cnn")))
-    return root / "cnn"
+def trained(digits_run):
+    return digits_run
 
 
 def fast(**kw) -> ExportConfig:

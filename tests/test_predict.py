@@ -4,29 +4,28 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from conftest import DIGITS_SMALL
 from PIL import Image
 
 import fm2edge
 from fm2edge.cli import main
-from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
+from fm2edge.config import DataConfig
 from fm2edge.export import ExportConfig, ExportJob, export_job, open_session
-from fm2edge.train import train_job
 
-DIGITS = DataConfig(source="digits", max_train=600, max_test=100)
+DIGITS = DataConfig(**DIGITS_SMALL)
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    train_job(TrainJob(data=DIGITS, model=ModelConfig(name="student:small_cnn"),
-                       train=TrainConfig(epochs=4, batch_size=32, lr=3e-3, device="cpu"),
-                       run=RunConfig(root=str(root), name="cnn")))
-    export_job(ExportJob(model=str(root / "cnn"), data=DIGITS, export=ExportConfig(latency_runs=3, int8=False)))
-    return root / "cnn"
+def exported(digits_run, tmp_path_factory):
+    run = tmp_path_factory.mktemp("predict") / "cnn"
+    shutil.copytree(digits_run, run)  # its own copy: the export goes inside the run folder
+    export_job(ExportJob(model=str(run), data=DIGITS, export=ExportConfig(latency_runs=3, int8=False)))
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +65,7 @@ def test_predict_files_through_pytorch_and_onnx_agree(exported, pngs, tmp_path, 
     assert [r["class_1"] for r in out["torch"]] == [r["class_1"] for r in out["onnx"]]
     for a, b in zip(out["torch"], out["onnx"], strict=True):
         assert abs(float(a["probability_1"]) - float(b["probability_1"])) <= 1e-4
-    assert np.mean([r["class_1"] == t for r, t in zip(out["torch"], truth, strict=True)]) >= 0.8
+    assert np.mean([r["class_1"] == t for r, t in zip(out["torch"], truth, strict=True)]) >= 0.6  # chance: 0.1
 
     files = sorted(folder.glob("*.png"))
     a = fm2edge.load(exported).predict(files)
