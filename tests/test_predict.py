@@ -105,3 +105,21 @@ def test_predict_bad_input_is_one_line(argv, match, exported, pngs, tmp_path, ca
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_is_a_pretrained_folder_with_a_model_card(exported):
+    card = (exported / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: fm2edge") and "test accuracy" in card and "fm2edge.load" in card
+    model = fm2edge.from_pretrained(exported)
+    assert model.num_classes == 10 and model.preprocess.size == 32
+
+
+@pytest.mark.network
+def test_push_to_hub_and_back(exported):  # needs network and a token (HF_TOKEN); skipped by default
+    import os
+
+    from fm2edge.models.io import push_to_hub
+
+    repo = os.environ.get("FM2EDGE_TEST_REPO", "fm2edge-test/digits-cnn")
+    push_to_hub(exported, repo)
+    assert fm2edge.from_pretrained(repo).num_classes == 10

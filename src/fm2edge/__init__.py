@@ -15,6 +15,13 @@ def load(model, backend: str = "auto", threads: int | None = None):
     return load_predictor(model, backend, threads)
 
 
+def from_pretrained(name_or_path, revision: str | None = None):
+    """The trained PyTorch classifier of a run folder or of a Hub repository written by ``--export.push_to_hub``."""
+    from fm2edge.models.io import from_pretrained as load_pretrained
+
+    return load_pretrained(name_or_path, revision)
+
+
 def run_stage(command: str, config: dict | None = None):
     """Run a stage (``"train"``, ``"distill"``, ``"export"``, ...) from the nested dict its YAML takes and return
     its result: ``fm2edge.run_stage("train", {"data": {"source": "digits"}, "train": {"epochs": 3}})``."""

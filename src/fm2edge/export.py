@@ -46,6 +46,8 @@ class ExportConfig:
         threads: ONNX Runtime and PyTorch CPU threads for the checks and timings; empty keeps the default.
         latency_runs: Timed batch-1 runs per backend (after warm-up) for the latency table.
         batch_size: Batch size for accuracy evaluation.
+        push_to_hub: A Hugging Face Hub repository (user/name) to upload the run's model, model card and ONNX
+            files to after the checks pass (needs network and a token: HF_TOKEN or `hf auth login`).
     """
 
     opset: int = 17
@@ -59,6 +61,7 @@ class ExportConfig:
     threads: int | None = None
     latency_runs: int = 200
     batch_size: int = 256
+    push_to_hub: str | None = None
 
     def __post_init__(self) -> None:
         check(self.parity_tolerance > 0, f"export.parity_tolerance must be positive, got {self.parity_tolerance}")
@@ -380,6 +383,10 @@ def export_job(job: ExportJob) -> dict:
               f"{cfg.max_int8_drop}); try --export.calibration_method percentile, more calibration images, or ship "
               f"the fp32 model")
     print(f"results in {out}")
+    if cfg.push_to_hub:
+        from fm2edge.models.io import push_to_hub
+
+        print(f"uploaded to {push_to_hub(job.model, cfg.push_to_hub)}")
     return result
 
 

@@ -18,7 +18,7 @@ import torch
 from fm2edge.config import DataConfig, ModelConfig, RunConfig
 from fm2edge.data import ImageData
 from fm2edge.models import Classifier
-from fm2edge.runs import RunDir, atomic_write_json
+from fm2edge.runs import RunDir, atomic_write_json, atomic_write_text
 
 
 def slug(text: str) -> str:
@@ -117,10 +117,50 @@ def write_outputs(run: RunDir, model: Classifier, result: Any, test: ImageData, 
                "train_seconds": result.seconds, "resumed_from_epoch": result.resumed_from,
                "parameters": sum(p.numel() for p in model.parameters()), **extra}
     run.write_json("metrics.json", metrics)
+    atomic_write_text(run.file("README.md"), model_card(model, metrics, run.read_json("metrics.json"),
+                                                        run.path))
     save_figure(plots.learning_curves(result.history, f"{model.name} on {extra.get('data', 'data')}",
                                       result.selection["epoch"]),
                 run.file("plots", "learning_curves.png"))
     return metrics
+
+
+def model_card(model: Classifier, metrics: dict, saved: dict, path: Path) -> str:
+    """A Hugging Face model card (README.md) for a run's model: what it is, what it was trained on, how well it
+    does, how to load it, how to reproduce it, and what it is for."""
+    import yaml
+
+    p = model.preprocess
+    config = (yaml.safe_load((path / "config.yaml").read_text()) or {}) if (path / "config.yaml").exists() else {}
+    command = "distill" if "distill" in config else "train"
+    teacher = metrics.get("teacher")
+    selected = metrics.get("selected") or {}
+    lines = [
+        "---", "library_name: fm2edge", "tags:", "- fm2edge", "- image-classification",
+        *(["- knowledge-distillation"] if teacher else []), "---", "",
+        f"# {path.name}", "",
+        f"A {model.name} image classifier ({metrics.get('parameters', 0):,} parameters, {p.size} x {p.size} px "
+        f"input) trained with `fm2edge {command}`" + (f", taught by {teacher}" if teacher else "") + ".", "",
+        "## Results", "",
+        f"- test accuracy: {100 * metrics['test_acc']:.2f}% on the test split of {metrics.get('data', 'its data')}, "
+        f"read once, on the weights kept by {selected.get('on', 'the last epoch')} (epoch {selected.get('epoch')})",
+        *([f"- validation accuracy: {100 * metrics['val_acc']:.2f}%"] if metrics.get("val_acc") is not None else []),
+        *([f"- teacher test accuracy: {100 * metrics['teacher_test_acc']:.2f}%"]
+          if metrics.get("teacher_test_acc") is not None else []),
+        f"- training: {len(metrics.get('history', []))} epochs, {metrics.get('train_seconds', 0) / 60:.1f} min on "
+        f"{(metrics.get('env') or {}).get('device', 'an unrecorded device')}", "",
+        "## Use", "",
+        "```python", "import fm2edge", "", f'model = fm2edge.load("{path.name}")  # this folder',
+        'print(model.predict(["image.jpg"]).labels)', "```", "",
+        f"Inputs are RGB images; the model resizes the shortest edge to {p.resize_size()} px ({p.interpolation}), "
+        f"centre-crops {p.size} px and normalises with mean {list(p.mean)} and std {list(p.std)}. "
+        "`fm2edge export` writes an ONNX graph that takes uint8 images and returns probabilities.", "",
+        "## Reproduce", "", "```bash", f"fm2edge {command} --config config.yaml", "```", "",
+        "## Intended use and limits", "",
+        f"Classifying images like those of {metrics.get('data', 'its training data')} into its classes. It has "
+        "seen only that data: expect lower accuracy on other cameras, scenes or classes, and check it on your own "
+        "images before relying on it.", ""]
+    return "\n".join(lines)
 
 
 def over_seeds(job, run_one, default_name: str) -> dict:

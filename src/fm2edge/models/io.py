@@ -61,3 +61,37 @@ def class_names_of_run(path: str | Path) -> list[str]:
                 return [str(c) for c in f["class_names"]]
     meta = json.loads((path / "model.json").read_text())
     return [str(i) for i in range(meta["num_classes"])]
+
+
+HUB_FILES = ["model.safetensors", "model.json", "README.md", "predictions.npz", "export/*"]
+
+
+def from_pretrained(name_or_path: str | Path, revision: str | None = None, token: str | None = None) -> Classifier:
+    """A classifier from a run folder, or from a Hugging Face Hub repository that holds one (what
+    ``--export.push_to_hub`` uploads: model.safetensors, model.json, the model card)."""
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        from fm2edge.errors import HubUnreachableError, is_offline_error
+
+        try:
+            folder = Path(snapshot_download(str(name_or_path), revision=revision, token=token,
+                                            allow_patterns=HUB_FILES))
+        except Exception as exc:
+            if is_offline_error(exc):
+                raise HubUnreachableError("model", str(name_or_path), "give a local run folder") from exc
+            raise Fm2EdgeError(f"cannot load '{name_or_path}': not a run folder, and the hub says "
+                               f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}") from exc
+    return load_classifier(folder)
+
+
+def push_to_hub(run: str | Path, repo_id: str, token: str | None = None, private: bool = False) -> str:
+    """Upload a run's model (weights, model.json, model card, exported ONNX) to a Hub repository; returns its URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(run), repo_id=repo_id, allow_patterns=HUB_FILES,
+                      commit_message="Upload an fm2edge model")
+    return f"https://huggingface.co/{repo_id}"
