@@ -233,3 +233,21 @@ def test_a_parquet_folders_validation_file_is_its_validation_split(tmp_path):
     hub_dataset(8, seed=2).to_parquet(str(tmp_path / "test.parquet"))
     train, val, test = load_data(DataConfig(source=str(tmp_path)))
     assert (len(train), len(val), len(test)) == (24, 12, 8)
+
+
+def test_an_image_at_another_depth_is_named_and_an_empty_class_is_said(tmp_path, caplog):
+    from PIL import Image as PILImage
+
+    for cls in ("ants", "bees"):
+        (tmp_path / "photos" / cls).mkdir(parents=True)
+        for i in range(3):
+            PILImage.new("RGB", (20, 20), (i * 40, 0, 0)).save(tmp_path / "photos" / cls / f"{i}.png")
+    (tmp_path / "photos" / "wasps").mkdir()
+    with caplog.at_level("WARNING"):
+        train, _, _ = load_data(DataConfig(source=str(tmp_path / "photos"), val_fraction=0))
+    assert "'" in caplog.text and "wasps' holds no images" in caplog.text
+    assert train.class_names == ["ants", "bees"]
+    (tmp_path / "photos" / "bees" / "more").mkdir()
+    PILImage.new("RGB", (20, 20)).save(tmp_path / "photos" / "bees" / "more" / "x.png")
+    with pytest.raises(Fm2EdgeError, match=r"'bees/more/x.png' .* sits at another depth; move"):
+        load_data(DataConfig(source=str(tmp_path / "photos")))

@@ -201,7 +201,7 @@ class TrainConfig:
         channels_last: Use channels_last memory format for convolutional networks.
         compile: Wrap the model in torch.compile.
         grad_accum: Accumulate gradients over this many batches per optimiser step (effective batch = batch_size x
-            grad_accum x processes), for batches that do not fit in memory.
+            grad_accum, whatever the number of processes), for batches that do not fit in memory.
         keep_checkpoints: Epoch checkpoints to keep (the newest ones).
         checkpoint_every: Write a checkpoint every this many epochs (and always after the last).
     """
@@ -251,7 +251,8 @@ class RunConfig:
     Args:
         root: Folder that holds run folders.
         name: Run folder name under root; empty derives one from the command and the model.
-        resume: Continue the run in an existing run folder from its last checkpoint.
+        resume: Continue the run in an existing run folder from its last checkpoint (training) or its last saved
+            chunk (feature extraction).
         overwrite: Delete an existing run folder of the same name first.
     """
 

@@ -161,6 +161,7 @@ def _open_hf(cfg: DataConfig) -> Any:
         if not any(path.iterdir()):
             raise Fm2EdgeError(f"data.source '{cfg.source}' is an empty folder; put parquet/arrow files or "
                                f"class sub-folders of images in it")
+        check_image_folder(path)
         return load_dataset(str(path))
     if cfg.source.startswith((".", "/", "~")) or not HUB_ID.match(cfg.source):
         raise Fm2EdgeError(f"data.source '{cfg.source}' does not exist; give an existing folder or file, "
@@ -174,6 +175,30 @@ def _open_hf(cfg: DataConfig) -> Any:
         if type(exc).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError", "FileNotFoundError"):
             raise Fm2EdgeError(f"data.source '{cfg.source}' is neither a local path nor a dataset on the hub") from exc
         raise
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def check_image_folder(root: Path) -> None:
+    """An image folder must be root/<class>/<image> or root/<split>/<class>/<image> throughout: one image at
+    another depth (``bees/more/x.jpg``) would make every label unreadable, so it is named, with the fix; a class
+    folder without images is said to be left out."""
+    files = [p.relative_to(root) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    if not files:
+        return
+    splits = {p.parts[0] for p in files if len(p.parts) == 3}
+    depth = 3 if splits and all(len(p.parts) == 3 for p in files) else 2
+    odd = [p for p in files if len(p.parts) != depth]
+    if odd:
+        layout = "root/<split>/<class>/<image>" if depth == 3 else "root/<class>/<image>"
+        raise Fm2EdgeError(f"image folder '{root}' is laid out {layout}, but '{odd[0]}' (and {len(odd) - 1} more) "
+                           f"sits at another depth; move those images into their class folder one level up, or "
+                           f"out of the data folder")
+    for split_dir in ([root / s for s in splits] if depth == 3 else [root]):
+        for cls in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in cls.iterdir()):
+                log.warning("class folder '%s' holds no images and is left out", cls)
 
 
 def _pick_column(features: dict, given: str | None, candidates: tuple[str, ...], kind: str, source: str,
