@@ -150,3 +150,32 @@ def test_distill_with_unlabeled_and_seeds(tmp_path, clean_teacher, parquet_dir):
         assert len(np.load(f"{cache}/logits.npy")) == 60
         assert (run / "model.safetensors").exists()
     assert (tmp_path / "kd" / "seeds.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["onnx", "torchscript"])
+def test_a_teacher_from_a_file_of_a_plain_module_distils_a_student(kind, tmp_path, clean_teacher, parquet_dir):
+    """A teacher trained elsewhere, exported from a plain nn.Module (normalised float NCHW in, logits out), with its
+    preprocessing in a side-car JSON: it passes the gate and teaches, on stored consistent views too."""
+    from fm2edge.config import AugmentConfig
+    from fm2edge.models.io import load_classifier
+
+    trained = load_classifier(clean_teacher)
+    plain = torch.nn.Sequential(trained.backbone, trained.head).eval()  # no fm2edge types inside
+    path = tmp_path / f"teacher.{'onnx' if kind == 'onnx' else 'pt'}"
+    x = torch.zeros(2, 3, 32, 32)
+    if kind == "onnx":
+        torch.onnx.export(plain, (x,), str(path), input_names=["x"], dynamic_axes={"x": {0: "n"}}, dynamo=False)
+    else:
+        torch.jit.trace(plain, x).save(str(path))
+    p = trained.preprocess
+    (tmp_path / f"{path.name}.json").write_text(json.dumps({"size": p.size, "mean": list(p.mean),
+                                                            "std": list(p.std)}))
+    result = distill_job(DistillJob(
+        data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name="student:small_cnn"),
+        train=TrainConfig(epochs=2, batch_size=16, lr=3e-3, device="cpu",
+                          augment=AugmentConfig(crop="resized", flip=True)),
+        distill=DistillConfig(teacher=f"{kind}:{path}", views=2), run=RunConfig(root=str(tmp_path), name="s")))
+    assert result["teacher"] == f"{kind}:{path}" and result["teacher_gate_acc"] >= 0.9
+    assert result["teacher_cached"] and result["stored_views"] == 2
+    assert result["teacher_test_acc"] == pytest.approx(
+        json.loads((clean_teacher / "metrics.json").read_text())["test_acc"], abs=1e-6)

@@ -11,6 +11,7 @@ import torch
 
 from fm2edge.config import DataConfig, ModelConfig, RunConfig
 from fm2edge.data import load_data
+from fm2edge.errors import Fm2EdgeError
 from fm2edge.features import EmbedConfig, EmbedJob, embed_data, embed_job, load_backbone
 
 
@@ -288,3 +289,31 @@ def test_int8_on_a_cnn_says_there_is_nothing_to_quantise(tmp_path, caplog):
     x = model.preprocess(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
     with torch.no_grad():
         assert np.allclose(run(x), model.features(x).numpy(), atol=1e-4)  # and the features are still right
+
+
+def test_an_onnx_file_is_a_backbone_for_embed(tmp_path, parquet_dir):
+    """A feature extractor exported from a plain module (its output is not one value per class): embed and probe
+    use it with a new head, and another file at the same path is another cache entry."""
+    from fm2edge.features import weights_digest
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    path = tmp_path / "backbone.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 3, 32, 32),), str(path), input_names=["x"], dynamic_axes={"x": {0: "n"}},
+                      dynamo=False)
+    model = load_backbone(ModelConfig(name=f"onnx:{path}", image_size=32), EmbedConfig(), 4)
+    assert model.feature_dim == 8 and isinstance(model.head, torch.nn.Linear)
+    train, _, test = load_data(DataConfig(source=str(parquet_dir)))
+    job = EmbedJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name=f"onnx:{path}", image_size=32),
+                   embed=EmbedConfig(cache_dir=str(tmp_path / "cache")))
+    feats = embed_data(job, train, test)["train"].features
+    with torch.no_grad():
+        expected = net(model.preprocess(train.images[:5])).numpy()
+    assert np.allclose(feats[:5], expected, atol=1e-5)
+    before = weights_digest(model)
+    torch.nn.init.zeros_(net[0].weight)
+    torch.onnx.export(net, (torch.zeros(1, 3, 32, 32),), str(path), input_names=["x"], dynamo=False)
+    again = load_backbone(ModelConfig(name=f"onnx:{path}", image_size=32), EmbedConfig(), 4)
+    assert weights_digest(again) != before
+    with pytest.raises(Fm2EdgeError, match="holds no preprocessing"):
+        load_backbone(ModelConfig(name=f"onnx:{path}"), EmbedConfig(), 4)

@@ -117,6 +117,9 @@ def weights_digest(model: Classifier) -> str:
     """A cheap fingerprint of the backbone weights (a strided sample of every tensor), so random-weight and
     pretrained variants of one architecture never share a cache entry."""
     h = hashlib.sha1()
+    source = getattr(model.backbone, "path", None)  # a frozen model file (onnx:PATH): its bytes are its weights
+    if source is not None:
+        h.update(Path(source).read_bytes())
     for name, t in model.backbone.state_dict().items():
         flat = t.detach().reshape(-1)
         h.update(name.encode())

@@ -277,6 +277,9 @@ def teacher_cache_dir(job: DistillJob, teacher: Classifier, train, features: boo
     from fm2edge.data.dataset import cache_root
 
     weights = Path(job.distill.teacher) / "model.safetensors"
+    model_file = Path(job.distill.teacher.split(":", 1)[-1])  # onnx:PATH, torchscript:PATH
+    if not weights.exists() and ":" in job.distill.teacher and model_file.is_file():
+        weights = model_file
     if weights.exists():
         h = hashlib.sha1()
         with open(weights, "rb") as f:
