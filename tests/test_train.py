@@ -235,3 +235,21 @@ def test_bf16_autocast_on_the_cpu(tmp_path):
                                  run=RunConfig(root=str(tmp_path), name="bf16")))
     assert metrics["env"]["mixed_precision"] == ("bf16" if bf16_supported_on_cpu() else "no")
     assert math.isfinite(metrics["history"][0]["train_loss"]) and 0 <= metrics["test_acc"] <= 1
+
+
+def test_every_epoch_goes_to_the_experiment_tracker(tmp_path, parquet_dir):
+    from tensorboardX.event_file_writer import EventFileWriter  # noqa: F401  (installed with the track extra)
+
+    from fm2edge.cli import main
+
+    train_job(job(tmp_path, parquet_dir, epochs=2, name="tracked"))  # log_with auto: TensorBoard when installed
+    events = list((tmp_path / "tracked" / "logs").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 100
+    data = events[0].read_bytes()
+    for tag in (b"train_loss", b"val_acc", b"lr", b"images_per_s"):
+        assert tag in data, tag
+    quiet = job(tmp_path, parquet_dir, epochs=1, name="quiet")
+    quiet.run.log_with = "none"
+    train_job(quiet)
+    assert not (tmp_path / "quiet" / "logs").exists()
+    assert main(["train", "--data.source", "digits", "--run.log_with", "mlflow", "--run.root", str(tmp_path)]) == 2

@@ -254,12 +254,16 @@ class RunConfig:
         resume: Continue the run in an existing run folder from its last checkpoint (training) or its last saved
             chunk (feature extraction).
         overwrite: Delete an existing run folder of the same name first.
+        log_with: Experiment tracker for every epoch's losses (each part), learning rate, validation accuracy and
+            images/s, through Accelerate's trackers: "auto" (TensorBoard in RUN/logs when tensorboard or
+            tensorboardX is installed, else none), "tensorboard", "wandb", "mlflow" or "none".
     """
 
     root: str = "runs"
     name: str | None = None
     resume: bool = False
     overwrite: bool = False
+    log_with: Literal["auto", "none", "tensorboard", "wandb", "mlflow"] = "auto"
 
     def __post_init__(self) -> None:
         check(not (self.resume and self.overwrite), "run.resume and run.overwrite cannot both be true")

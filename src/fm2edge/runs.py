@@ -147,6 +147,7 @@ class RunDir:
     def __init__(self, path: str | Path, *, resume: bool = False, overwrite: bool = False, lock: bool = True) -> None:
         self.path = Path(path)
         self._lock = None
+        self.tracker = None  # an experiment tracker (Accelerate's), set by the stage that opens the run
         if not lock:  # a secondary process of a distributed run attaches to the folder its main process set up
             self.path.mkdir(parents=True, exist_ok=True)
             return
@@ -169,6 +170,9 @@ class RunDir:
         clean_partial(self.path)
 
     def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.finish()
+            self.tracker = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None
