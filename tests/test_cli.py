@@ -223,3 +223,13 @@ def test_export_uses_the_runs_own_data_and_refuses_other_classes(tmp_path, parqu
     assert main(["export", str(tmp_path / "colours"), "--data.source", str(other), "--output",
                  str(tmp_path / "e2")]) == 2
     assert "was trained on the classes" in capsys.readouterr().err
+
+
+def test_positionals_may_follow_the_flags():
+    from fm2edge.cli import _positional_models
+
+    assert _positional_models(["bench", "--bench.runs", "10", "torchvision:resnet18"]) == \
+        ["bench", "--models", '["torchvision:resnet18"]', "--bench.runs", "10"]
+    assert _positional_models(["predict", "RUN", "--predict.top_k", "3", "a.png"]) == \
+        ["predict", "--model", "RUN", "--inputs", '["a.png"]', "--predict.top_k", "3"]
+    assert _positional_models(["train", "--seeds", "0", "1"]) == ["train", "--seeds", "0", "1"]

@@ -61,17 +61,36 @@ POSITIONAL = {"bench": [("models", True)], "export": [("model", False)], "report
 def _positional_models(argv: list[str]) -> list[str]:
     """`fm2edge bench A B --flags` -> `fm2edge bench --models [A, B] --flags`; `fm2edge export R` -> `--model R`;
     `fm2edge predict R a.png b.png` -> `--model R --inputs [a.png, b.png]` (models and files read best as
-    positionals)."""
+    positionals). Positionals may also follow the flags: `fm2edge bench --bench.runs 10 A` (a bare word after a
+    flag's one value, where the flag takes one)."""
     if not argv or argv[0] not in POSITIONAL:
         return argv
-    rest, out = list(argv[1:]), [argv[0]]
+    kinds = flag_kinds(COMMANDS[argv[0]].job)
+    bare, flags, i = [], [], 1
+    while i < len(argv):
+        token = argv[i]
+        if token.startswith("--"):
+            flags.append(token)
+            i += 1
+            if "=" in token:
+                continue
+            several = kinds.get(token) == "list"
+            while i < len(argv) and not argv[i].startswith("--"):
+                flags.append(argv[i])
+                i += 1
+                if not several:
+                    break
+            continue
+        bare.append(token)
+        i += 1
+    out = [argv[0]]
     for name, several in POSITIONAL[argv[0]]:
         values = []
-        while rest and not rest[0].startswith("-") and (several or not values):
-            values.append(rest.pop(0))
+        while bare and (several or not values):
+            values.append(bare.pop(0))
         if values:
             out += [f"--{name}", json.dumps(values) if several else values[0]]
-    return out + rest
+    return out + bare + flags
 
 
 def flag_kinds(cls, prefix: str = "--") -> dict[str, str]:
