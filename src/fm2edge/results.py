@@ -18,7 +18,7 @@ import torch
 from fm2edge.config import DataConfig, ModelConfig, RunConfig
 from fm2edge.data import ImageData
 from fm2edge.models import Classifier
-from fm2edge.runs import RunDir, atomic_write_json, atomic_write_text
+from fm2edge.runs import RunDir, atomic_write_json, atomic_write_text, resolve_tracker
 
 
 def slug(text: str) -> str:
@@ -54,10 +54,10 @@ class Session:
         return self.accelerator.is_main_process
 
     def open(self, run: RunConfig, default_name: str) -> RunDir:
-        """The stage's run folder, ``run.root/run.name`` (or the default name), with its experiment tracker."""
+        """The stage's run folder, ``run.root/run.name`` (or the default name), logging to ``run.log_with``."""
+        log_with = resolve_tracker(run.log_with) if self.is_main else "none"  # a missing tracker fails here
         folder = open_run(Path(run.root) / (run.name or default_name), run, self.accelerator)
-        if self.is_main:
-            folder.tracker = make_tracker(run.log_with, folder.path)
+        folder.log_with = log_with
         return folder
 
     def model(self, cfg: ModelConfig, seed: int) -> Classifier:
@@ -79,32 +79,6 @@ def student_size(stored: int) -> int:
     ``STUDENT_SIZES``: 256 px photos train at 128 px (an edge model's budget), not silently at 32; 8 px digits
     are enlarged to 32 px, the smallest input the students are built for."""
     return min(max(stored, STUDENT_SIZES[0]), STUDENT_SIZES[1])
-
-
-def make_tracker(log_with: str, path: Path):
-    """An Accelerate tracker logging into the run (TensorBoard: RUN/logs), or None."""
-    from accelerate import tracking
-    from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
-
-    from fm2edge.errors import Fm2EdgeError
-
-    if log_with == "auto":
-        log_with = "tensorboard" if is_tensorboard_available() else "none"
-    if log_with == "none":
-        return None
-    available = {"tensorboard": (is_tensorboard_available, "tensorboardX"), "wandb": (is_wandb_available, "wandb"),
-                 "mlflow": (is_mlflow_available, "mlflow")}[log_with]
-    if not available[0]():
-        raise Fm2EdgeError(f"--run.log_with {log_with} needs {available[1]}: pip install {available[1]} (or "
-                           f"--run.log_with none)")
-    if log_with == "tensorboard":
-        tracker = tracking.TensorBoardTracker(".", path / "logs")
-    elif log_with == "wandb":
-        tracker = tracking.WandBTracker(path.name)
-    else:
-        tracker = tracking.MLflowTracker(experiment_name=path.parent.name or "fm2edge", run_name=path.name)
-    tracker.start()  # Accelerate's trackers open their writer lazily, on the main process
-    return tracker
 
 
 def start_stage(data: DataConfig, device: str = "auto", precision: str = "auto") -> Session:

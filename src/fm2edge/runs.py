@@ -138,6 +138,40 @@ def clean_partial(folder: Path) -> None:
         _remove(p)
 
 
+def resolve_tracker(log_with: str) -> str:
+    """The tracker ``--run.log_with`` means here ("auto": TensorBoard when installed, else "none"); one that is not
+    installed is an error naming what to install."""
+    from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
+
+    if log_with == "auto":
+        return "tensorboard" if is_tensorboard_available() else "none"
+    if log_with == "none":
+        return log_with
+    available, package = {"tensorboard": (is_tensorboard_available, "tensorboardX"),
+                          "wandb": (is_wandb_available, "wandb"), "mlflow": (is_mlflow_available, "mlflow")}[log_with]
+    if not available():
+        raise Fm2EdgeError(f"--run.log_with {log_with} needs {package}: pip install {package} (or --run.log_with "
+                           f"none)")
+    return log_with
+
+
+def make_tracker(log_with: str, path: Path):
+    """An Accelerate tracker logging into the run (TensorBoard: RUN/logs), or None."""
+    from accelerate import tracking
+
+    log_with = resolve_tracker(log_with)
+    if log_with == "none":
+        return None
+    if log_with == "tensorboard":
+        tracker = tracking.TensorBoardTracker(".", path / "logs")
+    elif log_with == "wandb":
+        tracker = tracking.WandBTracker(path.name)
+    else:
+        tracker = tracking.MLflowTracker(experiment_name=path.parent.name or "fm2edge", run_name=path.name)
+    tracker.start()  # Accelerate's trackers open their writer lazily, on the main process
+    return tracker
+
+
 class RunDir:
     """A run folder: ``config.yaml``, ``metrics.json``, ``checkpoints/``, ``predictions.npz``, ``plots/``.
 
@@ -147,7 +181,8 @@ class RunDir:
     def __init__(self, path: str | Path, *, resume: bool = False, overwrite: bool = False, lock: bool = True) -> None:
         self.path = Path(path)
         self._lock = None
-        self.tracker = None  # an experiment tracker (Accelerate's), set by the stage that opens the run
+        self.log_with = "none"  # which experiment tracker epochs go to (set by the stage that opens the run)
+        self.tracker = None  # made at the first logged epoch, so a run that fails earlier leaves no logs
         if not lock:  # a secondary process of a distributed run attaches to the folder its main process set up
             self.path.mkdir(parents=True, exist_ok=True)
             return
@@ -168,6 +203,17 @@ class RunDir:
             raise Fm2EdgeError(f"run folder '{self.path}' is in use by another fm2edge process; wait for it "
                                f"or choose another --run.name") from None
         clean_partial(self.path)
+
+    def log_epoch(self, values: dict, step: int) -> None:
+        """One epoch's numbers to the experiment tracker (made on first use)."""
+        if self.log_with == "none":
+            return
+        if self.tracker is None:
+            self.tracker = make_tracker(self.log_with, self.path)
+            if self.tracker is None:
+                self.log_with = "none"
+                return
+        self.tracker.log(values, step=step)
 
     def close(self) -> None:
         if self.tracker is not None:

@@ -382,9 +382,8 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
                "seconds": seconds, "images_per_s": float(totals[2]) / seconds,
                **{name: float(total / totals[2]) for name, total in zip(part_sums, totals[4:], strict=True)}}
         history.append(row)
-        if accelerator.is_main_process and run.tracker is not None:
-            run.tracker.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"},
-                            step=epoch + 1)
+        if accelerator.is_main_process:
+            run.log_epoch({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"}, epoch + 1)
         if accelerator.is_main_process:
             if cfg.epochs <= 20 or evaluate:
                 val_text = f"val acc {100 * val_acc:.2f}%{' (best)' if improved else ''}" if evaluate else "val acc -"
