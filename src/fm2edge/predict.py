@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 from fm2edge.config import check
+from fm2edge.data.images import IMAGE_SUFFIXES
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models.preprocess import Preprocess
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 @dataclass

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fm2edge.config import DataConfig
-from fm2edge.data.images import decode, peek_size
+from fm2edge.data.images import IMAGE_SUFFIXES, decode, peek_size
 from fm2edge.errors import Fm2EdgeError, HubUnreachableError, is_offline_error
 from fm2edge.runs import atomic_dir
 
@@ -175,9 +175,6 @@ def _open_hf(cfg: DataConfig) -> Any:
         if type(exc).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError", "FileNotFoundError"):
             raise Fm2EdgeError(f"data.source '{cfg.source}' is neither a local path nor a dataset on the hub") from exc
         raise
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def check_image_folder(root: Path) -> None:

@@ -7,6 +7,9 @@ import io
 import numpy as np
 from PIL import Image, ImageFile
 
+# what counts as an image file in folders (image-folder datasets, `fm2edge predict` inputs)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB.
