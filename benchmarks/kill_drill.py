@@ -73,6 +73,17 @@ def _train_result(folder: Path):
     return m["test_acc"], m["history"][-1]["train_loss"]
 
 
+def _pretrain_result(folder: Path):
+    from safetensors.numpy import load_file
+
+    m = json.loads((folder / "metrics.json").read_text())
+    return m["history"][-1]["train_loss"], load_file(folder / "model.safetensors")
+
+
+def _same_pretraining(a, b) -> bool:
+    return abs(a[0] - b[0]) <= 1e-4 * abs(a[0]) and all(np.allclose(a[1][k], b[1][k], atol=1e-5) for k in a[1])
+
+
 def _same_training(a, b) -> bool:
     return abs(a[0] - b[0]) < 1e-6 and abs(a[1] - b[1]) <= 1e-4 * abs(a[1])
 
@@ -103,6 +114,11 @@ def cases(teacher: Path) -> dict:
                                         "--train.augment.mixup", "0.2", "--distill.views", "4",
                                         "--data.cache_dir", str(f.parent / f"{f.name}-cache"), *_run(f, r)],
                           _train_result, _same_training),
+        # label-free: the student learns the teacher's pooled features and map on stored views
+        "pretrain": (lambda f, r: ["pretrain", *DIGITS, *TRAIN, "--pretrain.teacher", str(teacher),
+                                   "--train.augment.crop", "resized", "--train.augment.flip", "true",
+                                   "--pretrain.views", "2", "--data.cache_dir", str(f.parent / f"{f.name}-cache"),
+                                   *_run(f, r)], _pretrain_result, _same_pretraining),
         "embed": (lambda f, r: ["embed", *DIGITS, "--model.name", "timm:resnet18", "--model.pretrained", "false",
                                 "--model.image_size", "96",
                                 "--embed.device", "cpu", "--embed.chunk_size", "100", "--tsne_samples", "0",
@@ -116,7 +132,7 @@ def cases(teacher: Path) -> dict:
     }
 
 
-COMMANDS = ["train", "distill", "distill_views", "finetune", "embed", "export"]
+COMMANDS = ["train", "distill", "distill_views", "pretrain", "finetune", "embed", "export"]
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from fm2edge.augment import COL, StoredViews, Views, draw_stored_views, draw_views, render, soft_targets
 from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
+from fm2edge.device import bf16_supported_on_cpu
 from fm2edge.distill.task import (
     DistillConfig,
     DistillJob,
@@ -148,6 +149,32 @@ def test_a_replayed_stored_view_equals_online_teaching(tmp_path, parquet_dir, fe
                 assert torch.allclose(replayed[key], live[key], atol=1e-5), key
 
 
+@pytest.mark.skipif(not bf16_supported_on_cpu(), reason="this CPU has no native bf16")
+def test_a_bf16_teacher_stays_close_to_fp32_and_its_cache_replays_it(tmp_path, parquet_dir):
+    from fm2edge.data import load_data
+
+    train, _, _ = load_data(DataConfig(source=str(parquet_dir)))
+    teacher = teacher_model()
+    student = create_model(ModelConfig(name="student:small_cnn"), 4)
+    fp32 = DistillTask(student, teacher, DistillConfig(teacher="t", views=2))
+    bf16 = DistillTask(student, teacher, DistillConfig(teacher="t", views=2, teacher_precision="bf16"),
+                       channels_last=True)
+    assert fp32.teacher_dtype(torch.device("cpu")) is None
+    assert bf16.teacher_dtype(torch.device("cpu")) == torch.bfloat16
+    views = draw_stored_views(len(train), 2, EVERY, 0, train.image_size[0])
+    idx = torch.arange(12)
+    v = StoredViews(views)(idx, 1)
+    partners = train.images[v.col("partner").long().clamp_min(0)]
+    exact, _ = fp32.teacher_outputs(train.images[idx], v, partners)
+    fast, _ = bf16.teacher_outputs(train.images[idx], v, partners)
+    assert fast.dtype == torch.float32 and not torch.equal(fast, exact), "bf16 arithmetic, fp32 outputs"
+    assert torch.allclose(F.softmax(fast, 1), F.softmax(exact, 1), atol=0.02)
+    build_teacher_cache(bf16, train.images, views, tmp_path / "cache", 16, torch.device("cpu"))
+    bf16.cache = load_teacher_cache(tmp_path / "cache", len(train), False, torch.device("cpu"))
+    stored, _ = bf16.cached_outputs(idx, v, torch.device("cpu"))
+    assert torch.allclose(stored, fast, atol=1e-5), "the cache holds what the bf16 teacher gives online"
+
+
 def distill(tmp_path, teacher, name, augment=EVERY, **kw):
     train = kw.pop("train", {})
     return distill_job(DistillJob(
@@ -190,7 +217,8 @@ def test_the_teacher_cache_is_keyed_by_teacher_data_and_views(tmp_path, parquet_
                teacher_cache_dir(job, teacher, train, False, {**key, "seed": 1}),
                teacher_cache_dir(job, teacher, train, False, {**key, "augment": "other"}),
                teacher_cache_dir(job, teacher, train.subset(np.arange(40)), False, key),
-               teacher_cache_dir(job, teacher, train, True, key)]
+               teacher_cache_dir(job, teacher, train, True, key),
+               teacher_cache_dir(job, teacher, train, False, key, torch.bfloat16)]
     retrained = tmp_path / "teacher2"
     train_job(TrainJob(data=job.data, model=ModelConfig(name="student:small_cnn"),
                        train=TrainConfig(epochs=1, batch_size=16, device="cpu", seed=3),

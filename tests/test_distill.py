@@ -152,7 +152,7 @@ def test_distill_with_unlabeled_and_seeds(tmp_path, clean_teacher, parquet_dir):
     assert (tmp_path / "kd" / "seeds.json").exists()
 
 
-@pytest.mark.parametrize("kind", ["onnx", "torchscript"])
+@pytest.mark.parametrize("kind", ["onnx", "torchscript", "export"])
 def test_a_teacher_from_a_file_of_a_plain_module_distils_a_student(kind, tmp_path, clean_teacher, parquet_dir):
     """A teacher trained elsewhere, exported from a plain nn.Module (normalised float NCHW in, logits out), with its
     preprocessing in a side-car JSON: it passes the gate and teaches, on stored consistent views too."""
@@ -161,10 +161,13 @@ def test_a_teacher_from_a_file_of_a_plain_module_distils_a_student(kind, tmp_pat
 
     trained = load_classifier(clean_teacher)
     plain = torch.nn.Sequential(trained.backbone, trained.head).eval()  # no fm2edge types inside
-    path = tmp_path / f"teacher.{'onnx' if kind == 'onnx' else 'pt'}"
+    path = tmp_path / f"teacher.{ {'onnx': 'onnx', 'torchscript': 'pt', 'export': 'pt2'}[kind]}"
     x = torch.zeros(2, 3, 32, 32)
     if kind == "onnx":
         torch.onnx.export(plain, (x,), str(path), input_names=["x"], dynamic_axes={"x": {0: "n"}}, dynamo=False)
+    elif kind == "export":
+        torch.export.save(torch.export.export(plain, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},)),
+                          str(path))
     else:
         torch.jit.trace(plain, x).save(str(path))
     p = trained.preprocess

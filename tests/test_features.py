@@ -317,3 +317,30 @@ def test_an_onnx_file_is_a_backbone_for_embed(tmp_path, parquet_dir):
     assert weights_digest(again) != before
     with pytest.raises(Fm2EdgeError, match="holds no preprocessing"):
         load_backbone(ModelConfig(name=f"onnx:{path}"), EmbedConfig(), 4)
+
+
+def test_a_torch_export_program_is_a_backbone_and_a_fixed_batch_one_is_refused(tmp_path, parquet_dir):
+    from fm2edge.features import weights_digest
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    x = torch.zeros(2, 3, 32, 32)
+    path = tmp_path / "backbone.pt2"
+    torch.export.save(torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},)), str(path))
+    model = load_backbone(ModelConfig(name=f"export:{path}", image_size=32), EmbedConfig(), 4)
+    assert model.feature_dim == 8 and isinstance(model.head, torch.nn.Linear)
+    model.eval()  # the program itself refuses eval(); the wrapper takes it
+    train, _, _ = load_data(DataConfig(source=str(parquet_dir)))
+    with torch.no_grad():
+        inputs = model.preprocess(train.images[:5])
+        assert torch.allclose(model.features(inputs), net(inputs), atol=1e-5)
+    digest = weights_digest(model)
+    torch.nn.init.zeros_(net[0].weight)
+    torch.export.save(torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},)), str(path))
+    assert weights_digest(load_backbone(ModelConfig(name=f"export:{path}", image_size=32), EmbedConfig(), 4)) != digest
+    torch.export.save(torch.export.export(net, (x,)), str(tmp_path / "fixed.pt2"))
+    with pytest.raises(Fm2EdgeError, match="dynamic batch dimension"):
+        load_backbone(ModelConfig(name=f"export:{tmp_path / 'fixed.pt2'}", image_size=32), EmbedConfig(), 4)
+    (tmp_path / "junk.pt2").write_bytes(b"junk")
+    with pytest.raises(Fm2EdgeError, match="not a torch.export program"):
+        load_backbone(ModelConfig(name=f"export:{tmp_path / 'junk.pt2'}", image_size=32), EmbedConfig(), 4)

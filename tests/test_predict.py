@@ -91,6 +91,26 @@ def test_pseudo_labels_are_a_dataset_train_reads(exported, pngs, tmp_path):
     assert train.class_names == [str(i) for i in range(10)]
 
 
+@pytest.mark.parametrize("kind", ["pseudo-labels", "files"])
+def test_autolabelled_or_plain_image_files_are_an_unlabelled_source_for_distill(kind, exported, pngs, tmp_path):
+    from fm2edge.config import ModelConfig, RunConfig, TrainConfig
+    from fm2edge.distill.task import DistillConfig, DistillJob, distill_job
+
+    folder, _ = pngs
+    source = str(folder)
+    if kind == "pseudo-labels":
+        source = str(tmp_path / "pl")
+        fm2edge.run_stage("predict", {"model": str(exported), "inputs": [str(folder)],
+                                      "predict": {"min_confidence": 0.0, "pseudo_labels": source}})
+    job = DistillJob(data=DIGITS, model=ModelConfig(name="student:small_cnn"),
+                     train=TrainConfig(epochs=1, batch_size=32, device="cpu"),
+                     distill=DistillConfig(teacher=str(exported), unlabeled_source=source),
+                     run=RunConfig(root=str(tmp_path), name="d"))
+    metrics = distill_job(job)
+    assert metrics["unlabelled_images"] == 40, "every image of the source, labels or none"
+    assert metrics["labelled_images"] == 400 - int(400 * 0.1)  # the labelled split as before (10% validation)
+
+
 @pytest.mark.parametrize("argv,match", [
     (["predict", "RUN"], "give image files"),
     (["predict", "RUN", "no/such/*.png"], "names no image files"),

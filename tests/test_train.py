@@ -42,6 +42,38 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, parquet_dir):
     assert straight["test_acc"] == pytest.approx(resumed["test_acc"], abs=1e-6)
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_an_interrupted_run_resumes_on_the_same_learning_rates(schedule, tmp_path, parquet_dir, monkeypatch):
+    """A decaying schedule continues where it stopped: every resumed step takes the learning rate of the same
+    step of the uninterrupted run, so losses and weights agree bit for bit."""
+    from safetensors.torch import load_file
+
+    import fm2edge.train as tr
+
+    straight = train_job(job(tmp_path, parquet_dir, epochs=3, name="straight", schedule=schedule,
+                             optimizer="adamw", select="last"))
+    real = tr.save_checkpoint
+
+    def stop_after_the_first(*args, **kw):
+        real(*args, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "save_checkpoint", stop_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        train_job(job(tmp_path, parquet_dir, epochs=3, name="split", schedule=schedule, optimizer="adamw",
+                      select="last"))
+    monkeypatch.setattr(tr, "save_checkpoint", real)
+    resumed_job = job(tmp_path, parquet_dir, epochs=3, name="split", schedule=schedule, optimizer="adamw",
+                      select="last")
+    resumed_job.run.resume = True
+    resumed = train_job(resumed_job)
+    assert resumed["resumed_from_epoch"] == 1
+    assert [h["lr"] for h in resumed["history"]] == [h["lr"] for h in straight["history"]]
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "split" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_existing_run_folder_needs_resume_or_overwrite(tmp_path, parquet_dir):
     train_job(job(tmp_path, parquet_dir, epochs=1))
     with pytest.raises(Fm2EdgeError, match="already exists.*--run.resume true"):

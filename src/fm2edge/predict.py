@@ -10,9 +10,8 @@ rounding.
 from __future__ import annotations
 
 import csv
-import glob
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from fm2edge.config import check
-from fm2edge.data.images import IMAGE_SUFFIXES
+from fm2edge.data.images import find_images
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models.preprocess import Preprocess
 
@@ -208,24 +207,6 @@ def onnx_predictor(path: Path, threads: int | None = None) -> Predictor:
     preprocess = Preprocess(size=pre["size"], crop_pct=pre["crop_pct"], mean=tuple(pre["mean"]),
                             std=tuple(pre["std"]), interpolation=pre["interpolation"])
     return Predictor(meta["class_names"], preprocess, lambda batch: run_images(sess, batch), "onnx", str(path))
-
-
-def find_images(inputs: Iterable[str]) -> list[Path]:
-    """Image files from files, folders (recursively) and glob patterns, in a stable order; an input that matches
-    nothing is an error naming it."""
-    found: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-        elif p.is_file():
-            files = [p]
-        else:
-            files = sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
-        if not files:
-            raise Fm2EdgeError(f"'{item}' names no image files (looked for {', '.join(IMAGE_SUFFIXES)})")
-        found.extend(files)
-    return found
 
 
 def write_predictions(path: Path, files: list[Path], preds: Predictions, k: int, min_confidence: float) -> None:

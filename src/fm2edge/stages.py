@@ -18,6 +18,7 @@ from fm2edge.export import ExportJob, export_job
 from fm2edge.features import EmbedJob, embed_job
 from fm2edge.finetune import FinetuneJob, finetune_job
 from fm2edge.predict import PredictJob, predict_job
+from fm2edge.pretrain import PretrainJob, pretrain_job
 from fm2edge.probe import ProbeJob, probe_job
 from fm2edge.report.job import ReportJob, report_job
 from fm2edge.train import train_job
@@ -41,6 +42,8 @@ STAGES: dict[str, Stage] = {
     "bench": Stage(bench_job, BenchJob, "latency, throughput, parameters, MACs and size of models"),
     "distill": Stage(distill_job, DistillJob, "train a student with a teacher's guidance: KD, DKD, DIST, RKD, "
                      "features"),
+    "pretrain": Stage(pretrain_job, PretrainJob, "distil a foundation model's features into a small network on "
+                      "images without labels (a starting point for --model.init)"),
     "export": Stage(export_job, ExportJob, "ONNX and int8 ONNX of a trained model, with parity, accuracy and "
                     "latency checks"),
     "predict": Stage(predict_job, PredictJob, "classify image files with a run folder or an exported .onnx: CSV, "

@@ -237,7 +237,7 @@ class Selection:
 @dataclass
 class FitResult:
     history: list[dict]
-    test_logits: torch.Tensor
+    test_logits: torch.Tensor | None
     seconds: float
     resumed_from: int | None
     selection: dict  # {"epoch", "on", "val_acc", "stopped_early"}: which weights were tested, chosen on what
@@ -261,13 +261,14 @@ def load_best(run: RunDir, module: nn.Module) -> None:
                device=str(next(module.parameters()).device))
 
 
-def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | None, test: ImageData,
+def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | None, test: ImageData | None,
         cfg: TrainConfig, run: RunDir, accelerator, config: dict | None = None) -> FitResult:
     """Train ``task`` (which owns ``model``) for ``cfg.epochs``, checkpointing every epoch and resuming when possible.
 
     Every evaluated epoch is scored on ``val``; with ``cfg.select == "best"`` the weights of the best validation
     epoch are kept (and ``cfg.patience`` stops training after that many evaluations without improvement). The test
-    split is read once, at the end, on the kept weights.
+    split is read once, at the end, on the kept weights. A task without labels to score (``fm2edge pretrain``)
+    returns no "logits" and passes no test split.
     """
     from tqdm.auto import tqdm
 
@@ -297,7 +298,7 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
         state = load_checkpoint(ckpt, task, optimizer)
         start_epoch, history, resumed_from = state["epoch"] + 1, state["history"], state["epoch"] + 1
         selection = Selection(**state.get("selection", {}))
-        scheduler.last_epoch = start_epoch * steps_per_epoch - 1
+        scheduler.last_epoch = start_epoch * steps_per_epoch  # steps taken: the next one reads f(that count)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lr_factor(start_epoch * steps_per_epoch, total, warmup, cfg.schedule)
         if accelerator.is_main_process:
@@ -355,8 +356,9 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
             for name, part in out.items():
                 if name.startswith("loss_"):
                     part_sums[name] = part_sums.get(name, torch.zeros((), device=device)) + part.detach() * len(y)
-            correct += (out["logits"].detach().argmax(-1) == y).sum()
-            labelled += (y >= 0).sum()
+            if "logits" in out:
+                correct += (out["logits"].detach().argmax(-1) == y).sum()
+                labelled += (y >= 0).sum()
             seen += len(y)
             if step % 20 == 0 or step == len(batches) - 1:
                 mean_loss = float(loss_sum) / seen
@@ -383,13 +385,15 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
                **{name: float(total / totals[2]) for name, total in zip(part_sums, totals[4:], strict=True)}}
         history.append(row)
         if accelerator.is_main_process:
-            run.log_epoch({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"}, epoch + 1)
+            run.log_epoch({k: v for k, v in row.items()
+                           if isinstance(v, (int, float)) and k != "epoch" and not math.isnan(v)}, epoch + 1)
         if accelerator.is_main_process:
             if cfg.epochs <= 20 or evaluate:
-                val_text = f"val acc {100 * val_acc:.2f}%{' (best)' if improved else ''}" if evaluate else "val acc -"
-                print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}  "
-                      f"train acc {100 * row['train_acc']:.2f}%  {val_text}  ({seconds:.1f} s, "
-                      f"{row['images_per_s']:.0f} img/s)")
+                val_text = f"val acc {100 * val_acc:.2f}%{' (best)' if improved else ''}" if evaluate else (
+                    "val acc -" if val is not None else "")
+                acc_text = "" if math.isnan(row["train_acc"]) else f"train acc {100 * row['train_acc']:.2f}%  "
+                print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}  {acc_text}{val_text}  "
+                      f"({seconds:.1f} s, {row['images_per_s']:.0f} img/s)")
             if improved and cfg.select == "best":
                 save_best(run, raw_task, selection)
             last = epoch + 1 == cfg.epochs or selection.stopped_early
@@ -405,7 +409,8 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
                       f"{epoch + 1} (best: epoch {selection.epoch})")
             break
     chosen = finish_selection(run, raw_task, selection, history, cfg, val is not None)
-    test_logits = predict(model, test, cfg.eval_batch_size, device, channels_last, accelerator)
+    test_logits = None if test is None else predict(model, test, cfg.eval_batch_size, device, channels_last,
+                                                    accelerator)
     return FitResult(history, test_logits, time.perf_counter() - t_start, resumed_from, chosen)
 
 

@@ -6,7 +6,9 @@ from fm2edge.data.dataset import (
     holdout_split,
     load_data,
     load_unlabeled,
+    load_unlabeled_source,
     validation_split,
 )
 
-__all__ = ["ImageData", "balanced_indices", "holdout_split", "load_data", "load_unlabeled", "validation_split"]
+__all__ = ["ImageData", "balanced_indices", "holdout_split", "load_data", "load_unlabeled", "load_unlabeled_source",
+           "validation_split"]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fm2edge.config import DataConfig
-from fm2edge.data.images import IMAGE_SUFFIXES, decode, peek_size
+from fm2edge.data.images import IMAGE_SUFFIXES, decode, find_images, peek_size
 from fm2edge.errors import Fm2EdgeError, HubUnreachableError, is_offline_error
 from fm2edge.runs import atomic_dir
 
@@ -332,7 +332,7 @@ def _materialise(split: _Split, indices: np.ndarray, cfg: DataConfig, where: str
     folder = cache_root(cfg) / key
     labels = split.labels[indices]
     if not (folder / "meta.json").exists():
-        if isinstance(split.rows, np.ndarray):  # already decoded (scikit-learn digits)
+        if isinstance(split.rows, np.ndarray) and split.rows.dtype == np.uint8:  # decoded (scikit-learn digits)
             arr = split.rows[indices]
             if cfg.image_size is not None:
                 from PIL import Image
@@ -342,7 +342,7 @@ def _materialise(split: _Split, indices: np.ndarray, cfg: DataConfig, where: str
                 arr = np.stack([np.asarray(resize_center_crop(Image.fromarray(a), cfg.image_size)) for a in arr])
             ok = np.ones(len(arr), dtype=bool)
         else:
-            rows = split.rows.take(indices)
+            rows = list(split.rows.take(indices))
             size = _target_size(rows, cfg.image_size)
             if size is None:
                 raise Fm2EdgeError(f"no image of {where} can be read; check data.source and data.image_column")
@@ -448,3 +448,53 @@ def load_unlabeled(cfg: DataConfig, n: int | None) -> ImageData:
     data = _materialise(plan.train, rest, cfg, f"{cfg.source}:{cfg.train_split}:unlabeled")
     return ImageData(data.images, torch.full_like(data.labels, -1), data.class_names, f"{data.fingerprint}-unlabeled",
                      data.skipped)
+
+
+def is_dataset(source: str) -> bool:
+    """True when ``source`` names a dataset (a parquet/arrow file or folder, a saved dataset, a hub id) rather than
+    image files, a folder of them or a glob."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path.suffix in (".parquet", ".arrow")
+    if path.is_dir():
+        return (path / "dataset_dict.json").exists() or any(path.rglob("*.parquet")) or any(path.rglob("*.arrow"))
+    return not glob_chars(source) and HUB_ID.match(source) is not None and not source.startswith((".", "/", "~"))
+
+
+def glob_chars(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def load_unlabeled_source(source: str, cfg: DataConfig, size: tuple[int, int]) -> ImageData:
+    """Every image of ``source`` as training images without labels (label -1), stored at ``size`` like the labelled
+    ones: image files, a folder of them in any layout (searched recursively), a glob, or a dataset (its
+    ``cfg.train_split``, or its only split; any label column is ignored) such as the pseudo-labels that
+    `fm2edge predict --predict.pseudo_labels` writes."""
+    from dataclasses import replace
+
+    if is_dataset(source):
+        from datasets import Dataset
+        from datasets import Image as ImageFeature
+
+        dsd = _open_hf(replace(cfg, source=source))
+        if isinstance(dsd, Dataset):
+            ds = dsd
+        elif cfg.train_split in dsd or len(dsd) == 1:
+            ds = dsd[cfg.train_split] if cfg.train_split in dsd else next(iter(dsd.values()))
+        else:
+            raise Fm2EdgeError(f"the unlabelled source '{source}' has splits {list(dsd)} and no "
+                               f"'{cfg.train_split}'; name the one to use with --data.train_split")
+        column = _pick_column(ds.features, cfg.image_column, IMAGE_COLUMNS, "image", source, "Image")
+        if isinstance(ds.features[column], ImageFeature):
+            ds = ds.cast_column(column, ImageFeature(decode=False))
+        rows, fingerprint = _EncodedColumn(ds, column), f"{ds._fingerprint}-{column}"
+    else:
+        files = find_images([source])
+        rows = np.array([str(f) for f in files], dtype=object)
+        stamp = "|".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+        fingerprint = hashlib.sha1(stamp.encode()).hexdigest()
+    split = _Split(rows, np.full(len(rows), -1, dtype=np.int64), [], fingerprint)
+    data = _materialise(split, np.arange(len(rows)), replace(cfg, image_size=size[0]), f"{source} (unlabelled)")
+    return ImageData(data.images, torch.full_like(data.labels, -1), [], f"{data.fingerprint}-unlabeled",
+                     data.skipped)
+

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import glob
 import io
+from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile
+
+from fm2edge.errors import Fm2EdgeError
 
 # what counts as an image file in folders (image-folder datasets, `fm2edge predict` inputs)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -75,3 +80,21 @@ def peek_size(data: bytes | str | Image.Image) -> tuple[int, int]:
     """(height, width) from the header alone, without decoding pixels."""
     img = open_image(data)
     return img.size[1], img.size[0]
+
+
+def find_images(inputs: Iterable[str]) -> list[Path]:
+    """Image files from files, folders (recursively) and glob patterns, in a stable order; an input that matches
+    nothing is an error naming it."""
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        elif p.is_file():
+            files = [p]
+        else:
+            files = sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
+        if not files:
+            raise Fm2EdgeError(f"'{item}' names no image files (looked for {', '.join(IMAGE_SUFFIXES)})")
+        found.extend(files)
+    return found

@@ -183,3 +183,58 @@ class FeatureDistillation(nn.Module):
         if self.maps and s.shape[-2:] != teacher_features.shape[-2:]:
             s = F.interpolate(s, size=teacher_features.shape[-2:], mode="bilinear", align_corners=False)
         return F.mse_loss(self.projector(s).float(), teacher_features.float())
+
+
+# ---------------------------------------------------------------- label-free feature matching (`fm2edge pretrain`)
+
+
+def embedding_distance(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """Batch mean of ``1 - cos(s, t)`` ("cosine") or of ``|| s/|s| - t/|t| ||^2`` ("l2", BYOL's normalised L2,
+    which is 2 - 2 cos) over the last dimension; any leading dimensions are averaged too."""
+    cos = F.cosine_similarity(student.float(), teacher.float(), dim=-1, eps=1e-8)
+    if kind == "cosine":
+        return (1 - cos).mean()
+    if kind == "l2":
+        s, t = F.normalize(student.float(), dim=-1), F.normalize(teacher.float(), dim=-1)
+        return (s - t).pow(2).sum(-1).mean()
+    raise ValueError(f"unknown embedding distance '{kind}'; use cosine or l2")
+
+
+def to_grid(fmap: torch.Tensor, grid: int) -> torch.Tensor:
+    """A feature map (N, C, h, w) on a ``grid`` x ``grid`` grid: averaged down when larger, bilinear up when
+    smaller."""
+    if fmap.shape[-2:] == (grid, grid):
+        return fmap
+    if fmap.shape[-2] >= grid and fmap.shape[-1] >= grid:
+        return F.adaptive_avg_pool2d(fmap, grid)
+    return F.interpolate(fmap, size=(grid, grid), mode="bilinear", align_corners=False)
+
+
+class EmbeddingMatch(nn.Module):
+    """The student's pooled features, through a projector (Linear-BN-GELU-Linear, as in LightlyTrain's and
+    DINO's heads), matched to the teacher's pooled embedding by :func:`embedding_distance`."""
+
+    def __init__(self, student_dim: int, teacher_dim: int, kind: str = "cosine", hidden: int = 1024) -> None:
+        super().__init__()
+        self.kind = kind
+        self.projector = nn.Sequential(nn.Linear(student_dim, hidden), nn.BatchNorm1d(hidden), nn.GELU(),
+                                       nn.Linear(hidden, teacher_dim))
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return embedding_distance(self.projector(student), teacher, self.kind)
+
+
+class DenseMatch(nn.Module):
+    """The student's last feature map through a 1x1 convolution onto the teacher's channels, both on one
+    ``grid`` x ``grid`` grid (:func:`to_grid`), matched position by position by :func:`embedding_distance` over
+    channels."""
+
+    def __init__(self, student_channels: int, teacher_channels: int, grid: int, kind: str = "cosine") -> None:
+        super().__init__()
+        self.grid, self.kind = grid, kind
+        self.projector = nn.Conv2d(student_channels, teacher_channels, 1)
+
+    def forward(self, student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
+        s = self.projector(to_grid(student_map, self.grid))  # a 1x1 conv commutes with the resize: resize first
+        t = to_grid(teacher_map, self.grid)
+        return embedding_distance(s.flatten(2).transpose(1, 2), t.flatten(2).transpose(1, 2), self.kind)

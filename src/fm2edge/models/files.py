@@ -1,6 +1,6 @@
-"""Frozen models from files: an ONNX graph (``onnx:PATH``, run by ONNX Runtime) or a TorchScript / ``torch.export``
-program (``torchscript:PATH``), usable wherever a teacher or a backbone is (the distillation gate and cache,
-consistent views, ``embed``, ``probe``).
+"""Frozen models from files: an ONNX graph (``onnx:PATH``, run by ONNX Runtime), a TorchScript program
+(``torchscript:PATH``) or a ``torch.export`` program (``export:PATH``, a ``.pt2`` file), usable wherever a teacher
+or a backbone is (the distillation gate and cache, consistent views, ``embed``, ``probe``).
 
 Such a file holds no preprocessing, so it comes from a side-car JSON beside it (``PATH.json``: ``size``,
 ``mean``, ``std``, ``interpolation``, ``crop_pct``, and ``outputs``: "logits" or "features") or from
@@ -89,3 +89,42 @@ def torchscript_model(rest: str, cfg: ModelConfig, num_classes: int) -> Classifi
     except RuntimeError as exc:
         raise Fm2EdgeError(f"'{path}' is not a TorchScript file ({str(exc).splitlines()[0][:120]})") from exc
     return file_classifier(path, net, cfg, num_classes, f"torchscript:{rest}")
+
+
+class ExportedProgram(nn.Module):
+    """A ``torch.export`` program's module, held outside the module tree: such a module refuses ``train()`` and
+    ``eval()`` (which a teacher or a frozen backbone receives) and is always in the mode it was exported in."""
+
+    def __init__(self, program, path: Path) -> None:
+        super().__init__()
+        self.__dict__["program"] = program.module()
+        self.path = path  # its weights are outside the tree: caches key on the file's bytes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x.contiguous())
+
+
+@register("export:", "a frozen torch.export program, e.g. export:teacher.pt2 (saved by torch.export.save with a "
+          "dynamic batch dimension; preprocessing from teacher.pt2.json or flags)", "source")
+def exported_program_model(rest: str, cfg: ModelConfig, num_classes: int) -> Classifier:
+    path = existing(rest, "export")
+    import zipfile
+
+    try:
+        net = ExportedProgram(torch.export.load(str(path)), path)
+    except (RuntimeError, ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+        raise Fm2EdgeError(f"'{path}' is not a torch.export program ({str(exc).splitlines()[0][:120]}); save one "
+                           f"with torch.export.save") from exc
+    size = cfg.image_size or sidecar(path).get("size") or 32
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, 3, int(size), int(size)))
+            net(torch.zeros(2, 3, int(size), int(size)))
+    except (AssertionError, RuntimeError) as exc:
+        if "size()[0]" not in str(exc):
+            raise
+        raise Fm2EdgeError(f"'{path}' was exported for one batch size only; export it with a dynamic batch "
+                           f"dimension: torch.export.export(model, (x,), dynamic_shapes=({{0: "
+                           f"torch.export.Dim('batch')}},))") from exc
+    return file_classifier(path, net, cfg, num_classes, f"export:{rest}")
+

@@ -12,6 +12,7 @@ from torch import nn
 from fm2edge.config import ModelConfig
 from fm2edge.errors import Fm2EdgeError, HubUnreachableError, is_offline_error
 from fm2edge.models.classifier import Classifier
+from fm2edge.models.dense import tokens_to_map
 from fm2edge.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from fm2edge.models.registry import register
 
@@ -176,6 +177,15 @@ class HFBackbone(nn.Module):
         if self.pooling in ("mean", "both"):
             parts.append(hidden[:, self.num_prefix:].mean(dim=1))
         return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+
+    def forward_with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled features, the last feature map (N, C, h, w)): a convolutional model's last hidden state, or a
+        token model's patch tokens laid back on their grid."""
+        out = self.model(pixel_values=x)
+        hidden = out.last_hidden_state
+        if self.convolutional:
+            return out.pooler_output.flatten(1), hidden
+        return self._pool(hidden), tokens_to_map(hidden, self.num_prefix)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.last_n == 1:

@@ -14,9 +14,11 @@ from matplotlib.figure import Figure  # noqa: E402
 
 def learning_curves(history: Sequence[dict], title: str, selected_epoch: int | None = None) -> Figure:
     """Training loss (with each of its parts, ``loss_<name>``, when there are several), and running train accuracy
-    and validation accuracy per epoch; a dashed line marks the epoch whose weights were kept."""
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    ax_loss, ax_acc = fig.subplots(1, 2)
+    and validation accuracy per epoch; a dashed line marks the epoch whose weights were kept. Training without
+    labels (pretraining) has the loss panel alone."""
+    scored = any(h.get("val_acc") is not None or h.get("train_acc") == h.get("train_acc") for h in history)
+    fig = Figure(figsize=(10, 4) if scored else (6, 4), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2) if scored else (fig.subplots(), None)
     epochs = [h["epoch"] for h in history]
     ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", color="tab:red", label="total (weighted)")
     parts = [k for k in (history[0] if history else {}) if k.startswith("loss_")]
@@ -25,6 +27,11 @@ def learning_curves(history: Sequence[dict], title: str, selected_epoch: int | N
     if parts:
         ax_loss.legend(fontsize=8)
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
+    if ax_acc is None:
+        ax_loss.grid(alpha=0.3)
+        ax_loss.xaxis.get_major_locator().set_params(integer=True)
+        fig.suptitle(title)
+        return fig
     ax_acc.plot(epochs, [100 * h["train_acc"] for h in history], marker="o", label="train (running)")
     checked = [h for h in history if h.get("val_acc") is not None]
     ax_acc.plot([h["epoch"] for h in checked], [100 * h["val_acc"] for h in checked], marker="s", label="validation")
