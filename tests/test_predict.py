@@ -79,6 +79,30 @@ def test_predict_files_through_pytorch_and_onnx_agree(exported, pngs, tmp_path, 
         assert np.allclose(one.predict(image).probabilities, a.probabilities[:1], atol=1e-6)
 
 
+def test_an_any_size_graph_resizes_inside_and_agrees_with_pytorch(digits_run, pngs, tmp_path):
+    """--export.resize_inside: the graph takes photos of any size and does the model's own antialiased resize and
+    crop; on PNG files of several sizes it gives PyTorch's probabilities (which resize before the model)."""
+    run = tmp_path / "cnn"
+    shutil.copytree(digits_run, run)
+    result = export_job(ExportJob(model=str(run), data=DIGITS,
+                                  export=ExportConfig(latency_runs=3, int8=False, resize_inside=True)))
+    assert result["files"]["onnx_fp32_any_size"] == "model.any_size.onnx"
+    parity = result["any_size_parity"]  # digits are stored at 8 px: whole-factor upscaling hits ties at .5
+    assert parity["max_pixel_diff"] <= 1 and parity["pixels_off_by_one"] < 0.01 and parity["top1_agreement"] == 1
+    graph = run / "export" / "model.any_size.onnx"
+    sess = open_session(graph)
+    meta = json.loads(sess.get_modelmeta().custom_metadata_map["input"])
+    assert meta["shape"] == ["batch", "height", "width", 3] and "inside the graph" in meta["resize"]
+    assert [o.name for o in sess.get_outputs()] == ["probabilities"]
+    files = sorted(pngs[0].glob("*.png"))  # 24 x 24, 24 x 28 and 24 x 32 pixels
+    a = fm2edge.load(run).predict(files)
+    b = fm2edge.load(graph).predict(files)
+    assert a.labels == b.labels and float(np.abs(a.probabilities - b.probabilities).max()) <= 1e-4
+    big = np.asarray(Image.open(files[0]).convert("RGB").resize((300, 220)))
+    assert np.abs(fm2edge.load(graph).predict(big).probabilities - fm2edge.load(run).predict(big).probabilities
+                  ).max() <= 1e-4
+
+
 def test_pseudo_labels_are_a_dataset_train_reads(exported, pngs, tmp_path):
     from fm2edge.data import load_data
 

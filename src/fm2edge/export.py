@@ -40,6 +40,9 @@ class ExportConfig:
         calibration_images: Training images fed through the model to calibrate int8 activation ranges.
         calibration_method: How ranges are chosen from the calibration activations: minmax, percentile or entropy.
         per_channel: Quantise weights per output channel (more accurate than one scale per tensor).
+        resize_inside: Also write model.any_size.onnx, which takes uint8 RGB images of any size (one size a batch)
+            and does the model's resize and centre crop itself (antialiased, as fm2edge does it), for apps that
+            cannot resize; checked against PyTorch on the test images at their stored size.
         fp32_layers: Layers kept in fp32 in the int8 graph: "none", or "first_last" (the first convolution or
             matrix multiply, which sees raw pixels, and the last, which makes the logits).
         max_int8_drop: Warn when int8 test accuracy is more than this many points below fp32's.
@@ -57,6 +60,7 @@ class ExportConfig:
     calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
     per_channel: bool = True
     fp32_layers: Literal["none", "first_last"] = "none"
+    resize_inside: bool = False
     max_int8_drop: float = 1.0
     threads: int | None = None
     latency_runs: int = 200
@@ -153,6 +157,118 @@ def export_deployable(model, path: Path, opset: int = 17, metadata: dict | None 
         onnx.helper.set_model_props(graph, {k: json.dumps(v) for k, v in metadata.items()})
         onnx.save(graph, str(path))
     return path
+
+
+def resize_graph(preprocess, opset: int = 18, ir_version: int | None = None):
+    """An ONNX graph doing :meth:`~fm2edge.models.preprocess.Preprocess.resize` for uint8 RGB images of any size
+    (N x H x W x 3, one size a batch): shortest edge to the model's resize size (antialiased, PIL's bicubic
+    kernel or bilinear), centre crop, rounded to uint8 pixels, output "pixels" (N x size x size x 3).
+
+    Written as ONNX nodes (opset 18: Resize with antialias): the TorchScript exporter has no antialiased resize,
+    and the dynamo exporter cannot trace a size computed from the input's shape."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    size, short = preprocess.size, preprocess.resize_size()
+    cubic = preprocess.interpolation == "bicubic"
+    ints = {"two_four_s": [2], "two_four_e": [4], "zero_two_s": [0], "zero_two_e": [2], "sixth": [2, 3],
+            "size_i": [size, size], "two": 2}
+    floats = {"short": [float(short)], "lo": 0.0, "one": 1.0, "hi": 255.0}
+    inits = [numpy_helper.from_array(np.array(v, dtype=np.int64), k) for k, v in ints.items()]
+    inits += [numpy_helper.from_array(np.array(v, dtype=np.float32), k) for k, v in floats.items()]
+    n = helper.make_node
+    nodes = [
+        # the same float steps as Preprocess.resize (to 0-1, resize, clamp, back to 0-255, round)
+        n("Cast", ["images"], ["f255"], to=TensorProto.FLOAT),
+        n("Div", ["f255", "hi"], ["f"]),
+        n("Transpose", ["f"], ["nchw"], perm=[0, 3, 1, 2]),
+        n("Shape", ["nchw"], ["shape"]),
+        n("Slice", ["shape", "two_four_s", "two_four_e"], ["hw"]),
+        n("Cast", ["hw"], ["hw_f"], to=TensorProto.FLOAT),
+        n("ReduceMin", ["hw_f"], ["edge"], keepdims=1),
+        n("Div", ["short", "edge"], ["scale"]),
+        n("Mul", ["hw_f", "scale"], ["new_f"]),
+        n("Round", ["new_f"], ["new_r"]),
+        n("Max", ["new_r", "short"], ["new_m"]),  # as Preprocess: max(short, round(side * scale))
+        n("Cast", ["new_m"], ["new_hw"], to=TensorProto.INT64),
+        n("Slice", ["shape", "zero_two_s", "zero_two_e"], ["nc"]),
+        n("Concat", ["nc", "new_hw"], ["sizes"], axis=0),
+        n("Resize", ["nchw", "", "", "sizes"], ["resized"], mode="cubic" if cubic else "linear", antialias=1,
+          cubic_coeff_a=-0.5, exclude_outside=1, coordinate_transformation_mode="half_pixel"),
+        n("Clip", ["resized", "lo", "one"], ["unit"]) if cubic else n("Identity", ["resized"], ["unit"]),
+        n("Sub", ["new_hw", "size_i"], ["spare"]),
+        n("Div", ["spare", "two"], ["starts"]),
+        n("Add", ["starts", "size_i"], ["ends"]),
+        n("Slice", ["unit", "starts", "ends", "sixth"], ["crop"]),
+        n("Mul", ["crop", "hi"], ["crop255"]),
+        n("Round", ["crop255"], ["rounded"]),
+        n("Clip", ["rounded", "lo", "hi"], ["clipped"]),
+        n("Cast", ["clipped"], ["pixels_nchw"], to=TensorProto.UINT8),
+        n("Transpose", ["pixels_nchw"], ["pixels"], perm=[0, 2, 3, 1]),
+    ]
+    used = {i for node in nodes for i in node.input}
+    graph_in = helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", "height", "width", 3])
+    graph_out = helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["batch", size, size, 3])
+    graph = helper.make_graph(nodes, "resize", [graph_in], [graph_out], [i for i in inits if i.name in used])
+    extra = {"ir_version": ir_version} if ir_version else {}
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], **extra)
+
+
+def with_resize_inside(graph: Path, out: Path, preprocess) -> Path:
+    """The deployable graph behind :func:`resize_graph`: uint8 RGB images of any size in (one size a batch),
+    probabilities out; joined with ``onnx.compose``, metadata kept and its input description updated."""
+    import json
+
+    import onnx
+    from onnx import compose, version_converter
+
+    main = onnx.load(str(graph))
+    opset = max(18, next(o.version for o in main.opset_import if o.domain in ("", "ai.onnx")))
+    resize = resize_graph(preprocess, opset, main.ir_version)
+    main = version_converter.convert_version(main, opset) if opset != main.opset_import[0].version else main
+    main = compose.add_prefix(main, "model/")
+    merged = compose.merge_models(resize, main, io_map=[("pixels", "model/images")])
+    for node in merged.graph.node:  # keep the output's name
+        node.output[:] = ["probabilities" if o == "model/probabilities" else o for o in node.output]
+    merged.graph.output[0].name = "probabilities"
+    meta = {p.key: p.value for p in onnx.load(str(graph)).metadata_props}
+    described = json.loads(meta.get("input", "{}"))
+    cubic = preprocess.interpolation == "bicubic"
+    meta["input"] = json.dumps({**described, "shape": ["batch", "height", "width", 3],
+                                "resize": f"inside the graph: shortest edge to {preprocess.resize_size()} px "
+                                          f"({'bicubic' if cubic else 'bilinear'}, antialiased), centre crop "
+                                          f"{preprocess.size} x {preprocess.size}; one image size per batch"})
+    meta["resize_inside"] = "true"
+    onnx.helper.set_model_props(merged, meta)
+    onnx.checker.check_model(merged)
+    onnx.save(merged, str(out))
+    return out
+
+
+def any_size_parity(deployable, path: Path, test, cfg: ExportConfig) -> dict:
+    """The any-size graph against PyTorch on the test images as they are stored (resized by
+    :meth:`Preprocess.resize` for PyTorch): the largest pixel and probability differences. Float rounding may move
+    a pixel that lands exactly between two values by 1 (upscaling small images by whole factors does that); a
+    larger difference is an error."""
+    import onnxruntime as ort
+
+    pre = deployable.model.preprocess
+    raw = test.images[:256]
+    nhwc = raw.permute(0, 2, 3, 1).contiguous().numpy()
+    pixels = ort.InferenceSession(resize_graph(pre).SerializeToString(), providers=["CPUExecutionProvider"])
+    ours = pixels.run(None, {"images": nhwc})[0].astype(np.int16)
+    theirs = pre.resize(raw).permute(0, 2, 3, 1).numpy().astype(np.int16)
+    off = np.abs(ours - theirs)
+    with torch.inference_mode():
+        ref = deployable(torch.from_numpy(theirs.astype(np.uint8))).numpy()
+    got = run_images(open_session(path, cfg.threads), nhwc)
+    result = {"max_pixel_diff": int(off.max()), "pixels_off_by_one": float((off == 1).mean()),
+              "max_probability_diff": float(np.abs(got - ref).max()),
+              "top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean())}
+    if result["max_pixel_diff"] > 1:
+        raise Fm2EdgeError(f"the any-size ONNX graph resizes differently from PyTorch (pixels differ by up to "
+                           f"{result['max_pixel_diff']}); export without --export.resize_inside and resize before "
+                           f"the graph")
+    return result
 
 
 def run_images(sess, images: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -356,6 +472,10 @@ def export_job(job: ExportJob) -> dict:
         files = {"onnx_fp32": "model.onnx"}
         result: dict = {"model": job.model, "name": model.name, "data": data.source, "test_images": len(test),
                         "parity_max_abs_diff": max_diff, "parity_tolerance": cfg.parity_tolerance}
+        if cfg.resize_inside:
+            any_size = with_resize_inside(fp32_path, tmp / "model.any_size.onnx", model.preprocess)
+            files["onnx_fp32_any_size"] = any_size.name
+            result["any_size_parity"] = any_size_parity(deployable, any_size, test, cfg)
         if cfg.int8:
             q = quantise_and_measure(model, fp32_path, tmp / "model.int8.onnx", train, test, onnx_logits, x1, cfg)
             acc["onnx_int8"] = q.pop("test_acc")
@@ -376,6 +496,10 @@ def export_job(job: ExportJob) -> dict:
     _print_table(result)
     print(f"the ONNX graphs take uint8 RGB images, batch x {size} x {size} x 3 (NHWC), and output probabilities; "
           f"resize first ({result['input']['resize'].split(':')[0]}); `fm2edge predict` does it for image files")
+    if cfg.resize_inside:
+        print(f"model.any_size.onnx takes uint8 RGB images of any size (one size a batch) and resizes them itself "
+              f"(against PyTorch: {100 * result['any_size_parity']['pixels_off_by_one']:.2f}% of pixels off by one, "
+              f"max probability difference {result['any_size_parity']['max_probability_diff']:.1e})")
     if cfg.int8:
         print(Difference(**result["int8_vs_fp32"]).line("int8 vs fp32 ONNX"))
     if cfg.int8 and drop > cfg.max_int8_drop:

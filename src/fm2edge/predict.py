@@ -136,12 +136,14 @@ def to_uint8_chw(image: ImageInput) -> torch.Tensor:
 class Predictor:
     """A trained model ready to classify images; build it with :func:`load`."""
 
-    def __init__(self, class_names: list[str], preprocess: Preprocess, run_batch, backend: str, source: str) -> None:
+    def __init__(self, class_names: list[str], preprocess: Preprocess, run_batch, backend: str, source: str,
+                 resize_inside: bool = False) -> None:
         self.class_names = class_names
         self.preprocess = preprocess
         self.run_batch = run_batch  # uint8 (N, size, size, 3) numpy -> probabilities (N, C)
         self.backend = backend
         self.source = source
+        self.resize_inside = resize_inside  # the graph takes images of any size (one size a batch)
 
     @property
     def input_size(self) -> int:
@@ -159,6 +161,11 @@ class Predictor:
 
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
+        if self.resize_inside:  # each image at its own size, through the graph's own resize
+            probs = [self.run_batch(to_uint8_chw(img).permute(1, 2, 0)[None].contiguous().numpy())
+                     for img in tqdm(items, desc="predict", unit="image", leave=False, disable=not progress)]
+            return Predictions(self.class_names, np.concatenate(probs) if probs else
+                               np.zeros((0, len(self.class_names))))
         probs = [self.run_batch(self.prepare(items[s:s + batch_size]))
                  for s in tqdm(range(0, len(items), batch_size), desc="predict", unit="batch", leave=False,
                                disable=not progress)]
@@ -206,7 +213,8 @@ def onnx_predictor(path: Path, threads: int | None = None) -> Predictor:
     pre = meta["preprocess"]
     preprocess = Preprocess(size=pre["size"], crop_pct=pre["crop_pct"], mean=tuple(pre["mean"]),
                             std=tuple(pre["std"]), interpolation=pre["interpolation"])
-    return Predictor(meta["class_names"], preprocess, lambda batch: run_images(sess, batch), "onnx", str(path))
+    return Predictor(meta["class_names"], preprocess, lambda batch: run_images(sess, batch), "onnx", str(path),
+                     resize_inside=bool(meta.get("resize_inside")))
 
 
 def write_predictions(path: Path, files: list[Path], preds: Predictions, k: int, min_confidence: float) -> None:
