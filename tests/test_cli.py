@@ -165,6 +165,26 @@ def test_two_cpu_processes_distill_like_one(tmp_path):
     assert ddp["test_acc"] == pytest.approx(single["test_acc"], abs=0.03)
 
 
+@pytest.mark.slow
+def test_two_cpu_processes_pretrain_like_one(tmp_path):
+    common = ["--data.source", "digits", "--train.epochs", "3", "--train.batch_size", "64", "--train.device", "cpu",
+              "--run.root", str(tmp_path)]
+    assert cli("train", *common, "--run.name", "teacher").returncode == 0
+    args = ["-m", "fm2edge", "pretrain", *common, "--pretrain.teacher", str(tmp_path / "teacher"),
+            "--train.augment.crop", "resized", "--train.augment.flip", "true", "--pretrain.views", "2"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535"]
+    res = subprocess.run([*torchrun, *args, "--run.name", "ddp"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert cli(*args[2:], "--run.name", "single").returncode == 0
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    single = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    assert ddp["env"]["processes"] == 2 and single["env"]["processes"] == 1
+    assert ddp["teacher_cache"] == single["teacher_cache"], "one feature cache for both"
+    assert ddp["history"][-1]["train_loss"] < ddp["history"][0]["train_loss"]
+    # BatchNorm statistics are per process: close, not equal
+    assert ddp["history"][-1]["train_loss"] == pytest.approx(single["history"][-1]["train_loss"], rel=0.25)
+
+
 def test_seeds_accept_spaced_values():
     from fm2edge.cli import _spaced_lists
 

@@ -98,6 +98,7 @@ class PretrainTask(nn.Module):
     def __init__(self, student: Classifier, teacher: Classifier, cfg: PretrainConfig, channels_last: bool = False):
         super().__init__()
         self.model = student
+        student.head.requires_grad_(False)  # no classes here: the head is neither trained nor saved (nor DDP's)
         self.__dict__["teacher"] = teacher.eval().requires_grad_(False)
         self.channels_last = channels_last
         self.weights = {"pooled": cfg.pooled, "dense": cfg.dense}
