@@ -182,3 +182,10 @@ def test_a_teacher_from_a_file_of_a_plain_module_distils_a_student(kind, tmp_pat
     assert result["teacher_cached"] and result["stored_views"] == 2
     assert result["teacher_test_acc"] == pytest.approx(
         json.loads((clean_teacher / "metrics.json").read_text())["test_acc"], abs=1e-6)
+
+
+def test_the_teacher_runs_at_the_size_it_is_given(clean_teacher):
+    from fm2edge.distill.task import load_teacher
+
+    assert load_teacher(DistillConfig(teacher=str(clean_teacher)), 4).preprocess.size == 32
+    assert load_teacher(DistillConfig(teacher=str(clean_teacher), teacher_image_size=48), 4).preprocess.size == 48

@@ -63,6 +63,9 @@ class DistillConfig:
         teacher: A run folder of a trained classifier (`fm2edge probe`, `train`, `zeroshot`, ...) or a registered
             model name (its new head is untrained, so the quality gate refuses it unless forced).
         teacher_pretrained: Load pretrained weights when the teacher is a registered name.
+        teacher_image_size: Run the teacher at this input size instead of its own (choose it on validation data,
+            e.g. with benchmarks/teacher_resolution.py: a network fine-tuned on random-resized crops often does
+            better a little above its training size).
         losses: Loss name -> weight. Names: kd (Hinton, uses alpha and temperature; its alpha already mixes in the
             labels), dkd, dist, rkd, feature (student features projected onto the teacher's), ce (labels only).
         temperature: Softmax temperature T for kd and dkd.
@@ -98,6 +101,7 @@ class DistillConfig:
 
     teacher: str = ""
     teacher_pretrained: bool = True
+    teacher_image_size: int | None = None
     losses: dict[str, float] = field(default_factory=lambda: {"kd": 1.0})
     temperature: float = 4.0
     alpha: float = 0.5
@@ -275,6 +279,8 @@ def load_teacher(cfg: DistillConfig, num_classes: int) -> Classifier:
                            f"run folder of `fm2edge probe`, `train` or `zeroshot`")
     else:
         teacher = create_model(ModelConfig(name=cfg.teacher, pretrained=cfg.teacher_pretrained), num_classes)
+    if cfg.teacher_image_size:
+        teacher.preprocess = teacher.preprocess.with_overrides(cfg.teacher_image_size)
     if teacher.num_classes != num_classes:
         raise Fm2EdgeError(f"the teacher predicts {teacher.num_classes} classes but the dataset has {num_classes}; "
                            f"give a teacher trained on this dataset's classes")
