@@ -12,7 +12,10 @@ per class, with the same images for every variant:
 - scratch: the student trained on the labels alone;
 - pretrained + fine-tune: the same training started from the pretrained student (--model.init);
 - pretrained + linear probe: logistic regression on the pretrained student's frozen features;
-- teacher probe: logistic regression on Lite0's own features (the upper bound a 0.3 M student chases).
+- teacher probe: logistic regression on Lite0's own features (the upper bound a 0.3 M student chases);
+- logit KD with the unlabelled images (at --kd_counts): that teacher probe, trained on the same labels, teaches
+  the student from scratch on the labelled images plus every other training image without its label, with
+  consistent teaching on 2 stored views per image (random-resized crop, flip).
 
 Fine-tunes take the same optimiser steps at every count (epochs scale with the labelled set), AdamW one-cycle,
 flip + pad-crop; a run keeps its best validation epoch where its labels allow a validation hold-out (10% of them),
@@ -72,6 +75,30 @@ def finetune(root: Path, source: str, name: str, student: str, init: str | None,
         run=run, seeds=seeds))
 
 
+def kd_unlabelled(root: Path, source: str, student: str, n: int, seeds: list[int], epochs: int,
+                  teacher_size: int) -> dict:
+    """Logit KD from the Lite0 probe trained on ``n`` labels per class, with every other training image unlabelled."""
+    from fm2edge.distill.task import DistillConfig, DistillJob, distill_job
+    from fm2edge.probe import ProbeConfig, ProbeJob, probe_job
+
+    data = DataConfig(source=source, per_class=n, max_test=1000)
+    teacher = root / "kd-teachers" / f"per-class-{n}"
+    if not (teacher / "model.json").exists():
+        probe_job(ProbeJob(data=data, model=ModelConfig(name=TEACHER, pretrained=True, image_size=teacher_size),
+                           probe=ProbeConfig(methods=["logreg"]),
+                           run=RunConfig(root=str(teacher.parent), name=teacher.name, overwrite=True)))
+    name = f"per-class-{n}"
+    return distill_job(DistillJob(
+        data=data, model=ModelConfig(name=student),
+        train=TrainConfig(epochs=epochs, batch_size=256, lr=4e-3, optimizer="adamw", weight_decay=5e-4,
+                          schedule="onecycle", channels_last=True, keep_checkpoints=1,
+                          augment=AugmentConfig(crop="resized", scale=(0.35, 1.0), flip=True)),
+        distill=DistillConfig(teacher=str(teacher), losses={"kd": 1.0}, unlabeled=-1, views=2,
+                              teacher_precision="bf16", force=True),
+        run=RunConfig(root=str(root / "kd-unlabelled"), name=name,
+                      resume=(root / "kd-unlabelled" / name).exists()), seeds=seeds))
+
+
 def probe_curve(root: Path, source: str, name: str, model: ModelConfig, counts: list[int]) -> dict[int, float]:
     """Logistic-regression test accuracy at each count, on frozen features (`fm2edge probe`'s label efficiency)."""
     from fm2edge.probe import ProbeConfig, ProbeJob, probe_job
@@ -96,6 +123,10 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=2, help="stored views per image for pretraining")
     ap.add_argument("--teacher_size", type=int, default=128, help="the teacher's input size during pretraining")
     ap.add_argument("--steps", type=int, default=300, help="optimiser steps of every fine-tune")
+    ap.add_argument("--kd_counts", type=int, nargs="*", default=[10],
+                    help="label counts at which to run logit KD with the unlabelled images (costly: every image)")
+    ap.add_argument("--kd_seeds", type=int, nargs="+", help="seeds of the KD runs (default: --seeds)")
+    ap.add_argument("--kd_epochs", type=int, default=8)
     ap.add_argument("--source", default=str(SHARED_CIFAR10), help="the dataset (default: the shared CIFAR-10 copy)")
     args = ap.parse_args()
     root = Path(args.root)
@@ -109,6 +140,8 @@ def main() -> None:
             rows[label][n] = result["test_acc"]
         print(f"{n:>4} labels/class: scratch {100 * np.mean(rows['scratch'][n]):.2f}%, pretrained + fine-tune "
               f"{100 * np.mean(rows['pretrained + fine-tune'][n]):.2f}%", flush=True)
+    kd = {n: kd_unlabelled(root, args.source, args.student, n, args.kd_seeds or args.seeds, args.kd_epochs,
+                           args.teacher_size)["test_acc"] for n in args.kd_counts}
     student = ModelConfig(name=args.student, init=str(run))
     teacher = ModelConfig(name=TEACHER, pretrained=True, image_size=args.teacher_size)
     probes = {"pretrained + linear probe": probe_curve(root, args.source, "probe-student", student, args.counts),
@@ -127,9 +160,15 @@ def main() -> None:
                                        for v in by_n.values()))
     for label, curve in probes.items():
         print(f"{label:<36}" + "".join(f"{curve[n]:>14.2f}" for n in args.counts))
+    if kd:
+        print(f"{'logit KD + unlabelled images':<36}" + "".join(
+            f"{100 * np.mean(kd[n]):>7.2f} (n={len(kd[n])})" if n in kd else f"{'-':>14}" for n in args.counts))
+        print(f"  (KD: {args.kd_epochs} epochs over every training image; teacher: the Lite0 probe on the same "
+              f"labels)")
     gains = [100 * (np.mean(rows["pretrained + fine-tune"][n]) - np.mean(rows["scratch"][n])) for n in args.counts]
     print(f"{'pretrained + fine-tune - scratch':<36}" + "".join(f"{g:>+14.2f}" for g in gains))
-    plot(root, args, rows, probes, pre)
+    kd_curve = {"logit KD + unlabelled images": {n: 100 * float(np.mean(v)) for n, v in kd.items()}} if kd else {}
+    plot(root, args, rows, {**probes, **kd_curve}, pre)
     print(f"wall time of this call: {(time.perf_counter() - t0) / 60:.1f} min")
 
 
