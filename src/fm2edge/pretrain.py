@@ -100,6 +100,8 @@ class PretrainTask(nn.Module):
         self.model = student
         student.head.requires_grad_(False)  # no classes here: the head is neither trained nor saved (nor DDP's)
         self.__dict__["teacher"] = teacher.eval().requires_grad_(False)
+        if channels_last:  # its inputs are channels-last: a conv teacher runs fastest in kind
+            teacher.to(memory_format=torch.channels_last)
         self.channels_last = channels_last
         self.weights = {"pooled": cfg.pooled, "dense": cfg.dense}
         self.teacher_precision = cfg.teacher_precision
