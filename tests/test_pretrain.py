@@ -129,6 +129,12 @@ def test_a_pretrained_student_starts_train_and_probe(tmp_path, digits_run):
     trained = train_job(TrainJob(data=DIGITS, model=model, train=TrainConfig(epochs=1, batch_size=64, device="cpu"),
                                  run=RunConfig(root=str(tmp_path), name="ft")))
     assert trained["test_acc"] > 0.1
+    from fm2edge.report.job import ReportJob, report_job
+
+    report_job(ReportJob(runs=[str(tmp_path / "pre"), str(tmp_path / "ft")], output=str(tmp_path / "report")))
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "(pretrain)" in page, "listed as a pretraining run"
+    assert "teacher: student:small_cnn" not in page, "its teacher is not scored as if it had distilled a classifier"
     probed = probe_job(ProbeJob(data=DIGITS, model=model, probe=ProbeConfig(label_counts=[]),
                                 run=RunConfig(root=str(tmp_path), name="probe")))
     assert probed

@@ -267,8 +267,9 @@ def pretrain_one(job: PretrainJob) -> dict:
         result = fit(task, student, images, None, None, job.train, run, accelerator, config)
         metrics: dict = {}
         if accelerator.is_main_process:
-            metrics = {"history": result.history, "train_seconds": result.seconds, "images": len(images),
-                       "epochs": job.train.epochs, "teacher": teacher.name, "data": job.data.source,
+            metrics = {"stage": "pretrain", "history": result.history, "train_seconds": result.seconds,
+                       "images": len(images), "epochs": job.train.epochs, "teacher": teacher.name,
+                       "data": job.data.source,
                        "final_loss": result.history[-1]["train_loss"] if result.history else math.nan,
                        "resumed_from_epoch": result.resumed_from,
                        "teacher_cache": str(cache_dir) if cache_dir else None,

@@ -46,6 +46,8 @@ class Run:
 
 
 def run_kind(metrics: dict) -> str:
+    if metrics.get("stage") == "pretrain":  # a teacher, but no classes and no test accuracy
+        return "pretrain"
     if "teacher" in metrics:
         return "distill"
     if "mode" in metrics:
