@@ -140,6 +140,19 @@ def test_two_cpu_processes_with_torchrun(tmp_path):
     assert ddp["test_acc"] > 0.95
 
 
+def two_processes_and_one(args: list[str], tmp_path, port: int) -> tuple[dict, dict]:
+    """``fm2edge ARGS`` under torchrun with 2 CPU processes (run "ddp") and alone (run "single"): their metrics."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    res = subprocess.run([*torchrun, "-m", "fm2edge", *args, "--run.name", "ddp"], capture_output=True, text=True,
+                         env=ENV, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert cli(*args, "--run.name", "single").returncode == 0
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    single = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    assert ddp["env"]["processes"] == 2 and single["env"]["processes"] == 1
+    return ddp, single
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_distill_like_one(tmp_path):
     # a schedule that converges (as in the train test above): at a constant rate, accuracy swings from epoch to epoch
@@ -148,14 +161,8 @@ def test_two_cpu_processes_distill_like_one(tmp_path):
               "--train.schedule", "onecycle", "--train.optimizer", "adamw", "--train.device", "cpu",
               "--run.root", str(tmp_path)]
     assert cli("train", *common, "--run.name", "teacher").returncode == 0
-    args = ["-m", "fm2edge", "distill", *common, "--distill.teacher", str(tmp_path / "teacher")]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
-    res = subprocess.run([*torchrun, *args, "--run.name", "ddp"], capture_output=True, text=True, env=ENV, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert cli(*args[2:], "--run.name", "single").returncode == 0
-    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
-    single = json.loads((tmp_path / "single" / "metrics.json").read_text())
-    assert ddp["env"]["processes"] == 2 and single["env"]["processes"] == 1
+    ddp, single = two_processes_and_one(["distill", *common, "--distill.teacher", str(tmp_path / "teacher")],
+                                        tmp_path, 29533)
     # one teacher cache serves both runs: same teacher, same images
     assert ddp["teacher_cache"] == single["teacher_cache"]
     # digits: 75% of 1,797 images (1,347), less a 10% validation share (135)
@@ -170,15 +177,9 @@ def test_two_cpu_processes_pretrain_like_one(tmp_path):
     common = ["--data.source", "digits", "--train.epochs", "3", "--train.batch_size", "64", "--train.device", "cpu",
               "--run.root", str(tmp_path)]
     assert cli("train", *common, "--run.name", "teacher").returncode == 0
-    args = ["-m", "fm2edge", "pretrain", *common, "--pretrain.teacher", str(tmp_path / "teacher"),
-            "--train.augment.crop", "resized", "--train.augment.flip", "true", "--pretrain.views", "2"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535"]
-    res = subprocess.run([*torchrun, *args, "--run.name", "ddp"], capture_output=True, text=True, env=ENV, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert cli(*args[2:], "--run.name", "single").returncode == 0
-    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
-    single = json.loads((tmp_path / "single" / "metrics.json").read_text())
-    assert ddp["env"]["processes"] == 2 and single["env"]["processes"] == 1
+    ddp, single = two_processes_and_one(["pretrain", *common, "--pretrain.teacher", str(tmp_path / "teacher"),
+                                         "--train.augment.crop", "resized", "--train.augment.flip", "true",
+                                         "--pretrain.views", "2"], tmp_path, 29535)
     assert ddp["teacher_cache"] == single["teacher_cache"], "one feature cache for both"
     assert ddp["history"][-1]["train_loss"] < ddp["history"][0]["train_loss"]
     # BatchNorm statistics are per process: close, not equal
