@@ -98,7 +98,7 @@ def main() -> None:
         seconds[variant] = time.perf_counter() - t0
     t_acc = json.loads((t / "metrics.json").read_text()).get("test_acc") if (t / "metrics.json").exists() else None
     print(f"\nCIFAR-10, 5,000 labels (4,500 train + 500 validation) / 1,000 test images"
-          f"{f' + {args.unlabeled} unlabelled' if args.unlabeled else ''}; student:small_cnn at 32 px, "
+          f"{unlabelled_text(args.unlabeled)}; student:small_cnn at 32 px, "
           f"{args.epochs} epochs, batch 128, AdamW one-cycle; augmentation {describe(AUGMENT)}; best validation "
           f"epoch kept; seeds {args.seeds}; teacher precision {args.teacher_precision}; CPU {cpu_features()}")
     if t_acc is not None:
@@ -112,6 +112,10 @@ def main() -> None:
             if variant != "scratch":
                 print("  " + seed_difference(r["test_acc"], scratch["test_acc"]).line(f"{variant} vs scratch"))
     print(f"training minutes of every run under {root}: {minutes(root):.0f}")
+
+
+def unlabelled_text(n: int) -> str:
+    return "" if n == 0 else " + every other training image without its label" if n < 0 else f" + {n} unlabelled"
 
 
 def describe(a: AugmentConfig) -> str:
