@@ -47,8 +47,9 @@ def timed(args: list[str], env: dict) -> float:
 
 def interrupt(args: list[str], env: dict, after_s: float, sig: signal.Signals) -> bool:
     """Run ``args`` and send ``sig`` after ``after_s`` seconds; True when the signal landed before it finished."""
+    # SIGINT back to its default in the child: a drill started in the background would otherwise pass it ignored
     proc = subprocess.Popen([sys.executable, "-m", "fm2edge", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         proc.wait(timeout=after_s)
         return False

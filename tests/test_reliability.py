@@ -141,8 +141,11 @@ def fm2edge(*args, env=None, timeout=300):
 
 def signal_when(args, ready, sig, env=None, deadline_s=240):
     """Start ``fm2edge ARGS``, send ``sig`` as soon as ``ready()`` holds, and return (exit status, stderr)."""
+    # A shell that starts its jobs in the background (nohup, `cmd &`) passes them SIGINT ignored, and Python keeps an
+    # ignored SIGINT ignored: the child gets the default disposition back, as a command in a terminal has it.
     proc = subprocess.Popen([sys.executable, "-m", "fm2edge", *args], env=env or ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + deadline_s
     while not ready() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
