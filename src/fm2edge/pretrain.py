@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fm2edge.augment import StoredViews, Views, render
+from fm2edge.augment import StoredViews, Views
 from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, check
 from fm2edge.distill.losses import DenseMatch, EmbeddingMatch
 from fm2edge.models.classifier import Classifier
@@ -135,9 +135,9 @@ class PretrainTask(nn.Module):
 
     def inputs(self, model: Classifier, images: torch.Tensor, views: Views | None,
                partners: torch.Tensor | None) -> torch.Tensor:
-        x = model.preprocess(images) if views is None else model.preprocess.normalise(
-            render(images, views, model.preprocess.size, partners))
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        from fm2edge.distill.task import model_inputs
+
+        return model_inputs(model, images, views, partners, self.channels_last)
 
     @torch.no_grad()
     def teacher_arrays(self, images: torch.Tensor, views: Views | None = None,

@@ -159,6 +159,17 @@ class DistillJob:
                                           "(e.g. runs/probe-<model> from `fm2edge probe`) or a registered model name")
 
 
+def model_inputs(model: Classifier, images: torch.Tensor, views: Views | None, partners: torch.Tensor | None,
+                 channels_last: bool = False) -> torch.Tensor:
+    """``model``'s normalised input: the plain images through its own preprocessing, or the views rendered at its
+    own size (what consistent teaching shows a teacher and a student alike)."""
+    if views is None:
+        x = model.preprocess(images)
+    else:
+        x = model.preprocess.normalise(render(images, views, model.preprocess.size, partners))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 class DistillTask(nn.Module):
     """Student + frozen teacher + weighted losses. The teacher is held outside the module tree, so it is neither
     trained, wrapped by DDP, nor written into checkpoints; the feature projector is a submodule (trained and
@@ -192,13 +203,7 @@ class DistillTask(nn.Module):
 
     def inputs(self, model: Classifier, images: torch.Tensor, views: Views | None,
                partners: torch.Tensor | None) -> torch.Tensor:
-        """``model``'s normalised input: the plain images through its own preprocessing, or the views rendered at
-        its own size."""
-        if views is None:
-            x = model.preprocess(images)
-        else:
-            x = model.preprocess.normalise(render(images, views, model.preprocess.size, partners))
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return model_inputs(model, images, views, partners, self.channels_last)
 
     @torch.no_grad()
     def teacher_outputs(self, images: torch.Tensor, views: Views | None = None,
