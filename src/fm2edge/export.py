@@ -222,6 +222,7 @@ def with_resize_inside(graph: Path, out: Path, preprocess) -> Path:
     from onnx import compose, version_converter
 
     main = onnx.load(str(graph))
+    meta = {p.key: p.value for p in main.metadata_props}
     opset = max(18, next(o.version for o in main.opset_import if o.domain in ("", "ai.onnx")))
     resize = resize_graph(preprocess, opset, main.ir_version)
     main = version_converter.convert_version(main, opset) if opset != main.opset_import[0].version else main
@@ -230,7 +231,6 @@ def with_resize_inside(graph: Path, out: Path, preprocess) -> Path:
     for node in merged.graph.node:  # keep the output's name
         node.output[:] = ["probabilities" if o == "model/probabilities" else o for o in node.output]
     merged.graph.output[0].name = "probabilities"
-    meta = {p.key: p.value for p in onnx.load(str(graph)).metadata_props}
     described = json.loads(meta.get("input", "{}"))
     cubic = preprocess.interpolation == "bicubic"
     meta["input"] = json.dumps({**described, "shape": ["batch", "height", "width", 3],
