@@ -59,10 +59,30 @@ def teacher(root: Path, data: DataConfig, epochs: int) -> Path:
     return run
 
 
+def refine_teacher(root: Path, data: DataConfig, teacher: Path, size: int, epochs: int) -> Path:
+    """FixRes (Touvron et al., NeurIPS 2019): a few epochs more of the fine-tuned teacher at a larger input size,
+    with light augmentation and a low learning rate, so that it sees objects at the apparent size of test images
+    (random-resized crops enlarge them). Validation-selected like every run; bf16 autocast halves its CPU time."""
+    from fm2edge.finetune import FinetuneConfig, FinetuneJob, finetune_job
+
+    run = root / f"teacher-{size}" / "full"
+    if not (run / "model.json").exists():
+        finetune_job(FinetuneJob(
+            data=data, model=ModelConfig(name="pypi:efficientnet_lite0", init=str(teacher), image_size=size),
+            train=TrainConfig(epochs=epochs, batch_size=64, lr=1e-4, optimizer="adamw", weight_decay=0.05,
+                              schedule="cosine", label_smoothing=0.1, precision="bf16",
+                              augment=AugmentConfig(crop="resized", scale=(0.8, 1.0), flip=True)),
+            finetune=FinetuneConfig(modes=["full"]),
+            run=RunConfig(root=str(root), name=f"teacher-{size}", resume=True)))
+    return run
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--teacher", help="run folder of a trained teacher; empty fine-tunes Lite0 first")
     ap.add_argument("--teacher_epochs", type=int, default=10)
+    ap.add_argument("--refine_size", type=int, help="then fine-tune the teacher a little at this input size (FixRes)")
+    ap.add_argument("--refine_epochs", type=int, default=3)
     ap.add_argument("--root", default="runs/distill-study")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=30)
@@ -71,12 +91,14 @@ def main() -> None:
     ap.add_argument("--teacher_precision", default="auto", choices=["auto", "fp32", "bf16"],
                     help="bf16 halves a CPU teacher's time where the CPU has native bf16 (AMX, AVX-512 BF16)")
     ap.add_argument("--channels_last", action="store_true", help="channels-last tensors (faster convs on a CPU)")
-    ap.add_argument("--variants", nargs="+", default=["scratch", "kd", "dkd", "dist", "feature", "kd-fixed"],
+    ap.add_argument("--variants", nargs="*", default=["scratch", "kd", "dkd", "dist", "feature", "kd-fixed"],
                     choices=["scratch", *LOSSES])
     args = ap.parse_args()
     root = Path(args.root)
     data = DataConfig(source=str(SHARED_CIFAR10), max_train=5000, max_test=1000)
     t = Path(args.teacher) if args.teacher else teacher(root, data, args.teacher_epochs)
+    if args.refine_size:
+        t = refine_teacher(root, data, t, args.refine_size, args.refine_epochs)
     train = TrainConfig(epochs=args.epochs, batch_size=128, lr=4e-3, optimizer="adamw", weight_decay=5e-4,
                         schedule="onecycle", augment=AUGMENT,
                         channels_last=args.channels_last)
@@ -102,7 +124,8 @@ def main() -> None:
           f"{args.epochs} epochs, batch 128, AdamW one-cycle; augmentation {describe(AUGMENT)}; best validation "
           f"epoch kept; seeds {args.seeds}; teacher precision {args.teacher_precision}; CPU {cpu_features()}")
     if t_acc is not None:
-        print(f"  {'teacher (Lite0 fine-tuned, 160 px)':<36} {100 * t_acc:6.2f}%")
+        size = json.loads((t / "model.json").read_text())["preprocess"]["size"]
+        print(f"  {f'teacher (Lite0 fine-tuned, {size} px)':<36} {100 * t_acc:6.2f}%  ({t})")
     for variant, r in results.items():
         print(f"  {variant:<36} {100 * r['mean']:6.2f}% +- {100 * r['std']:.2f}  "
               f"({', '.join(f'{100 * a:.2f}' for a in r['test_acc'])})  {seconds[variant] / 60:5.1f} min this call")

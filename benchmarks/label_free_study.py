@@ -4,13 +4,16 @@ student?
 
     python benchmarks/label_free_study.py [--root runs/label-free] [--counts 1 5 10 50 500] [--seeds 0 1 2]
         [--pretrain_epochs 8] [--views 2] [--steps 300] [--student student:small_cnn] [--teacher_size 128]
+        [--student_size 64] [--grid 4] [--recipe LP-FT] [--select_count 50] [--kd_counts 10]
 
-On ../shared/data/cifar10: `fm2edge pretrain` of the student (32 px) from ImageNet-pretrained EfficientNet-Lite0
-(no labels, no head) on the 45,000 training images outside the validation hold-out; then, at each count of labels
-per class, with the same images for every variant:
+On ../shared/data/cifar10: `fm2edge pretrain` of the student (32 px unless --student_size) from ImageNet-pretrained
+EfficientNet-Lite0 (no labels, no head) on the 45,000 training images outside the validation hold-out; then, at
+each count of labels per class, with the same images for every variant:
 
 - scratch: the student trained on the labels alone;
-- pretrained + fine-tune: the same training started from the pretrained student (--model.init);
+- pretrained + fine-tune: the same training started from the pretrained student (--model.init), by the recipe of
+  RECIPES that validation prefers at --select_count labels per class (plain fine-tuning, or LP-FT: the head first
+  fitted as a linear probe, the backbone optionally at a tenth of the learning rate);
 - pretrained + linear probe: logistic regression on the pretrained student's frozen features;
 - teacher probe: logistic regression on Lite0's own features (the upper bound a 0.3 M student chases);
 - logit KD with the unlabelled images (at --kd_counts): that teacher probe, trained on the same labels, teaches
@@ -30,6 +33,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,44 +42,68 @@ from common import SHARED_CIFAR10
 from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
 from fm2edge.device import cpu_features
 from fm2edge.pretrain import PretrainConfig, PretrainJob, pretrain_job
+from fm2edge.results import slug
 from fm2edge.train import train_job
 
 TEACHER = "pypi:efficientnet_lite0"
 
 
-def pretrain(root: Path, source: str, student: str, epochs: int, views: int, teacher_size: int) -> tuple[Path, dict]:
+def pretrain(root: Path, source: str, student: ModelConfig, epochs: int, views: int, teacher_size: int,
+             grid: int = 0) -> tuple[Path, dict]:
     """The pretrained student (resumes an interrupted pretraining; reuses a finished one)."""
     run = root / "pretrain"
     if not (run / "metrics.json").exists():
         pretrain_job(PretrainJob(
-            data=DataConfig(source=source, max_test=1000), model=ModelConfig(name=student),
+            data=DataConfig(source=source, max_test=1000), model=student,
             train=TrainConfig(epochs=epochs, batch_size=256, lr=2e-3, optimizer="adamw", weight_decay=0.05,
                               schedule="cosine", warmup_epochs=0.5, channels_last=True,
                               augment=AugmentConfig(crop="resized", scale=(0.35, 1.0), flip=True)),
             pretrain=PretrainConfig(teacher=TEACHER, teacher_image_size=teacher_size, views=views,
-                                    teacher_precision="bf16"),
+                                    teacher_precision="bf16", grid=grid),
             run=RunConfig(root=str(root), name="pretrain", resume=(run / "config.yaml").exists())))
     return run, json.loads((run / "metrics.json").read_text())
 
 
-def finetune(root: Path, source: str, name: str, student: str, init: str | None, n: int, seeds: list[int],
-             steps: int) -> dict:
+# how the pretrained student is fine-tuned: (head_init, backbone_lr); chosen on validation (see choose_recipe)
+RECIPES = {"fine-tune": ("random", 1.0), "LP-FT": ("probe", 1.0), "LP-FT, backbone lr x0.1": ("probe", 0.1)}
+
+
+def finetune(root: Path, source: str, name: str, student: ModelConfig, init: str | None, n: int, seeds: list[int],
+             steps: int, recipe: str = "fine-tune") -> dict:
     """The student on ``n`` labels per class (3 seeds), from scratch or from ``init``: the same steps at any n."""
     size = 10 * n
     batch = min(128, size)
     epochs = int(min(300, max(1, math.ceil(steps * batch / size))))
+    head_init, backbone_lr = RECIPES[recipe]
     run = RunConfig(root=str(root / name), name=f"per-class-{n}", resume=(root / name / f"per-class-{n}").exists())
     return train_job(TrainJob(
         data=DataConfig(source=source, per_class=n, max_test=1000),
-        model=ModelConfig(name=student, init=init),
+        model=replace(student, init=init),
         train=TrainConfig(epochs=epochs, batch_size=batch, lr=2e-3, optimizer="adamw", weight_decay=5e-4,
                           schedule="onecycle", channels_last=True, keep_checkpoints=1,
+                          head_init=head_init, backbone_lr=backbone_lr,
                           augment=AugmentConfig(crop="pad", pad=4, flip=True),
                           eval_every=max(1, epochs // 10), checkpoint_every=max(1, epochs // 4)),
         run=run, seeds=seeds))
 
 
-def kd_unlabelled(root: Path, source: str, student: str, n: int, seeds: list[int], epochs: int,
+def choose_recipe(root: Path, source: str, student: ModelConfig, init: str, n: int, seeds: list[int],
+                  steps: int) -> str:
+    """The fine-tuning recipe of the pretrained student with the best mean validation accuracy at ``n`` labels per
+    class (each run's kept epoch, on its own 10% hold-out): chosen once, used at every count. The test split is
+    read by these runs too (every run reports it) but never looked at here."""
+    scores = {}
+    for i, recipe in enumerate(RECIPES):
+        result = finetune(root / "recipes", source, f"recipe-{i}", student, init, n, seeds, steps, recipe)
+        scores[recipe] = float(np.mean(result["val_acc"]))
+        print(f"  recipe '{recipe}' at {n} labels/class: validation {100 * scores[recipe]:.2f}% "
+              f"(mean of seeds {seeds})", flush=True)
+    best = max(scores, key=scores.get)
+    print(f"fine-tuning recipe chosen on validation: {best}", flush=True)
+    return best
+
+
+def kd_unlabelled(root: Path, source: str, student: ModelConfig, n: int, seeds: list[int], epochs: int,
                   teacher_size: int) -> dict:
     """Logit KD from the Lite0 probe trained on ``n`` labels per class, with every other training image unlabelled."""
     from fm2edge.distill.task import DistillConfig, DistillJob, distill_job
@@ -89,7 +117,7 @@ def kd_unlabelled(root: Path, source: str, student: str, n: int, seeds: list[int
                            run=RunConfig(root=str(teacher.parent), name=teacher.name, overwrite=True)))
     name = f"per-class-{n}"
     return distill_job(DistillJob(
-        data=data, model=ModelConfig(name=student),
+        data=data, model=student,
         train=TrainConfig(epochs=epochs, batch_size=256, lr=4e-3, optimizer="adamw", weight_decay=5e-4,
                           schedule="onecycle", channels_last=True, keep_checkpoints=1,
                           augment=AugmentConfig(crop="resized", scale=(0.35, 1.0), flip=True)),
@@ -119,10 +147,17 @@ def main() -> None:
     ap.add_argument("--counts", type=int, nargs="+", default=[1, 5, 10, 50, 500])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--student", default="student:small_cnn")
+    ap.add_argument("--student_size", type=int, help="the student's input size (default: its own; 32 px for "
+                    "student: networks on CIFAR-10)")
+    ap.add_argument("--grid", type=int, default=0, help="the dense loss's grid (default: the smaller map's)")
     ap.add_argument("--pretrain_epochs", type=int, default=8)
     ap.add_argument("--views", type=int, default=2, help="stored views per image for pretraining")
     ap.add_argument("--teacher_size", type=int, default=128, help="the teacher's input size during pretraining")
     ap.add_argument("--steps", type=int, default=300, help="optimiser steps of every fine-tune")
+    ap.add_argument("--recipe", choices=list(RECIPES),
+                    help="how to fine-tune the pretrained student (default: chosen on validation at --select_count)")
+    ap.add_argument("--select_count", type=int, default=50,
+                    help="labels per class of the runs that choose the fine-tuning recipe on validation")
     ap.add_argument("--kd_counts", type=int, nargs="*", default=[10],
                     help="label counts at which to run logit KD with the unlabelled images (costly: every image)")
     ap.add_argument("--kd_seeds", type=int, nargs="+", help="seeds of the KD runs (default: --seeds)")
@@ -131,25 +166,31 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(args.root)
     t0 = time.perf_counter()
-    run, pre = pretrain(root, args.source, args.student, args.pretrain_epochs, args.views, args.teacher_size)
+    student = ModelConfig(name=args.student, image_size=args.student_size)
+    run, pre = pretrain(root, args.source, student, args.pretrain_epochs, args.views, args.teacher_size, args.grid)
+    recipe = args.recipe or choose_recipe(root, args.source, student, str(run), args.select_count, args.seeds,
+                                          args.steps)
     rows: dict[str, dict[int, list[float]]] = {"scratch": {}, "pretrained + fine-tune": {}}
     for n in args.counts:
         for label, init in (("scratch", None), ("pretrained + fine-tune", str(run))):
-            name = "scratch" if init is None else "finetune"
-            result = finetune(root, args.source, name, args.student, init, n, args.seeds, args.steps)
+            name = "scratch" if init is None else f"finetune-{slug(recipe)}"
+            result = finetune(root, args.source, name, student, init, n, args.seeds, args.steps,
+                              "fine-tune" if init is None else recipe)
             rows[label][n] = result["test_acc"]
         print(f"{n:>4} labels/class: scratch {100 * np.mean(rows['scratch'][n]):.2f}%, pretrained + fine-tune "
               f"{100 * np.mean(rows['pretrained + fine-tune'][n]):.2f}%", flush=True)
-    kd = {n: kd_unlabelled(root, args.source, args.student, n, args.kd_seeds or args.seeds, args.kd_epochs,
+    kd = {n: kd_unlabelled(root, args.source, student, n, args.kd_seeds or args.seeds, args.kd_epochs,
                            args.teacher_size)["test_acc"] for n in args.kd_counts}
-    student = ModelConfig(name=args.student, init=str(run))
     teacher = ModelConfig(name=TEACHER, pretrained=True, image_size=args.teacher_size)
-    probes = {"pretrained + linear probe": probe_curve(root, args.source, "probe-student", student, args.counts),
+    probes = {"pretrained + linear probe": probe_curve(root, args.source, "probe-student",
+                                                       replace(student, init=str(run)), args.counts),
               f"teacher probe (Lite0, {args.teacher_size} px)": probe_curve(root, args.source, "probe-teacher",
                                                                            teacher, args.counts)}
-    print(f"\n{Path(args.source).name} label efficiency; student {args.student} at 32 px; test accuracy (%) on up "
+    size = json.loads((run / "model.json").read_text())["preprocess"]["size"]
+    print(f"\n{Path(args.source).name} label efficiency; student {args.student} at {size} px; test accuracy (%) on up "
           f"to 1,000 images; "
-          f"fine-tunes {args.steps} steps, mean +- sd over seeds {args.seeds}; CPU {cpu_features()}")
+          f"fine-tunes {args.steps} steps, mean +- sd over seeds {args.seeds}; the pretrained student's recipe: "
+          f"{recipe}; CPU {cpu_features()}")
     print(f"pretraining: {pre['images']:,} images without labels, {pre['epochs']} epochs, {args.views} stored views "
           f"per image, teacher {TEACHER} at {args.teacher_size} px (bf16), {pre['train_seconds'] / 60:.1f} min of "
           f"training + the teacher cache, this machine")
@@ -178,7 +219,8 @@ def plot(root: Path, args, rows: dict, probes: dict, pre: dict) -> None:
 
     curves = {label: {n: 100 * float(np.mean(v)) for n, v in by_n.items()} for label, by_n in rows.items()}
     curves.update(probes)
-    title = (f"Label efficiency on {Path(args.source).name} ({args.student}, 32 px)\npretraining: "
+    size = json.loads((Path(root) / "pretrain" / "model.json").read_text())["preprocess"]["size"]
+    title = (f"Label efficiency on {Path(args.source).name} ({args.student}, {size} px)\npretraining: "
              f"{pre['images']:,} unlabelled images, "
              f"{pre['epochs']} epochs, {pre['train_seconds'] / 60:.0f} min CPU")
     save_figure(plots.label_efficiency(curves, title), root / "label_efficiency.png")

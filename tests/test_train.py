@@ -12,8 +12,9 @@ from fm2edge.train import batch_plan, lr_factor, train_job
 
 
 def job(tmp_path, source, epochs=3, name="run", **train):
+    train = {"lr": 3e-3, **train}
     return TrainJob(data=DataConfig(source=str(source)), model=ModelConfig(name="student:small_cnn"),
-                    train=TrainConfig(epochs=epochs, batch_size=16, lr=3e-3, device="cpu", **train),
+                    train=TrainConfig(epochs=epochs, batch_size=16, device="cpu", **train),
                     run=RunConfig(root=str(tmp_path), name=name))
 
 
@@ -285,3 +286,61 @@ def test_every_epoch_goes_to_the_experiment_tracker(tmp_path, parquet_dir):
     train_job(quiet)
     assert not (tmp_path / "quiet" / "logs").exists()
     assert main(["train", "--data.source", "digits", "--run.log_with", "mlflow", "--run.root", str(tmp_path)]) == 2
+
+
+
+def test_a_probe_head_starts_training_and_the_probe_itself_can_be_kept(tmp_path, parquet_dir):
+    """--train.head_init probe: epoch 0 is the frozen backbone + a logistic regression on its features of the
+    training images; when fine-tuning changes nothing (backbone_lr 0, a vanishing rate) validation keeps epoch 0,
+    whose head is exactly scikit-learn's fit folded into the linear layer."""
+    from fm2edge.data import load_data
+    from fm2edge.features import embed_batches
+    from fm2edge.models.io import load_classifier
+    from fm2edge.probe import fit_logreg
+
+    metrics = train_job(job(tmp_path, parquet_dir, epochs=2, head_init="probe", backbone_lr=0.0, lr=1e-12))
+    assert metrics["selected"]["epoch"] == 0  # ties keep the earlier epoch: the probe
+    model = load_classifier(tmp_path / "run")
+    train, _, _ = load_data(DataConfig(source=str(parquet_dir)))
+    features = embed_batches(model, train.images, 64, torch.device("cpu"), None)
+    head = fit_logreg(features, train.labels.numpy(), cs=[0.01, 0.1, 1.0, 10.0])
+    assert torch.allclose(model.head.weight, torch.as_tensor(head.weight), atol=1e-4)
+    assert torch.allclose(model.head.bias, torch.as_tensor(head.bias), atol=1e-4)
+    assert metrics["test_acc"] >= 0.9  # coloured squares: a probe on random conv features separates them
+
+
+def test_backbone_lr_scales_only_the_backbone(tmp_path, parquet_dir):
+    """--train.backbone_lr: the backbone's parameter group learns at that multiple of train.lr; at 0 a run started
+    from another (--model.init) keeps every backbone weight while its head moves."""
+    from safetensors.torch import load_file
+
+    from fm2edge.models import create_model
+    from fm2edge.train import build_optimizer
+
+    model = create_model(ModelConfig(name="student:small_cnn"), 4)
+    opt = build_optimizer(model.parameters(), TrainConfig(lr=1e-3, backbone_lr=0.1, optimizer="adamw"),
+                          model.backbone)
+    assert sorted(group["lr"] for group in opt.param_groups) == pytest.approx([1e-4, 1e-3])
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+    train_job(job(tmp_path, parquet_dir, epochs=1, name="first"))
+    second = job(tmp_path, parquet_dir, epochs=2, name="second", backbone_lr=0.0, select="last",
+                 optimizer="adamw", weight_decay=0.1)
+    second.model.init = str(tmp_path / "first")
+    train_job(second)
+    a = load_file(tmp_path / "first" / "model.safetensors")
+    b = load_file(tmp_path / "second" / "model.safetensors")
+    params = dict(create_model(ModelConfig(name="student:small_cnn"), 4).named_parameters())
+    backbone = [k for k in params if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(a[k], b[k]) for k in backbone)
+    assert not torch.equal(a["head.weight"], b["head.weight"])
+
+
+def test_pretraining_refuses_a_probe_head(tmp_path, parquet_dir):
+    from fm2edge.pretrain import PretrainConfig, PretrainJob, pretrain_job
+
+    with pytest.raises(ValueError, match="head_init probe"):
+        pretrain_job(PretrainJob(data=DataConfig(source=str(parquet_dir)),
+                                 train=TrainConfig(epochs=1, device="cpu", head_init="probe"),
+                                 pretrain=PretrainConfig(teacher="student:small_cnn"),
+                                 run=RunConfig(root=str(tmp_path), name="p")))

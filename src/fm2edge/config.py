@@ -187,6 +187,12 @@ class TrainConfig:
             per batch.
         warmup_epochs: Linear warm-up length for "cosine".
         label_smoothing: Cross-entropy label smoothing.
+        backbone_lr: Learning-rate multiplier for the backbone (the head, and any projector, get train.lr): below 1
+            fine-tunes a pretrained backbone gently, so that a few labels do not overwrite what it learned.
+        head_init: "random", or "probe": before the first epoch the head becomes a logistic regression on the
+            frozen backbone's features of the training images (LP-FT, Kumar et al., ICLR 2022), so fine-tuning
+            starts from a good classifier and distorts the pretrained features less. For a pretrained backbone
+            (--model.init RUN, --model.pretrained true).
         augment: On-device augmentation (--train.augment.crop resized --train.augment.flip true ...); none by
             default, as the seed recipe.
         precision: "auto" is bf16 autocast on CUDA and fp32 on CPU; "bf16" forces autocast where supported.
@@ -215,6 +221,8 @@ class TrainConfig:
     schedule: Literal["constant", "cosine", "onecycle"] = "constant"
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
+    backbone_lr: float = 1.0
+    head_init: Literal["random", "probe"] = "random"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     precision: Precision = "auto"
     device: Device = "auto"
@@ -238,6 +246,8 @@ class TrainConfig:
         check(self.eval_every >= 1, f"train.eval_every must be at least 1, got {self.eval_every}")
         check(self.patience is None or self.patience >= 1, f"train.patience must be at least 1, got {self.patience}")
         check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
+        check(self.backbone_lr >= 0, f"train.backbone_lr must be >= 0 (a multiplier of train.lr), got "
+              f"{self.backbone_lr}")
         check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         check(0 <= self.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         check(self.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}")

@@ -90,6 +90,10 @@ class PretrainJob:
     run: RunConfig = field(default_factory=RunConfig)
     seeds: list[int] | None = None
 
+    def __post_init__(self) -> None:
+        check(self.train.head_init == "random", "--train.head_init probe fits a head on labels, and pretraining has "
+              "neither; use it when fine-tuning the pretrained student (fm2edge train --model.init RUN)")
+
 
 class PretrainTask(nn.Module):
     """Student + frozen teacher (held outside the module tree, so neither trained nor checkpointed) + the

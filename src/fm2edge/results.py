@@ -183,7 +183,8 @@ def over_seeds(job, run_one, default_name: str) -> dict:
         return {}
     accs = np.array([m["test_acc"] for m in per_seed.values()])
     summary = {"seeds": list(job.seeds), "test_acc": [float(a) for a in accs], "mean": float(accs.mean()),
-               "std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0, "runs": [f"seed-{s}" for s in job.seeds]}
+               "std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0, "runs": [f"seed-{s}" for s in job.seeds],
+               "val_acc": [m.get("val_acc") for m in per_seed.values()]}  # each kept epoch's, None without one
     atomic_write_json(Path(job.run.root) / name / "seeds.json", summary)
     print(f"test accuracy over seeds {list(job.seeds)}: {100 * summary['mean']:.2f} +- {100 * summary['std']:.2f}% "
           f"({', '.join(f'{100 * a:.2f}' for a in accs)}) | {Path(job.run.root) / name}")

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,13 +83,42 @@ class SupervisedTask(nn.Module):
 # ---------------------------------------------------------------- building blocks
 
 
-def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(params, cfg: TrainConfig, backbone: nn.Module | None = None) -> torch.optim.Optimizer:
+    """The optimiser over the trainable ``params``; those of ``backbone`` learn at ``cfg.backbone_lr`` x the rate."""
     params = [p for p in params if p.requires_grad]
+    if backbone is not None and cfg.backbone_lr != 1.0:
+        inside = {id(p) for p in backbone.parameters()}
+        params = [{"params": [p for p in params if id(p) not in inside]},
+                  {"params": [p for p in params if id(p) in inside], "lr": cfg.lr * cfg.backbone_lr}]
+        params = [group for group in params if group["params"]]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+
+
+def probe_head(model: Classifier, train: ImageData, batch_size: int, device: torch.device) -> dict:
+    """Set ``model.head`` to a logistic regression on the frozen backbone's features of the labelled training images
+    (eval preprocessing, no augmentation), C chosen by cross-validation: the "LP" of LP-FT. Returns its settings."""
+    from fm2edge.features import embed_batches
+    from fm2edge.probe import fit_logreg
+
+    labelled = train.labels >= 0
+    features = embed_batches(model, train.images[labelled], batch_size, device, None, progress="probe head")
+    labels = train.labels[labelled].numpy()
+    if len(np.unique(labels)) < 2:
+        raise Fm2EdgeError("--train.head_init probe needs labelled images of at least two classes")
+    head = fit_logreg(features, labels, cs=[0.01, 0.1, 1.0, 10.0])
+    rows = torch.as_tensor(head.weight)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.weight[:len(rows)] = rows
+        # a class without training images keeps a very negative bias, clipped so that its gradients stay sane
+        model.head.bias.fill_(-10.0)
+        model.head.bias[:len(rows)] = torch.as_tensor(head.bias).clamp_min(-10.0)
+    accuracy_now = float((torch.as_tensor(head.predict_logits(features)).argmax(1).numpy() == labels).mean())
+    return {**head.info, "train_acc": accuracy_now}
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -280,7 +310,7 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
         model.to(memory_format=torch.channels_last)
     task.to(device)
     # frozen weights (a LoRA base, a linear probe's backbone) get no optimiser state
-    optimizer = build_optimizer([p for p in task.parameters() if p.requires_grad], cfg)
+    optimizer = build_optimizer(task.parameters(), cfg, getattr(model, "backbone", None))
     world, rank = accelerator.num_processes, accelerator.process_index
     batches_per_epoch = len(batch_plan(len(train), cfg.batch_size, world, rank, torch.Generator().manual_seed(0)))
     if batches_per_epoch == 0:
@@ -303,6 +333,18 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
             group["lr"] = group["initial_lr"] * lr_factor(start_epoch * steps_per_epoch, total, warmup, cfg.schedule)
         if accelerator.is_main_process:
             print(f"resuming {run.path.name} from the end of epoch {start_epoch} ({ckpt.name})")
+    elif cfg.head_init == "probe":  # every process fits the same head (a deterministic convex fit)
+        info = probe_head(model, train, cfg.eval_batch_size, device)
+        val_text = ""
+        if val is not None:  # the probe itself is a candidate: "best" may keep it when fine-tuning only hurts
+            val_acc = accuracy(predict(model, val, cfg.eval_batch_size, device, channels_last), val.labels)
+            selection.offer(0, val_acc)
+            val_text = f", val acc {100 * val_acc:.2f}%"
+            if accelerator.is_main_process and cfg.select == "best":
+                save_best(run, task, selection)
+        if accelerator.is_main_process:
+            print(f"epoch 0 (head = linear probe on the frozen backbone, C {info['C']:g}): train acc "
+                  f"{100 * info['train_acc']:.2f}%{val_text}")
     raw_task = task  # checkpoints and evaluation use the module itself, not its DDP / compiled wrappers
     if cfg.compile:
         task = torch.compile(task)
