@@ -11,9 +11,9 @@ from fm2edge.errors import Fm2EdgeError
 from fm2edge.train import batch_plan, lr_factor, train_job
 
 
-def job(tmp_path, source, epochs=3, name="run", **train):
+def job(tmp_path, source, epochs=3, name="run", init=None, **train):
     train = {"lr": 3e-3, **train}
-    return TrainJob(data=DataConfig(source=str(source)), model=ModelConfig(name="student:small_cnn"),
+    return TrainJob(data=DataConfig(source=str(source)), model=ModelConfig(name="student:small_cnn", init=init),
                     train=TrainConfig(epochs=epochs, batch_size=16, device="cpu", **train),
                     run=RunConfig(root=str(tmp_path), name=name))
 
@@ -298,7 +298,11 @@ def test_a_probe_head_starts_training_and_the_probe_itself_can_be_kept(tmp_path,
     from fm2edge.models.io import load_classifier
     from fm2edge.probe import fit_logreg
 
-    metrics = train_job(job(tmp_path, parquet_dir, epochs=2, head_init="probe", backbone_lr=0.0, lr=1e-12))
+    with pytest.raises(ValueError, match="this model starts random"):
+        job(tmp_path, parquet_dir, head_init="probe")
+    train_job(job(tmp_path, parquet_dir, epochs=1, name="first"))
+    metrics = train_job(job(tmp_path, parquet_dir, epochs=2, init=str(tmp_path / "first"), head_init="probe",
+                            backbone_lr=0.0, lr=1e-12))
     assert metrics["selected"]["epoch"] == 0  # ties keep the earlier epoch: the probe
     model = load_classifier(tmp_path / "run")
     train, _, _ = load_data(DataConfig(source=str(parquet_dir)))
@@ -324,10 +328,8 @@ def test_backbone_lr_scales_only_the_backbone(tmp_path, parquet_dir):
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
 
     train_job(job(tmp_path, parquet_dir, epochs=1, name="first"))
-    second = job(tmp_path, parquet_dir, epochs=2, name="second", backbone_lr=0.0, select="last",
-                 optimizer="adamw", weight_decay=0.1)
-    second.model.init = str(tmp_path / "first")
-    train_job(second)
+    train_job(job(tmp_path, parquet_dir, epochs=2, name="second", init=str(tmp_path / "first"), backbone_lr=0.0,
+                  select="last", optimizer="adamw", weight_decay=0.1))
     a = load_file(tmp_path / "first" / "model.safetensors")
     b = load_file(tmp_path / "second" / "model.safetensors")
     params = dict(create_model(ModelConfig(name="student:small_cnn"), 4).named_parameters())

@@ -296,6 +296,18 @@ class TrainJob:
     run: RunConfig = field(default_factory=RunConfig)
     seeds: list[int] | None = None
 
+    def __post_init__(self) -> None:
+        check_probe_head(self.model, self.train)
+
+
+def check_probe_head(model: ModelConfig, train: TrainConfig) -> None:
+    """A probe head needs features worth probing: a random network's have nothing to start from (and its untrained
+    BatchNorm statistics make them tiny in eval mode, so the head would blow up once training starts)."""
+    check(train.head_init == "random" or bool(model.init or model.pretrained or model.weights),
+          "--train.head_init probe fits the head on a pretrained backbone's features, and this model starts "
+          "random; give it weights (--model.init RUN, --model.pretrained true or --model.weights FILE) or leave "
+          "--train.head_init random")
+
 
 @dataclass
 class DemoJob:

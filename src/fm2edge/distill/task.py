@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from fm2edge.augment import StoredViews, Views, render, soft_targets
-from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, check
+from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, check, check_probe_head
 from fm2edge.distill.losses import DIST, DKD, RKD, FeatureDistillation, KDLoss, MaskedCrossEntropy
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import Classifier
@@ -155,6 +155,7 @@ class DistillJob:
     seeds: list[int] | None = None
 
     def __post_init__(self) -> None:
+        check_probe_head(self.model, self.train)
         check(bool(self.distill.teacher), "--distill.teacher is required: the run folder of a trained classifier "
                                           "(e.g. runs/probe-<model> from `fm2edge probe`) or a registered model name")
 
