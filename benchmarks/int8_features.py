@@ -24,7 +24,8 @@ from fm2edge.config import DataConfig, ModelConfig
 from fm2edge.data import load_data
 from fm2edge.device import cpu_features
 from fm2edge.features import EmbedConfig, embed_batches, load_backbone, onnx_runner
-from fm2edge.probe import fit_logreg, knn_predict
+from fm2edge.linear import fit_logreg
+from fm2edge.probe import knn_predict
 from fm2edge.report.metrics import accuracy
 
 

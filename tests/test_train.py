@@ -295,8 +295,8 @@ def test_a_probe_head_starts_training_and_the_probe_itself_can_be_kept(tmp_path,
     whose head is exactly scikit-learn's fit folded into the linear layer."""
     from fm2edge.data import load_data
     from fm2edge.features import embed_batches
+    from fm2edge.linear import fit_logreg
     from fm2edge.models.io import load_classifier
-    from fm2edge.probe import fit_logreg
 
     with pytest.raises(ValueError, match="this model starts random"):
         job(tmp_path, parquet_dir, head_init="probe")

@@ -102,7 +102,7 @@ def probe_head(model: Classifier, train: ImageData, batch_size: int, device: tor
     """Set ``model.head`` to a logistic regression on the frozen backbone's features of the labelled training images
     (eval preprocessing, no augmentation), C chosen by cross-validation: the "LP" of LP-FT. Returns its settings."""
     from fm2edge.features import embed_batches
-    from fm2edge.probe import fit_logreg
+    from fm2edge.linear import fit_logreg
 
     labelled = train.labels >= 0
     features = embed_batches(model, train.images[labelled], batch_size, device, None, progress="probe head")
