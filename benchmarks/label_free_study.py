@@ -42,6 +42,7 @@ from common import SHARED_CIFAR10
 from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
 from fm2edge.device import cpu_features
 from fm2edge.pretrain import PretrainConfig, PretrainJob, pretrain_job
+from fm2edge.report.metrics import seed_difference
 from fm2edge.results import slug
 from fm2edge.train import train_job
 
@@ -171,12 +172,15 @@ def main() -> None:
     recipe = args.recipe or choose_recipe(root, args.source, student, str(run), args.select_count, args.seeds,
                                           args.steps)
     rows: dict[str, dict[int, list[float]]] = {"scratch": {}, "pretrained + fine-tune": {}}
+    kept: dict[int, list[int]] = {}  # the pretrained fine-tunes' kept epochs (0: the probe head, before training)
     for n in args.counts:
         for label, init in (("scratch", None), ("pretrained + fine-tune", str(run))):
             name = "scratch" if init is None else f"finetune-{slug(recipe)}"
             result = finetune(root, args.source, name, student, init, n, args.seeds, args.steps,
                               "fine-tune" if init is None else recipe)
             rows[label][n] = result["test_acc"]
+            if init is not None:
+                kept[n] = kept_epochs(root / name / f"per-class-{n}", args.seeds)
         print(f"{n:>4} labels/class: scratch {100 * np.mean(rows['scratch'][n]):.2f}%, pretrained + fine-tune "
               f"{100 * np.mean(rows['pretrained + fine-tune'][n]):.2f}%", flush=True)
     kd = {n: kd_unlabelled(root, args.source, student, n, args.kd_seeds or args.seeds, args.kd_epochs,
@@ -206,11 +210,21 @@ def main() -> None:
             f"{100 * np.mean(kd[n]):>7.2f} (n={len(kd[n])})" if n in kd else f"{'-':>14}" for n in args.counts))
         print(f"  (KD: {args.kd_epochs} epochs over every training image; teacher: the Lite0 probe on the same "
               f"labels)")
+    print(f"{'  its kept epochs (0: the probe head)':<36}" + "".join(
+        f"{','.join(map(str, kept[n])):>14}" for n in args.counts))
     gains = [100 * (np.mean(rows["pretrained + fine-tune"][n]) - np.mean(rows["scratch"][n])) for n in args.counts]
     print(f"{'pretrained + fine-tune - scratch':<36}" + "".join(f"{g:>+14.2f}" for g in gains))
+    for n in args.counts:
+        diff = seed_difference(rows["pretrained + fine-tune"][n], rows["scratch"][n])
+        print("  " + diff.line(f"{n} labels/class: pretrained + fine-tune vs scratch"))
     kd_curve = {"logit KD + unlabelled images": {n: 100 * float(np.mean(v)) for n, v in kd.items()}} if kd else {}
     plot(root, args, rows, {**probes, **kd_curve}, pre)
     print(f"wall time of this call: {(time.perf_counter() - t0) / 60:.1f} min")
+
+
+def kept_epochs(folder: Path, seeds: list[int]) -> list[int]:
+    """Which epoch each seed's run kept (its metrics.json)."""
+    return [json.loads((folder / f"seed-{s}" / "metrics.json").read_text())["selected"]["epoch"] for s in seeds]
 
 
 def plot(root: Path, args, rows: dict, probes: dict, pre: dict) -> None:
