@@ -171,18 +171,19 @@ def main() -> None:
     run, pre = pretrain(root, args.source, student, args.pretrain_epochs, args.views, args.teacher_size, args.grid)
     recipe = args.recipe or choose_recipe(root, args.source, student, str(run), args.select_count, args.seeds,
                                           args.steps)
-    rows: dict[str, dict[int, list[float]]] = {"scratch": {}, "pretrained + fine-tune": {}}
+    ft = f"pretrained + {recipe}"  # the row of the pretrained student fine-tuned by the chosen recipe
+    rows: dict[str, dict[int, list[float]]] = {"scratch": {}, ft: {}}
     kept: dict[int, list[int]] = {}  # the pretrained fine-tunes' kept epochs (0: the probe head, before training)
     for n in args.counts:
-        for label, init in (("scratch", None), ("pretrained + fine-tune", str(run))):
+        for label, init in (("scratch", None), (ft, str(run))):
             name = "scratch" if init is None else f"finetune-{slug(recipe)}"
             result = finetune(root, args.source, name, student, init, n, args.seeds, args.steps,
                               "fine-tune" if init is None else recipe)
             rows[label][n] = result["test_acc"]
             if init is not None:
                 kept[n] = kept_epochs(root / name / f"per-class-{n}", args.seeds)
-        print(f"{n:>4} labels/class: scratch {100 * np.mean(rows['scratch'][n]):.2f}%, pretrained + fine-tune "
-              f"{100 * np.mean(rows['pretrained + fine-tune'][n]):.2f}%", flush=True)
+        print(f"{n:>4} labels/class: scratch {100 * np.mean(rows['scratch'][n]):.2f}%, {ft} "
+              f"{100 * np.mean(rows[ft][n]):.2f}%", flush=True)
     kd = {n: kd_unlabelled(root, args.source, student, n, args.kd_seeds or args.seeds, args.kd_epochs,
                            args.teacher_size)["test_acc"] for n in args.kd_counts}
     teacher = ModelConfig(name=TEACHER, pretrained=True, image_size=args.teacher_size)
@@ -212,11 +213,11 @@ def main() -> None:
               f"labels)")
     print(f"{'  its kept epochs (0: the probe head)':<36}" + "".join(
         f"{','.join(map(str, kept[n])):>14}" for n in args.counts))
-    gains = [100 * (np.mean(rows["pretrained + fine-tune"][n]) - np.mean(rows["scratch"][n])) for n in args.counts]
-    print(f"{'pretrained + fine-tune - scratch':<36}" + "".join(f"{g:>+14.2f}" for g in gains))
+    gains = [100 * (np.mean(rows[ft][n]) - np.mean(rows["scratch"][n])) for n in args.counts]
+    print(f"{ft + ' - scratch':<36}" + "".join(f"{g:>+14.2f}" for g in gains))
     for n in args.counts:
-        diff = seed_difference(rows["pretrained + fine-tune"][n], rows["scratch"][n])
-        print("  " + diff.line(f"{n} labels/class: pretrained + fine-tune vs scratch"))
+        diff = seed_difference(rows[ft][n], rows["scratch"][n])
+        print("  " + diff.line(f"{n} labels/class: {ft} vs scratch"))
     kd_curve = {"logit KD + unlabelled images": {n: 100 * float(np.mean(v)) for n, v in kd.items()}} if kd else {}
     plot(root, args, rows, {**probes, **kd_curve}, pre)
     print(f"wall time of this call: {(time.perf_counter() - t0) / 60:.1f} min")
