@@ -43,16 +43,21 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, parquet_dir):
     assert straight["test_acc"] == pytest.approx(resumed["test_acc"], abs=1e-6)
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
-def test_an_interrupted_run_resumes_on_the_same_learning_rates(schedule, tmp_path, parquet_dir, monkeypatch):
+@pytest.mark.parametrize("schedule,lpft", [("cosine", False), ("onecycle", False), ("onecycle", True)])
+def test_an_interrupted_run_resumes_on_the_same_learning_rates(schedule, lpft, tmp_path, parquet_dir, monkeypatch):
     """A decaying schedule continues where it stopped: every resumed step takes the learning rate of the same
-    step of the uninterrupted run, so losses and weights agree bit for bit."""
+    step of the uninterrupted run, so losses and weights agree bit for bit. With LP-FT (a probe head, a slower
+    backbone) the resumed run does not fit the head again, and ends where the uninterrupted one does."""
     from safetensors.torch import load_file
 
     import fm2edge.train as tr
 
-    straight = train_job(job(tmp_path, parquet_dir, epochs=3, name="straight", schedule=schedule,
-                             optimizer="adamw", select="last"))
+    extra = {}
+    if lpft:
+        train_job(job(tmp_path, parquet_dir, epochs=1, name="first"))
+        extra = {"init": str(tmp_path / "first"), "head_init": "probe", "backbone_lr": 0.1}
+    settings = {"schedule": schedule, "optimizer": "adamw", "select": "last", **extra}
+    straight = train_job(job(tmp_path, parquet_dir, epochs=3, name="straight", **settings))
     real = tr.save_checkpoint
 
     def stop_after_the_first(*args, **kw):
@@ -61,11 +66,10 @@ def test_an_interrupted_run_resumes_on_the_same_learning_rates(schedule, tmp_pat
 
     monkeypatch.setattr(tr, "save_checkpoint", stop_after_the_first)
     with pytest.raises(KeyboardInterrupt):
-        train_job(job(tmp_path, parquet_dir, epochs=3, name="split", schedule=schedule, optimizer="adamw",
-                      select="last"))
+        train_job(job(tmp_path, parquet_dir, epochs=3, name="split", **settings))
     monkeypatch.setattr(tr, "save_checkpoint", real)
-    resumed_job = job(tmp_path, parquet_dir, epochs=3, name="split", schedule=schedule, optimizer="adamw",
-                      select="last")
+    monkeypatch.setattr(tr, "probe_head", None)  # a resumed run must not fit the head again
+    resumed_job = job(tmp_path, parquet_dir, epochs=3, name="split", **settings)
     resumed_job.run.resume = True
     resumed = train_job(resumed_job)
     assert resumed["resumed_from_epoch"] == 1
