@@ -44,6 +44,7 @@ from fm2edge.device import cpu_features
 from fm2edge.pretrain import PretrainConfig, PretrainJob, pretrain_job
 from fm2edge.report.metrics import seed_difference
 from fm2edge.results import slug
+from fm2edge.runs import atomic_write_json
 from fm2edge.train import train_job
 
 TEACHER = "pypi:efficientnet_lite0"
@@ -239,7 +240,14 @@ def plot(root: Path, args, rows: dict, probes: dict, pre: dict) -> None:
              f"{pre['images']:,} unlabelled images, "
              f"{pre['epochs']} epochs, {pre['train_seconds'] / 60:.0f} min CPU")
     save_figure(plots.label_efficiency(curves, title), root / "label_efficiency.png")
-    print(f"plot: {root / 'label_efficiency.png'}")
+    budget = (f"Test accuracy (%) on up to 1,000 images; fine-tunes {args.steps} steps, mean over seeds {args.seeds}; "
+              f"probes: logistic regression, C by cross-validation. Pretraining: {pre['images']:,} images without "
+              f"labels, {pre['epochs']} epochs, {args.views} stored views per image, teacher {TEACHER} at "
+              f"{args.teacher_size} px, {pre['train_seconds'] / 60:.1f} min of training on "
+              f"{pre['env']['device']}.")
+    # `fm2edge report ROOT` draws these curves and tabulates them beside the runs
+    atomic_write_json(root / "label_efficiency.json", {"title": title, "budget": budget, "curves": curves})
+    print(f"plot: {root / 'label_efficiency.png'}; curves for the report: {root / 'label_efficiency.json'}")
 
 
 if __name__ == "__main__":

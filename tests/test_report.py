@@ -176,3 +176,20 @@ def test_rows_from_several_folders_name_their_runs(tmp_path, capsys):
             assert label in text
         assert "b vs a" in text
     assert "| . |" not in md and "<td>.</td>" not in page
+
+
+def test_a_studys_label_efficiency_curves_are_drawn_and_tabulated(runs, tmp_path):
+    """A label_efficiency.json beside the runs (benchmarks/label_free_study.py writes one) becomes a table with each
+    curve's numbers, its budget line, and a plot in the report."""
+    study = tmp_path / "study"
+    shutil.copytree(runs / "scratch", study / "scratch")
+    curves = {"scratch": {"1": 15.2, "10": 28.13}, "pretrained + LP-FT": {"1": 26.27, "10": 51.7}}
+    (study / "label_efficiency.json").write_text(json.dumps(
+        {"title": "Label efficiency on digits", "budget": "8 epochs of pretraining, 9 min CPU", "curves": curves}))
+    report_job(ReportJob(runs=[str(study)], output=str(tmp_path / "out")))
+    page = (tmp_path / "out" / "report.html").read_text()
+    table = page[page.index("<h2>Label efficiency"):]
+    table = table[:table.index("</table>")]
+    assert "pretrained + LP-FT" in table and "51.70" in table and "26.27" in table and "28.13" in table
+    assert "8 epochs of pretraining, 9 min CPU" in page
+    assert "Label efficiency: Label efficiency on digits" in page  # the figure's caption

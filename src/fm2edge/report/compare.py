@@ -141,7 +141,7 @@ def findings(paths: list[str]) -> Findings:
     """Read run folders and compare what can be compared (the report's content before rendering; the demo prints its
     verdicts)."""
     runs, extra_files = collect(paths)
-    extras: dict[str, list] = {"bench": [], "export": [], "comparison": []}
+    extras: dict[str, list] = {"bench": [], "export": [], "comparison": [], "label_efficiency": []}
     for p in extra_files:
         if p.name == "bench.json":
             extras["bench"].append((str(p.parent), json.loads(p.read_text())["rows"]))
@@ -149,6 +149,8 @@ def findings(paths: list[str]) -> Findings:
             extras["export"].append((str(p.parent), json.loads(p.read_text())))
         elif p.name == "comparison.json":
             extras["comparison"].append((str(p.parent), json.loads(p.read_text())["rows"]))
+        elif p.name == "label_efficiency.json":  # a study's curves: {"title", "budget", "curves": {label: {n: %}}}
+            extras["label_efficiency"].append((str(p.parent), json.loads(p.read_text())))
     groups = group_runs(runs)
     compared = comparisons(groups)
     return Findings(runs, extras, groups, compared, verdict_lines(runs, compared, extras["export"]))

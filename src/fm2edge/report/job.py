@@ -145,10 +145,10 @@ def mean_confusion(group: Group, num_classes: int) -> np.ndarray:
 
 
 def report_figures(runs: list[Run], compared: list[dict], bench_rows: list[dict],
-                   acc_rows: list[dict]) -> list[tuple[str, bytes]]:
+                   acc_rows: list[dict], label_studies: list[tuple[str, dict]] = ()) -> list[tuple[str, bytes]]:
     """Figures made for the report: confusion matrices of a matched pair (a distilled student and the same student
     from scratch, same data and budget, averaged over seeds), Pareto plots (one point per group, the teacher
-    included)."""
+    included), and the label-efficiency curves of a study's label_efficiency.json."""
     from fm2edge.report import plots
 
     figs = []
@@ -179,6 +179,9 @@ def report_figures(runs: list[Run], compared: list[dict], bench_rows: list[dict]
     if len(params) >= 2:
         figs.append(("Accuracy vs parameters", _png(plots.pareto(params, "parameters", "parameters (log)",
                                                                  "accuracy vs model size"))))
+    for _, study in label_studies:
+        curves = {label: {int(n): acc for n, acc in curve.items()} for label, curve in study["curves"].items()}
+        figs.append((f"Label efficiency: {study['title']}", _png(plots.label_efficiency(curves, study["title"]))))
     return figs
 
 
@@ -295,6 +298,13 @@ def render_html(title: str, acc: list[dict], mistakes: list[dict], groups: dict 
                               _pct(r.get("val_acc_before")), _pct(r.get("val_acc")), _pct(r["test_acc"]),
                               f"{r['train_seconds']:.0f}"]
                              for r in rows]))
+    for name, study in extras.get("label_efficiency", []):
+        counts = sorted({int(n) for curve in study["curves"].values() for n in curve})
+        parts.append(f"<h2>Label efficiency: {html.escape(name)}</h2>")
+        parts.append(_table("label-efficiency", ["test accuracy (%) at labels per class", *map(str, counts)],
+                            [[label, *(f"{curve[str(n)]:.2f}" if str(n) in curve else "-" for n in counts)]
+                             for label, curve in study["curves"].items()]))
+        parts.append(f"<p class='note'>{html.escape(study.get('budget', ''))}</p>")
     for name, rows in extras.get("bench", []):
         parts.append(f"<h2>Speed: {html.escape(name)}</h2>")
         parts.append(_table("bench", ["model", "device", "backend", "dtype", "params", "MMACs", "p50 ms", "p90 ms",
@@ -355,7 +365,8 @@ def report_job(job: ReportJob) -> dict:
     runs, extras, compared, verdicts = found.runs, found.extras, found.compared, found.verdicts
     acc = accuracy_rows(runs, found.groups)
     mistakes, superclasses = mistakes_rows(runs, load_superclasses(job.superclasses))
-    figures = report_figures(runs, compared, [r for _, rows in extras["bench"] for r in rows], acc)
+    figures = report_figures(runs, compared, [r for _, rows in extras["bench"] for r in rows], acc,
+                             extras["label_efficiency"])
     run_plots = [(f"{r.label}: {p.stem.replace('_', ' ')}", p.read_bytes()) for r in runs for p in r.plots]
     for folder, _ in extras["comparison"]:
         for p in sorted((Path(folder) / "plots").glob("*.png")):

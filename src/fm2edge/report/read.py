@@ -76,7 +76,7 @@ def _visible(path: Path, root: Path) -> bool:
 
 def collect(paths: list[str]) -> tuple[list[Run], list[Path]]:
     """Every run folder (a folder with metrics.json not nested inside another run) under ``paths``, in path order;
-    and every other folder of interest (bench.json, export/, comparison.json holders)."""
+    and every other folder of interest (bench.json, export/, comparison.json, label_efficiency.json holders)."""
     runs: list[Run] = []
     extras: list[Path] = []
     for root in map(Path, paths):
@@ -100,7 +100,7 @@ def collect(paths: list[str]) -> tuple[list[Run], list[Path]]:
             runs.append(Run(folder, str(folder.relative_to(base)), kind, metrics, config,
                             _npz(folder / "predictions.npz"), _npz(folder / "teacher_predictions.npz"),
                             sorted((folder / "plots").glob("*.png")) if (folder / "plots").exists() else []))
-        for name in ("bench.json", "comparison.json", "export/export.json"):
+        for name in ("bench.json", "comparison.json", "export/export.json", "label_efficiency.json"):
             extras += sorted(p for p in root.rglob(name) if _visible(p, root))
     if not runs:
         raise Fm2EdgeError(f"no run folders (with metrics.json) under {', '.join(paths)}; give folders written by "
