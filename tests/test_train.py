@@ -365,3 +365,22 @@ def test_mobile_and_resnet_students_train_at_64_px(name, tmp_path, parquet_dir):
     metrics = train_job(run)
     assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
     assert json.loads((tmp_path / "s" / "model.json").read_text())["preprocess"]["size"] == 64
+
+
+def test_freeze_bn_keeps_the_running_statistics(tmp_path, parquet_dir):
+    """--train.freeze_bn: BatchNorm running statistics end as they started (a run from --model.init), while its
+    affine weights learn; without it the statistics move."""
+    from safetensors.torch import load_file
+
+    train_job(job(tmp_path, parquet_dir, epochs=1, name="first"))
+    start = load_file(tmp_path / "first" / "model.safetensors")
+    for name, freeze in (("frozen", True), ("free", False)):
+        train_job(job(tmp_path, parquet_dir, epochs=2, name=name, init=str(tmp_path / "first"), freeze_bn=freeze,
+                      select="last"))
+    frozen, free = (load_file(tmp_path / n / "model.safetensors") for n in ("frozen", "free"))
+    stats = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    affine = [k for k in start if k.endswith("bias") and k.replace("bias", "running_mean") in start]
+    assert stats and affine
+    assert all(torch.equal(frozen[k], start[k]) for k in stats)
+    assert not all(torch.equal(free[k], start[k]) for k in stats)
+    assert not all(torch.equal(frozen[k], start[k]) for k in affine)

@@ -192,7 +192,12 @@ class TrainConfig:
         head_init: "random", or "probe": before the first epoch the head becomes a logistic regression on the
             frozen backbone's features of the training images (LP-FT, Kumar et al., ICLR 2022), so fine-tuning
             starts from a good classifier and distorts the pretrained features less. For a pretrained backbone
-            (--model.init RUN, --model.pretrained true).
+            (--model.init RUN, --model.pretrained true). A BatchNorm backbone whose statistics came from other images
+            than these (ImageNet weights on digits, say) wants --train.freeze_bn true with it, or the head meets
+            other features in training than those it was fitted on.
+        freeze_bn: BatchNorm layers stay in eval mode while training: their running statistics are kept (their scale
+            and shift still learn). For tiny batches, and for LP-FT from a backbone whose statistics came from other
+            images: the head then meets in training the features its probe was fitted on.
         augment: On-device augmentation (--train.augment.crop resized --train.augment.flip true ...); none by
             default, as the seed recipe.
         precision: "auto" is bf16 autocast on CUDA and fp32 on CPU; "bf16" forces autocast where supported.
@@ -223,6 +228,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     backbone_lr: float = 1.0
     head_init: Literal["random", "probe"] = "random"
+    freeze_bn: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     precision: Precision = "auto"
     device: Device = "auto"

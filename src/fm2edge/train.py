@@ -356,8 +356,12 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
                                                                          train.image_size[0])
     t_start = time.perf_counter()
     end_epoch = start_epoch if selection.stopped_early else cfg.epochs
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)  # timm's BatchNormAct2d included
+    batch_norms = [m for m in model.modules() if isinstance(m, norms)] if cfg.freeze_bn else []
     for epoch in range(start_epoch, end_epoch):
         task.train()
+        for module in batch_norms:  # --train.freeze_bn: running statistics fixed, affine parameters trained
+            module.eval()
         seed = cfg.seed * 1_000_003 + epoch
         torch.manual_seed(seed)
         cpu_gen = torch.Generator().manual_seed(seed)
