@@ -150,7 +150,10 @@ def findings(paths: list[str]) -> Findings:
         elif p.name == "comparison.json":
             extras["comparison"].append((str(p.parent), json.loads(p.read_text())["rows"]))
         elif p.name == "label_efficiency.json":  # a study's curves: {"title", "budget", "curves": {label: {n: %}}}
-            extras["label_efficiency"].append((str(p.parent), json.loads(p.read_text())))
+            study = json.loads(p.read_text())
+            study["curves"] = {label: {int(n): acc for n, acc in curve.items()}  # JSON keys are strings
+                               for label, curve in study["curves"].items()}
+            extras["label_efficiency"].append((str(p.parent), study))
     groups = group_runs(runs)
     compared = comparisons(groups)
     return Findings(runs, extras, groups, compared, verdict_lines(runs, compared, extras["export"]))

@@ -180,8 +180,8 @@ def report_figures(runs: list[Run], compared: list[dict], bench_rows: list[dict]
         figs.append(("Accuracy vs parameters", _png(plots.pareto(params, "parameters", "parameters (log)",
                                                                  "accuracy vs model size"))))
     for _, study in label_studies:
-        curves = {label: {int(n): acc for n, acc in curve.items()} for label, curve in study["curves"].items()}
-        figs.append((f"Label efficiency: {study['title']}", _png(plots.label_efficiency(curves, study["title"]))))
+        figs.append((f"Label efficiency: {study['title']}",
+                     _png(plots.label_efficiency(study["curves"], study["title"]))))
     return figs
 
 
@@ -299,10 +299,10 @@ def render_html(title: str, acc: list[dict], mistakes: list[dict], groups: dict 
                               f"{r['train_seconds']:.0f}"]
                              for r in rows]))
     for name, study in extras.get("label_efficiency", []):
-        counts = sorted({int(n) for curve in study["curves"].values() for n in curve})
+        counts = sorted({n for curve in study["curves"].values() for n in curve})
         parts.append(f"<h2>Label efficiency: {html.escape(name)}</h2>")
         parts.append(_table("label-efficiency", ["test accuracy (%) at labels per class", *map(str, counts)],
-                            [[label, *(f"{curve[str(n)]:.2f}" if str(n) in curve else "-" for n in counts)]
+                            [[label, *(f"{curve[n]:.2f}" if n in curve else "-" for n in counts)]
                              for label, curve in study["curves"].items()]))
         parts.append(f"<p class='note'>{html.escape(study.get('budget', ''))}</p>")
     for name, rows in extras.get("bench", []):
