@@ -249,6 +249,9 @@ def plot(root: Path, args, rows: dict, probes: dict, pre: dict) -> None:
               f"labels, {pre['epochs']} epochs, {args.views} stored views per image, teacher {TEACHER} at "
               f"{args.teacher_size} px, {pre['train_seconds'] / 60:.1f} min of training on "
               f"{pre['env']['device']}.")
+    if "logit KD + unlabelled images" in probes:
+        budget += (f" Logit KD: the teacher's probe on the same labels teaches the student from scratch on every "
+                   f"training image ({args.kd_epochs} epochs, 2 stored views per image, {args.kd_precision}).")
     # `fm2edge report ROOT` draws these curves and tabulates them beside the runs
     atomic_write_json(root / "label_efficiency.json", {"title": title, "budget": budget, "curves": curves})
     print(f"plot: {root / 'label_efficiency.png'}; curves for the report: {root / 'label_efficiency.json'}")
