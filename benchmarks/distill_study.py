@@ -122,7 +122,7 @@ def main() -> None:
                     help="bf16 halves a CPU teacher's time where the CPU has native bf16 (AMX, AVX-512 BF16)")
     ap.add_argument("--channels_last", action="store_true", help="channels-last tensors (faster convs on a CPU)")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                    help="the students' training arithmetic (bf16 autocast trains the small CNN about 2.8x faster on "
+                    help="the students' training arithmetic (bf16 autocast trains the small CNN 2.4x faster on "
                          "a CPU with AMX; give every variant of one study the same)")
     ap.add_argument("--variants", nargs="*", default=["scratch", "kd", "dkd", "dist", "feature", "kd-fixed"],
                     choices=["scratch", *LOSSES])
