@@ -4,7 +4,8 @@ student?
 
     python benchmarks/label_free_study.py [--root runs/label-free] [--counts 1 5 10 50 500] [--seeds 0 1 2]
         [--pretrain_epochs 8] [--views 2] [--steps 300] [--student student:small_cnn] [--teacher_size 128]
-        [--student_size 64] [--grid 4] [--recipe LP-FT] [--select_count 50] [--kd_counts 10] [--kd_precision bf16]
+        [--student_size 64] [--grid 4] [--recipe LP-FT] [--select_count 50] [--kd_counts 1 5 10 50 500]
+        [--kd_precision bf16]
 
 On ../shared/data/cifar10: `fm2edge pretrain` of the student (32 px unless --student_size) from ImageNet-pretrained
 EfficientNet-Lite0 (no labels, no head) on the 45,000 training images outside the validation hold-out; then, at
@@ -16,9 +17,9 @@ each count of labels per class, with the same images for every variant:
   fitted as a linear probe, the backbone optionally at a tenth of the learning rate);
 - pretrained + linear probe: logistic regression on the pretrained student's frozen features;
 - teacher probe: logistic regression on Lite0's own features (the upper bound a 0.3 M student chases);
-- logit KD with the unlabelled images (at --kd_counts): that teacher probe, trained on the same labels, teaches
-  the student from scratch on the labelled images plus every other training image without its label, with
-  consistent teaching on 2 stored views per image (random-resized crop, flip).
+- logit KD with the unlabelled images (at --kd_counts, default every count): that teacher probe, trained on the
+  same labels, teaches the student from scratch on the labelled images plus every other training image without
+  its label, with consistent teaching on 2 stored views per image (random-resized crop, flip), bf16 autocast.
 
 Fine-tunes take the same optimiser steps at every count (epochs scale with the labelled set), AdamW one-cycle,
 flip + pad-crop; a run keeps its best validation epoch where its labels allow a validation hold-out (10% of them),
@@ -163,8 +164,9 @@ def main() -> None:
                     help="how to fine-tune the pretrained student (default: chosen on validation at --select_count)")
     ap.add_argument("--select_count", type=int, default=50,
                     help="labels per class of the runs that choose the fine-tuning recipe on validation")
-    ap.add_argument("--kd_counts", type=int, nargs="*", default=[10],
-                    help="label counts at which to run logit KD with the unlabelled images (costly: every image)")
+    ap.add_argument("--kd_counts", type=int, nargs="*",
+                    help="label counts at which to run logit KD with the unlabelled images (default: every count; "
+                         "about 20 min a count on 2 CPU cores: every image; give none to skip)")
     ap.add_argument("--kd_seeds", type=int, nargs="+", help="seeds of the KD runs (default: --seeds)")
     ap.add_argument("--kd_epochs", type=int, default=8)
     ap.add_argument("--kd_precision", choices=["fp32", "bf16"], default="bf16",
@@ -190,8 +192,9 @@ def main() -> None:
                 kept[n] = kept_epochs(root / name / f"per-class-{n}", args.seeds)
         print(f"{n:>4} labels/class: scratch {100 * np.mean(rows['scratch'][n]):.2f}%, {ft} "
               f"{100 * np.mean(rows[ft][n]):.2f}%", flush=True)
+    kd_counts = args.counts if args.kd_counts is None else args.kd_counts
     kd = {n: kd_unlabelled(root, args.source, student, n, args.kd_seeds or args.seeds, args.kd_epochs,
-                           args.teacher_size, args.kd_precision)["test_acc"] for n in args.kd_counts}
+                           args.teacher_size, args.kd_precision)["test_acc"] for n in kd_counts}
     teacher = ModelConfig(name=TEACHER, pretrained=True, image_size=args.teacher_size)
     probes = {"pretrained + linear probe": probe_curve(root, args.source, "probe-student",
                                                        replace(student, init=str(run)), args.counts),
