@@ -219,6 +219,9 @@ def test_the_teacher_cache_is_keyed_by_teacher_data_and_views(tmp_path, parquet_
                teacher_cache_dir(job, teacher, train.subset(np.arange(40)), False, key),
                teacher_cache_dir(job, teacher, train, True, key),
                teacher_cache_dir(job, teacher, train, False, key, torch.bfloat16)]
+    flipped = load_classifier(clean_teacher)
+    flipped.flip_average = True
+    changed.append(teacher_cache_dir(job, flipped, train, False, key))
     retrained = tmp_path / "teacher2"
     train_job(TrainJob(data=job.data, model=ModelConfig(name="student:small_cnn"),
                        train=TrainConfig(epochs=1, batch_size=16, device="cpu", seed=3),

@@ -189,3 +189,18 @@ def test_the_teacher_runs_at_the_size_it_is_given(clean_teacher):
 
     assert load_teacher(DistillConfig(teacher=str(clean_teacher)), 4).preprocess.size == 32
     assert load_teacher(DistillConfig(teacher=str(clean_teacher), teacher_image_size=48), 4).preprocess.size == 48
+
+
+def test_a_flip_averaged_teacher_gives_the_mean_over_each_image_and_its_mirror(clean_teacher):
+    from fm2edge.distill.task import load_teacher
+
+    plain = load_teacher(DistillConfig(teacher=str(clean_teacher)), 4)
+    flipped = load_teacher(DistillConfig(teacher=str(clean_teacher), teacher_flip=True), 4)
+    assert not plain.flip_average and flipped.flip_average
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        expected = (plain(x) + plain(x.flip(-1))) / 2
+        assert torch.allclose(flipped(x), expected, atol=1e-5)
+        assert torch.allclose(flipped.head(flipped.features(x)), expected, atol=1e-5)
+        assert torch.allclose(flipped(x), flipped(x.flip(-1)), atol=1e-5), "a mirror-invariant teacher"
+        assert not torch.allclose(plain(x), expected, atol=1e-5)

@@ -66,6 +66,10 @@ class DistillConfig:
         teacher_image_size: Run the teacher at this input size instead of its own (choose it on validation data,
             e.g. with benchmarks/teacher_resolution.py: a network fine-tuned on random-resized crops often does
             better a little above its training size).
+        teacher_flip: Test-time flip for the teacher: its logits (and features) are the mean over each view and its
+            mirror image, a steadier teacher at twice the teacher's cost (cache builds included). For classes that
+            look the same mirrored (objects, animals; not text or digits); choose it on validation data, e.g. with
+            benchmarks/teacher_resolution.py --flip.
         losses: Loss name -> weight. Names: kd (Hinton, uses alpha and temperature; its alpha already mixes in the
             labels), dkd, dist, rkd, feature (student features projected onto the teacher's), ce (labels only).
         temperature: Softmax temperature T for kd and dkd.
@@ -102,6 +106,7 @@ class DistillConfig:
     teacher: str = ""
     teacher_pretrained: bool = True
     teacher_image_size: int | None = None
+    teacher_flip: bool = False
     losses: dict[str, float] = field(default_factory=lambda: {"kd": 1.0})
     temperature: float = 4.0
     alpha: float = 0.5
@@ -287,6 +292,7 @@ def load_teacher(cfg: DistillConfig, num_classes: int) -> Classifier:
         teacher = create_model(ModelConfig(name=cfg.teacher, pretrained=cfg.teacher_pretrained), num_classes)
     if cfg.teacher_image_size:
         teacher.preprocess = teacher.preprocess.with_overrides(cfg.teacher_image_size)
+    teacher.flip_average = cfg.teacher_flip
     if teacher.num_classes != num_classes:
         raise Fm2EdgeError(f"the teacher predicts {teacher.num_classes} classes but the dataset has {num_classes}; "
                            f"give a teacher trained on this dataset's classes")
@@ -320,7 +326,8 @@ def cache_dir_for(data, spec: str, registered: str, teacher: Classifier, train, 
                   dtype: torch.dtype | None = None) -> Path:
     """The cache folder of a teacher's outputs: keyed by the teacher's weights file (a run folder's
     model.safetensors, or an onnx:/torchscript:/export: file), else by ``registered`` (a registered name's
-    description), its preprocessing, the images, ``what`` is stored, the ``views`` and the arithmetic."""
+    description), its preprocessing, the images, ``what`` is stored, the ``views``, the arithmetic and the
+    test-time flip."""
     import hashlib
 
     from fm2edge.data.dataset import cache_root
@@ -340,6 +347,8 @@ def cache_dir_for(data, spec: str, registered: str, teacher: Classifier, train, 
     parts = [source, teacher.describe()["preprocess"], train.fingerprint, len(train), what, views, "v2"]
     if dtype is not None:  # a bf16 teacher's outputs are others than its fp32 ones (fp32 keys kept as they were)
         parts.append(str(dtype))
+    if teacher.flip_average:  # so are a flip-averaged teacher's
+        parts.append("flip")
     key = json.dumps(parts, sort_keys=True)
     return cache_root(data).parent / "teacher" / hashlib.sha1(key.encode()).hexdigest()[:24]
 

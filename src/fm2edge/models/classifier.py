@@ -26,8 +26,13 @@ class Classifier(nn.Module):
         self.name = name
         self.feature_dim = feature_dim
         self.num_classes = num_classes
+        # test-time flip: features (hence logits, the head being linear) averaged over each image and its mirror;
+        # set at run time (a teacher's option), never saved with the weights
+        self.flip_average = False
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flip_average:
+            return (self.backbone(x) + self.backbone(x.flip(-1))) / 2
         return self.backbone(x)
 
     def set_pooling(self, pooling: str, last_n: int = 1) -> None:
@@ -41,7 +46,7 @@ class Classifier(nn.Module):
             self.head = nn.Linear(dim, self.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.head(self.features(x))
 
     def describe(self) -> dict:
         """What is needed to rebuild this model around a saved state dict."""
