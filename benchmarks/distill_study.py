@@ -1,7 +1,8 @@
 """Does distillation win? Matched students (same student, data, augmentation, epochs) over several seeds, with
 95% confidence intervals of each variant's difference from the student trained alone.
 
-    python benchmarks/distill_study.py [--teacher RUN] [--more_epochs 8] [--refine_size 224] [--seeds 0 1 2]
+    python benchmarks/distill_study.py [--teacher RUN] [--more_epochs 8] [--teacher_ema 0.999]
+        [--candidates RUN ...] [--refine_size 224] [--seeds 0 1 2]
         [--epochs 30] [--unlabeled 0]
         [--variants scratch kd dkd dist feature kd-fixed kd-online] [--views 10] [--root runs/distill-study]
         [--teacher_precision bf16] [--precision bf16] [--channels_last]
@@ -9,10 +10,10 @@
 On ../shared/data/cifar10 (5,000 labelled training images: 4,500 to train, 500 to validate; 1,000 test images).
 The teacher is EfficientNet-Lite0 (the offline ImageNet-pretrained package) fine-tuned on those labels with
 `fm2edge finetune --finetune.modes [full]`, validation-selected, built first when --teacher is not given;
---more_epochs (more epochs of its recipe) and --refine_size (FixRes) make further candidates, and validation
-chooses among them. The student is `student:small_cnn` at 32 px. Every variant is an ordinary `fm2edge train` /
-`fm2edge distill` job, with the same augmentation (random-resized crop, flip, CutMix on half the images) and the
-same epochs:
+--more_epochs (more epochs of its recipe, with a weight average when --teacher_ema is set) and --refine_size
+(FixRes) make further candidates, --candidates names teachers trained before, and validation chooses among
+them. The student is `student:small_cnn` at 32 px. Every variant is an ordinary `fm2edge train` / `fm2edge distill`
+job, with the same augmentation (random-resized crop, flip, CutMix on half the images) and the same epochs:
 
 - scratch: the student alone, on the labels.
 - kd, dkd, dist, feature: consistent teaching on ``--views`` stored views per image (FKD-style cache).
@@ -63,25 +64,26 @@ def finetune_teacher(root: Path, name: str, data: DataConfig, model: ModelConfig
     return run
 
 
-def teacher(root: Path, data: DataConfig, epochs: int) -> Path:
+def teacher(root: Path, data: DataConfig, epochs: int, ema: float = 0.0) -> Path:
     """Lite0 fine-tuned on the labels (full fine-tuning at 160 px, validation-selected)."""
-    return finetune_teacher(root, "teacher", data, ModelConfig(name="pypi:efficientnet_lite0", pretrained=True,
-                                                               image_size=160),
+    return finetune_teacher(root, "teacher" + (f"-ema{ema:g}" if ema else ""), data,
+                            ModelConfig(name="pypi:efficientnet_lite0", pretrained=True, image_size=160),
                             TrainConfig(epochs=epochs, batch_size=64, lr=5e-4, optimizer="adamw", weight_decay=0.05,
-                                        schedule="cosine", warmup_epochs=1, label_smoothing=0.1,
+                                        schedule="cosine", warmup_epochs=1, label_smoothing=0.1, ema=ema,
                                         augment=TEACHER_AUGMENT))
 
 
-def continue_teacher(root: Path, data: DataConfig, teacher: Path, epochs: int) -> Path:
+def continue_teacher(root: Path, data: DataConfig, teacher: Path, epochs: int, ema: float = 0.0) -> Path:
     """Patience (Beyer et al., CVPR 2022, for students; the same holds for a teacher still improving when its
     schedule ended): the fine-tuned teacher trained ``epochs`` more with its own recipe, a second cosine cycle from
-    its weights at half the learning rate."""
+    its weights at half the learning rate; with ``ema``, a weight average of that cycle is what validation scores
+    and what is kept (a second cycle wanders: an average of its steps is flatter than any one of them)."""
     size = json.loads((teacher / "model.json").read_text())["preprocess"]["size"]
-    return finetune_teacher(root, f"teacher-more{epochs}", data,
+    return finetune_teacher(root, f"teacher-more{epochs}" + (f"-ema{ema:g}" if ema else ""), data,
                             ModelConfig(name="pypi:efficientnet_lite0", init=str(teacher), image_size=size),
                             TrainConfig(epochs=epochs, batch_size=64, lr=2.5e-4, optimizer="adamw",
                                         weight_decay=0.05, schedule="cosine", warmup_epochs=0.5,
-                                        label_smoothing=0.1, augment=TEACHER_AUGMENT))
+                                        label_smoothing=0.1, ema=ema, augment=TEACHER_AUGMENT))
 
 
 def refine_teacher(root: Path, data: DataConfig, teacher: Path, size: int, epochs: int) -> Path:
@@ -109,6 +111,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--teacher", help="run folder of a trained teacher; empty fine-tunes Lite0 first")
     ap.add_argument("--teacher_epochs", type=int, default=10)
+    ap.add_argument("--teacher_ema", type=float, default=0.0,
+                    help="the teacher's fine-tune and continuation keep a weight average with this decay (0.999)")
+    ap.add_argument("--candidates", nargs="*", default=[],
+                    help="run folders of teachers trained before, chosen among with the others on validation")
     ap.add_argument("--refine_size", type=int, help="then fine-tune the teacher a little at this input size (FixRes)")
     ap.add_argument("--refine_epochs", type=int, default=3)
     ap.add_argument("--more_epochs", type=int, default=0,
@@ -129,10 +135,10 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(args.root)
     data = DataConfig(source=str(SHARED_CIFAR10), max_train=5000, max_test=1000)
-    t = Path(args.teacher) if args.teacher else teacher(root, data, args.teacher_epochs)
-    candidates = [t]
+    t = Path(args.teacher) if args.teacher else teacher(root, data, args.teacher_epochs, args.teacher_ema)
+    candidates = [t, *(Path(c) for c in args.candidates if Path(c) != t)]
     if args.more_epochs:
-        candidates.append(continue_teacher(root, data, t, args.more_epochs))
+        candidates.append(continue_teacher(root, data, t, args.more_epochs, args.teacher_ema))
     if args.refine_size:
         candidates.append(refine_teacher(root, data, t, args.refine_size, args.refine_epochs))
     t = choose_teacher(candidates) if len(candidates) > 1 else t

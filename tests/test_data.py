@@ -102,6 +102,33 @@ def test_decode_cache_is_reused(parquet_dir, monkeypatch):
     assert len(train) + len(val) == 64
 
 
+def test_a_copied_or_touched_local_dataset_keeps_its_key_and_a_changed_one_gets_another(parquet_dir, tmp_path,
+                                                                                          monkeypatch):
+    """Caches keyed on the data (decoded images, features, teacher outputs) follow the files' bytes: a copy of the
+    folder elsewhere, with new modification times, is the same data and decodes nothing; a changed file is other
+    data."""
+    import os
+    import shutil
+
+    import fm2edge.data.dataset as ds
+
+    train, _, test = load_data(DataConfig(source=str(parquet_dir)))
+    copy = tmp_path / "copy"
+    shutil.copytree(parquet_dir, copy)
+    for f in copy.iterdir():
+        os.utime(f, (1e9, 1e9))
+    real = ds._decode_all
+    monkeypatch.setattr(ds, "_decode_all", lambda *a, **k: pytest.fail("decoded again although the data is the same"))
+    moved_train, _, moved_test = load_data(DataConfig(source=str(copy)))
+    assert (moved_train.fingerprint, moved_test.fingerprint) == (train.fingerprint, test.fingerprint)
+    monkeypatch.setattr(ds, "_decode_all", real)
+    from conftest import hub_dataset
+
+    hub_dataset(64, seed=5).to_parquet(str(copy / "train.parquet"))
+    changed, _, _ = load_data(DataConfig(source=str(copy)))
+    assert changed.fingerprint != train.fingerprint and not torch.equal(changed.images, train.images)
+
+
 def test_rgba_transparency_composited_on_white():
     rgba = np.zeros((4, 4, 4), dtype=np.uint8)  # fully transparent black
     out = np.asarray(to_rgb(Image.fromarray(rgba, mode="RGBA")))

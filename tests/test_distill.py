@@ -204,3 +204,20 @@ def test_a_flip_averaged_teacher_gives_the_mean_over_each_image_and_its_mirror(c
         assert torch.allclose(flipped.head(flipped.features(x)), expected, atol=1e-5)
         assert torch.allclose(flipped(x), flipped(x.flip(-1)), atol=1e-5), "a mirror-invariant teacher"
         assert not torch.allclose(plain(x), expected, atol=1e-5)
+
+
+def test_a_distilled_student_keeps_its_weight_average_and_not_the_teachers(tmp_path, clean_teacher, parquet_dir):
+    """--train.ema in distillation averages the student alone: the kept student is the average of the last
+    checkpoint, and the average holds no teacher weights."""
+    from safetensors.torch import load_file
+
+    job = DistillJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name="student:small_cnn"),
+                     train=TrainConfig(epochs=2, batch_size=16, lr=3e-3, device="cpu", ema=0.9, select="last"),
+                     distill=DistillConfig(teacher=str(clean_teacher)), run=RunConfig(root=str(tmp_path), name="kd"))
+    metrics = distill_job(job)
+    assert all(h["val_acc_raw"] is not None for h in metrics["history"])
+    run = tmp_path / "kd"
+    kept = load_file(run / "model.safetensors")
+    average = load_file(run / "checkpoints" / "epoch-001" / "ema.safetensors")
+    assert set(average) == set(kept) and all(torch.equal(kept[k], average[k]) for k in kept)
+    assert not any(k.startswith("teacher") for k in average)

@@ -43,16 +43,19 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, parquet_dir):
     assert straight["test_acc"] == pytest.approx(resumed["test_acc"], abs=1e-6)
 
 
-@pytest.mark.parametrize("schedule,lpft", [("cosine", False), ("onecycle", False), ("onecycle", True)])
-def test_an_interrupted_run_resumes_on_the_same_learning_rates(schedule, lpft, tmp_path, parquet_dir, monkeypatch):
+@pytest.mark.parametrize("schedule,lpft,ema", [("cosine", False, 0.0), ("onecycle", False, 0.0),
+                                               ("onecycle", True, 0.0), ("cosine", False, 0.99)])
+def test_an_interrupted_run_resumes_on_the_same_learning_rates(schedule, lpft, ema, tmp_path, parquet_dir,
+                                                               monkeypatch):
     """A decaying schedule continues where it stopped: every resumed step takes the learning rate of the same
     step of the uninterrupted run, so losses and weights agree bit for bit. With LP-FT (a probe head, a slower
-    backbone) the resumed run does not fit the head again, and ends where the uninterrupted one does."""
+    backbone) the resumed run does not fit the head again, and ends where the uninterrupted one does. A weight
+    average (--train.ema) resumes from its checkpoint with the same warmed-up decay, and is what is kept."""
     from safetensors.torch import load_file
 
     import fm2edge.train as tr
 
-    extra = {}
+    extra = {"ema": ema} if ema else {}
     if lpft:
         train_job(job(tmp_path, parquet_dir, epochs=1, name="first"))
         extra = {"init": str(tmp_path / "first"), "head_init": "probe", "backbone_lr": 0.1}
@@ -77,6 +80,12 @@ def test_an_interrupted_run_resumes_on_the_same_learning_rates(schedule, lpft, t
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]
     a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "split" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    if ema:  # the kept weights are the average, not the last step's
+        last = tmp_path / "straight" / "checkpoints" / "epoch-002"
+        average, live = load_file(last / "ema.safetensors"), load_file(last / "model.safetensors")
+        assert all(torch.equal(a[k], average[k]) for k in a)
+        assert not all(torch.equal(a[k], live[f"model.{k}"]) for k in a)
+        assert all(h["val_acc_raw"] is not None for h in straight["history"])
 
 
 def test_existing_run_folder_needs_resume_or_overwrite(tmp_path, parquet_dir):
@@ -384,3 +393,24 @@ def test_freeze_bn_keeps_the_running_statistics(tmp_path, parquet_dir):
     assert all(torch.equal(frozen[k], start[k]) for k in stats)
     assert not all(torch.equal(free[k], start[k]) for k in stats)
     assert not all(torch.equal(frozen[k], start[k]) for k in affine)
+
+
+def test_a_weight_average_is_scored_beside_the_live_weights_and_needs_the_same_setting_to_resume(tmp_path,
+                                                                                                parquet_dir):
+    """--train.ema: validation scores the average and the live weights (val_acc_raw), the average is what is
+    kept, and a run started without an average cannot be resumed with one."""
+    from safetensors.torch import load_file
+
+    metrics = train_job(job(tmp_path, parquet_dir, epochs=2, name="averaged", ema=0.5, select="last"))
+    assert all(0 <= h["val_acc_raw"] <= 1 for h in metrics["history"])
+    first = train_job(job(tmp_path, parquet_dir, epochs=1, name="plain"))
+    assert "val_acc_raw" not in first["history"][0]
+    kept = load_file(tmp_path / "averaged" / "model.safetensors")
+    average = load_file(tmp_path / "averaged" / "checkpoints" / "epoch-001" / "ema.safetensors")
+    assert all(torch.equal(kept[k], average[k]) for k in kept)
+    resumed = job(tmp_path, parquet_dir, epochs=2, name="plain", ema=0.9)
+    resumed.run.resume = True
+    with pytest.raises(Fm2EdgeError, match="no weight average.*without --train.ema"):
+        train_job(resumed)
+    with pytest.raises(ValueError, match=r"train.ema must be in \[0, 1\)"):
+        TrainConfig(ema=1.0)

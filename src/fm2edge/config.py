@@ -213,6 +213,10 @@ class TrainConfig:
         compile: Wrap the model in torch.compile.
         grad_accum: Accumulate gradients over this many batches per optimiser step (effective batch = batch_size x
             grad_accum, whatever the number of processes), for batches that do not fit in memory.
+        ema: Keep an exponential moving average of the weights with at most this decay per optimiser step (0, the
+            default, keeps none; 0.999 suits a few thousand steps). Its decay warms up as 1 - (1 + step)^-3/4, so a
+            short fine-tune averages its recent steps rather than its start. Validation, the kept weights and the
+            test split use the average; each epoch's ``val_acc_raw`` scores the live weights beside it.
         keep_checkpoints: Epoch checkpoints to keep (the newest ones).
         checkpoint_every: Write a checkpoint every this many epochs (and always after the last).
     """
@@ -240,6 +244,7 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     grad_accum: int = 1
+    ema: float = 0.0
     keep_checkpoints: int = 2
     checkpoint_every: int = 1
 
@@ -257,6 +262,8 @@ class TrainConfig:
         check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         check(0 <= self.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         check(self.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        check(0 <= self.ema < 1, f"train.ema must be in [0, 1) (a decay such as 0.999; 0 keeps no average), got "
+              f"{self.ema}")
         check(self.keep_checkpoints >= 1, f"train.keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
 
 

@@ -204,8 +204,10 @@ def latest_checkpoint(run: RunDir) -> Path | None:
     return max(done)[1] if done else None
 
 
-def save_checkpoint(run: RunDir, epoch: int, module: nn.Module, optimizer, state: dict, keep: int) -> Path:
-    """Write ``checkpoints/epoch-NNN`` atomically (model as safetensors, optimiser state, JSON state), then prune."""
+def save_checkpoint(run: RunDir, epoch: int, module: nn.Module, optimizer, state: dict, keep: int,
+                    average: nn.Module | None = None) -> Path:
+    """Write ``checkpoints/epoch-NNN`` atomically (model as safetensors, optimiser state, JSON state, and the
+    weight average when one is kept), then prune."""
     import json
 
     from safetensors.torch import save_model
@@ -213,6 +215,8 @@ def save_checkpoint(run: RunDir, epoch: int, module: nn.Module, optimizer, state
     final = run.path / "checkpoints" / f"epoch-{epoch:03d}"
     with atomic_dir(final) as tmp:
         save_model(module, str(tmp / "model.safetensors"))
+        if average is not None:
+            save_model(average, str(tmp / "ema.safetensors"))
         buf = io.BytesIO()
         torch.save(optimizer.state_dict(), buf)
         atomic_write_bytes(tmp / "optimizer.pt", buf.getvalue())
@@ -223,13 +227,18 @@ def save_checkpoint(run: RunDir, epoch: int, module: nn.Module, optimizer, state
     return final
 
 
-def load_checkpoint(folder: Path, module: nn.Module, optimizer) -> dict:
+def load_checkpoint(folder: Path, module: nn.Module, optimizer, average: nn.Module | None = None) -> dict:
     import json
 
     from safetensors.torch import load_model
 
+    if average is not None and not (folder / "ema.safetensors").exists():
+        raise Fm2EdgeError(f"checkpoint '{folder}' holds no weight average: the run was started without "
+                           f"--train.ema; resume it with the same setting, or start a new run")
     try:
         load_model(module, str(folder / "model.safetensors"), device=str(next(module.parameters()).device))
+        if average is not None:
+            load_model(average, str(folder / "ema.safetensors"), device=str(next(average.parameters()).device))
     except RuntimeError as exc:
         raise Fm2EdgeError(f"checkpoint '{folder}' was written for a different architecture than this run's model "
                            f"({str(exc).splitlines()[0][:200]}); start a new run or fix --model.name") from exc
@@ -324,8 +333,10 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
     start_epoch, resumed_from = 0, None
     selection = Selection()
     ckpt = latest_checkpoint(run)
+    ema = None
     if ckpt is not None:
-        state = load_checkpoint(ckpt, task, optimizer)
+        ema = weight_average(model, cfg)
+        state = load_checkpoint(ckpt, task, optimizer, ema.module if ema is not None else None)
         start_epoch, history, resumed_from = state["epoch"] + 1, state["history"], state["epoch"] + 1
         selection = Selection(**state.get("selection", {}))
         scheduler.last_epoch = start_epoch * steps_per_epoch  # steps taken: the next one reads f(that count)
@@ -345,6 +356,9 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
         if accelerator.is_main_process:
             print(f"epoch 0 (head = linear probe on the frozen backbone, C {info['C']:g}): train acc "
                   f"{100 * info['train_acc']:.2f}%{val_text}")
+    if ckpt is None:  # the average starts from the weights training starts from (after a probe head, if any)
+        ema = weight_average(model, cfg)
+    average = ema.module if ema is not None else None
     raw_task = task  # checkpoints and evaluation use the module itself, not its DDP / compiled wrappers
     if cfg.compile:
         task = torch.compile(task)
@@ -398,6 +412,8 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                if ema is not None:  # the step count sets the warmed-up decay, the same after a resume
+                    ema.update(model, step=scheduler.last_epoch)
             loss_sum += out["loss"].detach() * len(y)
             for name, part in out.items():
                 if name.startswith("loss_"):
@@ -419,14 +435,19 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
                                                  labelled.float(), *part_sums.values()]), reduction="sum")
         seconds = time.perf_counter() - t0
         evaluate = val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
-        val_acc = accuracy(predict(model, val, cfg.eval_batch_size, device, channels_last, accelerator),
+        scored = model if average is None else average
+        val_acc = accuracy(predict(scored, val, cfg.eval_batch_size, device, channels_last, accelerator),
                            val.labels) if evaluate else None
+        raw = {}
+        if evaluate and average is not None:  # the live weights beside their average, to see what it gives
+            raw = {"val_acc_raw": accuracy(predict(model, val, cfg.eval_batch_size, device, channels_last,
+                                                   accelerator), val.labels)}
         improved = val_acc is not None and selection.offer(epoch + 1, val_acc)
         if cfg.patience and selection.stale >= cfg.patience:
             selection.stopped_early = True
         row = {"epoch": epoch + 1, "train_loss": float(totals[0] / totals[2]),
                "train_acc": float(totals[1] / totals[3]) if float(totals[3]) else float("nan"),
-               "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
+               "val_acc": val_acc, **raw, "lr": optimizer.param_groups[0]["lr"],
                "seconds": seconds, "images_per_s": float(totals[2]) / seconds,
                **{name: float(total / totals[2]) for name, total in zip(part_sums, totals[4:], strict=True)}}
         history.append(row)
@@ -441,12 +462,13 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
                 print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}  {acc_text}{val_text}  "
                       f"({seconds:.1f} s, {row['images_per_s']:.0f} img/s)")
             if improved and cfg.select == "best":
-                save_best(run, raw_task, selection)
+                with holding(model, average):
+                    save_best(run, raw_task, selection)
             last = epoch + 1 == cfg.epochs or selection.stopped_early
             if (epoch + 1) % cfg.checkpoint_every == 0 or last:
                 save_checkpoint(run, epoch, raw_task, optimizer,
                                 {"epoch": epoch, "history": history, "selection": dataclasses.asdict(selection),
-                                 "config": config}, cfg.keep_checkpoints)
+                                 "config": config}, cfg.keep_checkpoints, average)
                 run.write_json("metrics.json", {"history": history})
         accelerator.wait_for_everyone()
         if selection.stopped_early:
@@ -454,10 +476,37 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
                 print(f"no better validation accuracy for {cfg.patience} evaluations: stopping after epoch "
                       f"{epoch + 1} (best: epoch {selection.epoch})")
             break
+    if average is not None:  # the average is what is kept, whichever epoch's
+        model.load_state_dict(average.state_dict())
     chosen = finish_selection(run, raw_task, selection, history, cfg, val is not None)
     test_logits = None if test is None else predict(model, test, cfg.eval_batch_size, device, channels_last,
                                                     accelerator)
     return FitResult(history, test_logits, time.perf_counter() - t_start, resumed_from, chosen)
+
+
+def weight_average(model: nn.Module, cfg: TrainConfig):
+    """--train.ema: timm's exponential moving average of ``model``'s weights and buffers (ModelEmaV3), its decay
+    warming up as 1 - (1 + step)^-3/4 to at most ``cfg.ema``; None when the setting is 0."""
+    if not cfg.ema:
+        return None
+    from timm.utils.model_ema import ModelEmaV3
+
+    return ModelEmaV3(model, decay=cfg.ema, use_warmup=True, warmup_power=0.75)
+
+
+@contextlib.contextmanager
+def holding(model: nn.Module, weights: nn.Module | None):
+    """Inside the block ``model`` holds the weights of ``weights`` (a copy of its architecture, e.g. the weight
+    average); its own afterwards. Without ``weights`` the block changes nothing."""
+    if weights is None:
+        yield
+        return
+    own = {name: value.clone() for name, value in model.state_dict().items()}
+    model.load_state_dict(weights.state_dict())
+    try:
+        yield
+    finally:
+        model.load_state_dict(own)
 
 
 def finish_selection(run: RunDir, module: nn.Module, selection: Selection, history: list[dict], cfg: TrainConfig,

@@ -35,6 +35,8 @@ LABEL_COLUMNS = ("label", "labels", "fine_label", "target", "class", "category")
 DEFAULT_VARIABLE_SIZE = 256
 VAL_NAMES = ("val", "validation", "valid")  # what sources (image folders: "validation") call a validation split
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# local data files are keyed by their bytes up to this total size, by name, size and time above it
+CONTENT_KEY_LIMIT = 4 << 30
 
 
 @dataclass
@@ -177,6 +179,39 @@ def _open_hf(cfg: DataConfig) -> Any:
         raise
 
 
+def files_key(files: list[Path], root: Path) -> str:
+    """A key for local data files that follows their bytes, not their times or place, so that a copied, re-extracted
+    or touched dataset keeps its caches (decoded images, features, teacher outputs); ``datasets``' own fingerprint
+    of local files changes with their modification times. Files over CONTENT_KEY_LIMIT in total are keyed by
+    relative path, size and modification time instead, which keeps keying cheap."""
+    by_content = sum(f.stat().st_size for f in files) <= CONTENT_KEY_LIMIT
+    digest = hashlib.blake2b(digest_size=16)
+    for f in files:
+        digest.update(f"{f.relative_to(root) if f != root else f.name}:{f.stat().st_size}:".encode())
+        if by_content:
+            with open(f, "rb") as fh:
+                digest.update(hashlib.file_digest(fh, "blake2b").digest())
+        else:
+            digest.update(str(f.stat().st_mtime_ns).encode())
+    return digest.hexdigest()
+
+
+def local_files(source: str) -> tuple[list[Path], Path] | None:
+    """The files of a local source opened by ``load_dataset`` (a data file, or a folder of data files or of
+    images), with the root they are named from; None for hub ids and ``save_to_disk`` folders, whose
+    fingerprints already follow their content."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        return None
+    if path.is_file():
+        return [path], path.parent
+    if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
+        return None
+    files = sorted(f for f in path.rglob("*") if f.is_file() and not any(part.startswith(".") for part in
+                                                                         f.relative_to(path).parts))
+    return files, path
+
+
 def check_image_folder(root: Path) -> None:
     """An image folder must be root/<class>/<image> or root/<split>/<class>/<image> throughout: one image at
     another depth (``bees/more/x.jpg``) would make every label unreadable, so it is named, with the fix; a class
@@ -227,6 +262,8 @@ def _hf_splits(cfg: DataConfig) -> dict[str, _Split]:
                            f"choose one with --data.val_split, or leave it empty to hold out --data.val_fraction of "
                            f"the training images")
     wanted = {cfg.train_split, cfg.test_split, *(VAL_NAMES if cfg.val_split is None else (cfg.val_split,))}
+    local = local_files(cfg.source)
+    content = files_key(*local) if local else None
     splits = {}
     for split, ds in dsd.items():
         if split not in wanted:
@@ -247,7 +284,8 @@ def _hf_splits(cfg: DataConfig) -> dict[str, _Split]:
         if isinstance(ds.features[img_col], ImageFeature):
             ds = ds.cast_column(img_col, ImageFeature(decode=False))
         rows = _EncodedColumn(ds, img_col)
-        splits[split] = _Split(rows, labels, names, f"{ds._fingerprint}-{img_col}-{lbl_col}")
+        source_key = ds._fingerprint if content is None else f"{content}-{split}"
+        splits[split] = _Split(rows, labels, names, f"{source_key}-{img_col}-{lbl_col}")
     if cfg.train_split not in splits:
         raise Fm2EdgeError(f"data.source '{cfg.source}' has no split '{cfg.train_split}'; its splits are "
                            f"{list(dsd)}; choose one with --data.train_split")
@@ -487,12 +525,13 @@ def load_unlabeled_source(source: str, cfg: DataConfig, size: tuple[int, int]) -
         column = _pick_column(ds.features, cfg.image_column, IMAGE_COLUMNS, "image", source, "Image")
         if isinstance(ds.features[column], ImageFeature):
             ds = ds.cast_column(column, ImageFeature(decode=False))
-        rows, fingerprint = _EncodedColumn(ds, column), f"{ds._fingerprint}-{column}"
+        local = local_files(source)
+        source_key = ds._fingerprint if local is None else files_key(*local)
+        rows, fingerprint = _EncodedColumn(ds, column), f"{source_key}-{column}"
     else:
         files = find_images([source])
         rows = np.array([str(f) for f in files], dtype=object)
-        stamp = "|".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
-        fingerprint = hashlib.sha1(stamp.encode()).hexdigest()
+        fingerprint = files_key(files, Path(os.path.commonpath(files)))
     split = _Split(rows, np.full(len(rows), -1, dtype=np.int64), [], fingerprint)
     data = _materialise(split, np.arange(len(rows)), replace(cfg, image_size=size[0]), f"{source} (unlabelled)")
     return ImageData(data.images, torch.full_like(data.labels, -1), [], f"{data.fingerprint}-unlabeled",

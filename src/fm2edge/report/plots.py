@@ -34,7 +34,12 @@ def learning_curves(history: Sequence[dict], title: str, selected_epoch: int | N
         return fig
     ax_acc.plot(epochs, [100 * h["train_acc"] for h in history], marker="o", label="train (running)")
     checked = [h for h in history if h.get("val_acc") is not None]
-    ax_acc.plot([h["epoch"] for h in checked], [100 * h["val_acc"] for h in checked], marker="s", label="validation")
+    averaged = any("val_acc_raw" in h for h in checked)  # --train.ema: the average is scored, the live weights too
+    ax_acc.plot([h["epoch"] for h in checked], [100 * h["val_acc"] for h in checked], marker="s",
+                label="validation (weight average)" if averaged else "validation")
+    if averaged:
+        ax_acc.plot([h["epoch"] for h in checked], [100 * h["val_acc_raw"] for h in checked], marker=".",
+                    linewidth=1, linestyle=":", label="validation (live weights)")
     if selected_epoch is not None:
         for ax in (ax_loss, ax_acc):
             ax.axvline(selected_epoch, color="0.4", linestyle="--", linewidth=1)
