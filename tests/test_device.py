@@ -74,3 +74,19 @@ def test_bench_times_eager_and_compiled_on_cuda(tmp_path):
                               bench=BenchConfig(devices=["cuda"], backends=["eager", "compile"],
                                                 dtypes=["fp32", "bf16"], runs=20, warmup=5)))["rows"]
     assert all(r["skipped"] is None and r["peak_memory_kind"] == "cuda allocated" for r in rows)
+
+
+def test_freed_memory_is_kept_on_glibc_unless_the_system_allocator_is_asked_for(monkeypatch):
+    """On Linux with glibc the CPU stages keep freed memory (mallopt); FM2EDGE_MALLOC=system leaves malloc alone;
+    elsewhere nothing is changed."""
+    import platform
+
+    from fm2edge.device import keep_freed_memory
+
+    monkeypatch.setenv("FM2EDGE_MALLOC", "system")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv("FM2EDGE_MALLOC")
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is glibc
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
+    assert keep_freed_memory() is False

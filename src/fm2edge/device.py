@@ -51,6 +51,28 @@ def make_accelerator(device: str = "auto", precision: str = "auto"):
     return Accelerator(cpu=not cuda, mixed_precision=mixed)
 
 
+def keep_freed_memory() -> bool:
+    """On Linux with glibc, make ``malloc`` keep freed memory for the next batch instead of handing every large
+    tensor's pages back to the kernel when it is freed (its default for blocks over 32 MiB, and for the top of the
+    heap), so a CPU training step stops paying a page fault and a page clearing for every fresh page of its
+    activations; ``benchmarks/cpu_allocator.py`` measures what that gives. The process keeps its peak memory
+    instead of shrinking between batches. PyTorch keeps no CPU memory cache of its own, and jemalloc or tcmalloc
+    would need LD_PRELOAD before start-up; glibc's own knobs (mallopt) can be set from here. Off with
+    FM2EDGE_MALLOC=system. True when set."""
+    import ctypes
+    import os
+
+    if platform.system() != "Linux" or os.environ.get("FM2EDGE_MALLOC", "").lower() == "system":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only: another libc (musl, ...) keeps its own allocator
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    return libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device`` for inference (None means fp32)."""
     if precision == "fp32":
