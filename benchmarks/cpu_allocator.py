@@ -1,5 +1,5 @@
 """Does keeping freed memory speed up CPU training? `fm2edge train` with glibc's default allocator and with the
-setting fm2edge applies on a CPU (``fm2edge.device.keep_freed_memory``), per model.
+setting fm2edge applies while it trains on a CPU (``fm2edge.device.freed_memory_kept``), per model.
 
     python benchmarks/cpu_allocator.py [--steps 16] [--repeats 2] [--models pypi:efficientnet_lite0@160@64 ...]
 

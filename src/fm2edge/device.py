@@ -6,6 +6,7 @@ stages ask one question and the CPU path that CI runs is the same code as the GP
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 from typing import Any
@@ -51,26 +52,45 @@ def make_accelerator(device: str = "auto", precision: str = "auto"):
     return Accelerator(cpu=not cuda, mixed_precision=mixed)
 
 
-def keep_freed_memory() -> bool:
-    """On Linux with glibc, make ``malloc`` keep freed memory for the next batch instead of handing every large
-    tensor's pages back to the kernel when it is freed (its default for blocks over 32 MiB, and for the top of the
-    heap), so a CPU training step stops paying a page fault and a page clearing for every fresh page of its
-    activations; ``benchmarks/cpu_allocator.py`` measures what that gives. The process keeps its peak memory
-    instead of shrinking between batches. PyTorch keeps no CPU memory cache of its own, and jemalloc or tcmalloc
-    would need LD_PRELOAD before start-up; glibc's own knobs (mallopt) can be set from here. Off with
-    FM2EDGE_MALLOC=system. True when set."""
+_KEPT = {"depth": 0}  # nested training loops share one setting; the outermost restores glibc's defaults
+
+
+@contextlib.contextmanager
+def freed_memory_kept():
+    """On Linux with glibc, inside the block ``malloc`` keeps freed memory for the next batch instead of handing
+    every large tensor's pages back to the kernel when it is freed (its default for blocks over 32 MiB, and for the
+    top of the heap), so a CPU training step stops paying a page fault and a page clearing for every fresh page of
+    its activations; ``benchmarks/cpu_allocator.py`` measures what that gives. After the block glibc's defaults
+    return and the kept memory is released (malloc_trim), so what runs next (a peak-memory measurement, say) sees
+    the process as before. PyTorch keeps no CPU memory cache of its own, and jemalloc or tcmalloc would need
+    LD_PRELOAD before start-up; glibc's own knobs (mallopt) can be set from here. Off with FM2EDGE_MALLOC=system.
+    Yields True when the setting is on."""
     import ctypes
     import os
 
-    if platform.system() != "Linux" or os.environ.get("FM2EDGE_MALLOC", "").lower() == "system":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018 - glibc only: another libc (musl, ...) keeps its own allocator
-    except (OSError, AttributeError):
-        return False
+    libc = None
+    if platform.system() == "Linux" and os.environ.get("FM2EDGE_MALLOC", "").lower() != "system":
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            libc.gnu_get_libc_version  # noqa: B018 - glibc only: another libc (musl, ...) keeps its own allocator
+        except (OSError, AttributeError):
+            libc = None
+    if libc is None:
+        yield False
+        return
     m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    return libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
+    if _KEPT["depth"] == 0:
+        libc.mallopt(m_mmap_max, 0)
+        libc.mallopt(m_trim_threshold, 2**31 - 1)
+    _KEPT["depth"] += 1
+    try:
+        yield True
+    finally:
+        _KEPT["depth"] -= 1
+        if _KEPT["depth"] == 0:
+            libc.mallopt(m_mmap_max, 65536)  # glibc's defaults (DEFAULT_MMAP_MAX, DEFAULT_TRIM_THRESHOLD)
+            libc.mallopt(m_trim_threshold, 128 * 1024)
+            libc.malloc_trim(0)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

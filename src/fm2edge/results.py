@@ -84,11 +84,9 @@ def student_size(stored: int) -> int:
 def start_stage(data: DataConfig, device: str = "auto", precision: str = "auto") -> Session:
     """Accelerator for ``device`` / ``precision`` and the data of ``data``: the one start-up of every stage."""
     from fm2edge.data import load_data
-    from fm2edge.device import keep_freed_memory, make_accelerator
+    from fm2edge.device import make_accelerator
 
     accelerator = make_accelerator(device, precision)
-    if accelerator.device.type == "cpu":
-        keep_freed_memory()
     with accelerator.main_process_first():
         train, val, test = load_data(data)
     return Session(accelerator, train, val, test)
