@@ -50,3 +50,10 @@ def cifar_source(n: int) -> Path:
         split(n).to_parquet(str(folder / "train.parquet"))
         split(max(64, n // 10)).to_parquet(str(folder / "test.parquet"))
     return folder
+
+
+def model_spec(spec: str) -> tuple[str, int, int]:
+    """``"timm:mobilenetv3_small_100@64@128"`` -> (name, input size, batch size): the --models format of the
+    training-speed scripts."""
+    name, size, batch = spec.rsplit("@", 2)
+    return name, int(size), int(batch)

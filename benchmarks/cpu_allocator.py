@@ -24,17 +24,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import cifar_source
+from common import cifar_source, model_spec
 
 from fm2edge.device import cpu_features
 
 MODELS = ["pypi:efficientnet_lite0@160@64", "student:small_cnn@32@256"]
-
-
-def parse(spec: str) -> tuple[str, int, int]:
-    """``"pypi:efficientnet_lite0@160@64"`` -> (name, input size, batch size)."""
-    name, size, batch = spec.rsplit("@", 2)
-    return name, int(size), int(batch)
 
 
 def one_run(name: str, size: int, batch: int, steps: int, allocator: str, root: Path) -> dict:
@@ -69,7 +63,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.models:
-            name, size, batch = parse(spec)
+            name, size, batch = model_spec(spec)
             runs: dict[str, list[dict]] = {"system": [], "kept": []}
             for _ in range(args.repeats):
                 for allocator in runs:

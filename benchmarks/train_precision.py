@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import cifar_source
+from common import cifar_source, model_spec
 
 from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
 from fm2edge.device import bf16_supported_on_cpu, cpu_features
@@ -27,12 +27,6 @@ from fm2edge.train import train_job
 
 MODELS = ["student:small_cnn@32@256", "student:cifar_resnet18@32@128", "timm:mobilenetv3_small_100@64@128",
           "pypi:efficientnet_lite0@160@64"]
-
-
-def parse(spec: str) -> tuple[str, int, int]:
-    """``"timm:mobilenetv3_small_100@64@128"`` -> (name, input size, batch size)."""
-    name, size, batch = spec.rsplit("@", 2)
-    return name, int(size), int(batch)
 
 
 def images_per_s(name: str, size: int, batch: int, steps: int, precision: str, root: Path) -> float:
@@ -56,7 +50,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.models:
-            name, size, batch = parse(spec)
+            name, size, batch = model_spec(spec)
             fp32, bf16 = (images_per_s(name, size, batch, args.steps, p, Path(tmp)) for p in ("fp32", "bf16"))
             rows.append((name, size, batch, fp32, bf16))
     print(f"\n`fm2edge train` images/s, second of two {args.steps}-batch epochs; CPU {cpu_features()}, torch "

@@ -302,6 +302,14 @@ def load_best(run: RunDir, module: nn.Module) -> None:
 
 def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | None, test: ImageData | None,
         cfg: TrainConfig, run: RunDir, accelerator, config: dict | None = None) -> FitResult:
+    """Train ``task`` (which owns ``model``): :func:`fit_loop`, keeping freed memory for the next batch while it
+    runs on a CPU (see :func:`fm2edge.device.freed_memory_kept`)."""
+    with freed_memory_kept() if accelerator.device.type == "cpu" else contextlib.nullcontext():
+        return fit_loop(task, model, train, val, test, cfg, run, accelerator, config)
+
+
+def fit_loop(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | None, test: ImageData | None,
+             cfg: TrainConfig, run: RunDir, accelerator, config: dict | None = None) -> FitResult:
     """Train ``task`` (which owns ``model``) for ``cfg.epochs``, checkpointing every epoch and resuming when possible.
 
     Every evaluated epoch is scored on ``val``; with ``cfg.select == "best"`` the weights of the best validation
@@ -372,112 +380,110 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
     end_epoch = start_epoch if selection.stopped_early else cfg.epochs
     norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)  # timm's BatchNormAct2d included
     batch_norms = [m for m in model.modules() if isinstance(m, norms)] if cfg.freeze_bn else []
-    # CPU training keeps freed memory for the next batch (see fm2edge.device.freed_memory_kept)
-    with freed_memory_kept() if device.type == "cpu" else contextlib.nullcontext():
-        for epoch in range(start_epoch, end_epoch):
-            task.train()
-            for module in batch_norms:  # --train.freeze_bn: running statistics fixed, affine parameters trained
-                module.eval()
-            seed = cfg.seed * 1_000_003 + epoch
-            torch.manual_seed(seed)
-            cpu_gen = torch.Generator().manual_seed(seed)
-            dev_gen = torch.Generator(device=device).manual_seed(seed + rank)
-            batches = batch_plan(len(train), cfg.batch_size, world, rank, cpu_gen)
-            loss_sum = torch.zeros((), device=device)
-            part_sums: dict[str, torch.Tensor] = {}
-            correct = torch.zeros((), device=device)
-            labelled = torch.zeros((), device=device)  # images distilled on without a label (-1) count in no accuracy
-            seen = 0
-            t0 = time.perf_counter()
-            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                       disable=not accelerator.is_local_main_process)
-            for step, idx in enumerate(bar):
-                gidx = idx.to(images.device) if images.device.type == "cuda" else idx
-                x = move(images[gidx], device)
-                y = move(labels[idx.to(labels.device)], device)
-                views = view_source(idx, epoch, dev_gen)
-                partners = partner_labels = None
-                if views is not None and views.mixes:  # each mixed view's partner image, from anywhere in the data
-                    pidx = views.col("partner").long().clamp_min(0).cpu()
-                    partners = move(images[pidx.to(images.device)], device)
-                    partner_labels = move(labels[pidx.to(labels.device)], device)
-                # gradient accumulation: sum micro-batch gradients (without a DDP all-reduce until the last one),
-                # then take one optimiser step
-                group_end = (step + 1) % cfg.grad_accum == 0 or step == len(batches) - 1
-                in_group = min(cfg.grad_accum, len(batches) - (step // cfg.grad_accum) * cfg.grad_accum)
-                sync = contextlib.nullcontext() if group_end or world == 1 else accelerator.no_sync(task)
-                with sync:
-                    # the index lets a task look up cached teacher outputs
-                    out = task(x, y, idx.to(device), views, partners, partner_labels)
-                    accelerator.backward(out["loss"] / in_group if cfg.grad_accum > 1 else out["loss"])
-                if group_end:
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    if ema is not None:  # the step count sets the warmed-up decay, the same after a resume
-                        ema.update(model, step=scheduler.last_epoch)
-                loss_sum += out["loss"].detach() * len(y)
-                for name, part in out.items():
-                    if name.startswith("loss_"):
-                        part_sums[name] = part_sums.get(name, torch.zeros((), device=device)) + part.detach() * len(y)
-                if "logits" in out:
-                    correct += (out["logits"].detach().argmax(-1) == y).sum()
-                    labelled += (y >= 0).sum()
-                seen += len(y)
-                if step % 20 == 0 or step == len(batches) - 1:
-                    mean_loss = float(loss_sum) / seen
-                    if not math.isfinite(mean_loss):
-                        last = latest_checkpoint(run)
-                        raise Fm2EdgeError(f"the loss became {mean_loss} at epoch {epoch + 1}, step {step + 1}; "
-                                           f"the last good checkpoint is {last.name if last else 'none'}; lower "
-                                           f"--train.lr or check the data")
-                    rate = seen * world / (time.perf_counter() - t0)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
-            totals = accelerator.reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device),
-                                                     labelled.float(), *part_sums.values()]), reduction="sum")
-            seconds = time.perf_counter() - t0
-            evaluate = val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
-            scored = model if average is None else average
-            val_acc = accuracy(predict(scored, val, cfg.eval_batch_size, device, channels_last, accelerator),
-                               val.labels) if evaluate else None
-            raw = {}
-            if evaluate and average is not None:  # the live weights beside their average, to see what it gives
-                raw = {"val_acc_raw": accuracy(predict(model, val, cfg.eval_batch_size, device, channels_last,
-                                                       accelerator), val.labels)}
-            improved = val_acc is not None and selection.offer(epoch + 1, val_acc)
-            if cfg.patience and selection.stale >= cfg.patience:
-                selection.stopped_early = True
-            row = {"epoch": epoch + 1, "train_loss": float(totals[0] / totals[2]),
-                   "train_acc": float(totals[1] / totals[3]) if float(totals[3]) else float("nan"),
-                   "val_acc": val_acc, **raw, "lr": optimizer.param_groups[0]["lr"],
-                   "seconds": seconds, "images_per_s": float(totals[2]) / seconds,
-                   **{name: float(total / totals[2]) for name, total in zip(part_sums, totals[4:], strict=True)}}
-            history.append(row)
+    for epoch in range(start_epoch, end_epoch):
+        task.train()
+        for module in batch_norms:  # --train.freeze_bn: running statistics fixed, affine parameters trained
+            module.eval()
+        seed = cfg.seed * 1_000_003 + epoch
+        torch.manual_seed(seed)
+        cpu_gen = torch.Generator().manual_seed(seed)
+        dev_gen = torch.Generator(device=device).manual_seed(seed + rank)
+        batches = batch_plan(len(train), cfg.batch_size, world, rank, cpu_gen)
+        loss_sum = torch.zeros((), device=device)
+        part_sums: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), device=device)
+        labelled = torch.zeros((), device=device)  # images distilled on without a label (-1) count in no accuracy
+        seen = 0
+        t0 = time.perf_counter()
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=not accelerator.is_local_main_process)
+        for step, idx in enumerate(bar):
+            gidx = idx.to(images.device) if images.device.type == "cuda" else idx
+            x = move(images[gidx], device)
+            y = move(labels[idx.to(labels.device)], device)
+            views = view_source(idx, epoch, dev_gen)
+            partners = partner_labels = None
+            if views is not None and views.mixes:  # each mixed view's partner image, from anywhere in the data
+                pidx = views.col("partner").long().clamp_min(0).cpu()
+                partners = move(images[pidx.to(images.device)], device)
+                partner_labels = move(labels[pidx.to(labels.device)], device)
+            # gradient accumulation: sum micro-batch gradients (without a DDP all-reduce until the last one),
+            # then take one optimiser step
+            group_end = (step + 1) % cfg.grad_accum == 0 or step == len(batches) - 1
+            in_group = min(cfg.grad_accum, len(batches) - (step // cfg.grad_accum) * cfg.grad_accum)
+            sync = contextlib.nullcontext() if group_end or world == 1 else accelerator.no_sync(task)
+            with sync:
+                # the index lets a task look up cached teacher outputs
+                out = task(x, y, idx.to(device), views, partners, partner_labels)
+                accelerator.backward(out["loss"] / in_group if cfg.grad_accum > 1 else out["loss"])
+            if group_end:
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:  # the step count sets the warmed-up decay, the same after a resume
+                    ema.update(model, step=scheduler.last_epoch)
+            loss_sum += out["loss"].detach() * len(y)
+            for name, part in out.items():
+                if name.startswith("loss_"):
+                    part_sums[name] = part_sums.get(name, torch.zeros((), device=device)) + part.detach() * len(y)
+            if "logits" in out:
+                correct += (out["logits"].detach().argmax(-1) == y).sum()
+                labelled += (y >= 0).sum()
+            seen += len(y)
+            if step % 20 == 0 or step == len(batches) - 1:
+                mean_loss = float(loss_sum) / seen
+                if not math.isfinite(mean_loss):
+                    last = latest_checkpoint(run)
+                    raise Fm2EdgeError(f"the loss became {mean_loss} at epoch {epoch + 1}, step {step + 1}; "
+                                       f"the last good checkpoint is {last.name if last else 'none'}; lower "
+                                       f"--train.lr or check the data")
+                rate = seen * world / (time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
+        totals = accelerator.reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device),
+                                                 labelled.float(), *part_sums.values()]), reduction="sum")
+        seconds = time.perf_counter() - t0
+        evaluate = val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
+        scored = model if average is None else average
+        val_acc = accuracy(predict(scored, val, cfg.eval_batch_size, device, channels_last, accelerator),
+                           val.labels) if evaluate else None
+        raw = {}
+        if evaluate and average is not None:  # the live weights beside their average, to see what it gives
+            raw = {"val_acc_raw": accuracy(predict(model, val, cfg.eval_batch_size, device, channels_last,
+                                                   accelerator), val.labels)}
+        improved = val_acc is not None and selection.offer(epoch + 1, val_acc)
+        if cfg.patience and selection.stale >= cfg.patience:
+            selection.stopped_early = True
+        row = {"epoch": epoch + 1, "train_loss": float(totals[0] / totals[2]),
+               "train_acc": float(totals[1] / totals[3]) if float(totals[3]) else float("nan"),
+               "val_acc": val_acc, **raw, "lr": optimizer.param_groups[0]["lr"],
+               "seconds": seconds, "images_per_s": float(totals[2]) / seconds,
+               **{name: float(total / totals[2]) for name, total in zip(part_sums, totals[4:], strict=True)}}
+        history.append(row)
+        if accelerator.is_main_process:
+            run.log_epoch({k: v for k, v in row.items()
+                           if isinstance(v, (int, float)) and k != "epoch" and not math.isnan(v)}, epoch + 1)
+        if accelerator.is_main_process:
+            if cfg.epochs <= 20 or evaluate:
+                val_text = f"val acc {100 * val_acc:.2f}%{' (best)' if improved else ''}" if evaluate else (
+                    "val acc -" if val is not None else "")
+                acc_text = "" if math.isnan(row["train_acc"]) else f"train acc {100 * row['train_acc']:.2f}%  "
+                print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}  {acc_text}{val_text}  "
+                      f"({seconds:.1f} s, {row['images_per_s']:.0f} img/s)")
+            if improved and cfg.select == "best":
+                with holding(model, average):
+                    save_best(run, raw_task, selection)
+            last = epoch + 1 == cfg.epochs or selection.stopped_early
+            if (epoch + 1) % cfg.checkpoint_every == 0 or last:
+                save_checkpoint(run, epoch, raw_task, optimizer,
+                                {"epoch": epoch, "history": history, "selection": dataclasses.asdict(selection),
+                                 "config": config}, cfg.keep_checkpoints, average)
+                run.write_json("metrics.json", {"history": history})
+        accelerator.wait_for_everyone()
+        if selection.stopped_early:
             if accelerator.is_main_process:
-                run.log_epoch({k: v for k, v in row.items()
-                               if isinstance(v, (int, float)) and k != "epoch" and not math.isnan(v)}, epoch + 1)
-            if accelerator.is_main_process:
-                if cfg.epochs <= 20 or evaluate:
-                    val_text = f"val acc {100 * val_acc:.2f}%{' (best)' if improved else ''}" if evaluate else (
-                        "val acc -" if val is not None else "")
-                    acc_text = "" if math.isnan(row["train_acc"]) else f"train acc {100 * row['train_acc']:.2f}%  "
-                    print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}  {acc_text}{val_text}  "
-                          f"({seconds:.1f} s, {row['images_per_s']:.0f} img/s)")
-                if improved and cfg.select == "best":
-                    with holding(model, average):
-                        save_best(run, raw_task, selection)
-                last = epoch + 1 == cfg.epochs or selection.stopped_early
-                if (epoch + 1) % cfg.checkpoint_every == 0 or last:
-                    save_checkpoint(run, epoch, raw_task, optimizer,
-                                    {"epoch": epoch, "history": history, "selection": dataclasses.asdict(selection),
-                                     "config": config}, cfg.keep_checkpoints, average)
-                    run.write_json("metrics.json", {"history": history})
-            accelerator.wait_for_everyone()
-            if selection.stopped_early:
-                if accelerator.is_main_process:
-                    print(f"no better validation accuracy for {cfg.patience} evaluations: stopping after epoch "
-                          f"{epoch + 1} (best: epoch {selection.epoch})")
-                break
+                print(f"no better validation accuracy for {cfg.patience} evaluations: stopping after epoch "
+                      f"{epoch + 1} (best: epoch {selection.epoch})")
+            break
     if average is not None:  # the average is what is kept, whichever epoch's
         model.load_state_dict(average.state_dict())
     chosen = finish_selection(run, raw_task, selection, history, cfg, val is not None)
