@@ -187,3 +187,16 @@ def test_a_run_can_start_from_another_runs_weights(tmp_path):
                                 train=TrainConfig(epochs=1, batch_size=32, lr=1e-4, device="cpu"),
                                 run=RunConfig(root=str(tmp_path), name="second")))
     assert second["history"][0]["val_acc"] >= first["history"][0]["val_acc"], "it starts where the first run ended"
+
+
+def test_a_backbone_already_on_another_device_is_probed_there():
+    """The wrapper's one probing forward pass runs where the model is (a model moved to a GPU before it is wrapped
+    failed with a device mismatch); the meta device stands in for a GPU here."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from fm2edge.models.sources import HFBackbone
+
+    net = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                   image_size=32, patch_size=8)).to("meta")
+    backbone = HFBackbone(net, 32, "cls")
+    assert (backbone.width, backbone.convolutional) == (32, False)

@@ -138,8 +138,9 @@ class HFBackbone(nn.Module):
         # one forward pass tells the layout (tokens or a feature map) and the width
         with torch.no_grad():
             was = model.training
+            weight = next(model.parameters())  # the probe goes where the model already is (a GPU, bf16)
             out = model.eval()(pixel_values=torch.zeros(1, getattr(model.config, "num_channels", 3), input_size,
-                                                         input_size))
+                                                         input_size, device=weight.device, dtype=weight.dtype))
             model.train(was)
         self.convolutional = out.last_hidden_state.ndim == 4
         self.width = int(out.pooler_output.flatten(1).shape[1] if self.convolutional else
