@@ -3,7 +3,7 @@
 
     python benchmarks/distill_study.py [--teacher RUN] [--more_epochs 8] [--teacher_ema 0.999]
         [--teacher_epochs 10] [--teacher_size 160] [--teacher_batch 64] [--teacher_mix]
-        [--candidates RUN ...] [--refine_size 224] [--seeds 0 1 2] [--data DIR]
+        [--candidates RUN ...] [--soup] [--refine_size 224] [--seeds 0 1 2] [--data DIR]
         [--epochs 30] [--unlabeled 0]
         [--variants scratch kd dkd dist feature kd-fixed kd-online] [--views 10] [--root runs/distill-study]
         [--teacher_precision bf16] [--precision bf16] [--channels_last]
@@ -12,8 +12,9 @@ On ../shared/data/cifar10 (5,000 labelled training images: 4,500 to train, 500 t
 The teacher is EfficientNet-Lite0 (the offline ImageNet-pretrained package) fine-tuned on those labels with
 `fm2edge finetune --finetune.modes [full]`, validation-selected, built first when --teacher is not given;
 --more_epochs (more epochs of its recipe, with a weight average when --teacher_ema is set) and --refine_size
-(FixRes) make further candidates, --candidates names teachers trained before, and validation chooses among
-them. The student is `student:small_cnn` at 32 px. Every variant is an ordinary `fm2edge train` / `fm2edge distill`
+(FixRes) make further candidates, --candidates names teachers trained before, --soup averages the candidates'
+weights into one more (a greedy model soup, `fm2edge soup`), and validation chooses among them. The student is
+`student:small_cnn` at 32 px. Every variant is an ordinary `fm2edge train` / `fm2edge distill`
 job, with the same augmentation (random-resized crop, flip, CutMix on half the images) and the same epochs:
 
 - scratch: the student alone, on the labels.
@@ -107,6 +108,19 @@ def refine_teacher(root: Path, data: DataConfig, teacher: Path, size: int, epoch
                                         augment=AugmentConfig(crop="resized", scale=(0.8, 1.0), flip=True)))
 
 
+def soup_teacher(root: Path, data: DataConfig, candidates: list[Path]) -> Path:
+    """A greedy model soup of the candidates (`fm2edge soup`: the best on validation first, each further one kept
+    when the average's validation accuracy does not drop; BatchNorm statistics estimated again), itself a
+    candidate. Its validation score is chosen on validation too, so it flatters the soup a little."""
+    from fm2edge.soup import SoupConfig, SoupJob, soup_job
+
+    run = root / "teacher-soup"
+    if not (run / "metrics.json").exists():
+        soup_job(SoupJob(data=data, soup=SoupConfig(runs=[str(c) for c in candidates]),
+                         run=RunConfig(root=str(root), name="teacher-soup")))
+    return run
+
+
 def choose_teacher(candidates: list[Path]) -> Path:
     """The candidate teacher with the best validation accuracy (its kept epoch's, on the same 500 images)."""
     scores = {run: json.loads((run / "metrics.json").read_text())["val_acc"] for run in candidates}
@@ -147,6 +161,8 @@ def main() -> None:
                     help="run folders of teachers trained before, chosen among with the others on validation")
     ap.add_argument("--refine_size", type=int, help="then fine-tune the teacher a little at this input size (FixRes)")
     ap.add_argument("--refine_epochs", type=int, default=3)
+    ap.add_argument("--soup", action="store_true",
+                    help="also average the candidates' weights (a greedy model soup) into one more candidate")
     ap.add_argument("--more_epochs", type=int, default=0,
                     help="also train the teacher this many epochs more with its own recipe (patience)")
     ap.add_argument("--root", default="runs/distill-study")
@@ -178,6 +194,8 @@ def main() -> None:
         candidates.append(continue_teacher(root, data, t, args.more_epochs, args.teacher_ema))
     if args.refine_size:
         candidates.append(refine_teacher(root, data, t, args.refine_size, args.refine_epochs))
+    if args.soup and len(candidates) > 1:
+        candidates.append(soup_teacher(root, data, candidates))
     t = choose_teacher(candidates) if len(candidates) > 1 else t
     train = TrainConfig(epochs=args.epochs, batch_size=128, lr=4e-3, optimizer="adamw", weight_decay=5e-4,
                         schedule="onecycle", augment=AUGMENT, precision=args.precision,

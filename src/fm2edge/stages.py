@@ -21,6 +21,7 @@ from fm2edge.predict import PredictJob, predict_job
 from fm2edge.pretrain import PretrainJob, pretrain_job
 from fm2edge.probe import ProbeJob, probe_job
 from fm2edge.report.job import ReportJob, report_job
+from fm2edge.soup import SoupJob, soup_job
 from fm2edge.train import train_job
 from fm2edge.zeroshot import ZeroShotJob, zeroshot_job
 
@@ -39,6 +40,8 @@ STAGES: dict[str, Stage] = {
     "zeroshot": Stage(zeroshot_job, ZeroShotJob, "CLIP-style zero-shot classification from prompts, no training"),
     "finetune": Stage(finetune_job, FinetuneJob, "adapt a pretrained backbone: LoRA, full or linear fine-tuning, "
                       "compared"),
+    "soup": Stage(soup_job, SoupJob, "one model from the averaged weights of fine-tuned runs (greedy on validation "
+                  "or uniform)"),
     "bench": Stage(bench_job, BenchJob, "latency, throughput, parameters, MACs and size of models"),
     "distill": Stage(distill_job, DistillJob, "train a student with a teacher's guidance: KD, DKD, DIST, RKD, "
                      "features"),

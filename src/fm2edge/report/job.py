@@ -23,7 +23,7 @@ from fm2edge.report.compare import Group, findings
 from fm2edge.report.read import Run
 
 METHOD_COLOURS = {"teacher": "C3", "train": "C0", "distill": "C1", "probe": "C2", "finetune": "C4",
-                  "zeroshot": "C5"}
+                  "zeroshot": "C5", "soup": "C6"}
 
 
 @dataclass

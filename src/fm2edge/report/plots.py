@@ -119,6 +119,43 @@ def bars(values: dict[str, float], xlabel: str, ylabel: str, title: str) -> Figu
     return fig
 
 
+def soup_steps(steps: Sequence[dict], title: str) -> Figure:
+    """A model soup, run by run in the order tried: each run's validation accuracy alone (bars), the soup's with it
+    (dots: filled where the run was kept, hollow where it was left out) and the soup so far (a step line)."""
+    fig = Figure(figsize=(max(6, 1.1 * len(steps) + 2), 4.5), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(steps))
+    alone = [100 * s["alone"] for s in steps]
+    trial = np.array([100 * s["soup"] for s in steps])
+    kept = np.array([s["kept"] for s in steps])
+    so_far = np.maximum.accumulate(np.where(kept, trial, -np.inf))
+    ax.bar(x, alone, color="lightgray", label="the run alone")
+    ax.step(x, so_far, where="post", color="tab:blue", linewidth=1.5, label="the soup so far")
+    ax.scatter(x[kept], trial[kept], color="tab:blue", zorder=3, label="soup with it (kept)")
+    if not kept.all():
+        ax.scatter(x[~kept], trial[~kept], facecolor="white", edgecolor="tab:blue", zorder=3,
+                   label="soup with it (left out)")
+    ax.set_xticks(x, unique_tails([s["run"] for s in steps]), rotation=30, ha="right", fontsize=8)
+    low = min(alone + trial.tolist())
+    ax.set_ylim(max(0.0, low - 5), min(101.0, max(alone + trial.tolist()) + 2))  # room for a dot at 100%
+    ax.set(ylabel="validation accuracy (%)", title=title)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def unique_tails(paths: Sequence[str]) -> list[str]:
+    """Each path's shortest tail (at least two parts) that no other path shares: ``t20/teacher/full`` beside
+    ``study/teacher/full``."""
+    parts = [[p for p in str(path).replace("\\", "/").split("/") if p] for path in paths]
+    out = []
+    for mine in parts:
+        k = min(2, len(mine))
+        while k < len(mine) and sum(other[-k:] == mine[-k:] for other in parts) > 1:
+            k += 1
+        out.append("/".join(mine[-k:]))
+    return out
+
+
 def finetune_comparison(rows: Sequence[dict], title: str) -> Figure:
     """Linear vs LoRA vs full: test accuracy after training (validation accuracy before, where measured),
     trainable parameters, training time."""

@@ -52,6 +52,8 @@ def run_kind(metrics: dict) -> str:
         return "distill"
     if "mode" in metrics:
         return "finetune"
+    if "ingredients" in metrics:
+        return "soup"
     if "probes" in metrics:
         return "probe"
     if "prompts" in metrics or "templates" in metrics:

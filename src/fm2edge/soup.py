@@ -1,0 +1,197 @@
+"""`fm2edge soup`: one model from the weights of several fine-tuned runs of one architecture (a model soup,
+Wortsman et al., ICML 2022).
+
+Runs fine-tuned from the same pretrained weights with different settings usually lie in one basin, so the average
+of their weights is a model of the same size and speed that is often better than the best of them. "greedy" adds
+the runs one at a time, best on validation first, and keeps each only when the soup's validation accuracy does not
+drop; "uniform" averages them all. BatchNorm statistics do not average (the mean of running variances is not the
+variance of the averaged network's activations), so they are estimated again on plain training images. The test
+split is read once, on the soup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from fm2edge.config import DataConfig, RunConfig, check
+from fm2edge.errors import Fm2EdgeError
+
+
+@dataclass
+class SoupConfig:
+    """Which runs to average and how.
+
+    Args:
+        runs: Run folders of one architecture with the same classes (fine-tuned from the same pretrained weights).
+        method: "greedy" (best on validation first; each further run kept only when validation accuracy does not
+            drop) or "uniform" (the average of all).
+        bn_images: Training images (without augmentation) that re-estimate BatchNorm statistics after averaging.
+        batch_size: Images per forward pass.
+        device: "auto" picks CUDA when available.
+        precision: "auto" is bf16 autocast on CUDA and fp32 on CPU.
+    """
+
+    runs: list[str] = field(default_factory=list)
+    method: Literal["greedy", "uniform"] = "greedy"
+    bn_images: int = 2000
+    batch_size: int = 250
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    def __post_init__(self) -> None:
+        check(len(set(self.runs)) == len(self.runs), "soup.runs names a run folder twice")
+        check(self.bn_images >= 1, f"soup.bn_images must be at least 1, got {self.bn_images}")
+        check(self.batch_size >= 1, f"soup.batch_size must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class SoupJob:
+    """`fm2edge soup`: average the weights of fine-tuned runs into one model (greedy on validation or uniform)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    soup: SoupConfig = field(default_factory=SoupConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def average_weights(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The uniform average of state dicts of one architecture: floating-point tensors averaged (in fp32, cast
+    back), integer buffers (BatchNorm's batch counters) taken from the first."""
+    first = states[0]
+    out = {}
+    for key, value in first.items():
+        if value.is_floating_point():
+            out[key] = (sum(s[key].detach().float().cpu() for s in states) / len(states)).to(value.dtype)
+        else:
+            out[key] = value.detach().cpu().clone()
+    return out
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model, images: torch.Tensor, batch_size: int, device: torch.device) -> None:
+    """BatchNorm running statistics estimated again on ``images`` (uint8, through the model's own
+    preprocessing): PyTorch's ``torch.optim.swa_utils.update_bn``, which resets them and takes a cumulative
+    average over the batches (a model without BatchNorm is left as it is). Leaves the model in eval mode."""
+    from torch.optim.swa_utils import update_bn
+
+    from fm2edge.device import move
+
+    batches = (model.preprocess(move(images[i:i + batch_size], device)) for i in range(0, len(images), batch_size))
+    update_bn(batches, model)
+    model.eval()
+
+
+def saved_models(runs: list[str]) -> dict[str, Path]:
+    """The run folders, each checked to hold a saved model (before any data is read)."""
+    folders = {run: Path(run) for run in runs}
+    for run, folder in folders.items():
+        if not (folder / "model.json").exists():
+            raise Fm2EdgeError(f"soup.runs: '{run}' holds no fm2edge model (model.json missing); give run folders of "
+                               f"`fm2edge finetune`, `train` or `distill`")
+    return folders
+
+
+def ingredients(runs: list[str], class_names: list[str]) -> dict[str, Path]:
+    """The run folders, checked: each holds a model, all of one architecture and of the data's classes."""
+    import json
+
+    from fm2edge.models.io import class_names_of_run
+
+    folders = saved_models(runs)
+    metas = {}
+    for run, folder in folders.items():
+        metas[run] = json.loads((folder / "model.json").read_text())
+        if class_names_of_run(folder) != list(class_names):
+            raise Fm2EdgeError(f"soup.runs: '{run}' was trained on classes {class_names_of_run(folder)}, the data has "
+                               f"{list(class_names)}; average runs trained on this data's classes")
+    names = {(m["name"], m["num_classes"]) for m in metas.values()}
+    if len(names) > 1:
+        raise Fm2EdgeError(f"soup.runs are of different architectures ({sorted(n for n, _ in names)}); weights "
+                           f"average only within one architecture fine-tuned from the same start")
+    return folders
+
+
+def greedy(order: list[str], alone: dict[str, float], cook, score) -> tuple[list[str], object, float, list[dict]]:
+    """Wortsman et al.'s greedy soup: start from the first run of ``order`` (the best alone), try each further run
+    in turn and keep it when ``score(cook(kept + [run]))`` is at least the soup's score so far. Returns the kept
+    runs, the soup (None when no run joined the first), its score and one step per run tried."""
+    kept, soup, best = [order[0]], None, alone[order[0]]
+    steps = [{"run": order[0], "alone": best, "soup": best, "kept": True}]
+    for run in order[1:]:
+        trial = cook(kept + [run])
+        acc = score(trial)
+        steps.append({"run": run, "alone": alone[run], "soup": acc, "kept": acc >= best})
+        print(f"soup + {run}: validation {100 * acc:.2f}% against {100 * best:.2f}% "
+              f"({'kept' if acc >= best else 'left out'})", flush=True)
+        if acc >= best:
+            kept, soup, best = kept + [run], trial, acc
+    return kept, soup, best, steps
+
+
+def soup_job(job: SoupJob) -> dict:
+    from fm2edge.config import to_dict
+    from fm2edge.models.io import load_classifier, save_classifier
+    from fm2edge.report import plots
+    from fm2edge.report.metrics import accuracy
+    from fm2edge.report.write import save_figure
+    from fm2edge.results import start_stage
+    from fm2edge.train import predict
+
+    cfg = job.soup
+    if len(cfg.runs) < 2:
+        raise Fm2EdgeError(f"a soup averages at least two runs and --soup.runs names {len(cfg.runs)}; give the run "
+                           f"folders, e.g. --soup.runs [runs/a/full,runs/b/full]")
+    saved_models(cfg.runs)
+    session = start_stage(job.data, cfg.device, cfg.precision)
+    if cfg.method == "greedy" and session.val is None:
+        raise Fm2EdgeError("a greedy soup chooses on validation images and this data has none; give a validation "
+                           "split (--data.val_fraction, --data.val_split) or use --soup.method uniform")
+    folders = ingredients(cfg.runs, session.test.class_names)
+    device = session.device
+
+    def val_acc(model) -> float | None:
+        if session.val is None:
+            return None
+        return accuracy(predict(model.to(device), session.val, cfg.batch_size, device,
+                                accelerator=session.accelerator), session.val.labels)
+
+    models = {run: load_classifier(folder) for run, folder in folders.items()}
+    recal = session.train.images[:cfg.bn_images]
+
+    def cook(names: list[str]):
+        model = load_classifier(folders[names[0]])  # the architecture and preprocessing of the first (best)
+        model.load_state_dict(average_weights([models[n].state_dict() for n in names]))
+        recalibrate_batchnorm(model.to(device), recal, cfg.batch_size, device)
+        return model
+
+    with session.open(job.run, "soup") as run:  # opened first: an existing folder stops the job before any work
+        alone = {name: val_acc(m) for name, m in models.items()}
+        if cfg.method == "greedy":
+            order = sorted(models, key=lambda r: -alone[r])  # stable: the order given breaks ties
+            kept, soup, best, steps = greedy(order, alone, cook, val_acc)
+            soup = soup if soup is not None else models[order[0]].to(device)
+        else:
+            kept, soup = list(models), cook(list(models))
+            best = val_acc(soup)
+            steps = [{"run": name, "alone": alone[name], "soup": best, "kept": True} for name in kept]
+        logits = predict(soup, session.test, cfg.batch_size, device, accelerator=session.accelerator)
+        test_acc = accuracy(logits, session.test.labels)
+        results = {"method": cfg.method, "ingredients": kept, "steps": steps, "val_acc": best, "test_acc": test_acc,
+                   "selected": {"on": f"{cfg.method} soup of {len(kept)} runs", "val_acc": best, "epoch": None},
+                   "val_acc_alone": alone, "bn_images": len(recal), "data": job.data.source,
+                   "parameters": sum(p.numel() for p in soup.parameters())}
+        if session.is_main:
+            run.write_config(to_dict(job))
+            save_classifier(soup, run.path)
+            run.write_predictions(logits.numpy(), session.test.labels.numpy(), session.test.class_names)
+            run.write_json("metrics.json", results)
+            if session.val is not None:
+                save_figure(plots.soup_steps(steps, f"{cfg.method} soup of {soup.name}"),
+                            run.file("plots", "soup.png"))
+            shown = f"validation {100 * best:.2f}%, " if best is not None else ""
+            print(f"{cfg.method} soup of {len(kept)} of {len(cfg.runs)} runs: {shown}test accuracy "
+                  f"{100 * test_acc:.2f}% | results in {run.path}")
+    return results
