@@ -9,7 +9,7 @@ from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, Trai
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import create_model
 from fm2edge.models.io import load_classifier
-from fm2edge.soup import SoupConfig, SoupJob, average_weights, recalibrate_batchnorm, soup_job
+from fm2edge.soup import SoupConfig, SoupJob, average_weights, check_shapes, recalibrate_batchnorm, soup_job
 from fm2edge.train import predict, train_job
 
 DIGITS = DataConfig(source="digits", max_train=400, max_test=150)
@@ -123,6 +123,9 @@ def test_bad_soups_are_clear_errors(runs, tmp_path):
     with pytest.raises(Fm2EdgeError, match="already exists"):  # before any model is averaged
         soup_job(SoupJob(data=DIGITS, soup=SoupConfig(runs=folders[:2]), run=RunConfig(root=str(tmp_path),
                                                                                          name="taken")))
+    with pytest.raises(Fm2EdgeError, match="differ in shape"):
+        check_shapes({"a": create_model(ModelConfig(name="student:small_cnn"), 10),
+                      "b": create_model(ModelConfig(name="student:small_cnn"), 3)})
     with pytest.raises(ValueError, match="twice"):
         SoupConfig(runs=[folders[0], folders[0]])
 

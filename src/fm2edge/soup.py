@@ -114,6 +114,19 @@ def ingredients(runs: list[str], class_names: list[str]) -> dict[str, Path]:
     return folders
 
 
+def check_shapes(models: dict) -> None:
+    """Every model's weights have the first one's names and shapes (a ViT trained at another input size has other
+    position embeddings, for one), or a clear error."""
+    first_run, first = next(iter(models.items()))
+    shapes = {k: tuple(v.shape) for k, v in first.state_dict().items()}
+    for run, model in models.items():
+        other = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if other != shapes:
+            diff = sorted(k for k in shapes.keys() | other.keys() if shapes.get(k) != other.get(k))
+            raise Fm2EdgeError(f"soup.runs: the weights of '{run}' differ in shape from those of '{first_run}' "
+                               f"({', '.join(diff[:3])}); a soup averages runs of one architecture at one input size")
+
+
 def greedy(order: list[str], alone: dict[str, float], cook, score) -> tuple[list[str], object, float, list[dict]]:
     """Wortsman et al.'s greedy soup: start from the first run of ``order`` (the best alone), try each further run
     in turn and keep it when ``score(cook(kept + [run]))`` is at least the soup's score so far. Returns the kept
@@ -159,6 +172,7 @@ def soup_job(job: SoupJob) -> dict:
                                 accelerator=session.accelerator), session.val.labels)
 
     models = {run: load_classifier(folder) for run, folder in folders.items()}
+    check_shapes(models)
     recal = session.train.images[:cfg.bn_images]
 
     def cook(names: list[str]):
