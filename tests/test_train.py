@@ -41,6 +41,11 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, parquet_dir):
     for a, b in zip(straight["history"], resumed["history"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, abs=1e-5)
     assert straight["test_acc"] == pytest.approx(resumed["test_acc"], abs=1e-6)
+    # its training time is both calls': at least its four epochs' own seconds
+    assert resumed["train_seconds"] >= sum(h["seconds"] for h in resumed["history"])
+    again = train_job(resumed_job)  # a finished run opened again keeps its time instead of reporting 0 s
+    assert again["resumed_from_epoch"] == 4
+    assert again["train_seconds"] >= resumed["train_seconds"]
 
 
 @pytest.mark.parametrize("schedule,lpft,ema", [("cosine", False, 0.0), ("onecycle", False, 0.0),

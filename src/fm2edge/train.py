@@ -338,7 +338,7 @@ def fit_loop(task: nn.Module, model: Classifier, train: ImageData, val: ImageDat
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, cfg.schedule))
 
     history: list[dict] = []
-    start_epoch, resumed_from = 0, None
+    start_epoch, resumed_from, elapsed = 0, None, 0.0  # elapsed: seconds spent in earlier calls of this run
     selection = Selection()
     ckpt = latest_checkpoint(run)
     ema = None
@@ -346,6 +346,7 @@ def fit_loop(task: nn.Module, model: Classifier, train: ImageData, val: ImageDat
         ema = weight_average(model, cfg)
         state = load_checkpoint(ckpt, task, optimizer, ema.module if ema is not None else None)
         start_epoch, history, resumed_from = state["epoch"] + 1, state["history"], state["epoch"] + 1
+        elapsed = state.get("elapsed", sum(h["seconds"] for h in history))  # older checkpoints: the epochs' own
         selection = Selection(**state.get("selection", {}))
         scheduler.last_epoch = start_epoch * steps_per_epoch  # steps taken: the next one reads f(that count)
         for group in optimizer.param_groups:
@@ -476,7 +477,8 @@ def fit_loop(task: nn.Module, model: Classifier, train: ImageData, val: ImageDat
             if (epoch + 1) % cfg.checkpoint_every == 0 or last:
                 save_checkpoint(run, epoch, raw_task, optimizer,
                                 {"epoch": epoch, "history": history, "selection": dataclasses.asdict(selection),
-                                 "config": config}, cfg.keep_checkpoints, average)
+                                 "config": config, "elapsed": elapsed + time.perf_counter() - t_start},
+                                cfg.keep_checkpoints, average)
                 run.write_json("metrics.json", {"history": history})
         accelerator.wait_for_everyone()
         if selection.stopped_early:
@@ -489,7 +491,8 @@ def fit_loop(task: nn.Module, model: Classifier, train: ImageData, val: ImageDat
     chosen = finish_selection(run, raw_task, selection, history, cfg, val is not None)
     test_logits = None if test is None else predict(model, test, cfg.eval_batch_size, device, channels_last,
                                                     accelerator)
-    return FitResult(history, test_logits, time.perf_counter() - t_start, resumed_from, chosen)
+    # a resumed run's time is all of its calls': reopening a finished run must not report 0 s of training
+    return FitResult(history, test_logits, elapsed + time.perf_counter() - t_start, resumed_from, chosen)
 
 
 def weight_average(model: nn.Module, cfg: TrainConfig):
