@@ -276,5 +276,5 @@ def test_an_image_at_another_depth_is_named_and_an_empty_class_is_said(tmp_path,
     assert train.class_names == ["ants", "bees"]
     (tmp_path / "photos" / "bees" / "more").mkdir()
     PILImage.new("RGB", (20, 20)).save(tmp_path / "photos" / "bees" / "more" / "x.png")
-    with pytest.raises(Fm2EdgeError, match=r"'bees/more/x.png' .* sits at another depth; move"):
+    with pytest.raises(Fm2EdgeError, match=r"but 'bees/more/x.png' is not directly inside a class folder; move"):
         load_data(DataConfig(source=str(tmp_path / "photos")))

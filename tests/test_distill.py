@@ -221,3 +221,31 @@ def test_a_distilled_student_keeps_its_weight_average_and_not_the_teachers(tmp_p
     average = load_file(run / "checkpoints" / "epoch-001" / "ema.safetensors")
     assert set(average) == set(kept) and all(torch.equal(kept[k], average[k]) for k in kept)
     assert not any(k.startswith("teacher") for k in average)
+
+
+def test_dkd_warm_up_spans_the_epochs_asked_for_with_gradient_accumulation(tmp_path, clean_teacher, parquet_dir,
+                                                                          monkeypatch):
+    """--distill.dkd_warmup 2 with --train.grad_accum 2: the ramp reaches 1 at the end of epoch 2, not of epoch 1
+    (it counted forward calls against a length in optimiser steps, so it ramped twice as fast)."""
+    import fm2edge.distill.task as task_module
+    from fm2edge.distill.losses import DKD
+
+    ramps = []
+
+    class Recording(DKD):
+        def forward(self, *args):
+            if self.training:
+                ramps.append(float((self.step.float() + 1).clamp(max=self.warmup_steps) / self.warmup_steps))
+            return super().forward(*args)
+
+    monkeypatch.setattr(task_module, "DKD", Recording)
+    job = DistillJob(data=DataConfig(source=str(parquet_dir), val_fraction=0),
+                     model=ModelConfig(name="student:small_cnn"),
+                     train=TrainConfig(epochs=3, batch_size=16, grad_accum=2, device="cpu"),
+                     distill=DistillConfig(teacher=str(clean_teacher), losses={"dkd": 1.0}, dkd_warmup=2),
+                     run=RunConfig(root=str(tmp_path), name="dkd"))
+    distill_job(job)
+    per_epoch = len(ramps) // 3  # 64 images, batches of 16: 4 calls (2 optimiser steps) an epoch
+    assert per_epoch == 4 and ramps == sorted(ramps)
+    assert ramps[per_epoch - 1] == pytest.approx(0.5) and ramps[2 * per_epoch - 1] == 1.0
+    assert ramps[2 * per_epoch - 2] < 1.0

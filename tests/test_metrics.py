@@ -85,7 +85,9 @@ def test_seed_difference_knows_noise_from_a_gain():
     one = seed_difference([0.80], [0.70, 0.72, 0.71])  # one seed against three: the three's spread for both
     half = stats.t.ppf(0.975, 2) * np.std([0.70, 0.72, 0.71], ddof=1) * np.sqrt(1 + 1 / 3)
     assert (one.low, one.high) == pytest.approx((0.09 - half, 0.09 + half)) and one.verdict == "gain"
-    assert seed_difference([0.75, 0.75], [0.7, 0.7]).verdict == "gain"  # no spread: the difference is exact
+    # seeds that agree exactly within each group give no spread to judge noise by: no verdict of gain
+    assert seed_difference([0.75, 0.75], [0.7, 0.7]).verdict == "no noise estimate"
+    assert seed_difference([0.7, 0.7], [0.7, 0.7]).verdict == "no difference measured"
     line = noise.line("kd vs scratch")
     assert line.startswith("kd vs scratch: +0.00 points (95% CI ") and line.endswith("): within noise")
 
@@ -100,7 +102,7 @@ def test_paired_and_unpaired_intervals_on_test_images():
     few = correct.copy()
     few[np.flatnonzero(correct)[:2]] = False  # 2 images: within the noise of 1,000
     assert paired_difference(few, correct).verdict == "within noise"
-    assert paired_difference(correct, correct).verdict == "within noise"
+    assert paired_difference(correct, correct).verdict == "no difference measured"  # identical predictions
     p = proportion_difference(0.9, 0.8, 450, 450)
     se = np.sqrt(0.9 * 0.1 / 450 + 0.8 * 0.2 / 450)
     assert (p.low, p.high) == pytest.approx((0.1 - 1.96 * se, 0.1 + 1.96 * se)) and p.verdict == "gain"

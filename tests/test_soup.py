@@ -69,10 +69,25 @@ def test_recalibrated_batchnorm_statistics_are_the_images_own():
     assert all(m.momentum == 0.1 for m in bns)  # update_bn puts the momentum back
 
 
-def test_a_greedy_soup_never_loses_validation_accuracy_and_reads_test_once(runs, tmp_path, capsys):
+def test_a_greedy_soup_never_loses_validation_accuracy_and_reads_test_once(runs, tmp_path, capsys, monkeypatch):
+    import fm2edge.train
+    from fm2edge.data import load_data
+
     root, folders = runs
+    test_hash = load_data(DIGITS)[2].content_hash
+    reads = {"test": 0, "other": 0}
+    real_predict = fm2edge.train.predict
+
+    def counting(model, data, *args, **kwargs):
+        reads["test" if data.content_hash == test_hash else "other"] += 1
+        return real_predict(model, data, *args, **kwargs)
+
+    monkeypatch.setattr(fm2edge.train, "predict", counting)
     r = soup_job(SoupJob(data=DIGITS, soup=SoupConfig(runs=folders, bn_images=200),
                          run=RunConfig(root=str(tmp_path), name="soup")))
+    monkeypatch.setattr(fm2edge.train, "predict", real_predict)
+    # the test split is read once, on the finished soup; every choice before it read validation only
+    assert reads["test"] == 1 and reads["other"] >= len(folders)
     alone = r["val_acc_alone"]
     assert r["val_acc"] >= max(alone.values())
     assert r["ingredients"][0] == max(alone, key=alone.get)  # the best run starts the soup

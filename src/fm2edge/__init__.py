@@ -22,6 +22,16 @@ def from_pretrained(name_or_path, revision: str | None = None):
     return load_pretrained(name_or_path, revision)
 
 
+def auto(config: dict | None = None, **sections):
+    """`fm2edge auto` from Python: ``fm2edge.auto(data={"source": "photos/"}, auto={"latency_ms": 2, "minutes":
+    30})`` chooses, trains, exports and proves the most accurate model within the budget and returns what
+    RUN/auto.json holds (the choice, its test accuracy beside the teacher's, the leaderboard)."""
+    from fm2edge.automate import AutoJob, auto_job
+    from fm2edge.stages import job_from_class
+
+    return auto_job(job_from_class(AutoJob, "auto", {**(config or {}), **sections}))
+
+
 def run_stage(command: str, config: dict | None = None):
     """Run a stage (``"train"``, ``"distill"``, ``"export"``, ...) from the nested dict its YAML takes and return
     its result: ``fm2edge.run_stage("train", {"data": {"source": "digits"}, "train": {"epochs": 3}})``."""

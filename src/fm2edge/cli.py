@@ -1,5 +1,5 @@
-"""Command line: the stage table plus `run`, `demo` and `list`; jsonargparse builds every flag from the config
-classes."""
+"""Command line: the stage table plus the commands that drive stages (`auto`, `run`, `demo`) and `list`;
+jsonargparse builds every flag from the config classes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+from fm2edge.automate import AutoJob, auto_job
 from fm2edge.catalog import ListJob, list_job
 from fm2edge.config import DemoJob
 from fm2edge.demo import demo_job
@@ -16,6 +17,8 @@ from fm2edge.recipe import RunJob, run_job
 from fm2edge.stages import STAGES, Stage, command_parser, one_line
 
 COMMANDS: dict[str, Stage] = {
+    "auto": Stage(auto_job, AutoJob, "a folder of labelled photos and a latency budget in, the most accurate "
+                  "verified model out (teacher, student, size and precision chosen on validation)"),
     "run": Stage(run_job, RunJob, "run a recipe YAML (embed -> probe -> ... -> report), skipping unchanged stages"),
     "demo": Stage(demo_job, DemoJob, "run the whole lifecycle offline on scikit-learn's digits (no arguments needed)"),
     **STAGES,
@@ -53,8 +56,8 @@ def _quiet_libraries() -> None:
 
 
 # command -> its positionals in order, each (field, takes several): models, run folders and files read best so
-POSITIONAL = {"bench": [("models", True)], "export": [("model", False)], "report": [("runs", True)],
-              "run": [("recipe", False)], "list": [("what", False)],
+POSITIONAL = {"data": [("data.source", False)], "bench": [("models", True)], "export": [("model", False)],
+              "report": [("runs", True)], "run": [("recipe", False)], "list": [("what", False)],
               "predict": [("model", False), ("inputs", True)]}
 
 

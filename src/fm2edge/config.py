@@ -81,7 +81,8 @@ class ModelConfig:
     Args:
         name: Registered model name with its source prefix, e.g. "student:cifar_resnet18", "torchvision:resnet18",
             "timm:mobilenetv3_small_100", "hf:facebook/dinov2-small" or "hf:/path/to/saved/model"
-            (see `fm2edge list`).
+            (see `fm2edge list`). Trust: "torchscript:" and "export:" files run code when loaded, as a pickle
+            does, so load only files you trust; run folders (safetensors) and "onnx:" graphs hold no code.
         pretrained: Load pretrained weights (hub or package); false builds the architecture with random weights.
         image_size: Input resolution; empty uses the model's own (a "student:" model follows the data: the stored
             image size, kept within 32-128 px).

@@ -13,6 +13,7 @@ every check passes: the export folder appears complete or not at all.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import platform
 import warnings
 from collections.abc import Iterator
@@ -51,6 +52,8 @@ class ExportConfig:
         batch_size: Batch size for accuracy evaluation.
         push_to_hub: A Hugging Face Hub repository (user/name) to upload the run's model, model card and ONNX
             files to after the checks pass (needs network and a token: HF_TOKEN or `hf auth login`).
+        score_on: The split the parity and accuracy checks read: "test", or "validation" when the export is one of
+            several candidates still to be chosen between (the test split is then left unread).
     """
 
     opset: int = 17
@@ -66,6 +69,7 @@ class ExportConfig:
     latency_runs: int = 200
     batch_size: int = 256
     push_to_hub: str | None = None
+    score_on: Literal["test", "validation"] = "test"
 
     def __post_init__(self) -> None:
         check(self.parity_tolerance > 0, f"export.parity_tolerance must be positive, got {self.parity_tolerance}")
@@ -315,11 +319,17 @@ def quantize_int8(fp32: Path, out: Path, batches: Iterator[np.ndarray], method: 
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     exclude = first_and_last_layers(pre) if fp32_layers == "first_last" else []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method], nodes_to_exclude=exclude)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))  # ONNX Runtime's quantiser logs a line per tensor on the root logger
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=methods[method], nodes_to_exclude=exclude)
+    finally:
+        root.setLevel(level)
     pre.unlink()
     return out
 
@@ -449,8 +459,13 @@ def export_job(job: ExportJob) -> dict:
         torch.set_num_threads(cfg.threads)
     model = load_classifier(job.model)
     data = job.data or run_data(Path(job.model))
-    train, _, test = load_data(data)
+    train, val, test = load_data(data)
     check_classes(job.model, model, train, data.source)
+    if cfg.score_on == "validation":
+        if val is None:
+            raise Fm2EdgeError(f"--export.score_on validation, but {data.source} has no validation images; score on "
+                               f"the test split, or give the data a validation split")
+        test = val  # every check below reads validation images; the test split stays unread
     from fm2edge.models.deploy import ImageClassifier
 
     size = model.preprocess.size
@@ -470,7 +485,8 @@ def export_job(job: ExportJob) -> dict:
         timings = {"pytorch_fp32": _latency(lambda: _torch_forward(deployable, x1_torch), cfg.latency_runs),
                    "onnx_fp32": _latency(lambda: run_images(sess, x1), cfg.latency_runs)}
         files = {"onnx_fp32": "model.onnx"}
-        result: dict = {"model": job.model, "name": model.name, "data": data.source, "test_images": len(test),
+        result: dict = {"model": job.model, "name": model.name, "data": data.source, "scored_on": cfg.score_on,
+                        "test_images": len(test),
                         "parity_max_abs_diff": max_diff, "parity_tolerance": cfg.parity_tolerance}
         if cfg.resize_inside:
             any_size = with_resize_inside(fp32_path, tmp / "model.any_size.onnx", model.preprocess)
@@ -484,7 +500,7 @@ def export_job(job: ExportJob) -> dict:
             result.update(q)
         sizes = {"pytorch_fp32": (Path(job.model) / "model.safetensors").stat().st_size,
                  **{k: (tmp / f).stat().st_size for k, f in files.items()}}
-        result.update({"files": files, "size_bytes": sizes, "test_acc": acc, "latency_batch1": timings,
+        result.update({"files": files, "size_bytes": sizes, f"{split_key(cfg)}_acc": acc, "latency_batch1": timings,
                        "input": {**deployable.describe_input(), "preprocess": model.describe()["preprocess"]},
                        "class_names": list(test.class_names),
                        "env": {"torch": torch.__version__, "onnxruntime": _ort().__version__,
@@ -503,7 +519,7 @@ def export_job(job: ExportJob) -> dict:
     if cfg.int8:
         print(Difference(**result["int8_vs_fp32"]).line("int8 vs fp32 ONNX"))
     if cfg.int8 and drop > cfg.max_int8_drop:
-        print(f"warning: int8 loses {drop:.2f} points of test accuracy (more than --export.max_int8_drop "
+        print(f"warning: int8 loses {drop:.2f} points of {cfg.score_on} accuracy (more than --export.max_int8_drop "
               f"{cfg.max_int8_drop}); try --export.calibration_method percentile, more calibration images, or ship "
               f"the fp32 model")
     print(f"results in {out}")
@@ -523,16 +539,23 @@ def _latency(fn, runs: int) -> dict:
     return summarise(time_calls(fn, runs, max(10, runs // 10)))
 
 
+def split_key(cfg: ExportConfig) -> str:
+    """The word export.json uses for the split its accuracies come from: "test" or "validation"."""
+    return cfg.score_on
+
+
 def _print_table(r: dict) -> None:
     base = r["latency_batch1"]["pytorch_fp32"]["p50_ms"]
-    print(f"{'model':<14} {'test acc':>9} {'size':>10} {'p50 ms':>8} {'p90 ms':>8} {'vs PyTorch':>10}")
+    split = r.get("scored_on", "test")
+    accs = r[f"{split}_acc"]
+    print(f"{'model':<14} {split[:5] + ' acc':>9} {'size':>10} {'p50 ms':>8} {'p90 ms':>8} {'vs PyTorch':>10}")
     for key, label in (("pytorch_fp32", "PyTorch fp32"), ("onnx_fp32", "ONNX fp32"), ("onnx_int8", "ONNX int8")):
-        if key not in r["test_acc"]:
+        if key not in accs:
             continue
         lat = r["latency_batch1"][key]
         size = r["size_bytes"].get(key)
         size_text = f"{size / 1e6:.2f} MB" if size else "-"
-        print(f"{label:<14} {100 * r['test_acc'][key]:>8.2f}% {size_text:>10} {lat['p50_ms']:>8.3f} "
+        print(f"{label:<14} {100 * accs[key]:>8.2f}% {size_text:>10} {lat['p50_ms']:>8.3f} "
               f"{lat['p90_ms']:>8.3f} {base / lat['p50_ms']:>9.2f}x")
     print(f"batch-1 latency on {r['env']['cpu']} with {r['env']['threads']} threads; "
-          f"{r['test_images']} test images")
+          f"{r['test_images']} {split} images")

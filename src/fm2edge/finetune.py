@@ -244,7 +244,7 @@ def finetune_one(job: FinetuneJob, mode: str, session, run_path: Path) -> dict:
                 trainable.save_pretrained(str(run.path / "adapter"))
             plain = merged(trainable)
             metrics = write_outputs(run, plain, result, test, {
-                "data": job.data.source, "env": environment(accelerator), "mode": mode,
+                "data": job.data.source, "splits": session.splits, "env": environment(accelerator), "mode": mode,
                 "parameters_before": before, "parameters_after": after, "val_acc_before": acc_before,
                 "peak_memory_bytes": peak, "peak_memory_kind": peak_kind, **extra})
             print(f"{mode}: test accuracy {100 * metrics['test_acc']:.2f}% after {job.train.epochs} epochs "

@@ -73,8 +73,15 @@ def check_recipe(recipe: dict, where: str = "recipe") -> dict:
     unknown = set(recipe) - {"name", "root", "stages", "description"}
     if unknown:
         raise Fm2EdgeError(f"{where}: unknown keys {sorted(unknown)}; a recipe has name, root, description, stages")
+    for key in ("name", "root", "description"):
+        if key in recipe and not isinstance(recipe[key], str):
+            raise Fm2EdgeError(f"{where}: '{key}' is {recipe[key]!r}; it must be text")
+    if "name" in recipe and not NAME.match(recipe["name"]):
+        raise Fm2EdgeError(f"{where}: name {recipe['name']!r} must be a plain folder name (letters, digits, . _ -)")
     seen: set[str] = set()
     for i, stage in enumerate(recipe["stages"]):
+        if not isinstance(stage, dict):
+            raise Fm2EdgeError(f"{where}: stage {i + 1} is {stage!r}; each stage is a mapping {{name, command, args}}")
         name, command = stage.get("name"), stage.get("command")
         if not isinstance(name, str) or not NAME.match(name) or name in seen:
             raise Fm2EdgeError(f"{where}: stage {i + 1} needs a unique plain name, got {name!r}")
@@ -84,6 +91,9 @@ def check_recipe(recipe: dict, where: str = "recipe") -> dict:
         extra = set(stage) - {"name", "command", "args"}
         if extra:
             raise Fm2EdgeError(f"{where}: stage '{name}' has unknown keys {sorted(extra)} (name, command, args)")
+        if not isinstance(stage.get("args", {}), (dict, type(None))):
+            raise Fm2EdgeError(f"{where}: stage '{name}' has args {stage['args']!r}; args is a mapping of the "
+                               f"command's sections, like its YAML config")
         for ref in re.findall(r"\$\{([^}]+)\}", json.dumps(stage.get("args", {}))):
             if ref not in seen:
                 raise Fm2EdgeError(f"{where}: stage '{name}' refers to ${{{ref}}}, which is not an earlier stage")

@@ -53,6 +53,14 @@ class Session:
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
+    @property
+    def splits(self) -> dict:
+        """What each split holds, for metrics.json: {"train": {"images", "content"}, "validation": ..., "test": ...};
+        ``content`` is a hash of the split's images and labels, so two runs can be checked to have used the same."""
+        named = {"train": self.train, "validation": self.val, "test": self.test}
+        return {name: {"images": len(data), "content": data.content_hash} for name, data in named.items()
+                if data is not None}
+
     def open(self, run: RunConfig, default_name: str) -> RunDir:
         """The stage's run folder, ``run.root/run.name`` (or the default name), logging to ``run.log_with``."""
         log_with = resolve_tracker(run.log_with) if self.is_main else "none"  # a missing tracker fails here
@@ -93,9 +101,11 @@ def start_stage(data: DataConfig, device: str = "auto", precision: str = "auto")
 
 
 def describe_splits(session: Session) -> str:
-    """``"1212 train / 135 validation / 450 test images"``."""
+    """``"1212 train / 135 validation / 450 test images (content 39ea6e.. / b6824f.. / df56cf..)"``: the counts, and
+    each split's content hash (equal hashes in two runs: the same images)."""
     val = f"{len(session.val)} validation" if session.val is not None else "no validation"
-    return f"{len(session.train)} train / {val} / {len(session.test)} test images"
+    hashes = " / ".join(h["content"][:6] for h in session.splits.values())
+    return f"{len(session.train)} train / {val} / {len(session.test)} test images (content {hashes})"
 
 
 def selection_line(selection: dict) -> str:

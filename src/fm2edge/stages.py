@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from fm2edge.bench import BenchJob, bench_job
 from fm2edge.config import TrainJob
+from fm2edge.data.summary import DataJob, data_job
 from fm2edge.distill.task import DistillJob, distill_job
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.export import ExportJob, export_job
@@ -34,6 +35,8 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {
+    "data": Stage(data_job, DataJob, "show what a data source resolves to (splits, classes, counts, sizes, what is "
+                  "skipped), without training"),
     "train": Stage(train_job, TrainJob, "train a model on labelled images, no teacher"),
     "embed": Stage(embed_job, EmbedJob, "foundation-model features of a dataset, cached on disk, with t-SNE"),
     "probe": Stage(probe_job, ProbeJob, "linear / k-NN probes on cached features, label efficiency, pooling"),
@@ -76,9 +79,15 @@ def command_parser(cls):
 def job_from_dict(command: str, values: dict):
     """A command's job from the same nested dict its YAML takes (how recipe stages are built), validated the same
     way as flags: unknown keys, wrong types and bad values are errors."""
+    if command not in STAGES:
+        raise Fm2EdgeError(f"unknown stage '{command}'; choose from {', '.join(STAGES)}")
+    return job_from_class(STAGES[command].job, command, values)
+
+
+def job_from_class(cls: type, command: str, values: dict):
+    """A job of class ``cls`` from a nested dict, validated as flags are (see :func:`job_from_dict`)."""
     from jsonargparse import ArgumentError
 
-    cls = STAGES[command].job
     parser = command_parser(cls)
     try:
         cfg = parser.parse_object(values)

@@ -30,6 +30,7 @@ from torch import nn
 from fm2edge.augment import OnlineViews, Views, render, soft_targets
 from fm2edge.config import TrainConfig
 from fm2edge.data import ImageData
+from fm2edge.data.splits import selection_noise
 from fm2edge.device import freed_memory_kept, move
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import Classifier
@@ -256,21 +257,32 @@ def load_checkpoint(folder: Path, module: nn.Module, optimizer, average: nn.Modu
 
 @dataclass
 class Selection:
-    """Which epoch's weights are kept: the best by validation accuracy so far (ties keep the earlier one), or the
-    last. ``stale`` counts evaluations since the last improvement, for early stopping."""
+    """Which epoch's weights are kept: the best by validation accuracy so far, ties broken by the lower validation
+    loss (ties are common on small validation splits, and the earliest epoch is rarely the better one), or the last.
+    ``stale`` counts evaluations since the last improvement, for early stopping."""
 
     epoch: int | None = None  # 1-based
     val_acc: float | None = None
     stale: int = 0
     stopped_early: bool = False
+    val_loss: float | None = None
 
-    def offer(self, epoch: int, val_acc: float) -> bool:
-        """Record ``epoch``'s validation accuracy; True when it is the new best."""
-        if self.val_acc is None or val_acc > self.val_acc:
-            self.epoch, self.val_acc, self.stale = epoch, val_acc, 0
+    def offer(self, epoch: int, val_acc: float, val_loss: float | None = None) -> bool:
+        """Record ``epoch``'s validation accuracy (and loss); True when it is the new best."""
+        tie_won = (val_acc == self.val_acc and val_loss is not None and self.val_loss is not None
+                   and val_loss < self.val_loss)
+        if self.val_acc is None or val_acc > self.val_acc or tie_won:
+            self.epoch, self.val_acc, self.val_loss, self.stale = epoch, val_acc, val_loss, 0
             return True
         self.stale += 1
         return False
+
+
+def validate(model: Classifier, val: ImageData, cfg: TrainConfig, device: torch.device, channels_last: bool,
+             accelerator=None) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` on the validation images."""
+    logits = predict(model, val, cfg.eval_batch_size, device, channels_last, accelerator)
+    return accuracy(logits, val.labels), float(F.cross_entropy(logits, val.labels.long()))
 
 
 @dataclass
@@ -337,6 +349,9 @@ def fit_loop(task: nn.Module, model: Classifier, train: ImageData, val: ImageDat
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, cfg.schedule))
 
+    noise = selection_noise(len(val)) if val is not None and cfg.select == "best" else None
+    if noise and noise["noisy"] and accelerator.is_main_process:
+        log.warning(noise["warning"])
     history: list[dict] = []
     start_epoch, resumed_from, elapsed = 0, None, 0.0  # elapsed: seconds spent in earlier calls of this run
     selection = Selection()
@@ -357,8 +372,8 @@ def fit_loop(task: nn.Module, model: Classifier, train: ImageData, val: ImageDat
         info = probe_head(model, train, cfg.eval_batch_size, device)
         val_text = ""
         if val is not None:  # the probe itself is a candidate: "best" may keep it when fine-tuning only hurts
-            val_acc = accuracy(predict(model, val, cfg.eval_batch_size, device, channels_last), val.labels)
-            selection.offer(0, val_acc)
+            val_acc, val_loss = validate(model, val, cfg, device, channels_last)
+            selection.offer(0, val_acc, val_loss)
             val_text = f", val acc {100 * val_acc:.2f}%"
             if accelerator.is_main_process and cfg.select == "best":
                 save_best(run, task, selection)
@@ -444,19 +459,19 @@ def fit_loop(task: nn.Module, model: Classifier, train: ImageData, val: ImageDat
                                                  labelled.float(), *part_sums.values()]), reduction="sum")
         seconds = time.perf_counter() - t0
         evaluate = val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
-        scored = model if average is None else average
-        val_acc = accuracy(predict(scored, val, cfg.eval_batch_size, device, channels_last, accelerator),
-                           val.labels) if evaluate else None
+        val_acc = val_loss = None
         raw = {}
-        if evaluate and average is not None:  # the live weights beside their average, to see what it gives
-            raw = {"val_acc_raw": accuracy(predict(model, val, cfg.eval_batch_size, device, channels_last,
-                                                   accelerator), val.labels)}
-        improved = val_acc is not None and selection.offer(epoch + 1, val_acc)
+        if evaluate:
+            val_acc, val_loss = validate(model if average is None else average, val, cfg, device, channels_last,
+                                         accelerator)
+            if average is not None:  # the live weights beside their average, to see what it gives
+                raw = {"val_acc_raw": validate(model, val, cfg, device, channels_last, accelerator)[0]}
+        improved = val_acc is not None and selection.offer(epoch + 1, val_acc, val_loss)
         if cfg.patience and selection.stale >= cfg.patience:
             selection.stopped_early = True
         row = {"epoch": epoch + 1, "train_loss": float(totals[0] / totals[2]),
                "train_acc": float(totals[1] / totals[3]) if float(totals[3]) else float("nan"),
-               "val_acc": val_acc, **raw, "lr": optimizer.param_groups[0]["lr"],
+               "val_acc": val_acc, "val_loss": val_loss, **raw, "lr": optimizer.param_groups[0]["lr"],
                "seconds": seconds, "images_per_s": float(totals[2]) / seconds,
                **{name: float(total / totals[2]) for name, total in zip(part_sums, totals[4:], strict=True)}}
         history.append(row)
@@ -489,6 +504,8 @@ def fit_loop(task: nn.Module, model: Classifier, train: ImageData, val: ImageDat
     if average is not None:  # the average is what is kept, whichever epoch's
         model.load_state_dict(average.state_dict())
     chosen = finish_selection(run, raw_task, selection, history, cfg, val is not None)
+    if noise is not None:
+        chosen["noise"] = noise
     test_logits = None if test is None else predict(model, test, cfg.eval_batch_size, device, channels_last,
                                                     accelerator)
     # a resumed run's time is all of its calls': reopening a finished run must not report 0 s of training
@@ -526,7 +543,7 @@ def finish_selection(run: RunDir, module: nn.Module, selection: Selection, histo
     if cfg.select == "best" and selection.epoch is not None:
         load_best(run, module)
         return {"epoch": selection.epoch, "on": "validation accuracy", "val_acc": selection.val_acc,
-                "stopped_early": selection.stopped_early}
+                "val_loss": selection.val_loss, "stopped_early": selection.stopped_early}
     last = history[-1] if history else {}
     why = "last epoch" if has_val else "last epoch (no validation images)"
     return {"epoch": last.get("epoch"), "on": why, "val_acc": last.get("val_acc"),
@@ -560,7 +577,8 @@ def train_one(job) -> dict:
         result = fit(task, model, train, val, test, job.train, run, accelerator, config)
         metrics = {}
         if session.is_main:
-            metrics = write_outputs(run, model, result, test, {"data": job.data.source, "env": environment(accelerator),
+            metrics = write_outputs(run, model, result, test, {"data": job.data.source, "splits": session.splits,
+                                                               "env": environment(accelerator),
                                                                "skipped_images": train.skipped + test.skipped})
             print(f"{selection_line(result.selection)}: test accuracy {100 * metrics['test_acc']:.2f}% | results in "
                   f"{run.path}")

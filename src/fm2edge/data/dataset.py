@@ -8,6 +8,7 @@ disk and memory-mapped, so epochs never re-decode and memory does not grow with 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -22,9 +23,11 @@ import numpy as np
 import torch
 
 from fm2edge.config import DataConfig
-from fm2edge.data.images import IMAGE_SUFFIXES, decode, find_images, peek_size
+from fm2edge.data.folders import looks_like_image_folder, scan_folder
+from fm2edge.data.images import decode, find_images, peek_size
+from fm2edge.data.splits import check_classes, check_disjoint, content_hash, image_hashes, shared_with
 from fm2edge.errors import Fm2EdgeError, HubUnreachableError, is_offline_error
-from fm2edge.runs import atomic_dir
+from fm2edge.runs import atomic_dir, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ class ImageData:
     class_names: list[str]
     fingerprint: str
     skipped: int = 0
+    hashes: np.ndarray | None = None  # per-image pixel digests (see fm2edge.data.splits), computed when first asked
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -63,7 +67,20 @@ class ImageData:
     def subset(self, indices: np.ndarray | torch.Tensor) -> ImageData:
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         digest = hashlib.sha1(idx.numpy().tobytes()).hexdigest()[:12]
-        return ImageData(self.images[idx], self.labels[idx], self.class_names, f"{self.fingerprint}-{digest}")
+        hashes = None if self.hashes is None else self.hashes[idx.numpy()]
+        return ImageData(self.images[idx], self.labels[idx], self.class_names, f"{self.fingerprint}-{digest}",
+                         hashes=hashes)
+
+    def image_hashes(self) -> np.ndarray:
+        """Each image's pixel digest (N x 16 bytes), computed once."""
+        if self.hashes is None:
+            self.hashes = image_hashes(self.images)
+        return self.hashes
+
+    @property
+    def content_hash(self) -> str:
+        """A short hash of this split's (image, label) pairs: equal in two runs that used the same images."""
+        return content_hash(self.image_hashes(), self.labels)
 
 
 def balanced_indices(labels: np.ndarray, n: int | None = None, per_class: int | None = None) -> np.ndarray:
@@ -92,18 +109,24 @@ def holdout_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[n
     """Stratified (train, test) index split for sources without a test split."""
     from sklearn.model_selection import train_test_split
 
-    idx = np.arange(len(labels))
-    counts = np.bincount(labels)
-    classes = int((counts > 0).sum())
-    n_test = max(1, math.ceil(fraction * len(labels)))  # as scikit-learn rounds a fractional test_size
     if len(labels) < 2:
         raise Fm2EdgeError(f"the source has {len(labels)} image(s) and no test split; give it more images or a "
                            f"test split")
-    # a stratified split needs every class twice and at least one test and one training image per class
-    stratified = counts[counts > 0].min() >= 2 and classes <= n_test <= len(labels) - classes
-    train, test = train_test_split(idx, test_size=n_test, random_state=seed,
-                                   stratify=labels if stratified else None)
-    return np.sort(train), np.sort(test)
+    counts = np.bincount(labels)
+    # a class with one image trains on it: held out, it would be a tested class without a training image
+    single = np.isin(labels, np.flatnonzero(counts == 1))
+    idx, rest = np.flatnonzero(single), np.flatnonzero(~single)
+    n_test = max(1, math.ceil(fraction * len(labels)))  # as scikit-learn rounds a fractional test_size
+    if len(rest) < 2:
+        raise Fm2EdgeError("the source has no class with two images to hold one out for testing, and no test "
+                           "split; give it more images per class or a test split")
+    n_test = min(n_test, len(rest) - 1)
+    classes = len(np.unique(labels[rest]))
+    # a stratified split needs at least one test and one training image per class
+    stratified = classes <= n_test <= len(rest) - classes
+    train, test = train_test_split(rest, test_size=n_test, random_state=seed,
+                                   stratify=labels[rest] if stratified else None)
+    return np.sort(np.concatenate([train, idx])), np.sort(test)
 
 
 def validation_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
@@ -152,7 +175,7 @@ def _open_hf(cfg: DataConfig) -> Any:
 
     path = Path(cfg.source).expanduser()
     if path.exists():
-        if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists()):
+        if path.is_dir() and is_saved_dataset(path):
             return load_from_disk(str(path))
         if path.is_file():
             kind = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}.get(path.suffix)
@@ -163,7 +186,9 @@ def _open_hf(cfg: DataConfig) -> Any:
         if not any(path.iterdir()):
             raise Fm2EdgeError(f"data.source '{cfg.source}' is an empty folder; put parquet/arrow files or "
                                f"class sub-folders of images in it")
-        check_image_folder(path)
+        if not any(f.suffix in (".parquet", ".arrow", ".csv", ".json", ".jsonl") for f in path.rglob("*")):
+            raise Fm2EdgeError(f"data.source '{cfg.source}' holds neither images nor parquet/arrow files; lay it out "
+                               f"as root/<class>/<image> or root/<split>/<class>/<image>, or give parquet files")
         return load_dataset(str(path))
     if cfg.source.startswith((".", "/", "~")) or not HUB_ID.match(cfg.source):
         raise Fm2EdgeError(f"data.source '{cfg.source}' does not exist; give an existing folder or file, "
@@ -177,6 +202,29 @@ def _open_hf(cfg: DataConfig) -> Any:
         if type(exc).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError", "FileNotFoundError"):
             raise Fm2EdgeError(f"data.source '{cfg.source}' is neither a local path nor a dataset on the hub") from exc
         raise
+
+
+def _folder_splits(cfg: DataConfig, root: Path) -> dict[str, _Split]:
+    """An image folder's splits (see :mod:`fm2edge.data.folders`), keyed by the bytes of its images."""
+    named = {n: n for n in (cfg.train_split, cfg.test_split, cfg.val_split) if n}
+    scan = scan_folder(root, named, cfg.train_split)
+    content = files_key(scan.files, root)
+    return {name: _Split(np.array([str(f) for f in split.files], dtype=object), np.asarray(split.labels, np.int64),
+                         scan.class_names, f"{content}-{name}") for name, split in scan.splits.items()}
+
+
+def is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists()
+
+
+def source_splits(cfg: DataConfig) -> dict[str, _Split]:
+    """Every split ``cfg.source`` has, before any is chosen or decoded."""
+    if cfg.source in ("digits", "sklearn:digits"):
+        return _digits()
+    path = Path(cfg.source).expanduser()
+    if path.is_dir() and not is_saved_dataset(path) and looks_like_image_folder(path):
+        return _folder_splits(cfg, path)
+    return _hf_splits(cfg)
 
 
 def files_key(files: list[Path], root: Path) -> str:
@@ -210,27 +258,6 @@ def local_files(source: str) -> tuple[list[Path], Path] | None:
     files = sorted(f for f in path.rglob("*") if f.is_file() and not any(part.startswith(".") for part in
                                                                          f.relative_to(path).parts))
     return files, path
-
-
-def check_image_folder(root: Path) -> None:
-    """An image folder must be root/<class>/<image> or root/<split>/<class>/<image> throughout: one image at
-    another depth (``bees/more/x.jpg``) would make every label unreadable, so it is named, with the fix; a class
-    folder without images is said to be left out."""
-    files = [p.relative_to(root) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-    if not files:
-        return
-    splits = {p.parts[0] for p in files if len(p.parts) == 3}
-    depth = 3 if splits and all(len(p.parts) == 3 for p in files) else 2
-    odd = [p for p in files if len(p.parts) != depth]
-    if odd:
-        layout = "root/<split>/<class>/<image>" if depth == 3 else "root/<class>/<image>"
-        raise Fm2EdgeError(f"image folder '{root}' is laid out {layout}, but '{odd[0]}' (and {len(odd) - 1} more) "
-                           f"sits at another depth; move those images into their class folder one level up, or "
-                           f"out of the data folder")
-    for split_dir in ([root / s for s in splits] if depth == 3 else [root]):
-        for cls in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in cls.iterdir()):
-                log.warning("class folder '%s' holds no images and is left out", cls)
 
 
 def _pick_column(features: dict, given: str | None, candidates: tuple[str, ...], kind: str, source: str,
@@ -351,7 +378,8 @@ def _decode_all(rows: list, size: tuple[int, int] | None, out: np.ndarray, on_ba
             return True
         except (OSError, ValueError, SyntaxError) as exc:
             if on_bad == "error":
-                raise Fm2EdgeError(f"image {i} of {where} cannot be decoded ({exc}); remove it, or pass "
+                which = f"image '{rows[i]}'" if isinstance(rows[i], str) else f"image {i} of {where}"
+                raise Fm2EdgeError(f"{which} cannot be decoded ({exc}); remove it, or pass "
                                    f"--data.on_bad_image skip to drop and count bad images") from exc
             return False
 
@@ -387,8 +415,10 @@ def _materialise(split: _Split, indices: np.ndarray, cfg: DataConfig, where: str
             arr = np.zeros((len(rows), size[0], size[1], 3), dtype=np.uint8)
             ok = _decode_all(rows, size, arr, cfg.on_bad_image, where)
         with atomic_dir(folder, lock=True) as tmp:
-            np.save(tmp / "images.npy", np.ascontiguousarray(arr[ok].transpose(0, 3, 1, 2)))
+            stored = np.ascontiguousarray(arr[ok].transpose(0, 3, 1, 2))
+            np.save(tmp / "images.npy", stored)
             np.save(tmp / "labels.npy", labels[ok])
+            np.save(tmp / "hashes.npy", image_hashes(stored))
             (tmp / "meta.json").write_text(json.dumps({"where": where, "skipped": int((~ok).sum()),
                                                        "fingerprint": split.fingerprint}))
     meta = json.loads((folder / "meta.json").read_text())
@@ -399,11 +429,23 @@ def _materialise(split: _Split, indices: np.ndarray, cfg: DataConfig, where: str
     if len(images) == 0:
         raise Fm2EdgeError(f"{where} holds no decodable image")
     return ImageData(images, torch.from_numpy(np.load(folder / "labels.npy")), split.class_names,
-                     fingerprint=key, skipped=meta["skipped"])
+                     fingerprint=key, skipped=meta["skipped"], hashes=_stored_hashes(folder, images))
+
+
+def _stored_hashes(folder: Path, images: torch.Tensor) -> np.ndarray:
+    """The cache's per-image digests; a cache written before they were kept gets them now (atomically)."""
+    path = folder / "hashes.npy"
+    if path.exists():
+        return np.load(path)
+    hashes = image_hashes(images)
+    buf = io.BytesIO()
+    np.save(buf, hashes)
+    atomic_write_bytes(path, buf.getvalue())
+    return hashes
 
 
 @dataclass
-class _Plan:
+class SplitPlan:
     """Which rows of which split make the training, validation and test sets (before decoding)."""
 
     train: _Split
@@ -417,14 +459,15 @@ class _Plan:
     test_idx: np.ndarray
 
 
-def _plan(cfg: DataConfig) -> _Plan:
-    splits = _digits() if cfg.source in ("digits", "sklearn:digits") else _hf_splits(cfg)
+def plan_splits(cfg: DataConfig) -> SplitPlan:
+    splits = source_splits(cfg)
     if cfg.val_split is not None and cfg.val_split not in splits:
         raise Fm2EdgeError(f"data.source '{cfg.source}' has no split '{cfg.val_split}'; its splits are "
                            f"{list(splits)}; choose one with --data.val_split")
     train = splits[cfg.train_split] if cfg.train_split in splits else splits["train"]
     _check_labels(train.labels, train.class_names, f"split '{cfg.train_split}' of '{cfg.source}'")
-    if cfg.test_split in splits and cfg.test_split != cfg.train_split:
+    separate_test = cfg.test_split in splits and cfg.test_split != cfg.train_split
+    if separate_test:
         test = splits[cfg.test_split]
         test_idx = np.arange(len(test.labels))
         train_idx = np.arange(len(train.labels))
@@ -438,19 +481,56 @@ def _plan(cfg: DataConfig) -> _Plan:
     pool = train_idx
     labelled = train_idx[balanced_indices(train.labels[train_idx], cfg.max_train, cfg.per_class)]
     test_idx = test_idx[balanced_indices(test.labels[test_idx], cfg.max_test)]
-    val_name = cfg.val_split or next((n for n in VAL_NAMES if n in splits and n != cfg.train_split), None)
+    val_name = _validation_name(cfg, splits, cfg.test_split if separate_test else None)
     if val_name is not None:  # the source's own validation split
         val = splits[val_name]
         _same_classes(train, val, cfg, val_name)
         _check_labels(val.labels, val.class_names, f"split '{val_name}' of '{cfg.source}'")
-        return _Plan(train, labelled, pool, labelled, val, np.arange(len(val.labels)), val_name, test, test_idx)
-    held = validation_split(train.labels[labelled], cfg.val_fraction)
-    if held is None:
-        if cfg.val_fraction > 0:
-            log.warning("too few labelled images per class to hold out a validation split; the last epoch is kept "
-                        "and nothing is chosen by validation accuracy")
-        return _Plan(train, labelled, pool, labelled, None, None, None, test, test_idx)
-    return _Plan(train, labelled[held[0]], pool, labelled, train, labelled[held[1]], None, test, test_idx)
+        plan = SplitPlan(train, labelled, pool, labelled, val, np.arange(len(val.labels)), val_name, test, test_idx)
+    else:
+        held = validation_split(train.labels[labelled], cfg.val_fraction)
+        if held is None:
+            if cfg.val_fraction > 0:
+                log.warning("too few labelled images per class to hold out a validation split; the last epoch is "
+                            "kept and nothing is chosen by validation accuracy")
+            plan = SplitPlan(train, labelled, pool, labelled, None, None, None, test, test_idx)
+        else:
+            plan = SplitPlan(train, labelled[held[0]], pool, labelled, train, labelled[held[1]], None, test, test_idx)
+    _check_plan(plan, cfg)
+    return plan
+
+
+def _validation_name(cfg: DataConfig, splits: dict, test_name: str | None) -> str | None:
+    """The source's own validation split, if it has one that is not the test split. A named test split that is the
+    source's validation split (``--data.test_split validation`` on a train/ + val/ folder: "val is my test set")
+    sends validation to held-out training images, with a word; naming one split for both is refused."""
+    if cfg.val_split is not None:
+        if cfg.val_split == test_name:
+            raise Fm2EdgeError(f"--data.val_split and --data.test_split both name '{cfg.val_split}': the images that "
+                               f"choose the kept weights would also report the test accuracy; name another "
+                               f"validation split, or leave --data.val_split empty to hold out --data.val_fraction "
+                               f"of the training images")
+        return cfg.val_split
+    found = next((n for n in VAL_NAMES if n in splits and n != cfg.train_split), None)
+    if found is not None and found == test_name:
+        log.warning("'%s' is the test split (--data.test_split %s), so it cannot also choose epochs: validation "
+                    "images are held out from '%s' (--data.val_fraction %g) instead", found, test_name,
+                    cfg.train_split, cfg.val_fraction)
+        return None
+    return found
+
+
+def _check_plan(plan: SplitPlan, cfg: DataConfig) -> None:
+    """The split invariants that rows alone decide (see :mod:`fm2edge.data.splits`); pixels are compared once
+    decoded, in :func:`load_data`."""
+    others = {cfg.test_split: plan.test.labels[plan.test_idx]}
+    if plan.val is not None:
+        others[plan.val_name or f"{cfg.train_split} (held-out validation)"] = plan.val.labels[plan.val_idx]
+        if plan.val is plan.test:
+            check_disjoint(plan.val_idx, plan.test_idx, cfg.train_split)
+    if plan.test is plan.train:
+        check_disjoint(plan.labelled, plan.test_idx, cfg.train_split)
+    check_classes(plan.train.class_names, plan.train.labels[plan.train_idx], others, cfg.source)
 
 
 def _same_classes(train: _Split, other: _Split, cfg: DataConfig, name: str) -> None:
@@ -463,21 +543,44 @@ def load_data(cfg: DataConfig) -> tuple[ImageData, ImageData | None, ImageData]:
     """Open ``cfg.source`` and return (train, validation, test) as decoded, class-balanced ``ImageData``.
 
     Validation is the source's own split (``val``, ``validation``, ``valid``, or ``data.val_split``), else a
-    stratified ``data.val_fraction`` of the labelled training images; None when neither can be had."""
-    plan = _plan(cfg)
+    stratified ``data.val_fraction`` of the labelled training images; None when neither can be had. Validation
+    never holds a test image, by row or by pixels (an image filed under both is left out of validation, with a
+    word)."""
+    return load_planned(plan_splits(cfg), cfg)
+
+
+def load_planned(plan: SplitPlan, cfg: DataConfig) -> tuple[ImageData, ImageData | None, ImageData]:
+    """Decode the images a :func:`plan_splits` plan chose (see :func:`load_data`)."""
     train = _materialise(plan.train, plan.train_idx, cfg, f"{cfg.source}:{cfg.train_split}")
+    test = _materialise(plan.test, plan.test_idx, cfg, f"{cfg.source}:{cfg.test_split}")
     val = None
     if plan.val is not None:
         where = f"{cfg.source}:{plan.val_name or f'{cfg.train_split} (held-out validation)'}"
-        val = _materialise(plan.val, plan.val_idx, cfg, where)
-    return train, val, _materialise(plan.test, plan.test_idx, cfg, f"{cfg.source}:{cfg.test_split}")
+        val = _without_test_images(_materialise(plan.val, plan.val_idx, cfg, where), test, where)
+    leaked = int(shared_with(train.image_hashes(), test.image_hashes()).sum())
+    if leaked:
+        log.warning("%d training image(s) of '%s' are also test images (same pixels); the test accuracy may "
+                    "flatter the model: remove them from one split", leaked, cfg.source)
+    return train, val, test
+
+
+def _without_test_images(val: ImageData, test: ImageData, where: str) -> ImageData | None:
+    shared = shared_with(val.image_hashes(), test.image_hashes())
+    if not shared.any():
+        return val
+    log.warning("%d of the %d validation images of %s are also test images (same pixels) and are left out of "
+                "validation", int(shared.sum()), len(val), where)
+    if shared.all():
+        log.warning("no validation image is left: the last epoch is kept")
+        return None
+    return val.subset(np.flatnonzero(~shared))
 
 
 def load_unlabeled(cfg: DataConfig, n: int | None) -> ImageData:
     """Training images that ``load_data(cfg)`` leaves out (beyond max_train / per_class), the first ``n`` of them in
     source order (all when ``n`` is None), with every label set to -1: extra images for distillation without labels.
     Test and validation images are never among them."""
-    plan = _plan(cfg)
+    plan = plan_splits(cfg)
     rest = np.setdiff1d(plan.pool, plan.labelled)
     rest = rest if n is None else rest[:n]
     if len(rest) == 0:

@@ -77,8 +77,9 @@ class DKD(nn.Module):
     """Zhao et al. 2022, "Decoupled Knowledge Distillation" (CVPR): KD split into target-class (TCKD) and
     non-target-class (NCKD) terms, weighted ``alpha * TCKD + beta * NCKD``; both scaled by T^2. An unlabelled row
     takes the teacher's top class as its target, a mixed image its larger label share. As in the paper's code, the
-    loss is ramped up linearly over the first ``warmup_steps`` training steps (counted in a buffer, so a resumed
-    run continues the ramp)."""
+    loss is ramped up linearly over the first ``warmup_steps`` training calls (one per batch, counted in a buffer
+    so a resumed run continues the ramp; with gradient accumulation several calls make one optimiser step, and the
+    ramp given in epochs spans those epochs' batches)."""
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
                  warmup_steps: int = 0) -> None:

@@ -41,7 +41,8 @@ class LossSpec:
 
 
 # The one table of distillation losses: the config check, the task's modules and its forward pass all read it.
-# ``steps`` is the number of optimiser steps per epoch (DKD's warm-up is given in epochs).
+# ``steps`` is the number of training batches per epoch, each one call of the loss (DKD's warm-up is given in
+# epochs and counted in calls).
 LOSSES: dict[str, LossSpec] = {
     "kd": LossSpec(lambda cfg, student, teacher, steps=1: KDLoss(cfg.temperature, cfg.alpha), "logits+labels"),
     "dkd": LossSpec(lambda cfg, student, teacher, steps=1: DKD(cfg.dkd_alpha, cfg.dkd_beta, cfg.temperature,
@@ -501,8 +502,10 @@ def distill_one(job: DistillJob) -> dict:
     student = session.model(job.model, job.train.seed)
     with session.open(job.run, slug(f"distill-{job.model.name}")) as run:
         config = to_dict(job)
-        steps = math.ceil(len(train) / job.train.batch_size / job.train.grad_accum)
-        task = DistillTask(student, teacher, job.distill, job.train.channels_last, steps)
+        # DKD's ramp counts the loss's training calls: one per batch, so --train.grad_accum's several batches per
+        # optimiser step still ramp over the epochs asked for
+        calls = math.ceil(len(train) / job.train.batch_size)
+        task = DistillTask(student, teacher, job.distill, job.train.channels_last, calls)
         views, cached, views_key = teaching_plan(job, train)
         cache_dir = None
         if views is not None:
@@ -529,7 +532,8 @@ def distill_one(job: DistillJob) -> dict:
         if accelerator.is_main_process:
             agree = accuracy(result.test_logits.argmax(1), t_logits.argmax(1))
             metrics = write_outputs(run, student, result, test, {
-                "data": job.data.source, "env": environment(accelerator), "teacher": teacher.name,
+                "data": job.data.source, "splits": session.splits, "env": environment(accelerator),
+                "teacher": teacher.name,
                 "teacher_test_acc": teacher_acc, "teacher_gate_acc": gate_acc, "teacher_gate_split": gate_split,
                 "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
                 "agreement_with_teacher": agree, "teacher_cached": task.cache is not None,

@@ -81,7 +81,7 @@ def onnx_model(rest: str, cfg: ModelConfig, num_classes: int) -> Classifier:
 
 
 @register("torchscript:", "a frozen TorchScript file, e.g. torchscript:teacher.pt (preprocessing from "
-          "teacher.pt.json or flags)", "source")
+          "teacher.pt.json or flags); it runs code as a pickle does: load only files you trust", "source")
 def torchscript_model(rest: str, cfg: ModelConfig, num_classes: int) -> Classifier:
     path = existing(rest, "torchscript")
     try:
@@ -105,7 +105,8 @@ class ExportedProgram(nn.Module):
 
 
 @register("export:", "a frozen torch.export program, e.g. export:teacher.pt2 (saved by torch.export.save with a "
-          "dynamic batch dimension; preprocessing from teacher.pt2.json or flags)", "source")
+          "dynamic batch dimension; preprocessing from teacher.pt2.json or flags); it runs code as a pickle does: load "
+          "only files you trust", "source")
 def exported_program_model(rest: str, cfg: ModelConfig, num_classes: int) -> Classifier:
     path = existing(rest, "export")
     import zipfile

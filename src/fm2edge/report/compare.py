@@ -125,6 +125,17 @@ def verdict_lines(runs: list[Run], compared: list[dict], exports: list[tuple[str
     return lines
 
 
+def caution_lines(runs: list[Run]) -> list[str]:
+    """What a reader should know before trusting a run's numbers: a validation split too small to rank the epochs
+    it chose between (recorded by the training loop)."""
+    lines = []
+    for r in runs:
+        noise = (r.metrics.get("selected") or {}).get("noise") or {}
+        if noise.get("noisy"):
+            lines.append(f"{r.label}: {noise['warning']}")
+    return lines
+
+
 @dataclass
 class Findings:
     """What a set of run folders shows: the runs, the extra results beside them, seed groups, matched comparisons
@@ -135,6 +146,7 @@ class Findings:
     groups: list[Group]
     compared: list[dict]
     verdicts: list[str]
+    cautions: list[str]
 
 
 def findings(paths: list[str]) -> Findings:
@@ -156,4 +168,5 @@ def findings(paths: list[str]) -> Findings:
             extras["label_efficiency"].append((str(p.parent), study))
     groups = group_runs(runs)
     compared = comparisons(groups)
-    return Findings(runs, extras, groups, compared, verdict_lines(runs, compared, extras["export"]))
+    return Findings(runs, extras, groups, compared, verdict_lines(runs, compared, extras["export"]),
+                    caution_lines(runs))

@@ -262,13 +262,16 @@ COMPARISON_HEAD = ["comparison (same student, data, augmentation, budget)", "a",
 
 def render_html(title: str, acc: list[dict], mistakes: list[dict], groups: dict | None, figures: list,
                 run_plots: list[tuple[str, bytes]], extras: dict, runs: list[Run], compared: list[dict],
-                verdicts: list[str]) -> str:
+                verdicts: list[str], cautions: list[str] = ()) -> str:
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     if verdicts:
         parts.append("<h2>Verdicts</h2><ul id='verdicts'>" + "".join(f"<li>{html.escape(v)}</li>" for v in verdicts)
                      + "</ul><p class='note'>A difference is a gain or a loss only when its 95% interval excludes 0; "
                        "otherwise it is within noise.</p>")
+    if cautions:
+        parts.append("<h2>Cautions</h2><ul id='cautions'>" + "".join(f"<li>{html.escape(c)}</li>" for c in cautions)
+                     + "</ul>")
     parts.append("<h2>Accuracy</h2>")
     parts.append(_table("accuracy", ["run", "kind", "test accuracy (mean ± std over seeds)", "seeds", "parameters"],
                         [[r["label"], r["kind"], _pct(r["test_acc"], r["std"]), r["seeds"],
@@ -338,10 +341,12 @@ def render_html(title: str, acc: list[dict], mistakes: list[dict], groups: dict 
 
 
 def render_markdown(title: str, acc: list[dict], mistakes: list[dict], compared: list[dict],
-                    verdicts: list[str]) -> str:
+                    verdicts: list[str], cautions: list[str] = ()) -> str:
     lines = [f"# {title}", ""]
     if verdicts:
         lines += [f"- {v}" for v in verdicts] + [""]
+    if cautions:
+        lines += ["Cautions:", *[f"- {c}" for c in cautions], ""]
     lines += ["| run | kind | test accuracy | seeds |", "|---|---|---|---|"]
     lines += [f"| {r['label']} | {r['kind']} | {_pct(r['test_acc'], r['std'])} | {r['seeds']} |" for r in acc]
     if compared:
@@ -372,12 +377,14 @@ def report_job(job: ReportJob) -> dict:
         for p in sorted((Path(folder) / "plots").glob("*.png")):
             run_plots.append((f"{Path(folder).name}: {p.stem}", p.read_bytes()))
     out = Path(job.output) if job.output else Path(job.runs[0])
-    page = render_html(job.title, acc, mistakes, superclasses, figures, run_plots, extras, runs, compared, verdicts)
-    markdown = render_markdown(job.title, acc, mistakes, compared, verdicts)
+    page = render_html(job.title, acc, mistakes, superclasses, figures, run_plots, extras, runs, compared, verdicts,
+                       found.cautions)
+    markdown = render_markdown(job.title, acc, mistakes, compared, verdicts, found.cautions)
     write_report(out, page, markdown)
     print(markdown)
     print(f"report: {(out / 'report.html').resolve()} ({len(page) / 1e6:.1f} MB, {len(figures) + len(run_plots)} "
           f"images) and report.md")
-    return {"accuracy": acc, "mistakes": mistakes, "verdicts": verdicts, "html": str(out / "report.html"),
+    return {"accuracy": acc, "mistakes": mistakes, "verdicts": verdicts, "cautions": found.cautions,
+            "html": str(out / "report.html"),
             "comparisons": [{"a": c["a"].label, "b": c["b"].label, **dataclasses.asdict(c["difference"]),
                              "verdict": c["difference"].verdict} for c in compared]}

@@ -145,8 +145,10 @@ class Difference:
 
     @property
     def verdict(self) -> str:
-        """"gain" or "loss" when the interval excludes 0, "within noise" when it contains it, else "no noise
-        estimate"."""
+        """"gain" or "loss" when the interval excludes 0, "within noise" when it contains it, "no difference
+        measured" when both sides scored exactly alike, else "no noise estimate"."""
+        if self.diff == 0.0 and (self.low is None or self.low == self.high == 0.0):
+            return "no difference measured"
         if self.low is None or self.high is None:
             return "no noise estimate"
         if self.low <= 0.0 <= self.high:
@@ -175,8 +177,8 @@ def seed_difference(a: Sequence[float], b: Sequence[float]) -> Difference:
         other = a if len(a) > 1 else b
         half = stats.t.ppf(0.975, len(other) - 1) * other.std(ddof=1) * np.sqrt(1 / len(a) + 1 / len(b))
         return Difference(diff, diff - half, diff + half, f"t over seeds, {seeds}, equal spread assumed")
-    if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread at all: the t interval is undefined, the difference exact
-        return Difference(diff, diff, diff, f"{seeds}, identical within each")
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread at all: the t interval is undefined and says nothing
+        return Difference(diff, None, None, f"{seeds}, identical within each: no spread to estimate noise from")
     import warnings
 
     from scipy import stats

@@ -237,3 +237,30 @@ def pareto(points: Sequence[dict], x_key: str, xlabel: str, title: str) -> Figur
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="best", fontsize=8)
     return fig
+
+
+def accuracy_vs_latency(points: Sequence[dict], budget_ms: float | None, chosen: dict | None = None,
+                        teacher_acc: float | None = None) -> Figure:
+    """Validation accuracy against measured batch-1 latency of each (model, precision) of `fm2edge auto`, the
+    latency budget as a vertical line, the teacher's validation accuracy as a horizontal one, the choice ringed."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for precision, marker in (("fp32", "o"), ("int8", "s")):
+        mine = [p for p in points if p["precision"] == precision]
+        ax.scatter([p["p50_ms"] for p in mine], [100 * p["val_acc"] for p in mine], marker=marker, s=40,
+                   label=f"{precision} ONNX", zorder=3)
+        for p in mine:
+            ax.annotate(p["candidate"].split(":")[-1], (p["p50_ms"], 100 * p["val_acc"]), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")
+    if chosen is not None:
+        ax.scatter([chosen["p50_ms"]], [100 * chosen["val_acc"]], s=220, facecolors="none", edgecolors="tab:red",
+                   linewidths=1.5, label="chosen", zorder=4)
+    if budget_ms is not None:
+        ax.axvline(budget_ms, color="tab:red", linestyle="--", linewidth=1, label=f"budget {budget_ms:g} ms")
+    if teacher_acc is not None:
+        ax.axhline(100 * teacher_acc, color="0.4", linestyle=":", linewidth=1, label="teacher (validation)")
+    ax.set(xlabel="batch-1 latency, p50 (ms, ONNX Runtime on this CPU)", ylabel="validation accuracy (%)",
+           title="accuracy vs measured latency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig

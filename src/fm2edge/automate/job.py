@@ -1,0 +1,360 @@
+"""`fm2edge auto`: plan, run and prove. The job reads as its steps; each training or export is an ordinary stage
+(a run folder) cached like a recipe's, and the plan is written once, so a rerun after a kill resumes to the same
+choice."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from fm2edge.automate.config import AutoJob
+from fm2edge.automate.measure import Candidate, measure
+from fm2edge.config import to_dict
+from fm2edge.errors import Fm2EdgeError
+from fm2edge.runs import atomic_dir, atomic_write_json, atomic_write_text
+
+# Share of the measured forward-backward speed the training loop reaches (augmentation, the distillation loss,
+# evaluation and checkpoints cost the rest); measured loops here reach 0.5-0.8 of it.
+LOOP_EFFICIENCY = 0.6
+EXPORT_SECONDS = 45.0  # reserved per finalist for its ONNX export, calibration and checks
+PLAN_VERSION = 1
+
+
+# ---------------------------------------------------------------- pure pieces
+
+
+def screen(figures: list[dict], cfg) -> tuple[list[dict], list[dict]]:
+    """(kept, dropped): candidates over the latency, parameter or size budget in both precisions are dropped before
+    any training, each with the reason."""
+    kept, dropped = [], []
+    for f in figures:
+        fits = [p for p in ("fp32", "int8") if cfg.latency_ms is None or f[p]["p50_ms"] <= cfg.latency_ms]
+        fits = [p for p in fits if cfg.max_mb is None or f[p]["mb"] <= cfg.max_mb]
+        if cfg.max_params is not None and f["params"] > cfg.max_params:
+            dropped.append({**f, "why": f"{f['params']:,} parameters, over --auto.max_params {cfg.max_params:,}"})
+        elif not fits:
+            dropped.append({**f, "why": f"fp32 {f['fp32']['p50_ms']:.2f} ms / int8 {f['int8']['p50_ms']:.2f} ms "
+                                        f"({f['fp32']['mb']:.1f} / {f['int8']['mb']:.1f} MB) over the budget"})
+        else:
+            kept.append({**f, "fits": fits})
+    return kept, dropped
+
+
+def size_epochs(speeds: dict[str, float], images: int, seconds: float, lo: int, hi: int) -> dict[str, int]:
+    """Epochs per candidate so that all of them train within ``seconds``: equal shares of the time, water-filled
+    (a candidate capped at ``hi`` epochs hands its unused time to the others); 0 for a candidate whose share buys
+    fewer than ``lo`` epochs. ``speeds`` are training images per second."""
+    epochs = {c: 0 for c in speeds}
+    open_ = sorted(speeds, key=lambda c: speeds[c], reverse=True)
+    left = max(0.0, seconds)
+    while open_:
+        share = left / len(open_)
+        capped = [c for c in open_ if share * speeds[c] / images >= hi]
+        if not capped:
+            for c in open_:
+                n = int(share * speeds[c] / images)
+                epochs[c] = n if n >= lo else 0
+            break
+        for c in capped:
+            epochs[c] = hi
+            left -= hi * images / speeds[c]
+            open_.remove(c)
+    return epochs
+
+
+def choose(finalists: list[dict], latency_ms: float | None, max_mb: float | None) -> dict | None:
+    """The most accurate (model, precision) on validation whose measured latency and size meet the budget; ties go
+    to the faster one."""
+    options = [o for f in finalists for o in f["options"]
+               if (latency_ms is None or o["p50_ms"] <= latency_ms) and (max_mb is None or o["mb"] <= max_mb)]
+    if not options:
+        return None
+    return max(options, key=lambda o: (o["val_acc"], -o["p50_ms"]))
+
+
+# ---------------------------------------------------------------- steps
+
+
+def auto_root(job: AutoJob) -> Path:
+    from fm2edge.results import slug
+
+    return Path(job.run.root) / (job.run.name or slug(f"auto-{Path(job.data.source).name or 'data'}"))
+
+
+def spent_before(root: Path) -> float:
+    """Seconds earlier calls of this run spent in finished stages (a resumed run counts them against the budget)."""
+    done = [json.loads(p.read_text()).get("seconds", 0.0) for p in (root / ".stages").glob("*.json")]
+    plan = root / "plan.json"
+    return sum(done) + (json.loads(plan.read_text())["planning_seconds"] if plan.exists() else 0.0)
+
+
+def run_one_stage(root: Path, name: str, command: str, args: dict) -> dict:
+    """One stage into ROOT/name, skipped when it already finished with the same settings (see `fm2edge run`)."""
+    from fm2edge.recipe import run_recipe
+
+    return run_recipe({"stages": [{"name": name, "command": command, "args": args}]}, root)[name]
+
+
+def measure_candidates(job: AutoJob, num_classes: int) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    from fm2edge.data.dataset import cache_root
+
+    cache = cache_root(job.data).parent / "latency"
+    cands = [Candidate.parse(s) for s in job.auto.students]
+    return [measure(c, num_classes, job.auto.threads, cache)
+            for c in tqdm(cands, desc="measuring candidates on this machine", unit="model")]
+
+
+def teacher_stages(job: AutoJob, root: Path) -> list[dict]:
+    """Each teacher: a run folder as it is, or a foundation model probed on the training images (a linear head on
+    its frozen features: the strong, cheap teacher for small folders)."""
+    from fm2edge.results import slug
+
+    teachers = []
+    for spec in job.auto.teachers:
+        if (Path(spec) / "model.json").exists():
+            teachers.append({"teacher": spec, "folder": str(Path(spec))})
+            continue
+        name = slug(f"teacher-{spec}")
+        run_one_stage(root, name, "probe", {"data": to_dict(job.data), "model": {"name": spec, "pretrained": True},
+                                            "probe": {"methods": ["logreg"], "teacher": "logreg"}})
+        teachers.append({"teacher": spec, "folder": str(root / name)})
+    return teachers
+
+
+def score_teachers(teachers: list[dict], val, device) -> list[dict]:
+    """Validation accuracy of each teacher (what chooses it)."""
+    from fm2edge.models.io import load_classifier
+    from fm2edge.report.metrics import accuracy
+    from fm2edge.train import predict
+
+    for t in teachers:
+        model = load_classifier(t["folder"]).to(device)
+        t["val_acc"] = accuracy(predict(model, val, 64, device), val.labels)
+        t["parameters"] = sum(p.numel() for p in model.parameters())
+    return teachers
+
+
+def student_args(job: AutoJob, cand: Candidate, epochs: int, teacher: str, select: str) -> dict:
+    """The proven recipe: AdamW with a one-cycle rate, random-resized crops and flips, consistent teaching on cached
+    views, KD; pretrained students at a gentler rate than those from random weights."""
+    lr, batch = (5e-4, 64) if cand.pretrained else (4e-3, 128)
+    distill = {"teacher": teacher, "views": job.auto.views, "losses": {"kd": 1.0}}
+    if job.auto.unlabeled_source:
+        distill["unlabeled_source"] = job.auto.unlabeled_source
+    return {"data": to_dict(job.data), "model": {"name": cand.name, "pretrained": cand.pretrained,
+                                                 "image_size": cand.size},
+            "train": {"epochs": epochs, "batch_size": batch, "lr": lr, "optimizer": "adamw",
+                      "weight_decay": 0.05 if cand.pretrained else 5e-4, "schedule": "onecycle",
+                      "augment": {"crop": "resized", "flip": True}, "device": job.auto.device, "seed": job.auto.seed,
+                      "select": select},
+            "distill": distill}
+
+
+def settings(job: AutoJob) -> dict:
+    """What a plan depends on: the data and the budgets (a plan made for other settings is made again)."""
+    return json.loads(json.dumps({"data": to_dict(job.data), "auto": to_dict(job.auto), "version": PLAN_VERSION}))
+
+
+def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
+    """Measure, screen, choose the teacher and size every student's epochs: written once (plan.json), so a resumed
+    run follows the same plan whatever its clock says."""
+    from fm2edge.data.splits import selection_noise
+    from fm2edge.device import cpu_features, resolve_device
+
+    train, val, _ = data
+    if val is None:
+        raise Fm2EdgeError("auto chooses on validation images and this data has none; give it a validation split "
+                           "(val/ beside train/) or more images per class (--data.val_fraction holds some out)")
+    figures = measure_candidates(job, train.num_classes)
+    kept, dropped = screen(figures, job.auto)
+    for d in dropped:
+        print(f"  dropped {d['candidate']}: {d['why']}")
+    if not kept:
+        raise Fm2EdgeError(f"no candidate student meets the budget (latency {job.auto.latency_ms} ms, size "
+                           f"{job.auto.max_mb} MB, parameters {job.auto.max_params}); the fastest measured here is "
+                           f"{min(figures, key=lambda f: f['int8']['p50_ms'])['candidate']}; raise the budget or add "
+                           f"smaller candidates with --auto.students")
+    teachers = score_teachers(teacher_stages(job, root), val, resolve_device(job.auto.device))
+    teacher = max(teachers, key=lambda t: t["val_acc"])
+    noise = selection_noise(len(val), "candidates")
+    extra = 0
+    if job.auto.unlabeled_source:
+        from fm2edge.data import load_unlabeled_source
+
+        extra = len(load_unlabeled_source(job.auto.unlabeled_source, job.data, train.image_size))
+    images = len(train) + extra
+    elapsed = time.perf_counter() - started
+    reserve = EXPORT_SECONDS * job.auto.finalists
+    seconds = job.auto.minutes * 60 - elapsed - reserve
+    speeds = {f["candidate"]: LOOP_EFFICIENCY * f["train_images_per_s"] for f in kept}
+    epochs = size_epochs(speeds, images, seconds, job.auto.min_epochs, job.auto.max_epochs)
+    for f in kept:
+        f["epochs"] = epochs[f["candidate"]]
+        f["planned_minutes"] = f["epochs"] * images / speeds[f["candidate"]] / 60
+        if not f["epochs"]:
+            f["why"] = (f"fewer than {job.auto.min_epochs} epochs fit in its share of the budget "
+                        f"({seconds / 60 / len(kept):.1f} min)")
+            print(f"  dropped {f['candidate']}: {f['why']}")
+    return {"settings": settings(job), "machine": cpu_features(),
+            "train_images": len(train), "unlabeled_images": extra, "val_images": len(val), "selection": noise,
+            "teachers": teachers, "teacher": teacher, "candidates": kept, "dropped": dropped,
+            "student_seconds": seconds, "planning_seconds": time.perf_counter() - started}
+
+
+def train_students(job: AutoJob, root: Path, plan: dict) -> list[dict]:
+    """Each planned candidate distilled from the chosen teacher (a cached stage), with its validation accuracy."""
+    select = "last" if plan["selection"]["noisy"] else "best"  # a fixed schedule when validation cannot rank epochs
+    trained = []
+    for f in plan["candidates"]:
+        if not f["epochs"]:
+            continue
+        cand = Candidate.parse(f["candidate"])
+        name = f"student-{cand.name.split(':')[-1]}-{cand.size}"
+        t0 = time.perf_counter()
+        metrics = run_one_stage(root, name, "distill", student_args(job, cand, f["epochs"],
+                                                                     plan["teacher"]["folder"], select))
+        trained.append({**f, "folder": str(root / name), "val_acc": metrics["val_acc"],
+                        "minutes": metrics.get("train_seconds", time.perf_counter() - t0) / 60})
+    return trained
+
+
+def export_finalists(job: AutoJob, root: Path, trained: list[dict]) -> list[dict]:
+    """The best students on validation, exported to fp32 and int8 ONNX and scored there on validation (the test
+    split stays unread); each precision is an option with its measured latency and size."""
+    finalists = sorted(trained, key=lambda t: t["val_acc"], reverse=True)[:job.auto.finalists]
+    for f in finalists:
+        name = f"export-{Path(f['folder']).name}"
+        result = run_one_stage(root, name, "export", {
+            "model": f["folder"], "export": {"score_on": "validation", "threads": job.auto.threads,
+                                             "latency_runs": 100}})
+        f["export"] = str(root / name)
+        f["options"] = [{"candidate": f["candidate"], "precision": precision, "folder": f["folder"],
+                         "onnx": str(root / name / result["files"][key]), "val_acc": result["validation_acc"][key],
+                         "p50_ms": result["latency_batch1"][key]["p50_ms"],
+                         "p90_ms": result["latency_batch1"][key]["p90_ms"],
+                         "mb": result["size_bytes"][key] / 1e6, "params": f["params"]}
+                        for precision, key in (("fp32", "onnx_fp32"), ("int8", "onnx_int8"))]
+    return finalists
+
+
+def read_test_once(chosen: dict, teacher: dict, test, device) -> dict:
+    """The test split, read once, for the chosen model (as shipped: its ONNX graph) and for the teacher."""
+    import numpy as np
+
+    from fm2edge.export import image_batches, open_session, run_images
+    from fm2edge.models.io import load_classifier
+    from fm2edge.report.metrics import accuracy
+    from fm2edge.train import predict
+
+    model = load_classifier(chosen["folder"])
+    sess = open_session(Path(chosen["onnx"]))
+    probs = np.concatenate([run_images(sess, batch) for batch in image_batches(model, test.images, 256)])
+    chosen_acc = accuracy(probs, test.labels)
+    teacher_model = load_classifier(teacher["folder"]).to(device)
+    teacher_acc = accuracy(predict(teacher_model, test, 64, device), test.labels)
+    return {"chosen_test_acc": chosen_acc, "teacher_test_acc": teacher_acc, "test_images": len(test),
+            "gap_points": 100 * (teacher_acc - chosen_acc)}
+
+
+def write_best(root: Path, chosen: dict) -> Path:
+    """RUN/best: the chosen run folder (for `fm2edge predict`, `fm2edge.load`, push) with its chosen ONNX graph."""
+    with atomic_dir(root / "best") as tmp:
+        shutil.copytree(chosen["folder"], tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
+        shutil.copy2(chosen["onnx"], tmp / Path(chosen["onnx"]).name)
+        export_json = Path(chosen["onnx"]).parent / "export.json"
+        shutil.copy2(export_json, tmp / "export.json")
+    return root / "best"
+
+
+def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[dict]:
+    """One row per candidate: its measured figures, what happened to it, and its validation accuracy."""
+    done = {t["candidate"]: t for t in trained}
+    options = {(o["candidate"], o["precision"]): o for f in finalists for o in f["options"]}
+    rows = []
+    for f in plan["candidates"] + plan["dropped"]:
+        t = done.get(f["candidate"], {})
+        rows.append({"candidate": f["candidate"], "status": "trained" if t else f"dropped: {f.get('why')}",
+                     "params": f["params"], "macs": f["macs"], "screen_fp32_ms": f["fp32"]["p50_ms"],
+                     "screen_int8_ms": f["int8"]["p50_ms"], "epochs": f.get("epochs"), "val_acc": t.get("val_acc"),
+                     "val_acc_onnx_fp32": options.get((f["candidate"], "fp32"), {}).get("val_acc"),
+                     "val_acc_onnx_int8": options.get((f["candidate"], "int8"), {}).get("val_acc"),
+                     "fp32_ms": options.get((f["candidate"], "fp32"), {}).get("p50_ms"),
+                     "int8_ms": options.get((f["candidate"], "int8"), {}).get("p50_ms"),
+                     "minutes": t.get("minutes")})
+    return sorted(rows, key=lambda r: (r["val_acc"] is None, -(r["val_acc"] or 0)))
+
+
+def leaderboard_csv(rows: list[dict]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def print_summary(result: dict) -> None:
+    c, t = result["chosen"], result["test"]
+    print(f"\nchosen: {c['candidate']} as {c['precision']} ONNX: validation {100 * c['val_acc']:.2f}%, "
+          f"{c['p50_ms']:.2f} ms batch-1 p50 on this CPU, {c['mb']:.1f} MB, {c['params']:,} parameters")
+    print(f"test (read once): {100 * t['chosen_test_acc']:.2f}% vs the teacher's {100 * t['teacher_test_acc']:.2f}% "
+          f"({t['gap_points']:+.2f} points paid for the speed-up) on {t['test_images']} images")
+    print(f"results in {result['root']} (leaderboard.csv, best/, auto.json, plots/); {result['minutes']:.1f} min of "
+          f"the {result['budget_minutes']:.0f}-minute budget")
+
+
+def auto_job(job: AutoJob) -> dict:
+    """Plan (measure, screen, teacher, epochs), train the students, export the finalists, choose, test once."""
+    from fm2edge.data import load_data
+    from fm2edge.device import resolve_device
+    from fm2edge.report import plots
+    from fm2edge.report.write import save_figure
+
+    started = time.perf_counter()
+    root = auto_root(job)
+    root.mkdir(parents=True, exist_ok=True)
+    data = load_data(job.data)
+    plan_path = root / "plan.json"
+    plan = json.loads(plan_path.read_text()) if plan_path.exists() else None
+    before = 0.0
+    if plan is not None and plan.get("settings") == settings(job):
+        before = spent_before(root)
+        print(f"resuming {root} with its plan ({len(plan['candidates'])} candidates, {before / 60:.1f} min spent)")
+    else:
+        if plan is not None:
+            print(f"the settings differ from those {root} was planned with: planning again (finished stages with "
+                  f"unchanged settings are reused)")
+        plan = make_plan(job, root, data, started)
+        atomic_write_json(plan_path, plan)
+    if plan["selection"]["noisy"]:
+        print(f"note: {plan['selection']['warning']}; students train a fixed schedule (their last epoch is kept)")
+    print(f"teacher: {plan['teacher']['teacher']} ({100 * plan['teacher']['val_acc']:.2f}% validation)")
+    trained = train_students(job, root, plan)
+    if not trained:
+        raise Fm2EdgeError("no candidate could be trained within --auto.minutes; raise the time budget or lower "
+                           "--auto.min_epochs")
+    finalists = export_finalists(job, root, trained)
+    chosen = choose(finalists, job.auto.latency_ms, job.auto.max_mb)
+    if chosen is None:
+        raise Fm2EdgeError(f"no finalist meets the budget once exported (latency {job.auto.latency_ms} ms); see "
+                           f"{root}/plan.json and the export folders; raise --auto.latency_ms or --auto.finalists")
+    test = read_test_once(chosen, plan["teacher"], data[2], resolve_device(job.auto.device))
+    rows = leaderboard(plan, trained, finalists)
+    best = write_best(root, chosen)
+    minutes = (before + time.perf_counter() - started) / 60
+    result = {"root": str(root), "chosen": chosen, "test": test, "teacher": plan["teacher"], "best": str(best),
+              "leaderboard": rows, "budget_minutes": job.auto.minutes, "latency_budget_ms": job.auto.latency_ms,
+              "minutes": minutes, "selection": plan["selection"], "machine": plan["machine"]}
+    atomic_write_text(root / "leaderboard.csv", leaderboard_csv(rows))
+    atomic_write_json(root / "auto.json", result)
+    points = [o for f in finalists for o in f["options"]]
+    save_figure(plots.accuracy_vs_latency(points, job.auto.latency_ms, chosen, plan["teacher"]["val_acc"]),
+                root / "plots" / "accuracy_vs_latency.png")
+    print_summary(result)
+    return result

@@ -1,0 +1,118 @@
+"""Measure the target first: each candidate student's batch-1 latency as fp32 and int8 ONNX on this machine, its
+parameters, compute and file sizes, and its training speed here; cached by machine and model, so a rerun (or the next
+folder) costs nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fm2edge.runs import atomic_write_json
+
+LATENCY_RUNS, LATENCY_WARMUP = 30, 5
+SPEED_BATCH, SPEED_STEPS = 32, 3
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A student: a registered model at an input resolution."""
+
+    name: str
+    size: int
+
+    @classmethod
+    def parse(cls, spec: str) -> Candidate:
+        name, _, size = spec.rpartition("@")
+        return cls(name, int(size))
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.size}"
+
+    @property
+    def pretrained(self) -> bool:
+        """Starts from pretrained weights: every source but the from-scratch ``student:`` CNNs."""
+        return not self.name.startswith("student:")
+
+
+def machine_key(threads: int | None) -> str:
+    """What latency depends on besides the model: CPU features, thread count, library versions."""
+    import onnxruntime
+
+    from fm2edge.device import cpu_features
+
+    threads = threads or torch.get_num_threads()
+    return f"{cpu_features()}|{threads} threads|torch {torch.__version__}|onnxruntime {onnxruntime.__version__}"
+
+
+def measure(candidate: Candidate, num_classes: int, threads: int | None, cache: Path) -> dict:
+    """The candidate's figures on this machine, from the cache when this machine measured them before."""
+    key = json.dumps([asdict(candidate), num_classes, machine_key(threads), "v1"])
+    path = cache / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    figures = {"candidate": candidate.label, "machine": machine_key(threads),
+               **latency_and_size(candidate, num_classes, threads), **training_speed(candidate, num_classes)}
+    atomic_write_json(path, figures)
+    return figures
+
+
+def build(candidate: Candidate, num_classes: int):
+    """The candidate's architecture with random weights (latency and speed are the architecture's)."""
+    from fm2edge.config import ModelConfig
+    from fm2edge.models import create_model
+
+    torch.manual_seed(0)
+    return create_model(ModelConfig(name=candidate.name, image_size=candidate.size), num_classes).eval()
+
+
+def latency_and_size(candidate: Candidate, num_classes: int, threads: int | None) -> dict:
+    """Batch-1 median (and p90) latency of the fp32 and int8 ONNX graphs under ONNX Runtime on the CPU, their file
+    sizes, parameters and multiply-accumulates."""
+    from fm2edge.bench import count_macs
+    from fm2edge.export import export_onnx, open_session, quantize_int8, run_session
+    from fm2edge.timing import summarise, time_calls
+
+    model = build(candidate, num_classes)
+    x1 = torch.randn(1, 3, candidate.size, candidate.size)
+    out = {"params": sum(p.numel() for p in model.parameters()), "macs": count_macs(model, x1)}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(model, x1, Path(tmp) / "model.onnx")
+        calibration = (torch.randn(4, 3, candidate.size, candidate.size).numpy() for _ in range(2))
+        int8 = quantize_int8(fp32, Path(tmp) / "model.int8.onnx", calibration)
+        for precision, path in (("fp32", fp32), ("int8", int8)):
+            sess = open_session(path, threads)
+            timed = summarise(time_calls(lambda s=sess: run_session(s, x1), LATENCY_RUNS, LATENCY_WARMUP))
+            out[precision] = {"p50_ms": timed["p50_ms"], "p90_ms": timed["p90_ms"],
+                              "mb": path.stat().st_size / 1e6}
+    return out
+
+
+def training_speed(candidate: Candidate, num_classes: int) -> dict:
+    """Training images per second of a few AdamW steps at the candidate's size on this machine's default device,
+    fp32 (what sizes its epochs in the budget)."""
+    from fm2edge.device import resolve_device
+
+    device = resolve_device("auto")
+    model = build(candidate, num_classes).train().to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(SPEED_BATCH, 3, candidate.size, candidate.size, device=device)
+    y = torch.randint(0, num_classes, (SPEED_BATCH,), device=device)
+    times = []
+    for _ in range(SPEED_STEPS + 1):  # the first step warms up
+        t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return {"train_images_per_s": float(SPEED_BATCH / np.median(times[1:])), "train_device": device.type}

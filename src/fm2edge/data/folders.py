@@ -1,0 +1,179 @@
+"""Image folders: the one place that knows how a folder of photos becomes labelled splits.
+
+Two layouts are read: ``root/<class>/<image>`` (one split, "train") and ``root/<split>/<class>/<image>`` with split
+folders named as the Hugging Face hub names them (train/training; val/valid/validation/dev; test/testing/eval/
+evaluation) or as ``--data.*_split`` names them.
+
+Written here rather than left to ``datasets``' ``imagefolder`` builder because on real folders that builder gives
+wrong numbers without a word: it does not follow symbolic links (a linked ``train/`` ends in an EmptyDatasetError),
+it merges the class folders of every split into one label set (a class that exists only under ``test/`` becomes a
+class with no training image), and it blames every image of a split on one misplaced file. Here links are followed,
+hidden and non-image files are skipped and counted, class names are kept exactly as the folders spell them (spaces
+and non-ASCII included), and a misplaced image is named by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fm2edge.data.images import IMAGE_SUFFIXES
+from fm2edge.errors import Fm2EdgeError
+
+log = logging.getLogger(__name__)
+
+# folder name (lower case) -> the split it holds, as the hub's data-files patterns name them
+SPLIT_NAMES = {"train": "train", "training": "train",
+               "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation",
+               "test": "test", "testing": "test", "eval": "test", "evaluation": "test"}
+
+
+@dataclass
+class FolderSplit:
+    """One split of an image folder: image paths, integer labels into the folder's class names, and the folder."""
+
+    folder: Path
+    files: list[Path]
+    labels: list[int]
+
+
+@dataclass
+class FolderScan:
+    """What an image folder resolves to: its splits, its class names (from the training split), and what was
+    skipped on the way (hidden files, non-image files, broken links)."""
+
+    root: Path
+    layout: str  # "root/<class>/<image>" or "root/<split>/<class>/<image>"
+    splits: dict[str, FolderSplit]
+    class_names: list[str]
+    skipped: dict[str, int] = field(default_factory=dict)
+    empty_classes: list[str] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[Path]:
+        return [f for s in self.splits.values() for f in s.files]
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def walk_files(root: Path) -> tuple[list[Path], dict[str, int]]:
+    """Every file below ``root`` as a path relative to it, symbolic links followed (a linked folder seen twice is
+    read once), sorted; hidden entries, non-image files and broken links are skipped and counted."""
+    found: list[Path] = []
+    skipped = {"hidden": 0, "not an image": 0, "broken link": 0}
+    seen: set[str] = set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree, or two links to one folder
+            dirs[:] = []
+            continue
+        seen.add(real)
+        skipped["hidden"] += sum(1 for d in dirs if d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            path = Path(folder, name)
+            if name.startswith("."):
+                skipped["hidden"] += 1
+            elif not path.exists():
+                skipped["broken link"] += 1
+            elif not is_image(path):
+                skipped["not an image"] += 1
+            else:
+                found.append(path.relative_to(root))
+    return sorted(found), {k: v for k, v in skipped.items() if v}
+
+
+def split_of(name: str, named: dict[str, str]) -> str | None:
+    """The split a top-level folder holds: a name given with --data.*_split first, then the hub's names."""
+    return named.get(name, SPLIT_NAMES.get(name.lower()))
+
+
+def scan_folder(root: Path, named: dict[str, str] | None = None, train: str = "train") -> FolderScan:
+    """Resolve ``root`` into splits and classes, or raise one error naming the misplaced file or folder and the fix.
+
+    ``named`` maps folder names given on the command line (``--data.test_split holdout``) to the split they are;
+    ``train`` is the training split's name (the one whose class folders name the classes).
+    """
+    named = named or {}
+    files, skipped = walk_files(root)
+    if not files:
+        raise Fm2EdgeError(f"image folder '{root}' holds no image files ({', '.join(IMAGE_SUFFIXES)}); lay it out as "
+                           f"root/<class>/<image> or root/<split>/<class>/<image>")
+    tops = sorted({f.parts[0] for f in files if len(f.parts) > 1})
+    split_tops = [t for t in tops if split_of(t, named)]
+    if split_tops and len(split_tops) < len(tops):
+        others = [t for t in tops if t not in split_tops]
+        raise Fm2EdgeError(f"image folder '{root}' mixes split folders ({', '.join(split_tops)}) with other folders "
+                           f"({', '.join(others)}); put every class folder inside a split folder, or rename the "
+                           f"split folders")
+    if split_tops:
+        layout = "root/<split>/<class>/<image>"
+        groups = {t: [Path(*f.parts[1:]) for f in files if f.parts[0] == t] for t in split_tops}
+        loose = [f for f in files if len(f.parts) == 1]
+        if loose:
+            raise _misplaced(root, loose, layout)
+    else:
+        layout = "root/<class>/<image>"
+        groups = {"": files}
+    by_split: dict[str, tuple[Path, list[Path]]] = {}
+    for top, rel in groups.items():
+        split = split_of(top, named) if top else train
+        if split in by_split:
+            first = by_split[split][0].name
+            raise Fm2EdgeError(f"image folder '{root}' has two folders for the {split} split ('{first}' and "
+                               f"'{top}'); keep one")
+        misplaced = [Path(top, f) for f in rel if len(f.parts) != 2]
+        if misplaced:
+            raise _misplaced(root, misplaced, layout)
+        by_split[split] = (root / top, rel)
+    if train not in by_split:
+        raise Fm2EdgeError(f"image folder '{root}' has split folders ({', '.join(split_tops)}) but none for training; "
+                           f"name one 'train', or choose it with --data.train_split")
+    train_classes = sorted({f.parts[0] for f in by_split[train][1]})
+    if len(train_classes) < 2:
+        raise Fm2EdgeError(f"image folder '{root}' has only one class folder ('{train_classes[0]}'); "
+                           f"a classifier needs at least two: add a folder of images for each other class")
+    index = {c: i for i, c in enumerate(train_classes)}
+    splits = {}
+    order = {train: 0, "validation": 1, "test": 2}
+    for split, (folder, rel) in sorted(by_split.items(), key=lambda item: (order.get(item[0], 3), item[0])):
+        strays = sorted({f.parts[0] for f in rel} - set(index))
+        if strays:
+            raise Fm2EdgeError(f"class '{strays[0]}' has images in '{folder / strays[0]}' but none for training in "
+                               f"'{by_split[train][0]}'; add training images for it, or move that folder out of "
+                               f"the data folder")
+        splits[split] = FolderSplit(folder, [folder / f for f in rel], [index[f.parts[0]] for f in rel])
+    empty = [str(d) for d in empty_class_folders(by_split)]
+    for d in empty:
+        log.warning("class folder '%s' holds no images and is left out", d)
+    return FolderScan(root, layout, splits, train_classes, skipped, empty)
+
+
+def empty_class_folders(by_split: dict[str, tuple[Path, list[Path]]]) -> list[Path]:
+    """Class folders (not hidden) that hold no image, in each split folder."""
+    out = []
+    for folder, rel in by_split.values():
+        used = {f.parts[0] for f in rel}
+        out += [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".") and d.name not in used]
+    return out
+
+
+def _misplaced(root: Path, odd: list[Path], layout: str) -> Fm2EdgeError:
+    more = f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""
+    return Fm2EdgeError(f"image folder '{root}' is laid out {layout}, but '{odd[0]}'{more} is not directly inside a "
+                        f"class folder; move it into its class folder, or out of the data folder")
+
+
+def looks_like_image_folder(path: Path) -> bool:
+    """True for a folder that holds image files (in any layout) and no parquet/arrow data files."""
+    images = False
+    for _folder, dirs, names in os.walk(path, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if any(n.endswith((".parquet", ".arrow")) for n in names):
+            return False
+        images = images or any(is_image(Path(n)) and not n.startswith(".") for n in names)
+    return images

@@ -1,0 +1,100 @@
+"""Split invariants, in one place: what makes the training, validation and test images of a run trustworthy.
+
+- validation and test never share an image: not by index (one source split cut in two) and not by content (the
+  same pixels filed under two splits);
+- every class that validation or test holds has training images;
+- a classifier has at least two classes to tell apart;
+- each split's content is hashed, printed and recorded, so two runs can be checked to have used the same images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from fm2edge.errors import Fm2EdgeError
+
+log = logging.getLogger(__name__)
+
+DIGEST_SIZE = 16
+# Below this many validation images, or with a 95% interval wider than this (in accuracy points, either side), the
+# validation split cannot rank epochs or candidates whose accuracies differ by a few points.
+MIN_SELECTION_IMAGES = 100
+MAX_SELECTION_HALF_WIDTH = 0.10
+
+
+def image_hashes(images: torch.Tensor) -> np.ndarray:
+    """One blake2b digest of each image's stored pixels (N x DIGEST_SIZE bytes): equal digests, equal images."""
+    out = np.empty((len(images), DIGEST_SIZE), dtype=np.uint8)
+    arr = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    for i in range(len(arr)):
+        out[i] = np.frombuffer(hashlib.blake2b(np.ascontiguousarray(arr[i]).tobytes(),
+                                               digest_size=DIGEST_SIZE).digest(), dtype=np.uint8)
+    return out
+
+
+def content_hash(hashes: np.ndarray, labels: torch.Tensor | np.ndarray) -> str:
+    """A short hash of a split's (image, label) pairs, whatever their order: two runs with equal hashes used the
+    same images with the same labels."""
+    labels = np.asarray(labels, dtype=np.int64)
+    rows = sorted(h.tobytes() + int(y).to_bytes(8, "little", signed=True) for h, y in zip(hashes, labels,
+                                                                                          strict=True))
+    digest = hashlib.blake2b(digest_size=6)
+    for row in rows:
+        digest.update(row)
+    return digest.hexdigest()
+
+
+def shared_with(hashes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Boolean mask over ``hashes``: the images whose pixels also occur among ``others``."""
+    seen = {h.tobytes() for h in others}
+    return np.array([h.tobytes() in seen for h in hashes], dtype=bool)
+
+
+def check_classes(names: Sequence[str], train_labels: np.ndarray, others: dict[str, np.ndarray], source: str) -> None:
+    """At least two classes have training images, and every class that another split holds has some."""
+    trained = set(np.unique(train_labels[train_labels >= 0]).tolist())
+    for split, labels in others.items():
+        missing = sorted(set(np.unique(labels).tolist()) - trained)
+        if missing:
+            raise Fm2EdgeError(f"class '{names[missing[0]]}' has images in split '{split}' of '{source}' but no "
+                               f"training image; add training images of it, or remove it from '{split}'")
+    if len(trained) < 2:
+        only = f" ('{names[next(iter(trained))]}')" if trained else ""
+        raise Fm2EdgeError(f"'{source}' has training images of only {len(trained)} class{only}; a classifier needs at "
+                           f"least two: add labelled images of another class")
+
+
+def check_disjoint(val_idx: np.ndarray, test_idx: np.ndarray, split: str) -> None:
+    """Validation and test cut from one source split must not share a row (a programming error if they do)."""
+    common = np.intersect1d(val_idx, test_idx)
+    if len(common):
+        raise Fm2EdgeError(f"validation and test share {len(common)} image(s) of split '{split}' (e.g. row "
+                           f"{int(common[0])}); this is a bug in fm2edge: please report it with the command line")
+
+
+def binomial_half_width(n: int, p: float = 0.5, z: float = 1.96) -> float:
+    """Half the width of the 95% Wilson interval of an accuracy ``p`` measured on ``n`` images (worst case at
+    p = 0.5): how far apart two accuracies must be before ``n`` images can tell them apart."""
+    if n <= 0:
+        return math.inf
+    centre_pad = z * z / (4 * n * n)
+    return z * math.sqrt(p * (1 - p) / n + centre_pad) / (1 + z * z / n)
+
+
+def selection_noise(n_val: int, what: str = "epochs") -> dict:
+    """How well ``n_val`` validation images can rank ``what``: the 95% interval's half-width, and a warning when it
+    is too wide (fewer than MIN_SELECTION_IMAGES images or wider than MAX_SELECTION_HALF_WIDTH)."""
+    half = binomial_half_width(n_val)
+    noisy = n_val < MIN_SELECTION_IMAGES or half > MAX_SELECTION_HALF_WIDTH
+    out = {"val_images": int(n_val), "half_width": round(half, 4), "noisy": noisy}
+    if noisy:
+        out["warning"] = (f"validation holds {n_val} images: its accuracy is known to +-{100 * half:.1f} points "
+                          f"(95% interval), too coarse to rank {what} that differ by less; choose with "
+                          f"--train.select last (a fixed schedule), or give validation more images")
+    return out

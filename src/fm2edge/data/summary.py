@@ -1,0 +1,95 @@
+"""`fm2edge data`: what a source resolves to (splits, classes, counts, sizes, what was skipped, whether validation
+can rank anything), without training. The images are decoded into the cache on the way, so the run that follows
+starts at once."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fm2edge.config import DataConfig
+from fm2edge.data.dataset import ImageData, is_saved_dataset, load_planned, plan_splits
+from fm2edge.data.folders import looks_like_image_folder, scan_folder
+from fm2edge.data.images import peek_size
+from fm2edge.data.splits import selection_noise
+
+
+@dataclass
+class DataJob:
+    """`fm2edge data`: show what a data source resolves to, without training.
+
+    Args:
+        json: Print the summary as one JSON object instead of a table.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    json: bool = False
+
+
+def summarise(cfg: DataConfig) -> dict:
+    """The resolved source as a dict: layout, classes, per-split counts per class and content hashes, stored size,
+    original sizes and skipped files (image folders), and how well validation can rank."""
+    plan = plan_splits(cfg)
+    train, val, test = load_planned(plan, cfg)
+    validation = (f"the source's '{plan.val_name}' split" if plan.val_name else
+                  f"{cfg.val_fraction:.0%} of '{cfg.train_split}', held out" if val is not None else "none")
+    out = {"source": cfg.source, "classes": train.class_names, "stored_size": list(train.image_size),
+           "validation_from": validation, "splits": {}}
+    for name, data in (("train", train), ("validation", val), ("test", test)):
+        if data is not None:
+            out["splits"][name] = split_summary(data)
+    out["undecodable"] = sum(d.skipped for d in (train, val, test) if d is not None)
+    if val is not None:
+        out["selection"] = selection_noise(len(val))
+    path = Path(cfg.source).expanduser()
+    if path.is_dir() and not is_saved_dataset(path) and looks_like_image_folder(path):
+        named = {n: n for n in (cfg.train_split, cfg.test_split, cfg.val_split) if n}
+        scan = scan_folder(path, named, cfg.train_split)
+        sizes = np.array([peek_size(str(f)) for f in scan.files])
+        out.update(layout=scan.layout, skipped_files=scan.skipped, empty_class_folders=scan.empty_classes,
+                   original_sizes={"min": sizes.min(0).tolist(), "median": np.median(sizes, 0).tolist(),
+                                   "max": sizes.max(0).tolist()})
+    return out
+
+
+def split_summary(data: ImageData) -> dict:
+    counts = Counter(data.labels.tolist())
+    return {"images": len(data), "content": data.content_hash,
+            "per_class": {name: counts.get(i, 0) for i, name in enumerate(data.class_names)}}
+
+
+def render(summary: dict) -> str:
+    """The summary as a few lines and a table of images per class and split."""
+    splits = summary["splits"]
+    lines = [f"source: {summary['source']}" + (f" ({summary['layout']})" if "layout" in summary else "")]
+    lines.append("splits: " + ", ".join(f"{name} {s['images']} images (content {s['content']})"
+                                        for name, s in splits.items()))
+    lines.append(f"validation: {summary['validation_from']}")
+    h, w = summary["stored_size"]
+    sizes = summary.get("original_sizes")
+    lines.append(f"stored at {h} x {w} px" + (f"; originals from {sizes['min'][0]} x {sizes['min'][1]} to "
+                                              f"{sizes['max'][0]} x {sizes['max'][1]} px (height x width)"
+                                              if sizes else ""))
+    skipped = {**summary.get("skipped_files", {}), **({"undecodable": summary["undecodable"]}
+                                                       if summary["undecodable"] else {})}
+    lines.append("skipped: " + (", ".join(f"{n} {what}" for what, n in skipped.items()) if skipped else "nothing"))
+    for folder in summary.get("empty_class_folders", []):
+        lines.append(f"empty class folder left out: {folder}")
+    width = max(len("class"), *(len(c) for c in summary["classes"]))
+    lines.append("")
+    lines.append(f"{'class':<{width}}  " + "  ".join(f"{n:>10}" for n in splits))
+    for name in summary["classes"]:
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{s['per_class'][name]:>10}" for s in splits.values()))
+    if summary.get("selection", {}).get("noisy"):
+        lines += ["", f"note: {summary['selection']['warning']}"]
+    return "\n".join(lines)
+
+
+def data_job(job: DataJob) -> dict:
+    summary = summarise(job.data)
+    print(json.dumps(summary, indent=2, ensure_ascii=False) if job.json else render(summary))
+    return summary

@@ -1,0 +1,166 @@
+"""Split invariants on the layouts people have: validation never holds a test image, every tested class is
+trained, links are followed, misplaced images are named, and a validation split too small to rank says so."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fm2edge.cli import main
+from fm2edge.config import DataConfig
+from fm2edge.data import load_data
+from fm2edge.data.splits import binomial_half_width, selection_noise
+from fm2edge.errors import Fm2EdgeError
+from fm2edge.train import Selection
+
+
+def photos(root, counts: dict[str, int], size: int = 12, seed: int = 0):
+    """root/<rel>/<i>.png for each {rel: n}: every image distinct (random pixels, tinted by its folder name)."""
+    rng = np.random.default_rng(seed)
+    for rel, n in counts.items():
+        (root / rel).mkdir(parents=True, exist_ok=True)
+        tint = np.array([hash(rel.split("/")[-1]) % 200, 60, 120])
+        for i in range(n):
+            arr = np.clip(tint + rng.integers(0, 56, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / rel / f"{i}.png")
+    return root
+
+
+def hashes(data):
+    return {h.tobytes() for h in data.image_hashes()}
+
+
+def test_a_test_split_named_validation_takes_validation_from_the_training_images(tmp_path, caplog):
+    """Case 1: train/ + val/ and --data.test_split validation ("val is my test set"): validation used to be the
+    very images that report the test accuracy."""
+    root = photos(tmp_path / "p", {"train/ants": 30, "train/bees": 30, "val/ants": 10, "val/bees": 10})
+    with caplog.at_level(logging.WARNING):
+        train, val, test = load_data(DataConfig(source=str(root), test_split="validation"))
+    assert len(test) == 20 and len(val) == 6 and len(train) == 54  # validation: 10% of the 60 training images
+    assert not hashes(val) & hashes(test)
+    assert "held out from 'train'" in caplog.text
+    with pytest.raises(Fm2EdgeError, match="both name 'validation'"):
+        load_data(DataConfig(source=str(root), test_split="validation", val_split="validation"))
+
+
+def test_a_class_only_in_the_test_folder_is_named(tmp_path):
+    """Case 2: test/wasps/ with no training images became a third class without a word."""
+    root = photos(tmp_path / "p", {"train/ants": 8, "train/bees": 8, "test/ants": 4, "test/bees": 4,
+                                   "test/wasps": 3})
+    with pytest.raises(Fm2EdgeError, match=r"class 'wasps' has images in '.*test/wasps' but none for training"):
+        load_data(DataConfig(source=str(root)))
+
+
+def test_a_class_only_in_a_parquet_test_split_is_named(tmp_path):
+    from conftest import hub_dataset
+
+    hub_dataset(16, seed=0).filter(lambda r: r["label"] < 3).to_parquet(str(tmp_path / "train.parquet"))
+    hub_dataset(8, seed=1).to_parquet(str(tmp_path / "test.parquet"))
+    with pytest.raises(Fm2EdgeError, match="class 'grey' has images in split 'test' .* but no training image"):
+        load_data(DataConfig(source=str(tmp_path)))
+
+
+def test_split_folders_that_are_links_are_followed(tmp_path):
+    """Case 3: train -> elsewhere/train ended in a raw EmptyDatasetError traceback."""
+    real = photos(tmp_path / "real", {"train/ants": 8, "train/bees": 8, "test/ants": 4, "test/bees": 4})
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "train").symlink_to(real / "train")
+    (tmp_path / "linked" / "test").symlink_to(real / "test")
+    (real / "test" / "bees" / "more.png").symlink_to(real / "train" / "bees" / "0.png")  # a linked file too
+    (tmp_path / "linked" / "train" / "ants" / "loop").symlink_to(tmp_path / "linked")  # a link back up: not read
+    train, val, test = load_data(DataConfig(source=str(tmp_path / "linked")))
+    assert len(train) + len(val) == 16 and len(test) == 9  # the linked file counts (and is a training image)
+
+
+def test_one_image_too_deep_is_the_one_named(tmp_path):
+    """Case 4: the 398 well-placed images were blamed and the misplaced one not named."""
+    root = photos(tmp_path / "p", {"train/ants": 10, "train/bees": 10, "test/ants": 5, "test/bees": 5,
+                                   "train/ants/sub": 1})
+    with pytest.raises(Fm2EdgeError) as err:
+        load_data(DataConfig(source=str(root)))
+    assert "'train/ants/sub/0.png' is not directly inside a class folder" in str(err.value)
+    assert "more" not in str(err.value) and "test/" not in str(err.value)
+
+
+def test_a_folder_with_one_class_says_so(tmp_path):
+    """Case 5: said "cannot tell which column holds the labels (columns: ['image'])"."""
+    root = photos(tmp_path / "p", {"ants": 10})
+    with pytest.raises(Fm2EdgeError, match=r"only one class folder \('ants'\); a classifier needs at least two"):
+        load_data(DataConfig(source=str(root)))
+
+
+def test_a_small_validation_split_says_it_cannot_rank_and_ties_go_to_the_lower_loss(tmp_path, caplog):
+    """Case 6: 25 validation images chose epochs anywhere, silently, and ties kept the earliest epoch."""
+    root = photos(tmp_path / "p", {"train/ants": 20, "train/bees": 20, "val/ants": 12, "val/bees": 13,
+                                   "test/ants": 5, "test/bees": 5})
+    with caplog.at_level(logging.WARNING):
+        rc = main(["train", "--data.source", str(root), "--model.name", "student:small_cnn", "--model.image_size", "32",
+                   "--train.epochs", "2",
+                   "--train.device", "cpu", "--run.root", str(tmp_path / "runs"), "--run.name", "r"])
+    assert rc == 0
+    assert "validation holds 25 images" in caplog.text and "--train.select last" in caplog.text
+    metrics = json.loads((tmp_path / "runs" / "r" / "metrics.json").read_text())
+    noise = metrics["selected"]["noise"]
+    assert noise["noisy"] and noise["val_images"] == 25 and noise["half_width"] > 0.15
+    assert set(metrics["splits"]) == {"train", "validation", "test"}
+    assert all(len(s["content"]) == 12 for s in metrics["splits"].values())
+    from fm2edge.report.job import ReportJob, report_job
+
+    report = report_job(ReportJob(runs=[str(tmp_path / "runs")], output=str(tmp_path / "report")))
+    assert any("validation holds 25 images" in c for c in report["cautions"])
+    assert "id='cautions'" in (tmp_path / "report" / "report.html").read_text()
+    # ties: the later epoch with the lower validation loss wins; a worse loss does not
+    sel = Selection()
+    assert sel.offer(1, 0.8, 0.9) and sel.offer(2, 0.8, 0.5) and sel.epoch == 2
+    assert not sel.offer(3, 0.8, 0.7) and sel.epoch == 2 and sel.stale == 1
+
+
+def test_selection_noise_thresholds():
+    assert binomial_half_width(25) == pytest.approx(0.1825, abs=1e-3)
+    assert selection_noise(99)["noisy"] and not selection_noise(500)["noisy"]
+    assert "warning" not in selection_noise(1000)
+
+
+def test_validation_never_holds_a_test_image_even_when_the_source_files_one_under_both(tmp_path, caplog):
+    root = photos(tmp_path / "p", {"train/ants": 10, "train/bees": 10, "val/ants": 5, "val/bees": 5,
+                                   "test/ants": 5, "test/bees": 5})
+    for i in range(2):  # two test images filed under val/ too (same pixels, other names)
+        (root / "val" / "ants" / f"copy{i}.png").write_bytes((root / "test" / "ants" / f"{i}.png").read_bytes())
+    with caplog.at_level(logging.WARNING):
+        train, val, test = load_data(DataConfig(source=str(root)))
+    assert len(val) == 10 and not hashes(val) & hashes(test)
+    assert "2 of the 12 validation images" in caplog.text
+
+
+def test_hidden_and_non_image_files_are_skipped_and_odd_class_names_kept(tmp_path, capsys):
+    root = photos(tmp_path / "p", {"big cat": 6, "chien é": 6})
+    (root / ".DS_Store").write_bytes(b"x")
+    (root / "big cat" / "notes.txt").write_text("x")
+    (root / ".cache").mkdir()
+    Image.new("RGB", (12, 12)).save(root / ".cache" / "thumb.png")
+    train, _, _ = load_data(DataConfig(source=str(root)))
+    assert train.class_names == ["big cat", "chien é"]
+    assert main(["data", str(root), "--data.image_size", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped: 2 hidden, 1 not an image" in out and "chien é" in out
+    assert main(["data", str(root), "--json", "true"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    per_class = summary["splits"]["test"]["per_class"]
+    assert set(per_class) == {"big cat", "chien é"} and sum(per_class.values()) == 3  # 25% of 12, stratified
+    assert summary["layout"] == "root/<class>/<image>"
+
+
+def test_content_hashes_match_for_the_same_images_and_differ_for_others(tmp_path):
+    a = photos(tmp_path / "a", {"ants": 8, "bees": 8})
+    train1, _, _ = load_data(DataConfig(source=str(a)))
+    train2, _, _ = load_data(DataConfig(source=str(a), cache_dir=str(tmp_path / "other-cache")))
+    assert train1.content_hash == train2.content_hash
+    flipped = train1.subset(np.arange(len(train1)))
+    flipped.labels = 1 - flipped.labels
+    assert flipped.content_hash != train1.content_hash  # labels count too
+    assert torch.equal(train1.images, train2.images)
