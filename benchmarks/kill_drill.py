@@ -3,7 +3,7 @@ figures.
 
     python benchmarks/kill_drill.py [--trials 5] [--seed 0] [--root /tmp/kill-drill] [--only train embed ...]
 
-For each command (train, distill, distill on stored augmented views, LoRA finetune, embed, export) one
+For each command (train, distill, distill on stored augmented views, LoRA finetune, embed, export, auto) one
 uninterrupted reference run is made and timed.
 Then, per trial, the same command starts in a fresh folder and gets SIGKILL or SIGINT (alternating) at a uniformly
 random moment within the reference's duration; the command is run again (resuming) and its result compared with the
@@ -103,6 +103,12 @@ def _export_result(folder: Path):
     return r["test_acc"], r["parity_max_abs_diff"] < r["parity_tolerance"]
 
 
+def _auto_result(folder: Path):
+    r = json.loads((folder / "auto.json").read_text())
+    return (r["chosen"]["candidate"], r["chosen"]["precision"],
+            [(row["candidate"], row["epochs"], row["val_acc"]) for row in r["leaderboard"]])
+
+
 def cases(teacher: Path) -> dict:
     """Per command: its arguments for a folder (resuming or not), how to read its result, how to compare two."""
     return {
@@ -130,10 +136,17 @@ def cases(teacher: Path) -> dict:
                      lambda f: _train_result(f / "lora"), _same_training),
         "export": (lambda f, r: ["export", str(teacher), *DIGITS, "--export.latency_runs", "20", "--output", str(f)],
                    _export_result, lambda a, b: a == b),
+        # the whole auto path; every student gets max_epochs (the budget is ample), so the plan does not depend on
+        # how fast this machine happened to be when each trial measured it
+        "auto": (lambda f, r: ["auto", *DIGITS, "--auto.teachers", f"[{teacher}]", "--auto.students",
+                               "[student:small_cnn@16, student:small_cnn@32]", "--auto.views", "2", "--auto.minutes",
+                               "10", "--auto.max_epochs", "3", "--auto.min_epochs", "1", "--auto.latency_ms", "50",
+                               "--auto.device", "cpu", "--run.root", str(f.parent), "--run.name", f.name],
+                 _auto_result, lambda a, b: a == b),
     }
 
 
-COMMANDS = ["train", "distill", "distill_views", "pretrain", "finetune", "embed", "export"]
+COMMANDS = ["train", "distill", "distill_views", "pretrain", "finetune", "embed", "export", "auto"]
 
 
 def main() -> None:

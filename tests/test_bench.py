@@ -144,3 +144,23 @@ def test_peak_rss_sees_a_large_temporary_allocation():
     if peak is None:
         pytest.skip("no /proc/self/clear_refs on this system")
     assert peak >= 48 * 2**20
+
+
+def test_latency_knows_when_the_machine_was_busy():
+    """Repeated medians that disagree mark a figure as measured on a busy machine; the quiet figure is the lowest
+    block median (what the model takes when nothing else runs)."""
+    import time as clock
+
+    from fm2edge.timing import latency_with_noise
+
+    calls = {"n": 0}
+
+    def contended():  # the last two of five blocks run while "other work" doubles each call
+        calls["n"] += 1
+        clock.sleep(0.004 if calls["n"] > 4 + 3 * 4 else 0.002)  # warm-up 4, then blocks of 4
+
+    busy = latency_with_noise(contended, runs=20, warmup=4)
+    assert busy["busy"] and busy["spread"] > 1.5
+    assert busy["quiet_p50_ms"] == pytest.approx(min(busy["block_medians_ms"])) and busy["quiet_p50_ms"] < 3.5
+    quiet = latency_with_noise(lambda: clock.sleep(0.002), runs=20, warmup=2)
+    assert quiet["spread"] < 1.5 and quiet["quiet_p50_ms"] == pytest.approx(2.0, rel=0.5)

@@ -27,7 +27,7 @@ import torch
 from fm2edge.config import DataConfig, check
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.report.metrics import Difference, accuracy, paired_difference
-from fm2edge.timing import summarise, time_calls
+from fm2edge.timing import latency_with_noise
 
 
 @dataclass
@@ -392,8 +392,8 @@ def check_parity(model, sess, test, cfg: ExportConfig) -> tuple[np.ndarray, np.n
     ref = _torch_probabilities(model, test.images, cfg.batch_size)
     onnx_probs = _onnx_probabilities(sess, model, test.images, cfg.batch_size)
     max_diff = float(np.abs(ref - onnx_probs).max())
-    print(f"parity: max |PyTorch - ONNX Runtime| probability difference {max_diff:.2e} over {len(test)} test "
-          f"images (tolerance {cfg.parity_tolerance:.0e})")
+    print(f"parity: max |PyTorch - ONNX Runtime| probability difference {max_diff:.2e} over {len(test)} "
+          f"{cfg.score_on} images (tolerance {cfg.parity_tolerance:.0e})")
     if not max_diff <= cfg.parity_tolerance:
         raise Fm2EdgeError(f"the ONNX model's probabilities differ from PyTorch's by {max_diff:.3g}, above "
                            f"--export.parity_tolerance {cfg.parity_tolerance}; nothing was written. Check for "
@@ -414,7 +414,8 @@ def quantise_and_measure(model, fp32_path: Path, int8_path: Path, train, test, f
     sess8 = open_session(int8_path, cfg.threads)
     q_logits = _onnx_probabilities(sess8, model, test.images, cfg.batch_size)
     labels = test.labels.numpy()
-    difference = paired_difference(q_logits.argmax(1) == labels, fp32_logits.argmax(1) == labels)
+    difference = paired_difference(q_logits.argmax(1) == labels, fp32_logits.argmax(1) == labels,
+                                   what=f"{cfg.score_on} images")
     return {"test_acc": accuracy(q_logits, test.labels),
             "int8_vs_fp32": dataclasses.asdict(difference),
             "int8_agreement_with_fp32": accuracy(q_logits.argmax(1), fp32_logits.argmax(1)),
@@ -536,7 +537,7 @@ def _torch_forward(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def _latency(fn, runs: int) -> dict:
-    return summarise(time_calls(fn, runs, max(10, runs // 10)))
+    return latency_with_noise(fn, runs, max(10, runs // 10))
 
 
 def split_key(cfg: ExportConfig) -> str:
@@ -548,7 +549,8 @@ def _print_table(r: dict) -> None:
     base = r["latency_batch1"]["pytorch_fp32"]["p50_ms"]
     split = r.get("scored_on", "test")
     accs = r[f"{split}_acc"]
-    print(f"{'model':<14} {split[:5] + ' acc':>9} {'size':>10} {'p50 ms':>8} {'p90 ms':>8} {'vs PyTorch':>10}")
+    print(f"{'model':<14} {split[:5] + ' acc':>9} {'size':>10} {'p50 ms':>8} {'p90 ms':>8} {'quiet ms':>8} "
+          f"{'vs PyTorch':>10}")
     for key, label in (("pytorch_fp32", "PyTorch fp32"), ("onnx_fp32", "ONNX fp32"), ("onnx_int8", "ONNX int8")):
         if key not in accs:
             continue
@@ -556,6 +558,12 @@ def _print_table(r: dict) -> None:
         size = r["size_bytes"].get(key)
         size_text = f"{size / 1e6:.2f} MB" if size else "-"
         print(f"{label:<14} {100 * accs[key]:>8.2f}% {size_text:>10} {lat['p50_ms']:>8.3f} "
-              f"{lat['p90_ms']:>8.3f} {base / lat['p50_ms']:>9.2f}x")
-    print(f"batch-1 latency on {r['env']['cpu']} with {r['env']['threads']} threads; "
-          f"{r['test_images']} {split} images")
+              f"{lat['p90_ms']:>8.3f} {lat['quiet_p50_ms']:>8.3f} {base / lat['p50_ms']:>9.2f}x")
+    print(f"batch-1 latency on {r['env']['cpu']} with {r['env']['threads']} threads; quiet: the lowest of 5 "
+          f"repeated medians; {r['test_images']} {split} images")
+    busy = [label for key, label in (("pytorch_fp32", "PyTorch"), ("onnx_fp32", "ONNX fp32"),
+                                     ("onnx_int8", "ONNX int8"))
+            if r["latency_batch1"].get(key, {}).get("busy")]
+    if busy:
+        print(f"note: the machine was busy while {', '.join(busy)} was timed (repeated medians disagree, or the p90 "
+              f"is far above the p50): read the quiet column, or measure again on an idle machine")

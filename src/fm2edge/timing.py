@@ -17,6 +17,25 @@ def summarise(seconds: np.ndarray) -> dict[str, float]:
             "runs": int(len(ms))}
 
 
+# Repeated medians further apart than this, or a p90 this far above the p50, mean other work shared the machine.
+BUSY_SPREAD, BUSY_TAIL = 1.2, 2.0
+
+
+def latency_with_noise(fn: Callable[[], object], runs: int, warmup: int, blocks: int = 5) -> dict[str, float]:
+    """Batch latency that knows its noise (as pyperf does): ``runs`` timed calls in ``blocks`` blocks, the usual
+    percentiles over all of them, each block's median, ``quiet_p50_ms`` (the lowest block median: the model's
+    latency when nothing else runs), ``spread`` (highest over lowest block median) and ``busy`` (the machine was
+    shared while it was measured: a spread above BUSY_SPREAD or a p90 above BUSY_TAIL x the p50)."""
+    blocks = max(1, min(blocks, runs))
+    per = [time_calls(fn, max(1, runs // blocks), warmup if b == 0 else 0) for b in range(blocks)]
+    out = summarise(np.concatenate(per))
+    medians = [1e3 * float(np.median(p)) for p in per]
+    spread = max(medians) / min(medians)
+    out.update(block_medians_ms=medians, quiet_p50_ms=min(medians), spread=spread,
+               busy=bool(spread > BUSY_SPREAD or out["p90_ms"] > BUSY_TAIL * out["p50_ms"]))
+    return out
+
+
 def wall_clock(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()

@@ -82,7 +82,8 @@ class AutoJob:
     Run it on a folder of labelled photos (root/<class>/<image>, or train/ and test/ split folders):
     ``fm2edge auto --data.source photos/ --auto.latency_ms 2 --auto.minutes 30``. Every candidate is an ordinary
     run folder under RUN; RUN/leaderboard.csv ranks them, RUN/best is the chosen model (with its ONNX files), and
-    RUN/auto.json says what was chosen, on what, and where the minutes went. Rerun the same command to resume.
+    RUN/auto.json says what was chosen, on what, and where the minutes went. Rerun the same command to resume
+    (always; --run.overwrite true starts again from nothing).
     """
 
     data: DataConfig = field(default_factory=lambda: DataConfig(source="digits"))

@@ -317,9 +317,11 @@ def render_html(title: str, acc: list[dict], mistakes: list[dict], groups: dict 
                          f"warm-up.</p>")
     for name, e in extras.get("export", []):
         parts.append(f"<h2>Export: {html.escape(name)}</h2>")
-        keys = [k for k in ("pytorch_fp32", "onnx_fp32", "onnx_int8") if k in e["test_acc"]]
-        parts.append(_table("export", ["model", "test accuracy", "size", "p50 ms"],
-                            [[k.replace("_", " "), _pct(e["test_acc"][k]),
+        split = e.get("scored_on", "test")  # candidates' exports in `fm2edge auto` are scored on validation
+        accs = e[f"{split}_acc"]
+        keys = [k for k in ("pytorch_fp32", "onnx_fp32", "onnx_int8") if k in accs]
+        parts.append(_table("export", ["model", f"{split} accuracy", "size", "p50 ms"],
+                            [[k.replace("_", " "), _pct(accs[k]),
                               f"{e['size_bytes'][k] / 1e6:.2f} MB", f"{e['latency_batch1'][k]['p50_ms']:.3f}"]
                              for k in keys]))
         parts.append(f"<p class='note'>parity max |PyTorch − ONNX| {e['parity_max_abs_diff']:.1e}; "

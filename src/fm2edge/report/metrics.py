@@ -190,12 +190,12 @@ def seed_difference(a: Sequence[float], b: Sequence[float]) -> Difference:
 
 
 def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray, resamples: int = 2000,
-                      seed: int = 0) -> Difference:
+                      seed: int = 0, what: str = "test images") -> Difference:
     """Difference in accuracy of two models on the same test images, with a paired bootstrap interval over the
     images (scipy): the noise of the test sample, for single runs."""
     a, b = np.asarray(correct_a, dtype=np.float64), np.asarray(correct_b, dtype=np.float64)
     diff = float(a.mean() - b.mean())
-    method = f"paired bootstrap over {len(a):,} test images"
+    method = f"paired bootstrap over {len(a):,} {what}"
     if np.array_equal(a, b):
         return Difference(diff, 0.0, 0.0, method + ", identical predictions")
     from scipy import stats

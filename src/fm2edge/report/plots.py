@@ -256,7 +256,7 @@ def accuracy_vs_latency(points: Sequence[dict], budget_ms: float | None, chosen:
         ax.scatter([chosen["p50_ms"]], [100 * chosen["val_acc"]], s=220, facecolors="none", edgecolors="tab:red",
                    linewidths=1.5, label="chosen", zorder=4)
     if budget_ms is not None:
-        ax.axvline(budget_ms, color="tab:red", linestyle="--", linewidth=1, label=f"budget {budget_ms:g} ms")
+        ax.axvline(budget_ms, color="tab:red", linestyle="--", linewidth=1, label=f"budget {budget_ms:.2f} ms")
     if teacher_acc is not None:
         ax.axhline(100 * teacher_acc, color="0.4", linestyle=":", linewidth=1, label="teacher (validation)")
     ax.set(xlabel="batch-1 latency, p50 (ms, ONNX Runtime on this CPU)", ylabel="validation accuracy (%)",

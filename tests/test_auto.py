@@ -1,0 +1,137 @@
+"""`fm2edge auto`: the plan's pure pieces, and the whole path on scikit-learn's digits at toy size (a small trained
+teacher, two small students): choice on validation, budget kept, test read once, best/ ready to use, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fm2edge.automate.config import AutoConfig
+from fm2edge.automate.job import choose, screen, size_epochs
+from fm2edge.cli import main
+
+
+def figures(name, fp32_ms, int8_ms, params=1000, mb=1.0):
+    return {"candidate": name, "params": params, "macs": 1, "fp32": {"p50_ms": fp32_ms, "mb": mb},
+            "int8": {"p50_ms": int8_ms, "mb": mb / 4}, "train_images_per_s": 100.0}
+
+
+def test_screen_drops_what_is_over_budget_in_both_precisions_and_says_why():
+    cfg = AutoConfig(latency_ms=2.0, max_params=5000)
+    kept, dropped = screen([figures("fast", 1.0, 0.5), figures("int8 only", 3.0, 1.5), figures("slow", 5.0, 4.0),
+                            figures("big", 1.0, 0.5, params=10_000)], cfg)
+    assert [k["candidate"] for k in kept] == ["fast", "int8 only"]
+    assert kept[0]["fits"] == ["fp32", "int8"] and kept[1]["fits"] == ["int8"]
+    why = {d["candidate"]: d["why"] for d in dropped}
+    assert "over the budget" in why["slow"] and "max_params" in why["big"]
+
+
+def test_epochs_fill_the_time_and_a_capped_candidate_hands_its_time_on():
+    speeds = {"fast": 1000.0, "slow": 100.0}  # images per second
+    epochs = size_epochs(speeds, images=100, seconds=20.0, lo=2, hi=30)
+    # equal shares would give fast 100 epochs (capped at 30: 3 s used) and slow 10; the 7 s fast left go to slow
+    assert epochs == {"fast": 30, "slow": 17}
+    assert 30 * 100 / 1000 + 17 * 100 / 100 <= 20.0
+    assert size_epochs({"a": 10.0}, images=100, seconds=15.0, lo=2, hi=30) == {"a": 0}  # 1.5 epochs: too few
+
+
+def test_the_choice_is_the_most_accurate_option_within_budget_and_ties_go_to_the_faster():
+    options = [{"candidate": "a", "precision": "fp32", "val_acc": 0.9, "p50_ms": 3.0, "mb": 4.0},
+               {"candidate": "a", "precision": "int8", "val_acc": 0.88, "p50_ms": 1.0, "mb": 1.0},
+               {"candidate": "b", "precision": "fp32", "val_acc": 0.88, "p50_ms": 1.5, "mb": 2.0}]
+    finalists = [{"options": options[:2]}, {"options": options[2:]}]
+    assert choose(finalists, None, None)["precision"] == "fp32"  # no budget: the most accurate
+    assert choose(finalists, 2.0, None) == options[1]  # a tie at 88%: the faster int8
+    assert choose(finalists, 0.5, None) is None
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teacher")
+    assert main(["train", "--data.source", "digits", "--model.name", "student:small_cnn", "--train.epochs", "4",
+                 "--train.lr", "3e-3", "--train.device", "cpu", "--run.root", str(root), "--run.name", "t"]) == 0
+    return root / "t"
+
+
+def auto_argv(root, teacher, *extra):
+    return ["auto", "--data.source", "digits", "--auto.teachers", f"[{teacher}]", "--auto.students",
+            "[student:small_cnn@16, student:small_cnn@32]", "--auto.views", "2", "--auto.minutes", "3",
+            "--auto.latency_ms", "50", "--auto.min_epochs", "1", "--auto.max_epochs", "3", "--auto.device", "cpu",
+            "--run.root", str(root),
+            "--run.name", "a", *extra]
+
+
+def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(tmp_path, teacher, capsys):
+    import fm2edge
+
+    t0 = time.perf_counter()
+    assert main(auto_argv(tmp_path, teacher)) == 0
+    minutes = (time.perf_counter() - t0) / 60
+    out = capsys.readouterr().out
+    run = tmp_path / "a"
+    result = json.loads((run / "auto.json").read_text())
+    chosen = result["chosen"]
+    assert chosen["p50_ms"] <= 50 and chosen["precision"] in ("fp32", "int8")
+    # the choice is the most accurate exported option on validation
+    rows = list(csv.DictReader((run / "leaderboard.csv").open()))
+    assert {r["candidate"] for r in rows} == {"student:small_cnn@16", "student:small_cnn@32"}
+    scored = [float(r[f"val_acc_onnx_{p}"]) for r in rows for p in ("fp32", "int8") if r[f"val_acc_onnx_{p}"]]
+    assert chosen["val_acc"] == max(scored)
+    assert 0 <= result["test"]["chosen_test_acc"] <= 1 and result["test"]["test_images"] == 450
+    assert result["minutes"] <= 3 * 1.1 and minutes < 3
+    assert "test (read once)" in out and "points paid for the speed-up" in out
+    assert (run / "plots" / "accuracy_vs_latency.png").stat().st_size > 0
+    # best/ is an ordinary run folder with its ONNX graph: it loads and predicts
+    model = fm2edge.load(str(run / "best"))
+    assert (run / "best" / ("model.int8.onnx" if chosen["precision"] == "int8" else "model.onnx")).exists()
+    import numpy as np
+
+    labels = model.predict([np.full((8, 8, 3), 255, np.uint8)]).labels
+    assert len(labels) == 1
+    # the candidates' exports were scored on validation: export.json says so, and holds no test accuracy
+    exports = list(run.glob("export-*/export.json"))
+    assert exports and all(json.loads(e.read_text())["scored_on"] == "validation" for e in exports)
+    assert all("test_acc" not in json.loads(e.read_text()) for e in exports)
+    # run again: every stage is reused and the same choice comes out
+    assert main(auto_argv(tmp_path, teacher)) == 0
+    again = capsys.readouterr().out
+    assert "resuming" in again and "unchanged, skipped" in again
+    assert json.loads((run / "auto.json").read_text())["chosen"]["candidate"] == chosen["candidate"]
+
+
+def test_a_budget_nothing_meets_is_one_clear_error(tmp_path, teacher, capsys):
+    assert main(auto_argv(tmp_path, teacher, "--auto.latency_ms", "0.0001")) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.strip().splitlines() if line.startswith("fm2edge: error:")]
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0]
+    assert "no candidate student meets the budget (latency 0.0001 ms)" in errors[0]
+    assert "the fastest measured here is" in errors[0]
+    assert not (tmp_path / "a" / "plan.json").exists()
+
+
+def test_auto_killed_midway_resumes_to_the_same_choice(tmp_path, teacher):
+    """A kill while the students train, then the same command again: the leaderboard and the choice of an
+    uninterrupted run."""
+    whole = tmp_path / "whole"
+    assert main(auto_argv(whole, teacher)) == 0
+    ref = json.loads((whole / "a" / "auto.json").read_text())
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "fm2edge", *auto_argv(killed, teacher)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((killed / "a").glob("student-*/checkpoints/epoch-*")):
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    assert not (killed / "a" / "auto.json").exists()
+    assert main(auto_argv(killed, teacher)) == 0
+    got = json.loads((killed / "a" / "auto.json").read_text())
+    assert got["chosen"]["candidate"] == ref["chosen"]["candidate"]
+    assert got["chosen"]["precision"] == ref["chosen"]["precision"]
+    assert [(r["candidate"], r["val_acc"]) for r in got["leaderboard"]] == \
+        [(r["candidate"], r["val_acc"]) for r in ref["leaderboard"]]
