@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -164,3 +165,22 @@ def test_content_hashes_match_for_the_same_images_and_differ_for_others(tmp_path
     flipped.labels = 1 - flipped.labels
     assert flipped.content_hash != train1.content_hash  # labels count too
     assert torch.equal(train1.images, train2.images)
+
+
+@pytest.mark.parametrize("layout,match", [
+    ({"train/ants": 4, "train/bees": 4, "cats": 2}, r"mixes split folders \(train\) with other folders \(cats\)"),
+    ({"train/ants": 4, "train/bees": 4, "val/ants": 2, "validation/ants": 2},
+     r"two folders for the validation split \('val' and 'validation'\)"),
+    ({"test/ants": 4, "test/bees": 4}, r"split folders \(test\) but none for training"),
+    ({"train/ants": 4, "train/bees": 4, "train/loose": 0}, None),
+])
+def test_odd_split_layouts_are_one_line_each(layout, match, tmp_path, capsys):
+    root = photos(tmp_path / "p", layout)
+    if match is None:  # an empty class folder beside real ones is left out, with a word, not an error
+        assert main(["data", str(root)]) == 0
+        assert "empty class folder left out" in capsys.readouterr().out
+        return
+    assert main(["train", "--data.source", str(root), "--train.device", "cpu", "--run.root", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fm2edge: error: image folder") and re.search(match, err[0]), err
+    assert not (tmp_path / "r").exists()

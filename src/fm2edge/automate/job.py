@@ -24,6 +24,11 @@ LOOP_EFFICIENCY = 0.6
 EXPORT_BASE_SECONDS = 10.0  # an export's fixed cost: tracing, ONNX Runtime sessions, quantiser passes
 EXPORT_LATENCY_RUNS = 100
 PLAN_VERSION = 1
+# int8 recipes tried on each finalist (static QDQ, per-channel weights): min-max calibration; the same with the
+# first and last layers (raw pixels in, logits out) kept in fp32; percentile calibration (outliers clipped).
+# Validation chooses among them, ties going to the closest agreement with the fp32 graph.
+INT8_RECIPES = {"minmax": {}, "first-last-fp32": {"fp32_layers": "first_last"},
+                "percentile": {"calibration_method": "percentile"}}
 
 
 # ---------------------------------------------------------------- pure pieces
@@ -79,12 +84,12 @@ def export_seconds(f: dict, calibration: int, val: int) -> float:
 
 def choose(finalists: list[dict], latency_ms: float | None, max_mb: float | None) -> dict | None:
     """The most accurate (model, precision) on validation whose measured latency and size meet the budget; ties go
-    to the faster one."""
+    to the closer agreement with the fp32 graph, then to the faster one."""
     options = [o for f in finalists for o in f["options"]
                if (latency_ms is None or o["p50_ms"] <= latency_ms) and (max_mb is None or o["mb"] <= max_mb)]
     if not options:
         return None
-    return max(options, key=lambda o: (o["val_acc"], -o["p50_ms"]))
+    return max(options, key=lambda o: (o["val_acc"], o.get("agreement_with_fp32", 1.0), -o["p50_ms"]))
 
 
 # ---------------------------------------------------------------- steps
@@ -253,28 +258,35 @@ def train_students(job: AutoJob, root: Path, plan: dict) -> list[dict]:
 
 
 def export_finalists(job: AutoJob, root: Path, trained: list[dict]) -> list[dict]:
-    """The best students on validation, exported to fp32 and int8 ONNX and scored there on validation (the test
-    split stays unread); each precision is an option with its measured latency and size."""
+    """The best students on validation, exported to fp32 ONNX and to int8 with each INT8_RECIPES entry, scored there
+    on validation (the test split stays unread); each (precision, recipe) is an option with its measured latency
+    and size."""
     # ties in accuracy (common on small validation splits) go to the lower validation loss
     finalists = sorted(trained, key=lambda t: (-t["val_acc"], t["val_loss"] if t["val_loss"] is not None
                                                else float("inf")))[:job.auto.finalists]
     for f in finalists:
-        name = f"export-{Path(f['folder']).name}"
-        result = run_one_stage(root, name, "export", {
-            "model": f["folder"], "export": {"score_on": "validation", "threads": job.auto.threads,
-                                             "latency_runs": EXPORT_LATENCY_RUNS}})
-        f["export"] = str(root / name)
-        f["options"] = [{"candidate": f["candidate"], "precision": precision, "folder": f["folder"],
-                         "onnx": str(root / name / result["files"][key]), "val_acc": result["validation_acc"][key],
-                         # the lowest of repeated medians: the model's latency on its own device, not the
-                         # contention of a shared one (the median over all runs and the spread are kept beside it)
-                         "p50_ms": result["latency_batch1"][key]["quiet_p50_ms"],
-                         "median_ms": result["latency_batch1"][key]["p50_ms"],
-                         "p90_ms": result["latency_batch1"][key]["p90_ms"],
-                         "spread": result["latency_batch1"][key]["spread"],
-                         "mb": result["size_bytes"][key] / 1e6, "params": f["params"]}
-                        for precision, key in (("fp32", "onnx_fp32"), ("int8", "onnx_int8"))]
+        f["options"] = []
+        for i, (recipe, settings) in enumerate(INT8_RECIPES.items()):
+            name = f"export-{Path(f['folder']).name}" + (f"-{recipe}" if i else "")
+            result = run_one_stage(root, name, "export", {
+                "model": f["folder"], "export": {"score_on": "validation", "threads": job.auto.threads,
+                                                 "latency_runs": EXPORT_LATENCY_RUNS, **settings}})
+            keys = (("fp32", "onnx_fp32"), ("int8", "onnx_int8")) if i == 0 else (("int8", "onnx_int8"),)
+            f["options"] += [option(f, root / name, result, precision, key, recipe) for precision, key in keys]
     return finalists
+
+
+def option(f: dict, folder: Path, result: dict, precision: str, key: str, recipe: str) -> dict:
+    """One deployable choice: a finalist's graph in one precision (and int8 recipe), with what export measured."""
+    latency = result["latency_batch1"][key]
+    return {"candidate": f["candidate"], "precision": precision, "int8_recipe": recipe if precision == "int8" else None,
+            "folder": f["folder"], "onnx": str(folder / result["files"][key]),
+            "val_acc": result["validation_acc"][key],
+            "agreement_with_fp32": result.get("int8_agreement_with_fp32", 1.0) if precision == "int8" else 1.0,
+            # the lowest of repeated medians: the model's latency on its own device, not the contention of a shared
+            # one (the median over all runs and the spread are kept beside it)
+            "p50_ms": latency["quiet_p50_ms"], "median_ms": latency["p50_ms"], "p90_ms": latency["p90_ms"],
+            "spread": latency["spread"], "mb": result["size_bytes"][key] / 1e6, "params": f["params"]}
 
 
 def read_test_once(chosen: dict, teacher: dict, test, device) -> dict:
@@ -309,7 +321,13 @@ def write_best(root: Path, chosen: dict) -> Path:
 def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[dict]:
     """One row per candidate: its measured figures, what happened to it, and its validation accuracy."""
     done = {t["candidate"]: t for t in trained}
-    options = {(o["candidate"], o["precision"]): o for f in finalists for o in f["options"]}
+    options: dict[tuple[str, str], dict] = {}
+    for f in finalists:  # per candidate and precision, its best option (the int8 recipe validation prefers)
+        for o in f["options"]:
+            key = (o["candidate"], o["precision"])
+            rank = (o["val_acc"], o["agreement_with_fp32"])
+            if key not in options or rank > (options[key]["val_acc"], options[key]["agreement_with_fp32"]):
+                options[key] = o
     rows = []
     for f in plan["candidates"] + plan["dropped"]:
         t = done.get(f["candidate"], {})
@@ -320,6 +338,7 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[
                      "val_acc_onnx_int8": options.get((f["candidate"], "int8"), {}).get("val_acc"),
                      "fp32_ms": options.get((f["candidate"], "fp32"), {}).get("p50_ms"),
                      "int8_ms": options.get((f["candidate"], "int8"), {}).get("p50_ms"),
+                     "int8_recipe": options.get((f["candidate"], "int8"), {}).get("int8_recipe"),
                      "minutes": t.get("minutes")})
     return sorted(rows, key=lambda r: (r["val_acc"] is None, -(r["val_acc"] or 0)))
 
@@ -337,7 +356,8 @@ def leaderboard_csv(rows: list[dict]) -> str:
 
 def print_summary(result: dict) -> None:
     c, t = result["chosen"], result["test"]
-    print(f"\nchosen: {c['candidate']} as {c['precision']} ONNX: validation {100 * c['val_acc']:.2f}%, "
+    recipe = f" ({c['int8_recipe']} calibration)" if c.get("int8_recipe") else ""
+    print(f"\nchosen: {c['candidate']} as {c['precision']} ONNX{recipe}: validation {100 * c['val_acc']:.2f}%, "
           f"{c['p50_ms']:.2f} ms batch-1 p50 on this CPU, {c['mb']:.1f} MB, {c['params']:,} parameters")
     print(f"test (read once): {100 * t['chosen_test_acc']:.2f}% against the teacher's "
           f"{100 * t['teacher_test_acc']:.2f}% on {t['test_images']} images: {t['gap_points']:.2f} points paid for "
