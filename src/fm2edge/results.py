@@ -93,7 +93,9 @@ def start_stage(data: DataConfig, device: str = "auto", precision: str = "auto")
     """Accelerator for ``device`` / ``precision`` and the data of ``data``: the one start-up of every stage."""
     from fm2edge.data import load_data
     from fm2edge.device import make_accelerator
+    from fm2edge.timing import reset_peak_rss
 
+    reset_peak_rss()  # the stage's own peak memory, even when a recipe or `auto` runs several in one process
     accelerator = make_accelerator(device, precision)
     with accelerator.main_process_first():
         train, val, test = load_data(data)
@@ -122,13 +124,16 @@ def write_outputs(run: RunDir, model: Classifier, result: Any, test: ImageData, 
     from fm2edge.report import plots
     from fm2edge.report.metrics import accuracy
     from fm2edge.report.write import save_figure
+    from fm2edge.timing import peak_rss
 
     save_classifier(model, run.path)
     run.write_predictions(result.test_logits.numpy(), test.labels.numpy(), test.class_names)
     metrics = {"history": result.history, "test_acc": accuracy(result.test_logits, test.labels),
                "val_acc": result.selection["val_acc"], "selected": result.selection,
                "train_seconds": result.seconds, "resumed_from_epoch": result.resumed_from,
-               "parameters": sum(p.numel() for p in model.parameters()), **extra}
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "peak_rss_bytes": peak_rss(),  # the process's resident high-water mark since the stage started
+               **extra}
     run.write_json("metrics.json", metrics)
     atomic_write_text(run.file("README.md"), model_card(model, metrics, run.read_json("metrics.json"),
                                                         run.path))
