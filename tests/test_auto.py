@@ -93,6 +93,11 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
 
     labels = model.predict([np.full((8, 8, 3), 255, np.uint8)]).labels
     assert len(labels) == 1
+    # the students are candidates: their runs leave the test split unread (it is read once, for the choice)
+    students = list(run.glob("student-*/metrics.json"))
+    assert len(students) == 2 and all(json.loads(m.read_text())["test_acc"] is None for m in students)
+    assert not any((m.parent / name).exists() for m in students for name in ("predictions.npz",
+                                                                              "teacher_predictions.npz"))
     # the candidates' exports were scored on validation: export.json says so, and holds no test accuracy
     exports = list(run.glob("export-*/export.json"))
     assert exports and all(json.loads(e.read_text())["scored_on"] == "validation" for e in exports)

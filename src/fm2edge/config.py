@@ -221,6 +221,9 @@ class TrainConfig:
             test split use the average; each epoch's ``val_acc_raw`` scores the live weights beside it.
         keep_checkpoints: Epoch checkpoints to keep (the newest ones).
         checkpoint_every: Write a checkpoint every this many epochs (and always after the last).
+        score_test: Read the test split once at the end, on the kept weights; false leaves it unread (for a
+            candidate still to be chosen between on validation, as `fm2edge auto`'s students are: the test split
+            is then read once, for the chosen model).
     """
 
     epochs: int = 3
@@ -249,6 +252,7 @@ class TrainConfig:
     ema: float = 0.0
     keep_checkpoints: int = 2
     checkpoint_every: int = 1
+    score_test: bool = True
 
     def __post_init__(self) -> None:
         check(self.checkpoint_every >= 1, f"train.checkpoint_every must be at least 1, got {self.checkpoint_every}")

@@ -127,8 +127,10 @@ def write_outputs(run: RunDir, model: Classifier, result: Any, test: ImageData, 
     from fm2edge.timing import peak_rss
 
     save_classifier(model, run.path)
-    run.write_predictions(result.test_logits.numpy(), test.labels.numpy(), test.class_names)
-    metrics = {"history": result.history, "test_acc": accuracy(result.test_logits, test.labels),
+    scored = result.test_logits is not None  # --train.score_test false: a candidate, its test split left unread
+    if scored:
+        run.write_predictions(result.test_logits.numpy(), test.labels.numpy(), test.class_names)
+    metrics = {"history": result.history, "test_acc": accuracy(result.test_logits, test.labels) if scored else None,
                "val_acc": result.selection["val_acc"], "selected": result.selection,
                "train_seconds": result.seconds, "resumed_from_epoch": result.resumed_from,
                "parameters": sum(p.numel() for p in model.parameters()),
@@ -160,8 +162,10 @@ def model_card(model: Classifier, metrics: dict, saved: dict, path: Path) -> str
         f"A {model.name} image classifier ({metrics.get('parameters', 0):,} parameters, {p.size} x {p.size} px "
         f"input) trained with `fm2edge {command}`" + (f", taught by {teacher}" if teacher else "") + ".", "",
         "## Results", "",
-        f"- test accuracy: {100 * metrics['test_acc']:.2f}% on the test split of {metrics.get('data', 'its data')}, "
-        f"read once, on the weights kept by {selected.get('on', 'the last epoch')} (epoch {selected.get('epoch')})",
+        (f"- test accuracy: {100 * metrics['test_acc']:.2f}% on the test split of {metrics.get('data', 'its data')}, "
+         f"read once, on the weights kept by {selected.get('on', 'the last epoch')} (epoch {selected.get('epoch')})"
+         if metrics.get("test_acc") is not None else
+         "- test accuracy: not read (a candidate chosen between on validation; see the run that chose it)"),
         *([f"- validation accuracy: {100 * metrics['val_acc']:.2f}%"] if metrics.get("val_acc") is not None else []),
         *([f"- teacher test accuracy: {100 * metrics['teacher_test_acc']:.2f}%"]
           if metrics.get("teacher_test_acc") is not None else []),
@@ -196,6 +200,9 @@ def over_seeds(job, run_one, default_name: str) -> dict:
         per_seed[seed] = run_one(sub)
     if not all(per_seed.values()):  # other processes of a distributed run hold no metrics
         return {}
+    if any(m["test_acc"] is None for m in per_seed.values()):  # --train.score_test false: nothing to summarise
+        return {"seeds": list(job.seeds), "runs": [f"seed-{s}" for s in job.seeds],
+                "val_acc": [m.get("val_acc") for m in per_seed.values()]}
     accs = np.array([m["test_acc"] for m in per_seed.values()])
     summary = {"seeds": list(job.seeds), "test_acc": [float(a) for a in accs], "mean": float(accs.mean()),
                "std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0, "runs": [f"seed-{s}" for s in job.seeds],

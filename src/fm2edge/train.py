@@ -574,13 +574,15 @@ def train_one(job) -> dict:
                   f"{model.preprocess.size} px | data {job.data.source}: {describe_splits(session)}, "
                   f"{train.num_classes} classes | {environment(accelerator)['device']}")
         task = SupervisedTask(model, job.train.label_smoothing, job.train.channels_last)
-        result = fit(task, model, train, val, test, job.train, run, accelerator, config)
+        result = fit(task, model, train, val, test if job.train.score_test else None, job.train, run, accelerator,
+                     config)
         metrics = {}
         if session.is_main:
             metrics = write_outputs(run, model, result, test, {"data": job.data.source, "splits": session.splits,
                                                                "env": environment(accelerator),
                                                                "skipped_images": train.skipped + test.skipped})
-            print(f"{selection_line(result.selection)}: test accuracy {100 * metrics['test_acc']:.2f}% | results in "
-                  f"{run.path}")
+            scored = (f"test accuracy {100 * metrics['test_acc']:.2f}%" if metrics["test_acc"] is not None
+                      else "test split not read")
+            print(f"{selection_line(result.selection)}: {scored} | results in {run.path}")
         accelerator.wait_for_everyone()
     return metrics

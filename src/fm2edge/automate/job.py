@@ -171,7 +171,7 @@ def student_args(job: AutoJob, cand: Candidate, epochs: int, teacher: str, selec
             "train": {"epochs": epochs, "batch_size": batch, "lr": lr, "optimizer": "adamw",
                       "weight_decay": 0.05 if cand.pretrained else 5e-4, "schedule": "onecycle",
                       "augment": {"crop": "resized", "flip": True}, "device": job.auto.device, "seed": job.auto.seed,
-                      "select": select},
+                      "select": select, "score_test": False},  # the test split is read once, for the choice
             "distill": distill}
 
 
@@ -308,14 +308,24 @@ def read_test_once(chosen: dict, teacher: dict, test, device) -> dict:
             "gap_points": 100 * (teacher_acc - chosen_acc)}
 
 
-def write_best(root: Path, chosen: dict) -> Path:
-    """RUN/best: the chosen run folder (for `fm2edge predict`, `fm2edge.load`, push) with its chosen ONNX graph."""
+def write_best(root: Path, chosen: dict, test: dict) -> Path:
+    """RUN/best: the chosen run folder (for `fm2edge predict`, `fm2edge.load`, push) with its chosen ONNX graph,
+    its metrics and model card carrying the test accuracy `auto` read once (through that graph)."""
+    from fm2edge.models.io import load_classifier
+    from fm2edge.results import model_card
+
     with atomic_dir(root / "best") as tmp:
         shutil.copytree(chosen["folder"], tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
         shutil.copy2(chosen["onnx"], tmp / Path(chosen["onnx"]).name)
         export_json = Path(chosen["onnx"]).parent / "export.json"
         shutil.copy2(export_json, tmp / "export.json")
-    return root / "best"
+        metrics = json.loads((tmp / "metrics.json").read_text())
+        metrics.update(test_acc=test["chosen_test_acc"], teacher_test_acc=test["teacher_test_acc"],
+                       test_read_through=f"{Path(chosen['onnx']).name} ({chosen['precision']}), by fm2edge auto")
+        atomic_write_json(tmp / "metrics.json", metrics)
+    best = root / "best"
+    atomic_write_text(best / "README.md", model_card(load_classifier(best), metrics, metrics, best))
+    return best
 
 
 def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[dict]:
@@ -405,7 +415,7 @@ def auto_job(job: AutoJob) -> dict:
                            f"{root}/plan.json and the export folders; raise --auto.latency_ms or --auto.finalists")
     test = read_test_once(chosen, plan["teacher"], data[2], resolve_device(job.auto.device))
     rows = leaderboard(plan, trained, finalists)
-    best = write_best(root, chosen)
+    best = write_best(root, chosen, test)
     minutes = (before + time.perf_counter() - started) / 60
     result = {"root": str(root), "chosen": chosen, "test": test, "teacher": plan["teacher"], "best": str(best),
               "leaderboard": rows, "budget_minutes": job.auto.minutes, "latency_budget_ms": job.auto.latency_ms,

@@ -525,12 +525,14 @@ def distill_one(job: DistillJob) -> dict:
                   f"{int((train.labels >= 0).sum())} labelled + {int((train.labels < 0).sum())} unlabelled training "
                   f"images | losses "
                   f"{job.distill.losses} | {teaching_line(job, task)}")
-        result = fit(task, student, train, session.val, test, job.train, run, accelerator, config)
+        scored = job.train.score_test  # false: a candidate; neither it nor its teacher reads the test split here
+        result = fit(task, student, train, session.val, test if scored else None, job.train, run, accelerator, config)
         metrics = {}
-        t_logits = predict(teacher, test, job.train.eval_batch_size, accelerator.device, accelerator=accelerator)
-        teacher_acc = accuracy(t_logits, test.labels)
+        t_logits = predict(teacher, test, job.train.eval_batch_size, accelerator.device, accelerator=accelerator) \
+            if scored else None
+        teacher_acc = accuracy(t_logits, test.labels) if scored else None
         if accelerator.is_main_process:
-            agree = accuracy(result.test_logits.argmax(1), t_logits.argmax(1))
+            agree = accuracy(result.test_logits.argmax(1), t_logits.argmax(1)) if scored else None
             metrics = write_outputs(run, student, result, test, {
                 "data": job.data.source, "splits": session.splits, "env": environment(accelerator),
                 "teacher": teacher.name,
@@ -541,9 +543,12 @@ def distill_one(job: DistillJob) -> dict:
                 "teaching": job.distill.teaching if job.train.augment.active else "plain images",
                 "stored_views": job.distill.views if views is not None else 0,
                 "teacher_cache": str(cache_dir) if cache_dir else None})
-            run.write_predictions(t_logits.numpy(), test.labels.numpy(), test.class_names, "teacher_predictions.npz")
-            print(f"{selection_line(result.selection)}: student test accuracy {100 * metrics['test_acc']:.2f}% "
-                  f"(teacher {100 * teacher_acc:.2f}%, "
-                  f"agreement {100 * agree:.1f}%) | results in {run.path}")
+            if scored:
+                run.write_predictions(t_logits.numpy(), test.labels.numpy(), test.class_names,
+                                      "teacher_predictions.npz")
+                print(f"{selection_line(result.selection)}: student test accuracy {100 * metrics['test_acc']:.2f}% "
+                      f"(teacher {100 * teacher_acc:.2f}%, agreement {100 * agree:.1f}%) | results in {run.path}")
+            else:
+                print(f"{selection_line(result.selection)}: test split not read | results in {run.path}")
         accelerator.wait_for_everyone()
     return metrics
