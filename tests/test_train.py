@@ -450,3 +450,19 @@ def test_a_weight_average_is_scored_beside_the_live_weights_and_needs_the_same_s
         train_job(resumed)
     with pytest.raises(ValueError, match=r"train.ema must be in \[0, 1\)"):
         TrainConfig(ema=1.0)
+
+
+def test_a_candidate_run_leaves_the_test_split_unread(tmp_path, parquet_dir, monkeypatch):
+    """--train.score_test false: validation still chooses the epoch, the test split is never predicted."""
+    import fm2edge.train as tr
+
+    reads, real_predict = [], tr.predict
+    monkeypatch.setattr(tr, "predict", lambda model, data, *a, **k: reads.append(len(data)) or
+                        real_predict(model, data, *a, **k))
+    j = job(tmp_path, parquet_dir, epochs=2, name="candidate")
+    j.train.score_test = False
+    metrics = train_job(j)
+    assert metrics["test_acc"] is None and metrics["val_acc"] is not None
+    assert reads == [7, 7]  # two validation passes, no test pass (32 test images)
+    run = tmp_path / "candidate"
+    assert not (run / "predictions.npz").exists() and "test accuracy: not read" in (run / "README.md").read_text()
