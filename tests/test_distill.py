@@ -249,3 +249,17 @@ def test_dkd_warm_up_spans_the_epochs_asked_for_with_gradient_accumulation(tmp_p
     assert per_epoch == 4 and ramps == sorted(ramps)
     assert ramps[per_epoch - 1] == pytest.approx(0.5) and ramps[2 * per_epoch - 1] == 1.0
     assert ramps[2 * per_epoch - 2] < 1.0
+
+
+def test_a_limited_unlabelled_source_is_the_same_seeded_sample_every_time():
+    from fm2edge.data import ImageData
+    from fm2edge.distill.task import limited
+
+    labels = torch.full((100,), -1)
+    images = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 3, 2, 2).contiguous()
+    extra = ImageData(images, labels, [], "x")
+    a, b = limited(extra, 30), limited(extra, 30)
+    assert len(a) == 30 and torch.equal(a.images, b.images)
+    order = a.images[:, 0, 0, 0].tolist()
+    assert order == sorted(order) and order != list(range(30))  # a spread sample in source order, not the first 30
+    assert limited(extra, None) is extra and limited(extra, 500) is extra

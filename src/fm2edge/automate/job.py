@@ -24,6 +24,10 @@ LOOP_EFFICIENCY = 0.6
 EXPORT_BASE_SECONDS = 10.0  # an export's fixed cost: tracing, ONNX Runtime sessions, quantiser passes
 EXPORT_LATENCY_RUNS = 100
 PLAN_VERSION = 1
+# At most this share of the time budget goes to the teacher's outputs on every stored view: with many unlabelled
+# images a CPU teacher would otherwise spend the whole budget before a student trains, so the plan takes as many
+# of them as that share affords.
+TEACHING_SHARE = 0.25
 # int8 recipes tried on each finalist (static QDQ, per-channel weights): min-max calibration; the same with the
 # first and last layers (raw pixels in, logits out) kept in fp32; percentile calibration (outliers clipped).
 # Validation chooses among them, ties going to the closest agreement with the fp32 graph.
@@ -159,13 +163,13 @@ def score_teachers(teachers: list[dict], val, device) -> list[dict]:
     return teachers
 
 
-def student_args(job: AutoJob, cand: Candidate, epochs: int, teacher: str, select: str) -> dict:
+def student_args(job: AutoJob, cand: Candidate, epochs: int, teacher: str, select: str, unlabeled: int) -> dict:
     """The proven recipe: AdamW with a one-cycle rate, random-resized crops and flips, consistent teaching on cached
     views, KD; pretrained students at a gentler rate than those from random weights."""
     lr, batch = (5e-4, 64) if cand.pretrained else (4e-3, 128)
     distill = {"teacher": teacher, "views": job.auto.views, "losses": {"kd": 1.0}}
-    if job.auto.unlabeled_source:
-        distill["unlabeled_source"] = job.auto.unlabeled_source
+    if job.auto.unlabeled_source and unlabeled:
+        distill.update(unlabeled_source=job.auto.unlabeled_source, unlabeled_limit=unlabeled)
     return {"data": to_dict(job.data), "model": {"name": cand.name, "pretrained": cand.pretrained,
                                                  "image_size": cand.size},
             "train": {"epochs": epochs, "batch_size": batch, "lr": lr, "optimizer": "adamw",
@@ -210,11 +214,15 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     teachers = score_teachers(teacher_stages(job, root), val, resolve_device(job.auto.device))
     teacher = max(teachers, key=lambda t: t["val_acc"])
     noise = selection_noise(len(val), "candidates")
-    extra = 0
+    extra = available = 0
     if job.auto.unlabeled_source:
         from fm2edge.data import load_unlabeled_source
 
-        extra = len(load_unlabeled_source(job.auto.unlabeled_source, job.data, train.image_size))
+        available = len(load_unlabeled_source(job.auto.unlabeled_source, job.data, train.image_size))
+        affordable = TEACHING_SHARE * job.auto.minutes * 60 * teacher["images_per_s"] / job.auto.views
+        extra = max(0, min(available, int(affordable) - len(train)))
+        print(f"  unlabelled images: {extra:,} of {available:,} (what a {TEACHING_SHARE:.0%} share of the budget "
+              f"buys of the teacher's outputs on {job.auto.views} views each)")
     images = len(train) + extra
     elapsed = time.perf_counter() - started
     # the teacher's outputs on every stored view, computed once and shared by all students, and the exports
@@ -232,7 +240,8 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
                         f"({seconds / 60 / len(kept):.1f} min)")
             print(f"  dropped {f['candidate']}: {f['why']}")
     return {"settings": settings(job), "machine": cpu_features(),
-            "train_images": len(train), "unlabeled_images": extra, "val_images": len(val), "selection": noise,
+            "train_images": len(train), "unlabeled_images": extra, "unlabeled_available": available,
+            "val_images": len(val), "selection": noise,
             "teachers": teachers, "teacher": teacher, "candidates": kept, "dropped": dropped,
             "teaching_seconds": teaching, "export_seconds": reserve, "student_seconds": seconds,
             "planning_seconds": time.perf_counter() - started}
@@ -248,8 +257,8 @@ def train_students(job: AutoJob, root: Path, plan: dict) -> list[dict]:
         cand = Candidate.parse(f["candidate"])
         name = f"student-{cand.name.split(':')[-1]}-{cand.size}"
         t0 = time.perf_counter()
-        metrics = run_one_stage(root, name, "distill", student_args(job, cand, f["epochs"],
-                                                                     plan["teacher"]["folder"], select))
+        metrics = run_one_stage(root, name, "distill", student_args(job, cand, f["epochs"], plan["teacher"]["folder"],
+                                                                     select, plan["unlabeled_images"]))
         kept = next((h for h in metrics["history"] if h["epoch"] == metrics["selected"]["epoch"]), {})
         trained.append({**f, "folder": str(root / name), "val_acc": metrics["val_acc"],
                         "val_loss": kept.get("val_loss"),

@@ -100,6 +100,8 @@ class DistillConfig:
         unlabeled_source: Further images to distil on without labels, from anywhere: image files, a folder of them
             in any layout, a glob, or a dataset (parquet, a hub id) whose labels are ignored, such as the output of
             `fm2edge predict --predict.pseudo_labels`. They are stored at the labelled images' size.
+        unlabeled_limit: Use at most this many of the unlabeled_source images: a seeded random sample (sources
+            are often sorted by class), the same in every run; empty uses them all.
         min_teacher_gain: The gate: refuse a teacher whose validation accuracy is below chance x (1 + this).
         force: Distil even from a teacher that fails the gate.
     """
@@ -126,6 +128,7 @@ class DistillConfig:
     teacher_precision: Literal["auto", "fp32", "bf16"] = "auto"
     unlabeled: int = 0
     unlabeled_source: str = ""
+    unlabeled_limit: int | None = None
     min_teacher_gain: float = 0.5
     force: bool = False
 
@@ -137,6 +140,8 @@ class DistillConfig:
         check(self.temperature > 0, f"distill.temperature must be positive, got {self.temperature}")
         check(0 <= self.alpha <= 1, f"distill.alpha must be in [0, 1], got {self.alpha}")
         check(self.unlabeled >= -1, f"distill.unlabeled must be a count, or -1 for all, got {self.unlabeled}")
+        check(self.unlabeled_limit is None or self.unlabeled_limit >= 0,
+              f"distill.unlabeled_limit must be a count, got {self.unlabeled_limit}")
         check(self.views >= 0, f"distill.views must be >= 0 (0 runs the teacher online), got {self.views}")
         check(self.dkd_warmup >= 0 and self.dist_tau > 0,
               "distill.dkd_warmup must be >= 0 and distill.dist_tau positive")
@@ -456,6 +461,16 @@ def teaching_line(job: DistillJob, task: DistillTask) -> str:
     return f"{what}, teacher outputs {'cached' if task.cache is not None else 'online'}"
 
 
+def limited(extra, limit: int | None):
+    """At most ``limit`` of the unlabelled images: a seeded random sample in source order (the same in every run)."""
+    import numpy as np
+
+    if limit is None or limit >= len(extra):
+        return extra
+    keep = np.sort(np.random.default_rng(0).permutation(len(extra))[:limit])
+    return extra.subset(keep)
+
+
 def with_unlabeled(train, extra):
     """The labelled training images followed by unlabelled ones (label -1), as one dataset for the loop."""
     from fm2edge.data import ImageData
@@ -487,8 +502,9 @@ def distill_one(job: DistillJob) -> dict:
                                                          else job.distill.unlabeled))
     if job.distill.unlabeled_source:
         with accelerator.main_process_first():
-            train = with_unlabeled(train, load_unlabeled_source(job.distill.unlabeled_source, job.data,
-                                                                train.image_size))
+            extra = limited(load_unlabeled_source(job.distill.unlabeled_source, job.data, train.image_size),
+                            job.distill.unlabeled_limit)
+            train = with_unlabeled(train, extra)
     torch.manual_seed(job.train.seed)  # a registered teacher gets a fresh head: its gate verdict must be reproducible
     teacher = load_teacher(job.distill, train.num_classes).to(accelerator.device)
     # the gate is a choice, so it reads validation data (the labelled training images when there is none)
