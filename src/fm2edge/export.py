@@ -501,7 +501,7 @@ def export_job(job: ExportJob) -> dict:
             result.update(q)
         sizes = {"pytorch_fp32": (Path(job.model) / "model.safetensors").stat().st_size,
                  **{k: (tmp / f).stat().st_size for k, f in files.items()}}
-        result.update({"files": files, "size_bytes": sizes, f"{split_key(cfg)}_acc": acc, "latency_batch1": timings,
+        result.update({"files": files, "size_bytes": sizes, f"{cfg.score_on}_acc": acc, "latency_batch1": timings,
                        "input": {**deployable.describe_input(), "preprocess": model.describe()["preprocess"]},
                        "class_names": list(test.class_names),
                        "env": {"torch": torch.__version__, "onnxruntime": _ort().__version__,
@@ -538,11 +538,6 @@ def _torch_forward(model, x: torch.Tensor) -> torch.Tensor:
 
 def _latency(fn, runs: int) -> dict:
     return latency_with_noise(fn, runs, max(10, runs // 10))
-
-
-def split_key(cfg: ExportConfig) -> str:
-    """The word export.json uses for the split its accuracies come from: "test" or "validation"."""
-    return cfg.score_on
 
 
 def _print_table(r: dict) -> None:

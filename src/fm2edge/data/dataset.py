@@ -206,8 +206,7 @@ def _open_hf(cfg: DataConfig) -> Any:
 
 def _folder_splits(cfg: DataConfig, root: Path) -> dict[str, _Split]:
     """An image folder's splits (see :mod:`fm2edge.data.folders`), keyed by the bytes of its images."""
-    named = {n: n for n in (cfg.train_split, cfg.test_split, cfg.val_split) if n}
-    scan = scan_folder(root, named, cfg.train_split)
+    scan = scan_folder(root, folder_names(cfg), cfg.train_split)
     content = files_key(scan.files, root)
     return {name: _Split(np.array([str(f) for f in split.files], dtype=object), np.asarray(split.labels, np.int64),
                          scan.class_names, f"{content}-{name}") for name, split in scan.splits.items()}
@@ -217,14 +216,23 @@ def is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists()
 
 
+def image_folder(cfg: DataConfig) -> Path | None:
+    """``cfg.source`` as a folder of image files read by :mod:`fm2edge.data.folders`, or None for other sources."""
+    path = Path(cfg.source).expanduser()
+    return path if path.is_dir() and not is_saved_dataset(path) and looks_like_image_folder(path) else None
+
+
+def folder_names(cfg: DataConfig) -> dict[str, str]:
+    """Split folders named on the command line (``--data.test_split holdout``), each keeping its name."""
+    return {n: n for n in (cfg.train_split, cfg.test_split, cfg.val_split) if n}
+
+
 def source_splits(cfg: DataConfig) -> dict[str, _Split]:
     """Every split ``cfg.source`` has, before any is chosen or decoded."""
     if cfg.source in ("digits", "sklearn:digits"):
         return _digits()
-    path = Path(cfg.source).expanduser()
-    if path.is_dir() and not is_saved_dataset(path) and looks_like_image_folder(path):
-        return _folder_splits(cfg, path)
-    return _hf_splits(cfg)
+    folder = image_folder(cfg)
+    return _hf_splits(cfg) if folder is None else _folder_splits(cfg, folder)
 
 
 def files_key(files: list[Path], root: Path) -> str:

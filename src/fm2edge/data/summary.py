@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from fm2edge.config import DataConfig
-from fm2edge.data.dataset import ImageData, is_saved_dataset, load_planned, plan_splits
-from fm2edge.data.folders import looks_like_image_folder, scan_folder
+from fm2edge.data.dataset import ImageData, folder_names, image_folder, load_planned, plan_splits
+from fm2edge.data.folders import scan_folder
 from fm2edge.data.images import peek_size
 from fm2edge.data.splits import selection_noise
 
@@ -45,10 +44,9 @@ def summarise(cfg: DataConfig) -> dict:
     out["undecodable"] = sum(d.skipped for d in (train, val, test) if d is not None)
     if val is not None:
         out["selection"] = selection_noise(len(val))
-    path = Path(cfg.source).expanduser()
-    if path.is_dir() and not is_saved_dataset(path) and looks_like_image_folder(path):
-        named = {n: n for n in (cfg.train_split, cfg.test_split, cfg.val_split) if n}
-        scan = scan_folder(path, named, cfg.train_split)
+    folder = image_folder(cfg)
+    if folder is not None:
+        scan = scan_folder(folder, folder_names(cfg), cfg.train_split)
         sizes = np.array([peek_size(str(f)) for f in scan.files])
         out.update(layout=scan.layout, skipped_files=scan.skipped, empty_class_folders=scan.empty_classes,
                    original_sizes={"min": sizes.min(0).tolist(), "median": np.median(sizes, 0).tolist(),
