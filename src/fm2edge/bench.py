@@ -111,9 +111,9 @@ def size_on_disk(model: torch.nn.Module) -> int:
 def load_for_bench(name: str, num_classes: int):
     from fm2edge.config import ModelConfig
     from fm2edge.models import create_model
-    from fm2edge.models.io import load_classifier
+    from fm2edge.models.io import is_model_folder, load_classifier
 
-    if (Path(name) / "model.json").exists():
+    if is_model_folder(name):
         return load_classifier(name)
     return create_model(ModelConfig(name=name), num_classes).eval()
 

@@ -13,6 +13,7 @@ from fm2edge.catalog import ListJob, list_job
 from fm2edge.config import DemoJob
 from fm2edge.demo import demo_job
 from fm2edge.errors import Fm2EdgeError
+from fm2edge.push import PushJob, push_job
 from fm2edge.recipe import RunJob, run_job
 from fm2edge.stages import STAGES, Stage, command_parser, one_line
 
@@ -22,6 +23,7 @@ COMMANDS: dict[str, Stage] = {
     "run": Stage(run_job, RunJob, "run a recipe YAML (embed -> probe -> ... -> report), skipping unchanged stages"),
     "demo": Stage(demo_job, DemoJob, "run the whole lifecycle offline on scikit-learn's digits (no arguments needed)"),
     **STAGES,
+    "push": Stage(push_job, PushJob, "upload a run's model (weights, config.json, card, ONNX) to the Hugging Face Hub"),
     "list": Stage(list_job, ListJob, "list registered models and accepted data sources"),
 }
 
@@ -58,7 +60,8 @@ def _quiet_libraries() -> None:
 # command -> its positionals in order, each (field, takes several): models, run folders and files read best so
 POSITIONAL = {"data": [("data.source", False)], "bench": [("models", True)], "export": [("model", False)],
               "report": [("runs", True)], "run": [("recipe", False)], "list": [("what", False)],
-              "predict": [("model", False), ("inputs", True)]}
+              "predict": [("model", False), ("inputs", True)],
+              "push": [("run", False), ("repo", False)]}
 
 
 def _positional_models(argv: list[str]) -> list[str]:

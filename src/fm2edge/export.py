@@ -451,7 +451,7 @@ def check_classes(run: str, model, data, source: str) -> None:
 
 def export_job(job: ExportJob) -> dict:
     from fm2edge.data import load_data
-    from fm2edge.models.io import load_classifier
+    from fm2edge.models.io import TIMM_FILE, load_classifier, write_timm_weights
     from fm2edge.runs import atomic_dir, atomic_write_json
 
     cfg = job.export
@@ -499,6 +499,10 @@ def export_job(job: ExportJob) -> dict:
             timings["onnx_int8"] = q.pop("latency")
             files["onnx_int8"] = "model.int8.onnx"
             result.update(q)
+        timm_copy = write_timm_weights(model, tmp)
+        if timm_copy:  # a timm student: also loadable by timm.create_model (its arguments in export.json)
+            files["timm"] = TIMM_FILE
+            result["timm"] = timm_copy
         sizes = {"pytorch_fp32": (Path(job.model) / "model.safetensors").stat().st_size,
                  **{k: (tmp / f).stat().st_size for k, f in files.items()}}
         result.update({"files": files, "size_bytes": sizes, f"{cfg.score_on}_acc": acc, "latency_batch1": timings,

@@ -192,7 +192,7 @@ def load(model: str | Path, backend: str = "auto", threads: int | None = None) -
     if threads:
         torch.set_num_threads(threads)
     classifier = load_classifier(path)
-    names = json.loads((path / "model.json").read_text()).get("class_names") or class_names_of_run(path)
+    names = class_names_of_run(path)
     wrapped = ImageClassifier(classifier).eval()
 
     def run(batch: np.ndarray) -> np.ndarray:

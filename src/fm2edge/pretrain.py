@@ -226,7 +226,7 @@ def pretrain_one(job: PretrainJob) -> dict:
     from fm2edge.device import environment
     from fm2edge.distill.task import build_teacher_cache, cache_dir_for, load_teacher_cache
     from fm2edge.models import create_model
-    from fm2edge.models.io import load_classifier
+    from fm2edge.models.io import is_model_folder, load_classifier
     from fm2edge.report import plots
     from fm2edge.report.write import save_figure
     from fm2edge.results import slug, start_stage
@@ -237,7 +237,7 @@ def pretrain_one(job: PretrainJob) -> dict:
     with accelerator.main_process_first():
         images = pretrain_images(job, session)
     cfg = job.pretrain
-    teacher = (load_classifier(cfg.teacher) if (Path(cfg.teacher) / "model.json").exists()
+    teacher = (load_classifier(cfg.teacher) if is_model_folder(cfg.teacher)
                else create_model(ModelConfig(name=cfg.teacher, pretrained=cfg.teacher_pretrained,
                                              image_size=cfg.teacher_image_size), 1))
     student = session.model(job.model, job.train.seed)

@@ -185,6 +185,7 @@ def save_teacher(job: ProbeJob, run, head: LinearHead, test: Features, test_scor
     model = load_backbone(job.model, job.embed, len(test.class_names))
     model.head.weight.data = torch.as_tensor(head.weight)
     model.head.bias.data = torch.as_tensor(head.bias)
+    model.class_names = list(test.class_names)
     save_classifier(model, run.path)
     run.write_predictions(test_scores, test.labels, test.class_names)
 

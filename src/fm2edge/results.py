@@ -126,6 +126,7 @@ def write_outputs(run: RunDir, model: Classifier, result: Any, test: ImageData, 
     from fm2edge.report.write import save_figure
     from fm2edge.timing import peak_rss
 
+    model.class_names = list(test.class_names)
     save_classifier(model, run.path)
     scored = result.test_logits is not None  # --train.score_test false: a candidate, its test split left unread
     if scored:
@@ -145,6 +146,21 @@ def write_outputs(run: RunDir, model: Classifier, result: Any, test: ImageData, 
     return metrics
 
 
+def card_metadata(name: str, metrics: dict, teacher: str | None) -> str:
+    """The card's YAML metadata (the Hub's schema, written by huggingface_hub): library, task, tags, and the test
+    accuracy as an evaluation result where it was read."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    data = str(metrics.get("data") or "its data")
+    results = [EvalResult(task_type="image-classification", dataset_type=data, dataset_name=data,
+                          dataset_split="test", metric_type="accuracy", metric_value=round(metrics["test_acc"], 4))
+               ] if metrics.get("test_acc") is not None else None
+    card = ModelCardData(library_name="fm2edge", pipeline_tag="image-classification", metrics=["accuracy"],
+                         tags=["fm2edge", "image-classification", *(["knowledge-distillation"] if teacher else [])],
+                         model_name=name, eval_results=results)
+    return card.to_yaml().rstrip("\n")
+
+
 def model_card(model: Classifier, metrics: dict, saved: dict, path: Path) -> str:
     """A Hugging Face model card (README.md) for a run's model: what it is, what it was trained on, how well it
     does, how to load it, how to reproduce it, and what it is for."""
@@ -156,8 +172,7 @@ def model_card(model: Classifier, metrics: dict, saved: dict, path: Path) -> str
     teacher = metrics.get("teacher")
     selected = metrics.get("selected") or {}
     lines = [
-        "---", "library_name: fm2edge", "tags:", "- fm2edge", "- image-classification",
-        *(["- knowledge-distillation"] if teacher else []), "---", "",
+        "---", card_metadata(path.name, metrics, teacher), "---", "",
         f"# {path.name}", "",
         f"A {model.name} image classifier ({metrics.get('parameters', 0):,} parameters, {p.size} x {p.size} px "
         f"input) trained with `fm2edge {command}`" + (f", taught by {teacher}" if teacher else "") + ".", "",
@@ -173,7 +188,13 @@ def model_card(model: Classifier, metrics: dict, saved: dict, path: Path) -> str
         f"{(metrics.get('env') or {}).get('device', 'an unrecorded device')}", "",
         "## Use", "",
         "```python", "import fm2edge", "", f'model = fm2edge.load("{path.name}")  # this folder',
-        'print(model.predict(["image.jpg"]).labels)', "```", "",
+        'print(model.predict(["image.jpg"]).labels)', "",
+        "net = fm2edge.from_pretrained(\"user/repo\")  # the PyTorch module, from this folder or the Hub", "```",
+        "",
+        "The folder is a `huggingface_hub` `PyTorchModelHubMixin` folder (`config.json` names the architecture, the "
+        "classes and the preprocessing). After `fm2edge export`, a timm student also has "
+        "`export/timm_model.safetensors`: `export/export.json` (`timm`) gives the `timm.create_model` arguments "
+        "that load it.", "",
         f"Inputs are RGB images; the model resizes the shortest edge to {p.resize_size()} px ({p.interpolation}), "
         f"centre-crops {p.size} px and normalises with mean {list(p.mean)} and std {list(p.std)}. "
         "`fm2edge export` writes an ONNX graph that takes uint8 images and returns probabilities.", "",

@@ -86,9 +86,11 @@ def recalibrate_batchnorm(model, images: torch.Tensor, batch_size: int, device: 
 
 def saved_models(runs: list[str]) -> dict[str, Path]:
     """The run folders, each checked to hold a saved model (before any data is read)."""
+    from fm2edge.models.io import is_model_folder
+
     folders = {run: Path(run) for run in runs}
     for run, folder in folders.items():
-        if not (folder / "model.json").exists():
+        if not is_model_folder(folder):
             raise Fm2EdgeError(f"soup.runs: '{run}' holds no fm2edge model (model.json missing); give run folders of "
                                f"`fm2edge finetune`, `train` or `distill`")
     return folders
@@ -96,14 +98,12 @@ def saved_models(runs: list[str]) -> dict[str, Path]:
 
 def ingredients(runs: list[str], class_names: list[str]) -> dict[str, Path]:
     """The run folders, checked: each holds a model, all of one architecture and of the data's classes."""
-    import json
-
-    from fm2edge.models.io import class_names_of_run
+    from fm2edge.models.io import class_names_of_run, model_meta
 
     folders = saved_models(runs)
     metas = {}
     for run, folder in folders.items():
-        metas[run] = json.loads((folder / "model.json").read_text())
+        metas[run] = model_meta(folder)
         if class_names_of_run(folder) != list(class_names):
             raise Fm2EdgeError(f"soup.runs: '{run}' was trained on classes {class_names_of_run(folder)}, the data has "
                                f"{list(class_names)}; average runs trained on this data's classes")

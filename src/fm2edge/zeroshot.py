@@ -122,6 +122,7 @@ def zeroshot_job(job: ZeroShotJob) -> dict:
                                              strict=True))}
         if session.is_main:
             run.write_config(to_dict(job))
+            clf.class_names = list(test.class_names)
             save_classifier(clf, run.path)
             run.write_predictions(logits.numpy(), labels, test.class_names)
             run.write_json("metrics.json", results)

@@ -133,11 +133,12 @@ def measure_candidates(job: AutoJob, num_classes: int) -> list[dict]:
 def teacher_stages(job: AutoJob, root: Path) -> list[dict]:
     """Each teacher: a run folder as it is, or a foundation model probed on the training images (a linear head on
     its frozen features: the strong, cheap teacher for small folders)."""
+    from fm2edge.models.io import is_model_folder
     from fm2edge.results import slug
 
     teachers = []
     for spec in job.auto.teachers:
-        if (Path(spec) / "model.json").exists():
+        if is_model_folder(spec):
             teachers.append({"teacher": spec, "folder": str(Path(spec))})
             continue
         name = slug(f"teacher-{spec}")

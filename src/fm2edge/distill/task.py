@@ -287,9 +287,9 @@ class DistillTask(nn.Module):
 
 def load_teacher(cfg: DistillConfig, num_classes: int) -> Classifier:
     from fm2edge.models import create_model
-    from fm2edge.models.io import load_classifier
+    from fm2edge.models.io import is_model_folder, load_classifier
 
-    if (Path(cfg.teacher) / "model.json").exists():
+    if is_model_folder(cfg.teacher):
         teacher = load_classifier(cfg.teacher)
     elif Path(cfg.teacher).exists() or cfg.teacher.startswith((".", "/", "~")):
         raise Fm2EdgeError(f"distill.teacher '{cfg.teacher}' holds no fm2edge model (model.json missing); give the "

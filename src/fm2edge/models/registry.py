@@ -13,11 +13,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from torch import nn
+
 from fm2edge.config import ModelConfig
 from fm2edge.errors import Fm2EdgeError
-from fm2edge.models.classifier import Classifier
 
-Builder = Callable[[str, ModelConfig, int], Classifier]
+# a builder returns a Classifier (models.classifier, which imports this table to rebuild saved models)
+Builder = Callable[[str, ModelConfig, int], nn.Module]
 log = logging.getLogger(__name__)
 
 
@@ -70,7 +72,7 @@ def resolve(name: str) -> tuple[Entry, str]:
                        f"See `fm2edge list`.")
 
 
-def create_model(cfg: ModelConfig, num_classes: int) -> Classifier:
+def create_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     """Build the model named by ``cfg.name`` with a fresh ``num_classes`` head and the config's preprocessing."""
     if num_classes < 1:
         raise Fm2EdgeError(f"a classifier needs at least one class, got {num_classes}")

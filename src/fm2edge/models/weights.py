@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torch import nn
+
 from fm2edge.errors import Fm2EdgeError
-from fm2edge.models.classifier import Classifier
 
 PREFIXES = ("module.", "model.", "_orig_mod.")  # DDP, wrapper modules and torch.compile add these
 
@@ -51,7 +52,7 @@ def strip_prefixes(state: dict) -> dict:
     return state
 
 
-def load_weights(model: Classifier, path: str | Path, skip_head: bool | None = False) -> str:
+def load_weights(model: nn.Module, path: str | Path, skip_head: bool | None = False) -> str:
     """Load a state dict saved by plain PyTorch (or another fm2edge run) into ``model``: a whole classifier's
     (``backbone.*`` and ``head.*``) or the bare network's (loaded into the backbone). ``skip_head`` keeps the
     model's own head (True), or does so when the saved head has another number of classes (None). Mismatches are

@@ -79,6 +79,8 @@ def _visible(path: Path, root: Path) -> bool:
 def collect(paths: list[str]) -> tuple[list[Run], list[Path]]:
     """Every run folder (a folder with metrics.json not nested inside another run) under ``paths``, in path order;
     and every other folder of interest (bench.json, export/, comparison.json, label_efficiency.json holders)."""
+    from fm2edge.models.io import is_model_folder, model_meta
+
     runs: list[Run] = []
     extras: list[Path] = []
     for root in map(Path, paths):
@@ -95,8 +97,8 @@ def collect(paths: list[str]) -> tuple[list[Run], list[Path]]:
                 continue  # a run's internal sub-runs (a probe's label-efficiency trainings)
             file = folder / "metrics.json" if (folder / "metrics.json").exists() else folder / "embed.json"
             metrics = json.loads(file.read_text())
-            if "parameters" not in metrics and (folder / "model.json").exists():
-                metrics["parameters"] = json.loads((folder / "model.json").read_text()).get("parameters")
+            if "parameters" not in metrics and is_model_folder(folder):
+                metrics["parameters"] = model_meta(folder).get("parameters")
             config = (folder / "config.yaml").read_text() if (folder / "config.yaml").exists() else ""
             kind = "embed" if file.name == "embed.json" else run_kind(metrics)
             runs.append(Run(folder, str(folder.relative_to(base)), kind, metrics, config,
