@@ -5,6 +5,7 @@ The lifecycle is the package layout: ``data`` -> ``models`` -> ``features`` -> `
 """
 
 __version__ = "0.1.0"
+__all__ = ["load", "from_pretrained", "auto", "run_stage"]
 
 
 def load(model, backend: str = "auto", threads: int | None = None):
@@ -16,7 +17,8 @@ def load(model, backend: str = "auto", threads: int | None = None):
 
 
 def from_pretrained(name_or_path, revision: str | None = None):
-    """The trained PyTorch classifier of a run folder or of a Hub repository written by ``--export.push_to_hub``."""
+    """The trained PyTorch classifier of a run folder or of a Hub repository written by ``fm2edge push`` (the same
+    as ``fm2edge.models.Classifier.from_pretrained``, with a clear error where the hub cannot be reached)."""
     from fm2edge.models.io import from_pretrained as load_pretrained
 
     return load_pretrained(name_or_path, revision)

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+__all__ = ["DataConfig", "ModelConfig", "AugmentConfig", "TrainConfig", "RunConfig", "TrainJob", "DemoJob", "to_dict"]
+
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
 

@@ -48,6 +48,8 @@ class Classifier(nn.Module, PyTorchModelHubMixin, library_name="fm2edge", tags=[
         self.class_names: list[str] | None = None  # set from the data before a model is saved
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features (N, feature_dim) of a normalised float batch (averaged with the mirror image when
+        ``flip_average`` is set)."""
         if self.flip_average:
             return (self.backbone(x) + self.backbone(x.flip(-1))) / 2
         return self.backbone(x)
@@ -63,6 +65,7 @@ class Classifier(nn.Module, PyTorchModelHubMixin, library_name="fm2edge", tags=[
             self.head = nn.Linear(dim, self.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes) of a normalised float batch (``self.preprocess`` makes one from uint8 images)."""
         return self.head(self.features(x))
 
     def describe(self) -> dict:

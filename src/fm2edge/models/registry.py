@@ -51,6 +51,7 @@ def register(name: str, help: str, kind: str) -> Callable[[Builder], Builder]:
 
 
 def entries() -> list[Entry]:
+    """Every registered model name (exact names and prefixes), by kind then name: what `fm2edge list` prints."""
     return sorted(_REGISTRY.values(), key=lambda e: (e.kind, e.name))
 
 
