@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fm2edge.config import check
+from fm2edge.config import Tracker, check
 from fm2edge.timing import peak_rss_during, summarise, time_calls
 
 __all__ = ["BenchConfig", "BenchJob", "bench_job", "count_macs", "summarise", "time_calls"]
@@ -46,6 +46,9 @@ class BenchConfig:
         throughput_runs: Timed batches for the throughput figure.
         image_size: Input resolution; empty uses each model's own.
         num_classes: Classes of the head built for registered names.
+        log_with: Experiment tracker for the table (latency, throughput, size per model and backend) and the
+            settings: "none", "auto" (TensorBoard in a logs/ folder beside the output when installed),
+            "tensorboard", "wandb" or "mlflow" (see --run.log_with of the training commands).
     """
 
     devices: list[Literal["auto", "cpu", "cuda"]] = field(default_factory=lambda: ["cpu"])
@@ -58,6 +61,7 @@ class BenchConfig:
     throughput_runs: int = 10
     image_size: int | None = None
     num_classes: int = 10
+    log_with: Tracker = "none"
 
     def __post_init__(self) -> None:
         check(self.runs >= 1 and self.warmup >= 0, "bench.runs must be >= 1 and bench.warmup >= 0")
@@ -234,8 +238,9 @@ def bench_model(name: str, cfg: BenchConfig, devices: list[torch.device]) -> lis
 
 
 def bench_job(job: BenchJob) -> dict:
+    from fm2edge.config import to_dict
     from fm2edge.device import resolve_device
-    from fm2edge.runs import atomic_write_json
+    from fm2edge.runs import atomic_write_json, log_summary
 
     cfg = job.bench
     devices = list(dict.fromkeys(resolve_device(d) for d in cfg.devices))  # "auto" may repeat "cpu"
@@ -254,6 +259,10 @@ def bench_job(job: BenchJob) -> dict:
     out = Path(job.output or "bench.json")
     atomic_write_json(out, result)
     print(f"results in {out}")
+    numbers = ("p50_ms", "p90_ms", "p99_ms", "throughput_img_s", "params", "macs", "size_bytes", "speedup_vs_first")
+    log_summary(cfg.log_with, out.parent, to_dict(job), name="bench", summary={
+        f"{Path(r['model']).name}/{r['device_type']}/{r['backend']}/{r['dtype']}": {k: r.get(k) for k in numbers}
+        for r in rows if not r["skipped"]})
     return result
 
 

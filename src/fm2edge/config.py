@@ -15,6 +15,7 @@ __all__ = ["DataConfig", "ModelConfig", "AugmentConfig", "TrainConfig", "RunConf
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
+Tracker = Literal["auto", "none", "tensorboard", "wandb", "mlflow"]
 
 
 def check(cond: bool, msg: str) -> None:
@@ -285,16 +286,18 @@ class RunConfig:
         resume: Continue the run in an existing run folder from its last checkpoint (training) or its last saved
             chunk (feature extraction).
         overwrite: Delete an existing run folder of the same name first.
-        log_with: Experiment tracker for every epoch's losses (each part), learning rate, validation accuracy and
-            images/s, through Accelerate's trackers: "auto" (TensorBoard in RUN/logs when tensorboard or
-            tensorboardX is installed, else none), "tensorboard", "wandb", "mlflow" or "none".
+        log_with: Experiment tracker for the run's config, every epoch's losses (each part), learning rate,
+            validation accuracy and images/s, and the stage's summary (test accuracy, throughput, probe
+            accuracies...), through Accelerate's trackers: "auto" (TensorBoard in RUN/logs when tensorboard or
+            tensorboardX is installed, else none), "tensorboard", "wandb" (files in RUN/wandb; WANDB_MODE=offline
+            works without network), "mlflow" (MLFLOW_TRACKING_URI, else a file store in ROOT/mlruns) or "none".
     """
 
     root: str = "runs"
     name: str | None = None
     resume: bool = False
     overwrite: bool = False
-    log_with: Literal["auto", "none", "tensorboard", "wandb", "mlflow"] = "auto"
+    log_with: Tracker = "auto"
 
     def __post_init__(self) -> None:
         check(not (self.resume and self.overwrite), "run.resume and run.overwrite cannot both be true")

@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fm2edge.config import DataConfig, check
+from fm2edge.config import DataConfig, Tracker, check
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.report.metrics import Difference, accuracy, paired_difference
 from fm2edge.timing import latency_with_noise
@@ -54,6 +54,9 @@ class ExportConfig:
             files to after the checks pass (needs network and a token: HF_TOKEN or `hf auth login`).
         score_on: The split the parity and accuracy checks read: "test", or "validation" when the export is one of
             several candidates still to be chosen between (the test split is then left unread).
+        log_with: Experiment tracker for the export's settings and checks (parity, fp32 and int8 accuracy, latency,
+            sizes): "auto" (TensorBoard in OUTPUT/logs when installed, else none), "tensorboard", "wandb",
+            "mlflow" or "none" (see --run.log_with of the training commands).
     """
 
     opset: int = 17
@@ -70,6 +73,7 @@ class ExportConfig:
     batch_size: int = 256
     push_to_hub: str | None = None
     score_on: Literal["test", "validation"] = "test"
+    log_with: Tracker = "auto"
 
     def __post_init__(self) -> None:
         check(self.parity_tolerance > 0, f"export.parity_tolerance must be positive, got {self.parity_tolerance}")
@@ -450,9 +454,10 @@ def check_classes(run: str, model, data, source: str) -> None:
 
 
 def export_job(job: ExportJob) -> dict:
+    from fm2edge.config import to_dict
     from fm2edge.data import load_data
     from fm2edge.models.io import TIMM_FILE, load_classifier, write_timm_weights
-    from fm2edge.runs import atomic_dir, atomic_write_json
+    from fm2edge.runs import atomic_dir, atomic_write_json, log_summary
 
     cfg = job.export
     _ort()
@@ -528,6 +533,7 @@ def export_job(job: ExportJob) -> dict:
               f"{cfg.max_int8_drop}); try --export.calibration_method percentile, more calibration images, or ship "
               f"the fp32 model")
     print(f"results in {out}")
+    log_summary(cfg.log_with, out, to_dict(job), result, name=f"{Path(job.model).resolve().name}-export")
     if cfg.push_to_hub:
         from fm2edge.models.io import push_to_hub
 

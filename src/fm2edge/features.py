@@ -378,6 +378,7 @@ def embed_job(job: EmbedJob) -> dict:
                     fig = plots.tsne(xy, labels, f.class_names, f"t-SNE of {job.model.name} features ({split})")
                     save_figure(fig, run.file("plots", f"tsne_{split}.png"))
             run.write_json("embed.json", summary)
+            run.log_summary(summary)
             print(f"results in {run.path}")
     return summary
 

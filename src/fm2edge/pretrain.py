@@ -281,6 +281,7 @@ def pretrain_one(job: PretrainJob) -> dict:
                        "env": environment(accelerator)}
             save_student(student, run.path, {"pretrained_from": teacher.name})
             run.write_json("metrics.json", metrics)
+            run.log_summary(metrics)
             save_figure(plots.learning_curves(result.history, f"{student.name} pretrained from {teacher.name}", None),
                         run.file("plots", "learning_curves.png"))
             print(f"pretrained {student.name}: final loss {metrics['final_loss']:.4f} after {job.train.epochs} epochs "

@@ -285,5 +285,6 @@ def probe_job(job: ProbeJob) -> dict:
         if job.probe.label_counts:
             results["label_efficiency"] = label_efficiency_study(job, feats, run)
         run.write_json("metrics.json", results)
+        run.log_summary(results)
         print(f"results in {run.path}")
     return results

@@ -138,6 +138,7 @@ def write_outputs(run: RunDir, model: Classifier, result: Any, test: ImageData, 
                "peak_rss_bytes": peak_rss(),  # the process's resident high-water mark since the stage started
                **extra}
     run.write_json("metrics.json", metrics)
+    run.log_summary(metrics)
     atomic_write_text(run.file("README.md"), model_card(model, metrics, run.read_json("metrics.json"),
                                                         run.path))
     save_figure(plots.learning_curves(result.history, f"{model.name} on {extra.get('data', 'data')}",

@@ -155,21 +155,70 @@ def resolve_tracker(log_with: str) -> str:
     return log_with
 
 
-def make_tracker(log_with: str, path: Path):
-    """An Accelerate tracker logging into the run (TensorBoard: RUN/logs), or None."""
+TRACKER_PROJECT = "fm2edge"  # the W&B project; MLflow's experiment is the folder that holds the run folders
+
+
+def make_tracker(log_with: str, path: Path, config: dict | None = None, name: str | None = None):
+    """An Accelerate tracker for the run at ``path`` that has been given the run's whole config (flattened to
+    ``section.field`` keys), or None. TensorBoard writes RUN/logs; W&B keeps its files in RUN/wandb (``WANDB_MODE``
+    and the rest of W&B's settings apply); MLflow logs to ``MLFLOW_TRACKING_URI``, else to a file store beside the
+    run folders (ROOT/mlruns). ``name``: the run's name there (default: the folder's)."""
+    import os
+
     from accelerate import tracking
 
     log_with = resolve_tracker(log_with)
     if log_with == "none":
         return None
-    if log_with == "tensorboard":
-        tracker = tracking.TensorBoardTracker(".", path / "logs")
-    elif log_with == "wandb":
-        tracker = tracking.WandBTracker(path.name)
-    else:
-        tracker = tracking.MLflowTracker(experiment_name=path.parent.name or "fm2edge", run_name=path.name)
-    tracker.start()  # Accelerate's trackers open their writer lazily, on the main process
+    try:
+        if log_with == "tensorboard":
+            tracker = tracking.TensorBoardTracker(".", path / "logs")
+        elif log_with == "wandb":
+            (path / "wandb").mkdir(parents=True, exist_ok=True)
+            tracker = tracking.WandBTracker(TRACKER_PROJECT, name=name or path.name, dir=str(path))
+        else:
+            import mlflow
+
+            if not os.environ.get("MLFLOW_TRACKING_URI"):
+                # no server named: MLflow's local file store beside the run folders (still supported, though MLflow
+                # now asks to be told so)
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+                mlflow.set_tracking_uri((path.parent / "mlruns").resolve().as_uri())
+            tracker = tracking.MLflowTracker(experiment_name=path.parent.resolve().name or TRACKER_PROJECT,
+                                             run_name=name or path.name)
+        tracker.start()  # Accelerate's trackers open their writer lazily, on the main process
+        if config:
+            tracker.store_init_configuration(flat_values(config, numbers_only=False))
+    except Exception as exc:  # a tracker's own error (server, login, settings): one line, the fix named
+        raise Fm2EdgeError(f"the {log_with} tracker could not start: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200]}; fix its settings or pass --run.log_with none") from exc
     return tracker
+
+
+def flat_values(values: dict, prefix: str = "", numbers_only: bool = True) -> dict:
+    """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}``: what trackers take. Numbers (and booleans, as 0/1)
+    only, or every leaf with lists and None as text when ``numbers_only`` is false (a config)."""
+    out: dict = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_values(value, f"{name}.", numbers_only))
+        elif isinstance(value, bool):
+            out[name] = int(value) if numbers_only else value
+        elif isinstance(value, int | float):
+            out[name] = value
+        elif not numbers_only and value is not None:
+            out[name] = value if isinstance(value, str) else json.dumps(value, default=str)
+    return out
+
+
+def log_summary(log_with: str, path: Path, config: dict, summary: dict, name: str | None = None) -> None:
+    """A finished stage's config and summary numbers to a tracker of their own (stages without a run folder's
+    epochs: bench, export), logging under ``path``."""
+    tracker = make_tracker(log_with, path, config, name)
+    if tracker is not None:
+        tracker.log({f"summary/{k}": v for k, v in flat_values(summary).items()}, step=0)
+        tracker.finish()
 
 
 class RunDir:
@@ -183,6 +232,8 @@ class RunDir:
         self._lock = None
         self.log_with = "none"  # which experiment tracker epochs go to (set by the stage that opens the run)
         self.tracker = None  # made at the first logged epoch, so a run that fails earlier leaves no logs
+        self.config: dict | None = None  # the run's config, given to the tracker when it starts
+        self.step = 0  # the last step logged (the summary is logged at it)
         if not lock:  # a secondary process of a distributed run attaches to the folder its main process set up
             self.path.mkdir(parents=True, exist_ok=True)
             return
@@ -205,15 +256,23 @@ class RunDir:
         clean_partial(self.path)
 
     def log_epoch(self, values: dict, step: int) -> None:
-        """One epoch's numbers to the experiment tracker (made on first use)."""
+        """One epoch's numbers to the experiment tracker (made on first use, with the run's config)."""
         if self.log_with == "none":
             return
         if self.tracker is None:
-            self.tracker = make_tracker(self.log_with, self.path)
+            self.tracker = make_tracker(self.log_with, self.path, self.config)
             if self.tracker is None:
                 self.log_with = "none"
                 return
+        self.step = step
         self.tracker.log(values, step=step)
+
+    def log_summary(self, metrics: dict) -> None:
+        """The stage's summary numbers (``summary/...``: test accuracy, throughput, probe accuracies...) to the
+        tracker, at the last step logged."""
+        numbers = {f"summary/{k}": v for k, v in flat_values(metrics).items()}
+        if numbers:
+            self.log_epoch(numbers, self.step)
 
     def close(self) -> None:
         if self.tracker is not None:
@@ -235,6 +294,8 @@ class RunDir:
         return p
 
     def write_config(self, config: dict[str, Any]) -> None:
+        """``config.yaml``, and the config the tracker will be given."""
+        self.config = config
         atomic_write_text(self.file("config.yaml"), yaml.safe_dump(config, sort_keys=False))
 
     def write_json(self, name: str, obj: Any) -> None:
