@@ -57,3 +57,31 @@ def model_spec(spec: str) -> tuple[str, int, int]:
     training-speed scripts."""
     name, size, batch = spec.rsplit("@", 2)
     return name, int(size), int(batch)
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+def save_results(script: str, args, rows: list[dict], out: str | None = None) -> Path:
+    """A benchmark's raw figures as JSON, with what they depend on (date, CPU model and instruction sets, threads,
+    torch, the script's arguments): ``docs/results/SCRIPT-DATE.json`` unless ``out`` names a file, so the table in
+    the docs that a run feeds has its numbers committed beside it."""
+    import datetime
+    import json
+    import platform
+    import sys
+
+    import torch
+
+    from fm2edge.device import cpu_features
+
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                 platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    today = datetime.date.today().isoformat()
+    path = Path(out) if out else RESULTS / f"{script}-{today}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"script": f"benchmarks/{script}.py", "argv": sys.argv[1:], "args": vars(args), "date": today,
+               "cpu": model, "cpu_features": cpu_features(), "torch": torch.__version__, "rows": rows}
+    path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    print(f"raw figures in {path}")
+    return path

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import cifar_source, model_spec
+from common import cifar_source, model_spec, save_results
 
 from fm2edge.device import cpu_features
 
@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=MODELS, help="NAME@INPUT_SIZE@BATCH_SIZE")
     ap.add_argument("--steps", type=int, default=16, help="batches per epoch")
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs of each allocator per model")
+    ap.add_argument("--json", help="file for the raw figures (default docs/results/cpu_allocator-DATE.json)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,6 +82,8 @@ def main() -> None:
               f"{mean['kept'] / mean['system']:>12.2f}x{share:>16}{faults:>18}")
     print("(kernel share and page faults: system / kept; peak RSS of the largest child: "
           f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20:.1f} GiB)")
+    save_results("cpu_allocator", args, [{"model": n, "input": s, "batch": b, "runs": r} for n, s, b, r in rows],
+                 args.json)
 
 
 if __name__ == "__main__":

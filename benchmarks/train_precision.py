@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import cifar_source, model_spec
+from common import cifar_source, model_spec, save_results
 
 from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
 from fm2edge.device import bf16_supported_on_cpu, cpu_features
@@ -46,6 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=MODELS, help="NAME@INPUT_SIZE@BATCH_SIZE")
     ap.add_argument("--steps", type=int, default=24, help="batches per epoch")
+    ap.add_argument("--json", help="file for the raw figures (default docs/results/train_precision-DATE.json)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,6 +59,8 @@ def main() -> None:
     print(f"{'model':<36}{'px':>5}{'batch':>7}{'fp32 img/s':>12}{'bf16 img/s':>12}{'bf16/fp32':>11}")
     for name, size, batch, fp32, bf16 in rows:
         print(f"{name:<36}{size:>5}{batch:>7}{fp32:>12.0f}{bf16:>12.0f}{bf16 / fp32:>10.2f}x")
+    save_results("train_precision", args, [{"model": n, "input": s, "batch": b, "fp32_img_s": f, "bf16_img_s": h,
+                                            "bf16_over_fp32": h / f} for n, s, b, f, h in rows], args.json)
 
 
 if __name__ == "__main__":

@@ -307,3 +307,32 @@ def test_a_student_follows_the_data_unless_told(tmp_path, image_folder):
     assert session.model(ModelConfig(name="student:small_cnn", image_size=64), 0).preprocess.size == 64
     timm = session.model(ModelConfig(name="timm:mobilenetv3_small_100", image_size=96), 0)
     assert timm.preprocess.size == 96 and timm(torch.zeros(2, 3, 96, 96)).shape == (2, session.train.num_classes)
+
+
+@pytest.mark.parametrize("size", [32, 61])
+@pytest.mark.parametrize("auto", ["trivial", "rand"])
+def test_batched_operations_equal_the_per_image_torchvision_path(size, auto):
+    """Every TrivialAugment / RandAugment operation, run once over all the images that drew it, gives the same
+    pixels as transforms.v2.functional called image by image with the same draws (odd sizes included)."""
+    from fm2edge.augment import OPS, operations, operations_per_image
+
+    cfg = AugmentConfig(auto=auto, magnitude=13)
+    images = torch.randint(0, 256, (300, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    views = draw_views(300, cfg, torch.Generator().manual_seed(6), 300, size)
+    drawn = set(views.col("op1").long().tolist()) | set(views.col("op2").long().tolist())
+    assert drawn >= set(range(len(OPS))), "every operation drawn at least once"
+    batched, reference = operations(images, views), operations_per_image(images, views)
+    assert torch.equal(batched, reference)
+    assert not torch.equal(batched, images)
+
+
+def test_batched_rotations_take_torchvision_s_exact_quarter_turns():
+    from fm2edge.augment import OPS, apply_op, apply_op_batched
+
+    rotate = [name for name, _, _ in OPS].index("rotate")
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    angles = torch.tensor([90.0, -90.0, 30.0, 0.0], dtype=torch.float64)
+    out = apply_op_batched(images, rotate, angles)
+    for img, angle, got in zip(images, angles, out, strict=True):
+        assert torch.equal(got, apply_op(img, rotate, float(angle) / OPS[rotate][1]))
+    assert torch.equal(out[0], torch.rot90(images[0], 1, dims=(-2, -1)))  # counter-clockwise, as v2 turns

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from fm2edge.automate.config import AutoConfig
-from fm2edge.automate.job import choose, screen, size_epochs
+from fm2edge.automate.job import choose, plan_rungs, screen, size_epochs
 from fm2edge.cli import main
 
 
@@ -40,6 +40,22 @@ def test_epochs_fill_the_time_and_a_capped_candidate_hands_its_time_on():
     assert size_epochs({"a": 10.0}, images=100, seconds=15.0, lo=2, hi=30) == {"a": 0}  # 1.5 epochs: too few
 
 
+def test_successive_halving_fits_the_budget_whoever_survives():
+    speeds = {"a": 100.0, "b": 50.0, "c": 30.0, "d": 20.0, "e": 10.0}  # training images per second
+    rungs = plan_rungs(speeds, images=1000, seconds=3600.0, lo=3, hi=30, keep=2)
+    # 5 candidates x 3 epochs, the better 3 x 6 more, the final 2 x 12 more: 21 epochs for each finalist
+    assert [(r["candidates"], r["epochs"]) for r in rungs] == [(5, 3), (3, 6), (2, 12)]
+    # priced as if the slowest survived (e, d, c then e, d): within the budget, and one epoch more would not be
+    slowest = [1 / 10 + 1 / 20 + 1 / 30 + 1 / 50 + 1 / 100, 1 / 10 + 1 / 20 + 1 / 30, 1 / 10 + 1 / 20]
+    assert sum(r["seconds"] for r in rungs) == pytest.approx(1000 * (3 * slowest[0] + 6 * slowest[1]
+                                                                     + 12 * slowest[2]))
+    assert sum(r["seconds"] for r in rungs) <= 3600 < 1000 * 4 * (slowest[0] + 2 * slowest[1] + 4 * slowest[2])
+    # a finalist's total stays within hi; too little time for lo epochs each: no ladder (equal shares instead)
+    assert plan_rungs({"a": 100.0, "b": 50.0}, 1000, 3600.0, 3, 30, 2) == [
+        {"candidates": 2, "epochs": 30, "seconds": 900.0}]
+    assert plan_rungs({"a": 10.0}, 1000, 100.0, 3, 30, 1) == []
+
+
 def test_the_choice_is_the_most_accurate_option_within_budget_and_ties_go_to_the_faster():
     options = [{"candidate": "a", "precision": "fp32", "val_acc": 0.9, "p50_ms": 3.0, "mb": 4.0},
                {"candidate": "a", "precision": "int8", "val_acc": 0.88, "p50_ms": 1.0, "mb": 1.0},
@@ -62,6 +78,7 @@ def auto_argv(root, teacher, *extra):
     return ["auto", "--data.source", "digits", "--auto.teachers", f"[{teacher}]", "--auto.students",
             "[student:small_cnn@16, student:small_cnn@32]", "--auto.views", "2", "--auto.minutes", "3",
             "--auto.latency_ms", "50", "--auto.min_epochs", "1", "--auto.max_epochs", "3", "--auto.device", "cpu",
+            "--auto.finalists", "1",
             "--run.root", str(root),
             "--run.name", "a", *extra]
 
@@ -85,8 +102,16 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     # the finalists' exports (how long they then take is the machine's: benchmarks time it, tests do not)
     plan = json.loads((run / "plan.json").read_text())
     planned = (plan["planning_seconds"] + plan["teaching_seconds"] + plan["export_seconds"]
-               + 60 * sum(c["planned_minutes"] for c in plan["candidates"]))
+               + sum(r["seconds"] for r in plan["rungs"]))
     assert planned <= 3 * 60 and result["minutes"] > 0
+    # successive halving: both candidates for one epoch, the better on validation two more from its weights
+    assert [(r["candidates"], r["epochs"]) for r in plan["rungs"]] == [(2, 1), (1, 2)]
+    by_rung = {r["candidate"]: (int(r["rung"]), int(r["epochs"])) for r in rows}
+    assert sorted(by_rung.values()) == [(0, 1), (1, 3)]
+    winner = next(c for c, (rung, _) in by_rung.items() if rung == 1)
+    first = {c: json.loads((run / f"student-small_cnn-{c.split('@')[1]}" / "metrics.json").read_text())["val_acc"]
+             for c in by_rung}
+    assert first[winner] == max(first.values()) and chosen["candidate"] == winner
     assert "test (read once)" in out and "points paid for the speed-up" in out
     assert (run / "plots" / "accuracy_vs_latency.png").stat().st_size > 0
     # best/ is an ordinary run folder with its ONNX graph: it loads and predicts
@@ -98,13 +123,22 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     assert len(labels) == 1
     # the students are candidates: their runs leave the test split unread (it is read once, for the choice)
     students = list(run.glob("student-*/metrics.json"))
-    assert len(students) == 2 and all(json.loads(m.read_text())["test_acc"] is None for m in students)
+    assert len(students) == 3 and all(json.loads(m.read_text())["test_acc"] is None for m in students)
     assert not any((m.parent / name).exists() for m in students for name in ("predictions.npz",
                                                                               "teacher_predictions.npz"))
     # the candidates' exports were scored on validation: export.json says so, and holds no test accuracy
     exports = list(run.glob("export-*/export.json"))
     assert exports and all(json.loads(e.read_text())["scored_on"] == "validation" for e in exports)
     assert all("test_acc" not in json.loads(e.read_text()) for e in exports)
+    # the report gives auto its own section: the choice, the search's rungs, the leaderboard, the minutes
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    for part in ('id="auto-choice"', 'id="auto-rungs"', 'id="auto-leaderboard"', 'id="auto-minutes"',
+                 "students, rung 1", "points paid for the speed-up"):
+        assert part in page, part
+    steps = result["minutes_by_step"]
+    assert steps["students, rung 0"] > 0 and steps["exports"] > 0
+    assert sum(steps.values()) == pytest.approx(result["minutes"])
     # run again: every stage is reused and the same choice comes out
     assert main(auto_argv(tmp_path, teacher)) == 0
     again = capsys.readouterr().out

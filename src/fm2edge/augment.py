@@ -163,17 +163,28 @@ def crop_resize(images: torch.Tensor, views: Views, size: int) -> torch.Tensor:
 
 
 def colour(x: torch.Tensor, views: Views) -> torch.Tensor:
-    """Per-image brightness, contrast and saturation factors (float 0..255). transforms.v2's adjust_* take one
-    factor for the whole batch, so the three formulas (the same as theirs) are applied here with a factor per row."""
+    """Per-image brightness, contrast and saturation factors on uint8 images, back to uint8. transforms.v2's
+    adjust_* take one factor for the whole batch, so the three formulas (the same as theirs) are applied here with a
+    factor per row, in place on one float copy (each a pass over the batch, skipped when no image changes it)."""
     p = views.params.to(x.device).float()
     b, c, s = (p[:, COL[k]].view(-1, 1, 1, 1) for k in ("brightness", "contrast", "saturation"))
     if bool((b == 1).all() and (c == 1).all() and (s == 1).all()):
         return x
-    x = (x * b).clamp(0, 255)
-    gray = (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-    x = ((x - gray.mean((2, 3), keepdim=True)) * c + gray.mean((2, 3), keepdim=True)).clamp(0, 255)
-    gray = (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-    return (gray + (x - gray) * s).clamp(0, 255)
+    y = x.float()
+    if not bool((b == 1).all()):
+        y.mul_(b).clamp_(0, 255)
+    if not bool((c == 1).all()):
+        mean = _luma(y).mean((1, 2, 3), keepdim=True)
+        y.sub_(mean).mul_(c).add_(mean).clamp_(0, 255)
+    if not bool((s == 1).all()):
+        gray = _luma(y)
+        y.sub_(gray).mul_(s).add_(gray).clamp_(0, 255)
+    return y.round_().to(torch.uint8)
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma of float RGB images, (N, 1, H, W)."""
+    return (x[:, 0:1] * 0.2989).add_(x[:, 1:2], alpha=0.587).add_(x[:, 2:3], alpha=0.114)
 
 
 def apply_op(img: torch.Tensor, op: int, magnitude: float) -> torch.Tensor:
@@ -214,9 +225,10 @@ def apply_op(img: torch.Tensor, op: int, magnitude: float) -> torch.Tensor:
     return TF.equalize(img)
 
 
-def operations(x: torch.Tensor, views: Views) -> torch.Tensor:
-    """The drawn TrivialAugment / RandAugment operations, image by image (each has its own operation and
-    strength; v2's functional ops take one setting per call)."""
+def operations_per_image(x: torch.Tensor, views: Views) -> torch.Tensor:
+    """The drawn TrivialAugment / RandAugment operations, image by image through ``transforms.v2.functional`` (each
+    image has its own operation and strength, and v2's functional ops take one setting per call): the reference
+    that :func:`operations` matches."""
     p = views.params.cpu()
     rows = torch.nonzero(p[:, COL["op1"]] >= 0).flatten().tolist()
     if not rows:
@@ -232,6 +244,134 @@ def operations(x: torch.Tensor, views: Views) -> torch.Tensor:
     return x
 
 
+def operations(x: torch.Tensor, views: Views) -> torch.Tensor:
+    """The drawn TrivialAugment / RandAugment operations, batched: the images that drew one operation go through it
+    together, each at its own strength (the same arithmetic as ``transforms.v2.functional``, which takes one
+    strength per call, so its formulas are written here with a strength per row; the result equals
+    :func:`operations_per_image` pixel for pixel)."""
+    p = views.params.cpu()
+    if not bool((p[:, COL["op1"]] >= 0).any()):
+        return x
+    x = x.clone()
+    for k in (1, 2):
+        ops = p[:, COL[f"op{k}"]].long()
+        for op in ops.unique().tolist():
+            if op < 0 or OPS[op][0] == "identity":
+                continue
+            rows = torch.nonzero(ops == op).flatten()
+            signed = p[rows, COL[f"mag{k}"]] if OPS[op][2] else p[rows, COL[f"mag{k}"]].abs()
+            x[rows.to(x.device)] = apply_op_batched(x[rows.to(x.device)], op, signed * OPS[op][1])
+    return x
+
+
+def _factor(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-row factors as (N, 1, 1, 1) float32 beside ``like``."""
+    return values.to(device=like.device, dtype=torch.float32).view(-1, 1, 1, 1)
+
+
+def _blend(image: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """``transforms.v2.functional``'s blend of uint8 images with a ratio per row: image * r + other * (1 - r),
+    clamped and truncated to uint8 as v2 does. v2 adds with ``add_(other, alpha=1 - r)`` (one fused multiply-add);
+    ``addcmul`` is the same arithmetic with a tensor for alpha, bit for bit."""
+    r = _factor(ratio, image)
+    one_minus = _factor(1.0 - ratio, image)
+    return torch.addcmul(image.mul(r), other, one_minus).clamp_(0, 255).to(torch.uint8)
+
+
+def _gray(image: torch.Tensor) -> torch.Tensor:
+    r, g, b = image.unbind(dim=-3)
+    return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(-3).floor_()
+
+
+def _inverse_affine(size: int, angle: float, translate: tuple[float, float], shear: tuple[float, float],
+                    centre: float) -> list[float]:
+    """torchvision's inverse affine matrix (``_get_inverse_affine_matrix``, scale 1), for one image: the matrix the
+    sampling grid is made from. ``centre``: the centre in v2's coordinates (0 is the image centre)."""
+    rot, sx, sy = math.radians(angle), math.radians(shear[0]), math.radians(shear[1])
+    cx = cy = centre
+    tx, ty = translate
+    a = math.cos(rot - sy) / math.cos(sy)
+    b = -(a * math.tan(sx) + math.sin(rot))
+    c = math.sin(rot - sy) / math.cos(sy)
+    d = math.cos(rot) - c * math.tan(sx)
+    m = [d, -b, 0.0, -c, a, 0.0]
+    m[2] += cx - m[0] * (cx + tx) - m[1] * (cy + ty)
+    m[5] += cy - m[3] * (cx + tx) - m[4] * (cy + ty)
+    return m
+
+
+def _warp(images: torch.Tensor, matrices: list[list[float]]) -> torch.Tensor:
+    """Nearest-neighbour resampling of every image through its own inverse affine matrix in one grid_sample:
+    v2's ``_affine_grid`` with a matrix per row (zeros outside, rounded back to uint8)."""
+    n, _, h, w = images.shape
+    dev = images.device
+    theta = torch.tensor(matrices, dtype=torch.float32, device=dev).view(n, 2, 3)
+    base = torch.empty(1, h, w, 3, dtype=torch.float32, device=dev)
+    base[..., 0].copy_(torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w, device=dev))
+    base[..., 1].copy_(torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h, device=dev).unsqueeze_(-1))
+    base[..., 2].fill_(1)
+    scaled = theta.transpose(1, 2).div_(torch.tensor([0.5 * w, 0.5 * h], dtype=torch.float32, device=dev))
+    grid = torch.stack([base.view(1, h * w, 3).bmm(scaled[i:i + 1]) for i in range(n)]).view(n, h, w, 2)
+    out = F.grid_sample(images.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return out.round_().to(torch.uint8)
+
+
+def apply_op_batched(images: torch.Tensor, op: int, m: torch.Tensor) -> torch.Tensor:
+    """One TrivialAugment / RandAugment operation on uint8 images (N, 3, H, W), strength ``m`` per row (float64,
+    already scaled to the operation's range and signed where it is signed), as :func:`apply_op` does image by
+    image."""
+    from torchvision.transforms.v2 import functional as TF
+
+    name = OPS[op][0]
+    size = images.shape[-1]
+    values = m.tolist()
+    if name in ("shear_x", "shear_y"):
+        shears = [(math.degrees(math.atan(v)), 0.0) if name == "shear_x" else (0.0, math.degrees(math.atan(v)))
+                  for v in values]
+        return _warp(images, [_inverse_affine(size, 0.0, (0.0, 0.0), s, -size * 0.5) for s in shears])
+    if name in ("translate_x", "translate_y"):
+        shifts = [float(int(v * size / 32)) for v in values]
+        return _warp(images, [_inverse_affine(size, 0.0, (t, 0.0) if name == "translate_x" else (0.0, t),
+                                              (0.0, 0.0), 0.0) for t in shifts])
+    if name == "rotate":
+        angles = [v % 360 for v in values]
+        if any(a in (0.0, 90.0, 180.0, 270.0) for a in angles):  # v2's exact fast paths: image by image
+            return torch.stack([apply_op(img, op, v / OPS[op][1]) for img, v in zip(images, values, strict=True)])
+        return _warp(images, [_inverse_affine(size, -a, (0.0, 0.0), (0.0, 0.0), 0.0) for a in angles])
+    if name == "brightness":
+        return images.mul(_factor(1 + m, images)).clamp_(0, 255).to(torch.uint8)
+    if name == "color":
+        return _blend(images, _gray(images), 1 + m)
+    if name == "contrast":
+        mean = _gray(images).mean(dim=(-3, -2, -1), keepdim=True)
+        return _blend(images, mean, 1 + m)
+    if name == "sharpness":
+        return torch.stack([TF.adjust_sharpness(img, 1 + v) for img, v in zip(images, values, strict=True)]) \
+            if images.shape[-1] <= 2 else _sharpen(images, 1 + m)
+    if name == "posterize":
+        bits = (8 - m.long()).clamp(0, 8)
+        mask = ((1 << bits) - 1) << (8 - bits)
+        return images & mask.to(device=images.device, dtype=torch.uint8).view(-1, 1, 1, 1)
+    if name == "solarize":
+        threshold = _factor(255.0 - m, images)
+        return torch.where(images >= threshold, 255 - images, images)
+    if name == "autocontrast":
+        return TF.autocontrast(images)
+    return TF.equalize(images)
+
+
+def _sharpen(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """v2's ``adjust_sharpness`` with a factor per row: the inner pixels blended with a 3x3 smoothing (1s around
+    a 5, over 13), the border kept."""
+    a, b = 1.0 / 13.0, 5.0 / 13.0
+    kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], dtype=torch.float32, device=images.device)
+    out = images.to(torch.float32, copy=True)
+    blurred = F.conv2d(out, kernel.expand(3, 1, 3, 3), groups=3).round_()
+    view = out[..., 1:-1, 1:-1]
+    view.add_(blurred.sub_(view) * _factor(1.0 - factor, images))
+    return out.clamp_(0, 255).to(torch.uint8)
+
+
 def render_own(images: torch.Tensor, views: Views, size: int) -> torch.Tensor:
     """Crop, flip, operations and colour of each image's view, before any mixing: uint8 (N, 3, size, size)."""
     x = crop_resize(images, views, size)
@@ -239,7 +379,7 @@ def render_own(images: torch.Tensor, views: Views, size: int) -> torch.Tensor:
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     x = x.round_().clamp_(0, 255).to(torch.uint8)
     x = operations(x, views)
-    return colour(x.float(), views).round_().to(torch.uint8)
+    return colour(x, views)
 
 
 def render(images: torch.Tensor, views: Views, size: int, partners: torch.Tensor | None = None) -> torch.Tensor:

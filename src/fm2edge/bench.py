@@ -221,18 +221,23 @@ def bench_model(name: str, cfg: BenchConfig, devices: list[torch.device]) -> lis
     base = {"model": name, "params": sum(p.numel() for p in clf.parameters()), "size_bytes": size_on_disk(clf),
             "image_size": size, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "macs": count_macs(net, torch.randn(1, 3, size, size)), "batch": 1}
+    import itertools
+
+    from tqdm.auto import tqdm
+
     rows = []
-    for device in devices:
-        for backend in cfg.backends:
-            for dtype_name in cfg.dtypes:
-                row = {**base, "device": device_label(device), "device_type": device.type, "backend": backend,
-                       "dtype": dtype_name}
-                reason = skip_reason(backend, dtype_name, device)
-                if reason is None:
-                    row.update(time_backend(net.to(device), backend, dtype_name, size, cfg, device), skipped=None)
-                else:
-                    row["skipped"] = reason
-                rows.append(row)
+    combos = list(itertools.product(devices, cfg.backends, cfg.dtypes))
+    bar = tqdm(combos, desc=f"bench {Path(name).name}", unit="setting", leave=False)
+    for device, backend, dtype_name in bar:
+        bar.set_postfix_str(f"{device.type} {backend} {dtype_name}")
+        row = {**base, "device": device_label(device), "device_type": device.type, "backend": backend,
+               "dtype": dtype_name}
+        reason = skip_reason(backend, dtype_name, device)
+        if reason is None:
+            row.update(time_backend(net.to(device), backend, dtype_name, size, cfg, device), skipped=None)
+        else:
+            row["skipped"] = reason
+        rows.append(row)
     net.to("cpu")
     return rows
 

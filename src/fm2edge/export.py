@@ -55,8 +55,8 @@ class ExportConfig:
         score_on: The split the parity and accuracy checks read: "test", or "validation" when the export is one of
             several candidates still to be chosen between (the test split is then left unread).
         log_with: Experiment tracker for the export's settings and checks (parity, fp32 and int8 accuracy, latency,
-            sizes): "auto" (TensorBoard in OUTPUT/logs when installed, else none), "tensorboard", "wandb",
-            "mlflow" or "none" (see --run.log_with of the training commands).
+            sizes), beside the run's training logs: "auto" (TensorBoard in MODEL/logs when installed, else none),
+            "tensorboard", "wandb", "mlflow" or "none" (see --run.log_with of the training commands).
     """
 
     opset: int = 17
@@ -365,7 +365,10 @@ def image_batches(model, images: torch.Tensor, batch_size: int) -> Iterator[np.n
         yield model.preprocess.resize(images[s:s + batch_size]).permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def calibration_batches(model, images: torch.Tensor, batch_size: int = 64) -> Iterator[np.ndarray]:
+CALIBRATION_BATCH = 64
+
+
+def calibration_batches(model, images: torch.Tensor, batch_size: int = CALIBRATION_BATCH) -> Iterator[np.ndarray]:
     """Calibration batches of one size: ONNX Runtime's histogram calibrators (percentile, entropy) stack what they
     collect per batch, and fail on a smaller last batch, so the remainder is left out."""
     batch_size = min(batch_size, len(images))
@@ -373,17 +376,28 @@ def calibration_batches(model, images: torch.Tensor, batch_size: int = 64) -> It
     return image_batches(model, images[:usable], batch_size)
 
 
+def progress(model, images: torch.Tensor, batch_size: int, what: str):
+    """The deployable batches of ``images`` behind a progress bar."""
+    import math
+
+    from tqdm.auto import tqdm
+
+    return tqdm(image_batches(model, images, batch_size), desc=what, unit="batch", leave=False,
+                total=math.ceil(len(images) / batch_size))
+
+
 def _torch_probabilities(model, images: torch.Tensor, batch_size: int) -> np.ndarray:
     from fm2edge.models.deploy import ImageClassifier
 
     wrapped = ImageClassifier(model).eval()
     with torch.inference_mode():
-        return np.concatenate([wrapped(torch.from_numpy(b)).numpy() for b in image_batches(model, images,
-                                                                                             batch_size)])
+        return np.concatenate([wrapped(torch.from_numpy(b)).numpy()
+                               for b in progress(model, images, batch_size, "PyTorch accuracy")])
 
 
-def _onnx_probabilities(sess, model, images: torch.Tensor, batch_size: int) -> np.ndarray:
-    return np.concatenate([run_images(sess, b) for b in image_batches(model, images, batch_size)])
+def _onnx_probabilities(sess, model, images: torch.Tensor, batch_size: int, what: str = "ONNX accuracy"
+                        ) -> np.ndarray:
+    return np.concatenate([run_images(sess, b) for b in progress(model, images, batch_size, what)])
 
 
 def _default_output(model: str) -> Path:
@@ -409,14 +423,18 @@ def quantise_and_measure(model, fp32_path: Path, int8_path: Path, train, test, f
                          x1: torch.Tensor, cfg: ExportConfig) -> dict:
     """The int8 graph calibrated on class-balanced training images, with its test accuracy, agreement with fp32
     and batch-1 latency."""
+    from tqdm.auto import tqdm
+
     from fm2edge.data import balanced_indices
 
     n = min(cfg.calibration_images, len(train))
     calib = torch.from_numpy(balanced_indices(train.labels.numpy(), n))
-    quantize_int8(fp32_path, int8_path, calibration_batches(model, train.images[calib]), cfg.calibration_method,
-                  cfg.per_channel, input_name="images", fp32_layers=cfg.fp32_layers)
+    batches = calibration_batches(model, train.images[calib])
+    quantize_int8(fp32_path, int8_path, tqdm(batches, desc="int8 calibration", unit="batch", leave=False,
+                                             total=n // min(CALIBRATION_BATCH, n)),
+                  cfg.calibration_method, cfg.per_channel, input_name="images", fp32_layers=cfg.fp32_layers)
     sess8 = open_session(int8_path, cfg.threads)
-    q_logits = _onnx_probabilities(sess8, model, test.images, cfg.batch_size)
+    q_logits = _onnx_probabilities(sess8, model, test.images, cfg.batch_size, "int8 ONNX accuracy")
     labels = test.labels.numpy()
     difference = paired_difference(q_logits.argmax(1) == labels, fp32_logits.argmax(1) == labels,
                                    what=f"{cfg.score_on} images")
@@ -533,7 +551,8 @@ def export_job(job: ExportJob) -> dict:
               f"{cfg.max_int8_drop}); try --export.calibration_method percentile, more calibration images, or ship "
               f"the fp32 model")
     print(f"results in {out}")
-    log_summary(cfg.log_with, out, to_dict(job), result, name=f"{Path(job.model).resolve().name}-export")
+    # the run's own tracker folder (TensorBoard: RUN/logs), not the export folder, which holds what ships
+    log_summary(cfg.log_with, Path(job.model), to_dict(job), result, name=f"{Path(job.model).resolve().name}-export")
     if cfg.push_to_hub:
         from fm2edge.models.io import push_to_hub
 

@@ -158,9 +158,13 @@ class ProbeJob:
 def fit_probes(job: ProbeJob, train: Features, test: Features) -> tuple[dict, LinearHead, np.ndarray]:
     """Every probe of ``probe.methods`` fitted on the training features: ({method: row}, the teacher probe's head,
     its test scores)."""
+    from tqdm.auto import tqdm
+
     test_x = np.asarray(test.features)
     rows, teacher = {}, None
-    for method in job.probe.methods:
+    bar = tqdm(job.probe.methods, desc="fitting probes", unit="probe", leave=False)
+    for method in bar:
+        bar.set_postfix_str(method)
         t0 = time.perf_counter()
         scores, head = probe_scores(method, train, test_x, job.probe)
         if head is not None:
@@ -171,8 +175,8 @@ def fit_probes(job: ProbeJob, train: Features, test: Features) -> tuple[dict, Li
         rows[method] = {"train_acc": accuracy(train_scores, train.labels), "test_acc": accuracy(scores, test.labels),
                         "seconds": time.perf_counter() - t0, **(head.info if head is not None else
                                                                 {"k": job.probe.knn_k})}
-        print(f"{method:>7}: train {100 * rows[method]['train_acc']:.2f}%  test {100 * rows[method]['test_acc']:.2f}%"
-              f"  ({rows[method]['seconds']:.1f} s)")
+        tqdm.write(f"{method:>7}: train {100 * rows[method]['train_acc']:.2f}%  test "
+                   f"{100 * rows[method]['test_acc']:.2f}%  ({rows[method]['seconds']:.1f} s)")
         if method == job.probe.teacher:
             teacher = (head, scores)
     return rows, teacher[0], teacher[1]
@@ -192,17 +196,19 @@ def save_teacher(job: ProbeJob, run, head: LinearHead, test: Features, test_scor
 
 def pooling_study(job: ProbeJob, session, run) -> dict:
     """Logistic-regression test accuracy for each pooling of ``probe.poolings``, with a bar plot."""
+    from tqdm.auto import tqdm
+
     from fm2edge.report import plots
     from fm2edge.report.write import save_figure
 
     out = {}
-    for pooling in job.probe.poolings:
+    for pooling in tqdm(job.probe.poolings, desc="pooling study", unit="pooling", leave=False):
         cfg = dataclasses.replace(job.embed, pooling=pooling, splits=["train", "test"])
         pf = embed_data(EmbedJob(data=job.data, model=job.model, embed=cfg), session.train, session.test,
                         session.accelerator)
         scores, _ = probe_scores("logreg", pf["train"], np.asarray(pf["test"].features), job.probe)
         out[pooling] = {"test_acc": accuracy(scores, pf["test"].labels), "dim": pf["train"].meta["dim"]}
-        print(f"pooling {pooling:>4}: {100 * out[pooling]['test_acc']:.2f}% ({pf['train'].meta['dim']} dims)")
+        tqdm.write(f"pooling {pooling:>4}: {100 * out[pooling]['test_acc']:.2f}% ({pf['train'].meta['dim']} dims)")
     fig = plots.bars({k: 100 * v["test_acc"] for k, v in out.items()}, "pooling", "test accuracy (%)",
                      f"{job.model.name}: pooling vs linear-probe accuracy")
     save_figure(fig, run.file("plots", "pooling.png"))
@@ -216,14 +222,16 @@ def label_efficiency(job: ProbeJob, feats: dict[str, Features], run) -> dict:
     from fm2edge.train import train_job
 
     train, test = feats["train"], feats["test"]
+    from tqdm.auto import tqdm
+
     curves: dict[str, dict[int, float]] = {"probe": {}, "scratch": {}}
     max_per_class = int(np.bincount(train.labels).max())
     counts = sorted({min(n, max_per_class) for n in job.probe.label_counts})
-    for n in counts:
+    for n in tqdm(counts, desc="label efficiency", unit="count", leave=False):
         idx = balanced_indices(train.labels, per_class=n)
         scores, _ = probe_scores(job.probe.teacher, train, np.asarray(test.features), job.probe, idx)
         curves["probe"][n] = accuracy(scores, test.labels)
-        print(f"  {n:>5} labels/class: probe {100 * curves['probe'][n]:.2f}%", end="", flush=True)
+        line = f"  {n:>5} labels/class: probe {100 * curves['probe'][n]:.2f}%"
         if job.probe.scratch_model:
             size = n * len(train.class_names)
             batch = min(128, size)
@@ -238,8 +246,8 @@ def label_efficiency(job: ProbeJob, feats: dict[str, Features], run) -> dict:
                            run=RunConfig(root=str(run.path / "scratch"), name=f"per-class-{n}", resume=True))
             m = _quiet(train_job, sub)
             curves["scratch"][n] = m["test_acc"]
-            print(f" | scratch {100 * m['test_acc']:.2f}% ({epochs} epochs)", end="")
-        print()
+            line += f" | scratch {100 * m['test_acc']:.2f}% ({epochs} epochs)"
+        tqdm.write(line)
     return {k: {str(n): v for n, v in c.items()} for k, c in curves.items() if c}
 
 

@@ -174,6 +174,12 @@ def run_recipe(recipe: dict, root: Path, force: bool = False, only: str | None =
     return results
 
 
+def stage_seconds(root: Path) -> dict[str, float]:
+    """``{stage: seconds}`` for the finished stages of the recipe run at ``root`` (how long each took when it ran)."""
+    return {p.stem: float(json.loads(p.read_text()).get("seconds", 0.0))
+            for p in sorted((Path(root) / ".stages").glob("*.json"))}
+
+
 def run_job(job: RunJob) -> dict:
     recipe = load_recipe(job.recipe)
     root = Path(job.root or recipe.get("root", "runs")) / recipe.get("name", Path(job.recipe).stem)

@@ -131,14 +131,16 @@ def greedy(order: list[str], alone: dict[str, float], cook, score) -> tuple[list
     """Wortsman et al.'s greedy soup: start from the first run of ``order`` (the best alone), try each further run
     in turn and keep it when ``score(cook(kept + [run]))`` is at least the soup's score so far. Returns the kept
     runs, the soup (None when no run joined the first), its score and one step per run tried."""
+    from tqdm.auto import tqdm
+
     kept, soup, best = [order[0]], None, alone[order[0]]
     steps = [{"run": order[0], "alone": best, "soup": best, "kept": True}]
-    for run in order[1:]:
+    for run in tqdm(order[1:], desc="greedy soup", unit="run", leave=False):
         trial = cook(kept + [run])
         acc = score(trial)
         steps.append({"run": run, "alone": alone[run], "soup": acc, "kept": acc >= best})
-        print(f"soup + {run}: validation {100 * acc:.2f}% against {100 * best:.2f}% "
-              f"({'kept' if acc >= best else 'left out'})", flush=True)
+        tqdm.write(f"soup + {run}: validation {100 * acc:.2f}% against {100 * best:.2f}% "
+                   f"({'kept' if acc >= best else 'left out'})")
         if acc >= best:
             kept, soup, best = kept + [run], trial, acc
     return kept, soup, best, steps
@@ -182,7 +184,10 @@ def soup_job(job: SoupJob) -> dict:
         return model
 
     with session.open(job.run, "soup") as run:  # opened first: an existing folder stops the job before any work
-        alone = {name: val_acc(m) for name, m in models.items()}
+        from tqdm.auto import tqdm
+
+        alone = {name: val_acc(m) for name, m in tqdm(models.items(), desc="each run alone on validation",
+                                                      unit="run", leave=False)}
         if cfg.method == "greedy":
             order = sorted(models, key=lambda r: -alone[r])  # stable: the order given breaks ties
             kept, soup, best, steps = greedy(order, alone, cook, val_acc)

@@ -5,6 +5,7 @@ choice."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -23,7 +24,12 @@ SCREEN_TOLERANCE = 0.10
 LOOP_EFFICIENCY = 0.6
 EXPORT_BASE_SECONDS = 10.0  # an export's fixed cost: tracing, ONNX Runtime sessions, quantiser passes
 EXPORT_LATENCY_RUNS = 100
-PLAN_VERSION = 1
+PLAN_VERSION = 2
+# Successive halving: each rung keeps the better 1/HALVING of the previous one on validation and trains it HALVING
+# times the epochs more (continuing from its weights), until the finalists remain.
+HALVING = 2
+# A continuing rung's peak learning rate, relative to the first rung's (a second, gentler cycle from trained weights).
+CONTINUE_LR = 0.5
 # At most this share of the time budget goes to the teacher's outputs on every stored view: with many unlabelled
 # images a CPU teacher would otherwise spend the whole budget before a student trains, so the plan takes as many
 # of them as that share affords.
@@ -79,6 +85,38 @@ def size_epochs(speeds: dict[str, float], images: int, seconds: float, lo: int, 
     return epochs
 
 
+def plan_rungs(speeds: dict[str, float], images: int, seconds: float, lo: int, hi: int, keep: int) -> list[dict]:
+    """Successive halving sized to the budget (Jamieson & Talwalkar, AISTATS 2016; Hyperband's inner loop): rung 0
+    trains every candidate ``e`` epochs, each later rung the better 1/HALVING of the previous one on validation for
+    HALVING times the epochs more, from its weights, until ``keep`` candidates remain. ``e`` is the most whole
+    epochs (at least ``lo``; a survivor's total at most ``hi``) for which the whole ladder fits in ``seconds`` even
+    when the slowest candidates survive. ``[]`` when not even ``lo`` epochs each fit: then fewer candidates must
+    train (see :func:`size_epochs`). Each rung: its candidates' count, the epochs each trains in it, and its cost
+    (seconds, slowest survivors)."""
+    counts = [len(speeds)]
+    while counts[-1] > keep:
+        counts.append(max(keep, math.ceil(counts[-1] / HALVING)))
+    slow = sorted((1 / s for s in speeds.values()), reverse=True)  # seconds per image, slowest first
+    rung_epochs = [HALVING ** r for r in range(len(counts))]  # times e
+
+    def cost(e: int) -> list[float]:
+        return [e * m * images * sum(slow[:k]) for m, k in zip(rung_epochs, counts, strict=True)]
+
+    most = hi // sum(rung_epochs)  # a final survivor's total epochs stay within hi
+    fitting = [e for e in range(lo, most + 1) if sum(cost(e)) <= seconds]
+    if not fitting:
+        return []
+    e = max(fitting)
+    return [{"candidates": k, "epochs": e * m, "seconds": c}
+            for k, m, c in zip(counts, rung_epochs, cost(e), strict=True)]
+
+
+def rank(trained: list[dict]) -> list[dict]:
+    """Best first on validation accuracy; ties (common on small validation splits) to the lower validation loss."""
+    return sorted(trained, key=lambda t: (-t["val_acc"], t["val_loss"] if t["val_loss"] is not None
+                                          else float("inf")))
+
+
 def export_seconds(f: dict, calibration: int, val: int) -> float:
     """What exporting a finalist costs: the fixed part, calibration and the validation passes (three graphs), at
     its measured batch-1 speed (batched inference is faster, so this errs long), and the timed runs."""
@@ -107,9 +145,29 @@ def auto_root(job: AutoJob) -> Path:
 
 def spent_before(root: Path) -> float:
     """Seconds earlier calls of this run spent in finished stages (a resumed run counts them against the budget)."""
-    done = [json.loads(p.read_text()).get("seconds", 0.0) for p in (root / ".stages").glob("*.json")]
+    from fm2edge.recipe import stage_seconds
+
     plan = root / "plan.json"
-    return sum(done) + (json.loads(plan.read_text())["planning_seconds"] if plan.exists() else 0.0)
+    return sum(stage_seconds(root).values()) + (json.loads(plan.read_text())["planning_seconds"] if plan.exists()
+                                                 else 0.0)
+
+
+def minutes_by_step(root: Path, plan: dict, total_minutes: float) -> dict[str, float]:
+    """Where the minutes went: measuring and planning, the teacher probes, the students of each rung, the exports,
+    and the rest (the teacher's cached outputs are inside the first student's stage; choosing, the test read and
+    writing the results are in "other")."""
+    from fm2edge.recipe import stage_seconds
+
+    steps = {"measuring and planning": plan["planning_seconds"] / 60}
+    for name, seconds in stage_seconds(root).items():
+        if name.startswith("student-"):
+            rung = name.rsplit("-rung", 1)[1] if "-rung" in name else "0"
+            step = f"students, rung {rung}"
+        else:
+            step = "exports" if name.startswith("export-") else "teacher probes"
+        steps[step] = steps.get(step, 0.0) + seconds / 60
+    steps["other"] = max(0.0, total_minutes - sum(steps.values()))
+    return steps
 
 
 def run_one_stage(root: Path, name: str, command: str, args: dict) -> dict:
@@ -158,7 +216,7 @@ def score_teachers(teachers: list[dict], val, device) -> list[dict]:
     for t in teachers:
         model = load_classifier(t["folder"]).to(device)
         t0 = time.perf_counter()
-        t["val_acc"] = accuracy(predict(model, val, 64, device), val.labels)
+        t["val_acc"] = accuracy(predict(model, val, 64, device, progress=True), val.labels)
         t["images_per_s"] = len(val) / (time.perf_counter() - t0)
         t["parameters"] = sum(p.numel() for p in model.parameters())
     return teachers
@@ -232,48 +290,75 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     reserve = sum(costs[:job.auto.finalists])
     seconds = job.auto.minutes * 60 - elapsed - teaching - reserve
     speeds = {f["candidate"]: LOOP_EFFICIENCY * f["train_images_per_s"] for f in kept}
-    epochs = size_epochs(speeds, images, seconds, job.auto.min_epochs, job.auto.max_epochs)
-    for f in kept:
-        f["epochs"] = epochs[f["candidate"]]
-        f["planned_minutes"] = f["epochs"] * images / speeds[f["candidate"]] / 60
-        if not f["epochs"]:
-            f["why"] = (f"fewer than {job.auto.min_epochs} epochs fit in its share of the budget "
-                        f"({seconds / 60 / len(kept):.1f} min)")
-            print(f"  dropped {f['candidate']}: {f['why']}")
+    rungs = plan_rungs(speeds, images, seconds, job.auto.min_epochs, job.auto.max_epochs, job.auto.finalists)
+    if rungs:
+        for f in kept:
+            f["epochs"] = rungs[0]["epochs"]
+            f["planned_minutes"] = f["epochs"] * images / speeds[f["candidate"]] / 60
+        ladder = " -> ".join(f"{r['candidates']} x {r['epochs']}" for r in rungs)
+        print(f"  successive halving: {ladder} epochs (candidates x epochs per rung, the better half going on)")
+    else:  # not even min_epochs each for every candidate: equal shares, and those left short are dropped
+        epochs = size_epochs(speeds, images, seconds, job.auto.min_epochs, job.auto.max_epochs)
+        for f in kept:
+            f["epochs"] = epochs[f["candidate"]]
+            f["planned_minutes"] = f["epochs"] * images / speeds[f["candidate"]] / 60
+            if not f["epochs"]:
+                f["why"] = (f"fewer than {job.auto.min_epochs} epochs fit in its share of the budget "
+                            f"({seconds / 60 / len(kept):.1f} min)")
+                print(f"  dropped {f['candidate']}: {f['why']}")
+        trained = sum(1 for f in kept if f["epochs"])
+        rungs = [{"candidates": trained, "epochs": None,
+                  "seconds": sum(60 * f["planned_minutes"] for f in kept)}] if trained else []
     return {"settings": settings(job), "machine": cpu_features(),
             "train_images": len(train), "unlabeled_images": extra, "unlabeled_available": available,
             "val_images": len(val), "selection": noise,
             "teachers": teachers, "teacher": teacher, "candidates": kept, "dropped": dropped,
-            "teaching_seconds": teaching, "export_seconds": reserve, "student_seconds": seconds,
+            "teaching_seconds": teaching, "export_seconds": reserve, "student_seconds": seconds, "rungs": rungs,
             "planning_seconds": time.perf_counter() - started}
 
 
 def train_students(job: AutoJob, root: Path, plan: dict) -> list[dict]:
-    """Each planned candidate distilled from the chosen teacher (a cached stage), with its validation accuracy."""
+    """The planned candidates distilled from the chosen teacher, rung by rung (successive halving: each rung's
+    better half on validation continues from its weights for more epochs); each with its latest validation
+    accuracy, the rung it reached and the minutes it took in all."""
     select = "last" if plan["selection"]["noisy"] else "best"  # a fixed schedule when validation cannot rank epochs
-    trained = []
-    for f in plan["candidates"]:
-        if not f["epochs"]:
-            continue
-        cand = Candidate.parse(f["candidate"])
-        name = f"student-{cand.name.split(':')[-1]}-{cand.size}"
-        t0 = time.perf_counter()
-        metrics = run_one_stage(root, name, "distill", student_args(job, cand, f["epochs"], plan["teacher"]["folder"],
-                                                                     select, plan["unlabeled_images"]))
-        kept = next((h for h in metrics["history"] if h["epoch"] == metrics["selected"]["epoch"]), {})
-        trained.append({**f, "folder": str(root / name), "val_acc": metrics["val_acc"],
-                        "val_loss": kept.get("val_loss"),
-                        "minutes": metrics.get("train_seconds", time.perf_counter() - t0) / 60})
-    return trained
+    alive = [dict(f) for f in plan["candidates"] if f["epochs"]]
+    done: dict[str, dict] = {}
+    for r, rung in enumerate(plan.get("rungs") or [{"epochs": None}]):
+        if r:
+            alive = rank(alive)[:rung["candidates"]]
+            print(f"rung {r}: {', '.join(f['candidate'] for f in alive)} go on for {rung['epochs']} more epochs")
+        for f in alive:
+            f.update(train_student(job, root, plan, f, r, rung["epochs"] or f["epochs"], select, f.get("folder")))
+            done[f["candidate"]] = {**done.get(f["candidate"], {}), **f,
+                                    "minutes": done.get(f["candidate"], {}).get("minutes", 0) + f["stage_minutes"]}
+    return list(done.values())
+
+
+def train_student(job: AutoJob, root: Path, plan: dict, f: dict, rung: int, epochs: int, select: str,
+                  start: str | None) -> dict:
+    """One candidate's stage of one rung (a cached stage: a rerun skips it); rung 0 starts from the candidate's own
+    weights, a later rung from its previous rung's, at a gentler rate."""
+    cand = Candidate.parse(f["candidate"])
+    name = f"student-{cand.name.split(':')[-1]}-{cand.size}" + (f"-rung{rung}" if rung else "")
+    args = student_args(job, cand, epochs, plan["teacher"]["folder"], select, plan["unlabeled_images"])
+    if rung:
+        args["model"]["init"] = start
+        args["train"]["lr"] *= CONTINUE_LR
+    t0 = time.perf_counter()
+    metrics = run_one_stage(root, name, "distill", args)
+    kept = next((h for h in metrics["history"] if h["epoch"] == metrics["selected"]["epoch"]), {})
+    return {"folder": str(root / name), "val_acc": metrics["val_acc"], "val_loss": kept.get("val_loss"),
+            "rung": rung, "trained_epochs": f.get("trained_epochs", 0) + epochs,
+            "stage_minutes": metrics.get("train_seconds", time.perf_counter() - t0) / 60}
 
 
 def export_finalists(job: AutoJob, root: Path, trained: list[dict]) -> list[dict]:
     """The best students on validation, exported to fp32 ONNX and to int8 with each INT8_RECIPES entry, scored there
     on validation (the test split stays unread); each (precision, recipe) is an option with its measured latency
     and size."""
-    # ties in accuracy (common on small validation splits) go to the lower validation loss
-    finalists = sorted(trained, key=lambda t: (-t["val_acc"], t["val_loss"] if t["val_loss"] is not None
-                                               else float("inf")))[:job.auto.finalists]
+    last = max(t["rung"] for t in trained)  # the candidates that reached the last rung, best first
+    finalists = rank([t for t in trained if t["rung"] == last])[:job.auto.finalists]
     for f in finalists:
         f["options"] = []
         for i, (recipe, settings) in enumerate(INT8_RECIPES.items()):
@@ -353,7 +438,8 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[
         t = done.get(f["candidate"], {})
         rows.append({"candidate": f["candidate"], "status": "trained" if t else f"dropped: {f.get('why')}",
                      "params": f["params"], "macs": f["macs"], "screen_fp32_ms": f["fp32"]["p50_ms"],
-                     "screen_int8_ms": f["int8"]["p50_ms"], "epochs": f.get("epochs"), "val_acc": t.get("val_acc"),
+                     "screen_int8_ms": f["int8"]["p50_ms"], "epochs": t.get("trained_epochs"), "rung": t.get("rung"),
+                     "val_acc": t.get("val_acc"),
                      "val_acc_onnx_fp32": options.get((f["candidate"], "fp32"), {}).get("val_acc"),
                      "val_acc_onnx_int8": options.get((f["candidate"], "int8"), {}).get("val_acc"),
                      "fp32_ms": options.get((f["candidate"], "fp32"), {}).get("p50_ms"),
@@ -429,7 +515,8 @@ def auto_job(job: AutoJob) -> dict:
     minutes = (before + time.perf_counter() - started) / 60
     result = {"root": str(root), "chosen": chosen, "test": test, "teacher": plan["teacher"], "best": str(best),
               "leaderboard": rows, "budget_minutes": job.auto.minutes, "latency_budget_ms": job.auto.latency_ms,
-              "minutes": minutes, "selection": plan["selection"], "machine": plan["machine"]}
+              "minutes": minutes, "minutes_by_step": minutes_by_step(root, plan, minutes), "rungs": plan["rungs"],
+              "selection": plan["selection"], "machine": plan["machine"]}
     atomic_write_text(root / "leaderboard.csv", leaderboard_csv(rows))
     atomic_write_json(root / "auto.json", result)
     points = [o for f in finalists for o in f["options"]]

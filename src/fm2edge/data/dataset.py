@@ -565,6 +565,10 @@ def load_planned(plan: SplitPlan, cfg: DataConfig) -> tuple[ImageData, ImageData
     if plan.val is not None:
         where = f"{cfg.source}:{plan.val_name or f'{cfg.train_split} (held-out validation)'}"
         val = _without_test_images(_materialise(plan.val, plan.val_idx, cfg, where), test, where)
+    if train.skipped or test.skipped or (val is not None and val.skipped):  # skipping may have emptied a class
+        others = {"test": test.labels.numpy(), **({"validation": val.labels.numpy()} if val is not None else {})}
+        check_classes(train.class_names, train.labels.numpy(), others,
+                      f"{cfg.source} (once its undecodable images were skipped)")
     leaked = int(shared_with(train.image_hashes(), test.image_hashes()).sum())
     if leaked:
         log.warning("%d training image(s) of '%s' are also test images (same pixels); the test accuracy may "

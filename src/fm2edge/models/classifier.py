@@ -75,9 +75,10 @@ class Classifier(nn.Module, PyTorchModelHubMixin, library_name="fm2edge", tags=[
                 "preprocess": {"size": p.size, "crop_pct": p.crop_pct, "mean": list(p.mean), "std": list(p.std),
                                "interpolation": p.interpolation},
                 "backbone_options": dict(getattr(self.backbone, "options", {})),
+                "build_options": dict(getattr(self.backbone, "build_options", {})),
                 "parameters": sum(t.numel() for t in self.parameters())}
 
-    def config(self) -> dict:
+    def hub_config(self) -> dict:
         """``config.json``: what rebuilds this model around its weights, in the Hugging Face style (the model
         name under ``architecture``, ``id2label`` for the classes) plus :meth:`describe`."""
         names = self.class_names or [str(i) for i in range(self.num_classes)]
@@ -94,7 +95,7 @@ class Classifier(nn.Module, PyTorchModelHubMixin, library_name="fm2edge", tags=[
         save_model(self, str(tmp))
         tmp.replace(folder / "model.safetensors")
         atomic_write_json(folder / "model.json", {**self.describe(), "class_names": self.class_names})
-        atomic_write_json(folder / "config.json", self.config())
+        atomic_write_json(folder / "config.json", self.hub_config())
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu") -> Classifier:
@@ -106,9 +107,11 @@ class Classifier(nn.Module, PyTorchModelHubMixin, library_name="fm2edge", tags=[
         if meta is None:
             raise Fm2EdgeError(f"'{folder}' holds no fm2edge model (model.json missing); give a run folder of "
                                f"`fm2edge train` or `fm2edge distill`")
-        # the input size goes to the constructor too: a ViT trained at 64 px has 17 position embeddings, not 197
-        model = create_model(ModelConfig(name=meta["name"], image_size=meta["preprocess"]["size"]),
-                             meta["num_classes"])
+        # the input size goes to the constructor too: a ViT trained at 64 px has 17 position embeddings, not 197;
+        # and a student's stem as saved (folders from before students had a sized stem say nothing: stride 1)
+        stride = meta.get("build_options", {}).get("stem_stride", 1) if meta["name"].startswith("student:") else None
+        model = create_model(ModelConfig(name=meta["name"], image_size=meta["preprocess"]["size"],
+                                         stem_stride=stride), meta["num_classes"])
         if meta.get("backbone_options"):
             model.set_pooling(**meta["backbone_options"])
         model.preprocess = Preprocess(**{**meta["preprocess"], "mean": tuple(meta["preprocess"]["mean"]),

@@ -153,12 +153,14 @@ def findings(paths: list[str]) -> Findings:
     """Read run folders and compare what can be compared (the report's content before rendering; the demo prints its
     verdicts)."""
     runs, extra_files = collect(paths)
-    extras: dict[str, list] = {"bench": [], "export": [], "comparison": [], "label_efficiency": []}
+    extras: dict[str, list] = {"bench": [], "export": [], "comparison": [], "label_efficiency": [], "auto": []}
     for p in extra_files:
         if p.name == "bench.json":
             extras["bench"].append((str(p.parent), json.loads(p.read_text())["rows"]))
         elif p.name == "export.json":
             extras["export"].append((str(p.parent), json.loads(p.read_text())))
+        elif p.name == "auto.json":  # `fm2edge auto`: the choice, its leaderboard, and the search's path
+            extras["auto"].append((str(p.parent), json.loads(p.read_text())))
         elif p.name == "comparison.json":
             extras["comparison"].append((str(p.parent), json.loads(p.read_text())["rows"]))
         elif p.name == "label_efficiency.json":  # a study's curves: {"title", "budget", "curves": {label: {n: %}}}

@@ -260,6 +260,43 @@ COMPARISON_HEAD = ["comparison (same student, data, augmentation, budget)", "a",
                    "95% interval", "how", "verdict"]
 
 
+def auto_section(folder: str, r: dict) -> str:
+    """`fm2edge auto`'s page: the choice beside the teacher and the budget, accuracy against measured latency, the
+    path the search took (rungs), the leaderboard and where the minutes went."""
+    c, t = r["chosen"], r["test"]
+    budget = f"{r['latency_budget_ms']:g} ms" if r.get("latency_budget_ms") else "no latency bound"
+    parts = [f"<h2>fm2edge auto: {html.escape(Path(folder).name)}</h2>",
+             f"<p id=\"auto-choice\">Chosen: <b>{html.escape(c['candidate'])}</b> as {c['precision']} ONNX, "
+             f"{c['p50_ms']:.2f} ms batch-1 (budget {budget}), {c['mb']:.1f} MB, validation {_pct(c['val_acc'])}. "
+             f"Test, read once: <b>{_pct(t['chosen_test_acc'])}</b> against the teacher's "
+             f"{_pct(t['teacher_test_acc'])} ({t['gap_points']:.2f} points paid for the speed-up) on "
+             f"{t['test_images']:,} images. {r['minutes']:.1f} of {r['budget_minutes']:g} minutes on "
+             f"{html.escape(str(r.get('machine', 'this machine')))}.</p>"]
+    plot = Path(folder) / "plots" / "accuracy_vs_latency.png"
+    if plot.exists():
+        parts.append(_img(plot.read_bytes(), "validation accuracy against latency measured here; the line is the "
+                                             "budget"))
+    if r.get("rungs"):
+        parts.append("<h3>The search</h3>")
+        parts.append(_table("auto-rungs", ["rung", "candidates", "epochs each", "planned minutes"],
+                            [[str(i), str(g["candidates"]), str(g["epochs"] or "shared"), f"{g['seconds'] / 60:.1f}"]
+                             for i, g in enumerate(r["rungs"])]))
+    rows = r["leaderboard"]
+    parts.append("<h3>Leaderboard</h3>")
+    parts.append(_table("auto-leaderboard", ["candidate", "status", "rung", "epochs", "validation", "ONNX fp32 val",
+                                             "ONNX int8 val", "fp32 ms", "int8 ms", "parameters", "minutes"],
+                        [[x["candidate"], x["status"], str(x.get("rung") if x.get("rung") is not None else "-"),
+                          str(x.get("epochs") or "-"), _pct(x.get("val_acc")), _pct(x.get("val_acc_onnx_fp32")),
+                          _pct(x.get("val_acc_onnx_int8")), _num(x.get("fp32_ms") or x["screen_fp32_ms"], "{:.2f}"),
+                          _num(x.get("int8_ms") or x["screen_int8_ms"], "{:.2f}"), f"{x['params']:,}",
+                          _num(x.get("minutes"), "{:.1f}")] for x in rows]))
+    if r.get("minutes_by_step"):
+        parts.append("<h3>Where the minutes went</h3>")
+        parts.append(_table("auto-minutes", ["step", "minutes"],
+                            [[k, f"{v:.1f}"] for k, v in r["minutes_by_step"].items()]))
+    return "\n".join(parts)
+
+
 def render_html(title: str, acc: list[dict], mistakes: list[dict], groups: dict | None, figures: list,
                 run_plots: list[tuple[str, bytes]], extras: dict, runs: list[Run], compared: list[dict],
                 verdicts: list[str], cautions: list[str] = ()) -> str:
@@ -272,6 +309,8 @@ def render_html(title: str, acc: list[dict], mistakes: list[dict], groups: dict 
     if cautions:
         parts.append("<h2>Cautions</h2><ul id='cautions'>" + "".join(f"<li>{html.escape(c)}</li>" for c in cautions)
                      + "</ul>")
+    for name, result in extras.get("auto", []):
+        parts.append(auto_section(name, result))
     parts.append("<h2>Accuracy</h2>")
     parts.append(_table("accuracy", ["run", "kind", "test accuracy (mean ± std over seeds)", "seeds", "parameters"],
                         [[r["label"], r["kind"], _pct(r["test_acc"], r["std"]), r["seeds"],

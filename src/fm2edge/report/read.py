@@ -104,7 +104,7 @@ def collect(paths: list[str]) -> tuple[list[Run], list[Path]]:
             runs.append(Run(folder, str(folder.relative_to(base)), kind, metrics, config,
                             _npz(folder / "predictions.npz"), _npz(folder / "teacher_predictions.npz"),
                             sorted((folder / "plots").glob("*.png")) if (folder / "plots").exists() else []))
-        for name in ("bench.json", "comparison.json", "export/export.json", "label_efficiency.json"):
+        for name in ("bench.json", "comparison.json", "export/export.json", "label_efficiency.json", "auto.json"):
             extras += sorted(p for p in root.rglob(name) if _visible(p, root))
     if not runs:
         raise Fm2EdgeError(f"no run folders (with metrics.json) under {', '.join(paths)}; give folders written by "
