@@ -311,7 +311,7 @@ def _warp(images: torch.Tensor, matrices: list[list[float]]) -> torch.Tensor:
     base[..., 1].copy_(torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h, device=dev).unsqueeze_(-1))
     base[..., 2].fill_(1)
     scaled = theta.transpose(1, 2).div_(torch.tensor([0.5 * w, 0.5 * h], dtype=torch.float32, device=dev))
-    grid = torch.stack([base.view(1, h * w, 3).bmm(scaled[i:i + 1]) for i in range(n)]).view(n, h, w, 2)
+    grid = base.view(1, h * w, 3).expand(n, -1, -1).bmm(scaled).view(n, h, w, 2)
     out = F.grid_sample(images.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return out.round_().to(torch.uint8)
 
