@@ -12,7 +12,7 @@ import time
 import pytest
 
 from fm2edge.automate.config import AutoConfig
-from fm2edge.automate.job import choose, plan_rungs, screen, size_epochs
+from fm2edge.automate.job import choose, plan_rungs, respace_rungs, screen, size_epochs
 from fm2edge.cli import main
 
 
@@ -54,6 +54,18 @@ def test_successive_halving_fits_the_budget_whoever_survives():
     assert plan_rungs({"a": 100.0, "b": 50.0}, 1000, 3600.0, 3, 30, 2) == [
         {"candidates": 2, "epochs": 30, "seconds": 900.0}]
     assert plan_rungs({"a": 10.0}, 1000, 100.0, 3, 30, 1) == []
+
+
+def test_later_rungs_are_resized_to_the_time_left_at_the_loops_measured_speed():
+    # the next rung's 3 survivors take 2, 4 and 6 s per epoch; then the final 2 (priced as the slowest: 6 and 4 s);
+    # each stage costs 5 s besides its epochs
+    per_epoch = {"a": 2.0, "b": 4.0, "c": 6.0}
+    epochs = respace_rungs(per_epoch, [3, 2], seconds=300.0, overhead=5.0, hi=30)
+    cost = lambda m: m * 12.0 + 3 * 5.0 + 2 * m * 10.0 + 2 * 5.0  # noqa: E731
+    assert epochs == [8, 16] and cost(8) <= 300 < cost(9)  # the halving shape kept, the time spent
+    # a faster loop than planned buys more epochs, up to a survivor's cap; no time for one epoch ends the search
+    assert respace_rungs(per_epoch, [3, 2], seconds=10_000.0, overhead=5.0, hi=12) == [4, 8]
+    assert respace_rungs(per_epoch, [3, 2], seconds=40.0, overhead=5.0, hi=30) == []
 
 
 def test_the_choice_is_the_most_accurate_option_within_budget_and_ties_go_to_the_faster():

@@ -24,7 +24,10 @@ SCREEN_TOLERANCE = 0.10
 LOOP_EFFICIENCY = 0.6
 EXPORT_BASE_SECONDS = 10.0  # an export's fixed cost: tracing, ONNX Runtime sessions, quantiser passes
 EXPORT_LATENCY_RUNS = 100
-PLAN_VERSION = 3
+PLAN_VERSION = 4
+# Held back from the time left when the later rungs are re-sized: the work no stage records (loading the data on
+# each call, choosing, the test read, writing the results).
+RESPACE_MARGIN = 0.03
 # Successive halving: each rung keeps the better 1/HALVING of the previous one on validation and trains it HALVING
 # times the epochs more (continuing from its weights), until the finalists remain.
 HALVING = 2
@@ -113,6 +116,23 @@ def plan_rungs(speeds: dict[str, float], images: int, seconds: float, lo: int, h
     e = max(fitting)
     return [{"candidates": k, "epochs": e * m, "seconds": c}
             for k, m, c in zip(counts, rung_epochs, cost(e), strict=True)]
+
+
+def respace_rungs(epoch_seconds: dict[str, float], counts: list[int], seconds: float, overhead: float,
+                  hi: int) -> list[int]:
+    """Epochs of each remaining rung once the loop's real speed is known: the successive-halving shape (each rung
+    HALVING times the one before) scaled to the most whole epochs ``m`` that fit in ``seconds`` when the slowest of
+    ``epoch_seconds``' candidates (the next rung's, measured seconds per epoch) survive, each stage costing
+    ``overhead`` besides its epochs, and a survivor's further epochs stay within ``hi``. ``[]`` when not one epoch
+    fits: the search ends with the rung it has."""
+    slow = sorted(epoch_seconds.values(), reverse=True)
+    shape = [HALVING ** i for i in range(len(counts))]
+
+    def cost(m: int) -> float:
+        return sum(m * s * sum(slow[:k]) + overhead * k for s, k in zip(shape, counts, strict=True))
+
+    fitting = [m for m in range(1, hi // sum(shape) + 1) if cost(m) <= seconds]
+    return [max(fitting) * s for s in shape] if fitting else []
 
 
 def rank(trained: list[dict]) -> list[dict]:
@@ -228,8 +248,9 @@ def score_teachers(teachers: list[dict], val, device) -> list[dict]:
 
 def student_args(job: AutoJob, cand: Candidate, epochs: int, teacher: str, select: str, unlabeled: int) -> dict:
     """The proven recipe: AdamW with a one-cycle rate, random-resized crops and flips, consistent teaching on cached
-    views, KD; pretrained students at a gentler rate than those from random weights."""
-    lr, batch = (5e-4, 64) if cand.pretrained else (4e-3, 128)
+    views, KD; pretrained students at a gentler rate than those from random weights, their head first fitted as a
+    probe on their own features (LP-FT)."""
+    lr, batch = (5e-4 if cand.pretrained else 4e-3), cand.batch_size
     distill = {"teacher": teacher, "views": job.auto.views, "losses": {"kd": 1.0}}
     if job.auto.unlabeled_source and unlabeled:
         distill.update(unlabeled_source=job.auto.unlabeled_source, unlabeled_limit=unlabeled)
@@ -238,7 +259,9 @@ def student_args(job: AutoJob, cand: Candidate, epochs: int, teacher: str, selec
             "train": {"epochs": epochs, "batch_size": batch, "lr": lr, "optimizer": "adamw",
                       "weight_decay": 0.05 if cand.pretrained else 5e-4, "schedule": "onecycle",
                       "augment": {"crop": "resized", "flip": True}, "device": job.auto.device, "seed": job.auto.seed,
-                      "select": select, "score_test": False},  # the test split is read once, for the choice
+                      "select": select, "score_test": False,  # the test split is read once, for the choice
+                      # LP-FT: a pretrained student's head starts as a probe on its own features (docs: studies)
+                      "head_init": "probe" if cand.pretrained else "random"},
             "distill": distill}
 
 
@@ -339,15 +362,42 @@ def train_students(job: AutoJob, root: Path, plan: dict) -> list[dict]:
     select = "last" if plan["selection"]["noisy"] else "best"  # a fixed schedule when validation cannot rank epochs
     alive = [dict(f) for f in plan["candidates"] if f["epochs"]]
     done: dict[str, dict] = {}
-    for r, rung in enumerate(plan.get("rungs") or [{"epochs": None}]):
+    rungs = plan.get("rungs") or [{"epochs": None}]
+    r = 0
+    while r < len(rungs):
         if r:
-            alive = rank(alive)[:rung["candidates"]]
-            print(f"rung {r}: {', '.join(f['candidate'] for f in alive)} go on for {rung['epochs']} more epochs")
+            alive = rank(alive)[:rungs[r]["candidates"]]
+            rungs = rungs[:r] + respaced(job, root, plan, r, alive)
+            if r >= len(rungs):
+                print(f"the budget has no time for rung {r}: the finalists are rung {r - 1}'s best")
+                break
+            print(f"rung {r}: {', '.join(f['candidate'] for f in alive)} go on for {rungs[r]['epochs']} more epochs")
         for f in alive:
-            f.update(train_student(job, root, plan, f, r, rung["epochs"] or f["epochs"], select, f.get("folder")))
+            f.update(train_student(job, root, plan, f, r, rungs[r]["epochs"] or f["epochs"], select, f.get("folder")))
             done[f["candidate"]] = {**done.get(f["candidate"], {}), **f,
                                     "minutes": done.get(f["candidate"], {}).get("minutes", 0) + f["stage_minutes"]}
+        r += 1
     return list(done.values())
+
+
+def respaced(job: AutoJob, root: Path, plan: dict, r: int, alive: list[dict]) -> list[dict]:
+    """The rungs from ``r`` on, re-sized to the time the budget has left once the earlier rungs ran (see
+    :func:`respace_rungs`): planned from a few timed steps, the loop's epochs often run faster or slower. Sized once
+    from what the finished stages recorded and written into plan.json, so a resumed run follows it."""
+    saved = plan.setdefault("respaced", {})
+    if str(r) not in saved:
+        seconds = (job.auto.minutes * 60 * (1 - RESPACE_MARGIN) - spent_before(root) - plan["export_seconds"])
+        trained = max(f["trained_epochs"] for f in alive)
+        epochs = respace_rungs({f["candidate"]: f["epoch_seconds"] for f in alive},
+                               [rung["candidates"] for rung in plan["rungs"][r:]], seconds,
+                               min(f["overhead_seconds"] for f in alive), job.auto.max_epochs - trained)
+        saved[str(r)] = {"seconds_left": seconds, "planned": [rung["epochs"] for rung in plan["rungs"][r:]],
+                         "epochs": epochs}
+        atomic_write_json(root / "plan.json", plan)
+        print(f"  rungs {r}+ re-sized to the time left ({seconds / 60:.1f} min) at the loop's measured speed: "
+              f"{saved[str(r)]['planned']} -> {epochs} epochs")
+    epochs = saved[str(r)]["epochs"]  # [] ends the search
+    return [{**rung, "epochs": e} for rung, e in zip(plan["rungs"][r:], epochs, strict=False)]
 
 
 def train_student(job: AutoJob, root: Path, plan: dict, f: dict, rung: int, epochs: int, select: str,
@@ -360,12 +410,19 @@ def train_student(job: AutoJob, root: Path, plan: dict, f: dict, rung: int, epoc
     if rung:
         args["model"]["init"] = start
         args["train"]["lr"] *= CONTINUE_LR
-    t0 = time.perf_counter()
+        args["train"]["head_init"] = "random"  # the head it has is the trained one
+    from fm2edge.recipe import stage_seconds
+
     metrics = run_one_stage(root, name, "distill", args)
     kept = next((h for h in metrics["history"] if h["epoch"] == metrics["selected"]["epoch"]), {})
+    stage = stage_seconds(root)[name]
     return {"folder": str(root / name), "val_acc": metrics["val_acc"], "val_loss": kept.get("val_loss"),
             "rung": rung, "trained_epochs": f.get("trained_epochs", 0) + epochs,
-            "stage_minutes": metrics.get("train_seconds", time.perf_counter() - t0) / 60}
+            "stage_minutes": metrics["train_seconds"] / 60,
+            # what the loop really took per epoch (evaluation and checkpoints included), and the stage's cost
+            # besides its epochs (loading, the teacher's outputs for the first student, the final predictions)
+            "epoch_seconds": metrics["train_seconds"] / len(metrics["history"]),
+            "overhead_seconds": max(0.0, stage - metrics["train_seconds"])}
 
 
 def export_finalists(job: AutoJob, root: Path, trained: list[dict]) -> list[dict]:
