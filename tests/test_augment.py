@@ -18,11 +18,10 @@ from fm2edge.distill.task import (
     DistillConfig,
     DistillJob,
     DistillTask,
-    build_teacher_cache,
     distill_job,
-    load_teacher_cache,
     teacher_cache_dir,
 )
+from fm2edge.distill.teacher import build_teacher_cache, load_teacher_cache
 from fm2edge.models import create_model
 from fm2edge.train import train_job
 

@@ -76,6 +76,16 @@ def test_the_choice_is_the_most_accurate_option_within_budget_and_ties_go_to_the
     assert choose(finalists, None, None)["precision"] == "fp32"  # no budget: the most accurate
     assert choose(finalists, 2.0, None) == options[1]  # a tie at 88%: the faster int8
     assert choose(finalists, 0.5, None) is None
+    # a validation split too small to rank: one model's graphs count its fp32 accuracy, and the int8 recipe most
+    # faithful to the fp32 graph (on hundreds of images) wins over one that scored higher on a dozen images
+    recipes = [{"candidate": "a", "precision": "fp32", "val_acc": 0.9, "p50_ms": 3.0, "mb": 4.0},
+               {"candidate": "a", "precision": "int8", "val_acc": 1.0, "p50_ms": 1.0, "mb": 1.0,
+                "agreement_with_fp32": 0.91},
+               {"candidate": "a", "precision": "int8", "val_acc": 0.9, "p50_ms": 1.1, "mb": 1.0,
+                "agreement_with_fp32": 0.96}]
+    assert choose([{"options": recipes}], 2.0, None) == recipes[1]
+    assert choose([{"options": recipes}], 2.0, None, noisy=True) == recipes[2]
+    assert choose([{"options": recipes}], None, None, noisy=True) == recipes[0]  # fp32 is its own graph
 
 
 @pytest.fixture(scope="module")

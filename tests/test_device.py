@@ -13,6 +13,7 @@ from fm2edge.device import (
     autocast_dtype,
     cpu_features,
     elapsed,
+    int8_saturates,
     move,
     peak_memory,
     reset_peak_memory,
@@ -53,6 +54,19 @@ def test_cpu_features_name_the_instruction_sets():
                                           ("amx_bf16", "AMX"), ("avx512_vnni", "VNNI"), ("avx_vnni", "AVX-VNNI"))
                 if flag in flags]
     assert named == (expected or [str(torch.backends.cpu.get_cpu_capability())])
+
+
+def test_int8_saturation_is_told_from_the_cpus_flags(monkeypatch):
+    import fm2edge.device as device
+
+    monkeypatch.setattr(device.platform, "machine", lambda: "x86_64")
+    for flags, saturates in (({"avx2"}, True), ({"avx2", "avx512f"}, True), ({"avx2", "avx_vnni"}, False),
+                             ({"avx512f", "avx512_vnni"}, False), ({"amx_int8", "avx512f"}, False), (set(), False)):
+        monkeypatch.setattr(device, "cpu_flags", lambda f=flags: f)
+        assert int8_saturates() is saturates, flags
+    monkeypatch.setattr(device.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(device, "cpu_flags", lambda: {"asimd"})
+    assert int8_saturates() is False  # ARM's 8-bit dot products accumulate in 32 bits
 
 
 @gpu

@@ -13,10 +13,9 @@ from fm2edge.distill.task import (
     DistillConfig,
     DistillJob,
     DistillTask,
-    build_teacher_cache,
     distill_job,
-    load_teacher_cache,
 )
+from fm2edge.distill.teacher import build_teacher_cache, load_teacher_cache
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import create_model
 from fm2edge.train import train_job
@@ -185,17 +184,17 @@ def test_a_teacher_from_a_file_of_a_plain_module_distils_a_student(kind, tmp_pat
 
 
 def test_the_teacher_runs_at_the_size_it_is_given(clean_teacher):
-    from fm2edge.distill.task import load_teacher
+    from fm2edge.distill.teacher import load_teacher
 
-    assert load_teacher(DistillConfig(teacher=str(clean_teacher)), 4).preprocess.size == 32
-    assert load_teacher(DistillConfig(teacher=str(clean_teacher), teacher_image_size=48), 4).preprocess.size == 48
+    assert load_teacher(str(clean_teacher), 4).preprocess.size == 32
+    assert load_teacher(str(clean_teacher), 4, image_size=48).preprocess.size == 48
 
 
 def test_a_flip_averaged_teacher_gives_the_mean_over_each_image_and_its_mirror(clean_teacher):
-    from fm2edge.distill.task import load_teacher
+    from fm2edge.distill.teacher import load_teacher
 
-    plain = load_teacher(DistillConfig(teacher=str(clean_teacher)), 4)
-    flipped = load_teacher(DistillConfig(teacher=str(clean_teacher), teacher_flip=True), 4)
+    plain = load_teacher(str(clean_teacher), 4)
+    flipped = load_teacher(str(clean_teacher), 4, flip=True)
     assert not plain.flip_average and flipped.flip_average
     x = torch.randn(6, 3, 32, 32)
     with torch.no_grad():
@@ -253,7 +252,7 @@ def test_dkd_warm_up_spans_the_epochs_asked_for_with_gradient_accumulation(tmp_p
 
 def test_a_limited_unlabelled_source_is_the_same_seeded_sample_every_time():
     from fm2edge.data import ImageData
-    from fm2edge.distill.task import limited
+    from fm2edge.distill.teacher import limited
 
     labels = torch.full((100,), -1)
     images = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 3, 2, 2).contiguous()

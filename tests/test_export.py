@@ -23,6 +23,29 @@ def fast(**kw) -> ExportConfig:
     return ExportConfig(**{"latency_runs": 5, "calibration_images": 64, **kw})
 
 
+def int8_weights(path) -> np.ndarray:
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    return np.concatenate([numpy_helper.to_array(t).ravel().astype(np.int32) for t in graph.initializer
+                           if t.data_type == onnx.TensorProto.INT8])
+
+
+def test_int8_weights_keep_to_7_bits_where_the_cpu_saturates_or_when_asked(trained, tmp_path):
+    from fm2edge.device import int8_saturates
+
+    seven = export_job(ExportJob(model=str(trained), data=DIGITS, export=fast(reduce_range=True),
+                                 output=str(tmp_path / "seven")))
+    eight = export_job(ExportJob(model=str(trained), data=DIGITS, export=fast(reduce_range=False),
+                                 output=str(tmp_path / "eight")))
+    assert seven["reduce_range"] is True and eight["reduce_range"] is False
+    assert np.abs(int8_weights(tmp_path / "seven" / "model.int8.onnx")).max() <= 64
+    assert np.abs(int8_weights(tmp_path / "eight" / "model.int8.onnx")).max() >= 127  # the full range
+    default = export_job(ExportJob(model=str(trained), data=DIGITS, export=fast(), output=str(tmp_path / "auto")))
+    assert default["reduce_range"] is int8_saturates()
+
+
 def test_export_fp32_and_int8_with_parity_and_accuracy(trained, tmp_path):
     out = tmp_path / "export"
     result = export_job(ExportJob(model=str(trained), data=DIGITS, export=fast(), output=str(out)))

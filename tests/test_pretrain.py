@@ -146,7 +146,7 @@ def test_a_pretrained_student_starts_train_and_probe(tmp_path, digits_run):
 def test_stored_views_replay_the_teachers_features(tmp_path, digits_run):
     from fm2edge.augment import StoredViews, draw_stored_views
     from fm2edge.data import load_data
-    from fm2edge.distill.task import build_teacher_cache, load_teacher_cache
+    from fm2edge.distill.teacher import build_teacher_cache, load_teacher_cache
     from fm2edge.models.io import load_classifier
 
     train, _, _ = load_data(DIGITS)

@@ -51,6 +51,16 @@ def test_report_tables_hold_the_runs_numbers(runs, tmp_path):
     assert (tmp_path / "report.md").read_text().startswith("# fm2edge report")
 
 
+def test_each_run_folder_says_which_stage_wrote_it(runs):
+    from fm2edge.runs import read_metrics, run_stage
+
+    stages = {name: read_metrics(runs / name)["stage"] for name in ("teacher", "scratch", "kd/seed-0")}
+    assert stages == {"teacher": "train", "scratch": "train", "kd/seed-0": "distill"}
+    # folders written before the stage was recorded are still told apart by their keys
+    assert run_stage({"history": [], "teacher": "t"}) == "distill" and run_stage({"probes": {}}) == "probe"
+    assert run_stage({"history": []}) == "train" and run_stage({}) == "other"
+
+
 def test_report_errors_are_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err

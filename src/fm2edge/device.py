@@ -166,18 +166,31 @@ def elapsed(fn, device: torch.device) -> float:
     return wall_clock(fn)
 
 
-def cpu_features() -> str:
-    """The instruction-set features that decide CPU speed for these models (AVX2, AVX-512, AVX-512 BF16, AMX,
-    VNNI), written next to every CPU figure: the same script gives different ratios on different CPUs."""
-    flags: set[str] = set()
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags (Linux's /proc/cpuinfo; empty elsewhere)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return set()
+
+
+def int8_saturates() -> bool:
+    """True on an x86 CPU without VNNI or AMX: its 8-bit dot products (AVX2/AVX-512 ``vpmaddubsw``) add pairs into
+    16 bits, which saturate for uint8 activations times full-range int8 weights, a known accuracy loss of
+    efficient CNNs there. Quantising weights to 7 bits (ONNX Runtime's ``reduce_range``) avoids it."""
+    flags = cpu_flags()
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+    return x86 and bool(flags) and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def cpu_features() -> str:
+    """The instruction-set features that decide CPU speed for these models (AVX2, AVX-512, AVX-512 BF16, AMX,
+    VNNI), written next to every CPU figure: the same script gives different ratios on different CPUs."""
+    flags = cpu_flags()
     names = [("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"), ("amx_bf16", "AMX"),
              ("avx512_vnni", "VNNI"), ("avx_vnni", "AVX-VNNI")]
     found = [label for flag, label in names if flag in flags]

@@ -10,7 +10,6 @@ looking at the model's own layers (timm's fused ``qkv``; transformers' ``q_proj`
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -196,14 +195,15 @@ def finetune_one(job: FinetuneJob, mode: str, session, run_path: Path) -> dict:
     """One mode in its own run folder; a finished one is read back, an interrupted one resumes."""
     from fm2edge.config import to_dict
     from fm2edge.device import environment, peak_memory, reset_peak_memory
+    from fm2edge.models.io import is_model_folder
     from fm2edge.report.metrics import accuracy
     from fm2edge.results import open_run, write_outputs
+    from fm2edge.runs import is_run_folder, read_metrics
     from fm2edge.train import SupervisedTask, fit, predict
 
     train, test, accelerator = session.train, session.test, session.accelerator
-    done = run_path / "metrics.json"
-    if done.exists() and (run_path / "model.safetensors").exists() and job.run.resume:
-        metrics = json.loads(done.read_text())
+    if is_run_folder(run_path) and is_model_folder(run_path) and job.run.resume:
+        metrics = read_metrics(run_path)
         if "test_acc" in metrics and len(metrics.get("history", [])) >= job.train.epochs:
             if accelerator.is_main_process:
                 print(f"{mode}: finished earlier, {100 * metrics['test_acc']:.2f}% (from {run_path})")
@@ -243,7 +243,7 @@ def finetune_one(job: FinetuneJob, mode: str, session, run_path: Path) -> dict:
             if mode == "lora":
                 trainable.save_pretrained(str(run.path / "adapter"))
             plain = merged(trainable)
-            metrics = write_outputs(run, plain, result, test, {
+            metrics = write_outputs(run, "finetune", plain, result, test, {
                 "data": job.data.source, "splits": session.splits, "env": environment(accelerator), "mode": mode,
                 "parameters_before": before, "parameters_after": after, "val_acc_before": acc_before,
                 "peak_memory_bytes": peak, "peak_memory_kind": peak_kind, **extra})

@@ -201,7 +201,7 @@ def pretrain_images(job: PretrainJob, session):
     """Every image pretraining may use: the training split's (labels dropped), the rest of the training split, and
     any further source. Validation and test images are never among them."""
     from fm2edge.data import ImageData, load_unlabeled, load_unlabeled_source
-    from fm2edge.distill.task import with_unlabeled
+    from fm2edge.distill.teacher import with_unlabeled
     from fm2edge.errors import Fm2EdgeError
 
     train = session.train
@@ -224,7 +224,7 @@ def pretrain_one(job: PretrainJob) -> dict:
     from fm2edge.augment import draw_stored_views
     from fm2edge.config import to_dict
     from fm2edge.device import environment
-    from fm2edge.distill.task import build_teacher_cache, cache_dir_for, load_teacher_cache
+    from fm2edge.distill.teacher import build_teacher_cache, cache_dir_for, load_teacher_cache
     from fm2edge.models import create_model
     from fm2edge.models.io import is_model_folder, load_classifier
     from fm2edge.report import plots
@@ -271,7 +271,7 @@ def pretrain_one(job: PretrainJob) -> dict:
         result = fit(task, student, images, None, None, job.train, run, accelerator, config)
         metrics: dict = {}
         if accelerator.is_main_process:
-            metrics = {"stage": "pretrain", "history": result.history, "train_seconds": result.seconds,
+            metrics = {"history": result.history, "train_seconds": result.seconds,
                        "images": len(images), "epochs": job.train.epochs, "teacher": teacher.name,
                        "data": job.data.source,
                        "final_loss": result.history[-1]["train_loss"] if result.history else math.nan,
@@ -280,7 +280,7 @@ def pretrain_one(job: PretrainJob) -> dict:
                        "parameters": sum(p.numel() for p in student.backbone.parameters()),
                        "env": environment(accelerator)}
             save_student(student, run.path, {"pretrained_from": teacher.name})
-            run.write_json("metrics.json", metrics)
+            run.write_metrics("pretrain", metrics)
             run.log_summary(metrics)
             save_figure(plots.learning_curves(result.history, f"{student.name} pretrained from {teacher.name}", None),
                         run.file("plots", "learning_curves.png"))

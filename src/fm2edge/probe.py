@@ -292,7 +292,7 @@ def probe_job(job: ProbeJob) -> dict:
             results["pooling"] = pooling_study(job, session, run)
         if job.probe.label_counts:
             results["label_efficiency"] = label_efficiency_study(job, feats, run)
-        run.write_json("metrics.json", results)
+        run.write_metrics("probe", results)
         run.log_summary(results)
         print(f"results in {run.path}")
     return results

@@ -117,9 +117,9 @@ def selection_line(selection: dict) -> str:
     return f"kept epoch {selection['epoch']} ({selection['on']})"
 
 
-def write_outputs(run: RunDir, model: Classifier, result: Any, test: ImageData, extra: dict) -> dict:
-    """Final model, test predictions, metrics and learning curves of a finished training run (``result``: the
-    training loop's ``FitResult``)."""
+def write_outputs(run: RunDir, stage: str, model: Classifier, result: Any, test: ImageData, extra: dict) -> dict:
+    """Final model, test predictions, metrics and learning curves of a finished training run of ``stage``
+    (``result``: the training loop's ``FitResult``)."""
     from fm2edge.models.io import save_classifier
     from fm2edge.report import plots
     from fm2edge.report.metrics import accuracy
@@ -137,9 +137,9 @@ def write_outputs(run: RunDir, model: Classifier, result: Any, test: ImageData, 
                "parameters": sum(p.numel() for p in model.parameters()),
                "peak_rss_bytes": peak_rss(),  # the process's resident high-water mark since the stage started
                **extra}
-    run.write_json("metrics.json", metrics)
+    metrics = run.write_metrics(stage, metrics)
     run.log_summary(metrics)
-    atomic_write_text(run.file("README.md"), model_card(model, metrics, run.read_json("metrics.json"),
+    atomic_write_text(run.file("README.md"), model_card(model, metrics, metrics,
                                                         run.path))
     save_figure(plots.learning_curves(result.history, f"{model.name} on {extra.get('data', 'data')}",
                                       result.selection["epoch"]),

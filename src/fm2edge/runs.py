@@ -17,6 +17,29 @@ import yaml
 
 from fm2edge.errors import Fm2EdgeError
 
+METRICS_FILE = "metrics.json"  # a run's results: its presence makes a folder a run folder
+
+
+def is_run_folder(folder: str | Path) -> bool:
+    """A folder a stage finished (or is writing): it holds metrics.json."""
+    return (Path(folder) / METRICS_FILE).is_file()
+
+
+def read_metrics(folder: str | Path) -> dict:
+    """A run folder's results (``{}`` when it has none)."""
+    path = Path(folder) / METRICS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def run_stage(metrics: dict) -> str:
+    """The stage that wrote these results: written by every stage (``"stage"``); guessed from the keys of folders
+    written before it was ("other" when nothing fits)."""
+    if metrics.get("stage"):
+        return metrics["stage"]
+    guesses = (("teacher", "distill"), ("mode", "finetune"), ("ingredients", "soup"), ("probes", "probe"),
+               ("prompts", "zeroshot"), ("templates", "zeroshot"), ("history", "train"))
+    return next((stage for key, stage in guesses if key in metrics), "other")
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -300,6 +323,12 @@ class RunDir:
 
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write_json(self.file(name), obj)
+
+    def write_metrics(self, stage: str | None, metrics: dict) -> dict:
+        """The run's results, with the stage that wrote them (``None`` while the stage is still running)."""
+        metrics = {"stage": stage, **metrics} if stage else dict(metrics)
+        self.write_json(METRICS_FILE, metrics)
+        return metrics
 
     def write_predictions(self, logits: Any, labels: Any, class_names: list[str],
                           name: str = "predictions.npz") -> None:

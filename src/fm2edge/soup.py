@@ -206,7 +206,7 @@ def soup_job(job: SoupJob) -> dict:
             run.write_config(to_dict(job))
             save_classifier(soup, run.path)
             run.write_predictions(logits.numpy(), session.test.labels.numpy(), session.test.class_names)
-            run.write_json("metrics.json", results)
+            run.write_metrics("soup", results)
             run.log_summary(results)
             if session.val is not None:
                 save_figure(plots.soup_steps(steps, f"{cfg.method} soup of {soup.name}"),

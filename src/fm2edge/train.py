@@ -494,7 +494,7 @@ def fit_loop(task: nn.Module, model: Classifier, train: ImageData, val: ImageDat
                                 {"epoch": epoch, "history": history, "selection": dataclasses.asdict(selection),
                                  "config": config, "elapsed": elapsed + time.perf_counter() - t_start},
                                 cfg.keep_checkpoints, average)
-                run.write_json("metrics.json", {"history": history})
+                run.write_metrics(None, {"history": history})
         accelerator.wait_for_everyone()
         if selection.stopped_early:
             if accelerator.is_main_process:
@@ -578,9 +578,9 @@ def train_one(job) -> dict:
                      config)
         metrics = {}
         if session.is_main:
-            metrics = write_outputs(run, model, result, test, {"data": job.data.source, "splits": session.splits,
-                                                               "env": environment(accelerator),
-                                                               "skipped_images": train.skipped + test.skipped})
+            metrics = write_outputs(run, "train", model, result, test,
+                                    {"data": job.data.source, "splits": session.splits, "env": environment(accelerator),
+                                     "skipped_images": train.skipped + test.skipped})
             scored = (f"test accuracy {100 * metrics['test_acc']:.2f}%" if metrics["test_acc"] is not None
                       else "test split not read")
             print(f"{selection_line(result.selection)}: {scored} | results in {run.path}")

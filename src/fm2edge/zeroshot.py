@@ -125,7 +125,7 @@ def zeroshot_job(job: ZeroShotJob) -> dict:
             clf.class_names = list(test.class_names)
             save_classifier(clf, run.path)
             run.write_predictions(logits.numpy(), labels, test.class_names)
-            run.write_json("metrics.json", results)
+            run.write_metrics("zeroshot", results)
             run.log_summary(results)
             print(f"zero-shot test accuracy {100 * acc:.2f}% on {len(labels)} images ({len(job.zeroshot.templates)} "
                   f"templates) | results in {run.path}")

@@ -59,7 +59,7 @@ def machine_key(threads: int | None) -> str:
 
 def measure(candidate: Candidate, num_classes: int, threads: int | None, cache: Path) -> dict:
     """The candidate's figures on this machine, from the cache when this machine measured them before."""
-    key = json.dumps([asdict(candidate), num_classes, machine_key(threads), "v4"])
+    key = json.dumps([asdict(candidate), num_classes, machine_key(threads), "v5"])
     path = cache / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.json"
     if path.exists():
         return json.loads(path.read_text())

@@ -10,22 +10,26 @@ variants share them), and reused every epoch.
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import nn
 
 from fm2edge.augment import StoredViews, Views, render, soft_targets
 from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, check, check_probe_head
 from fm2edge.distill.losses import DIST, DKD, RKD, FeatureDistillation, KDLoss, MaskedCrossEntropy
+from fm2edge.distill.teacher import (
+    build_teacher_cache,
+    cache_dir_for,
+    limited,
+    load_teacher,
+    load_teacher_cache,
+    with_unlabeled,
+)
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import Classifier
 
@@ -282,27 +286,7 @@ class DistillTask(nn.Module):
         return {"loss": loss, "logits": logits, **{f"loss_{n}": p for n, p in parts.items()}}
 
 
-# ---------------------------------------------------------------- teacher, gate, cache
-
-
-def load_teacher(cfg: DistillConfig, num_classes: int) -> Classifier:
-    from fm2edge.models import create_model
-    from fm2edge.models.io import is_model_folder, load_classifier
-
-    if is_model_folder(cfg.teacher):
-        teacher = load_classifier(cfg.teacher)
-    elif Path(cfg.teacher).exists() or cfg.teacher.startswith((".", "/", "~")):
-        raise Fm2EdgeError(f"distill.teacher '{cfg.teacher}' holds no fm2edge model (model.json missing); give the "
-                           f"run folder of `fm2edge probe`, `train` or `zeroshot`")
-    else:
-        teacher = create_model(ModelConfig(name=cfg.teacher, pretrained=cfg.teacher_pretrained), num_classes)
-    if cfg.teacher_image_size:
-        teacher.preprocess = teacher.preprocess.with_overrides(cfg.teacher_image_size)
-    teacher.flip_average = cfg.teacher_flip
-    if teacher.num_classes != num_classes:
-        raise Fm2EdgeError(f"the teacher predicts {teacher.num_classes} classes but the dataset has {num_classes}; "
-                           f"give a teacher trained on this dataset's classes")
-    return teacher.eval()
+# ---------------------------------------------------------------- the teacher's gate, its cache key, the teaching
 
 
 def quality_gate(teacher_acc: float, num_classes: int, cfg: DistillConfig, name: str,
@@ -326,108 +310,6 @@ def teacher_cache_dir(job: DistillJob, teacher: Classifier, train, features: boo
     # a registered model's head is new and seeded: its seed is part of what it is
     registered = f"{job.distill.teacher}|{job.distill.teacher_pretrained}|seed={job.train.seed}"
     return cache_dir_for(job.data, job.distill.teacher, registered, teacher, train, features, views, dtype)
-
-
-def cache_dir_for(data, spec: str, registered: str, teacher: Classifier, train, what, views: dict | None,
-                  dtype: torch.dtype | None = None) -> Path:
-    """The cache folder of a teacher's outputs: keyed by the teacher's weights file (a run folder's
-    model.safetensors, or an onnx:/torchscript:/export: file), else by ``registered`` (a registered name's
-    description), its preprocessing, the images, ``what`` is stored, the ``views``, the arithmetic and the
-    test-time flip."""
-    import hashlib
-
-    from fm2edge.data.dataset import cache_root
-
-    weights = Path(spec) / "model.safetensors"
-    model_file = Path(spec.split(":", 1)[-1])  # onnx:PATH, torchscript:PATH, export:PATH
-    if not weights.exists() and ":" in spec and model_file.is_file():
-        weights = model_file
-    if weights.exists():
-        h = hashlib.sha1()
-        with open(weights, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        source = h.hexdigest()
-    else:
-        source = registered
-    parts = [source, teacher.describe()["preprocess"], train.fingerprint, len(train), what, views, "v2"]
-    if dtype is not None:  # a bf16 teacher's outputs are others than its fp32 ones (fp32 keys kept as they were)
-        parts.append(str(dtype))
-    if teacher.flip_average:  # so are a flip-averaged teacher's
-        parts.append("flip")
-    key = json.dumps(parts, sort_keys=True)
-    return cache_root(data).parent / "teacher" / hashlib.sha1(key.encode()).hexdigest()[:24]
-
-
-CHUNK = 2048  # images per saved piece of a teacher cache: an interrupted build loses at most one
-
-
-def build_teacher_cache(task, images: torch.Tensor, views: torch.Tensor | None, folder: Path,
-                        batch_size: int, device: torch.device) -> None:
-    """What ``task.teacher_arrays`` gives (a distillation teacher's logits and features, a pretraining teacher's
-    embeddings and maps) for every training image, on its plain image or on each of its K stored ``views``
-    (N, K, columns), saved chunk by chunk (a killed build resumes from its last chunk) and then stitched,
-    atomically, into ``folder``: NAME.npy (N, K, ...) for each array, and views.npy."""
-    from tqdm.auto import tqdm
-
-    from fm2edge.features import plan_chunks
-    from fm2edge.runs import atomic_dir, atomic_write_bytes, clean_partial
-
-    if (folder / "meta.json").exists():
-        return
-    per_image = 1 if views is None else int(views.shape[1])
-    partial = folder.parent / f".{folder.name}.partial"
-    partial.mkdir(parents=True, exist_ok=True)
-    clean_partial(partial)
-    task.teacher.to(device)
-    chunks = plan_chunks(len(images), CHUNK)
-    bar = tqdm(total=len(images) * per_image, desc="teacher outputs", unit="view", leave=False)
-    for lo, hi in chunks:
-        piece = partial / f"{lo:09d}-{hi:09d}.npz"
-        if piece.exists():
-            bar.update((hi - lo) * per_image)
-            continue
-        parts: dict[str, list[torch.Tensor]] = {}
-        for k in range(per_image):
-            for start in range(lo, hi, batch_size):
-                idx = torch.arange(start, min(hi, start + batch_size))
-                batch_views = partners = None
-                if views is not None:
-                    batch_views = Views(views[idx, k])
-                    if batch_views.mixes:
-                        partners = images[batch_views.col("partner").long().clamp_min(0)].to(device)
-                for name, value in task.teacher_arrays(images[idx].to(device), batch_views, partners).items():
-                    parts.setdefault(name, []).append(value.cpu())
-                bar.update(len(idx))
-        n = hi - lo
-        arrays = {name: torch.cat(v).view(per_image, n, *v[0].shape[1:]).transpose(0, 1).numpy()
-                  for name, v in parts.items()}
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        atomic_write_bytes(piece, buf.getvalue())
-    bar.close()
-    with atomic_dir(folder, lock=True) as tmp:
-        pieces = [np.load(partial / f"{lo:09d}-{hi:09d}.npz") for lo, hi in chunks]
-        for name in pieces[0].files:
-            np.save(tmp / f"{name}.npy", np.concatenate([p[name] for p in pieces]))
-        if views is not None:
-            np.save(tmp / "views.npy", views.numpy())
-        (tmp / "meta.json").write_text(json.dumps({"n": len(images), "views_per_image": per_image,
-                                                   "arrays": list(pieces[0].files),
-                                                   "features": "features" in pieces[0]}))
-    shutil.rmtree(partial, ignore_errors=True)
-
-
-def load_teacher_cache(folder: Path, n: int, features: bool | tuple[str, ...],
-                       device: torch.device) -> dict[str, torch.Tensor]:
-    """A built teacher cache, memory-mapped (copied to the GPU when training there): every stored array by name,
-    and the views. ``features``: the arrays this run needs besides the logits (True: "features"), or the names of
-    all the arrays it needs."""
-    out = {p.stem: torch.from_numpy(np.load(p, mmap_mode="c")) for p in sorted(folder.glob("*.npy"))}
-    needed = features if isinstance(features, tuple) else ("logits", *(("features",) if features else ()))
-    if any(name not in out or len(out[name]) != n for name in needed):
-        raise Fm2EdgeError(f"the teacher cache in '{folder}' does not match this run; delete it and rerun")
-    return {k: v.to(device) if device.type == "cuda" and k != "views" else v for k, v in out.items()}
 
 
 def teaching_plan(job: DistillJob, train) -> tuple[torch.Tensor | None, bool, dict | None]:
@@ -461,24 +343,6 @@ def teaching_line(job: DistillJob, task: DistillTask) -> str:
     return f"{what}, teacher outputs {'cached' if task.cache is not None else 'online'}"
 
 
-def limited(extra, limit: int | None):
-    """At most ``limit`` of the unlabelled images: a seeded random sample in source order (the same in every run)."""
-    import numpy as np
-
-    if limit is None or limit >= len(extra):
-        return extra
-    keep = np.sort(np.random.default_rng(0).permutation(len(extra))[:limit])
-    return extra.subset(keep)
-
-
-def with_unlabeled(train, extra):
-    """The labelled training images followed by unlabelled ones (label -1), as one dataset for the loop."""
-    from fm2edge.data import ImageData
-
-    return ImageData(torch.cat([train.images, extra.images]), torch.cat([train.labels, extra.labels]),
-                     train.class_names, f"{train.fingerprint}+{extra.fingerprint}", train.skipped + extra.skipped)
-
-
 def distill_job(job: DistillJob) -> dict:
     """`fm2edge distill`: gate the teacher, build the task, run the one loop, write the run folder (per seed)."""
     from fm2edge.results import over_seeds, slug
@@ -506,7 +370,9 @@ def distill_one(job: DistillJob) -> dict:
                             job.distill.unlabeled_limit)
             train = with_unlabeled(train, extra)
     torch.manual_seed(job.train.seed)  # a registered teacher gets a fresh head: its gate verdict must be reproducible
-    teacher = load_teacher(job.distill, train.num_classes).to(accelerator.device)
+    cfg = job.distill
+    teacher = load_teacher(cfg.teacher, train.num_classes, cfg.teacher_pretrained, cfg.teacher_image_size,
+                           cfg.teacher_flip).to(accelerator.device)
     # the gate is a choice, so it reads validation data (the labelled training images when there is none)
     gate_data = session.val if session.val is not None else session.train
     gate_split = "validation" if session.val is not None else "training (no validation split)"
@@ -549,7 +415,7 @@ def distill_one(job: DistillJob) -> dict:
         teacher_acc = accuracy(t_logits, test.labels) if scored else None
         if accelerator.is_main_process:
             agree = accuracy(result.test_logits.argmax(1), t_logits.argmax(1)) if scored else None
-            metrics = write_outputs(run, student, result, test, {
+            metrics = write_outputs(run, "distill", student, result, test, {
                 "data": job.data.source, "splits": session.splits, "env": environment(accelerator),
                 "teacher": teacher.name,
                 "teacher_test_acc": teacher_acc, "teacher_gate_acc": gate_acc, "teacher_gate_split": gate_split,

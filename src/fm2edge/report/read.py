@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fm2edge.errors import Fm2EdgeError
+from fm2edge.runs import METRICS_FILE, is_run_folder, read_metrics, run_stage
 
 
 @dataclass
@@ -45,24 +46,6 @@ class Run:
         return self.label if seed is None or f"seed-{seed}" in self.label else f"{self.label} (seed {seed})"
 
 
-def run_kind(metrics: dict) -> str:
-    if metrics.get("stage") == "pretrain":  # a teacher, but no classes and no test accuracy
-        return "pretrain"
-    if "teacher" in metrics:
-        return "distill"
-    if "mode" in metrics:
-        return "finetune"
-    if "ingredients" in metrics:
-        return "soup"
-    if "probes" in metrics:
-        return "probe"
-    if "prompts" in metrics or "templates" in metrics:
-        return "zeroshot"
-    if "history" in metrics:
-        return "train"
-    return "other"
-
-
 def _npz(path: Path) -> dict | None:
     if not path.exists():
         return None
@@ -86,21 +69,21 @@ def collect(paths: list[str]) -> tuple[list[Run], list[Path]]:
     for root in map(Path, paths):
         if not root.exists():
             raise Fm2EdgeError(f"run folder '{root}' does not exist")
-        found = sorted({p.parent for name in ("metrics.json", "embed.json") for p in root.rglob(name)
+        found = sorted({p.parent for name in (METRICS_FILE, "embed.json") for p in root.rglob(name)
                         if _visible(p, root)}) if root.is_dir() else []
         # labels keep the given folder's own name when it is a run or a seed group, or when several folders are given,
         # so that rows from `report runs/a runs/b` read a/seed-0, b/seed-0 rather than seed-0 twice
         named = len(paths) > 1 or root in found or (root / "seeds.json").exists()
         base = root.parent if named else root
         for folder in found:
-            if any((a / "metrics.json").exists() for a in folder.parents if a != folder and base in a.parents):
+            if any(is_run_folder(a) for a in folder.parents if a != folder and base in a.parents):
                 continue  # a run's internal sub-runs (a probe's label-efficiency trainings)
-            file = folder / "metrics.json" if (folder / "metrics.json").exists() else folder / "embed.json"
-            metrics = json.loads(file.read_text())
+            embed = not is_run_folder(folder)
+            metrics = json.loads((folder / "embed.json").read_text()) if embed else read_metrics(folder)
             if "parameters" not in metrics and is_model_folder(folder):
                 metrics["parameters"] = model_meta(folder).get("parameters")
             config = (folder / "config.yaml").read_text() if (folder / "config.yaml").exists() else ""
-            kind = "embed" if file.name == "embed.json" else run_kind(metrics)
+            kind = "embed" if embed else run_stage(metrics)
             runs.append(Run(folder, str(folder.relative_to(base)), kind, metrics, config,
                             _npz(folder / "predictions.npz"), _npz(folder / "teacher_predictions.npz"),
                             sorted((folder / "plots").glob("*.png")) if (folder / "plots").exists() else []))
