@@ -231,10 +231,10 @@ def test_the_teacher_cache_is_keyed_by_teacher_data_and_views(tmp_path, parquet_
 
 
 def test_a_killed_cache_build_resumes_to_the_same_outputs(tmp_path, parquet_dir, monkeypatch):
-    import fm2edge.distill.task as task_module
+    import fm2edge.distill.teacher as teacher_module
     from fm2edge.data import load_data
 
-    monkeypatch.setattr(task_module, "CHUNK", 16)
+    monkeypatch.setattr(teacher_module, "CHUNK", 16)
     train, _, _ = load_data(DataConfig(source=str(parquet_dir)))
     task = DistillTask(create_model(ModelConfig(name="student:small_cnn"), 4), teacher_model(),
                        DistillConfig(teacher="t", views=2))

@@ -111,6 +111,11 @@ def test_unlabeled_images_are_the_training_images_left_out():
     flat = {bytes(x.numpy().tobytes()) for split in (train, val, test) for x in split.images}
     overlap = sum(bytes(x.numpy().tobytes()) in flat for x in extra.images)
     assert overlap <= 5  # digits holds a few exact duplicate images; the selections themselves are disjoint
+    # the same images with their labels (for checks that read neither validation nor test): digits' own labels
+    from fm2edge.data import load_left_out
+
+    held = load_left_out(cfg, 300)
+    assert torch.equal(held.images, extra.images) and held.labels.min() >= 0 and len(held.labels.unique()) == 10
     everything = load_unlabeled(cfg, None)
     # labelled (training + validation) and unlabelled together: every training-split image that is not test data
     assert len(train) + len(val) == 200

@@ -97,10 +97,12 @@ def test_an_any_size_graph_resizes_inside_and_agrees_with_pytorch(digits_run, pn
     files = sorted(pngs[0].glob("*.png"))  # 24 x 24, 24 x 28 and 24 x 32 pixels
     a = fm2edge.load(run).predict(files)
     b = fm2edge.load(graph).predict(files)
-    assert a.labels == b.labels and float(np.abs(a.probabilities - b.probabilities).max()) <= 1e-4
+    # the resized pixels may differ by one level where rounding ties (above; PyTorch's uint8 resize kernels differ
+    # between AVX2 and AVX-512): 1.04e-4 in probability measured on an AVX2 CPU, so 3e-4
+    assert a.labels == b.labels and float(np.abs(a.probabilities - b.probabilities).max()) <= 3e-4
     big = np.asarray(Image.open(files[0]).convert("RGB").resize((300, 220)))
     assert np.abs(fm2edge.load(graph).predict(big).probabilities - fm2edge.load(run).predict(big).probabilities
-                  ).max() <= 1e-4
+                  ).max() <= 3e-4
 
 
 def test_pseudo_labels_are_a_dataset_train_reads(exported, pngs, tmp_path):

@@ -588,17 +588,23 @@ def _without_test_images(val: ImageData, test: ImageData, where: str) -> ImageDa
     return val.subset(np.flatnonzero(~shared))
 
 
-def load_unlabeled(cfg: DataConfig, n: int | None) -> ImageData:
-    """Training images that ``load_data(cfg)`` leaves out (beyond max_train / per_class), the first ``n`` of them in
-    source order (all when ``n`` is None), with every label set to -1: extra images for distillation without labels.
-    Test and validation images are never among them."""
+def load_left_out(cfg: DataConfig, n: int | None = None) -> ImageData:
+    """Labelled training images that ``load_data(cfg)`` leaves out (beyond max_train / per_class), the first ``n`` of
+    them in source order (all when ``n`` is None), with their labels. Test and validation images are never among
+    them: a check on them reads neither split."""
     plan = plan_splits(cfg)
     rest = np.setdiff1d(plan.pool, plan.labelled)
     rest = rest if n is None else rest[:n]
     if len(rest) == 0:
         raise Fm2EdgeError(f"'{cfg.source}' has no training images beyond the {len(plan.labelled)} labelled ones; "
                            f"lower --data.max_train or drop the unlabelled images")
-    data = _materialise(plan.train, rest, cfg, f"{cfg.source}:{cfg.train_split}:unlabeled")
+    return _materialise(plan.train, rest, cfg, f"{cfg.source}:{cfg.train_split}:left-out")
+
+
+def load_unlabeled(cfg: DataConfig, n: int | None) -> ImageData:
+    """Training images that ``load_data(cfg)`` leaves out (see :func:`load_left_out`), with every label set to -1:
+    extra images for distillation without labels."""
+    data = load_left_out(cfg, n)
     return ImageData(data.images, torch.full_like(data.labels, -1), data.class_names, f"{data.fingerprint}-unlabeled",
                      data.skipped)
 
