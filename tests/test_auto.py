@@ -178,6 +178,13 @@ def test_a_budget_nothing_meets_is_one_clear_error(tmp_path, teacher, capsys):
     assert not (tmp_path / "a" / "plan.json").exists()
 
 
+def test_run_resume_is_refused_with_the_fix(tmp_path, capsys):
+    assert main(["auto", "--run.resume", "true", "--run.root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("fm2edge: error:") and "rerun the same command without --run.resume" in err[-1]
+    assert not any(tmp_path.iterdir())
+
+
 def test_auto_killed_midway_resumes_to_the_same_choice(tmp_path, teacher):
     """A kill while the students train, then the same command again: the leaderboard and the choice of an
     uninterrupted run."""

@@ -91,3 +91,7 @@ class AutoJob:
     data: DataConfig = field(default_factory=lambda: DataConfig(source="digits"))
     auto: AutoConfig = field(default_factory=AutoConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(name=None))
+
+    def __post_init__(self) -> None:
+        check(not self.run.resume, "fm2edge auto resumes by itself: rerun the same command without --run.resume "
+              "(--run.overwrite true starts again from nothing)")
