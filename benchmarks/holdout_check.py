@@ -18,24 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fm2edge import export
 from fm2edge.config import DataConfig
 from fm2edge.data import balanced_indices, load_data, load_left_out
 from fm2edge.device import cpu_features
-from fm2edge.export import (
-    calibration_batches,
-    export_deployable,
-    image_batches,
-    open_session,
-    quantize_int8,
-    run_images,
-)
 from fm2edge.models.io import is_model_folder, load_classifier
 from fm2edge.train import predict
 
 
 def graph_labels(model, onnx: Path, images: torch.Tensor) -> np.ndarray:
-    sess = open_session(onnx)
-    return np.concatenate([run_images(sess, b) for b in image_batches(model, images, 256)]).argmax(1)
+    sess = export.open_session(onnx)
+    return np.concatenate([export.run_images(sess, b) for b in export.image_batches(model, images, 256)]).argmax(1)
 
 
 def main() -> None:
@@ -69,12 +62,13 @@ def main() -> None:
         train = load_data(cfg)[0]
         calib = train.images[torch.from_numpy(balanced_indices(train.labels.numpy(), min(500, len(train))))]
         with tempfile.TemporaryDirectory() as tmp:
-            fp32 = export_deployable(model, Path(tmp) / "model.onnx")
+            fp32 = export.export_deployable(model, Path(tmp) / "model.onnx")
             ref = graph_labels(model, fp32, held.images)
             print(f"  {chosen.name} requantised (min-max, per-channel): fp32 {100 * (ref == labels).mean():.2f}%")
             for seven in (False, True):
-                path = quantize_int8(fp32, Path(tmp) / f"int8-{seven}.onnx", calibration_batches(model, calib),
-                                     input_name="images", reduce_range=seven)
+                path = export.quantize_int8(fp32, Path(tmp) / f"int8-{seven}.onnx",
+                                            export.calibration_batches(model, calib), input_name="images",
+                                            reduce_range=seven)
                 got = graph_labels(model, path, held.images)
                 print(f"    int8 weights in {7 if seven else 8} bits: {100 * (got == labels).mean():.2f}%, agreement "
                       f"with fp32 {100 * (got == ref).mean():.2f}%")
