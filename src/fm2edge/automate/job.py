@@ -454,21 +454,22 @@ def fidelity_images(job: AutoJob, train, unlabeled: int):
     return images
 
 
-def graph_labels(folder: str, onnx: Path, images):
-    """The class each image gets from an exported graph (preprocessed as the model's own)."""
+def graph_probabilities(model, onnx: Path, images):
+    """An exported graph's probabilities for ``images`` (preprocessed as ``model``, its classifier, does)."""
     import numpy as np
 
     from fm2edge.export import image_batches, open_session, run_images
-    from fm2edge.models.io import load_classifier
 
     sess = open_session(onnx)
-    return np.concatenate([run_images(sess, b) for b in image_batches(load_classifier(folder), images, 256)]).argmax(1)
+    return np.concatenate([run_images(sess, b) for b in image_batches(model, images, 256)])
 
 
 def export_finalists(job: AutoJob, root: Path, trained: list[dict], images) -> list[dict]:
     """The best students on validation, exported to fp32 ONNX and to int8 with each INT8_RECIPES entry, scored there
     on validation (the test split stays unread); each (precision, recipe) is an option with its measured latency
     and size, and each int8 option its agreement with the fp32 graph on ``images``."""
+    from fm2edge.models.io import load_classifier
+
     last = max(t["rung"] for t in trained)  # the candidates that reached the last rung, best first
     finalists = rank([t for t in trained if t["rung"] == last])[:job.auto.finalists]
     for f in finalists:
@@ -480,12 +481,13 @@ def export_finalists(job: AutoJob, root: Path, trained: list[dict], images) -> l
                                                  "latency_runs": EXPORT_LATENCY_RUNS, **settings}})
             keys = (("fp32", "onnx_fp32"), ("int8", "onnx_int8")) if i == 0 else (("int8", "onnx_int8"),)
             f["options"] += [option(f, root / name, result, precision, key, recipe) for precision, key in keys]
-        reference = graph_labels(f["folder"], Path(next(o["onnx"] for o in f["options"] if o["precision"] == "fp32")),
-                                 images)
+        model = load_classifier(f["folder"])
+        fp32 = next(o["onnx"] for o in f["options"] if o["precision"] == "fp32")
+        reference = graph_probabilities(model, Path(fp32), images).argmax(1)
         for o in f["options"]:
             if o["precision"] == "int8":
-                o["agreement_with_fp32"] = float((graph_labels(f["folder"], Path(o["onnx"]), images)
-                                                  == reference).mean())
+                labels = graph_probabilities(model, Path(o["onnx"]), images).argmax(1)
+                o["agreement_with_fp32"] = float((labels == reference).mean())
                 o["agreement_images"] = len(images)
     return finalists
 
@@ -505,17 +507,12 @@ def option(f: dict, folder: Path, result: dict, precision: str, key: str, recipe
 
 def read_test_once(chosen: dict, teacher: dict, test, device) -> dict:
     """The test split, read once, for the chosen model (as shipped: its ONNX graph) and for the teacher."""
-    import numpy as np
-
-    from fm2edge.export import image_batches, open_session, run_images
     from fm2edge.models.io import load_classifier
     from fm2edge.report.metrics import accuracy
     from fm2edge.train import predict
 
-    model = load_classifier(chosen["folder"])
-    sess = open_session(Path(chosen["onnx"]))
-    probs = np.concatenate([run_images(sess, batch) for batch in image_batches(model, test.images, 256)])
-    chosen_acc = accuracy(probs, test.labels)
+    chosen_acc = accuracy(graph_probabilities(load_classifier(chosen["folder"]), Path(chosen["onnx"]), test.images),
+                          test.labels)
     teacher_model = load_classifier(teacher["folder"]).to(device)
     teacher_acc = accuracy(predict(teacher_model, test, 64, device), test.labels)
     return {"chosen_test_acc": chosen_acc, "teacher_test_acc": teacher_acc, "test_images": len(test),
