@@ -4,6 +4,8 @@ the minutes against the time budget, with the machine.
 
     python benchmarks/auto_study.py --source ../shared/data/catsdogs128 --per_class 100 \\
         --teacher_factor 3 --minutes 30 --root /tmp/auto-study [--unlabeled ../shared/data/catsdogs128-unlabeled]
+    python benchmarks/auto_study.py --source ../shared/data/cifar10 --per_class 500 --left_out \
+        --latency_ms 1 --minutes 60 --root /tmp/auto-study --name cifar5000
 
 ``--teacher_factor F`` sets the latency budget to the teacher's own fp32 ONNX batch-1 latency at 224 px on this
 machine divided by F (measured here first, the same way auto measures its students); ``--latency_ms`` sets it
@@ -30,6 +32,8 @@ def main() -> None:
     ap.add_argument("--per_class", type=int)
     ap.add_argument("--max_test", type=int)
     ap.add_argument("--unlabeled")
+    ap.add_argument("--left_out", action="store_true",
+                    help="distil on the training images --per_class leaves out, without their labels")
     ap.add_argument("--teacher", default="pypi:efficientnet_lite0")
     ap.add_argument("--teacher_factor", type=float)
     ap.add_argument("--latency_ms", type=float)
@@ -55,22 +59,25 @@ def main() -> None:
         print(f"teacher {a.teacher} at 224 px: {measured:.2f} ms fp32 ONNX batch 1; budget {budget:.2f} ms")
     auto = {"latency_ms": budget, "minutes": a.minutes, "teachers": [a.teacher],
             **({"unlabeled_source": a.unlabeled} if a.unlabeled else {}),
+            **({"unlabeled_left_out": True} if a.left_out else {}),
             **({"students": a.students} if a.students else {}), **({"threads": a.threads} if a.threads else {})}
     t0 = time.perf_counter()
     result = auto_job(job_from_class(AutoJob, "auto", {"data": data, "auto": auto,
                                                        "run": {"root": a.root, "name": a.name}}))
     wall = (time.perf_counter() - t0) / 60
     c, t = result["chosen"], result["test"]
-    row = {"data": a.source, "per_class": a.per_class, "unlabeled": a.unlabeled, "budget_ms": budget,
+    unlabeled = a.unlabeled or ("the training images left out" if a.left_out else None)
+    row = {"data": a.source, "per_class": a.per_class, "unlabeled": unlabeled, "budget_ms": budget,
            "minutes_budget": a.minutes, "chosen": f"{c['candidate']} {c['precision']}", "val_acc": c["val_acc"],
            "p50_ms": c["p50_ms"], "test_acc": t["chosen_test_acc"], "teacher_test_acc": t["teacher_test_acc"],
            "teacher_val_acc": result["teacher"]["val_acc"], "minutes": result["minutes"], "wall_minutes": wall,
+           "unlabeled_images": result["unlabeled_images"], "views": result["views"],
            "machine": cpu_features(), "date": time.strftime("%Y-%m-%d")}
     Path(a.root, a.name, "study_row.json").write_text(json.dumps(row, indent=2))
     print("\n| data | budget | chosen | validation | latency (p50) | test | teacher test | minutes | machine |")
     print("|---|---|---|---|---|---|---|---|---|")
     print(f"| {a.source}{f', {a.per_class}/class' if a.per_class else ''}"
-          f"{f', + {a.unlabeled}' if a.unlabeled else ''} | {budget:.2f} ms, {a.minutes:g} min | {row['chosen']} | "
+          f"{f', + {unlabeled}' if unlabeled else ''} | {budget:.2f} ms, {a.minutes:g} min | {row['chosen']} | "
           f"{100 * c['val_acc']:.2f}% | {c['p50_ms']:.2f} ms | {100 * t['chosen_test_acc']:.2f}% | "
           f"{100 * t['teacher_test_acc']:.2f}% | {result['minutes']:.1f} | {row['machine']} |")
 

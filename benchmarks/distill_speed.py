@@ -74,7 +74,7 @@ def seed_epoch(n: int, size: int, batch: int, device: str, source: Path = SHARED
 def fm2edge_epochs(n: int, size: int, batch: int, precision: str, cache: str, root: Path,
                    source: Path = SHARED_CIFAR10, teacher_model: str = "torchvision:resnet50",
                    student_model: str = "torchvision:resnet18", compile: bool = False) -> dict:
-    from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
     from fm2edge.distill.task import DistillConfig, DistillJob, distill_job
     from fm2edge.models import create_model
     from fm2edge.models.io import save_classifier
@@ -87,9 +87,10 @@ def fm2edge_epochs(n: int, size: int, batch: int, precision: str, cache: str, ro
         data=DataConfig(source=str(source), max_train=n, max_test=64, val_fraction=0),
         model=ModelConfig(name=student_model, image_size=size, crop_pct=1.0),
         train=TrainConfig(epochs=2, batch_size=batch, lr=1e-3, optimizer="adam", schedule="constant",
-                          precision=precision, channels_last=True, eval_every=100, compile=compile),
+                          weight_decay=0.0, augment=AugmentConfig(crop="none", flip=False), precision=precision,
+                          channels_last=True, eval_every=100, compile=compile),
         distill=DistillConfig(teacher=str(teacher), losses={"kd": 1.0}, temperature=4.0, alpha=0.5,
-                              cache_teacher=cache, force=True),
+                              cache_teacher=cache, views=0, force=True),
         run=RunConfig(root=str(root), name=name)))
     return {"epoch_s": m["history"][-1]["seconds"], "first_epoch_s": m["history"][0]["seconds"]}
 

@@ -122,7 +122,7 @@ def part_latency(smoke: bool, tmp: Path) -> dict:
 
 def part_recipe(smoke: bool, tmp: Path) -> dict:
     """train (compiled, bf16 autocast on CUDA) -> distill (compiled) -> export, on the device."""
-    from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
+    from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
     from fm2edge.distill.task import DistillConfig, DistillJob, distill_job
     from fm2edge.export import ExportConfig, ExportJob, export_job
     from fm2edge.train import train_job
@@ -130,12 +130,13 @@ def part_recipe(smoke: bool, tmp: Path) -> dict:
     n = 256 if smoke else 5000
     data = DataConfig(source=str(cifar_source(n)), max_train=n, max_test=200)
     cfg = TrainConfig(epochs=1 if smoke else 3, batch_size=64 if smoke else 256, lr=3e-3, optimizer="adamw",
-                      schedule="onecycle", compile=True, precision="auto", device="auto")
+                      schedule="onecycle", weight_decay=0.0, augment=AugmentConfig(crop="none", flip=False),
+                      compile=True, precision="auto", device="auto")
     t0 = time.perf_counter()
     teacher = train_job(TrainJob(data=data, model=ModelConfig(name="student:cifar_resnet18"), train=cfg,
                                  run=RunConfig(root=str(tmp), name="teacher")))
     student = distill_job(DistillJob(data=data, model=ModelConfig(name="student:small_cnn"), train=cfg,
-                                     distill=DistillConfig(teacher=str(tmp / "teacher"), force=True),
+                                     distill=DistillConfig(teacher=str(tmp / "teacher"), views=0, force=True),
                                      run=RunConfig(root=str(tmp), name="student")))
     exported = export_job(ExportJob(model=str(tmp / "student"), data=data,
                                     export=ExportConfig(latency_runs=20, calibration_images=64)))

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from common import SHARED_CIFAR10
 
-from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from fm2edge.device import cpu_features
 from fm2edge.finetune import FinetuneConfig, FinetuneJob, finetune_job
 
@@ -67,6 +67,8 @@ def measure(arch: str, n: int, batches: list[int], precision: str = "auto", sour
             job = FinetuneJob(data=DataConfig(source=str(source), max_train=n, max_test=10, val_fraction=0),
                               model=ModelConfig(name=f"timm:{arch}"),
                               train=TrainConfig(epochs=1, batch_size=bs, lr=5e-4, optimizer="adamw",
+                                                schedule="constant", weight_decay=0.0,
+                                                augment=AugmentConfig(crop="none", flip=False),
                                                 precision=precision, checkpoint_every=1000),
                               finetune=FinetuneConfig(modes=["lora"], eval_before=False),
                               run=RunConfig(root=tmp, name=f"bs{bs}"))

@@ -36,6 +36,7 @@ def images_per_s(name: str, size: int, batch: int, steps: int, precision: str, r
         data=DataConfig(source=str(cifar_source(n)), max_train=n, max_test=64, val_fraction=0.0),
         model=ModelConfig(name=name, image_size=size, pretrained=name.startswith("pypi:")),
         train=TrainConfig(epochs=2, batch_size=batch, lr=1e-3, optimizer="adamw", precision=precision,
+                          schedule="constant", weight_decay=0.0,
                           channels_last=True, select="last", keep_checkpoints=1,
                           augment=AugmentConfig(crop="resized", scale=(0.35, 1.0), flip=True)),
         run=RunConfig(root=str(root), name=f"{name.replace(':', '-')}-{precision}", overwrite=True)))

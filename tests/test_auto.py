@@ -167,8 +167,8 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     # the report gives auto its own section: the choice, the search's rungs, the leaderboard, the minutes
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
-    for part in ('id="auto-choice"', 'id="auto-rungs"', 'id="auto-leaderboard"', 'id="auto-minutes"',
-                 "students, rung 1", "points paid for the speed-up"):
+    for part in ('id="auto-choice"', 'id="auto-rungs"', 'id="auto-teaching"', 'id="auto-leaderboard"',
+                 'id="auto-minutes"', "students, rung 1", "points paid for the speed-up"):
         assert part in page, part
     steps = result["minutes_by_step"]
     assert steps["students, rung 0"] > 0 and steps["exports"] > 0
@@ -194,6 +194,23 @@ def test_auto_distils_on_the_training_images_its_labels_leave_out(tmp_path, teac
     assert students and all(m["unlabelled_images"] == plan["unlabeled_images"] for m in students)
     assert all(m["stored_views"] == plan["views"] and m["labelled_images"] == plan["train_images"]
                for m in students)
+
+
+def test_time_the_students_leave_over_buys_more_unlabelled_images(tmp_path, teacher, capsys, monkeypatch):
+    """A teacher's share of the budget too small for even MIN_UNLABELED images, and students that get their epochs
+    with time to spare: the plan gives the teacher more of the budget (one view each) instead of leaving it idle."""
+    import fm2edge.automate.job as job
+
+    monkeypatch.setattr(job, "TEACHING_SHARE", 1e-6)
+    argv = auto_argv(tmp_path, teacher, "--data.per_class", "15", "--auto.unlabeled_left_out", "true",
+                     "--auto.students", "[student:small_cnn@16]")
+    assert main(argv) == 0
+    assert "the students' epochs leave time over" in capsys.readouterr().out
+    plan = json.loads((tmp_path / "a" / "plan.json").read_text())
+    assert plan["unlabeled_images"] >= job.MIN_UNLABELED and plan["views"] == 1
+    planned = (plan["planning_seconds"] + plan["teaching_seconds"] + plan["export_seconds"]
+               + sum(r["seconds"] for r in plan["rungs"]))
+    assert planned <= 6 * 60
 
 
 def test_one_unlabelled_pool_at_a_time(tmp_path, capsys):

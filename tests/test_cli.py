@@ -63,6 +63,9 @@ def test_help_explains_options():
     for flag in ("--data.source", "--model.name", "--train.lr", "--run.resume", "--config"):
         assert flag in res.stdout
     assert "Peak learning rate" in res.stdout
+    # left empty, the settings are the proven recipe, and the help says what that is
+    for part in ("scales them to it", "5e-4 from pretrained weights", "random-resized crops and flips for photos"):
+        assert part in " ".join(res.stdout.split()), part
 
 
 def test_list_prints_models_and_sources():

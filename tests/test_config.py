@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fm2edge.cli import COMMANDS, build_parser
-from fm2edge.config import DataConfig, TrainConfig, TrainJob, to_dict
+from fm2edge.config import AugmentConfig, DataConfig, TrainConfig, TrainJob, is_resolved, proven_recipe, to_dict
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -104,3 +104,25 @@ def test_train_config_accepts_exactly_the_valid_values(epochs, lr, bs, smoothing
     except ValueError:
         ok = False
     assert ok == valid
+
+
+def test_left_empty_the_training_settings_are_the_proven_recipe():
+    photos = proven_recipe(TrainConfig(), images=200, image_px=128, trained=True)
+    assert (photos.epochs, photos.lr, photos.weight_decay, photos.optimizer, photos.schedule) == \
+        (30, 5e-4, 0.05, "adamw", "onecycle")
+    assert photos.augment.crop == "resized" and photos.augment.flip is True
+    digits = proven_recipe(TrainConfig(), images=1200, image_px=8, trained=False)
+    assert (digits.lr, digits.weight_decay, digits.augment.crop, digits.augment.flip) == (4e-3, 5e-4, "none", False)
+    # epochs scale with the training set: 30 up to 10,000 images, then about 300,000 images seen, at least 10
+    assert [proven_recipe(TrainConfig(), n, 32, False).epochs for n in (50, 10_000, 20_000, 50_000)] == [30, 30, 15, 10]
+    # what a user sets is kept as set
+    mine = TrainConfig(epochs=3, lr=1e-2, weight_decay=0.0, augment=AugmentConfig(crop="pad", flip=False))
+    assert proven_recipe(mine, 200, 128, True) == mine
+    assert not is_resolved(TrainConfig()) and is_resolved(proven_recipe(TrainConfig(), 10, 8, False))
+
+
+def test_the_training_loop_refuses_settings_left_unfilled():
+    from fm2edge.train import fit
+
+    with pytest.raises(ValueError, match="proven_recipe"):
+        fit(None, None, None, None, None, TrainConfig(), None, None)

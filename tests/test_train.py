@@ -465,3 +465,21 @@ def test_a_candidate_run_leaves_the_test_split_unread(tmp_path, parquet_dir, mon
     assert reads == [7, 7]  # two validation passes, no test pass (32 test images)
     run = tmp_path / "candidate"
     assert not (run / "predictions.npz").exists() and "test accuracy: not read" in (run / "README.md").read_text()
+
+
+def test_train_without_flags_records_the_proven_recipe_it_ran(tmp_path):
+    """Photos (32 px and up) left at the defaults: AdamW, one-cycle, the from-scratch rate, crops and flips; the
+    run folder's config says what ran, not what was left empty."""
+    import yaml
+    from conftest import hub_dataset
+
+    from fm2edge.cli import main
+
+    hub_dataset(40, seed=2, size=32).to_parquet(str(tmp_path / "train.parquet"))
+    hub_dataset(20, seed=3, size=32).to_parquet(str(tmp_path / "test.parquet"))
+    assert main(["train", "--data.source", str(tmp_path), "--train.epochs", "1", "--train.device", "cpu",
+                 "--run.root", str(tmp_path / "runs"), "--run.name", "r"]) == 0
+    ran = yaml.safe_load((tmp_path / "runs" / "r" / "config.yaml").read_text())["train"]
+    assert (ran["epochs"], ran["lr"], ran["weight_decay"], ran["optimizer"], ran["schedule"]) == \
+        (1, 4e-3, 5e-4, "adamw", "onecycle")
+    assert ran["augment"]["crop"] == "resized" and ran["augment"]["flip"] is True

@@ -10,13 +10,14 @@ looking at the model's own layers (timm's fused ``qkv``; transformers' ``q_proj`
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from torch import nn
 
-from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, check
+from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, check
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import Classifier
 
@@ -77,7 +78,9 @@ class FinetuneJob:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="timm:vit_small_patch16_224.augreg_in21k",
                                                                    pretrained=True))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, batch_size=32, lr=5e-4,
-                                                                   optimizer="adamw"))
+                                                                   optimizer="adamw", schedule="constant",
+                                                                   weight_decay=0.0,
+                                                                   augment=AugmentConfig(crop="none", flip=False)))
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -193,7 +196,7 @@ def merged(trained: nn.Module) -> Classifier:
 
 def finetune_one(job: FinetuneJob, mode: str, session, run_path: Path) -> dict:
     """One mode in its own run folder; a finished one is read back, an interrupted one resumes."""
-    from fm2edge.config import to_dict
+    from fm2edge.config import proven_recipe, to_dict
     from fm2edge.device import environment, peak_memory, reset_peak_memory
     from fm2edge.models.io import is_model_folder
     from fm2edge.report.metrics import accuracy
@@ -202,6 +205,7 @@ def finetune_one(job: FinetuneJob, mode: str, session, run_path: Path) -> dict:
     from fm2edge.train import SupervisedTask, fit, predict
 
     train, test, accelerator = session.train, session.test, session.accelerator
+    job = dataclasses.replace(job, train=proven_recipe(job.train, len(train), train.image_size[0], trained=True))
     if is_run_folder(run_path) and is_model_folder(run_path) and job.run.resume:
         metrics = read_metrics(run_path)
         if "test_acc" in metrics and len(metrics.get("history", [])) >= job.train.epochs:

@@ -11,6 +11,7 @@ This is the recipe of LightlyTrain's ``pretrain(method="distillation")``, on fm2
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from fm2edge.augment import StoredViews, Views
-from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, check
+from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, check
 from fm2edge.distill.losses import DenseMatch, EmbeddingMatch
 from fm2edge.models.classifier import Classifier
 from fm2edge.models.dense import pooled_and_map
@@ -85,7 +86,8 @@ class PretrainJob:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="student:small_cnn"))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30, lr=2e-3, optimizer="adamw",
-                                                                   weight_decay=0.05, schedule="cosine"))
+                                                                   weight_decay=0.05, schedule="cosine",
+                                                                   augment=AugmentConfig(crop="none", flip=False)))
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     seeds: list[int] | None = None
@@ -222,7 +224,7 @@ def pretrain_images(job: PretrainJob, session):
 
 def pretrain_one(job: PretrainJob) -> dict:
     from fm2edge.augment import draw_stored_views
-    from fm2edge.config import to_dict
+    from fm2edge.config import proven_recipe, starts_trained, to_dict
     from fm2edge.device import environment
     from fm2edge.distill.teacher import build_teacher_cache, cache_dir_for, load_teacher_cache
     from fm2edge.models import create_model
@@ -236,6 +238,8 @@ def pretrain_one(job: PretrainJob) -> dict:
     accelerator = session.accelerator
     with accelerator.main_process_first():
         images = pretrain_images(job, session)
+    job = dataclasses.replace(job, train=proven_recipe(job.train, len(images), images.image_size[0],
+                                                       starts_trained(job.model)))
     cfg = job.pretrain
     teacher = (load_classifier(cfg.teacher) if is_model_folder(cfg.teacher)
                else create_model(ModelConfig(name=cfg.teacher, pretrained=cfg.teacher_pretrained,

@@ -240,7 +240,7 @@ def label_efficiency(job: ProbeJob, feats: dict[str, Features], run) -> dict:
                            model=ModelConfig(name=job.probe.scratch_model),
                            train=TrainConfig(epochs=epochs, batch_size=batch, lr=2e-3, optimizer="adamw",
                                              schedule="onecycle", weight_decay=5e-4,
-                                             augment=AugmentConfig(flip=True),
+                                             augment=AugmentConfig(crop="none", flip=True),
                                              seed=job.probe.seed, keep_checkpoints=1,
                                              eval_every=max(1, epochs // 10), checkpoint_every=max(1, epochs // 4)),
                            run=RunConfig(root=str(run.path / "scratch"), name=f"per-class-{n}", resume=True))

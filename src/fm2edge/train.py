@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fm2edge.augment import OnlineViews, Views, render, soft_targets
-from fm2edge.config import TrainConfig
+from fm2edge.config import TrainConfig, is_resolved
 from fm2edge.data import ImageData
 from fm2edge.data.splits import selection_noise
 from fm2edge.device import freed_memory_kept, move
@@ -315,7 +315,11 @@ def load_best(run: RunDir, module: nn.Module) -> None:
 def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | None, test: ImageData | None,
         cfg: TrainConfig, run: RunDir, accelerator, config: dict | None = None) -> FitResult:
     """Train ``task`` (which owns ``model``): :func:`fit_loop`, keeping freed memory for the next batch while it
-    runs on a CPU (see :func:`fm2edge.device.freed_memory_kept`)."""
+    runs on a CPU (see :func:`fm2edge.device.freed_memory_kept`). ``cfg`` has its defaults filled for the data
+    (:func:`fm2edge.config.proven_recipe`)."""
+    if not is_resolved(cfg):
+        raise ValueError("fit() takes a training config with its defaults filled for the data: pass it through "
+                         "fm2edge.config.proven_recipe first")
     with freed_memory_kept() if accelerator.device.type == "cpu" else contextlib.nullcontext():
         return fit_loop(task, model, train, val, test, cfg, run, accelerator, config)
 
@@ -560,11 +564,13 @@ def train_job(job) -> dict:
 
 def train_one(job) -> dict:
     """Load data, build the model, run the loop, write the run folder. Returns the metrics."""
-    from fm2edge.config import to_dict
+    from fm2edge.config import proven_recipe, starts_trained, to_dict
     from fm2edge.device import environment
 
     session = start_stage(job.data, job.train.device, job.train.precision)
     train, val, test, accelerator = session.train, session.val, session.test, session.accelerator
+    job = dataclasses.replace(job, train=proven_recipe(job.train, len(train), train.image_size[0],
+                                                       starts_trained(job.model)))
     model = session.model(job.model, job.train.seed)
     with session.open(job.run, slug(f"train-{job.model.name}")) as run:
         config = to_dict(job)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fm2edge.automate.config import AutoJob
 from fm2edge.automate.measure import Candidate, measure
-from fm2edge.config import to_dict
+from fm2edge.config import scaled_epochs, to_dict
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.runs import METRICS_FILE, atomic_dir, atomic_write_json, atomic_write_text, read_metrics
 
@@ -354,31 +354,53 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     costs = sorted((export_seconds(f, min(500, len(train)), len(val)) for f in kept), reverse=True)
     reserve = sum(costs[:job.auto.finalists])
     speeds = {f["candidate"]: LOOP_EFFICIENCY * f["train_images_per_s"] for f in kept}
-    wanted = extra
-    while True:  # unlabelled images make every epoch longer: fewer of them until every candidate gets its rung
+    def ladder(extra: int, views: int) -> tuple[list[dict], float, float]:
+        """The rungs, the teacher's seconds and the students' seconds with ``extra`` unlabelled images."""
         images = len(train) + extra
         # the teacher's outputs on every stored view, computed once and shared by all students, and the exports
         teaching = views * images / teacher_speed
         seconds = job.auto.minutes * 60 - elapsed - teaching - reserve
         # --auto.min_epochs counts passes over the labelled images: unlabelled ones lengthen an epoch, not the need
         lo = max(1, math.ceil(job.auto.min_epochs * len(train) / images))
-        rungs = plan_rungs(speeds, images, seconds, lo, job.auto.max_epochs, job.auto.finalists)
-        if rungs or extra == 0:
-            break
+        return plan_rungs(speeds, images, seconds, lo, job.auto.max_epochs, job.auto.finalists), teaching, seconds
+
+    def satisfied(extra: int) -> bool:
+        """With ``extra`` unlabelled images at one view, a finalist still trains the epochs the proven recipe gives
+        a training set that size (`fm2edge train`'s default)."""
+        rungs = ladder(extra, 1)[0]
+        return bool(rungs) and sum(r["epochs"] for r in rungs) >= min(job.auto.max_epochs,
+                                                                      scaled_epochs(len(train) + extra))
+
+    wanted = extra
+    rungs, teaching, seconds = ladder(extra, views)
+    while not rungs and extra:  # unlabelled images make every epoch longer: fewer until every candidate gets a rung
         # half as many images, each at as many views as the teacher's share then affords (the epochs are as long)
         views, extra = teaching_plan(len(train), extra // 2 if extra >= 2 * MIN_UNLABELED else 0, job.auto.views,
                                      TEACHING_SHARE * job.auto.minutes * 60 * teacher_speed)
+        rungs, teaching, seconds = ladder(extra, views)
+    grown = extra < available and (views == 1 or not extra) and satisfied(extra)
+    if grown:  # the students' epochs leave time over: the teacher's outputs on more unlabelled images take it
+        views = 1
+        low, high = extra, available
+        while high - low > max(1, available // 100):  # the most images that keep the students' epochs (bisection)
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if satisfied(mid) else (low, mid - 1)
+        extra = low
+        rungs, teaching, seconds = ladder(extra, views)
+    images = len(train) + extra
     if available:
-        print(f"  unlabelled images: {extra:,} of {available:,} at {views} view{'s' if views > 1 else ''} each (" + (
-            f"what a {TEACHING_SHARE:.0%} share of the budget buys of the teacher's outputs, more images before more "
-            f"views" if extra == wanted else f"fewer than the {wanted:,} the teacher's share of the budget buys, so "
-            f"that every candidate trains at least {job.auto.min_epochs} passes over the labelled images") + ")")
+        why = (f"more than a {TEACHING_SHARE:.0%} share of the budget buys: the students' epochs leave time over"
+               if grown else f"what a {TEACHING_SHARE:.0%} share of the budget buys of the teacher's outputs, more "
+               f"images before more views" if extra == wanted else f"fewer than the {wanted:,} the teacher's share "
+               f"of the budget buys, so that every candidate trains at least {job.auto.min_epochs} passes over the "
+               f"labelled images")
+        print(f"  unlabelled images: {extra:,} of {available:,} at {views} view{'s' if views > 1 else ''} each ({why})")
     if rungs:
         for f in kept:
             f["epochs"] = rungs[0]["epochs"]
             f["planned_minutes"] = f["epochs"] * images / speeds[f["candidate"]] / 60
-        ladder = " -> ".join(f"{r['candidates']} x {r['epochs']}" for r in rungs)
-        print(f"  successive halving: {ladder} epochs (candidates x epochs per rung, the better half going on)")
+        shape = " -> ".join(f"{r['candidates']} x {r['epochs']}" for r in rungs)
+        print(f"  successive halving: {shape} epochs (candidates x epochs per rung, the better half going on)")
     else:  # not even min_epochs each for every candidate: equal shares, and those left short are dropped
         epochs = size_epochs(speeds, images, seconds, job.auto.min_epochs, job.auto.max_epochs)
         for f in kept:
@@ -658,7 +680,9 @@ def auto_job(job: AutoJob) -> dict:
     result = {"root": str(root), "chosen": chosen, "test": test, "teacher": plan["teacher"], "best": str(best),
               "leaderboard": rows, "budget_minutes": job.auto.minutes, "latency_budget_ms": job.auto.latency_ms,
               "minutes": minutes, "minutes_by_step": minutes_by_step(root, plan, minutes), "rungs": plan["rungs"],
-              "selection": plan["selection"], "machine": plan["machine"]}
+              "selection": plan["selection"], "machine": plan["machine"],
+              "train_images": plan["train_images"], "unlabeled_images": plan["unlabeled_images"],
+              "views": plan["views"]}
     atomic_write_text(root / "leaderboard.csv", leaderboard_csv(rows))
     atomic_write_json(root / "auto.json", result)
     points = [o for f in finalists for o in f["options"]]

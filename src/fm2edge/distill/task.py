@@ -10,6 +10,7 @@ variants share them), and reused every epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,7 +93,8 @@ class DistillConfig:
             plain image, so its targets ignore the augmentation.
         views: Cached consistent views (FKD): 0 runs the teacher online on every augmented batch; K > 0 draws K
             views of every training image once (from view_seed), stores the teacher's outputs on them in the
-            fm2edge cache, and replays them to the student (epoch e shows view e mod K).
+            fm2edge cache, and replays them to the student (epoch e shows view e mod K). Empty: 4 on a CPU (the
+            teacher's passes are its cost there), online on a GPU.
         view_seed: Seed of the stored views; students with other training seeds share them.
         cache_teacher: "auto" stores teacher outputs when they are deterministic (no augmentation, "fixed"
             teaching, or stored views); "never" runs the teacher online.
@@ -126,7 +128,7 @@ class DistillConfig:
     rkd_distance: float = 25.0
     rkd_angle: float = 50.0
     teaching: Literal["consistent", "fixed"] = "consistent"
-    views: int = 0
+    views: int | None = None
     view_seed: int = 0
     cache_teacher: Literal["auto", "never"] = "auto"
     teacher_precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -146,7 +148,8 @@ class DistillConfig:
         check(self.unlabeled >= -1, f"distill.unlabeled must be a count, or -1 for all, got {self.unlabeled}")
         check(self.unlabeled_limit is None or self.unlabeled_limit >= 0,
               f"distill.unlabeled_limit must be a count, got {self.unlabeled_limit}")
-        check(self.views >= 0, f"distill.views must be >= 0 (0 runs the teacher online), got {self.views}")
+        check(self.views is None or self.views >= 0,
+              f"distill.views must be >= 0 (0 runs the teacher online), got {self.views}")
         check(self.dkd_warmup >= 0 and self.dist_tau > 0,
               "distill.dkd_warmup must be >= 0 and distill.dist_tau positive")
         check(min(self.dkd_alpha, self.dkd_beta, self.dist_beta, self.dist_gamma, self.rkd_distance,
@@ -343,6 +346,15 @@ def teaching_line(job: DistillJob, task: DistillTask) -> str:
     return f"{what}, teacher outputs {'cached' if task.cache is not None else 'online'}"
 
 
+# Views stored per image when --distill.views is left empty and the student trains on a CPU.
+CPU_VIEWS = 4
+
+
+def resolved_views(cfg: DistillConfig, device: torch.device) -> int:
+    """--distill.views, or when empty CPU_VIEWS stored views on a CPU and the teacher online (0) elsewhere."""
+    return cfg.views if cfg.views is not None else (CPU_VIEWS if device.type == "cpu" else 0)
+
+
 def distill_job(job: DistillJob) -> dict:
     """`fm2edge distill`: gate the teacher, build the task, run the one loop, write the run folder (per seed)."""
     from fm2edge.results import over_seeds, slug
@@ -351,7 +363,7 @@ def distill_job(job: DistillJob) -> dict:
 
 
 def distill_one(job: DistillJob) -> dict:
-    from fm2edge.config import to_dict
+    from fm2edge.config import proven_recipe, starts_trained, to_dict
     from fm2edge.data import load_unlabeled, load_unlabeled_source
     from fm2edge.device import environment
     from fm2edge.report.metrics import accuracy
@@ -369,6 +381,10 @@ def distill_one(job: DistillJob) -> dict:
             extra = limited(load_unlabeled_source(job.distill.unlabeled_source, job.data, train.image_size),
                             job.distill.unlabeled_limit)
             train = with_unlabeled(train, extra)
+    job = dataclasses.replace(job, train=proven_recipe(job.train, len(train), train.image_size[0],
+                                                       starts_trained(job.model)),
+                              distill=dataclasses.replace(job.distill, views=resolved_views(job.distill,
+                                                                                            accelerator.device)))
     torch.manual_seed(job.train.seed)  # a registered teacher gets a fresh head: its gate verdict must be reproducible
     cfg = job.distill
     teacher = load_teacher(cfg.teacher, train.num_classes, cfg.teacher_pretrained, cfg.teacher_image_size,

@@ -278,6 +278,10 @@ def auto_section(folder: str, r: dict) -> str:
                                              "budget"))
     if r.get("rungs"):
         parts.append("<h3>The search</h3>")
+        if r.get("views"):
+            parts.append(f"<p id=\"auto-teaching\">The students were taught on {r['train_images']:,} labelled and "
+                         f"{r['unlabeled_images']:,} unlabelled images, the teacher's outputs cached on "
+                         f"{r['views']} view{'s' if r['views'] > 1 else ''} of each.</p>")
         parts.append(_table("auto-rungs", ["rung", "candidates", "epochs each", "planned minutes"],
                             [[str(i), str(g["candidates"]), str(g["epochs"] or "shared"), f"{g['seconds'] / 60:.1f}"]
                              for i, g in enumerate(r["rungs"])]))
