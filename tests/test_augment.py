@@ -268,7 +268,7 @@ def test_training_with_every_augmentation_resumes_bit_for_bit(tmp_path, parquet_
     def run(name, epochs, resume=False):
         return train_job(TrainJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name="student:small_cnn"),
                                   train=TrainConfig(epochs=epochs, batch_size=16, lr=3e-3, device="cpu", augment=EVERY,
-                                                    select="last"),
+                                                    select="last", schedule="constant"),
                                   run=RunConfig(root=str(tmp_path), name=name, resume=resume)))
 
     straight = run("straight", 3)

@@ -126,7 +126,8 @@ def test_a_pretrained_student_starts_train_and_probe(tmp_path, digits_run):
 
     pretrain(tmp_path, digits_run, epochs=1, pooled=1.0, dense=0.0)
     model = ModelConfig(name="student:small_cnn", init=str(tmp_path / "pre"))
-    quick = TrainConfig(epochs=1, batch_size=64, device="cpu")
+    quick = TrainConfig(epochs=1, batch_size=64, lr=1e-3, optimizer="adam", schedule="constant", weight_decay=0.0,
+                        device="cpu")
     trained = train_job(TrainJob(data=DIGITS, model=model, train=quick, run=RunConfig(root=str(tmp_path), name="ft")))
     scratch = train_job(TrainJob(data=DIGITS, model=ModelConfig(name="student:small_cnn"), train=quick,
                                  run=RunConfig(root=str(tmp_path), name="scratch")))

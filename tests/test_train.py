@@ -13,7 +13,8 @@ from fm2edge.train import batch_plan, lr_factor, train_job
 
 
 def job(tmp_path, source, epochs=3, name="run", init=None, **train):
-    train = {"lr": 3e-3, **train}
+    # a constant rate: a run stopped after 2 of 4 epochs has had the same rates as the first 2 of a 4-epoch run
+    train = {"lr": 3e-3, "optimizer": "adam", "schedule": "constant", "weight_decay": 0.0, **train}
     return TrainJob(data=DataConfig(source=str(source)), model=ModelConfig(name="student:small_cnn", init=init),
                     train=TrainConfig(epochs=epochs, batch_size=16, device="cpu", **train),
                     run=RunConfig(root=str(tmp_path), name=name))
@@ -370,7 +371,8 @@ def test_backbone_lr_scales_only_the_backbone(tmp_path, parquet_dir):
     from fm2edge.train import build_optimizer
 
     model = create_model(ModelConfig(name="student:small_cnn"), 4)
-    opt = build_optimizer(model.parameters(), TrainConfig(lr=1e-3, backbone_lr=0.1, optimizer="adamw"),
+    opt = build_optimizer(model.parameters(), TrainConfig(lr=1e-3, backbone_lr=0.1, optimizer="adamw",
+                                                                 weight_decay=0.0),
                           model.backbone)
     assert sorted(group["lr"] for group in opt.param_groups) == pytest.approx([1e-4, 1e-3])
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
