@@ -47,7 +47,7 @@ def main() -> None:
     from fm2edge.automate import AutoJob, auto_job
     from fm2edge.data import load_data
     from fm2edge.device import cpu_features
-    from fm2edge.stages import job_from_class
+    from fm2edge.parsing import job_from_class
 
     data = {"source": a.source, **({"per_class": a.per_class} if a.per_class else {}),
             **({"max_test": a.max_test} if a.max_test else {})}

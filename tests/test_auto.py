@@ -229,11 +229,25 @@ def test_a_budget_nothing_meets_is_one_clear_error(tmp_path, teacher, capsys):
     assert not (tmp_path / "a" / "plan.json").exists()
 
 
-def test_run_resume_is_refused_with_the_fix(tmp_path, capsys):
-    assert main(["auto", "--run.resume", "true", "--run.root", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("fm2edge: error:") and "rerun the same command without --run.resume" in err[-1]
-    assert not any(tmp_path.iterdir())
+def test_auto_is_a_recipe_stage_whose_rerun_is_skipped(tmp_path, teacher, capsys):
+    """`command: auto` in a recipe: its folder is the stage's, a later stage reads it, and an unchanged rerun skips
+    it (the recipe's record); --run.resume, which the recipe sets on a new stage, changes nothing for auto."""
+    from fm2edge.recipe import run_recipe
+
+    recipe = {"name": "r", "stages": [
+        {"name": "choose", "command": "auto", "args": {
+            "data": {"source": "digits"},
+            "auto": {"teachers": [str(teacher)], "students": ["student:small_cnn@16"], "views": 2, "minutes": 6,
+                     "latency_ms": 50, "min_epochs": 1, "max_epochs": 2, "device": "cpu", "finalists": 1}}},
+        {"name": "page", "command": "report", "args": {"runs": ["${choose}"]}}]}
+    results = run_recipe(recipe, tmp_path / "r")
+    assert results["choose"]["chosen"]["candidate"] == "student:small_cnn@16"
+    assert (tmp_path / "r" / "choose" / "best" / "metrics.json").exists()
+    assert 'id="auto-choice"' in (tmp_path / "r" / "page" / "report.html").read_text()
+    capsys.readouterr()
+    again = run_recipe(recipe, tmp_path / "r")
+    assert "choose (auto): unchanged, skipped" in capsys.readouterr().out
+    assert again["choose"]["chosen"] == results["choose"]["chosen"]
 
 
 def test_auto_killed_midway_resumes_to_the_same_choice(tmp_path, teacher):

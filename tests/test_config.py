@@ -62,14 +62,15 @@ RECIPES = [p for p in CONFIGS if "stages" in (yaml.safe_load(p.read_text()) or {
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_yaml_loads(path):
     if path in RECIPES:  # every stage's settings must build its job (nothing runs)
-        from fm2edge.recipe import load_recipe, place, substitute
-        from fm2edge.stages import job_from_dict
+        from fm2edge.recipe import load_recipe, substitute
+        from fm2edge.stagecache import place
+        from fm2edge.stages import STAGES, job_from_dict
 
         recipe = load_recipe(path)
         folders = {s["name"]: f"runs/x/{s['name']}" for s in recipe["stages"]}
         for stage in recipe["stages"]:
-            args = place(stage["command"], substitute(stage.get("args", {}), folders), Path(folders[stage["name"]]),
-                         Path("runs/x"))
+            args = place(stage["command"], STAGES[stage["command"]].job, substitute(stage.get("args", {}), folders),
+                         Path(folders[stage["name"]]), Path("runs/x"))
             assert job_from_dict(stage["command"], args) is not None
     else:
         assert parse(["train", "--config", str(path)]) is not None

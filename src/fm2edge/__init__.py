@@ -29,7 +29,7 @@ def auto(config: dict | None = None, **sections):
     30})`` chooses, trains, exports and proves the most accurate model within the budget and returns what
     RUN/auto.json holds (the choice, its test accuracy beside the teacher's, the leaderboard)."""
     from fm2edge.automate import AutoJob, auto_job
-    from fm2edge.stages import job_from_class
+    from fm2edge.parsing import job_from_class
 
     return auto_job(job_from_class(AutoJob, "auto", {**(config or {}), **sections}))
 

@@ -8,21 +8,20 @@ import logging
 import os
 import sys
 
-from fm2edge.automate import AutoJob, auto_job
 from fm2edge.catalog import ListJob, list_job
 from fm2edge.config import DemoJob
 from fm2edge.demo import demo_job
 from fm2edge.errors import Fm2EdgeError
+from fm2edge.parsing import command_parser, one_line
 from fm2edge.push import PushJob, push_job
 from fm2edge.recipe import RunJob, run_job
-from fm2edge.stages import STAGES, Stage, command_parser, one_line
+from fm2edge.stages import STAGES, Stage
 
 COMMANDS: dict[str, Stage] = {
-    "auto": Stage(auto_job, AutoJob, "a folder of labelled photos and a latency budget in, the most accurate "
-                  "verified model out (teacher, student, size and precision chosen on validation)"),
+    "auto": STAGES["auto"],  # the main job first in --help
     "run": Stage(run_job, RunJob, "run a recipe YAML (embed -> probe -> ... -> report), skipping unchanged stages"),
     "demo": Stage(demo_job, DemoJob, "run the whole lifecycle offline on scikit-learn's digits (no arguments needed)"),
-    **STAGES,
+    **{name: stage for name, stage in STAGES.items() if name != "auto"},
     "push": Stage(push_job, PushJob, "upload a run's model (weights, config.json, card, ONNX) to the Hugging Face Hub"),
     "list": Stage(list_job, ListJob, "list registered models and accepted data sources"),
 }

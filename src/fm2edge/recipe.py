@@ -12,8 +12,6 @@ interrupted has no record and runs again, continuing from its own checkpoints.
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -24,7 +22,8 @@ import yaml
 
 from fm2edge.config import check
 from fm2edge.errors import Fm2EdgeError
-from fm2edge.stages import STAGES, job_from_dict
+from fm2edge.stagecache import run_cached
+from fm2edge.stages import STAGES
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -112,72 +111,22 @@ def substitute(value: Any, folders: dict[str, str]) -> Any:
     return value
 
 
-def place(command: str, args: dict, folder: Path, root: Path) -> dict:
-    """Point the stage's outputs at its folder (run.root/run.name, or output)."""
-    import dataclasses
-
-    cls = STAGES[command].job
-    fields = {f.name for f in dataclasses.fields(cls)}
-    args = copy.deepcopy(args)
-    if "run" in fields:
-        args["run"] = {**args.get("run", {}), "root": str(folder.parent), "name": folder.name}
-    elif command == "bench":
-        args["output"] = str(folder / "bench.json")
-    elif "output" in fields:
-        args["output"] = str(folder)
-    if command == "report":
-        args.setdefault("runs", [str(root)])
-    return args
-
-
-def stage_key(command: str, args: dict, previous: str) -> str:
-    return hashlib.sha1(json.dumps([command, args, previous], sort_keys=True, default=str).encode()).hexdigest()
-
-
 # ---------------------------------------------------------------- running
 
 
 def run_recipe(recipe: dict, root: Path, force: bool = False, only: str | None = None) -> dict[str, Any]:
     """Run the recipe's stages in order into ``root``; returns {stage: result}."""
-    import time
-
-    from fm2edge.runs import atomic_write_json
-
     folders = {s["name"]: str(root / s["name"]) for s in recipe["stages"]}
     if only is not None and only not in folders:
         raise Fm2EdgeError(f"--only names no stage of this recipe; stages: {list(folders)}")
-    state = root / ".stages"
     previous, results = "", {}
     for stage in recipe["stages"]:
         name, command = stage["name"], stage["command"]
-        args = place(command, substitute(stage.get("args", {}) or {}, folders), Path(folders[name]), root)
-        key = stage_key(command, args, previous)
-        record_path = state / f"{name}.json"
-        record = json.loads(record_path.read_text()) if record_path.exists() else None
-        previous = key
-        if record is not None and record["key"] == key and not force:
-            print(f"== {name} ({command}): unchanged, skipped")
-            results[name] = record["result"]
-        else:
-            if "run" in args:  # changed: start the folder afresh; interrupted or new: continue what is there
-                args["run"].update(overwrite=record is not None, resume=record is None)
-            print(f"\n== {name} ({command})" + (": settings changed, rerunning" if record else ""))
-            t0 = time.perf_counter()
-            result = STAGES[command].run(job_from_dict(command, args))
-            seconds = time.perf_counter() - t0
-            atomic_write_json(record_path, {"key": key, "command": command, "args": args, "seconds": seconds,
-                                            "result": result})
-            results[name] = json.loads(record_path.read_text())["result"]
-            print(f"   ({seconds:.0f} s)")
+        results[name], previous = run_cached(root, name, command, STAGES[command].job, STAGES[command].run,
+                                             substitute(stage.get("args", {}) or {}, folders), previous, force)
         if name == only:
             break
     return results
-
-
-def stage_seconds(root: Path) -> dict[str, float]:
-    """``{stage: seconds}`` for the finished stages of the recipe run at ``root`` (how long each took when it ran)."""
-    return {p.stem: float(json.loads(p.read_text()).get("seconds", 0.0))
-            for p in sorted((Path(root) / ".stages").glob("*.json"))}
 
 
 def run_job(job: RunJob) -> dict:

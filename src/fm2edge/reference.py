@@ -10,7 +10,7 @@ import typing
 from dataclasses import dataclass
 
 from fm2edge.cli import COMMANDS, POSITIONAL
-from fm2edge.stages import command_parser
+from fm2edge.parsing import command_parser
 
 
 @dataclass(frozen=True)

@@ -91,13 +91,10 @@ class AutoJob:
     ``fm2edge auto --data.source photos/ --auto.latency_ms 2 --auto.minutes 30``. Every candidate is an ordinary
     run folder under RUN; RUN/leaderboard.csv ranks them, RUN/best is the chosen model (with its ONNX files), and
     RUN/auto.json says what was chosen, on what, and where the minutes went. Rerun the same command to resume
-    (always; --run.overwrite true starts again from nothing).
+    (always, so --run.resume changes nothing; --run.overwrite true starts again from nothing). In a recipe it is a
+    stage like any other (``command: auto``), its teacher a run folder of an earlier stage if you like.
     """
 
     data: DataConfig = field(default_factory=lambda: DataConfig(source="digits"))
     auto: AutoConfig = field(default_factory=AutoConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(name=None))
-
-    def __post_init__(self) -> None:
-        check(not self.run.resume, "fm2edge auto resumes by itself: rerun the same command without --run.resume "
-              "(--run.overwrite true starts again from nothing)")

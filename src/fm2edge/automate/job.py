@@ -196,7 +196,7 @@ def auto_root(job: AutoJob) -> Path:
 
 def spent_before(root: Path) -> float:
     """Seconds earlier calls of this run spent in finished stages (a resumed run counts them against the budget)."""
-    from fm2edge.recipe import stage_seconds
+    from fm2edge.stagecache import stage_seconds
 
     plan = root / "plan.json"
     return sum(stage_seconds(root).values()) + (json.loads(plan.read_text())["planning_seconds"] if plan.exists()
@@ -207,7 +207,7 @@ def minutes_by_step(root: Path, plan: dict, total_minutes: float) -> dict[str, f
     """Where the minutes went: measuring and planning, the teacher probes, the students of each rung, the exports,
     and the rest (the teacher's cached outputs are inside the first student's stage; choosing, the test read and
     writing the results are in "other")."""
-    from fm2edge.recipe import stage_seconds
+    from fm2edge.stagecache import stage_seconds
 
     steps = {"measuring and planning": plan["planning_seconds"] / 60}
     for name, seconds in stage_seconds(root).items():
@@ -222,10 +222,16 @@ def minutes_by_step(root: Path, plan: dict, total_minutes: float) -> dict[str, f
 
 
 def run_one_stage(root: Path, name: str, command: str, args: dict) -> dict:
-    """One stage into ROOT/name, skipped when it already finished with the same settings (see `fm2edge run`)."""
-    from fm2edge.recipe import run_recipe
+    """One stage (a probe, a student's distillation or an export) into ROOT/name, skipped when it already finished
+    with the same settings (as `fm2edge run` skips a recipe's stages)."""
+    from fm2edge.distill.task import DistillJob, distill_job
+    from fm2edge.export import ExportJob, export_job
+    from fm2edge.probe import ProbeJob, probe_job
+    from fm2edge.stagecache import run_cached
 
-    return run_recipe({"stages": [{"name": name, "command": command, "args": args}]}, root)[name]
+    job_cls, run = {"probe": (ProbeJob, probe_job), "distill": (DistillJob, distill_job),
+                    "export": (ExportJob, export_job)}[command]
+    return run_cached(root, name, command, job_cls, run, args)[0]
 
 
 def measure_candidates(job: AutoJob, num_classes: int) -> list[dict]:
@@ -477,7 +483,7 @@ def train_student(job: AutoJob, root: Path, plan: dict, f: dict, rung: int, epoc
         args["model"]["init"] = start
         args["train"]["lr"] *= CONTINUE_LR
         args["train"]["head_init"] = "random"  # the head it has is the trained one
-    from fm2edge.recipe import stage_seconds
+    from fm2edge.stagecache import stage_seconds
 
     metrics = run_one_stage(root, name, "distill", args)
     kept = next((h for h in metrics["history"] if h["epoch"] == metrics["selected"]["epoch"]), {})
