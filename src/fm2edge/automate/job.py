@@ -559,16 +559,22 @@ def option(f: dict, folder: Path, result: dict, precision: str, key: str, recipe
             "spread": latency["spread"], "mb": result["size_bytes"][key] / 1e6, "params": f["params"]}
 
 
-def read_test_once(chosen: dict, teacher: dict, test, device) -> dict:
-    """The test split, read once, for the chosen model (as shipped: its ONNX graph) and for the teacher."""
+def read_test_once(root: Path, chosen: dict, teacher: dict, test, device) -> dict:
+    """The test split, read once, for the chosen model (as shipped: its ONNX graph) and for the teacher: a probe
+    this run made scored the same split as it was fitted (its metrics hold the figure), any other teacher is scored
+    here."""
     from fm2edge.models.io import load_classifier
     from fm2edge.report.metrics import accuracy
     from fm2edge.train import predict
 
     chosen_acc = accuracy(graph_probabilities(load_classifier(chosen["folder"]), Path(chosen["onnx"]), test.images),
                           test.labels)
-    teacher_model = load_classifier(teacher["folder"]).to(device)
-    teacher_acc = accuracy(predict(teacher_model, test, 64, device), test.labels)
+    probed = read_metrics(teacher["folder"]) if Path(teacher["folder"]).parent == root else {}
+    if probed.get("stage") == "probe" and probed.get("n_test") == len(test) and probed.get("test_acc") is not None:
+        teacher_acc = probed["test_acc"]
+    else:
+        teacher_model = load_classifier(teacher["folder"]).to(device)
+        teacher_acc = accuracy(predict(teacher_model, test, 64, device), test.labels)
     return {"chosen_test_acc": chosen_acc, "teacher_test_acc": teacher_acc, "test_images": len(test),
             "gap_points": 100 * (teacher_acc - chosen_acc)}
 
@@ -679,7 +685,7 @@ def auto_job(job: AutoJob) -> dict:
     if chosen is None:
         raise Fm2EdgeError(f"no finalist meets the budget once exported (latency {job.auto.latency_ms} ms); see "
                            f"{root}/plan.json and the export folders; raise --auto.latency_ms or --auto.finalists")
-    test = read_test_once(chosen, plan["teacher"], data[2], resolve_device(job.auto.device))
+    test = read_test_once(root, chosen, plan["teacher"], data[2], resolve_device(job.auto.device))
     rows = leaderboard(plan, trained, finalists)
     best = write_best(root, chosen, test)
     minutes = (before + time.perf_counter() - started) / 60
