@@ -12,7 +12,7 @@ import time
 import pytest
 
 from fm2edge.automate.config import AutoConfig
-from fm2edge.automate.job import choose, plan_rungs, respace_rungs, screen, size_epochs, teaching_plan
+from fm2edge.automate.job import choose, extension, plan_rungs, respace_rungs, screen, size_epochs, teaching_plan
 from fm2edge.cli import main
 
 
@@ -66,6 +66,24 @@ def test_later_rungs_are_resized_to_the_time_left_at_the_loops_measured_speed():
     # a faster loop than planned buys more epochs, up to a survivor's cap; no time for one epoch ends the search
     assert respace_rungs(per_epoch, [3, 2], seconds=10_000.0, overhead=5.0, hi=12) == [4, 8]
     assert respace_rungs(per_epoch, [3, 2], seconds=40.0, overhead=5.0, hi=30) == []
+
+
+def test_time_the_planned_rungs_leave_goes_to_the_finalists_once(tmp_path):
+    from fm2edge.automate.config import AutoJob
+
+    job = AutoJob(auto=AutoConfig(minutes=10, max_epochs=30))
+    plan = {"planning_seconds": 60.0, "export_seconds": 30.0}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    alive = [{"candidate": "a", "epoch_seconds": 10.0, "overhead_seconds": 5.0, "trained_epochs": 6},
+             {"candidate": "b", "epoch_seconds": 5.0, "overhead_seconds": 9.0, "trained_epochs": 6}]
+    # 600 s less 3% for unrecorded work, planning and exports: 492 s; each epoch of both 15 s, 5 s per stage each
+    assert extension(job, tmp_path, plan, alive) == 24  # 32 would fit; 30 epochs at most in all
+    assert json.loads((tmp_path / "plan.json").read_text())["respaced"]["extension"]["epochs"] == 24
+    alive[0]["trained_epochs"] = 99  # written once: a resumed run follows it whatever has changed since
+    assert extension(job, tmp_path, plan, alive) == 24
+    tight = {"planning_seconds": 565.0, "export_seconds": 0.0}
+    (tmp_path / "plan.json").write_text(json.dumps(tight))
+    assert extension(job, tmp_path, tight, alive[1:]) == 0  # 17 s left: one epoch, not worth a further cycle
 
 
 def test_the_teachers_time_buys_distinct_images_before_views():

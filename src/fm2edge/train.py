@@ -324,6 +324,38 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
         return fit_loop(task, model, train, val, test, cfg, run, accelerator, config)
 
 
+@dataclass
+class LoopState:
+    """Where a run's training stands (what its checkpoints hold besides the weights): the next epoch, the epochs'
+    rows, the epoch it resumed from, the seconds earlier calls spent, and which epoch is kept so far."""
+
+    start_epoch: int = 0
+    history: list[dict] = dataclasses.field(default_factory=list)
+    resumed_from: int | None = None
+    elapsed: float = 0.0
+    selection: Selection = dataclasses.field(default_factory=Selection)
+
+
+@dataclass
+class Steps:
+    """The optimiser steps of a run: per epoch, in all, and of warm-up (what the rate schedule reads)."""
+
+    per_epoch: int
+    total: int
+    warmup: int
+
+    def factor(self, step: int, schedule: str) -> float:
+        return lr_factor(step, self.total, self.warmup, schedule)
+
+
+def plan_steps(n: int, cfg: TrainConfig, world: int, rank: int) -> Steps:
+    batches = len(batch_plan(n, cfg.batch_size, world, rank, torch.Generator().manual_seed(0)))
+    if batches == 0:
+        raise Fm2EdgeError(f"the training set has {n} images, fewer than the {world} processes")
+    per_epoch = math.ceil(batches / cfg.grad_accum)  # optimiser steps
+    return Steps(per_epoch, per_epoch * cfg.epochs, int(cfg.warmup_epochs * per_epoch))
+
+
 def fit_loop(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | None, test: ImageData | None,
              cfg: TrainConfig, run: RunDir, accelerator, config: dict | None = None) -> FitResult:
     """Train ``task`` (which owns ``model``) for ``cfg.epochs``, checkpointing every epoch and resuming when possible.
@@ -333,187 +365,215 @@ def fit_loop(task: nn.Module, model: Classifier, train: ImageData, val: ImageDat
     split is read once, at the end, on the kept weights. A task without labels to score (``fm2edge pretrain``)
     returns no "logits" and passes no test split.
     """
-    from tqdm.auto import tqdm
-
     device = accelerator.device
     torch.manual_seed(cfg.seed)
-    conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    channels_last = cfg.channels_last and conv
+    channels_last = cfg.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules())
     if channels_last:
         model.to(memory_format=torch.channels_last)
     task.to(device)
     # frozen weights (a LoRA base, a linear probe's backbone) get no optimiser state
     optimizer = build_optimizer(task.parameters(), cfg, getattr(model, "backbone", None))
-    world, rank = accelerator.num_processes, accelerator.process_index
-    batches_per_epoch = len(batch_plan(len(train), cfg.batch_size, world, rank, torch.Generator().manual_seed(0)))
-    if batches_per_epoch == 0:
-        raise Fm2EdgeError(f"the training set has {len(train)} images, fewer than the {world} processes")
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)  # optimiser steps
-    total = steps_per_epoch * cfg.epochs
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, cfg.schedule))
-
+    steps = plan_steps(len(train), cfg, accelerator.num_processes, accelerator.process_index)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: steps.factor(s, cfg.schedule))
     noise = selection_noise(len(val)) if val is not None and cfg.select == "best" else None
     if noise and noise["noisy"] and accelerator.is_main_process:
         log.warning(noise["warning"])
-    history: list[dict] = []
-    start_epoch, resumed_from, elapsed = 0, None, 0.0  # elapsed: seconds spent in earlier calls of this run
-    selection = Selection()
-    ckpt = latest_checkpoint(run)
-    ema = None
-    if ckpt is not None:
-        ema = weight_average(model, cfg)
-        state = load_checkpoint(ckpt, task, optimizer, ema.module if ema is not None else None)
-        start_epoch, history, resumed_from = state["epoch"] + 1, state["history"], state["epoch"] + 1
-        elapsed = state.get("elapsed", sum(h["seconds"] for h in history))  # older checkpoints: the epochs' own
-        selection = Selection(**state.get("selection", {}))
-        scheduler.last_epoch = start_epoch * steps_per_epoch  # steps taken: the next one reads f(that count)
-        for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * lr_factor(start_epoch * steps_per_epoch, total, warmup, cfg.schedule)
-        if accelerator.is_main_process:
-            print(f"resuming {run.path.name} from the end of epoch {start_epoch} ({ckpt.name})")
-    elif cfg.head_init == "probe":  # every process fits the same head (a deterministic convex fit)
-        info = probe_head(model, train, cfg.eval_batch_size, device)
-        val_text = ""
-        if val is not None:  # the probe itself is a candidate: "best" may keep it when fine-tuning only hurts
-            val_acc, val_loss = validate(model, val, cfg, device, channels_last)
-            selection.offer(0, val_acc, val_loss)
-            val_text = f", val acc {100 * val_acc:.2f}%"
-            if accelerator.is_main_process and cfg.select == "best":
-                save_best(run, task, selection)
-        if accelerator.is_main_process:
-            print(f"epoch 0 (head = linear probe on the frozen backbone, C {info['C']:g}): train acc "
-                  f"{100 * info['train_acc']:.2f}%{val_text}")
-    if ckpt is None:  # the average starts from the weights training starts from (after a probe head, if any)
-        ema = weight_average(model, cfg)
+    state, ema = start_or_resume(run, task, model, optimizer, scheduler, steps, train, val, cfg, channels_last,
+                                 accelerator)
     average = ema.module if ema is not None else None
     raw_task = task  # checkpoints and evaluation use the module itself, not its DDP / compiled wrappers
     if cfg.compile:
         task = torch.compile(task)
     task, optimizer = accelerator.prepare(task, optimizer)
-
     images, labels = _place(train, device)
     # where each batch's views come from: the task's stored ones (cached teaching) or drawn afresh each epoch
     view_source = getattr(raw_task, "view_source", None) or OnlineViews(cfg.augment, len(train),
                                                                          train.image_size[0])
     t_start = time.perf_counter()
-    end_epoch = start_epoch if selection.stopped_early else cfg.epochs
-    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)  # timm's BatchNormAct2d included
-    batch_norms = [m for m in model.modules() if isinstance(m, norms)] if cfg.freeze_bn else []
-    for epoch in range(start_epoch, end_epoch):
-        task.train()
-        for module in batch_norms:  # --train.freeze_bn: running statistics fixed, affine parameters trained
-            module.eval()
-        seed = cfg.seed * 1_000_003 + epoch
-        torch.manual_seed(seed)
-        cpu_gen = torch.Generator().manual_seed(seed)
-        dev_gen = torch.Generator(device=device).manual_seed(seed + rank)
-        batches = batch_plan(len(train), cfg.batch_size, world, rank, cpu_gen)
-        loss_sum = torch.zeros((), device=device)
-        part_sums: dict[str, torch.Tensor] = {}
-        correct = torch.zeros((), device=device)
-        labelled = torch.zeros((), device=device)  # images distilled on without a label (-1) count in no accuracy
-        seen = 0
-        t0 = time.perf_counter()
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                   disable=not accelerator.is_local_main_process)
-        for step, idx in enumerate(bar):
-            gidx = idx.to(images.device) if images.device.type == "cuda" else idx
-            x = move(images[gidx], device)
-            y = move(labels[idx.to(labels.device)], device)
-            views = view_source(idx, epoch, dev_gen)
-            partners = partner_labels = None
-            if views is not None and views.mixes:  # each mixed view's partner image, from anywhere in the data
-                pidx = views.col("partner").long().clamp_min(0).cpu()
-                partners = move(images[pidx.to(images.device)], device)
-                partner_labels = move(labels[pidx.to(labels.device)], device)
-            # gradient accumulation: sum micro-batch gradients (without a DDP all-reduce until the last one),
-            # then take one optimiser step
-            group_end = (step + 1) % cfg.grad_accum == 0 or step == len(batches) - 1
-            in_group = min(cfg.grad_accum, len(batches) - (step // cfg.grad_accum) * cfg.grad_accum)
-            sync = contextlib.nullcontext() if group_end or world == 1 else accelerator.no_sync(task)
-            with sync:
-                # the index lets a task look up cached teacher outputs
-                out = task(x, y, idx.to(device), views, partners, partner_labels)
-                accelerator.backward(out["loss"] / in_group if cfg.grad_accum > 1 else out["loss"])
-            if group_end:
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if ema is not None:  # the step count sets the warmed-up decay, the same after a resume
-                    ema.update(model, step=scheduler.last_epoch)
-            loss_sum += out["loss"].detach() * len(y)
-            for name, part in out.items():
-                if name.startswith("loss_"):
-                    part_sums[name] = part_sums.get(name, torch.zeros((), device=device)) + part.detach() * len(y)
-            if "logits" in out:
-                correct += (out["logits"].detach().argmax(-1) == y).sum()
-                labelled += (y >= 0).sum()
-            seen += len(y)
-            if step % 20 == 0 or step == len(batches) - 1:
-                mean_loss = float(loss_sum) / seen
-                if not math.isfinite(mean_loss):
-                    last = latest_checkpoint(run)
-                    raise Fm2EdgeError(f"the loss became {mean_loss} at epoch {epoch + 1}, step {step + 1}; "
-                                       f"the last good checkpoint is {last.name if last else 'none'}; lower "
-                                       f"--train.lr or check the data")
-                rate = seen * world / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
-        totals = accelerator.reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device),
-                                                 labelled.float(), *part_sums.values()]), reduction="sum")
-        seconds = time.perf_counter() - t0
-        evaluate = val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
-        val_acc = val_loss = None
-        raw = {}
-        if evaluate:
-            val_acc, val_loss = validate(model if average is None else average, val, cfg, device, channels_last,
-                                         accelerator)
-            if average is not None:  # the live weights beside their average, to see what it gives
-                raw = {"val_acc_raw": validate(model, val, cfg, device, channels_last, accelerator)[0]}
-        improved = val_acc is not None and selection.offer(epoch + 1, val_acc, val_loss)
-        if cfg.patience and selection.stale >= cfg.patience:
-            selection.stopped_early = True
-        row = {"epoch": epoch + 1, "train_loss": float(totals[0] / totals[2]),
-               "train_acc": float(totals[1] / totals[3]) if float(totals[3]) else float("nan"),
-               "val_acc": val_acc, "val_loss": val_loss, **raw, "lr": optimizer.param_groups[0]["lr"],
-               "seconds": seconds, "images_per_s": float(totals[2]) / seconds,
-               **{name: float(total / totals[2]) for name, total in zip(part_sums, totals[4:], strict=True)}}
-        history.append(row)
+    for epoch in range(state.start_epoch, state.start_epoch if state.selection.stopped_early else cfg.epochs):
+        sums = train_epoch(task, model, (images, labels), view_source, optimizer, scheduler, ema, cfg, epoch,
+                           accelerator, run)
+        row, improved = score_epoch(sums, model, average, val, cfg, epoch, channels_last, accelerator,
+                                    state.selection, optimizer.param_groups[0]["lr"])
+        state.history.append(row)
         if accelerator.is_main_process:
-            run.log_epoch({k: v for k, v in row.items()
-                           if isinstance(v, (int, float)) and k != "epoch" and not math.isnan(v)}, epoch + 1)
-        if accelerator.is_main_process:
-            if cfg.epochs <= 20 or evaluate:
-                val_text = f"val acc {100 * val_acc:.2f}%{' (best)' if improved else ''}" if evaluate else (
-                    "val acc -" if val is not None else "")
-                acc_text = "" if math.isnan(row["train_acc"]) else f"train acc {100 * row['train_acc']:.2f}%  "
-                print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}  {acc_text}{val_text}  "
-                      f"({seconds:.1f} s, {row['images_per_s']:.0f} img/s)")
-            if improved and cfg.select == "best":
-                with holding(model, average):
-                    save_best(run, raw_task, selection)
-            last = epoch + 1 == cfg.epochs or selection.stopped_early
-            if (epoch + 1) % cfg.checkpoint_every == 0 or last:
-                save_checkpoint(run, epoch, raw_task, optimizer,
-                                {"epoch": epoch, "history": history, "selection": dataclasses.asdict(selection),
-                                 "config": config, "elapsed": elapsed + time.perf_counter() - t_start},
-                                cfg.keep_checkpoints, average)
-                run.write_metrics(None, {"history": history})
+            record_epoch(run, raw_task, optimizer, row, improved, cfg, epoch, model, average, state.selection,
+                         {"epoch": epoch, "history": state.history, "selection": dataclasses.asdict(state.selection),
+                          "config": config, "elapsed": state.elapsed + time.perf_counter() - t_start},
+                         val is not None)
         accelerator.wait_for_everyone()
-        if selection.stopped_early:
+        if state.selection.stopped_early:
             if accelerator.is_main_process:
                 print(f"no better validation accuracy for {cfg.patience} evaluations: stopping after epoch "
-                      f"{epoch + 1} (best: epoch {selection.epoch})")
+                      f"{epoch + 1} (best: epoch {state.selection.epoch})")
             break
     if average is not None:  # the average is what is kept, whichever epoch's
         model.load_state_dict(average.state_dict())
-    chosen = finish_selection(run, raw_task, selection, history, cfg, val is not None)
+    chosen = finish_selection(run, raw_task, state.selection, state.history, cfg, val is not None)
     if noise is not None:
         chosen["noise"] = noise
     test_logits = None if test is None else predict(model, test, cfg.eval_batch_size, device, channels_last,
                                                     accelerator)
     # a resumed run's time is all of its calls': reopening a finished run must not report 0 s of training
-    return FitResult(history, test_logits, elapsed + time.perf_counter() - t_start, resumed_from, chosen)
+    return FitResult(state.history, test_logits, state.elapsed + time.perf_counter() - t_start, state.resumed_from,
+                     chosen)
+
+
+def start_or_resume(run: RunDir, task: nn.Module, model: Classifier, optimizer, scheduler, steps: Steps,
+                    train: ImageData, val: ImageData | None, cfg: TrainConfig, channels_last: bool, accelerator):
+    """(the loop's state, the weight average or None): from the run's latest checkpoint when it has one (weights,
+    optimiser, schedule position, history, selection), else from the start, with the head first fitted as a probe
+    under --train.head_init probe (epoch 0, itself a candidate for "best")."""
+    state, ema = LoopState(), None
+    ckpt = latest_checkpoint(run)
+    if ckpt is not None:
+        ema = weight_average(model, cfg)
+        saved = load_checkpoint(ckpt, task, optimizer, ema.module if ema is not None else None)
+        epoch = saved["epoch"] + 1
+        state = LoopState(epoch, saved["history"], epoch,  # older checkpoints: the epochs' own seconds
+                          saved.get("elapsed", sum(h["seconds"] for h in saved["history"])),
+                          Selection(**saved.get("selection", {})))
+        scheduler.last_epoch = epoch * steps.per_epoch  # steps taken: the next one reads f(that count)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * steps.factor(epoch * steps.per_epoch, cfg.schedule)
+        if accelerator.is_main_process:
+            print(f"resuming {run.path.name} from the end of epoch {epoch} ({ckpt.name})")
+        return state, ema
+    if cfg.head_init == "probe":  # every process fits the same head (a deterministic convex fit)
+        info = probe_head(model, train, cfg.eval_batch_size, accelerator.device)
+        val_text = ""
+        if val is not None:  # the probe itself is a candidate: "best" may keep it when fine-tuning only hurts
+            val_acc, val_loss = validate(model, val, cfg, accelerator.device, channels_last)
+            state.selection.offer(0, val_acc, val_loss)
+            val_text = f", val acc {100 * val_acc:.2f}%"
+            if accelerator.is_main_process and cfg.select == "best":
+                save_best(run, task, state.selection)
+        if accelerator.is_main_process:
+            print(f"epoch 0 (head = linear probe on the frozen backbone, C {info['C']:g}): train acc "
+                  f"{100 * info['train_acc']:.2f}%{val_text}")
+    # the average starts from the weights training starts from (after a probe head, if any)
+    return state, weight_average(model, cfg)
+
+
+def train_epoch(task: nn.Module, model: Classifier, data: tuple[torch.Tensor, torch.Tensor], view_source,
+                optimizer, scheduler, ema, cfg: TrainConfig, epoch: int, accelerator, run: RunDir) -> dict:
+    """One pass over the training images in this epoch's seeded order (this process's shard), with gradient
+    accumulation and the weight average's update; the sums every process contributed: loss, correct, images,
+    labelled images and each loss part, and the seconds it took."""
+    from tqdm.auto import tqdm
+
+    images, labels = data
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    task.train()
+    if cfg.freeze_bn:  # running statistics fixed, affine parameters trained (timm's BatchNormAct2d included)
+        for module in model.modules():
+            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)):
+                module.eval()
+    seed = cfg.seed * 1_000_003 + epoch
+    torch.manual_seed(seed)
+    dev_gen = torch.Generator(device=device).manual_seed(seed + rank)
+    batches = batch_plan(len(labels), cfg.batch_size, world, rank, torch.Generator().manual_seed(seed))
+    loss_sum = torch.zeros((), device=device)
+    part_sums: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), device=device)
+    labelled = torch.zeros((), device=device)  # images distilled on without a label (-1) count in no accuracy
+    seen = 0
+    t0 = time.perf_counter()
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+               disable=not accelerator.is_local_main_process)
+    for step, idx in enumerate(bar):
+        gidx = idx.to(images.device) if images.device.type == "cuda" else idx
+        x = move(images[gidx], device)
+        y = move(labels[idx.to(labels.device)], device)
+        views = view_source(idx, epoch, dev_gen)
+        partners = partner_labels = None
+        if views is not None and views.mixes:  # each mixed view's partner image, from anywhere in the data
+            pidx = views.col("partner").long().clamp_min(0).cpu()
+            partners = move(images[pidx.to(images.device)], device)
+            partner_labels = move(labels[pidx.to(labels.device)], device)
+        # gradient accumulation: sum micro-batch gradients (without a DDP all-reduce until the last one), then take
+        # one optimiser step
+        group_end = (step + 1) % cfg.grad_accum == 0 or step == len(batches) - 1
+        in_group = min(cfg.grad_accum, len(batches) - (step // cfg.grad_accum) * cfg.grad_accum)
+        sync = contextlib.nullcontext() if group_end or world == 1 else accelerator.no_sync(task)
+        with sync:
+            # the index lets a task look up cached teacher outputs
+            out = task(x, y, idx.to(device), views, partners, partner_labels)
+            accelerator.backward(out["loss"] / in_group if cfg.grad_accum > 1 else out["loss"])
+        if group_end:
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:  # the step count sets the warmed-up decay, the same after a resume
+                ema.update(model, step=scheduler.last_epoch)
+        loss_sum += out["loss"].detach() * len(y)
+        for name, part in out.items():
+            if name.startswith("loss_"):
+                part_sums[name] = part_sums.get(name, torch.zeros((), device=device)) + part.detach() * len(y)
+        if "logits" in out:
+            correct += (out["logits"].detach().argmax(-1) == y).sum()
+            labelled += (y >= 0).sum()
+        seen += len(y)
+        if step % 20 == 0 or step == len(batches) - 1:
+            mean_loss = float(loss_sum) / seen
+            if not math.isfinite(mean_loss):
+                last = latest_checkpoint(run)
+                raise Fm2EdgeError(f"the loss became {mean_loss} at epoch {epoch + 1}, step {step + 1}; the last "
+                                   f"good checkpoint is {last.name if last else 'none'}; lower --train.lr or check "
+                                   f"the data")
+            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{seen * world / (time.perf_counter() - t0):.0f}")
+    totals = accelerator.reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device),
+                                             labelled.float(), *part_sums.values()]), reduction="sum")
+    return {"loss": float(totals[0]), "correct": float(totals[1]), "images": float(totals[2]),
+            "labelled": float(totals[3]), "parts": {name: float(t) for name, t in zip(part_sums, totals[4:],
+                                                                                       strict=True)},
+            "seconds": time.perf_counter() - t0}
+
+
+def score_epoch(sums: dict, model: Classifier, average: nn.Module | None, val: ImageData | None, cfg: TrainConfig,
+                epoch: int, channels_last: bool, accelerator, selection: Selection, lr: float) -> tuple[dict, bool]:
+    """(the epoch's row of the history, whether it is the new best): the training sums as means, and on evaluated
+    epochs validation accuracy and loss (of the weight average, with the live weights' beside it), offered to the
+    selection, which stops early after --train.patience evaluations without improvement."""
+    evaluate = val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
+    val_acc = val_loss = None
+    raw = {}
+    if evaluate:
+        val_acc, val_loss = validate(model if average is None else average, val, cfg, accelerator.device,
+                                     channels_last, accelerator)
+        if average is not None:  # the live weights beside their average, to see what it gives
+            raw = {"val_acc_raw": validate(model, val, cfg, accelerator.device, channels_last, accelerator)[0]}
+    improved = val_acc is not None and selection.offer(epoch + 1, val_acc, val_loss)
+    if cfg.patience and selection.stale >= cfg.patience:
+        selection.stopped_early = True
+    row = {"epoch": epoch + 1, "train_loss": sums["loss"] / sums["images"],
+           "train_acc": sums["correct"] / sums["labelled"] if sums["labelled"] else float("nan"),
+           "val_acc": val_acc, "val_loss": val_loss, **raw, "lr": lr,
+           "seconds": sums["seconds"], "images_per_s": sums["images"] / sums["seconds"],
+           **{name: total / sums["images"] for name, total in sums["parts"].items()}}
+    return row, improved
+
+
+def record_epoch(run: RunDir, module: nn.Module, optimizer, row: dict, improved: bool, cfg: TrainConfig,
+                 epoch: int, model: Classifier, average: nn.Module | None, selection: Selection, state: dict,
+                 has_val: bool) -> None:
+    """The epoch's row to the tracker and the console, the best weights so far kept, and a checkpoint (with the
+    loop's ``state``) every --train.checkpoint_every epochs and after the last."""
+    run.log_epoch({k: v for k, v in row.items()
+                   if isinstance(v, (int, float)) and k != "epoch" and not math.isnan(v)}, epoch + 1)
+    evaluated = row["val_acc"] is not None
+    if cfg.epochs <= 20 or evaluated:
+        val_text = f"val acc {100 * row['val_acc']:.2f}%{' (best)' if improved else ''}" if evaluated else (
+            "val acc -" if has_val else "")
+        acc_text = "" if math.isnan(row["train_acc"]) else f"train acc {100 * row['train_acc']:.2f}%  "
+        print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}  {acc_text}{val_text}  "
+              f"({row['seconds']:.1f} s, {row['images_per_s']:.0f} img/s)")
+    if improved and cfg.select == "best":
+        with holding(model, average):
+            save_best(run, module, selection)
+    if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs or selection.stopped_early:
+        save_checkpoint(run, epoch, module, optimizer, state, cfg.keep_checkpoints, average)
+        run.write_metrics(None, {"history": state["history"]})
 
 
 def weight_average(model: nn.Module, cfg: TrainConfig):

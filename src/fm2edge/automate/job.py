@@ -35,6 +35,8 @@ RESPACE_MARGIN = 0.03
 HALVING = 2
 # A continuing rung's peak learning rate, relative to the first rung's (a second, gentler cycle from trained weights).
 CONTINUE_LR = 0.5
+# Fewest epochs worth a further cycle for the finalists when the planned rungs leave time over.
+MIN_EXTENSION = 2
 # At most this share of the time budget goes to the teacher's outputs on every stored view: with many unlabelled
 # images a CPU teacher would otherwise spend the whole budget before a student trains, so the plan takes as many
 # of them as that share affords.
@@ -429,8 +431,9 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
 
 def train_students(job: AutoJob, root: Path, plan: dict) -> list[dict]:
     """The planned candidates distilled from the chosen teacher, rung by rung (successive halving: each rung's
-    better half on validation continues from its weights for more epochs); each with its latest validation
-    accuracy, the rung it reached and the minutes it took in all."""
+    better half on validation continues from its weights for more epochs), then, when the plan left time over, the
+    finalists for the epochs it buys; each with its latest validation accuracy, the rung it reached and the minutes
+    it took in all."""
     select = "last" if plan["selection"]["noisy"] else "best"  # a fixed schedule when validation cannot rank epochs
     alive = [dict(f) for f in plan["candidates"] if f["epochs"]]
     done: dict[str, dict] = {}
@@ -444,12 +447,38 @@ def train_students(job: AutoJob, root: Path, plan: dict) -> list[dict]:
                 print(f"the budget has no time for rung {r}: the finalists are rung {r - 1}'s best")
                 break
             print(f"rung {r}: {', '.join(f['candidate'] for f in alive)} go on for {rungs[r]['epochs']} more epochs")
-        for f in alive:
-            f.update(train_student(job, root, plan, f, r, rungs[r]["epochs"] or f["epochs"], select, f.get("folder")))
-            done[f["candidate"]] = {**done.get(f["candidate"], {}), **f,
-                                    "minutes": done.get(f["candidate"], {}).get("minutes", 0) + f["stage_minutes"]}
+        train_rung(job, root, plan, alive, r, rungs[r]["epochs"], select, done)
         r += 1
+    else:  # every rung ran: the time the plan left over (a teacher faster than planned, say) goes to the finalists
+        alive = rank(alive)[:job.auto.finalists]
+        if more := extension(job, root, plan, alive):
+            print(f"time left over: {', '.join(f['candidate'] for f in alive)} go on for {more} more epochs")
+            train_rung(job, root, plan, alive, r, more, select, done)
     return list(done.values())
+
+
+def train_rung(job: AutoJob, root: Path, plan: dict, alive: list[dict], r: int, epochs: int | None, select: str,
+               done: dict[str, dict]) -> None:
+    """Rung ``r``: each of ``alive`` trained ``epochs`` more (its planned epochs when None), ``done`` updated."""
+    for f in alive:
+        f.update(train_student(job, root, plan, f, r, epochs or f["epochs"], select, f.get("folder")))
+        done[f["candidate"]] = {**done.get(f["candidate"], {}), **f,
+                                "minutes": done.get(f["candidate"], {}).get("minutes", 0) + f["stage_minutes"]}
+
+
+def extension(job: AutoJob, root: Path, plan: dict, alive: list[dict]) -> int:
+    """Epochs the finalists can still train in the time the budget has left after the planned rungs (0 below
+    MIN_EXTENSION, or past --auto.max_epochs); sized once and written into plan.json, so a resumed run follows it."""
+    saved = plan.setdefault("respaced", {})
+    if "extension" not in saved:
+        seconds = job.auto.minutes * 60 * (1 - RESPACE_MARGIN) - spent_before(root) - plan["export_seconds"]
+        epochs = respace_rungs({f["candidate"]: f["epoch_seconds"] for f in alive}, [len(alive)], seconds,
+                               min(f["overhead_seconds"] for f in alive),
+                               job.auto.max_epochs - max(f["trained_epochs"] for f in alive))
+        saved["extension"] = {"seconds_left": seconds, "epochs": epochs[0] if epochs and epochs[0] >= MIN_EXTENSION
+                              else 0}
+        atomic_write_json(root / "plan.json", plan)
+    return saved["extension"]["epochs"]
 
 
 def respaced(job: AutoJob, root: Path, plan: dict, r: int, alive: list[dict]) -> list[dict]:

@@ -241,26 +241,35 @@ def pareto(points: Sequence[dict], x_key: str, xlabel: str, title: str) -> Figur
 
 def accuracy_vs_latency(points: Sequence[dict], budget_ms: float | None, chosen: dict | None = None,
                         teacher_acc: float | None = None) -> Figure:
-    """Validation accuracy against measured batch-1 latency of each (model, precision) of `fm2edge auto`, the
+    """Validation accuracy against measured batch-1 latency of each (model, precision, int8 recipe) of `fm2edge
+    auto`: a colour per candidate, a marker per precision and recipe (no labels to overlap where graphs tie), the
     latency budget as a vertical line, the teacher's validation accuracy as a horizontal one, the choice ringed."""
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    from matplotlib.lines import Line2D
+
+    fig = Figure(figsize=(8.5, 4.5), layout="constrained")
     ax = fig.subplots()
-    for precision, marker in (("fp32", "o"), ("int8", "s")):
-        mine = [p for p in points if p["precision"] == precision]
-        ax.scatter([p["p50_ms"] for p in mine], [100 * p["val_acc"] for p in mine], marker=marker, s=40,
-                   label=f"{precision} ONNX", zorder=3)
-        for p in mine:
-            ax.annotate(p["candidate"].split(":")[-1], (p["p50_ms"], 100 * p["val_acc"]), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
+    candidates = list(dict.fromkeys(p["candidate"] for p in points))
+    colours = {c: f"C{i % 10}" for i, c in enumerate(candidates)}
+    kinds = sorted({(p["precision"], p.get("int8_recipe") or "") for p in points}, key=lambda k: (k[0] != "fp32", k))
+    markers = {k: "osD^vP*X"[i % 8] for i, k in enumerate(kinds)}
+    for p in points:
+        kind = (p["precision"], p.get("int8_recipe") or "")
+        ax.scatter([p["p50_ms"]], [100 * p["val_acc"]], marker=markers[kind], s=45, color=colours[p["candidate"]],
+                   alpha=0.85, zorder=3)
+    handles = [Line2D([], [], linestyle="", marker="o", color=colours[c], label=c.split(":")[-1]) for c in candidates]
+    handles += [Line2D([], [], linestyle="", marker=markers[k], color="0.3",
+                       label=k[0] + (f" ({k[1]})" if k[1] else "")) for k in kinds]
     if chosen is not None:
-        ax.scatter([chosen["p50_ms"]], [100 * chosen["val_acc"]], s=220, facecolors="none", edgecolors="tab:red",
-                   linewidths=1.5, label="chosen", zorder=4)
+        handles.append(ax.scatter([chosen["p50_ms"]], [100 * chosen["val_acc"]], s=240, facecolors="none",
+                                  edgecolors="tab:red", linewidths=1.5, label="chosen", zorder=4))
     if budget_ms is not None:
-        ax.axvline(budget_ms, color="tab:red", linestyle="--", linewidth=1, label=f"budget {budget_ms:.2f} ms")
+        handles.append(ax.axvline(budget_ms, color="tab:red", linestyle="--", linewidth=1,
+                                  label=f"budget {budget_ms:.2f} ms"))
     if teacher_acc is not None:
-        ax.axhline(100 * teacher_acc, color="0.4", linestyle=":", linewidth=1, label="teacher (validation)")
+        handles.append(ax.axhline(100 * teacher_acc, color="0.4", linestyle=":", linewidth=1,
+                                  label="teacher (validation)"))
     ax.set(xlabel="batch-1 latency, p50 (ms, ONNX Runtime on this CPU)", ylabel="validation accuracy (%)",
            title="accuracy vs measured latency")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig
