@@ -44,6 +44,7 @@ TEACHING_SHARE = 0.25
 # Views per second the teacher's cache build reaches, relative to its speed on plain validation images (the views
 # are rendered at its input size first): measured 20 against 35 img/s for Lite0 at 224 px on 2 CPU cores.
 TEACHER_VIEW_EFFICIENCY = 0.55
+TEACHER_STAGE = "teacher-"  # the teacher probes' stage names start so
 MIN_UNLABELED = 100  # below this many, unlabelled images are not worth their teacher passes
 # int8 recipes tried on each finalist (static QDQ, per-channel weights): min-max calibration; the same with the
 # first and last layers (raw pixels in, logits out) kept in fp32; percentile calibration (outliers clipped).
@@ -197,12 +198,13 @@ def auto_root(job: AutoJob) -> Path:
 
 
 def spent_before(root: Path) -> float:
-    """Seconds earlier calls of this run spent in finished stages (a resumed run counts them against the budget)."""
+    """Seconds earlier calls of this run spent: planning (the teacher probes included: they run while it plans) and
+    the finished stages after it (a resumed run counts them against the budget)."""
     from fm2edge.stagecache import stage_seconds
 
     plan = root / "plan.json"
-    return sum(stage_seconds(root).values()) + (json.loads(plan.read_text())["planning_seconds"] if plan.exists()
-                                                 else 0.0)
+    after = sum(s for name, s in stage_seconds(root).items() if not name.startswith(TEACHER_STAGE))
+    return after + (json.loads(plan.read_text())["planning_seconds"] if plan.exists() else 0.0)
 
 
 def minutes_by_step(root: Path, plan: dict, total_minutes: float) -> dict[str, float]:
@@ -216,8 +218,11 @@ def minutes_by_step(root: Path, plan: dict, total_minutes: float) -> dict[str, f
         if name.startswith("student-"):
             rung = name.rsplit("-rung", 1)[1] if "-rung" in name else "0"
             step = f"students, rung {rung}"
+        elif name.startswith(TEACHER_STAGE):  # run while planning: counted there, shown apart
+            step = "teacher probes"
+            steps["measuring and planning"] -= seconds / 60
         else:
-            step = "exports" if name.startswith("export-") else "teacher probes"
+            step = "exports"
         steps[step] = steps.get(step, 0.0) + seconds / 60
     steps["other"] = max(0.0, total_minutes - sum(steps.values()))
     return steps
@@ -258,7 +263,7 @@ def teacher_stages(job: AutoJob, root: Path) -> list[dict]:
         if is_model_folder(spec):
             teachers.append({"teacher": spec, "folder": str(Path(spec))})
             continue
-        name = slug(f"teacher-{spec}")
+        name = slug(f"{TEACHER_STAGE}{spec}")
         run_one_stage(root, name, "probe", {"data": to_dict(job.data), "model": {"name": spec, "pretrained": True},
                                             "probe": {"methods": ["logreg"], "teacher": "logreg"}})
         teachers.append({"teacher": spec, "folder": str(root / name)})
