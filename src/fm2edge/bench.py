@@ -1,4 +1,4 @@
-"""`fm2edge bench`: latency, throughput, size and compute of models, teacher vs student (lab task 4).
+"""`fm2edge bench`: latency, throughput, size and compute of models, teacher vs student.
 
 The seed times 100 runs with no warm-up discipline; here every figure comes after warm-up runs, with the device
 synchronised around each timed call, under ``inference_mode``, as mean / p50 / p90 / p99 over the runs, and is

@@ -1,4 +1,4 @@
-"""Embeddings from any registered backbone, batched on the device and cached on disk (lab task 1).
+"""Embeddings from any registered backbone, batched on the device and cached on disk.
 
 The seed runs the image processor and the model once per image in a Python loop. Here uint8 batches go to the
 device, the model's own :class:`Preprocess` runs there, and features are saved chunk by chunk (an interrupted

@@ -1,7 +1,7 @@
-"""`fm2edge finetune`: adapt a pretrained backbone to the dataset's classes: LoRA, full or linear (lab task 3).
+"""`fm2edge finetune`: adapt a pretrained backbone to the dataset's classes: LoRA, full or linear.
 
 Every mode runs on the one training loop (Accelerate, bf16 autocast, checkpoints, resume) over a :class:`Classifier`,
-so the new head is always the module named ``head`` and is always trained: the lab's ``modules_to_save=
+so the new head is always the module named ``head`` and is always trained: a ``modules_to_save=
 ["classifier"]`` matched nothing in transformers' timm wrapper and left the head frozen; here the head's name is taken
 from the model and checked after peft has wrapped it. LoRA target modules come from a per-family preset found by
 looking at the model's own layers (timm's fused ``qkv``; transformers' ``q_proj``/``v_proj``, called
@@ -89,7 +89,7 @@ class FinetuneJob:
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Trainable and total parameters, as the lab's ``print_trainable_parameters`` counts them."""
+    """Trainable and total parameters, as peft's ``print_trainable_parameters`` counts them."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "total": total}

@@ -1,4 +1,4 @@
-"""Probes on cached features: logistic regression, k-NN, a torch linear head (lab task 2).
+"""Probes on cached features: logistic regression, k-NN, a torch linear head.
 
 Extract once, fit many: every probe here reads the feature cache of :mod:`fm2edge.features`. The logistic
 regression's standardisation is folded into one ``nn.Linear`` so backbone + head is an ordinary

@@ -46,7 +46,7 @@ CHECKPOINT = re.compile(r"^epoch-(\d+)$")
 
 
 class SupervisedTask(nn.Module):
-    """Cross-entropy on the labels: the lab's training from scratch (task 5).
+    """Cross-entropy on the labels: training from scratch or fine-tuning.
 
     ``frozen`` modules (a linear probe's backbone, BatchNorm layers whose statistics must not move) stay in eval
     mode whenever the loop switches the task to training, so their running statistics never change.

@@ -1,4 +1,4 @@
-"""Zero-shot classification with CLIP-style models (the lab's promise of zero-shot inference).
+"""Zero-shot classification with CLIP-style models (no training: class names as prompts).
 
 Class names are put into prompt templates, embedded by the text tower, averaged over templates and normalised;
 the result becomes the linear head of the image tower (``logit_scale * text_embedding``, plus SigLIP's bias), so

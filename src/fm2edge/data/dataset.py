@@ -89,7 +89,7 @@ def balanced_indices(labels: np.ndarray, n: int | None = None, per_class: int | 
     Classes are interleaved by rank of appearance (the first image of every class, then the second of every class,
     ...) and the first ``n`` are kept, so every class gets n // C or one more while it has images. ``per_class``
     keeps the first k images of each class. On a source already interleaved by class (the shared CIFAR-10 copy)
-    this equals ``range(n)``, the lab's ``select(range(5000))``.
+    this equals ``range(n)``, a dataset's ``select(range(5000))``.
     """
     labels = np.asarray(labels)
     if per_class is not None:

@@ -38,7 +38,7 @@ def _kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature:
 
 
 class KDLoss(nn.Module):
-    """Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network", exactly as the lab writes it:
+    """Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network", in its usual form:
 
     ``alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))``.
     Rows labelled ``UNLABELLED`` (and every row when ``labels`` is None) get the soft term alone, with weight 1;
@@ -165,7 +165,7 @@ class RKD(nn.Module):
 
 
 class FeatureDistillation(nn.Module):
-    """Feature-based distillation (the lab's task 7; FitNets, Romero et al. 2015): project the student's features
+    """Feature-based distillation (FitNets, Romero et al. 2015): project the student's features
     onto the teacher's with a learned projector, ``L = mean || F_teacher - proj(F_student) ||^2``.
 
     Pooled vectors (N, D) use a linear projector; feature maps (N, C, H, W) a 1x1 convolution, with the student's

@@ -1,4 +1,4 @@
-"""The distillation task and the `fm2edge distill` stage (lab tasks 6-7).
+"""The distillation task and the `fm2edge distill` stage.
 
 A :class:`DistillTask` combines a trainable student, a frozen teacher and weighted losses, and returns
 ``{"loss", "logits", <part>...}`` to the one training loop. Teacher and student each keep their own preprocessing

@@ -127,7 +127,7 @@ class HFBackbone(nn.Module):
     def __init__(self, model: nn.Module, input_size: int, pooling: str = "cls", last_n: int = 1) -> None:
         super().__init__()
         self.model = model
-        timm_net = getattr(model, "timm_model", None)  # transformers' timm wrapper (the lab's LoRA model)
+        timm_net = getattr(model, "timm_model", None)  # transformers' timm wrapper (a hub LoRA model)
         self.tokenless = str(getattr(model.config, "model_type", "")).startswith("siglip")
         if timm_net is not None:
             self.num_prefix = int(getattr(timm_net, "num_prefix_tokens", 1))
