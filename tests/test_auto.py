@@ -12,7 +12,7 @@ import time
 import pytest
 
 from fm2edge.automate.config import AutoConfig
-from fm2edge.automate.job import choose, extension, plan_rungs, respace_rungs, screen, size_epochs, teaching_plan
+from fm2edge.automate.job import choose, extension, plan_rungs, respace_rungs, screen, size_epochs, views_and_unlabeled
 from fm2edge.cli import main
 
 
@@ -88,14 +88,14 @@ def test_time_the_planned_rungs_leave_goes_to_the_finalists_once(tmp_path):
 
 def test_the_teachers_time_buys_distinct_images_before_views():
     # all 1,000 unlabelled images fit at the most views
-    assert teaching_plan(200, 1000, 4, 10_000) == (4, 1000)
+    assert views_and_unlabeled(200, 1000, 4, 10_000) == (4, 1000)
     # not at 4 views: fewer views of every image (3 x 1,200 = 3,600 <= 4,000)
-    assert teaching_plan(200, 1000, 4, 4000) == (3, 1000)
+    assert views_and_unlabeled(200, 1000, 4, 4000) == (3, 1000)
     # not even one view of each: one view, and as many unlabelled images as are afforded
-    assert teaching_plan(200, 8000, 4, 5000) == (1, 4800)
+    assert views_and_unlabeled(200, 8000, 4, 5000) == (1, 4800)
     # too few to be worth their passes, or none at all: the labelled images alone, at the most views
-    assert teaching_plan(200, 8000, 4, 250) == (4, 0)
-    assert teaching_plan(200, 0, 4, 10_000) == (4, 0)
+    assert views_and_unlabeled(200, 8000, 4, 250) == (4, 0)
+    assert views_and_unlabeled(200, 0, 4, 10_000) == (4, 0)
 
 
 def test_the_choice_is_the_most_accurate_option_within_budget_and_ties_go_to_the_faster():

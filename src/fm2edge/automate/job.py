@@ -144,7 +144,7 @@ def respace_rungs(epoch_seconds: dict[str, float], counts: list[int], seconds: f
     return [max(fitting) * s for s in shape] if fitting else []
 
 
-def teaching_plan(labelled: int, available: int, most_views: int, affordable_views: float) -> tuple[int, int]:
+def views_and_unlabeled(labelled: int, available: int, most_views: int, affordable_views: float) -> tuple[int, int]:
     """(views per image, unlabelled images) for the teacher's cached outputs: distinct images before views. Every
     available unlabelled image at the most views the teacher's share affords (``affordable_views`` outputs, down to
     one view each), else one view each and as many of them as it affords; fewer than MIN_UNLABELED are not worth
@@ -205,6 +205,12 @@ def spent_before(root: Path) -> float:
     plan = root / "plan.json"
     after = sum(s for name, s in stage_seconds(root).items() if not name.startswith(TEACHER_STAGE))
     return after + (json.loads(plan.read_text())["planning_seconds"] if plan.exists() else 0.0)
+
+
+def seconds_left(job: AutoJob, root: Path, plan: dict) -> float:
+    """What the budget still has for training: the minutes less what was spent, the finalists' exports and
+    RESPACE_MARGIN for unrecorded work (what later rungs and the extension are sized to)."""
+    return job.auto.minutes * 60 * (1 - RESPACE_MARGIN) - spent_before(root) - plan["export_seconds"]
 
 
 def minutes_by_step(root: Path, plan: dict, total_minutes: float) -> dict[str, float]:
@@ -361,7 +367,7 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     noise = selection_noise(len(val), "candidates")
     teacher_speed = TEACHER_VIEW_EFFICIENCY * teacher["images_per_s"]  # views per second while caching
     available = len(pool) if (pool := unlabeled_pool(job, train)) is not None else 0
-    views, extra = teaching_plan(len(train), available, job.auto.views,
+    views, extra = views_and_unlabeled(len(train), available, job.auto.views,
                                  TEACHING_SHARE * job.auto.minutes * 60 * teacher_speed)
     elapsed = time.perf_counter() - started
     costs = sorted((export_seconds(f, min(500, len(train)), len(val)) for f in kept), reverse=True)
@@ -388,7 +394,7 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     rungs, teaching, seconds = ladder(extra, views)
     while not rungs and extra:  # unlabelled images make every epoch longer: fewer until every candidate gets a rung
         # half as many images, each at as many views as the teacher's share then affords (the epochs are as long)
-        views, extra = teaching_plan(len(train), extra // 2 if extra >= 2 * MIN_UNLABELED else 0, job.auto.views,
+        views, extra = views_and_unlabeled(len(train), extra // 2 if extra >= 2 * MIN_UNLABELED else 0, job.auto.views,
                                      TEACHING_SHARE * job.auto.minutes * 60 * teacher_speed)
         rungs, teaching, seconds = ladder(extra, views)
     grown = extra < available and (views == 1 or not extra) and satisfied(extra)
@@ -476,7 +482,7 @@ def extension(job: AutoJob, root: Path, plan: dict, alive: list[dict]) -> int:
     MIN_EXTENSION, or past --auto.max_epochs); sized once and written into plan.json, so a resumed run follows it."""
     saved = plan.setdefault("respaced", {})
     if "extension" not in saved:
-        seconds = job.auto.minutes * 60 * (1 - RESPACE_MARGIN) - spent_before(root) - plan["export_seconds"]
+        seconds = seconds_left(job, root, plan)
         epochs = respace_rungs({f["candidate"]: f["epoch_seconds"] for f in alive}, [len(alive)], seconds,
                                min(f["overhead_seconds"] for f in alive),
                                job.auto.max_epochs - max(f["trained_epochs"] for f in alive))
@@ -492,7 +498,7 @@ def respaced(job: AutoJob, root: Path, plan: dict, r: int, alive: list[dict]) ->
     from what the finished stages recorded and written into plan.json, so a resumed run follows it."""
     saved = plan.setdefault("respaced", {})
     if str(r) not in saved:
-        seconds = (job.auto.minutes * 60 * (1 - RESPACE_MARGIN) - spent_before(root) - plan["export_seconds"])
+        seconds = seconds_left(job, root, plan)
         trained = max(f["trained_epochs"] for f in alive)
         epochs = respace_rungs({f["candidate"]: f["epoch_seconds"] for f in alive},
                                [rung["candidates"] for rung in plan["rungs"][r:]], seconds,
