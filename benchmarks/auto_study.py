@@ -20,10 +20,13 @@ import time
 from pathlib import Path
 
 
-def teacher_latency(teacher: str, num_classes: int, threads: int | None) -> float:
-    from fm2edge.automate.measure import Candidate, latency_and_size
+def teacher_latency(job, teacher: str, num_classes: int) -> float:
+    """The teacher's fp32 ONNX batch-1 latency at 224 px, measured (and cached) exactly as auto measures its
+    candidates, so the budget and the candidates' figures come from the machine in one state."""
+    from fm2edge.automate.job import latency_cache
+    from fm2edge.automate.measure import Candidate, measure
 
-    return latency_and_size(Candidate(teacher, 224), num_classes, threads)["fp32"]["p50_ms"]
+    return measure(Candidate(teacher, 224), num_classes, job.auto.threads, latency_cache(job))["fp32"]["p50_ms"]
 
 
 def main() -> None:
@@ -53,8 +56,8 @@ def main() -> None:
             **({"max_test": a.max_test} if a.max_test else {})}
     budget = a.latency_ms
     if a.teacher_factor:
-        classes = load_data(job_from_class(AutoJob, "auto", {"data": data}).data)[0].num_classes
-        measured = teacher_latency(a.teacher, classes, a.threads)
+        probe_job = job_from_class(AutoJob, "auto", {"data": data, "auto": {"threads": a.threads}})
+        measured = teacher_latency(probe_job, a.teacher, load_data(probe_job.data)[0].num_classes)
         budget = measured / a.teacher_factor
         print(f"teacher {a.teacher} at 224 px: {measured:.2f} ms fp32 ONNX batch 1; budget {budget:.2f} ms")
     auto = {"latency_ms": budget, "minutes": a.minutes, "teachers": [a.teacher],

@@ -116,6 +116,10 @@ def test_the_choice_is_the_most_accurate_option_within_budget_and_ties_go_to_the
     assert choose([{"options": recipes}], 2.0, None) == recipes[1]
     assert choose([{"options": recipes}], 2.0, None, noisy=True) == recipes[2]
     assert choose([{"options": recipes}], None, None, noisy=True) == recipes[0]  # fp32 is its own graph
+    # two models tied on few images: the one with the lower validation loss, though slower
+    tied = [{"candidate": "small", "precision": "fp32", "val_acc": 0.95, "val_loss": 0.30, "p50_ms": 1.0, "mb": 1.0},
+            {"candidate": "large", "precision": "fp32", "val_acc": 0.95, "val_loss": 0.12, "p50_ms": 1.8, "mb": 1.0}]
+    assert choose([{"options": tied[:1]}, {"options": tied[1:]}], 2.0, None, noisy=True) == tied[1]
 
 
 @pytest.fixture(scope="module")
@@ -289,3 +293,32 @@ def test_auto_killed_midway_resumes_to_the_same_choice(tmp_path, teacher):
     assert got["chosen"]["precision"] == ref["chosen"]["precision"]
     assert [(r["candidate"], r["val_acc"]) for r in got["leaderboard"]] == \
         [(r["candidate"], r["val_acc"]) for r in ref["leaderboard"]]
+
+
+def test_cached_latencies_are_reused_only_while_the_machine_runs_as_fast_as_when_they_were_measured(tmp_path,
+                                                                                                    monkeypatch):
+    import fm2edge.automate.measure as measure_mod
+    import fm2edge.timing as timing
+
+    calls = []
+    monkeypatch.setattr(measure_mod, "latency_and_size", lambda c, n, t: calls.append(c) or figures(c.label, 2.0, 1.0))
+    monkeypatch.setattr(measure_mod, "training_speed", lambda c, n: {"train_images_per_s": 10.0})
+    speed = {"ms": 1.0}
+    monkeypatch.setattr(timing, "reference_ms", lambda threads=None: speed["ms"])
+    cand = measure_mod.Candidate("student:small_cnn", 32)
+    first = measure_mod.measure(cand, 2, 1, tmp_path)
+    assert first["reference_ms"] == 1.0 and len(calls) == 1
+    speed["ms"] = 1.1  # within the tolerance: the cached figures stand
+    assert measure_mod.measure(cand, 2, 1, tmp_path) == first and len(calls) == 1
+    speed["ms"] = 2.0  # the machine runs at half speed now: measured again, and the cache says so
+    again = measure_mod.measure(cand, 2, 1, tmp_path)
+    assert len(calls) == 2 and again["reference_ms"] == 2.0
+    assert measure_mod.measure(cand, 2, 1, tmp_path, reference=2.1) == again and len(calls) == 2
+
+
+def test_the_reference_timing_is_positive_and_states_compare_within_a_tolerance():
+    from fm2edge.timing import reference_ms, same_state
+
+    a, b = reference_ms(1), reference_ms(1)
+    assert a > 0 and b > 0
+    assert same_state(1.0, 1.1) and not same_state(1.0, 1.5) and not same_state(None, 1.0)

@@ -36,6 +36,30 @@ def latency_with_noise(fn: Callable[[], object], runs: int, warmup: int, blocks:
     return out
 
 
+def reference_ms(threads: int | None = None) -> float:
+    """How fast this machine runs right now: the quiet median of a fixed 3x3 convolution (about 30 M
+    multiply-accumulates, a millisecond or two on a laptop core). On shared or throttled machines the same model's
+    latency moves by 2x from one minute to the next while each measurement looks steady; comparing this figure
+    with the one taken beside a cached latency tells whether the machine is in the state it was measured in."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x, w = torch.randn(1, 32, 56, 56, generator=gen), torch.randn(32, 32, 3, 3, generator=gen)
+        with torch.inference_mode():
+            return latency_with_noise(lambda: torch.nn.functional.conv2d(x, w, padding=1), 40, 5)["quiet_p50_ms"]
+    finally:
+        torch.set_num_threads(previous)
+
+
+def same_state(then_ms: float | None, now_ms: float, tolerance: float = 1.15) -> bool:
+    """The machine runs at the speed it ran at when ``then_ms`` was taken (both from :func:`reference_ms`)."""
+    return then_ms is not None and 1 / tolerance <= now_ms / then_ms <= tolerance
+
+
 def wall_clock(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()

@@ -175,17 +175,21 @@ def export_seconds(f: dict, calibration: int, val: int) -> float:
 def choose(finalists: list[dict], latency_ms: float | None, max_mb: float | None,
            noisy: bool = False) -> dict | None:
     """The most accurate (model, precision) on validation whose measured latency and size meet the budget; ties go
-    to the closer agreement with the fp32 graph, then to the faster one. When validation is too small to rank
-    (``noisy``), the graphs of one model are not told apart by it: each option counts its model's fp32 validation
-    accuracy, so the int8 recipe (or fp32) most faithful to the model is chosen."""
+    to the model with the lower validation loss (a finer signal than accuracy on few images), then to the closer
+    agreement with the fp32 graph, then to the faster one. When validation is too small to rank (``noisy``), the
+    graphs of one model are not told apart by it: each option counts its model's fp32 validation accuracy, so the
+    int8 recipe (or fp32) most faithful to the model is chosen."""
     def fits(o: dict) -> bool:
         return (latency_ms is None or o["p50_ms"] <= latency_ms) and (max_mb is None or o["mb"] <= max_mb)
+
+    def loss(o: dict) -> float:
+        return float("inf") if o.get("val_loss") is None else o["val_loss"]
 
     scored = [(next(p["val_acc"] for p in f["options"] if p["precision"] == "fp32") if noisy else o["val_acc"], o)
               for f in finalists for o in f["options"] if fits(o)]
     if not scored:
         return None
-    return max(scored, key=lambda s: (s[0], s[1].get("agreement_with_fp32", 1.0), -s[1]["p50_ms"]))[1]
+    return max(scored, key=lambda s: (s[0], -loss(s[1]), s[1].get("agreement_with_fp32", 1.0), -s[1]["p50_ms"]))[1]
 
 
 # ---------------------------------------------------------------- steps
@@ -247,14 +251,23 @@ def run_one_stage(root: Path, name: str, command: str, args: dict) -> dict:
     return run_cached(root, name, command, job_cls, run, args)[0]
 
 
-def measure_candidates(job: AutoJob, num_classes: int) -> list[dict]:
-    from tqdm.auto import tqdm
-
+def latency_cache(job: AutoJob) -> Path:
+    """Where measured latencies are kept, beside the image and feature caches."""
     from fm2edge.data.dataset import cache_root
 
-    cache = cache_root(job.data).parent / "latency"
+    return cache_root(job.data).parent / "latency"
+
+
+def measure_candidates(job: AutoJob, num_classes: int) -> list[dict]:
+    """Every candidate's figures, each from the cache only when the machine runs now as it ran when they were
+    measured (one reference timing for all: they are compared with each other and with the budget)."""
+    from tqdm.auto import tqdm
+
+    from fm2edge.timing import reference_ms
+
     cands = [Candidate.parse(s) for s in job.auto.students]
-    return [measure(c, num_classes, job.auto.threads, cache)
+    now = reference_ms(job.auto.threads)
+    return [measure(c, num_classes, job.auto.threads, latency_cache(job), now)
             for c in tqdm(cands, desc="measuring candidates on this machine", unit="model", leave=False)]
 
 
@@ -591,7 +604,7 @@ def option(f: dict, folder: Path, result: dict, precision: str, key: str, recipe
     latency = result["latency_batch1"][key]
     return {"candidate": f["candidate"], "precision": precision, "int8_recipe": recipe if precision == "int8" else None,
             "folder": f["folder"], "onnx": str(folder / result["files"][key]),
-            "val_acc": result["validation_acc"][key],
+            "val_acc": result["validation_acc"][key], "val_loss": f.get("val_loss"),
             "agreement_with_fp32": result.get("int8_agreement_with_fp32", 1.0) if precision == "int8" else 1.0,
             # the lowest of repeated medians: the model's latency on its own device, not the contention of a shared
             # one (the median over all runs and the spread are kept beside it)

@@ -57,14 +57,21 @@ def machine_key(threads: int | None) -> str:
     return f"{cpu_features()}|{threads} threads|torch {torch.__version__}|onnxruntime {onnxruntime.__version__}"
 
 
-def measure(candidate: Candidate, num_classes: int, threads: int | None, cache: Path) -> dict:
-    """The candidate's figures on this machine, from the cache when this machine measured them before."""
+def measure(candidate: Candidate, num_classes: int, threads: int | None, cache: Path,
+            reference: float | None = None) -> dict:
+    """The candidate's figures on this machine, from the cache when this machine measured them before in the state
+    it is in now (``reference``: :func:`fm2edge.timing.reference_ms` taken now); measured again, and the cache
+    replaced, when the machine runs faster or slower than it did then."""
+    from fm2edge.timing import reference_ms, same_state
+
     key = json.dumps([asdict(candidate), num_classes, machine_key(threads), "v5"])
     path = cache / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.json"
-    if path.exists():
-        return json.loads(path.read_text())
+    reference = reference or reference_ms(threads)
+    if path.exists() and same_state((cached := json.loads(path.read_text())).get("reference_ms"), reference):
+        return cached
     figures = {"candidate": candidate.label, "machine": machine_key(threads),
-               **latency_and_size(candidate, num_classes, threads), **training_speed(candidate, num_classes)}
+               **latency_and_size(candidate, num_classes, threads), **training_speed(candidate, num_classes),
+               "reference_ms": reference_ms(threads)}
     atomic_write_json(path, figures)
     return figures
 
