@@ -23,10 +23,9 @@ from pathlib import Path
 def teacher_latency(job, teacher: str, num_classes: int) -> float:
     """The teacher's fp32 ONNX batch-1 latency at 224 px, measured (and cached) exactly as auto measures its
     candidates, so the budget and the candidates' figures come from the machine in one state."""
-    from fm2edge.automate.job import latency_cache
-    from fm2edge.automate.measure import Candidate, measure
+    from fm2edge.automate.measure import Candidate, latency_cache, measure
 
-    return measure(Candidate(teacher, 224), num_classes, job.auto.threads, latency_cache(job))["fp32"]["p50_ms"]
+    return measure(Candidate(teacher, 224), num_classes, job.auto.threads, latency_cache(job.data))["fp32"]["p50_ms"]
 
 
 def main() -> None:

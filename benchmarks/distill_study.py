@@ -42,6 +42,14 @@ from common import SHARED_CIFAR10
 
 from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
 from fm2edge.device import cpu_features
+from fm2edge.distill.selection import (
+    choose_teacher,
+    continue_teacher,
+    finetune_teacher,
+    refine_teacher,
+    soup_teacher,
+    teacher_recipe,
+)
 from fm2edge.distill.task import DistillConfig, DistillJob, distill_job
 from fm2edge.report.metrics import seed_difference
 from fm2edge.train import train_job
@@ -53,82 +61,16 @@ LOSSES = {"kd": {"kd": 1.0}, "dkd": {"ce": 1.0, "dkd": 1.0}, "dist": {"ce": 1.0,
           "feature": {"ce": 1.0, "feature": 1.0}, "kd-fixed": {"kd": 1.0}, "kd-online": {"kd": 1.0}}
 
 
-# the teacher's fine-tuning recipe: full fine-tuning of Lite0 at 160 px with strong augmentation
-TEACHER_AUGMENT = AugmentConfig(crop="resized", scale=(0.5, 1.0), flip=True, auto="trivial")
-
-
-def finetune_teacher(root: Path, name: str, data: DataConfig, model: ModelConfig, train: TrainConfig) -> Path:
-    """One `fm2edge finetune --finetune.modes [full]` run of the teacher (resumed when interrupted, reused when
-    done), validation-selected like every run: RUN/full."""
-    from fm2edge.finetune import FinetuneConfig, FinetuneJob, finetune_job
-
-    run = root / name / "full"
-    if not (run / "model.json").exists():
-        finetune_job(FinetuneJob(data=data, model=model, train=train, finetune=FinetuneConfig(modes=["full"]),
-                                 run=RunConfig(root=str(root), name=name, resume=True)))
-    return run
-
-
 def teacher(root: Path, data: DataConfig, epochs: int, ema: float = 0.0, size: int = 160, batch: int = 64,
             mix: bool = False) -> Path:
-    """Lite0 fine-tuned on the labels (full fine-tuning, 160 px unless ``size``, validation-selected). ``batch``
-    scales the learning rate linearly from 5e-4 at 64; ``mix`` adds MixUp / CutMix on half the images (the
-    20-epoch teacher's training accuracy outran its validation accuracy after epoch 12)."""
+    """Lite0 fine-tuned on the labels with the package's teacher recipe (full fine-tuning, 160 px unless ``size``,
+    validation-selected). ``batch`` scales the learning rate linearly from 5e-4 at 64; ``mix`` adds MixUp / CutMix
+    on half the images (the 20-epoch teacher's training accuracy outran its validation accuracy after epoch 12)."""
     name = "teacher" + (f"-{size}px" if size != 160 else "") + (f"-b{batch}" if batch != 64 else "") + \
         ("-mix" if mix else "") + (f"-ema{ema:g}" if ema else "")
-    augment = replace(TEACHER_AUGMENT, mixup=0.8, cutmix=1.0, mix_prob=0.5) if mix else TEACHER_AUGMENT
     return finetune_teacher(root, name, data,
                             ModelConfig(name="pypi:efficientnet_lite0", pretrained=True, image_size=size),
-                            TrainConfig(epochs=epochs, batch_size=batch, lr=5e-4 * batch / 64, optimizer="adamw",
-                                        weight_decay=0.05, schedule="cosine", warmup_epochs=1, label_smoothing=0.1,
-                                        ema=ema, augment=augment))
-
-
-def continue_teacher(root: Path, data: DataConfig, teacher: Path, epochs: int, ema: float = 0.0) -> Path:
-    """Patience (Beyer et al., CVPR 2022, for students; the same holds for a teacher still improving when its
-    schedule ended): the fine-tuned teacher trained ``epochs`` more with its own recipe, a second cosine cycle from
-    its weights at half the learning rate; with ``ema``, a weight average of that cycle is what validation scores
-    and what is kept (a second cycle wanders: an average of its steps is flatter than any one of them)."""
-    size = json.loads((teacher / "model.json").read_text())["preprocess"]["size"]
-    return finetune_teacher(root, f"teacher-more{epochs}" + (f"-ema{ema:g}" if ema else ""), data,
-                            ModelConfig(name="pypi:efficientnet_lite0", init=str(teacher), image_size=size),
-                            TrainConfig(epochs=epochs, batch_size=64, lr=2.5e-4, optimizer="adamw",
-                                        weight_decay=0.05, schedule="cosine", warmup_epochs=0.5,
-                                        label_smoothing=0.1, ema=ema, augment=TEACHER_AUGMENT))
-
-
-def refine_teacher(root: Path, data: DataConfig, teacher: Path, size: int, epochs: int) -> Path:
-    """FixRes (Touvron et al., NeurIPS 2019): a few epochs more of the fine-tuned teacher at a larger input size,
-    with light augmentation and a low learning rate, so that it sees objects at the apparent size of test images
-    (random-resized crops enlarge them)."""
-    return finetune_teacher(root, f"teacher-{size}", data,
-                            ModelConfig(name="pypi:efficientnet_lite0", init=str(teacher), image_size=size),
-                            TrainConfig(epochs=epochs, batch_size=64, lr=1e-4, optimizer="adamw", weight_decay=0.05,
-                                        schedule="cosine", label_smoothing=0.1, precision="bf16",
-                                        augment=AugmentConfig(crop="resized", scale=(0.8, 1.0), flip=True)))
-
-
-def soup_teacher(root: Path, data: DataConfig, candidates: list[Path]) -> Path:
-    """A greedy model soup of the candidates (`fm2edge soup`: the best on validation first, each further one kept
-    when the average's validation accuracy does not drop; BatchNorm statistics estimated again), itself a
-    candidate. Its validation score is chosen on validation too, so it flatters the soup a little."""
-    from fm2edge.soup import SoupConfig, SoupJob, soup_job
-
-    run = root / "teacher-soup"
-    if not (run / "metrics.json").exists():
-        soup_job(SoupJob(data=data, soup=SoupConfig(runs=[str(c) for c in candidates]),
-                         run=RunConfig(root=str(root), name="teacher-soup")))
-    return run
-
-
-def choose_teacher(candidates: list[Path]) -> Path:
-    """The candidate teacher with the best validation accuracy (its kept epoch's, on the same 500 images)."""
-    scores = {run: json.loads((run / "metrics.json").read_text())["val_acc"] for run in candidates}
-    for run, acc in scores.items():
-        print(f"teacher candidate {run}: validation {100 * acc:.2f}%")
-    best = max(candidates, key=scores.get)  # the first (the base teacher) wins a tie
-    print(f"teacher chosen on validation: {best}", flush=True)
-    return best
+                            teacher_recipe(epochs, batch, ema, mix))
 
 
 def write_subset(source: Path, dest: Path, max_train: int, max_test: int) -> None:

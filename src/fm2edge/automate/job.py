@@ -11,22 +11,25 @@ import time
 from pathlib import Path
 
 from fm2edge.automate.config import AutoJob
-from fm2edge.automate.measure import Candidate, measure
-from fm2edge.config import scaled_epochs, to_dict
+from fm2edge.automate.measure import LOOP_EFFICIENCY, Candidate, latency_cache, measure
+from fm2edge.automate.stages import run_one_stage
+from fm2edge.automate.teachers import (
+    TEACHER_STAGE,
+    finetuned_teachers,
+    plan_finetune,
+    score_teachers,
+    teacher_stages,
+)
+from fm2edge.config import EPOCHS_FEWEST, scaled_epochs, to_dict
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.runs import METRICS_FILE, atomic_dir, atomic_write_json, atomic_write_text, read_metrics
 
 # A candidate measured up to this much over the latency budget is kept for training: a screen of 30 runs is noisier
 # than the finalists' export (100 runs of the shipped graph), which decides.
 SCREEN_TOLERANCE = 0.10
-# Share of the measured forward-backward speed (at the recipe's batch, channels-last) the training loop reaches,
-# evaluation and checkpoints included: measured 0.66-0.78 for small CNNs (whose augmentation and loss weigh more) and
-# 1.1-1.4 for EfficientNet-Lite0 at 96-128 px (cats/dogs, 2 cores, AVX2). It sizes the first rung and the unlabelled
-# images; the later rungs are re-sized from the loop's own epoch times.
-LOOP_EFFICIENCY = 0.8
 EXPORT_BASE_SECONDS = 10.0  # an export's fixed cost: tracing, ONNX Runtime sessions, quantiser passes
 EXPORT_LATENCY_RUNS = 100
-PLAN_VERSION = 5
+PLAN_VERSION = 6
 # Held back from the time left when the later rungs are re-sized: the work no stage records (loading the data on
 # each call, choosing, the test read, writing the results).
 RESPACE_MARGIN = 0.03
@@ -44,7 +47,6 @@ TEACHING_SHARE = 0.25
 # Views per second the teacher's cache build reaches, relative to its speed on plain validation images (the views
 # are rendered at its input size first): measured 20 against 35 img/s for Lite0 at 224 px on 2 CPU cores.
 TEACHER_VIEW_EFFICIENCY = 0.55
-TEACHER_STAGE = "teacher-"  # the teacher probes' stage names start so
 MIN_UNLABELED = 100  # below this many, unlabelled images are not worth their teacher passes
 # int8 recipes tried on each finalist (static QDQ, per-channel weights): min-max calibration; the same with the
 # first and last layers (raw pixels in, logits out) kept in fp32; percentile calibration (outliers clipped).
@@ -202,8 +204,8 @@ def auto_root(job: AutoJob) -> Path:
 
 
 def spent_before(root: Path) -> float:
-    """Seconds earlier calls of this run spent: planning (the teacher probes included: they run while it plans) and
-    the finished stages after it (a resumed run counts them against the budget)."""
+    """Seconds earlier calls of this run spent: planning (the teachers included: probed and fine-tuned while it
+    plans) and the finished stages after it (a resumed run counts them against the budget)."""
     from fm2edge.stagecache import stage_seconds
 
     plan = root / "plan.json"
@@ -218,9 +220,9 @@ def seconds_left(job: AutoJob, root: Path, plan: dict) -> float:
 
 
 def minutes_by_step(root: Path, plan: dict, total_minutes: float) -> dict[str, float]:
-    """Where the minutes went: measuring and planning, the teacher probes, the students of each rung, the exports,
-    and the rest (the teacher's cached outputs are inside the first student's stage; choosing, the test read and
-    writing the results are in "other")."""
+    """Where the minutes went: measuring and planning, the teachers (probes, fine-tunes, soup), the students of
+    each rung, the exports, and the rest (the teacher's cached outputs are inside the first student's stage;
+    choosing, the test read and writing the results are in "other")."""
     from fm2edge.stagecache import stage_seconds
 
     steps = {"measuring and planning": plan["planning_seconds"] / 60}
@@ -229,33 +231,13 @@ def minutes_by_step(root: Path, plan: dict, total_minutes: float) -> dict[str, f
             rung = name.rsplit("-rung", 1)[1] if "-rung" in name else "0"
             step = f"students, rung {rung}"
         elif name.startswith(TEACHER_STAGE):  # run while planning: counted there, shown apart
-            step = "teacher probes"
+            step = "teachers"
             steps["measuring and planning"] -= seconds / 60
         else:
             step = "exports"
         steps[step] = steps.get(step, 0.0) + seconds / 60
     steps["other"] = max(0.0, total_minutes - sum(steps.values()))
     return steps
-
-
-def run_one_stage(root: Path, name: str, command: str, args: dict) -> dict:
-    """One stage (a probe, a student's distillation or an export) into ROOT/name, skipped when it already finished
-    with the same settings (as `fm2edge run` skips a recipe's stages)."""
-    from fm2edge.distill.task import DistillJob, distill_job
-    from fm2edge.export import ExportJob, export_job
-    from fm2edge.probe import ProbeJob, probe_job
-    from fm2edge.stagecache import run_cached
-
-    job_cls, run = {"probe": (ProbeJob, probe_job), "distill": (DistillJob, distill_job),
-                    "export": (ExportJob, export_job)}[command]
-    return run_cached(root, name, command, job_cls, run, args)[0]
-
-
-def latency_cache(job: AutoJob) -> Path:
-    """Where measured latencies are kept, beside the image and feature caches."""
-    from fm2edge.data.dataset import cache_root
-
-    return cache_root(job.data).parent / "latency"
 
 
 def measure_candidates(job: AutoJob, num_classes: int) -> list[dict]:
@@ -267,42 +249,8 @@ def measure_candidates(job: AutoJob, num_classes: int) -> list[dict]:
 
     cands = [Candidate.parse(s) for s in job.auto.students]
     now = reference_ms(job.auto.threads)
-    return [measure(c, num_classes, job.auto.threads, latency_cache(job), now)
+    return [measure(c, num_classes, job.auto.threads, latency_cache(job.data), now)
             for c in tqdm(cands, desc="measuring candidates on this machine", unit="model", leave=False)]
-
-
-def teacher_stages(job: AutoJob, root: Path) -> list[dict]:
-    """Each teacher: a run folder as it is, or a foundation model probed on the training images (a linear head on
-    its frozen features: the strong, cheap teacher for small folders)."""
-    from fm2edge.models.io import is_model_folder
-    from fm2edge.results import slug
-
-    teachers = []
-    for spec in job.auto.teachers:
-        if is_model_folder(spec):
-            teachers.append({"teacher": spec, "folder": str(Path(spec))})
-            continue
-        name = slug(f"{TEACHER_STAGE}{spec}")
-        run_one_stage(root, name, "probe", {"data": to_dict(job.data), "model": {"name": spec, "pretrained": True},
-                                            "probe": {"methods": ["logreg"], "teacher": "logreg"}})
-        teachers.append({"teacher": spec, "folder": str(root / name)})
-    return teachers
-
-
-def score_teachers(teachers: list[dict], val, device) -> list[dict]:
-    """Validation accuracy of each teacher (what chooses it), and its inference speed here (what its cached
-    outputs for the students will cost), timed on the validation images."""
-    from fm2edge.models.io import load_classifier
-    from fm2edge.report.metrics import accuracy
-    from fm2edge.train import predict
-
-    for t in teachers:
-        model = load_classifier(t["folder"]).to(device)
-        t0 = time.perf_counter()
-        t["val_acc"] = accuracy(predict(model, val, 64, device, progress=True), val.labels)
-        t["images_per_s"] = len(val) / (time.perf_counter() - t0)
-        t["parameters"] = sum(p.numel() for p in model.parameters())
-    return teachers
 
 
 def unlabeled_pool(job: AutoJob, train, n: int | None = None):
@@ -375,9 +323,19 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
         raise Fm2EdgeError(f"no candidate student meets the budget ({budget_text(job.auto)}); the fastest measured "
                            f"here is {fastest['candidate']} ({fastest['int8']['p50_ms']:.3f} ms as int8); raise the "
                            f"budget or add smaller candidates with --auto.students")
-    teachers = score_teachers(teacher_stages(job, root), val, resolve_device(job.auto.device))
-    teacher = max(teachers, key=lambda t: t["val_acc"])
+    device = resolve_device(job.auto.device)
+    teachers = score_teachers(teacher_stages(job, root), val, device)
     noise = selection_noise(len(val), "candidates")
+    probes = [t for t in teachers if "probe_of" in t]
+    finetune = {"why": "the teachers are trained run folders: used as they are"}
+    if probes:
+        best = max(probes, key=lambda t: t["val_acc"])
+        finetune = plan_finetune(job, best, train.num_classes, len(train), noise["noisy"], len(val))
+        shown = (f"{finetune['seeds']} x {finetune['epochs']} epochs at {finetune['size']} px, about "
+                 f"{finetune['seconds'] / 60:.1f} min each" if "size" in finetune else finetune["why"])
+        print(f"  teacher fine-tuning ({best['probe_of']}): {shown}")
+        teachers = score_teachers(teachers + finetuned_teachers(job, root, finetune, best["probe_of"]), val, device)
+    teacher = max(teachers, key=lambda t: t["val_acc"])  # the first (a probe) wins a tie
     teacher_speed = TEACHER_VIEW_EFFICIENCY * teacher["images_per_s"]  # views per second while caching
     available = len(pool) if (pool := unlabeled_pool(job, train)) is not None else 0
     views, extra = views_and_unlabeled(len(train), available, job.auto.views,
@@ -405,7 +363,15 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
 
     wanted = extra
     rungs, teaching, seconds = ladder(extra, views)
-    while not rungs and extra:  # unlabelled images make every epoch longer: fewer until every candidate gets a rung
+    fewest = min(EPOCHS_FEWEST, job.auto.max_epochs)  # the proven recipe's fewest epochs, for the finalists
+
+    def short(rungs: list[dict]) -> bool:
+        return sum(r["epochs"] for r in rungs) < fewest
+
+    # unlabelled images make every epoch longer: fewer, until every candidate gets a rung and the finalists the
+    # recipe's fewest epochs (many images seen a few times lost to fewer seen more often: cats/dogs, 2 CPU cores,
+    # 8,000 unlabelled photos at 4 epochs gave 91.2% test, 4,000 at 16 epochs 93.7%)
+    while (not rungs and extra) or (rungs and short(rungs) and extra >= 2 * MIN_UNLABELED):
         # half as many images, each at as many views as the teacher's share then affords (the epochs are as long)
         views, extra = views_and_unlabeled(len(train), extra // 2 if extra >= 2 * MIN_UNLABELED else 0, job.auto.views,
                                      TEACHING_SHARE * job.auto.minutes * 60 * teacher_speed)
@@ -425,7 +391,7 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
                if grown else f"what a {TEACHING_SHARE:.0%} share of the budget buys of the teacher's outputs, more "
                f"images before more views" if extra == wanted else f"fewer than the {wanted:,} the teacher's share "
                f"of the budget buys, so that every candidate trains at least {job.auto.min_epochs} passes over the "
-               f"labelled images")
+               f"labelled images and the finalists at least {fewest} epochs")
         print(f"  unlabelled images: {extra:,} of {available:,} at {views} view{'s' if views > 1 else ''} each ({why})")
     if rungs:
         for f in kept:
@@ -447,8 +413,8 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
                   "seconds": sum(60 * f["planned_minutes"] for f in kept)}] if trained else []
     return {"settings": settings(job), "machine": cpu_features(),
             "train_images": len(train), "unlabeled_images": extra, "unlabeled_available": available, "views": views,
-            "val_images": len(val), "selection": noise,
-            "teachers": teachers, "teacher": teacher, "candidates": kept, "dropped": dropped,
+            "val_images": len(val), "selection": noise, "teachers": teachers, "teacher": teacher,
+            "teacher_finetune": finetune, "candidates": kept, "dropped": dropped,
             "teaching_seconds": teaching, "export_seconds": reserve, "student_seconds": seconds, "rungs": rungs,
             "planning_seconds": time.perf_counter() - started}
 
@@ -742,7 +708,8 @@ def auto_job(job: AutoJob) -> dict:
     rows = leaderboard(plan, trained, finalists)
     best = write_best(root, chosen, test)
     minutes = (before + time.perf_counter() - started) / 60
-    result = {"root": str(root), "chosen": chosen, "test": test, "teacher": plan["teacher"], "best": str(best),
+    result = {"root": str(root), "chosen": chosen, "test": test, "teacher": plan["teacher"],
+              "teachers": plan["teachers"], "teacher_finetune": plan["teacher_finetune"], "best": str(best),
               "leaderboard": rows, "budget_minutes": job.auto.minutes, "latency_budget_ms": job.auto.latency_ms,
               "minutes": minutes, "minutes_by_step": minutes_by_step(root, plan, minutes), "rungs": plan["rungs"],
               "selection": plan["selection"], "machine": plan["machine"],

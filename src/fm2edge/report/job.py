@@ -276,6 +276,16 @@ def auto_section(folder: str, r: dict) -> str:
     if plot.exists():
         parts.append(_img(plot.read_bytes(), "validation accuracy against latency measured here; the line is the "
                                              "budget"))
+    if r.get("teachers"):
+        parts.append("<h3>The teacher</h3>")
+        fine = r.get("teacher_finetune") or {}
+        how = (f"fine-tuned {fine['seeds']} x {fine['epochs']} epochs at {fine['size']} px" if "size" in fine
+               else f"not fine-tuned: {fine['why']}" if "why" in fine else "")
+        parts.append(f"<p id=\"auto-teacher\">Chosen on validation: <b>{html.escape(r['teacher']['teacher'])}</b>"
+                     + (f"; {html.escape(how)}" if how else "") + ".</p>")
+        parts.append(_table("auto-teachers", ["teacher", "validation", "images/s here"],
+                            [[t["teacher"], _pct(t["val_acc"]), _num(t.get("images_per_s"), "{:.1f}")]
+                             for t in r["teachers"]]))
     if r.get("rungs"):
         parts.append("<h3>The search</h3>")
         if r.get("views"):

@@ -1,0 +1,140 @@
+"""`auto`'s teachers: each foundation model probed on the labels, the best fine-tuned in full when the time budget
+affords it and validation can tell the difference (two fine-tunes averaged into a soup when it affords two), and the
+most accurate on validation chosen."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fm2edge.automate.config import AutoJob
+from fm2edge.automate.measure import LOOP_EFFICIENCY, Candidate, latency_cache, measure_training
+from fm2edge.automate.stages import run_one_stage
+from fm2edge.config import to_dict
+
+TEACHER_STAGE = "teacher-"  # every teacher stage's name starts so (spent while planning, counted there)
+# At most this share of --auto.minutes goes to fine-tuning the teacher (the students need the rest, and the teacher's
+# outputs on their images take up to TEACHING_SHARE more).
+FINETUNE_SHARE = 0.3
+# Input sizes a teacher is fine-tuned at, largest first: the largest whose epochs fit FINETUNE_SHARE is taken
+# (never above the size the model was pretrained at).
+FINETUNE_SIZES = (224, 160, 128, 96)
+
+
+# ---------------------------------------------------------------- pure pieces
+
+
+def finetune_seconds(images: int, epochs: int, images_per_s: float) -> float:
+    """Seconds ``epochs`` of full fine-tuning over ``images`` take at a measured forward-backward speed (the
+    loop's evaluation passes and checkpoints included, as LOOP_EFFICIENCY measured them)."""
+    return epochs * images / (LOOP_EFFICIENCY * images_per_s)
+
+
+def finetune_choice(speeds: dict[int, float], images: int, epochs: int, seconds: float, noisy: bool,
+                    val_images: int) -> dict:
+    """Whether to fine-tune the teacher, and how: ``{"size", "seeds", "seconds"}`` (two seeds when the time affords
+    both, for a soup) or ``{"why"}`` it is not. ``speeds``: training images/s at each size this machine measured."""
+    if epochs <= 0:
+        return {"why": "--auto.teacher_epochs 0: the probe teaches"}
+    if noisy:
+        return {"why": f"validation holds {val_images} images, too few to tell a fine-tuned teacher from the probe: "
+                       f"the probe teaches"}
+    costs = {size: finetune_seconds(images, epochs, speed) for size, speed in speeds.items()}
+    for size in sorted(costs, reverse=True):
+        if costs[size] <= seconds:
+            return {"size": size, "seeds": 2 if 2 * costs[size] <= seconds else 1, "seconds": costs[size],
+                    "epochs": epochs}
+    smallest = min(costs)
+    return {"why": f"{epochs} epochs of fine-tuning at {smallest} px would take {costs[smallest] / 60:.1f} min, over "
+                   f"the {seconds / 60:.1f} min ({FINETUNE_SHARE:.0%} of the budget) a teacher may take: the probe "
+                   f"teaches"}
+
+
+def finetune_sizes(pretrained_size: int) -> list[int]:
+    """The sizes tried for fine-tuning, smallest first: FINETUNE_SIZES up to the pretrained size (that alone when
+    it is smaller)."""
+    return sorted(s for s in FINETUNE_SIZES if s <= pretrained_size) or [pretrained_size]
+
+
+# ---------------------------------------------------------------- steps
+
+
+def teacher_stages(job: AutoJob, root: Path) -> list[dict]:
+    """Each teacher: a run folder as it is, or a foundation model probed on the training images (a linear head on
+    its frozen features: the strong, cheap teacher for small folders)."""
+    from fm2edge.models.io import is_model_folder
+    from fm2edge.results import slug
+
+    teachers = []
+    for spec in job.auto.teachers:
+        if is_model_folder(spec):
+            teachers.append({"teacher": spec, "folder": str(Path(spec))})
+            continue
+        name = slug(f"{TEACHER_STAGE}{spec}")
+        run_one_stage(root, name, "probe", {"data": to_dict(job.data), "model": {"name": spec, "pretrained": True},
+                                            "probe": {"methods": ["logreg"], "teacher": "logreg"}})
+        teachers.append({"teacher": spec, "folder": str(root / name), "probe_of": spec})
+    return teachers
+
+
+def score_teachers(teachers: list[dict], val, device) -> list[dict]:
+    """Validation accuracy of each teacher (what chooses it), and its inference speed here (what its cached
+    outputs for the students will cost), timed on the validation images."""
+    from fm2edge.models.io import load_classifier
+    from fm2edge.report.metrics import accuracy
+    from fm2edge.train import predict
+
+    for t in teachers:
+        if "val_acc" in t:
+            continue
+        model = load_classifier(t["folder"]).to(device)
+        t0 = time.perf_counter()
+        t["val_acc"] = accuracy(predict(model, val, 64, device, progress=True), val.labels)
+        t["images_per_s"] = len(val) / (time.perf_counter() - t0)
+        t["parameters"] = sum(p.numel() for p in model.parameters())
+    return teachers
+
+
+def plan_finetune(job: AutoJob, best: dict, num_classes: int, images: int, noisy: bool, val_images: int) -> dict:
+    """The fine-tuning decision for the best probed foundation model: its training speed measured (and cached; the
+    candidates' figures serve when it is one of them) at each size, smallest first, until the epochs no longer fit
+    the share of the budget."""
+    import json
+
+    seconds = FINETUNE_SHARE * job.auto.minutes * 60
+    if noisy or job.auto.teacher_epochs <= 0:
+        return finetune_choice({}, images, job.auto.teacher_epochs, seconds, noisy, val_images)
+    pretrained = json.loads((Path(best["folder"]) / "model.json").read_text())["preprocess"]["size"]
+    speeds = {}
+    for size in finetune_sizes(pretrained):
+        figures = measure_training(Candidate(best["teacher"], size), num_classes, job.auto.threads,
+                                   latency_cache(job.data))
+        speeds[size] = figures["train_images_per_s"]
+        if finetune_seconds(images, job.auto.teacher_epochs, speeds[size]) > seconds:
+            break
+    return finetune_choice(speeds, images, job.auto.teacher_epochs, seconds, noisy, val_images)
+
+
+def finetuned_teachers(job: AutoJob, root: Path, choice: dict, spec: str) -> list[dict]:
+    """The fine-tuned teacher(s) ``choice`` asks for, as cached stages of the run (`fm2edge finetune`, full mode,
+    the package's teacher recipe, the test split unread), and their greedy soup when there are two."""
+    from fm2edge.distill.selection import teacher_recipe
+    from fm2edge.results import slug
+
+    if "size" not in choice:
+        return []
+    recipe = teacher_recipe(choice["epochs"], device=job.auto.device, score_test=False)
+    out = []
+    for seed in range(job.auto.seed, job.auto.seed + choice["seeds"]):
+        name = slug(f"{TEACHER_STAGE}finetune-{spec}-{choice['size']}-s{seed}")
+        run_one_stage(root, name, "finetune", {
+            "data": to_dict(job.data), "model": {"name": spec, "pretrained": True, "image_size": choice["size"]},
+            "train": {**to_dict(recipe), "seed": seed}, "finetune": {"modes": ["full"], "eval_before": False}})
+        out.append({"teacher": f"{spec} fine-tuned at {choice['size']} px (seed {seed})",
+                    "folder": str(root / name / "full")})
+    if len(out) > 1:
+        name = slug(f"{TEACHER_STAGE}soup-{spec}")
+        run_one_stage(root, name, "soup", {"data": to_dict(job.data), "soup": {
+            "runs": [t["folder"] for t in out], "score_test": False, "device": job.auto.device}})
+        out.append({"teacher": f"{spec} soup of {len(out)} fine-tunes", "folder": str(root / name)})
+    return out

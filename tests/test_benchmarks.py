@@ -1,0 +1,50 @@
+"""The GPU suite's profiler pass, rehearsed on the CPU: what it counts and what it leaves behind."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def gpu_suite(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import gpu_suite
+
+    return gpu_suite
+
+
+def test_device_busy_time_is_the_union_of_kernel_intervals(gpu_suite):
+    assert gpu_suite.busy_microseconds([]) == 0
+    assert gpu_suite.busy_microseconds([(0, 10), (5, 15), (20, 25)]) == 20  # overlap counted once, gap not at all
+    assert gpu_suite.busy_microseconds([(20, 25), (0, 30)]) == 30  # one kernel inside another's span
+
+
+def test_a_profiled_part_leaves_a_trace_and_a_table_that_count_its_steps(gpu_suite, tmp_path):
+    def part():
+        model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            torch.nn.functional.cross_entropy(model(torch.randn(8, 16)), torch.zeros(8, dtype=torch.long)).backward()
+            opt.step()
+            opt.zero_grad()
+        return {"figures": {"steps": 3}, "notes": "toy"}
+
+    result, summary = gpu_suite.profiled(part, tmp_path / "profile", "toy")
+    assert result["figures"] == {"steps": 3}
+    assert summary["optimizer_steps"] == 3 and summary["span_ms"] > 0 and summary["host_op_ms"] > 0
+    ops = [t["op"] for t in summary["top"]]
+    assert 0 < len(ops) <= gpu_suite.TOP and "aten::addmm" in ops
+    assert summary["device_idle_share"] is None if not torch.cuda.is_available() else 0 <= summary[
+        "device_idle_share"] <= 1
+    table = (tmp_path / "profile" / "toy.md").read_text()
+    assert "3 optimiser steps" in table and "`aten::addmm`" in table
+    trace = json.loads(gzip.open(tmp_path / "profile" / "toy.trace.json.gz").read())
+    assert any(e.get("name") == "aten::addmm" for e in trace["traceEvents"])
+    assert not (tmp_path / "profile" / "toy.trace.json").exists()  # only the compressed trace stays
