@@ -13,7 +13,17 @@ from pathlib import Path
 import pytest
 
 from fm2edge.automate.config import AutoConfig
-from fm2edge.automate.job import choose, extension, plan_rungs, respace_rungs, screen, size_epochs, views_and_unlabeled
+from fm2edge.automate.job import (
+    MIN_UNLABELED,
+    choose,
+    extension,
+    plan_pool,
+    plan_rungs,
+    respace_rungs,
+    screen,
+    size_epochs,
+    views_and_unlabeled,
+)
 from fm2edge.automate.teachers import FINETUNE_SIZES, finetune_choice, finetune_seconds, finetune_sizes
 from fm2edge.cli import main
 
@@ -192,7 +202,8 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
     for part in ('id="auto-choice"', 'id="auto-rungs"', 'id="auto-teaching"', 'id="auto-leaderboard"',
-                 'id="auto-minutes"', "students, rung 1", "points paid for the speed-up"):
+                 'id="auto-minutes"', "students, rung 1", "points paid for the speed-up", 'id="auto-selection"',
+                 "enough to rank", 'id="auto-teacher"', "used as they are", 'id="auto-teachers"'):
         assert part in page, part
     steps = result["minutes_by_step"]
     assert steps["students, rung 0"] > 0 and steps["exports"] > 0
@@ -370,3 +381,29 @@ def test_auto_fine_tunes_a_foundation_teacher_soups_two_and_chooses_on_validatio
     result = json.loads((run / "auto.json").read_text())
     assert result["teacher_finetune"] == plan["teacher_finetune"] and len(result["teachers"]) == 4
     assert "teachers" in result["minutes_by_step"]
+
+
+def fake_ladder(passes: float):
+    """A budget of ``passes`` student image-passes; each teacher view costs three of them; one rung."""
+    def ladder(extra: int, views: int):
+        images = 200 + extra
+        left = passes - 3 * views * images
+        epochs = min(30, int(left // images))
+        return ([{"candidates": 1, "epochs": epochs}] if epochs >= 1 else []), 3 * views * images, left
+    return ladder
+
+
+def test_the_unlabelled_pool_is_cut_until_the_finalists_get_their_epochs_and_grown_when_they_have_time_over():
+    # the teacher's share buys one view of all 8,000: the finalist would see each image once; halved until it
+    # trains at least 10 epochs
+    cut = plan_pool(200, 8000, 4, 8200, 10, lambda n: 30, fake_ladder(40_000))
+    assert cut["reason"] == "cut" and cut["wanted"] == 8000
+    assert MIN_UNLABELED <= cut["extra"] < 8000 and sum(r["epochs"] for r in cut["rungs"]) >= 10
+    # plenty of time: everything the share buys, at every view
+    bought = plan_pool(200, 8000, 4, 4 * 8200, 10, lambda n: 30, fake_ladder(10_000_000))
+    assert (bought["reason"], bought["extra"], bought["views"]) == ("bought", 8000, 4)
+    # a share that buys 100 images, students with time over: one view each of the most images that keep 10 epochs
+    # (passes >= 13 x images: 200 + extra <= 3,076), found by bisection to within 1% of the pool
+    grown = plan_pool(200, 8000, 4, 300, 10, lambda n: 10, fake_ladder(40_000))
+    assert grown["reason"] == "grown" and grown["views"] == 1
+    assert 2876 - 80 <= grown["extra"] <= 2876 and grown["rungs"][0]["epochs"] >= 10

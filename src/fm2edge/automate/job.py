@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fm2edge.automate.config import AutoJob
@@ -159,6 +160,47 @@ def views_and_unlabeled(labelled: int, available: int, most_views: int, affordab
     return (1, extra) if extra >= MIN_UNLABELED else (most_views, 0)
 
 
+def plan_pool(labelled: int, available: int, most_views: int, affordable: float, fewest: int,
+              wanted_epochs: Callable[[int], int], ladder: Callable[[int, int], tuple]) -> dict:
+    """How many unlabelled images (of ``available``) the teacher's outputs are cached on, at how many views, and the
+    students' rungs that leaves. ``affordable``: the views the teacher's share of the budget buys; ``ladder(extra,
+    views)``: (rungs, teaching seconds, student seconds) with that pool; ``fewest``: the finalists' fewest epochs;
+    ``wanted_epochs(images)``: the epochs the proven recipe gives a set that size.
+
+    Distinct images first (`views_and_unlabeled`); then fewer, halving, until every candidate gets a rung and the
+    finalists ``fewest`` epochs (many images seen a few times lost to fewer seen more often: cats/dogs, 2 CPU cores,
+    8,000 unlabelled photos at 4 epochs gave 91.2% test, 4,000 at 13 epochs 93.7%); or more, beyond the teacher's
+    share, when the students would still get ``wanted_epochs`` (the most such, by bisection). ``reason`` says which.
+    """
+    views, extra = views_and_unlabeled(labelled, available, most_views, affordable)
+    wanted = extra
+    rungs, teaching, seconds = ladder(extra, views)
+
+    def short(rungs: list[dict]) -> bool:
+        return sum(r["epochs"] for r in rungs) < fewest
+
+    def satisfied(extra: int) -> bool:
+        rungs = ladder(extra, 1)[0]
+        return bool(rungs) and sum(r["epochs"] for r in rungs) >= wanted_epochs(labelled + extra)
+
+    while (not rungs and extra) or (rungs and short(rungs) and extra >= 2 * MIN_UNLABELED):
+        # half as many images, each at as many views as the teacher's share then affords (the epochs are as long)
+        views, extra = views_and_unlabeled(labelled, extra // 2 if extra >= 2 * MIN_UNLABELED else 0, most_views,
+                                           affordable)
+        rungs, teaching, seconds = ladder(extra, views)
+    grown = extra < available and (views == 1 or not extra) and satisfied(extra)
+    if grown:  # the students' epochs leave time over: the teacher's outputs on more unlabelled images take it
+        views = 1
+        low, high = extra, available
+        while high - low > max(1, available // 100):  # the most images that keep the students' epochs (bisection)
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if satisfied(mid) else (low, mid - 1)
+        extra = low
+        rungs, teaching, seconds = ladder(extra, views)
+    return {"views": views, "extra": extra, "wanted": wanted, "rungs": rungs, "teaching": teaching,
+            "seconds": seconds, "reason": "grown" if grown else "bought" if extra == wanted else "cut"}
+
+
 def rank(trained: list[dict]) -> list[dict]:
     """Best first on validation accuracy; ties (common on small validation splits) to the lower validation loss."""
     return sorted(trained, key=lambda t: (-t["val_acc"], t["val_loss"] if t["val_loss"] is not None
@@ -304,6 +346,57 @@ def budget_text(cfg) -> str:
     return ", ".join(p for p in parts if p) or "no limits"
 
 
+def plan_teacher(job: AutoJob, root: Path, train, val, device, noisy: bool) -> tuple[list[dict], dict, dict]:
+    """(every teacher candidate scored on validation, the chosen one, the fine-tuning decision): the probes and
+    run folders, then the best probe fine-tuned (and souped) when `plan_finetune` says so."""
+    teachers = score_teachers(teacher_stages(job, root), val, device)
+    probes = [t for t in teachers if "probe_of" in t]
+    finetune = {"why": "the teachers are trained run folders: used as they are"}
+    if probes:
+        best = max(probes, key=lambda t: t["val_acc"])
+        finetune = plan_finetune(job, best, train.num_classes, len(train), noisy, len(val))
+        shown = (f"{finetune['seeds']} x {finetune['epochs']} epochs at {finetune['size']} px, about "
+                 f"{finetune['seconds'] / 60:.1f} min each" if "size" in finetune else finetune["why"])
+        print(f"  teacher fine-tuning ({best['probe_of']}): {shown}")
+        teachers = score_teachers(teachers + finetuned_teachers(job, root, finetune, best["probe_of"]), val, device)
+    return teachers, max(teachers, key=lambda t: t["val_acc"]), finetune  # the first (a probe) wins a tie
+
+
+def pool_text(pool: dict, available: int, min_epochs: int, fewest: int) -> str:
+    why = {"grown": f"more than a {TEACHING_SHARE:.0%} share of the budget buys: the students' epochs leave time over",
+           "bought": f"what a {TEACHING_SHARE:.0%} share of the budget buys of the teacher's outputs, more images "
+                     f"before more views",
+           "cut": f"fewer than the {pool['wanted']:,} the teacher's share of the budget buys, so that every "
+                  f"candidate trains at least {min_epochs} passes over the labelled images and the finalists at "
+                  f"least {fewest} epochs"}[pool["reason"]]
+    views = f"{pool['views']} view{'s' if pool['views'] > 1 else ''}"
+    return f"unlabelled images: {pool['extra']:,} of {available:,} at {views} each ({why})"
+
+
+def size_candidates(kept: list[dict], rungs: list[dict], speeds: dict[str, float], images: int, seconds: float,
+                    cfg) -> list[dict]:
+    """Each kept candidate's first epochs and planned minutes (rung 0 of the ladder, or equal shares of the time
+    when not even --auto.min_epochs each fit a ladder, those left short dropped with the reason); the rungs."""
+    if rungs:
+        for f in kept:
+            f["epochs"] = rungs[0]["epochs"]
+            f["planned_minutes"] = f["epochs"] * images / speeds[f["candidate"]] / 60
+        shape = " -> ".join(f"{r['candidates']} x {r['epochs']}" for r in rungs)
+        print(f"  successive halving: {shape} epochs (candidates x epochs per rung, the better half going on)")
+        return rungs
+    epochs = size_epochs(speeds, images, seconds, cfg.min_epochs, cfg.max_epochs)
+    for f in kept:
+        f["epochs"] = epochs[f["candidate"]]
+        f["planned_minutes"] = f["epochs"] * images / speeds[f["candidate"]] / 60
+        if not f["epochs"]:
+            f["why"] = (f"fewer than {cfg.min_epochs} epochs fit in its share of the budget "
+                        f"({seconds / 60 / len(kept):.1f} min)")
+            print(f"  dropped {f['candidate']}: {f['why']}")
+    trained = sum(1 for f in kept if f["epochs"])
+    return [{"candidates": trained, "epochs": None,
+             "seconds": sum(60 * f["planned_minutes"] for f in kept)}] if trained else []
+
+
 def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     """Measure, screen, choose the teacher and size every student's epochs: written once (plan.json), so a resumed
     run follows the same plan whatever its clock says."""
@@ -323,27 +416,16 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
         raise Fm2EdgeError(f"no candidate student meets the budget ({budget_text(job.auto)}); the fastest measured "
                            f"here is {fastest['candidate']} ({fastest['int8']['p50_ms']:.3f} ms as int8); raise the "
                            f"budget or add smaller candidates with --auto.students")
-    device = resolve_device(job.auto.device)
-    teachers = score_teachers(teacher_stages(job, root), val, device)
     noise = selection_noise(len(val), "candidates")
-    probes = [t for t in teachers if "probe_of" in t]
-    finetune = {"why": "the teachers are trained run folders: used as they are"}
-    if probes:
-        best = max(probes, key=lambda t: t["val_acc"])
-        finetune = plan_finetune(job, best, train.num_classes, len(train), noise["noisy"], len(val))
-        shown = (f"{finetune['seeds']} x {finetune['epochs']} epochs at {finetune['size']} px, about "
-                 f"{finetune['seconds'] / 60:.1f} min each" if "size" in finetune else finetune["why"])
-        print(f"  teacher fine-tuning ({best['probe_of']}): {shown}")
-        teachers = score_teachers(teachers + finetuned_teachers(job, root, finetune, best["probe_of"]), val, device)
-    teacher = max(teachers, key=lambda t: t["val_acc"])  # the first (a probe) wins a tie
+    teachers, teacher, finetune = plan_teacher(job, root, train, val, resolve_device(job.auto.device),
+                                                 noise["noisy"])
     teacher_speed = TEACHER_VIEW_EFFICIENCY * teacher["images_per_s"]  # views per second while caching
     available = len(pool) if (pool := unlabeled_pool(job, train)) is not None else 0
-    views, extra = views_and_unlabeled(len(train), available, job.auto.views,
-                                 TEACHING_SHARE * job.auto.minutes * 60 * teacher_speed)
     elapsed = time.perf_counter() - started
     costs = sorted((export_seconds(f, min(500, len(train)), len(val)) for f in kept), reverse=True)
     reserve = sum(costs[:job.auto.finalists])
     speeds = {f["candidate"]: LOOP_EFFICIENCY * f["train_images_per_s"] for f in kept}
+
     def ladder(extra: int, views: int) -> tuple[list[dict], float, float]:
         """The rungs, the teacher's seconds and the students' seconds with ``extra`` unlabelled images."""
         images = len(train) + extra
@@ -354,69 +436,19 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
         lo = max(1, math.ceil(job.auto.min_epochs * len(train) / images))
         return plan_rungs(speeds, images, seconds, lo, job.auto.max_epochs, job.auto.finalists), teaching, seconds
 
-    def satisfied(extra: int) -> bool:
-        """With ``extra`` unlabelled images at one view, a finalist still trains the epochs the proven recipe gives
-        a training set that size (`fm2edge train`'s default)."""
-        rungs = ladder(extra, 1)[0]
-        return bool(rungs) and sum(r["epochs"] for r in rungs) >= min(job.auto.max_epochs,
-                                                                      scaled_epochs(len(train) + extra))
-
-    wanted = extra
-    rungs, teaching, seconds = ladder(extra, views)
     fewest = min(EPOCHS_FEWEST, job.auto.max_epochs)  # the proven recipe's fewest epochs, for the finalists
-
-    def short(rungs: list[dict]) -> bool:
-        return sum(r["epochs"] for r in rungs) < fewest
-
-    # unlabelled images make every epoch longer: fewer, until every candidate gets a rung and the finalists the
-    # recipe's fewest epochs (many images seen a few times lost to fewer seen more often: cats/dogs, 2 CPU cores,
-    # 8,000 unlabelled photos at 4 epochs gave 91.2% test, 4,000 at 16 epochs 93.7%)
-    while (not rungs and extra) or (rungs and short(rungs) and extra >= 2 * MIN_UNLABELED):
-        # half as many images, each at as many views as the teacher's share then affords (the epochs are as long)
-        views, extra = views_and_unlabeled(len(train), extra // 2 if extra >= 2 * MIN_UNLABELED else 0, job.auto.views,
-                                     TEACHING_SHARE * job.auto.minutes * 60 * teacher_speed)
-        rungs, teaching, seconds = ladder(extra, views)
-    grown = extra < available and (views == 1 or not extra) and satisfied(extra)
-    if grown:  # the students' epochs leave time over: the teacher's outputs on more unlabelled images take it
-        views = 1
-        low, high = extra, available
-        while high - low > max(1, available // 100):  # the most images that keep the students' epochs (bisection)
-            mid = (low + high + 1) // 2
-            low, high = (mid, high) if satisfied(mid) else (low, mid - 1)
-        extra = low
-        rungs, teaching, seconds = ladder(extra, views)
-    images = len(train) + extra
+    planned = plan_pool(len(train), available, job.auto.views, TEACHING_SHARE * job.auto.minutes * 60 * teacher_speed,
+                        fewest, lambda n: min(job.auto.max_epochs, scaled_epochs(n)), ladder)
     if available:
-        why = (f"more than a {TEACHING_SHARE:.0%} share of the budget buys: the students' epochs leave time over"
-               if grown else f"what a {TEACHING_SHARE:.0%} share of the budget buys of the teacher's outputs, more "
-               f"images before more views" if extra == wanted else f"fewer than the {wanted:,} the teacher's share "
-               f"of the budget buys, so that every candidate trains at least {job.auto.min_epochs} passes over the "
-               f"labelled images and the finalists at least {fewest} epochs")
-        print(f"  unlabelled images: {extra:,} of {available:,} at {views} view{'s' if views > 1 else ''} each ({why})")
-    if rungs:
-        for f in kept:
-            f["epochs"] = rungs[0]["epochs"]
-            f["planned_minutes"] = f["epochs"] * images / speeds[f["candidate"]] / 60
-        shape = " -> ".join(f"{r['candidates']} x {r['epochs']}" for r in rungs)
-        print(f"  successive halving: {shape} epochs (candidates x epochs per rung, the better half going on)")
-    else:  # not even min_epochs each for every candidate: equal shares, and those left short are dropped
-        epochs = size_epochs(speeds, images, seconds, job.auto.min_epochs, job.auto.max_epochs)
-        for f in kept:
-            f["epochs"] = epochs[f["candidate"]]
-            f["planned_minutes"] = f["epochs"] * images / speeds[f["candidate"]] / 60
-            if not f["epochs"]:
-                f["why"] = (f"fewer than {job.auto.min_epochs} epochs fit in its share of the budget "
-                            f"({seconds / 60 / len(kept):.1f} min)")
-                print(f"  dropped {f['candidate']}: {f['why']}")
-        trained = sum(1 for f in kept if f["epochs"])
-        rungs = [{"candidates": trained, "epochs": None,
-                  "seconds": sum(60 * f["planned_minutes"] for f in kept)}] if trained else []
+        print("  " + pool_text(planned, available, job.auto.min_epochs, fewest))
+    images = len(train) + planned["extra"]
+    rungs = size_candidates(kept, planned["rungs"], speeds, images, planned["seconds"], job.auto)
     return {"settings": settings(job), "machine": cpu_features(),
-            "train_images": len(train), "unlabeled_images": extra, "unlabeled_available": available, "views": views,
-            "val_images": len(val), "selection": noise, "teachers": teachers, "teacher": teacher,
-            "teacher_finetune": finetune, "candidates": kept, "dropped": dropped,
-            "teaching_seconds": teaching, "export_seconds": reserve, "student_seconds": seconds, "rungs": rungs,
-            "planning_seconds": time.perf_counter() - started}
+            "train_images": len(train), "unlabeled_images": planned["extra"], "unlabeled_available": available,
+            "views": planned["views"], "val_images": len(val), "selection": noise, "teachers": teachers,
+            "teacher": teacher, "teacher_finetune": finetune, "candidates": kept, "dropped": dropped,
+            "teaching_seconds": planned["teaching"], "export_seconds": reserve, "student_seconds": planned["seconds"],
+            "rungs": rungs, "planning_seconds": time.perf_counter() - started}
 
 
 def train_students(job: AutoJob, root: Path, plan: dict) -> list[dict]:

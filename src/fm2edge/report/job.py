@@ -276,6 +276,14 @@ def auto_section(folder: str, r: dict) -> str:
     if plot.exists():
         parts.append(_img(plot.read_bytes(), "validation accuracy against latency measured here; the line is the "
                                              "budget"))
+    if r.get("selection"):
+        sel = r["selection"]
+        how = ("too few to rank epochs or candidates that differ by less: the students trained a fixed schedule "
+               "(their last epoch kept), ties went to the lower validation loss, each model's int8 recipe was chosen "
+               "by its agreement with the fp32 graph on training images, and the teacher was not fine-tuned"
+               if sel["noisy"] else "enough to rank: each student's best validation epoch was kept")
+        parts.append(f"<p id=\"auto-selection\">Validation: {sel['val_images']:,} images, accuracy known to "
+                     f"+-{100 * sel['half_width']:.1f} points (95% interval); {how}.</p>")
     if r.get("teachers"):
         parts.append("<h3>The teacher</h3>")
         fine = r.get("teacher_finetune") or {}
