@@ -20,6 +20,7 @@ from fm2edge.automate.job import (
     plan_pool,
     plan_rungs,
     respace_rungs,
+    rungs_as_run,
     screen,
     size_epochs,
     views_and_unlabeled,
@@ -407,3 +408,14 @@ def test_the_unlabelled_pool_is_cut_until_the_finalists_get_their_epochs_and_gro
     grown = plan_pool(200, 8000, 4, 300, 10, lambda n: 10, fake_ladder(40_000))
     assert grown["reason"] == "grown" and grown["views"] == 1
     assert 2876 - 80 <= grown["extra"] <= 2876 and grown["rungs"][0]["epochs"] >= 10
+
+
+def test_the_rungs_as_run_are_the_plans_re_sized_then_the_extension():
+    plan = {"settings": {"auto": {"finalists": 2}},
+            "rungs": [{"candidates": 4, "epochs": 1, "seconds": 300.0},
+                      {"candidates": 2, "epochs": 2, "seconds": 600.0}],
+            "respaced": {"1": {"epochs": [3]}, "extension": {"epochs": 7}}}
+    rungs = rungs_as_run(plan)
+    assert [(r["candidates"], r["epochs"], r["planned"]) for r in rungs] == [(4, 1, 1), (2, 3, 2), (2, 7, None)]
+    assert rungs[-1]["extension"] and not rungs[0].get("extension")
+    assert rungs_as_run({**plan, "respaced": {"1": {"epochs": []}}}) == rungs[:1]  # the search ended at rung 0

@@ -201,6 +201,21 @@ def plan_pool(labelled: int, available: int, most_views: int, affordable: float,
             "seconds": seconds, "reason": "grown" if grown else "bought" if extra == wanted else "cut"}
 
 
+def rungs_as_run(plan: dict) -> list[dict]:
+    """The rungs as they ran: the plan's, re-sized where ``plan["respaced"]`` says so (``planned`` keeps the planned
+    epochs), then the extension rung when there was one."""
+    rungs = [{**r, "planned": r["epochs"]} for r in plan["rungs"]]
+    saved = plan.get("respaced", {})
+    for key in sorted((k for k in saved if k.isdigit()), key=int):
+        r = int(key)
+        rungs = rungs[:r] + [{**rung, "epochs": e} for rung, e in zip(rungs[r:], saved[key]["epochs"], strict=False)]
+    more = saved.get("extension", {}).get("epochs")
+    if more and rungs:
+        rungs.append({"candidates": min(rungs[-1]["candidates"], plan["settings"]["auto"]["finalists"]),
+                      "epochs": more, "planned": None, "seconds": None, "extension": True})
+    return rungs
+
+
 def rank(trained: list[dict]) -> list[dict]:
     """Best first on validation accuracy; ties (common on small validation splits) to the lower validation loss."""
     return sorted(trained, key=lambda t: (-t["val_acc"], t["val_loss"] if t["val_loss"] is not None
@@ -743,7 +758,7 @@ def auto_job(job: AutoJob) -> dict:
     result = {"root": str(root), "chosen": chosen, "test": test, "teacher": plan["teacher"],
               "teachers": plan["teachers"], "teacher_finetune": plan["teacher_finetune"], "best": str(best),
               "leaderboard": rows, "budget_minutes": job.auto.minutes, "latency_budget_ms": job.auto.latency_ms,
-              "minutes": minutes, "minutes_by_step": minutes_by_step(root, plan, minutes), "rungs": plan["rungs"],
+              "minutes": minutes, "minutes_by_step": minutes_by_step(root, plan, minutes), "rungs": rungs_as_run(plan),
               "selection": plan["selection"], "machine": plan["machine"],
               "train_images": plan["train_images"], "unlabeled_images": plan["unlabeled_images"],
               "views": plan["views"]}

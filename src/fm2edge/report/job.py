@@ -300,8 +300,13 @@ def auto_section(folder: str, r: dict) -> str:
             parts.append(f"<p id=\"auto-teaching\">The students were taught on {r['train_images']:,} labelled and "
                          f"{r['unlabeled_images']:,} unlabelled images, the teacher's outputs cached on "
                          f"{r['views']} view{'s' if r['views'] > 1 else ''} of each.</p>")
+        def epochs(g: dict) -> str:
+            ran = str(g["epochs"] or "shared")
+            return ran if g.get("planned", g["epochs"]) in (None, g["epochs"]) else f"{ran} (planned {g['planned']})"
+
         parts.append(_table("auto-rungs", ["rung", "candidates", "epochs each", "planned minutes"],
-                            [[str(i), str(g["candidates"]), str(g["epochs"] or "shared"), f"{g['seconds'] / 60:.1f}"]
+                            [[f"{i} (time left over)" if g.get("extension") else str(i), str(g["candidates"]),
+                              epochs(g), _num(None if g.get("seconds") is None else g["seconds"] / 60, "{:.1f}")]
                              for i, g in enumerate(r["rungs"])]))
     rows = r["leaderboard"]
     parts.append("<h3>Leaderboard</h3>")
