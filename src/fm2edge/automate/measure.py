@@ -85,9 +85,8 @@ def measure_training(candidate: Candidate, num_classes: int, threads: int | None
     from fm2edge.timing import reference_ms
 
     reference = reference or reference_ms(threads)
-    full = cache_path(candidate, num_classes, threads, cache, "v5")
-    if valid(full, reference):
-        return json.loads(full.read_text())
+    if (full := cached(cache_path(candidate, num_classes, threads, cache, "v5"), reference)) is not None:
+        return full
     return cached_figures(candidate, num_classes, threads, cache, reference, "speed-v1",
                           lambda: training_speed(candidate, num_classes))
 
@@ -97,11 +96,15 @@ def cache_path(candidate: Candidate, num_classes: int, threads: int | None, cach
     return cache / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.json"
 
 
-def valid(path: Path, reference: float) -> bool:
-    """A cached figure exists and was taken with the machine in the state ``reference`` says it is in now."""
+def cached(path: Path, reference: float) -> dict | None:
+    """The cached figures at ``path`` when they were taken with the machine in the state ``reference`` says it is
+    in now; None when there are none or the machine runs faster or slower than then."""
     from fm2edge.timing import same_state
 
-    return path.exists() and same_state(json.loads(path.read_text()).get("reference_ms"), reference)
+    if not path.exists():
+        return None
+    figures = json.loads(path.read_text())
+    return figures if same_state(figures.get("reference_ms"), reference) else None
 
 
 def cached_figures(candidate: Candidate, num_classes: int, threads: int | None, cache: Path,
@@ -111,10 +114,9 @@ def cached_figures(candidate: Candidate, num_classes: int, threads: int | None, 
 
     reference = reference or reference_ms(threads)
     path = cache_path(candidate, num_classes, threads, cache, version)
-    if valid(path, reference):
-        return json.loads(path.read_text())
-    figures = {"candidate": candidate.label, "machine": machine_key(threads), **compute(),
-               "reference_ms": reference_ms(threads)}
+    if (figures := cached(path, reference)) is not None:
+        return figures
+    figures = {"candidate": candidate.label, "machine": machine_key(threads), **compute(), "reference_ms": reference}
     atomic_write_json(path, figures)
     return figures
 

@@ -99,12 +99,12 @@ def plan_finetune(job: AutoJob, best: dict, num_classes: int, images: int, noisy
     """The fine-tuning decision for the best probed foundation model: its training speed measured (and cached; the
     candidates' figures serve when it is one of them) at each size, smallest first, until the epochs no longer fit
     the share of the budget."""
-    import json
+    from fm2edge.models.io import model_meta
 
     seconds = FINETUNE_SHARE * job.auto.minutes * 60
     if noisy or job.auto.teacher_epochs <= 0:
         return finetune_choice({}, images, job.auto.teacher_epochs, seconds, noisy, val_images)
-    pretrained = json.loads((Path(best["folder"]) / "model.json").read_text())["preprocess"]["size"]
+    pretrained = model_meta(best["folder"])["preprocess"]["size"]
     speeds = {}
     for size in finetune_sizes(pretrained):
         figures = measure_training(Candidate(best["teacher"], size), num_classes, job.auto.threads,

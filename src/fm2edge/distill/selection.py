@@ -5,7 +5,6 @@ from these functions."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,9 +32,10 @@ def finetune_teacher(root: Path, name: str, data: DataConfig, model: ModelConfig
     """One `fm2edge finetune --finetune.modes [full]` run of the teacher (resumed when interrupted, reused when
     done), validation-selected like every run: ROOT/NAME/full."""
     from fm2edge.finetune import FinetuneConfig, FinetuneJob, finetune_job
+    from fm2edge.models.io import is_model_folder
 
     run = root / name / "full"
-    if not (run / "model.json").exists():
+    if not is_model_folder(run):
         finetune_job(FinetuneJob(data=data, model=model, train=train, finetune=FinetuneConfig(modes=["full"]),
                                  run=RunConfig(root=str(root), name=name, resume=True)))
     return run
@@ -43,7 +43,9 @@ def finetune_teacher(root: Path, name: str, data: DataConfig, model: ModelConfig
 
 def saved_model(teacher: Path) -> tuple[str, int]:
     """(registered name, input size) of a saved teacher."""
-    saved = json.loads((teacher / "model.json").read_text())
+    from fm2edge.models.io import model_meta
+
+    saved = model_meta(teacher)
     return saved["name"], saved["preprocess"]["size"]
 
 
@@ -72,10 +74,11 @@ def soup_teacher(root: Path, data: DataConfig, candidates: list[Path], name: str
     """A greedy model soup of the candidates (`fm2edge soup`: the best on validation first, each further one kept
     when the average's validation accuracy does not drop; BatchNorm statistics estimated again), itself a
     candidate. Its validation score is chosen on validation too, so it flatters the soup a little."""
+    from fm2edge.runs import read_metrics
     from fm2edge.soup import SoupConfig, SoupJob, soup_job
 
     run = root / name
-    if not (run / "metrics.json").exists():
+    if not read_metrics(run):
         soup_job(SoupJob(data=data, soup=SoupConfig(runs=[str(c) for c in candidates]),
                          run=RunConfig(root=str(root), name=name)))
     return run
@@ -84,7 +87,9 @@ def soup_teacher(root: Path, data: DataConfig, candidates: list[Path], name: str
 def choose_teacher(candidates: list[Path]) -> Path:
     """The candidate teacher with the best validation accuracy (its kept epoch's, on the same images); the first
     wins a tie."""
-    scores = {run: json.loads((run / "metrics.json").read_text())["val_acc"] for run in candidates}
+    from fm2edge.runs import read_metrics
+
+    scores = {run: read_metrics(run)["val_acc"] for run in candidates}
     for run, acc in scores.items():
         print(f"teacher candidate {run}: validation {100 * acc:.2f}%")
     best = max(candidates, key=scores.get)
