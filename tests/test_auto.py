@@ -17,6 +17,7 @@ from fm2edge.automate.job import (
     MIN_UNLABELED,
     choose,
     extension,
+    leaderboard,
     plan_pool,
     plan_rungs,
     respace_rungs,
@@ -42,6 +43,18 @@ def test_screen_drops_what_is_over_budget_in_both_precisions_and_says_why():
     assert kept[0]["fits"] == ["fp32", "int8"] and kept[1]["fits"] == ["int8"]
     why = {d["candidate"]: d["why"] for d in dropped}
     assert "over the budget" in why["slow"] and "max_params" in why["big"]
+
+
+def test_the_teacher_is_a_leaderboard_row_within_the_budget_or_over_it_with_the_reason():
+    cfg = AutoConfig(latency_ms=2.0)
+    student = {**screen([figures("student:small_cnn@32", 1.0, 0.5)], cfg)[0][0], "epochs": 3}
+    trained = [{"candidate": "student:small_cnn@32", "trained_epochs": 3, "rung": 0, "val_acc": 0.8, "minutes": 1.0}]
+    for latency, status in ((1.5, "the teacher: within the budget, not retrained"), (5.0, "over the budget")):
+        kept, dropped = screen([figures("teacher x@224", latency, latency)], cfg)
+        teacher = {**(kept or dropped)[0], "val_acc": 0.9}
+        rows = leaderboard({"candidates": [student], "dropped": [], "teacher_option": teacher}, trained, [])
+        assert [r["candidate"] for r in rows] == ["teacher x@224", "student:small_cnn@32"]  # by validation
+        assert status in rows[0]["status"] and rows[0]["epochs"] is None and rows[0]["val_acc"] == 0.9
 
 
 def test_epochs_fill_the_time_and_a_capped_candidate_hands_its_time_on():
@@ -163,9 +176,15 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     assert chosen["p50_ms"] <= 50 and chosen["precision"] in ("fp32", "int8")
     # the choice is the most accurate exported option on validation
     rows = list(csv.DictReader((run / "leaderboard.csv").open()))
-    assert {r["candidate"] for r in rows} == {"student:small_cnn@16", "student:small_cnn@32"}
+    assert {r["candidate"] for r in rows} == {"student:small_cnn@16", "student:small_cnn@32",
+                                              "teacher student:small_cnn@32"}
     scored = [float(r[f"val_acc_onnx_{p}"]) for r in rows for p in ("fp32", "int8") if r[f"val_acc_onnx_{p}"]]
     assert chosen["val_acc"] == max(scored)
+    # the teacher fits the 50 ms budget: it is a candidate as it is (exported, judged on validation, not retrained)
+    teacher_row = next(r for r in rows if r["candidate"].startswith("teacher "))
+    assert teacher_row["status"] == "the teacher: within the budget, not retrained" and teacher_row["epochs"] == ""
+    assert teacher_row["val_acc_onnx_fp32"] and (run / "export-teacher" / "export.json").exists()
+    rows = [r for r in rows if r is not teacher_row]
     assert 0 <= result["test"]["chosen_test_acc"] <= 1 and result["test"]["test_images"] == 450
     # the plan fits the budget: measuring and probing, the teacher's outputs, every student's planned epochs and
     # the finalists' exports (how long they then take is the machine's: benchmarks time it, tests do not)
@@ -180,7 +199,7 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     winner = next(c for c, (rung, _) in by_rung.items() if rung == 1)
     first = {c: json.loads((run / f"student-small_cnn-{c.split('@')[1]}" / "metrics.json").read_text())["val_acc"]
              for c in by_rung}
-    assert first[winner] == max(first.values()) and chosen["candidate"] == winner
+    assert first[winner] == max(first.values()) and chosen["candidate"] in (winner, teacher_row["candidate"])
     assert "test (read once)" in out and "points paid for the speed-up" in out
     assert (run / "plots" / "accuracy_vs_latency.png").stat().st_size > 0
     # best/ is an ordinary run folder with its ONNX graph: it loads and predicts
@@ -279,7 +298,8 @@ def test_auto_is_a_recipe_stage_whose_rerun_is_skipped(tmp_path, teacher, capsys
                      "latency_ms": 50, "min_epochs": 1, "max_epochs": 2, "device": "cpu", "finalists": 1}}},
         {"name": "page", "command": "report", "args": {"runs": ["${choose}"]}}]}
     results = run_recipe(recipe, tmp_path / "r")
-    assert results["choose"]["chosen"]["candidate"] == "student:small_cnn@16"
+    # the student, or the teacher as it is (it fits the 50 ms budget): whichever validation prefers
+    assert results["choose"]["chosen"]["candidate"] in ("student:small_cnn@16", "teacher student:small_cnn@32")
     assert (tmp_path / "r" / "choose" / "best" / "metrics.json").exists()
     assert 'id="auto-choice"' in (tmp_path / "r" / "page" / "report.html").read_text()
     capsys.readouterr()

@@ -227,7 +227,8 @@ def make_tracker(log_with: str, path: Path, config: dict | None = None, name: st
                 mlflow.set_tracking_uri((path.parent / "mlruns").resolve().as_uri())
             tracker = tracking.MLflowTracker(experiment_name=path.parent.resolve().name or TRACKER_PROJECT,
                                              run_name=name or path.name)
-        tracker.start()  # Accelerate's trackers open their writer lazily, on the main process
+        if hasattr(tracker, "start"):  # Accelerate >= 1.8 opens a tracker's writer lazily; older ones in __init__
+            tracker.start()
         if config:
             tracker.store_init_configuration(flat_values(config, numbers_only=False))
     except Exception as exc:  # a tracker's own error (server, login, settings): one line, the fix named

@@ -30,7 +30,7 @@ from fm2edge.runs import METRICS_FILE, atomic_dir, atomic_write_json, atomic_wri
 SCREEN_TOLERANCE = 0.10
 EXPORT_BASE_SECONDS = 10.0  # an export's fixed cost: tracing, ONNX Runtime sessions, quantiser passes
 EXPORT_LATENCY_RUNS = 100
-PLAN_VERSION = 6
+PLAN_VERSION = 7
 # Held back from the time left when the later rungs are re-sized: the work no stage records (loading the data on
 # each call, choosing, the test read, writing the results).
 RESPACE_MARGIN = 0.03
@@ -377,6 +377,22 @@ def plan_teacher(job: AutoJob, root: Path, train, val, device, noisy: bool) -> t
     return teachers, max(teachers, key=lambda t: t["val_acc"]), finetune  # the first (a probe) wins a tie
 
 
+def teacher_as_candidate(job: AutoJob, teacher: dict, num_classes: int) -> dict:
+    """The chosen teacher measured as a deployable model (its architecture at its input size, fp32 and int8 ONNX):
+    within the budget it is exported and judged on validation beside the students' finalists (no student need
+    beat it); over it, the screen's reason (``why``)."""
+    from fm2edge.models.io import model_meta
+    from fm2edge.timing import reference_ms
+
+    meta = model_meta(teacher["folder"])
+    cand = Candidate(meta["name"], int(meta["preprocess"]["size"]))
+    figures = measure(cand, num_classes, job.auto.threads, latency_cache(job.data), reference_ms(job.auto.threads))
+    kept, dropped = screen([figures], job.auto)
+    entry = {**(kept or dropped)[0], "candidate": f"teacher {cand.label}", "folder": teacher["folder"],
+             "val_acc": teacher["val_acc"], "val_loss": teacher.get("val_loss"), "export_name": "export-teacher"}
+    return entry
+
+
 def pool_text(pool: dict, available: int, min_epochs: int, fewest: int) -> str:
     why = {"grown": f"more than a {TEACHING_SHARE:.0%} share of the budget buys: the students' epochs leave time over",
            "bought": f"what a {TEACHING_SHARE:.0%} share of the budget buys of the teacher's outputs, more images "
@@ -434,6 +450,9 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     noise = selection_noise(len(val), "candidates")
     teachers, teacher, finetune = plan_teacher(job, root, train, val, resolve_device(job.auto.device),
                                                  noise["noisy"])
+    teacher_option = teacher_as_candidate(job, teacher, train.num_classes)
+    print(f"  the teacher as the model: {teacher_option['why']}" if "why" in teacher_option else
+          "  the teacher as the model: within the budget (exported and judged beside the finalists)")
     teacher_speed = TEACHER_VIEW_EFFICIENCY * teacher["images_per_s"]  # views per second while caching
     available = len(pool) if (pool := unlabeled_pool(job, train)) is not None else 0
     elapsed = time.perf_counter() - started
@@ -461,7 +480,8 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     return {"settings": settings(job), "machine": cpu_features(),
             "train_images": len(train), "unlabeled_images": planned["extra"], "unlabeled_available": available,
             "views": planned["views"], "val_images": len(val), "selection": noise, "teachers": teachers,
-            "teacher": teacher, "teacher_finetune": finetune, "candidates": kept, "dropped": dropped,
+            "teacher": teacher, "teacher_finetune": finetune, "teacher_option": teacher_option,
+            "candidates": kept, "dropped": dropped,
             "teaching_seconds": planned["teaching"], "export_seconds": reserve, "student_seconds": planned["seconds"],
             "rungs": rungs, "planning_seconds": time.perf_counter() - started}
 
@@ -584,21 +604,24 @@ def graph_probabilities(model, onnx: Path, images):
     return np.concatenate([run_images(sess, b) for b in image_batches(model, images, 256)])
 
 
-def export_finalists(job: AutoJob, root: Path, trained: list[dict], images) -> list[dict]:
-    """The best students on validation, exported to fp32 ONNX and to int8 with each INT8_RECIPES entry, scored there
-    on validation (the test split stays unread); each (precision, recipe) is an option with its measured latency
-    and size, and each int8 option its agreement with the fp32 graph on ``images``."""
+def export_finalists(job: AutoJob, root: Path, trained: list[dict], images, teacher: dict | None = None) -> list[dict]:
+    """The best students on validation (and ``teacher``, the teacher as a candidate, when it fits the budget),
+    exported to fp32 ONNX and to int8 with each INT8_RECIPES entry, scored there on validation (the test split stays
+    unread); each (precision, recipe) is an option with its measured latency and size, and each int8 option its
+    agreement with the fp32 graph on ``images``."""
     from fm2edge.models.io import load_classifier
 
     last = max(t["rung"] for t in trained)  # the candidates that reached the last rung, best first
     finalists = rank([t for t in trained if t["rung"] == last])[:job.auto.finalists]
+    finalists += [dict(teacher)] if teacher is not None and "why" not in teacher else []
     for f in finalists:
         f["options"] = []
         for i, (recipe, settings) in enumerate(INT8_RECIPES.items()):
-            name = f"export-{Path(f['folder']).name}" + (f"-{recipe}" if i else "")
+            name = f.get("export_name", f"export-{Path(f['folder']).name}") + (f"-{recipe}" if i else "")
             result = run_one_stage(root, name, "export", {
-                "model": f["folder"], "export": {"score_on": "validation", "threads": job.auto.threads,
-                                                 "latency_runs": EXPORT_LATENCY_RUNS, **settings}})
+                "model": f["folder"], "data": to_dict(job.data),
+                "export": {"score_on": "validation", "threads": job.auto.threads,
+                           "latency_runs": EXPORT_LATENCY_RUNS, **settings}})
             keys = (("fp32", "onnx_fp32"), ("int8", "onnx_int8")) if i == 0 else (("int8", "onnx_int8"),)
             f["options"] += [option(f, root / name, result, precision, key, recipe) for precision, key in keys]
         model = load_classifier(f["folder"])
@@ -676,9 +699,14 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[
             if key not in options or rank > (options[key]["val_acc"], options[key]["agreement_with_fp32"]):
                 options[key] = o
     rows = []
-    for f in plan["candidates"] + plan["dropped"]:
+    teacher = plan["teacher_option"]
+    for f in plan["candidates"] + plan["dropped"] + [teacher]:
         t = done.get(f["candidate"], {})
-        rows.append({"candidate": f["candidate"], "status": "trained" if t else f"dropped: {f.get('why')}",
+        if f is teacher:
+            t = {"val_acc": f["val_acc"]}
+        status = (f"the teacher: {f['why']}" if "why" in f else "the teacher: within the budget, not retrained")\
+            if f is teacher else "trained" if t else f"dropped: {f.get('why')}"
+        rows.append({"candidate": f["candidate"], "status": status,
                      "params": f["params"], "macs": f["macs"], "screen_fp32_ms": f["fp32"]["p50_ms"],
                      "screen_int8_ms": f["int8"]["p50_ms"], "epochs": t.get("trained_epochs"), "rung": t.get("rung"),
                      "val_acc": t.get("val_acc"),
@@ -746,7 +774,8 @@ def auto_job(job: AutoJob) -> dict:
     if not trained:
         raise Fm2EdgeError("no candidate could be trained within --auto.minutes; raise the time budget or lower "
                            "--auto.min_epochs")
-    finalists = export_finalists(job, root, trained, fidelity_images(job, data[0], plan["unlabeled_images"]))
+    finalists = export_finalists(job, root, trained, fidelity_images(job, data[0], plan["unlabeled_images"]),
+                                 plan["teacher_option"])
     chosen = choose(finalists, job.auto.latency_ms, job.auto.max_mb, plan["selection"]["noisy"])
     if chosen is None:
         raise Fm2EdgeError(f"no finalist meets the budget once exported (latency {job.auto.latency_ms} ms); see "

@@ -78,8 +78,11 @@ def teacher_stages(job: AutoJob, root: Path) -> list[dict]:
 
 
 def score_teachers(teachers: list[dict], val, device) -> list[dict]:
-    """Validation accuracy of each teacher (what chooses it), and its inference speed here (what its cached
-    outputs for the students will cost), timed on the validation images."""
+    """Validation accuracy (what chooses it) and loss of each teacher, and its inference speed here (what its
+    cached outputs for the students will cost), timed on the validation images."""
+    import torch
+    import torch.nn.functional as F
+
     from fm2edge.models.io import load_classifier
     from fm2edge.report.metrics import accuracy
     from fm2edge.train import predict
@@ -89,8 +92,10 @@ def score_teachers(teachers: list[dict], val, device) -> list[dict]:
             continue
         model = load_classifier(t["folder"]).to(device)
         t0 = time.perf_counter()
-        t["val_acc"] = accuracy(predict(model, val, 64, device, progress=True), val.labels)
+        logits = predict(model, val, 64, device, progress=True)
         t["images_per_s"] = len(val) / (time.perf_counter() - t0)
+        t["val_acc"] = accuracy(logits, val.labels)
+        t["val_loss"] = float(F.cross_entropy(logits, torch.as_tensor(val.labels, dtype=torch.long)))
         t["parameters"] = sum(p.numel() for p in model.parameters())
     return teachers
 

@@ -55,9 +55,10 @@ class ReportJob:
 
 
 def accuracy_rows(runs: list[Run], groups: list[Group]) -> list[dict]:
-    """One row per group (mean and std over its seeds), the teacher first."""
+    """One row per group (mean and std over its seeds), the teacher first (where a distillation run scored it on
+    the test split: candidates of `fm2edge auto` leave it unread)."""
     rows = []
-    teacher = next((r for r in runs if r.kind == "distill"), None)
+    teacher = next((r for r in runs if r.kind == "distill" and r.metrics.get("teacher_test_acc") is not None), None)
     if teacher is not None:
         rows.append({"label": f"teacher: {teacher.metrics['teacher']}", "kind": "teacher",
                      "test_acc": teacher.metrics["teacher_test_acc"], "std": None, "n": 1, "seeds": "-",
