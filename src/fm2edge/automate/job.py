@@ -388,9 +388,8 @@ def teacher_as_candidate(job: AutoJob, teacher: dict, num_classes: int) -> dict:
     cand = Candidate(meta["name"], int(meta["preprocess"]["size"]))
     figures = measure(cand, num_classes, job.auto.threads, latency_cache(job.data), reference_ms(job.auto.threads))
     kept, dropped = screen([figures], job.auto)
-    entry = {**(kept or dropped)[0], "candidate": f"teacher {cand.label}", "folder": teacher["folder"],
-             "val_acc": teacher["val_acc"], "val_loss": teacher.get("val_loss"), "export_name": "export-teacher"}
-    return entry
+    return {**(kept or dropped)[0], "candidate": f"teacher {cand.label}", "folder": teacher["folder"],
+            "val_acc": teacher["val_acc"], "val_loss": teacher.get("val_loss"), "export_name": "export-teacher"}
 
 
 def pool_text(pool: dict, available: int, min_epochs: int, fewest: int) -> str:

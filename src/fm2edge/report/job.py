@@ -265,7 +265,7 @@ def auto_section(folder: str, r: dict) -> str:
     """`fm2edge auto`'s page: the choice beside the teacher and the budget, accuracy against measured latency, the
     path the search took (rungs), the leaderboard and where the minutes went."""
     c, t = r["chosen"], r["test"]
-    budget = f"{r['latency_budget_ms']:g} ms" if r.get("latency_budget_ms") else "no latency bound"
+    budget = f"{r['latency_budget_ms']:.3g} ms" if r.get("latency_budget_ms") else "no latency bound"
     parts = [f"<h2>fm2edge auto: {html.escape(Path(folder).name)}</h2>",
              f"<p id=\"auto-choice\">Chosen: <b>{html.escape(c['candidate'])}</b> as {c['precision']} ONNX, "
              f"{c['p50_ms']:.2f} ms batch-1 (budget {budget}), {c['mb']:.1f} MB, validation {_pct(c['val_acc'])}. "
