@@ -700,11 +700,12 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[
     rows = []
     teacher = plan["teacher_option"]
     for f in plan["candidates"] + plan["dropped"] + [teacher]:
-        t = done.get(f["candidate"], {})
-        if f is teacher:
+        if f is teacher:  # not trained here: its validation accuracy is the one that chose it
             t = {"val_acc": f["val_acc"]}
-        status = (f"the teacher: {f['why']}" if "why" in f else "the teacher: within the budget, not retrained")\
-            if f is teacher else "trained" if t else f"dropped: {f.get('why')}"
+            status = f"the teacher: {f.get('why', 'within the budget, not retrained')}"
+        else:
+            t = done.get(f["candidate"], {})
+            status = "trained" if t else f"dropped: {f.get('why')}"
         rows.append({"candidate": f["candidate"], "status": status,
                      "params": f["params"], "macs": f["macs"], "screen_fp32_ms": f["fp32"]["p50_ms"],
                      "screen_int8_ms": f["int8"]["p50_ms"], "epochs": t.get("trained_epochs"), "rung": t.get("rung"),
