@@ -335,3 +335,65 @@ def test_batched_rotations_take_torchvision_s_exact_quarter_turns():
     for img, angle, got in zip(images, angles, out, strict=True):
         assert torch.equal(got, apply_op(img, rotate, float(angle) / OPS[rotate][1]))
     assert torch.equal(out[0], torch.rot90(images[0], 1, dims=(-2, -1)))  # counter-clockwise, as v2 turns
+
+
+def boxed_views(boxes, stored, flips=None):
+    """Views whose crops are the given (top, left, height, width) boxes in stored pixels."""
+    p = draw_views(len(boxes), AugmentConfig(), torch.Generator().manual_seed(0), len(boxes), stored).params.clone()
+    p[:, [COL["top"], COL["left"], COL["height"], COL["width"]]] = torch.tensor(boxes, dtype=torch.float64) / stored
+    if flips is not None:
+        p[:, COL["flip"]] = torch.tensor(flips, dtype=torch.float64)
+    return Views(p)
+
+
+@pytest.mark.parametrize(("stored", "size"), [(256, 96), (61, 32), (32, 96), (100, 100)])
+def test_the_batched_resample_is_torch_s_antialiased_resize(stored, size):
+    """The batch's own resample (the GPU path) of whole images equals interpolate(antialias=True) to float
+    precision, shrinking and growing."""
+    from fm2edge.augment import resample
+
+    x = images(3, stored)
+    out = resample(x, boxed_views([(0, 0, stored, stored)] * 3, stored), size)
+    reference = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    assert out.shape == (3, 3, size, size) and out.dtype == torch.float32
+    assert torch.allclose(out, reference, atol=1e-2)
+
+
+def test_the_cpu_crop_and_the_batched_resample_give_the_same_views():
+    """On a CPU each box goes through torch's uint8 resize image by image; the batched resample (the GPU path)
+    gives the same pixels for the same boxes and flips, to within one level of rounding, at shrinking and growing
+    sizes."""
+    from fm2edge.augment import crop_resize, pixel_boxes, resample
+
+    x = images(4, 96)
+    boxes = [(0, 0, 96, 96), (10, 20, 60, 50), (30, 5, 66, 80), (0, 40, 37, 56)]
+    views = boxed_views(boxes, 96, flips=[0, 1, 0, 1])
+    snapped = pixel_boxes(views.params, 96, 96)
+    assert snapped.long().tolist() == [list(b) for b in boxes]
+    for size in (64, 128):
+        per_image, batched = crop_resize(x, views, size), resample(x, views, size, snapped)
+        assert per_image.dtype == torch.uint8 and batched.dtype == torch.float32
+        assert (per_image.float() - batched.round()).abs().max() <= 1
+    unflipped = crop_resize(x, boxed_views(boxes, 96, flips=[0, 0, 0, 0]), 64)
+    assert torch.equal(crop_resize(x, views, 64)[1], unflipped[1].flip(-1))
+
+
+def test_colour_jitter_is_brightness_then_contrast_then_saturation():
+    """The one colour matrix per image is the three adjustments in turn (unclamped): brightness scales, contrast
+    pulls towards the mean luma, saturation towards each pixel's luma."""
+    from fm2edge.augment import colour
+
+    x = images(5, 16).float()
+    views = draw_views(5, AugmentConfig(jitter=0.4), torch.Generator().manual_seed(3), 5, 16)
+    b, c, s = (views.col(k).float().view(-1, 1, 1, 1) for k in ("brightness", "contrast", "saturation"))
+
+    def luma(y):
+        return 0.2989 * y[:, 0:1] + 0.587 * y[:, 1:2] + 0.114 * y[:, 2:3]
+
+    y = x * b
+    mean = luma(y).mean((1, 2, 3), keepdim=True)
+    y = c * (y - mean) + mean
+    y = s * (y - luma(y)) + luma(y)
+    assert torch.allclose(colour(x, views), y, atol=1e-3)
+    plain = draw_views(5, AugmentConfig(), torch.Generator().manual_seed(3), 5, 16)
+    assert colour(x, plain) is x, "no jitter drawn: the images as they are"

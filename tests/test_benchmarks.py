@@ -1,4 +1,5 @@
-"""The GPU suite's profiler pass, rehearsed on the CPU: what it counts and what it leaves behind."""
+"""Benchmark scripts rehearsed on the CPU at toy size: the GPU suite's profiler pass (what it counts and what it
+leaves behind) and the augmentation benchmark's table."""
 
 from __future__ import annotations
 
@@ -48,3 +49,19 @@ def test_a_profiled_part_leaves_a_trace_and_a_table_that_count_its_steps(gpu_sui
     trace = json.loads(gzip.open(tmp_path / "profile" / "toy.trace.json.gz").read())
     assert any(e.get("name") == "aten::addmm" for e in trace["traceEvents"])
     assert not (tmp_path / "profile" / "toy.trace.json").exists()  # only the compressed trace stays
+
+
+def test_the_augmentation_benchmark_times_both_pipelines_and_the_crop(monkeypatch, tmp_path, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import augment_speed
+
+    out = tmp_path / "augment.json"
+    monkeypatch.setattr("sys.argv", ["augment_speed.py", "--batch", "6", "--sizes", "48", "32", "--repeats", "1",
+                                     "--json", str(out)])
+    augment_speed.main()
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["size"], r["stored"]) for r in rows] == [(48, 256), (32, 32)]
+    for r in rows:
+        assert min(r["batched_img_s"], r["per_image_img_s"], r["crop_img_s"], r["resample_img_s"]) > 0
+        assert r["ratio"] == pytest.approx(r["batched_img_s"] / r["per_image_img_s"])
+    assert "per-image img/s" in capsys.readouterr().out

@@ -9,8 +9,10 @@ outputs and replayed exactly.
 
 torchvision's ``transforms.v2`` draws one set of parameters per call, so on a batch every image would get the same
 crop, and it does not hand back what it drew; hence the sampling here is written out (vectorised, from a
-``torch.Generator``), while the pixel work uses torchvision: ``ops.roi_align`` crops and resizes every image's own
-box in one call, and the TrivialAugment / RandAugment operations are ``transforms.v2.functional``'s.
+``torch.Generator``). Rendering is batched too: every image's crop and flip is one separable, antialiased resample
+(rows, then columns, each image with its own taps), the colour jitter one 3x3 colour matrix per image, and the
+TrivialAugment / RandAugment operations run once per kind over all the images that drew it, with
+``transforms.v2.functional``'s arithmetic (pixel for pixel what it gives image by image).
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from fm2edge.config import AugmentConfig
 COLUMNS = ("top", "left", "height", "width", "flip", "brightness", "contrast", "saturation", "op1", "mag1", "op2",
            "mag2", "partner", "lam", "cut_top", "cut_left", "cut_height", "cut_width", "slot")
 COL = {name: i for i, name in enumerate(COLUMNS)}
+
+# Bumped whenever rendering changes the pixels a stored view gives, so caches of teacher outputs on views made
+# before are not replayed against other pixels.
+RENDER_VERSION = 2
 
 # TrivialAugment's "wide" space (Mueller & Hutter, ICCV 2021), as torchvision's TrivialAugmentWide defines it:
 # (name, magnitude range at full strength, signed).
@@ -142,49 +148,143 @@ def mix_partners(p: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
 # ---------------------------------------------------------------- rendering
 
 
-def crop_resize(images: torch.Tensor, views: Views, size: int) -> torch.Tensor:
-    """Every image's own box, resized to ``size`` x ``size`` in one ``roi_align`` call (float, 0..255)."""
-    from torchvision.ops import roi_align
+def taps(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each output pixel of a resampled box reads, and with what weights: ``start`` and ``length`` (N,) are
+    every image's box along one axis in input pixels. The filter is the triangle (bilinear) one, widened by the
+    shrink factor when a box is larger than the output (antialiasing, as PIL and ``interpolate(antialias=True)``
+    compute it), so a box shrunk 3x averages its pixels instead of skipping two of three. Only pixels of the box
+    that lie in the image carry weight, as when the box is cut out first and then resized (the rest are
+    renormalised; an output pixel whose centre falls outside the image is zero, as in a zero-padded image).
+    Returns ``index`` (N, out, T) into [0, in_size) and ``weight`` (N, out, T) float32, T the most taps any image
+    needs."""
+    scale = length / out_size
+    support = scale.clamp(min=1.0)
+    centre = start[:, None] + (torch.arange(out_size, dtype=start.dtype, device=start.device) + 0.5) * scale[:, None]
+    count = max(int(math.ceil(2 * float(support.max()) - 1e-9)), 1)
+    first = torch.floor(centre - support[:, None] - 0.5) + 1
+    index = first[..., None] + torch.arange(count, dtype=start.dtype, device=start.device)
+    weight = (1 - ((index + 0.5 - centre[..., None]) / support[:, None, None]).abs()).clamp_(min=0)
+    total = weight.sum(-1, keepdim=True)
+    lo, hi = start.clamp(min=0)[:, None, None], (start + length).clamp(max=in_size)[:, None, None]
+    weight = torch.where((index >= lo) & (index < hi), weight, 0.0)
+    kept = weight.sum(-1, keepdim=True)
+    centre_in = ((centre >= 0) & (centre <= in_size))[..., None]
+    weight = torch.where(centre_in & (kept > 0), weight / kept.clamp(min=1e-12), weight / total.clamp(min=1e-12))
+    return index.clamp_(0, in_size - 1).long(), weight.float()
 
+
+def crop_resize(images: torch.Tensor, views: Views, size: int) -> torch.Tensor:
+    """Every image's own box resized to ``size`` x ``size`` (antialiased bilinear, as if the box were cut out and
+    then resized) and flipped where its view says. Boxes inside the image snap to whole stored pixels, on every
+    device and at every output size, so a teacher and a student rendering one view at their own sizes cut the same
+    box. On a CPU, for outputs of 64 px and more or boxes larger than the output, each box goes through torch's
+    uint8 resize kernel (the one ``transforms.v2`` uses): uint8 out. Elsewhere (a GPU, small unshrunk views such as
+    CIFAR's, the "pad" crop's boxes past the border) :func:`resample` takes the whole batch at once: float32 out
+    (0..255), the same pixels to within a level of rounding."""
+    p = views.params
     n, _, h, w = images.shape
+    full = bool(((p[:, COL["top"]] == 0) & (p[:, COL["left"]] == 0) & (p[:, COL["height"]] == 1)
+                 & (p[:, COL["width"]] == 1)).all())
+    if full and (h, w) == (size, size):  # no crop: only the flips
+        flip = p[:, COL["flip"]].to(images.device) > 0
+        return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images) if bool(flip.any()) else images
+    boxes = pixel_boxes(p, h, w)
+    # image by image where the pixels outweigh the loop: outputs of 64 px and more, or boxes shrunk (whose
+    # antialiasing filter gives the batched resample more taps); small unshrunk views (CIFAR's 32 px) go faster batched
+    if boxes is not None and images.device.type == "cpu" and (size >= 64 or float(boxes[:, 2:].max()) > size):
+        return resize_each(images, boxes.long().tolist(), (p[:, COL["flip"]] > 0).tolist(), size)
+    return resample(images, views, size, boxes)
+
+
+def pixel_boxes(p: torch.Tensor, h: int, w: int) -> torch.Tensor | None:
+    """The views' boxes snapped to whole pixels, (N, 4) float64 rows of top, left, height, width, at least one
+    pixel each; None when a box leaves the image (the "pad" crop)."""
+    p = p.double()
+    top, left = (p[:, COL["top"]] * h).round(), (p[:, COL["left"]] * w).round()
+    bottom = ((p[:, COL["top"]] + p[:, COL["height"]]) * h).round()
+    right = ((p[:, COL["left"]] + p[:, COL["width"]]) * w).round()
+    if bool((top < 0).any() or (left < 0).any() or (bottom > h).any() or (right > w).any()):
+        return None
+    height, width = (bottom - top).clamp(min=1), (right - left).clamp(min=1)
+    return torch.stack([torch.minimum(top, h - height), torch.minimum(left, w - width), height, width], 1)
+
+
+def resize_each(images: torch.Tensor, boxes: list[list[int]], flips: list[bool], size: int) -> torch.Tensor:
+    """Each box through torch's antialiased uint8 resize, one image at a time. Written as a loop on purpose: on a
+    CPU that vectorised uint8 kernel (what ``transforms.v2.functional.resized_crop`` calls) is several times faster
+    than any float resample of the whole batch (``benchmarks/augment_speed.py`` measures both), and at these sizes
+    the loop's own cost is small beside the pixels."""
+    out = torch.empty(len(images), images.shape[1], size, size, dtype=torch.uint8)
+    for i, ((top, left, height, width), flip) in enumerate(zip(boxes, flips, strict=True)):
+        box = images[i:i + 1, :, top:top + height, left:left + width]
+        resized = F.interpolate(box, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[i] = resized[0].flip(-1) if flip else resized[0]
+    return out
+
+
+def resample(images: torch.Tensor, views: Views, size: int, boxes: torch.Tensor | None = None) -> torch.Tensor:
+    """Every image's own box resized to ``size`` x ``size`` and flipped where its view says, float32 (0..255),
+    the whole batch at once: separable resampling, rows first (one ``index_select`` of whole rows per tap) then
+    columns (one ``gather`` per tap), each image with its own :func:`taps` (antialiased as ``interpolate`` is, to
+    float precision). ``boxes``: (N, 4) top, left, height, width in pixels (default: the views' own, unsnapped).
+    ``roi_align`` or ``grid_sample`` would take every image's box in one call too, but neither antialiases a
+    shrink."""
+    n, c, h, w = images.shape
     p = views.params.to(images.device)
-    y0, x0 = p[:, COL["top"]] * h, p[:, COL["left"]] * w
-    boxes = torch.stack([torch.arange(n, device=images.device, dtype=p.dtype), x0, y0,
-                         x0 + p[:, COL["width"]] * w, y0 + p[:, COL["height"]] * h], 1).float()
-    x = images.float()
-    over = float(torch.cat([-boxes[:, 1], -boxes[:, 2], boxes[:, 3] - w, boxes[:, 4] - h]).max())
-    if over > 0:  # a box past the border (the "pad" crop) sees zeros there, as a zero-padded image would
-        pad = math.ceil(over) + 1
-        x = F.pad(x, (pad, pad, pad, pad))
-        boxes[:, 1:] += pad
-    # aligned=True samples pixel centres, so a full-image box at the stored size returns the image unchanged;
-    # sampling_ratio=-1 averages several points per output pixel when shrinking
-    return roi_align(x, boxes, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    if boxes is None:
+        boxes = torch.stack([p[:, COL["top"]] * h, p[:, COL["left"]] * w, p[:, COL["height"]] * h,
+                             p[:, COL["width"]] * w], 1)
+    boxes = boxes.to(device=images.device, dtype=torch.float64)
+    rows, row_w = taps(boxes[:, 0], boxes[:, 2], h, size)
+    cols, col_w = taps(boxes[:, 1], boxes[:, 3], w, size)
+    flip = p[:, COL["flip"]] > 0
+    if bool(flip.any()):  # a mirrored view reads its columns right to left
+        cols = torch.where(flip[:, None, None], cols.flip(1), cols)
+        col_w = torch.where(flip[:, None, None], col_w.flip(1), col_w)
+    flat = images.reshape(n * c * h, w)
+    first_row = (torch.arange(n * c, device=images.device) * h).view(n, c, 1)
+    out_rows = None
+    for t in range(rows.shape[-1]):
+        picked = flat.index_select(0, (first_row + rows[:, None, :, t]).flatten()).view(n, c, size, w).float()
+        weight = row_w[:, None, :, t, None]
+        out_rows = picked.mul_(weight) if out_rows is None else out_rows.addcmul_(picked, weight)
+    out = None
+    for t in range(cols.shape[-1]):
+        picked = out_rows.gather(3, cols[:, None, None, :, t].expand(n, c, size, size))
+        weight = col_w[:, None, None, :, t]
+        out = picked.mul_(weight) if out is None else out.addcmul_(picked, weight)
+    return out
+
+
+LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601, as torchvision's rgb_to_grayscale weighs the channels
+
+
+def colour_matrices(views: Views, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Brightness b, contrast c and saturation s of each view as one affine colour map, y = M x + t:
+    brightness scales, contrast pulls towards the image's mean luma (``means``: (N, 3) channel means before the
+    map), saturation towards each pixel's own luma. Composed without clamping in between, the three are one 3x3
+    matrix and an offset per image, so the whole jitter is a single batched multiply over the pixels."""
+    p = views.params.to(means.device).double()
+    b, c, s = (p[:, COL[k]] for k in ("brightness", "contrast", "saturation"))
+    luma = torch.tensor(LUMA, dtype=torch.float64, device=means.device)
+    eye = torch.eye(3, dtype=torch.float64, device=means.device)
+    sat = s[:, None, None] * eye + (1 - s)[:, None, None] * luma.expand(3, 3)  # every row sees the same luma
+    matrix = (c * b)[:, None, None] * sat
+    mean_luma = b * (means.double() @ luma)
+    offset = ((1 - c) * mean_luma)[:, None] * sat.sum(-1)
+    return matrix.float(), offset.float()
 
 
 def colour(x: torch.Tensor, views: Views) -> torch.Tensor:
-    """Per-image brightness, contrast and saturation factors on uint8 images, back to uint8. transforms.v2's
-    adjust_* take one factor for the whole batch, so the three formulas (the same as theirs) are applied here with a
-    factor per row, in place on one float copy (each a pass over the batch, skipped when no image changes it)."""
-    p = views.params.to(x.device).float()
-    b, c, s = (p[:, COL[k]].view(-1, 1, 1, 1) for k in ("brightness", "contrast", "saturation"))
-    if bool((b == 1).all() and (c == 1).all() and (s == 1).all()):
+    """The views' colour jitter: float images (N, 3, H, W) through their colour maps; returned as given (uint8
+    included) when no view changes colour."""
+    p = views.params
+    if bool(((p[:, COL["brightness"]] == 1) & (p[:, COL["contrast"]] == 1) & (p[:, COL["saturation"]] == 1)).all()):
         return x
-    y = x.float()
-    if not bool((b == 1).all()):
-        y.mul_(b).clamp_(0, 255)
-    if not bool((c == 1).all()):
-        mean = _luma(y).mean((1, 2, 3), keepdim=True)
-        y.sub_(mean).mul_(c).add_(mean).clamp_(0, 255)
-    if not bool((s == 1).all()):
-        gray = _luma(y)
-        y.sub_(gray).mul_(s).add_(gray).clamp_(0, 255)
-    return y.round_().to(torch.uint8)
-
-
-def _luma(x: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601 luma of float RGB images, (N, 1, H, W)."""
-    return (x[:, 0:1] * 0.2989).add_(x[:, 1:2], alpha=0.587).add_(x[:, 2:3], alpha=0.114)
+    n, c, h, w = x.shape
+    x = x.float()
+    matrix, offset = colour_matrices(views, x.mean((2, 3)))
+    return torch.baddbmm(offset[:, :, None], matrix, x.reshape(n, c, h * w)).view(n, c, h, w)
 
 
 def apply_op(img: torch.Tensor, op: int, magnitude: float) -> torch.Tensor:
@@ -260,7 +360,8 @@ def operations(x: torch.Tensor, views: Views) -> torch.Tensor:
                 continue
             rows = torch.nonzero(ops == op).flatten()
             signed = p[rows, COL[f"mag{k}"]] if OPS[op][2] else p[rows, COL[f"mag{k}"]].abs()
-            x[rows.to(x.device)] = apply_op_batched(x[rows.to(x.device)], op, signed * OPS[op][1])
+            at = rows.to(x.device)  # index_select / index_copy_: whole images copied, not pixels indexed one by one
+            x.index_copy_(0, at, apply_op_batched(x.index_select(0, at), op, signed * OPS[op][1]))
     return x
 
 
@@ -316,6 +417,19 @@ def _warp(images: torch.Tensor, matrices: list[list[float]]) -> torch.Tensor:
     return out.round_().to(torch.uint8)
 
 
+def _translate(images: torch.Tensor, shifts: list[int], dim: int) -> torch.Tensor:
+    """Whole-pixel shifts along ``dim`` (-1: right for a positive shift, -2: down), zeros where nothing moved in:
+    what v2's nearest-neighbour affine gives for a translation, as slice copies instead of a sampling grid."""
+    out = torch.zeros_like(images)
+    size = images.shape[dim]
+    for i, s in enumerate(shifts):
+        if abs(s) >= size:
+            continue
+        src, dst = images[i].narrow(dim, max(-s, 0), size - abs(s)), out[i].narrow(dim, max(s, 0), size - abs(s))
+        dst.copy_(src)
+    return out
+
+
 def apply_op_batched(images: torch.Tensor, op: int, m: torch.Tensor) -> torch.Tensor:
     """One TrivialAugment / RandAugment operation on uint8 images (N, 3, H, W), strength ``m`` per row (float64,
     already scaled to the operation's range and signed where it is signed), as :func:`apply_op` does image by
@@ -330,9 +444,7 @@ def apply_op_batched(images: torch.Tensor, op: int, m: torch.Tensor) -> torch.Te
                   for v in values]
         return _warp(images, [_inverse_affine(size, 0.0, (0.0, 0.0), s, -size * 0.5) for s in shears])
     if name in ("translate_x", "translate_y"):
-        shifts = [float(int(v * size / 32)) for v in values]
-        return _warp(images, [_inverse_affine(size, 0.0, (t, 0.0) if name == "translate_x" else (0.0, t),
-                                              (0.0, 0.0), 0.0) for t in shifts])
+        return _translate(images, [int(v * size / 32) for v in values], -1 if name == "translate_x" else -2)
     if name == "rotate":
         angles = [v % 360 for v in values]
         if any(a in (0.0, 90.0, 180.0, 270.0) for a in angles):  # v2's exact fast paths: image by image
@@ -373,13 +485,13 @@ def _sharpen(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def render_own(images: torch.Tensor, views: Views, size: int) -> torch.Tensor:
-    """Crop, flip, operations and colour of each image's view, before any mixing: uint8 (N, 3, size, size)."""
-    x = crop_resize(images, views, size)
-    flip = views.params[:, COL["flip"]].to(x.device) > 0
-    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-    x = x.round_().clamp_(0, 255).to(torch.uint8)
-    x = operations(x, views)
-    return colour(x, views)
+    """Crop, flip, colour and operations of each image's view, before any mixing: uint8 (N, 3, size, size). The
+    colour map works on the crop's pixels before they are rounded, so a view is rounded to uint8 once before the
+    operations (which work on uint8, as torchvision's do)."""
+    x = colour(crop_resize(images, views, size), views)
+    if x.dtype != torch.uint8:
+        x = x.round_().clamp_(0, 255).to(torch.uint8)
+    return operations(x, views)
 
 
 def render(images: torch.Tensor, views: Views, size: int, partners: torch.Tensor | None = None) -> torch.Tensor:

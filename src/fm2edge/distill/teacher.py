@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fm2edge.augment import Views
+from fm2edge.augment import RENDER_VERSION, Views
 from fm2edge.config import ModelConfig
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import Classifier
@@ -65,6 +65,8 @@ def cache_dir_for(data, spec: str, registered: str, teacher: Classifier, train, 
     else:
         source = registered
     parts = [source, teacher.describe()["preprocess"], train.fingerprint, len(train), what, views, "v2"]
+    if views is not None:  # views rendered since the separable crop and the colour matrix (older caches: others)
+        parts.append(f"render-{RENDER_VERSION}")
     if dtype is not None:  # a bf16 teacher's outputs are others than its fp32 ones (fp32 keys kept as they were)
         parts.append(str(dtype))
     if teacher.flip_average:  # so are a flip-averaged teacher's
