@@ -9,10 +9,11 @@ outputs and replayed exactly.
 
 torchvision's ``transforms.v2`` draws one set of parameters per call, so on a batch every image would get the same
 crop, and it does not hand back what it drew; hence the sampling here is written out (vectorised, from a
-``torch.Generator``). Rendering is batched too: every image's crop and flip is one separable, antialiased resample
-(rows, then columns, each image with its own taps), the colour jitter one 3x3 colour matrix per image, and the
-TrivialAugment / RandAugment operations run once per kind over all the images that drew it, with
-``transforms.v2.functional``'s arithmetic (pixel for pixel what it gives image by image).
+``torch.Generator``). Rendering is batched where that is faster: the colour jitter is one 3x3 colour matrix per
+image and the TrivialAugment / RandAugment operations run once per kind over all the images that drew it, with
+``transforms.v2.functional``'s arithmetic (pixel for pixel what it gives image by image); the crop and flip is one
+separable, antialiased resample of the batch on a GPU and for small views, and torch's uint8 resize box by box on a
+CPU at photo sizes, where that kernel beats any float resample of the batch (:func:`crop_resize`).
 """
 
 from __future__ import annotations
