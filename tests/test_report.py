@@ -203,3 +203,13 @@ def test_a_studys_label_efficiency_curves_are_drawn_and_tabulated(runs, tmp_path
     assert "pretrained + LP-FT" in table and "51.70" in table and "26.27" in table and "28.13" in table
     assert "8 epochs of pretraining, 9 min CPU" in page
     assert "Label efficiency: Label efficiency on digits" in page  # the figure's caption
+
+
+def test_the_accuracy_latency_plot_stops_at_100_percent_when_every_graph_scores_it():
+    from fm2edge.report.plots import accuracy_vs_latency
+
+    points = [{"candidate": f"m@{s}", "precision": p, "int8_recipe": "minmax" if p == "int8" else None,
+               "p50_ms": ms, "val_acc": 1.0} for s, ms in ((96, 1.6), (112, 2.2)) for p in ("fp32", "int8")]
+    fig = accuracy_vs_latency(points, 3.5, chosen=points[0], teacher_acc=1.0)
+    bottom, top = fig.axes[0].get_ylim()
+    assert bottom < 100 <= top <= 101

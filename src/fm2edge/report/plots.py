@@ -270,6 +270,7 @@ def accuracy_vs_latency(points: Sequence[dict], budget_ms: float | None, chosen:
                                   label="teacher (validation)"))
     ax.set(xlabel="batch-1 latency, p50 (ms, ONNX Runtime on this CPU)", ylabel="validation accuracy (%)",
            title="accuracy vs measured latency")
+    ax.set_ylim(top=min(ax.get_ylim()[1], 101.0))  # no axis past 100% when graphs tie at the top
     ax.grid(alpha=0.3)
     ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig
