@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 from functools import partial
 
 import torch
@@ -26,6 +25,7 @@ from common import save_results
 from fm2edge.augment import crop_resize, draw_views, render, resample
 from fm2edge.config import AugmentConfig
 from fm2edge.device import cpu_features, freed_memory_kept
+from fm2edge.timing import time_calls
 
 RECIPE = AugmentConfig(crop="resized", scale=(0.35, 1.0), flip=True, auto="trivial", jitter=0.4)
 
@@ -64,13 +64,7 @@ def per_image(images: torch.Tensor, pipeline) -> torch.Tensor:
 
 def best_of(fn, repeats: int) -> float:
     """The fastest of ``repeats`` timed calls, after one warm-up call (seconds)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return float(time_calls(fn, repeats, warmup=1).min())
 
 
 def measure(size: int, batch: int, repeats: int, device: torch.device) -> dict:

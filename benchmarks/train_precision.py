@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from common import cifar_source, model_spec, save_results
 
 from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
 from fm2edge.device import bf16_supported_on_cpu, cpu_features
+from fm2edge.timing import time_calls
 from fm2edge.train import train_job
 
 MODELS = ["student:small_cnn@32@256", "student:small_cnn@64@128", "student:small_cnn@128@64",
@@ -35,15 +35,8 @@ MODELS = ["student:small_cnn@32@256", "student:small_cnn@64@128", "student:small
 def matmul_gflops(repeats: int = 5, n: int = 2048) -> float:
     """This CPU's fp32 matrix-multiply rate in GFLOP/s at the current thread count: the best of ``repeats``."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = min(timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    best = float(time_calls(lambda: torch.mm(a, b), repeats, warmup=1).min())
     return 2 * n**3 / best / 1e9
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def forward_macs(name: str, size: int) -> int:

@@ -65,7 +65,7 @@ def cache_dir_for(data, spec: str, registered: str, teacher: Classifier, train, 
     else:
         source = registered
     parts = [source, teacher.describe()["preprocess"], train.fingerprint, len(train), what, views, "v2"]
-    if views is not None:  # views rendered since the separable crop and the colour matrix (older caches: others)
+    if views is not None:  # outputs on rendered views belong to the rendering that made them
         parts.append(f"render-{RENDER_VERSION}")
     if dtype is not None:  # a bf16 teacher's outputs are others than its fp32 ones (fp32 keys kept as they were)
         parts.append(str(dtype))
