@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fm2edge.automate.config import AutoConfig
+from fm2edge.automate.heldout import HELD_OUT_FEWEST, HELD_OUT_MOST, held_out_count
 from fm2edge.automate.job import (
     MIN_UNLABELED,
     choose,
@@ -20,6 +21,7 @@ from fm2edge.automate.job import (
     leaderboard,
     plan_pool,
     plan_rungs,
+    rank,
     respace_rungs,
     rungs_as_run,
     screen,
@@ -98,7 +100,7 @@ def test_time_the_planned_rungs_leave_goes_to_the_finalists_once(tmp_path):
     from fm2edge.automate.config import AutoJob
 
     job = AutoJob(auto=AutoConfig(minutes=10, max_epochs=30))
-    plan = {"planning_seconds": 60.0, "export_seconds": 30.0}
+    plan = {"planning_seconds": 60.0, "export_seconds": 30.0, "held_out": {"images": 0, "seconds": 0.0}}
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     alive = [{"candidate": "a", "epoch_seconds": 10.0, "overhead_seconds": 5.0, "trained_epochs": 6},
              {"candidate": "b", "epoch_seconds": 5.0, "overhead_seconds": 9.0, "trained_epochs": 6}]
@@ -107,7 +109,7 @@ def test_time_the_planned_rungs_leave_goes_to_the_finalists_once(tmp_path):
     assert json.loads((tmp_path / "plan.json").read_text())["respaced"]["extension"]["epochs"] == 24
     alive[0]["trained_epochs"] = 99  # written once: a resumed run follows it whatever has changed since
     assert extension(job, tmp_path, plan, alive) == 24
-    tight = {"planning_seconds": 565.0, "export_seconds": 0.0}
+    tight = {"planning_seconds": 565.0, "export_seconds": 0.0, "held_out": {"images": 0, "seconds": 0.0}}
     (tmp_path / "plan.json").write_text(json.dumps(tight))
     assert extension(job, tmp_path, tight, alive[1:]) == 0  # 17 s left: one epoch, not worth a further cycle
 
@@ -146,6 +148,24 @@ def test_the_choice_is_the_most_accurate_option_within_budget_and_ties_go_to_the
     tied = [{"candidate": "small", "precision": "fp32", "val_acc": 0.95, "val_loss": 0.30, "p50_ms": 1.0, "mb": 1.0},
             {"candidate": "large", "precision": "fp32", "val_acc": 0.95, "val_loss": 0.12, "p50_ms": 1.8, "mb": 1.0}]
     assert choose([{"options": tied[:1]}, {"options": tied[1:]}], 2.0, None, noisy=True) == tied[1]
+    # with images held out of training, each model counts its agreement with the teacher there instead: a finer
+    # signal than a tie on a dozen validation images, whatever the validation loss says
+    agreed = [{"options": tied[:1], "teacher_agreement": 0.95}, {"options": tied[1:], "teacher_agreement": 0.93}]
+    assert choose(agreed, 2.0, None, noisy=True) == tied[0]
+    assert choose(agreed, 2.0, None) == tied[1]  # validation that can rank decides on its own
+
+
+def test_candidates_rank_by_agreement_with_the_teacher_where_validation_cannot_rank_them():
+    a = {"candidate": "a", "val_acc": 1.0, "val_loss": 0.1, "teacher_agreement": 0.93}
+    b = {"candidate": "b", "val_acc": 0.95, "val_loss": 0.3, "teacher_agreement": 0.96}
+    assert [t["candidate"] for t in rank([a, b])] == ["b", "a"]
+    no_held = [{k: v for k, v in t.items() if k != "teacher_agreement"} for t in (a, b)]
+    assert [t["candidate"] for t in rank(no_held)] == ["a", "b"]
+    # held out only when validation cannot rank, and only a share of a pool large enough to spare it
+    assert held_out_count(8000, noisy=False) == 0
+    assert held_out_count(8000, noisy=True) == HELD_OUT_MOST
+    assert held_out_count(2000, noisy=True) == 400
+    assert held_out_count(HELD_OUT_FEWEST * 5 - 5, noisy=True) == 0
 
 
 @pytest.fixture(scope="module")
@@ -251,6 +271,22 @@ def test_auto_distils_on_the_training_images_its_labels_leave_out(tmp_path, teac
     assert students and all(m["unlabelled_images"] == plan["unlabeled_images"] for m in students)
     assert all(m["stored_views"] == plan["views"] and m["labelled_images"] == plan["train_images"]
                for m in students)
+    # 15 labels per class leave a validation split too small to rank: a share of the left-out images is held out of
+    # training, labelled by the teacher, and the students are ranked by their agreement with it
+    held = plan["held_out"]
+    assert plan["selection"]["noisy"] and held["images"] >= HELD_OUT_FEWEST
+    assert len(held["teacher_labels"]) == held["images"] and held["seconds"] > 0
+    left_out = 1797 - 450 - plan["train_images"] - plan["val_images"]
+    assert plan["unlabeled_available"] + held["images"] == left_out  # the students' pool is the rest
+    assert plan["unlabeled_images"] <= plan["unlabeled_available"]
+    rows = list(csv.DictReader((tmp_path / "a" / "leaderboard.csv").open()))
+    student = next(r for r in rows if r["status"] == "trained")
+    assert 0 <= float(student["teacher_agreement"]) <= 1
+    result = json.loads((tmp_path / "a" / "auto.json").read_text())
+    assert result["held_out_images"] == held["images"]
+    assert main(["report", str(tmp_path / "a")]) == 0
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert f"agrees with the teacher ({held['images']:,} held out)" in page and "ranked by their agreement" in page
 
 
 def test_time_the_students_leave_over_buys_more_unlabelled_images(tmp_path, teacher, capsys, monkeypatch):

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import hub_dataset
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
 from fm2edge.distill.task import (
@@ -117,6 +119,9 @@ def test_unlabeled_images_are_the_training_images_left_out():
     held = load_left_out(cfg, 300)
     assert torch.equal(held.images, extra.images) and held.labels.min() >= 0 and len(held.labels.unique()) == 10
     everything = load_unlabeled(cfg, None)
+    # the last ones (held out of training by `fm2edge auto` to rank students) are the tail of the same order
+    tail = load_unlabeled(cfg, 100, last=True)
+    assert torch.equal(tail.images, everything.images[-100:]) and not torch.equal(tail.images, extra.images[:100])
     # labelled (training + validation) and unlabelled together: every training-split image that is not test data
     assert len(train) + len(val) == 200
     assert len(everything) + len(train) + len(val) == 1797 - 450  # digits holds out 25% (450) as test data
@@ -267,3 +272,24 @@ def test_a_limited_unlabelled_source_is_the_same_seeded_sample_every_time():
     order = a.images[:, 0, 0, 0].tolist()
     assert order == sorted(order) and order != list(range(30))  # a spread sample in source order, not the first 30
     assert limited(extra, None) is extra and limited(extra, 500) is extra
+
+
+@settings(max_examples=60, deadline=None)
+@given(total=st.integers(1, 300), data=st.data())
+def test_the_images_held_back_are_never_among_a_limited_sample_that_leaves_room_for_them(total, data):
+    """`fm2edge auto` ranks students on unlabelled images held back from training: whatever the pool's size, the
+    held-back images and any sample of at most the rest are disjoint, and together they can cover the pool."""
+    from fm2edge.data import ImageData
+    from fm2edge.distill.teacher import held_back, limited
+
+    n = data.draw(st.integers(0, total))
+    limit = data.draw(st.integers(0, total - n))
+    ids = torch.arange(total, dtype=torch.int32)
+    images = ids.view(total, 1, 1, 1).expand(total, 3, 1, 1).contiguous()
+    extra = ImageData(images, torch.full((total,), -1), [], "x")
+    picked = set(limited(extra, limit).images[:, 0, 0, 0].tolist()) if limit else set()
+    held = held_back(extra, n).images[:, 0, 0, 0].tolist()
+    assert len(held) == n and len(set(held)) == n and not picked & set(held)
+    assert len(picked | set(held)) == limit + n
+    if limit == total - n:
+        assert picked | set(held) == set(range(total))

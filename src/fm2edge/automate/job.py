@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fm2edge.automate.config import AutoJob
+from fm2edge.automate.heldout import agreement, held_out_count, held_out_images, predicted_labels, unlabeled_pool
 from fm2edge.automate.measure import LOOP_EFFICIENCY, Candidate, latency_cache, measure
 from fm2edge.automate.stages import run_one_stage
 from fm2edge.automate.teachers import (
@@ -30,7 +31,7 @@ from fm2edge.runs import METRICS_FILE, atomic_dir, atomic_write_json, atomic_wri
 SCREEN_TOLERANCE = 0.10
 EXPORT_BASE_SECONDS = 10.0  # an export's fixed cost: tracing, ONNX Runtime sessions, quantiser passes
 EXPORT_LATENCY_RUNS = 100
-PLAN_VERSION = 7
+PLAN_VERSION = 8
 # Held back from the time left when the later rungs are re-sized: the work no stage records (loading the data on
 # each call, choosing, the test read, writing the results).
 RESPACE_MARGIN = 0.03
@@ -49,6 +50,9 @@ TEACHING_SHARE = 0.25
 # are rendered at its input size first): measured 20 against 35 img/s for Lite0 at 224 px on 2 CPU cores.
 TEACHER_VIEW_EFFICIENCY = 0.55
 MIN_UNLABELED = 100  # below this many, unlabelled images are not worth their teacher passes
+# Inference runs about this many times faster than a training step (no backward pass, no optimiser step): what a
+# student's labels on the held-out images (`automate.heldout`) are priced at, twice per candidate.
+INFERENCE_SPEEDUP = 3.0
 # int8 recipes tried on each finalist (static QDQ, per-channel weights): min-max calibration; the same with the
 # first and last layers (raw pixels in, logits out) kept in fp32; percentile calibration (outliers clipped).
 # Validation chooses among them, ties going to the closest agreement with the fp32 graph.
@@ -217,9 +221,11 @@ def rungs_as_run(plan: dict) -> list[dict]:
 
 
 def rank(trained: list[dict]) -> list[dict]:
-    """Best first on validation accuracy; ties (common on small validation splits) to the lower validation loss."""
-    return sorted(trained, key=lambda t: (-t["val_acc"], t["val_loss"] if t["val_loss"] is not None
-                                          else float("inf")))
+    """Best first: on agreement with the teacher on the held-out unlabelled images where validation was too small
+    to rank and there are such images (``teacher_agreement``), else on validation accuracy; ties (common on small
+    validation splits) to the higher validation accuracy, then to the lower validation loss."""
+    return sorted(trained, key=lambda t: (-t.get("teacher_agreement", 0.0), -t["val_acc"],
+                                          t["val_loss"] if t["val_loss"] is not None else float("inf")))
 
 
 def export_seconds(f: dict, calibration: int, val: int) -> float:
@@ -236,16 +242,20 @@ def choose(finalists: list[dict], latency_ms: float | None, max_mb: float | None
     """The most accurate (model, precision) on validation whose measured latency and size meet the budget; ties go
     to the model with the lower validation loss (a finer signal than accuracy on few images), then to the closer
     agreement with the fp32 graph, then to the faster one. When validation is too small to rank (``noisy``), the
-    graphs of one model are not told apart by it: each option counts its model's fp32 validation accuracy, so the
-    int8 recipe (or fp32) most faithful to the model is chosen."""
+    graphs of one model are not told apart by it: each option counts its model's score, so the int8 recipe (or
+    fp32) most faithful to the model is chosen; the model's score is its agreement with the teacher on the held-out
+    unlabelled images where there are some (``teacher_agreement``), else its fp32 validation accuracy."""
     def fits(o: dict) -> bool:
         return (latency_ms is None or o["p50_ms"] <= latency_ms) and (max_mb is None or o["mb"] <= max_mb)
 
     def loss(o: dict) -> float:
         return float("inf") if o.get("val_loss") is None else o["val_loss"]
 
-    scored = [(next(p["val_acc"] for p in f["options"] if p["precision"] == "fp32") if noisy else o["val_acc"], o)
-              for f in finalists for o in f["options"] if fits(o)]
+    def model_score(f: dict) -> float:
+        fp32 = next(p["val_acc"] for p in f["options"] if p["precision"] == "fp32")
+        return f.get("teacher_agreement", fp32)
+
+    scored = [(model_score(f) if noisy else o["val_acc"], o) for f in finalists for o in f["options"] if fits(o)]
     if not scored:
         return None
     return max(scored, key=lambda s: (s[0], -loss(s[1]), s[1].get("agreement_with_fp32", 1.0), -s[1]["p50_ms"]))[1]
@@ -273,7 +283,8 @@ def spent_before(root: Path) -> float:
 def seconds_left(job: AutoJob, root: Path, plan: dict) -> float:
     """What the budget still has for training: the minutes less what was spent, the finalists' exports and
     RESPACE_MARGIN for unrecorded work (what later rungs and the extension are sized to)."""
-    return job.auto.minutes * 60 * (1 - RESPACE_MARGIN) - spent_before(root) - plan["export_seconds"]
+    return (job.auto.minutes * 60 * (1 - RESPACE_MARGIN) - spent_before(root) - plan["export_seconds"]
+            - plan["held_out"]["seconds"])
 
 
 def minutes_by_step(root: Path, plan: dict, total_minutes: float) -> dict[str, float]:
@@ -308,22 +319,6 @@ def measure_candidates(job: AutoJob, num_classes: int) -> list[dict]:
     now = reference_ms(job.auto.threads)
     return [measure(c, num_classes, job.auto.threads, latency_cache(job.data), now)
             for c in tqdm(cands, desc="measuring candidates on this machine", unit="model", leave=False)]
-
-
-def unlabeled_pool(job: AutoJob, train, n: int | None = None):
-    """The unlabelled images the students may distil on, as the distill stage takes them (``n`` of them, all when
-    None): ``--auto.unlabeled_source``'s (a seeded sample), or the training images the labelled selection leaves out
-    (the first ``n``); None when there are none."""
-    if job.auto.unlabeled_source:
-        from fm2edge.data import load_unlabeled_source
-        from fm2edge.distill.teacher import limited
-
-        return limited(load_unlabeled_source(job.auto.unlabeled_source, job.data, train.image_size), n)
-    if job.auto.unlabeled_left_out:
-        from fm2edge.data import load_unlabeled
-
-        return load_unlabeled(job.data, n)
-    return None
 
 
 def student_args(job: AutoJob, cand: Candidate, epochs: int, teacher: str, select: str, plan: dict) -> dict:
@@ -427,6 +422,23 @@ def size_candidates(kept: list[dict], rungs: list[dict], speeds: dict[str, float
              "seconds": sum(60 * f["planned_minutes"] for f in kept)}] if trained else []
 
 
+def plan_held_out(job: AutoJob, train, teacher: dict, available: int, noisy: bool,
+                  speeds: dict[str, float]) -> dict:
+    """When validation is too small to rank candidates: the unlabelled images held out of training to rank them
+    instead (`automate.heldout`), with the teacher's labels for them (computed now, kept in the plan so that a
+    resumed run ranks on the same labels) and the seconds the students' labels for them will take."""
+    from fm2edge.device import resolve_device
+
+    n = held_out_count(available, noisy)
+    if not n:
+        return {"images": 0, "seconds": 0.0}
+    labels = predicted_labels(teacher["folder"], held_out_images(job, train, n), resolve_device(job.auto.device))
+    print(f"  {n:,} unlabelled images held out of training: the students are ranked by their agreement with the "
+          f"teacher's labels for them (validation is too small to rank them)")
+    return {"images": n, "teacher_labels": labels.tolist(),
+            "seconds": n * sum(2 / (INFERENCE_SPEEDUP * s) for s in speeds.values())}
+
+
 def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     """Measure, screen, choose the teacher and size every student's epochs: written once (plan.json), so a resumed
     run follows the same plan whatever its clock says."""
@@ -454,10 +466,12 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
           "  the teacher as the model: within the budget (exported and judged beside the finalists)")
     teacher_speed = TEACHER_VIEW_EFFICIENCY * teacher["images_per_s"]  # views per second while caching
     available = len(pool) if (pool := unlabeled_pool(job, train)) is not None else 0
+    speeds = {f["candidate"]: LOOP_EFFICIENCY * f["train_images_per_s"] for f in kept}
+    held_out = plan_held_out(job, train, teacher, available, noise["noisy"], speeds)
+    available -= held_out["images"]  # the students never train on the held-out images
     elapsed = time.perf_counter() - started
     costs = sorted((export_seconds(f, min(500, len(train)), len(val)) for f in kept), reverse=True)
-    reserve = sum(costs[:job.auto.finalists])
-    speeds = {f["candidate"]: LOOP_EFFICIENCY * f["train_images_per_s"] for f in kept}
+    reserve = sum(costs[:job.auto.finalists]) + held_out["seconds"]
 
     def ladder(extra: int, views: int) -> tuple[list[dict], float, float]:
         """The rungs, the teacher's seconds and the students' seconds with ``extra`` unlabelled images."""
@@ -481,15 +495,17 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
             "views": planned["views"], "val_images": len(val), "selection": noise, "teachers": teachers,
             "teacher": teacher, "teacher_finetune": finetune, "teacher_option": teacher_option,
             "candidates": kept, "dropped": dropped,
-            "teaching_seconds": planned["teaching"], "export_seconds": reserve, "student_seconds": planned["seconds"],
+            "held_out": held_out, "teaching_seconds": planned["teaching"],
+            "export_seconds": reserve - held_out["seconds"], "student_seconds": planned["seconds"],
             "rungs": rungs, "planning_seconds": time.perf_counter() - started}
 
 
-def train_students(job: AutoJob, root: Path, plan: dict) -> list[dict]:
+def train_students(job: AutoJob, root: Path, plan: dict, held=None) -> list[dict]:
     """The planned candidates distilled from the chosen teacher, rung by rung (successive halving: each rung's
-    better half on validation continues from its weights for more epochs), then, when the plan left time over, the
-    finalists for the epochs it buys; each with its latest validation accuracy, the rung it reached and the minutes
-    it took in all."""
+    better half, on validation or on ``held``, the held-out unlabelled images, continues from its weights for more
+    epochs), then, when the plan left time over, the finalists for the epochs it buys; each with its latest
+    validation accuracy (and agreement with the teacher on ``held``), the rung it reached and the minutes it took in
+    all."""
     select = "last" if plan["selection"]["noisy"] else "best"  # a fixed schedule when validation cannot rank epochs
     alive = [dict(f) for f in plan["candidates"] if f["epochs"]]
     done: dict[str, dict] = {}
@@ -503,21 +519,27 @@ def train_students(job: AutoJob, root: Path, plan: dict) -> list[dict]:
                 print(f"the budget has no time for rung {r}: the finalists are rung {r - 1}'s best")
                 break
             print(f"rung {r}: {', '.join(f['candidate'] for f in alive)} go on for {rungs[r]['epochs']} more epochs")
-        train_rung(job, root, plan, alive, r, rungs[r]["epochs"], select, done)
+        train_rung(job, root, plan, alive, r, rungs[r]["epochs"], select, done, held)
         r += 1
     else:  # every rung ran: the time the plan left over (a teacher faster than planned, say) goes to the finalists
         alive = rank(alive)[:job.auto.finalists]
         if more := extension(job, root, plan, alive):
             print(f"time left over: {', '.join(f['candidate'] for f in alive)} go on for {more} more epochs")
-            train_rung(job, root, plan, alive, r, more, select, done)
+            train_rung(job, root, plan, alive, r, more, select, done, held)
     return list(done.values())
 
 
 def train_rung(job: AutoJob, root: Path, plan: dict, alive: list[dict], r: int, epochs: int | None, select: str,
-               done: dict[str, dict]) -> None:
-    """Rung ``r``: each of ``alive`` trained ``epochs`` more (its planned epochs when None), ``done`` updated."""
+               done: dict[str, dict], held=None) -> None:
+    """Rung ``r``: each of ``alive`` trained ``epochs`` more (its planned epochs when None), then scored on
+    ``held`` (its agreement with the plan's teacher labels) when there are held-out images; ``done`` updated."""
+    from fm2edge.device import resolve_device
+
     for f in alive:
         f.update(train_student(job, root, plan, f, r, epochs or f["epochs"], select, f.get("folder")))
+        if held is not None:
+            f["teacher_agreement"] = agreement(f["folder"], held, plan["held_out"]["teacher_labels"],
+                                               resolve_device(job.auto.device))
         done[f["candidate"]] = {**done.get(f["candidate"], {}), **f,
                                 "minutes": done.get(f["candidate"], {}).get("minutes", 0) + f["stage_minutes"]}
 
@@ -709,14 +731,15 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[
         rows.append({"candidate": f["candidate"], "status": status,
                      "params": f["params"], "macs": f["macs"], "screen_fp32_ms": f["fp32"]["p50_ms"],
                      "screen_int8_ms": f["int8"]["p50_ms"], "epochs": t.get("trained_epochs"), "rung": t.get("rung"),
-                     "val_acc": t.get("val_acc"),
+                     "val_acc": t.get("val_acc"), "teacher_agreement": t.get("teacher_agreement"),
                      "val_acc_onnx_fp32": options.get((f["candidate"], "fp32"), {}).get("val_acc"),
                      "val_acc_onnx_int8": options.get((f["candidate"], "int8"), {}).get("val_acc"),
                      "fp32_ms": options.get((f["candidate"], "fp32"), {}).get("p50_ms"),
                      "int8_ms": options.get((f["candidate"], "int8"), {}).get("p50_ms"),
                      "int8_recipe": options.get((f["candidate"], "int8"), {}).get("int8_recipe"),
                      "minutes": t.get("minutes")})
-    return sorted(rows, key=lambda r: (r["val_acc"] is None, -(r["val_acc"] or 0)))
+    # in the order the search ranked them: agreement with the teacher on held-out images first where it had them
+    return sorted(rows, key=lambda r: (r["val_acc"] is None, -(r["teacher_agreement"] or 0), -(r["val_acc"] or 0)))
 
 
 def leaderboard_csv(rows: list[dict]) -> str:
@@ -770,12 +793,19 @@ def auto_job(job: AutoJob) -> dict:
     if plan["selection"]["noisy"]:
         print(f"note: {plan['selection']['warning']}; students train a fixed schedule (their last epoch is kept)")
     print(f"teacher: {plan['teacher']['teacher']} ({100 * plan['teacher']['val_acc']:.2f}% validation)")
-    trained = train_students(job, root, plan)
+    held = (held_out_images(job, data[0], plan["held_out"]["images"]) if plan["held_out"]["images"] else None)
+    if held is not None:
+        print(f"note: the candidates are ranked by their agreement with the teacher on {len(held):,} unlabelled "
+              f"images held out of training")
+    trained = train_students(job, root, plan, held)
     if not trained:
         raise Fm2EdgeError("no candidate could be trained within --auto.minutes; raise the time budget or lower "
                            "--auto.min_epochs")
+    # the teacher agrees with its own labels: where students are ranked by agreement, a teacher within the budget
+    # is chosen (nothing measured here could show a student better than it)
+    teacher_option = {**plan["teacher_option"], **({"teacher_agreement": 1.0} if held is not None else {})}
     finalists = export_finalists(job, root, trained, fidelity_images(job, data[0], plan["unlabeled_images"]),
-                                 plan["teacher_option"])
+                                 teacher_option)
     chosen = choose(finalists, job.auto.latency_ms, job.auto.max_mb, plan["selection"]["noisy"])
     if chosen is None:
         raise Fm2EdgeError(f"no finalist meets the budget once exported (latency {job.auto.latency_ms} ms); see "
@@ -788,7 +818,8 @@ def auto_job(job: AutoJob) -> dict:
               "teachers": plan["teachers"], "teacher_finetune": plan["teacher_finetune"], "best": str(best),
               "leaderboard": rows, "budget_minutes": job.auto.minutes, "latency_budget_ms": job.auto.latency_ms,
               "minutes": minutes, "minutes_by_step": minutes_by_step(root, plan, minutes), "rungs": rungs_as_run(plan),
-              "selection": plan["selection"], "machine": plan["machine"],
+              "selection": plan["selection"], "held_out_images": plan["held_out"]["images"],
+              "machine": plan["machine"],
               "train_images": plan["train_images"], "unlabeled_images": plan["unlabeled_images"],
               "views": plan["views"]}
     atomic_write_text(root / "leaderboard.csv", leaderboard_csv(rows))

@@ -588,23 +588,23 @@ def _without_test_images(val: ImageData, test: ImageData, where: str) -> ImageDa
     return val.subset(np.flatnonzero(~shared))
 
 
-def load_left_out(cfg: DataConfig, n: int | None = None) -> ImageData:
+def load_left_out(cfg: DataConfig, n: int | None = None, last: bool = False) -> ImageData:
     """Labelled training images that ``load_data(cfg)`` leaves out (beyond max_train / per_class), the first ``n`` of
-    them in source order (all when ``n`` is None), with their labels. Test and validation images are never among
-    them: a check on them reads neither split."""
+    them in source order (the last ``n`` with ``last``; all when ``n`` is None), with their labels. Test and
+    validation images are never among them: a check on them reads neither split."""
     plan = plan_splits(cfg)
     rest = np.setdiff1d(plan.pool, plan.labelled)
-    rest = rest if n is None else rest[:n]
+    rest = rest if n is None else rest[max(0, len(rest) - n):] if last else rest[:n]
     if len(rest) == 0:
         raise Fm2EdgeError(f"'{cfg.source}' has no training images beyond the {len(plan.labelled)} labelled ones; "
                            f"lower --data.max_train or drop the unlabelled images")
     return _materialise(plan.train, rest, cfg, f"{cfg.source}:{cfg.train_split}:left-out")
 
 
-def load_unlabeled(cfg: DataConfig, n: int | None) -> ImageData:
+def load_unlabeled(cfg: DataConfig, n: int | None, last: bool = False) -> ImageData:
     """Training images that ``load_data(cfg)`` leaves out (see :func:`load_left_out`), with every label set to -1:
     extra images for distillation without labels."""
-    data = load_left_out(cfg, n)
+    data = load_left_out(cfg, n, last)
     return ImageData(data.images, torch.full_like(data.labels, -1), data.class_names, f"{data.fingerprint}-unlabeled",
                      data.skipped)
 

@@ -146,12 +146,23 @@ def load_teacher_cache(folder: Path, n: int, features: bool | tuple[str, ...],
     return {k: v.to(device) if device.type == "cuda" and k != "views" else v for k, v in out.items()}
 
 
+def draw_order(count: int) -> np.ndarray:
+    """The order in which `limited` draws from ``count`` unlabelled images: a seeded permutation, the same in every
+    run, so a smaller limit draws a subset of what a larger one draws."""
+    return np.random.default_rng(0).permutation(count)
+
+
 def limited(extra, limit: int | None):
     """At most ``limit`` of the unlabelled images: a seeded random sample in source order (the same in every run)."""
     if limit is None or limit >= len(extra):
         return extra
-    keep = np.sort(np.random.default_rng(0).permutation(len(extra))[:limit])
-    return extra.subset(keep)
+    return extra.subset(np.sort(draw_order(len(extra))[:limit]))
+
+
+def held_back(extra, n: int):
+    """The ``n`` unlabelled images `limited` draws last: none of them is among what it draws with a limit of at most
+    ``len(extra) - n``, so they can judge students trained on such a sample."""
+    return extra.subset(np.sort(draw_order(len(extra))[len(extra) - n:]))
 
 
 def with_unlabeled(train, extra):

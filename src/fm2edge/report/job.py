@@ -279,9 +279,12 @@ def auto_section(folder: str, r: dict) -> str:
                                              "budget"))
     if r.get("selection"):
         sel = r["selection"]
-        how = ("too few to rank epochs or candidates that differ by less: the students trained a fixed schedule "
-               "(their last epoch kept), ties went to the lower validation loss, each model's int8 recipe was chosen "
-               "by its agreement with the fp32 graph on training images, and the teacher was not fine-tuned"
+        ranked = (f"the candidates were ranked by their agreement with the teacher's labels on "
+                  f"{r['held_out_images']:,} unlabelled images held out of training"
+                  if r.get("held_out_images") else "ties went to the lower validation loss")
+        how = (f"too few to rank epochs or candidates that differ by less: the students trained a fixed schedule "
+               f"(their last epoch kept), {ranked}, each model's int8 recipe was chosen by its agreement with the "
+               f"fp32 graph on training images, and the teacher was not fine-tuned"
                if sel["noisy"] else "enough to rank: each student's best validation epoch was kept")
         parts.append(f"<p id=\"auto-selection\">Validation: {sel['val_images']:,} images, accuracy known to "
                      f"+-{100 * sel['half_width']:.1f} points (95% interval); {how}.</p>")
@@ -310,11 +313,15 @@ def auto_section(folder: str, r: dict) -> str:
                               epochs(g), _num(None if g.get("seconds") is None else g["seconds"] / 60, "{:.1f}")]
                              for i, g in enumerate(r["rungs"])]))
     rows = r["leaderboard"]
+    held = r.get("held_out_images") or 0
     parts.append("<h3>Leaderboard</h3>")
-    parts.append(_table("auto-leaderboard", ["candidate", "status", "rung", "epochs", "validation", "ONNX fp32 val",
-                                             "ONNX int8 val", "fp32 ms", "int8 ms", "parameters", "minutes"],
+    parts.append(_table("auto-leaderboard", ["candidate", "status", "rung", "epochs", "validation"]
+                        + ([f"agrees with the teacher ({held:,} held out)"] if held else [])
+                        + ["ONNX fp32 val", "ONNX int8 val", "fp32 ms", "int8 ms", "parameters", "minutes"],
                         [[x["candidate"], x["status"], str(x.get("rung") if x.get("rung") is not None else "-"),
-                          str(x.get("epochs") or "-"), _pct(x.get("val_acc")), _pct(x.get("val_acc_onnx_fp32")),
+                          str(x.get("epochs") or "-"), _pct(x.get("val_acc"))]
+                         + ([_pct(x.get("teacher_agreement"))] if held else [])
+                         + [_pct(x.get("val_acc_onnx_fp32")),
                           _pct(x.get("val_acc_onnx_int8")), _num(x.get("fp32_ms") or x["screen_fp32_ms"], "{:.2f}"),
                           _num(x.get("int8_ms") or x["screen_int8_ms"], "{:.2f}"), f"{x['params']:,}",
                           _num(x.get("minutes"), "{:.1f}")] for x in rows]))
