@@ -24,8 +24,11 @@ def teacher_latency(job, teacher: str, num_classes: int) -> float:
     """The teacher's fp32 ONNX batch-1 latency at 224 px, measured (and cached) exactly as auto measures its
     candidates, so the budget and the candidates' figures come from the machine in one state."""
     from fm2edge.automate.measure import Candidate, latency_cache, measure
+    from fm2edge.timing import reference_ms
 
-    return measure(Candidate(teacher, 224), num_classes, job.auto.threads, latency_cache(job.data))["fp32"]["p50_ms"]
+    # a cached figure only while the machine runs the reference timing as fast as when it was taken (as auto does)
+    return measure(Candidate(teacher, 224), num_classes, job.auto.threads, latency_cache(job.data),
+                   reference_ms(job.auto.threads))["fp32"]["p50_ms"]
 
 
 def main() -> None:
@@ -44,6 +47,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int)
     ap.add_argument("--root", default="/tmp/auto-study")
     ap.add_argument("--name", default="study")
+    ap.add_argument("--seed", type=int, default=0, help="--auto.seed: the students' and teachers' training seed")
     a = ap.parse_args()
 
     from fm2edge.automate import AutoJob, auto_job
@@ -62,7 +66,8 @@ def main() -> None:
     auto = {"latency_ms": budget, "minutes": a.minutes, "teachers": [a.teacher],
             **({"unlabeled_source": a.unlabeled} if a.unlabeled else {}),
             **({"unlabeled_left_out": True} if a.left_out else {}),
-            **({"students": a.students} if a.students else {}), **({"threads": a.threads} if a.threads else {})}
+            **({"students": a.students} if a.students else {}), **({"threads": a.threads} if a.threads else {}),
+            "seed": a.seed}
     t0 = time.perf_counter()
     result = auto_job(job_from_class(AutoJob, "auto", {"data": data, "auto": auto,
                                                        "run": {"root": a.root, "name": a.name}}))
@@ -73,7 +78,8 @@ def main() -> None:
            "minutes_budget": a.minutes, "chosen": f"{c['candidate']} {c['precision']}", "val_acc": c["val_acc"],
            "p50_ms": c["p50_ms"], "test_acc": t["chosen_test_acc"], "teacher_test_acc": t["teacher_test_acc"],
            "teacher_val_acc": result["teacher"]["val_acc"], "minutes": result["minutes"], "wall_minutes": wall,
-           "unlabeled_images": result["unlabeled_images"], "views": result["views"],
+           "unlabeled_images": result["unlabeled_images"], "views": result["views"], "seed": a.seed,
+           "held_out_images": result["held_out_images"],
            "machine": cpu_features(), "date": time.strftime("%Y-%m-%d")}
     Path(a.root, a.name, "study_row.json").write_text(json.dumps(row, indent=2))
     print("\n| data | budget | chosen | validation | latency (p50) | test | teacher test | minutes | machine |")

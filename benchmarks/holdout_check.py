@@ -1,6 +1,7 @@
 """Where an `fm2edge auto` run's points went, on images it never used: every student and every exported graph of
 RUN scored on the labelled training-split images that `--per_class` / `--max_train` left out (never the validation or
-the test split, so nothing here can leak into a choice), beside the teacher; and, with --requantise, the chosen
+the test split, so nothing here can leak into a choice), beside the teacher, with each one's agreement with the
+teacher's labels there (what `auto` ranks students by where validation is too small); and, with --requantise, the chosen
 student's int8 graph with 8-bit and 7-bit weights (``reduce_range``), min-max calibration on its training images.
 
     python benchmarks/holdout_check.py /tmp/auto-study/catsdogs100sh6 --source ../shared/data/catsdogs128 \\
@@ -45,18 +46,23 @@ def main() -> None:
     root = Path(a.run)
     print(f"{root}: {len(held)} labelled training-split images the run left out; CPU {cpu_features()}")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and is_model_folder(p) and p.name != "best")
+    # how `auto` ranks students where validation is too small: agreement with the teacher's labels (here on these
+    # images, whose true labels say whether that ranking is the accuracy's)
+    import json
+
+    teacher = json.loads((root / "plan.json").read_text())["teacher"]["folder"]
+    taught = predict(load_classifier(teacher), held, 64, torch.device("cpu")).argmax(1).numpy()
     for folder in folders:
         model = load_classifier(folder)
-        acc = float((predict(model, held, 64, torch.device("cpu")).argmax(1).numpy() == labels).mean())
-        print(f"  {folder.name:<58} PyTorch fp32 {100 * acc:6.2f}%")
+        got = predict(model, held, 64, torch.device("cpu")).argmax(1).numpy()
+        print(f"  {folder.name:<58} PyTorch fp32 {100 * (got == labels).mean():6.2f}%, agreement with the teacher "
+              f"{100 * (got == taught).mean():6.2f}%")
     for onnx in sorted(root.glob("export-*/*.onnx")):
         student = root / onnx.parent.name.removeprefix("export-").removesuffix("-first-last-fp32").removesuffix(
             "-percentile")
         acc = float((graph_labels(load_classifier(student), onnx, held.images) == labels).mean())
         print(f"  {onnx.parent.name + '/' + onnx.name:<58} ONNX {100 * acc:6.2f}%")
     if a.requantise:
-        import json
-
         chosen = Path(json.loads((root / "auto.json").read_text())["chosen"]["folder"])
         model = load_classifier(chosen)
         train = load_data(cfg)[0]
