@@ -148,11 +148,13 @@ def test_the_choice_is_the_most_accurate_option_within_budget_and_ties_go_to_the
     tied = [{"candidate": "small", "precision": "fp32", "val_acc": 0.95, "val_loss": 0.30, "p50_ms": 1.0, "mb": 1.0},
             {"candidate": "large", "precision": "fp32", "val_acc": 0.95, "val_loss": 0.12, "p50_ms": 1.8, "mb": 1.0}]
     assert choose([{"options": tied[:1]}, {"options": tied[1:]}], 2.0, None, noisy=True) == tied[1]
-    # with images held out of training, each model counts its agreement with the teacher there instead: a finer
-    # signal than a tie on a dozen validation images, whatever the validation loss says
-    agreed = [{"options": tied[:1], "teacher_agreement": 0.95}, {"options": tied[1:], "teacher_agreement": 0.93}]
-    assert choose(agreed, 2.0, None, noisy=True) == tied[0]
-    assert choose(agreed, 2.0, None) == tied[1]  # validation that can rank decides on its own
+    # with images held out of training, each graph counts its agreement with the teacher there instead: a finer
+    # signal than a tie on a dozen validation images, whatever the validation loss says, and int8's losses count
+    agreed = [{**tied[0], "teacher_agreement": 0.95}, {**tied[1], "teacher_agreement": 0.93},
+              {**tied[1], "precision": "int8", "p50_ms": 0.9, "teacher_agreement": 0.96}]
+    assert choose([{"options": agreed[:1]}, {"options": agreed[1:2]}], 2.0, None, noisy=True) == agreed[0]
+    assert choose([{"options": agreed[:1]}, {"options": agreed[1:2]}], 2.0, None) == agreed[1]  # validation ranks
+    assert choose([{"options": agreed[:1]}, {"options": agreed[1:]}], 2.0, None, noisy=True) == agreed[2]
 
 
 def test_candidates_rank_by_agreement_with_the_teacher_where_validation_cannot_rank_them():

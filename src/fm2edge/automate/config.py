@@ -38,7 +38,9 @@ class AutoConfig:
             are used where the name has them (pypi:, timm:, torchvision:, hf:), random weights for student: CNNs.
         unlabeled_source: Further images without labels (a folder, a glob or a dataset) to distil on.
         unlabeled_left_out: Distil on the training images that --data.per_class / --data.max_train leave out,
-            without their labels (a fully labelled dataset used as a few labels and many unlabelled images).
+            without their labels (a fully labelled dataset used as a few labels and many unlabelled images). With
+            either pool, when validation is too small to rank the students, up to 1,000 of its images are held out
+            of training and labelled by the teacher, and the students are ranked by their agreement with it.
         views: Most augmented views per image whose teacher outputs are cached (consistent teaching); with
             unlabelled images the plan takes fewer views of more images when the teacher's time is short.
         min_epochs: Fewest passes over the labelled images a student is trained for (with unlabelled images an

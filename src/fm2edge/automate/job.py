@@ -228,11 +228,12 @@ def rank(trained: list[dict]) -> list[dict]:
                                           t["val_loss"] if t["val_loss"] is not None else float("inf")))
 
 
-def export_seconds(f: dict, calibration: int, val: int) -> float:
+def export_seconds(f: dict, calibration: int, val: int, held: int = 0) -> float:
     """What exporting a finalist costs: the fixed part, calibration and the validation passes (three graphs), at
-    its measured batch-1 speed (batched inference is faster, so this errs long), and the timed runs."""
+    its measured batch-1 speed (batched inference is faster, so this errs long), the timed runs, and every graph's
+    labels for the fidelity images and the ``held`` held-out ones."""
     per_image = f["fp32"]["p50_ms"] / 1e3
-    fidelity = (1 + len(INT8_RECIPES)) * AGREEMENT_IMAGES * per_image
+    fidelity = (1 + len(INT8_RECIPES)) * (AGREEMENT_IMAGES + held) * per_image
     return (EXPORT_BASE_SECONDS + (calibration + 3 * val) * per_image + 3 * EXPORT_LATENCY_RUNS * per_image
             + fidelity)
 
@@ -241,21 +242,23 @@ def choose(finalists: list[dict], latency_ms: float | None, max_mb: float | None
            noisy: bool = False) -> dict | None:
     """The most accurate (model, precision) on validation whose measured latency and size meet the budget; ties go
     to the model with the lower validation loss (a finer signal than accuracy on few images), then to the closer
-    agreement with the fp32 graph, then to the faster one. When validation is too small to rank (``noisy``), the
-    graphs of one model are not told apart by it: each option counts its model's score, so the int8 recipe (or
-    fp32) most faithful to the model is chosen; the model's score is its agreement with the teacher on the held-out
-    unlabelled images where there are some (``teacher_agreement``), else its fp32 validation accuracy."""
+    agreement with the fp32 graph, then to the faster one. When validation is too small to rank (``noisy``), each
+    graph counts its own agreement with the teacher on the held-out unlabelled images where there are some
+    (``teacher_agreement``: hundreds of images, int8's losses included); without them the graphs of one model are
+    not told apart by validation: each counts its model's fp32 validation accuracy, so the int8 recipe (or fp32)
+    most faithful to the model is chosen."""
     def fits(o: dict) -> bool:
         return (latency_ms is None or o["p50_ms"] <= latency_ms) and (max_mb is None or o["mb"] <= max_mb)
 
     def loss(o: dict) -> float:
         return float("inf") if o.get("val_loss") is None else o["val_loss"]
 
-    def model_score(f: dict) -> float:
-        fp32 = next(p["val_acc"] for p in f["options"] if p["precision"] == "fp32")
-        return f.get("teacher_agreement", fp32)
+    def score(f: dict, o: dict) -> float:
+        if not noisy:
+            return o["val_acc"]
+        return o.get("teacher_agreement", next(p["val_acc"] for p in f["options"] if p["precision"] == "fp32"))
 
-    scored = [(model_score(f) if noisy else o["val_acc"], o) for f in finalists for o in f["options"] if fits(o)]
+    scored = [(score(f, o), o) for f in finalists for o in f["options"] if fits(o)]
     if not scored:
         return None
     return max(scored, key=lambda s: (s[0], -loss(s[1]), s[1].get("agreement_with_fp32", 1.0), -s[1]["p50_ms"]))[1]
@@ -470,7 +473,8 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     held_out = plan_held_out(job, train, teacher, available, noise["noisy"], speeds)
     available -= held_out["images"]  # the students never train on the held-out images
     elapsed = time.perf_counter() - started
-    costs = sorted((export_seconds(f, min(500, len(train)), len(val)) for f in kept), reverse=True)
+    costs = sorted((export_seconds(f, min(500, len(train)), len(val), held_out["images"]) for f in kept),
+                   reverse=True)
     reserve = sum(costs[:job.auto.finalists]) + held_out["seconds"]
 
     def ladder(extra: int, views: int) -> tuple[list[dict], float, float]:
@@ -625,11 +629,15 @@ def graph_probabilities(model, onnx: Path, images):
     return np.concatenate([run_images(sess, b) for b in image_batches(model, images, 256)])
 
 
-def export_finalists(job: AutoJob, root: Path, trained: list[dict], images, teacher: dict | None = None) -> list[dict]:
+def export_finalists(job: AutoJob, root: Path, trained: list[dict], images, teacher: dict | None = None,
+                     held=None, teacher_labels: list[int] | None = None) -> list[dict]:
     """The best students on validation (and ``teacher``, the teacher as a candidate, when it fits the budget),
     exported to fp32 ONNX and to int8 with each INT8_RECIPES entry, scored there on validation (the test split stays
-    unread); each (precision, recipe) is an option with its measured latency and size, and each int8 option its
-    agreement with the fp32 graph on ``images``."""
+    unread); each (precision, recipe) is an option with its measured latency and size, each int8 option its
+    agreement with the fp32 graph on ``images``, and, with ``held`` (the held-out unlabelled images), each option
+    its agreement with ``teacher_labels`` for them."""
+    import numpy as np
+
     from fm2edge.models.io import load_classifier
 
     last = max(t["rung"] for t in trained)  # the candidates that reached the last rung, best first
@@ -653,6 +661,9 @@ def export_finalists(job: AutoJob, root: Path, trained: list[dict], images, teac
                 labels = graph_probabilities(model, Path(o["onnx"]), images).argmax(1)
                 o["agreement_with_fp32"] = float((labels == reference).mean())
                 o["agreement_images"] = len(images)
+            if held is not None:
+                labels = graph_probabilities(model, Path(o["onnx"]), held.images).argmax(1)
+                o["teacher_agreement"] = float((labels == np.asarray(teacher_labels)).mean())
     return finalists
 
 
@@ -716,8 +727,10 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[
     for f in finalists:  # per candidate and precision, its best option (the int8 recipe validation prefers)
         for o in f["options"]:
             key = (o["candidate"], o["precision"])
-            rank = (o["val_acc"], o["agreement_with_fp32"])
-            if key not in options or rank > (options[key]["val_acc"], options[key]["agreement_with_fp32"]):
+            def order(o: dict) -> tuple:  # as `choose` ranks them (held-out agreement first where measured)
+                return o.get("teacher_agreement", 0.0), o["val_acc"], o["agreement_with_fp32"]
+
+            if key not in options or order(o) > order(options[key]):
                 options[key] = o
     rows = []
     teacher = plan["teacher_option"]
@@ -756,7 +769,9 @@ def leaderboard_csv(rows: list[dict]) -> str:
 def print_summary(result: dict) -> None:
     c, t = result["chosen"], result["test"]
     recipe = f" ({c['int8_recipe']} calibration)" if c.get("int8_recipe") else ""
-    print(f"\nchosen: {c['candidate']} as {c['precision']} ONNX{recipe}: validation {100 * c['val_acc']:.2f}%, "
+    agreed = (f", agreement with the teacher on {result['held_out_images']:,} held-out images "
+              f"{100 * c['teacher_agreement']:.2f}%" if "teacher_agreement" in c else "")
+    print(f"\nchosen: {c['candidate']} as {c['precision']} ONNX{recipe}: validation {100 * c['val_acc']:.2f}%{agreed}, "
           f"{c['p50_ms']:.2f} ms batch-1 p50 on this CPU, {c['mb']:.1f} MB, {c['params']:,} parameters")
     print(f"test (read once): {100 * t['chosen_test_acc']:.2f}% against the teacher's "
           f"{100 * t['teacher_test_acc']:.2f}% on {t['test_images']} images: {t['gap_points']:.2f} points paid for "
@@ -801,11 +816,8 @@ def auto_job(job: AutoJob) -> dict:
     if not trained:
         raise Fm2EdgeError("no candidate could be trained within --auto.minutes; raise the time budget or lower "
                            "--auto.min_epochs")
-    # the teacher agrees with its own labels: where students are ranked by agreement, a teacher within the budget
-    # is chosen (nothing measured here could show a student better than it)
-    teacher_option = {**plan["teacher_option"], **({"teacher_agreement": 1.0} if held is not None else {})}
     finalists = export_finalists(job, root, trained, fidelity_images(job, data[0], plan["unlabeled_images"]),
-                                 teacher_option)
+                                 plan["teacher_option"], held, plan["held_out"].get("teacher_labels"))
     chosen = choose(finalists, job.auto.latency_ms, job.auto.max_mb, plan["selection"]["noisy"])
     if chosen is None:
         raise Fm2EdgeError(f"no finalist meets the budget once exported (latency {job.auto.latency_ms} ms); see "
