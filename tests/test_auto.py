@@ -239,6 +239,12 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     # the candidates' exports were scored on validation: export.json says so, and holds no test accuracy
     exports = list(run.glob("export-*/export.json"))
     assert exports and all(json.loads(e.read_text())["scored_on"] == "validation" for e in exports)
+    # each int8 recipe's export times the same fp32 graph again: the leaderboard's fp32 figure is the quietest
+    finalist = next(r for r in csv.DictReader((run / "leaderboard.csv").open()) if r["rung"] == "1")
+    size = finalist["candidate"].split("@")[1]
+    timings = [json.loads(e.read_text())["latency_batch1"]["onnx_fp32"]["quiet_p50_ms"]
+               for e in run.glob(f"export-student-small_cnn-{size}-rung1*/export.json")]
+    assert len(timings) == 3 and float(finalist["fp32_ms"]) == pytest.approx(min(timings))
     assert all("test_acc" not in json.loads(e.read_text()) for e in exports)
     # the report gives auto its own section: the choice, the search's rungs, the leaderboard, the minutes
     assert main(["report", str(run)]) == 0
