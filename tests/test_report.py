@@ -213,3 +213,16 @@ def test_the_accuracy_latency_plot_stops_at_100_percent_when_every_graph_scores_
     fig = accuracy_vs_latency(points, 3.5, chosen=points[0], teacher_acc=1.0)
     bottom, top = fig.axes[0].get_ylim()
     assert bottom < 100 <= top <= 101
+
+
+def test_the_latency_plot_shows_agreement_with_the_teacher_when_that_chose():
+    from fm2edge.report.plots import accuracy_vs_latency
+
+    points = [{"candidate": "m@96", "precision": p, "int8_recipe": None, "p50_ms": ms, "val_acc": 1.0,
+               "teacher_agreement": a} for p, ms, a in (("fp32", 2.0, 0.95), ("int8", 1.5, 0.90))]
+    fig = accuracy_vs_latency(points, 3.0, points[0], None, "teacher_agreement",
+                              "agreement with the teacher on 1,000 held-out images (%)")
+    ax = fig.axes[0]
+    assert ax.get_ylabel().startswith("agreement with the teacher")
+    ys = sorted(float(y) for c in ax.collections for _, y in c.get_offsets())
+    assert ys[0] == pytest.approx(90.0) and ys[-1] == pytest.approx(95.0)

@@ -282,9 +282,10 @@ def auto_section(folder: str, r: dict) -> str:
         ranked = (f"the candidates were ranked by their agreement with the teacher's labels on "
                   f"{r['held_out_images']:,} unlabelled images held out of training"
                   if r.get("held_out_images") else "ties went to the lower validation loss")
+        graphs = ("every exported graph was scored the same way" if r.get("held_out_images") else
+                  "each model's int8 recipe was chosen by its agreement with the fp32 graph on training images")
         how = (f"too few to rank epochs or candidates that differ by less: the students trained a fixed schedule "
-               f"(their last epoch kept), {ranked}, each model's int8 recipe was chosen by its agreement with the "
-               f"fp32 graph on training images, and the teacher was not fine-tuned"
+               f"(their last epoch kept), {ranked}, {graphs}, and the teacher was not fine-tuned"
                if sel["noisy"] else "enough to rank: each student's best validation epoch was kept")
         parts.append(f"<p id=\"auto-selection\">Validation: {sel['val_images']:,} images, accuracy known to "
                      f"+-{100 * sel['half_width']:.1f} points (95% interval); {how}.</p>")

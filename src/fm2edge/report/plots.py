@@ -240,10 +240,12 @@ def pareto(points: Sequence[dict], x_key: str, xlabel: str, title: str) -> Figur
 
 
 def accuracy_vs_latency(points: Sequence[dict], budget_ms: float | None, chosen: dict | None = None,
-                        teacher_acc: float | None = None) -> Figure:
-    """Validation accuracy against measured batch-1 latency of each (model, precision, int8 recipe) of `fm2edge
-    auto`: a colour per candidate, a marker per precision and recipe (no labels to overlap where graphs tie), the
-    latency budget as a vertical line, the teacher's validation accuracy as a horizontal one, the choice ringed."""
+                        teacher_acc: float | None = None, score: str = "val_acc",
+                        score_label: str = "validation accuracy (%)") -> Figure:
+    """Validation accuracy (or the ``score`` the choice was made on, e.g. agreement with the teacher on held-out
+    images) against measured batch-1 latency of each (model, precision, int8 recipe) of `fm2edge auto`: a colour per
+    candidate, a marker per precision and recipe (no labels to overlap where graphs tie), the latency budget as a
+    vertical line, the teacher's validation accuracy as a horizontal one, the choice ringed."""
     from matplotlib.lines import Line2D
 
     fig = Figure(figsize=(8.5, 4.5), layout="constrained")
@@ -254,13 +256,13 @@ def accuracy_vs_latency(points: Sequence[dict], budget_ms: float | None, chosen:
     markers = {k: "osD^vP*X"[i % 8] for i, k in enumerate(kinds)}
     for p in points:
         kind = (p["precision"], p.get("int8_recipe") or "")
-        ax.scatter([p["p50_ms"]], [100 * p["val_acc"]], marker=markers[kind], s=45, color=colours[p["candidate"]],
+        ax.scatter([p["p50_ms"]], [100 * p[score]], marker=markers[kind], s=45, color=colours[p["candidate"]],
                    alpha=0.85, zorder=3)
     handles = [Line2D([], [], linestyle="", marker="o", color=colours[c], label=c.split(":")[-1]) for c in candidates]
     handles += [Line2D([], [], linestyle="", marker=markers[k], color="0.3",
                        label=k[0] + (f" ({k[1]})" if k[1] else "")) for k in kinds]
     if chosen is not None:
-        handles.append(ax.scatter([chosen["p50_ms"]], [100 * chosen["val_acc"]], s=240, facecolors="none",
+        handles.append(ax.scatter([chosen["p50_ms"]], [100 * chosen[score]], s=240, facecolors="none",
                                   edgecolors="tab:red", linewidths=1.5, label="chosen", zorder=4))
     if budget_ms is not None:
         handles.append(ax.axvline(budget_ms, color="tab:red", linestyle="--", linewidth=1,
@@ -268,8 +270,8 @@ def accuracy_vs_latency(points: Sequence[dict], budget_ms: float | None, chosen:
     if teacher_acc is not None:
         handles.append(ax.axhline(100 * teacher_acc, color="0.4", linestyle=":", linewidth=1,
                                   label="teacher (validation)"))
-    ax.set(xlabel="batch-1 latency, p50 (ms, ONNX Runtime on this CPU)", ylabel="validation accuracy (%)",
-           title="accuracy vs measured latency")
+    ax.set(xlabel="batch-1 latency, p50 (ms, ONNX Runtime on this CPU)", ylabel=score_label,
+           title=f"{score_label.split(' (')[0]} vs measured latency")
     ax.set_ylim(top=min(ax.get_ylim()[1], 101.0))  # no axis past 100% when graphs tie at the top
     ax.grid(alpha=0.3)
     ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
