@@ -65,6 +65,11 @@ def predicted_labels(folder: str, images, device) -> np.ndarray:
     return predict(load_classifier(folder).to(device), images, 64, device).argmax(1).numpy()
 
 
+def agreement_share(labels: np.ndarray, teacher_labels: list[int]) -> float:
+    """The share of ``labels`` that are the teacher's."""
+    return float((np.asarray(labels) == np.asarray(teacher_labels)).mean())
+
+
 def agreement(folder: str, images, teacher_labels: list[int], device) -> float:
     """The share of ``images`` on which the classifier in ``folder`` gives the teacher's label."""
-    return float((predicted_labels(folder, images, device) == np.asarray(teacher_labels)).mean())
+    return agreement_share(predicted_labels(folder, images, device), teacher_labels)

@@ -12,7 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fm2edge.automate.config import AutoJob
-from fm2edge.automate.heldout import agreement, held_out_count, held_out_images, predicted_labels, unlabeled_pool
+from fm2edge.automate.heldout import (
+    agreement,
+    agreement_share,
+    held_out_count,
+    held_out_images,
+    predicted_labels,
+    unlabeled_pool,
+)
 from fm2edge.automate.measure import LOOP_EFFICIENCY, Candidate, latency_cache, measure
 from fm2edge.automate.stages import run_one_stage
 from fm2edge.automate.teachers import (
@@ -636,8 +643,6 @@ def export_finalists(job: AutoJob, root: Path, trained: list[dict], images, teac
     unread); each (precision, recipe) is an option with its measured latency and size, each int8 option its
     agreement with the fp32 graph on ``images``, and, with ``held`` (the held-out unlabelled images), each option
     its agreement with ``teacher_labels`` for them."""
-    import numpy as np
-
     from fm2edge.models.io import load_classifier
 
     last = max(t["rung"] for t in trained)  # the candidates that reached the last rung, best first
@@ -668,7 +673,7 @@ def export_finalists(job: AutoJob, root: Path, trained: list[dict], images, teac
                 o["agreement_images"] = len(images)
             if held is not None:
                 labels = graph_probabilities(model, Path(o["onnx"]), held.images).argmax(1)
-                o["teacher_agreement"] = float((labels == np.asarray(teacher_labels)).mean())
+                o["teacher_agreement"] = agreement_share(labels, teacher_labels)
     return finalists
 
 
@@ -729,12 +734,13 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[
     """One row per candidate: its measured figures, what happened to it, and its validation accuracy."""
     done = {t["candidate"]: t for t in trained}
     options: dict[tuple[str, str], dict] = {}
+
+    def order(o: dict) -> tuple:  # as `choose` ranks them (held-out agreement first where measured)
+        return o.get("teacher_agreement", 0.0), o["val_acc"], o["agreement_with_fp32"]
+
     for f in finalists:  # per candidate and precision, its best option (the int8 recipe validation prefers)
         for o in f["options"]:
             key = (o["candidate"], o["precision"])
-            def order(o: dict) -> tuple:  # as `choose` ranks them (held-out agreement first where measured)
-                return o.get("teacher_agreement", 0.0), o["val_acc"], o["agreement_with_fp32"]
-
             if key not in options or order(o) > order(options[key]):
                 options[key] = o
     rows = []
