@@ -308,7 +308,7 @@ def test_a_student_follows_the_data_unless_told(tmp_path, image_folder):
     assert timm.preprocess.size == 96 and timm(torch.zeros(2, 3, 96, 96)).shape == (2, session.train.num_classes)
 
 
-@pytest.mark.parametrize("size", [32, 61])
+@pytest.mark.parametrize("size", [32, 61, 224])
 @pytest.mark.parametrize("auto", ["trivial", "rand"])
 def test_batched_operations_equal_the_per_image_torchvision_path(size, auto):
     """Every TrivialAugment / RandAugment operation, run once over all the images that drew it, gives the same

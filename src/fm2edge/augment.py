@@ -19,6 +19,7 @@ CPU at photo sizes, where that kernel beats any float resample of the batch (:fu
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -211,15 +212,23 @@ def pixel_boxes(p: torch.Tensor, h: int, w: int) -> torch.Tensor | None:
 
 
 def resize_each(images: torch.Tensor, boxes: list[list[int]], flips: list[bool], size: int) -> torch.Tensor:
-    """Each box through torch's antialiased uint8 resize, one image at a time. Written as a loop on purpose: on a
-    CPU that vectorised uint8 kernel (what ``transforms.v2.functional.resized_crop`` calls) is several times faster
-    than any float resample of the whole batch (``benchmarks/augment_speed.py`` measures both), and at these sizes
-    the loop's own cost is small beside the pixels."""
+    """Each box through torch's antialiased uint8 resize, one image at a time, the images shared among as many
+    threads as torch uses. Written as a loop on purpose: on a CPU that vectorised uint8 kernel (what
+    ``transforms.v2.functional.resized_crop`` calls) is several times faster than any float resample of the whole
+    batch (``benchmarks/augment_speed.py`` measures both), and at these sizes the loop's own cost is small beside the
+    pixels. The kernel releases the GIL but keeps to one core on one image, hence the threads (a pool per call, so
+    forked data-loader workers never inherit one)."""
     out = torch.empty(len(images), images.shape[1], size, size, dtype=torch.uint8)
-    for i, ((top, left, height, width), flip) in enumerate(zip(boxes, flips, strict=True)):
+
+    def resize(i: int) -> None:
+        top, left, height, width = boxes[i]
         box = images[i:i + 1, :, top:top + height, left:left + width]
         resized = F.interpolate(box, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        out[i] = resized[0].flip(-1) if flip else resized[0]
+        out[i] = resized[0].flip(-1) if flips[i] else resized[0]
+
+    workers = max(1, min(torch.get_num_threads(), len(boxes)))
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda first: [resize(i) for i in range(first, len(boxes), workers)], range(workers)))
     return out
 
 
@@ -466,7 +475,8 @@ def apply_op_batched(images: torch.Tensor, op: int, m: torch.Tensor) -> torch.Te
         mask = ((1 << bits) - 1) << (8 - bits)
         return images & mask.to(device=images.device, dtype=torch.uint8).view(-1, 1, 1, 1)
     if name == "solarize":
-        threshold = _factor(255.0 - m, images)
+        # v2 compares the uint8 pixels with a float threshold; for whole numbers that is >= its ceiling, in uint8
+        threshold = torch.ceil(_factor(255.0 - m, images)).clamp_(0, 255).to(torch.uint8)
         return torch.where(images >= threshold, 255 - images, images)
     if name == "autocontrast":
         return TF.autocontrast(images)
