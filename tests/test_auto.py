@@ -18,6 +18,7 @@ from fm2edge.automate.job import (
     MIN_UNLABELED,
     choose,
     extension,
+    finalists_wanted,
     leaderboard,
     plan_pool,
     plan_rungs,
@@ -45,6 +46,20 @@ def test_screen_drops_what_is_over_budget_in_both_precisions_and_says_why():
     assert kept[0]["fits"] == ["fp32", "int8"] and kept[1]["fits"] == ["int8"]
     why = {d["candidate"]: d["why"] for d in dropped}
     assert "over the budget" in why["slow"] and "max_params" in why["big"]
+
+
+def test_one_finalist_where_every_candidate_is_far_inside_the_budget_else_two_as_a_hedge():
+    near = [figures("fast", 0.4, 0.3), figures("near", 1.9, 1.2)]  # near: fp32 within the budget, but not by half
+    far = [figures("fast", 0.4, 0.3), figures("also fast", 1.0, 0.6)]
+    assert finalists_wanted(near, AutoConfig(latency_ms=2.0)) == 2
+    assert finalists_wanted(far, AutoConfig(latency_ms=2.0)) == 1
+    assert finalists_wanted(near, AutoConfig()) == 1  # no latency budget: no timing to hedge against
+    assert finalists_wanted(far, AutoConfig(latency_ms=2.0, finalists=3)) == 3  # as the user said
+    # one finalist: the ladder halves down to it, and the survivor trains half as many epochs again as with two
+    speeds = {"a": 100.0, "b": 100.0}
+    two, one = (plan_rungs(speeds, images=100, seconds=120.0, lo=1, hi=100, keep=k) for k in (2, 1))
+    assert [(r["candidates"], r["epochs"]) for r in two] == [(2, 60)]
+    assert [(r["candidates"], r["epochs"]) for r in one] == [(2, 30), (1, 60)]
 
 
 def test_the_teacher_is_a_leaderboard_row_within_the_budget_or_over_it_with_the_reason():
@@ -475,7 +490,7 @@ def test_the_unlabelled_pool_is_cut_until_the_finalists_get_their_epochs_and_gro
 
 
 def test_the_rungs_as_run_are_the_plans_re_sized_then_the_extension():
-    plan = {"settings": {"auto": {"finalists": 2}},
+    plan = {"finalists": 2,
             "rungs": [{"candidates": 4, "epochs": 1, "seconds": 300.0},
                       {"candidates": 2, "epochs": 2, "seconds": 600.0}],
             "respaced": {"1": {"epochs": [3]}, "extension": {"epochs": 7}}}
