@@ -68,10 +68,11 @@ INFERENCE_SPEEDUP = 3.0
 # fidelity to the fp32 graph on hundreds of images can.
 AGREEMENT_IMAGES = 500
 # A second finalist is a hedge against the leader's exported graph timing over the latency budget (one graph
-# measured 3.53, 2.66 and 2.58 ms minutes apart against a 2.70 ms budget). Where every kept candidate measured within
-# this share of the budget in both precisions no timing swing reaches the budget, and one finalist is kept unless
-# --auto.finalists says otherwise: the ladder's last rung trains it alone, for as many epochs again.
-FAR_INSIDE = 0.5
+# measured 3.53, 2.66 and 2.58 ms minutes apart against a 2.70 ms budget; screen figures of one model moved up to
+# 1.5x between runs). Where every kept candidate measured within this share of the budget in both precisions, a
+# swing of 1.6x still fits, and one finalist is kept unless --auto.finalists says otherwise: the ladder's last rung
+# trains it alone, for as many epochs again.
+FAR_INSIDE = 0.6
 INT8_RECIPES = {"minmax": {}, "first-last-fp32": {"fp32_layers": "first_last"},
                 "percentile": {"calibration_method": "percentile"}}
 

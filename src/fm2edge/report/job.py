@@ -314,7 +314,7 @@ def auto_section(folder: str, r: dict) -> str:
                               epochs(g), _num(None if g.get("seconds") is None else g["seconds"] / 60, "{:.1f}")]
                              for i, g in enumerate(r["rungs"])]))
         if r.get("finalists") == 1:
-            parts.append("<p id=\"auto-finalists\">One finalist: every candidate measured within half the latency "
+            parts.append("<p id=\"auto-finalists\">One finalist: every candidate measured within 60% of the latency "
                          "budget (or there was none), so no second was kept as a hedge against the leader's exported "
                          "graph timing over it, and the last rung trained the leader alone.</p>")
     rows = r["leaderboard"]
