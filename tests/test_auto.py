@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from fm2edge.automate.config import AutoConfig
+from fm2edge.automate.config import AutoConfig, AutoJob
 from fm2edge.automate.heldout import HELD_OUT_FEWEST, HELD_OUT_MOST, held_out_count
 from fm2edge.automate.job import (
     MIN_UNLABELED,
     choose,
     extension,
     finalists_wanted,
+    hopeless,
     leaderboard,
     plan_pool,
     plan_rungs,
@@ -60,6 +61,43 @@ def test_one_finalist_where_every_candidate_is_far_inside_the_budget_else_two_as
     two, one = (plan_rungs(speeds, images=100, seconds=120.0, lo=1, hi=100, keep=k) for k in (2, 1))
     assert [(r["candidates"], r["epochs"]) for r in two] == [(2, 60)]
     assert [(r["candidates"], r["epochs"]) for r in one] == [(2, 30), (1, 60)]
+
+
+def test_a_candidate_far_behind_the_leader_is_left_behind_and_its_place_goes_to_the_others(tmp_path, monkeypatch):
+    import fm2edge.automate.job as auto_job
+
+    def trained(name, val_acc, agreement=None):
+        return {"candidate": name, "val_acc": val_acc, "val_loss": 0.5,
+                **({} if agreement is None else {"teacher_agreement": agreement})}
+
+    # held-out agreement on 1,000 images: a small CNN 24 points under Lite0 is hopeless, one 4 points under is not
+    ranked = [trained("lite0@112", 1.0, 0.95), trained("lite0@96", 1.0, 0.91), trained("cnn@64", 0.75, 0.71)]
+    assert set(hopeless(ranked, 1000)) == {"cnn@64"} and hopeless(ranked, 1000)["cnn@64"] == pytest.approx(0.24)
+    # 20 validation images: 25 points is within what their noise explains (+-25 at 99%) plus the 10-point margin
+    assert hopeless([trained("a", 1.0), trained("b", 0.75)], 20) == {}
+    assert set(hopeless([trained("a", 1.0), trained("b", 0.35)], 20)) == {"b"}
+
+    # in the search: planned 3 -> 2, but the small CNN is left after rung 0 and Lite0 at 96 px trains on alone
+    scores = {"lite0@96": 0.93, "cnn@64": 0.70, "cnn@32": 0.68}
+    calls = []
+
+    def fake_rung(job, root, plan, alive, r, epochs, select, done, held=None):
+        calls.append((r, [f["candidate"] for f in alive]))
+        for f in alive:
+            f.update(rung=r, val_acc=scores[f["candidate"]], val_loss=0.1, trained_epochs=5 * (r + 1),
+                     stage_minutes=1.0, folder=str(tmp_path / f["candidate"]))
+            done[f["candidate"]] = {**done.get(f["candidate"], {}), **f}
+
+    monkeypatch.setattr(auto_job, "train_rung", fake_rung)
+    monkeypatch.setattr(auto_job, "respaced", lambda job, root, plan, r, alive: plan["rungs"][r:])
+    monkeypatch.setattr(auto_job, "extension", lambda *a: 0)
+    plan = {"candidates": [{"candidate": c, "epochs": 5} for c in scores], "finalists": 2,
+            "selection": {"noisy": False}, "held_out": {"images": 0}, "val_images": 500,
+            "rungs": [{"candidates": 3, "epochs": 5}, {"candidates": 2, "epochs": 10}]}
+    out = {t["candidate"]: t for t in auto_job.train_students(AutoJob(), tmp_path, plan)}
+    assert calls == [(0, ["lite0@96", "cnn@64", "cnn@32"]), (1, ["lite0@96"])]
+    assert out["lite0@96"]["rung"] == 1 and "left_behind" not in out["lite0@96"]
+    assert out["cnn@64"]["left_behind"] == "left after rung 0, 23.0 points under the leader"
 
 
 def test_the_teacher_is_a_leaderboard_row_within_the_budget_or_over_it_with_the_reason():
