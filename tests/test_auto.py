@@ -50,8 +50,8 @@ def test_screen_drops_what_is_over_budget_in_both_precisions_and_says_why():
 
 
 def test_one_finalist_where_every_candidate_is_far_inside_the_budget_else_two_as_a_hedge():
-    near = [figures("fast", 0.4, 0.3), figures("near", 1.9, 1.2)]  # near: fp32 within the budget, but not by half
-    far = [figures("fast", 0.4, 0.3), figures("also fast", 1.0, 0.6)]
+    near = [figures("fast", 0.4, 0.3), figures("near", 1.9, 1.3)]  # near: within the budget, not within 60% of it
+    far = [figures("fast", 0.4, 0.3), figures("int8 far inside", 1.9, 1.1)]  # one graph of each within 60%
     assert finalists_wanted(near, AutoConfig(latency_ms=2.0)) == 2
     assert finalists_wanted(far, AutoConfig(latency_ms=2.0)) == 1
     assert finalists_wanted(near, AutoConfig()) == 1  # no latency budget: no timing to hedge against

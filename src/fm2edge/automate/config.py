@@ -49,7 +49,8 @@ class AutoConfig:
         max_epochs: Most epochs a student is trained for, however much time is left.
         finalists: Students, best on validation, exported to fp32 and int8 ONNX and scored there. By default
             two, as a hedge against the leader's exported graph timing over the latency budget; one (trained the
-            longer for it) where every candidate measured within 60% of the budget or there is no latency budget.
+            longer for it) where every candidate measured within 60% of the budget in one precision at least, or
+            there is no latency budget.
         seed: Seed of every run.
     """
 
