@@ -275,8 +275,9 @@ def auto_section(folder: str, r: dict) -> str:
              f"{html.escape(str(r.get('machine', 'this machine')))}.</p>"]
     plot = Path(folder) / "plots" / "accuracy_vs_latency.png"
     if plot.exists():
-        parts.append(_img(plot.read_bytes(), "validation accuracy against latency measured here; the line is the "
-                                             "budget"))
+        scored = (f"agreement with the teacher on {r['held_out_images']:,} held-out images"
+                  if r.get("held_out_images") else "validation accuracy")
+        parts.append(_img(plot.read_bytes(), f"{scored} against latency measured here; the line is the budget"))
     if r.get("selection"):
         sel = r["selection"]
         ranked = (f"the candidates were ranked by their agreement with the teacher's labels on "
