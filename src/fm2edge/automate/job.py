@@ -38,7 +38,7 @@ from fm2edge.runs import METRICS_FILE, atomic_dir, atomic_write_json, atomic_wri
 SCREEN_TOLERANCE = 0.10
 EXPORT_BASE_SECONDS = 10.0  # an export's fixed cost: tracing, ONNX Runtime sessions, quantiser passes
 EXPORT_LATENCY_RUNS = 100
-PLAN_VERSION = 10
+PLAN_VERSION = 11
 # Held back from the time left when the later rungs are re-sized: the work no stage records (loading the data on
 # each call, choosing, the test read, writing the results).
 RESPACE_MARGIN = 0.03
@@ -253,18 +253,18 @@ def rungs_as_run(plan: dict) -> list[dict]:
     return rungs
 
 
-def rank(trained: list[dict]) -> list[dict]:
-    """Best first: on agreement with the teacher on the held-out unlabelled images where validation was too small
-    to rank and there are such images (``teacher_agreement``), else on validation accuracy; ties (common on small
-    validation splits) to the higher validation accuracy, then to the lower validation loss."""
-    return sorted(trained, key=lambda t: (-t.get("teacher_agreement", 0.0), -t["val_acc"],
-                                          t["val_loss"] if t["val_loss"] is not None else float("inf")))
-
-
 def score(t: dict) -> float:
-    """What ranked a trained candidate: its agreement with the teacher on the held-out images where it has one,
+    """What ranks a trained candidate: its agreement with the teacher on the held-out images where it has one,
     else its validation accuracy."""
     return t.get("teacher_agreement", t["val_acc"])
+
+
+def rank(trained: list[dict]) -> list[dict]:
+    """Best first on :func:`score` (agreement with the teacher on the held-out unlabelled images where validation was
+    too small to rank and there are such images, else validation accuracy); ties (common on small validation
+    splits) to the higher validation accuracy, then to the lower validation loss."""
+    return sorted(trained, key=lambda t: (-score(t), -t["val_acc"],
+                                          t["val_loss"] if t["val_loss"] is not None else float("inf")))
 
 
 def hopeless(ranked: list[dict], scored_on: int) -> dict[str, float]:
@@ -529,9 +529,11 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     costs = sorted((export_seconds(f, min(500, len(train)), len(val), held_out["images"]) for f in kept),
                    reverse=True)
     finalists = finalists_wanted(kept, job.auto)
-    if finalists == 1 and job.auto.finalists is None:
-        print(f"  one finalist: every candidate measured within {FAR_INSIDE:.0%} of the budget, so none is kept as a "
-              f"hedge against the leader's exported graph timing over it")
+    finalists_why = (f"every candidate measured within {FAR_INSIDE:.0%} of the latency budget in one precision at "
+                     f"least (or there was none), so no second was kept as a hedge against the leader's exported graph "
+                     f"timing over it" if finalists == 1 and job.auto.finalists is None else None)
+    if finalists_why:
+        print(f"  one finalist: {finalists_why}")
     reserve = sum(costs[:finalists]) + held_out["seconds"]
 
     def ladder(extra: int, views: int) -> tuple[list[dict], float, float]:
@@ -556,7 +558,8 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
             "views": planned["views"], "val_images": len(val), "selection": noise, "teachers": teachers,
             "teacher": teacher, "teacher_finetune": finetune, "teacher_option": teacher_option,
             "candidates": kept, "dropped": dropped,
-            "held_out": held_out, "finalists": finalists, "teaching_seconds": planned["teaching"],
+            "held_out": held_out, "finalists": finalists, "finalists_why": finalists_why,
+            "teaching_seconds": planned["teaching"],
             "export_seconds": reserve - held_out["seconds"], "student_seconds": planned["seconds"],
             "rungs": rungs, "planning_seconds": time.perf_counter() - started}
 
@@ -900,7 +903,7 @@ def auto_job(job: AutoJob) -> dict:
               "leaderboard": rows, "budget_minutes": job.auto.minutes, "latency_budget_ms": job.auto.latency_ms,
               "minutes": minutes, "minutes_by_step": minutes_by_step(root, plan, minutes), "rungs": rungs_as_run(plan),
               "selection": plan["selection"], "held_out_images": plan["held_out"]["images"],
-              "finalists": plan["finalists"], "machine": plan["machine"],
+              "finalists": plan["finalists"], "finalists_why": plan["finalists_why"], "machine": plan["machine"],
               "train_images": plan["train_images"], "unlabeled_images": plan["unlabeled_images"],
               "views": plan["views"]}
     atomic_write_text(root / "leaderboard.csv", leaderboard_csv(rows))

@@ -314,11 +314,9 @@ def auto_section(folder: str, r: dict) -> str:
                             [[f"{i} (time left over)" if g.get("extension") else str(i), str(g["candidates"]),
                               epochs(g), _num(None if g.get("seconds") is None else g["seconds"] / 60, "{:.1f}")]
                              for i, g in enumerate(r["rungs"])]))
-        if r.get("finalists") == 1:
-            parts.append("<p id=\"auto-finalists\">One finalist: every candidate measured within 60% of the latency "
-                         "budget in one precision at least (or there was none), so no second was kept as a hedge "
-                         "against the leader's exported graph timing over it, and the last rung trained the leader "
-                         "alone.</p>")
+        if r.get("finalists_why"):
+            parts.append(f"<p id=\"auto-finalists\">One finalist: {html.escape(r['finalists_why'])}, and the last "
+                         f"rung trained the leader alone.</p>")
     rows = r["leaderboard"]
     held = r.get("held_out_images") or 0
     parts.append("<h3>Leaderboard</h3>")
