@@ -227,6 +227,37 @@ def test_ctrl_c_during_training_exits_130_and_resumes_to_the_same_result(tmp_pat
 # ---------------------------------------------------------------- safety: nothing from a file runs as code
 
 
+def test_ctrl_c_inside_a_half_built_object_still_ends_on_the_interrupted_line(monkeypatch, capsys):
+    """Ctrl-C between two attributes of a library's object (a tqdm bar) leaves it half built; its __del__ fails when
+    the interrupt's traceback goes. That must not print after the last line."""
+    from fm2edge import cli
+    from fm2edge.stages import Stage
+
+    deleted = []
+
+    class HalfBuilt:
+        def __init__(self):
+            self.disable = False
+            raise KeyboardInterrupt
+
+        def __del__(self):
+            deleted.append(self)
+            raise AttributeError("'HalfBuilt' object has no attribute 'pos'")
+
+    def interrupted(job):
+        HalfBuilt()
+
+    monkeypatch.setitem(cli.COMMANDS, "data", Stage(interrupted, cli.COMMANDS["data"].job, "interrupted"))
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)  # what Python would print as "Exception ignored"
+    rc, err = run_cli(["data", "--data.source", "digits"], capsys)
+    assert rc == 130
+    assert len(deleted) == 1
+    assert err.splitlines()[-1].startswith("fm2edge: interrupted; finished epochs and feature chunks are kept")
+    assert unraisable == [] and "AttributeError" not in err
+    assert sys.unraisablehook == unraisable.append
+
+
 def test_yaml_cannot_run_code(tmp_path, capsys):
     sentinel = tmp_path / "ran"
     evil = f"train:\n  epochs: !!python/object/apply:os.system ['touch {sentinel}']\n"

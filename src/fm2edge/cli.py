@@ -3,6 +3,7 @@ jsonargparse builds every flag from the config classes."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -174,8 +175,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fm2edge: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fm2edge: interrupted; finished epochs and feature chunks are kept: rerun the same command with "
-              "--run.resume true to continue",
-              file=sys.stderr)
-        return 130
-    return 0
+        # Ctrl-C can land inside a library's constructor (a tqdm bar between two of its attributes); that half-built
+        # object's __del__ then fails as the traceback holding it goes at the end of this block, printing a stray
+        # "Exception ignored" after our last word. Such failures are muted until it has been collected.
+        hook, sys.unraisablehook = sys.unraisablehook, _ignore
+    else:
+        return 0
+    gc.collect()
+    sys.unraisablehook = hook
+    print("fm2edge: interrupted; finished epochs and feature chunks are kept: rerun the same command with "
+          "--run.resume true to continue", file=sys.stderr)
+    return 130
+
+
+def _ignore(_unraisable) -> None:
+    """An ``sys.unraisablehook`` that drops the failure (see ``main``)."""
