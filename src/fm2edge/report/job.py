@@ -223,7 +223,9 @@ table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:
 th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
 h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:2em}pre{background:#f7f7f7;padding:8px;overflow:auto}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:12px}figure{margin:0}
-figcaption{font-size:90%;color:#555}.note{color:#555;font-size:90%}"""
+figcaption{font-size:90%;color:#555}.note{color:#555;font-size:90%}
+#auto-leaderboard td,#auto-leaderboard th{padding:4px 6px}
+#auto-leaderboard td:last-child,#auto-leaderboard th:last-child{text-align:left;min-width:11em}"""
 
 CHECK_JS = """window.addEventListener('load',()=>{const imgs=[...document.images];
 const bad=imgs.filter(i=>!(i.complete&&i.naturalWidth>0)).length;
@@ -320,16 +322,17 @@ def auto_section(folder: str, r: dict) -> str:
     rows = r["leaderboard"]
     held = r.get("held_out_images") or 0
     parts.append("<h3>Leaderboard</h3>")
-    parts.append(_table("auto-leaderboard", ["candidate", "status", "rung", "epochs", "validation"]
+    # the status, a sentence, last: the numbers stay in narrow columns and the sentence takes the width left
+    parts.append(_table("auto-leaderboard", ["candidate", "rung", "epochs", "validation"]
                         + ([f"agrees with the teacher ({held:,} held out)"] if held else [])
-                        + ["ONNX fp32 val", "ONNX int8 val", "fp32 ms", "int8 ms", "parameters", "minutes"],
-                        [[x["candidate"], x["status"], str(x.get("rung") if x.get("rung") is not None else "-"),
+                        + ["ONNX fp32 val", "ONNX int8 val", "fp32 ms", "int8 ms", "parameters", "minutes", "status"],
+                        [[x["candidate"], str(x.get("rung") if x.get("rung") is not None else "-"),
                           str(x.get("epochs") or "-"), _pct(x.get("val_acc"))]
                          + ([_pct(x.get("teacher_agreement"))] if held else [])
                          + [_pct(x.get("val_acc_onnx_fp32")),
                           _pct(x.get("val_acc_onnx_int8")), _num(x.get("fp32_ms") or x["screen_fp32_ms"], "{:.2f}"),
                           _num(x.get("int8_ms") or x["screen_int8_ms"], "{:.2f}"), f"{x['params']:,}",
-                          _num(x.get("minutes"), "{:.1f}")] for x in rows]))
+                          _num(x.get("minutes"), "{:.1f}"), x["status"]] for x in rows]))
     if r.get("minutes_by_step"):
         parts.append("<h3>Where the minutes went</h3>")
         parts.append(_table("auto-minutes", ["step", "minutes"],
