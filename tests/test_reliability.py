@@ -224,9 +224,6 @@ def test_ctrl_c_during_training_exits_130_and_resumes_to_the_same_result(tmp_pat
     assert a["history"][-1]["train_loss"] == pytest.approx(b["history"][-1]["train_loss"], rel=1e-4)
 
 
-# ---------------------------------------------------------------- safety: nothing from a file runs as code
-
-
 def test_ctrl_c_inside_a_half_built_object_still_ends_on_the_interrupted_line(monkeypatch, capsys):
     """Ctrl-C between two attributes of a library's object (a tqdm bar) leaves it half built; its __del__ fails when
     the interrupt's traceback goes. That must not print after the last line."""
@@ -256,6 +253,9 @@ def test_ctrl_c_inside_a_half_built_object_still_ends_on_the_interrupted_line(mo
     assert err.splitlines()[-1].startswith("fm2edge: interrupted; finished epochs and feature chunks are kept")
     assert unraisable == [] and "AttributeError" not in err
     assert sys.unraisablehook == unraisable.append
+
+
+# ---------------------------------------------------------------- safety: nothing from a file runs as code
 
 
 def test_yaml_cannot_run_code(tmp_path, capsys):
