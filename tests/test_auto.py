@@ -454,6 +454,30 @@ def test_cached_latencies_are_reused_only_while_the_machine_runs_as_fast_as_when
     assert len(calls) == 2 and alone["train_images_per_s"] == 10.0 and "fp32" not in alone
 
 
+def test_training_speed_is_timed_under_the_allocator_setting_the_training_loop_runs_under(monkeypatch):
+    import contextlib
+
+    import fm2edge.automate.measure as measure_mod
+    import fm2edge.device as device_mod
+
+    state = {"kept": False, "seen": []}
+
+    @contextlib.contextmanager
+    def recorder():
+        state["kept"] = True
+        try:
+            yield True
+        finally:
+            state["kept"] = False
+
+    real = measure_mod.timed_steps
+    monkeypatch.setattr(device_mod, "freed_memory_kept", recorder)
+    monkeypatch.setattr(measure_mod, "timed_steps", lambda *a: state["seen"].append(state["kept"]) or real(*a))
+    figures = measure_mod.training_speed(measure_mod.Candidate("student:small_cnn", 16), 2)
+    assert state["seen"] == [True] and not state["kept"]  # timed inside the setting, left outside it
+    assert figures["train_images_per_s"] > 0 and figures["train_device"] == "cpu"
+
+
 def test_the_reference_timing_is_positive_and_states_compare_within_a_tolerance():
     from fm2edge.timing import reference_ms, same_state
 
