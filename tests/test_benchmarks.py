@@ -65,3 +65,24 @@ def test_the_augmentation_benchmark_times_both_pipelines_and_the_crop(monkeypatc
         assert min(r["batched_img_s"], r["per_image_img_s"], r["crop_img_s"], r["resample_img_s"]) > 0
         assert r["ratio"] == pytest.approx(r["batched_img_s"] / r["per_image_img_s"])
     assert "per-image img/s" in capsys.readouterr().out
+
+
+def test_the_teacher_size_benchmark_fine_tunes_each_size_once_and_prints_its_row(monkeypatch, tmp_path, capsys,
+                                                                                 parquet_dir, tiny_hf_resnet):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import teacher_sizes
+
+    argv = ["teacher_sizes.py", "--source", str(parquet_dir), "--model", f"hf:{tiny_hf_resnet}", "--runs", "16:1",
+            "24:2", "--device", "cpu", "--root", str(tmp_path / "runs")]
+    monkeypatch.setattr("sys.argv", argv)
+    teacher_sizes.main()
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| 16 |") or line.startswith("| 24 |")]
+    assert [r.split(" | ")[:2] for r in rows] == [["| 16", "1"], ["| 24", "2"]]
+    for size, epochs in ((16, 1), (24, 2)):
+        metrics = json.loads((tmp_path / "runs" / f"{size}px-{epochs}ep" / "full" / "metrics.json").read_text())
+        assert len(metrics["history"]) == epochs and metrics["test_acc"] is None  # the test split stays unread
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/full/metrics.json")}
+    teacher_sizes.main()  # finished runs are reused, not trained again
+    assert capsys.readouterr().out.count("| 24 | 2 |") == 1
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/full/metrics.json")} == written
