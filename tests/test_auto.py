@@ -309,6 +309,8 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     steps = result["minutes_by_step"]
     assert steps["students, rung 0"] > 0 and steps["exports"] > 0
     assert sum(steps.values()) == pytest.approx(result["minutes"])
+    students = [f"students, rung {i}" for i in range(len([s for s in steps if s.startswith("students")]))]
+    assert list(steps) == ["measuring and planning", *students, "exports", "other"]  # in the order the run took them
     # run again: every stage is reused and the same choice comes out
     assert main(auto_argv(tmp_path, teacher)) == 0
     again = capsys.readouterr().out

@@ -361,7 +361,15 @@ def minutes_by_step(root: Path, plan: dict, total_minutes: float) -> dict[str, f
             step = "exports"
         steps[step] = steps.get(step, 0.0) + seconds / 60
     steps["other"] = max(0.0, total_minutes - sum(steps.values()))
-    return steps
+    return dict(sorted(steps.items(), key=lambda kv: step_order(kv[0])))
+
+
+def step_order(step: str) -> tuple[int, int]:
+    """Where a step of :func:`minutes_by_step` comes in a run: planning, teachers, each rung in turn, exports, the
+    rest."""
+    if step.startswith("students, rung "):
+        return 2, int(step.rsplit(" ", 1)[1])
+    return {"measuring and planning": 0, "teachers": 1, "exports": 3}.get(step, 4), 0
 
 
 def measure_candidates(job: AutoJob, num_classes: int) -> list[dict]:
