@@ -55,6 +55,12 @@ def make_accelerator(device: str = "auto", precision: str = "auto"):
 _KEPT = {"depth": 0}  # nested training loops share one setting; the outermost restores glibc's defaults
 
 
+def training_memory(device: torch.device) -> contextlib.AbstractContextManager:
+    """The allocator setting a training loop runs under on ``device``: :func:`freed_memory_kept` on a CPU, nothing
+    elsewhere (what the loop and every timing of it share, so a timing sees what the loop will do)."""
+    return freed_memory_kept() if device.type == "cpu" else contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def freed_memory_kept():
     """On Linux with glibc, inside the block ``malloc`` keeps freed memory for the next batch instead of handing

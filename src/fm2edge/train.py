@@ -31,7 +31,7 @@ from fm2edge.augment import OnlineViews, Views, render, soft_targets
 from fm2edge.config import TrainConfig, is_resolved
 from fm2edge.data import ImageData
 from fm2edge.data.splits import selection_noise
-from fm2edge.device import freed_memory_kept, move
+from fm2edge.device import move, training_memory
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import Classifier
 from fm2edge.report.metrics import accuracy
@@ -320,7 +320,7 @@ def fit(task: nn.Module, model: Classifier, train: ImageData, val: ImageData | N
     if not is_resolved(cfg):
         raise ValueError("fit() takes a training config with its defaults filled for the data: pass it through "
                          "fm2edge.config.proven_recipe first")
-    with freed_memory_kept() if accelerator.device.type == "cpu" else contextlib.nullcontext():
+    with training_memory(accelerator.device):
         return fit_loop(task, model, train, val, test, cfg, run, accelerator, config)
 
 

@@ -4,7 +4,6 @@ folder) costs nothing."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import tempfile
@@ -166,12 +165,12 @@ def training_speed(candidate: Candidate, num_classes: int) -> dict:
     """Training images per second of a few AdamW steps at the candidate's size and batch on this machine's default
     device, fp32 and channels-last as the training loop runs them (what sizes its first epochs in the budget; the
     loop's own epoch times size the later ones)."""
-    from fm2edge.device import freed_memory_kept, resolve_device
+    from fm2edge.device import resolve_device, training_memory
 
     device = resolve_device("auto")
-    # timed under the allocator setting the training loop runs under on a CPU: without it a network whose
-    # activations are large (Lite0 at 128 px) measured 52 img/s where the loop ran 66 (69.6 with it)
-    with freed_memory_kept() if device.type == "cpu" else contextlib.nullcontext():
+    # timed under the allocator setting the training loop runs under: without it a network whose activations are
+    # large (Lite0 at 128 px on a CPU) measured 52 img/s where the loop ran 66 (69.6 with it)
+    with training_memory(device):
         times = timed_steps(candidate, num_classes, device)
     return {"train_images_per_s": float(candidate.batch_size / np.median(times[SPEED_WARMUP:])),
             "train_device": device.type}
