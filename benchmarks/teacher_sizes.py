@@ -13,12 +13,12 @@ training minutes (from the run's metrics.json), with the machine.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from fm2edge.config import DataConfig, ModelConfig
 from fm2edge.device import cpu_features
 from fm2edge.distill.selection import finetune_teacher, teacher_recipe
+from fm2edge.runs import read_metrics
 
 
 def parse_run(spec: str) -> tuple[int, int]:
@@ -41,7 +41,7 @@ def main() -> None:
         run = finetune_teacher(Path(a.root), f"{size}px-{epochs}ep", data,
                                ModelConfig(name=a.model, pretrained=True, image_size=size),
                                teacher_recipe(epochs, device=a.device, score_test=False))
-        metrics = json.loads((run / "metrics.json").read_text())
+        metrics = read_metrics(run)
         speeds = [h["images_per_s"] for h in metrics["history"]]
         rows.append({"size": size, "epochs": epochs, "val_acc": metrics["val_acc"],
                      "best_epoch": metrics["selected"]["epoch"], "images_per_s": sum(speeds) / len(speeds),
