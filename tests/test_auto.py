@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fm2edge.automate.config import AutoConfig, AutoJob
@@ -23,13 +24,16 @@ from fm2edge.automate.job import (
     leaderboard,
     plan_pool,
     plan_rungs,
+    probability_gap,
     rank,
     respace_rungs,
     rungs_as_run,
     screen,
     size_epochs,
+    student_args,
     views_and_unlabeled,
 )
+from fm2edge.automate.measure import Candidate
 from fm2edge.automate.teachers import FINETUNE_SIZES, finetune_choice, finetune_seconds, finetune_sizes
 from fm2edge.cli import main
 
@@ -98,6 +102,15 @@ def test_a_candidate_far_behind_the_leader_is_left_behind_and_its_place_goes_to_
     assert calls == [(0, ["lite0@96", "cnn@64", "cnn@32"]), (1, ["lite0@96"])]
     assert out["lite0@96"]["rung"] == 1 and "left_behind" not in out["lite0@96"]
     assert out["cnn@64"]["left_behind"] == "left after rung 0, 23.0 points under the leader"
+
+
+def test_pretrained_students_keep_their_batchnorm_statistics_and_start_from_a_probe_head():
+    plan = {"views": 4, "unlabeled_images": 0}
+    pretrained = student_args(AutoJob(), Candidate.parse("pypi:efficientnet_lite0@112"), 5, "t", "last", plan)
+    scratch = student_args(AutoJob(), Candidate.parse("student:small_cnn@32"), 5, "t", "last", plan)
+    assert (pretrained["train"]["freeze_bn"], pretrained["train"]["head_init"]) == (True, "probe")
+    assert (scratch["train"]["freeze_bn"], scratch["train"]["head_init"]) == (False, "random")
+    assert pretrained["train"]["lr"] < scratch["train"]["lr"]
 
 
 def test_the_teacher_is_a_leaderboard_row_within_the_budget_or_over_it_with_the_reason():
@@ -197,6 +210,15 @@ def test_the_choice_is_the_most_accurate_option_within_budget_and_ties_go_to_the
     assert choose([{"options": recipes}], 2.0, None) == recipes[1]
     assert choose([{"options": recipes}], 2.0, None, noisy=True) == recipes[2]
     assert choose([{"options": recipes}], None, None, noisy=True) == recipes[0]  # fp32 is its own graph
+    # equally faithful on the training images, and validation too small to tell: the graph whose probabilities
+    # stay closest to the fp32 graph's (the fp32 graph itself where it fits), not the faster
+    tie = [{**recipes[0], "p50_ms": 1.9, "fp32_gap": 0.0},
+           {**recipes[1], "agreement_with_fp32": 1.0, "fp32_gap": 0.04},
+           {**recipes[2], "agreement_with_fp32": 1.0, "fp32_gap": 0.01}]
+    assert choose([{"options": tie}], 2.0, None, noisy=True) == tie[0]
+    assert choose([{"options": tie}], 1.5, None, noisy=True) == tie[2]  # fp32 over the budget: the closer int8
+    assert choose([{"options": [{**o, "val_acc": 0.9} for o in tie]}], 2.0, None)["p50_ms"] == 1.0  # validation
+    # ranks them (and found no loss): the faster
     # two models tied on few images: the one with the lower validation loss, though slower
     tied = [{"candidate": "small", "precision": "fp32", "val_acc": 0.95, "val_loss": 0.30, "p50_ms": 1.0, "mb": 1.0},
             {"candidate": "large", "precision": "fp32", "val_acc": 0.95, "val_loss": 0.12, "p50_ms": 1.8, "mb": 1.0}]
@@ -208,6 +230,13 @@ def test_the_choice_is_the_most_accurate_option_within_budget_and_ties_go_to_the
     assert choose([{"options": agreed[:1]}, {"options": agreed[1:2]}], 2.0, None, noisy=True) == agreed[0]
     assert choose([{"options": agreed[:1]}, {"options": agreed[1:2]}], 2.0, None) == agreed[1]  # validation ranks
     assert choose([{"options": agreed[:1]}, {"options": agreed[1:]}], 2.0, None, noisy=True) == agreed[2]
+
+
+def test_the_probability_gap_is_the_mean_total_variation_distance():
+    p = np.array([[0.9, 0.1], [0.5, 0.5]])
+    assert probability_gap(p, p) == 0.0
+    assert probability_gap(p, np.array([[0.7, 0.3], [0.5, 0.5]])) == pytest.approx(0.1)
+    assert probability_gap(np.eye(3), np.eye(3)[::-1]) == pytest.approx(2 / 3)
 
 
 def test_candidates_rank_by_agreement_with_the_teacher_where_validation_cannot_rank_them():
