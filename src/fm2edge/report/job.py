@@ -286,7 +286,8 @@ def auto_section(folder: str, r: dict) -> str:
                   f"{r['held_out_images']:,} unlabelled images held out of training"
                   if r.get("held_out_images") else "ties went to the lower validation loss")
         graphs = ("every exported graph was scored the same way" if r.get("held_out_images") else
-                  "each model's int8 recipe was chosen by its agreement with the fp32 graph on training images")
+                  "each model's graph was chosen by its closeness to the fp32 graph on training images (agreement, "
+                  "then probabilities: fp32 itself where it fits)")
         how = (f"too few to rank epochs or candidates that differ by less: the students trained a fixed schedule "
                f"(their last epoch kept), {ranked}, {graphs}, and the teacher was not fine-tuned"
                if sel["noisy"] else "enough to rank: each student's best validation epoch was kept")
