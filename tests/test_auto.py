@@ -556,6 +556,61 @@ def test_auto_fine_tunes_a_foundation_teacher_soups_two_and_chooses_on_validatio
     assert "teachers" in result["minutes_by_step"]
 
 
+@pytest.fixture(scope="module")
+def hub_cnn(tmp_path_factory):
+    """A random transformers ResNet saved like a hub model, wide enough to train at 224 px (the two-channel
+    bottleneck of conftest's tiny one crashes torch 2.14.1's channels-last backward pass there on an AMX CPU)."""
+    import torch
+    from transformers import ResNetConfig, ResNetModel
+
+    path = tmp_path_factory.mktemp("hub_cnn")
+    torch.manual_seed(0)
+    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1])).save_pretrained(path)
+    return path
+
+
+def test_a_pretrained_student_of_the_teachers_architecture_is_averaged_with_the_teacher(tmp_path, hub_cnn, capsys):
+    """WiSE-FT: a pretrained student of the teacher's architecture (here a hub-style CNN probed as the teacher and
+    distilled into at 32 px) is averaged with the teacher's weights in a cached soup stage; the average replaces
+    the student where it scores at least as well, and the leaderboard says so."""
+    import torch
+
+    from fm2edge.models.io import load_classifier
+
+    model = f"hf:{hub_cnn}"
+    # a budget the 32 px student meets (0.04 ms measured) and the teacher at 224 px does not (0.5 ms)
+    argv = auto_argv(tmp_path, model, "--auto.students", f"[{model}@32]", "--auto.max_epochs", "2",
+                     "--auto.teacher_epochs", "0", "--auto.latency_ms", "0.2")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "a"
+    (student,) = [p for p in run.glob("student-*") if p.is_dir()]
+    assert "/" not in student.name[len("student-"):] and student.name.endswith("-32")  # a hub name or path, slugged
+    averaged = run / f"average-{student.name}"
+    soup = json.loads((averaged / "metrics.json").read_text())
+    assert soup["batchnorm"] == "average" and soup["test_acc"] is None  # the test split stays unread
+    plan = json.loads((run / "plan.json").read_text())
+    states = [load_classifier(f).state_dict() for f in (student, plan["teacher"]["folder"])]
+    weights = load_classifier(averaged).state_dict()
+    conv = next(k for k in weights if k.endswith("weight") and weights[k].ndim == 4)
+    assert torch.allclose(weights[conv], (states[0][conv] + states[1][conv]) / 2)
+    assert "averaged with the teacher's weights" in out
+    result = json.loads((run / "auto.json").read_text())
+    kept = soup["val_acc"] >= metrics_of(student)["val_acc"]
+    row = next(r for r in result["leaderboard"] if r["candidate"] == f"{model}@32")
+    assert ("WiSE-FT" in row["status"]) == kept
+    assert row["val_acc"] == (soup["val_acc"] if kept else metrics_of(student)["val_acc"])
+    assert "weight averages" in result["minutes_by_step"]
+    # the finalist exported is the one kept
+    exported = [json.loads(e.read_text())["model"] for e in run.glob("export-*/export.json")
+                if not e.parent.name.startswith("export-teacher")]
+    assert exported and all(("average-" in m) == kept for m in exported)
+
+
+def metrics_of(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
 def fake_ladder(passes: float):
     """A budget of ``passes`` student image-passes; each teacher view costs three of them; one rung."""
     def ladder(extra: int, views: int):

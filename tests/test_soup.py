@@ -119,6 +119,28 @@ def test_a_uniform_soup_averages_every_run(runs, tmp_path):
     assert torch.allclose(soup[conv], (states[0][conv] + states[1][conv]) / 2)
 
 
+def test_a_soup_can_average_batchnorm_statistics_instead_of_estimating_them_again(runs, tmp_path):
+    """Runs that kept their pretrained statistics (--train.freeze_bn) share them, and a few dozen photos estimate
+    them worse: the soup then averages them with the weights."""
+    root, folders = runs
+    r = soup_job(SoupJob(data=DIGITS, soup=SoupConfig(runs=folders[:2], method="uniform", batchnorm="average"),
+                         run=RunConfig(root=str(tmp_path), name="averaged")))
+    assert r["batchnorm"] == "average" and r["bn_images"] == 0
+    states = [load_classifier(f).state_dict() for f in folders[:2]]
+    soup = load_classifier(tmp_path / "averaged").state_dict()
+    stats = [k for k in soup if k.endswith("running_var")]
+    assert stats and not torch.allclose(states[0][stats[0]], states[1][stats[0]])
+    for k in stats:
+        assert torch.allclose(soup[k], (states[0][k] + states[1][k]) / 2)
+    # its validation loss is kept beside its accuracy (what ranks it against a single run where accuracy ties)
+    from fm2edge.data import load_data
+
+    val = load_data(DIGITS)[1]
+    logits = predict(load_classifier(tmp_path / "averaged"), val, 64, torch.device("cpu"))
+    assert r["val_loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, val.labels.long())),
+                                          rel=1e-4)
+
+
 def test_bad_soups_are_clear_errors(runs, tmp_path):
     root, folders = runs
     with pytest.raises(Fm2EdgeError, match="at least two runs"):

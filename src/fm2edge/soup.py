@@ -29,6 +29,11 @@ class SoupConfig:
         runs: Run folders of one architecture with the same classes (fine-tuned from the same pretrained weights).
         method: "greedy" (best on validation first; each further run kept only when validation accuracy does not
             drop) or "uniform" (the average of all).
+        batchnorm: "recalibrate": BatchNorm statistics are estimated again on ``bn_images`` plain training images
+            after averaging; "average": the runs' statistics are averaged with the weights, right for runs that kept
+            their pretrained statistics while training (`--train.freeze_bn`), whose statistics are the same, and
+            where the training images are too few to estimate them again (a few dozen photos re-estimate them worse
+            than ImageNet's).
         bn_images: Training images (without augmentation) that re-estimate BatchNorm statistics after averaging.
         batch_size: Images per forward pass.
         device: "auto" picks CUDA when available.
@@ -39,6 +44,7 @@ class SoupConfig:
 
     runs: list[str] = field(default_factory=list)
     method: Literal["greedy", "uniform"] = "greedy"
+    batchnorm: Literal["recalibrate", "average"] = "recalibrate"
     bn_images: int = 2000
     batch_size: int = 250
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -170,11 +176,14 @@ def soup_job(job: SoupJob) -> dict:
     folders = ingredients(cfg.runs, session.test.class_names)
     device = session.device
 
-    def val_acc(model) -> float | None:
+    def val_logits(model):
         if session.val is None:
             return None
-        return accuracy(predict(model.to(device), session.val, cfg.batch_size, device,
-                                accelerator=session.accelerator), session.val.labels)
+        return predict(model.to(device), session.val, cfg.batch_size, device, accelerator=session.accelerator)
+
+    def val_acc(model) -> float | None:
+        logits = val_logits(model)
+        return None if logits is None else accuracy(logits, session.val.labels)
 
     models = {run: load_classifier(folder) for run, folder in folders.items()}
     check_shapes(models)
@@ -183,8 +192,9 @@ def soup_job(job: SoupJob) -> dict:
     def cook(names: list[str]):
         model = load_classifier(folders[names[0]])  # the architecture and preprocessing of the first (best)
         model.load_state_dict(average_weights([models[n].state_dict() for n in names]))
-        recalibrate_batchnorm(model.to(device), recal, cfg.batch_size, device)
-        return model
+        if cfg.batchnorm == "recalibrate":
+            recalibrate_batchnorm(model.to(device), recal, cfg.batch_size, device)
+        return model.to(device).eval()
 
     with session.open(job.run, "soup") as run:  # opened first: an existing folder stops the job before any work
         from tqdm.auto import tqdm
@@ -202,9 +212,14 @@ def soup_job(job: SoupJob) -> dict:
         logits = (predict(soup, session.test, cfg.batch_size, device, accelerator=session.accelerator)
                   if cfg.score_test else None)
         test_acc = accuracy(logits, session.test.labels) if logits is not None else None
-        results = {"method": cfg.method, "ingredients": kept, "steps": steps, "val_acc": best, "test_acc": test_acc,
+        soup_val = val_logits(soup)
+        val_loss = (None if soup_val is None
+                    else float(torch.nn.functional.cross_entropy(soup_val, session.val.labels.long())))
+        results = {"method": cfg.method, "ingredients": kept, "steps": steps, "val_acc": best, "val_loss": val_loss,
+                   "test_acc": test_acc, "batchnorm": cfg.batchnorm,
                    "selected": {"on": f"{cfg.method} soup of {len(kept)} runs", "val_acc": best, "epoch": None},
-                   "val_acc_alone": alone, "bn_images": len(recal), "data": job.data.source,
+                   "val_acc_alone": alone,
+                   "bn_images": len(recal) if cfg.batchnorm == "recalibrate" else 0, "data": job.data.source,
                    "parameters": sum(p.numel() for p in soup.parameters())}
         if session.is_main:
             run.write_config(to_dict(job))

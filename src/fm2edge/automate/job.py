@@ -80,6 +80,15 @@ FAR_INSIDE = 0.6
 # a point of each other.
 HOPELESS_GAP = 0.10
 Z_99 = 2.576
+# WiSE-FT (Wortsman et al., CVPR 2022): the average of a fine-tuned model's weights and the weights it was fine-tuned
+# from is often more accurate than either where training images are few. A pretrained student of the teacher's own
+# architecture is averaged with the teacher's weights (the same pretrained backbone, with the teacher's head, or a
+# fine-tune of it), BatchNorm statistics averaged too (both kept their pretrained ones). Measured on 800 cat/dog
+# photos no run saw: from 77 labelled photos without unlabelled ones, the student 89.75%, the teacher's weights at
+# the student's input size 92.75%, their average 93.50%; from 200 labels and 3,500 unlabelled photos, in two runs,
+# 95.00 / 94.38 / 95.00% and 96.25 / 94.38 / 95.38%. So the average replaces the student only where it scores at
+# least as well (on the held-out images' agreement with the teacher, or on validation).
+AVERAGE_STAGE = "average-"
 INT8_RECIPES = {"minmax": {}, "first-last-fp32": {"fp32_layers": "first_last"},
                 "percentile": {"calibration_method": "percentile"}}
 
@@ -366,6 +375,8 @@ def minutes_by_step(root: Path, plan: dict, total_minutes: float) -> dict[str, f
         elif name.startswith(TEACHER_STAGE):  # run while planning: counted there, shown apart
             step = "teachers"
             steps["measuring and planning"] -= seconds / 60
+        elif name.startswith(AVERAGE_STAGE):
+            step = "weight averages"
         else:
             step = "exports"
         steps[step] = steps.get(step, 0.0) + seconds / 60
@@ -374,11 +385,11 @@ def minutes_by_step(root: Path, plan: dict, total_minutes: float) -> dict[str, f
 
 
 def step_order(step: str) -> tuple[int, int]:
-    """Where a step of :func:`minutes_by_step` comes in a run: planning, teachers, each rung in turn, exports, the
-    rest."""
+    """Where a step of :func:`minutes_by_step` comes in a run: planning, teachers, each rung in turn, the weight
+    averages, exports, the rest."""
     if step.startswith("students, rung "):
         return 2, int(step.rsplit(" ", 1)[1])
-    return {"measuring and planning": 0, "teachers": 1, "exports": 3}.get(step, 4), 0
+    return {"measuring and planning": 0, "teachers": 1, "weight averages": 3, "exports": 4}.get(step, 5), 0
 
 
 def measure_candidates(job: AutoJob, num_classes: int) -> list[dict]:
@@ -673,7 +684,10 @@ def train_student(job: AutoJob, root: Path, plan: dict, f: dict, rung: int, epoc
     """One candidate's stage of one rung (a cached stage: a rerun skips it); rung 0 starts from the candidate's own
     weights, a later rung from its previous rung's, at a gentler rate."""
     cand = Candidate.parse(f["candidate"])
-    name = f"student-{cand.name.split(':')[-1]}-{cand.size}" + (f"-rung{rung}" if rung else "")
+    from fm2edge.results import slug
+
+    # a folder name (a hub name or a local path after the prefix holds "/")
+    name = slug(f"student-{cand.name.split(':', 1)[-1]}-{cand.size}") + (f"-rung{rung}" if rung else "")
     args = student_args(job, cand, epochs, plan["teacher"]["folder"], select, plan)
     if rung:
         args["model"]["init"] = start
@@ -691,6 +705,45 @@ def train_student(job: AutoJob, root: Path, plan: dict, f: dict, rung: int, epoc
             # besides its epochs (loading, the teacher's outputs for the first student, the final predictions)
             "epoch_seconds": metrics["train_seconds"] / len(metrics["history"]),
             "overhead_seconds": max(0.0, stage - metrics["train_seconds"])}
+
+
+def averages_with_teacher(candidate: str, teacher_model: str) -> bool:
+    """Whether a student is averaged with the teacher's weights (see AVERAGE_STAGE): it starts from pretrained
+    weights and has the teacher's architecture, so both lie near one pretrained start."""
+    cand = Candidate.parse(candidate)
+    return cand.pretrained and cand.name == teacher_model
+
+
+def average_with_teacher(job: AutoJob, root: Path, plan: dict, trained: list[dict], held=None) -> None:
+    """Each student of the last rung that :func:`averages_with_teacher` averaged with the teacher's weights (a
+    cached soup stage), scored as students are ranked (agreement with the teacher on ``held``, else validation);
+    the average replaces the student's weights in ``trained`` where it scores at least as well. Each such student
+    keeps both scores under "averaged"."""
+    from fm2edge.device import resolve_device
+    from fm2edge.models.io import model_meta
+
+    teacher = plan["teacher"]["folder"]
+    architecture = model_meta(teacher)["name"]
+    last = max(t["rung"] for t in trained)
+    for t in trained:
+        if t["rung"] != last or not averages_with_teacher(t["candidate"], architecture):
+            continue
+        name = AVERAGE_STAGE + Path(t["folder"]).name
+        result = run_one_stage(root, name, "soup", {
+            "data": to_dict(job.data),
+            "soup": {"runs": [t["folder"], teacher], "method": "uniform", "batchnorm": "average",
+                     "score_test": False, "device": job.auto.device}})
+        average = {"folder": str(root / name), "val_acc": result["val_acc"], "val_loss": result["val_loss"]}
+        if held is not None:
+            average["teacher_agreement"] = agreement(average["folder"], held, plan["held_out"]["teacher_labels"],
+                                                     resolve_device(job.auto.device))
+        kept = score(average) >= score(t)
+        t["averaged"] = {**average, "kept": kept, "student": {k: t.get(k) for k in average}}
+        what = "agreement with the teacher on the held-out images" if held is not None else "validation"
+        print(f"  {t['candidate']} averaged with the teacher's weights: {what} {100 * score(average):.2f}% against "
+              f"{100 * score(t):.2f}% as trained: {'the average is kept' if kept else 'the student is kept'}")
+        if kept:
+            t.update(average)
 
 
 def fidelity_images(job: AutoJob, train, unlabeled: int):
@@ -841,6 +894,8 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[
             t = done.get(f["candidate"], {})
             status = (f"trained, {t['left_behind']}" if "left_behind" in t else "trained") if t \
                 else f"dropped: {f.get('why')}"
+            if t.get("averaged", {}).get("kept"):
+                status += ", weights averaged with the teacher's (WiSE-FT)"
         rows.append({"candidate": f["candidate"], "status": status,
                      "params": f["params"], "macs": f["macs"], "screen_fp32_ms": f["fp32"]["p50_ms"],
                      "screen_int8_ms": f["int8"]["p50_ms"], "epochs": t.get("trained_epochs"), "rung": t.get("rung"),
@@ -916,6 +971,7 @@ def auto_job(job: AutoJob) -> dict:
     if not trained:
         raise Fm2EdgeError("no candidate could be trained within --auto.minutes; raise the time budget or lower "
                            "--auto.min_epochs")
+    average_with_teacher(job, root, plan, trained, held)
     finalists = export_finalists(job, root, trained, plan["finalists"],
                                  fidelity_images(job, data[0], plan["unlabeled_images"]), plan["teacher_option"], held,
                                  plan["held_out"].get("teacher_labels"))
