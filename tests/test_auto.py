@@ -36,6 +36,7 @@ from fm2edge.automate.job import (
 from fm2edge.automate.measure import Candidate
 from fm2edge.automate.teachers import FINETUNE_SIZES, finetune_choice, finetune_seconds, finetune_sizes
 from fm2edge.cli import main
+from fm2edge.errors import Fm2EdgeError
 
 
 def figures(name, fp32_ms, int8_ms, params=1000, mb=1.0):
@@ -412,6 +413,41 @@ def test_a_budget_nothing_meets_is_one_clear_error(tmp_path, teacher, capsys):
     assert "no candidate student meets the budget (latency 0.0001 ms)" in errors[0]
     assert "the fastest measured here is" in errors[0]
     assert not (tmp_path / "a" / "plan.json").exists()
+
+
+def test_a_finalist_whose_export_fails_is_not_a_choice_and_the_others_are_still_judged(tmp_path, teacher, capsys,
+                                                                                        monkeypatch):
+    """The teacher fits the budget, but its graph fails the parity check (a random tiny network at 224 px strayed
+    1.8e-4 from PyTorch against a 1e-4 tolerance): the students are still exported and one is chosen, the
+    leaderboard says why the teacher is not; when every finalist's export fails, one clear error names them."""
+    from fm2edge.automate import job as auto_job
+
+    real = auto_job.run_one_stage
+    parity = ("the ONNX model's probabilities differ from PyTorch's by 0.000178, above --export.parity_tolerance "
+              "0.0001; nothing was written")
+
+    def teacher_fails(root, name, command, args):
+        if name.startswith("export-teacher"):
+            raise Fm2EdgeError(parity)
+        return real(root, name, command, args)
+
+    monkeypatch.setattr(auto_job, "run_one_stage", teacher_fails)
+    assert main(auto_argv(tmp_path, teacher)) == 0
+    assert "is not a choice: its export failed" in capsys.readouterr().out
+    result = json.loads((tmp_path / "a" / "auto.json").read_text())
+    assert not result["chosen"]["candidate"].startswith("teacher ")
+    row = next(r for r in result["leaderboard"] if r["candidate"].startswith("teacher "))
+    assert "not a choice: its export failed" in row["status"] and "parity_tolerance" in row["status"]
+
+    def every_export_fails(root, name, command, args):
+        if command == "export":
+            raise Fm2EdgeError(parity)
+        return real(root, name, command, args)
+
+    monkeypatch.setattr(auto_job, "run_one_stage", every_export_fails)
+    assert main(auto_argv(tmp_path, teacher, "--run.name", "b")) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fm2edge: error:")]
+    assert len(errors) == 1 and "no finalist could be exported" in errors[0] and "parity_tolerance" in errors[0]
 
 
 def test_auto_is_a_recipe_stage_whose_rerun_is_skipped(tmp_path, teacher, capsys):

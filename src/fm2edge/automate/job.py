@@ -781,44 +781,56 @@ def probability_gap(p, q) -> float:
 def export_finalists(job: AutoJob, root: Path, trained: list[dict], count: int, images, teacher: dict | None = None,
                      held=None, teacher_labels: list[int] | None = None) -> list[dict]:
     """The ``count`` best students on validation (and ``teacher``, the teacher as a candidate, when it fits the budget),
-    exported to fp32 ONNX and to int8 with each INT8_RECIPES entry, scored there on validation (the test split stays
-    unread); each (precision, recipe) is an option with its measured latency and size, each int8 option its
-    agreement with the fp32 graph on ``images``, and, with ``held`` (the held-out unlabelled images), each option
-    its agreement with ``teacher_labels`` for them."""
-    from fm2edge.models.io import load_classifier
-
+    each with its :func:`exported_options`. A finalist whose export fails (its ONNX graph's probabilities stray from
+    PyTorch's beyond the parity tolerance, say) is not a choice: it keeps no options and the reason under
+    "export_failed", and the others are still judged."""
     last = max(t["rung"] for t in trained)  # the candidates that reached the last rung, best first
     finalists = rank([t for t in trained if t["rung"] == last])[:count]
     finalists += [dict(teacher)] if teacher is not None and "why" not in teacher else []
     for f in finalists:
-        f["options"], fp32_timings = [], []
-        for i, (recipe, settings) in enumerate(INT8_RECIPES.items()):
-            name = f.get("export_name", f"export-{Path(f['folder']).name}") + (f"-{recipe}" if i else "")
-            result = run_one_stage(root, name, "export", {
-                "model": f["folder"], "data": to_dict(job.data),
-                "export": {"score_on": "validation", "threads": job.auto.threads,
-                           "latency_runs": EXPORT_LATENCY_RUNS, **settings}})
-            keys = (("fp32", "onnx_fp32"), ("int8", "onnx_int8")) if i == 0 else (("int8", "onnx_int8"),)
-            f["options"] += [option(f, root / name, result, precision, key, recipe) for precision, key in keys]
-            fp32_timings.append(result["latency_batch1"]["onnx_fp32"]["quiet_p50_ms"])
-        # every export times the same fp32 graph again: its quiet figure is the lowest of them, as within one
-        # export (a shared machine measured one graph at 2.58, 2.66 and 3.53 ms in three exports minutes apart)
-        fp32_option = next(o for o in f["options"] if o["precision"] == "fp32")
-        fp32_option.update(p50_ms=min(fp32_timings), fp32_timings_ms=fp32_timings)
-        model = load_classifier(f["folder"])
-        fp32 = next(o["onnx"] for o in f["options"] if o["precision"] == "fp32")
-        reference = graph_probabilities(model, Path(fp32), images)
-        for o in f["options"]:
-            o["fp32_gap"] = 0.0
-            if o["precision"] == "int8":
-                probs = graph_probabilities(model, Path(o["onnx"]), images)
-                o["agreement_with_fp32"] = float((probs.argmax(1) == reference.argmax(1)).mean())
-                o["fp32_gap"] = probability_gap(probs, reference)
-                o["agreement_images"] = len(images)
-            if held is not None:
-                labels = graph_probabilities(model, Path(o["onnx"]), held.images).argmax(1)
-                o["teacher_agreement"] = agreement_share(labels, teacher_labels)
+        try:
+            f["options"] = exported_options(job, root, f, images, held, teacher_labels)
+        except Fm2EdgeError as err:
+            f["options"], f["export_failed"] = [], str(err)
+            print(f"  {f['candidate']} is not a choice: its export failed ({err})")
     return finalists
+
+
+def exported_options(job: AutoJob, root: Path, f: dict, images, held=None,
+                     teacher_labels: list[int] | None = None) -> list[dict]:
+    """Finalist ``f`` exported to fp32 ONNX and to int8 with each INT8_RECIPES entry, scored there on validation (the
+    test split stays unread): each (precision, recipe) an option with its measured latency and size, each int8
+    option its agreement with the fp32 graph on ``images``, and, with ``held`` (the held-out unlabelled images),
+    each option its agreement with ``teacher_labels`` for them."""
+    from fm2edge.models.io import load_classifier
+
+    options, fp32_timings = [], []
+    for i, (recipe, settings) in enumerate(INT8_RECIPES.items()):
+        name = f.get("export_name", f"export-{Path(f['folder']).name}") + (f"-{recipe}" if i else "")
+        result = run_one_stage(root, name, "export", {
+            "model": f["folder"], "data": to_dict(job.data),
+            "export": {"score_on": "validation", "threads": job.auto.threads,
+                       "latency_runs": EXPORT_LATENCY_RUNS, **settings}})
+        keys = (("fp32", "onnx_fp32"), ("int8", "onnx_int8")) if i == 0 else (("int8", "onnx_int8"),)
+        options += [option(f, root / name, result, precision, key, recipe) for precision, key in keys]
+        fp32_timings.append(result["latency_batch1"]["onnx_fp32"]["quiet_p50_ms"])
+    # every export times the same fp32 graph again: its quiet figure is the lowest of them, as within one
+    # export (a shared machine measured one graph at 2.58, 2.66 and 3.53 ms in three exports minutes apart)
+    fp32_option = next(o for o in options if o["precision"] == "fp32")
+    fp32_option.update(p50_ms=min(fp32_timings), fp32_timings_ms=fp32_timings)
+    model = load_classifier(f["folder"])
+    reference = graph_probabilities(model, Path(fp32_option["onnx"]), images)
+    for o in options:
+        o["fp32_gap"] = 0.0
+        if o["precision"] == "int8":
+            probs = graph_probabilities(model, Path(o["onnx"]), images)
+            o["agreement_with_fp32"] = float((probs.argmax(1) == reference.argmax(1)).mean())
+            o["fp32_gap"] = probability_gap(probs, reference)
+            o["agreement_images"] = len(images)
+        if held is not None:
+            labels = graph_probabilities(model, Path(o["onnx"]), held.images).argmax(1)
+            o["teacher_agreement"] = agreement_share(labels, teacher_labels)
+    return options
 
 
 def option(f: dict, folder: Path, result: dict, precision: str, key: str, recipe: str) -> dict:
@@ -887,6 +899,7 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[
             key = (o["candidate"], o["precision"])
             if key not in options or order(o) > order(options[key]):
                 options[key] = o
+    failed = {f["candidate"]: f["export_failed"] for f in finalists if "export_failed" in f}
     rows = []
     teacher = plan["teacher_option"]
     for f in plan["candidates"] + plan["dropped"] + [teacher]:
@@ -899,6 +912,8 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[
                 else f"dropped: {f.get('why')}"
             if t.get("averaged", {}).get("kept"):
                 status += ", weights averaged with the teacher's (WiSE-FT)"
+        if f["candidate"] in failed:
+            status += f"; not a choice: its export failed ({failed[f['candidate']]})"
         rows.append({"candidate": f["candidate"], "status": status,
                      "params": f["params"], "macs": f["macs"], "screen_fp32_ms": f["fp32"]["p50_ms"],
                      "screen_int8_ms": f["int8"]["p50_ms"], "epochs": t.get("trained_epochs"), "rung": t.get("rung"),
@@ -980,6 +995,9 @@ def auto_job(job: AutoJob) -> dict:
                                  plan["held_out"].get("teacher_labels"))
     chosen = choose(finalists, job.auto.latency_ms, job.auto.max_mb, plan["selection"]["noisy"])
     if chosen is None:
+        failed = [f"{f['candidate']}: {f['export_failed']}" for f in finalists if "export_failed" in f]
+        if len(failed) == len(finalists):
+            raise Fm2EdgeError(f"no finalist could be exported: {'; '.join(failed)}")
         raise Fm2EdgeError(f"no finalist meets the budget once exported (latency {job.auto.latency_ms} ms); see "
                            f"{root}/plan.json and the export folders; raise --auto.latency_ms or --auto.finalists")
     test = read_test_once(root, chosen, plan["teacher"], data[2], resolve_device(job.auto.device))
