@@ -18,6 +18,7 @@ from fm2edge.automate.heldout import HELD_OUT_FEWEST, HELD_OUT_MOST, held_out_co
 from fm2edge.automate.job import (
     MIN_UNLABELED,
     choose,
+    early_finish,
     extension,
     finalists_wanted,
     hopeless,
@@ -233,6 +234,15 @@ def test_the_choice_is_the_most_accurate_option_within_budget_and_ties_go_to_the
     assert choose([{"options": agreed[:1]}, {"options": agreed[1:]}], 2.0, None, noisy=True) == agreed[2]
 
 
+def test_a_run_that_ends_early_because_its_epochs_are_capped_says_where_the_rest_could_go():
+    note = early_finish(2.9, 30, 30, 30, 0)
+    assert "2.9 of 30 minutes" in note and "--auto.max_epochs (30 epochs)" in note
+    assert "--auto.unlabeled_source" in note
+    assert "--auto.max_epochs above 30" in early_finish(2.9, 30, 30, 30, 5000)
+    assert early_finish(20.0, 30, 30, 30, 0) is None  # most of the budget used
+    assert early_finish(2.9, 30, 12, 30, 0) is None  # not capped: something else ended it
+
+
 def test_the_probability_gap_is_the_mean_total_variation_distance():
     p = np.array([[0.9, 0.1], [0.5, 0.5]])
     assert probability_gap(p, p) == 0.0
@@ -336,6 +346,9 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
                  'id="auto-minutes"', "students, rung 1", "points paid for the speed-up", 'id="auto-selection"',
                  "enough to rank", 'id="auto-teacher"', "used as they are", 'id="auto-teachers"'):
         assert part in page, part
+    # the finalist reached --auto.max_epochs (3): a run that used under half its 6 minutes says where the rest could go
+    assert (result["finished_early"] is not None) == (result["minutes"] < 3)
+    assert ('id="auto-finished-early"' in page) == (result["minutes"] < 3)
     steps = result["minutes_by_step"]
     assert steps["students, rung 0"] > 0 and steps["exports"] > 0
     assert sum(steps.values()) == pytest.approx(result["minutes"])

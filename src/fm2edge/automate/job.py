@@ -939,6 +939,17 @@ def leaderboard_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def early_finish(minutes: float, budget: float, epochs: int, max_epochs: int, unlabeled_available: int) -> str | None:
+    """What to tell a user whose run used under half its time budget because its finalists trained ``epochs`` =
+    --auto.max_epochs (None otherwise): where the rest of the budget could go."""
+    if minutes >= 0.5 * budget or epochs < max_epochs:
+        return None
+    more = ("unlabelled photos of the same kind (--auto.unlabeled_source DIR), which the students distil on"
+            if not unlabeled_available else f"more epochs (--auto.max_epochs above {max_epochs})")
+    return (f"finished in {minutes:.1f} of {budget:g} minutes: the finalists reached --auto.max_epochs ({max_epochs} "
+            f"epochs); the rest of the budget would go to {more}")
+
+
 def print_summary(result: dict) -> None:
     c, t = result["chosen"], result["test"]
     recipe = f" ({c['int8_recipe']} calibration)" if c.get("int8_recipe") else ""
@@ -951,6 +962,8 @@ def print_summary(result: dict) -> None:
           f"the speed-up")
     print(f"results in {result['root']} (leaderboard.csv, best/, auto.json, plots/); {result['minutes']:.1f} min of "
           f"the {result['budget_minutes']:.0f}-minute budget")
+    if result.get("finished_early"):
+        print(f"note: {result['finished_early']}")
 
 
 def auto_job(job: AutoJob) -> dict:
@@ -1012,6 +1025,9 @@ def auto_job(job: AutoJob) -> dict:
               "finalists": plan["finalists"], "finalists_why": plan["finalists_why"], "machine": plan["machine"],
               "train_images": plan["train_images"], "unlabeled_images": plan["unlabeled_images"],
               "views": plan["views"]}
+    result["finished_early"] = early_finish(minutes, job.auto.minutes,
+                                            max(f.get("trained_epochs", 0) for f in finalists), job.auto.max_epochs,
+                                            plan["unlabeled_available"])
     atomic_write_text(root / "leaderboard.csv", leaderboard_csv(rows))
     atomic_write_json(root / "auto.json", result)
     points = [o for f in finalists for o in f["options"]]

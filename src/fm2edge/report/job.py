@@ -338,6 +338,8 @@ def auto_section(folder: str, r: dict) -> str:
         parts.append("<h3>Where the minutes went</h3>")
         parts.append(_table("auto-minutes", ["step", "minutes"],
                             [[k, f"{v:.1f}"] for k, v in r["minutes_by_step"].items()]))
+    if early := r.get("finished_early"):  # a sentence: capitalised and closed
+        parts.append(f'<p id="auto-finished-early">{html.escape(early[0].upper() + early[1:])}.</p>')
     return "\n".join(parts)
 
 
