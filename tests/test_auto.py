@@ -418,8 +418,13 @@ def test_one_unlabelled_pool_at_a_time(tmp_path, capsys):
     assert "--auto.unlabeled_source or --auto.unlabeled_left_out, not both" in capsys.readouterr().err
 
 
-def test_a_budget_nothing_meets_is_one_clear_error(tmp_path, teacher, capsys):
+def test_a_budget_nothing_meets_is_one_clear_error(tmp_path, teacher, capsys, monkeypatch):
+    import fm2edge.automate.measure as measure_mod
+
+    timed = []  # training speed is timed only for candidates the budget keeps: here none
+    monkeypatch.setattr(measure_mod, "training_speed", lambda c, n: timed.append(c) or {})
     assert main(auto_argv(tmp_path, teacher, "--auto.latency_ms", "0.0001")) == 2
+    assert not timed
     err = capsys.readouterr().err
     errors = [line for line in err.strip().splitlines() if line.startswith("fm2edge: error:")]
     assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0]
@@ -515,7 +520,9 @@ def test_cached_latencies_are_reused_only_while_the_machine_runs_as_fast_as_when
 
     calls = []
     monkeypatch.setattr(measure_mod, "latency_and_size", lambda c, n, t: calls.append(c) or figures(c.label, 2.0, 1.0))
-    monkeypatch.setattr(measure_mod, "training_speed", lambda c, n: {"train_images_per_s": 10.0})
+    trained = []
+    monkeypatch.setattr(measure_mod, "training_speed",
+                        lambda c, n: trained.append(c) or {"train_images_per_s": 10.0, "train_device": "cpu"})
     speed = {"ms": 1.0}
     monkeypatch.setattr(timing, "reference_ms", lambda threads=None: speed["ms"])
     cand = measure_mod.Candidate("student:small_cnn", 32)
@@ -527,11 +534,13 @@ def test_cached_latencies_are_reused_only_while_the_machine_runs_as_fast_as_when
     again = measure_mod.measure(cand, 2, 1, tmp_path)
     assert len(calls) == 2 and again["reference_ms"] == 2.0
     assert measure_mod.measure(cand, 2, 1, tmp_path, reference=2.1) == again and len(calls) == 2
-    # a teacher's training speed: the full figures serve while valid; otherwise it is measured alone, no export
-    assert measure_mod.measure_training(cand, 2, 1, tmp_path) == again and len(calls) == 2
-    speed["ms"] = 4.0
+    # latency alone: training is timed apart, only for what the budget keeps, without an export, cached the same way
+    assert not trained
     alone = measure_mod.measure_training(cand, 2, 1, tmp_path)
-    assert len(calls) == 2 and alone["train_images_per_s"] == 10.0 and "fp32" not in alone
+    assert len(calls) == 2 and len(trained) == 1 and alone["train_images_per_s"] == 10.0 and "fp32" not in alone
+    assert measure_mod.measure_training(cand, 2, 1, tmp_path) == alone and len(trained) == 1
+    speed["ms"] = 4.0
+    assert measure_mod.measure_training(cand, 2, 1, tmp_path)["reference_ms"] == 4.0 and len(trained) == 2
 
 
 def test_training_speed_is_timed_under_the_allocator_setting_the_training_loop_runs_under(monkeypatch):

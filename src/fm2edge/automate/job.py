@@ -20,7 +20,7 @@ from fm2edge.automate.heldout import (
     predicted_labels,
     unlabeled_pool,
 )
-from fm2edge.automate.measure import LOOP_EFFICIENCY, Candidate, latency_cache, measure
+from fm2edge.automate.measure import LOOP_EFFICIENCY, Candidate, latency_cache, measure, measure_training
 from fm2edge.automate.stages import run_one_stage
 from fm2edge.automate.teachers import (
     TEACHER_STAGE,
@@ -545,6 +545,10 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
         raise Fm2EdgeError(f"no candidate student meets the budget ({budget_text(job.auto)}); the fastest measured "
                            f"here is {fastest['candidate']} ({fastest['int8']['p50_ms']:.3f} ms as int8); raise the "
                            f"budget or add smaller candidates with --auto.students")
+    for f in kept:  # timed only for what the budget keeps
+        speed = measure_training(Candidate.parse(f["candidate"]), train.num_classes, job.auto.threads,
+                                 latency_cache(job.data))
+        f.update(train_images_per_s=speed["train_images_per_s"], train_device=speed["train_device"])
     noise = selection_noise(len(val), "candidates")
     teachers, teacher, finetune = plan_teacher(job, root, train, val, resolve_device(job.auto.device),
                                                  noise["noisy"])
