@@ -38,6 +38,7 @@ from fm2edge.automate.measure import Candidate
 from fm2edge.automate.teachers import FINETUNE_SIZES, finetune_choice, finetune_seconds, finetune_sizes
 from fm2edge.cli import main
 from fm2edge.errors import Fm2EdgeError
+from fm2edge.report.metrics import gap_text
 
 
 def figures(name, fp32_ms, int8_ms, params=1000, mb=1.0):
@@ -243,6 +244,11 @@ def test_a_run_that_ends_early_because_its_epochs_are_capped_says_where_the_rest
     assert early_finish(2.9, 30, 12, 30, 0) is None  # not capped: something else ended it
 
 
+def test_the_gap_to_the_teacher_reads_right_whichever_side_the_student_is_on():
+    assert gap_text(1.3) == "1.30 points paid for the speed-up"
+    assert gap_text(-7.78) == "7.78 points above the teacher: the speed-up cost nothing here"
+
+
 def test_the_probability_gap_is_the_mean_total_variation_distance():
     p = np.array([[0.9, 0.1], [0.5, 0.5]])
     assert probability_gap(p, p) == 0.0
@@ -315,7 +321,7 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     first = {c: json.loads((run / f"student-small_cnn-{c.split('@')[1]}" / "metrics.json").read_text())["val_acc"]
              for c in by_rung}
     assert first[winner] == max(first.values()) and chosen["candidate"] in (winner, teacher_row["candidate"])
-    assert "test (read once)" in out and "points paid for the speed-up" in out
+    assert "test (read once)" in out and gap_text(result["test"]["gap_points"]) in out
     assert (run / "plots" / "accuracy_vs_latency.png").stat().st_size > 0
     # best/ is an ordinary run folder with its ONNX graph: it loads and predicts
     model = fm2edge.load(str(run / "best"))
@@ -343,7 +349,8 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
     for part in ('id="auto-choice"', 'id="auto-rungs"', 'id="auto-teaching"', 'id="auto-leaderboard"',
-                 'id="auto-minutes"', "students, rung 1", "points paid for the speed-up", 'id="auto-selection"',
+                 'id="auto-minutes"', "students, rung 1", gap_text(result["test"]["gap_points"]),
+                 'id="auto-selection"',
                  "enough to rank", 'id="auto-teacher"', "used as they are", 'id="auto-teachers"'):
         assert part in page, part
     # the finalist reached --auto.max_epochs (3): a run that used under half its 6 minutes says where the rest could go

@@ -955,6 +955,8 @@ def early_finish(minutes: float, budget: float, epochs: int, max_epochs: int, un
 
 
 def print_summary(result: dict) -> None:
+    from fm2edge.report.metrics import gap_text
+
     c, t = result["chosen"], result["test"]
     recipe = f" ({c['int8_recipe']} calibration)" if c.get("int8_recipe") else ""
     agreed = (f", agreement with the teacher on {result['held_out_images']:,} held-out images "
@@ -962,8 +964,7 @@ def print_summary(result: dict) -> None:
     print(f"\nchosen: {c['candidate']} as {c['precision']} ONNX{recipe}: validation {100 * c['val_acc']:.2f}%{agreed}, "
           f"{c['p50_ms']:.2f} ms batch-1 p50 on this CPU, {c['mb']:.1f} MB, {c['params']:,} parameters")
     print(f"test (read once): {100 * t['chosen_test_acc']:.2f}% against the teacher's "
-          f"{100 * t['teacher_test_acc']:.2f}% on {t['test_images']} images: {t['gap_points']:.2f} points paid for "
-          f"the speed-up")
+          f"{100 * t['teacher_test_acc']:.2f}% on {t['test_images']} images: {gap_text(t['gap_points'])}")
     print(f"results in {result['root']} (leaderboard.csv, best/, auto.json, plots/); {result['minutes']:.1f} min of "
           f"the {result['budget_minutes']:.0f}-minute budget")
     if result.get("finished_early"):

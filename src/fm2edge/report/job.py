@@ -272,7 +272,7 @@ def auto_section(folder: str, r: dict) -> str:
              f"<p id=\"auto-choice\">Chosen: <b>{html.escape(c['candidate'])}</b> as {c['precision']} ONNX, "
              f"{c['p50_ms']:.2f} ms batch-1 (budget {budget}), {c['mb']:.1f} MB, validation {_pct(c['val_acc'])}. "
              f"Test, read once: <b>{_pct(t['chosen_test_acc'])}</b> against the teacher's "
-             f"{_pct(t['teacher_test_acc'])} ({t['gap_points']:.2f} points paid for the speed-up) on "
+             f"{_pct(t['teacher_test_acc'])} ({M.gap_text(t['gap_points'])}) on "
              f"{t['test_images']:,} images. {r['minutes']:.1f} of {r['budget_minutes']:g} minutes on "
              f"{html.escape(str(r.get('machine', 'this machine')))}.</p>"]
     plot = Path(folder) / "plots" / "accuracy_vs_latency.png"

@@ -212,3 +212,12 @@ def proportion_difference(p_a: float, p_b: float, n_a: int, n_b: int) -> Differe
     se = float(np.sqrt(p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b))
     return Difference(diff, diff - 1.96 * se, diff + 1.96 * se, f"normal approximation, {n_a:,} and {n_b:,} "
                                                                  f"test images")
+
+
+def gap_text(points: float) -> str:
+    """The teacher's test accuracy less the chosen model's, in words: what the speed-up cost, or, where the smaller
+    model scored higher, by how much it beat its teacher."""
+    if points >= 0:
+        return f"{points:.2f} points paid for the speed-up"
+    return f"{-points:.2f} points above the teacher: the speed-up cost nothing here"
+
