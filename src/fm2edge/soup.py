@@ -207,12 +207,13 @@ def soup_job(job: SoupJob) -> dict:
             soup = soup if soup is not None else models[order[0]].to(device)
         else:
             kept, soup = list(models), cook(list(models))
-            best = val_acc(soup)
+        soup_val = val_logits(soup)  # once: its accuracy (uniform) and its loss
+        if cfg.method == "uniform":
+            best = None if soup_val is None else accuracy(soup_val, session.val.labels)
             steps = [{"run": name, "alone": alone[name], "soup": best, "kept": True} for name in kept]
         logits = (predict(soup, session.test, cfg.batch_size, device, accelerator=session.accelerator)
                   if cfg.score_test else None)
         test_acc = accuracy(logits, session.test.labels) if logits is not None else None
-        soup_val = val_logits(soup)
         val_loss = (None if soup_val is None
                     else float(torch.nn.functional.cross_entropy(soup_val, session.val.labels.long())))
         results = {"method": cfg.method, "ingredients": kept, "steps": steps, "val_acc": best, "val_loss": val_loss,

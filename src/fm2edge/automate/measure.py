@@ -24,8 +24,8 @@ LATENCY_RUNS, LATENCY_WARMUP = 50, 5
 # unlabelled images; the later rungs are re-sized from the loop's own epoch times.
 LOOP_EFFICIENCY = 0.8
 SPEED_WARMUP, SPEED_STEPS = 2, 5
-# Versions of the cached figures: a change to how they are measured makes the old ones stale (v6 / speed-v2: the
-# training speed is timed under the loop's allocator setting).
+# Versions of the cached figures: a change to how they are measured makes the old ones stale (speed-v2: the training
+# speed is timed under the loop's allocator setting; v7: latency and size only, training speed cached apart).
 FIGURES, SPEED = "v7", "speed-v2"
 
 

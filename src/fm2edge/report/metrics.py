@@ -220,4 +220,3 @@ def gap_text(points: float) -> str:
     if points >= 0:
         return f"{points:.2f} points paid for the speed-up"
     return f"{-points:.2f} points above the teacher: the speed-up cost nothing here"
-
