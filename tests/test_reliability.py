@@ -314,6 +314,26 @@ def test_model_code_shipped_in_a_model_folder_never_runs(tmp_path, capsys):
 # ---------------------------------------------------------------- atomic folders shared by several processes
 
 
+def test_an_interrupt_from_another_thread_waits_until_an_atomic_write_is_done(tmp_path):
+    """The OS hands a process's SIGINT to any thread that does not hold it back (torch's, tqdm's); the write still
+    finishes whole, the interrupt comes right after it, and no temporary file stays."""
+    import threading
+
+    from fm2edge.runs import interrupts_held
+
+    arrived = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT))
+            sender.start()
+            sender.join()
+            for _ in range(1000):  # bytecode boundaries, where Python runs a handler the signal tripped
+                arrived.append(None)
+            (tmp_path / "done").write_text("whole")
+    assert len(arrived) == 1000 and (tmp_path / "done").read_text() == "whole"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_locked_atomic_folder_clears_what_a_killed_writer_left(tmp_path):
     from fm2edge.runs import atomic_dir
 

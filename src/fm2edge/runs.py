@@ -49,18 +49,30 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def interrupts_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait until the block is done (where the OS can hold signals back): an interrupt that
-    lands between creating a temporary file and renaming it would otherwise leave the file behind."""
-    import signal
+    """Ctrl-C and SIGTERM wait until the block is done, then act as they would have: an interrupt that lands between
+    creating a temporary file and renaming it would otherwise leave the file behind.
 
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
+    Python handlers are swapped for ones that note the signal, rather than the signal masked: a mask holds back only
+    the calling thread, and the OS hands a process's signal to any thread that does not block it (torch's and
+    tqdm's threads), whose handler then raises KeyboardInterrupt in the main thread all the same."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Python runs signal handlers in the main thread only: nothing raises here
         return
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    caught: list[int] = []
+    held = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not None:  # None: a handler not set from Python, which cannot be put back
+            held[signum] = signal.signal(signum, lambda number, frame: caught.append(number))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        for signum, handler in held.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -156,20 +168,22 @@ def atomic_dir(final: str | Path, lock: bool = False) -> Iterator[Path]:
             with atomic_dir(final) as tmp:
                 yield tmp
         return
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o777 & ~_umask())
+    tmp = None
     try:
+        with interrupts_held():  # an interrupt here comes once ``tmp`` is known, so the handler below removes it
+            tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+            os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
+        old = final.with_name(f".{final.name}.old")
+        with interrupts_held():  # not between the two renames, which would leave only the ".old" folder
+            if final.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
             os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)  # one an interrupt leaves here goes with the next locked write
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
