@@ -154,6 +154,46 @@ def test_decode_any_mode_and_size(mode, w, h, size):
     assert out.shape[:2] == ((h, w) if size is None else (size, size))
 
 
+def test_a_phone_photo_stored_sideways_is_decoded_upright(tmp_path):
+    """Phones store portrait photos sideways with an EXIF orientation; training, the folder scan and predict see
+    the photo as a viewer shows it."""
+    from fm2edge.data.images import EXIF_ORIENTATION, peek_size
+    from fm2edge.predict import to_uint8_chw
+
+    upright = np.zeros((64, 32, 3), dtype=np.uint8)
+    upright[:32, :, 0] = 255  # red on top
+    upright[32:, :, 2] = 255  # blue below
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # the sensor's sideways pixels
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6  # "turn 90 degrees clockwise to view"
+    path = tmp_path / "portrait.jpg"
+    stored.save(path, quality=95, exif=exif)
+    assert Image.open(path).size == (64, 32)
+    out = decode(str(path), None)
+    assert out.shape == (64, 32, 3) and peek_size(str(path)) == (64, 32)
+    assert out[:28, :, 0].mean() > 200 and out[36:, :, 2].mean() > 200 and out[:28, :, 2].mean() < 50
+    assert torch.equal(to_uint8_chw(path), torch.from_numpy(np.array(out)).permute(2, 0, 1))
+    small = decode(str(path), (16, 16))  # the centre square, still the right way up: red above blue
+    assert small[:6, :, 0].mean() > 200 and small[10:, :, 2].mean() > 200
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale_to_nearly_the_same_pixels(tmp_path, monkeypatch):
+    from fm2edge.data import images
+
+    yy, xx = np.mgrid[0:1536, 0:2048]
+    arr = np.stack([xx / 8 % 256, yy / 6 % 256, (xx + yy) / 14 % 256], -1).astype(np.uint8)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(arr).save(path, quality=92)
+    full = np.asarray(images.resize_center_crop(Image.open(path).convert("RGB"), 256))
+    resized_from = []
+    crop = images.resize_center_crop
+    monkeypatch.setattr(images, "resize_center_crop",
+                        lambda img, size: resized_from.append(img.size) or crop(img, size))
+    out = decode(str(path), (256, 256))
+    assert resized_from == [(512, 384)]  # a quarter of each side still covers 256 px
+    assert out.shape == full.shape and np.abs(out.astype(int) - full).mean() < 1  # 0.1 levels here
+
+
 # ---------------------------------------------------------------- errors
 
 

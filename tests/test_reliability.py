@@ -322,6 +322,7 @@ def test_an_interrupt_from_another_thread_waits_until_an_atomic_write_is_done(tm
     from fm2edge.runs import interrupts_held
 
     arrived = []
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran before
     with pytest.raises(KeyboardInterrupt):
         with interrupts_held():
             sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT))
@@ -330,8 +331,9 @@ def test_an_interrupt_from_another_thread_waits_until_an_atomic_write_is_done(tm
             for _ in range(1000):  # bytecode boundaries, where Python runs a handler the signal tripped
                 arrived.append(None)
             (tmp_path / "done").write_text("whole")
+    restored = signal.signal(signal.SIGINT, previous)
     assert len(arrived) == 1000 and (tmp_path / "done").read_text() == "whole"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert restored is signal.default_int_handler
 
 
 def test_a_locked_atomic_folder_clears_what_a_killed_writer_left(tmp_path):

@@ -402,7 +402,8 @@ def _decode_all(rows: list, size: tuple[int, int] | None, out: np.ndarray, on_ba
 
 def _materialise(split: _Split, indices: np.ndarray, cfg: DataConfig, where: str) -> ImageData:
     digest = hashlib.sha1(indices.astype(np.int64).tobytes()).hexdigest()[:16]
-    key = hashlib.sha1(f"{split.fingerprint}|{digest}|{cfg.image_size}|v1".encode()).hexdigest()[:24]
+    # v2: photos turned upright by their EXIF orientation, JPEGs decoded at reduced scale (data.images.decode)
+    key = hashlib.sha1(f"{split.fingerprint}|{digest}|{cfg.image_size}|v2".encode()).hexdigest()[:24]
     folder = cache_root(cfg) / key
     labels = split.labels[indices]
     if not (folder / "meta.json").exists():

@@ -8,12 +8,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 from fm2edge.errors import Fm2EdgeError
 
 # what counts as an image file in folders (image-folder datasets, `fm2edge predict` inputs)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+EXIF_ORIENTATION = 0x0112  # the EXIF tag a camera writes instead of turning the pixels (portrait photos from phones)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -69,17 +70,31 @@ def decode(data: bytes | str | Image.Image, size: tuple[int, int] | None) -> np.
     # Truncated files must raise, not be padded with grey silently.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     img = open_image(data)
+    if size is not None and img.format == "JPEG":
+        # libjpeg decodes at 1/2, 1/4 or 1/8 scale while still covering ``size`` (a 12-megapixel photo stored at
+        # 256 px decodes at 1/8): the resize below then starts from fewer pixels, at a fraction of the time
+        img.draft("RGB", (size[1], size[0]))
     img.load()
-    img = to_rgb(img)
+    img = to_rgb(upright(img))
     if size is not None and img.size != (size[1], size[0]):
         img = resize_center_crop(img, size[0])
     return np.asarray(img, dtype=np.uint8)
 
 
+def upright(img: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says, as a viewer shows it (and as Hugging Face ``datasets``
+    decodes it); unchanged when it has no such tag."""
+    if img.getexif().get(EXIF_ORIENTATION, 1) == 1:
+        return img
+    return ImageOps.exif_transpose(img)
+
+
 def peek_size(data: bytes | str | Image.Image) -> tuple[int, int]:
     """(height, width) from the header alone, without decoding pixels."""
     img = open_image(data)
-    return img.size[1], img.size[0]
+    w, h = img.size
+    turned = img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # a quarter turn swaps the sides
+    return (w, h) if turned else (h, w)
 
 
 def find_images(inputs: Iterable[str]) -> list[Path]:
