@@ -7,7 +7,8 @@ time follows the pixel count and the coded detail, not what the photo shows), th
 both ways, one core, best of three passes: fm2edge's ``decode`` (libjpeg asked for 1/2, 1/4 or 1/8 scale that still
 covers the size, then a bicubic resize) and the full decode followed by the same resize (what decoding did before,
 and what a plain ``PIL.Image.open(...).convert("RGB")`` pipeline does). Prints images/s of each, the ratio, the mean
-absolute pixel difference between the two results, and the CPU.
+absolute pixel difference between the two results, and the CPU; writes the raw figures to
+docs/results/decode_speed-DATE.json.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import save_results
 from PIL import Image
 
 from fm2edge.data.images import decode, resize_center_crop, to_rgb
@@ -59,16 +61,20 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=4032)
     ap.add_argument("--height", type=int, default=3024)
     ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--json", help="file for the raw figures (default docs/results/decode_speed-DATE.json)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_photos(Path(tmp), args.count, args.width, args.height)
         fast, ours = best_pass(lambda p, s: decode(str(p), (s, s)), paths, args.size)
         slow, theirs = best_pass(full_decode, paths, args.size)
-    diff = float(np.mean([np.abs(a.astype(int) - b).mean() for a, b in zip(ours, theirs)]))
+    diff = float(np.mean([np.abs(a.astype(int) - b).mean() for a, b in zip(ours, theirs, strict=True)]))
     print(f"{args.count} JPEGs of {args.width} x {args.height} to {args.size} px, one core, best of 3; "
           f"cpu: {cpu_features()}")
     print(f"fm2edge (reduced-scale decode) {fast:.1f} img/s, full decode {slow:.1f} img/s: {fast / slow:.1f}x; "
           f"mean absolute difference {diff:.2f} levels of 255")
+    save_results("decode_speed", args, [{"width": args.width, "height": args.height, "size": args.size,
+                                         "reduced_img_s": fast, "full_img_s": slow, "ratio": fast / slow,
+                                         "mean_abs_diff": diff}], args.json)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,35 @@ def test_the_augmentation_benchmark_times_both_pipelines_and_the_crop(monkeypatc
     assert "per-image img/s" in capsys.readouterr().out
 
 
+def test_the_decode_benchmark_times_both_decodes_of_the_same_photos(monkeypatch, tmp_path, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import decode_speed
+
+    out = tmp_path / "decode.json"
+    monkeypatch.setattr("sys.argv", ["decode_speed.py", "--count", "2", "--width", "1200", "--height", "900",
+                                     "--size", "128", "--json", str(out)])
+    decode_speed.main()
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["reduced_img_s"] > 0 and row["full_img_s"] > 0
+    assert row["ratio"] == pytest.approx(row["reduced_img_s"] / row["full_img_s"])
+    assert row["mean_abs_diff"] < 2  # the same photos, decoded to nearly the same pixels
+    assert "full decode" in capsys.readouterr().out
+
+
+def test_the_inference_batch_benchmark_runs_each_batch_and_fm2edges_own(monkeypatch, tmp_path, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import inference_batch
+
+    out = tmp_path / "batches.json"
+    monkeypatch.setattr("sys.argv", ["inference_batch.py", "--model", "student:small_cnn", "--sizes", "512",
+                                     "--batches", "4", "16", "--images", "16", "--json", str(out)])
+    inference_batch.main()
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["size"], r["batch"], r["fm2edge"]) for r in rows] == [(512, 4, False), (512, 8, True), (512, 16, False)]
+    assert all(r["img_s"] > 0 and r["peak_gib"] > 0 for r in rows)
+    assert "fm2edge's batch when asked for 16" in capsys.readouterr().out
+
+
 def test_the_teacher_size_benchmark_fine_tunes_each_size_once_and_prints_its_row(monkeypatch, tmp_path, capsys,
                                                                                  parquet_dir, tiny_hf_resnet):
     monkeypatch.syspath_prepend(str(BENCHMARKS))

@@ -41,6 +41,16 @@ def test_the_cpu_paths_of_the_device_layer():
     assert autocast_dtype("auto", torch.device("cuda")) == torch.bfloat16 and autocast_dtype("auto", CPU) is None
 
 
+def test_inference_batches_on_a_cpu_hold_about_two_million_pixels_and_are_left_alone_on_a_gpu():
+    from fm2edge.device import inference_batch
+
+    assert inference_batch(512, 224, CPU) == 41  # 2**21 // 224**2
+    assert inference_batch(512, 128, CPU) == 128
+    assert inference_batch(512, 32, CPU) == 512  # the asked size when it is below the cap
+    assert inference_batch(512, 4096, CPU) == 1  # never zero
+    assert inference_batch(512, 224, torch.device("cuda")) == 512
+
+
 def test_cpu_features_name_the_instruction_sets():
     text = cpu_features()
     assert text.split(",")[0] in ("x86_64", "aarch64", "arm64", "AMD64")

@@ -219,7 +219,8 @@ class TrainConfig:
         device: "auto" picks CUDA when available.
         seed: Seed for weights, data order and augmentation; each epoch reseeds from (seed, epoch) so a resumed run
             follows the same path as an uninterrupted one.
-        eval_batch_size: Batch size for evaluation.
+        eval_batch_size: Batch size for evaluation (on a CPU capped at about two million input pixels, 41 images at
+            224 px, where larger batches run slower).
         eval_every: Evaluate on the validation split every this many epochs (and always after the last).
         select: Which weights are kept and tested: "best" (the epoch with the highest validation accuracy) or "last".
             The test split is read once, on the kept weights.

@@ -27,7 +27,7 @@ import torch
 
 from fm2edge.config import DataConfig, ModelConfig, RunConfig, check
 from fm2edge.data import ImageData
-from fm2edge.device import autocast_dtype, move
+from fm2edge.device import autocast_dtype, inference_batch, move
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import Classifier
 from fm2edge.runs import atomic_dir
@@ -145,6 +145,7 @@ def embed_batches(model: Classifier, images: torch.Tensor, batch_size: int, devi
     from tqdm.auto import tqdm
 
     model.eval().to(device)
+    batch_size = inference_batch(batch_size, model.preprocess.size, device)
     n = len(images)
     own = bar is None
     if own:

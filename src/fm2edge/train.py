@@ -31,7 +31,7 @@ from fm2edge.augment import OnlineViews, Views, render, soft_targets
 from fm2edge.config import TrainConfig, is_resolved
 from fm2edge.data import ImageData
 from fm2edge.data.splits import selection_noise
-from fm2edge.device import move, training_memory
+from fm2edge.device import inference_batch, move, training_memory
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import Classifier
 from fm2edge.report.metrics import accuracy
@@ -170,6 +170,7 @@ def predict(model: Classifier, data: ImageData, batch_size: int, device: torch.d
     from tqdm.auto import tqdm
 
     model.eval()
+    batch_size = inference_batch(batch_size, model.preprocess.size, device)
     n = len(data)
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0

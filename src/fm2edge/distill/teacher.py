@@ -86,6 +86,7 @@ def build_teacher_cache(task, images: torch.Tensor, views: torch.Tensor | None, 
     atomically, into ``folder``: NAME.npy (N, K, ...) for each array, and views.npy."""
     from tqdm.auto import tqdm
 
+    from fm2edge.device import inference_batch
     from fm2edge.features import plan_chunks
     from fm2edge.runs import atomic_dir, atomic_write_bytes, clean_partial
 
@@ -96,6 +97,7 @@ def build_teacher_cache(task, images: torch.Tensor, views: torch.Tensor | None, 
     partial.mkdir(parents=True, exist_ok=True)
     clean_partial(partial)
     task.teacher.to(device)
+    batch_size = inference_batch(batch_size, task.teacher.preprocess.size, device)
     chunks = plan_chunks(len(images), CHUNK)
     bar = tqdm(total=len(images) * per_image, desc="teacher outputs", unit="view", leave=False)
     for lo, hi in chunks:
