@@ -32,6 +32,9 @@ from fm2edge.automate.job import (
     screen,
     size_epochs,
     student_args,
+    tie_width,
+    too_short,
+    train_students,
     views_and_unlabeled,
 )
 from fm2edge.automate.measure import Candidate
@@ -244,6 +247,21 @@ def test_a_run_that_ends_early_because_its_epochs_are_capped_says_where_the_rest
     assert early_finish(2.9, 30, 12, 30, 0) is None  # not capped: something else ended it
 
 
+def test_a_budget_that_buys_no_student_an_epoch_says_where_the_minutes_went_and_what_would_do(tmp_path):
+    """Found on a 30-photo folder with --auto.minutes 3 on a busy machine: measuring and the teacher took 2.2 of the 3
+    minutes, no candidate got an epoch, and the run stopped on a Python error."""
+    plan = {"train_images": 10, "unlabeled_images": 0, "planning_seconds": 120.0, "teaching_seconds": 30.0,
+            "export_seconds": 45.0, "selection": {"noisy": True},
+            "candidates": [{"candidate": "a", "epochs": 0, "train_images_per_s": 100.0},
+                           {"candidate": "b", "epochs": 0, "train_images_per_s": 50.0}]}
+    assert train_students(AutoJob(auto=AutoConfig(minutes=3)), tmp_path, plan) == []
+    text = too_short(plan, AutoConfig(minutes=3, min_epochs=3))
+    assert text.startswith("the 3-minute budget leaves no time to train a student")
+    assert "took 120 s" in text and "outputs need 30 s" in text and "exports 45 s" in text
+    # (120 + 30 + 45 + 3 epochs of 10 images at 80 img/s) x 1.25 = 4.07 minutes
+    assert text.endswith("give --auto.minutes 5 or more")
+
+
 def test_the_gap_to_the_teacher_reads_right_whichever_side_the_student_is_on():
     assert gap_text(1.3) == "1.30 points paid for the speed-up"
     assert gap_text(-7.78) == "7.78 points above the teacher: the speed-up cost nothing here"
@@ -267,6 +285,28 @@ def test_candidates_rank_by_agreement_with_the_teacher_where_validation_cannot_r
     assert held_out_count(8000, noisy=True) == HELD_OUT_MOST
     assert held_out_count(2000, noisy=True) == 400
     assert held_out_count(HELD_OUT_FEWEST * 5 - 5, noisy=True) == 0
+
+
+def test_where_nothing_can_rank_them_a_tie_on_few_validation_images_goes_to_the_pretrained_students():
+    scratch = {"candidate": "student:small_cnn@64", "val_acc": 1.0, "val_loss": 0.2}
+    lite = {"candidate": "pypi:efficientnet_lite0@112", "val_acc": 5 / 6, "val_loss": 0.3}
+    far = {"candidate": "pypi:efficientnet_lite0@96", "val_acc": 0.5, "val_loss": 0.1}
+    names = lambda ranked: [t["candidate"] for t in ranked]  # noqa: E731
+    assert names(rank([scratch, far, lite])) == ["student:small_cnn@64", "pypi:efficientnet_lite0@112",
+                                                 "pypi:efficientnet_lite0@96"]
+    # six images: +-31 points; 6 of 6 against 5 of 6 is a tie, 3 of 6 is not
+    assert names(rank([scratch, far, lite], within=0.31)) == ["pypi:efficientnet_lite0@112", "student:small_cnn@64",
+                                                              "pypi:efficientnet_lite0@96"]
+    assert names(rank([scratch, lite], within=0.1)) == ["student:small_cnn@64", "pypi:efficientnet_lite0@112"]
+    options = [{**t, "precision": "fp32", "p50_ms": 1.0, "mb": 1.0} for t in (scratch, lite)]
+    finalists = [{"candidate": o["candidate"], "options": [o]} for o in options]
+    assert choose(finalists, 2.0, None, noisy=True) == options[0]
+    assert choose(finalists, 2.0, None, noisy=True, within=0.31) == options[1]
+    # the width applies only where validation is too small and no held-out images rank the candidates instead
+    plan = {"selection": {"noisy": True, "half_width": 0.31}, "held_out": {"images": 0}}
+    assert tie_width(plan) == 0.31
+    assert tie_width({**plan, "held_out": {"images": 400}}) is None
+    assert tie_width({**plan, "selection": {"noisy": False, "half_width": 0.05}}) is None
 
 
 @pytest.fixture(scope="module")

@@ -269,12 +269,32 @@ def score(t: dict) -> float:
     return t.get("teacher_agreement", t["val_acc"])
 
 
-def rank(trained: list[dict]) -> list[dict]:
+def rank(trained: list[dict], within: float | None = None) -> list[dict]:
     """Best first on :func:`score` (agreement with the teacher on the held-out unlabelled images where validation was
     too small to rank and there are such images, else validation accuracy); ties (common on small validation
-    splits) to the higher validation accuracy, then to the lower validation loss."""
-    return sorted(trained, key=lambda t: (-score(t), -t["val_acc"],
-                                          t["val_loss"] if t["val_loss"] is not None else float("inf")))
+    splits) to the higher validation accuracy, then to the lower validation loss.
+
+    ``within`` (:func:`tie_width`): where validation is too small to rank and nothing else ranks, scores within it of
+    the best are a tie, which goes first to the candidates that start pretrained: the prior the studies measured
+    (from random weights, students trailed pretrained ones by 20-25 points on small photo folders), where six
+    validation images would otherwise choose (a from-scratch CNN scoring 6 of 6 there was chosen over a pretrained
+    one scoring 5 of 6, and scored 83% on the test photos against the teacher's 94%)."""
+    best = max((score(t) for t in trained), default=0.0)
+
+    def key(t: dict) -> tuple:
+        tied = within is not None and best - score(t) <= within
+        prior = -Candidate.parse(t["candidate"]).pretrained if tied else 0
+        return (within is not None and not tied, prior, -score(t), -t["val_acc"],
+                t["val_loss"] if t["val_loss"] is not None else float("inf"))
+
+    return sorted(trained, key=key)
+
+
+def tie_width(plan: dict) -> float | None:
+    """How far apart validation accuracies can be and still be a tie (its 95% half-width) where validation is too
+    small to rank candidates and no held-out images rank them instead; None where the scores rank."""
+    selection = plan["selection"]
+    return selection["half_width"] if selection["noisy"] and not plan["held_out"]["images"] else None
 
 
 def hopeless(ranked: list[dict], scored_on: int) -> dict[str, float]:
@@ -302,7 +322,7 @@ def export_seconds(f: dict, calibration: int, val: int, held: int = 0) -> float:
 
 
 def choose(finalists: list[dict], latency_ms: float | None, max_mb: float | None,
-           noisy: bool = False) -> dict | None:
+           noisy: bool = False, within: float | None = None) -> dict | None:
     """The most accurate (model, precision) on validation whose measured latency and size meet the budget; ties go
     to the model with the lower validation loss (a finer signal than accuracy on few images), then to the closer
     agreement with the fp32 graph, then to the faster one. When validation is too small to rank (``noisy``), each
@@ -313,7 +333,8 @@ def choose(finalists: list[dict], latency_ms: float | None, max_mb: float | None
     probabilities stay closest to it (``fp32_gap``; the fp32 graph's is 0) before the faster: a tie on the model's
     own training images is no evidence that quantising costs nothing, and within the budget speed buys nothing (an
     int8 graph agreeing on all 77 such images, chosen for its speed, lost one of nine validation images that its
-    fp32 graph, also within the budget, had right)."""
+    fp32 graph, also within the budget, had right). ``within``: scores that close to the best are a tie, which goes
+    first to the pretrained models (as in :func:`rank`)."""
     def fits(o: dict) -> bool:
         return (latency_ms is None or o["p50_ms"] <= latency_ms) and (max_mb is None or o["mb"] <= max_mb)
 
@@ -325,15 +346,20 @@ def choose(finalists: list[dict], latency_ms: float | None, max_mb: float | None
             return o["val_acc"]
         return o.get("teacher_agreement", next(p["val_acc"] for p in f["options"] if p["precision"] == "fp32"))
 
-    scored = [(score(f, o), o) for f in finalists for o in f["options"] if fits(o)]
+    scored = [(score(f, o), o, f) for f in finalists for o in f["options"] if fits(o)]
     if not scored:
         return None
+    best = max(s[0] for s in scored)
 
     def gap(o: dict) -> float:
         return o.get("fp32_gap", 0.0) if noisy else 0.0
 
-    return max(scored, key=lambda s: (s[0], -loss(s[1]), s[1].get("agreement_with_fp32", 1.0), -gap(s[1]),
-                                      -s[1]["p50_ms"]))[1]
+    def prior(s: tuple) -> tuple[bool, bool]:
+        tied = within is None or best - s[0] <= within
+        return tied, tied and within is not None and Candidate.parse(s[2]["candidate"]).pretrained
+
+    return max(scored, key=lambda s: (*prior(s), s[0], -loss(s[1]), s[1].get("agreement_with_fp32", 1.0),
+                                      -gap(s[1]), -s[1]["p50_ms"]))[1]
 
 
 # ---------------------------------------------------------------- steps
@@ -599,6 +625,19 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
             "rungs": rungs, "planning_seconds": time.perf_counter() - started}
 
 
+def too_short(plan: dict, cfg) -> str:
+    """Why no student could train within ``--auto.minutes``, where the minutes went, and the budget that would let
+    the fastest candidate train ``--auto.min_epochs``."""
+    images = plan["train_images"] + plan["unlabeled_images"]
+    fastest = min(cfg.min_epochs * images / (LOOP_EFFICIENCY * c["train_images_per_s"]) for c in plan["candidates"])
+    fixed = plan["planning_seconds"] + plan["teaching_seconds"] + plan["export_seconds"]
+    wanted = math.ceil(1.25 * (fixed + fastest) / 60)  # a quarter over: the exports and caches vary
+    return (f"the {cfg.minutes:g}-minute budget leaves no time to train a student: measuring the candidates and "
+            f"choosing the teacher took {plan['planning_seconds']:.0f} s, the teacher's outputs need "
+            f"{plan['teaching_seconds']:.0f} s and the exports {plan['export_seconds']:.0f} s, the fastest "
+            f"candidate's {cfg.min_epochs} epoch(s) {fastest:.0f} s; give --auto.minutes {wanted} or more")
+
+
 def train_students(job: AutoJob, root: Path, plan: dict, held=None) -> list[dict]:
     """The planned candidates distilled from the chosen teacher, rung by rung (successive halving: each rung's
     better half, on validation or on ``held``, the held-out unlabelled images, continues from its weights for more
@@ -607,12 +646,14 @@ def train_students(job: AutoJob, root: Path, plan: dict, held=None) -> list[dict
     all."""
     select = "last" if plan["selection"]["noisy"] else "best"  # a fixed schedule when validation cannot rank epochs
     alive = [dict(f) for f in plan["candidates"] if f["epochs"]]
+    if not alive:  # the budget bought no candidate an epoch
+        return []
     done: dict[str, dict] = {}
     rungs = plan.get("rungs") or [{"epochs": None}]
     r = 0
     while r < len(rungs):
         if r:
-            ranked = rank(alive)
+            ranked = rank(alive, tie_width(plan))
             behind = hopeless(ranked, plan["held_out"]["images"] or plan["val_images"])
             for c, gap in behind.items():
                 done[c]["left_behind"] = f"left after rung {r - 1}, {100 * gap:.1f} points under the leader"
@@ -626,7 +667,7 @@ def train_students(job: AutoJob, root: Path, plan: dict, held=None) -> list[dict
         train_rung(job, root, plan, alive, r, rungs[r]["epochs"], select, done, held)
         r += 1
     else:  # every rung ran: the time the plan left over (a teacher faster than planned, say) goes to the finalists
-        alive = rank(alive)[:plan["finalists"]]
+        alive = rank(alive, tie_width(plan))[:plan["finalists"]]
         if more := extension(job, root, plan, alive):
             print(f"time left over: {', '.join(f['candidate'] for f in alive)} go on for {more} more epochs")
             train_rung(job, root, plan, alive, r, more, select, done, held)
@@ -783,13 +824,13 @@ def probability_gap(p, q) -> float:
 
 
 def export_finalists(job: AutoJob, root: Path, trained: list[dict], count: int, images, teacher: dict | None = None,
-                     held=None, teacher_labels: list[int] | None = None) -> list[dict]:
+                     held=None, teacher_labels: list[int] | None = None, within: float | None = None) -> list[dict]:
     """The ``count`` best students on validation (and ``teacher``, the teacher as a candidate, when it fits the budget),
     each with its :func:`exported_options`. A finalist whose export fails (its ONNX graph's probabilities stray from
     PyTorch's beyond the parity tolerance, say) is not a choice: it keeps no options and the reason under
     "export_failed", and the others are still judged."""
     last = max(t["rung"] for t in trained)  # the candidates that reached the last rung, best first
-    finalists = rank([t for t in trained if t["rung"] == last])[:count]
+    finalists = rank([t for t in trained if t["rung"] == last], within)[:count]
     finalists += [dict(teacher)] if teacher is not None and "why" not in teacher else []
     for f in finalists:
         try:
@@ -1003,15 +1044,18 @@ def auto_job(job: AutoJob) -> dict:
     if held is not None:
         print(f"note: the candidates are ranked by their agreement with the teacher on {len(held):,} unlabelled "
               f"images held out of training")
+    elif (within := tie_width(plan)) is not None:
+        print(f"note: validation accuracies within {100 * within:.0f} points of the best count as a tie, which goes "
+              f"to the students that start pretrained (add unlabelled images, --auto.unlabeled_source DIR, to rank "
+              f"them on those instead)")
     trained = train_students(job, root, plan, held)
     if not trained:
-        raise Fm2EdgeError("no candidate could be trained within --auto.minutes; raise the time budget or lower "
-                           "--auto.min_epochs")
+        raise Fm2EdgeError(too_short(plan, job.auto))
     average_with_teacher(job, root, plan, trained, held)
     finalists = export_finalists(job, root, trained, plan["finalists"],
                                  fidelity_images(job, data[0], plan["unlabeled_images"]), plan["teacher_option"], held,
-                                 plan["held_out"].get("teacher_labels"))
-    chosen = choose(finalists, job.auto.latency_ms, job.auto.max_mb, plan["selection"]["noisy"])
+                                 plan["held_out"].get("teacher_labels"), tie_width(plan))
+    chosen = choose(finalists, job.auto.latency_ms, job.auto.max_mb, plan["selection"]["noisy"], tie_width(plan))
     if chosen is None:
         failed = [f"{f['candidate']}: {f['export_failed']}" for f in finalists if "export_failed" in f]
         if len(failed) == len(finalists):
