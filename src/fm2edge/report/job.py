@@ -284,7 +284,9 @@ def auto_section(folder: str, r: dict) -> str:
         sel = r["selection"]
         ranked = (f"the candidates were ranked by their agreement with the teacher's labels on "
                   f"{r['held_out_images']:,} unlabelled images held out of training"
-                  if r.get("held_out_images") else "ties went to the lower validation loss")
+                  if r.get("held_out_images") else
+                  f"accuracies within {100 * sel['half_width']:.0f} points of the best counted as a tie, which went "
+                  f"to the students that start pretrained, then to the lower validation loss")
         graphs = ("every exported graph was scored the same way" if r.get("held_out_images") else
                   "each model's graph was chosen by its closeness to the fp32 graph on training images (agreement, "
                   "then probabilities: fp32 itself where it fits)")
