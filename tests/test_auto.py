@@ -17,6 +17,7 @@ from fm2edge.automate.config import AutoConfig, AutoJob
 from fm2edge.automate.heldout import HELD_OUT_FEWEST, HELD_OUT_MOST, held_out_count
 from fm2edge.automate.job import (
     MIN_UNLABELED,
+    averages_with_teacher,
     choose,
     early_finish,
     extension,
@@ -229,6 +230,16 @@ def test_the_choice_is_the_most_accurate_option_within_budget_and_ties_go_to_the
     tied = [{"candidate": "small", "precision": "fp32", "val_acc": 0.95, "val_loss": 0.30, "p50_ms": 1.0, "mb": 1.0},
             {"candidate": "large", "precision": "fp32", "val_acc": 0.95, "val_loss": 0.12, "p50_ms": 1.8, "mb": 1.0}]
     assert choose([{"options": tied[:1]}, {"options": tied[1:]}], 2.0, None, noisy=True) == tied[1]
+    # one model's only graph within the budget changes its predictions on 2.8% of the training images: the other
+    # model's fp32 graph wins the tie on validation accuracy, whatever the first model's validation loss
+    faithful = {"candidate": "a", "precision": "fp32", "val_acc": 1.0, "val_loss": 0.3, "p50_ms": 1.4, "mb": 13.5}
+    models = [{"options": [faithful]},
+              {"options": [{"candidate": "b", "precision": "fp32", "val_acc": 1.0, "val_loss": 0.005, "p50_ms": 1.8,
+                            "mb": 13.5},
+                           {"candidate": "b", "precision": "int8", "val_acc": 0.95, "val_loss": 0.005, "p50_ms": 1.5,
+                            "mb": 4.0, "agreement_with_fp32": 0.972}]}]
+    assert choose(models, 1.64, None, noisy=True) == faithful
+    assert choose(models, 2.0, None, noisy=True)["candidate"] == "b"  # its fp32 graph fits: the lower loss
     # with images held out of training, each graph counts its agreement with the teacher there instead: a finer
     # signal than a tie on a dozen validation images, whatever the validation loss says, and int8's losses count
     agreed = [{**tied[0], "teacher_agreement": 0.95}, {**tied[1], "teacher_agreement": 0.93},
@@ -670,7 +681,10 @@ def hub_cnn(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("hub_cnn")
     torch.manual_seed(0)
-    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1])).save_pretrained(path)
+    # image_size: the input its preprocessing names (without a saved image processor), so a 32 px student is at
+    # least half the teacher's and is averaged with it
+    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1], image_size=64)).save_pretrained(
+        path)
     return path
 
 
@@ -683,7 +697,7 @@ def test_a_pretrained_student_of_the_teachers_architecture_is_averaged_with_the_
     from fm2edge.models.io import load_classifier
 
     model = f"hf:{hub_cnn}"
-    # a budget the 32 px student meets (0.04 ms measured) and the teacher at 224 px does not (0.5 ms)
+    # a budget the 32 px student meets (0.04 ms measured); the teacher at 64 px is exported beside it when it does too
     argv = auto_argv(tmp_path, model, "--auto.students", f"[{model}@32]", "--auto.max_epochs", "2",
                      "--auto.teacher_epochs", "0", "--auto.latency_ms", "0.2")
     assert main(argv) == 0
@@ -710,6 +724,13 @@ def test_a_pretrained_student_of_the_teachers_architecture_is_averaged_with_the_
     exported = [json.loads(e.read_text())["model"] for e in run.glob("export-*/export.json")
                 if not e.parent.name.startswith("export-teacher")]
     assert exported and all(("average-" in m) == kept for m in exported)
+
+
+def test_only_students_of_the_teachers_architecture_at_half_its_input_or_more_are_averaged_with_it():
+    assert averages_with_teacher("pypi:efficientnet_lite0@112", "pypi:efficientnet_lite0", 224)
+    assert not averages_with_teacher("pypi:efficientnet_lite0@96", "pypi:efficientnet_lite0", 224)  # -1.1 points
+    assert not averages_with_teacher("student:small_cnn@128", "student:small_cnn", 128)  # from random weights
+    assert not averages_with_teacher("timm:mobilenetv3_small_100@224", "pypi:efficientnet_lite0", 224)
 
 
 def metrics_of(folder: Path) -> dict:
