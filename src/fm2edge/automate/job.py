@@ -287,12 +287,19 @@ def rank(trained: list[dict], within: float | None = None) -> list[dict]:
     best = max((score(t) for t in trained), default=0.0)
 
     def key(t: dict) -> tuple:
-        tied = within is not None and best - score(t) <= within
-        prior = -Candidate.parse(t["candidate"]).pretrained if tied else 0
-        return (within is not None and not tied, prior, -score(t), -t["val_acc"],
+        tied, first = tie_to_pretrained(score(t), best, within, t.get("candidate", ""))
+        return (not tied, not first, -score(t), -t["val_acc"],
                 t["val_loss"] if t["val_loss"] is not None else float("inf"))
 
     return sorted(trained, key=key)
+
+
+def tie_to_pretrained(value: float, best: float, within: float | None, candidate: str) -> tuple[bool, bool]:
+    """(``value`` ties with ``best``, and ``candidate`` starts pretrained and ties): the leading keys by which
+    :func:`rank` and :func:`choose` order candidates, the true ones first. Without ``within`` every value ties and
+    nothing is preferred, so the scores alone order them."""
+    tied = within is None or best - value <= within
+    return tied, tied and within is not None and Candidate.parse(candidate).pretrained
 
 
 def tie_width(plan: dict) -> float | None:
@@ -367,12 +374,9 @@ def choose(finalists: list[dict], latency_ms: float | None, max_mb: float | None
     def gap(o: dict) -> float:
         return o.get("fp32_gap", 0.0) if noisy else 0.0
 
-    def prior(s: tuple) -> tuple[bool, bool]:
-        tied = within is None or best - s[0] <= within
-        return tied, tied and within is not None and Candidate.parse(s[2]["candidate"]).pretrained
-
-    return max(scored, key=lambda s: (*prior(s), s[0], -loss(s[1]), s[1].get("agreement_with_fp32", 1.0),
-                                      -gap(s[1]), -s[1]["p50_ms"]))[1]
+    return max(scored, key=lambda s: (*tie_to_pretrained(s[0], best, within, s[2].get("candidate", "")), s[0],
+                                      -loss(s[1]), s[1].get("agreement_with_fp32", 1.0), -gap(s[1]),
+                                      -s[1]["p50_ms"]))[1]
 
 
 # ---------------------------------------------------------------- steps
