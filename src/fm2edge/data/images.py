@@ -81,20 +81,22 @@ def decode(data: bytes | str | Image.Image, size: tuple[int, int] | None) -> np.
     return np.asarray(img, dtype=np.uint8)
 
 
+def orientation(img: Image.Image) -> int:
+    """The image's EXIF orientation (1: as stored; 5-8: a quarter turn), read from the header."""
+    return img.getexif().get(EXIF_ORIENTATION, 1)
+
+
 def upright(img: Image.Image) -> Image.Image:
     """The image turned as its EXIF orientation says, as a viewer shows it (and as Hugging Face ``datasets``
     decodes it); unchanged when it has no such tag."""
-    if img.getexif().get(EXIF_ORIENTATION, 1) == 1:
-        return img
-    return ImageOps.exif_transpose(img)
+    return img if orientation(img) == 1 else ImageOps.exif_transpose(img)
 
 
 def peek_size(data: bytes | str | Image.Image) -> tuple[int, int]:
     """(height, width) from the header alone, without decoding pixels."""
     img = open_image(data)
     w, h = img.size
-    turned = img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # a quarter turn swaps the sides
-    return (w, h) if turned else (h, w)
+    return (w, h) if orientation(img) in (5, 6, 7, 8) else (h, w)  # a quarter turn swaps the sides
 
 
 def find_images(inputs: Iterable[str]) -> list[Path]:
