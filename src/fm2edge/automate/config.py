@@ -47,6 +47,10 @@ class AutoConfig:
             epoch is longer, and fewer epochs make the same passes); candidates that cannot have them in the budget
             are left out, and the report says so.
         max_epochs: Most epochs a student is trained for, however much time is left.
+        fit_sizes: With a latency budget, search each pretrained student's input size in steps of 8 px (down to
+            64 px) for the largest within the budget where it falls between two listed sizes or below the smallest,
+            and add that size as a candidate (a pretrained backbone scores higher with more pixels); the sizes
+            measured on the way are listed in the report.
         finalists: Students, best on validation, exported to fp32 and int8 ONNX and scored there. By default
             two, as a hedge against the leader's exported graph timing over the latency budget; one (trained the
             longer for it) where every candidate measured within 60% of the budget in one precision at least, or
@@ -68,6 +72,7 @@ class AutoConfig:
     views: int = 4
     min_epochs: int = 3
     max_epochs: int = 30
+    fit_sizes: bool = True
     finalists: int | None = None
     seed: int = 0
 

@@ -21,6 +21,7 @@ from fm2edge.automate.heldout import (
     unlabeled_pool,
 )
 from fm2edge.automate.measure import LOOP_EFFICIENCY, Candidate, latency_cache, measure, measure_training
+from fm2edge.automate.sizes import fitted_sizes
 from fm2edge.automate.stages import run_one_stage
 from fm2edge.automate.teachers import (
     TEACHER_STAGE,
@@ -38,7 +39,7 @@ from fm2edge.runs import METRICS_FILE, atomic_dir, atomic_write_json, atomic_wri
 SCREEN_TOLERANCE = 0.10
 EXPORT_BASE_SECONDS = 10.0  # an export's fixed cost: tracing, ONNX Runtime sessions, quantiser passes
 EXPORT_LATENCY_RUNS = 100
-PLAN_VERSION = 11
+PLAN_VERSION = 12
 # Held back from the time left when the later rungs are re-sized: the work no stage records (loading the data on
 # each call, choosing, the test read, writing the results).
 RESPACE_MARGIN = 0.03
@@ -283,12 +284,15 @@ def rank(trained: list[dict], within: float | None = None) -> list[dict]:
     the best are a tie, which goes first to the candidates that start pretrained: the prior the studies measured
     (from random weights, students trailed pretrained ones by 20-25 points on small photo folders), where six
     validation images would otherwise choose (a from-scratch CNN scoring 6 of 6 there was chosen over a pretrained
-    one scoring 5 of 6, and scored 83% on the test photos against the teacher's 94%)."""
+    one scoring 5 of 6, and scored 83% on the test photos against the teacher's 94%); among those, the larger
+    input first (a pretrained backbone scores higher with more pixels below the size it was pretrained at: see
+    :mod:`fm2edge.automate.sizes`)."""
     best = max((score(t) for t in trained), default=0.0)
 
     def key(t: dict) -> tuple:
         tied, first = tie_to_pretrained(score(t), best, within, t.get("candidate", ""))
-        return (not tied, not first, -score(t), -t["val_acc"],
+        size = Candidate.parse(t["candidate"]).size if first else 0
+        return (not tied, not first, -size, -score(t), -t["val_acc"],
                 t["val_loss"] if t["val_loss"] is not None else float("inf"))
 
     return sorted(trained, key=key)
@@ -449,6 +453,22 @@ def measure_candidates(job: AutoJob, num_classes: int) -> list[dict]:
             for c in tqdm(cands, desc="measuring candidates on this machine", unit="model", leave=False)]
 
 
+def fit_sizes(job: AutoJob, figures: list[dict], num_classes: int) -> tuple[list[dict], list[dict], list[dict]]:
+    """:func:`fm2edge.automate.sizes.fitted_sizes` with this machine's measurements (cached like the candidates'),
+    unless --auto.fit_sizes is off; each backbone's search printed."""
+    if not job.auto.fit_sizes:
+        return [], [], []
+    from fm2edge.timing import reference_ms
+
+    now = reference_ms(job.auto.threads)
+    added, probed, searches = fitted_sizes(
+        figures, job.auto.latency_ms, job.auto.max_mb,
+        lambda c: measure(c, num_classes, job.auto.threads, latency_cache(job.data), now))
+    for s in searches:
+        print("  " + s["text"])
+    return added, probed, searches
+
+
 def student_args(job: AutoJob, cand: Candidate, epochs: int, teacher: str, select: str, plan: dict) -> dict:
     """The proven recipe: AdamW with a one-cycle rate, random-resized crops and flips, consistent teaching on the
     plan's cached views, KD (on its unlabelled images too); pretrained students at a gentler rate than those from
@@ -580,7 +600,9 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
         raise Fm2EdgeError("auto chooses on validation images and this data has none; give it a validation split "
                            "(val/ beside train/) or more images per class (--data.val_fraction holds some out)")
     figures = measure_candidates(job, train.num_classes)
-    kept, dropped = screen(figures, job.auto)
+    added, probed, searches = fit_sizes(job, figures, train.num_classes)
+    kept, dropped = screen(figures + added, job.auto)
+    dropped += probed
     for d in dropped:
         print(f"  dropped {d['candidate']}: {d['why']}")
     if not kept:
@@ -635,7 +657,7 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
             "train_images": len(train), "unlabeled_images": planned["extra"], "unlabeled_available": available,
             "views": planned["views"], "val_images": len(val), "selection": noise, "teachers": teachers,
             "teacher": teacher, "teacher_finetune": finetune, "teacher_option": teacher_option,
-            "candidates": kept, "dropped": dropped,
+            "candidates": kept, "dropped": dropped, "size_searches": searches,
             "held_out": held_out, "finalists": finalists, "finalists_why": finalists_why,
             "teaching_seconds": planned["teaching"],
             "export_seconds": reserve - held_out["seconds"], "student_seconds": planned["seconds"],
@@ -1091,7 +1113,7 @@ def auto_job(job: AutoJob) -> dict:
               "selection": plan["selection"], "held_out_images": plan["held_out"]["images"],
               "finalists": plan["finalists"], "finalists_why": plan["finalists_why"], "machine": plan["machine"],
               "train_images": plan["train_images"], "unlabeled_images": plan["unlabeled_images"],
-              "views": plan["views"]}
+              "views": plan["views"], "size_searches": plan.get("size_searches", [])}
     result["finished_early"] = early_finish(minutes, job.auto.minutes,
                                             max(f.get("trained_epochs", 0) for f in finalists), job.auto.max_epochs,
                                             plan["unlabeled_available"])

@@ -307,6 +307,8 @@ def auto_section(folder: str, r: dict) -> str:
                              for t in r["teachers"]]))
     if r.get("rungs"):
         parts.append("<h3>The search</h3>")
+        for s in r.get("size_searches") or []:  # input sizes fitted to the latency budget before any training
+            parts.append(f'<p class="auto-sizes">{html.escape(s["text"])}.</p>')
         if r.get("views"):
             parts.append(f"<p id=\"auto-teaching\">The students were taught on {r['train_images']:,} labelled and "
                          f"{r['unlabeled_images']:,} unlabelled images, the teacher's outputs cached on "

@@ -1,0 +1,75 @@
+"""Fitting a pretrained student's input size to the latency budget (pure pieces, with latencies made up)."""
+
+from __future__ import annotations
+
+from fm2edge.automate.job import rank
+from fm2edge.automate.measure import Candidate
+from fm2edge.automate.sizes import fit_backbone, fitted_sizes, next_probe, precisions_within
+
+LITE = "pypi:efficientnet_lite0"
+
+
+def figures(label: str, ms: float, int8_ms: float | None = None) -> dict:
+    return {"candidate": label, "params": 1000, "macs": 1, "fp32": {"p50_ms": ms, "mb": 4.0},
+            "int8": {"p50_ms": ms if int8_ms is None else int8_ms, "mb": 1.0}}
+
+
+def linear_latency(c: Candidate) -> dict:
+    """A machine where a size of s px takes s / 64 ms in both precisions."""
+    return figures(c.label, c.size / 64)
+
+
+def test_the_bisection_measures_the_middle_size_between_what_fits_and_what_does_not():
+    assert next_probe({96: True, 112: False}) == 104
+    assert next_probe({96: True, 128: False}) == 112  # of 104, 112, 120
+    assert next_probe({96: True, 104: True, 112: False}) is None  # nothing left between
+    assert next_probe({96: False}) == 80  # below the smallest listed: 64, 72, 80, 88
+    assert next_probe({64: False, 96: False}) is None  # not even the smallest size tried fits
+    assert next_probe({96: True, 224: True}) is None  # everything listed fits: nothing to fit
+    assert next_probe({100: True, 120: False}) == 112  # sizes are multiples of 8 (104, 112)
+
+
+def test_the_largest_size_within_the_budget_is_found_between_two_listed_sizes_and_below_the_smallest():
+    fits = lambda f: bool(precisions_within(f, 1.64, None))  # noqa: E731
+    listed = {s: linear_latency(Candidate(LITE, s)) for s in (96, 112, 128)}
+    probes = fit_backbone(listed, fits, lambda s: linear_latency(Candidate(LITE, s)))
+    assert [f["candidate"] for f in probes] == [f"{LITE}@104"]  # 1.625 ms; 112 px takes 1.75
+    fits = lambda f: bool(precisions_within(f, 1.2, None))  # noqa: E731
+    probes = fit_backbone(listed, fits, lambda s: linear_latency(Candidate(LITE, s)))
+    assert [f["candidate"] for f in probes] == [f"{LITE}@80", f"{LITE}@72"]  # 1.25 over, 1.125 within
+    assert fit_backbone(listed, fits, lambda s: linear_latency(Candidate(LITE, s)), most=1) == probes[:1]
+
+
+def test_fitted_sizes_add_the_largest_within_the_budget_and_say_why_the_others_measured_are_not_candidates():
+    listed = [linear_latency(Candidate(LITE, s)) for s in (96, 128)] + [figures("student:small_cnn@64", 9.0)]
+    measured = []
+
+    def measure(c: Candidate) -> dict:
+        measured.append(c)
+        return linear_latency(c)
+
+    added, probed, searches = fitted_sizes(listed, 1.9, None, measure)  # 120 px: 1.875 ms
+    assert all(c.name == LITE for c in measured)  # a from-scratch CNN's size is not searched
+    assert [f["candidate"] for f in added] == [f"{LITE}@120"]
+    assert [c.size for c in measured] == [112, 120]
+    (smaller,) = probed
+    assert smaller["candidate"] == f"{LITE}@112" and f"{LITE}@120 fits the budget too" in smaller["why"]
+    (search,) = searches
+    assert search["added"] == 120 and search["listed"] == [96, 128]
+    assert "120 px added" in search["text"] and "112 px 1.75 ms" in search["text"]
+    # over the budget: measured, and said to be over (not left to the screen, which keeps what is a little over)
+    added, probed, _ = fitted_sizes(listed, 0.9, None, linear_latency)  # 64 px: 1.0 ms
+    assert not added and all("over the budget" in p["why"] for p in probed)
+    assert fitted_sizes(listed, None, None, measure) == ([], [], [])  # no latency budget, nothing to fit
+    # a size fits when one precision does
+    assert precisions_within(figures("x", 2.0, int8_ms=1.0), 1.5, None) == ["int8"]
+    assert precisions_within(figures("x", 1.0), 1.5, 2.0) == ["int8"]  # the fp32 file is 4 MB
+
+
+def test_among_pretrained_students_tied_on_few_validation_images_the_larger_input_ranks_first():
+    small = {"candidate": f"{LITE}@96", "val_acc": 0.9, "val_loss": 0.2}
+    fitted = {"candidate": f"{LITE}@104", "val_acc": 0.85, "val_loss": 0.3}
+    scratch = {"candidate": "student:small_cnn@64", "val_acc": 0.95, "val_loss": 0.1}
+    names = lambda ranked: [t["candidate"] for t in ranked]  # noqa: E731
+    assert names(rank([small, fitted, scratch], within=0.2)) == [f"{LITE}@104", f"{LITE}@96", "student:small_cnn@64"]
+    assert names(rank([small, fitted, scratch])) == ["student:small_cnn@64", f"{LITE}@96", f"{LITE}@104"]
