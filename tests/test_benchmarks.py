@@ -82,6 +82,19 @@ def test_the_decode_benchmark_times_both_decodes_of_the_same_photos(monkeypatch,
     assert "full decode" in capsys.readouterr().out
 
 
+def test_the_fixed_padding_benchmark_times_both_graphs_of_each_size(monkeypatch, tmp_path, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import fixed_padding
+
+    out = tmp_path / "padding.json"
+    monkeypatch.setattr("sys.argv", ["fixed_padding.py", "--sizes", "64", "--runs", "5", "--json", str(out)])
+    fixed_padding.main()
+    (row,) = json.loads(out.read_text())["latency"]
+    assert row["size"] == 64
+    assert all(row[f"{p}_{f}_ms"] > 0 for p in ("fp32", "int8") for f in ("computed", "fixed"))
+    assert "| 64 |" in capsys.readouterr().out
+
+
 def test_the_inference_batch_benchmark_runs_each_batch_and_fm2edges_own(monkeypatch, tmp_path, capsys):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import inference_batch

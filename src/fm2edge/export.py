@@ -120,11 +120,15 @@ def _ort():
 
 
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int = 17) -> Path:
-    """``model`` (normalised float NCHW in, logits out) as ONNX with a dynamic batch axis."""
+    """``model`` (normalised float NCHW in, logits out) as ONNX with a dynamic batch axis, at ``example``'s height
+    and width (its "same" padding fixed for them: :func:`fm2edge.models.static.with_fixed_padding`)."""
+    from fm2edge.models.static import with_fixed_padding
+
     _ort()
-    model = model.eval().float()
+    model = with_fixed_padding(model.eval().float(), tuple(example.shape[-2:]))
     with warnings.catch_warnings():  # the tracer's notes on shape checks it freezes are expected at a fixed size
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding")  # a fixed padding's reversed slice
         torch.onnx.export(model, (example.float(),), str(path), input_names=["pixels"], output_names=["logits"],
                           dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
                           dynamo=False)
@@ -147,21 +151,27 @@ def run_session(sess, x: np.ndarray | torch.Tensor) -> np.ndarray:
     return sess.run(None, {"pixels": np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
-def export_deployable(model, path: Path, opset: int = 17, metadata: dict | None = None) -> Path:
+def export_deployable(model, path: Path, opset: int = 17, metadata: dict | None = None,
+                      fixed_padding: bool = True) -> Path:
     """``model`` as shipped (:class:`~fm2edge.models.deploy.ImageClassifier`: uint8 NHWC images in, probabilities
-    out) as ONNX with a dynamic batch axis; ``metadata`` (class names, preprocessing) goes into the file's
+    out) as ONNX with a dynamic batch axis (its "same" padding fixed for its input size:
+    :func:`fm2edge.models.static.with_fixed_padding`; ``fixed_padding=False`` keeps it computed from the input, for
+    comparison); ``metadata`` (class names, preprocessing) goes into the file's
     metadata_props, so the .onnx describes itself."""
     import json
 
     import onnx
 
     from fm2edge.models.deploy import ImageClassifier
+    from fm2edge.models.static import with_fixed_padding
 
     _ort()
-    wrapped = ImageClassifier(model.float()).eval()
+    model = model.float().eval()
+    wrapped = ImageClassifier(with_fixed_padding(model, model.preprocess.size) if fixed_padding else model).eval()
     example = torch.zeros(2, wrapped.size, wrapped.size, 3, dtype=torch.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding")  # a fixed padding's reversed slice
         torch.onnx.export(wrapped, (example,), str(path), input_names=["images"], output_names=["probabilities"],
                           dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=opset,
                           dynamo=False)
