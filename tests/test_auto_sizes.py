@@ -73,3 +73,13 @@ def test_among_pretrained_students_tied_on_few_validation_images_the_larger_inpu
     names = lambda ranked: [t["candidate"] for t in ranked]  # noqa: E731
     assert names(rank([small, fitted, scratch], within=0.2)) == [f"{LITE}@104", f"{LITE}@96", "student:small_cnn@64"]
     assert names(rank([small, fitted, scratch])) == ["student:small_cnn@64", f"{LITE}@96", f"{LITE}@104"]
+
+
+def test_a_candidates_int8_latency_is_its_fastest_int8_layout():
+    from fm2edge.automate.measure import INT8_LAYOUTS, latency_and_size
+
+    figures = latency_and_size(Candidate("student:small_cnn", 16), 3, 1)
+    int8 = figures["int8"]
+    assert set(int8["layouts_ms"]) == set(INT8_LAYOUTS) and int8["recipe"] in INT8_LAYOUTS
+    assert int8["p50_ms"] == min(int8["layouts_ms"].values()) == int8["layouts_ms"][int8["recipe"]]
+    assert figures["fp32"]["p50_ms"] > 0 and int8["mb"] < figures["fp32"]["mb"]
