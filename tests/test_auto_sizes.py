@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fm2edge.automate.job import rank
 from fm2edge.automate.measure import Candidate
-from fm2edge.automate.sizes import fit_backbone, fitted_sizes, next_probe, precisions_within
+from fm2edge.automate.sizes import fit_backbone, fitted_sizes, next_probe, precisions_within, search_text
 
 LITE = "pypi:efficientnet_lite0"
 
@@ -60,6 +60,11 @@ def test_fitted_sizes_add_the_largest_within_the_budget_and_say_why_the_others_m
     # over the budget: measured, and said to be over (not left to the screen, which keeps what is a little over)
     added, probed, _ = fitted_sizes(listed, 0.9, None, linear_latency)  # 64 px: 1.0 ms
     assert not added and all("over the budget" in p["why"] for p in probed)
+    assert "no size down to 64 px fits" in search_text({"backbone": LITE, "added": None, "largest_listed_within": None,
+                                                        "probes": []})
+    wider = listed + [linear_latency(Candidate(LITE, 160))]
+    _, _, (search,) = fitted_sizes(wider, 2.1, None, linear_latency)  # 128 px fits; 136 px: 2.125 ms
+    assert search["added"] is None and "none fits, so 128 px (listed) is the largest" in search["text"]
     assert fitted_sizes(listed, None, None, measure) == ([], [], [])  # no latency budget, nothing to fit
     # a size fits when one precision does
     assert precisions_within(figures("x", 2.0, int8_ms=1.0), 1.5, None) == ["int8"]

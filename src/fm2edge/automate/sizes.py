@@ -85,6 +85,7 @@ def fitted_sizes(figures: list[dict], latency_ms: float | None, max_mb: float | 
                 probed.append({**f, "why": f"measured while fitting the input size to the budget: {why}"})
         search = {"backbone": name, "listed": sorted(measured), "added": None if best is None else
                   Candidate.parse(best["candidate"]).size,
+                  "largest_listed_within": max((s for s, f in measured.items() if fits(f)), default=None),
                   "probes": [{"size": Candidate.parse(f["candidate"]).size, "fits": fits(f),
                               "fp32_ms": f["fp32"]["p50_ms"], "int8_ms": f["int8"]["p50_ms"]} for f in probes]}
         searches.append({**search, "text": search_text(search)})
@@ -96,5 +97,6 @@ def search_text(s: dict) -> str:
     probes = ", ".join(f"{p['size']} px {min(p['fp32_ms'], p['int8_ms']):.2f} ms{'' if p['fits'] else ' (over)'}"
                        for p in s["probes"])
     found = (f"{s['added']} px added, the largest within the budget" if s["added"] is not None else
-             "no size within the budget")
+             f"none fits, so {s['largest_listed_within']} px (listed) is the largest within the budget"
+             if s.get("largest_listed_within") is not None else f"no size down to {SMALLEST_SIZE} px fits the budget")
     return f"{s['backbone']} fitted to the budget: measured {probes}; {found}"
