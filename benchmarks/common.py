@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: where the real CIFAR-10 copy lives, and the default data it implies.
+"""What the benchmark scripts share: where the real CIFAR-10 copy lives, the default data it implies, and the classes
+an exported graph predicts.
 
 The scripts run as ``python benchmarks/NAME.py``, so this folder is on ``sys.path`` and ``from common import ...``
 works from each of them.
@@ -7,6 +8,10 @@ works from each of them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # ../shared/data/cifar10 beside the project: CIFAR-10 in the Hugging Face schema (train/test parquet)
 SHARED_CIFAR10 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
@@ -85,3 +90,14 @@ def save_results(script: str, args, rows: list[dict], out: str | None = None) ->
     path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
     print(f"raw figures in {path}")
     return path
+
+
+def graph_labels(model, onnx: Path, images) -> np.ndarray:
+    """The classes an exported graph of ``model`` predicts for uint8 ``images`` (N x 3 x H x W), resized as
+    ``model`` expects, 256 at a time."""
+    import numpy as np
+
+    from fm2edge import export
+
+    sess = export.open_session(onnx)
+    return np.concatenate([export.run_images(sess, b) for b in export.image_batches(model, images, 256)]).argmax(1)

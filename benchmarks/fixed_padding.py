@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import graph_labels
 
 from fm2edge import export
 from fm2edge.config import DataConfig, ModelConfig
@@ -74,11 +75,6 @@ def fidelity_rows(run: str, source: str, per_class: int | None, max_train: int |
     calib_images = train.images[torch.from_numpy(balanced_indices(train.labels.numpy(), min(500, len(train))))]
     model = load_classifier(run)
 
-    def predicted(path: Path) -> np.ndarray:
-        sess = export.open_session(path)
-        return np.concatenate([export.run_images(sess, b)
-                               for b in export.image_batches(model, held.images, 256)]).argmax(1)
-
     print(f"\n{run}: {len(held)} labelled images it never trained on ({cpu_features()})")
     print("| padding | fp32 accuracy | int8 accuracy | int8 agrees with fp32 |")
     print("|---|---|---|---|")
@@ -86,7 +82,7 @@ def fidelity_rows(run: str, source: str, per_class: int | None, max_train: int |
     with tempfile.TemporaryDirectory() as tmp:
         for fixed in (False, True):
             made = graphs(model, Path(tmp), fixed, lambda: export.calibration_batches(model, calib_images))
-            fp32, int8 = predicted(made["fp32"]), predicted(made["int8"])
+            fp32, int8 = (graph_labels(model, made[p], held.images) for p in ("fp32", "int8"))
             print(f"| {'fixed' if fixed else 'computed'} | {100 * (fp32 == labels).mean():.2f}% | "
                   f"{100 * (int8 == labels).mean():.2f}% | {100 * (int8 == fp32).mean():.2f}% |", flush=True)
             rows.append({"padding": "fixed" if fixed else "computed", "images": len(held),

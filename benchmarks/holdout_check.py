@@ -16,8 +16,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
+from common import graph_labels
 
 from fm2edge import export
 from fm2edge.config import DataConfig
@@ -25,11 +25,6 @@ from fm2edge.data import balanced_indices, load_data, load_left_out
 from fm2edge.device import cpu_features
 from fm2edge.models.io import is_model_folder, load_classifier
 from fm2edge.train import predict
-
-
-def graph_labels(model, onnx: Path, images: torch.Tensor) -> np.ndarray:
-    sess = export.open_session(onnx)
-    return np.concatenate([export.run_images(sess, b) for b in export.image_batches(model, images, 256)]).argmax(1)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from fm2edge.automate.heldout import (
     unlabeled_pool,
 )
 from fm2edge.automate.measure import LOOP_EFFICIENCY, Candidate, latency_cache, measure, measure_training
-from fm2edge.automate.sizes import fitted_sizes
+from fm2edge.automate.sizes import fitted_sizes, precisions_within
 from fm2edge.automate.stages import run_one_stage
 from fm2edge.automate.teachers import (
     TEACHER_STAGE,
@@ -110,8 +110,7 @@ def screen(figures: list[dict], cfg) -> tuple[list[dict], list[dict]]:
     kept, dropped = [], []
     limit = None if cfg.latency_ms is None else cfg.latency_ms * (1 + SCREEN_TOLERANCE)
     for f in figures:
-        fits = [p for p in ("fp32", "int8") if limit is None or f[p]["p50_ms"] <= limit]
-        fits = [p for p in fits if cfg.max_mb is None or f[p]["mb"] <= cfg.max_mb]
+        fits = precisions_within(f, limit, cfg.max_mb)
         if cfg.max_params is not None and f["params"] > cfg.max_params:
             dropped.append({**f, "why": f"{f['params']:,} parameters, over --auto.max_params {cfg.max_params:,}"})
         elif not fits:
