@@ -313,6 +313,28 @@ def test_where_nothing_can_rank_them_a_tie_on_few_validation_images_goes_to_the_
     finalists = [{"candidate": o["candidate"], "options": [o]} for o in options]
     assert choose(finalists, 2.0, None, noisy=True) == options[0]
     assert choose(finalists, 2.0, None, noisy=True, within=0.31) == options[1]
+    # pretrained graphs that score the same: the larger input, not the lower loss of a few validation images
+    small = {"candidate": "pypi:efficientnet_lite0@112", "precision": "fp32", "val_acc": 1.0, "val_loss": 0.01,
+             "p50_ms": 1.14, "mb": 13.5}
+    large = {"candidate": "pypi:efficientnet_lite0@128", "precision": "int8", "val_acc": 1.0, "val_loss": 0.05,
+             "p50_ms": 0.97, "mb": 3.8, "agreement_with_fp32": 1.0}
+    sizes = [{"options": [small]}, {"options": [{**large, "precision": "fp32", "p50_ms": 1.3}, large]}]
+    assert choose(sizes, 1.16, None, noisy=True, within=0.3) == large
+    assert choose(sizes, 1.16, None, noisy=True) == small  # no tie width: the loss orders them
+    unfaithful = [{"options": [small]}, {"options": [sizes[1]["options"][0], {**large, "agreement_with_fp32": 0.98}]}]
+    assert choose(unfaithful, 1.16, None, noisy=True, within=0.3) == small  # the size only among equal scores
+    # the leaderboard shows a model's int8 graph within the budget before a more faithful one over it
+    over = {**large, "int8_recipe": "percentile", "p50_ms": 1.29, "fp32_gap": 0.0}
+    within_budget = {**large, "int8_recipe": "first-last-fp32", "fp32_gap": 0.01}
+    teacher = {"candidate": "teacher", "params": 1, "macs": 1, "fp32": {"p50_ms": 3.0}, "int8": {"p50_ms": 2.0},
+               "val_acc": 1.0}
+    student = {"candidate": large["candidate"], "params": 1, "macs": 1, "fp32": {"p50_ms": 1.3},
+               "int8": {"p50_ms": 0.97}}
+    plan = {"settings": {"auto": {"latency_ms": 1.16, "max_mb": None}}, "candidates": [student], "dropped": [],
+            "teacher_option": teacher}
+    row = next(r for r in leaderboard(plan, [], [{"options": [over, within_budget]}])
+               if r["candidate"] == large["candidate"])
+    assert row["int8_recipe"] == "first-last-fp32" and row["int8_ms"] == 0.97
     # the width applies only where validation is too small and no held-out images rank the candidates instead
     plan = {"selection": {"noisy": True, "half_width": 0.31}, "held_out": {"images": 0}}
     assert tie_width(plan) == 0.31

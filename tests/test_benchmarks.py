@@ -7,8 +7,10 @@ import gzip
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -128,3 +130,65 @@ def test_the_teacher_size_benchmark_fine_tunes_each_size_once_and_prints_its_row
     teacher_sizes.main()  # finished runs are reused, not trained again
     assert capsys.readouterr().out.count("| 24 | 2 |") == 1
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/full/metrics.json")} == written
+
+
+def qres(files: dict[str, bytes], compressed: set[str]) -> bytes:
+    """A Qt resource bundle (version 2) holding ``files`` under one folder, laid out as Qt's rcc writes it."""
+    import zlib
+
+    names, data, tree = b"", b"", []
+
+    def add_name(text: str) -> int:
+        nonlocal names
+        off = len(names)
+        names += len(text).to_bytes(2, "big") + b"\0\0\0\0" + text.encode("utf-16-be")
+        return off
+
+    def node(name_off: int, flags: int, a: bytes, b: bytes) -> bytes:
+        return name_off.to_bytes(4, "big") + flags.to_bytes(2, "big") + a + b + b"\0" * 8
+
+    tree.append(node(0, 2, (1).to_bytes(4, "big"), (1).to_bytes(4, "big")))  # the root: one child at node 1
+    tree.append(node(add_name("images"), 2, len(files).to_bytes(4, "big"), (2).to_bytes(4, "big")))
+    for name, payload in files.items():
+        stored = len(payload).to_bytes(4, "big") + zlib.compress(payload) if name in compressed else payload
+        tree.append(node(add_name(name), 1 if name in compressed else 0, b"\0\0\0\0",
+                         len(data).to_bytes(4, "big")))
+        data += len(stored).to_bytes(4, "big") + stored
+    header_len = 20
+    tree_b = b"".join(tree)
+    return (b"qres" + (2).to_bytes(4, "big") + header_len.to_bytes(4, "big")
+            + (header_len + len(tree_b)).to_bytes(4, "big") + (header_len + len(tree_b) + len(data)).to_bytes(4, "big")
+            + tree_b + data + names)
+
+
+def test_the_photo_folder_builder_reads_qt_bundles_and_keeps_the_first_images_of_each_class(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import photo_folders
+
+    bundle = tmp_path / "b.rcc"
+    bundle.write_bytes(qres({"a.webp": b"plain bytes", "b.webp": b"squeezed " * 20}, compressed={"b.webp"}))
+    assert photo_folders.qt_resources(bundle) == {"/images/a.webp": b"plain bytes", "/images/b.webp": b"squeezed " * 20}
+    (tmp_path / "bad.rcc").write_bytes(b"nope")
+    with pytest.raises(ValueError, match="not a Qt resource bundle"):
+        photo_folders.qt_resources(tmp_path / "bad.rcc")
+
+    labels = [2, 0, 2, 1, 0, 0, 2, 1]
+    assert photo_folders.first_per_class(np.array(labels), 2).tolist() == [0, 1, 2, 3, 4, 7]
+
+    root = tmp_path / "pkg" / photo_folders.FASHION
+    root.mkdir(parents=True)
+    images = np.arange(8 * 28 * 28, dtype=np.uint32).astype(np.uint8).reshape(8, 28, 28)
+    for stem in ("train", "t10k"):
+        with gzip.open(root / f"{stem}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(b"\0\0\x08\x03" + b"".join(n.to_bytes(4, "big") for n in (8, 28, 28)) + images.tobytes())
+        with gzip.open(root / f"{stem}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(b"\0\0\x08\x01" + (8).to_bytes(4, "big") + bytes(labels))
+    counts = photo_folders.fashion(tmp_path / "pkg", tmp_path / "out", 1, 2, unlabeled=5)
+    assert counts == {"train": 3, "test": 6, "unlabeled": 5}
+    train = sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out" / "fashion10" / "train").rglob("*.png"))
+    assert [p.parent.name for p in train] == ["pullover", "t-shirt", "trouser"]
+    first = next((tmp_path / "out" / "fashion10" / "train" / "pullover").iterdir())
+    assert np.array_equal(np.asarray(Image.open(first)), images[0])  # the pixels as stored, nothing resampled
+    unlabeled = sorted(p.name for p in (tmp_path / "out" / "fashion-unlabeled").iterdir())
+    assert unlabeled == ["train-00002.png", "train-00004.png", "train-00005.png", "train-00006.png",
+                         "train-00007.png"]  # the training images not kept with labels
