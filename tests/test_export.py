@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import DIGITS_SMALL
 
 from fm2edge.cli import main
@@ -117,5 +118,23 @@ def test_histogram_calibration_and_fp32_end_layers(trained, tmp_path):
         graph = onnx.load(str(tmp_path / keep / "model.int8.onnx")).graph
         counts[keep] = sum(n.op_type == "DequantizeLinear" for n in graph.node)
         fp32_names = first_and_last_layers(tmp_path / keep / "model.onnx")
-        assert len(fp32_names) == 2
+        assert len(fp32_names) == 4  # the stem, the classifier, and the pooling and flattening that feed it
     assert counts["first_last"] < counts["none"], "the first and last layers are left unquantised"
+
+
+def test_the_fp32_end_layers_keep_the_classifier_input_unrounded(tmp_path):
+    """The "first_last" layout keeps the first layer, the classifier and the pooling that feeds it in fp32: a
+    quantised classifier input made a Lite0 student with large classifier weights answer one class for every image."""
+    import onnx
+
+    from fm2edge.export import first_and_last_layers
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 8, 3), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 2))
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(net, (torch.randn(1, 3, 16, 16),), str(path), dynamo=False)
+    nodes = onnx.load(str(path)).graph.node
+    kept = {n.op_type for n in nodes if n.name in first_and_last_layers(path)}
+    convs = [n.name for n in nodes if n.op_type == "Conv"]
+    assert kept == {"Conv", "GlobalAveragePool", "Flatten", "Gemm"}
+    assert convs[0] in first_and_last_layers(path) and convs[1] not in first_and_last_layers(path)
