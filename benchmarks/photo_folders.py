@@ -110,21 +110,25 @@ def idx_labels(path: Path) -> np.ndarray:
         return np.frombuffer(f.read(), np.uint8, offset=8)
 
 
-def first_per_class(labels: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the first ``k`` images of each class, in file order."""
-    return np.sort(np.concatenate([np.flatnonzero(labels == c)[:k] for c in np.unique(labels)]))
+def first_per_class(labels: np.ndarray, k: int, start: int = 0) -> np.ndarray:
+    """Indices of ``k`` images of each class, in file order, from its ``start``-th on."""
+    return np.sort(np.concatenate([np.flatnonzero(labels == c)[start:start + k] for c in np.unique(labels)]))
 
 
-def fashion(package_root: Path, out: Path, train_per_class: int, test_per_class: int, unlabeled: int) -> dict:
+def fashion(package_root: Path, out: Path, train_per_class: int, test_per_class: int, unlabeled: int,
+            start: int = 0) -> dict:
+    """``fashion<N>`` under ``out`` (``fashion<N>-from<start>`` from each class's ``start``-th image of each split
+    on: a second sample of the same kind), and ``fashion-unlabeled`` with ``unlabeled`` other training images."""
     root = package_root / FASHION
+    name = f"fashion{10 * train_per_class}" + (f"-from{start}" if start else "")
     counts = {}
     used = np.array([], int)
     for split, stem, k in (("train", "train", train_per_class), ("test", "t10k", test_per_class)):
         images = idx_images(root / f"{stem}-images-idx3-ubyte.gz")
         labels = idx_labels(root / f"{stem}-labels-idx1-ubyte.gz")
-        keep = first_per_class(labels, k)
+        keep = first_per_class(labels, k, start)
         for i in keep:
-            dst = out / f"fashion{10 * train_per_class}" / split / FASHION_CLASSES[labels[i]] / f"{stem}-{i:05d}.png"
+            dst = out / name / split / FASHION_CLASSES[labels[i]] / f"{stem}-{i:05d}.png"
             dst.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(images[i]).save(dst)
         counts[split] = len(keep)
@@ -145,13 +149,13 @@ def main() -> None:
     ap.add_argument("--train_per_class", type=int, default=30)
     ap.add_argument("--test_per_class", type=int, default=200)
     ap.add_argument("--unlabeled", type=int, default=0)
+    ap.add_argument("--start", type=int, default=0, help="Fashion-MNIST: each class's images from this one on")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         gc = unpack_deb("gcompris-qt-data", Path(tmp))
         print("gcompris-categories", gcompris_categories(gc, a.out / "gcompris-categories"))
         fm = unpack_deb("dataset-fashion-mnist", Path(tmp))
-        print(f"fashion{10 * a.train_per_class}",
-              fashion(fm, a.out, a.train_per_class, a.test_per_class, a.unlabeled))
+        print("fashion", fashion(fm, a.out, a.train_per_class, a.test_per_class, a.unlabeled, a.start))
 
 
 if __name__ == "__main__":

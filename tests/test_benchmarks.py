@@ -174,6 +174,7 @@ def test_the_photo_folder_builder_reads_qt_bundles_and_keeps_the_first_images_of
 
     labels = [2, 0, 2, 1, 0, 0, 2, 1]
     assert photo_folders.first_per_class(np.array(labels), 2).tolist() == [0, 1, 2, 3, 4, 7]
+    assert photo_folders.first_per_class(np.array(labels), 1, start=1).tolist() == [2, 4, 7]  # a second sample
 
     root = tmp_path / "pkg" / photo_folders.FASHION
     root.mkdir(parents=True)

@@ -62,6 +62,25 @@ def test_variable_sizes_default_to_256(image_folder):
     assert train.image_size == (256, 256)  # room for random crops of 224 px inputs
 
 
+def test_photos_of_one_large_size_are_stored_at_256(tmp_path):
+    """Photos from one camera share a size; stored as decoded, a few hundred would fill a laptop's memory."""
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.new("RGB", (600, 400), (40 * i, 200 if c == "a" else 0, 90)).save(tmp_path / c / f"{i}.png")
+    train, _, _ = load_data(DataConfig(source=str(tmp_path), val_fraction=0, test_fraction=0.34))
+    assert train.image_size == (256, 256)
+    assert train.images[0, :, 128, 128].tolist() in ([0, 200, 90], [0, 0, 90], [40, 200, 90], [40, 0, 90],
+                                                      [80, 200, 90], [80, 0, 90])  # the photo's pixels, resized
+    small = tmp_path / "small"
+    for c in ("a", "b"):
+        (small / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (48, 32), (i, 0, 0)).save(small / c / f"{i}.png")
+    train, _, _ = load_data(DataConfig(source=str(small), val_fraction=0, test_fraction=0.34))
+    assert train.image_size == (32, 48)  # one small size: kept as it is
+
+
 def test_balanced_subsets(parquet_dir):
     # max_train and per_class count every labelled image, the held-out validation share included
     train, val, test = load_data(DataConfig(source=str(parquet_dir), max_train=20, max_test=8))

@@ -374,7 +374,14 @@ def _target_size(rows: list, size: int | None) -> tuple[int, int] | None:
         if len(sizes) > 1:
             log.info("images differ in size; storing them at %d x %d", DEFAULT_VARIABLE_SIZE, DEFAULT_VARIABLE_SIZE)
             return (DEFAULT_VARIABLE_SIZE, DEFAULT_VARIABLE_SIZE)
-    return sizes.pop() if sizes else None
+    if not sizes:
+        return None
+    size = sizes.pop()
+    if max(size) > DEFAULT_VARIABLE_SIZE:
+        # photos of one camera share a size: stored as decoded, 500 of 4032 x 3024 would hold 18 GB
+        log.info("images are %d x %d; storing them at %d x %d", *size, DEFAULT_VARIABLE_SIZE, DEFAULT_VARIABLE_SIZE)
+        return (DEFAULT_VARIABLE_SIZE, DEFAULT_VARIABLE_SIZE)
+    return size
 
 
 def _decode_all(rows: list, size: tuple[int, int] | None, out: np.ndarray, on_bad: str, where: str) -> np.ndarray:
@@ -403,7 +410,7 @@ def _decode_all(rows: list, size: tuple[int, int] | None, out: np.ndarray, on_ba
 def _materialise(split: _Split, indices: np.ndarray, cfg: DataConfig, where: str) -> ImageData:
     digest = hashlib.sha1(indices.astype(np.int64).tobytes()).hexdigest()[:16]
     # v2: photos turned upright by their EXIF orientation, JPEGs decoded at reduced scale (data.images.decode)
-    key = hashlib.sha1(f"{split.fingerprint}|{digest}|{cfg.image_size}|v2".encode()).hexdigest()[:24]
+    key = hashlib.sha1(f"{split.fingerprint}|{digest}|{cfg.image_size}|v3".encode()).hexdigest()[:24]
     folder = cache_root(cfg) / key
     labels = split.labels[indices]
     if not (folder / "meta.json").exists():
