@@ -33,7 +33,8 @@ def graphs(model, folder: Path, fixed: bool, calibration) -> dict[str, Path]:
     """The fp32 and int8 deployable graphs of ``model`` with its padding fixed or computed."""
     name = "fixed" if fixed else "computed"
     fp32 = export.export_deployable(model, folder / f"{name}.onnx", fixed_padding=fixed)
-    int8 = export.quantize_int8(fp32, folder / f"{name}.int8.onnx", calibration(), input_name="images")
+    int8 = export.quantize_int8(fp32, folder / f"{name}.int8.onnx", calibration(), input_name="images",
+                                fp32_layers="none")
     return {"fp32": fp32, "int8": int8}
 
 

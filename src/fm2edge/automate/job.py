@@ -96,8 +96,8 @@ Z_99 = 2.576
 # below half the teacher's input size are not averaged.
 AVERAGE_STAGE = "average-"
 AVERAGE_MIN_SCALE = 0.5
-INT8_RECIPES = {"minmax": {}, "first-last-fp32": {"fp32_layers": "first_last"},
-                "percentile": {"calibration_method": "percentile"}}
+INT8_RECIPES = {"minmax": {"fp32_layers": "none"}, "first-last-fp32": {"fp32_layers": "first_last"},
+                "percentile": {"calibration_method": "percentile", "fp32_layers": "none"}}
 
 
 # ---------------------------------------------------------------- pure pieces

@@ -33,7 +33,7 @@ FIGURES, SPEED = "v10", "speed-v2"
 # the first and last layers in fp32, EfficientNet-Lite0's int8 graph ran 0.99 ms at 128 px against 1.31 fully int8
 # (2-core AMX Xeon; the stem's 3-channel int8 convolution is the slow part), so a size the fully int8 graph put over
 # a budget can fit it.
-INT8_LAYOUTS = {"minmax": {}, "first-last-fp32": {"fp32_layers": "first_last"}}
+INT8_LAYOUTS = {"minmax": {"fp32_layers": "none"}, "first-last-fp32": {"fp32_layers": "first_last"}}
 
 
 @dataclass(frozen=True)
