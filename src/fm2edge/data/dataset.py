@@ -409,7 +409,8 @@ def _decode_all(rows: list, size: tuple[int, int] | None, out: np.ndarray, on_ba
 
 def _materialise(split: _Split, indices: np.ndarray, cfg: DataConfig, where: str) -> ImageData:
     digest = hashlib.sha1(indices.astype(np.int64).tobytes()).hexdigest()[:16]
-    # v2: photos turned upright by their EXIF orientation, JPEGs decoded at reduced scale (data.images.decode)
+    # v2: photos turned upright by their EXIF orientation, JPEGs decoded at reduced scale (data.images.decode);
+    # v3: images of one size above 256 px stored at 256 (_target_size)
     key = hashlib.sha1(f"{split.fingerprint}|{digest}|{cfg.image_size}|v3".encode()).hexdigest()[:24]
     folder = cache_root(cfg) / key
     labels = split.labels[indices]
