@@ -37,6 +37,7 @@ from fm2edge.automate.job import (
     too_short,
     train_students,
     views_and_unlabeled,
+    with_fallbacks,
 )
 from fm2edge.automate.measure import Candidate
 from fm2edge.automate.teachers import FINETUNE_SIZES, finetune_choice, finetune_seconds, finetune_sizes
@@ -247,6 +248,40 @@ def test_the_choice_is_the_most_accurate_option_within_budget_and_ties_go_to_the
     assert choose([{"options": agreed[:1]}, {"options": agreed[1:2]}], 2.0, None, noisy=True) == agreed[0]
     assert choose([{"options": agreed[:1]}, {"options": agreed[1:2]}], 2.0, None) == agreed[1]  # validation ranks
     assert choose([{"options": agreed[:1]}, {"options": agreed[1:]}], 2.0, None, noisy=True) == agreed[2]
+
+
+def test_where_no_finalist_meets_the_budget_once_exported_the_next_students_within_it_are_exported(monkeypatch):
+    """Found with a 2 ms budget: the 208 and 224 px finalists screened at 2.00 and 2.14 ms timed 2.07 and 2.14 ms
+    once exported, and the run stopped with no model while a 160 px student (1.33 ms) had trained."""
+    from fm2edge.automate import job as auto_module
+
+    def student(size: int, rung: int, ms: float) -> dict:
+        return {"candidate": f"pypi:efficientnet_lite0@{size}", "rung": rung, "val_acc": 1.0, "val_loss": 0.1,
+                "fp32": {"p50_ms": ms * 1.4, "mb": 13.5}, "int8": {"p50_ms": ms, "mb": 3.8}}
+
+    exported_ms = {208: 2.07, 224: 2.14, 192: 2.03, 160: 1.35, 128: 1.0}
+    calls = []
+
+    def fake_export(job, root, f, images, held=None, teacher_labels=None):
+        calls.append(f["candidate"])
+        size = int(f["candidate"].split("@")[1])
+        return {**f, "options": [{"candidate": f["candidate"], "precision": p, "p50_ms": exported_ms[size] * k,
+                                  "mb": 3.8, "val_acc": 1.0} for p, k in (("fp32", 1.4), ("int8", 1.0))]}
+
+    monkeypatch.setattr(auto_module, "exported", fake_export)
+    job = AutoJob(auto=AutoConfig(latency_ms=2.0))
+    trained = [student(208, 2, 2.0), student(224, 2, 2.14), student(192, 1, 1.9), student(160, 1, 1.33),
+               student(128, 0, 1.0)]
+    finalists = [fake_export(job, None, t, None) for t in trained[:2]]
+    calls.clear()
+    out = with_fallbacks(job, None, trained, finalists, None, within=0.3)
+    # in rank order (the larger input first among the tied): 192 px screened within but exported over, then 160
+    assert calls == ["pypi:efficientnet_lite0@192", "pypi:efficientnet_lite0@160"]
+    assert choose(out, 2.0, None, noisy=True, within=0.3)["candidate"] == "pypi:efficientnet_lite0@160"
+    calls.clear()
+    assert with_fallbacks(job, None, trained, out, None, within=0.3) == out and calls == []  # one already meets it
+    # a student screened over the budget is never exported as a fallback
+    assert with_fallbacks(job, None, trained[:2] + [student(176, 1, 2.2)], finalists, None) == finalists
 
 
 def test_a_run_that_ends_early_because_its_epochs_are_capped_says_where_the_rest_could_go():
