@@ -125,7 +125,7 @@ def test_the_teacher_is_a_leaderboard_row_within_the_budget_or_over_it_with_the_
     cfg = AutoConfig(latency_ms=2.0)
     student = {**screen([figures("student:small_cnn@32", 1.0, 0.5)], cfg)[0][0], "epochs": 3}
     trained = [{"candidate": "student:small_cnn@32", "trained_epochs": 3, "rung": 0, "val_acc": 0.8, "minutes": 1.0}]
-    for latency, status in ((1.5, "the teacher: within the budget, not retrained"), (5.0, "over the budget")):
+    for latency, status in ((1.5, "the teacher: screened within the budget, not retrained"), (5.0, "over the budget")):
         kept, dropped = screen([figures("teacher x@224", latency, latency)], cfg)
         teacher = {**(kept or dropped)[0], "val_acc": 0.9}
         rows = leaderboard({"candidates": [student], "dropped": [], "teacher_option": teacher}, trained, [])
@@ -257,7 +257,7 @@ def test_where_no_finalist_meets_the_budget_once_exported_the_next_students_with
 
     def student(size: int, rung: int, ms: float) -> dict:
         return {"candidate": f"pypi:efficientnet_lite0@{size}", "rung": rung, "val_acc": 1.0, "val_loss": 0.1,
-                "fp32": {"p50_ms": ms * 1.4, "mb": 13.5}, "int8": {"p50_ms": ms, "mb": 3.8}}
+                "fp32": {"p50_ms": ms * 1.4, "mb": 13.5}, "int8": {"p50_ms": ms, "mb": 3.8}, "params": 1, "macs": 1}
 
     exported_ms = {208: 2.07, 224: 2.14, 192: 2.03, 160: 1.35, 128: 1.0}
     calls = []
@@ -278,6 +278,12 @@ def test_where_no_finalist_meets_the_budget_once_exported_the_next_students_with
     # in rank order (the larger input first among the tied): 192 px screened within but exported over, then 160
     assert calls == ["pypi:efficientnet_lite0@192", "pypi:efficientnet_lite0@160"]
     assert choose(out, 2.0, None, noisy=True, within=0.3)["candidate"] == "pypi:efficientnet_lite0@160"
+    teacher = {"candidate": "teacher", "params": 1, "macs": 1, "fp32": {"p50_ms": 3.0}, "int8": {"p50_ms": 2.0},
+               "val_acc": 1.0}
+    rows = {r["candidate"]: r["status"] for r in leaderboard(
+        {"candidates": trained, "dropped": [], "teacher_option": teacher}, trained, out)}
+    assert rows["pypi:efficientnet_lite0@160"].endswith("exported because no finalist's graph met the budget")
+    assert "exported because" not in rows["pypi:efficientnet_lite0@208"]
     calls.clear()
     assert with_fallbacks(job, None, trained, out, None, within=0.3) == out and calls == []  # one already meets it
     # a student screened over the budget is never exported as a fallback
@@ -411,7 +417,8 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     assert chosen["val_acc"] == max(scored)
     # the teacher fits the 50 ms budget: it is a candidate as it is (exported, judged on validation, not retrained)
     teacher_row = next(r for r in rows if r["candidate"].startswith("teacher "))
-    assert teacher_row["status"] == "the teacher: within the budget, not retrained" and teacher_row["epochs"] == ""
+    assert teacher_row["status"] == "the teacher: screened within the budget, not retrained"
+    assert teacher_row["epochs"] == ""
     assert teacher_row["val_acc_onnx_fp32"] and (run / "export-teacher" / "export.json").exists()
     rows = [r for r in rows if r is not teacher_row]
     assert 0 <= result["test"]["chosen_test_acc"] <= 1 and result["test"]["test_images"] == 450

@@ -910,7 +910,7 @@ def with_fallbacks(job: AutoJob, root: Path, trained: list[dict], finalists: lis
             break
         if precisions_within(t, job.auto.latency_ms, job.auto.max_mb):
             print(f"  no finalist meets the budget once exported: exporting {t['candidate']} as well")
-            finalists = [*finalists, exported(job, root, dict(t), images, held, teacher_labels)]
+            finalists = [*finalists, exported(job, root, {**t, "fallback": True}, images, held, teacher_labels)]
     return finalists
 
 
@@ -1026,18 +1026,21 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[
             if key not in options or order(o) > order(options[key]):
                 options[key] = o
     failed = {f["candidate"]: f["export_failed"] for f in finalists if "export_failed" in f}
+    fallbacks = {f["candidate"] for f in finalists if f.get("fallback")}
     rows = []
     teacher = plan["teacher_option"]
     for f in plan["candidates"] + plan["dropped"] + [teacher]:
         if f is teacher:  # not trained here: its validation accuracy is the one that chose it
             t = {"val_acc": f["val_acc"]}
-            status = f"the teacher: {f.get('why', 'within the budget, not retrained')}"
+            status = f"the teacher: {f.get('why', 'screened within the budget, not retrained')}"
         else:
             t = done.get(f["candidate"], {})
             status = (f"trained, {t['left_behind']}" if "left_behind" in t else "trained") if t \
                 else f"dropped: {f.get('why')}"
             if t.get("averaged", {}).get("kept"):
                 status += ", weights averaged with the teacher's (WiSE-FT)"
+        if f["candidate"] in fallbacks:
+            status += "; exported because no finalist's graph met the budget"
         if f["candidate"] in failed:
             status += f"; not a choice: its export failed ({failed[f['candidate']]})"
         rows.append({"candidate": f["candidate"], "status": status,
