@@ -21,7 +21,7 @@ from fm2edge.automate.heldout import (
     unlabeled_pool,
 )
 from fm2edge.automate.measure import LOOP_EFFICIENCY, Candidate, latency_cache, measure, measure_training
-from fm2edge.automate.sizes import fitted_sizes, precisions_within
+from fm2edge.automate.sizes import fitted_sizes, precisions_within, within_budget
 from fm2edge.automate.stages import run_one_stage
 from fm2edge.automate.teachers import (
     TEACHER_STAGE,
@@ -336,11 +336,6 @@ def export_seconds(f: dict, calibration: int, val: int, held: int = 0) -> float:
             + fidelity)
 
 
-def fits(option: dict, latency_ms: float | None, max_mb: float | None) -> bool:
-    """Whether an exported graph's measured latency and size meet the budget."""
-    return (latency_ms is None or option["p50_ms"] <= latency_ms) and (max_mb is None or option["mb"] <= max_mb)
-
-
 def choose(finalists: list[dict], latency_ms: float | None, max_mb: float | None,
            noisy: bool = False, within: float | None = None) -> dict | None:
     """The most accurate (model, precision) on validation whose measured latency and size meet the budget; ties go to
@@ -374,7 +369,7 @@ def choose(finalists: list[dict], latency_ms: float | None, max_mb: float | None
         model = next(p["val_acc"] for p in f["options"] if p["precision"] == "fp32")
         return model - (1 - o.get("agreement_with_fp32", 1.0))
 
-    scored = [(score(f, o), o, f) for f in finalists for o in f["options"] if fits(o, latency_ms, max_mb)]
+    scored = [(score(f, o), o, f) for f in finalists for o in f["options"] if within_budget(o, latency_ms, max_mb)]
     if not scored:
         return None
     best = max(s[0] for s in scored)
@@ -902,7 +897,7 @@ def with_fallbacks(job: AutoJob, root: Path, trained: list[dict], finalists: lis
     screened 2.00 ms as int8 and its exported graphs 2.07 ms and more, the 224 px one 2.14 ms, and the run ended
     with no model while the 160 px student (1.33 ms) had trained."""
     def met(fs: list[dict]) -> bool:
-        return any(fits(o, job.auto.latency_ms, job.auto.max_mb) for f in fs for o in f["options"])
+        return any(within_budget(o, job.auto.latency_ms, job.auto.max_mb) for f in fs for o in f["options"])
 
     tried = {f["candidate"] for f in finalists}
     for t in rank([t for t in trained if t["candidate"] not in tried], within):
@@ -1017,8 +1012,8 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[
     budget = plan.get("settings", {}).get("auto", {})
 
     def order(o: dict) -> tuple:  # within the budget first, then as `choose` ranks them (held-out agreement first)
-        return (fits(o, budget.get("latency_ms"), budget.get("max_mb")), o.get("teacher_agreement", 0.0), o["val_acc"],
-                o["agreement_with_fp32"], -o.get("fp32_gap", 0.0))
+        return (within_budget(o, budget.get("latency_ms"), budget.get("max_mb")), o.get("teacher_agreement", 0.0),
+                o["val_acc"], o["agreement_with_fp32"], -o.get("fp32_gap", 0.0))
 
     for f in finalists:  # per candidate and precision, its best option (the int8 recipe validation prefers)
         for o in f["options"]:

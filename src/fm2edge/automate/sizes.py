@@ -20,10 +20,15 @@ SMALLEST_SIZE = 64
 MOST_PROBES = 4  # per backbone: bisects 16 steps of SIZE_STEP (measuring one costs about 2 s for Lite0)
 
 
+def within_budget(figures: dict, latency_ms: float | None, max_mb: float | None) -> bool:
+    """Whether one graph's measured figures (``p50_ms``, ``mb``: a screened precision or an exported option) are
+    within a latency (ms) and file-size (MB) bound: the one place that says what "within the budget" means."""
+    return (latency_ms is None or figures["p50_ms"] <= latency_ms) and (max_mb is None or figures["mb"] <= max_mb)
+
+
 def precisions_within(f: dict, latency_ms: float | None, max_mb: float | None) -> list[str]:
     """The precisions (fp32, int8) of a measured candidate ``f`` within a latency (ms) and file-size (MB) bound."""
-    return [p for p in ("fp32", "int8") if (latency_ms is None or f[p]["p50_ms"] <= latency_ms)
-            and (max_mb is None or f[p]["mb"] <= max_mb)]
+    return [p for p in ("fp32", "int8") if within_budget(f[p], latency_ms, max_mb)]
 
 
 def next_probe(fits: dict[int, bool]) -> int | None:
