@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -117,9 +118,24 @@ def test_left_empty_the_training_settings_are_the_proven_recipe():
     # epochs scale with the training set: 30 up to 10,000 images, then about 300,000 images seen, at least 10
     assert [proven_recipe(TrainConfig(), n, 32, False).epochs for n in (50, 10_000, 20_000, 50_000)] == [30, 30, 15, 10]
     # what a user sets is kept as set
-    mine = TrainConfig(epochs=3, lr=1e-2, weight_decay=0.0, augment=AugmentConfig(crop="pad", flip=False))
+    mine = TrainConfig(epochs=3, lr=1e-2, weight_decay=0.0, augment=AugmentConfig(crop="pad", flip=False),
+                       head_init="random", freeze_bn=False)
     assert proven_recipe(mine, 200, 128, True) == mine
     assert not is_resolved(TrainConfig()) and is_resolved(proven_recipe(TrainConfig(), 10, 8, False))
+
+
+def test_from_pretrained_weights_the_recipe_is_lp_ft_with_the_statistics_kept():
+    """As `fm2edge auto` trains its pretrained students: the head first fitted as a probe, BatchNorm statistics
+    kept; from a run folder's weights or random ones neither, and what a user sets is kept."""
+    pre = proven_recipe(TrainConfig(), 200, 128, trained=True, pretrained=True)
+    assert (pre.head_init, pre.freeze_bn) == ("probe", True) and is_resolved(pre)
+    for trained in (True, False):
+        other = proven_recipe(TrainConfig(), 200, 128, trained=trained)
+        assert (other.head_init, other.freeze_bn) == ("random", False)
+    mine = proven_recipe(TrainConfig(head_init="random", freeze_bn=False), 200, 128, True, pretrained=True)
+    assert (mine.head_init, mine.freeze_bn) == ("random", False)
+    assert not is_resolved(dataclasses.replace(pre, head_init="auto"))
+    assert not is_resolved(dataclasses.replace(pre, freeze_bn=None))
 
 
 def test_the_training_loop_refuses_settings_left_unfilled():

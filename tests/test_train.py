@@ -485,3 +485,28 @@ def test_train_without_flags_records_the_proven_recipe_it_ran(tmp_path):
     assert (ran["epochs"], ran["lr"], ran["weight_decay"], ran["optimizer"], ran["schedule"]) == \
         (1, 4e-3, 5e-4, "adamw", "onecycle")
     assert ran["augment"]["crop"] == "resized" and ran["augment"]["flip"] is True
+    assert (ran["head_init"], ran["freeze_bn"]) == ("random", False)  # random weights: nothing to probe or keep
+
+
+def test_from_pretrained_weights_train_defaults_to_lp_ft_with_the_statistics_kept(tmp_path, parquet_dir,
+                                                                                     tiny_hf_resnet, capsys):
+    """`fm2edge train --model.pretrained true` left at its defaults trains as `fm2edge auto` trains its pretrained
+    students: epoch 0 is the probe head on the frozen backbone, and the BatchNorm statistics end as they began."""
+    import yaml
+    from safetensors.torch import load_file
+
+    from fm2edge.cli import main
+    from fm2edge.models import create_model
+
+    name = f"hf:{tiny_hf_resnet}"
+    assert main(["train", "--data.source", str(parquet_dir), "--model.name", name, "--model.pretrained", "true",
+                 "--model.image_size", "32", "--train.epochs", "1", "--train.device", "cpu", "--train.select", "last",
+                 "--run.root", str(tmp_path), "--run.name", "r"]) == 0
+    run = tmp_path / "r"
+    ran = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    assert (ran["head_init"], ran["freeze_bn"]) == ("probe", True)
+    assert "epoch 0 (head = linear probe on the frozen backbone" in capsys.readouterr().out
+    start = create_model(ModelConfig(name=name, pretrained=True, image_size=32), 4).state_dict()
+    end = load_file(run / "model.safetensors")
+    stats = [k for k in end if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(end[k], start[k]) for k in stats)

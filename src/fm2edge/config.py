@@ -205,15 +205,16 @@ class TrainConfig:
         label_smoothing: Cross-entropy label smoothing.
         backbone_lr: Learning-rate multiplier for the backbone (the head, and any projector, get train.lr): below 1
             fine-tunes a pretrained backbone gently, so that a few labels do not overwrite what it learned.
-        head_init: "random", or "probe": before the first epoch the head becomes a logistic regression on the
-            frozen backbone's features of the training images (LP-FT, Kumar et al., ICLR 2022), so fine-tuning
-            starts from a good classifier and distorts the pretrained features less. For a pretrained backbone
-            (--model.init RUN, --model.pretrained true). A BatchNorm backbone whose statistics came from other images
-            than these (ImageNet weights on digits, say) wants --train.freeze_bn true with it, or the head meets
-            other features in training than those it was fitted on.
+        head_init: "probe": before the first epoch the head becomes a logistic regression on the frozen backbone's
+            features of the training images (LP-FT, Kumar et al., ICLR 2022), so fine-tuning starts from a good
+            classifier and distorts the pretrained features less; for a backbone with trained weights
+            (--model.pretrained true, --model.init RUN, --model.weights FILE). "random": a fresh head. Empty
+            ("auto"): "probe" from --model.pretrained weights, "random" otherwise.
         freeze_bn: BatchNorm layers stay in eval mode while training: their running statistics are kept (their scale
             and shift still learn). For tiny batches, and for LP-FT from a backbone whose statistics came from other
-            images: the head then meets in training the features its probe was fitted on.
+            images: the head then meets in training the features its probe was fitted on. Empty: true from
+            --model.pretrained weights (statistics measured on a million images, not re-estimated from a few
+            hundred photos' augmented crops), false otherwise.
         augment: On-device augmentation (--train.augment.crop resized --train.augment.flip true ...): by default
             random-resized crops and flips for photos (images stored at 32 px or more), none for smaller ones.
         precision: "auto" is bf16 autocast on CUDA and fp32 on CPU; "bf16" forces autocast where supported.
@@ -251,8 +252,8 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     backbone_lr: float = 1.0
-    head_init: Literal["random", "probe"] = "random"
-    freeze_bn: bool = False
+    head_init: Literal["auto", "random", "probe"] = "auto"
+    freeze_bn: bool | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     precision: Precision = "auto"
     device: Device = "auto"
@@ -356,32 +357,37 @@ def starts_trained(model: ModelConfig) -> bool:
     return bool(model.pretrained or model.init or model.weights)
 
 
-def proven_recipe(cfg: TrainConfig, images: int, image_px: int, trained: bool) -> TrainConfig:
+def proven_recipe(cfg: TrainConfig, images: int, image_px: int, trained: bool, pretrained: bool = False) -> TrainConfig:
     """``cfg`` with what was left empty filled as the studies found best (docs: studies): epochs scaled to the
     ``images`` of the training set; from trained weights a gentle rate (5e-4) and weight decay 0.05, from random
     weights 4e-3 and 5e-4; random-resized crops and flips for photos (stored at PHOTO_PX px or more), nothing for
-    smaller images such as digits. Every training stage passes its settings through this before the loop."""
+    smaller images such as digits; from ``pretrained`` weights (trained on other images, with labels here to fit a
+    probe on) LP-FT with the pretrained BatchNorm statistics kept, as `fm2edge auto` trains its pretrained students
+    (docs: auto, "Measured"). Every training stage passes its settings through this before the loop."""
     photo = image_px >= PHOTO_PX
     augment = dataclasses.replace(cfg.augment, crop=("resized" if photo else "none") if cfg.augment.crop == "auto"
                       else cfg.augment.crop, flip=photo if cfg.augment.flip is None else cfg.augment.flip)
     epochs = cfg.epochs or scaled_epochs(images)
+    head_init = ("probe" if pretrained else "random") if cfg.head_init == "auto" else cfg.head_init
     return dataclasses.replace(cfg, epochs=epochs, lr=cfg.lr or (5e-4 if trained else 4e-3),
                    weight_decay=(0.05 if trained else 5e-4) if cfg.weight_decay is None else cfg.weight_decay,
-                   augment=augment)
+                   augment=augment, head_init=head_init,
+                   freeze_bn=pretrained if cfg.freeze_bn is None else cfg.freeze_bn)
 
 
 def is_resolved(cfg: TrainConfig) -> bool:
     """Nothing left for :func:`proven_recipe` to fill."""
     return (cfg.epochs is not None and cfg.lr is not None and cfg.weight_decay is not None
-            and cfg.augment.crop != "auto" and cfg.augment.flip is not None)
+            and cfg.augment.crop != "auto" and cfg.augment.flip is not None and cfg.head_init != "auto"
+            and cfg.freeze_bn is not None)
 
 
 def check_probe_head(model: ModelConfig, train: TrainConfig) -> None:
     """A probe head needs features worth probing: a random network's have nothing to start from (and its untrained
     BatchNorm statistics make them tiny in eval mode, so the head would blow up once training starts)."""
-    check(train.head_init == "random" or bool(model.init or model.pretrained or model.weights),
+    check(train.head_init != "probe" or starts_trained(model),
           "--train.head_init probe fits the head on a pretrained backbone's features, and this model starts "
-          "random; give it weights (--model.init RUN, --model.pretrained true or --model.weights FILE) or leave "
+          "random; give it weights (--model.init RUN, --model.pretrained true or --model.weights FILE) or set "
           "--train.head_init random")
 
 

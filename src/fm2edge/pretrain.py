@@ -93,7 +93,7 @@ class PretrainJob:
     seeds: list[int] | None = None
 
     def __post_init__(self) -> None:
-        check(self.train.head_init == "random", "--train.head_init probe fits a head on labels, and pretraining has "
+        check(self.train.head_init != "probe", "--train.head_init probe fits a head on labels, and pretraining has "
               "neither; use it when fine-tuning the pretrained student (fm2edge train --model.init RUN)")
 
 

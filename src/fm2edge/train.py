@@ -631,7 +631,7 @@ def train_one(job) -> dict:
     session = start_stage(job.data, job.train.device, job.train.precision)
     train, val, test, accelerator = session.train, session.val, session.test, session.accelerator
     job = dataclasses.replace(job, train=proven_recipe(job.train, len(train), train.image_size[0],
-                                                       starts_trained(job.model)))
+                                                       starts_trained(job.model), job.model.pretrained))
     model = session.model(job.model, job.train.seed)
     with session.open(job.run, slug(f"train-{job.model.name}")) as run:
         config = to_dict(job)

@@ -382,7 +382,7 @@ def distill_one(job: DistillJob) -> dict:
                             job.distill.unlabeled_limit)
             train = with_unlabeled(train, extra)
     job = dataclasses.replace(job, train=proven_recipe(job.train, len(train), train.image_size[0],
-                                                       starts_trained(job.model)),
+                                                       starts_trained(job.model), job.model.pretrained),
                               distill=dataclasses.replace(job.distill, views=resolved_views(job.distill,
                                                                                             accelerator.device)))
     torch.manual_seed(job.train.seed)  # a registered teacher gets a fresh head: its gate verdict must be reproducible
