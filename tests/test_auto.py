@@ -43,7 +43,7 @@ from fm2edge.automate.measure import Candidate
 from fm2edge.automate.teachers import FINETUNE_SIZES, finetune_choice, finetune_seconds, finetune_sizes
 from fm2edge.cli import main
 from fm2edge.errors import Fm2EdgeError
-from fm2edge.report.metrics import gap_text
+from fm2edge.report.metrics import chosen_against_teacher, gap_text
 
 
 def figures(name, fp32_ms, int8_ms, params=1000, mb=1.0):
@@ -317,6 +317,30 @@ def test_a_budget_that_buys_no_student_an_epoch_says_where_the_minutes_went_and_
 def test_the_gap_to_the_teacher_reads_right_whichever_side_the_student_is_on():
     assert gap_text(1.3) == "1.30 points paid for the speed-up"
     assert gap_text(-7.78) == "7.78 points above the teacher: the speed-up cost nothing here"
+    # with its interval (teacher less chosen), turned to read the same way as the sentence
+    assert gap_text(1.3, [0.2, 2.4]) == "1.30 points paid for the speed-up (95% interval +0.20 to +2.40)"
+    assert gap_text(-1.0, [-3.0, 0.5]) == ("1.00 points above the teacher: the speed-up cost nothing here "
+                                           "(95% interval -0.50 to +3.00; within the test images' noise)")
+
+
+def test_the_test_split_compares_the_chosen_model_and_the_teacher_image_by_image():
+    """Both accuracies, the gap with a paired interval, balanced accuracy, agreement and each class's accuracy; a
+    model that always answers the large class is found out by balanced accuracy."""
+    labels = np.array([0] * 90 + [1] * 10)
+    always_zero = np.zeros(100, dtype=int)
+    teacher = labels.copy()
+    teacher[:5] = 1  # five mistakes on the large class
+    t = chosen_against_teacher(always_zero, teacher, labels, ["ok", "defect", "unused"])
+    assert (t["chosen_test_acc"], t["teacher_test_acc"], t["test_images"]) == (0.90, 0.95, 100)
+    assert t["gap_points"] == pytest.approx(5.0) and t["gap_interval_points"][0] <= 5.0 <= t["gap_interval_points"][1]
+    assert t["chosen_balanced_acc"] == pytest.approx(0.5) and t["teacher_balanced_acc"] == pytest.approx(
+        (85 / 90 + 1) / 2)
+    assert t["class_imbalance"] == 9.0 and t["agreement"] == pytest.approx(0.85)
+    assert t["per_class"] == [{"class": "ok", "images": 90, "chosen_acc": 1.0, "teacher_acc": pytest.approx(85 / 90)},
+                              {"class": "defect", "images": 10, "chosen_acc": 0.0, "teacher_acc": 1.0}]
+    json.dumps(t)  # JSON-ready
+    same = chosen_against_teacher(labels, labels, labels, ["ok", "defect"])
+    assert same["gap_points"] == 0 and same["gap_interval_points"] == [0.0, 0.0]
 
 
 def test_the_probability_gap_is_the_mean_total_variation_distance():
@@ -436,13 +460,19 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     first = {c: json.loads((run / f"student-small_cnn-{c.split('@')[1]}" / "metrics.json").read_text())["val_acc"]
              for c in by_rung}
     assert first[winner] == max(first.values()) and chosen["candidate"] in (winner, teacher_row["candidate"])
-    assert "test (read once)" in out and gap_text(result["test"]["gap_points"]) in out
-    assert (run / "plots" / "accuracy_vs_latency.png").stat().st_size > 0
+    test = result["test"]
+    assert "test (read once)" in out and gap_text(test["gap_points"], test["gap_interval_points"]) in out
+    # the test split compared image by image: the gap's interval contains the gap, each class is accounted for
+    low, high = test["gap_interval_points"]
+    assert low <= test["gap_points"] <= high and 0 <= test["agreement"] <= 1
+    assert sum(c["images"] for c in test["per_class"]) == 450
+    for key in ("chosen", "teacher"):
+        assert test[f"{key}_balanced_acc"] == pytest.approx(np.mean([c[f"{key}_acc"] for c in test["per_class"]]))
+    for plot in ("accuracy_vs_latency.png", "test_per_class.png"):
+        assert (run / "plots" / plot).stat().st_size > 0
     # best/ is an ordinary run folder with its ONNX graph: it loads and predicts
     model = fm2edge.load(str(run / "best"))
     assert (run / "best" / ("model.int8.onnx" if chosen["precision"] == "int8" else "model.onnx")).exists()
-    import numpy as np
-
     labels = model.predict([np.full((8, 8, 3), 255, np.uint8)]).labels
     assert len(labels) == 1
     # the students are candidates: their runs leave the test split unread (it is read once, for the choice)
@@ -464,8 +494,8 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
     for part in ('id="auto-choice"', 'id="auto-rungs"', 'id="auto-teaching"', 'id="auto-leaderboard"',
-                 'id="auto-minutes"', "students, rung 1", gap_text(result["test"]["gap_points"]),
-                 'id="auto-selection"',
+                 'id="auto-minutes"', "students, rung 1", 'id="auto-test"', "each class&#x27;s test accuracy",
+                 gap_text(test["gap_points"], test["gap_interval_points"]), 'id="auto-selection"',
                  "enough to rank", 'id="auto-teacher"', "used as they are", 'id="auto-teachers"'):
         assert part in page, part
     # the finalist reached --auto.max_epochs (3): a run that used under half its 6 minutes says where the rest could go

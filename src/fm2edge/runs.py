@@ -31,6 +31,18 @@ def read_metrics(folder: str | Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def read_predictions(folder: str | Path, name: str = "predictions.npz") -> dict | None:
+    """A run folder's test-split predictions as `RunDir.write_predictions` wrote them (logits, labels, preds,
+    class_names), or ``None`` when it has none."""
+    import numpy as np
+
+    path = Path(folder) / name
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
 def run_stage(metrics: dict) -> str:
     """The stage that wrote these results: written by every stage (``"stage"``); guessed from the keys of folders
     written before it was ("other" when nothing fits)."""

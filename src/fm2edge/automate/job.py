@@ -37,6 +37,9 @@ from fm2edge.runs import METRICS_FILE, atomic_dir, atomic_write_json, atomic_wri
 # A candidate measured up to this much over the latency budget is kept for training: a screen of 30 runs is noisier
 # than the finalists' export (100 runs of the shipped graph), which decides.
 SCREEN_TOLERANCE = 0.10
+# A test split whose largest class has this many times the images of its smallest is reported with its balanced
+# accuracy beside the accuracy (which a model favouring the large classes inflates).
+IMBALANCED = 1.5
 EXPORT_BASE_SECONDS = 10.0  # an export's fixed cost: tracing, ONNX Runtime sessions, quantiser passes
 EXPORT_LATENCY_RUNS = 100
 PLAN_VERSION = 12
@@ -965,23 +968,26 @@ def option(f: dict, folder: Path, result: dict, precision: str, key: str, recipe
 
 
 def read_test_once(root: Path, chosen: dict, teacher: dict, test, device) -> dict:
-    """The test split, read once, for the chosen model (as shipped: its ONNX graph) and for the teacher: a probe
-    this run made scored the same split as it was fitted (its metrics hold the figure), any other teacher is scored
-    here."""
+    """The test split, read once, for the chosen model (as shipped: its ONNX graph) and for the teacher, compared
+    image by image (`chosen_against_teacher`): a probe this run made scored the same split as it was fitted (its
+    run folder holds those predictions), any other teacher is scored here."""
+    import numpy as np
+
     from fm2edge.models.io import load_classifier
-    from fm2edge.report.metrics import accuracy
+    from fm2edge.report.metrics import chosen_against_teacher
+    from fm2edge.runs import read_predictions
     from fm2edge.train import predict
 
-    chosen_acc = accuracy(graph_probabilities(load_classifier(chosen["folder"]), Path(chosen["onnx"]), test.images),
-                          test.labels)
+    labels = test.labels.numpy()
+    chosen_preds = graph_probabilities(load_classifier(chosen["folder"]), Path(chosen["onnx"]), test.images).argmax(1)
     probed = read_metrics(teacher["folder"]) if Path(teacher["folder"]).parent == root else {}
-    if probed.get("stage") == "probe" and probed.get("n_test") == len(test) and probed.get("test_acc") is not None:
-        teacher_acc = probed["test_acc"]
+    saved = read_predictions(teacher["folder"]) if probed.get("stage") == "probe" else None
+    if saved is not None and np.array_equal(saved["labels"], labels):
+        teacher_preds = saved["preds"]
     else:
         teacher_model = load_classifier(teacher["folder"]).to(device)
-        teacher_acc = accuracy(predict(teacher_model, test, 64, device), test.labels)
-    return {"chosen_test_acc": chosen_acc, "teacher_test_acc": teacher_acc, "test_images": len(test),
-            "gap_points": 100 * (teacher_acc - chosen_acc)}
+        teacher_preds = predict(teacher_model, test, 64, device).argmax(1).numpy()
+    return chosen_against_teacher(chosen_preds, teacher_preds, labels, test.class_names)
 
 
 def write_best(root: Path, chosen: dict, test: dict) -> Path:
@@ -1084,7 +1090,12 @@ def print_summary(result: dict) -> None:
     print(f"\nchosen: {c['candidate']} as {c['precision']} ONNX{recipe}: validation {100 * c['val_acc']:.2f}%{agreed}, "
           f"{c['p50_ms']:.2f} ms batch-1 p50 on this CPU, {c['mb']:.1f} MB, {c['params']:,} parameters")
     print(f"test (read once): {100 * t['chosen_test_acc']:.2f}% against the teacher's "
-          f"{100 * t['teacher_test_acc']:.2f}% on {t['test_images']} images: {gap_text(t['gap_points'])}")
+          f"{100 * t['teacher_test_acc']:.2f}% on {t['test_images']} images: "
+          f"{gap_text(t['gap_points'], t.get('gap_interval_points'))}")
+    if t.get("class_imbalance", 1.0) >= IMBALANCED:
+        print(f"the test classes are imbalanced ({t['class_imbalance']:.1f} to 1): balanced accuracy (the mean of "
+              f"the classes' accuracies) {100 * t['chosen_balanced_acc']:.2f}% against the teacher's "
+              f"{100 * t['teacher_balanced_acc']:.2f}%")
     print(f"results in {result['root']} (leaderboard.csv, best/, auto.json, plots/); {result['minutes']:.1f} min of "
           f"the {result['budget_minutes']:.0f}-minute budget")
     if result.get("finished_early"):
@@ -1165,5 +1176,8 @@ def auto_job(job: AutoJob) -> dict:
                                         f"agreement with the teacher on {held_n:,} held-out images (%)") if held_n
               else plots.accuracy_vs_latency(points, job.auto.latency_ms, chosen, plan["teacher"]["val_acc"]))
     save_figure(figure, root / "plots" / "accuracy_vs_latency.png")
+    save_figure(plots.per_class_pair(test["per_class"], ("teacher", "chosen"),
+                                     f"test accuracy per class (images), {test['test_images']:,} read once"),
+                root / "plots" / "test_per_class.png")
     print_summary(result)
     return result

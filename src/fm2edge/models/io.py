@@ -10,7 +10,7 @@ from torch import nn
 
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models.classifier import MODEL_FILES, Classifier, read_meta
-from fm2edge.runs import atomic_write_bytes
+from fm2edge.runs import atomic_write_bytes, read_predictions
 
 TIMM_FILE = "timm_model.safetensors"
 # what `push_to_hub` uploads from a run folder: the model folder, its predictions, and what `fm2edge export` wrote
@@ -43,17 +43,14 @@ def model_meta(folder: str | Path) -> dict:
 
 def class_names_of_run(path: str | Path) -> list[str]:
     """A run's class names: saved with its model, else from its test predictions (older runs)."""
-    import numpy as np
 
     path = Path(path)
     meta = model_meta(path)
     if meta.get("class_names"):
         return [str(c) for c in meta["class_names"]]
-    preds = path / "predictions.npz"
-    if preds.exists():
-        with np.load(preds, allow_pickle=False) as f:
-            if "class_names" in f:
-                return [str(c) for c in f["class_names"]]
+    preds = read_predictions(path)
+    if preds is not None and "class_names" in preds:
+        return [str(c) for c in preds["class_names"]]
     return [str(i) for i in range(meta["num_classes"])]
 
 

@@ -272,9 +272,17 @@ def auto_section(folder: str, r: dict) -> str:
              f"<p id=\"auto-choice\">Chosen: <b>{html.escape(c['candidate'])}</b> as {c['precision']} ONNX, "
              f"{c['p50_ms']:.2f} ms batch-1 (budget {budget}), {c['mb']:.1f} MB, validation {_pct(c['val_acc'])}. "
              f"Test, read once: <b>{_pct(t['chosen_test_acc'])}</b> against the teacher's "
-             f"{_pct(t['teacher_test_acc'])} ({M.gap_text(t['gap_points'])}) on "
+             f"{_pct(t['teacher_test_acc'])} ({M.gap_text(t['gap_points'], t.get('gap_interval_points'))}) on "
              f"{t['test_images']:,} images. {r['minutes']:.1f} of {r['budget_minutes']:g} minutes on "
              f"{html.escape(str(r.get('machine', 'this machine')))}.</p>"]
+    if "chosen_balanced_acc" in t:  # written since the test split is compared image by image
+        parts.append(f"<p id=\"auto-test\">On the test images the two agree on {_pct(t['agreement'])}; balanced "
+                     f"accuracy (the mean of the classes' accuracies; the classes' sizes differ up to "
+                     f"{t['class_imbalance']:.1f} to 1) {_pct(t['chosen_balanced_acc'])} against the teacher's "
+                     f"{_pct(t['teacher_balanced_acc'])}.</p>")
+    per_class = Path(folder) / "plots" / "test_per_class.png"
+    if per_class.exists():
+        parts.append(_img(per_class.read_bytes(), "each class's test accuracy, the teacher beside the chosen model"))
     plot = Path(folder) / "plots" / "accuracy_vs_latency.png"
     if plot.exists():
         scored = (f"agreement with the teacher on {r['held_out_images']:,} held-out images"

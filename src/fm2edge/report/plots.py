@@ -276,3 +276,21 @@ def accuracy_vs_latency(points: Sequence[dict], budget_ms: float | None, chosen:
     ax.grid(alpha=0.3)
     ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig
+
+
+def per_class_pair(rows: Sequence[dict], names: tuple[str, str], title: str) -> Figure:
+    """Each class's test accuracy for two models (rows of ``{"class", "images", <a>_acc, <b>_acc}``, keys from
+    ``names``), side by side as horizontal bars, the class's image count in its label: where the points went."""
+    a, b = names
+    n = len(rows)
+    fig = Figure(figsize=(7.5, max(2.5, 0.32 * n + 1.4)), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(n)
+    for offset, key, colour in ((-0.2, a, "0.6"), (0.2, b, "tab:blue")):
+        ax.barh(y + offset, [100 * r[f"{key}_acc"] for r in rows], height=0.4, color=colour, label=key)
+    ax.set_yticks(y, [f"{r['class']} ({r['images']:,})" for r in rows], fontsize=8)
+    ax.invert_yaxis()  # the first class on top, as listed
+    ax.set(xlabel="test accuracy (%)", xlim=(0, 100), title=title)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig

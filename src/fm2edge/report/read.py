@@ -11,10 +11,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
-
 from fm2edge.errors import Fm2EdgeError
-from fm2edge.runs import METRICS_FILE, is_run_folder, read_metrics, run_stage
+from fm2edge.runs import METRICS_FILE, is_run_folder, read_metrics, read_predictions, run_stage
 
 
 @dataclass
@@ -44,13 +42,6 @@ class Run:
         """The label, with the seed where the folder name does not already say it."""
         seed = self.seed
         return self.label if seed is None or f"seed-{seed}" in self.label else f"{self.label} (seed {seed})"
-
-
-def _npz(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
 
 
 def _visible(path: Path, root: Path) -> bool:
@@ -85,7 +76,7 @@ def collect(paths: list[str]) -> tuple[list[Run], list[Path]]:
             config = (folder / "config.yaml").read_text() if (folder / "config.yaml").exists() else ""
             kind = "embed" if embed else run_stage(metrics)
             runs.append(Run(folder, str(folder.relative_to(base)), kind, metrics, config,
-                            _npz(folder / "predictions.npz"), _npz(folder / "teacher_predictions.npz"),
+                            read_predictions(folder), read_predictions(folder, "teacher_predictions.npz"),
                             sorted((folder / "plots").glob("*.png")) if (folder / "plots").exists() else []))
         for name in ("bench.json", "comparison.json", "export/export.json", "label_efficiency.json", "auto.json"):
             extras += sorted(p for p in root.rglob(name) if _visible(p, root))
