@@ -226,3 +226,17 @@ def test_the_latency_plot_shows_agreement_with_the_teacher_when_that_chose():
     assert ax.get_ylabel().startswith("agreement with the teacher")
     ys = sorted(float(y) for c in ax.collections for _, y in c.get_offsets())
     assert ys[0] == pytest.approx(90.0) and ys[-1] == pytest.approx(95.0)
+
+
+def test_the_per_class_plot_shows_at_most_forty_classes_those_that_differ_most():
+    from fm2edge.report.plots import PER_CLASS_MOST, per_class_pair
+
+    rows = [{"class": f"c{i}", "images": 10, "teacher_acc": 0.5, "chosen_acc": 0.5 + (0.4 if i % 3 == 0 else 0.0)}
+            for i in range(90)]
+    fig = per_class_pair(rows, ("teacher", "chosen"), "per class")
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert len(labels) == PER_CLASS_MOST and {f"c{i} (10)" for i in range(0, 90, 3)} <= set(labels)
+    assert labels[:3] == ["c0 (10)", "c1 (10)", "c2 (10)"]  # in their listed order
+    assert "where they differ most" in fig.axes[0].get_title()
+    small = per_class_pair(rows[:3], ("teacher", "chosen"), "per class")
+    assert [t.get_text() for t in small.axes[0].get_yticklabels()] == ["c0 (10)", "c1 (10)", "c2 (10)"]

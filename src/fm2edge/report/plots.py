@@ -278,19 +278,31 @@ def accuracy_vs_latency(points: Sequence[dict], budget_ms: float | None, chosen:
     return fig
 
 
+PER_CLASS_MOST = 40  # classes one per-class plot shows
+
+
 def per_class_pair(rows: Sequence[dict], names: tuple[str, str], title: str) -> Figure:
     """Each class's test accuracy for two models (rows of ``{"class", "images", <a>_acc, <b>_acc}``, keys from
-    ``names``), side by side as horizontal bars, the class's image count in its label: where the points went."""
+    ``names``), side by side as horizontal bars, the class's image count in its label: where the points went. Past
+    ``PER_CLASS_MOST`` classes, those where the two differ most (in their listed order)."""
     a, b = names
+    if len(rows) > PER_CLASS_MOST:
+        differ = sorted(range(len(rows)), key=lambda i: -abs(rows[i][f"{a}_acc"] - rows[i][f"{b}_acc"]))
+        keep = sorted(differ[:PER_CLASS_MOST])
+        title = f"{title}; the {PER_CLASS_MOST} of {len(rows)} classes where they differ most"
+        rows = [rows[i] for i in keep]
     n = len(rows)
     fig = Figure(figsize=(7.5, max(2.5, 0.32 * n + 1.4)), layout="constrained")
     ax = fig.subplots()
     y = np.arange(n)
     for offset, key, colour in ((-0.2, a, "0.6"), (0.2, b, "tab:blue")):
-        ax.barh(y + offset, [100 * r[f"{key}_acc"] for r in rows], height=0.4, color=colour, label=key)
+        bars_ = ax.barh(y + offset, [100 * r[f"{key}_acc"] for r in rows], height=0.4, color=colour, label=key)
+        ax.bar_label(bars_, fmt="%.1f", padding=2, fontsize=7)
     ax.set_yticks(y, [f"{r['class']} ({r['images']:,})" for r in rows], fontsize=8)
     ax.invert_yaxis()  # the first class on top, as listed
-    ax.set(xlabel="test accuracy (%)", xlim=(0, 100), title=title)
+    ax.set_xlim(0, 112)  # room for the figures past a full bar
+    ax.set_xticks(range(0, 101, 20))
+    ax.set(xlabel="test accuracy (%)", title=title)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig
