@@ -1096,7 +1096,8 @@ def print_summary(result: dict) -> None:
         print(f"the test classes are imbalanced ({t['class_imbalance']:.1f} to 1): balanced accuracy (the mean of "
               f"the classes' accuracies) {100 * t['chosen_balanced_acc']:.2f}% against the teacher's "
               f"{100 * t['teacher_balanced_acc']:.2f}%")
-    print(f"results in {result['root']} (leaderboard.csv, best/, auto.json, plots/); {result['minutes']:.1f} min of "
+    print(f"results in {result['root']} (report.html, leaderboard.csv, best/, auto.json, plots/); "
+          f"{result['minutes']:.1f} min of "
           f"the {result['budget_minutes']:.0f}-minute budget")
     if result.get("finished_early"):
         print(f"note: {result['finished_early']}")
@@ -1107,6 +1108,7 @@ def auto_job(job: AutoJob) -> dict:
     from fm2edge.data import load_data
     from fm2edge.device import resolve_device
     from fm2edge.report import plots
+    from fm2edge.report.job import ReportJob, write_pages
     from fm2edge.report.write import save_figure
 
     started = time.perf_counter()
@@ -1179,5 +1181,6 @@ def auto_job(job: AutoJob) -> dict:
     save_figure(plots.per_class_pair(test["per_class"], ("teacher", "chosen"),
                                      f"test accuracy per class (images), {test['test_images']:,} read once"),
                 root / "plots" / "test_per_class.png")
+    write_pages(ReportJob(runs=[str(root)], title=f"fm2edge auto: {root.name}"))  # every candidate, one page
     print_summary(result)
     return result

@@ -272,8 +272,9 @@ def auto_section(folder: str, r: dict) -> str:
              f"<p id=\"auto-choice\">Chosen: <b>{html.escape(c['candidate'])}</b> as {c['precision']} ONNX, "
              f"{c['p50_ms']:.2f} ms batch-1 (budget {budget}), {c['mb']:.1f} MB, validation {_pct(c['val_acc'])}. "
              f"Test, read once: <b>{_pct(t['chosen_test_acc'])}</b> against the teacher's "
-             f"{_pct(t['teacher_test_acc'])} ({M.gap_text(t['gap_points'], t.get('gap_interval_points'))}) on "
-             f"{t['test_images']:,} images. {r['minutes']:.1f} of {r['budget_minutes']:g} minutes on "
+             f"{_pct(t['teacher_test_acc'])} on {t['test_images']:,} images: "
+             f"{M.gap_text(t['gap_points'], t.get('gap_interval_points'))}. {r['minutes']:.1f} of "
+             f"{r['budget_minutes']:g} minutes on "
              f"{html.escape(str(r.get('machine', 'this machine')))}.</p>"]
     if "chosen_balanced_acc" in t:  # written since the test split is compared image by image
         parts.append(f"<p id=\"auto-test\">On the test images the two agree on {_pct(t['agreement'])}; balanced "
@@ -463,6 +464,17 @@ def render_markdown(title: str, acc: list[dict], mistakes: list[dict], compared:
 
 
 def report_job(job: ReportJob) -> dict:
+    """`fm2edge report`: the page and the summary written, the summary printed."""
+    result, markdown = write_pages(job)
+    print(markdown)
+    print(f"report: {Path(result['html']).resolve()} ({result['html_mb']:.1f} MB, {result['images']} images) and "
+          f"report.md")
+    return result
+
+
+def write_pages(job: ReportJob) -> tuple[dict, str]:
+    """(the report's findings, its Markdown summary): report.html and report.md written into ``job.output`` (or
+    the first run folder), nothing printed."""
     from fm2edge.report.write import write_report
 
     found = findings(job.runs)
@@ -480,10 +492,7 @@ def report_job(job: ReportJob) -> dict:
                        found.cautions)
     markdown = render_markdown(job.title, acc, mistakes, compared, verdicts, found.cautions)
     write_report(out, page, markdown)
-    print(markdown)
-    print(f"report: {(out / 'report.html').resolve()} ({len(page) / 1e6:.1f} MB, {len(figures) + len(run_plots)} "
-          f"images) and report.md")
     return {"accuracy": acc, "mistakes": mistakes, "verdicts": verdicts, "cautions": found.cautions,
-            "html": str(out / "report.html"),
+            "html": str(out / "report.html"), "html_mb": len(page) / 1e6, "images": len(figures) + len(run_plots),
             "comparisons": [{"a": c["a"].label, "b": c["b"].label, **dataclasses.asdict(c["difference"]),
-                             "verdict": c["difference"].verdict} for c in compared]}
+                             "verdict": c["difference"].verdict} for c in compared]}, markdown
