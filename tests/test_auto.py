@@ -642,9 +642,11 @@ def test_auto_is_a_recipe_stage_whose_rerun_is_skipped(tmp_path, teacher, capsys
     assert again["choose"]["chosen"] == results["choose"]["chosen"]
 
 
-def test_auto_killed_midway_resumes_to_the_same_choice(tmp_path, teacher):
+def test_auto_killed_midway_resumes_to_the_same_choice(tmp_path, teacher, capsys):
     """A kill while the students train, then the same command again: the leaderboard and the choice of an
-    uninterrupted run."""
+    uninterrupted run. Moved elsewhere, the finished run folder reads back whole: no stage runs again."""
+    import shutil
+
     whole = tmp_path / "whole"
     assert main(auto_argv(whole, teacher)) == 0
     ref = json.loads((whole / "a" / "auto.json").read_text())
@@ -663,6 +665,15 @@ def test_auto_killed_midway_resumes_to_the_same_choice(tmp_path, teacher):
     assert got["chosen"]["precision"] == ref["chosen"]["precision"]
     assert [(r["candidate"], r["val_acc"]) for r in got["leaderboard"]] == \
         [(r["candidate"], r["val_acc"]) for r in ref["leaderboard"]]
+    capsys.readouterr()
+    shutil.move(str(killed), str(tmp_path / "moved"))
+    assert main(auto_argv(tmp_path / "moved", teacher)) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "unchanged, skipped" in out and "rerunning" not in out, out
+    moved = json.loads((tmp_path / "moved" / "a" / "auto.json").read_text())
+    assert moved["chosen"]["candidate"] == got["chosen"]["candidate"]
+    plan = (tmp_path / "moved" / "a" / "plan.json").read_text()
+    assert str(killed) not in json.dumps(moved) and str(killed) not in plan
 
 
 def test_cached_latencies_are_reused_only_while_the_machine_runs_as_fast_as_when_they_were_measured(tmp_path,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -96,3 +97,16 @@ def test_demo_without_the_pretrained_package_says_it_uses_random_weights():
             assert not any(m["pretrained"] for m in teachers)
     assert teacher_label(False) == f"{TEACHER} (random weights)"
     assert teacher_label(True) == f"{TEACHER} (pretrained)"
+
+
+def test_a_stage_key_counts_paths_from_the_root_and_moved_records_point_to_where_the_folder_is():
+    from fm2edge.stagecache import moved, stage_key
+
+    args = {"distill": {"teacher": "/a/run/teacher"}, "run": {"root": "/a/run", "name": "s"}, "data": "/data"}
+    there = {"distill": {"teacher": "/b/x/teacher"}, "run": {"root": "/b/x", "name": "s"}, "data": "/data"}
+    assert stage_key("distill", args, "", Path("/a/run")) == stage_key("distill", there, "", Path("/b/x"))
+    assert stage_key("distill", args, "") != stage_key("distill", there, "")
+    assert stage_key("distill", {**args, "data": "/other"}, "", Path("/a/run")) != \
+        stage_key("distill", args, "", Path("/a/run"))
+    assert moved(args, "/a/run", "/b/x") == there
+    assert moved({"p": ["/a/runner", "/a/run"]}, "/a/run", "/b/x") == {"p": ["/a/runner", "/b/x"]}

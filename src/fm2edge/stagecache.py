@@ -16,9 +16,28 @@ from typing import Any
 STATE = ".stages"
 
 
-def stage_key(command: str, args: dict, previous: str) -> str:
-    """What a stage's record must match: its command, its settings and the key of the stage before it."""
-    return hashlib.sha1(json.dumps([command, args, previous], sort_keys=True, default=str).encode()).hexdigest()
+ROOT_MARK = "<ROOT>"
+
+
+def stage_key(command: str, args: dict, previous: str, root: Path | None = None) -> str:
+    """What a stage's record must match: its command, its settings and the key of the stage before it; paths under
+    ``root`` count from it, so a run folder moved or copied elsewhere still matches its records."""
+    text = json.dumps([command, args, previous], sort_keys=True, default=str)
+    if root is not None:
+        text = text.replace(json.dumps(str(root))[1:-1], ROOT_MARK)
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def moved(obj: Any, old: str, new: str) -> Any:
+    """``obj`` (JSON-like) with every string path under ``old`` moved under ``new``: a run folder's own records read
+    after the folder was moved or copied."""
+    if isinstance(obj, dict):
+        return {k: moved(v, old, new) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [moved(v, old, new) for v in obj]
+    if isinstance(obj, str) and (obj == old or obj.startswith(old.rstrip("/") + "/")):
+        return new + obj[len(old):]
+    return obj
 
 
 def place(command: str, job_cls: type, args: dict, folder: Path, root: Path) -> dict:
@@ -45,12 +64,14 @@ def run_cached(root: Path, name: str, command: str, job_cls: type, run: Callable
     from fm2edge.runs import atomic_write_json
 
     args = place(command, job_cls, args, Path(root) / name, Path(root))
-    key = stage_key(command, args, previous)
+    key = stage_key(command, args, previous, Path(root))
     record_path = Path(root) / STATE / f"{name}.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else None
-    if record is not None and record["key"] == key and not force:
+    # records written before keys counted paths from the root match on the full paths
+    if record is not None and record["key"] in (key, stage_key(command, args, previous)) and not force:
         print(f"== {name} ({command}): unchanged, skipped")
-        return record["result"], key
+        written_at = record.get("root", str(root))
+        return moved(record["result"], written_at, str(root)), key
     if "run" in args:  # changed: start the folder afresh; interrupted or new: continue what is there
         args["run"].update(overwrite=record is not None, resume=record is None)
     print(f"\n== {name} ({command})" + (": settings changed, rerunning" if record else ""))
@@ -58,7 +79,7 @@ def run_cached(root: Path, name: str, command: str, job_cls: type, run: Callable
     result = run(job_from_class(job_cls, command, args))
     seconds = time.perf_counter() - t0
     atomic_write_json(record_path, {"key": key, "command": command, "args": args, "seconds": seconds,
-                                    "result": result})
+                                    "result": result, "root": str(root)})
     print(f"   ({seconds:.0f} s)")
     return json.loads(record_path.read_text())["result"], key
 

@@ -33,6 +33,7 @@ from fm2edge.automate.teachers import (
 from fm2edge.config import EPOCHS_FEWEST, scaled_epochs, to_dict
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.runs import METRICS_FILE, atomic_dir, atomic_write_json, atomic_write_text, read_metrics
+from fm2edge.stagecache import moved
 
 # A candidate measured up to this much over the latency budget is kept for training: a screen of 30 runs is noisier
 # than the finalists' export (100 runs of the shipped graph), which decides.
@@ -396,6 +397,15 @@ def auto_root(job: AutoJob) -> Path:
     from fm2edge.results import slug
 
     return Path(job.run.root) / (job.run.name or slug(f"auto-{Path(job.data.source).name or 'data'}"))
+
+
+def read_plan(path: Path, root: Path) -> dict | None:
+    """A run's plan, or ``None``; its paths under the folder it was written in moved under ``root`` (a run folder
+    moved or copied elsewhere resumes from where it is now)."""
+    if not path.exists():
+        return None
+    plan = json.loads(path.read_text())
+    return {**moved(plan, plan.get("root", str(root)), str(root)), "root": str(root)}
 
 
 def spent_before(root: Path) -> float:
@@ -1118,16 +1128,17 @@ def auto_job(job: AutoJob) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     data = load_data(job.data)
     plan_path = root / "plan.json"
-    plan = json.loads(plan_path.read_text()) if plan_path.exists() else None
+    plan = read_plan(plan_path, root)
     before = 0.0
     if plan is not None and plan.get("settings") == settings(job):
         before = spent_before(root)
+        atomic_write_json(plan_path, plan)  # where it is now, if the folder was moved
         print(f"resuming {root} with its plan ({len(plan['candidates'])} candidates, {before / 60:.1f} min spent)")
     else:
         if plan is not None:
             print(f"the settings differ from those {root} was planned with: planning again (finished stages with "
                   f"unchanged settings are reused)")
-        plan = make_plan(job, root, data, started)
+        plan = {**make_plan(job, root, data, started), "root": str(root)}
         atomic_write_json(plan_path, plan)
     if plan["selection"]["noisy"]:
         print(f"note: {plan['selection']['warning']}; students train a fixed schedule (their last epoch is kept)")
