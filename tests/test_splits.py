@@ -187,3 +187,16 @@ def test_odd_split_layouts_are_one_line_each(layout, match, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fm2edge: error: image folder") and re.search(match, err[0]), err
     assert not (tmp_path / "r").exists()
+
+
+def test_imbalanced_training_classes_get_a_note_balanced_ones_none(tmp_path, capsys):
+    even = photos(tmp_path / "even", {"ants": 8, "bees": 6})
+    assert main(["data", str(even)]) == 0
+    assert "classes are imbalanced" not in capsys.readouterr().out
+    skewed = photos(tmp_path / "skewed", {"ants": 24, "bees": 4})
+    assert main(["data", str(skewed)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"note: the training classes are imbalanced \(\d+ 'ants' to \d+ 'bees', \d+\.\d to 1\)", out), out
+    assert main(["data", str(skewed), "--json", "true"]) == 0
+    imbalance = json.loads(capsys.readouterr().out)["imbalance"]
+    assert (imbalance["largest"], imbalance["smallest"]) == ("ants", "bees") and imbalance["ratio"] >= 2

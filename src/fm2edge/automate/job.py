@@ -31,6 +31,7 @@ from fm2edge.automate.teachers import (
     teacher_stages,
 )
 from fm2edge.config import EPOCHS_FEWEST, scaled_epochs, to_dict
+from fm2edge.data.summary import IMBALANCED
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.runs import METRICS_FILE, atomic_dir, atomic_write_json, atomic_write_text, read_metrics
 from fm2edge.stagecache import moved
@@ -38,9 +39,6 @@ from fm2edge.stagecache import moved
 # A candidate measured up to this much over the latency budget is kept for training: a screen of 30 runs is noisier
 # than the finalists' export (100 runs of the shipped graph), which decides.
 SCREEN_TOLERANCE = 0.10
-# A test split whose largest class has this many times the images of its smallest is reported with its balanced
-# accuracy beside the accuracy (which a model favouring the large classes inflates).
-IMBALANCED = 1.5
 EXPORT_BASE_SECONDS = 10.0  # an export's fixed cost: tracing, ONNX Runtime sessions, quantiser passes
 EXPORT_LATENCY_RUNS = 100
 PLAN_VERSION = 12

@@ -29,6 +29,11 @@ class DataJob:
     json: bool = False
 
 
+# Classes whose largest has this many times the images of its smallest are imbalanced: accuracy is then read beside
+# balanced accuracy (the mean of the classes' accuracies), which a model favouring the large classes cannot inflate.
+IMBALANCED = 2.0
+
+
 def summarise(cfg: DataConfig) -> dict:
     """The resolved source as a dict: layout, classes, per-split counts per class and content hashes, stored size,
     original sizes and skipped files (image folders), and how well validation can rank."""
@@ -44,6 +49,9 @@ def summarise(cfg: DataConfig) -> dict:
     out["undecodable"] = sum(d.skipped for d in (train, val, test) if d is not None)
     if val is not None:
         out["selection"] = selection_noise(len(val))
+    present = {k: v for k, v in out["splits"]["train"]["per_class"].items() if v}
+    largest, smallest = max(present, key=present.get), min(present, key=present.get)
+    out["imbalance"] = {"ratio": present[largest] / present[smallest], "largest": largest, "smallest": smallest}
     folder = image_folder(cfg)
     if folder is not None:
         scan = scan_folder(folder, folder_names(cfg), cfg.train_split)
@@ -84,6 +92,13 @@ def render(summary: dict) -> str:
         lines.append(f"{name:<{width}}  " + "  ".join(f"{s['per_class'][name]:>10}" for s in splits.values()))
     if summary.get("selection", {}).get("noisy"):
         lines += ["", f"note: {summary['selection']['warning']}"]
+    imbalance = summary["imbalance"]
+    if imbalance["ratio"] >= IMBALANCED:
+        train, large, small = splits["train"]["per_class"], imbalance["largest"], imbalance["smallest"]
+        lines += ["", f"note: the training classes are imbalanced ({train[large]} '{large}' to {train[small]} "
+                      f"'{small}', {imbalance['ratio']:.1f} to 1): "
+                      f"accuracy favours the large classes; fm2edge auto reports balanced accuracy (the mean of the "
+                      f"classes' accuracies) beside it"]
     return "\n".join(lines)
 
 
