@@ -146,6 +146,20 @@ def test_push_uploads_model_card_and_onnx_with_the_hub_metadata(run_with_export,
     assert meta.eval_results[0].metric_value == pytest.approx(metrics["test_acc"], abs=1e-4)
 
 
+def test_push_of_auto_best_uploads_the_graph_it_ships(run_with_export, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    best = tmp_path / "best"  # as `fm2edge auto` writes it: the chosen graph and its export.json at the top
+    shutil.copytree(run_with_export, best, ignore=shutil.ignore_patterns("export"))
+    for name in ("model.int8.onnx", "export.json"):
+        shutil.copy2(run_with_export / "export" / name, best / name)
+    RecordedHub.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordedHub)
+    assert main(["push", str(best), "someone/pets"]) == 0
+    sent = RecordedHub.calls[1][2]
+    assert {"model.safetensors", "config.json", "README.md", "model.int8.onnx", "export.json"} <= set(sent), sent
+
+
 def test_push_refuses_a_folder_without_a_model_and_a_bad_repo_name(tmp_path, monkeypatch, capsys):
     import huggingface_hub
 

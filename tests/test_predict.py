@@ -24,7 +24,7 @@ DIGITS = DataConfig(**DIGITS_SMALL)
 def exported(digits_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("predict") / "cnn"
     shutil.copytree(digits_run, run)  # its own copy: the export goes inside the run folder
-    export_job(ExportJob(model=str(run), data=DIGITS, export=ExportConfig(latency_runs=3, int8=False)))
+    export_job(ExportJob(model=str(run), data=DIGITS, export=ExportConfig(latency_runs=3, calibration_images=32)))
     return run
 
 
@@ -169,3 +169,22 @@ def test_push_to_hub_and_back(exported):  # needs network and a token (HF_TOKEN)
     repo = os.environ.get("FM2EDGE_TEST_REPO", "fm2edge-test/digits-cnn")
     push_to_hub(exported, repo)
     assert fm2edge.from_pretrained(repo).num_classes == 10
+
+
+def test_a_folder_that_ships_a_graph_predicts_through_it(exported, pngs, tmp_path, capsys):
+    """`fm2edge auto`'s best/ holds its chosen graph at its top: predict and fm2edge.load run that graph (the one its
+    test accuracy was read through) unless told --predict.backend torch."""
+    best = tmp_path / "best"
+    shutil.copytree(exported, best, ignore=shutil.ignore_patterns("export"))
+    graph = best / "model.int8.onnx"  # its metadata holds ONNX Runtime's quantiser marks beside fm2edge's
+    shutil.copy2(exported / "export" / "model.int8.onnx", graph)
+    assert fm2edge.load(exported).backend == "torch"  # an ordinary run folder: PyTorch
+    shipped = fm2edge.load(best)
+    assert shipped.backend == "onnx" and shipped.source == str(graph)
+    assert fm2edge.load(best, backend="onnx").source == str(graph)
+    assert fm2edge.load(best, backend="torch").backend == "torch"
+    folder, _ = pngs
+    files = sorted(folder.glob("*.png"))
+    assert shipped.predict(files).labels == fm2edge.load(exported / "export" / "model.int8.onnx").predict(files).labels
+    assert main(["predict", str(best), str(folder), "--predict.output", str(tmp_path / "p.csv")]) == 0
+    assert "onnx" in capsys.readouterr().out

@@ -10,7 +10,8 @@ __all__ = ["load", "from_pretrained", "auto", "run_stage"]
 
 def load(model, backend: str = "auto", threads: int | None = None):
     """A trained model ready to classify images: ``fm2edge.load("runs/x").predict(["a.jpg", "b.png"])`` returns
-    labels and probabilities. ``model`` is a run folder (PyTorch) or an .onnx file from `fm2edge export`."""
+    labels and probabilities. ``model`` is a run folder (PyTorch; the graph it ships where `fm2edge auto` put one,
+    as in best/) or an .onnx file from `fm2edge export`."""
     from fm2edge.predict import load as load_predictor
 
     return load_predictor(model, backend, threads)

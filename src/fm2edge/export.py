@@ -239,6 +239,21 @@ def resize_graph(preprocess, opset: int = 18, ir_version: int | None = None):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], **extra)
 
 
+def graph_metadata(session) -> dict:
+    """What :func:`export_deployable` wrote into a graph's metadata (JSON values), read from an ONNX Runtime
+    session; entries other tools add are left out (ONNX Runtime's quantiser marks its passes with plain strings,
+    such as ``onnx.quant.pre_process``)."""
+    import json
+
+    meta = {}
+    for key, value in session.get_modelmeta().custom_metadata_map.items():
+        try:
+            meta[key] = json.loads(value)
+        except json.JSONDecodeError:
+            continue
+    return meta
+
+
 def with_resize_inside(graph: Path, out: Path, preprocess) -> Path:
     """The deployable graph behind :func:`resize_graph`: uint8 RGB images of any size in (one size a batch),
     probabilities out; joined with ``onnx.compose``, metadata kept and its input description updated."""

@@ -30,8 +30,8 @@ class PredictConfig:
     """How to predict and where the answers go.
 
     Args:
-        backend: "auto" (PyTorch for a run folder, ONNX Runtime for an .onnx file), "torch" or "onnx" (a run
-            folder's exported export/model.onnx).
+        backend: "auto" (PyTorch for a run folder, ONNX Runtime for an .onnx file and for the graph `fm2edge auto`
+            ships in best/), "torch" or "onnx" (a run folder's exported export/model.onnx, or best/'s graph).
         batch_size: Images per forward pass.
         top_k: Classes (with their probabilities) written per image.
         min_confidence: Images whose top probability is below this are marked unsure (and left unlabelled in the
@@ -173,13 +173,17 @@ class Predictor:
 
 
 def load(model: str | Path, backend: str = "auto", threads: int | None = None) -> Predictor:
-    """A :class:`Predictor` for a run folder (PyTorch, or its exported ONNX with ``backend="onnx"``) or an .onnx
+    """A :class:`Predictor` for a run folder (PyTorch, or its exported ONNX with ``backend="onnx"``), a folder that
+    ships a graph (`fm2edge auto`'s best/: that graph, the one its test accuracy was measured through) or an .onnx
     file written by `fm2edge export` (its class names and preprocessing are in the file's metadata)."""
+    from fm2edge.models.io import shipped_graph
+
     path = Path(model)
+    shipped = None if path.suffix == ".onnx" else shipped_graph(path)
     if backend == "auto":
-        backend = "onnx" if path.suffix == ".onnx" else "torch"
+        backend = "onnx" if path.suffix == ".onnx" or shipped is not None else "torch"
     if backend == "onnx":
-        onnx_path = path if path.suffix == ".onnx" else path / "export" / "model.onnx"
+        onnx_path = path if path.suffix == ".onnx" else shipped or path / "export" / "model.onnx"
         if not onnx_path.exists():
             raise Fm2EdgeError(f"no ONNX model at '{onnx_path}'; export one with `fm2edge export {path}` or use "
                                f"--predict.backend torch")
@@ -203,10 +207,10 @@ def load(model: str | Path, backend: str = "auto", threads: int | None = None) -
 
 
 def onnx_predictor(path: Path, threads: int | None = None) -> Predictor:
-    from fm2edge.export import open_session, run_images
+    from fm2edge.export import graph_metadata, open_session, run_images
 
     sess = open_session(path, threads)
-    meta = {k: json.loads(v) for k, v in sess.get_modelmeta().custom_metadata_map.items()}
+    meta = graph_metadata(sess)
     if "preprocess" not in meta or [i.name for i in sess.get_inputs()] != ["images"]:
         raise Fm2EdgeError(f"'{path}' was not written by `fm2edge export` (no uint8 'images' input with fm2edge "
                            f"metadata); export the run folder again")

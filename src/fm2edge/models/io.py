@@ -13,8 +13,18 @@ from fm2edge.models.classifier import MODEL_FILES, Classifier, read_meta
 from fm2edge.runs import atomic_write_bytes, read_predictions
 
 TIMM_FILE = "timm_model.safetensors"
-# what `push_to_hub` uploads from a run folder: the model folder, its predictions, and what `fm2edge export` wrote
-HUB_FILES = [*MODEL_FILES, "predictions.npz", "export/*"]
+# the graph a folder ships at its top, first found first: `fm2edge auto` puts its chosen graph (and the export.json
+# that measured it) into best/ under the name export gave it
+SHIPPED_GRAPHS = ("model.int8.onnx", "model.onnx")
+# what `push_to_hub` uploads from a run folder: the model folder, its predictions, what `fm2edge export` wrote and a
+# shipped graph
+HUB_FILES = [*MODEL_FILES, "predictions.npz", "export/*", *SHIPPED_GRAPHS, "export.json"]
+
+
+def shipped_graph(folder: str | Path) -> Path | None:
+    """The ONNX graph a run folder ships at its top (`fm2edge auto`'s best/), or ``None`` (an ordinary run folder,
+    whose exports sit in export/)."""
+    return next((Path(folder) / name for name in SHIPPED_GRAPHS if (Path(folder) / name).is_file()), None)
 
 
 def save_classifier(model: Classifier, folder: str | Path) -> None:
