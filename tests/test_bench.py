@@ -169,3 +169,40 @@ def test_latency_knows_when_the_machine_was_busy():
     assert busy["quiet_p50_ms"] == pytest.approx(min(busy["block_medians_ms"])) and busy["quiet_p50_ms"] < 3.5
     quiet = latency_with_noise(lambda: clock.sleep(0.002), runs=20, warmup=2)
     assert quiet["spread"] < 1.5 and quiet["quiet_p50_ms"] == pytest.approx(2.0, rel=0.5)
+
+
+def test_an_exported_graph_is_timed_as_shipped_and_a_folder_that_ships_one_gets_its_row(digits_run, tmp_path):
+    """`fm2edge bench model.int8.onnx` (a graph copied to a device, timed there) and `fm2edge bench best/` (auto's
+    folder: its PyTorch model and the graph it ships); the report's speed table takes both."""
+    import shutil
+
+    from fm2edge.config import DataConfig
+    from fm2edge.export import ExportConfig, ExportJob, export_job
+    from fm2edge.report.job import bench_cells
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    export_job(ExportJob(model=str(run), data=DataConfig(source="digits", max_train=200, max_test=100),
+                         export=ExportConfig(latency_runs=3, calibration_images=32)))
+    best = tmp_path / "best"
+    shutil.copytree(run, best, ignore=shutil.ignore_patterns("export"))
+    shutil.copy2(run / "export" / "model.int8.onnx", best / "model.int8.onnx")
+    quick = BenchConfig(runs=5, warmup=1, throughput_batch=4, throughput_runs=2)
+    rows = bench_job(BenchJob(models=[str(best), str(run / "export" / "model.onnx")], output=str(tmp_path / "b.json"),
+                              bench=quick))["rows"]
+    assert [(r["backend"], r["dtype"]) for r in rows] == [("eager", "fp32"), ("graph", "int8"), ("graph", "fp32")]
+    eager, shipped, fp32 = rows
+    assert shipped["model"] == f"{best}/model.int8.onnx" and shipped["image_size"] == eager["image_size"]
+    assert shipped["size_bytes"] == (best / "model.int8.onnx").stat().st_size
+    for r in (shipped, fp32):
+        assert set(r) == FIELDS | {"graph"} and r["skipped"] is None and r["params"] is None and r["macs"] is None
+        assert 0 < r["p50_ms"] <= r["p99_ms"] and r["throughput_img_s"] > 0
+    assert shipped["speedup_vs_first"] == pytest.approx(1.0) and fp32["speedup_vs_first"] is None  # no int8 peer
+    assert bench_cells(shipped)[4:6] == ["-", "-"]
+
+
+def test_bench_refuses_an_onnx_file_it_did_not_write(tmp_path, capsys):
+    graph = tmp_path / "other.onnx"
+    torch.onnx.export(torch.nn.Linear(3, 2), (torch.randn(1, 3),), str(graph), dynamo=False)
+    assert main(["bench", str(graph)]) == 2
+    assert "was not written by `fm2edge export`" in capsys.readouterr().err

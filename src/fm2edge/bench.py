@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from fm2edge.config import Tracker, check
+from fm2edge.errors import Fm2EdgeError
 from fm2edge.timing import peak_rss_during, summarise, time_calls
 
 __all__ = ["BenchConfig", "BenchJob", "bench_job", "count_macs", "summarise", "time_calls"]
 
-Backend = Literal["eager", "compile", "onnx", "onnx_int8"]
+Backend = Literal["eager", "compile", "onnx", "onnx_int8"]  # a given .onnx graph's row says "graph"
 DType = Literal["fp32", "bf16", "fp16"]
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -76,8 +77,10 @@ class BenchJob:
     """`fm2edge bench MODEL...`: latency, throughput, parameters, MACs and size of each model.
 
     Args:
-        models: Registered model names (e.g. torchvision:resnet50) or fm2edge run folders; the first is the
-            reference ("teacher") for speed-up ratios.
+        models: Registered model names (e.g. torchvision:resnet50), fm2edge run folders, or .onnx graphs written by
+            `fm2edge export` (timed as shipped: uint8 images in, on the CPU; copy one to the device and time it
+            there); the first is the reference ("teacher") for speed-up ratios. A run folder that ships a graph
+            (`fm2edge auto`'s best/) gets a row for that graph too.
         bench: Measurement settings.
         output: JSON file for the results; empty writes bench.json into the current folder.
     """
@@ -213,8 +216,49 @@ def device_label(device: torch.device) -> str:
     return f"cpu ({cpu_features()})" if device.type == "cpu" else "cuda (absent)"
 
 
+def graph_dtype(path: Path) -> str:
+    """"int8" for a statically quantised graph (it holds QuantizeLinear nodes), else "fp32"."""
+    import onnx
+
+    return "int8" if any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node) else "fp32"
+
+
+def bench_graph(path: Path, name: str, cfg: BenchConfig) -> dict:
+    """The row of a deployable graph timed as shipped (uint8 NHWC images of its input size in, probabilities out)
+    with ONNX Runtime on the CPU: batch-1 latency, throughput and its file size (its parameters and MACs are the
+    run folder's: a quantised graph's tensors are not one per parameter)."""
+    from fm2edge.device import cpu_features
+    from fm2edge.export import graph_metadata, open_session, run_images
+    from fm2edge.timing import wall_clock
+
+    sess = open_session(path, cfg.threads)
+    meta = graph_metadata(sess)
+    if "preprocess" not in meta:
+        raise Fm2EdgeError(f"'{path}' was not written by `fm2edge export` (no fm2edge metadata); bench its run "
+                           f"folder instead")
+    size = meta["preprocess"]["size"]
+    row = {"model": name, "params": None, "size_bytes": path.stat().st_size, "image_size": size,
+           "torch": torch.__version__, "threads": cfg.threads or torch.get_num_threads(), "macs": None, "batch": 1,
+           "device": f"cpu ({cpu_features()})", "device_type": "cpu", "backend": "graph", "dtype": graph_dtype(path),
+           "graph": str(path)}
+    x1, xb = (np.zeros((n, size, size, 3), np.uint8) for n in (1, cfg.throughput_batch))
+    t0 = time.perf_counter()
+    run_images(sess, x1)
+    first_s = time.perf_counter() - t0
+    latency = summarise(time_calls(lambda: run_images(sess, x1), cfg.runs, cfg.warmup, wall_clock))
+    tput = time_calls(lambda: run_images(sess, xb), cfg.throughput_runs, max(1, cfg.warmup // 5), wall_clock)
+    return {**row, "first_call_s": first_s, **latency, "throughput_batch": cfg.throughput_batch,
+            "throughput_img_s": float(cfg.throughput_batch / np.median(tput)),
+            "peak_memory_bytes": peak_rss_during(lambda: run_images(sess, xb)),
+            "peak_memory_kind": "process RSS rise", "skipped": None}
+
+
 def bench_model(name: str, cfg: BenchConfig, devices: list[torch.device]) -> list[dict]:
-    """Every (device, backend, dtype) row for one model: its figures, or why it was skipped."""
+    """Every (device, backend, dtype) row for one model: its figures, or why it was skipped; a graph's one row."""
+    from fm2edge.models.io import shipped_graph
+
+    if name.endswith(".onnx"):
+        return [bench_graph(Path(name), name, cfg)]
     clf = load_for_bench(name, cfg.num_classes)
     size = cfg.image_size or clf.preprocess.size
     net = clf.eval()  # the classifier on normalised float input: what is timed and exported
@@ -239,7 +283,8 @@ def bench_model(name: str, cfg: BenchConfig, devices: list[torch.device]) -> lis
             row["skipped"] = reason
         rows.append(row)
     net.to("cpu")
-    return rows
+    graph = shipped_graph(name) if Path(name).is_dir() else None
+    return rows + ([bench_graph(graph, f"{name}/{graph.name}", cfg)] if graph is not None else [])
 
 
 def bench_job(job: BenchJob) -> dict:
@@ -251,11 +296,11 @@ def bench_job(job: BenchJob) -> dict:
     devices = list(dict.fromkeys(resolve_device(d) for d in cfg.devices))  # "auto" may repeat "cpu"
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    rows = []
+    rows, first = [], []
     for name in job.models:
         rows += bench_model(name, cfg, devices)
-    ref = {(r["device_type"], r["backend"], r["dtype"]): r for r in rows
-           if r["model"] == job.models[0] and not r["skipped"]}
+        first = first or list(rows)  # the first model's rows (with the graph its folder ships)
+    ref = {(r["device_type"], r["backend"], r["dtype"]): r for r in first if not r["skipped"]}
     for r in rows:
         first = ref.get((r["device_type"], r["backend"], r["dtype"]))
         r["speedup_vs_first"] = first["p50_ms"] / r["p50_ms"] if first and not r["skipped"] else None
@@ -275,14 +320,19 @@ def print_table(rows: list[dict], cfg: BenchConfig) -> None:
     print(f"{'model':<28} {'device':<6} {'backend':<9} {'dtype':<5} {'params':>10} {'MMACs':>8} {'p50 ms':>8} "
           f"{'p90 ms':>8} {'p99 ms':>8} {'img/s':>8} {'speed-up':>8}")
     for r in rows:
-        head = f"{r['model'][:28]:<28} {r['device_type']:<6} {r['backend']:<9} {r['dtype']:<5} {r['params']:>10,} " \
-               f"{r['macs'] / 1e6:>8.0f}"
+        macs = "" if r["macs"] is None else f"{r['macs'] / 1e6:.0f}"  # a graph's are not counted
+        params = "" if r["params"] is None else f"{r['params']:,}"
+        model = r["model"] if len(r["model"]) <= 28 else "..." + r["model"][-25:]  # a path's end says the most
+        head = f"{model:<28} {r['device_type']:<6} {r['backend']:<9} {r['dtype']:<5} {params:>10} {macs:>8}"
         if r["skipped"]:
             print(f"{head}  skipped: {r['skipped']}")
             continue
+        speedup = "" if r["speedup_vs_first"] is None else f"{r['speedup_vs_first']:.2f}x"
         print(f"{head} {r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['throughput_img_s']:>8.1f} "
-              f"{r['speedup_vs_first']:>7.2f}x")
+              f"{speedup:>8}")
     for device in dict.fromkeys(r["device"] for r in rows):
         print(f"{device}: torch {rows[0]['torch']}")
     print(f"latency at batch 1 over {cfg.runs} runs after {cfg.warmup} warm-up runs; throughput at batch "
           f"{cfg.throughput_batch}; speed-up against the first model on the same device, backend and dtype")
+    if any(r["backend"] == "graph" for r in rows):
+        print("graph: an exported .onnx timed as shipped (uint8 images in, ONNX Runtime on the CPU)")

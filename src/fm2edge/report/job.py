@@ -251,12 +251,12 @@ def comparison_rows(compared: list[dict]) -> list[list[str]]:
 
 def bench_cells(r: dict) -> list[str]:
     """One row of the speed table; a combination that does not apply says why it was skipped."""
-    head = [r["model"], r.get("device_type", r["device"]), r["backend"], r["dtype"], f"{r['params']:,}",
-            f"{r['macs'] / 1e6:.0f}"]
+    head = [r["model"], r.get("device_type", r["device"]), r["backend"], r["dtype"], _num(r["params"], "{:,}"),
+            _num(None if r["macs"] is None else r["macs"] / 1e6, "{:.0f}")]  # a graph's row counts neither
     if r.get("skipped"):
         return head + [f"skipped: {r['skipped']}", "", "", "", ""]
     return head + [f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['throughput_img_s']:.1f}",
-                   f"{r['speedup_vs_first']:.2f}x"]
+                   _num(r.get("speedup_vs_first"), "{:.2f}x")]
 
 
 COMPARISON_HEAD = ["comparison (same student, data, augmentation, budget)", "a", "b", "a - b (points)",
