@@ -67,11 +67,12 @@ def run_cached(root: Path, name: str, command: str, job_cls: type, run: Callable
     key = stage_key(command, args, previous, Path(root))
     record_path = Path(root) / STATE / f"{name}.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else None
-    # records written before keys counted paths from the root match on the full paths
+    # records written before keys counted paths from the root match on the full paths (and pass their own key on,
+    # so the recipe's next stage matches its record too)
     if record is not None and record["key"] in (key, stage_key(command, args, previous)) and not force:
         print(f"== {name} ({command}): unchanged, skipped")
         written_at = record.get("root", str(root))
-        return moved(record["result"], written_at, str(root)), key
+        return moved(record["result"], written_at, str(root)), record["key"]
     if "run" in args:  # changed: start the folder afresh; interrupted or new: continue what is there
         args["run"].update(overwrite=record is not None, resume=record is None)
     print(f"\n== {name} ({command})" + (": settings changed, rerunning" if record else ""))

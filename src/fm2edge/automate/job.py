@@ -1105,8 +1105,7 @@ def print_summary(result: dict) -> None:
               f"the classes' accuracies) {100 * t['chosen_balanced_acc']:.2f}% against the teacher's "
               f"{100 * t['teacher_balanced_acc']:.2f}%")
     print(f"results in {result['root']} (report.html, leaderboard.csv, best/, auto.json, plots/); "
-          f"{result['minutes']:.1f} min of "
-          f"the {result['budget_minutes']:.0f}-minute budget")
+          f"{result['minutes']:.1f} min of the {result['budget_minutes']:.0f}-minute budget")
     if result.get("finished_early"):
         print(f"note: {result['finished_early']}")
 
