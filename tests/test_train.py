@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -463,7 +464,7 @@ def test_a_candidate_run_leaves_the_test_split_unread(tmp_path, parquet_dir, mon
     j = job(tmp_path, parquet_dir, epochs=2, name="candidate")
     j.train.score_test = False
     metrics = train_job(j)
-    assert metrics["test_acc"] is None and metrics["val_acc"] is not None
+    assert metrics["test_acc"] is None and metrics["test_balanced_acc"] is None and metrics["val_acc"] is not None
     assert reads == [7, 7]  # two validation passes, no test pass (32 test images)
     run = tmp_path / "candidate"
     assert not (run / "predictions.npz").exists() and "test accuracy: not read" in (run / "README.md").read_text()
@@ -486,6 +487,11 @@ def test_train_without_flags_records_the_proven_recipe_it_ran(tmp_path):
         (1, 4e-3, 5e-4, "adamw", "onecycle")
     assert ran["augment"]["crop"] == "resized" and ran["augment"]["flip"] is True
     assert (ran["head_init"], ran["freeze_bn"]) == ("random", False)  # random weights: nothing to probe or keep
+    metrics = json.loads((tmp_path / "runs" / "r" / "metrics.json").read_text())
+    saved = np.load(tmp_path / "runs" / "r" / "predictions.npz")
+    preds, labels = saved["preds"], saved["labels"]
+    per_class = [(preds[labels == c] == c).mean() for c in np.unique(labels)]
+    assert metrics["test_balanced_acc"] == pytest.approx(np.mean(per_class))
 
 
 def test_from_pretrained_weights_train_defaults_to_lp_ft_with_the_statistics_kept(tmp_path, parquet_dir,

@@ -122,7 +122,7 @@ def write_outputs(run: RunDir, stage: str, model: Classifier, result: Any, test:
     (``result``: the training loop's ``FitResult``)."""
     from fm2edge.models.io import save_classifier
     from fm2edge.report import plots
-    from fm2edge.report.metrics import accuracy
+    from fm2edge.report.metrics import accuracy, balanced_accuracy
     from fm2edge.report.write import save_figure
     from fm2edge.timing import peak_rss
 
@@ -132,6 +132,8 @@ def write_outputs(run: RunDir, stage: str, model: Classifier, result: Any, test:
     if scored:
         run.write_predictions(result.test_logits.numpy(), test.labels.numpy(), test.class_names)
     metrics = {"history": result.history, "test_acc": accuracy(result.test_logits, test.labels) if scored else None,
+               # the mean of the classes' accuracies: what a model favouring the large classes cannot inflate
+               "test_balanced_acc": balanced_accuracy(result.test_logits.argmax(1), test.labels) if scored else None,
                "val_acc": result.selection["val_acc"], "selected": result.selection,
                "train_seconds": result.seconds, "resumed_from_epoch": result.resumed_from,
                "parameters": sum(p.numel() for p in model.parameters()),
