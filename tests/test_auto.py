@@ -462,6 +462,7 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     assert first[winner] == max(first.values()) and chosen["candidate"] in (winner, teacher_row["candidate"])
     test = result["test"]
     assert "test (read once)" in out and gap_text(test["gap_points"], test["gap_interval_points"]) in out
+    assert f"next: fm2edge predict {run / 'best'} PHOTOS" in out
     # the test split compared image by image: the gap's interval contains the gap, each class is accounted for
     low, high = test["gap_interval_points"]
     assert low <= test["gap_points"] <= high and 0 <= test["agreement"] <= 1

@@ -1108,6 +1108,9 @@ def print_summary(result: dict) -> None:
           f"{result['minutes']:.1f} min of the {result['budget_minutes']:.0f}-minute budget")
     if result.get("finished_early"):
         print(f"note: {result['finished_early']}")
+    graph = Path(result["best"]) / Path(c["onnx"]).name
+    print(f"next: fm2edge predict {result['best']} PHOTOS (runs {graph.name}); on the device itself: copy {graph} "
+          f"there and run fm2edge bench {graph.name}")
 
 
 def auto_job(job: AutoJob) -> dict:
