@@ -321,6 +321,7 @@ def test_the_gap_to_the_teacher_reads_right_whichever_side_the_student_is_on():
     assert gap_text(1.3, [0.2, 2.4]) == "1.30 points paid for the speed-up (95% interval +0.20 to +2.40)"
     assert gap_text(-1.0, [-3.0, 0.5]) == ("1.00 points above the teacher: the speed-up cost nothing here "
                                            "(95% interval -0.50 to +3.00; within the test images' noise)")
+    assert gap_text(0.0, [0.0, 0.0]) == "0.00 points paid for the speed-up (right and wrong on the same test images)"
 
 
 def test_the_test_split_compares_the_chosen_model_and_the_teacher_image_by_image():

@@ -1192,6 +1192,6 @@ def auto_job(job: AutoJob) -> dict:
     save_figure(plots.per_class_pair(test["per_class"], ("teacher", "chosen"),
                                      f"test accuracy per class (images), {test['test_images']:,} read once"),
                 root / "plots" / "test_per_class.png")
-    write_pages(ReportJob(runs=[str(root)], title=f"fm2edge auto: {root.name}"))  # every candidate, one page
+    write_pages(ReportJob(runs=[str(root)], title=f"{root.name}: the choice and every candidate"))
     print_summary(result)
     return result
