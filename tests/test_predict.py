@@ -188,3 +188,17 @@ def test_a_folder_that_ships_a_graph_predicts_through_it(exported, pngs, tmp_pat
     assert shipped.predict(files).labels == fm2edge.load(exported / "export" / "model.int8.onnx").predict(files).labels
     assert main(["predict", str(best), str(folder), "--predict.output", str(tmp_path / "p.csv")]) == 0
     assert "onnx" in capsys.readouterr().out
+
+
+def test_without_onnx_runtime_a_folder_that_ships_a_graph_predicts_with_its_weights(exported, tmp_path, monkeypatch,
+                                                                                     caplog):
+    import importlib.util
+
+    best = tmp_path / "best"
+    shutil.copytree(exported, best, ignore=shutil.ignore_patterns("export"))
+    shutil.copy2(exported / "export" / "model.onnx", best / "model.onnx")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with caplog.at_level("WARNING"):
+        assert fm2edge.load(best).backend == "torch"
+    assert "needs ONNX Runtime" in caplog.text

@@ -10,7 +10,9 @@ rounding.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,8 @@ from fm2edge.config import check
 from fm2edge.data.images import find_images
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models.preprocess import Preprocess
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -180,6 +184,10 @@ def load(model: str | Path, backend: str = "auto", threads: int | None = None) -
 
     path = Path(model)
     shipped = None if path.suffix == ".onnx" else shipped_graph(path)
+    if backend == "auto" and shipped is not None and importlib.util.find_spec("onnxruntime") is None:
+        log.warning("%s ships %s, which needs ONNX Runtime (pip install onnxruntime); predicting with its PyTorch "
+                    "weights instead", path, shipped.name)
+        shipped = None
     if backend == "auto":
         backend = "onnx" if path.suffix == ".onnx" or shipped is not None else "torch"
     if backend == "onnx":
