@@ -240,3 +240,19 @@ def test_the_per_class_plot_shows_at_most_forty_classes_those_that_differ_most()
     assert "where they differ most" in fig.axes[0].get_title()
     small = per_class_pair(rows[:3], ("teacher", "chosen"), "per class")
     assert [t.get_text() for t in small.axes[0].get_yticklabels()] == ["c0 (10)", "c1 (10)", "c2 (10)"]
+
+
+def test_the_accuracy_table_shows_balanced_accuracy_where_every_seed_recorded_it(tmp_path):
+    root = tmp_path / "study"
+    for s, balanced in enumerate((0.6, 0.7)):
+        fake_run(root / "new" / f"seed-{s}", "train", 0.8, s, rng_seed=s)
+        metrics = json.loads((root / "new" / f"seed-{s}" / "metrics.json").read_text())
+        (root / "new" / f"seed-{s}" / "metrics.json").write_text(json.dumps({**metrics, "test_balanced_acc": balanced}))
+    fake_run(root / "old", "train", 0.8, 0, epochs=20, rng_seed=5)  # written before balanced accuracy was recorded
+    result = report_job(ReportJob(runs=[str(root)], output=str(tmp_path / "out")))
+    rows = {r["label"].split("/")[0]: r for r in result["accuracy"]}
+    assert sorted(rows) == ["new", "old"], sorted(rows)
+    assert rows["new"]["balanced_acc"] == pytest.approx(0.65) and rows["old"]["balanced_acc"] is None
+    table = re.search(r'<table id="accuracy">(.*?)</table>', (tmp_path / "out" / "report.html").read_text(),
+                      re.S).group(1)
+    assert "balanced accuracy" in table and "65.00%" in table

@@ -65,8 +65,10 @@ def accuracy_rows(runs: list[Run], groups: list[Group]) -> list[dict]:
                      "parameters": teacher.metrics.get("teacher_parameters")})
     for g in groups:
         accs = np.asarray(g.accs)
+        balanced = [r.metrics.get("test_balanced_acc") for r in g.runs]  # runs written before it have none
         rows.append({"label": g.label, "kind": g.kind, "test_acc": float(accs.mean()),
                      "std": float(accs.std(ddof=1)) if len(accs) > 1 else None, "n": len(accs),
+                     "balanced_acc": None if None in balanced else float(np.mean(balanced)),
                      "seeds": ", ".join(str(s) for s in g.seeds if s is not None) or "-",
                      "parameters": g.runs[0].metrics.get("parameters")})
     return rows
@@ -371,10 +373,11 @@ def render_html(title: str, acc: list[dict], mistakes: list[dict], groups: dict 
     for name, result in extras.get("auto", []):
         parts.append(auto_section(name, result))
     parts.append("<h2>Accuracy</h2>")
-    parts.append(_table("accuracy", ["run", "kind", "test accuracy (mean ± std over seeds)", "seeds", "parameters"],
-                        [[r["label"], r["kind"], _pct(r["test_acc"], r["std"]), r["seeds"],
-                          f"{r['parameters']:,}" if r.get("parameters") else "-"] for r in acc],
-                        [[None, None, float(r["test_acc"]), None, None] for r in acc]))
+    parts.append(_table("accuracy", ["run", "kind", "test accuracy (mean ± std over seeds)",
+                                     "balanced accuracy (mean of the classes')", "seeds", "parameters"],
+                        [[r["label"], r["kind"], _pct(r["test_acc"], r["std"]), _pct(r.get("balanced_acc")),
+                          r["seeds"], f"{r['parameters']:,}" if r.get("parameters") else "-"] for r in acc],
+                        [[None, None, float(r["test_acc"]), r.get("balanced_acc"), None, None] for r in acc]))
     if compared:
         parts.append("<h2>Matched comparisons</h2>")
         parts.append(_table("comparisons", COMPARISON_HEAD, comparison_rows(compared)))
