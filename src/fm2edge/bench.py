@@ -296,11 +296,11 @@ def bench_job(job: BenchJob) -> dict:
     devices = list(dict.fromkeys(resolve_device(d) for d in cfg.devices))  # "auto" may repeat "cpu"
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    rows, first = [], []
+    rows, reference_rows = [], []
     for name in job.models:
         rows += bench_model(name, cfg, devices)
-        first = first or list(rows)  # the first model's rows (with the graph its folder ships)
-    ref = {(r["device_type"], r["backend"], r["dtype"]): r for r in first if not r["skipped"]}
+        reference_rows = reference_rows or list(rows)  # the first model's rows (with the graph its folder ships)
+    ref = {(r["device_type"], r["backend"], r["dtype"]): r for r in reference_rows if not r["skipped"]}
     for r in rows:
         first = ref.get((r["device_type"], r["backend"], r["dtype"]))
         r["speedup_vs_first"] = first["p50_ms"] / r["p50_ms"] if first and not r["skipped"] else None

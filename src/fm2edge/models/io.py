@@ -53,7 +53,6 @@ def model_meta(folder: str | Path) -> dict:
 
 def class_names_of_run(path: str | Path) -> list[str]:
     """A run's class names: saved with its model, else from its test predictions (older runs)."""
-
     path = Path(path)
     meta = model_meta(path)
     if meta.get("class_names"):
