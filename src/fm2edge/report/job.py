@@ -226,7 +226,7 @@ th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}img{max-widt
 h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:2em}pre{background:#f7f7f7;padding:8px;overflow:auto}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:12px}figure{margin:0}
 figcaption{font-size:90%;color:#555}.note{color:#555;font-size:90%}
-#auto-leaderboard td,#auto-leaderboard th{padding:4px 6px}
+#auto-leaderboard{font-size:88%}#auto-leaderboard td,#auto-leaderboard th{padding:4px 6px}
 #auto-leaderboard td:last-child,#auto-leaderboard th:last-child{text-align:left;min-width:11em}"""
 
 CHECK_JS = """window.addEventListener('load',()=>{const imgs=[...document.images];
