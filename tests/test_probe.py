@@ -76,6 +76,35 @@ def test_probe_job_saves_a_usable_teacher(tiny_dinov2, parquet_dir, tmp_path):
     assert (preds == saved["preds"]).mean() > 0.95
 
 
+def test_a_candidate_probe_is_scored_on_validation_and_leaves_the_test_split_unread(tiny_dinov2, parquet_dir, tmp_path,
+                                                                                    capsys):
+    """--probe.score_test false (how `auto` probes its teachers): scored on validation, the test split neither
+    embedded nor read, no test predictions; the saved teacher is the same classifier."""
+    from fm2edge.features import feature_root
+    from fm2edge.models.io import load_classifier
+
+    cache = feature_root(EmbedConfig())
+
+    def entries() -> set:
+        return {p for p in cache.iterdir() if not p.name.startswith(".")} if cache.exists() else set()
+
+    before = entries()
+    data = DataConfig(source=str(parquet_dir), val_fraction=0.25)
+    job = ProbeJob(data=data, model=ModelConfig(name=f"hf:{tiny_dinov2}"),
+                   probe=ProbeConfig(methods=["logreg", "knn"], score_test=False),
+                   run=RunConfig(root=str(tmp_path), name="probe"))
+    results = probe_job(job)
+    _, val, _ = load_data(data)
+    assert results["test_acc"] is None and "n_test" not in results and results["n_val"] == len(val)
+    assert results["val_acc"] == results["probes"]["logreg"]["val_acc"] and "test_acc" not in results["probes"]["knn"]
+    assert "logreg: train" in capsys.readouterr().out
+    assert not (tmp_path / "probe" / "predictions.npz").exists()
+    assert len(entries() - before) == 2  # train and validation features: no test ones
+    assert load_classifier(tmp_path / "probe").num_classes == val.num_classes
+    with pytest.raises(ValueError, match="score on the test split"):
+        ProbeConfig(score_test=False, label_counts=[1])
+
+
 def test_knn_training_accuracy_is_leave_one_out():
     """Each training image's own copy would always win its vote; left out, a lone outlier is misclassified."""
     x = np.array([[1.0, 0.0], [0.99, 0.1], [0.98, 0.2], [0.97, 0.25], [0.0, 1.0], [0.1, 0.99], [0.95, 0.3]])

@@ -72,8 +72,8 @@ class EmbedConfig:
         check(self.last_n >= 1, f"embed.last_n must be at least 1, got {self.last_n}")
         check(self.batch_size >= 1, f"embed.batch_size must be at least 1, got {self.batch_size}")
         check(self.chunk_size >= 1, f"embed.chunk_size must be at least 1, got {self.chunk_size}")
-        check(set(self.splits) <= {"train", "test"} and self.splits,
-              f"embed.splits must be a non-empty subset of ['train', 'test'], got {self.splits}")
+        check(set(self.splits) <= {"train", "val", "test"} and self.splits,
+              f"embed.splits must be a non-empty subset of ['train', 'val', 'test'], got {self.splits}")
 
 
 @dataclass
@@ -351,9 +351,14 @@ def load_backbone(cfg: ModelConfig, embed: EmbedConfig, num_classes: int) -> Cla
     return model
 
 
-def embed_data(job: EmbedJob, train: ImageData, test: ImageData, accelerator=None) -> dict[str, Features]:
+def embed_data(job: EmbedJob, train: ImageData, test: ImageData, accelerator=None,
+               val: ImageData | None = None) -> dict[str, Features]:
+    """Features of each split ``job.embed.splits`` names (cached: see :func:`embed_split`)."""
+    if "val" in job.embed.splits and val is None:
+        raise Fm2EdgeError("--embed.splits names val, and this data has no validation split; give one (val/ beside "
+                           "train/, or --data.val_fraction) or leave val out")
     model = load_backbone(job.model, job.embed, train.num_classes)
-    sets = {"train": train, "test": test}
+    sets = {"train": train, "val": val, "test": test}
     return {s: embed_split(model, sets[s], s, job.embed, accelerator) for s in job.embed.splits}
 
 
@@ -365,7 +370,7 @@ def embed_job(job: EmbedJob) -> dict:
 
     session = start_stage(job.data, job.embed.device, "fp32")
     with session.open(job.run, slug(f"embed-{job.model.name}")) as run:
-        feats = embed_data(job, session.train, session.test, session.accelerator)
+        feats = embed_data(job, session.train, session.test, session.accelerator, session.val)
         summary = {}
         if session.is_main:
             run.write_config(to_dict(job))

@@ -118,6 +118,10 @@ class ProbeConfig:
         scratch_steps: Optimiser steps for each from-scratch run (epochs scale with the labelled set).
         poolings: Poolings to compare with the logistic-regression probe (token backbones only; empty skips).
         seed: Seed for the probes and the from-scratch runs.
+        score_test: Score the probes on the test split and write the teacher's test predictions; false scores them
+            on the validation split instead (none where there is none) and leaves the test split unembedded and
+            unread: a candidate teacher, as `fm2edge auto` probes them (it reads the test split once, at the end).
+            The label-efficiency and pooling studies score on test and need it true.
     """
 
     methods: list[Method] = field(default_factory=lambda: ["logreg", "knn"])
@@ -132,6 +136,7 @@ class ProbeConfig:
     scratch_steps: int = 300
     poolings: list[str] = field(default_factory=list)
     seed: int = 0
+    score_test: bool = True
 
     def __post_init__(self) -> None:
         check(bool(self.methods), "probe.methods must name at least one probe")
@@ -142,6 +147,8 @@ class ProbeConfig:
         check(self.knn_k >= 1, f"probe.knn_k must be at least 1, got {self.knn_k}")
         check(all(n >= 1 for n in self.label_counts), "probe.label_counts must be positive")
         check(set(self.poolings) <= {"cls", "mean", "both"}, "probe.poolings: choose from cls, mean, both")
+        check(self.score_test or not (self.label_counts or self.poolings), "probe.label_counts and probe.poolings "
+              "score on the test split: leave them empty with --probe.score_test false")
 
 
 @dataclass
@@ -155,43 +162,50 @@ class ProbeJob:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-def fit_probes(job: ProbeJob, train: Features, test: Features) -> tuple[dict, LinearHead, np.ndarray]:
-    """Every probe of ``probe.methods`` fitted on the training features: ({method: row}, the teacher probe's head,
-    its test scores)."""
+def fit_probes(job: ProbeJob, train: Features, scored: Features | None,
+               split: str) -> tuple[dict, LinearHead, np.ndarray | None]:
+    """Every probe of ``probe.methods`` fitted on the training features and scored on ``scored`` (the ``split``
+    split; None scores on training only): ({method: row}, the teacher probe's head, its scores on ``scored``)."""
     from tqdm.auto import tqdm
 
-    test_x = np.asarray(test.features)
+    # k-NN and the heads predict for some features: the training ones stand in where nothing else is scored
+    scored_x = np.asarray((scored or train).features)
     rows, teacher = {}, None
     bar = tqdm(job.probe.methods, desc="fitting probes", unit="probe", leave=False)
     for method in bar:
         bar.set_postfix_str(method)
         t0 = time.perf_counter()
-        scores, head = probe_scores(method, train, test_x, job.probe)
+        scores, head = probe_scores(method, train, scored_x, job.probe)
         if head is not None:
             train_scores = head.predict_logits(np.asarray(train.features))
         else:
             train_scores = knn_predict(train.features, train.labels, train.features, len(train.class_names),
                                        job.probe.knn_k, job.probe.knn_temperature, leave_one_out=True)
-        rows[method] = {"train_acc": accuracy(train_scores, train.labels), "test_acc": accuracy(scores, test.labels),
-                        "seconds": time.perf_counter() - t0, **(head.info if head is not None else
-                                                                {"k": job.probe.knn_k})}
-        tqdm.write(f"{method:>7}: train {100 * rows[method]['train_acc']:.2f}%  test "
-                   f"{100 * rows[method]['test_acc']:.2f}%  ({rows[method]['seconds']:.1f} s)")
+        rows[method] = {"train_acc": accuracy(train_scores, train.labels), "seconds": time.perf_counter() - t0,
+                        **(head.info if head is not None else {"k": job.probe.knn_k})}
+        if scored is not None:
+            rows[method][f"{split}_acc"] = accuracy(scores, scored.labels)
+        shown = f"  {split} {100 * rows[method][f'{split}_acc']:.2f}%" if scored is not None else ""
+        tqdm.write(f"{method:>7}: train {100 * rows[method]['train_acc']:.2f}%{shown}  "
+                   f"({rows[method]['seconds']:.1f} s)")
         if method == job.probe.teacher:
-            teacher = (head, scores)
+            teacher = (head, scores if scored is not None else None)
     return rows, teacher[0], teacher[1]
 
 
-def save_teacher(job: ProbeJob, run, head: LinearHead, test: Features, test_scores: np.ndarray) -> None:
-    """Backbone + fitted head as a classifier that later stages (distillation) load as a teacher."""
+def save_teacher(job: ProbeJob, run, head: LinearHead, class_names: list[str],
+                 test: tuple[Features, np.ndarray] | None) -> None:
+    """Backbone + fitted head as a classifier that later stages (distillation) load as a teacher, with its test
+    predictions where ``test`` (the test features and the head's scores on them) is given."""
     from fm2edge.models.io import save_classifier
 
-    model = load_backbone(job.model, job.embed, len(test.class_names))
+    model = load_backbone(job.model, job.embed, len(class_names))
     model.head.weight.data = torch.as_tensor(head.weight)
     model.head.bias.data = torch.as_tensor(head.bias)
-    model.class_names = list(test.class_names)
+    model.class_names = list(class_names)
     save_classifier(model, run.path)
-    run.write_predictions(test_scores, test.labels, test.class_names)
+    if test is not None:
+        run.write_predictions(test[1], test[0].labels, test[0].class_names)
 
 
 def pooling_study(job: ProbeJob, session, run) -> dict:
@@ -279,15 +293,21 @@ def probe_job(job: ProbeJob) -> dict:
     session = start_stage(job.data, job.embed.device, "fp32")
     with session.open(job.run, slug(f"probe-{job.model.name}")) as run:
         run.write_config(to_dict(job))
-        feats = embed_data(EmbedJob(data=job.data, model=job.model, embed=job.embed, run=job.run), session.train,
-                           session.test, session.accelerator)
-        train, test = feats["train"], feats["test"]
+        split = "test" if job.probe.score_test else "val"  # what the probes are scored on
+        splits = ["train", split] if split == "test" or session.val is not None else ["train"]
+        embed = dataclasses.replace(job.embed, splits=splits)
+        feats = embed_data(EmbedJob(data=job.data, model=job.model, embed=embed, run=job.run), session.train,
+                           session.test, session.accelerator, session.val)
+        train, scored = feats["train"], feats.get(split)
         results: dict = {"model": job.model.name, "pretrained": job.model.pretrained, "data": job.data.source,
-                         "n_train": len(train.labels), "n_test": len(test.labels), "dim": train.meta["dim"],
-                         "pooling": job.embed.pooling, "embed_images_per_s": train.meta["images_per_s"]}
-        results["probes"], head, test_scores = fit_probes(job, train, test)
-        save_teacher(job, run, head, test, test_scores)
-        results["test_acc"] = results["probes"][job.probe.teacher]["test_acc"]
+                         "n_train": len(train.labels), f"n_{split}": len(scored.labels) if scored else 0,
+                         "dim": train.meta["dim"], "pooling": job.embed.pooling,
+                         "embed_images_per_s": train.meta["images_per_s"]}
+        results["probes"], head, scores = fit_probes(job, train, scored, split)
+        save_teacher(job, run, head, train.class_names, (scored, scores) if split == "test" else None)
+        results["test_acc"] = results["probes"][job.probe.teacher].get("test_acc")
+        if split == "val" and scored is not None:
+            results["val_acc"] = results["probes"][job.probe.teacher]["val_acc"]
         if job.probe.poolings:
             results["pooling"] = pooling_study(job, session, run)
         if job.probe.label_counts:

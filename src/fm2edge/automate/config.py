@@ -15,6 +15,12 @@ DEFAULT_STUDENTS = ["pypi:efficientnet_lite0@96", "pypi:efficientnet_lite0@112",
                     "student:small_cnn@64"]
 
 
+# Teachers probed by default: the pretrained backbone that installs offline, and a self-supervised foundation model
+# from the hub (a linear probe on its features is the strong, cheap teacher for small folders; the small variant
+# keeps its feature extraction to minutes on a laptop CPU). Where the hub is out of reach the first teaches alone.
+DEFAULT_TEACHERS = ["pypi:efficientnet_lite0", "hf:facebook/dinov2-small"]
+
+
 @dataclass
 class AutoConfig:
     """The budgets, and the candidates `auto` chooses among.
@@ -29,7 +35,10 @@ class AutoConfig:
         device: Where training runs ("auto": CUDA when present). Latency is measured on the CPU, with ONNX Runtime.
         threads: CPU threads for the latency measurements (the target's threads); empty keeps the default.
         teachers: Foundation models to probe as teachers (registered names, loaded pretrained), or run folders of
-            trained classifiers; validation accuracy chooses among them.
+            trained classifiers; validation accuracy chooses among them, a tie going to the first. By default
+            EfficientNet-Lite0 (installs offline) and DINOv2-small from the Hugging Face Hub; a hub model that
+            cannot be downloaded here (no network, and not in the local cache with HF_HUB_OFFLINE=1) is left out
+            with the reason, as long as another teacher remains.
         teacher_epochs: Epochs of full fine-tuning for the best probed foundation model, done when the budget
             affords them (at most 30% of --auto.minutes, at the largest input size that fits) and validation is
             large enough to tell a fine-tuned teacher from its probe; two fine-tunes become a greedy soup when the
@@ -64,7 +73,7 @@ class AutoConfig:
     max_mb: float | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None
-    teachers: list[str] = field(default_factory=lambda: ["pypi:efficientnet_lite0"])
+    teachers: list[str] = field(default_factory=lambda: list(DEFAULT_TEACHERS))
     teacher_epochs: int = 10
     students: list[str] = field(default_factory=lambda: list(DEFAULT_STUDENTS))
     unlabeled_source: str | None = None

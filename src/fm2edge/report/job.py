@@ -316,6 +316,10 @@ def auto_section(folder: str, r: dict) -> str:
         parts.append(_table("auto-teachers", ["teacher", "validation", "images/s here"],
                             [[t["teacher"], _pct(t["val_acc"]), _num(t.get("images_per_s"), "{:.1f}")]
                              for t in r["teachers"]]))
+        if r.get("teachers_left_out"):
+            parts.append("<p id=\"auto-teachers-left-out\">Left out (cannot be loaded here): "
+                         + "; ".join(f"<b>{html.escape(t['teacher'])}</b>: {html.escape(t['why'])}"
+                                     for t in r["teachers_left_out"]) + ".</p>")
     if r.get("rungs"):
         parts.append("<h3>The search</h3>")
         for s in r.get("size_searches") or []:  # input sizes fitted to the latency budget before any training
