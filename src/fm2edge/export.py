@@ -638,6 +638,15 @@ def _latency(fn, runs: int) -> dict:
     return latency_with_noise(fn, runs, max(10, runs // 10))
 
 
+def graph_latency(path: Path, threads: int | None, runs: int) -> dict:
+    """Batch-1 latency of an exported graph as shipped (a uint8 image in, ONNX Runtime on the CPU), timed as its
+    export timed it (:func:`fm2edge.timing.latency_with_noise`: the quiet median and the spread beside the p50)."""
+    sess = open_session(path, threads)
+    size = graph_metadata(sess)["preprocess"]["size"]
+    x1 = np.zeros((1, size, size, 3), np.uint8)
+    return _latency(lambda: run_images(sess, x1), runs)
+
+
 def _print_table(r: dict) -> None:
     base = r["latency_batch1"]["pytorch_fp32"]["p50_ms"]
     split = r.get("scored_on", "test")

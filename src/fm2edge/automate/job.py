@@ -42,6 +42,12 @@ from fm2edge.stagecache import moved
 SCREEN_TOLERANCE = 0.10
 EXPORT_BASE_SECONDS = 10.0  # an export's fixed cost: tracing, ONNX Runtime sessions, quantiser passes
 EXPORT_LATENCY_RUNS = 100
+# More timings of an exported graph over the latency budget whose candidate screened within it, before it is judged
+# over: the export timed it once, and that minute's machine may have been busy
+RETIMES = 2
+# Timed again and still this many times its screened figure: the two disagree beyond what int8 recipes of one model
+# differ by (Lite0 at 192 px: 1.68 ms screened, its three int8 graphs 1.76-2.10 ms on an idle machine)
+STILL_DISPUTED = 1.5
 PLAN_VERSION = 12
 # Held back from the time left when the later rungs are re-sized: the work no stage records (loading the data on
 # each call, choosing, the test read, writing the results).
@@ -896,14 +902,49 @@ def export_finalists(job: AutoJob, root: Path, trained: list[dict], count: int, 
 
 
 def exported(job: AutoJob, root: Path, f: dict, images, held=None, teacher_labels: list[int] | None = None) -> dict:
-    """``f`` with its :func:`exported_options`, or with none and the reason under "export_failed" when its export
-    fails."""
+    """``f`` with its :func:`exported_options` (the disputed ones timed again: :func:`retime_disputed`), or with none
+    and the reason under "export_failed" when its export fails."""
     try:
         f["options"] = exported_options(job, root, f, images, held, teacher_labels)
     except Fm2EdgeError as err:
         f["options"], f["export_failed"] = [], str(err)
         print(f"  {f['candidate']} is not a choice: its export failed ({err})")
+    retime_disputed(job, f)
     return f
+
+
+def disputed(f: dict, o: dict, latency_ms: float | None) -> bool:
+    """Whether exported option ``o`` of finalist ``f`` timed over the latency budget where ``f`` screened within it
+    (up to SCREEN_TOLERANCE over) in the same precision: the two timings of one graph disagree."""
+    screened = f.get(o["precision"])
+    return (latency_ms is not None and o["p50_ms"] > latency_ms and isinstance(screened, dict)
+            and screened["p50_ms"] <= latency_ms * (1 + SCREEN_TOLERANCE))
+
+
+def retime_disputed(job: AutoJob, f: dict) -> None:
+    """Each :func:`disputed` option of ``f`` timed again, up to RETIMES times or until within the budget, keeping its
+    quietest figure (``retimed_ms``: the new ones). An export times its graphs once, and a machine busy for that
+    minute timed Lite0 students that had screened at 1.33 and 1.68 ms as int8 at 4.38 and 6.60 ms: both were judged
+    over a 2 ms budget and a student 13 points less accurate on test was chosen. Not cached with the exports: a
+    rerun of the same command on an idle machine times them again."""
+    from fm2edge.export import graph_latency
+
+    for o in f["options"]:
+        if not disputed(f, o, job.auto.latency_ms):
+            continue
+        timings = []
+        while len(timings) < RETIMES and (not timings or timings[-1] > job.auto.latency_ms):
+            timings.append(graph_latency(Path(o["onnx"]), job.auto.threads, EXPORT_LATENCY_RUNS)["quiet_p50_ms"])
+        before, o["retimed_ms"] = o["p50_ms"], timings
+        o["p50_ms"] = min(before, *timings)
+        recipe = f" ({o['int8_recipe']})" if o.get("int8_recipe") else ""
+        screened = f[o["precision"]]["p50_ms"]
+        verdict = ("within the budget" if o["p50_ms"] <= job.auto.latency_ms else "still over the budget"
+                   + (" (still far from its screened figure: if the machine is busy, rerun the same command when it "
+                      "is idle; the exports are reused and their graphs timed again)"
+                      if o["p50_ms"] > STILL_DISPUTED * screened else ""))
+        print(f"  {o['candidate']} {o['precision']}{recipe}: {before:.2f} ms in its export where it screened at "
+              f"{screened:.2f} ms; timed again: {', '.join(f'{t:.2f}' for t in timings)} ms, {verdict}")
 
 
 def with_fallbacks(job: AutoJob, root: Path, trained: list[dict], finalists: list[dict], images, held=None,
