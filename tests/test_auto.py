@@ -33,6 +33,7 @@ from fm2edge.automate.job import (
     retime_disputed,
     rungs_as_run,
     screen,
+    size_candidates,
     size_epochs,
     student_args,
     tie_width,
@@ -330,6 +331,7 @@ def test_the_gap_to_the_teacher_reads_right_whichever_side_the_student_is_on():
     assert gap_text(-1.0, [-3.0, 0.5]) == ("1.00 points above the teacher: the speed-up cost nothing here "
                                            "(95% interval -0.50 to +3.00; within the test images' noise)")
     assert gap_text(0.0, [0.0, 0.0]) == "0.00 points paid for the speed-up (right and wrong on the same test images)"
+    assert gap_text(-25.0, [-75.0, 0.0]).endswith("(95% interval +0.00 to +75.00; within the test images' noise)")
 
 
 def test_the_test_split_compares_the_chosen_model_and_the_teacher_image_by_image():
@@ -784,6 +786,15 @@ def test_a_graph_timed_over_the_budget_where_it_screened_within_is_timed_again(m
             "within the budget") in out
     assert ("still over the budget (still far from its screened figure: if the machine is busy, rerun the same "
             "command when it is idle") in out
+
+
+def test_a_candidate_with_no_time_left_says_so_and_not_a_negative_share(capsys):
+    for seconds, why in ((-12.0, "no time is left for students after measuring, the teacher's outputs and the exports"),
+                         (6.0, "fewer than 3 epochs fit in its share of the budget (0.1 min)")):
+        kept = [{"candidate": "student:small_cnn@32"}]
+        assert size_candidates(kept, [], {"student:small_cnn@32": 10.0}, 100, seconds, AutoConfig()) == []
+        assert kept[0]["epochs"] == 0 and kept[0]["why"] == why
+        assert f"dropped student:small_cnn@32: {why}" in capsys.readouterr().out
 
 
 def test_teachers_that_cannot_be_loaded_are_left_out_and_none_left_is_one_clear_error():

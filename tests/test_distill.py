@@ -55,6 +55,22 @@ def test_gate_refuses_a_teacher_with_an_untrained_head(tmp_path):
     assert not list(tmp_path.rglob("*.safetensors"))  # nothing written
 
 
+def test_the_gate_reads_validation_or_training_images_where_validation_is_too_small():
+    import torch
+
+    from fm2edge.data import load_data
+    from fm2edge.distill.task import gate_images
+
+    train, val, _ = load_data(DataConfig(source="digits"))
+    assert len(val) >= 100 and gate_images(train, val) == (val, "validation")
+    few = val.subset(torch.arange(2))
+    images, split = gate_images(train, few, most=50)
+    assert split == "training (validation holds 2 images, too few to judge it)" and len(images) == 50
+    assert torch.equal(images.images, train.images[:50])
+    images, split = gate_images(train, None)
+    assert split == "training (no validation split)" and len(images) == min(len(train), 1000)
+
+
 def test_teacher_with_other_classes_is_refused(tmp_path, clean_teacher):
     job = DistillJob(data=DataConfig(source="digits"), distill=DistillConfig(teacher=str(clean_teacher)),
                      train=TrainConfig(device="cpu"), run=RunConfig(root=str(tmp_path)))

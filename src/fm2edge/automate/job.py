@@ -591,7 +591,8 @@ def size_candidates(kept: list[dict], rungs: list[dict], speeds: dict[str, float
         f["planned_minutes"] = f["epochs"] * images / speeds[f["candidate"]] / 60
         if not f["epochs"]:
             f["why"] = (f"fewer than {cfg.min_epochs} epochs fit in its share of the budget "
-                        f"({seconds / 60 / len(kept):.1f} min)")
+                        f"({seconds / 60 / len(kept):.1f} min)" if seconds > 0 else
+                        "no time is left for students after measuring, the teacher's outputs and the exports")
             print(f"  dropped {f['candidate']}: {f['why']}")
     trained = sum(1 for f in kept if f["epochs"])
     return [{"candidates": trained, "epochs": None,

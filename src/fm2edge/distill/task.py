@@ -291,6 +291,8 @@ class DistillTask(nn.Module):
 
 # ---------------------------------------------------------------- the teacher's gate, its cache key, the teaching
 
+GATE_TRAINING_IMAGES = 1000  # labelled training images the gate reads where validation is too small
+
 
 def quality_gate(teacher_acc: float, num_classes: int, cfg: DistillConfig, name: str,
                  split: str = "validation") -> None:
@@ -303,6 +305,19 @@ def quality_gate(teacher_acc: float, num_classes: int, cfg: DistillConfig, name:
             f"({100 * chance:.1f}%): its classification head is untrained. Train it first, e.g. "
             f"`fm2edge probe --model.name {name}` (a linear probe) or `fm2edge train --model.name {name}`, and pass "
             f"that run folder as --distill.teacher; or pass --distill.force true to distil anyway")
+
+
+def gate_images(train, val, most: int = GATE_TRAINING_IMAGES) -> tuple:
+    """(the images the quality gate scores the teacher on, the split's name for its message). The gate is a choice,
+    so it reads validation images; where there are none, or too few to tell a trained head from chance (two
+    validation images of a 16-photo folder: a probe scoring 1 of 2 was refused as "near chance"), it reads up to
+    ``most`` labelled training images: an untrained head is near chance on those too."""
+    from fm2edge.data.splits import selection_noise
+
+    if val is not None and not selection_noise(len(val))["noisy"]:
+        return val, "validation"
+    why = "no validation split" if val is None else f"validation holds {len(val)} images, too few to judge it"
+    return train.subset(torch.arange(min(len(train), most))), f"training ({why})"
 
 
 def teacher_cache_dir(job: DistillJob, teacher: Classifier, train, features: bool, views: dict | None,
@@ -389,9 +404,7 @@ def distill_one(job: DistillJob) -> dict:
     cfg = job.distill
     teacher = load_teacher(cfg.teacher, train.num_classes, cfg.teacher_pretrained, cfg.teacher_image_size,
                            cfg.teacher_flip).to(accelerator.device)
-    # the gate is a choice, so it reads validation data (the labelled training images when there is none)
-    gate_data = session.val if session.val is not None else session.train
-    gate_split = "validation" if session.val is not None else "training (no validation split)"
+    gate_data, gate_split = gate_images(session.train, session.val)
     gate_acc = accuracy(predict(teacher, gate_data, job.train.eval_batch_size, accelerator.device,
                                 accelerator=accelerator), gate_data.labels)
     if accelerator.is_main_process:

@@ -267,6 +267,7 @@ def gap_text(points: float, interval: Sequence[float] | None = None) -> str:
         return text
     if interval[0] == interval[1] == 0:
         return f"{text} (right and wrong on the same test images)"
-    low, high = (interval[0], interval[1]) if points >= 0 else (-interval[1], -interval[0])
+    # + 0.0: a bound of zero negated prints as "-0.00"
+    low, high = (interval[0] + 0.0, interval[1] + 0.0) if points >= 0 else (-interval[1] + 0.0, -interval[0] + 0.0)
     noise = "; within the test images' noise" if low <= 0 <= high else ""
     return f"{text} (95% interval {low:+.2f} to {high:+.2f}{noise})"
