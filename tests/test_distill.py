@@ -62,13 +62,13 @@ def test_the_gate_reads_validation_or_training_images_where_validation_is_too_sm
     from fm2edge.distill.task import gate_images
 
     train, val, _ = load_data(DataConfig(source="digits"))
-    assert len(val) >= 100 and gate_images(train, val) == (val, "validation")
-    few = val.subset(torch.arange(2))
-    images, split = gate_images(train, few, most=50)
-    assert split == "training (validation holds 2 images, too few to judge it)" and len(images) == 50
+    assert gate_images(train, val) == (val, "the validation split")
+    assert gate_images(train, val.subset(torch.arange(30)))[1] == "the validation split"
+    images, split = gate_images(train, val.subset(torch.arange(2)), most=50)
+    assert split == "50 training images (validation holds 2, too few to judge it)" and len(images) == 50
     assert torch.equal(images.images, train.images[:50])
     images, split = gate_images(train, None)
-    assert split == "training (no validation split)" and len(images) == min(len(train), 1000)
+    assert split == "200 training images (no validation split)" and len(images) == 200
 
 
 def test_teacher_with_other_classes_is_refused(tmp_path, clean_teacher):
