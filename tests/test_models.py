@@ -139,7 +139,8 @@ def test_whether_a_hub_model_can_be_had_is_told_without_a_downloads_retries(tmp_
     assert hub_unavailable("hf:org/other") == "the Hugging Face Hub is unreachable"
     assert "HF_HUB_OFFLINE=1 would load the copy in your cache" in hub_unavailable("hf:org/dino")
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", missing)
-    assert hub_unavailable("hf:org/other") == "the Hugging Face Hub has no model 'org/other' (ValueError)"
+    assert hub_unavailable("hf:org/other") == ("the Hugging Face Hub did not give 'org/other' (ValueError: 404 Client "
+                                               "Error)")
 
 
 def test_hf_missing_local_path(tmp_path):

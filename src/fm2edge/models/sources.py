@@ -293,7 +293,9 @@ def hub_unavailable(name: str) -> str | None:
         if is_offline_error(exc):
             return "the Hugging Face Hub is unreachable" + (" (HF_HUB_OFFLINE=1 would load the copy in your cache)"
                                                             if cached else "")
-        return f"the Hugging Face Hub has no model '{repo}' ({type(exc).__name__})"
+        # not found, gated (needs `hf auth login` and the model's terms accepted), private: the hub's own words
+        said = str(exc).splitlines()[0][:160] if str(exc) else ""
+        return f"the Hugging Face Hub did not give '{repo}' ({type(exc).__name__}{': ' + said if said else ''})"
     return None
 
 
