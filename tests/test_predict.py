@@ -137,6 +137,24 @@ def test_autolabelled_or_plain_image_files_are_an_unlabelled_source_for_distill(
     assert metrics["labelled_images"] == 400 - int(400 * 0.1)  # the labelled split as before (10% validation)
 
 
+def test_a_folder_with_broken_photos_is_classified_without_them(exported, pngs, tmp_path, capsys):
+    """One truncated photo among many is skipped with its reason (the batch holding it classified image by image);
+    the others get the answers they get without it."""
+    folder, _ = pngs
+    mixed = tmp_path / "mixed"
+    shutil.copytree(folder, mixed)
+    good = sorted(mixed.glob("*.png"))
+    (mixed / "15-broken.png").write_bytes(good[0].read_bytes()[:60])  # a truncated copy, sorted into a batch
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(exported), str(mixed), "--predict.output", str(out), "--predict.batch_size", "8"]) == 0
+    said = capsys.readouterr().out
+    assert f"skipped 1 unreadable image: cannot read image '{mixed / '15-broken.png'}'" in said
+    rows = list(csv.DictReader(out.open()))
+    assert [r["path"] for r in rows] == [str(f) for f in good]
+    alone = fm2edge.load(exported).predict(good).labels
+    assert [r["class_1"] for r in rows] == alone
+
+
 @pytest.mark.parametrize("argv,match", [
     (["predict", "RUN"], "give image files"),
     (["predict", "RUN", "no/such/*.png"], "names no image files"),

@@ -15,6 +15,10 @@ class HubUnreachableError(Fm2EdgeError):
                          f"network); {fix}, or pre-fill the cache under HF_HOME on a machine with network access.")
 
 
+class UnreadableImageError(Fm2EdgeError):
+    """An image file that cannot be decoded (truncated, corrupt, not an image): where many are read, one is skipped."""
+
+
 def is_offline_error(exc: BaseException) -> bool:
     """True when ``exc`` (or its cause chain) says a download failed because there is no network or hub."""
     names = {

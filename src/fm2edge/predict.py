@@ -23,7 +23,7 @@ import torch
 
 from fm2edge.config import check
 from fm2edge.data.images import find_images
-from fm2edge.errors import Fm2EdgeError
+from fm2edge.errors import Fm2EdgeError, UnreadableImageError
 from fm2edge.models.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def to_uint8_chw(image: ImageInput) -> torch.Tensor:
             array = decode(str(image) if isinstance(image, Path) else image, None)
             return torch.from_numpy(np.array(array)).permute(2, 0, 1)  # a writable copy
         except (OSError, ValueError) as exc:
-            raise Fm2EdgeError(f"cannot read image '{image}': {exc}") from exc
+            raise UnreadableImageError(f"cannot read image '{image}': {exc}") from exc
     else:
         raise Fm2EdgeError(f"cannot classify a {type(image).__name__}: give file paths, PIL images or uint8 arrays")
     if t.dtype != torch.uint8 or t.dim() != 3 or t.shape[0] not in (1, 3, 4):
@@ -229,6 +229,35 @@ def onnx_predictor(path: Path, threads: int | None = None) -> Predictor:
                      resize_inside=bool(meta.get("resize_inside")))
 
 
+def predict_readable(predictor: Predictor, files: list[Path], batch_size: int) -> tuple[list[Path], Predictions,
+                                                                                       list[str]]:
+    """(the files that decode, their predictions, why each other one was skipped): one broken photo in a folder of
+    thousands does not stop the rest. A batch holding an unreadable file is classified again image by image."""
+    from tqdm.auto import tqdm
+
+    kept: list[Path] = []
+    probs: list[np.ndarray] = []
+    skipped: list[str] = []
+    # delay: no bar for work that ends (or fails) within a second
+    for start in tqdm(range(0, len(files), batch_size), desc="predict", unit="batch", leave=False, delay=1.0):
+        batch = files[start:start + batch_size]
+        try:
+            probs.append(predictor.predict(list(batch), batch_size).probabilities)
+            kept += batch
+            continue
+        except UnreadableImageError:
+            pass
+        for f in batch:
+            try:
+                probs.append(predictor.predict([f]).probabilities)
+                kept.append(f)
+            except UnreadableImageError as exc:
+                skipped.append(str(exc))
+    if not kept:
+        raise Fm2EdgeError(f"no image could be read ({len(skipped)} tried): {skipped[0]}")
+    return kept, Predictions(predictor.class_names, np.concatenate(probs)), skipped
+
+
 def write_predictions(path: Path, files: list[Path], preds: Predictions, k: int, min_confidence: float) -> None:
     """CSV (path, class_1, probability_1, ..., sure) or JSON Lines, written atomically."""
     from fm2edge.runs import atomic_write_text
@@ -279,11 +308,14 @@ def predict_job(job: PredictJob) -> dict:
     predictor = load(job.model, cfg.backend, cfg.threads)
     print(f"classifying {len(files)} images with {predictor.source} ({predictor.backend}, input "
           f"{predictor.input_size} px, {len(predictor.class_names)} classes)")
-    preds = predictor.predict(files, cfg.batch_size, progress=True)
+    files, preds, skipped = predict_readable(predictor, files, cfg.batch_size)
+    if skipped:
+        shown = "; ".join(skipped[:5]) + (f"; and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        print(f"skipped {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''}: {shown}")
     sure = preds.confidence >= cfg.min_confidence
     result = {"images": len(files), "backend": predictor.backend, "sure": int(sure.sum()),
               "counts": {c: int((preds.indices == i).sum()) for i, c in enumerate(preds.class_names)},
-              "files": [str(f) for f in files], "probabilities": preds.probabilities}
+              "files": [str(f) for f in files], "probabilities": preds.probabilities, "skipped": skipped}
     if cfg.output:
         write_predictions(Path(cfg.output), files, preds, cfg.top_k, cfg.min_confidence)
         print(f"predictions in {cfg.output}")
