@@ -32,6 +32,7 @@ from fm2edge.automate.job import (
     respace_rungs,
     retime_disputed,
     rungs_as_run,
+    score,
     screen,
     screened_ms,
     size_candidates,
@@ -40,6 +41,7 @@ from fm2edge.automate.job import (
     tie_width,
     too_short,
     train_students,
+    val_score,
     views_and_unlabeled,
     with_fallbacks,
 )
@@ -208,6 +210,23 @@ def test_the_teachers_time_buys_distinct_images_before_views():
     # too few to be worth their passes, or none at all: the labelled images alone, at the most views
     assert views_and_unlabeled(200, 8000, 4, 250) == (4, 0)
     assert views_and_unlabeled(200, 0, 4, 10_000) == (4, 0)
+
+
+def test_with_balanced_accuracy_the_choice_and_the_ranking_read_it():
+    """--auto.metric balanced_accuracy: each entry's ``val_score`` (its balanced accuracy) chooses and ranks, where
+    plain accuracy would have picked the model that favours the large class; an entry without the figure (a stage
+    cached before it was recorded) counts its accuracy."""
+    majority = {"candidate": "a", "precision": "fp32", "val_acc": 0.94, "val_score": 0.50, "p50_ms": 1.0, "mb": 1.0}
+    fair = {"candidate": "b", "precision": "fp32", "val_acc": 0.90, "val_score": 0.88, "p50_ms": 1.0, "mb": 1.0}
+    assert choose([{"options": [majority]}, {"options": [fair]}], None, None) == fair
+    plain = [{**o, "val_score": None} for o in (majority, fair)]
+    assert choose([{"options": plain[:1]}, {"options": plain[1:]}], None, None)["candidate"] == "a"
+    ranked = rank([{**majority, "val_loss": 0.1}, {**fair, "val_loss": 0.2}])
+    assert [t["candidate"] for t in ranked] == ["b", "a"]
+    assert score({"val_acc": 0.9, "val_score": 0.7}) == 0.7 and score({"val_acc": 0.9}) == 0.9
+    assert score({"val_acc": 0.9, "val_score": 0.7, "teacher_agreement": 0.95}) == 0.95
+    assert val_score({"val_acc": 0.9, "val_balanced_acc": 0.7}, "balanced_accuracy") == 0.7
+    assert val_score({"val_acc": 0.9, "val_balanced_acc": 0.7}, "accuracy") == 0.9
 
 
 def test_the_choice_is_the_most_accurate_option_within_budget_and_ties_go_to_the_faster():
@@ -531,6 +550,30 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     again = capsys.readouterr().out
     assert "resuming" in again and "unchanged, skipped" in again
     assert json.loads((run / "auto.json").read_text())["chosen"]["candidate"] == chosen["candidate"]
+
+
+def test_auto_with_balanced_accuracy_judges_every_step_on_it(tmp_path, teacher, capsys):
+    """--auto.metric balanced_accuracy: the teacher, the students (trained the fixed schedule) and the graphs carry
+    their balanced accuracy on validation, as their stages recorded it, and the choice is judged and reported on it."""
+    assert main(auto_argv(tmp_path, teacher, "--auto.metric", "balanced_accuracy")) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "a"
+    result = json.loads((run / "auto.json").read_text())
+    assert result["metric"] == "balanced_accuracy"
+    chosen = result["chosen"]
+    export = json.loads((Path(chosen["onnx"]).parent / "export.json").read_text())
+    key = {"fp32": "onnx_fp32", "int8": "onnx_int8"}[chosen["precision"]]
+    assert chosen["val_score"] == export["validation_balanced_acc"][key]
+    assert f"validation balanced accuracy {100 * chosen['val_score']:.2f}%" in out
+    students = list(run.glob("student-*/metrics.json"))
+    assert students
+    for m in students:
+        metrics = json.loads(m.read_text())
+        assert metrics["selected"]["on"] == "last epoch" and 0 <= metrics["val_balanced_acc"] <= 1
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["teacher"]["val_score"] == plan["teacher"]["val_balanced_acc"]
+    assert "% validation balanced accuracy)" in out
+    assert "(what chose it)" in (run / "report.html").read_text()
 
 
 def test_auto_distils_on_the_training_images_its_labels_leave_out(tmp_path, teacher, capsys):

@@ -197,6 +197,7 @@ def test_imbalanced_training_classes_get_a_note_balanced_ones_none(tmp_path, cap
     assert main(["data", str(skewed)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"note: the training classes are imbalanced \(\d+ 'ants' to \d+ 'bees', \d+\.\d to 1\)", out), out
+    assert "--auto.metric balanced_accuracy" in out  # what to do about it
     assert main(["data", str(skewed), "--json", "true"]) == 0
     imbalance = json.loads(capsys.readouterr().out)["imbalance"]
     assert (imbalance["largest"], imbalance["smallest"]) == ("ants", "bees") and imbalance["ratio"] >= 2

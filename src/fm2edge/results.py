@@ -135,6 +135,8 @@ def write_outputs(run: RunDir, stage: str, model: Classifier, result: Any, test:
                # the mean of the classes' accuracies: what a model favouring the large classes cannot inflate
                "test_balanced_acc": balanced_accuracy(result.test_logits.argmax(1), test.labels) if scored else None,
                "val_acc": result.selection["val_acc"], "selected": result.selection,
+               # the kept weights' balanced accuracy on validation (what `auto --auto.metric balanced_accuracy` ranks)
+               "val_balanced_acc": result.selection.get("val_balanced_acc"),
                "train_seconds": result.seconds, "resumed_from_epoch": result.resumed_from,
                "parameters": sum(p.numel() for p in model.parameters()),
                "peak_rss_bytes": peak_rss(),  # the process's resident high-water mark since the stage started

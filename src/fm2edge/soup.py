@@ -159,7 +159,7 @@ def soup_job(job: SoupJob) -> dict:
     from fm2edge.config import to_dict
     from fm2edge.models.io import load_classifier, save_classifier
     from fm2edge.report import plots
-    from fm2edge.report.metrics import accuracy
+    from fm2edge.report.metrics import accuracy, balanced_accuracy
     from fm2edge.report.write import save_figure
     from fm2edge.results import start_stage
     from fm2edge.train import predict
@@ -216,7 +216,10 @@ def soup_job(job: SoupJob) -> dict:
         test_acc = accuracy(logits, session.test.labels) if logits is not None else None
         val_loss = (None if soup_val is None
                     else float(torch.nn.functional.cross_entropy(soup_val, session.val.labels.long())))
+        val_balanced = (None if soup_val is None
+                        else balanced_accuracy(soup_val.argmax(1), session.val.labels))
         results = {"method": cfg.method, "ingredients": kept, "steps": steps, "val_acc": best, "val_loss": val_loss,
+                   "val_balanced_acc": val_balanced,
                    "test_acc": test_acc, "batchnorm": cfg.batchnorm,
                    "selected": {"on": f"{cfg.method} soup of {len(kept)} runs", "val_acc": best, "epoch": None},
                    "val_acc_alone": alone,

@@ -34,7 +34,7 @@ from fm2edge.data.splits import selection_noise
 from fm2edge.device import inference_batch, move, training_memory
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import Classifier
-from fm2edge.report.metrics import accuracy
+from fm2edge.report.metrics import accuracy, balanced_accuracy
 from fm2edge.results import describe_splits, over_seeds, selection_line, slug, start_stage, write_outputs
 from fm2edge.runs import RunDir, atomic_dir, atomic_write_bytes
 
@@ -280,10 +280,11 @@ class Selection:
 
 
 def validate(model: Classifier, val: ImageData, cfg: TrainConfig, device: torch.device, channels_last: bool,
-             accelerator=None) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` on the validation images."""
+             accelerator=None) -> tuple[float, float, float]:
+    """(accuracy, mean cross-entropy, balanced accuracy) of ``model`` on the validation images."""
     logits = predict(model, val, cfg.eval_batch_size, device, channels_last, accelerator)
-    return accuracy(logits, val.labels), float(F.cross_entropy(logits, val.labels.long()))
+    return (accuracy(logits, val.labels), float(F.cross_entropy(logits, val.labels.long())),
+            balanced_accuracy(logits.argmax(1), val.labels))
 
 
 @dataclass
@@ -444,7 +445,7 @@ def start_or_resume(run: RunDir, task: nn.Module, model: Classifier, optimizer, 
         info = probe_head(model, train, cfg.eval_batch_size, accelerator.device)
         val_text = ""
         if val is not None:  # the probe itself is a candidate: "best" may keep it when fine-tuning only hurts
-            val_acc, val_loss = validate(model, val, cfg, accelerator.device, channels_last)
+            val_acc, val_loss, _ = validate(model, val, cfg, accelerator.device, channels_last)
             state.selection.offer(0, val_acc, val_loss)
             val_text = f", val acc {100 * val_acc:.2f}%"
             if accelerator.is_main_process and cfg.select == "best":
@@ -537,11 +538,11 @@ def score_epoch(sums: dict, model: Classifier, average: nn.Module | None, val: I
     epochs validation accuracy and loss (of the weight average, with the live weights' beside it), offered to the
     selection, which stops early after --train.patience evaluations without improvement."""
     evaluate = val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
-    val_acc = val_loss = None
+    val_acc = val_loss = val_balanced = None
     raw = {}
     if evaluate:
-        val_acc, val_loss = validate(model if average is None else average, val, cfg, accelerator.device,
-                                     channels_last, accelerator)
+        val_acc, val_loss, val_balanced = validate(model if average is None else average, val, cfg,
+                                                   accelerator.device, channels_last, accelerator)
         if average is not None:  # the live weights beside their average, to see what it gives
             raw = {"val_acc_raw": validate(model, val, cfg, accelerator.device, channels_last, accelerator)[0]}
     improved = val_acc is not None and selection.offer(epoch + 1, val_acc, val_loss)
@@ -549,7 +550,7 @@ def score_epoch(sums: dict, model: Classifier, average: nn.Module | None, val: I
         selection.stopped_early = True
     row = {"epoch": epoch + 1, "train_loss": sums["loss"] / sums["images"],
            "train_acc": sums["correct"] / sums["labelled"] if sums["labelled"] else float("nan"),
-           "val_acc": val_acc, "val_loss": val_loss, **raw, "lr": lr,
+           "val_acc": val_acc, "val_loss": val_loss, "val_balanced_acc": val_balanced, **raw, "lr": lr,
            "seconds": sums["seconds"], "images_per_s": sums["images"] / sums["seconds"],
            **{name: total / sums["images"] for name, total in sums["parts"].items()}}
     return row, improved
@@ -607,12 +608,14 @@ def finish_selection(run: RunDir, module: nn.Module, selection: Selection, histo
     """Load the kept weights into ``module`` and say which they are and what chose them."""
     if cfg.select == "best" and selection.epoch is not None:
         load_best(run, module)
+        kept = next((h for h in history if h["epoch"] == selection.epoch), {})
         return {"epoch": selection.epoch, "on": "validation accuracy", "val_acc": selection.val_acc,
-                "val_loss": selection.val_loss, "stopped_early": selection.stopped_early}
+                "val_loss": selection.val_loss, "val_balanced_acc": kept.get("val_balanced_acc"),
+                "stopped_early": selection.stopped_early}
     last = history[-1] if history else {}
     why = "last epoch" if has_val else "last epoch (no validation images)"
     return {"epoch": last.get("epoch"), "on": why, "val_acc": last.get("val_acc"),
-            "stopped_early": selection.stopped_early}
+            "val_balanced_acc": last.get("val_balanced_acc"), "stopped_early": selection.stopped_early}
 
 
 # ---------------------------------------------------------------- the `fm2edge train` stage

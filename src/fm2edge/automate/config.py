@@ -64,6 +64,12 @@ class AutoConfig:
             two, as a hedge against the leader's exported graph timing over the latency budget; one (trained the
             longer for it) where every candidate measured within 60% of the budget in one precision at least, or
             there is no latency budget.
+        metric: What validation chooses on: "accuracy", or "balanced_accuracy" (the mean of the classes'
+            accuracies: each class counts the same however few its photos; `fm2edge data` says when the training
+            classes are imbalanced). With balanced_accuracy every teacher, student, weight average and exported
+            graph is judged on it, and the students train the fixed schedule (their last epoch kept: the training
+            loop picks its best epoch on accuracy). Where held-out unlabelled images rank the candidates, agreement
+            with the teacher ranks them either way.
         seed: Seed of every run.
     """
 
@@ -83,6 +89,7 @@ class AutoConfig:
     max_epochs: int = 30
     fit_sizes: bool = True
     finalists: int | None = None
+    metric: Literal["accuracy", "balanced_accuracy"] = "accuracy"
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -284,10 +284,24 @@ def rungs_as_run(plan: dict) -> list[dict]:
     return rungs
 
 
+METRIC_KEYS = {"accuracy": "val_acc", "balanced_accuracy": "val_balanced_acc"}  # --auto.metric: its figure
+
+
+def val_score(figures: dict, metric: str) -> float | None:
+    """The --auto.metric figure of a stage's validation ``figures`` (``val_acc``, ``val_balanced_acc``)."""
+    return figures.get(METRIC_KEYS[metric])
+
+
 def score(t: dict) -> float:
     """What ranks a trained candidate: its agreement with the teacher on the held-out images where it has one,
-    else its validation accuracy."""
-    return t.get("teacher_agreement", t["val_acc"])
+    else its validation score (``val_score``: --auto.metric's figure; validation accuracy where it has none)."""
+    return t.get("teacher_agreement", graph_score(t))
+
+
+def graph_score(o: dict) -> float:
+    """An entry's --auto.metric figure on validation (``val_score``), its validation accuracy where it has none (a
+    stage cached before the figure was recorded)."""
+    return o["val_acc"] if o.get("val_score") is None else o["val_score"]
 
 
 def rank(trained: list[dict], within: float | None = None) -> list[dict]:
@@ -378,11 +392,11 @@ def choose(finalists: list[dict], latency_ms: float | None, max_mb: float | None
 
     def score(f: dict, o: dict) -> float:
         if not noisy:
-            return o["val_acc"]
+            return graph_score(o)
         if "teacher_agreement" in o:
             return o["teacher_agreement"]
         # its model's accuracy, less what the graph is measured to change (at most one error per disagreement)
-        model = next(p["val_acc"] for p in f["options"] if p["precision"] == "fp32")
+        model = next(graph_score(p) for p in f["options"] if p["precision"] == "fp32")
         return model - (1 - o.get("agreement_with_fp32", 1.0))
 
     scored = [(score(f, o), o, f) for f in finalists for o in f["options"] if within_budget(o, latency_ms, max_mb)]
@@ -541,18 +555,24 @@ def plan_teacher(job: AutoJob, root: Path, train, val, device, noisy: bool) -> d
     specs, left_out = usable_teachers(job.auto.teachers)
     for t in left_out:
         print(f"  teacher {t['teacher']} left out: {t['why']}")
-    teachers = score_teachers(teacher_stages(job, root, specs), val, device)
+    teachers = scored_teachers(job, teacher_stages(job, root, specs), val, device)
     probes = [t for t in teachers if "probe_of" in t]
     finetune = {"why": "the teachers are trained run folders: used as they are"}
     if probes:
-        best = max(probes, key=lambda t: t["val_acc"])
+        best = max(probes, key=score)
         finetune = plan_finetune(job, best, train.num_classes, len(train), noisy, len(val))
         shown = (f"{finetune['seeds']} x {finetune['epochs']} epochs at {finetune['size']} px, about "
                  f"{finetune['seconds'] / 60:.1f} min each" if "size" in finetune else finetune["why"])
         print(f"  teacher fine-tuning ({best['probe_of']}): {shown}")
-        teachers = score_teachers(teachers + finetuned_teachers(job, root, finetune, best["probe_of"]), val, device)
-    return {"teachers": teachers, "teacher": max(teachers, key=lambda t: t["val_acc"]),  # the first wins a tie
+        teachers = scored_teachers(job, teachers + finetuned_teachers(job, root, finetune, best["probe_of"]), val,
+                                   device)
+    return {"teachers": teachers, "teacher": max(teachers, key=score),  # the first wins a tie
             "teacher_finetune": finetune, "teachers_left_out": left_out}
+
+
+def scored_teachers(job: AutoJob, teachers: list[dict], val, device) -> list[dict]:
+    """:func:`score_teachers`, each with its --auto.metric figure as ``val_score``."""
+    return [{**t, "val_score": val_score(t, job.auto.metric)} for t in score_teachers(teachers, val, device)]
 
 
 def teacher_as_candidate(job: AutoJob, teacher: dict, num_classes: int) -> dict:
@@ -567,7 +587,8 @@ def teacher_as_candidate(job: AutoJob, teacher: dict, num_classes: int) -> dict:
     figures = measure(cand, num_classes, job.auto.threads, latency_cache(job.data), reference_ms(job.auto.threads))
     kept, dropped = screen([figures], job.auto)
     return {**(kept or dropped)[0], "candidate": f"teacher {cand.label}", "folder": teacher["folder"],
-            "val_acc": teacher["val_acc"], "val_loss": teacher.get("val_loss"), "export_name": "export-teacher"}
+            "val_acc": teacher["val_acc"], "val_score": score(teacher), "val_loss": teacher.get("val_loss"),
+            "export_name": "export-teacher"}
 
 
 def pool_text(pool: dict, available: int, min_epochs: int, fewest: int) -> str:
@@ -717,7 +738,9 @@ def train_students(job: AutoJob, root: Path, plan: dict, held=None) -> list[dict
     epochs), then, when the plan left time over, the finalists for the epochs it buys; each with its latest
     validation accuracy (and agreement with the teacher on ``held``), the rung it reached and the minutes it took in
     all."""
-    select = "last" if plan["selection"]["noisy"] else "best"  # a fixed schedule when validation cannot rank epochs
+    # a fixed schedule where validation cannot rank epochs, or where the loop's best epoch (on accuracy) is not the
+    # metric that chooses
+    select = "last" if plan["selection"]["noisy"] or job.auto.metric != "accuracy" else "best"
     alive = [dict(f) for f in plan["candidates"] if f["epochs"]]
     if not alive:  # the budget bought no candidate an epoch
         return []
@@ -817,7 +840,8 @@ def train_student(job: AutoJob, root: Path, plan: dict, f: dict, rung: int, epoc
     metrics = run_one_stage(root, name, "distill", args)
     kept = next((h for h in metrics["history"] if h["epoch"] == metrics["selected"]["epoch"]), {})
     stage = stage_seconds(root)[name]
-    return {"folder": str(root / name), "val_acc": metrics["val_acc"], "val_loss": kept.get("val_loss"),
+    return {"folder": str(root / name), "val_acc": metrics["val_acc"], "val_score": val_score(metrics, job.auto.metric),
+            "val_loss": kept.get("val_loss"),
             "rung": rung, "trained_epochs": f.get("trained_epochs", 0) + epochs,
             "stage_minutes": metrics["train_seconds"] / 60,
             # what the loop really took per epoch (evaluation and checkpoints included), and the stage's cost
@@ -853,7 +877,8 @@ def average_with_teacher(job: AutoJob, root: Path, plan: dict, trained: list[dic
             "data": to_dict(job.data),
             "soup": {"runs": [t["folder"], teacher], "method": "uniform", "batchnorm": "average",
                      "score_test": False, "device": job.auto.device}})
-        average = {"folder": str(root / name), "val_acc": result["val_acc"], "val_loss": result["val_loss"]}
+        average = {"folder": str(root / name), "val_acc": result["val_acc"],
+                   "val_score": val_score(result, job.auto.metric), "val_loss": result["val_loss"]}
         if held is not None:
             average["teacher_agreement"] = agreement(average["folder"], held, plan["held_out"]["teacher_labels"],
                                                      resolve_device(job.auto.device))
@@ -1005,7 +1030,7 @@ def exported_options(job: AutoJob, root: Path, f: dict, images, held=None,
             "export": {"score_on": "validation", "threads": job.auto.threads,
                        "latency_runs": EXPORT_LATENCY_RUNS, **settings}})
         keys = (("fp32", "onnx_fp32"), ("int8", "onnx_int8")) if i == 0 else (("int8", "onnx_int8"),)
-        options += [option(f, root / name, result, precision, key, recipe) for precision, key in keys]
+        options += [option(f, root / name, result, precision, key, recipe, job.auto.metric) for precision, key in keys]
         fp32_timings.append(result["latency_batch1"]["onnx_fp32"]["quiet_p50_ms"])
     # every export times the same fp32 graph again: its quiet figure is the lowest of them, as within one
     # export (a shared machine measured one graph at 2.58, 2.66 and 3.53 ms in three exports minutes apart)
@@ -1031,12 +1056,16 @@ def exported_options(job: AutoJob, root: Path, f: dict, images, held=None,
     return options
 
 
-def option(f: dict, folder: Path, result: dict, precision: str, key: str, recipe: str) -> dict:
-    """One deployable choice: a finalist's graph in one precision (and int8 recipe), with what export measured."""
+def option(f: dict, folder: Path, result: dict, precision: str, key: str, recipe: str,
+           metric: str = "accuracy") -> dict:
+    """One deployable choice: a finalist's graph in one precision (and int8 recipe), with what export measured
+    (``val_score``: its --auto.metric figure on validation)."""
     latency = result["latency_batch1"][key]
+    figures = {"val_acc": result["validation_acc"][key],
+               "val_balanced_acc": result.get("validation_balanced_acc", {}).get(key)}
     return {"candidate": f["candidate"], "precision": precision, "int8_recipe": recipe if precision == "int8" else None,
             "folder": f["folder"], "onnx": str(folder / result["files"][key]),
-            "val_acc": result["validation_acc"][key], "val_loss": f.get("val_loss"),
+            "val_acc": figures["val_acc"], "val_score": val_score(figures, metric), "val_loss": f.get("val_loss"),
             "agreement_with_fp32": result.get("int8_agreement_with_fp32", 1.0) if precision == "int8" else 1.0,
             # the lowest of repeated medians: the model's latency on its own device, not the contention of a shared
             # one (the median over all runs and the spread are kept beside it)
@@ -1156,7 +1185,9 @@ def print_summary(result: dict) -> None:
     recipe = f" ({c['int8_recipe']} calibration)" if c.get("int8_recipe") else ""
     agreed = (f", agreement with the teacher on {result['held_out_images']:,} held-out images "
               f"{100 * c['teacher_agreement']:.2f}%" if "teacher_agreement" in c else "")
-    print(f"\nchosen: {c['candidate']} as {c['precision']} ONNX{recipe}: validation {100 * c['val_acc']:.2f}%{agreed}, "
+    judged = (f"validation balanced accuracy {100 * graph_score(c):.2f}% (accuracy {100 * c['val_acc']:.2f}%)"
+              if result.get("metric") == "balanced_accuracy" else f"validation {100 * c['val_acc']:.2f}%")
+    print(f"\nchosen: {c['candidate']} as {c['precision']} ONNX{recipe}: {judged}{agreed}, "
           f"{c['p50_ms']:.2f} ms batch-1 p50 on this CPU, {c['mb']:.1f} MB, {c['params']:,} parameters")
     print(f"test (read once): {100 * t['chosen_test_acc']:.2f}% against the teacher's "
           f"{100 * t['teacher_test_acc']:.2f}% on {t['test_images']} images: "
@@ -1204,7 +1235,8 @@ def auto_job(job: AutoJob) -> dict:
     if plan["selection"]["noisy"]:
         print(f"note: {plan['selection']['warning']}; students train a fixed schedule (their last epoch is kept)")
     left_out = "".join(f"; {t['teacher']} left out: {t['why']}" for t in plan.get("teachers_left_out", []))
-    print(f"teacher: {plan['teacher']['teacher']} ({100 * plan['teacher']['val_acc']:.2f}% validation){left_out}")
+    figure = "validation balanced accuracy" if job.auto.metric == "balanced_accuracy" else "validation"
+    print(f"teacher: {plan['teacher']['teacher']} ({100 * graph_score(plan['teacher']):.2f}% {figure}){left_out}")
     held = (held_out_images(job, data[0], plan["held_out"]["images"]) if plan["held_out"]["images"] else None)
     if held is not None:
         print(f"note: the candidates are ranked by their agreement with the teacher on {len(held):,} unlabelled "
@@ -1232,7 +1264,7 @@ def auto_job(job: AutoJob) -> dict:
     rows = leaderboard(plan, trained, finalists)
     best = write_best(root, chosen, test)
     minutes = (before + time.perf_counter() - started) / 60
-    result = {"root": str(root), "chosen": chosen, "test": test, "teacher": plan["teacher"],
+    result = {"root": str(root), "metric": job.auto.metric, "chosen": chosen, "test": test, "teacher": plan["teacher"],
               "teachers": plan["teachers"], "teachers_left_out": plan.get("teachers_left_out", []),
               "teacher_finetune": plan["teacher_finetune"], "best": str(best),
               "leaderboard": rows, "budget_minutes": job.auto.minutes, "latency_budget_ms": job.auto.latency_ms,

@@ -112,7 +112,7 @@ def score_teachers(teachers: list[dict], val, device) -> list[dict]:
     import torch.nn.functional as F
 
     from fm2edge.models.io import load_classifier
-    from fm2edge.report.metrics import accuracy
+    from fm2edge.report.metrics import accuracy, balanced_accuracy
     from fm2edge.train import predict
 
     for t in teachers:
@@ -125,6 +125,7 @@ def score_teachers(teachers: list[dict], val, device) -> list[dict]:
         predict(model, timed, 64, device)
         t["images_per_s"] = len(timed) / (time.perf_counter() - t0)
         t["val_acc"] = accuracy(logits, val.labels)
+        t["val_balanced_acc"] = balanced_accuracy(logits.argmax(1), val.labels)
         t["val_loss"] = float(F.cross_entropy(logits, torch.as_tensor(val.labels, dtype=torch.long)))
         t["parameters"] = sum(p.numel() for p in model.parameters())
     return teachers

@@ -98,7 +98,7 @@ def render(summary: dict) -> str:
         lines += ["", f"note: the training classes are imbalanced ({train[large]} '{large}' to {train[small]} "
                       f"'{small}', {imbalance['ratio']:.1f} to 1): "
                       f"accuracy favours the large classes; fm2edge auto reports balanced accuracy (the mean of the "
-                      f"classes' accuracies) beside it"]
+                      f"classes' accuracies) beside it, and chooses on it with --auto.metric balanced_accuracy"]
     return "\n".join(lines)
 
 

@@ -272,7 +272,9 @@ def auto_section(folder: str, r: dict) -> str:
     budget = f"{r['latency_budget_ms']:.3g} ms" if r.get("latency_budget_ms") else "no latency bound"
     parts = [f"<h2>fm2edge auto: {html.escape(Path(folder).name)}</h2>",
              f"<p id=\"auto-choice\">Chosen: <b>{html.escape(c['candidate'])}</b> as {c['precision']} ONNX, "
-             f"{c['p50_ms']:.2f} ms batch-1 (budget {budget}), {c['mb']:.1f} MB, validation {_pct(c['val_acc'])}. "
+             f"{c['p50_ms']:.2f} ms batch-1 (budget {budget}), {c['mb']:.1f} MB, validation {_pct(c['val_acc'])}"
+             + (f", balanced accuracy {_pct(c['val_score'])} (what chose it)"
+                if r.get("metric") == "balanced_accuracy" and c.get("val_score") is not None else "") + ". "
              f"Test, read once: <b>{_pct(t['chosen_test_acc'])}</b> against the teacher's "
              f"{_pct(t['teacher_test_acc'])} on {t['test_images']:,} images: "
              f"{M.gap_text(t['gap_points'], t.get('gap_interval_points'))}. {r['minutes']:.1f} of "
