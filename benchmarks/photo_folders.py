@@ -4,6 +4,7 @@ reachable where no dataset hub is), to judge `fm2edge auto` on data it was not d
     python benchmarks/photo_folders.py --out /tmp/photo-folders
     python benchmarks/auto_study.py --source /tmp/photo-folders/gcompris-categories --teacher_factor 3 --minutes 30
     python benchmarks/auto_study.py --source /tmp/photo-folders/fashion300 --teacher_factor 3 --minutes 30
+    python benchmarks/photo_folders.py --out /tmp/photo-folders --only catsdogs --catsdogs ../shared/data/catsdogs128
 
 Two folders, each ``<name>/{train,test}/<class>/<image>``:
 
@@ -13,6 +14,14 @@ Two folders, each ``<name>/{train,test}/<class>/<image>``:
 - ``fashion300``: Fashion-MNIST (``dataset-fashion-mnist``, Zalando's product photos, 28 x 28 grey): the first 30
   training images of each of the 10 classes (300) and the first 200 test images of each (2,000). With
   ``--unlabeled N``, ``fashion-unlabeled/`` holds the next N training images without labels.
+
+With ``--catsdogs DIR`` (a cats-and-dogs folder in the hub's parquet schema, ``train.parquet`` and
+``test.parquet``), two more folders of its photos in file order:
+
+- ``imbal``: the first 240 cats and 30 dogs of its training split and the first 300 cats and 40 dogs of its test
+  split (8 to 1 and 7.5 to 1), ``imbal/{train,test}/<class>/``;
+- ``photos16``: the first 8 cats and 8 dogs of its training split in one ``photos16/<class>/`` folder, which
+  ``auto`` splits itself.
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from datasets import Dataset, Image
+from PIL import Image as PILImage
 
 CATEGORIES = ("tools", "fishes", "monuments", "renewable")
 CATEGORY_RCC = "usr/share/gcompris-qt/rcc/categorization.rcc"
@@ -130,7 +140,7 @@ def fashion(package_root: Path, out: Path, train_per_class: int, test_per_class:
         for i in keep:
             dst = out / name / split / FASHION_CLASSES[labels[i]] / f"{stem}-{i:05d}.png"
             dst.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(images[i]).save(dst)
+            PILImage.fromarray(images[i]).save(dst)
         counts[split] = len(keep)
         if split == "train":
             used, pool = keep, images
@@ -138,9 +148,46 @@ def fashion(package_root: Path, out: Path, train_per_class: int, test_per_class:
         rest = np.setdiff1d(np.arange(len(pool)), used)[:unlabeled]
         (out / "fashion-unlabeled").mkdir(parents=True, exist_ok=True)
         for i in rest:
-            Image.fromarray(pool[i]).save(out / "fashion-unlabeled" / f"train-{i:05d}.png")
+            PILImage.fromarray(pool[i]).save(out / "fashion-unlabeled" / f"train-{i:05d}.png")
         counts["unlabeled"] = len(rest)
     return counts
+
+
+def parquet_photos(path: Path) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """``(class name, encoded photo)`` rows of a parquet split in the hub's image schema, in file order."""
+    split = Dataset.from_parquet(str(path)).cast_column("image", Image(decode=False))
+    names = split.features["label"].names
+    rows = [(names[row["label"]], row["image"]["bytes"]) for row in split]
+    return rows, names
+
+
+def first_of_each(rows: list[tuple[str, bytes]], counts: dict[str, int]) -> list[tuple[str, bytes]]:
+    """The first ``counts[c]`` rows of each class ``c``, in file order."""
+    seen = dict.fromkeys(counts, 0)
+    kept = []
+    for name, data in rows:
+        if seen[name] < counts[name]:
+            seen[name] += 1
+            kept.append((name, data))
+    return kept
+
+
+def write_photos(rows: list[tuple[str, bytes]], into: Path) -> None:
+    for i, (name, data) in enumerate(rows):
+        (into / name).mkdir(parents=True, exist_ok=True)
+        (into / name / f"{name}-{i:04d}.jpg").write_bytes(data)
+
+
+def catsdogs(source: Path, out: Path) -> dict[str, int]:
+    """``imbal`` (8 cats to 1 dog, split as given) and ``photos16`` (8 of each, one folder) under ``out``."""
+    train, (cat, dog) = parquet_photos(source / "train.parquet")
+    test, _ = parquet_photos(source / "test.parquet")
+    parts = {"imbal/train": first_of_each(train, {cat: 240, dog: 30}),
+             "imbal/test": first_of_each(test, {cat: 300, dog: 40}),
+             "photos16": first_of_each(train, {cat: 8, dog: 8})}
+    for name, rows in parts.items():
+        write_photos(rows, out / name)
+    return {name: len(rows) for name, rows in parts.items()}
 
 
 def main() -> None:
@@ -150,12 +197,19 @@ def main() -> None:
     ap.add_argument("--test_per_class", type=int, default=200)
     ap.add_argument("--unlabeled", type=int, default=0)
     ap.add_argument("--start", type=int, default=0, help="Fashion-MNIST: each class's images from this one on")
+    ap.add_argument("--catsdogs", type=Path, help="a cats-and-dogs parquet folder: also build imbal and photos16")
+    ap.add_argument("--only", nargs="+", choices=("gcompris", "fashion", "catsdogs"),
+                    default=("gcompris", "fashion", "catsdogs"), help="build these folders only")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        gc = unpack_deb("gcompris-qt-data", Path(tmp))
-        print("gcompris-categories", gcompris_categories(gc, a.out / "gcompris-categories"))
-        fm = unpack_deb("dataset-fashion-mnist", Path(tmp))
-        print("fashion", fashion(fm, a.out, a.train_per_class, a.test_per_class, a.unlabeled, a.start))
+        if "gcompris" in a.only:
+            gc = unpack_deb("gcompris-qt-data", Path(tmp))
+            print("gcompris-categories", gcompris_categories(gc, a.out / "gcompris-categories"))
+        if "fashion" in a.only:
+            fm = unpack_deb("dataset-fashion-mnist", Path(tmp))
+            print("fashion", fashion(fm, a.out, a.train_per_class, a.test_per_class, a.unlabeled, a.start))
+    if "catsdogs" in a.only and a.catsdogs:
+        print("catsdogs", catsdogs(a.catsdogs, a.out))
 
 
 if __name__ == "__main__":

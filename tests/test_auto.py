@@ -572,8 +572,19 @@ def test_auto_with_balanced_accuracy_judges_every_step_on_it(tmp_path, teacher, 
         assert metrics["selected"]["on"] == "last epoch" and 0 <= metrics["val_balanced_acc"] <= 1
     plan = json.loads((run / "plan.json").read_text())
     assert plan["teacher"]["val_score"] == plan["teacher"]["val_balanced_acc"]
+    # validation's noise is balanced accuracy's, which its smallest class decides
+    assert 0 < plan["selection"]["effective_images"] <= plan["selection"]["val_images"] == plan["val_images"]
     assert "% validation balanced accuracy)" in out
-    assert "(what chose it)" in (run / "report.html").read_text()
+    page = (run / "report.html").read_text()
+    assert "(what chose it)" in page and "<th>validation balanced</th>" in page and "ONNX int8 val balanced" in page
+    # the leaderboard ranks on it and shows each graph's figure: the chosen candidate's row holds its graph's
+    rows = result["leaderboard"]
+    ranked = [r["val_score"] for r in rows if r["val_score"] is not None and not r["teacher_agreement"]]
+    assert ranked == sorted(ranked, reverse=True)
+    row = next(r for r in rows if r["candidate"] == chosen["candidate"])
+    assert row[f"val_balanced_acc_onnx_{chosen['precision']}"] == chosen["val_score"]
+    assert row["val_score"] == row["val_balanced_acc"] is not None
+    assert "val_balanced_acc_onnx_int8" in next(csv.DictReader((run / "leaderboard.csv").open()))
 
 
 def test_auto_distils_on_the_training_images_its_labels_leave_out(tmp_path, teacher, capsys):

@@ -11,12 +11,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from fm2edge.cli import main
 from fm2edge.config import DataConfig
 from fm2edge.data import load_data
-from fm2edge.data.splits import binomial_half_width, selection_noise
+from fm2edge.data.splits import balanced_selection_noise, binomial_half_width, effective_images, selection_noise
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.train import Selection
 
@@ -201,3 +203,30 @@ def test_imbalanced_training_classes_get_a_note_balanced_ones_none(tmp_path, cap
     assert main(["data", str(skewed), "--json", "true"]) == 0
     imbalance = json.loads(capsys.readouterr().out)["imbalance"]
     assert (imbalance["largest"], imbalance["smallest"]) == ("ants", "bees") and imbalance["ratio"] >= 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 500), min_size=1, max_size=12))
+def test_balanced_accuracy_is_as_noisy_as_accuracy_on_fewer_images_than_validation_holds(counts):
+    """Balanced accuracy over classes of ``counts`` images is as noisy as accuracy on K^2 / sum(1/n_k) images: all
+    of them where the classes are equal, never more than validation holds, never fewer than K times the smallest
+    class (the harmonic mean), classes without images left out."""
+    n = effective_images(counts)
+    present = [c for c in counts if c]
+    if not present:
+        assert n == 0
+        return
+    assert len(present) * min(present) - 1 <= n <= sum(present)
+    if len(set(present)) == 1:
+        assert n == sum(present)
+
+
+def test_a_small_class_makes_balanced_validation_too_coarse_to_rank():
+    """216 cats and 27 dogs to train leave 24 and 3 to validate: plain accuracy on 27 images is known to +-17.6
+    points, balanced accuracy only as well as accuracy on 10 images, and the warning names the class."""
+    noise = balanced_selection_noise([24, 3], ["cat", "dog"], "candidates")
+    assert noise["effective_images"] == 10 and noise["val_images"] == 27 and noise["noisy"]
+    assert noise["half_width"] == pytest.approx(binomial_half_width(10), abs=1e-4)
+    assert noise["half_width"] > selection_noise(27)["half_width"]
+    assert "3 of 27 images are 'dog'" in noise["warning"]
+    assert not balanced_selection_noise([300, 300], ["a", "b"])["noisy"]

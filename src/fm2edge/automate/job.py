@@ -285,6 +285,7 @@ def rungs_as_run(plan: dict) -> list[dict]:
 
 
 METRIC_KEYS = {"accuracy": "val_acc", "balanced_accuracy": "val_balanced_acc"}  # --auto.metric: its figure
+METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy"}  # and its name in messages
 
 
 def val_score(figures: dict, metric: str) -> float | None:
@@ -340,6 +341,12 @@ def tie_width(plan: dict) -> float | None:
     small to rank candidates and no held-out images rank them instead; None where the scores rank."""
     selection = plan["selection"]
     return selection["half_width"] if selection["noisy"] and not plan["held_out"]["images"] else None
+
+
+def scored_images(plan: dict) -> int:
+    """How many validation images the candidates' scores are as noisy as accuracy on: all of them, or with
+    --auto.metric balanced_accuracy fewer, as its small classes decide (``effective_images``)."""
+    return plan["selection"].get("effective_images", plan["val_images"])
 
 
 def hopeless(ranked: list[dict], scored_on: int) -> dict[str, float]:
@@ -587,7 +594,8 @@ def teacher_as_candidate(job: AutoJob, teacher: dict, num_classes: int) -> dict:
     figures = measure(cand, num_classes, job.auto.threads, latency_cache(job.data), reference_ms(job.auto.threads))
     kept, dropped = screen([figures], job.auto)
     return {**(kept or dropped)[0], "candidate": f"teacher {cand.label}", "folder": teacher["folder"],
-            "val_acc": teacher["val_acc"], "val_score": score(teacher), "val_loss": teacher.get("val_loss"),
+            "val_acc": teacher["val_acc"], "val_score": score(teacher),
+            "val_balanced_acc": teacher.get("val_balanced_acc"), "val_loss": teacher.get("val_loss"),
             "export_name": "export-teacher"}
 
 
@@ -647,7 +655,7 @@ def plan_held_out(job: AutoJob, train, teacher: dict, available: int, noisy: boo
 def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     """Measure, screen, choose the teacher and size every student's epochs: written once (plan.json), so a resumed
     run follows the same plan whatever its clock says."""
-    from fm2edge.data.splits import selection_noise
+    from fm2edge.data.splits import balanced_selection_noise, selection_noise
     from fm2edge.device import cpu_features, resolve_device
 
     train, val, _ = data
@@ -669,7 +677,9 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
         speed = measure_training(Candidate.parse(f["candidate"]), train.num_classes, job.auto.threads,
                                  latency_cache(job.data))
         f.update(train_images_per_s=speed["train_images_per_s"], train_device=speed["train_device"])
-    noise = selection_noise(len(val), "candidates")
+    noise = (balanced_selection_noise(val.labels.bincount(minlength=val.num_classes).tolist(), val.class_names,
+                                      "candidates") if job.auto.metric == "balanced_accuracy"
+             else selection_noise(len(val), "candidates"))
     chosen = plan_teacher(job, root, train, val, resolve_device(job.auto.device), noise["noisy"])
     teacher = chosen["teacher"]
     teacher_option = teacher_as_candidate(job, teacher, train.num_classes)
@@ -750,7 +760,7 @@ def train_students(job: AutoJob, root: Path, plan: dict, held=None) -> list[dict
     while r < len(rungs):
         if r:
             ranked = rank(alive, tie_width(plan))
-            behind = hopeless(ranked, plan["held_out"]["images"] or plan["val_images"])
+            behind = hopeless(ranked, plan["held_out"]["images"] or scored_images(plan))
             for c, gap in behind.items():
                 done[c]["left_behind"] = f"left after rung {r - 1}, {100 * gap:.1f} points under the leader"
                 print(f"  {c} {done[c]['left_behind']}: too far behind to be worth another rung")
@@ -841,7 +851,7 @@ def train_student(job: AutoJob, root: Path, plan: dict, f: dict, rung: int, epoc
     kept = next((h for h in metrics["history"] if h["epoch"] == metrics["selected"]["epoch"]), {})
     stage = stage_seconds(root)[name]
     return {"folder": str(root / name), "val_acc": metrics["val_acc"], "val_score": val_score(metrics, job.auto.metric),
-            "val_loss": kept.get("val_loss"),
+            "val_balanced_acc": metrics.get("val_balanced_acc"), "val_loss": kept.get("val_loss"),
             "rung": rung, "trained_epochs": f.get("trained_epochs", 0) + epochs,
             "stage_minutes": metrics["train_seconds"] / 60,
             # what the loop really took per epoch (evaluation and checkpoints included), and the stage's cost
@@ -878,7 +888,8 @@ def average_with_teacher(job: AutoJob, root: Path, plan: dict, trained: list[dic
             "soup": {"runs": [t["folder"], teacher], "method": "uniform", "batchnorm": "average",
                      "score_test": False, "device": job.auto.device}})
         average = {"folder": str(root / name), "val_acc": result["val_acc"],
-                   "val_score": val_score(result, job.auto.metric), "val_loss": result["val_loss"]}
+                   "val_score": val_score(result, job.auto.metric), "val_balanced_acc": result.get("val_balanced_acc"),
+                   "val_loss": result["val_loss"]}
         if held is not None:
             average["teacher_agreement"] = agreement(average["folder"], held, plan["held_out"]["teacher_labels"],
                                                      resolve_device(job.auto.device))
@@ -1065,7 +1076,8 @@ def option(f: dict, folder: Path, result: dict, precision: str, key: str, recipe
                "val_balanced_acc": result.get("validation_balanced_acc", {}).get(key)}
     return {"candidate": f["candidate"], "precision": precision, "int8_recipe": recipe if precision == "int8" else None,
             "folder": f["folder"], "onnx": str(folder / result["files"][key]),
-            "val_acc": figures["val_acc"], "val_score": val_score(figures, metric), "val_loss": f.get("val_loss"),
+            "val_acc": figures["val_acc"], "val_score": val_score(figures, metric),
+            "val_balanced_acc": figures["val_balanced_acc"], "val_loss": f.get("val_loss"),
             "agreement_with_fp32": result.get("int8_agreement_with_fp32", 1.0) if precision == "int8" else 1.0,
             # the lowest of repeated medians: the model's latency on its own device, not the contention of a shared
             # one (the median over all runs and the spread are kept beside it)
@@ -1109,7 +1121,8 @@ def write_best(root: Path, chosen: dict, test: dict) -> Path:
 
 
 def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[dict]:
-    """One row per candidate: its measured figures, what happened to it, and its validation accuracy."""
+    """One row per candidate: its measured figures, what happened to it, and its validation accuracy and balanced
+    accuracy (ranked on --auto.metric's)."""
     done = {t["candidate"]: t for t in trained}
     options: dict[tuple[str, str], dict] = {}
 
@@ -1117,7 +1130,7 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[
 
     def order(o: dict) -> tuple:  # within the budget first, then as `choose` ranks them (held-out agreement first)
         return (within_budget(o, budget.get("latency_ms"), budget.get("max_mb")), o.get("teacher_agreement", 0.0),
-                o["val_acc"], o["agreement_with_fp32"], -o.get("fp32_gap", 0.0))
+                graph_score(o), o["agreement_with_fp32"], -o.get("fp32_gap", 0.0))
 
     for f in finalists:  # per candidate and precision, its best option (the int8 recipe validation prefers)
         for o in f["options"]:
@@ -1129,8 +1142,8 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[
     rows = []
     teacher = plan["teacher_option"]
     for f in plan["candidates"] + plan["dropped"] + [teacher]:
-        if f is teacher:  # not trained here: its validation accuracy is the one that chose it
-            t = {"val_acc": f["val_acc"]}
+        if f is teacher:  # not trained here: its validation figures are the ones that chose it
+            t = {k: f.get(k) for k in ("val_acc", "val_score", "val_balanced_acc")}
             status = f"the teacher: {f.get('why', 'screened within the budget, not retrained')}"
         else:
             t = done.get(f["candidate"], {})
@@ -1145,15 +1158,16 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[
         rows.append({"candidate": f["candidate"], "status": status,
                      "params": f["params"], "macs": f["macs"], "screen_fp32_ms": f["fp32"]["p50_ms"],
                      "screen_int8_ms": f["int8"]["p50_ms"], "epochs": t.get("trained_epochs"), "rung": t.get("rung"),
-                     "val_acc": t.get("val_acc"), "teacher_agreement": t.get("teacher_agreement"),
-                     "val_acc_onnx_fp32": options.get((f["candidate"], "fp32"), {}).get("val_acc"),
-                     "val_acc_onnx_int8": options.get((f["candidate"], "int8"), {}).get("val_acc"),
+                     "val_acc": t.get("val_acc"), "val_balanced_acc": t.get("val_balanced_acc"),
+                     "val_score": graph_score(t) if t else None, "teacher_agreement": t.get("teacher_agreement"),
+                     **{f"{k}_onnx_{p}": options.get((f["candidate"], p), {}).get(k)
+                        for p in ("fp32", "int8") for k in ("val_acc", "val_balanced_acc")},
                      "fp32_ms": options.get((f["candidate"], "fp32"), {}).get("p50_ms"),
                      "int8_ms": options.get((f["candidate"], "int8"), {}).get("p50_ms"),
                      "int8_recipe": options.get((f["candidate"], "int8"), {}).get("int8_recipe"),
                      "minutes": t.get("minutes")})
     # in the order the search ranked them: agreement with the teacher on held-out images first where it had them
-    return sorted(rows, key=lambda r: (r["val_acc"] is None, -(r["teacher_agreement"] or 0), -(r["val_acc"] or 0)))
+    return sorted(rows, key=lambda r: (r["val_score"] is None, -(r["teacher_agreement"] or 0), -(r["val_score"] or 0)))
 
 
 def leaderboard_csv(rows: list[dict]) -> str:
@@ -1242,9 +1256,9 @@ def auto_job(job: AutoJob) -> dict:
         print(f"note: the candidates are ranked by their agreement with the teacher on {len(held):,} unlabelled "
               f"images held out of training")
     elif (within := tie_width(plan)) is not None:
-        print(f"note: validation accuracies within {100 * within:.0f} points of the best count as a tie, which goes "
-              f"to the students that start pretrained (add unlabelled images, --auto.unlabeled_source DIR, to rank "
-              f"them on those instead)")
+        print(f"note: validation {METRIC_NAMES[job.auto.metric]} figures within {100 * within:.0f} points of the "
+              f"best count as a tie, which goes to the students that start pretrained (add unlabelled images, "
+              f"--auto.unlabeled_source DIR, to rank them on those instead)")
     trained = train_students(job, root, plan, held)
     if not trained:
         raise Fm2EdgeError(too_short(plan, job.auto))
@@ -1280,9 +1294,12 @@ def auto_job(job: AutoJob) -> dict:
     atomic_write_json(root / "auto.json", result)
     points = [o for f in finalists for o in f["options"]]
     held_n = plan["held_out"]["images"]  # the choice was made on agreement there: the plot shows what chose
+    scored = [{**o, "val_score": graph_score(o)} for o in points + [chosen]]
     figure = (plots.accuracy_vs_latency(points, job.auto.latency_ms, chosen, None, "teacher_agreement",
                                         f"agreement with the teacher on {held_n:,} held-out images (%)") if held_n
-              else plots.accuracy_vs_latency(points, job.auto.latency_ms, chosen, plan["teacher"]["val_acc"]))
+              else plots.accuracy_vs_latency(scored[:-1], job.auto.latency_ms, scored[-1],
+                                             graph_score(plan["teacher"]), "val_score",
+                                             f"validation {METRIC_NAMES[job.auto.metric]} (%)"))
     save_figure(figure, root / "plots" / "accuracy_vs_latency.png")
     save_figure(plots.per_class_pair(test["per_class"], ("teacher", "chosen"),
                                      f"test accuracy per class (images), {test['test_images']:,} read once"),

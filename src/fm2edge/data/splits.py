@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Sequence
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -85,6 +86,31 @@ def binomial_half_width(n: int, p: float = 0.5, z: float = 1.96) -> float:
         return math.inf
     centre_pad = z * z / (4 * n * n)
     return z * math.sqrt(p * (1 - p) / n + centre_pad) / (1 + z * z / n)
+
+
+def effective_images(counts: Sequence[int]) -> int:
+    """How many images plain accuracy needs to be as noisy as balanced accuracy (the mean of the classes'
+    accuracies) over classes of ``counts`` validation images: with each class at the same accuracy p, balanced
+    accuracy's variance is p(1 - p) * sum(1 / n_k) / K^2, accuracy's on K^2 / sum(1 / n_k) images (rounded down).
+    Classes with no image are left out, as balanced accuracy leaves them out; 0 where none has one."""
+    present = [int(n) for n in counts if n > 0]
+    # in fractions: in floats one class of 105 images came to 104.99...
+    return math.floor(len(present) ** 2 / sum(Fraction(1, n) for n in present)) if present else 0
+
+
+def balanced_selection_noise(counts: Sequence[int], class_names: Sequence[str], what: str = "epochs") -> dict:
+    """:func:`selection_noise` for balanced accuracy over classes of ``counts`` validation images: its half-width
+    is accuracy's on :func:`effective_images` images (``effective_images``), which the smallest classes decide."""
+    n = effective_images(counts)
+    out = {**selection_noise(n, what), "val_images": int(sum(counts)), "effective_images": n}
+    if out["noisy"]:
+        small = min((i for i, c in enumerate(counts) if c > 0), key=lambda i: counts[i], default=0)
+        out["warning"] = (f"validation's balanced accuracy rests on its smallest class ({int(counts[small])} of "
+                          f"{int(sum(counts))} images are '{class_names[small]}'): it is known to "
+                          f"+-{100 * out['half_width']:.1f} points (95% interval), as accuracy is on {n} images, too "
+                          f"coarse to rank {what} that differ by less; give validation more images of the small "
+                          f"classes")
+    return out
 
 
 def selection_noise(n_val: int, what: str = "epochs") -> dict:

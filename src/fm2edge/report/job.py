@@ -291,14 +291,15 @@ def auto_section(folder: str, r: dict) -> str:
     plot = Path(folder) / "plots" / "accuracy_vs_latency.png"
     if plot.exists():
         scored = (f"agreement with the teacher on {r['held_out_images']:,} held-out images"
-                  if r.get("held_out_images") else "validation accuracy")
+                  if r.get("held_out_images") else "validation balanced accuracy"
+                  if r.get("metric") == "balanced_accuracy" else "validation accuracy")
         parts.append(_img(plot.read_bytes(), f"{scored} against latency measured here; the line is the budget"))
     if r.get("selection"):
         sel = r["selection"]
         ranked = (f"the candidates were ranked by their agreement with the teacher's labels on "
                   f"{r['held_out_images']:,} unlabelled images held out of training"
                   if r.get("held_out_images") else
-                  f"accuracies within {100 * sel['half_width']:.0f} points of the best counted as a tie, which went "
+                  f"scores within {100 * sel['half_width']:.0f} points of the best counted as a tie, which went "
                   f"to the students that start pretrained, then to the lower validation loss")
         graphs = ("every exported graph was scored the same way" if r.get("held_out_images") else
                   "each model's graph was chosen by its closeness to the fp32 graph on training images (agreement, "
@@ -306,8 +307,10 @@ def auto_section(folder: str, r: dict) -> str:
         how = (f"too few to rank epochs or candidates that differ by less: the students trained a fixed schedule "
                f"(their last epoch kept), {ranked}, {graphs}, and the teacher was not fine-tuned"
                if sel["noisy"] else "enough to rank: each student's best validation epoch was kept")
-        parts.append(f"<p id=\"auto-selection\">Validation: {sel['val_images']:,} images, accuracy known to "
-                     f"+-{100 * sel['half_width']:.1f} points (95% interval); {how}.</p>")
+        known = (f"balanced accuracy known to +-{100 * sel['half_width']:.1f} points (95% interval; as accuracy is "
+                 f"on {sel['effective_images']:,} images: its smallest classes decide)" if "effective_images" in sel
+                 else f"accuracy known to +-{100 * sel['half_width']:.1f} points (95% interval)")
+        parts.append(f"<p id=\"auto-selection\">Validation: {sel['val_images']:,} images, {known}; {how}.</p>")
     if r.get("teachers"):
         parts.append("<h3>The teacher</h3>")
         fine = r.get("teacher_finetune") or {}
@@ -343,16 +346,22 @@ def auto_section(folder: str, r: dict) -> str:
                          f"rung trained the leader alone.</p>")
     rows = r["leaderboard"]
     held = r.get("held_out_images") or 0
+    # the graphs' columns show the figure that chose (balanced accuracy with --auto.metric balanced_accuracy)
+    graphs = "val_balanced_acc" if r.get("metric") == "balanced_accuracy" else "val_acc"
     parts.append("<h3>Leaderboard</h3>")
     # the status, a sentence, last: the numbers stay in narrow columns and the sentence takes the width left
     parts.append(_table("auto-leaderboard", ["candidate", "rung", "epochs", "validation"]
+                        + (["validation balanced"] if graphs == "val_balanced_acc" else [])
                         + ([f"agrees with the teacher ({held:,} held out)"] if held else [])
-                        + ["ONNX fp32 val", "ONNX int8 val", "fp32 ms", "int8 ms", "parameters", "minutes", "status"],
+                        + [f"ONNX {p} val" + (" balanced" if graphs == "val_balanced_acc" else "")
+                           for p in ("fp32", "int8")]
+                        + ["fp32 ms", "int8 ms", "parameters", "minutes", "status"],
                         [[x["candidate"], str(x.get("rung") if x.get("rung") is not None else "-"),
                           str(x.get("epochs") or "-"), _pct(x.get("val_acc"))]
+                         + ([_pct(x.get("val_balanced_acc"))] if graphs == "val_balanced_acc" else [])
                          + ([_pct(x.get("teacher_agreement"))] if held else [])
-                         + [_pct(x.get("val_acc_onnx_fp32")),
-                          _pct(x.get("val_acc_onnx_int8")), _num(x.get("fp32_ms") or x["screen_fp32_ms"], "{:.2f}"),
+                         + [_pct(x.get(f"{graphs}_onnx_fp32")),
+                          _pct(x.get(f"{graphs}_onnx_int8")), _num(x.get("fp32_ms") or x["screen_fp32_ms"], "{:.2f}"),
                           _num(x.get("int8_ms") or x["screen_int8_ms"], "{:.2f}"), f"{x['params']:,}",
                           _num(x.get("minutes"), "{:.1f}"), x["status"]] for x in rows]))
     if r.get("minutes_by_step"):
