@@ -895,7 +895,8 @@ def average_with_teacher(job: AutoJob, root: Path, plan: dict, trained: list[dic
                                                      resolve_device(job.auto.device))
         kept = rank([average, t])[0] is average  # as students are ranked; an exact tie to the average
         t["averaged"] = {**average, "kept": kept, "student": {k: t.get(k) for k in average}}
-        what = "agreement with the teacher on the held-out images" if held is not None else "validation"
+        what = ("agreement with the teacher on the held-out images" if held is not None else "validation"
+                if job.auto.metric == "accuracy" else f"validation {METRIC_NAMES[job.auto.metric]}")
         loss = (f" (validation loss {average['val_loss']:.4f} against {t['val_loss']:.4f})"
                 if score(average) == score(t) and None not in (average["val_loss"], t["val_loss"]) else "")
         print(f"  {t['candidate']} averaged with the teacher's weights: {what} {100 * score(average):.2f}% against "
@@ -1120,9 +1121,9 @@ def write_best(root: Path, chosen: dict, test: dict) -> Path:
     return best
 
 
-def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[dict]:
+def leaderboard(plan: dict, trained: list[dict], finalists: list[dict], chosen: str | None = None) -> list[dict]:
     """One row per candidate: its measured figures, what happened to it, and its validation accuracy and balanced
-    accuracy (ranked on --auto.metric's)."""
+    accuracy; the ``chosen`` candidate first (it may have won a tie), the others ranked on --auto.metric's."""
     done = {t["candidate"]: t for t in trained}
     options: dict[tuple[str, str], dict] = {}
 
@@ -1166,8 +1167,9 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict]) -> list[
                      "int8_ms": options.get((f["candidate"], "int8"), {}).get("p50_ms"),
                      "int8_recipe": options.get((f["candidate"], "int8"), {}).get("int8_recipe"),
                      "minutes": t.get("minutes")})
-    # in the order the search ranked them: agreement with the teacher on held-out images first where it had them
-    return sorted(rows, key=lambda r: (r["val_score"] is None, -(r["teacher_agreement"] or 0), -(r["val_score"] or 0)))
+    # the choice, then the order the search ranked them in: agreement with the teacher on held-out images first
+    return sorted(rows, key=lambda r: (r["candidate"] != chosen, r["val_score"] is None,
+                                       -(r["teacher_agreement"] or 0), -(r["val_score"] or 0)))
 
 
 def leaderboard_csv(rows: list[dict]) -> str:
@@ -1275,7 +1277,7 @@ def auto_job(job: AutoJob) -> dict:
         raise Fm2EdgeError(f"no finalist meets the budget once exported (latency {job.auto.latency_ms} ms); see "
                            f"{root}/plan.json and the export folders; raise --auto.latency_ms or --auto.finalists")
     test = read_test_once(chosen, plan["teacher"], data[2], resolve_device(job.auto.device))
-    rows = leaderboard(plan, trained, finalists)
+    rows = leaderboard(plan, trained, finalists, chosen["candidate"])
     best = write_best(root, chosen, test)
     minutes = (before + time.perf_counter() - started) / 60
     result = {"root": str(root), "metric": job.auto.metric, "chosen": chosen, "test": test, "teacher": plan["teacher"],
