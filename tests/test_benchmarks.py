@@ -193,3 +193,32 @@ def test_the_photo_folder_builder_reads_qt_bundles_and_keeps_the_first_images_of
     unlabeled = sorted(p.name for p in (tmp_path / "out" / "fashion-unlabeled").iterdir())
     assert unlabeled == ["train-00002.png", "train-00004.png", "train-00005.png", "train-00006.png",
                          "train-00007.png"]  # the training images not kept with labels
+
+
+def test_the_photo_folder_builder_takes_the_first_cats_and_dogs_of_a_parquet_split(monkeypatch, tmp_path):
+    """``--catsdogs``: from a parquet split in the hub's image schema, the first photos of each class in file
+    order, their encoded bytes as stored, in ``imbal/{train,test}/<class>/`` and one ``photos16/<class>/``."""
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import photo_folders
+
+    labels = {"train": [0, 1, 0, 0, 1], "test": [1, 0, 0]}
+    stored = {}
+    for split, ys in labels.items():
+        rows = []
+        for i, y in enumerate(ys):
+            path = tmp_path / f"{split}-{i}.jpg"
+            Image.fromarray(np.full((8, 8, 3), 30 * i + 100 * y, np.uint8)).save(path)
+            rows.append(path.read_bytes())
+        stored[split] = rows
+        Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in rows], "label": ys},
+                          features=Features({"image": ImageFeature(), "label": ClassLabel(names=["cat", "dog"])})
+                          ).to_parquet(str(tmp_path / f"{split}.parquet"))
+    counts = photo_folders.catsdogs(tmp_path, tmp_path / "out")
+    assert counts == {"imbal/train": 5, "imbal/test": 3, "photos16": 5}  # fewer than asked for: all there are
+    cats = sorted((tmp_path / "out" / "imbal" / "train" / "cat").iterdir())
+    assert [p.read_bytes() for p in cats] == [stored["train"][i] for i in (0, 2, 3)]  # file order, bytes as stored
+    assert len(list((tmp_path / "out" / "photos16" / "dog").iterdir())) == 2
+    assert len(list((tmp_path / "out" / "imbal" / "test" / "dog").iterdir())) == 1

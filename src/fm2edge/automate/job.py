@@ -1258,7 +1258,7 @@ def auto_job(job: AutoJob) -> dict:
         print(f"note: the candidates are ranked by their agreement with the teacher on {len(held):,} unlabelled "
               f"images held out of training")
     elif (within := tie_width(plan)) is not None:
-        print(f"note: validation {METRIC_NAMES[job.auto.metric]} figures within {100 * within:.0f} points of the "
+        print(f"note: validation scores ({METRIC_NAMES[job.auto.metric]}) within {100 * within:.0f} points of the "
               f"best count as a tie, which goes to the students that start pretrained (add unlabelled images, "
               f"--auto.unlabeled_source DIR, to rank them on those instead)")
     trained = train_students(job, root, plan, held)
