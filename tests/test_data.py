@@ -337,3 +337,48 @@ def test_an_image_at_another_depth_is_named_and_an_empty_class_is_said(tmp_path,
     PILImage.new("RGB", (20, 20)).save(tmp_path / "photos" / "bees" / "more" / "x.png")
     with pytest.raises(Fm2EdgeError, match=r"but 'bees/more/x.png' is not directly inside a class folder; move"):
         load_data(DataConfig(source=str(tmp_path / "photos")))
+
+
+def heic_folder(root, n: int = 12, jpegs: int = 0):
+    """root/<class>/<i>.heic for ``n`` coloured images (as phones save photos), and ``jpegs`` more as JPEG."""
+    pytest.importorskip("pillow_heif")
+    imgs, labels = coloured_images(n + jpegs, 32, 3)
+    for i, (a, y) in enumerate(zip(imgs, labels, strict=True)):
+        (root / CLASSES[y]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(root / CLASSES[y] / f"{i}.{'heic' if i < n else 'jpg'}", quality=95)
+    return imgs, labels
+
+
+def test_heic_photos_are_read_where_their_plugin_is_installed(tmp_path):
+    """HEIC, what phones save, is read like any photo with the ``heif`` extra: every image counted, each class's
+    colour kept through the lossy format."""
+    imgs, labels = heic_folder(tmp_path, 12, 6)
+    train, val, test = load_data(DataConfig(source=str(tmp_path), image_size=32))
+    assert len(train) + len(val) + len(test) == 18
+    both = torch.cat([train.images, val.images, test.images]).float().mean((2, 3))
+    ys = torch.cat([train.labels, val.labels, test.labels])
+    for c in range(len(CLASSES)):  # the channel of each class's colour stays its brightest
+        mean = both[ys == c].mean(0)
+        want = np.mean([a.reshape(-1, 3).mean(0) for a, y in zip(imgs, labels, strict=True)
+                        if CLASSES[y] == train.class_names[c]], 0)
+        assert int(mean.argmax()) == int(want.argmax())
+
+
+def test_heic_photos_without_their_plugin_are_counted_and_named_not_dropped_silently(tmp_path, monkeypatch, caplog):
+    """Without pillow-heif, HEIC photos are not images Pillow can read: a folder that mixes them with JPEGs says how
+    many it skipped and the install that reads them; a folder of HEIC alone is one error saying the same."""
+    from fm2edge.data import folders, images
+
+    heic_folder(tmp_path / "mixed", 6, 12)
+    heic_folder(tmp_path / "phone", 6)
+    plain = tuple(s for s in images.IMAGE_SUFFIXES if s not in images.HEIF_SUFFIXES)
+    monkeypatch.setattr(folders, "IMAGE_SUFFIXES", plain)
+    monkeypatch.setattr(images, "IMAGE_SUFFIXES", plain)
+    with caplog.at_level("WARNING"):
+        scan = folders.scan_folder(tmp_path / "mixed")
+    assert len(scan.files) == 12 and scan.skipped == {images.HEIF_SKIPPED: 6}
+    assert "skipped 6 HEIC/HEIF photo(s): pip install 'fm2edge[heif]'" in caplog.text
+    with pytest.raises(Fm2EdgeError, match=r"no image files .* but 6 HEIC/HEIF photo\(s\): pip install"):
+        folders.scan_folder(tmp_path / "phone")
+    with pytest.raises(Fm2EdgeError, match="it holds HEIC/HEIF photos: pip install"):
+        images.find_images([str(tmp_path / "phone")])

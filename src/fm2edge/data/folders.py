@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fm2edge.data.images import IMAGE_SUFFIXES
+from fm2edge.data.images import HEIF_FIX, HEIF_SKIPPED, IMAGE_SUFFIXES, unreadable_kind
 from fm2edge.errors import Fm2EdgeError
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def walk_files(root: Path) -> tuple[list[Path], dict[str, int]]:
     """Every file below ``root`` as a path relative to it, symbolic links followed (a linked folder seen twice is
     read once), sorted; hidden entries, non-image files and broken links are skipped and counted."""
     found: list[Path] = []
-    skipped = {"hidden": 0, "not an image": 0, "broken link": 0}
+    skipped = {"hidden": 0, "not an image": 0, "broken link": 0, HEIF_SKIPPED: 0}
     seen: set[str] = set()
     for folder, dirs, names in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
@@ -81,9 +81,11 @@ def walk_files(root: Path) -> tuple[list[Path], dict[str, int]]:
             elif not path.exists():
                 skipped["broken link"] += 1
             elif not is_image(path):
-                skipped["not an image"] += 1
+                skipped[unreadable_kind(path)] += 1
             else:
                 found.append(path.relative_to(root))
+    if heif := skipped[HEIF_SKIPPED]:  # photos, not clutter: every command says so
+        log.warning("%s: skipped %d HEIC/HEIF photo(s): %s", root, heif, HEIF_FIX)
     return sorted(found), {k: v for k, v in skipped.items() if v}
 
 
@@ -101,8 +103,10 @@ def scan_folder(root: Path, named: dict[str, str] | None = None, train: str = "t
     named = named or {}
     files, skipped = walk_files(root)
     if not files:
-        raise Fm2EdgeError(f"image folder '{root}' holds no image files ({', '.join(IMAGE_SUFFIXES)}); lay it out as "
-                           f"root/<class>/<image> or root/<split>/<class>/<image>")
+        heif = skipped.get(HEIF_SKIPPED)
+        raise Fm2EdgeError(f"image folder '{root}' holds no image files ({', '.join(IMAGE_SUFFIXES)})"
+                           + (f" but {heif} HEIC/HEIF photo(s): {HEIF_FIX}" if heif else
+                              "; lay it out as root/<class>/<image> or root/<split>/<class>/<image>"))
     tops = sorted({f.parts[0] for f in files if len(f.parts) > 1})
     split_tops = [t for t in tops if split_of(t, named)]
     if split_tops and len(split_tops) < len(tops):

@@ -8,12 +8,37 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, features
 
 from fm2edge.errors import Fm2EdgeError
 
-# what counts as an image file in folders (image-folder datasets, `fm2edge predict` inputs)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+HEIF_SUFFIXES = (".heic", ".heif")  # what phones save photos as: Pillow reads them through pillow-heif's plugin
+HEIF_FIX = "pip install 'fm2edge[heif]' (pillow-heif) to read them, or convert them to JPEG"
+HEIF_SKIPPED = f"HEIC/HEIF photo ({HEIF_FIX})"  # how a folder's summary counts those it could not read
+
+
+def heif_plugin() -> bool:
+    """Register pillow-heif's opener with Pillow where it is installed (the ``heif`` extra); whether HEIC/HEIF
+    photos can be read."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+# what counts as an image file in folders (image-folder datasets, `fm2edge predict` inputs): Pillow's formats, AVIF
+# where this Pillow was built with it, HEIC/HEIF with its plugin
+IMAGE_SUFFIXES = ((".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+                  + ((".avif",) if "avif" in features.get_supported_modules() else ())
+                  + (HEIF_SUFFIXES if heif_plugin() else ()))
+
+
+def unreadable_kind(path: Path) -> str:
+    """Why a file with a suffix outside IMAGE_SUFFIXES is not read: a HEIC/HEIF photo without its plugin (and the
+    fix), or not an image at all."""
+    return HEIF_SKIPPED if path.suffix.lower() in HEIF_SUFFIXES else "not an image"
 EXIF_ORIENTATION = 0x0112  # the EXIF tag a camera writes instead of turning the pixels (portrait photos from phones)
 
 
@@ -112,6 +137,8 @@ def find_images(inputs: Iterable[str]) -> list[Path]:
         else:
             files = sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
         if not files:
-            raise Fm2EdgeError(f"'{item}' names no image files (looked for {', '.join(IMAGE_SUFFIXES)})")
+            heif = p.is_dir() and any(f.suffix.lower() in HEIF_SUFFIXES for f in p.rglob("*"))
+            raise Fm2EdgeError(f"'{item}' names no image files (looked for {', '.join(IMAGE_SUFFIXES)})"
+                               + (f"; it holds HEIC/HEIF photos: {HEIF_FIX}" if heif else ""))
         found.extend(files)
     return found
