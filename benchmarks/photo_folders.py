@@ -6,7 +6,7 @@ reachable where no dataset hub is), to judge `fm2edge auto` on data it was not d
     python benchmarks/auto_study.py --source /tmp/photo-folders/fashion300 --teacher_factor 3 --minutes 30
     python benchmarks/photo_folders.py --out /tmp/photo-folders --only catsdogs --catsdogs ../shared/data/catsdogs128
 
-Two folders, each ``<name>/{train,test}/<class>/<image>``:
+Three folders, each ``<name>/{train,test}/<class>/<image>``:
 
 - ``gcompris-categories``: the 123 photos (about 320 x 220 px, WebP) of the categorisation game in
   ``gcompris-qt-data``: tools, fishes, monuments, renewable energy; every other photo of a class (by file name)
@@ -14,6 +14,11 @@ Two folders, each ``<name>/{train,test}/<class>/<image>``:
 - ``fashion300``: Fashion-MNIST (``dataset-fashion-mnist``, Zalando's product photos, 28 x 28 grey): the first 30
   training images of each of the 10 classes (300) and the first 200 test images of each (2,000). With
   ``--unlabeled N``, ``fashion-unlabeled/`` holds the next N training images without labels.
+
+- ``tuxpaint-stamps``: the PNG stamps of Tux Paint (``tuxpaint-stamps-default``) in five of its categories:
+  animals, food, plants, town and vehicles (146, 67, 39, 79 and 38: up to 3.8 to 1), most of them photos or
+  paintings cut out on a transparent background, of every size; every other stamp of a category (by path) goes to
+  test, so 186 train and 183 test.
 
 With ``--catsdogs DIR`` (a cats-and-dogs folder in the hub's parquet schema, ``train.parquet`` and
 ``test.parquet``), two more folders of its photos in file order:
@@ -40,6 +45,8 @@ from PIL import Image as PILImage
 CATEGORIES = ("tools", "fishes", "monuments", "renewable")
 CATEGORY_RCC = "usr/share/gcompris-qt/rcc/categorization.rcc"
 FASHION = "usr/share/datasets/fashion-mnist"
+STAMPS = "usr/share/tuxpaint/stamps"
+STAMP_CATEGORIES = ("animals", "food", "plants", "town", "vehicles")
 FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                    "ankle boot")
 
@@ -104,6 +111,20 @@ def gcompris_categories(package_root: Path, out: Path) -> dict[str, int]:
             dst = out / split / cls / Path(p).name
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_bytes(files[p])
+            counts[split] = counts.get(split, 0) + 1
+    return counts
+
+
+def tuxpaint_stamps(package_root: Path, out: Path) -> dict[str, int]:
+    """Every other PNG stamp of each of STAMP_CATEGORIES (by path, sub-folders included) to train, the rest to test,
+    the files as shipped (transparency kept: reading them is the tool's job)."""
+    counts: dict[str, int] = {}
+    for cls in STAMP_CATEGORIES:
+        for k, src in enumerate(sorted((package_root / STAMPS / cls).rglob("*.png"))):
+            split = "train" if k % 2 == 0 else "test"
+            dst = out / split / cls / "-".join(src.relative_to(package_root / STAMPS / cls).parts)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(src.read_bytes())
             counts[split] = counts.get(split, 0) + 1
     return counts
 
@@ -198,8 +219,8 @@ def main() -> None:
     ap.add_argument("--unlabeled", type=int, default=0)
     ap.add_argument("--start", type=int, default=0, help="Fashion-MNIST: each class's images from this one on")
     ap.add_argument("--catsdogs", type=Path, help="a cats-and-dogs parquet folder: also build imbal and photos16")
-    ap.add_argument("--only", nargs="+", choices=("gcompris", "fashion", "catsdogs"),
-                    default=("gcompris", "fashion", "catsdogs"), help="build these folders only")
+    ap.add_argument("--only", nargs="+", choices=("gcompris", "fashion", "tuxpaint", "catsdogs"),
+                    default=("gcompris", "fashion", "tuxpaint", "catsdogs"), help="build these folders only")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if "gcompris" in a.only:
@@ -208,6 +229,9 @@ def main() -> None:
         if "fashion" in a.only:
             fm = unpack_deb("dataset-fashion-mnist", Path(tmp))
             print("fashion", fashion(fm, a.out, a.train_per_class, a.test_per_class, a.unlabeled, a.start))
+        if "tuxpaint" in a.only:
+            tp = unpack_deb("tuxpaint-stamps-default", Path(tmp))
+            print("tuxpaint-stamps", tuxpaint_stamps(tp, a.out / "tuxpaint-stamps"))
     if "catsdogs" in a.only and a.catsdogs:
         print("catsdogs", catsdogs(a.catsdogs, a.out))
 

@@ -222,3 +222,21 @@ def test_the_photo_folder_builder_takes_the_first_cats_and_dogs_of_a_parquet_spl
     assert [p.read_bytes() for p in cats] == [stored["train"][i] for i in (0, 2, 3)]  # file order, bytes as stored
     assert len(list((tmp_path / "out" / "photos16" / "dog").iterdir())) == 2
     assert len(list((tmp_path / "out" / "imbal" / "test" / "dog").iterdir())) == 1
+
+
+def test_the_photo_folder_builder_splits_each_stamp_category_alternately(monkeypatch, tmp_path):
+    """Tux Paint's stamps: each category's PNGs by path, sub-folders included, every other one to test, the files
+    as shipped (transparency kept) and named by their sub-folder so that two stamps of one name stay two."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import photo_folders
+
+    stamps = tmp_path / "pkg" / photo_folders.STAMPS
+    for cls in photo_folders.STAMP_CATEGORIES:
+        for name in ("a/x.png", "b/x.png", "c.png", "c.svg"):
+            (stamps / cls / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGBA", (4, 6), (255, 0, 0, 0)).save(stamps / cls / name, format="PNG")
+    counts = photo_folders.tuxpaint_stamps(tmp_path / "pkg", tmp_path / "out")
+    k = len(photo_folders.STAMP_CATEGORIES)
+    assert counts == {"train": 2 * k, "test": k}  # a-x and c to train, b-x to test: the .svg left out
+    assert sorted(p.name for p in (tmp_path / "out" / "train" / "food").iterdir()) == ["a-x.png", "c.png"]
+    assert Image.open(tmp_path / "out" / "test" / "food" / "b-x.png").mode == "RGBA"
