@@ -1167,9 +1167,10 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict], chosen: 
                      "int8_ms": options.get((f["candidate"], "int8"), {}).get("p50_ms"),
                      "int8_recipe": options.get((f["candidate"], "int8"), {}).get("int8_recipe"),
                      "minutes": t.get("minutes")})
-    # the choice, then the order the search ranked them in: agreement with the teacher on held-out images first
+    # the choice, then the order the search ranked them in: agreement with the teacher on held-out images first,
+    # equal scores by how far they went
     return sorted(rows, key=lambda r: (r["candidate"] != chosen, r["val_score"] is None,
-                                       -(r["teacher_agreement"] or 0), -(r["val_score"] or 0)))
+                                       -(r["teacher_agreement"] or 0), -(r["val_score"] or 0), -(r["rung"] or 0)))
 
 
 def leaderboard_csv(rows: list[dict]) -> str:
