@@ -68,8 +68,9 @@ class AutoConfig:
             accuracies: each class counts the same however few its photos; `fm2edge data` says when the training
             classes are imbalanced). With balanced_accuracy every teacher, student, weight average and exported
             graph is judged on it, and the students train the fixed schedule (their last epoch kept: the training
-            loop picks its best epoch on accuracy). Where held-out unlabelled images rank the candidates, agreement
-            with the teacher ranks them either way.
+            loop picks its best epoch on accuracy). Its noise is set by the smallest classes (as accuracy's on
+            K^2 / sum(1/n_k) images: 24 cats and 3 dogs rank like 10 images), and the run says so. Where held-out
+            unlabelled images rank the candidates, agreement with the teacher ranks them either way.
         seed: Seed of every run.
     """
 
