@@ -15,6 +15,7 @@ from fm2edge.errors import Fm2EdgeError
 HEIF_SUFFIXES = (".heic", ".heif")  # what phones save photos as: Pillow reads them through pillow-heif's plugin
 HEIF_FIX = "pip install 'fm2edge[heif]' (pillow-heif) to read them, or convert them to JPEG"
 HEIF_SKIPPED = f"HEIC/HEIF photo ({HEIF_FIX})"  # how a folder's summary counts those it could not read
+EXIF_ORIENTATION = 0x0112  # the EXIF tag a camera writes instead of turning the pixels (portrait photos from phones)
 
 
 def heif_plugin() -> bool:
@@ -39,7 +40,6 @@ def unreadable_kind(path: Path) -> str:
     """Why a file with a suffix outside IMAGE_SUFFIXES is not read: a HEIC/HEIF photo without its plugin (and the
     fix), or not an image at all."""
     return HEIF_SKIPPED if path.suffix.lower() in HEIF_SUFFIXES else "not an image"
-EXIF_ORIENTATION = 0x0112  # the EXIF tag a camera writes instead of turning the pixels (portrait photos from phones)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
