@@ -230,3 +230,14 @@ def test_a_small_class_makes_balanced_validation_too_coarse_to_rank():
     assert noise["half_width"] > selection_noise(27)["half_width"]
     assert "3 of 27 images are 'dog'" in noise["warning"]
     assert not balanced_selection_noise([300, 300], ["a", "b"])["noisy"]
+
+
+def test_an_imbalance_is_named_by_its_largest_and_smallest_classes_from_two_to_one():
+    """The note `fm2edge data` and `fm2edge auto` print: the largest class, the smallest one with images (a class
+    with none is not the smallest), and the ratio; classes under 2 to 1 apart say nothing."""
+    from fm2edge.data.summary import class_imbalance, imbalance_text
+
+    found = class_imbalance({"ants": 24, "bees": 4, "wasps": 0, "flies": 10})
+    assert (found["largest"], found["smallest"], found["ratio"]) == ("ants", "bees", 6.0)
+    assert imbalance_text(found) == "the training classes are imbalanced (24 'ants' to 4 'bees', 6.0 to 1)"
+    assert imbalance_text(class_imbalance({"ants": 7, "bees": 4})) is None

@@ -39,7 +39,7 @@ from fm2edge.automate.teachers import (
     usable_teachers,
 )
 from fm2edge.config import EPOCHS_FEWEST, scaled_epochs, to_dict
-from fm2edge.data.summary import IMBALANCED
+from fm2edge.data.summary import IMBALANCED, class_imbalance, imbalance_text, per_class
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.runs import METRICS_FILE, atomic_dir, atomic_write_json, atomic_write_text, read_metrics
 from fm2edge.stagecache import moved
@@ -1251,6 +1251,9 @@ def auto_job(job: AutoJob) -> dict:
         atomic_write_json(plan_path, plan)
     if plan["selection"]["noisy"]:
         print(f"note: {plan['selection']['warning']}; students train a fixed schedule (their last epoch is kept)")
+    if job.auto.metric == "accuracy" and (text := imbalance_text(class_imbalance(per_class(data[0])))):
+        print(f"note: {text}: accuracy, which chooses here, favours the large classes; --auto.metric "
+              f"balanced_accuracy chooses on the mean of the classes' accuracies")
     left_out = "".join(f"; {t['teacher']} left out: {t['why']}" for t in plan.get("teachers_left_out", []))
     figure = "validation balanced accuracy" if job.auto.metric == "balanced_accuracy" else "validation"
     print(f"teacher: {plan['teacher']['teacher']} ({100 * graph_score(plan['teacher']):.2f}% {figure}){left_out}")

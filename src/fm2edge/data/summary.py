@@ -49,9 +49,7 @@ def summarise(cfg: DataConfig) -> dict:
     out["undecodable"] = sum(d.skipped for d in (train, val, test) if d is not None)
     if val is not None:
         out["selection"] = selection_noise(len(val))
-    present = {k: v for k, v in out["splits"]["train"]["per_class"].items() if v}
-    largest, smallest = max(present, key=present.get), min(present, key=present.get)
-    out["imbalance"] = {"ratio": present[largest] / present[smallest], "largest": largest, "smallest": smallest}
+    out["imbalance"] = class_imbalance(out["splits"]["train"]["per_class"])
     folder = image_folder(cfg)
     if folder is not None:
         scan = scan_folder(folder, folder_names(cfg), cfg.train_split)
@@ -62,10 +60,31 @@ def summarise(cfg: DataConfig) -> dict:
     return out
 
 
-def split_summary(data: ImageData) -> dict:
+def class_imbalance(per_class: dict[str, int]) -> dict:
+    """The largest class, the smallest one with images, and how many times the first's images the second has."""
+    present = {k: v for k, v in per_class.items() if v}
+    largest, smallest = max(present, key=present.get), min(present, key=present.get)
+    return {"ratio": present[largest] / present[smallest], "largest": largest, "smallest": smallest,
+            "largest_images": present[largest], "smallest_images": present[smallest]}
+
+
+def imbalance_text(found: dict) -> str | None:
+    """What :func:`class_imbalance` found, in words, where the classes differ IMBALANCED to 1 or more (None
+    otherwise)."""
+    if found["ratio"] < IMBALANCED:
+        return None
+    return (f"the training classes are imbalanced ({found['largest_images']} '{found['largest']}' to "
+            f"{found['smallest_images']} '{found['smallest']}', {found['ratio']:.1f} to 1)")
+
+
+def per_class(data: ImageData) -> dict[str, int]:
+    """Images per class name, every class listed (0 where a split has none)."""
     counts = Counter(data.labels.tolist())
-    return {"images": len(data), "content": data.content_hash,
-            "per_class": {name: counts.get(i, 0) for i, name in enumerate(data.class_names)}}
+    return {name: counts.get(i, 0) for i, name in enumerate(data.class_names)}
+
+
+def split_summary(data: ImageData) -> dict:
+    return {"images": len(data), "content": data.content_hash, "per_class": per_class(data)}
 
 
 def render(summary: dict) -> str:
@@ -92,13 +111,10 @@ def render(summary: dict) -> str:
         lines.append(f"{name:<{width}}  " + "  ".join(f"{s['per_class'][name]:>10}" for s in splits.values()))
     if summary.get("selection", {}).get("noisy"):
         lines += ["", f"note: {summary['selection']['warning']}"]
-    imbalance = summary["imbalance"]
-    if imbalance["ratio"] >= IMBALANCED:
-        train, large, small = splits["train"]["per_class"], imbalance["largest"], imbalance["smallest"]
-        lines += ["", f"note: the training classes are imbalanced ({train[large]} '{large}' to {train[small]} "
-                      f"'{small}', {imbalance['ratio']:.1f} to 1): "
-                      f"accuracy favours the large classes; fm2edge auto reports balanced accuracy (the mean of the "
-                      f"classes' accuracies) beside it, and chooses on it with --auto.metric balanced_accuracy"]
+    if text := imbalance_text(summary["imbalance"]):
+        lines += ["", f"note: {text}: accuracy favours the large classes; fm2edge auto reports balanced accuracy (the "
+                      f"mean of the classes' accuracies) beside it, and chooses on it with --auto.metric "
+                      f"balanced_accuracy"]
     return "\n".join(lines)
 
 
