@@ -54,8 +54,9 @@ def test_preprocess_matches_resize_crop_normalise():
     p = Preprocess(size=24, crop_pct=0.75, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     x = uint8_batch(2, 16)
     ref = F.interpolate(x.float() / 255, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
-    ref = ref[..., 4:28, 4:28]
+    ref = ref[..., 4:28, 4:28].mul(255).round().div(255)  # rounded to pixels, as the deployed graph takes them
     assert torch.allclose(p(x), (ref - 0.5) / 0.25, atol=1e-5)
+    assert torch.equal(p(x), p.normalise(p.resize(x)))  # what PyTorch measures is what the graph is given
     with pytest.raises(TypeError):
         p(x.float())
 

@@ -40,8 +40,11 @@ class Preprocess:
         return int(math.floor(self.size / self.crop_pct))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, H, W) -> float32 (N, 3, size, size), normalised."""
-        return self.standardise(self.scale(images))
+        """uint8 (N, 3, H, W) -> float32 (N, 3, size, size), normalised, from the pixels :meth:`resize` gives: rounded
+        to uint8 as the deployed graphs take them (and the augmented views, and the hub's image processors), so a
+        figure measured here is the exported graph's. Kept in float, a fine-tuned Lite0 scored 96.30% on 135
+        upscaled 8 x 8 digits where its graph, fed the rounded pixels, scored 94.07%."""
+        return self.normalise(self.resize(images))
 
     def resize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> uint8 (N, 3, size, size): the resize and crop alone, rounded to pixels; what a
