@@ -107,7 +107,7 @@ def cache_key(model: Classifier, data: ImageData, split: str, cfg: EmbedConfig, 
     weights = weights_digest(model)
     parts = {"model": model.name, "revision": revision, "weights": weights, "data": data.fingerprint, "split": split,
              "preprocess": asdict(model.preprocess), "pooling": cfg.pooling, "last_n": cfg.last_n, "dtype": dtype,
-             "v": 1}
+             "v": 2}  # 2: pixels rounded to uint8 after resizing, as the deployed graphs take them
     if cfg.backend != "torch":
         parts["backend"] = cfg.backend
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]

@@ -67,6 +67,8 @@ def cache_dir_for(data, spec: str, registered: str, teacher: Classifier, train, 
     parts = [source, teacher.describe()["preprocess"], train.fingerprint, len(train), what, views, "v2"]
     if views is not None:  # outputs on rendered views belong to the rendering that made them
         parts.append(f"render-{RENDER_VERSION}")
+    else:  # on plain images, to the preprocessing that rounds resized pixels to uint8 (as deployed graphs take them)
+        parts.append("rounded")
     if dtype is not None:  # a bf16 teacher's outputs are others than its fp32 ones (fp32 keys kept as they were)
         parts.append(str(dtype))
     if teacher.flip_average:  # so are a flip-averaged teacher's
