@@ -269,10 +269,10 @@ def auto_section(folder: str, r: dict) -> str:
     """`fm2edge auto`'s page: the choice beside the teacher and the budget, accuracy against measured latency, the
     path the search took (rungs), the leaderboard and where the minutes went."""
     c, t = r["chosen"], r["test"]
-    budget = f"{r['latency_budget_ms']:.3g} ms" if r.get("latency_budget_ms") else "no latency bound"
+    budget = f"budget {r['latency_budget_ms']:.3g} ms" if r.get("latency_budget_ms") else "no latency bound"
     parts = [f"<h2>fm2edge auto: {html.escape(Path(folder).name)}</h2>",
              f"<p id=\"auto-choice\">Chosen: <b>{html.escape(c['candidate'])}</b> as {c['precision']} ONNX, "
-             f"{c['p50_ms']:.2f} ms batch-1 (budget {budget}), {c['mb']:.1f} MB, validation {_pct(c['val_acc'])}"
+             f"{c['p50_ms']:.2f} ms batch-1 ({budget}), {c['mb']:.1f} MB, validation {_pct(c['val_acc'])}"
              + (f", balanced accuracy {_pct(c['val_score'])} (what chose it)"
                 if r.get("metric") == "balanced_accuracy" and c.get("val_score") is not None else "") + ". "
              f"Test, read once: <b>{_pct(t['chosen_test_acc'])}</b> against the teacher's "
@@ -293,7 +293,8 @@ def auto_section(folder: str, r: dict) -> str:
         scored = (f"agreement with the teacher on {r['held_out_images']:,} held-out images"
                   if r.get("held_out_images") else "validation balanced accuracy"
                   if r.get("metric") == "balanced_accuracy" else "validation accuracy")
-        parts.append(_img(plot.read_bytes(), f"{scored} against latency measured here; the line is the budget"))
+        line = "; the dashed line is the budget" if r.get("latency_budget_ms") else ""
+        parts.append(_img(plot.read_bytes(), f"{scored} against latency measured here{line}"))
     if r.get("selection"):
         sel = r["selection"]
         ranked = (f"the candidates were ranked by their agreement with the teacher's labels on "

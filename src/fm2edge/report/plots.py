@@ -258,7 +258,10 @@ def accuracy_vs_latency(points: Sequence[dict], budget_ms: float | None, chosen:
         kind = (p["precision"], p.get("int8_recipe") or "")
         ax.scatter([p["p50_ms"]], [100 * p[score]], marker=markers[kind], s=45, color=colours[p["candidate"]],
                    alpha=0.85, zorder=3)
-    handles = [Line2D([], [], linestyle="", marker="o", color=colours[c], label=c.split(":")[-1]) for c in candidates]
+    def name(c: str) -> str:  # the model and size, and "teacher" where the teacher is a candidate
+        return ("teacher " if c.startswith("teacher ") else "") + c.split(":")[-1]
+
+    handles = [Line2D([], [], linestyle="", marker="o", color=colours[c], label=name(c)) for c in candidates]
     handles += [Line2D([], [], linestyle="", marker=markers[k], color="0.3",
                        label=k[0] + (f" ({k[1]})" if k[1] else "")) for k in kinds]
     if chosen is not None:
