@@ -876,13 +876,12 @@ def test_with_the_hub_in_reach_both_default_teachers_are_probed(tmp_path):
     """Needs the Hugging Face Hub: ``HF_HUB_OFFLINE=0 pytest -m network`` (the tests set it to 1 otherwise). Offline,
     the stand-ins are the cached-copy test of `hub_unavailable` and the tiny DINOv2 that auto probes and fine-tunes
     as its teacher in this module."""
-    import huggingface_hub
-
     from fm2edge.automate.config import DEFAULT_TEACHERS
     from fm2edge.config import DataConfig, ModelConfig, RunConfig
+    from fm2edge.models.sources import hub_offline
     from fm2edge.probe import ProbeConfig, ProbeJob, probe_job
 
-    if huggingface_hub.is_offline_mode():
+    if hub_offline():
         pytest.skip("HF_HUB_OFFLINE is set: run with HF_HUB_OFFLINE=0")
     assert usable_teachers(DEFAULT_TEACHERS) == (DEFAULT_TEACHERS, [])
     results = probe_job(ProbeJob(data=DataConfig(source="digits"), model=ModelConfig(name=DEFAULT_TEACHERS[1]),

@@ -122,7 +122,7 @@ def test_whether_a_hub_model_can_be_had_is_told_without_a_downloads_retries(tmp_
     assert "not in the local Hugging Face cache" in hub_unavailable("hf:org/other")
     assert hub_unavailable(f"hf:{tiny_dinov2}") is None and hub_unavailable("student:small_cnn") is None
 
-    monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     asked = []
 
     def answers(self, repo, timeout=None):

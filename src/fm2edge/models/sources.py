@@ -275,6 +275,14 @@ def hub_repo(name: str) -> str | None:
     return None
 
 
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, as huggingface_hub read it: its constant, which every
+    release since 0.x has (``huggingface_hub.is_offline_mode`` is newer than the oldest release fm2edge supports)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
 def hub_unavailable(name: str) -> str | None:
     """Why the pretrained weights of model ``name`` cannot be had here, or None when they can: a hub model can when
     it is in the local Hugging Face cache and HF_HUB_OFFLINE is set, or when the hub answers one request within
@@ -285,7 +293,7 @@ def hub_unavailable(name: str) -> str | None:
     import huggingface_hub as hub
 
     cached = isinstance(hub.try_to_load_from_cache(repo, "config.json"), str)
-    if hub.is_offline_mode():
+    if hub_offline():
         return None if cached else "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
     try:
         hub.HfApi().model_info(repo, timeout=HUB_CHECK_SECONDS)
