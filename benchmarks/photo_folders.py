@@ -19,6 +19,9 @@ Three folders, each ``<name>/{train,test}/<class>/<image>``:
   animals, food, plants, town and vehicles (146, 67, 39, 79 and 38: up to 3.8 to 1), most of them photos or
   paintings cut out on a transparent background, of every size; every other stamp of a category (by path) goes to
   test, so 186 train and 183 test.
+- ``tuxpaint-fine``: the same package's sub-categories with ``--fine_min`` (10) stamps or more, each a class
+  named ``<category>-<sub-category>`` (``animals-birds``, ``food-fruit``, ``town-roadsigns``, ...), all in one
+  ``tuxpaint-fine/<class>/`` folder that ``auto`` splits itself: many classes of 10 to 158 images.
 
 With ``--catsdogs DIR`` (a cats-and-dogs folder in the hub's parquet schema, ``train.parquet`` and
 ``test.parquet``), two more folders of its photos in file order:
@@ -129,6 +132,23 @@ def tuxpaint_stamps(package_root: Path, out: Path) -> dict[str, int]:
     return counts
 
 
+def tuxpaint_fine(package_root: Path, out: Path, min_images: int) -> dict[str, int]:
+    """Every ``<category>/<sub-category>`` of stamps with ``min_images`` PNGs or more (deeper folders included) as
+    one class of a flat ``out/<class>/`` folder, unsplit; returns the images per class."""
+    counts: dict[str, int] = {}
+    for sub in sorted(d for d in (package_root / STAMPS).glob("*/*") if d.is_dir()):
+        pngs = sorted(sub.rglob("*.png"))
+        if len(pngs) < min_images:
+            continue
+        cls = f"{sub.parent.name}-{sub.name}"
+        for src in pngs:
+            dst = out / cls / "-".join(src.relative_to(sub).parts)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(src.read_bytes())
+        counts[cls] = len(pngs)
+    return counts
+
+
 def idx_images(path: Path) -> np.ndarray:
     with gzip.open(path) as f:
         b = f.read()
@@ -218,6 +238,7 @@ def main() -> None:
     ap.add_argument("--test_per_class", type=int, default=200)
     ap.add_argument("--unlabeled", type=int, default=0)
     ap.add_argument("--start", type=int, default=0, help="Fashion-MNIST: each class's images from this one on")
+    ap.add_argument("--fine_min", type=int, default=10, help="tuxpaint-fine: the fewest stamps a class may have")
     ap.add_argument("--catsdogs", type=Path, help="a cats-and-dogs parquet folder: also build imbal and photos16")
     ap.add_argument("--only", nargs="+", choices=("gcompris", "fashion", "tuxpaint", "catsdogs"),
                     default=("gcompris", "fashion", "tuxpaint", "catsdogs"), help="build these folders only")
@@ -232,6 +253,7 @@ def main() -> None:
         if "tuxpaint" in a.only:
             tp = unpack_deb("tuxpaint-stamps-default", Path(tmp))
             print("tuxpaint-stamps", tuxpaint_stamps(tp, a.out / "tuxpaint-stamps"))
+            print("tuxpaint-fine", tuxpaint_fine(tp, a.out / "tuxpaint-fine", a.fine_min))
     if "catsdogs" in a.only and a.catsdogs:
         print("catsdogs", catsdogs(a.catsdogs, a.out))
 

@@ -240,3 +240,20 @@ def test_the_photo_folder_builder_splits_each_stamp_category_alternately(monkeyp
     assert counts == {"train": 2 * k, "test": k}  # a-x and c to train, b-x to test: the .svg left out
     assert sorted(p.name for p in (tmp_path / "out" / "train" / "food").iterdir()) == ["a-x.png", "c.png"]
     assert Image.open(tmp_path / "out" / "test" / "food" / "b-x.png").mode == "RGBA"
+
+
+def test_the_many_class_stamp_folder_keeps_sub_categories_with_enough_stamps(monkeypatch, tmp_path):
+    """tuxpaint-fine: each sub-category with the fewest stamps asked for or more is one class of a flat folder named
+    ``<category>-<sub-category>``, deeper folders included and named into the file; smaller ones are left out."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import photo_folders
+
+    stamps = tmp_path / "pkg" / photo_folders.STAMPS
+    layout = {"animals/birds": ["a.png", "b.png", "deep/a.png"], "food/nuts": ["n.png", "n.svg"]}
+    for sub, names in layout.items():
+        for name in names:
+            (stamps / sub / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGBA", (4, 6), (0, 0, 255, 0)).save(stamps / sub / name, format="PNG")
+    assert photo_folders.tuxpaint_fine(tmp_path / "pkg", tmp_path / "out", min_images=2) == {"animals-birds": 3}
+    assert sorted(p.name for p in (tmp_path / "out" / "animals-birds").iterdir()) == ["a.png", "b.png", "deep-a.png"]
+    assert not (tmp_path / "out" / "food-nuts").exists()

@@ -20,7 +20,7 @@ from PIL import Image
 
 from fm2edge.cli import main
 from fm2edge.config import DataConfig
-from fm2edge.data import load_data
+from fm2edge.data.dataset import load_planned, plan_splits
 from fm2edge.errors import Fm2EdgeError
 
 CLASS_NAMES = st.sampled_from(["ants", "bees", "big cat", "chien é", "猫", "a.b", "x-1", "Wasps"])
@@ -44,6 +44,7 @@ class Layout:
     empty_class: bool
     test_only_class: bool
     duplicate_in_val: bool  # a test image also filed under validation
+    copied: bool  # a training image saved again beside itself under another name
 
 
 @st.composite
@@ -63,7 +64,7 @@ def layouts(draw) -> Layout:
                   hidden=draw(flag), text_file=draw(flag), nested=draw(flag), loose=draw(flag),
                   linked_split=draw(flag) and split_names != [""], linked_file=draw(flag), corrupt=draw(flag),
                   empty_class=draw(flag), test_only_class=draw(flag) and "test" in split_names,
-                  duplicate_in_val=draw(flag) and "test" in split_names and "val" in split_names)
+                  duplicate_in_val=draw(flag) and "test" in split_names and "val" in split_names, copied=draw(flag))
 
 
 def write(layout: Layout, root: Path, elsewhere: Path) -> None:
@@ -103,6 +104,8 @@ def write(layout: Layout, root: Path, elsewhere: Path) -> None:
         if tests:
             (root / "val" / tests[0].parent.name).mkdir(parents=True, exist_ok=True)
             (root / "val" / tests[0].parent.name / "copy.png").write_bytes(tests[0].read_bytes())
+    if written and layout.copied:
+        (written[0].parent / "copy.png").write_bytes(written[0].read_bytes())
     if written and layout.linked_file:
         (written[0].parent / "link.png").symlink_to(written[-1])
     if written and layout.corrupt:
@@ -116,14 +119,23 @@ def write(layout: Layout, root: Path, elsewhere: Path) -> None:
         Image.new("RGB", (6, 6), (9, 9, 9)).save(first_dir / "loose.png")
 
 
-def check_invariants(train, val, test) -> None:
+def pixels(data) -> set[bytes]:
+    return {h.tobytes() for h in data.image_hashes()}
+
+
+def check_invariants(train, val, test, plan) -> None:
     trained = set(train.labels.tolist())
     assert len(trained) >= 2
     for other in (val, test):
         if other is not None:
             assert set(other.labels.tolist()) <= trained
     if val is not None:
-        assert not {h.tobytes() for h in val.image_hashes()} & {h.tobytes() for h in test.image_hashes()}
+        assert not pixels(val) & pixels(test)
+    # what is held out here from the training images never holds a training image's pixels
+    if plan.test is plan.train:
+        assert not pixels(test) & pixels(train)
+    if val is not None and plan.val is plan.train:
+        assert not pixels(val) & pixels(train)
 
 
 @settings(max_examples=220, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -136,12 +148,13 @@ def test_generated_layouts_load_with_trustworthy_splits_or_stop_with_one_line(la
         cfg = DataConfig(source=str(root), on_bad_image=on_bad, cache_dir=str(Path(tmp) / "cache"),
                          test_split="validation" if test_is_val else "test")
         try:
-            train, val, test = load_data(cfg)
+            plan = plan_splits(cfg)
+            train, val, test = load_planned(plan, cfg)
         except Fm2EdgeError as exc:
             assert "\n" not in str(exc) and str(exc)
             event("refused: " + re.sub(r"'[^']*'", "…", str(exc)).split(";")[0][:70])
             return
-        check_invariants(train, val, test)
+        check_invariants(train, val, test, plan)
         event("loaded, with validation" if val is not None else "loaded, no validation")
 
 

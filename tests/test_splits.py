@@ -143,6 +143,30 @@ def test_validation_never_holds_a_test_image_even_when_the_source_files_one_unde
     assert "2 of the 12 validation images" in caplog.text
 
 
+def test_splits_held_out_here_never_hold_a_training_images_pixels(tmp_path, caplog):
+    """A flat folder with each photo of one class saved twice (another name, the same pixels): wherever the split
+    puts one copy, the test and validation images it holds out share no pixels with the training images."""
+    root = photos(tmp_path / "p", {"ants": 20, "bees": 20})
+    for i in range(20):
+        (root / "ants" / f"copy{i}.png").write_bytes((root / "ants" / f"{i}.png").read_bytes())
+    with caplog.at_level(logging.WARNING):
+        train, val, test = load_data(DataConfig(source=str(root), val_fraction=0.2))
+    assert not hashes(test) & hashes(train) and not hashes(val) & hashes(train) and not hashes(val) & hashes(test)
+    assert "are also training images (same pixels) and are left out of the test split" in caplog.text
+    assert "training image(s)" not in caplog.text  # nothing left to warn of
+    assert set(test.labels.tolist()) == {0, 1} and len(train) + len(val) + len(test) < 60
+
+
+def test_a_folder_of_copies_alone_is_one_clear_error(tmp_path):
+    root = tmp_path / "p"
+    for cls, colour in (("ants", (200, 10, 10)), ("bees", (10, 10, 200))):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8), colour).save(root / cls / f"{i}.png")
+    with pytest.raises(Fm2EdgeError, match="holds copies of its photos; remove the copies"):
+        load_data(DataConfig(source=str(root)))
+
+
 def test_hidden_and_non_image_files_are_skipped_and_odd_class_names_kept(tmp_path, capsys):
     root = photos(tmp_path / "p", {"big cat": 6, "chien é": 6})
     (root / ".DS_Store").write_bytes(b"x")

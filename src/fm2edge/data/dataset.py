@@ -15,7 +15,7 @@ import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -567,13 +567,25 @@ def load_data(cfg: DataConfig) -> tuple[ImageData, ImageData | None, ImageData]:
 
 
 def load_planned(plan: SplitPlan, cfg: DataConfig) -> tuple[ImageData, ImageData | None, ImageData]:
-    """Decode the images a :func:`plan_splits` plan chose (see :func:`load_data`)."""
+    """Decode the images a :func:`plan_splits` plan chose (see :func:`load_data`). A split held out here from the
+    training images keeps none with a training image's pixels (a photo saved twice, or two that become one once
+    resized): it would score the model on an image it trained on."""
     train = _materialise(plan.train, plan.train_idx, cfg, f"{cfg.source}:{cfg.train_split}")
     test = _materialise(plan.test, plan.test_idx, cfg, f"{cfg.source}:{cfg.test_split}")
+    if plan.test is plan.train:
+        test = _without_copies(test, train, "test", "training", f"'{cfg.source}' (held out from its training images)")
+        if test is None:
+            raise Fm2EdgeError(f"every image held out of '{cfg.source}' for testing has the pixels of a training "
+                               f"image: the folder holds copies of its photos; remove the copies, or give it a "
+                               f"test split")
     val = None
     if plan.val is not None:
         where = f"{cfg.source}:{plan.val_name or f'{cfg.train_split} (held-out validation)'}"
-        val = _without_test_images(_materialise(plan.val, plan.val_idx, cfg, where), test, where)
+        val = _materialise(plan.val, plan.val_idx, cfg, where)
+        if plan.val is plan.train:
+            val = _without_copies(val, train, "validation", "training", where)
+        if val is not None:
+            val = _without_copies(val, test, "validation", "test", where)
     if train.skipped or test.skipped or (val is not None and val.skipped):  # skipping may have emptied a class
         others = {"test": test.labels.numpy(), **({"validation": val.labels.numpy()} if val is not None else {})}
         check_classes(train.class_names, train.labels.numpy(), others,
@@ -585,16 +597,18 @@ def load_planned(plan: SplitPlan, cfg: DataConfig) -> tuple[ImageData, ImageData
     return train, val, test
 
 
-def _without_test_images(val: ImageData, test: ImageData, where: str) -> ImageData | None:
-    shared = shared_with(val.image_hashes(), test.image_hashes())
+def _without_copies(data: ImageData, of: ImageData, name: str, other: str, where: str) -> ImageData | None:
+    """``data`` less the images whose pixels ``of`` also holds (None when none is left), with a word."""
+    shared = shared_with(data.image_hashes(), of.image_hashes())
     if not shared.any():
-        return val
-    log.warning("%d of the %d validation images of %s are also test images (same pixels) and are left out of "
-                "validation", int(shared.sum()), len(val), where)
+        return data
+    log.warning("%d of the %d %s images of %s are also %s images (same pixels) and are left out of the %s split",
+                int(shared.sum()), len(data), name, where, other, name)
     if shared.all():
-        log.warning("no validation image is left: the last epoch is kept")
+        if name == "validation":
+            log.warning("no validation image is left: the last epoch is kept")
         return None
-    return val.subset(np.flatnonzero(~shared))
+    return replace(data.subset(np.flatnonzero(~shared)), skipped=data.skipped)
 
 
 def load_left_out(cfg: DataConfig, n: int | None = None, last: bool = False) -> ImageData:
