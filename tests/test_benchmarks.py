@@ -257,3 +257,19 @@ def test_the_many_class_stamp_folder_keeps_sub_categories_with_enough_stamps(mon
     assert photo_folders.tuxpaint_fine(tmp_path / "pkg", tmp_path / "out", min_images=2) == {"animals-birds": 3}
     assert sorted(p.name for p in (tmp_path / "out" / "animals-birds").iterdir()) == ["a.png", "b.png", "deep-a.png"]
     assert not (tmp_path / "out" / "food-nuts").exists()
+
+
+def test_the_letterbox_keeps_a_wide_photo_whole_on_grey_where_the_crop_keeps_its_middle(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import fit_probe
+
+    arr = np.zeros((10, 30, 3), dtype=np.uint8)
+    arr[:, :10] = (255, 0, 0)  # red left third, black elsewhere
+    Image.fromarray(arr).save(tmp_path / "wide.png")
+    boxed = fit_probe.square(str(tmp_path / "wide.png"), 15, "pad")
+    assert boxed.shape == (15, 15, 3)
+    assert (boxed[:5] == fit_probe.PAD_GREY).all() and (boxed[-5:] == fit_probe.PAD_GREY).all()  # 5 rows each side
+    assert boxed[7, 1, 0] > 200 and boxed[7, 13].max() < 30  # the red end kept, the black end too
+    cropped = fit_probe.square(str(tmp_path / "wide.png"), 15, "crop")
+    assert cropped.shape == (15, 15, 3) and cropped[:, 0, 0].max() < 60  # red cut away, a fringe left
+    assert fit_probe.probe_scores(np.eye(10).repeat(5, 0), np.arange(10).repeat(5), [1.0])[0] == 1.0
