@@ -524,9 +524,15 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     # each int8 recipe's export times the same fp32 graph again: the leaderboard's fp32 figure is the quietest
     finalist = next(r for r in csv.DictReader((run / "leaderboard.csv").open()) if r["rung"] == "1")
     size = finalist["candidate"].split("@")[1]
-    timings = [json.loads(e.read_text())["latency_batch1"]["onnx_fp32"]["quiet_p50_ms"]
-               for e in run.glob(f"export-student-small_cnn-{size}-rung1*/export.json")]
-    assert len(timings) == 3 and float(finalist["fp32_ms"]) == pytest.approx(min(timings))
+    finalist_exports = {e.parent.name: json.loads(e.read_text())
+                        for e in run.glob(f"export-student-small_cnn-{size}-rung1*/export.json")}
+    timings = [e["latency_batch1"]["onnx_fp32"]["quiet_p50_ms"] for e in finalist_exports.values()]
+    assert float(finalist["fp32_ms"]) == pytest.approx(min(timings))
+    # percentile calibration, the slow recipe, is left out where an earlier int8 graph answers as the fp32 graph
+    faithful = any(e["int8_agreement_with_fp32"] >= 1.0 for name, e in finalist_exports.items()
+                   if not name.endswith("-percentile"))
+    assert len(timings) == (2 if faithful else 3)
+    assert ("percentile calibration skipped" in out) == faithful
     assert all("test_acc" not in json.loads(e.read_text()) for e in exports)
     # auto writes its report: its own section with the choice, the search's rungs, the leaderboard, the minutes
     assert "report.html" in out
@@ -1029,3 +1035,40 @@ def test_the_rungs_as_run_are_the_plans_re_sized_then_the_extension():
     assert [(r["candidates"], r["epochs"], r["planned"]) for r in rungs] == [(4, 1, 1), (2, 3, 2), (2, 7, None)]
     assert rungs[-1]["extension"] and not rungs[0].get("extension")
     assert rungs_as_run({**plan, "respaced": {"1": {"epochs": []}}}) == rungs[:1]  # the search ended at rung 0
+
+
+@pytest.mark.parametrize("agreements,recipes", [
+    ((1.0, 0.9), ["minmax", "first-last-fp32"]),  # min-max's graph answers as fp32: percentile has nothing to win back
+    ((0.9, 1.0), ["minmax", "first-last-fp32"]),
+    ((0.9, 0.95), ["minmax", "first-last-fp32", "percentile"]),
+])
+def test_percentile_calibration_runs_only_where_no_int8_graph_already_answers_as_fp32(
+        agreements, recipes, monkeypatch, tmp_path, capsys):
+    """The slow int8 recipe (histograms) is exported only where the first two int8 graphs disagree with the fp32
+    graph on some validation image; each export is a stand-in recording its recipe."""
+    import numpy as np
+
+    import fm2edge.automate.job as auto_job
+    import fm2edge.models.io
+
+    ran, agreement = [], {"minmax": agreements[0], "first-last-fp32": agreements[1], "percentile": 1.0}
+
+    def export_stage(root, name, command, cfg):
+        recipe = "percentile" if cfg["export"].get("calibration_method") == "percentile" else (
+            "first-last-fp32" if cfg["export"]["fp32_layers"] == "first_last" else "minmax")
+        ran.append(recipe)
+        timing = {"quiet_p50_ms": 1.0, "p50_ms": 1.0, "p90_ms": 1.1, "spread": 1.1}
+        return {"latency_batch1": {"onnx_fp32": timing, "onnx_int8": timing},
+                "validation_acc": {"onnx_fp32": 0.9, "onnx_int8": 0.9},
+                "size_bytes": {"onnx_fp32": 4e6, "onnx_int8": 1e6},
+                "files": {"onnx_fp32": "model.onnx", "onnx_int8": "model.int8.onnx"},
+                "int8_agreement_with_fp32": agreement[recipe]}
+
+    monkeypatch.setattr(auto_job, "run_one_stage", export_stage)
+    monkeypatch.setattr(auto_job, "graph_probabilities", lambda model, onnx, images: np.eye(2)[[0, 1, 1]])
+    monkeypatch.setattr(fm2edge.models.io, "load_classifier", lambda folder: None)
+    f = {"candidate": "m@128", "folder": str(tmp_path / "m"), "params": 10}
+    options = auto_job.exported_options(AutoJob(), tmp_path, f, images=[0, 1, 2])
+    assert ran == recipes
+    assert [o["int8_recipe"] for o in options if o["precision"] == "int8"] == recipes
+    assert ("percentile calibration skipped" in capsys.readouterr().out) == (len(recipes) == 2)

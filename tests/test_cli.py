@@ -257,3 +257,29 @@ def test_positionals_may_follow_the_flags():
     assert _positional_models(["predict", "RUN", "--predict.top_k", "3", "a.png"]) == \
         ["predict", "--model", "RUN", "--inputs", '["a.png"]', "--predict.top_k", "3"]
     assert _positional_models(["train", "--seeds", "0", "1"]) == ["train", "--seeds", "0", "1"]
+
+
+def test_what_the_data_loggers_say_is_said_once_per_command_and_other_loggers_are_left_alone():
+    """Every stage of `auto` or of a recipe reads the same folder again; its warnings about it are printed once."""
+    import io
+    import logging
+
+    from fm2edge.cli import SaidOnce
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(SaidOnce())
+    data, other = logging.getLogger("fm2edge.data.dataset"), logging.getLogger("fm2edge.train")
+    for logger in (data, other):
+        logger.addHandler(handler)
+    try:
+        for _ in range(3):
+            data.warning("3 of the 152 test images are also training images")
+            other.warning("kept epoch 4")
+        data.warning("another folder's word")
+    finally:
+        for logger in (data, other):
+            logger.removeHandler(handler)
+    lines = out.getvalue().splitlines()
+    assert lines.count("3 of the 152 test images are also training images") == 1
+    assert lines.count("kept epoch 4") == 3 and "another folder's word" in lines

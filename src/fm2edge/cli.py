@@ -43,9 +43,30 @@ def build_parser():
     return parser
 
 
+class SaidOnce(logging.Filter):
+    """Passes each message of fm2edge's data loggers once per command: every stage of `auto` or of a recipe reads the
+    same folder again and would repeat what it says of it (logging has no "once" action, as warnings has)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, int, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("fm2edge.data"):
+            return True
+        key = (record.name, record.levelno, record.getMessage())
+        fresh = key not in self.seen
+        self.seen.add(key)
+        return fresh
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # a fresh memory for each command run in this process
+        for old in [f for f in handler.filters if isinstance(f, SaidOnce)]:
+            handler.removeFilter(old)
+        handler.addFilter(SaidOnce())
     for noisy in ("datasets", "transformers", "accelerate", "timm", "filelock", "urllib3", "httpx", "huggingface_hub",
                   "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
