@@ -324,10 +324,10 @@ def test_a_parquet_folders_validation_file_is_its_validation_split(tmp_path):
 def test_an_image_at_another_depth_is_named_and_an_empty_class_is_said(tmp_path, caplog):
     from PIL import Image as PILImage
 
-    for cls in ("ants", "bees"):
+    for c, cls in enumerate(("ants", "bees")):
         (tmp_path / "photos" / cls).mkdir(parents=True)
-        for i in range(3):
-            PILImage.new("RGB", (20, 20), (i * 40, 0, 0)).save(tmp_path / "photos" / cls / f"{i}.png")
+        for i in range(3):  # every image its own pixels (a copy would be left out of the held-out test split)
+            PILImage.new("RGB", (20, 20), (i * 40 + 10, 100 * c, 0)).save(tmp_path / "photos" / cls / f"{i}.png")
     (tmp_path / "photos" / "wasps").mkdir()
     with caplog.at_level("WARNING"):
         train, _, _ = load_data(DataConfig(source=str(tmp_path / "photos"), val_fraction=0))
