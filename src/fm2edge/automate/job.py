@@ -51,8 +51,9 @@ SCREEN_TOLERANCE = 0.10
 # one per int8 recipe, 15-22 s for Lite0 at 128-176 px on a 2-core AMX Xeon. Percentile calibration's histograms
 # cost about PERCENTILE_COST batch-1 inferences per calibration image on top (50, 80 and 105 s for 410 images at 128,
 # 160 and 176 px: 68-75 times each graph's fp32 p50); it is counted although it is skipped where min-max's graph is
-# faithful. Planned at 10 s per finalist, two finalists' exports took 2.3 minutes where 32 s were reserved, and the
-# run 16.9 of its 15 minutes.
+# faithful, so a run whose min-max graphs are faithful ends early rather than late (digits, 8 minutes: 238 s
+# reserved for the student's and the teacher's exports, 56 s used, 4.7 minutes in all). Planned at 10 s per
+# finalist, two finalists' exports took 2.3 minutes where 32 s were reserved, and the run 16.9 of its 15 minutes.
 EXPORT_BASE_SECONDS = 15.0
 PERCENTILE_COST = 75.0
 EXPORT_LATENCY_RUNS = 100
