@@ -52,7 +52,7 @@ SCREEN_TOLERANCE = 0.10
 # cost about PERCENTILE_COST batch-1 inferences per calibration image on top (50, 80 and 105 s for 410 images at 128,
 # 160 and 176 px: 68-75 times each graph's fp32 p50); it is counted although it is skipped where min-max's graph is
 # faithful, so a run whose min-max graphs are faithful ends early rather than late (digits, 8 minutes: 238 s
-# reserved for the student's and the teacher's exports, 56 s used, 4.7 minutes in all). Planned at 10 s per
+# reserved, the costliest kept candidate's exports, and 56 s used, 4.7 minutes in all). Planned at 10 s per
 # finalist, two finalists' exports took 2.3 minutes where 32 s were reserved, and the run 16.9 of its 15 minutes.
 EXPORT_BASE_SECONDS = 15.0
 PERCENTILE_COST = 75.0
