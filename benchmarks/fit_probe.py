@@ -30,7 +30,9 @@ PAD_GREY = 114
 
 
 def letterbox(img: Image.Image, size: int) -> Image.Image:
-    """The longest side resized to ``size`` (bicubic), centred on a ``size`` x ``size`` grey square."""
+    """The longest side resized to ``size`` (bicubic), centred on a ``size`` x ``size`` grey square. What Pillow's
+    ``ImageOps.pad`` does, written out so that the size and offset round as fm2edge's centre crop does (``pad``
+    rounds them otherwise: one row apart on a 300 x 84 stamp), the two fits differing only in the fit."""
     w, h = img.size
     scale = size / max(w, h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
