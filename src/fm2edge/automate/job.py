@@ -51,9 +51,11 @@ SCREEN_TOLERANCE = 0.10
 # one per int8 recipe, 15-22 s for Lite0 at 128-176 px on a 2-core AMX Xeon. Percentile calibration's histograms
 # cost about PERCENTILE_COST batch-1 inferences per calibration image on top (50, 80 and 105 s for 410 images at 128,
 # 160 and 176 px: 68-75 times each graph's fp32 p50); it is counted although it is skipped where min-max's graph is
-# faithful, so a run whose min-max graphs are faithful ends early rather than late (digits, 8 minutes: 238 s
-# reserved, the costliest kept candidate's exports, and 56 s used, 4.7 minutes in all). Planned at 10 s per
-# finalist, two finalists' exports took 2.3 minutes where 32 s were reserved, and the run 16.9 of its 15 minutes.
+# faithful, so the estimate errs long. The plan reserves the exports of the costliest candidates it trains (the
+# finalists are not known yet) and the teacher's where it is exported beside them; each later rung is re-sized with
+# the exports of the candidates still training, so a run whose costly candidates were left behind gets that time
+# back. Planned at 10 s per finalist, two finalists' exports took 2.3 minutes where 32 s were reserved, and the run
+# 16.9 of its 15 minutes.
 EXPORT_BASE_SECONDS = 15.0
 PERCENTILE_COST = 75.0
 EXPORT_LATENCY_RUNS = 100
@@ -205,6 +207,25 @@ def plan_rungs(speeds: dict[str, float], images: int, seconds: float, lo: int, h
     e = max(fitting)
     return [{"candidates": k, "epochs": e * m, "seconds": c}
             for k, m, c in zip(counts, rung_epochs, cost(e), strict=True)]
+
+
+def ladder_sets(speeds: dict[str, float]) -> list[list[str]]:
+    """The candidate sets a ladder is tried on when the budget is short, largest first: all of them; then one at a
+    time without the slowest candidate whose start (pretrained or random weights) another one left shares, down to
+    one of each; last the fastest pretrained candidate alone (the fastest of all where none is pretrained). A short
+    budget that cannot give every candidate --auto.min_epochs shared them out equally before, and the equal shares
+    bought the slow pretrained students nothing (digits, 8 minutes: the five Lite0 sizes were dropped at 0.3
+    minutes each and the small CNNs trained), while on small photo folders students from random weights trail the
+    pretrained ones by 20-25 points: so one of each start stays in the search, and a pretrained one last."""
+    pretrained = {c: Candidate.parse(c).pretrained for c in speeds}
+    left = sorted(speeds, key=lambda c: speeds[c])  # slowest first
+    sets = [left]
+    while drop := next((c for c in left if sum(pretrained[o] == pretrained[c] for o in left) > 1), None):
+        left = [c for c in left if c != drop]
+        sets.append(left)
+    starts = [c for c in speeds if pretrained[c]] or list(speeds)
+    alone = [max(starts, key=lambda c: speeds[c])]
+    return sets if sets[-1] == alone else [*sets, alone]
 
 
 def respace_rungs(epoch_seconds: dict[str, float], counts: list[int], seconds: float, overhead: float,
@@ -463,11 +484,27 @@ def spent_before(root: Path) -> float:
     return after + (json.loads(plan.read_text())["planning_seconds"] if plan.exists() else 0.0)
 
 
-def seconds_left(job: AutoJob, root: Path, plan: dict) -> float:
-    """What the budget still has for training: the minutes less what was spent, the finalists' exports and
-    RESPACE_MARGIN for unrecorded work (what later rungs and the extension are sized to)."""
-    return (job.auto.minutes * 60 * (1 - RESPACE_MARGIN) - spent_before(root) - plan["export_seconds"]
-            - plan["held_out"]["seconds"])
+def seconds_left(job: AutoJob, root: Path, plan: dict, alive: list[dict]) -> float:
+    """What the budget still has for training: the minutes less what was spent, the exports of ``alive`` (the
+    candidates still training, the finalists among them: :func:`export_reserve`) and RESPACE_MARGIN for unrecorded
+    work (what later rungs and the extension are sized to)."""
+    exports = export_reserve(plan, alive)
+    return job.auto.minutes * 60 * (1 - RESPACE_MARGIN) - spent_before(root) - exports - plan["held_out"]["seconds"]
+
+
+def export_reserve(plan: dict, candidates: list[dict]) -> float:
+    """Seconds the exports need when the finalists will be ``plan["finalists"]`` of ``candidates``: the costliest
+    that many (:func:`export_seconds`), and the teacher's where it is exported beside them (it fits the budget)."""
+    from fm2edge.export import ExportConfig
+
+    calibration = min(ExportConfig().calibration_images, plan["train_images"])
+
+    def cost(f: dict) -> float:
+        return export_seconds(f, calibration, plan["val_images"], plan["held_out"]["images"])
+
+    costs = sorted((cost(f) for f in candidates), reverse=True)
+    teacher = plan["teacher_option"]
+    return sum(costs[:plan["finalists"]]) + (0.0 if "why" in teacher else cost(teacher))
 
 
 def minutes_by_step(root: Path, plan: dict, total_minutes: float) -> dict[str, float]:
@@ -627,9 +664,16 @@ def size_candidates(kept: list[dict], rungs: list[dict], speeds: dict[str, float
     """Each kept candidate's first epochs and planned minutes (rung 0 of the ladder, or equal shares of the time
     when not even --auto.min_epochs each fit a ladder, those left short dropped with the reason); the rungs."""
     if rungs:
+        trained = rungs[0].get("trained", [f["candidate"] for f in kept])
+        why = (f"left out of the search: the budget fits {len(trained)} of the {len(kept)} candidates at "
+               f"{cfg.min_epochs} epochs or more each (the slowest left out, one of each start, pretrained or random "
+               f"weights, kept)")
         for f in kept:
-            f["epochs"] = rungs[0]["epochs"]
+            f["epochs"] = rungs[0]["epochs"] if f["candidate"] in trained else 0
             f["planned_minutes"] = f["epochs"] * images / speeds[f["candidate"]] / 60
+            f.update({} if f["epochs"] else {"why": why})
+        if left := [f["candidate"] for f in kept if not f["epochs"]]:
+            print(f"  {why}: {', '.join(left)}")
         shape = " -> ".join(f"{r['candidates']} x {r['epochs']}" for r in rungs)
         print(f"  successive halving: {shape} epochs (candidates x epochs per rung, the better half going on)")
         return rungs
@@ -703,25 +747,33 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     held_out = plan_held_out(job, train, teacher, available, noise["noisy"], speeds)
     available -= held_out["images"]  # the students never train on the held-out images
     elapsed = time.perf_counter() - started
-    costs = sorted((export_seconds(f, min(500, len(train)), len(val), held_out["images"]) for f in kept),
-                   reverse=True)
     finalists = finalists_wanted(kept, job.auto)
     finalists_why = (f"every candidate measured within {FAR_INSIDE:.0%} of the latency budget in one precision at "
                      f"least (or there was none), so no second was kept as a hedge against the leader's exported graph "
                      f"timing over it" if finalists == 1 and job.auto.finalists is None else None)
     if finalists_why:
         print(f"  one finalist: {finalists_why}")
-    reserve = sum(costs[:finalists]) + held_out["seconds"]
+    exports = {"train_images": len(train), "val_images": len(val), "held_out": held_out, "finalists": finalists,
+               "teacher_option": teacher_option}  # what export_reserve reads of a plan
 
     def ladder(extra: int, views: int) -> tuple[list[dict], float, float]:
-        """The rungs, the teacher's seconds and the students' seconds with ``extra`` unlabelled images."""
+        """The rungs, the teacher's seconds and the students' seconds with ``extra`` unlabelled images: successive
+        halving over every candidate, or without unlabelled images over the largest of :func:`ladder_sets` that
+        fits the budget once its own exports are reserved (rung 0 names them under "trained"): `plan_pool` cuts the
+        unlabelled images before any candidate is left out, as it did in the cat/dog runs that met their targets."""
         images = len(train) + extra
-        # the teacher's outputs on every stored view, computed once and shared by all students, and the exports
+        # the teacher's outputs on every stored view, computed once and shared by all students
         teaching = views * images / teacher_speed
-        seconds = job.auto.minutes * 60 - elapsed - teaching - reserve
+        left = job.auto.minutes * 60 - elapsed - teaching - held_out["seconds"]
         # --auto.min_epochs counts passes over the labelled images: unlabelled ones lengthen an epoch, not the need
         lo = max(1, math.ceil(job.auto.min_epochs * len(train) / images))
-        return plan_rungs(speeds, images, seconds, lo, job.auto.max_epochs, finalists), teaching, seconds
+        for names in ladder_sets(speeds) if not extra else [list(speeds)]:
+            seconds = left - export_reserve(exports, [f for f in kept if f["candidate"] in names])
+            if rungs := plan_rungs({c: speeds[c] for c in names}, images, seconds, lo, job.auto.max_epochs,
+                                   finalists):
+                rungs[0]["trained"] = names
+                return rungs, teaching, seconds
+        return [], teaching, left - export_reserve(exports, kept)  # equal shares instead: size_candidates
 
     fewest = min(EPOCHS_FEWEST, job.auto.max_epochs)  # the proven recipe's fewest epochs, for the finalists
     planned = plan_pool(len(train), available, job.auto.views, TEACHING_SHARE * job.auto.minutes * 60 * teacher_speed,
@@ -729,6 +781,8 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     if available:
         print("  " + pool_text(planned, available, job.auto.min_epochs, fewest))
     images = len(train) + planned["extra"]
+    # the candidates whose exports the students' seconds were planned around: the ladder's, or all where none fits
+    laddered = planned["rungs"][0]["trained"] if planned["rungs"] else [f["candidate"] for f in kept]
     rungs = size_candidates(kept, planned["rungs"], speeds, images, planned["seconds"], job.auto)
     return {"settings": settings(job), "machine": cpu_features(),
             "train_images": len(train), "unlabeled_images": planned["extra"], "unlabeled_available": available,
@@ -737,7 +791,8 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
             "candidates": kept, "dropped": dropped, "size_searches": searches,
             "held_out": held_out, "finalists": finalists, "finalists_why": finalists_why,
             "teaching_seconds": planned["teaching"],
-            "export_seconds": reserve - held_out["seconds"], "student_seconds": planned["seconds"],
+            "export_seconds": export_reserve(exports, [f for f in kept if f["candidate"] in laddered]),
+            "student_seconds": planned["seconds"],
             "rungs": rungs, "planning_seconds": time.perf_counter() - started}
 
 
@@ -812,7 +867,7 @@ def extension(job: AutoJob, root: Path, plan: dict, alive: list[dict]) -> int:
     MIN_EXTENSION, or past --auto.max_epochs); sized once and written into plan.json, so a resumed run follows it."""
     saved = plan.setdefault("respaced", {})
     if "extension" not in saved:
-        seconds = seconds_left(job, root, plan)
+        seconds = seconds_left(job, root, plan, alive)
         epochs = respace_rungs({f["candidate"]: f["epoch_seconds"] for f in alive}, [len(alive)], seconds,
                                min(f["overhead_seconds"] for f in alive),
                                job.auto.max_epochs - max(f["trained_epochs"] for f in alive))
@@ -828,7 +883,7 @@ def respaced(job: AutoJob, root: Path, plan: dict, r: int, alive: list[dict]) ->
     from what the finished stages recorded and written into plan.json, so a resumed run follows it."""
     saved = plan.setdefault("respaced", {})
     if str(r) not in saved:
-        seconds = seconds_left(job, root, plan)
+        seconds = seconds_left(job, root, plan, alive)
         trained = max(f["trained_epochs"] for f in alive)
         counts = [min(rung["candidates"], len(alive)) for rung in plan["rungs"][r:]]  # fewer: some left behind
         epochs = respace_rungs({f["candidate"]: f["epoch_seconds"] for f in alive}, counts, seconds,
