@@ -339,6 +339,22 @@ def test_a_tracker_that_is_not_installed_is_one_clear_error(tmp_path, capsys, mo
     assert not (tmp_path / "m").exists()
 
 
+def test_a_continued_run_keeps_the_weights_it_started_from_when_training_only_hurts(tmp_path, parquet_dir, capsys):
+    """--model.init with --train.select best: the weights it continues from are epoch 0, a candidate for "best" (a
+    continued schedule ended at 93% on validation where it had started from 97%)."""
+    from safetensors.torch import load_file
+
+    train_job(job(tmp_path, parquet_dir, epochs=3, name="first"))
+    first = load_file(str(tmp_path / "first" / "model.safetensors"))
+    metrics = train_job(job(tmp_path, parquet_dir, epochs=2, name="wrecked", init=str(tmp_path / "first"), lr=30.0,
+                            select="best"))
+    assert "epoch 0 (the weights it continues from, val acc" in capsys.readouterr().out
+    assert metrics["selected"]["epoch"] == 0
+    assert all(h["val_acc"] < metrics["val_acc"] for h in metrics["history"])  # every epoch did worse
+    kept = load_file(str(tmp_path / "wrecked" / "model.safetensors"))
+    assert all(torch.equal(kept[k], first[k]) for k in first)
+
+
 def test_a_probe_head_starts_training_and_the_probe_itself_can_be_kept(tmp_path, parquet_dir):
     """--train.head_init probe: epoch 0 is the frozen backbone + a logistic regression on its features of the
     training images; when fine-tuning changes nothing (backbone_lr 0, a vanishing rate) validation keeps epoch 0,
