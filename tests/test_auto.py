@@ -542,6 +542,12 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     assert [(r["candidates"], r["epochs"]) for r in plan["rungs"]] == [(2, 1), (1, 2)]
     by_rung = {r["candidate"]: (int(r["rung"]), int(r["epochs"])) for r in rows}
     assert sorted(by_rung.values()) == [(0, 1), (1, 3)]
+    # the epochs behind the kept weights: each stage's selected epoch (0: the weights it started from), added up
+    for r in rows:
+        stages = [f"student-small_cnn-{r['candidate'].split('@')[1]}"] + (
+            [f"student-small_cnn-{r['candidate'].split('@')[1]}-rung1"] if r["rung"] == "1" else [])
+        kept = sum(json.loads((run / s / "metrics.json").read_text())["selected"]["epoch"] for s in stages)
+        assert int(r["kept_epochs"]) == kept <= int(r["epochs"])
     winner = next(c for c, (rung, _) in by_rung.items() if rung == 1)
     first = {c: json.loads((run / f"student-small_cnn-{c.split('@')[1]}" / "metrics.json").read_text())["val_acc"]
              for c in by_rung}

@@ -256,3 +256,12 @@ def test_the_accuracy_table_shows_balanced_accuracy_where_every_seed_recorded_it
     table = re.search(r'<table id="accuracy">(.*?)</table>', (tmp_path / "out" / "report.html").read_text(),
                       re.S).group(1)
     assert "balanced accuracy" in table and "65.00%" in table
+
+
+def test_a_leaderboards_epochs_say_where_the_kept_weights_are_from():
+    from fm2edge.report.job import epochs_text
+
+    assert epochs_text(11, 11) == "11"
+    assert epochs_text(11, 0) == "11 (kept 0)"  # no epoch beat the weights it started from (a probe head)
+    assert epochs_text(11, None) == "11"  # a run recorded before the kept epochs were
+    assert epochs_text(None, None) == "-" and epochs_text(0, 0) == "-"  # not trained

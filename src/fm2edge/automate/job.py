@@ -926,6 +926,8 @@ def train_student(job: AutoJob, root: Path, plan: dict, f: dict, rung: int, epoc
     return {"folder": str(root / name), "val_acc": metrics["val_acc"], "val_score": val_score(metrics, job.auto.metric),
             "val_balanced_acc": metrics.get("val_balanced_acc"), "val_loss": kept.get("val_loss"),
             "rung": rung, "trained_epochs": f.get("trained_epochs", 0) + epochs,
+            # the epochs behind the weights it kept: a rung that never beat its start keeps the weights it began from
+            "kept_epochs": f.get("kept_epochs", 0) + metrics["selected"]["epoch"],
             "stage_minutes": metrics["train_seconds"] / 60,
             # what the loop really took per epoch (evaluation and checkpoints included), and the stage's cost
             # besides its epochs (loading, the teacher's outputs for the first student, the final predictions)
@@ -1236,7 +1238,8 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict], chosen: 
             status += f"; not a choice: its export failed ({failed[f['candidate']]})"
         rows.append({"candidate": f["candidate"], "status": status,
                      "params": f["params"], "macs": f["macs"], "screen_fp32_ms": f["fp32"]["p50_ms"],
-                     "screen_int8_ms": f["int8"]["p50_ms"], "epochs": t.get("trained_epochs"), "rung": t.get("rung"),
+                     "screen_int8_ms": f["int8"]["p50_ms"], "epochs": t.get("trained_epochs"),
+                     "kept_epochs": t.get("kept_epochs"), "rung": t.get("rung"),
                      "val_acc": t.get("val_acc"), "val_balanced_acc": t.get("val_balanced_acc"),
                      "val_score": graph_score(t) if t else None, "teacher_agreement": t.get("teacher_agreement"),
                      **{f"{k}_onnx_{p}": options.get((f["candidate"], p), {}).get(k)

@@ -205,6 +205,14 @@ def _num(v, fmt="{:.3f}") -> str:
     return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt.format(v)
 
 
+def epochs_text(trained: int | None, kept: int | None) -> str:
+    """A leaderboard's epochs cell: the epochs a candidate trained, and where its kept weights are from an earlier
+    one (validation rated them higher than every later epoch), which: ``"11 (kept 3)"``."""
+    if not trained:
+        return "-"
+    return f"{trained}" + (f" (kept {kept})" if kept is not None and kept != trained else "")
+
+
 def _table(table_id: str, head: list[str], rows: list[list[str]], values: list[list[float | None]] | None = None
            ) -> str:
     """An HTML table; ``values`` puts the raw numbers in data-value attributes (what the browser test reads)."""
@@ -359,7 +367,7 @@ def auto_section(folder: str, r: dict) -> str:
                            for p in ("fp32", "int8")]
                         + ["fp32 ms", "int8 ms", "parameters", "minutes", "status"],
                         [[x["candidate"], str(x.get("rung") if x.get("rung") is not None else "-"),
-                          str(x.get("epochs") or "-"), _pct(x.get("val_acc"))]
+                          epochs_text(x.get("epochs"), x.get("kept_epochs")), _pct(x.get("val_acc"))]
                          + ([_pct(x.get("val_balanced_acc"))] if graphs == "val_balanced_acc" else [])
                          + ([_pct(x.get("teacher_agreement"))] if held else [])
                          + [_pct(x.get(f"{graphs}_onnx_fp32")),
