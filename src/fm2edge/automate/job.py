@@ -677,7 +677,8 @@ def size_candidates(kept: list[dict], rungs: list[dict], speeds: dict[str, float
         for f in kept:
             f["epochs"] = rungs[0]["epochs"] if f["candidate"] in trained else 0
             f["planned_minutes"] = f["epochs"] * images / speeds[f["candidate"]] / 60
-            f.update({} if f["epochs"] else {"why": why})
+            if not f["epochs"]:
+                f["why"] = why
         if left := [f["candidate"] for f in kept if not f["epochs"]]:
             print(f"  {why}: {', '.join(left)}")
         shape = " -> ".join(f"{r['candidates']} x {r['epochs']}" for r in rungs)
