@@ -136,6 +136,20 @@ def test_pretrained_students_keep_their_batchnorm_statistics_and_start_from_a_pr
     assert pretrained["train"]["lr"] < scratch["train"]["lr"]
 
 
+def test_large_inputs_train_at_smaller_batches_and_a_rate_scaled_with_them():
+    """A pretrained student's batch holds at most 64 images of 128 px (memory grows with a batch's pixels), its rate
+    scaled by the square root of the batch; students from random weights keep theirs."""
+    plan = {"views": 4, "unlabeled_images": 0}
+    train = {size: student_args(AutoJob(), Candidate("pypi:efficientnet_lite0", size), 5, "t", "last", plan)["train"]
+             for size in (96, 128, 160, 224)}
+    assert [train[s]["batch_size"] for s in (96, 128, 160, 224)] == [64, 64, 32, 16]
+    assert train[128]["lr"] == 5e-4 and train[224]["lr"] == pytest.approx(2.5e-4)
+    assert Candidate("student:small_cnn", 128).batch_size == 128
+    for size in (64, 160, 224, 320, 518, 4096):
+        batch = Candidate("hf:x", size).batch_size
+        assert batch >= 1 and batch & (batch - 1) == 0 and (batch == 1 or batch * size ** 2 <= 64 * 128 ** 2)
+
+
 def test_the_teacher_is_a_leaderboard_row_within_the_budget_or_over_it_with_the_reason():
     cfg = AutoConfig(latency_ms=2.0)
     student = {**screen([figures("student:small_cnn@32", 1.0, 0.5)], cfg)[0][0], "epochs": 3}

@@ -111,6 +111,23 @@ def test_the_inference_batch_benchmark_runs_each_batch_and_fm2edges_own(monkeypa
     assert "fm2edge's batch when asked for 16" in capsys.readouterr().out
 
 
+def test_the_memory_benchmark_runs_onnxruntimes_defaults_beside_fm2edges_own(monkeypatch, tmp_path, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import memory_peaks
+
+    out = tmp_path / "memory.json"
+    monkeypatch.setattr("sys.argv", ["memory_peaks.py", "--model", "student:small_cnn", "--size", "48", "--images",
+                                     "64", "--json", str(out)])
+    memory_peaks.main()
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["part"], r["how"]) for r in rows] == [
+        ("minmax calibration", "onnxruntime"), ("minmax calibration", "fm2edge"),
+        ("percentile calibration", "onnxruntime"), ("percentile calibration", "fm2edge"),
+        ("training steps", "64"), ("training steps", "fm2edge")]
+    assert all(r["peak_gib"] > 0 for r in rows) and rows[-1]["batch"] == 128 and rows[-1]["img_s"] > 0
+    assert "training steps: peak memory" in capsys.readouterr().out
+
+
 def test_the_teacher_size_benchmark_fine_tunes_each_size_once_and_prints_its_row(monkeypatch, tmp_path, capsys,
                                                                                  parquet_dir, tiny_hf_resnet):
     monkeypatch.syspath_prepend(str(BENCHMARKS))

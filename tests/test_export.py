@@ -113,7 +113,7 @@ def test_histogram_calibration_and_fp32_end_layers(trained, tmp_path):
 
     counts = {}
     for keep in ("none", "first_last"):
-        # 70 calibration images: not a multiple of the calibration batch, which percentile calibration cannot take
+        # 70 calibration images: a smaller last batch, which percentile calibration takes as each batch is its own
         result = export_job(ExportJob(model=str(trained), data=DIGITS, output=str(tmp_path / keep),
                                       export=fast(calibration_method="percentile", fp32_layers=keep,
                                                   calibration_images=70)))
@@ -123,6 +123,49 @@ def test_histogram_calibration_and_fp32_end_layers(trained, tmp_path):
         fp32_names = first_and_last_layers(tmp_path / keep / "model.onnx")
         assert len(fp32_names) == 4  # the stem, the classifier, and the pooling and flattening that feed it
     assert counts["first_last"] < counts["none"], "the first and last layers are left unquantised"
+
+
+def test_calibration_collected_batch_by_batch_finds_the_ranges_of_all_images_at_once(tmp_path):
+    """Each calibration batch is collected on its own and the ranges merged (what keeps the histogram calibrators'
+    memory to one batch): min-max ranges are then those of every image in one batch, scale for scale."""
+    import onnx
+    from onnx import numpy_helper
+
+    from fm2edge.export import quantize_int8
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 8, 3),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 2)).eval()
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(net, (torch.randn(1, 3, 16, 16),), str(path), dynamo=False, input_names=["pixels"],
+                      dynamic_axes={"pixels": {0: "batch"}})
+    x = np.random.default_rng(0).normal(size=(9, 3, 16, 16)).astype(np.float32)
+    x[7] *= 5  # one image widens every range: its batch must count
+    scales = {}
+    for name, batches in {"one": [x], "split": [x[:4], x[4:8], x[8:]]}.items():
+        graph = onnx.load(str(quantize_int8(path, tmp_path / f"{name}.onnx", iter(batches), fp32_layers="none",
+                                            reduce_range=False))).graph
+        scales[name] = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name.endswith("_scale")}
+    assert scales["one"] and scales["one"].keys() == scales["split"].keys()
+    for key, value in scales["one"].items():
+        np.testing.assert_allclose(scales["split"][key], value, rtol=1e-6)
+
+
+def test_large_inputs_are_exported_in_smaller_batches():
+    """Batches of the export's graphs hold at most BATCH_PIXELS (memory grows with them): the asked-for batch at
+    small inputs, fewer images at large ones, never none."""
+    from types import SimpleNamespace
+
+    from fm2edge.export import BATCH_PIXELS, batch_for
+
+    def model(size):
+        return SimpleNamespace(preprocess=SimpleNamespace(size=size))
+
+    assert batch_for(model(32), 256) == 256
+    assert batch_for(model(224), 64) == 8 and batch_for(model(224), 4) == 4
+    assert batch_for(model(4096), 64) == 1
+    for size in (64, 96, 128, 160, 224, 384):
+        assert batch_for(model(size), 10_000) * size ** 2 <= BATCH_PIXELS
 
 
 def test_the_fp32_end_layers_keep_the_classifier_input_unrounded(tmp_path):

@@ -23,6 +23,7 @@ from fm2edge.automate.heldout import (
 from fm2edge.automate.measure import (
     INT8_LAYOUTS,
     LOOP_EFFICIENCY,
+    PRETRAINED_BATCH,
     Candidate,
     latency_cache,
     measure,
@@ -71,7 +72,7 @@ RETIMES = 2
 # Timed again and still this many times its screened figure: the two disagree beyond what int8 recipes of one model
 # differ by (Lite0 at 192 px: 1.68 ms screened, its three int8 graphs 1.76-2.10 ms on an idle machine)
 STILL_DISPUTED = 1.5
-PLAN_VERSION = 12
+PLAN_VERSION = 13  # 13: pretrained students above 128 px train at smaller batches
 # Held back from the time left when the later rungs are re-sized: the work no stage records (loading the data on
 # each call, choosing, the test read, writing the results).
 RESPACE_MARGIN = 0.03
@@ -579,7 +580,10 @@ def student_args(job: AutoJob, cand: Candidate, epochs: int, teacher: str, selec
     random weights, their head first fitted as a probe on their own features (LP-FT), their BatchNorm statistics
     kept as pretrained (measured on a million images, not re-estimated from a few hundred photos' augmented crops:
     on a 77-photo folder the student at 112 px scored 89.8% on 800 unseen photos with them kept, 81-84% without)."""
-    lr, batch = (5e-4 if cand.pretrained else 4e-3), cand.batch_size
+    batch = cand.batch_size
+    # a smaller batch (large inputs) at a rate scaled by the square root of the batch, as timm does for Adam-family
+    # optimisers (its --lr-base-scale): 2.5e-4 at 16 images
+    lr = 5e-4 * math.sqrt(batch / PRETRAINED_BATCH) if cand.pretrained else 4e-3
     distill = {"teacher": teacher, "views": plan["views"], "losses": {"kd": 1.0}}
     unlabeled = plan["unlabeled_images"]
     if job.auto.unlabeled_source and unlabeled:

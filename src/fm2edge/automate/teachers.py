@@ -169,7 +169,9 @@ def finetuned_teachers(job: AutoJob, root: Path, choice: dict, spec: str) -> lis
 
     if "size" not in choice:
         return []
-    recipe = teacher_recipe(choice["epochs"], device=job.auto.device, score_test=False)
+    # at the batch its training speed was measured at (fewer images for large inputs, see Candidate.batch_size)
+    recipe = teacher_recipe(choice["epochs"], Candidate(spec, choice["size"]).batch_size, device=job.auto.device,
+                            score_test=False)
     out = []
     for seed in range(job.auto.seed, job.auto.seed + choice["seeds"]):
         name = slug(f"{TEACHER_STAGE}finetune-{spec}-{choice['size']}-s{seed}")
