@@ -48,23 +48,27 @@ from fm2edge.stagecache import moved
 # A candidate measured up to this much over the latency budget is kept for training: a screen of 30 runs is noisier
 # than the finalists' export (100 runs of the shipped graph), which decides.
 SCREEN_TOLERANCE = 0.10
-# An export stage's cost (one per int8 recipe): tracing, ONNX Runtime sessions and quantiser passes,
-# EXPORT_BASE_SECONDS, and its timed runs (repeated medians of the graphs and of PyTorch beside them, PyTorch fp32 ~6
-# times the graph's latency) and parity checks, about EXPORT_INFERENCES batch-1 inferences of the graph, besides
-# calibration and the validation passes. Measured per stage on a 2-core AMX Xeon (fp32 p50 -> seconds): the small CNN
-# 0.3 ms -> 1.3 s, Lite0 at 96 px 1.1-1.2 ms -> 6.8-9.8 s, 112 px 1.4 ms -> 9.7 s, 128 px 1.6 ms -> 15-16 s, 176 px 2.8
-# ms -> 22 s; the fit errs long at every point (4.6, 12.6, 14.1, 15.6, 25.8 s), where a fixed 15 s had reserved 45 s for
-# a small CNN's three exports that took 4. Percentile calibration's histograms cost about PERCENTILE_COST batch-1
-# inferences per calibration image on top (50, 80 and 105 s for 410 images at 128, 160 and 176 px: 68-75 times each
-# graph's fp32 p50; 22 s for 500 images at 96 px); it is counted although it is skipped where min-max's graph is
-# faithful, so the estimate errs long. The plan reserves the exports of the costliest candidates it trains (the
+# An export stage's cost (one per int8 recipe): tracing, ONNX Runtime sessions and the quantiser's passes, which grow
+# with the network (EXPORT_BASE_SECONDS and EXPORT_SECONDS_PER_PARAM), its timed runs (repeated medians of the graphs
+# and of PyTorch beside them) and parity checks, about EXPORT_INFERENCES batch-1 inferences of the graph, calibration
+# at about CALIBRATION_COST inferences an image (the calibration graph reports every tensor's range) and the
+# validation passes. Measured per stage in one process on a 2-core AMX Xeon (2026-12-05; fp32 p50, calibration and
+# validation images -> seconds): the small CNN 0.3 ms, 167 / 19 -> 0.8-0.9 s and 500 / 135 -> 1.0-1.1 s; Lite0
+# (3.4 M parameters) at 96 px 1.1 ms, 167 / 19 -> 5.0-5.3 s and 500 / 135 -> 7.4-7.7 s, at 112 px 1.45 ms -> 5.4-5.7 s,
+# at 224 px 4.35 ms -> 10.2-10.4 s; the fit errs long at each (1.9, 2.5, 6.7, 9.3, 7.3, 13.3 s). Percentile
+# calibration's histograms cost about PERCENTILE_COST batch-1 inferences per calibration image on top (measured 4-18:
+# 12.9 s for 167 images at 224 px, 7.5 s for 500 at 96 px); it is counted although it is skipped where min-max's graph
+# is faithful, so the estimate errs long. The plan reserves the exports of the costliest candidates it trains (the
 # finalists are not known yet) and the teacher's where it is exported beside them; each later rung is re-sized with the
 # exports of the candidates still training, so a run whose costly candidates were left behind gets that time back.
 # Planned at 10 s per finalist, two finalists' exports took 2.3 minutes where 32 s were reserved, and the run 16.9 of
-# its 15 minutes.
-EXPORT_BASE_SECONDS = 2.0
-EXPORT_INFERENCES = 8000
-PERCENTILE_COST = 75.0
+# its 15 minutes; the fit before this one (2 s + 8,000 inferences, percentile 75) reserved 225 s for exports that took
+# 34 s on a 369-photo folder.
+EXPORT_BASE_SECONDS = 1.0
+EXPORT_SECONDS_PER_PARAM = 1e-6
+EXPORT_INFERENCES = 1000
+CALIBRATION_COST = 6.0
+PERCENTILE_COST = 20.0
 EXPORT_LATENCY_RUNS = 100
 # More timings of an exported graph over the latency budget whose candidate screened within it, before it is judged
 # over: the export timed it once, and that minute's machine may have been busy
@@ -409,7 +413,8 @@ def export_seconds(f: dict, calibration: int, val: int, held: int = 0) -> float:
     images and the ``held`` held-out ones."""
     per_image = f["fp32"]["p50_ms"] / 1e3
     fidelity = (1 + len(INT8_RECIPES)) * (AGREEMENT_IMAGES + held) * per_image
-    stage = EXPORT_BASE_SECONDS + (EXPORT_INFERENCES + calibration + 2 * val) * per_image
+    stage = (EXPORT_BASE_SECONDS + EXPORT_SECONDS_PER_PARAM * f["params"]
+             + (EXPORT_INFERENCES + CALIBRATION_COST * calibration + 2 * val) * per_image)
     return len(INT8_RECIPES) * stage + PERCENTILE_COST * calibration * per_image + fidelity
 
 
