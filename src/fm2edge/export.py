@@ -58,7 +58,8 @@ class ExportConfig:
         max_int8_drop: Warn when int8 test accuracy is more than this many points below fp32's.
         threads: ONNX Runtime and PyTorch CPU threads for the checks and timings; empty keeps the default.
         latency_runs: Timed batch-1 runs per backend (after warm-up) for the latency table.
-        batch_size: Batch size for accuracy evaluation.
+        batch_size: Images per batch for the accuracy checks (fewer at large inputs: a batch holds at most eight
+            224 px images' pixels, as memory grows with them).
         push_to_hub: A Hugging Face Hub repository (user/name) to upload the run's model, model card and ONNX
             files to after the checks pass (needs network and a token: HF_TOKEN or `hf auth login`).
         score_on: The split the parity and accuracy checks read: "test", or "validation" when the export is one of
