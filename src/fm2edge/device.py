@@ -146,11 +146,12 @@ def peak_memory(device: torch.device) -> tuple[int | None, str]:
 CPU_BATCH_PIXELS = 2**21
 
 
-def inference_batch(batch_size: int, image_size: int, device: torch.device) -> int:
-    """``batch_size`` for a forward pass over ``image_size`` px inputs, capped on a CPU at CPU_BATCH_PIXELS."""
+def inference_batch(batch_size: int, image_size: int, device: torch.device, pixels: int = CPU_BATCH_PIXELS) -> int:
+    """``batch_size`` for a forward pass over ``image_size`` px inputs, capped on a CPU at ``pixels`` input pixels
+    (never below one image)."""
     if device.type != "cpu":
         return batch_size
-    return max(1, min(batch_size, CPU_BATCH_PIXELS // (image_size * image_size)))
+    return max(1, min(batch_size, pixels // (image_size * image_size)))
 
 
 def resolve_device(name: str) -> torch.device:

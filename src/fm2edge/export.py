@@ -455,7 +455,10 @@ CALIBRATION_BATCH = 64
 
 def batch_for(model, most: int) -> int:
     """Images per batch for ``model``'s input size: ``most``, or fewer where that many would exceed BATCH_PIXELS."""
-    return max(1, min(most, BATCH_PIXELS // model.preprocess.size ** 2))
+    from fm2edge.device import inference_batch
+
+    # the export's graphs and checks run on the CPU (ONNX Runtime's CPU provider, PyTorch beside it)
+    return inference_batch(most, model.preprocess.size, torch.device("cpu"), BATCH_PIXELS)
 
 
 def image_batches(model, images: torch.Tensor, batch_size: int) -> Iterator[np.ndarray]:
