@@ -10,7 +10,7 @@ import torch
 
 from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
 from fm2edge.errors import Fm2EdgeError
-from fm2edge.train import batch_plan, lr_factor, train_job
+from fm2edge.train import batch_memory_note, batch_plan, lr_factor, train_job
 
 
 def job(tmp_path, source, epochs=3, name="run", init=None, **train):
@@ -532,3 +532,15 @@ def test_from_pretrained_weights_train_defaults_to_lp_ft_with_the_statistics_kep
     end = load_file(run / "model.safetensors")
     stats = [k for k in end if k.endswith(("running_mean", "running_var"))]
     assert stats and all(torch.equal(end[k], start[k]) for k in stats)
+
+
+def test_a_cpu_batch_of_many_large_images_is_told_how_to_take_the_same_steps_in_less_memory():
+    cpu = torch.device("cpu")
+    note = batch_memory_note(TrainConfig(batch_size=128), 224, cpu)
+    # 41 images of 224 px fit the two million pixels; 32 is the largest that divides the batch
+    assert "--train.batch_size 32 --train.grad_accum 4" in note
+    assert "--train.grad_accum 8" in batch_memory_note(TrainConfig(batch_size=128, grad_accum=2), 224, cpu)
+    assert batch_memory_note(TrainConfig(batch_size=128), 128, cpu) is None  # 2^21 pixels: within
+    assert batch_memory_note(TrainConfig(batch_size=16), 224, cpu) is None
+    assert batch_memory_note(TrainConfig(batch_size=128), 224, torch.device("cuda")) is None
+    assert "--train.batch_size 1 --train.grad_accum 7" in batch_memory_note(TrainConfig(batch_size=7), 1024, cpu)
