@@ -277,6 +277,22 @@ def test_corrupt_image_error_or_skip(tmp_path):
     assert len(train) + len(val or []) + len(test) == 7 and train.skipped + test.skipped == 1
 
 
+def test_the_data_summary_skips_what_it_cannot_read(tmp_path):
+    """`fm2edge data --data.on_bad_image skip` counts a truncated and an empty image and gives the sizes of the
+    others (their headers read) instead of failing on the empty file's header."""
+    from fm2edge.data.summary import summarise
+
+    root = image_folder_with_a_truncated_png(tmp_path / "imgs")
+    imgs, labels = coloured_images(16, 12, 1)
+    for i, (a, y) in enumerate(zip(imgs, labels, strict=True)):  # enough of each class for every split
+        Image.fromarray(a).save(root / CLASSES[y] / f"more{i}.png")
+    (root / "red" / "empty.jpg").write_bytes(b"")
+    out = summarise(DataConfig(source=str(root), test_fraction=0.25, on_bad_image="skip",
+                               cache_dir=str(tmp_path / "cache")))
+    assert out["undecodable"] == 2
+    assert out["original_sizes"]["min"] == out["original_sizes"]["max"] == [12, 12]
+
+
 @pytest.mark.skipif(not (SHARED / "data" / "cifar10" / "test.parquet").exists(), reason="../shared not present")
 def test_shared_cifar10_loads_like_the_hub():
     train, val, test = load_data(DataConfig(source=str(SHARED / "data" / "cifar10"), max_train=100, max_test=50))

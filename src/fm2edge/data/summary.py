@@ -53,11 +53,23 @@ def summarise(cfg: DataConfig) -> dict:
     folder = image_folder(cfg)
     if folder is not None:
         scan = scan_folder(folder, folder_names(cfg), cfg.train_split)
-        sizes = np.array([peek_size(str(f)) for f in scan.files])
+        sizes = np.array(header_sizes(scan.files))
         out.update(layout=scan.layout, skipped_files=scan.skipped, empty_class_folders=scan.empty_classes,
                    original_sizes={"min": sizes.min(0).tolist(), "median": np.median(sizes, 0).tolist(),
                                    "max": sizes.max(0).tolist()})
     return out
+
+
+def header_sizes(files: list) -> list[tuple[int, int]]:
+    """(height, width) of every file whose header reads; the others are the undecodable images the load skipped
+    (``--data.on_bad_image skip``) or stopped on."""
+    sizes = []
+    for f in files:
+        try:
+            sizes.append(peek_size(str(f)))
+        except (OSError, ValueError):  # PIL's UnidentifiedImageError is an OSError
+            continue
+    return sizes
 
 
 def class_imbalance(per_class: dict[str, int]) -> dict:
