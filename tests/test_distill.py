@@ -209,6 +209,39 @@ def test_a_teacher_from_a_file_of_a_plain_module_distils_a_student(kind, tmp_pat
         json.loads((clean_teacher / "metrics.json").read_text())["test_acc"], abs=1e-6)
 
 
+def test_a_convolutional_teacher_runs_in_onnx_runtime_on_a_cpu_with_pytorchs_outputs(tmp_path, clean_teacher,
+                                                                                     parquet_dir):
+    """On a CPU a CNN teacher's forward passes (cache builds, online teaching) run through its exported features
+    graph, flip average included, with the outputs PyTorch gives; bf16, "torch" or a GPU keep PyTorch, and asking
+    for the graph where it cannot run is one error."""
+    from fm2edge.data import load_data
+    from fm2edge.distill.teacher import graph_folder, load_teacher, teacher_graph
+
+    train, _, _ = load_data(DataConfig(source=str(parquet_dir)))
+    cpu = torch.device("cpu")
+    for flip in (False, True):
+        teacher = load_teacher(str(clean_teacher), 4, flip=flip)
+        task = DistillTask(create_model(ModelConfig(name="student:small_cnn"), 4), teacher,
+                           DistillConfig(teacher=str(clean_teacher), losses={"kd": 1.0, "feature": 0.5}))
+        expected = task.teacher_arrays(train.images[:20])
+        task.teacher_graph = teacher_graph(teacher, "auto", cpu, None, tmp_path / "graphs")
+        assert task.teacher_graph is not None
+        got = task.teacher_arrays(train.images[:20])
+        for name in ("logits", "features"):
+            assert torch.allclose(expected[name], got[name], atol=1e-4), (flip, name)
+    assert len(list((tmp_path / "graphs").glob("*/backbone.onnx"))) == 2  # one graph per flip setting
+    assert teacher_graph(teacher, "torch", cpu, None, tmp_path / "graphs") is None
+    assert teacher_graph(teacher, "auto", cpu, torch.bfloat16, tmp_path / "graphs") is None
+    assert teacher_graph(teacher, "auto", torch.device("cuda"), None, tmp_path / "graphs") is None
+    with pytest.raises(Fm2EdgeError, match="fp32 on a CPU, not in bfloat16.*teacher_backend torch"):
+        teacher_graph(teacher, "onnx", cpu, torch.bfloat16, tmp_path / "graphs")
+    job = DistillJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name="student:small_cnn"),
+                     train=TrainConfig(epochs=1, batch_size=32, device="cpu"),
+                     distill=DistillConfig(teacher=str(clean_teacher)), run=RunConfig(root=str(tmp_path), name="kd"))
+    distill_job(job)
+    assert list(graph_folder(job.data).glob("*/backbone.onnx"))  # the distillation's teacher ran as a graph
+
+
 def test_the_teacher_runs_at_the_size_it_is_given(clean_teacher):
     from fm2edge.distill.teacher import load_teacher
 

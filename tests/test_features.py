@@ -13,6 +13,7 @@ from fm2edge.config import DataConfig, ModelConfig, RunConfig
 from fm2edge.data import load_data
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.features import EmbedConfig, EmbedJob, embed_data, embed_job, load_backbone
+from fm2edge.models import create_model
 
 
 def test_preprocessing_matches_the_models_image_processor(tiny_dinov2, parquet_dir):
@@ -120,6 +121,29 @@ def test_onnx_backends_match_pytorch(backend, min_cos, tiny_dinov2, parquet_dir,
     cos = torch.nn.functional.cosine_similarity(torch.tensor(ref.features), torch.tensor(got.features))
     assert cos.min() > min_cos, cos.min()
     assert list((tmp_path / ".onnx").glob("*/backbone*.onnx"))  # the exported backbone is kept for the next run
+
+
+def test_the_auto_backend_is_onnx_runtime_for_a_cnn_on_a_cpu_and_pytorch_for_a_vit(tiny_dinov2, parquet_dir,
+                                                                                   tmp_path):
+    from fm2edge.features import resolve_backend
+
+    train, _, test = load_data(DataConfig(source=str(parquet_dir)))
+    cpu = torch.device("cpu")
+    cnn = create_model(ModelConfig(name="student:small_cnn"), 4)
+    vit = create_model(ModelConfig(name=f"hf:{tiny_dinov2}"), 4)
+    assert resolve_backend("auto", cnn, cpu) == "onnx" and resolve_backend("auto", vit, cpu) == "torch"
+    assert resolve_backend("auto", cnn, torch.device("cuda")) == "torch"
+    assert resolve_backend("torch", cnn, cpu) == "torch"
+
+    def features(**kw):
+        job = EmbedJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name="student:small_cnn"),
+                       embed=EmbedConfig(splits=["train"], cache_dir=str(tmp_path), **kw))
+        return embed_data(job, train, test)["train"]
+
+    got, ref = features(), features(backend="torch")
+    assert got.meta["backend"] == "onnx" and ref.meta["backend"] == "torch"
+    assert np.abs(got.features - ref.features).max() < 1e-4
+    assert features(precision="bf16").meta["backend"] == "torch"  # bf16 asked for: PyTorch's autocast
 
 
 def test_onnx_backend_refuses_the_gpu(tiny_dinov2, parquet_dir):

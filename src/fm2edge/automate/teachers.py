@@ -11,6 +11,7 @@ from fm2edge.automate.config import AutoJob
 from fm2edge.automate.measure import LOOP_EFFICIENCY, Candidate, latency_cache, measure_training
 from fm2edge.automate.stages import run_one_stage
 from fm2edge.config import to_dict
+from fm2edge.distill.teacher import teacher_graph
 from fm2edge.errors import Fm2EdgeError
 
 TEACHER_STAGE = "teacher-"  # every teacher stage's name starts so (spent while planning, counted there)
@@ -107,9 +108,10 @@ def teacher_stages(job: AutoJob, root: Path, specs: list[str]) -> list[dict]:
     return teachers
 
 
-def score_teachers(teachers: list[dict], val, device) -> list[dict]:
+def score_teachers(teachers: list[dict], val, device, graphs: Path) -> list[dict]:
     """Validation accuracy (what chooses it) and loss of each teacher, and its inference speed here (what its
-    cached outputs for the students will cost), timed on the validation images."""
+    cached outputs for the students will cost), timed on the validation images as the cache runs it (its ONNX
+    Runtime graph, kept under ``graphs``, where it has one)."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -124,7 +126,10 @@ def score_teachers(teachers: list[dict], val, device) -> list[dict]:
         model = load_classifier(t["folder"]).to(device)
         logits = predict(model, val, 64, device, progress=True)  # also the warm-up of the timing below
         timed = val.subset(np.arange(max(len(val), SPEED_IMAGES)) % len(val))  # a few validation images repeated
-        t["images_per_s"] = len(timed) / min(seconds_to_predict(model, timed, device) for _ in range(SPEED_REPEATS))
+        graph = teacher_graph(model, "auto", device, None, graphs)
+        t["images_per_s"] = len(timed) / min(seconds_to_predict(model, timed, device, graph)
+                                             for _ in range(SPEED_REPEATS))
+        t["forward"] = "onnxruntime" if graph else "torch"
         t["val_acc"] = accuracy(logits, val.labels)
         t["val_balanced_acc"] = balanced_accuracy(logits.argmax(1), val.labels)
         t["val_loss"] = float(F.cross_entropy(logits, torch.as_tensor(val.labels, dtype=torch.long)))
@@ -132,12 +137,24 @@ def score_teachers(teachers: list[dict], val, device) -> list[dict]:
     return teachers
 
 
-def seconds_to_predict(model, data, device) -> float:
-    """Seconds one inference pass of ``model`` over ``data`` takes (batches of 64, as the teacher's cache runs)."""
+def seconds_to_predict(model, data, device, graph=None) -> float:
+    """Seconds one inference pass of ``model`` over ``data`` takes as the teacher's cache runs it: in batches of
+    64 (fewer for large inputs on a CPU), channels-last, or through ``graph`` (its pooled features as an ONNX
+    Runtime session) where it has one."""
+    import torch
+
+    from fm2edge.device import inference_batch, move
     from fm2edge.train import predict
 
     t0 = time.perf_counter()
-    predict(model, data, 64, device)
+    if graph is None:
+        predict(model.to(memory_format=torch.channels_last), data, 64, device, channels_last=True)
+        return time.perf_counter() - t0
+    batch = inference_batch(64, model.preprocess.size, device)
+    with torch.no_grad():
+        for start in range(0, len(data), batch):
+            x = model.preprocess(move(data.images[start:start + batch], device))
+            model.head(torch.from_numpy(graph(x)))
     return time.perf_counter() - t0
 
 

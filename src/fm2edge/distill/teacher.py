@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,46 @@ def cache_dir_for(data, spec: str, registered: str, teacher: Classifier, train, 
         parts.append("flip")
     key = json.dumps(parts, sort_keys=True)
     return cache_root(data).parent / "teacher" / hashlib.sha1(key.encode()).hexdigest()[:24]
+
+
+def graph_folder(data) -> Path:
+    """Where teachers' ONNX graphs (:func:`teacher_graph`) are kept: beside their cached outputs."""
+    from fm2edge.data.dataset import cache_root
+
+    return cache_root(data).parent / "teacher" / ".graphs"
+
+
+class PooledFeatures(torch.nn.Module):
+    """A classifier's pooled features (its ``features``: the flip average included) as a module of its own, to
+    export."""
+
+    def __init__(self, model: Classifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(x)
+
+
+def teacher_graph(teacher: Classifier, backend: str, device: torch.device, dtype: torch.dtype | None,
+                  folder: Path) -> Callable[[torch.Tensor], np.ndarray] | None:
+    """The teacher's pooled features as an ONNX Runtime session (exported once per weights, input size and flip,
+    under ``folder``) where ``backend`` asks for one ("onnx") or it runs faster than PyTorch here ("auto":
+    :func:`fm2edge.features.graph_helps`, in fp32); None where PyTorch runs the teacher."""
+    import hashlib
+
+    from fm2edge.features import graph_helps, graph_runner, weights_digest
+
+    if backend == "torch" or (backend == "auto" and (dtype is not None or not graph_helps(teacher, device))):
+        return None
+    if device.type != "cpu" or dtype is not None:
+        raise Fm2EdgeError(f"--distill.teacher_backend onnx runs the teacher in fp32 on a CPU, not "
+                           f"{'in ' + str(dtype).removeprefix('torch.') if dtype else 'on ' + device.type}; use "
+                           f"--distill.teacher_backend torch, or --distill.teacher_precision fp32 --train.device cpu")
+    size = teacher.preprocess.size
+    key = hashlib.sha1(json.dumps([teacher.name, weights_digest(teacher), size, teacher.flip_average]).encode())
+    return graph_runner(PooledFeatures(teacher), size, folder / key.hexdigest()[:24], name=teacher.name,
+                        way_out="; use --distill.teacher_backend torch")
 
 
 CHUNK = 2048  # images per saved piece of a teacher cache: an interrupted build loses at most one
