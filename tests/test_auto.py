@@ -602,7 +602,7 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     faithful = any(e["int8_agreement_with_fp32"] >= 1.0 for name, e in finalist_exports.items()
                    if not name.endswith("-percentile"))
     assert len(timings) == (2 if faithful else 3)
-    assert ("percentile calibration skipped" in out) == faithful
+    assert (f"  {finalist['candidate']}: percentile calibration skipped" in out) == faithful
     assert all("test_acc" not in json.loads(e.read_text()) for e in exports)
     # auto writes its report: its own section with the choice, the search's rungs, the leaderboard, the minutes
     assert "report.html" in out

@@ -97,6 +97,20 @@ def test_the_fixed_padding_benchmark_times_both_graphs_of_each_size(monkeypatch,
     assert "| 64 |" in capsys.readouterr().out
 
 
+def test_the_teacher_speed_benchmark_times_each_way_a_teacher_runs(monkeypatch, tmp_path, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import teacher_speed
+
+    out = tmp_path / "teachers.json"
+    monkeypatch.setattr("sys.argv", ["teacher_speed.py", "--teachers", "student:small_cnn", "--batch", "4",
+                                     "--size", "32", "--json", str(out)])
+    teacher_speed.main()
+    (row,) = json.loads(out.read_text())["rows"]
+    assert all(row[k] > 0 for k in ("torch", "channels_last", "onnxruntime"))
+    assert row["max_logit_difference"] < 1e-4 and row["auto"] == "onnxruntime"
+    assert "| student:small_cnn |" in capsys.readouterr().out
+
+
 def test_the_inference_batch_benchmark_runs_each_batch_and_fm2edges_own(monkeypatch, tmp_path, capsys):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import inference_batch
