@@ -1144,6 +1144,22 @@ def test_percentile_calibration_runs_only_where_no_int8_graph_already_answers_as
     assert ("percentile calibration skipped" in capsys.readouterr().out) == (len(recipes) == 2)
 
 
+def test_the_teachers_labels_for_held_out_images_are_the_same_through_its_graph(teacher, tmp_path):
+    """The teacher labels the held-out images through its ONNX Runtime graph, as its cached outputs are made, and
+    gives the labels PyTorch gives."""
+    import torch
+
+    from fm2edge.automate.heldout import predicted_labels
+    from fm2edge.config import DataConfig
+    from fm2edge.data import load_data
+
+    images = load_data(DataConfig(source="digits"))[2]
+    cpu = torch.device("cpu")
+    through_graph = predicted_labels(str(teacher), images, cpu, tmp_path / "graphs")
+    assert list((tmp_path / "graphs").glob("*/backbone.onnx"))
+    assert (through_graph == predicted_labels(str(teacher), images, cpu)).all()
+
+
 def test_a_teachers_speed_is_its_fastest_of_repeated_timings(teacher, monkeypatch, tmp_path):
     """A busy moment during one timing pass priced a teacher's cached outputs at over twice their cost: the pass
     is repeated and the fastest counts."""

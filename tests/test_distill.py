@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -215,9 +216,11 @@ def test_a_convolutional_teacher_runs_in_onnx_runtime_on_a_cpu_with_pytorchs_out
     graph, flip average included, with the outputs PyTorch gives; bf16, "torch" or a GPU keep PyTorch, and asking
     for the graph where it cannot run is one error."""
     from fm2edge.data import load_data
+    from fm2edge.distill.task import teacher_logits
     from fm2edge.distill.teacher import graph_folder, load_teacher, teacher_graph
+    from fm2edge.train import predict
 
-    train, _, _ = load_data(DataConfig(source=str(parquet_dir)))
+    train, _, test = load_data(DataConfig(source=str(parquet_dir)))
     cpu = torch.device("cpu")
     for flip in (False, True):
         teacher = load_teacher(str(clean_teacher), 4, flip=flip)
@@ -230,6 +233,8 @@ def test_a_convolutional_teacher_runs_in_onnx_runtime_on_a_cpu_with_pytorchs_out
         for name in ("logits", "features"):
             assert torch.allclose(expected[name], got[name], atol=1e-4), (flip, name)
     assert len(list((tmp_path / "graphs").glob("*/backbone.onnx"))) == 2  # one graph per flip setting
+    one_process = SimpleNamespace(num_processes=1, device=cpu)
+    assert torch.allclose(teacher_logits(task, test, 16, one_process), predict(teacher, test, 16, cpu), atol=1e-4)
     assert teacher_graph(teacher, "torch", cpu, None, tmp_path / "graphs") is None
     assert teacher_graph(teacher, "auto", cpu, torch.bfloat16, tmp_path / "graphs") is None
     assert teacher_graph(teacher, "auto", torch.device("cuda"), None, tmp_path / "graphs") is None
@@ -240,6 +245,25 @@ def test_a_convolutional_teacher_runs_in_onnx_runtime_on_a_cpu_with_pytorchs_out
                      distill=DistillConfig(teacher=str(clean_teacher)), run=RunConfig(root=str(tmp_path), name="kd"))
     distill_job(job)
     assert list(graph_folder(job.data).glob("*/backbone.onnx"))  # the distillation's teacher ran as a graph
+
+
+def test_a_teacher_the_exporter_cannot_trace_runs_in_pytorch_unless_the_graph_was_asked_for(
+        clean_teacher, monkeypatch, tmp_path, caplog):
+    import fm2edge.export as export
+    from fm2edge.distill.teacher import load_teacher, teacher_graph
+    from fm2edge.features import EmbedConfig, resolve_backend
+
+    def unsupported(*a, **k):
+        raise RuntimeError("Exporting the operator 'aten::weird' to ONNX opset version 17 is not supported.\nmore")
+
+    monkeypatch.setattr(export, "export_onnx", unsupported)
+    teacher, cpu = load_teacher(str(clean_teacher), 4), torch.device("cpu")
+    assert teacher_graph(teacher, "auto", cpu, None, tmp_path) is None
+    assert "aten::weird" in caplog.text and "the teacher runs in PyTorch instead" in caplog.text
+    with pytest.raises(Fm2EdgeError, match=r"could not be exported to ONNX .*--distill.teacher_backend torch"):
+        teacher_graph(teacher, "onnx", cpu, None, tmp_path)
+    assert resolve_backend(teacher, EmbedConfig(cache_dir=str(tmp_path)), cpu) == "torch"  # embed, likewise
+    assert "embedding in PyTorch instead" in caplog.text
 
 
 def test_the_teacher_runs_at_the_size_it_is_given(clean_teacher):

@@ -131,9 +131,10 @@ def test_the_auto_backend_is_onnx_runtime_for_a_cnn_on_a_cpu_and_pytorch_for_a_v
     cpu = torch.device("cpu")
     cnn = create_model(ModelConfig(name="student:small_cnn"), 4)
     vit = create_model(ModelConfig(name=f"hf:{tiny_dinov2}"), 4)
-    assert resolve_backend("auto", cnn, cpu) == "onnx" and resolve_backend("auto", vit, cpu) == "torch"
-    assert resolve_backend("auto", cnn, torch.device("cuda")) == "torch"
-    assert resolve_backend("torch", cnn, cpu) == "torch"
+    auto = EmbedConfig(cache_dir=str(tmp_path))
+    assert resolve_backend(cnn, auto, cpu) == "onnx" and resolve_backend(vit, auto, cpu) == "torch"
+    assert resolve_backend(cnn, auto, torch.device("cuda")) == "torch"
+    assert resolve_backend(cnn, EmbedConfig(backend="torch"), cpu) == "torch"
 
     def features(**kw):
         job = EmbedJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name="student:small_cnn"),

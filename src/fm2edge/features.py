@@ -56,8 +56,8 @@ class EmbedConfig:
         backend: "torch" (eager PyTorch, any device); on CPU also "onnx" (ONNX Runtime, fp32, the same numbers to
             about 1e-6) or "onnx_int8" (ONNX Runtime with int8 matrix multiplies: the fastest on CPUs for
             transformers; features differ slightly from fp32). Each has its own cache entries. "auto" is "onnx"
-            for a convolutional network on a CPU (3.5x PyTorch's speed for EfficientNet-Lite0) with onnxruntime
-            installed and fp32 asked for, else "torch".
+            for a convolutional network on a CPU with onnxruntime installed and fp32 asked for (EfficientNet-Lite0
+            at 224 px embedded 140 images/s against 49 in PyTorch on 2 cores), else "torch".
     """
 
     pooling: Pooling = "cls"
@@ -182,9 +182,9 @@ def _chunk_file(partial: Path, lo: int, hi: int) -> Path:
 def graph_helps(model: Classifier, device: torch.device) -> bool:
     """Whether ONNX Runtime runs ``model``'s forward pass faster than PyTorch here, by what was measured: on a CPU,
     for a convolutional network, most of whose weights are convolutions' (EfficientNet-Lite0 at 224 px, batch 32,
-    2-core AMX Xeon: 198 images/s against 56 for PyTorch channels-last), and not for a ViT, whose one convolution
-    embeds the patches (DINOv2-small's architecture: 15.3 against 15.2); where onnxruntime is installed and the
-    weights are PyTorch's (not a frozen model file)."""
+    2-core AMX Xeon: 218 images/s against 53 for PyTorch channels-last), and not for a ViT, whose one convolution
+    embeds the patches (DINOv2-small's architecture: 17.6 against 17.3; ``benchmarks/teacher_speed.py``); where
+    onnxruntime is installed and the weights are PyTorch's (not a frozen model file)."""
     import importlib.util
 
     if device.type != "cpu" or importlib.util.find_spec("onnxruntime") is None \
@@ -194,11 +194,20 @@ def graph_helps(model: Classifier, device: torch.device) -> bool:
     return conv > sum(p.numel() for p in model.backbone.parameters()) / 2
 
 
-def resolve_backend(backend: str, model: Classifier, device: torch.device) -> str:
-    """The backend ``backend`` names here: "auto" is "onnx" where :func:`graph_helps`, else "torch"."""
-    if backend != "auto":
-        return backend
-    return "onnx" if graph_helps(model, device) else "torch"
+def resolve_backend(model: Classifier, cfg: EmbedConfig, device: torch.device) -> str:
+    """The backend ``cfg.backend`` names here. "auto" is "onnx" where :func:`graph_helps` and fp32 is asked for,
+    its graph exported now (once: later calls reuse it); a backbone the exporter cannot trace is embedded in
+    PyTorch instead, with a warning. Otherwise "torch"."""
+    if cfg.backend != "auto":
+        return cfg.backend
+    if cfg.precision == "bf16" or not graph_helps(model, device):
+        return "torch"
+    try:
+        onnx_runner(model, replace(cfg, backend="onnx"))
+    except Fm2EdgeError as exc:
+        log.warning("%s; embedding in PyTorch instead", exc)
+        return "torch"
+    return "onnx"
 
 
 def graph_runner(module: torch.nn.Module, size: int, folder: Path, int8: bool = False, name: str = "the model",
@@ -324,8 +333,7 @@ def embed_split(model: Classifier, data: ImageData, split: str, cfg: EmbedConfig
     from fm2edge.runs import exclusive
 
     device = accelerator.device if accelerator is not None else torch.device("cpu")
-    if cfg.backend == "auto":
-        cfg = replace(cfg, backend="torch" if cfg.precision == "bf16" else resolve_backend("auto", model, device))
+    cfg = replace(cfg, backend=resolve_backend(model, cfg, device))
     if cfg.backend != "torch" and device.type != "cpu":
         raise Fm2EdgeError(f"--embed.backend {cfg.backend} runs on the CPU; on {device.type} use --embed.backend "
                            f"torch (bf16 autocast), or add --embed.device cpu")

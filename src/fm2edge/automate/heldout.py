@@ -11,6 +11,8 @@ by their agreement with the teacher on 800 photos as by their accuracy on the tr
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 # Unlabelled images held out of training to rank students when validation is too small: at most HELD_OUT_MOST, at
@@ -57,12 +59,17 @@ def held_out_images(job, train, n: int):
     return load_unlabeled(job.data, n, last=True)
 
 
-def predicted_labels(folder: str, images, device) -> np.ndarray:
-    """A run folder's classifier's labels for ``images`` (preprocessed as the model expects)."""
+def predicted_labels(folder: str, images, device, graphs: Path | None = None) -> np.ndarray:
+    """A run folder's classifier's labels for ``images`` (preprocessed as the model expects); with ``graphs``, a
+    teacher's graphs folder, through its ONNX Runtime graph where it has one (as its cached outputs are made)."""
+    from fm2edge.distill.teacher import graph_logits, teacher_graph
     from fm2edge.models.io import load_classifier
     from fm2edge.train import predict
 
-    return predict(load_classifier(folder).to(device), images, 64, device).argmax(1).numpy()
+    model = load_classifier(folder).to(device)
+    graph = teacher_graph(model, "auto", device, None, graphs) if graphs is not None else None
+    logits = graph_logits(model, graph, images, 64, device) if graph else predict(model, images, 64, device)
+    return logits.argmax(1).numpy()
 
 
 def agreement_share(labels: np.ndarray, teacher_labels: list[int]) -> float:

@@ -720,7 +720,8 @@ def plan_held_out(job: AutoJob, train, teacher: dict, available: int, noisy: boo
     n = held_out_count(available, noisy)
     if not n:
         return {"images": 0, "seconds": 0.0}
-    labels = predicted_labels(teacher["folder"], held_out_images(job, train, n), resolve_device(job.auto.device))
+    labels = predicted_labels(teacher["folder"], held_out_images(job, train, n), resolve_device(job.auto.device),
+                              graph_folder(job.data))
     print(f"  {n:,} unlabelled images held out of training: the students are ranked by their agreement with the "
           f"teacher's labels for them (validation is too small to rank them)")
     return {"images": n, "teacher_labels": labels.tolist(),

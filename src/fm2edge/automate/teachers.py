@@ -11,7 +11,7 @@ from fm2edge.automate.config import AutoJob
 from fm2edge.automate.measure import LOOP_EFFICIENCY, Candidate, latency_cache, measure_training
 from fm2edge.automate.stages import run_one_stage
 from fm2edge.config import to_dict
-from fm2edge.distill.teacher import teacher_graph
+from fm2edge.distill.teacher import graph_logits, teacher_graph
 from fm2edge.errors import Fm2EdgeError
 
 TEACHER_STAGE = "teacher-"  # every teacher stage's name starts so (spent while planning, counted there)
@@ -143,18 +143,13 @@ def seconds_to_predict(model, data, device, graph=None) -> float:
     Runtime session) where it has one."""
     import torch
 
-    from fm2edge.device import inference_batch, move
     from fm2edge.train import predict
 
     t0 = time.perf_counter()
     if graph is None:
         predict(model.to(memory_format=torch.channels_last), data, 64, device, channels_last=True)
-        return time.perf_counter() - t0
-    batch = inference_batch(64, model.preprocess.size, device)
-    with torch.no_grad():
-        for start in range(0, len(data), batch):
-            x = model.preprocess(move(data.images[start:start + batch], device))
-            model.head(torch.from_numpy(graph(x)))
+    else:
+        graph_logits(model, graph, data, 64, device)
     return time.perf_counter() - t0
 
 

@@ -28,6 +28,7 @@ from fm2edge.distill.teacher import (
     build_teacher_cache,
     cache_dir_for,
     graph_folder,
+    graph_logits,
     limited,
     load_teacher,
     load_teacher_cache,
@@ -105,10 +106,10 @@ class DistillConfig:
             on a CPU); "bf16" autocasts it on a CPU too, where the CPU has native bf16 (AMX, AVX-512 BF16): about
             2x faster teacher passes and cache builds there, with logits that differ from fp32 in the third digit.
         teacher_backend: Where the teacher's forward passes run. "auto" is ONNX Runtime for a convolutional
-            teacher in fp32 on a CPU with onnxruntime installed (EfficientNet-Lite0 at 224 px: 3.5x PyTorch's
-            channels-last speed on 2 cores; the same outputs to about 1e-6), else PyTorch; "onnx" asks for ONNX
-            Runtime (on a CPU, in fp32), "torch" for PyTorch. The graph is exported once per teacher weights and
-            input size, into the fm2edge cache.
+            teacher in fp32 on a CPU with onnxruntime installed (EfficientNet-Lite0 at 224 px: its outputs on
+            stored views at 143 views/s against 58 in PyTorch on 2 cores, equal to about 1e-5), else PyTorch;
+            "onnx" asks for ONNX Runtime (on a CPU, in fp32), "torch" for PyTorch. The graph is exported once per
+            teacher weights and input size, into the fm2edge cache.
         unlabeled: Also distil on this many further training images without their labels (soft targets only):
             the training-split images beyond --data.max_train / --data.per_class, in source order; -1 takes all.
         unlabeled_source: Further images to distil on without labels, from anywhere: image files, a folder of them
@@ -333,6 +334,16 @@ def gate_images(train, val, most: int = GATE_TRAINING_IMAGES) -> tuple:
     return train.subset(torch.arange(n)), f"{n} training images ({why})"
 
 
+def teacher_logits(task: DistillTask, data, batch_size: int, accelerator) -> torch.Tensor:
+    """The teacher's logits on ``data``'s plain images: through its graph where it has one (in one process), else
+    with :func:`fm2edge.train.predict` (sharded over processes)."""
+    from fm2edge.train import predict
+
+    if task.teacher_graph is None or accelerator.num_processes > 1:
+        return predict(task.teacher, data, batch_size, accelerator.device, accelerator=accelerator)
+    return graph_logits(task.teacher, task.teacher_graph, data, batch_size, accelerator.device)
+
+
 def teacher_cache_dir(job: DistillJob, teacher: Classifier, train, features: bool, views: dict | None,
                       dtype: torch.dtype | None = None) -> Path:
     """Where the teacher's outputs on these training images live, shared by every run (seeds, loss variants) with
@@ -454,8 +465,7 @@ def distill_one(job: DistillJob) -> dict:
         scored = job.train.score_test  # false: a candidate; neither it nor its teacher reads the test split here
         result = fit(task, student, train, session.val, test if scored else None, job.train, run, accelerator, config)
         metrics = {}
-        t_logits = predict(teacher, test, job.train.eval_batch_size, accelerator.device, accelerator=accelerator) \
-            if scored else None
+        t_logits = teacher_logits(task, test, job.train.eval_batch_size, accelerator) if scored else None
         teacher_acc = accuracy(t_logits, test.labels) if scored else None
         if accelerator.is_main_process:
             agree = accuracy(result.test_logits.argmax(1), t_logits.argmax(1)) if scored else None

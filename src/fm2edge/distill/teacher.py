@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,8 @@ from fm2edge.augment import RENDER_VERSION, Views
 from fm2edge.config import ModelConfig
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import Classifier
+
+log = logging.getLogger(__name__)
 
 
 def load_teacher(spec: str, num_classes: int, pretrained: bool = True, image_size: int | None = None,
@@ -114,8 +117,26 @@ def teacher_graph(teacher: Classifier, backend: str, device: torch.device, dtype
                            f"--distill.teacher_backend torch, or --distill.teacher_precision fp32 --train.device cpu")
     size = teacher.preprocess.size
     key = hashlib.sha1(json.dumps([teacher.name, weights_digest(teacher), size, teacher.flip_average]).encode())
-    return graph_runner(PooledFeatures(teacher), size, folder / key.hexdigest()[:24], name=teacher.name,
-                        way_out="; use --distill.teacher_backend torch")
+    try:
+        return graph_runner(PooledFeatures(teacher), size, folder / key.hexdigest()[:24], name=teacher.name,
+                            way_out="; use --distill.teacher_backend torch")
+    except Fm2EdgeError as exc:
+        if backend == "onnx":
+            raise
+        log.warning("%s; the teacher runs in PyTorch instead", exc)  # "auto" asked for speed, not for the graph
+        return None
+
+
+def graph_logits(model: Classifier, graph: Callable[[torch.Tensor], np.ndarray], data, batch_size: int,
+                 device: torch.device) -> torch.Tensor:
+    """``model``'s logits on ``data``'s plain images, its pooled features computed by ``graph``
+    (:func:`teacher_graph`) and its head applied in PyTorch."""
+    from fm2edge.device import inference_batch, move
+
+    batch = inference_batch(batch_size, model.preprocess.size, device)
+    with torch.no_grad():
+        return torch.cat([model.head(torch.from_numpy(graph(model.preprocess(move(data.images[i:i + batch], device)))))
+                          for i in range(0, len(data), batch)])
 
 
 CHUNK = 2048  # images per saved piece of a teacher cache: an interrupted build loses at most one
