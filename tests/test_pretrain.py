@@ -171,6 +171,38 @@ def test_stored_views_replay_the_teachers_features(tmp_path, digits_run):
     assert torch.allclose(replayed["loss"], live["loss"], atol=1e-4)
 
 
+def test_a_convolutional_teachers_embeddings_and_maps_come_from_its_graph_on_a_cpu(tmp_path, digits_run):
+    """On a CPU a CNN teacher's pooled features and last map (what the cache stores and the losses compare) come
+    from one exported graph, equal to PyTorch's; pooled matching alone exports the features-only graph, and the
+    stage runs its teacher that way."""
+    from fm2edge.data import load_data
+    from fm2edge.distill.teacher import graph_folder, teacher_graph
+    from fm2edge.errors import Fm2EdgeError
+    from fm2edge.models.io import load_classifier
+
+    train, _, _ = load_data(DIGITS)
+    cpu, images = torch.device("cpu"), train.images[:24]
+    for dense in (1.0, 0.0):
+        teacher = load_classifier(digits_run)
+        task = PretrainTask(create_model(ModelConfig(name="student:small_cnn"), 1), teacher,
+                            PretrainConfig(teacher=str(digits_run), dense=dense))
+        expected = task.teacher_arrays(images)
+        task.teacher_graph = teacher_graph(teacher, "auto", cpu, None, tmp_path / "graphs",
+                                           with_map=task.dense is not None, stage="pretrain")
+        assert task.teacher_graph is not None
+        got = task.teacher_arrays(images)
+        assert set(got) == set(expected) == ({"pooled", "map"} if dense else {"pooled"})
+        for name in got:
+            assert got[name].shape == expected[name].shape
+            assert torch.allclose(got[name].float(), expected[name].float(), atol=2e-3), (dense, name)
+    assert len(list((tmp_path / "graphs").glob("*/backbone.onnx"))) == 2  # with the map, and without
+    with pytest.raises(Fm2EdgeError, match="--pretrain.teacher_backend onnx runs the teacher in fp32 on a CPU"):
+        teacher_graph(teacher, "onnx", cpu, torch.bfloat16, tmp_path / "graphs", stage="pretrain")
+    result = pretrain(tmp_path, digits_run, epochs=1, views=2, teacher_backend="onnx",
+                      train={"augment": AugmentConfig(crop="resized", flip=True)})
+    assert result["teacher_cache"] and list(graph_folder(DIGITS).glob("*/backbone.onnx"))
+
+
 def test_a_file_teacher_without_a_map_says_to_match_pooled_features_only(tmp_path, parquet_dir):
     from fm2edge.errors import Fm2EdgeError
 

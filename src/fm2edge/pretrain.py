@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -49,6 +51,10 @@ class PretrainConfig:
             K views are drawn once from view_seed and the teacher's features on them cached, as in `distill`.
         view_seed: Seed of the stored views.
         teacher_precision: The teacher's arithmetic, as in `distill` ("bf16" speeds a CPU with AMX up).
+        teacher_backend: Where the teacher's forward passes run, as in `distill`: "auto" is ONNX Runtime for a
+            convolutional teacher in fp32 on a CPU with onnxruntime installed (its embeddings and maps from one
+            graph, exported once into the fm2edge cache), else PyTorch; "onnx" asks for ONNX Runtime, "torch" for
+            PyTorch.
         unlabeled: Also use this many training-split images beyond --data.max_train (-1: all of them).
         unlabeled_source: Further images (files, folders, globs or a dataset; labels ignored).
     """
@@ -64,6 +70,7 @@ class PretrainConfig:
     views: int = 0
     view_seed: int = 0
     teacher_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    teacher_backend: Literal["auto", "torch", "onnx"] = "auto"
     unlabeled: int = -1
     unlabeled_source: str = ""
 
@@ -113,6 +120,8 @@ class PretrainTask(nn.Module):
         self.teacher_precision = cfg.teacher_precision
         self.cache: dict[str, torch.Tensor] | None = None
         self.view_source: StoredViews | None = None
+        # the teacher's embedding (and map) as an ONNX Runtime session (distill.teacher.teacher_graph), or None
+        self.teacher_graph: Callable[[torch.Tensor], np.ndarray] | None = None
         size, t_size = student.preprocess.size, teacher.preprocess.size
         device = next(iter(teacher.parameters()), torch.zeros(())).device
         with torch.no_grad():  # one look at both tells the widths and the map sizes
@@ -123,6 +132,7 @@ class PretrainTask(nn.Module):
                                                     dense=cfg.dense > 0)
         self.pooled = EmbeddingMatch(s_pooled.shape[1], t_pooled.shape[1], cfg.distance, cfg.hidden)
         self.dense = None
+        self.teacher_shapes = (t_pooled.shape[1], tuple(t_map.shape[1:]) if t_map is not None else None)
         if cfg.dense > 0:
             self.grid = cfg.grid or min(s_map.shape[-1], t_map.shape[-1])
             self.dense = DenseMatch(s_map.shape[1], t_map.shape[1], self.grid, cfg.distance)
@@ -133,6 +143,11 @@ class PretrainTask(nn.Module):
         return autocast_dtype(self.teacher_precision, device)
 
     def teacher_features(self, x: torch.Tensor, dense: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.teacher_graph is not None:
+            from fm2edge.distill.teacher import split_pooled_and_map
+
+            out = torch.from_numpy(self.teacher_graph(x)).to(x.device)
+            return split_pooled_and_map(out, *self.teacher_shapes) if dense else (out, None)
         dtype = self.teacher_dtype(x.device)
         with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             if dense:
@@ -226,7 +241,13 @@ def pretrain_one(job: PretrainJob) -> dict:
     from fm2edge.augment import draw_stored_views
     from fm2edge.config import proven_recipe, starts_trained, to_dict
     from fm2edge.device import environment
-    from fm2edge.distill.teacher import build_teacher_cache, cache_dir_for, load_teacher_cache
+    from fm2edge.distill.teacher import (
+        build_teacher_cache,
+        cache_dir_for,
+        graph_folder,
+        load_teacher_cache,
+        teacher_graph,
+    )
     from fm2edge.models import create_model
     from fm2edge.models.io import is_model_folder, load_classifier
     from fm2edge.report import plots
@@ -248,6 +269,9 @@ def pretrain_one(job: PretrainJob) -> dict:
     with session.open(job.run, slug(f"pretrain-{job.model.name}")) as run:
         config = to_dict(job)
         task = PretrainTask(student, teacher.to(accelerator.device), cfg, job.train.channels_last)
+        task.teacher_graph = teacher_graph(teacher, cfg.teacher_backend, accelerator.device,
+                                           task.teacher_dtype(accelerator.device), graph_folder(job.data),
+                                           with_map=task.dense is not None, stage="pretrain")
         cache_dir = None
         augment = job.train.augment
         if cfg.views and augment.active:
@@ -263,6 +287,7 @@ def pretrain_one(job: PretrainJob) -> dict:
             accelerator.wait_for_everyone()
             needed = ("pooled", "map") if task.dense is not None else ("pooled",)
             task.cache = load_teacher_cache(cache_dir, len(images), needed, accelerator.device)
+            task.teacher_graph = None  # its outputs are all stored: the session and its memory go
         if accelerator.is_main_process:
             run.write_config(config)
             teaching = (f"{cfg.views} stored views per image, teacher features cached" if task.cache is not None

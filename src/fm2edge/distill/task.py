@@ -11,6 +11,7 @@ variants share them), and reused every epoch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -441,8 +442,9 @@ def distill_one(job: DistillJob) -> dict:
         # optimiser step still ramp over the epochs asked for
         calls = math.ceil(len(train) / job.train.batch_size)
         task = DistillTask(student, teacher, job.distill, job.train.channels_last, calls)
-        task.teacher_graph = teacher_graph(teacher, job.distill.teacher_backend, accelerator.device,
-                                           task.teacher_dtype(accelerator.device), graph_folder(job.data))
+        open_graph = functools.partial(teacher_graph, teacher, job.distill.teacher_backend, accelerator.device,
+                                       task.teacher_dtype(accelerator.device), graph_folder(job.data))
+        task.teacher_graph = open_graph()
         views, cached, views_key = teaching_plan(job, train)
         cache_dir = None
         if views is not None:
@@ -455,6 +457,7 @@ def distill_one(job: DistillJob) -> dict:
                                     accelerator.device)
             accelerator.wait_for_everyone()
             task.cache = load_teacher_cache(cache_dir, len(train), task.needs_features, accelerator.device)
+            task.teacher_graph = None  # training reads its outputs from the cache: the session's memory goes
         if accelerator.is_main_process:
             run.write_config(config)
             print(f"student {student.name}: {sum(p.numel() for p in student.parameters()):,} parameters, input "
@@ -465,6 +468,8 @@ def distill_one(job: DistillJob) -> dict:
         scored = job.train.score_test  # false: a candidate; neither it nor its teacher reads the test split here
         result = fit(task, student, train, session.val, test if scored else None, job.train, run, accelerator, config)
         metrics = {}
+        if cached and scored:  # the test split's teacher logits: through the graph again (exported, so quick to open)
+            task.teacher_graph = open_graph()
         t_logits = teacher_logits(task, test, job.train.eval_batch_size, accelerator) if scored else None
         teacher_acc = accuracy(t_logits, test.labels) if scored else None
         if accelerator.is_main_process:

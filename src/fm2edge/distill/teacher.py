@@ -100,26 +100,53 @@ class PooledFeatures(torch.nn.Module):
         return self.model.features(x)
 
 
+class PooledAndMap(torch.nn.Module):
+    """A backbone's pooled features (N, D) and its last feature map (N, C, h, w), flattened side by side into one
+    (N, D + C*h*w) array: the one output a graph session gives (:func:`split_pooled_and_map` parts them)."""
+
+    def __init__(self, model: Classifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from fm2edge.models.dense import pooled_and_map
+
+        pooled, fmap = pooled_and_map(self.model, x)
+        return torch.cat([pooled.flatten(1), fmap.flatten(1)], dim=1)
+
+
+def split_pooled_and_map(out: torch.Tensor, width: int, map_shape: tuple[int, ...]) -> tuple[torch.Tensor,
+                                                                                             torch.Tensor]:
+    """:class:`PooledAndMap`'s output parted again: the pooled features (``width`` wide) and the map
+    (``map_shape``: C, h, w)."""
+    return out[:, :width], out[:, width:].reshape(len(out), *map_shape)
+
+
 def teacher_graph(teacher: Classifier, backend: str, device: torch.device, dtype: torch.dtype | None,
-                  folder: Path) -> Callable[[torch.Tensor], np.ndarray] | None:
-    """The teacher's pooled features as an ONNX Runtime session (exported once per weights, input size and flip,
-    under ``folder``) where ``backend`` asks for one ("onnx") or it runs faster than PyTorch here ("auto":
-    :func:`fm2edge.features.graph_helps`, in fp32); None where PyTorch runs the teacher."""
+                  folder: Path, with_map: bool = False,
+                  stage: str = "distill") -> Callable[[torch.Tensor], np.ndarray] | None:
+    """The teacher's pooled features (and its last feature map where ``with_map``: :class:`PooledAndMap`) as an
+    ONNX Runtime session (exported once per weights, input size, flip and outputs, under ``folder``) where
+    ``backend`` asks for one ("onnx") or it runs faster than PyTorch here ("auto":
+    :func:`fm2edge.features.graph_helps`, in fp32); None where PyTorch runs the teacher. ``stage`` names the
+    command whose options the messages give (``--distill.teacher_backend``, ``--pretrain.teacher_backend``)."""
     import hashlib
 
     from fm2edge.features import graph_helps, graph_runner, weights_digest
 
     if backend == "torch" or (backend == "auto" and (dtype is not None or not graph_helps(teacher, device))):
         return None
+    option = f"--{stage}.teacher_backend"
     if device.type != "cpu" or dtype is not None:
-        raise Fm2EdgeError(f"--distill.teacher_backend onnx runs the teacher in fp32 on a CPU, not "
+        raise Fm2EdgeError(f"{option} onnx runs the teacher in fp32 on a CPU, not "
                            f"{'in ' + str(dtype).removeprefix('torch.') if dtype else 'on ' + device.type}; use "
-                           f"--distill.teacher_backend torch, or --distill.teacher_precision fp32 --train.device cpu")
+                           f"{option} torch, or --{stage}.teacher_precision fp32 --train.device cpu")
     size = teacher.preprocess.size
-    key = hashlib.sha1(json.dumps([teacher.name, weights_digest(teacher), size, teacher.flip_average]).encode())
+    parts = [teacher.name, weights_digest(teacher), size, teacher.flip_average, *(["map"] if with_map else [])]
+    key = hashlib.sha1(json.dumps(parts).encode())
     try:
-        return graph_runner(PooledFeatures(teacher), size, folder / key.hexdigest()[:24], name=teacher.name,
-                            way_out="; use --distill.teacher_backend torch")
+        return graph_runner(PooledAndMap(teacher) if with_map else PooledFeatures(teacher), size,
+                            folder / key.hexdigest()[:24], name=teacher.name, way_out=f"; use {option} torch")
     except Fm2EdgeError as exc:
         if backend == "onnx":
             raise
