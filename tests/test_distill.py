@@ -234,7 +234,8 @@ def test_a_convolutional_teacher_runs_in_onnx_runtime_on_a_cpu_with_pytorchs_out
             assert torch.allclose(expected[name], got[name], atol=1e-4), (flip, name)
     assert len(list((tmp_path / "graphs").glob("*/backbone.onnx"))) == 2  # one graph per flip setting
     one_process = SimpleNamespace(num_processes=1, device=cpu)
-    assert torch.allclose(teacher_logits(task, test, 16, one_process), predict(teacher, test, 16, cpu), atol=1e-4)
+    assert torch.allclose(teacher_logits(teacher, task.teacher_graph, test, 16, one_process),
+                          predict(teacher, test, 16, cpu), atol=1e-4)
     assert teacher_graph(teacher, "torch", cpu, None, tmp_path / "graphs") is None
     assert teacher_graph(teacher, "auto", cpu, torch.bfloat16, tmp_path / "graphs") is None
     assert teacher_graph(teacher, "auto", torch.device("cuda"), None, tmp_path / "graphs") is None

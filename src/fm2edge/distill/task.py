@@ -335,14 +335,15 @@ def gate_images(train, val, most: int = GATE_TRAINING_IMAGES) -> tuple:
     return train.subset(torch.arange(n)), f"{n} training images ({why})"
 
 
-def teacher_logits(task: DistillTask, data, batch_size: int, accelerator) -> torch.Tensor:
-    """The teacher's logits on ``data``'s plain images: through its graph where it has one (in one process), else
-    with :func:`fm2edge.train.predict` (sharded over processes)."""
+def teacher_logits(teacher: Classifier, graph: Callable[[torch.Tensor], np.ndarray] | None, data, batch_size: int,
+                   accelerator) -> torch.Tensor:
+    """The teacher's logits on ``data``'s plain images: through its ``graph`` where it has one (in one process),
+    else with :func:`fm2edge.train.predict` (sharded over processes)."""
     from fm2edge.train import predict
 
-    if task.teacher_graph is None or accelerator.num_processes > 1:
-        return predict(task.teacher, data, batch_size, accelerator.device, accelerator=accelerator)
-    return graph_logits(task.teacher, task.teacher_graph, data, batch_size, accelerator.device)
+    if graph is None or accelerator.num_processes > 1:
+        return predict(teacher, data, batch_size, accelerator.device, accelerator=accelerator)
+    return graph_logits(teacher, graph, data, batch_size, accelerator.device)
 
 
 def teacher_cache_dir(job: DistillJob, teacher: Classifier, train, features: bool, views: dict | None,
@@ -405,10 +406,10 @@ def distill_job(job: DistillJob) -> dict:
 def distill_one(job: DistillJob) -> dict:
     from fm2edge.config import proven_recipe, starts_trained, to_dict
     from fm2edge.data import load_unlabeled, load_unlabeled_source
-    from fm2edge.device import environment
+    from fm2edge.device import autocast_dtype, environment
     from fm2edge.report.metrics import accuracy
     from fm2edge.results import selection_line, slug, start_stage, write_outputs
-    from fm2edge.train import fit, predict
+    from fm2edge.train import fit
 
     session = start_stage(job.data, job.train.device, job.train.precision)
     train, test, accelerator = session.train, session.test, session.accelerator
@@ -429,9 +430,12 @@ def distill_one(job: DistillJob) -> dict:
     cfg = job.distill
     teacher = load_teacher(cfg.teacher, train.num_classes, cfg.teacher_pretrained, cfg.teacher_image_size,
                            cfg.teacher_flip).to(accelerator.device)
+    open_graph = functools.partial(teacher_graph, teacher, cfg.teacher_backend, accelerator.device,
+                                   autocast_dtype(cfg.teacher_precision, accelerator.device), graph_folder(job.data))
+    graph = open_graph()
     gate_data, gate_split = gate_images(session.train, session.val)
-    gate_acc = accuracy(predict(teacher, gate_data, job.train.eval_batch_size, accelerator.device,
-                                accelerator=accelerator), gate_data.labels)
+    gate_acc = accuracy(teacher_logits(teacher, graph, gate_data, job.train.eval_batch_size, accelerator),
+                        gate_data.labels)
     if accelerator.is_main_process:
         print(f"teacher {teacher.name}: {100 * gate_acc:.2f}% on {gate_split}")
     quality_gate(gate_acc, train.num_classes, job.distill, teacher.name, gate_split)
@@ -442,9 +446,7 @@ def distill_one(job: DistillJob) -> dict:
         # optimiser step still ramp over the epochs asked for
         calls = math.ceil(len(train) / job.train.batch_size)
         task = DistillTask(student, teacher, job.distill, job.train.channels_last, calls)
-        open_graph = functools.partial(teacher_graph, teacher, job.distill.teacher_backend, accelerator.device,
-                                       task.teacher_dtype(accelerator.device), graph_folder(job.data))
-        task.teacher_graph = open_graph()
+        task.teacher_graph, graph = graph, None  # one reference, so that dropping it closes the session
         views, cached, views_key = teaching_plan(job, train)
         cache_dir = None
         if views is not None:
@@ -470,7 +472,8 @@ def distill_one(job: DistillJob) -> dict:
         metrics = {}
         if cached and scored:  # the test split's teacher logits: through the graph again (exported, so quick to open)
             task.teacher_graph = open_graph()
-        t_logits = teacher_logits(task, test, job.train.eval_batch_size, accelerator) if scored else None
+        t_logits = teacher_logits(teacher, task.teacher_graph, test, job.train.eval_batch_size, accelerator) \
+            if scored else None
         teacher_acc = accuracy(t_logits, test.labels) if scored else None
         if accelerator.is_main_process:
             agree = accuracy(result.test_logits.argmax(1), t_logits.argmax(1)) if scored else None
