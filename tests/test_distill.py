@@ -211,7 +211,7 @@ def test_a_teacher_from_a_file_of_a_plain_module_distils_a_student(kind, tmp_pat
 
 
 def test_a_convolutional_teacher_runs_in_onnx_runtime_on_a_cpu_with_pytorchs_outputs(tmp_path, clean_teacher,
-                                                                                     parquet_dir):
+                                                                                     parquet_dir, capsys):
     """On a CPU a CNN teacher's forward passes (cache builds, online teaching) run through its exported features
     graph, flip average included, with the outputs PyTorch gives; bf16, "torch" or a GPU keep PyTorch, and asking
     for the graph where it cannot run is one error."""
@@ -246,6 +246,7 @@ def test_a_convolutional_teacher_runs_in_onnx_runtime_on_a_cpu_with_pytorchs_out
                      distill=DistillConfig(teacher=str(clean_teacher)), run=RunConfig(root=str(tmp_path), name="kd"))
     distill_job(job)
     assert list(graph_folder(job.data).glob("*/backbone.onnx"))  # the distillation's teacher ran as a graph
+    assert "(its forward passes in ONNX Runtime)" in capsys.readouterr().out  # and said so
 
 
 def test_a_teacher_the_exporter_cannot_trace_runs_in_pytorch_unless_the_graph_was_asked_for(

@@ -171,7 +171,7 @@ def test_stored_views_replay_the_teachers_features(tmp_path, digits_run):
     assert torch.allclose(replayed["loss"], live["loss"], atol=1e-4)
 
 
-def test_a_convolutional_teachers_embeddings_and_maps_come_from_its_graph_on_a_cpu(tmp_path, digits_run):
+def test_a_convolutional_teachers_embeddings_and_maps_come_from_its_graph_on_a_cpu(tmp_path, digits_run, capsys):
     """On a CPU a CNN teacher's pooled features and last map (what the cache stores and the losses compare) come
     from one exported graph, equal to PyTorch's; pooled matching alone exports the features-only graph, and the
     stage runs its teacher that way."""
@@ -201,6 +201,7 @@ def test_a_convolutional_teachers_embeddings_and_maps_come_from_its_graph_on_a_c
     result = pretrain(tmp_path, digits_run, epochs=1, views=2, teacher_backend="onnx",
                       train={"augment": AugmentConfig(crop="resized", flip=True)})
     assert result["teacher_cache"] and list(graph_folder(DIGITS).glob("*/backbone.onnx"))
+    assert "the teacher run in ONNX Runtime" in capsys.readouterr().out
 
 
 def test_a_file_teacher_without_a_map_says_to_match_pooled_features_only(tmp_path, parquet_dir):

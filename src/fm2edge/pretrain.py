@@ -272,6 +272,7 @@ def pretrain_one(job: PretrainJob) -> dict:
         task.teacher_graph = teacher_graph(teacher, cfg.teacher_backend, accelerator.device,
                                            task.teacher_dtype(accelerator.device), graph_folder(job.data),
                                            with_map=task.dense is not None, stage="pretrain")
+        in_graph = task.teacher_graph is not None
         cache_dir = None
         augment = job.train.augment
         if cfg.views and augment.active:
@@ -292,6 +293,7 @@ def pretrain_one(job: PretrainJob) -> dict:
             run.write_config(config)
             teaching = (f"{cfg.views} stored views per image, teacher features cached" if task.cache is not None
                         else "views drawn every epoch, teacher online" if augment.active else "no augmentation")
+            teaching += ", the teacher run in ONNX Runtime" if in_graph else ""
             print(f"pretrain {student.name} ({sum(p.numel() for p in student.parameters()):,} parameters, "
                   f"{student.preprocess.size} px) on {len(images)} images without labels from {teacher.name} "
                   f"({teacher.preprocess.size} px) | losses pooled {cfg.pooled:g}, dense {cfg.dense:g}"

@@ -437,7 +437,8 @@ def distill_one(job: DistillJob) -> dict:
     gate_acc = accuracy(teacher_logits(teacher, graph, gate_data, job.train.eval_batch_size, accelerator),
                         gate_data.labels)
     if accelerator.is_main_process:
-        print(f"teacher {teacher.name}: {100 * gate_acc:.2f}% on {gate_split}")
+        print(f"teacher {teacher.name}: {100 * gate_acc:.2f}% on {gate_split}"
+              f"{' (its forward passes in ONNX Runtime)' if graph else ''}")
     quality_gate(gate_acc, train.num_classes, job.distill, teacher.name, gate_split)
     student = session.model(job.model, job.train.seed)
     with session.open(job.run, slug(f"distill-{job.model.name}")) as run:
