@@ -124,9 +124,12 @@ def score_teachers(teachers: list[dict], val, device, graphs: Path) -> list[dict
         if "val_acc" in t:
             continue
         model = load_classifier(t["folder"]).to(device)
-        logits = predict(model, val, 64, device, progress=True)  # also the warm-up of the timing below
-        timed = val.subset(np.arange(max(len(val), SPEED_IMAGES)) % len(val))  # a few validation images repeated
         graph = teacher_graph(model, "auto", device, None, graphs)
+        # its validation logits made as its cached outputs will be (once, not once more in PyTorch besides): also
+        # the warm-up of the timing below
+        logits = graph_logits(model, graph, val, 64, device) if graph else \
+            predict(model.to(memory_format=torch.channels_last), val, 64, device, channels_last=True, progress=True)
+        timed = val.subset(np.arange(max(len(val), SPEED_IMAGES)) % len(val))  # a few validation images repeated
         t["images_per_s"] = len(timed) / min(seconds_to_predict(model, timed, device, graph)
                                              for _ in range(SPEED_REPEATS))
         t["forward"] = "onnxruntime" if graph else "torch"
