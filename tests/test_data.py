@@ -337,7 +337,7 @@ def test_a_parquet_folders_validation_file_is_its_validation_split(tmp_path):
     assert (len(train), len(val), len(test)) == (24, 12, 8)
 
 
-def test_an_image_at_another_depth_is_named_and_an_empty_class_is_said(tmp_path, caplog):
+def test_a_loose_image_is_named_a_deeper_one_read_and_an_empty_class_said(tmp_path, caplog):
     from PIL import Image as PILImage
 
     for c, cls in enumerate(("ants", "bees")):
@@ -350,8 +350,11 @@ def test_an_image_at_another_depth_is_named_and_an_empty_class_is_said(tmp_path,
     assert "'" in caplog.text and "wasps' holds no images" in caplog.text
     assert train.class_names == ["ants", "bees"]
     (tmp_path / "photos" / "bees" / "more").mkdir()
-    PILImage.new("RGB", (20, 20)).save(tmp_path / "photos" / "bees" / "more" / "x.png")
-    with pytest.raises(Fm2EdgeError, match=r"but 'bees/more/x.png' is not directly inside a class folder; move"):
+    PILImage.new("RGB", (20, 20)).save(tmp_path / "photos" / "bees" / "more" / "x.png")  # a sub-folder: still bees
+    train, _, test = load_data(DataConfig(source=str(tmp_path / "photos"), val_fraction=0))
+    assert len(train) + len(test) == 7 and train.class_names == ["ants", "bees"]
+    PILImage.new("RGB", (20, 20), (1, 2, 3)).save(tmp_path / "photos" / "x.png")
+    with pytest.raises(Fm2EdgeError, match=r"but 'x.png' is not inside a class folder; move"):
         load_data(DataConfig(source=str(tmp_path / "photos")))
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from fm2edge.cli import main
 from fm2edge.config import DataConfig
-from fm2edge.data.dataset import load_planned, plan_splits
+from fm2edge.data.dataset import is_grouped, load_planned, plan_splits
 from fm2edge.errors import Fm2EdgeError
 
 CLASS_NAMES = st.sampled_from(["ants", "bees", "big cat", "chien é", "猫", "a.b", "x-1", "Wasps"])
@@ -36,7 +36,8 @@ class Layout:
     sizes: list[tuple[int, int]]
     hidden: bool
     text_file: bool
-    nested: bool  # one image a level too deep
+    nested: bool  # one image a level deeper, in a sub-folder of its class folder
+    shoots: bool  # the training images of each class in sub-folders of two or three ("shoot 0", "shoot 1", ...)
     loose: bool  # one image directly in a split folder or the root
     linked_split: bool  # the first split folder is a symbolic link to a folder elsewhere
     linked_file: bool  # one image is a link to another image
@@ -61,7 +62,7 @@ def layouts(draw) -> Layout:
     return Layout(splits, modes=draw(st.lists(st.sampled_from(MODES), min_size=1, max_size=3)),
                   sizes=draw(st.lists(st.tuples(st.integers(3, 20), st.integers(3, 20)), min_size=n_sizes,
                                       max_size=n_sizes)),
-                  hidden=draw(flag), text_file=draw(flag), nested=draw(flag), loose=draw(flag),
+                  hidden=draw(flag), text_file=draw(flag), nested=draw(flag), shoots=draw(flag), loose=draw(flag),
                   linked_split=draw(flag) and split_names != [""], linked_file=draw(flag), corrupt=draw(flag),
                   empty_class=draw(flag), test_only_class=draw(flag) and "test" in split_names,
                   duplicate_in_val=draw(flag) and "test" in split_names and "val" in split_names, copied=draw(flag))
@@ -83,7 +84,9 @@ def write(layout: Layout, root: Path, elsewhere: Path) -> None:
                 h, w = layout.sizes[(i + c_i) % len(layout.sizes)]
                 arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
                 img = Image.fromarray(arr).convert(layout.modes[i % len(layout.modes)])
-                path = base / cls / f"img {i}.{'png' if img.mode != 'CMYK' else 'jpg'}"
+                folder = base / cls / f"shoot {i // (2 + c_i % 2)}" if layout.shoots and not s_i else base / cls
+                folder.mkdir(exist_ok=True)
+                path = folder / f"img {i}.{'png' if img.mode != 'CMYK' else 'jpg'}"
                 img.save(path)
                 written.append(path)
     first = next(iter(layout.splits))
@@ -136,6 +139,21 @@ def check_invariants(train, val, test, plan) -> None:
         assert not pixels(test) & pixels(train)
     if val is not None and plan.val is plan.train:
         assert not pixels(val) & pixels(train)
+    # a sub-folder of a class folder is held out whole (unless it holds every image of its class)
+    groups = plan.train.groups
+    if groups is not None and plan.test is plan.train:
+        assert_whole(groups, plan.train.labels, plan.pool, plan.test_idx)
+    if groups is not None and val is not None and plan.val is plan.train:
+        assert_whole(groups, plan.train.labels, plan.train_idx, plan.val_idx)
+
+
+def assert_whole(groups, labels, kept, out) -> None:
+    """No group of ``groups`` has images among both ``kept`` and ``out`` positions, but one that holds every image
+    its class has among ``kept`` and ``out`` together."""
+    pool = np.concatenate([kept, out])
+    for g in set(groups[kept]) & set(groups[out]):
+        cls = labels[groups == g][0]
+        assert set(groups[pool][labels[pool] == cls]) == {g}, g
 
 
 @settings(max_examples=220, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -156,6 +174,8 @@ def test_generated_layouts_load_with_trustworthy_splits_or_stop_with_one_line(la
             return
         check_invariants(train, val, test, plan)
         event("loaded, with validation" if val is not None else "loaded, no validation")
+        if is_grouped(plan.train.groups):
+            event("loaded, sub-folders held out whole")
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -81,14 +81,89 @@ def test_split_folders_that_are_links_are_followed(tmp_path):
     assert len(train) + len(val) == 16 and len(test) == 9  # the linked file counts (and is a training image)
 
 
-def test_one_image_too_deep_is_the_one_named(tmp_path):
+def test_one_image_outside_the_class_folders_is_the_one_named(tmp_path):
     """Case 4: the 398 well-placed images were blamed and the misplaced one not named."""
-    root = photos(tmp_path / "p", {"train/ants": 10, "train/bees": 10, "test/ants": 5, "test/bees": 5,
-                                   "train/ants/sub": 1})
+    root = photos(tmp_path / "p", {"train/ants": 10, "train/bees": 10, "test/ants": 5, "test/bees": 5})
+    Image.new("RGB", (12, 12)).save(root / "train" / "stray.png")
     with pytest.raises(Fm2EdgeError) as err:
         load_data(DataConfig(source=str(root)))
-    assert "'train/ants/sub/0.png' is not directly inside a class folder" in str(err.value)
+    assert "'train/stray.png' is not inside a class folder" in str(err.value)
     assert "more" not in str(err.value) and "test/" not in str(err.value)
+
+
+def shoots(root, per_class: dict[str, list[int]], size: int = 12):
+    """root/<class>/shoot <k>/<i>.png: for each class, one sub-folder per count (a shoot's images, nearly alike)."""
+    return photos(root, {f"{c}/shoot {k}": n for c, counts in per_class.items() for k, n in enumerate(counts)}, size)
+
+
+def groups_of(data, root) -> set[str]:
+    """The sub-folders (relative to ``root``) that ``data``'s images came from, found by their pixels."""
+    where = {}
+    for f in sorted(root.rglob("*.png")):
+        arr = np.asarray(Image.open(f).convert("RGB"))
+        where[arr.tobytes()] = str(f.parent.relative_to(root))
+    return {where[img.permute(1, 2, 0).numpy().tobytes()] for img in data.images}
+
+
+def test_sub_folders_of_class_folders_are_read_and_held_out_whole(tmp_path):
+    root = shoots(tmp_path / "p", {"cats": [4, 5, 3, 6, 2, 4, 5, 3], "dogs": [5, 4, 6, 3, 4, 2, 5, 4]})
+    (root / "cats" / "loose.png").write_bytes((root / "cats" / "shoot 0" / "0.png").read_bytes())  # a copy: left out
+    train, val, test = load_data(DataConfig(source=str(root), test_fraction=0.25, val_fraction=0.25))
+    assert train.class_names == ["cats", "dogs"]
+    # 65 images and the copy, read; the copy is left out where it is held out and its original trains
+    assert len(train) + len(val) + len(test) in (65, 66)
+    trained, validated, tested = groups_of(train, root), groups_of(val, root), groups_of(test, root)
+    assert not trained & tested and not trained & validated and not validated & tested
+    assert {g.split("/")[0] for g in tested} == {g.split("/")[0] for g in validated} == {"cats", "dogs"}
+    assert 10 <= len(test) <= 24  # about a quarter, whole shoots at a time
+
+
+def test_the_data_summary_counts_sub_folders(tmp_path, capsys):
+    root = shoots(tmp_path / "p", {"cats": [3, 3, 3, 3], "dogs": [3, 3, 3, 3]})
+    assert main(["data", str(root), "--data.image_size", "12"]) == 0
+    assert "sub-folders: 8 in class folders, their images read as the class's; each is kept whole" in \
+        capsys.readouterr().out
+    assert main(["data", str(root), "--json", "true"]) == 0
+    assert json.loads(capsys.readouterr().out)["sub_folders"] == 8
+
+
+def test_a_class_in_one_sub_folder_is_held_out_image_by_image_with_a_warning(tmp_path, caplog):
+    root = shoots(tmp_path / "p", {"cats": [12], "dogs": [3, 4, 3, 4]})
+    with caplog.at_level("WARNING"):
+        train, val, test = load_data(DataConfig(source=str(root), test_fraction=0.25, val_fraction=0))
+    assert "every image of one class is in 'cats/shoot 0'" in caplog.text
+    assert {test.class_names[i] for i in test.labels.tolist()} == {"cats", "dogs"}
+    assert not groups_of(train, root) & groups_of(test, root) - {"cats/shoot 0"}
+
+
+def test_a_data_folder_one_level_too_high_names_the_one_to_give(tmp_path):
+    root = photos(tmp_path / "p", {"PetImages/Cat": 4, "PetImages/Dog": 4})
+    with pytest.raises(Fm2EdgeError, match=r"only one class folder \('PetImages'\); .* or, if its sub-folders "
+                                           r"\(Cat, Dog\) are the classes, give --data.source '.*PetImages'$"):
+        load_data(DataConfig(source=str(root)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 6)), min_size=2, max_size=30),
+       st.floats(0.05, 0.5), st.integers(0, 3))
+def test_group_split_never_puts_a_group_on_both_sides(shoot_sizes, fraction, seed):
+    """Whatever the shoots (class, images), held-out and kept images share no group, except in a class whose
+    images are all in one group; every class with two images keeps one and holds one out."""
+    from fm2edge.data.dataset import group_split
+
+    labels = np.concatenate([[c] * n for c, n in shoot_sizes])
+    groups = np.concatenate([[f"{c}/{k}"] * n for k, (c, n) in enumerate(shoot_sizes)])
+    kept, out = group_split(labels, groups, fraction, seed)
+    assert sorted([*kept, *out]) == list(range(len(labels)))
+    for c in np.unique(labels):
+        mine = labels == c
+        one_group = len(set(groups[mine])) == 1
+        if not one_group:
+            assert not set(groups[kept][labels[kept] == c]) & set(groups[out][labels[out] == c])
+        if mine.sum() >= 2:
+            assert (labels[kept] == c).any() and (labels[out] == c).any()
+        else:
+            assert not (labels[out] == c).any()
 
 
 def test_a_folder_with_one_class_says_so(tmp_path):

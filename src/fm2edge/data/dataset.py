@@ -105,10 +105,14 @@ def balanced_indices(labels: np.ndarray, n: int | None = None, per_class: int | 
     return np.sort(order[:n])
 
 
-def holdout_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified (train, test) index split for sources without a test split."""
+def holdout_split(labels: np.ndarray, fraction: float, seed: int = 0,
+                  groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (train, test) index split for sources without a test split; where ``groups`` ties images together
+    (a sub-folder of a class folder), whole groups are held out (:func:`group_split`)."""
     from sklearn.model_selection import train_test_split
 
+    if is_grouped(groups):
+        return group_split(labels, groups, fraction, seed)
     if len(labels) < 2:
         raise Fm2EdgeError(f"the source has {len(labels)} image(s) and no test split; give it more images or a "
                            f"test split")
@@ -129,10 +133,11 @@ def holdout_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[n
     return np.sort(np.concatenate([train, idx])), np.sort(test)
 
 
-def validation_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+def validation_split(labels: np.ndarray, fraction: float, seed: int = 0,
+                     groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """Stratified (train, validation) positions in ``labels``: ``fraction`` of the images, and at least one of
-    every class, for validation; None when some class has fewer than two images (nothing would be left to train on
-    or to check with)."""
+    every class, for validation (whole ``groups`` where images are grouped: :func:`group_split`); None when some
+    class has fewer than two images (nothing would be left to train on or to check with)."""
     from sklearn.model_selection import train_test_split
 
     labels = np.asarray(labels)
@@ -140,9 +145,52 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tupl
     classes = int((counts > 0).sum())
     if fraction <= 0 or classes == 0 or counts[counts > 0].min() < 2:
         return None
+    if is_grouped(groups):
+        return group_split(labels, groups, fraction, seed)
     n_val = min(max(classes, math.ceil(fraction * len(labels))), len(labels) - classes)
     train, val = train_test_split(np.arange(len(labels)), test_size=n_val, random_state=seed, stratify=labels)
     return np.sort(train), np.sort(val)
+
+
+def is_grouped(groups: np.ndarray | None) -> bool:
+    """Whether ``groups`` ties any two images together (otherwise every image is its own group)."""
+    return groups is not None and len(np.unique(groups)) < len(groups)
+
+
+def group_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray,
+                                                                                                  np.ndarray]:
+    """(kept, held-out) positions with no group on both sides: per class, whole groups in a seeded order are held
+    out while they fit in the class's share (``fraction`` of its images, rounded; one group at least), and one
+    group at least is kept. A class whose images all share one group cannot be held out whole: its images are held
+    out one by one, with a warning naming the group; a class with one image is kept for training.
+
+    Written here rather than taken from scikit-learn: ``GroupShuffleSplit`` ignores the classes (a class can lose
+    every training image) and ``StratifiedGroupKFold`` can put a class's only group in the held-out fold."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    rng = np.random.default_rng(seed)
+    out = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        names, unit = np.unique(groups[where], return_inverse=True)
+        if len(where) < 2:
+            continue
+        if len(names) == 1:
+            log.warning("every image of one class is in '%s'; its held-out images come from that same folder as its "
+                        "training images, so they may look alike: put its images in two sub-folders or more (one per "
+                        "shoot) to hold them out whole", names[0])
+            unit = np.arange(len(where))
+        sizes = np.bincount(unit)
+        target = max(1, round(fraction * len(where)))
+        taken: list[int] = []
+        for u in rng.permutation(len(sizes)):
+            if len(taken) == len(sizes) - 1 or sum(sizes[taken]) >= target:
+                break
+            if sum(sizes[taken]) + sizes[u] <= target:
+                taken.append(int(u))
+        if not taken:  # every group is larger than the share: the smallest, rather than none
+            taken = [int(np.argmin(sizes))]
+        out[where[np.isin(unit, taken)]] = True
+    return np.flatnonzero(~out), np.flatnonzero(out)
 
 
 # ---------------------------------------------------------------- opening sources
@@ -156,6 +204,7 @@ class _Split:
     labels: np.ndarray
     class_names: list[str]
     fingerprint: str
+    groups: np.ndarray | None = None  # images held out together (an image folder's sub-folders); None: each alone
 
 
 def _digits() -> dict[str, _Split]:
@@ -209,7 +258,8 @@ def _folder_splits(cfg: DataConfig, root: Path) -> dict[str, _Split]:
     scan = scan_folder(root, folder_names(cfg), cfg.train_split)
     content = files_key(scan.files, root)
     return {name: _Split(np.array([str(f) for f in split.files], dtype=object), np.asarray(split.labels, np.int64),
-                         scan.class_names, f"{content}-{name}") for name, split in scan.splits.items()}
+                         scan.class_names, f"{content}-{name}", np.array(split.groups, dtype=object))
+            for name, split in scan.splits.items()}
 
 
 def is_saved_dataset(path: Path) -> bool:
@@ -493,7 +543,7 @@ def plan_splits(cfg: DataConfig) -> SplitPlan:
     else:
         log.info("'%s' has no split '%s'; holding out %.0f%% of '%s' as test data",
                  cfg.source, cfg.test_split, 100 * cfg.test_fraction, cfg.train_split)
-        train_idx, test_idx = holdout_split(train.labels, cfg.test_fraction)
+        train_idx, test_idx = holdout_split(train.labels, cfg.test_fraction, groups=train.groups)
         test = train
     pool = train_idx
     labelled = train_idx[balanced_indices(train.labels[train_idx], cfg.max_train, cfg.per_class)]
@@ -505,7 +555,8 @@ def plan_splits(cfg: DataConfig) -> SplitPlan:
         _check_labels(val.labels, val.class_names, f"split '{val_name}' of '{cfg.source}'")
         plan = SplitPlan(train, labelled, pool, labelled, val, np.arange(len(val.labels)), val_name, test, test_idx)
     else:
-        held = validation_split(train.labels[labelled], cfg.val_fraction)
+        held = validation_split(train.labels[labelled], cfg.val_fraction,
+                                groups=None if train.groups is None else train.groups[labelled])
         if held is None:
             if cfg.val_fraction > 0:
                 log.warning("too few labelled images per class to hold out a validation split; the last epoch is "

@@ -2,7 +2,10 @@
 
 Two layouts are read: ``root/<class>/<image>`` (one split, "train") and ``root/<split>/<class>/<image>`` with split
 folders named as the Hugging Face hub names them (train/training; val/valid/validation/dev; test/testing/eval/
-evaluation) or as ``--data.*_split`` names them.
+evaluation) or as ``--data.*_split`` names them. A class folder may hold sub-folders (``cats/2019/IMG_1.jpg``, as
+torchvision's ``ImageFolder`` reads them): their images are the class's, and each sub-folder is a *group*, kept whole
+when images are held out for validation or testing (photos of one shoot or one burst, nearly alike, would otherwise
+sit on both sides of the split and inflate the held-out accuracy).
 
 Written here rather than left to ``datasets``' ``imagefolder`` builder because on real folders that builder gives
 wrong numbers without a word: it does not follow symbolic links (a linked ``train/`` ends in an EmptyDatasetError),
@@ -32,11 +35,13 @@ SPLIT_NAMES = {"train": "train", "training": "train",
 
 @dataclass
 class FolderSplit:
-    """One split of an image folder: image paths, integer labels into the folder's class names, and the folder."""
+    """One split of an image folder: image paths, integer labels into the folder's class names, the folder, and
+    each image's group (:func:`group_of`)."""
 
     folder: Path
     files: list[Path]
     labels: list[int]
+    groups: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -54,6 +59,21 @@ class FolderScan:
     @property
     def files(self) -> list[Path]:
         return [f for s in self.splits.values() for f in s.files]
+
+    @property
+    def sub_folders(self) -> int:
+        """How many sub-folders of class folders hold images (each one a group kept whole)."""
+        return sum(len({g for g in s.groups if not g.startswith(IMAGE_GROUP)}) for s in self.splits.values())
+
+
+# The group of an image directly in its class folder: the image alone (nothing says which of them are alike).
+IMAGE_GROUP = "image:"
+
+
+def group_of(rel: Path) -> str:
+    """The group of an image at ``rel`` (``<class>/.../<image>``, relative to its split folder): the sub-folder it
+    sits in (``cats/2019``), or the image itself where it sits directly in its class folder."""
+    return str(rel.parent) if len(rel.parts) > 2 else IMAGE_GROUP + str(rel)
 
 
 def is_image(path: Path) -> bool:
@@ -130,7 +150,7 @@ def scan_folder(root: Path, named: dict[str, str] | None = None, train: str = "t
             first = by_split[split][0].name
             raise Fm2EdgeError(f"image folder '{root}' has two folders for the {split} split ('{first}' and "
                                f"'{top}'); keep one")
-        misplaced = [Path(top, f) for f in rel if len(f.parts) != 2]
+        misplaced = [Path(top, f) for f in rel if len(f.parts) < 2]
         if misplaced:
             raise _misplaced(root, misplaced, layout)
         by_split[split] = (root / top, rel)
@@ -139,8 +159,7 @@ def scan_folder(root: Path, named: dict[str, str] | None = None, train: str = "t
                            f"name one 'train', or choose it with --data.train_split")
     train_classes = sorted({f.parts[0] for f in by_split[train][1]})
     if len(train_classes) < 2:
-        raise Fm2EdgeError(f"image folder '{root}' has only one class folder ('{train_classes[0]}'); "
-                           f"a classifier needs at least two: add a folder of images for each other class")
+        raise one_class(root, by_split[train], train_classes[0])
     index = {c: i for i, c in enumerate(train_classes)}
     splits = {}
     order = {train: 0, "validation": 1, "test": 2}
@@ -150,11 +169,26 @@ def scan_folder(root: Path, named: dict[str, str] | None = None, train: str = "t
             raise Fm2EdgeError(f"class '{strays[0]}' has images in '{folder / strays[0]}' but none for training in "
                                f"'{by_split[train][0]}'; add training images for it, or move that folder out of "
                                f"the data folder")
-        splits[split] = FolderSplit(folder, [folder / f for f in rel], [index[f.parts[0]] for f in rel])
+        splits[split] = FolderSplit(folder, [folder / f for f in rel], [index[f.parts[0]] for f in rel],
+                                    [group_of(f) for f in rel])
     empty = [str(d) for d in empty_class_folders(by_split)]
     for d in empty:
         log.warning("class folder '%s' holds no images and is left out", d)
     return FolderScan(root, layout, splits, train_classes, skipped, empty)
+
+
+def one_class(root: Path, train: tuple[Path, list[Path]], name: str) -> Fm2EdgeError:
+    """The error for a training split with one class folder; where that folder's sub-folders hold images (perhaps
+    the data folder given one level too high: ``photos/PetImages/{Cat,Dog}``), it names the folder to give then."""
+    folder, rel = train
+    inner = sorted({f.parts[1] for f in rel if len(f.parts) > 2})
+    fix = "add a folder of images for each other class"
+    if len(inner) >= 2:
+        listed = f"{', '.join(inner[:3])}{', ...' if len(inner) > 3 else ''}"
+        fix += (f", or, if its sub-folders ({listed}) are the classes, "
+                + (f"give --data.source '{folder / name}'" if folder == root else f"move them up into '{folder}'"))
+    return Fm2EdgeError(f"image folder '{root}' has only one class folder ('{name}'); a classifier needs at least "
+                        f"two: {fix}")
 
 
 def empty_class_folders(by_split: dict[str, tuple[Path, list[Path]]]) -> list[Path]:
@@ -168,8 +202,8 @@ def empty_class_folders(by_split: dict[str, tuple[Path, list[Path]]]) -> list[Pa
 
 def _misplaced(root: Path, odd: list[Path], layout: str) -> Fm2EdgeError:
     more = f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""
-    return Fm2EdgeError(f"image folder '{root}' is laid out {layout}, but '{odd[0]}'{more} is not directly inside a "
-                        f"class folder; move it into its class folder, or out of the data folder")
+    return Fm2EdgeError(f"image folder '{root}' is laid out {layout}, but '{odd[0]}'{more} is not inside a class "
+                        f"folder; move it into its class folder, or out of the data folder")
 
 
 def looks_like_image_folder(path: Path) -> bool:

@@ -54,7 +54,8 @@ def summarise(cfg: DataConfig) -> dict:
     if folder is not None:
         scan = scan_folder(folder, folder_names(cfg), cfg.train_split)
         sizes = np.array(header_sizes(scan.files))
-        out.update(layout=scan.layout, skipped_files=scan.skipped, empty_class_folders=scan.empty_classes,
+        out.update(layout=scan.layout, sub_folders=scan.sub_folders, skipped_files=scan.skipped,
+                   empty_class_folders=scan.empty_classes,
                    original_sizes={"min": sizes.min(0).tolist(), "median": np.median(sizes, 0).tolist(),
                                    "max": sizes.max(0).tolist()})
     return out
@@ -106,6 +107,9 @@ def render(summary: dict) -> str:
     lines.append("splits: " + ", ".join(f"{name} {s['images']} images (content {s['content']})"
                                         for name, s in splits.items()))
     lines.append(f"validation: {summary['validation_from']}")
+    if summary.get("sub_folders"):
+        lines.append(f"sub-folders: {summary['sub_folders']} in class folders, their images read as the class's; each "
+                     f"is kept whole on one side when images are held out")
     h, w = summary["stored_size"]
     sizes = summary.get("original_sizes")
     lines.append(f"stored at {h} x {w} px" + (f"; originals from {sizes['min'][0]} x {sizes['min'][1]} to "
