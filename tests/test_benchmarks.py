@@ -84,6 +84,30 @@ def test_the_decode_benchmark_times_both_decodes_of_the_same_photos(monkeypatch,
     assert "full decode" in capsys.readouterr().out
 
 
+def test_the_near_copy_benchmark_counts_the_copy_it_was_given(monkeypatch, tmp_path, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import near_copies
+
+    rng = np.random.default_rng(0)
+    for rel, n in {"train/a": 6, "train/b": 6, "test/a": 2, "test/b": 2}.items():
+        (tmp_path / "p" / rel).mkdir(parents=True)
+        for i in range(n):
+            small = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+            small.resize((48, 48), Image.BICUBIC).save(tmp_path / "p" / rel / f"{i}.png")
+    Image.open(tmp_path / "p" / "train" / "b" / "1.png").save(tmp_path / "p" / "test" / "b" / "copy.jpg", quality=75)
+    out = tmp_path / "near.json"
+    monkeypatch.setattr("sys.argv", ["near_copies.py", "--data", str(tmp_path / "p"), "--count", "8",
+                                     "--pairs", str(tmp_path / "pairs.png"), "--json", str(out)])
+    near_copies.main()
+    rows = json.loads(out.read_text())["rows"]
+    test = next(r for r in rows if r.get("split") == "test")
+    assert test["images"] == 5 and test["within"]["4"] == 1
+    copies = rows[-1]["copies"]
+    assert copies["photos"] == 8 and sum(copies["copy_bits"]) <= 8 and copies["others_compared"] == 4
+    assert Image.open(tmp_path / "pairs.png").size[0] > 0
+    assert "within the threshold" in capsys.readouterr().out
+
+
 def test_the_fixed_padding_benchmark_times_both_graphs_of_each_size(monkeypatch, tmp_path, capsys):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import fixed_padding

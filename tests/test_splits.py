@@ -340,3 +340,51 @@ def test_an_imbalance_is_named_by_its_largest_and_smallest_classes_from_two_to_o
     assert (found["largest"], found["smallest"], found["ratio"]) == ("ants", "bees", 6.0)
     assert imbalance_text(found) == "the training classes are imbalanced (24 'ants' to 4 'bees', 6.0 to 1)"
     assert imbalance_text(class_imbalance({"ants": 7, "bees": 4})) is None
+
+
+def smooth_photos(root, counts: dict[str, int], size: int = 48, seed: int = 0):
+    """root/<rel>/<i>.png: smooth random images (4 x 4 colours, blown up), which keep their look when resized."""
+    rng = np.random.default_rng(seed)
+    for rel, n in counts.items():
+        (root / rel).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            small = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+            small.resize((size, size), Image.BICUBIC).save(root / rel / f"{i}.png")
+    return root
+
+
+def test_a_held_out_image_that_looks_like_a_training_image_is_named(tmp_path, capsys, caplog):
+    root = smooth_photos(tmp_path / "p", {"train/a": 10, "train/b": 10, "test/a": 3, "test/b": 3})
+    # the same photo, smaller and re-saved as a JPEG: its pixels differ, so the exact check passes it
+    Image.open(root / "train" / "a" / "3.png").resize((40, 40), Image.BILINEAR).save(root / "test" / "a" / "copy.jpg",
+                                                                                     quality=80)
+    with caplog.at_level("WARNING"):
+        train, val, test = load_data(DataConfig(source=str(root), val_fraction=0, image_size=32))
+    assert "1 of the 7 test images of" in caplog.text and "look like a training image" in caplog.text
+    assert main(["data", str(root), "--data.image_size", "32", "--data.val_fraction", "0", "--json", "true"]) == 0
+    near = json.loads(capsys.readouterr().out)["near_copies"]
+    assert near["test"] == 1 and near["pairs"][0]["image"] == "test/a/copy.jpg"
+    assert near["pairs"][0]["training_image"] == "train/a/3.png" and near["pairs"][0]["bits"] <= near["max_bits"]
+    assert main(["data", str(root), "--data.image_size", "32", "--data.val_fraction", "0"]) == 0
+    assert "near-copies: 1 test image(s) look like a training image" in capsys.readouterr().out
+
+
+def test_distinct_photos_have_no_near_copies_and_tiny_images_are_not_compared(tmp_path, capsys):
+    from fm2edge.data.splits import near_copies
+
+    root = smooth_photos(tmp_path / "p", {"a": 30, "b": 30})
+    train, _, test = load_data(DataConfig(source=str(root), val_fraction=0))
+    assert len(near_copies(test, train)[0]) == 0
+    assert main(["data", str(root)]) == 0
+    assert "near-copies: no validation or test image looks like a training image" in capsys.readouterr().out
+    assert main(["data", "digits"]) == 0
+    assert "near-copies: not looked for (images under 16 px" in capsys.readouterr().out
+
+
+def test_run_metrics_count_near_copies(tmp_path):
+    from fm2edge.results import start_stage
+
+    root = smooth_photos(tmp_path / "p", {"train/a": 10, "train/b": 10, "test/a": 3, "test/b": 3})
+    Image.open(root / "train" / "b" / "0.png").save(root / "test" / "b" / "copy.jpg", quality=85)
+    splits = start_stage(DataConfig(source=str(root), image_size=32), "cpu").splits
+    assert splits["test"]["near_copies"] == 1 and set(splits["train"]) == {"images", "content"}

@@ -56,10 +56,18 @@ class Session:
     @property
     def splits(self) -> dict:
         """What each split holds, for metrics.json: {"train": {"images", "content"}, "validation": ..., "test": ...};
-        ``content`` is a hash of the split's images and labels, so two runs can be checked to have used the same."""
+        ``content`` is a hash of the split's images and labels, so two runs can be checked to have used the same;
+        validation and test also count their ``near_copies`` of training images (None: too small to compare)."""
+        from fm2edge.data.splits import near_copies
+
         named = {"train": self.train, "validation": self.val, "test": self.test}
-        return {name: {"images": len(data), "content": data.content_hash} for name, data in named.items()
-                if data is not None}
+        out = {name: {"images": len(data), "content": data.content_hash} for name, data in named.items()
+               if data is not None}
+        for name in ("validation", "test"):
+            if name in out:
+                alike = near_copies(named[name], self.train)
+                out[name]["near_copies"] = None if alike is None else len(alike[0])
+        return out
 
     def open(self, run: RunConfig, default_name: str) -> RunDir:
         """The stage's run folder, ``run.root/run.name`` (or the default name), logging to ``run.log_with``."""

@@ -25,7 +25,15 @@ import torch
 from fm2edge.config import DataConfig
 from fm2edge.data.folders import looks_like_image_folder, scan_folder
 from fm2edge.data.images import decode, find_images, peek_size
-from fm2edge.data.splits import check_classes, check_disjoint, content_hash, image_hashes, shared_with
+from fm2edge.data.splits import (
+    check_classes,
+    check_disjoint,
+    content_hash,
+    image_hashes,
+    near_copies,
+    perceptual_hashes,
+    shared_with,
+)
 from fm2edge.errors import Fm2EdgeError, HubUnreachableError, is_offline_error
 from fm2edge.runs import atomic_dir, atomic_write_bytes
 
@@ -52,6 +60,8 @@ class ImageData:
     fingerprint: str
     skipped: int = 0
     hashes: np.ndarray | None = None  # per-image pixel digests (see fm2edge.data.splits), computed when first asked
+    perceptual: np.ndarray | None = None  # per-image perceptual hashes (splits.perceptual_hashes), likewise
+    rows: np.ndarray | None = None  # each image's row in its source split, where known (to name it)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -67,15 +77,23 @@ class ImageData:
     def subset(self, indices: np.ndarray | torch.Tensor) -> ImageData:
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         digest = hashlib.sha1(idx.numpy().tobytes()).hexdigest()[:12]
-        hashes = None if self.hashes is None else self.hashes[idx.numpy()]
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[idx.numpy()]
+
         return ImageData(self.images[idx], self.labels[idx], self.class_names, f"{self.fingerprint}-{digest}",
-                         hashes=hashes)
+                         hashes=pick(self.hashes), perceptual=pick(self.perceptual), rows=pick(self.rows))
 
     def image_hashes(self) -> np.ndarray:
         """Each image's pixel digest (N x 16 bytes), computed once."""
         if self.hashes is None:
             self.hashes = image_hashes(self.images)
         return self.hashes
+
+    def perceptual_hashes(self) -> np.ndarray:
+        """Each image's perceptual hash (N x 8 bytes: :func:`fm2edge.data.splits.perceptual_hashes`), computed once."""
+        if self.perceptual is None:
+            self.perceptual = perceptual_hashes(self.images)
+        return self.perceptual
 
     @property
     def content_hash(self) -> str:
@@ -486,6 +504,8 @@ def _materialise(split: _Split, indices: np.ndarray, cfg: DataConfig, where: str
             np.save(tmp / "images.npy", stored)
             np.save(tmp / "labels.npy", labels[ok])
             np.save(tmp / "hashes.npy", image_hashes(stored))
+            np.save(tmp / "perceptual.npy", perceptual_hashes(torch.from_numpy(stored)))
+            np.save(tmp / "rows.npy", indices[ok].astype(np.int64))
             (tmp / "meta.json").write_text(json.dumps({"where": where, "skipped": int((~ok).sum()),
                                                        "fingerprint": split.fingerprint}))
     meta = json.loads((folder / "meta.json").read_text())
@@ -495,16 +515,20 @@ def _materialise(split: _Split, indices: np.ndarray, cfg: DataConfig, where: str
     images = torch.from_numpy(np.load(folder / "images.npy", mmap_mode="c"))
     if len(images) == 0:
         raise Fm2EdgeError(f"{where} holds no decodable image")
+    rows = np.load(folder / "rows.npy") if (folder / "rows.npy").exists() else \
+        indices.astype(np.int64) if not meta["skipped"] else None  # a cache written before rows were kept
     return ImageData(images, torch.from_numpy(np.load(folder / "labels.npy")), split.class_names,
-                     fingerprint=key, skipped=meta["skipped"], hashes=_stored_hashes(folder, images))
+                     fingerprint=key, skipped=meta["skipped"], hashes=_stored(folder / "hashes.npy", image_hashes,
+                                                                              images),
+                     perceptual=_stored(folder / "perceptual.npy", perceptual_hashes, images), rows=rows)
 
 
-def _stored_hashes(folder: Path, images: torch.Tensor) -> np.ndarray:
-    """The cache's per-image digests; a cache written before they were kept gets them now (atomically)."""
-    path = folder / "hashes.npy"
+def _stored(path: Path, make, images: torch.Tensor) -> np.ndarray:
+    """A cache's per-image hashes (``make(images)``), kept at ``path``; a cache written before they were kept gets
+    them now (atomically)."""
     if path.exists():
         return np.load(path)
-    hashes = image_hashes(images)
+    hashes = make(images)
     buf = io.BytesIO()
     np.save(buf, hashes)
     atomic_write_bytes(path, buf.getvalue())
@@ -645,6 +669,11 @@ def load_planned(plan: SplitPlan, cfg: DataConfig) -> tuple[ImageData, ImageData
     if leaked:
         log.warning("%d training image(s) of '%s' are also test images (same pixels); the test accuracy may "
                     "flatter the model: remove them from one split", leaked, cfg.source)
+    alike = near_copies(test, train)
+    if alike is not None and len(alike[0]):
+        log.warning("%d of the %d test images of '%s' look like a training image (the same photo resized, re-saved "
+                    "or lightly edited, by their perceptual hashes); the test accuracy may flatter the model: "
+                    "`fm2edge data %s` names them", len(alike[0]), len(test), cfg.source, cfg.source)
     return train, val, test
 
 

@@ -57,6 +57,70 @@ def shared_with(hashes: np.ndarray, others: np.ndarray) -> np.ndarray:
     return np.array([h.tobytes() in seen for h in hashes], dtype=bool)
 
 
+# A held-out image whose perceptual hash is within this many of 64 bits of a training image's looks like that image
+# (the same photo resized, re-saved or lightly edited): `fm2edge data` names such pairs, runs count them.
+NEAR_COPY_BITS = 4
+
+
+HASHED_SIDE = 64  # images are sampled down to about this many pixels a side before they are hashed
+
+
+def perceptual_hashes(images: torch.Tensor, chunk: int = 512) -> np.ndarray:
+    """A 64-bit difference hash (dHash) of each image (N x 8 bytes): its grey levels averaged into 8 x 9 cells, one
+    bit per pair of neighbouring cells (is the right one brighter?). Resizing, re-encoding and small edits change a
+    few bits; another photo changes about half. Written here rather than taken from ``imagehash``, whose hashes are
+    made one PIL image at a time: this hashes the stored uint8 tensors in batches, with the same definition."""
+    out = np.empty((len(images), 8), dtype=np.uint8)
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    step = max(1, min(images.shape[-2:]) // HASHED_SIDE)  # every step-th pixel: the cells average ~50 of them
+    for lo in range(0, len(images), chunk):
+        grey = (images[lo:lo + chunk, :, ::step, ::step].float() * weights).sum(1, keepdim=True)
+        cells = torch.nn.functional.adaptive_avg_pool2d(grey, (8, 9))[:, 0]
+        bits = (cells[..., 1:] > cells[..., :-1]).reshape(len(cells), 64).numpy()
+        out[lo:lo + chunk] = np.packbits(bits, axis=1)
+    return out
+
+
+def nearest_hashes(held: np.ndarray, train: np.ndarray, budget: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``held``'s perceptual hashes, the nearest of ``train``'s: (its index, how many bits differ)."""
+    index, bits = np.zeros(len(held), dtype=np.int64), np.full(len(held), 64, dtype=np.int64)
+    if len(train) == 0:
+        return index, bits
+    a, b = held.view(np.uint64)[:, 0], train.view(np.uint64)[:, 0]
+    step = max(1, budget // len(b))
+    for lo in range(0, len(a), step):
+        dist = popcount(a[lo:lo + step, None] ^ b[None, :])
+        index[lo:lo + step] = dist.argmin(1)
+        bits[lo:lo + step] = dist.min(1)
+    return index, bits
+
+
+# Below this many pixels a side the 8 x 9 cells of a perceptual hash are not averages of anything: scikit-learn's 8 x
+# 8 digits hash alike (77% of their test images within NEAR_COPY_BITS of a training image), so they are not compared.
+MIN_HASHED_SIDE = 16
+
+
+def near_copies(held, train) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The images of ``held`` (an ``ImageData``) that look like one of ``train``'s: (their positions, the nearest
+    training image's, the bits that differ), at most NEAR_COPY_BITS apart; None where the images are too small to
+    tell (below MIN_HASHED_SIDE px)."""
+    if min(train.image_size) < MIN_HASHED_SIDE:
+        return None
+    index, bits = nearest_hashes(held.perceptual_hashes(), train.perceptual_hashes())
+    found = np.flatnonzero(bits <= NEAR_COPY_BITS)
+    return found, index[found], bits[found]
+
+
+def popcount(x: np.ndarray) -> np.ndarray:
+    """The set bits of each uint64: numpy's own where it has one (2.0 and later), else the classic SWAR sum."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x)
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return (x * np.uint64(0x0101010101010101)) >> np.uint64(56)
+
+
 def check_classes(names: Sequence[str], train_labels: np.ndarray, others: dict[str, np.ndarray], source: str) -> None:
     """At least two classes have training images, and every class that another split holds has some."""
     trained = set(np.unique(train_labels[train_labels >= 0]).tolist())

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fm2edge.config import DataConfig
-from fm2edge.data.dataset import ImageData, folder_names, image_folder, load_planned, plan_splits
+from fm2edge.data.dataset import ImageData, SplitPlan, folder_names, image_folder, load_planned, plan_splits
 from fm2edge.data.folders import scan_folder
 from fm2edge.data.images import peek_size
-from fm2edge.data.splits import selection_noise
+from fm2edge.data.splits import MIN_HASHED_SIDE, NEAR_COPY_BITS, near_copies, selection_noise
+
+NAMED_PAIRS = 10  # near-copies named by `fm2edge data` (all are counted)
 
 
 @dataclass
@@ -50,6 +52,7 @@ def summarise(cfg: DataConfig) -> dict:
     if val is not None:
         out["selection"] = selection_noise(len(val))
     out["imbalance"] = class_imbalance(out["splits"]["train"]["per_class"])
+    out["near_copies"] = near_copy_summary(plan, train, {"test": test, "validation": val}, cfg)
     folder = image_folder(cfg)
     if folder is not None:
         scan = scan_folder(folder, folder_names(cfg), cfg.train_split)
@@ -59,6 +62,43 @@ def summarise(cfg: DataConfig) -> dict:
                    original_sizes={"min": sizes.min(0).tolist(), "median": np.median(sizes, 0).tolist(),
                                    "max": sizes.max(0).tolist()})
     return out
+
+
+def near_copy_summary(plan: SplitPlan, train: ImageData, held: dict[str, ImageData | None], cfg: DataConfig) -> dict:
+    """How many test and validation images look like a training image (:func:`fm2edge.data.splits.near_copies`),
+    and the first NAMED_PAIRS pairs by name (a file under the source, or a row of the source's split)."""
+    out: dict = {"max_bits": NEAR_COPY_BITS, "compared": min(train.image_size) >= MIN_HASHED_SIDE, "pairs": []}
+    splits = {"validation": plan.val, "test": plan.test}
+    source_split = {"validation": plan.val_name or cfg.train_split,
+                    "test": cfg.train_split if plan.test is plan.train else cfg.test_split}
+    for name, data in held.items():
+        alike = near_copies(data, train) if data is not None else None
+        if alike is None:
+            continue
+        out[name] = len(alike[0])
+        for i, j, bits in zip(*alike, strict=True):
+            if len(out["pairs"]) < NAMED_PAIRS:
+                out["pairs"].append({"split": name,
+                                     "image": image_name(splits[name], data, int(i), source_split[name], cfg.source),
+                                     "training_image": image_name(plan.train, train, int(j), cfg.train_split,
+                                                                  cfg.source),
+                                     "bits": int(bits)})
+    return out
+
+
+def image_name(split, data: ImageData, i: int, label: str, source: str) -> str:
+    """Image ``i`` of ``data`` by name: its file relative to the ``source`` folder, its row in ``label``'s split
+    of the source, or its position where the row is not known."""
+    from pathlib import Path
+
+    if data.rows is None:
+        return f"{label} image {i}"
+    row = int(data.rows[i])
+    item = split.rows[row] if isinstance(split.rows, np.ndarray) and split.rows.dtype == object else None
+    if not isinstance(item, str):
+        return f"{label} row {row}"
+    path, root = Path(item), Path(source).expanduser()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else item
 
 
 def header_sizes(files: list) -> list[tuple[int, int]]:
@@ -88,6 +128,23 @@ def imbalance_text(found: dict) -> str | None:
         return None
     return (f"the training classes are imbalanced ({found['largest_images']} '{found['largest']}' to "
             f"{found['smallest_images']} '{found['smallest']}', {found['ratio']:.1f} to 1)")
+
+
+def near_copy_lines(near: dict) -> list[str]:
+    """The near-copies of :func:`near_copy_summary` in words: one line, and the named pairs under it."""
+    if not near["compared"]:
+        return [f"near-copies: not looked for (images under {MIN_HASHED_SIDE} px are too small to compare)"]
+    counts = {k: near[k] for k in ("test", "validation") if near.get(k)}
+    how = f"perceptual hashes at most {near['max_bits']} of 64 bits apart"
+    if not counts:
+        return [f"near-copies: no validation or test image looks like a training image ({how})"]
+    lines = [f"near-copies: {' and '.join(f'{n} {k}' for k, n in counts.items())} image(s) look like a training "
+             f"image ({how}: the same photo resized, re-saved or lightly edited); the held-out accuracy may flatter "
+             f"the model: look at each pair and remove one of the two"
+             + (f" (the first {len(near['pairs'])} named)" if sum(counts.values()) > len(near["pairs"]) else "")]
+    lines += [f"  {p['split']}: {p['image']}  ~  train: {p['training_image']}  ({p['bits']} bit{'' if p['bits'] == 1 else 's'})"
+              for p in near["pairs"]]
+    return lines
 
 
 def per_class(data: ImageData) -> dict[str, int]:
@@ -120,6 +177,7 @@ def render(summary: dict) -> str:
     lines.append("skipped: " + (", ".join(f"{n} {what}" for what, n in skipped.items()) if skipped else "nothing"))
     for folder in summary.get("empty_class_folders", []):
         lines.append(f"empty class folder left out: {folder}")
+    lines += near_copy_lines(summary["near_copies"])
     width = max(len("class"), *(len(c) for c in summary["classes"]))
     lines.append("")
     lines.append(f"{'class':<{width}}  " + "  ".join(f"{n:>10}" for n in splits))

@@ -1,0 +1,138 @@
+"""Near-copies between held-out and training images: what the perceptual-hash threshold finds, in one run.
+
+    python benchmarks/near_copies.py [--data PATH] [--count 300] [--pairs FILE.png]
+
+Two measurements behind ``fm2edge.data.splits.NEAR_COPY_BITS``:
+
+1. on ``--data`` (default: the shared CIFAR-10 copy, else skipped), how many test (and held-out validation) images
+   have a training image within 0, 1, ..., 8 bits of their 64-bit perceptual hash, and how long hashing and the
+   search took; ``--pairs`` writes the first 24 pairs at 4 bits or fewer and at 5 to 6 bits side by side (test image
+   left, training image right) to look at;
+2. on ``--count`` real photos (default: the shared cat and dog photos' test split, else smooth synthetic images),
+   each saved again at 100 px as JPEG quality 70 and stored at 256 px like the original: the bits between each
+   photo and its copy, and between each photo and its nearest other photo.
+
+Prints both tables and the CPU; writes the raw figures to docs/results/near_copies-DATE.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import default_data, save_results
+from PIL import Image
+
+from fm2edge.config import DataConfig
+from fm2edge.data import load_data
+from fm2edge.data.splits import NEAR_COPY_BITS, nearest_hashes, perceptual_hashes
+from fm2edge.device import cpu_features
+
+SHARED_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "catsdogs128" / "test.parquet"
+
+
+def split_table(source: str, pairs: str | None) -> list[dict]:
+    """Per held-out split: images within k bits of a training image, k = 0..8, and the seconds it took."""
+    train, val, test = load_data(DataConfig(source=source))
+    rows = []
+    started = time.perf_counter()
+    base = perceptual_hashes(train.images)
+    hashed = time.perf_counter() - started
+    for name, held in (("test", test), ("validation", val)):
+        if held is None:
+            continue
+        started = time.perf_counter()
+        index, bits = nearest_hashes(perceptual_hashes(held.images), base)
+        seconds = time.perf_counter() - started
+        rows.append({"data": source, "split": name, "images": len(held), "training_images": len(train),
+                     "within": {k: int((bits <= k).sum()) for k in range(9)},
+                     "hash_train_s": hashed, "hash_and_search_s": seconds})
+        if pairs and name == "test":
+            sheet(held, train, index, bits, pairs)
+    return rows
+
+
+def sheet(held, train, index: np.ndarray, bits: np.ndarray, path: str, per: int = 24, side: int = 64) -> None:
+    """Two rows of pairs: up to ``per`` at NEAR_COPY_BITS or fewer, then up to ``per`` just above it."""
+    groups = [np.flatnonzero(bits <= NEAR_COPY_BITS)[:per],
+              np.flatnonzero((bits > NEAR_COPY_BITS) & (bits <= NEAR_COPY_BITS + 2))[:per]]
+    cols = 6
+    height = sum((len(g) + cols - 1) // cols for g in groups) * (side + 6) + 20
+    out = Image.new("RGB", (cols * (2 * side + 12), height), "white")
+    y = 0
+    for g in groups:
+        for k, i in enumerate(g):
+            x = (k % cols) * (2 * side + 12)
+            for dx, img in ((0, held.images[i]), (side, train.images[index[i]])):
+                tile = Image.fromarray(img.permute(1, 2, 0).numpy()).resize((side, side), Image.NEAREST)
+                out.paste(tile, (x + dx, y + (k // cols) * (side + 6)))
+        y += (len(g) + cols - 1) // cols * (side + 6) + 20
+    out.save(path)
+
+
+def photos(count: int) -> list[Image.Image]:
+    """``count`` real photos where the shared copy exists, else smooth synthetic ones."""
+    if SHARED_PHOTOS.exists():
+        import pyarrow.parquet as pq
+
+        column = pq.read_table(SHARED_PHOTOS).column("image").to_pylist()[:count]
+        return [Image.open(io.BytesIO(r["bytes"])).convert("RGB") for r in column]
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((128, 128), Image.BICUBIC)
+            for _ in range(count)]
+
+
+def copies_table(count: int) -> dict:
+    """Bits between each photo and its copy (100 px, JPEG quality 70), and to its nearest other photo."""
+    def stored(img: Image.Image) -> np.ndarray:
+        return np.asarray(img.resize((256, 256), Image.BICUBIC))
+
+    originals, copies = [], []
+    for img in photos(count):
+        buf = io.BytesIO()
+        img.resize((100, 100), Image.BILINEAR).save(buf, "JPEG", quality=70)
+        originals.append(stored(img))
+        copies.append(stored(Image.open(buf).convert("RGB")))
+
+    def hashes(arrays: list[np.ndarray]) -> np.ndarray:
+        return perceptual_hashes(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous())
+
+    a, b = hashes(originals), hashes(copies)
+    to_copy = np.unpackbits(a ^ b, axis=1).sum(1)
+    half = len(a) // 2
+    _, to_other = nearest_hashes(a[:half], a[half:])
+    return {"photos": len(a), "real": SHARED_PHOTOS.exists(),
+            "copy_bits": np.bincount(to_copy, minlength=9)[:9].tolist(),
+            "copies_within_threshold": int((to_copy <= NEAR_COPY_BITS).sum()),
+            "nearest_other_min_bits": int(to_other.min()),
+            "others_within_threshold": int((to_other <= NEAR_COPY_BITS).sum()), "others_compared": half}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=default_data())
+    ap.add_argument("--count", type=int, default=300)
+    ap.add_argument("--pairs", help="PNG of the pairs found on --data's test split, to look at")
+    ap.add_argument("--json", help="file for the raw figures (default docs/results/near_copies-DATE.json)")
+    args = ap.parse_args()
+    print(f"cpu: {cpu_features()}; threshold: {NEAR_COPY_BITS} of 64 bits")
+    rows = split_table(args.data, args.pairs) if args.data != "digits" else []
+    for r in rows:
+        counts = "  ".join(f"<={k}: {n}" for k, n in r["within"].items())
+        print(f"{r['data']} {r['split']} ({r['images']:,} images vs {r['training_images']:,} training): {counts} "
+              f"| hashing the training images {r['hash_train_s']:.1f} s, hashing and search "
+              f"{r['hash_and_search_s']:.1f} s")
+    copies = copies_table(args.count)
+    print(f"{copies['photos']} {'real' if copies['real'] else 'synthetic'} photos saved again at 100 px (JPEG 70): "
+          f"bits to the copy {copies['copy_bits']} (0..8), {copies['copies_within_threshold']} within the threshold; "
+          f"nearest other photo {copies['nearest_other_min_bits']} bits at least, "
+          f"{copies['others_within_threshold']} of {copies['others_compared']} within the threshold")
+    save_results("near_copies", args, [*rows, {"copies": copies}], args.json)
+
+
+if __name__ == "__main__":
+    main()
