@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _quiet_libraries()
     try:
-        stage.run(job)
+        _run_in_process_group(stage, job)
     except Fm2EdgeError as exc:
         print(f"fm2edge: error: {exc}", file=sys.stderr)
         return 2
@@ -207,6 +207,17 @@ def main(argv: list[str] | None = None) -> int:
     print("fm2edge: interrupted; finished epochs and feature chunks are kept: rerun the same command with "
           "--run.resume true to continue", file=sys.stderr)
     return 130
+
+
+def _run_in_process_group(stage: Stage, job) -> None:
+    """``stage`` on ``job``; under torchrun, the process group is left once it returns or fails."""
+    try:
+        stage.run(job)
+    finally:
+        if "torch" in sys.modules:  # a stage that never imported torch joined no process group
+            from fm2edge.device import close_process_group
+
+            close_process_group()
 
 
 def _ignore(_unraisable) -> None:

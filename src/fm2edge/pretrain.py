@@ -269,13 +269,16 @@ def pretrain_one(job: PretrainJob) -> dict:
     with session.open(job.run, slug(f"pretrain-{job.model.name}")) as run:
         config = to_dict(job)
         task = PretrainTask(student, teacher.to(accelerator.device), cfg, job.train.channels_last)
-        task.teacher_graph = teacher_graph(teacher, cfg.teacher_backend, accelerator.device,
-                                           task.teacher_dtype(accelerator.device), graph_folder(job.data),
-                                           with_map=task.dense is not None, stage="pretrain")
+        augment = job.train.augment
+        cached = bool(cfg.views) and augment.active
+        # only the main process fills a cache: the others open the graph only where training runs the teacher
+        if accelerator.is_main_process or not cached:
+            task.teacher_graph = teacher_graph(teacher, cfg.teacher_backend, accelerator.device,
+                                               task.teacher_dtype(accelerator.device), graph_folder(job.data),
+                                               with_map=task.dense is not None, stage="pretrain")
         in_graph = task.teacher_graph is not None
         cache_dir = None
-        augment = job.train.augment
-        if cfg.views and augment.active:
+        if cached:
             views = draw_stored_views(len(images), cfg.views, augment, cfg.view_seed, images.image_size[0])
             task.view_source = StoredViews(views)
             key = {"augment": to_dict(augment), "views": cfg.views, "seed": cfg.view_seed, "teaching": "consistent"}

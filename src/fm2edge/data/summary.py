@@ -142,8 +142,8 @@ def near_copy_lines(near: dict) -> list[str]:
              f"image ({how}: the same photo resized, re-saved or lightly edited); the held-out accuracy may flatter "
              f"the model: look at each pair and remove one of the two"
              + (f" (the first {len(near['pairs'])} named)" if sum(counts.values()) > len(near["pairs"]) else "")]
-    lines += [f"  {p['split']}: {p['image']}  ~  train: {p['training_image']}  ({p['bits']} bit{'' if p['bits'] == 1 else 's'})"
-              for p in near["pairs"]]
+    lines += [f"  {p['split']}: {p['image']}  ~  train: {p['training_image']}  ({p['bits']} "
+              f"bit{'' if p['bits'] == 1 else 's'})" for p in near["pairs"]]
     return lines
 
 

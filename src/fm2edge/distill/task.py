@@ -365,13 +365,22 @@ def teaching_plan(job: DistillJob, train) -> tuple[torch.Tensor | None, bool, di
     from fm2edge.config import to_dict
 
     cfg, augment = job.distill, job.train.augment
-    consistent = augment.active and cfg.teaching == "consistent"
     views = key = None
-    if consistent and cfg.views:
+    if consistent_teaching(job) and cfg.views:
         views = draw_stored_views(len(train), cfg.views, augment, cfg.view_seed, train.image_size[0])
         key = {"augment": to_dict(augment), "views": cfg.views, "seed": cfg.view_seed}
-    cached = cfg.cache_teacher == "auto" and (not consistent or views is not None)
-    return views, cached, key
+    return views, caches_teacher(job), key
+
+
+def consistent_teaching(job: DistillJob) -> bool:
+    """Whether the teacher sees the student's augmented views (rather than the plain images)."""
+    return job.train.augment.active and job.distill.teaching == "consistent"
+
+
+def caches_teacher(job: DistillJob) -> bool:
+    """Whether the teacher's outputs are computed once and cached (see :func:`teaching_plan`), so that training
+    never runs the teacher."""
+    return job.distill.cache_teacher == "auto" and (not consistent_teaching(job) or bool(job.distill.views))
 
 
 def teaching_line(job: DistillJob, task: DistillTask) -> str:
@@ -432,13 +441,15 @@ def distill_one(job: DistillJob) -> dict:
                            cfg.teacher_flip).to(accelerator.device)
     open_graph = functools.partial(teacher_graph, teacher, cfg.teacher_backend, accelerator.device,
                                    autocast_dtype(cfg.teacher_precision, accelerator.device), graph_folder(job.data))
-    graph = open_graph()
+    # several processes share the gate and the test split out through predict (teacher_logits), and only the main
+    # one fills a cache: the others open the graph only where training runs the teacher
+    graph = open_graph() if accelerator.is_main_process or not caches_teacher(job) else None
     gate_data, gate_split = gate_images(session.train, session.val)
     gate_acc = accuracy(teacher_logits(teacher, graph, gate_data, job.train.eval_batch_size, accelerator),
                         gate_data.labels)
     if accelerator.is_main_process:
         print(f"teacher {teacher.name}: {100 * gate_acc:.2f}% on {gate_split}"
-              f"{' (its forward passes in ONNX Runtime)' if graph else ''}")
+              f"{' (its forward passes in ONNX Runtime)' if graph and accelerator.num_processes == 1 else ''}")
     quality_gate(gate_acc, train.num_classes, job.distill, teacher.name, gate_split)
     student = session.model(job.model, job.train.seed)
     with session.open(job.run, slug(f"distill-{job.model.name}")) as run:
@@ -471,7 +482,9 @@ def distill_one(job: DistillJob) -> dict:
         scored = job.train.score_test  # false: a candidate; neither it nor its teacher reads the test split here
         result = fit(task, student, train, session.val, test if scored else None, job.train, run, accelerator, config)
         metrics = {}
-        if cached and scored:  # the test split's teacher logits: through the graph again (exported, so quick to open)
+        # the test split's teacher logits: through the graph again (exported, so quick to open) in one process;
+        # several processes share them out through predict (teacher_logits)
+        if cached and scored and accelerator.num_processes == 1:
             task.teacher_graph = open_graph()
         t_logits = teacher_logits(teacher, task.teacher_graph, test, job.train.eval_batch_size, accelerator) \
             if scored else None
