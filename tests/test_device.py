@@ -138,3 +138,20 @@ def test_freed_memory_is_kept_inside_training_only_on_glibc_and_not_when_the_sys
     monkeypatch.setattr(platform, "system", lambda: "Darwin")
     with freed_memory_kept() as kept:
         assert kept is False
+
+
+def test_a_stage_leaves_the_process_group_it_joined(tmp_path, monkeypatch):
+    """Under torchrun a finished stage leaves its process group: one left to the interpreter's shutdown can abort a
+    process whose work is done (gloo: "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    from fm2edge import cli
+    from fm2edge.device import close_process_group
+
+    close_process_group()  # none joined: nothing to leave
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    joined = []
+    monkeypatch.setitem(cli.COMMANDS, "list", cli.Stage(lambda job: joined.append(dist.is_initialized()),
+                                                         cli.COMMANDS["list"].job, ""))
+    assert cli.main(["list", "models"]) == 0
+    assert joined == [True] and not dist.is_initialized()

@@ -53,14 +53,12 @@ def make_accelerator(device: str = "auto", precision: str = "auto"):
 
 
 def close_process_group() -> None:
-    """Leave the process group that torchrun's processes joined, if this one joined any. One left for the
-    interpreter's shutdown can abort the process after its work is done (gloo's worker threads: "terminate called
-    without an active exception", SIGABRT), failing a run that succeeded. Every stage ends on a barrier, so no
-    collective is in flight here."""
+    """Leave the process group that torchrun's processes joined, if this one joined any (once its stage has returned
+    or failed): one left for the interpreter's shutdown can abort the process after its work is done (gloo's worker
+    threads: "terminate called without an active exception", SIGABRT), failing a run that succeeded. Accelerate's
+    ``PartialState.destroy_process_group`` does the same, but builds Accelerate's shared state where none was."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        from accelerate.state import PartialState
-
-        PartialState().destroy_process_group()
+        torch.distributed.destroy_process_group()
 
 
 _KEPT = {"depth": 0}  # nested training loops share one setting; the outermost restores glibc's defaults
