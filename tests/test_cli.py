@@ -257,6 +257,10 @@ def test_positionals_may_follow_the_flags():
     assert _positional_models(["predict", "RUN", "--predict.top_k", "3", "a.png"]) == \
         ["predict", "--model", "RUN", "--inputs", '["a.png"]', "--predict.top_k", "3"]
     assert _positional_models(["train", "--seeds", "0", "1"]) == ["train", "--seeds", "0", "1"]
+    assert _positional_models(["auto", "photos/", "--auto.students", "a@32", "b@64", "--auto.minutes", "4"]) == \
+        ["auto", "--data.source", "photos/", "--auto.students", "a@32", "b@64", "--auto.minutes", "4"]
+    assert _positional_models(["auto", "--auto.minutes", "4", "photos/"]) == \
+        ["auto", "--data.source", "photos/", "--auto.minutes", "4"]
 
 
 def test_what_the_data_loggers_say_is_said_once_per_command_and_other_loggers_are_left_alone():

@@ -79,14 +79,16 @@ def _quiet_libraries() -> None:
 
 
 # command -> its positionals in order, each (field, takes several): models, run folders and files read best so
-POSITIONAL = {"data": [("data.source", False)], "bench": [("models", True)], "export": [("model", False)],
-              "report": [("runs", True)], "run": [("recipe", False)], "list": [("what", False)],
+POSITIONAL = {"auto": [("data.source", False)], "data": [("data.source", False)], "bench": [("models", True)],
+              "export": [("model", False)], "report": [("runs", True)], "run": [("recipe", False)],
+              "list": [("what", False)],
               "predict": [("model", False), ("inputs", True)],
               "push": [("run", False), ("repo", False)]}
 
 
 def _positional_models(argv: list[str]) -> list[str]:
     """`fm2edge bench A B --flags` -> `fm2edge bench --models [A, B] --flags`; `fm2edge export R` -> `--model R`;
+    `fm2edge auto photos/` and `fm2edge data photos/` -> `--data.source photos/`;
     `fm2edge predict R a.png b.png` -> `--model R --inputs [a.png, b.png]` (models and files read best as
     positionals). Positionals may also follow the flags: `fm2edge bench --bench.runs 10 A` (a bare word after a
     flag's one value, where the flag takes one)."""

@@ -120,12 +120,12 @@ class AutoConfig:
 class AutoJob:
     """`fm2edge auto`: the most accurate model that meets a latency budget, chosen and proven on your images.
 
-    Run it on a folder of labelled photos (root/<class>/<image>, or train/ and test/ split folders):
-    ``fm2edge auto --data.source photos/ --auto.latency_ms 2 --auto.minutes 30``. Every candidate is an ordinary
-    run folder under RUN; RUN/leaderboard.csv ranks them, RUN/best is the chosen model (with its ONNX files), and
-    RUN/auto.json says what was chosen, on what, and where the minutes went. Rerun the same command to resume
-    (always, so --run.resume changes nothing; --run.overwrite true starts again from nothing). In a recipe it is a
-    stage like any other (``command: auto``), its teacher a run folder of an earlier stage if you like.
+    Run it on a folder of labelled photos (root/<class>/<image>, or train/ and test/ split folders): ``fm2edge auto
+    photos/ --auto.latency_ms 2 --auto.minutes 30`` (the folder may also be given as --data.source). Every candidate
+    is an ordinary run folder under RUN; RUN/leaderboard.csv ranks them, RUN/best is the chosen model (with its ONNX
+    files), and RUN/auto.json says what was chosen, on what, and where the minutes went. Rerun the same command to
+    resume (always, so --run.resume changes nothing; --run.overwrite true starts again from nothing). In a recipe it
+    is a stage like any other (``command: auto``), its teacher a run folder of an earlier stage if you like.
     """
 
     data: DataConfig = field(default_factory=lambda: DataConfig(source="digits"))
