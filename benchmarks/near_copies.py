@@ -6,8 +6,8 @@ Two measurements behind ``fm2edge.data.splits.NEAR_COPY_BITS``:
 
 1. on ``--data`` (default: the shared CIFAR-10 copy, else skipped), how many test (and held-out validation) images
    have a training image within 0, 1, ..., 8 bits of their 64-bit perceptual hash, and how long hashing and the
-   search took; ``--pairs`` writes the first 24 pairs at 4 bits or fewer and at 5 to 6 bits side by side (test image
-   left, training image right) to look at;
+   search took; ``--pairs`` draws the first 24 pairs at 4 bits or fewer, then the first 24 at 5 to 6 bits, side by
+   side (test image left, training image right) to look at;
 2. on ``--count`` real photos (default: the shared cat and dog photos' test split, else smooth synthetic images),
    each saved again at 100 px as JPEG quality 70 and stored at 256 px like the original: the bits between each
    photo and its copy, and between each photo and its nearest other photo.
@@ -30,6 +30,7 @@ from PIL import Image
 from fm2edge.config import DataConfig
 from fm2edge.data import load_data
 from fm2edge.data.splits import NEAR_COPY_BITS, nearest_hashes, perceptual_hashes
+from fm2edge.data.summary import pair_sheet
 from fm2edge.device import cpu_features
 
 SHARED_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "catsdogs128" / "test.parquet"
@@ -56,22 +57,13 @@ def split_table(source: str, pairs: str | None) -> list[dict]:
     return rows
 
 
-def sheet(held, train, index: np.ndarray, bits: np.ndarray, path: str, per: int = 24, side: int = 64) -> None:
-    """Two rows of pairs: up to ``per`` at NEAR_COPY_BITS or fewer, then up to ``per`` just above it."""
+def sheet(held, train, index: np.ndarray, bits: np.ndarray, path: str, per: int = 24) -> None:
+    """Up to ``per`` pairs at NEAR_COPY_BITS or fewer, then up to ``per`` just above it, drawn as `fm2edge data
+    --pairs` draws them."""
     groups = [np.flatnonzero(bits <= NEAR_COPY_BITS)[:per],
               np.flatnonzero((bits > NEAR_COPY_BITS) & (bits <= NEAR_COPY_BITS + 2))[:per]]
-    cols = 6
-    height = sum((len(g) + cols - 1) // cols for g in groups) * (side + 6) + 20
-    out = Image.new("RGB", (cols * (2 * side + 12), height), "white")
-    y = 0
-    for g in groups:
-        for k, i in enumerate(g):
-            x = (k % cols) * (2 * side + 12)
-            for dx, img in ((0, held.images[i]), (side, train.images[index[i]])):
-                tile = Image.fromarray(img.permute(1, 2, 0).numpy()).resize((side, side), Image.NEAREST)
-                out.paste(tile, (x + dx, y + (k // cols) * (side + 6)))
-        y += (len(g) + cols - 1) // cols * (side + 6) + 20
-    out.save(path)
+    pairs = [(held.images[i], train.images[index[i]], f"test ~ train, {bits[i]} bits") for g in groups for i in g]
+    pair_sheet(pairs, side=64, cols=6).save(path)
 
 
 def photos(count: int) -> list[Image.Image]:

@@ -613,6 +613,16 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
                  "enough to rank", 'id="auto-teacher"', "used as they are", 'id="auto-teachers"',
                  'id="auto-teachers-left-out"'):
         assert part in page, part
+    # digits (8 px) are too small to look for near-copies; where a folder has some, the page gives the accuracies
+    # without them beside
+    from fm2edge.report.job import auto_section
+
+    assert test["near_copies"] is None and 'id="auto-near-copies"' not in page
+    result["test"].update(near_copies=3, chosen_test_acc_without_near_copies=0.9,
+                          teacher_test_acc_without_near_copies=1)
+    section = auto_section(str(run), result)
+    assert 'id="auto-near-copies">3 test image(s) look like a training image' in section
+    assert "without them, 90.00% against the teacher's 100.00%" in section
     # the finalist reached --auto.max_epochs (3): a run that used under half its 6 minutes says where the rest could go
     assert (result["finished_early"] is not None) == (result["minutes"] < 3)
     assert ('id="auto-finished-early"' in page) == (result["minutes"] < 3)
@@ -1177,3 +1187,32 @@ def test_a_teachers_speed_is_its_fastest_of_repeated_timings(teacher, monkeypatc
     assert scored["images_per_s"] == max(len(val), teachers.SPEED_IMAGES) / 0.5
     assert scored["forward"] == "onnxruntime"  # a CNN teacher on a CPU is timed as its cache build runs it
     assert 0 <= scored["val_acc"] <= 1
+
+
+def test_the_test_split_is_also_scored_without_its_near_copies(monkeypatch):
+    """A test image that looks like a training image (the same photo, re-saved) flatters both models: read once, the
+    test split is also scored without such images."""
+    import torch
+
+    import fm2edge.models.io
+    import fm2edge.train
+    from fm2edge.automate import job as auto
+    from fm2edge.data.dataset import ImageData
+
+    rng = np.random.default_rng(0)
+    small = torch.from_numpy(rng.integers(0, 256, (16, 3, 4, 4), dtype=np.uint8))
+    images = torch.nn.functional.interpolate(small.float(), size=32, mode="bicubic").clamp(0, 255).to(torch.uint8)
+    train = ImageData(images[:10], torch.arange(10) % 2, ["a", "b"], "train")
+    held = images[10:].clone()
+    held[0] = (images[3].int() + 1).clamp(0, 255).to(torch.uint8)  # training image 3, one level brighter
+    test = ImageData(held, torch.tensor([1, 0, 1, 0, 1, 0]), ["a", "b"], "test")
+    chosen = np.array([1, 1, 1, 0, 1, 0])  # right but on image 1
+    teacher = np.array([1, 0, 1, 0, 0, 0])  # right but on image 4
+    monkeypatch.setattr(fm2edge.models.io, "load_classifier", lambda folder: torch.nn.Identity())
+    monkeypatch.setattr(auto, "graph_probabilities", lambda model, path, x: np.eye(2)[chosen])
+    monkeypatch.setattr(fm2edge.train, "predict", lambda model, data, batch, device: torch.eye(2)[teacher])
+    out = auto.read_test_once({"folder": "c", "onnx": "c/model.onnx"}, {"folder": "t"}, test, train, "cpu")
+    assert out["near_copies"] == 1
+    assert out["chosen_test_acc"] == pytest.approx(5 / 6) and out["teacher_test_acc"] == pytest.approx(5 / 6)
+    assert out["chosen_test_acc_without_near_copies"] == pytest.approx(4 / 5)
+    assert out["teacher_test_acc_without_near_copies"] == pytest.approx(4 / 5)

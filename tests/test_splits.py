@@ -365,8 +365,11 @@ def test_a_held_out_image_that_looks_like_a_training_image_is_named(tmp_path, ca
     near = json.loads(capsys.readouterr().out)["near_copies"]
     assert near["test"] == 1 and near["pairs"][0]["image"] == "test/a/copy.jpg"
     assert near["pairs"][0]["training_image"] == "train/a/3.png" and near["pairs"][0]["bits"] <= near["max_bits"]
-    assert main(["data", str(root), "--data.image_size", "32", "--data.val_fraction", "0"]) == 0
-    assert "near-copies: 1 test image(s) look like a training image" in capsys.readouterr().out
+    sheet = tmp_path / "pairs.png"
+    assert main(["data", str(root), "--data.image_size", "32", "--data.val_fraction", "0", "--pairs", str(sheet)]) == 0
+    out = capsys.readouterr().out
+    assert "near-copies: 1 test image(s) look like a training image" in out and f"drawn side by side in {sheet}" in out
+    assert Image.open(sheet).size == (4 * (2 * 96 + 16), 96 + 18)  # one row of four pairs' room, one pair in it
 
 
 def test_distinct_photos_have_no_near_copies_and_tiny_images_are_not_compared(tmp_path, capsys):

@@ -1180,10 +1180,14 @@ def option(f: dict, folder: Path, result: dict, precision: str, key: str, recipe
             "spread": latency["spread"], "mb": result["size_bytes"][key] / 1e6, "params": f["params"]}
 
 
-def read_test_once(chosen: dict, teacher: dict, test, device) -> dict:
+def read_test_once(chosen: dict, teacher: dict, test, train, device) -> dict:
     """The test split, read once, for the chosen model (as shipped: its ONNX graph) and for the teacher, compared
     image by image (`chosen_against_teacher`). No candidate read it before: the teachers' probes and fine-tunes
-    were scored on validation."""
+    were scored on validation. Where test images look like training images (near-copies: the same photo resized
+    or re-saved), both accuracies are also given without them."""
+    import numpy as np
+
+    from fm2edge.data.splits import near_copies
     from fm2edge.models.io import load_classifier
     from fm2edge.report.metrics import chosen_against_teacher
     from fm2edge.train import predict
@@ -1192,7 +1196,15 @@ def read_test_once(chosen: dict, teacher: dict, test, device) -> dict:
     chosen_preds = graph_probabilities(load_classifier(chosen["folder"]), Path(chosen["onnx"]), test.images).argmax(1)
     teacher_model = load_classifier(teacher["folder"]).to(device)
     teacher_preds = predict(teacher_model, test, 64, device).argmax(1).numpy()
-    return chosen_against_teacher(chosen_preds, teacher_preds, labels, test.class_names)
+    out = chosen_against_teacher(chosen_preds, teacher_preds, labels, test.class_names)
+    alike = near_copies(test, train)
+    out["near_copies"] = None if alike is None else len(alike[0])
+    if out["near_copies"]:
+        apart = np.ones(len(labels), dtype=bool)
+        apart[alike[0]] = False
+        out["chosen_test_acc_without_near_copies"] = float((chosen_preds[apart] == labels[apart]).mean())
+        out["teacher_test_acc_without_near_copies"] = float((teacher_preds[apart] == labels[apart]).mean())
+    return out
 
 
 def write_best(root: Path, chosen: dict, test: dict) -> Path:
@@ -1304,6 +1316,10 @@ def print_summary(result: dict) -> None:
     print(f"test (read once): {100 * t['chosen_test_acc']:.2f}% against the teacher's "
           f"{100 * t['teacher_test_acc']:.2f}% on {t['test_images']} images: "
           f"{gap_text(t['gap_points'], t.get('gap_interval_points'))}")
+    if t.get("near_copies"):
+        print(f"{t['near_copies']} test image(s) look like a training image (near-copies: `fm2edge data` names them); "
+              f"without them, {100 * t['chosen_test_acc_without_near_copies']:.2f}% against the teacher's "
+              f"{100 * t['teacher_test_acc_without_near_copies']:.2f}%")
     if t.get("class_imbalance", 1.0) >= IMBALANCED:
         print(f"the test classes are imbalanced ({t['class_imbalance']:.1f} to 1): balanced accuracy (the mean of "
               f"the classes' accuracies) {100 * t['chosen_balanced_acc']:.2f}% against the teacher's "
@@ -1375,7 +1391,7 @@ def auto_job(job: AutoJob) -> dict:
             raise Fm2EdgeError(f"no finalist could be exported: {'; '.join(failed)}")
         raise Fm2EdgeError(f"no finalist meets the budget once exported (latency {job.auto.latency_ms} ms); see "
                            f"{root}/plan.json and the export folders; raise --auto.latency_ms or --auto.finalists")
-    test = read_test_once(chosen, plan["teacher"], data[2], resolve_device(job.auto.device))
+    test = read_test_once(chosen, plan["teacher"], data[2], data[0], resolve_device(job.auto.device))
     rows = leaderboard(plan, trained, finalists, chosen["candidate"])
     best = write_best(root, chosen, test)
     minutes = (before + time.perf_counter() - started) / 60

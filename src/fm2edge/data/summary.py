@@ -4,9 +4,12 @@ starts at once."""
 
 from __future__ import annotations
 
+import io
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -17,6 +20,7 @@ from fm2edge.data.images import peek_size
 from fm2edge.data.splits import MIN_HASHED_SIDE, NEAR_COPY_BITS, near_copies, selection_noise
 
 NAMED_PAIRS = 10  # near-copies named by `fm2edge data` (all are counted)
+SHEET_PAIRS = 24  # near-copies drawn by `fm2edge data --pairs FILE.png`
 
 
 @dataclass
@@ -25,10 +29,13 @@ class DataJob:
 
     Args:
         json: Print the summary as one JSON object instead of a table.
+        pairs: Also draw the near-copies found (each held-out image beside the training image it looks like, the
+            first SHEET_PAIRS) into this PNG file, to look at before deleting any.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
     json: bool = False
+    pairs: str | None = None
 
 
 # Classes whose largest has this many times the images of its smallest are imbalanced: accuracy is then read beside
@@ -36,9 +43,10 @@ class DataJob:
 IMBALANCED = 2.0
 
 
-def summarise(cfg: DataConfig) -> dict:
+def summarise(cfg: DataConfig, pairs: str | None = None) -> dict:
     """The resolved source as a dict: layout, classes, per-split counts per class and content hashes, stored size,
-    original sizes and skipped files (image folders), and how well validation can rank."""
+    original sizes and skipped files (image folders), how well validation can rank, and the near-copies (drawn into
+    the PNG file ``pairs`` where given)."""
     plan = plan_splits(cfg)
     train, val, test = load_planned(plan, cfg)
     validation = (f"the source's '{plan.val_name}' split" if plan.val_name else
@@ -52,7 +60,7 @@ def summarise(cfg: DataConfig) -> dict:
     if val is not None:
         out["selection"] = selection_noise(len(val))
     out["imbalance"] = class_imbalance(out["splits"]["train"]["per_class"])
-    out["near_copies"] = near_copy_summary(plan, train, {"test": test, "validation": val}, cfg)
+    out["near_copies"] = near_copy_summary(plan, train, {"test": test, "validation": val}, cfg, pairs)
     folder = image_folder(cfg)
     if folder is not None:
         scan = scan_folder(folder, folder_names(cfg), cfg.train_split)
@@ -64,10 +72,13 @@ def summarise(cfg: DataConfig) -> dict:
     return out
 
 
-def near_copy_summary(plan: SplitPlan, train: ImageData, held: dict[str, ImageData | None], cfg: DataConfig) -> dict:
+def near_copy_summary(plan: SplitPlan, train: ImageData, held: dict[str, ImageData | None], cfg: DataConfig,
+                      sheet: str | None = None) -> dict:
     """How many test and validation images look like a training image (:func:`fm2edge.data.splits.near_copies`),
-    and the first NAMED_PAIRS pairs by name (a file under the source, or a row of the source's split)."""
+    the first NAMED_PAIRS pairs by name (a file under the source, or a row of the source's split), and where
+    ``sheet`` names a PNG file, the first SHEET_PAIRS drawn into it (:func:`pair_sheet`)."""
     out: dict = {"max_bits": NEAR_COPY_BITS, "compared": min(train.image_size) >= MIN_HASHED_SIDE, "pairs": []}
+    drawn: list[tuple] = []
     splits = {"validation": plan.val, "test": plan.test}
     source_split = {"validation": plan.val_name or cfg.train_split,
                     "test": cfg.train_split if plan.test is plan.train else cfg.test_split}
@@ -76,6 +87,8 @@ def near_copy_summary(plan: SplitPlan, train: ImageData, held: dict[str, ImageDa
         if alike is None:
             continue
         out[name] = len(alike[0])
+        drawn += [(data.images[i], train.images[j], f"{name} ~ train, {bits} bit{'' if bits == 1 else 's'}")
+                  for i, j, bits in zip(*alike, strict=True)][:SHEET_PAIRS - len(drawn)]
         for i, j, bits in zip(*alike, strict=True):
             if len(out["pairs"]) < NAMED_PAIRS:
                 out["pairs"].append({"split": name,
@@ -83,14 +96,39 @@ def near_copy_summary(plan: SplitPlan, train: ImageData, held: dict[str, ImageDa
                                      "training_image": image_name(plan.train, train, int(j), cfg.train_split,
                                                                   cfg.source),
                                      "bits": int(bits)})
+    if sheet:
+        from fm2edge.runs import atomic_write_bytes
+
+        buf = io.BytesIO()
+        pair_sheet(drawn).save(buf, format="PNG")
+        atomic_write_bytes(Path(sheet), buf.getvalue())
+        out["sheet"] = str(sheet)
     return out
+
+
+def pair_sheet(pairs: list[tuple], side: int = 96, cols: int = 4):
+    """Pairs of uint8 CHW images side by side, a caption under each pair, ``cols`` pairs a row (a PIL image; one
+    line saying so where there are none)."""
+    from PIL import Image, ImageDraw
+
+    rows = max(1, math.ceil(len(pairs) / cols))
+    cell_w, cell_h = 2 * side + 16, side + 18
+    sheet = Image.new("RGB", (cols * cell_w, rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    if not pairs:
+        draw.text((8, 8), "no near-copies", fill="black")
+    for k, (left, right, caption) in enumerate(pairs):
+        x, y = (k % cols) * cell_w, (k // cols) * cell_h
+        for dx, img in ((0, left), (side, right)):
+            tile = Image.fromarray(img.permute(1, 2, 0).numpy()).resize((side, side), Image.BILINEAR)
+            sheet.paste(tile, (x + dx, y))
+        draw.text((x, y + side + 3), caption, fill="black")
+    return sheet
 
 
 def image_name(split, data: ImageData, i: int, label: str, source: str) -> str:
     """Image ``i`` of ``data`` by name: its file relative to the ``source`` folder, its row in ``label``'s split
     of the source, or its position where the row is not known."""
-    from pathlib import Path
-
     if data.rows is None:
         return f"{label} image {i}"
     row = int(data.rows[i])
@@ -144,6 +182,8 @@ def near_copy_lines(near: dict) -> list[str]:
              + (f" (the first {len(near['pairs'])} named)" if sum(counts.values()) > len(near["pairs"]) else "")]
     lines += [f"  {p['split']}: {p['image']}  ~  train: {p['training_image']}  ({p['bits']} "
               f"bit{'' if p['bits'] == 1 else 's'})" for p in near["pairs"]]
+    lines += [f"  drawn side by side in {near['sheet']}"] if near.get("sheet") else \
+        ["  (--pairs FILE.png draws them side by side)"]
     return lines
 
 
@@ -193,6 +233,6 @@ def render(summary: dict) -> str:
 
 
 def data_job(job: DataJob) -> dict:
-    summary = summarise(job.data)
+    summary = summarise(job.data, job.pairs)
     print(json.dumps(summary, indent=2, ensure_ascii=False) if job.json else render(summary))
     return summary

@@ -293,6 +293,11 @@ def auto_section(folder: str, r: dict) -> str:
                      f"accuracy (the mean of the classes' accuracies; the classes' sizes differ up to "
                      f"{t['class_imbalance']:.1f} to 1) {_pct(t['chosen_balanced_acc'])} against the teacher's "
                      f"{_pct(t['teacher_balanced_acc'])}.</p>")
+    if t.get("near_copies"):
+        parts.append(f"<p id=\"auto-near-copies\">{t['near_copies']} test image(s) look like a training image (the "
+                     f"same photo resized, re-saved or lightly edited: <code>fm2edge data</code> names them), which "
+                     f"flatters both; without them, {_pct(t['chosen_test_acc_without_near_copies'])} against the "
+                     f"teacher's {_pct(t['teacher_test_acc_without_near_copies'])}.</p>")
     per_class = Path(folder) / "plots" / "test_per_class.png"
     if per_class.exists():
         parts.append(_img(per_class.read_bytes(), "each class's test accuracy, the teacher beside the chosen model"))
