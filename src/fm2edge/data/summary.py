@@ -20,7 +20,7 @@ from fm2edge.data.images import peek_size
 from fm2edge.data.splits import MIN_HASHED_SIDE, NEAR_COPY_BITS, near_copies, selection_noise
 
 NAMED_PAIRS = 10  # near-copies named by `fm2edge data` (all are counted)
-SHEET_PAIRS = 24  # near-copies drawn by `fm2edge data --pairs FILE.png`
+SHEET_PAIRS = 24  # near-copies drawn by `fm2edge data --pairs FILE.png` (its help says 24)
 
 
 @dataclass
@@ -30,7 +30,7 @@ class DataJob:
     Args:
         json: Print the summary as one JSON object instead of a table.
         pairs: Also draw the near-copies found (each held-out image beside the training image it looks like, the
-            first SHEET_PAIRS) into this PNG file, to look at before deleting any.
+            first 24) into this PNG file, to look at before deleting any.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
