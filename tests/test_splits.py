@@ -391,3 +391,16 @@ def test_run_metrics_count_near_copies(tmp_path):
     Image.open(root / "train" / "b" / "0.png").save(root / "test" / "b" / "copy.jpg", quality=85)
     splits = start_stage(DataConfig(source=str(root), image_size=32), "cpu").splits
     assert splits["test"]["near_copies"] == 1 and set(splits["train"]) == {"images", "content"}
+
+
+def test_popcount_counts_bits_with_and_without_numpys_own(monkeypatch):
+    from fm2edge.data import splits
+
+    x = np.random.default_rng(0).integers(0, 2**63, 200, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    want = [bin(int(v)).count("1") for v in x]
+    assert splits.popcount(x).tolist() == want
+    monkeypatch.delattr(np, "bitwise_count", raising=False)  # numpy before 2.0: the SWAR sum
+    assert splits.popcount(x).tolist() == want
+    held = np.packbits(np.eye(64, dtype=bool)[:3], axis=1)  # one bit set each
+    index, bits = splits.nearest_hashes(held, np.zeros((5, 8), dtype=np.uint8))
+    assert bits.tolist() == [1, 1, 1] and index.tolist() == [0, 0, 0]
