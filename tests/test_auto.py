@@ -619,8 +619,9 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
 
     assert test["near_copies"] is None and 'id="auto-near-copies"' not in page
     result["test"].update(near_copies=3, chosen_test_acc_without_near_copies=0.9,
-                          teacher_test_acc_without_near_copies=1)
+                          teacher_test_acc_without_near_copies=1, class_imbalance=1.0)
     section = auto_section(str(run), result)
+    assert "the classes are the same size" in section
     assert 'id="auto-near-copies">3 test image(s) look like a training image' in section
     assert "without them, 90.00% against the teacher's 100.00%" in section
     # the finalist reached --auto.max_epochs (3): a run that used under half its 6 minutes says where the rest could go

@@ -290,8 +290,10 @@ def auto_section(folder: str, r: dict) -> str:
              f"{html.escape(str(r.get('machine', 'this machine')))}.</p>"]
     if "chosen_balanced_acc" in t:  # written since the test split is compared image by image
         parts.append(f"<p id=\"auto-test\">On the test images the two agree on {_pct(t['agreement'])}; balanced "
-                     f"accuracy (the mean of the classes' accuracies; the classes' sizes differ up to "
-                     f"{t['class_imbalance']:.1f} to 1) {_pct(t['chosen_balanced_acc'])} against the teacher's "
+                     f"accuracy (the mean of the classes' accuracies; "
+                     + (f"the classes' sizes differ up to {t['class_imbalance']:.1f} to 1" if t["class_imbalance"] > 1
+                        else "the classes are the same size")
+                     + f") {_pct(t['chosen_balanced_acc'])} against the teacher's "
                      f"{_pct(t['teacher_balanced_acc'])}.</p>")
     if t.get("near_copies"):
         parts.append(f"<p id=\"auto-near-copies\">{t['near_copies']} test image(s) look like a training image (the "
