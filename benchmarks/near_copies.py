@@ -94,7 +94,7 @@ def copies_table(count: int) -> dict:
         return perceptual_hashes(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous())
 
     a, b = hashes(originals), hashes(copies)
-    to_copy = np.unpackbits(a ^ b, axis=1).sum(1)
+    to_copy = np.unpackbits(a ^ b, axis=1).sum(1, dtype=np.int64)
     half = len(a) // 2
     _, to_other = nearest_hashes(a[:half], a[half:])
     return {"photos": len(a), "real": SHARED_PHOTOS.exists(),
