@@ -62,6 +62,7 @@ class ImageData:
     hashes: np.ndarray | None = None  # per-image pixel digests (see fm2edge.data.splits), computed when first asked
     perceptual: np.ndarray | None = None  # per-image perceptual hashes (splits.perceptual_hashes), likewise
     rows: np.ndarray | None = None  # each image's row in its source split, where known (to name it)
+    near: tuple | None = None  # (a training split's fingerprint, splits.near_copies against it), once searched
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -189,9 +190,9 @@ def group_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: i
     out = np.zeros(len(labels), dtype=bool)
     for c in np.unique(labels):
         where = np.flatnonzero(labels == c)
-        names, unit = np.unique(groups[where], return_inverse=True)
         if len(where) < 2:
             continue
+        names, unit = np.unique(groups[where], return_inverse=True)
         if len(names) == 1:
             log.warning("every image of one class is in '%s'; its held-out images come from that same folder as its "
                         "training images, so they may look alike: put its images in two sub-folders or more (one per "
@@ -200,11 +201,13 @@ def group_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: i
         sizes = np.bincount(unit)
         target = max(1, round(fraction * len(where)))
         taken: list[int] = []
+        held = 0
         for u in rng.permutation(len(sizes)):
-            if len(taken) == len(sizes) - 1 or sum(sizes[taken]) >= target:
+            if len(taken) == len(sizes) - 1 or held >= target:
                 break
-            if sum(sizes[taken]) + sizes[u] <= target:
+            if held + sizes[u] <= target:
                 taken.append(int(u))
+                held += sizes[u]
         if not taken:  # every group is larger than the share: the smallest, rather than none
             taken = [int(np.argmin(sizes))]
         out[where[np.isin(unit, taken)]] = True

@@ -87,9 +87,9 @@ def near_copy_summary(plan: SplitPlan, train: ImageData, held: dict[str, ImageDa
         if alike is None:
             continue
         out[name] = len(alike[0])
-        drawn += [(data.images[i], train.images[j], f"{name} ~ train, {bits} bit{'' if bits == 1 else 's'}")
-                  for i, j, bits in zip(*alike, strict=True)][:SHEET_PAIRS - len(drawn)]
         for i, j, bits in zip(*alike, strict=True):
+            if len(drawn) < SHEET_PAIRS:
+                drawn.append((data.images[i], train.images[j], f"{name} ~ train, {bits} bit{'' if bits == 1 else 's'}"))
             if len(out["pairs"]) < NAMED_PAIRS:
                 out["pairs"].append({"split": name,
                                      "image": image_name(splits[name], data, int(i), source_split[name], cfg.source),
