@@ -9,8 +9,9 @@ Two measurements behind ``fm2edge.data.splits.NEAR_COPY_BITS``:
    search took; ``--pairs`` draws the first 24 pairs at 4 bits or fewer, then the first 24 at 5 to 6 bits, side by
    side (test image left, training image right) to look at;
 2. on ``--count`` real photos (default: the shared cat and dog photos' test split, else smooth synthetic images),
-   each saved again at 100 px as JPEG quality 70 and stored at 256 px like the original: the bits between each
-   photo and its copy, and between each photo and its nearest other photo.
+   each saved again at 100 px as JPEG quality 70 and stored as a folder holding both stores them (at the originals'
+   shorter side, up to 256 px): the bits between each photo and its copy, and between each photo and its nearest
+   other photo.
 
 Prints both tables and the CPU; writes the raw figures to docs/results/near_copies-DATE.json.
 """
@@ -29,6 +30,8 @@ from PIL import Image
 
 from fm2edge.config import DataConfig
 from fm2edge.data import load_data
+from fm2edge.data.dataset import DEFAULT_VARIABLE_SIZE
+from fm2edge.data.images import resize_center_crop
 from fm2edge.data.splits import NEAR_COPY_BITS, nearest_hashes, perceptual_hashes
 from fm2edge.data.summary import pair_sheet
 from fm2edge.device import cpu_features
@@ -80,15 +83,13 @@ def photos(count: int) -> list[Image.Image]:
 
 def copies_table(count: int) -> dict:
     """Bits between each photo and its copy (100 px, JPEG quality 70), and to its nearest other photo."""
-    def stored(img: Image.Image) -> np.ndarray:
-        return np.asarray(img.resize((256, 256), Image.BICUBIC))
-
     originals, copies = [], []
     for img in photos(count):
+        side = min(DEFAULT_VARIABLE_SIZE, *img.size)  # a folder of both stores them at the larger shorter side
         buf = io.BytesIO()
         img.resize((100, 100), Image.BILINEAR).save(buf, "JPEG", quality=70)
-        originals.append(stored(img))
-        copies.append(stored(Image.open(buf).convert("RGB")))
+        originals.append(np.asarray(resize_center_crop(img, side)))
+        copies.append(np.asarray(resize_center_crop(Image.open(buf).convert("RGB"), side)))
 
     def hashes(arrays: list[np.ndarray]) -> np.ndarray:
         return perceptual_hashes(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous())

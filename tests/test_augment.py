@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from fm2edge.augment import COL, StoredViews, Views, draw_stored_views, draw_views, render, soft_targets
 from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
@@ -296,12 +297,16 @@ def test_loss_parts_are_logged_every_epoch_and_plotted(tmp_path, parquet_dir, cl
     assert {"kd", "dkd", "dist", "feature"} <= labels
 
 
-def test_a_student_follows_the_data_unless_told(tmp_path, image_folder):
+def test_a_student_follows_the_data_unless_told(tmp_path):
     from fm2edge.results import start_stage, student_size
 
     assert [student_size(s) for s in (8, 32, 96, 256)] == [32, 32, 96, 128]
-    session = start_stage(DataConfig(source=str(image_folder)), "cpu")
-    assert session.train.image_size == (256, 256)
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i, size in enumerate([(300, 200), (180, 240)] * 3):
+            Image.new("RGB", size, (40 * i, 90 if c == "a" else 0, 0)).save(tmp_path / c / f"{i}.png")
+    session = start_stage(DataConfig(source=str(tmp_path), val_fraction=0, test_fraction=0.34), "cpu")
+    assert session.train.image_size == (200, 200)
     assert session.model(ModelConfig(name="student:small_cnn"), 0).preprocess.size == 128, "photos: not 32 px"
     assert session.model(ModelConfig(name="student:small_cnn", image_size=64), 0).preprocess.size == 64
     timm = session.model(ModelConfig(name="timm:mobilenetv3_small_100", image_size=96), 0)

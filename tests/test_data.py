@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,9 +58,24 @@ def test_image_folder_mixed_modes_and_sizes(image_folder):
     assert len(train) + len(val) + len(test) == 24
 
 
-def test_variable_sizes_default_to_256(image_folder):
+def test_images_of_several_sizes_are_stored_at_their_largest_shorter_side(image_folder, tmp_path):
     train, _, _ = load_data(DataConfig(source=str(image_folder)))
-    assert train.image_size == (256, 256)  # room for random crops of 224 px inputs
+    assert train.image_size == (24, 24)  # 20-32 px wide, 20-24 px high: not enlarged
+
+    def folder(name: str, sizes: list[tuple[int, int]]) -> Path:
+        for c in ("a", "b"):
+            (tmp_path / name / c).mkdir(parents=True)
+            for i, (w, h) in enumerate(sizes):
+                Image.new("RGB", (w, h), (60 * i, 90 if c == "a" else 0, 0)).save(tmp_path / name / c / f"{i}.jpg")
+        return tmp_path / name
+
+    def stored(name: str, sizes: list[tuple[int, int]]) -> tuple[int, int]:
+        cfg = DataConfig(source=str(folder(name, sizes)), val_fraction=0, test_fraction=0.5)
+        return load_data(cfg)[0].image_size
+
+    assert stored("thumbnails", [(100, 100), (128, 96), (120, 128)]) == (120, 120)
+    assert stored("one-wide-size", [(300, 200)] * 2) == (200, 200)  # wider than 256 px: a square, not enlarged
+    assert stored("photos", [(640, 480), (120, 100), (4000, 3000)]) == (256, 256)  # room for crops of 224 px
 
 
 def test_photos_of_one_large_size_are_stored_at_256(tmp_path):

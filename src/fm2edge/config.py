@@ -48,8 +48,9 @@ class DataConfig:
         max_test: Use at most this many test images, class-balanced.
         per_class: Use this many labelled training images per class (overrides max_train).
         image_size: Store images at this square size (shortest-edge resize then centre crop); empty keeps the native
-            size when all images share it and it is at most 256 px, else 256 (room for random crops of 224 px
-            inputs, and memory for thousands of camera photos).
+            size when all images share it and it is at most 256 px, else the largest shorter side among them up to
+            256 (room for random crops of 224 px inputs, and memory for thousands of camera photos; small images
+            are not enlarged).
         revision: Dataset revision on the hub (branch, tag or commit).
         cache_dir: Folder for the decoded uint8 image cache; empty uses $FM2EDGE_CACHE or ~/.cache/fm2edge.
         on_bad_image: What to do with an image that cannot be decoded: "error" stops, "skip" drops it and counts it.

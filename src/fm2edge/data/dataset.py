@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ("img", "image", "images", "pixel_values", "picture", "photo")
 LABEL_COLUMNS = ("label", "labels", "fine_label", "target", "class", "category")
-# Photos of many sizes are stored at 256 px: 1.14x a 224 px model input (the "resize 256, crop 224" of ImageNet
+# Photos larger than this are stored at 256 px: 1.14x a 224 px model input (the "resize 256, crop 224" of ImageNet
 # evaluation), so random-resized crops for 224 px models still cut from more pixels than they show.
 DEFAULT_VARIABLE_SIZE = 256
 VAL_NAMES = ("val", "validation", "valid")  # what sources (image folders: "validation") call a validation split
@@ -434,25 +434,31 @@ def cache_root(cfg: DataConfig) -> Path:
 
 
 def _target_size(rows: list, size: int | None) -> tuple[int, int] | None:
+    """The (height, width) to store ``rows`` at: ``size`` square when given; the images' own size when they share
+    one of at most 256 px; else a square of the largest shorter side among them, at most 256 px (each image's
+    shorter side resized to it and centre-cropped). Thumbnails of 100-128 px are kept at 128 px, not enlarged to
+    256 (four times the memory and cache for no more information; a student's default input follows the stored
+    size either way); camera photos of any size are stored at 256."""
     if size is not None:
         return (size, size)
-    sizes = set()
+    sizes: set[tuple[int, int]] = set()
     for r in rows:
         try:
-            sizes.add(peek_size(r))
+            h, w = peek_size(r)
         except Exception:  # noqa: BLE001 - unreadable headers are reported by the decoder, which decides
             continue
-        if len(sizes) > 1:
-            log.info("images differ in size; storing them at %d x %d", DEFAULT_VARIABLE_SIZE, DEFAULT_VARIABLE_SIZE)
-            return (DEFAULT_VARIABLE_SIZE, DEFAULT_VARIABLE_SIZE)
+        sizes.add((h, w))
+        if min(h, w) >= DEFAULT_VARIABLE_SIZE:
+            break  # no later image changes the answer: 256 px
     if not sizes:
         return None
-    size = sizes.pop()
-    if max(size) > DEFAULT_VARIABLE_SIZE:
-        # photos of one camera share a size: stored as decoded, 500 of 4032 x 3024 would hold 18 GB
-        log.info("images are %d x %d; storing them at %d x %d", *size, DEFAULT_VARIABLE_SIZE, DEFAULT_VARIABLE_SIZE)
-        return (DEFAULT_VARIABLE_SIZE, DEFAULT_VARIABLE_SIZE)
-    return size
+    if len(sizes) == 1 and max(only := next(iter(sizes))) <= DEFAULT_VARIABLE_SIZE:
+        return only
+    # photos of one camera share a size: stored as decoded, 500 of 4032 x 3024 would hold 18 GB
+    side = min(DEFAULT_VARIABLE_SIZE, max(min(s) for s in sizes))
+    log.info("images differ in size or are larger than %d px; storing them at %d x %d", DEFAULT_VARIABLE_SIZE,
+             side, side)
+    return (side, side)
 
 
 def _decode_all(rows: list, size: tuple[int, int] | None, out: np.ndarray, on_bad: str, where: str) -> np.ndarray:
@@ -481,8 +487,9 @@ def _decode_all(rows: list, size: tuple[int, int] | None, out: np.ndarray, on_ba
 def _materialise(split: _Split, indices: np.ndarray, cfg: DataConfig, where: str) -> ImageData:
     digest = hashlib.sha1(indices.astype(np.int64).tobytes()).hexdigest()[:16]
     # v2: photos turned upright by their EXIF orientation, JPEGs decoded at reduced scale (data.images.decode);
-    # v3: images of one size above 256 px stored at 256 (_target_size)
-    key = hashlib.sha1(f"{split.fingerprint}|{digest}|{cfg.image_size}|v3".encode()).hexdigest()[:24]
+    # v3: images of one size above 256 px stored at 256 (_target_size); v4: images of several sizes at their largest
+    # shorter side up to 256 px, no longer all at 256
+    key = hashlib.sha1(f"{split.fingerprint}|{digest}|{cfg.image_size}|v4".encode()).hexdigest()[:24]
     folder = cache_root(cfg) / key
     labels = split.labels[indices]
     if not (folder / "meta.json").exists():
