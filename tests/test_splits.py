@@ -118,6 +118,27 @@ def test_sub_folders_of_class_folders_are_read_and_held_out_whole(tmp_path):
     assert 10 <= len(test) <= 24  # about a quarter, whole shoots at a time
 
 
+def test_split_folders_named_among_other_words_and_doubled_folders_are_read_as_meant(tmp_path, capsys):
+    """Archives as people download them: ``seg_train/seg_train/<class>``, ``seg_test/seg_test/<class>`` (split names
+    among other words, each folder unpacked into one of the same name); ``photos/photos/<class>``."""
+    root = photos(tmp_path / "intel", {"seg_train/seg_train/forest": 8, "seg_train/seg_train/sea": 8,
+                                       "seg_test/seg_test/forest": 3, "seg_test/seg_test/sea": 3})
+    train, val, test = load_data(DataConfig(source=str(root)))
+    assert train.class_names == ["forest", "sea"]
+    assert len(test) == 6 and len(train) + len(val) == 16  # the test split is the test folder's
+    doubled = photos(tmp_path / "photos", {"photos/ants": 6, "photos/bees": 6})
+    assert load_data(DataConfig(source=str(doubled)))[0].class_names == ["ants", "bees"]
+    # split words as class names where no two folders name different splits, one of them training: classes
+    tubes = photos(tmp_path / "tubes", {"test_tubes": 6, "beakers": 6})
+    assert load_data(DataConfig(source=str(tubes)))[0].class_names == ["beakers", "test_tubes"]
+    # a folder beside them that names no split: one error, not a classifier of splits
+    (root / "seg_pred" / "seg_pred").mkdir(parents=True)
+    Image.new("RGB", (12, 12)).save(root / "seg_pred" / "seg_pred" / "0.png")
+    assert main(["data", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "folders named like splits (seg_test, seg_train) beside others (seg_pred)" in err, err
+
+
 def test_the_data_summary_counts_sub_folders(tmp_path, capsys):
     root = shoots(tmp_path / "p", {"cats": [3, 3, 3, 3], "dogs": [3, 3, 3, 3]})
     assert main(["data", str(root), "--data.image_size", "12"]) == 0

@@ -2,10 +2,13 @@
 
 Two layouts are read: ``root/<class>/<image>`` (one split, "train") and ``root/<split>/<class>/<image>`` with split
 folders named as the Hugging Face hub names them (train/training; val/valid/validation/dev; test/testing/eval/
-evaluation) or as ``--data.*_split`` names them. A class folder may hold sub-folders (``cats/2019/IMG_1.jpg``, as
-torchvision's ``ImageFolder`` reads them): their images are the class's, and each sub-folder is a *group*, kept whole
-when images are held out for validation or testing (photos of one shoot or one burst, nearly alike, would otherwise
-sit on both sides of the split and inflate the held-out accuracy).
+evaluation) or as ``--data.*_split`` names them; where no folder has such a name but every one names a split among
+other words, one of them training (``seg_train``, ``seg_test``, ``TrainingSet``), they are read as those splits rather
+than as classes called "seg_train" and "seg_test". A folder whose only content is a folder of the same name
+(``seg_train/seg_train/``, as archives often unpack) is read through. A class folder may hold sub-folders
+(``cats/2019/IMG_1.jpg``, as torchvision's ``ImageFolder`` reads them): their images are the class's, and each
+sub-folder is a *group*, kept whole when images are held out for validation or testing (photos of one shoot or one
+burst, nearly alike, would otherwise sit on both sides of the split and inflate the held-out accuracy).
 
 Written here rather than left to ``datasets``' ``imagefolder`` builder because on real folders that builder gives
 wrong numbers without a word: it does not follow symbolic links (a linked ``train/`` ends in an EmptyDatasetError),
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,6 +118,41 @@ def split_of(name: str, named: dict[str, str]) -> str | None:
     return named.get(name, SPLIT_NAMES.get(name.lower()))
 
 
+def split_in_words(name: str) -> str | None:
+    """The split a folder's name names among other words (``seg_train``, ``TrainingSet``, ``test-images``: its
+    words split at punctuation and capitals), when it names exactly one."""
+    words = re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+", name)
+    found = {SPLIT_NAMES[w.lower()] for w in words if w.lower() in SPLIT_NAMES}
+    return found.pop() if len(found) == 1 else None
+
+
+def splits_in_words(root: Path, tops: list[str]) -> dict[str, str]:
+    """``tops`` (top-level folders, none of them named as a split) read as splits where their names say so among
+    other words: every one of them names a split, one of them training (``seg_train``, ``seg_test``). Where some do
+    and others do not (``seg_train``, ``seg_test``, ``seg_pred``), one error: a classifier of splits is never what
+    was meant. Empty where no two name different splits, one of them training: those are class folders."""
+    found = {t: split_in_words(t) for t in tops}
+    like = [t for t in tops if found[t]]
+    if "train" not in found.values() or len(set(found.values()) - {None}) < 2:
+        return {}
+    if len(like) < len(tops):
+        others = [t for t in tops if not found[t]]
+        raise Fm2EdgeError(f"image folder '{root}' holds folders named like splits ({', '.join(like)}) beside others "
+                           f"({', '.join(others)}), where class folders should be; move the others out of the data "
+                           f"folder, or give the folder of one split's class folders as --data.source")
+    log.info("'%s': reading %s as the %s split(s)", root, ", ".join(like), ", ".join(found[t] for t in like))
+    return {t: found[t] for t in like}
+
+
+def read_through(folder: Path, rel: list[Path]) -> tuple[Path, list[Path]]:
+    """``folder`` and its files (relative to it) read through a sub-folder of the same name that holds them all
+    (``seg_train/seg_train/<class>/``, as archives often unpack), however deep the repetition."""
+    while rel and all(len(f.parts) > 2 and f.parts[0] == folder.name for f in rel):
+        log.info("'%s' holds only '%s': reading the classes in it", folder, folder.name)
+        folder, rel = folder / folder.name, [Path(*f.parts[1:]) for f in rel]
+    return folder, rel
+
+
 def scan_folder(root: Path, named: dict[str, str] | None = None, train: str = "train") -> FolderScan:
     """Resolve ``root`` into splits and classes, or raise one error naming the misplaced file or folder and the fix.
 
@@ -127,8 +166,11 @@ def scan_folder(root: Path, named: dict[str, str] | None = None, train: str = "t
         raise Fm2EdgeError(f"image folder '{root}' holds no image files ({', '.join(IMAGE_SUFFIXES)})"
                            + (f" but {heif} HEIC/HEIF photo(s): {HEIF_FIX}" if heif else
                               "; lay it out as root/<class>/<image> or root/<split>/<class>/<image>"))
+    root, files = read_through(root, files)
     tops = sorted({f.parts[0] for f in files if len(f.parts) > 1})
     split_tops = [t for t in tops if split_of(t, named)]
+    if not split_tops and (in_words := splits_in_words(root, tops)):
+        named, split_tops = {**in_words, **named}, list(in_words)
     if split_tops and len(split_tops) < len(tops):
         others = [t for t in tops if t not in split_tops]
         raise Fm2EdgeError(f"image folder '{root}' mixes split folders ({', '.join(split_tops)}) with other folders "
@@ -150,10 +192,11 @@ def scan_folder(root: Path, named: dict[str, str] | None = None, train: str = "t
             first = by_split[split][0].name
             raise Fm2EdgeError(f"image folder '{root}' has two folders for the {split} split ('{first}' and "
                                f"'{top}'); keep one")
-        misplaced = [Path(top, f) for f in rel if len(f.parts) < 2]
+        folder, rel = read_through(root / top, rel) if top else (root, rel)
+        misplaced = [folder.relative_to(root) / f for f in rel if len(f.parts) < 2]
         if misplaced:
             raise _misplaced(root, misplaced, layout)
-        by_split[split] = (root / top, rel)
+        by_split[split] = (folder, rel)
     if train not in by_split:
         raise Fm2EdgeError(f"image folder '{root}' has split folders ({', '.join(split_tops)}) but none for training; "
                            f"name one 'train', or choose it with --data.train_split")
