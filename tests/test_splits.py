@@ -139,6 +139,58 @@ def test_split_folders_named_among_other_words_and_doubled_folders_are_read_as_m
     assert "folders named like splits (seg_test, seg_train) beside others (seg_pred)" in err, err
 
 
+def test_images_labelled_by_a_metadata_file_as_the_hub_reads_them(tmp_path, capsys):
+    root = photos(tmp_path / "p", {"images": 16, "test": 6})
+    rows = [f"images/{i}.png,{'ant' if i % 2 else 'bee'}" for i in range(15)]  # images/15.png is not listed
+    (root / "metadata.csv").write_text("file_name,label\n" + "\n".join(rows) + "\n")
+    train, val, test = load_data(DataConfig(source=str(root), test_fraction=0.25))
+    assert train.class_names == ["ant", "bee"]
+    assert len(train) + len(val) + len(test) == 15 and set(test.labels.tolist()) == {0, 1}
+    assert main(["data", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "(root/metadata.csv)" in out and "skipped: 7 not in a metadata file" in out, out  # images/15, test/*
+    # relabelled: the cached images do not keep the old labels
+    (root / "metadata.csv").write_text("file_name,label\n" + "\n".join(r.replace("ant", "cow") for r in rows))
+    relabelled = load_data(DataConfig(source=str(root), test_fraction=0.25))
+    assert relabelled[0].class_names == ["bee", "cow"]
+    assert sum(int((d.labels == 0).sum()) for d in relabelled) == 8  # images/0, 2, ..., 14 are bees
+    # one metadata file per split folder, JSON lines for the test split, the label column named
+    split = photos(tmp_path / "s", {"train/x": 12, "test/x": 4})
+    (split / "train" / "metadata.csv").write_text("file_name,kind\n" + "".join(
+        f"x/{i}.png,{'a' if i < 6 else 'b'}\n" for i in range(12)))
+    (split / "test" / "metadata.jsonl").write_text("".join(
+        json.dumps({"file_name": f"x/{i}.png", "kind": "ab"[i % 2]}) + "\n" for i in range(4)))
+    train, _, test = load_data(DataConfig(source=str(split), label_column="kind", val_fraction=0))
+    assert train.class_names == ["a", "b"] and test.labels.tolist() == [0, 1, 0, 1]
+    assert train.labels.bincount().tolist() == [6, 6]
+    (split / "test" / "metadata.jsonl").write_text("".join(  # relabelled: the cached images keep no old label
+        json.dumps({"file_name": f"x/{i}.png", "kind": "ba"[i % 2]}) + "\n" for i in range(4)))
+    relabelled = load_data(DataConfig(source=str(split), label_column="kind", val_fraction=0))
+    assert relabelled[2].labels.tolist() == [1, 0, 1, 0]
+
+
+@pytest.mark.parametrize("metadata,match", [
+    ("file_name,label\nimages/0.png,a\nimages/99.png,b\n", r"'.*images/99.png' is listed in .* not an image"),
+    ("path,label,notes\nimages/0.png,a,x\n", r"has columns \['path', 'label', 'notes'\]; it needs a file_name column"),
+    ("file_name,kind,notes\nimages/0.png,a,x\n", r"it needs a label column \(choose it with --data.label_column\)"),
+    ("file_name,label\nimages/0.png,a\nimages/1.png,a\n", r"labels every training image 'a'"),
+])
+def test_a_bad_metadata_file_is_one_line(metadata, match, tmp_path, capsys):
+    root = photos(tmp_path / "p", {"images": 4})
+    (root / "metadata.csv").write_text(metadata)
+    assert main(["data", str(root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(match, err[0]), err
+
+
+def test_a_split_folder_without_the_metadata_file_the_others_have_is_named(tmp_path, capsys):
+    root = photos(tmp_path / "p", {"train/x": 6, "test/x": 2})
+    (root / "train" / "metadata.csv").write_text("file_name,label\n" + "".join(f"x/{i}.png,{i % 2}\n"
+                                                                               for i in range(6)))
+    assert main(["data", str(root)]) == 2
+    assert "has metadata files in train but not in test" in capsys.readouterr().err
+
+
 def test_the_data_summary_counts_sub_folders(tmp_path, capsys):
     root = shoots(tmp_path / "p", {"cats": [3, 3, 3, 3], "dogs": [3, 3, 3, 3]})
     assert main(["data", str(root), "--data.image_size", "12"]) == 0

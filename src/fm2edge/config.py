@@ -32,7 +32,8 @@ class DataConfig:
             a local folder of parquet/arrow files in the hub's schema, a single parquet/arrow file, or an image
             folder laid out as root/<class>/<image> or root/<split>/<class>/<image> (train, val, test; links are
             followed, hidden and non-image files skipped; a class folder's sub-folders are read as the class, each
-            kept whole on one side of a held-out split). `fm2edge data SOURCE` shows what it resolves to.
+            kept whole on one side of a held-out split), or labelled by a metadata.csv (columns file_name and
+            label) as the hub's image folders are. `fm2edge data SOURCE` shows what it resolves to.
         train_split: Name of the training split.
         test_split: Name of the test split; when the source has none, a stratified hold-out of the training split
             of size test_fraction is used.

@@ -276,8 +276,8 @@ def _open_hf(cfg: DataConfig) -> Any:
 
 def _folder_splits(cfg: DataConfig, root: Path) -> dict[str, _Split]:
     """An image folder's splits (see :mod:`fm2edge.data.folders`), keyed by the bytes of its images."""
-    scan = scan_folder(root, folder_names(cfg), cfg.train_split)
-    content = files_key(scan.files, root)
+    scan = scan_folder(root, folder_names(cfg), cfg.train_split, cfg.label_column)
+    content = files_key(scan.files + scan.metadata, root)
     return {name: _Split(np.array([str(f) for f in split.files], dtype=object), np.asarray(split.labels, np.int64),
                          scan.class_names, f"{content}-{name}", np.array(split.groups, dtype=object))
             for name, split in scan.splits.items()}

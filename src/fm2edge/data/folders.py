@@ -10,6 +10,11 @@ than as classes called "seg_train" and "seg_test". A folder whose only content i
 sub-folder is a *group*, kept whole when images are held out for validation or testing (photos of one shoot or one
 burst, nearly alike, would otherwise sit on both sides of the split and inflate the held-out accuracy).
 
+Labels may instead be listed beside the images, as the Hugging Face image folder reads them: a ``metadata.csv`` (or
+``metadata.jsonl``) in the data folder, or in each split folder, with a ``file_name`` column (each image's path from
+that file's folder) and a label column (``--data.label_column``, else ``label`` and the other names the hub uses, else
+the one other column). Images it does not list are skipped and counted; a listed file that is missing is an error.
+
 Written here rather than left to ``datasets``' ``imagefolder`` builder because on real folders that builder gives
 wrong numbers without a word: it does not follow symbolic links (a linked ``train/`` ends in an EmptyDatasetError),
 it merges the class folders of every split into one label set (a class that exists only under ``test/`` becomes a
@@ -20,6 +25,8 @@ and non-ASCII included), and a misplaced image is named by itself.
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import os
 import re
@@ -59,6 +66,7 @@ class FolderScan:
     class_names: list[str]
     skipped: dict[str, int] = field(default_factory=dict)
     empty_classes: list[str] = field(default_factory=list)
+    metadata: list[Path] = field(default_factory=list)  # the label files read (part of what keys the caches)
 
     @property
     def files(self) -> list[Path]:
@@ -153,14 +161,18 @@ def read_through(folder: Path, rel: list[Path]) -> tuple[Path, list[Path]]:
     return folder, rel
 
 
-def scan_folder(root: Path, named: dict[str, str] | None = None, train: str = "train") -> FolderScan:
+def scan_folder(root: Path, named: dict[str, str] | None = None, train: str = "train",
+                label_column: str | None = None) -> FolderScan:
     """Resolve ``root`` into splits and classes, or raise one error naming the misplaced file or folder and the fix.
 
     ``named`` maps folder names given on the command line (``--data.test_split holdout``) to the split they are;
-    ``train`` is the training split's name (the one whose class folders name the classes).
+    ``train`` is the training split's name (the one whose class folders name the classes); ``label_column`` the
+    column of a metadata file that holds the labels.
     """
     named = named or {}
     files, skipped = walk_files(root)
+    if metadata := metadata_files(root, named):
+        return scan_metadata(root, metadata, files, skipped, (named, train), label_column)
     if not files:
         heif = skipped.get(HEIF_SKIPPED)
         raise Fm2EdgeError(f"image folder '{root}' holds no image files ({', '.join(IMAGE_SUFFIXES)})"
@@ -220,6 +232,85 @@ def scan_folder(root: Path, named: dict[str, str] | None = None, train: str = "t
     return FolderScan(root, layout, splits, train_classes, skipped, empty)
 
 
+METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
+LABEL_NAMES = ("label", "labels", "class", "category", "target")  # the label columns the hub's datasets use
+
+
+def metadata_files(root: Path, named: dict[str, str]) -> dict[str, Path]:
+    """The metadata files that label ``root``'s images, by split: one in ``root`` (the training split), or one in
+    each split folder that has one."""
+    def found(folder: Path) -> Path | None:
+        return next((folder / n for n in METADATA_NAMES if (folder / n).is_file()), None)
+
+    if top := found(root):
+        return {"": top}
+    split_dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and split_of(d.name, named)]
+    out = {d.name: m for d in split_dirs if (m := found(d))}
+    if out and (bare := [d.name for d in split_dirs if d.name not in out]):
+        raise Fm2EdgeError(f"image folder '{root}' has metadata files in {', '.join(out)} but not in "
+                           f"{', '.join(bare)}; add a metadata.csv there too (columns file_name and label)")
+    return out
+
+
+def read_metadata(path: Path, label_column: str | None) -> dict[str, str]:
+    """``file_name`` -> label (as text) from a metadata.csv or .jsonl; one error naming the file and its columns
+    where the file names or the labels cannot be found."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        rows = list(csv.DictReader(fh)) if path.suffix == ".csv" else [json.loads(line) for line in fh if line.strip()]
+    columns = list(rows[0]) if rows else []
+    others = [c for c in columns if c != "file_name"]
+    column = label_column or next((c for c in LABEL_NAMES if c in others), None) or (
+        others[0] if len(others) == 1 else None)
+    if "file_name" not in columns or column not in others:
+        wanted = "a file_name column" if "file_name" not in columns else (
+            f"a '{label_column}' column" if label_column else "a label column (choose it with --data.label_column)")
+        raise Fm2EdgeError(f"'{path}' has columns {columns or 'none'}; it needs {wanted}: one row per image, its "
+                           f"path from '{path.parent}' and its class")
+    return {str(Path(r["file_name"])): str(r[column]) for r in rows if r.get(column) not in (None, "")}
+
+
+def scan_metadata(root: Path, metadata: dict[str, Path], files: list[Path], skipped: dict[str, int],
+                  splits_named: tuple[dict[str, str], str], label_column: str | None) -> FolderScan:
+    """An image folder labelled by metadata files (see the module's docstring): each split's images those files
+    list, each its own group; unlisted images skipped and counted. ``splits_named``: (``named``, ``train``) as
+    :func:`scan_folder` takes them."""
+    named, train = splits_named
+    layout = "root/metadata.csv" if "" in metadata else "root/<split>/metadata.csv"
+    by_split: dict[str, tuple[Path, dict[str, str]]] = {}
+    for top, path in metadata.items():
+        by_split[split_of(top, named) if top else train] = (path.parent, read_metadata(path, label_column))
+    if train not in by_split:
+        raise Fm2EdgeError(f"image folder '{root}' has metadata files for {', '.join(sorted(by_split))} but none for "
+                           f"training; add one to the training split's folder")
+    listed = {(root / f).resolve() for f in files}
+    for folder, labels in by_split.values():
+        missing = [n for n in labels if (folder / n).resolve() not in listed]
+        if missing:
+            raise Fm2EdgeError(f"'{folder / missing[0]}' is listed in '{folder}' metadata ({len(missing)} such "
+                               f"file(s)) but is not an image there; fix the file_name column or add the image")
+    train_classes = sorted(set(by_split[train][1].values()))
+    if len(train_classes) < 2:
+        raise Fm2EdgeError(f"'{metadata[next(iter(metadata))]}' labels every training image "
+                           f"'{train_classes[0] if train_classes else ''}'; a classifier needs at least two classes")
+    index = {c: i for i, c in enumerate(train_classes)}
+    splits: dict[str, FolderSplit] = {}
+    for split, (folder, labels) in sorted(by_split.items(), key=lambda item: item[0] != train):
+        strays = sorted(set(labels.values()) - set(index))
+        if strays:
+            raise Fm2EdgeError(f"class '{strays[0]}' is in '{folder}' metadata but no training image has it; "
+                               f"label some training images '{strays[0]}', or drop its rows")
+        names = sorted(labels)
+        splits[split] = FolderSplit(folder, [folder / n for n in names], [index[labels[n]] for n in names],
+                                    [IMAGE_GROUP + n for n in names])
+    skipped = {k: v for k, v in {**skipped, "not an image": skipped.get("not an image", 0) - len(metadata)}.items()
+               if v}  # the metadata files themselves are not skipped images
+    unlisted = len(files) - sum(len(s.files) for s in splits.values())
+    if unlisted:
+        skipped["not in a metadata file"] = unlisted
+        log.warning("%s: %d image(s) not listed in a metadata file are left out", root, unlisted)
+    return FolderScan(root, layout, splits, train_classes, skipped, metadata=sorted(metadata.values()))
+
+
 def one_class(root: Path, train: tuple[Path, list[Path]], name: str) -> Fm2EdgeError:
     """The error for a training split with one class folder; where that folder's sub-folders hold images (perhaps
     the data folder given one level too high: ``photos/PetImages/{Cat,Dog}``), it names the folder to give then."""
@@ -246,7 +337,8 @@ def empty_class_folders(by_split: dict[str, tuple[Path, list[Path]]]) -> list[Pa
 def _misplaced(root: Path, odd: list[Path], layout: str) -> Fm2EdgeError:
     more = f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""
     return Fm2EdgeError(f"image folder '{root}' is laid out {layout}, but '{odd[0]}'{more} is not inside a class "
-                        f"folder; move it into its class folder, or out of the data folder")
+                        f"folder; move it into its class folder, or out of the data folder (or list every image's "
+                        f"class in a metadata.csv with columns file_name and label)")
 
 
 def looks_like_image_folder(path: Path) -> bool:

@@ -63,7 +63,7 @@ def summarise(cfg: DataConfig, pairs: str | None = None) -> dict:
     out["near_copies"] = near_copy_summary(plan, train, {"test": test, "validation": val}, cfg, pairs)
     folder = image_folder(cfg)
     if folder is not None:
-        scan = scan_folder(folder, folder_names(cfg), cfg.train_split)
+        scan = scan_folder(folder, folder_names(cfg), cfg.train_split, cfg.label_column)
         sizes = np.array(header_sizes(scan.files))
         out.update(layout=scan.layout, sub_folders=scan.sub_folders, skipped_files=scan.skipped,
                    empty_class_folders=scan.empty_classes,
