@@ -69,6 +69,25 @@ def test_a_class_only_in_a_parquet_test_split_is_named(tmp_path):
         load_data(DataConfig(source=str(tmp_path)))
 
 
+def test_text_labels_number_the_classes_of_every_split_alike(tmp_path):
+    """A parquet dataset whose labels are text: a test split that lacks a class keeps the training split's numbers
+    (each split once numbered its own labels, and splits that named different classes were refused)."""
+    from conftest import hub_dataset
+
+    def as_text(ds):
+        names = ds.features["label"].names
+        return ds.map(lambda r: {"kind": names[r["label"]]}).remove_columns("label").rename_column("kind", "label")
+
+    train = as_text(hub_dataset(24, seed=0))
+    as_text(hub_dataset(24, seed=0)).to_parquet(str(tmp_path / "train.parquet"))
+    test = as_text(hub_dataset(16, seed=1)).filter(lambda r: r["label"] != sorted(set(train["label"]))[0])
+    test.to_parquet(str(tmp_path / "test.parquet"))
+    loaded_train, _, loaded_test = load_data(DataConfig(source=str(tmp_path), val_fraction=0))
+    assert loaded_train.class_names == loaded_test.class_names == sorted(set(train["label"]))
+    names = loaded_test.class_names
+    assert [names[i] for i in loaded_test.labels.tolist()] == test["label"]
+
+
 def test_split_folders_that_are_links_are_followed(tmp_path):
     """Case 3: train -> elsewhere/train ended in a raw EmptyDatasetError traceback."""
     real = photos(tmp_path / "real", {"train/ants": 8, "train/bees": 8, "test/ants": 4, "test/bees": 4})

@@ -370,7 +370,7 @@ def _hf_splits(cfg: DataConfig) -> dict[str, _Split]:
     wanted = {cfg.train_split, cfg.test_split, *(VAL_NAMES if cfg.val_split is None else (cfg.val_split,))}
     local = local_files(cfg.source)
     content = files_key(*local) if local else None
-    splits = {}
+    splits, columns = {}, {}
     for split, ds in dsd.items():
         if split not in wanted:
             continue
@@ -378,13 +378,17 @@ def _hf_splits(cfg: DataConfig) -> dict[str, _Split]:
             raise Fm2EdgeError(f"split '{split}' of data.source '{cfg.source}' is empty")
         img_col = _pick_column(ds.features, cfg.image_column, IMAGE_COLUMNS, "image", cfg.source, "Image")
         lbl_col = _pick_column(ds.features, cfg.label_column, LABEL_COLUMNS, "label", cfg.source, "ClassLabel")
-        feature = ds.features[lbl_col]
-        raw = np.asarray(ds.with_format("numpy")[lbl_col])
+        columns[split] = (img_col, lbl_col, np.asarray(ds.with_format("numpy")[lbl_col]))
+    # labels without a ClassLabel (text or plain numbers) are the classes of every split together, so a class that a
+    # test split lacks keeps the training split's numbering (and one it alone has is named by check_classes)
+    plain = [raw for split, (_, col, raw) in columns.items() if not hasattr(dsd[split].features[col], "names")]
+    values = np.unique(np.concatenate(plain)) if plain else None
+    for split, (img_col, lbl_col, raw) in columns.items():
+        ds, feature = dsd[split], dsd[split].features[lbl_col]
         if hasattr(feature, "names"):
             names = list(feature.names)
             labels = raw.astype(np.int64)
         else:
-            values = np.unique(raw)
             names = [str(v) for v in values]
             labels = np.searchsorted(values, raw).astype(np.int64)
         if isinstance(ds.features[img_col], ImageFeature):
