@@ -18,7 +18,13 @@ from PIL import Image
 from fm2edge.cli import main
 from fm2edge.config import DataConfig
 from fm2edge.data import load_data
-from fm2edge.data.splits import balanced_selection_noise, binomial_half_width, effective_images, selection_noise
+from fm2edge.data.splits import (
+    balanced_selection_noise,
+    binomial_half_width,
+    effective_images,
+    label_conflicts,
+    selection_noise,
+)
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.train import Selection
 
@@ -332,6 +338,22 @@ def test_a_folder_of_copies_alone_is_one_clear_error(tmp_path):
             Image.new("RGB", (8, 8), colour).save(root / cls / f"{i}.png")
     with pytest.raises(Fm2EdgeError, match="holds copies of its photos; remove the copies"):
         load_data(DataConfig(source=str(root)))
+
+
+def test_one_photo_filed_under_two_classes_is_named(tmp_path, capsys, caplog):
+    hashes = np.array([[1], [2], [1], [3], [2], [1]], dtype=np.uint8)
+    assert label_conflicts(hashes, np.array([0, 1, 1, 0, 1, 0])) == [[0, 2, 5]]  # 2 and 4: copies, one class
+    root = photos(tmp_path / "p", {"train/ants": 12, "train/bees": 12, "test/ants": 2, "test/bees": 2})
+    (root / "train" / "bees" / "ant 3.png").write_bytes((root / "train" / "ants" / "3.png").read_bytes())
+    with caplog.at_level(logging.WARNING, logger="fm2edge"):
+        train, _, _ = load_data(DataConfig(source=str(root), val_fraction=0))
+    names = [train.class_names[i] for i in train.labels.tolist()]
+    assert names.count("bees") == 13  # reported, not removed: which of the two is right is the user's call
+    assert "2 training image(s)" in caplog.text and "filed under another class" in caplog.text
+    assert main(["data", str(root), "--data.val_fraction", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "label conflicts: 2 training image(s)" in out
+    assert "train/ants/3.png (ants)  =  train/bees/ant 3.png (bees)" in out, out
 
 
 def test_hidden_and_non_image_files_are_skipped_and_odd_class_names_kept(tmp_path, capsys):

@@ -30,6 +30,7 @@ from fm2edge.data.splits import (
     check_disjoint,
     content_hash,
     image_hashes,
+    label_conflicts,
     near_copies,
     perceptual_hashes,
     shared_with,
@@ -679,6 +680,9 @@ def load_planned(plan: SplitPlan, cfg: DataConfig) -> tuple[ImageData, ImageData
         others = {"test": test.labels.numpy(), **({"validation": val.labels.numpy()} if val is not None else {})}
         check_classes(train.class_names, train.labels.numpy(), others,
                       f"{cfg.source} (once its undecodable images were skipped)")
+    if conflicts := label_conflicts(train.image_hashes(), train.labels.numpy()):
+        log.warning("%d training image(s) of '%s' have the pixels of one filed under another class: one of each is "
+                    "mislabelled; `fm2edge data %s` names them", sum(map(len, conflicts)), cfg.source, cfg.source)
     leaked = int(shared_with(train.image_hashes(), test.image_hashes()).sum())
     if leaked:
         log.warning("%d training image(s) of '%s' are also test images (same pixels); the test accuracy may "

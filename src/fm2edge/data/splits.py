@@ -57,6 +57,16 @@ def shared_with(hashes: np.ndarray, others: np.ndarray) -> np.ndarray:
     return np.array([h.tobytes() in seen for h in hashes], dtype=bool)
 
 
+def label_conflicts(hashes: np.ndarray, labels: np.ndarray) -> list[list[int]]:
+    """The positions of images whose pixels another image also has under another label, one list per set of
+    copies (in order): at least one of each set is mislabelled, and training sees one image with two answers."""
+    by_pixels: dict[bytes, list[int]] = {}
+    for i, h in enumerate(hashes):
+        by_pixels.setdefault(h.tobytes(), []).append(i)
+    labels = np.asarray(labels)
+    return [group for group in by_pixels.values() if len(set(labels[group].tolist())) > 1]
+
+
 # A held-out image whose perceptual hash is within this many of 64 bits of a training image's looks like that image
 # (the same photo resized, re-saved or lightly edited): `fm2edge data` names such pairs, runs count them.
 NEAR_COPY_BITS = 4

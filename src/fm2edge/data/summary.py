@@ -17,7 +17,7 @@ from fm2edge.config import DataConfig
 from fm2edge.data.dataset import ImageData, SplitPlan, folder_names, image_folder, load_planned, plan_splits
 from fm2edge.data.folders import scan_folder
 from fm2edge.data.images import peek_size
-from fm2edge.data.splits import MIN_HASHED_SIDE, NEAR_COPY_BITS, near_copies, selection_noise
+from fm2edge.data.splits import MIN_HASHED_SIDE, NEAR_COPY_BITS, label_conflicts, near_copies, selection_noise
 
 NAMED_PAIRS = 10  # near-copies named by `fm2edge data` (all are counted)
 SHEET_PAIRS = 24  # near-copies drawn by `fm2edge data --pairs FILE.png` (its help says 24)
@@ -61,6 +61,7 @@ def summarise(cfg: DataConfig, pairs: str | None = None) -> dict:
         out["selection"] = selection_noise(len(val))
     out["imbalance"] = class_imbalance(out["splits"]["train"]["per_class"])
     out["near_copies"] = near_copy_summary(plan, train, {"test": test, "validation": val}, cfg, pairs)
+    out["label_conflicts"] = conflict_summary(plan, train, cfg)
     folder = image_folder(cfg)
     if folder is not None:
         scan = scan_folder(folder, folder_names(cfg), cfg.train_split, cfg.label_column)
@@ -104,6 +105,26 @@ def near_copy_summary(plan: SplitPlan, train: ImageData, held: dict[str, ImageDa
         atomic_write_bytes(Path(sheet), buf.getvalue())
         out["sheet"] = str(sheet)
     return out
+
+
+def conflict_summary(plan: SplitPlan, train: ImageData, cfg: DataConfig) -> dict:
+    """Training images filed under two classes or more (:func:`fm2edge.data.splits.label_conflicts`): how many, and
+    the first NAMED_PAIRS sets by name, each image with its class."""
+    sets = label_conflicts(train.image_hashes(), train.labels.numpy())
+    def named(i: int) -> dict:
+        return {"image": image_name(plan.train, train, i, cfg.train_split, cfg.source),
+                "class": train.class_names[int(train.labels[i])]}
+
+    return {"images": sum(map(len, sets)), "sets": [[named(i) for i in group] for group in sets[:NAMED_PAIRS]]}
+
+
+def conflict_lines(conflicts: dict) -> list[str]:
+    """The label conflicts of :func:`conflict_summary` in words (none when there are none)."""
+    if not conflicts["images"]:
+        return []
+    lines = [f"label conflicts: {conflicts['images']} training image(s) have the pixels of one filed under another "
+             f"class: one of each set is mislabelled (training sees one image with two answers); keep the right one"]
+    return lines + ["  " + "  =  ".join(f"{c['image']} ({c['class']})" for c in group) for group in conflicts["sets"]]
 
 
 def pair_sheet(pairs: list[tuple], side: int = 96, cols: int = 4):
@@ -218,6 +239,7 @@ def render(summary: dict) -> str:
     for folder in summary.get("empty_class_folders", []):
         lines.append(f"empty class folder left out: {folder}")
     lines += near_copy_lines(summary["near_copies"])
+    lines += conflict_lines(summary["label_conflicts"])
     width = max(len("class"), *(len(c) for c in summary["classes"]))
     lines.append("")
     lines.append(f"{'class':<{width}}  " + "  ".join(f"{n:>10}" for n in splits))
