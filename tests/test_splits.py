@@ -151,6 +151,8 @@ def test_split_folders_named_among_other_words_and_doubled_folders_are_read_as_m
     train, val, test = load_data(DataConfig(source=str(root)))
     assert train.class_names == ["forest", "sea"]
     assert len(test) == 6 and len(train) + len(val) == 16  # the test split is the test folder's
+    assert main(["data", str(root)]) == 0
+    assert "split folders: train from seg_train/seg_train/, test from seg_test/seg_test/" in capsys.readouterr().out
     doubled = photos(tmp_path / "photos", {"photos/ants": 6, "photos/bees": 6})
     assert load_data(DataConfig(source=str(doubled)))[0].class_names == ["ants", "bees"]
     # split words as class names where no two folders name different splits, one of them training: classes

@@ -67,6 +67,7 @@ def summarise(cfg: DataConfig, pairs: str | None = None) -> dict:
         scan = scan_folder(folder, folder_names(cfg), cfg.train_split, cfg.label_column)
         sizes = np.array(header_sizes(scan.files))
         out.update(layout=scan.layout, sub_folders=scan.sub_folders, skipped_files=scan.skipped,
+                   split_folders={name: str(split.folder.relative_to(folder)) for name, split in scan.splits.items()},
                    empty_class_folders=scan.empty_classes,
                    original_sizes={"min": sizes.min(0).tolist(), "median": np.median(sizes, 0).tolist(),
                                    "max": sizes.max(0).tolist()})
@@ -225,6 +226,8 @@ def render(summary: dict) -> str:
     lines.append("splits: " + ", ".join(f"{name} {s['images']} images (content {s['content']})"
                                         for name, s in splits.items()))
     lines.append(f"validation: {summary['validation_from']}")
+    if renamed := {n: f for n, f in summary.get("split_folders", {}).items() if f not in (n, ".")}:
+        lines.append("split folders: " + ", ".join(f"{n} from {f}/" for n, f in renamed.items()))
     if summary.get("sub_folders"):
         lines.append(f"sub-folders: {summary['sub_folders']} in class folders, their images read as the class's; each "
                      f"is kept whole on one side when images are held out")
