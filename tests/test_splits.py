@@ -187,6 +187,9 @@ def test_images_labelled_by_a_metadata_file_as_the_hub_reads_them(tmp_path, caps
         f"x/{i}.png,{'a' if i < 6 else 'b'}\n" for i in range(12)))
     (split / "test" / "metadata.jsonl").write_text("".join(
         json.dumps({"file_name": f"x/{i}.png", "kind": "ab"[i % 2]}) + "\n" for i in range(4)))
+    with pytest.raises(Fm2EdgeError, match=r"test/metadata.jsonl' has columns \['file_name', 'kind'\]; it needs a "
+                                            r"'class' column"):
+        load_data(DataConfig(source=str(split), label_column="class"))
     train, _, test = load_data(DataConfig(source=str(split), label_column="kind", val_fraction=0))
     assert train.class_names == ["a", "b"] and test.labels.tolist() == [0, 1, 0, 1]
     assert train.labels.bincount().tolist() == [6, 6]
@@ -196,10 +199,19 @@ def test_images_labelled_by_a_metadata_file_as_the_hub_reads_them(tmp_path, caps
     assert relabelled[2].labels.tolist() == [1, 0, 1, 0]
 
 
+def test_a_metadata_file_without_labels_leaves_them_to_the_class_folders(tmp_path):
+    """Captions beside class folders (the hub's image folder reads them so): the folders still name the classes."""
+    root = photos(tmp_path / "p", {"ants": 6, "bees": 6})
+    (root / "metadata.csv").write_text("file_name,caption\n" + "".join(f"ants/{i}.png,an ant\n" for i in range(6)))
+    train, _, _ = load_data(DataConfig(source=str(root)))
+    assert train.class_names == ["ants", "bees"]
+
+
 @pytest.mark.parametrize("metadata,match", [
     ("file_name,label\nimages/0.png,a\nimages/99.png,b\n", r"'.*images/99.png' is listed in .* not an image"),
     ("path,label,notes\nimages/0.png,a,x\n", r"has columns \['path', 'label', 'notes'\]; it needs a file_name column"),
-    ("file_name,kind,notes\nimages/0.png,a,x\n", r"it needs a label column \(choose it with --data.label_column\)"),
+    ("file_name,kind,notes\nimages/0.png,a,x\n", r"has no label column \(label, .*\) and the images are not in "
+                                                 r"class folders; name the column .* with --data.label_column"),
     ("file_name,label\nimages/0.png,a\nimages/1.png,a\n", r"labels every training image 'a'"),
 ])
 def test_a_bad_metadata_file_is_one_line(metadata, match, tmp_path, capsys):

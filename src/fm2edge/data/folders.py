@@ -12,8 +12,10 @@ burst, nearly alike, would otherwise sit on both sides of the split and inflate 
 
 Labels may instead be listed beside the images, as the Hugging Face image folder reads them: a ``metadata.csv`` (or
 ``metadata.jsonl``) in the data folder, or in each split folder, with a ``file_name`` column (each image's path from
-that file's folder) and a label column (``--data.label_column``, else ``label`` and the other names the hub uses, else
-the one other column). Images it does not list are skipped and counted; a listed file that is missing is an error.
+that file's folder) and a label column (``--data.label_column``, else ``label`` or another name the hub uses for
+one). A metadata file without a label column (captions, camera settings) leaves the labels to the class folders, as
+the hub's image folder does. Images it does not list are skipped and counted; a listed file that is missing is an
+error.
 
 Written here rather than left to ``datasets``' ``imagefolder`` builder because on real folders that builder gives
 wrong numbers without a word: it does not follow symbolic links (a linked ``train/`` ends in an EmptyDatasetError),
@@ -171,8 +173,24 @@ def scan_folder(root: Path, named: dict[str, str] | None = None, train: str = "t
     """
     named = named or {}
     files, skipped = walk_files(root)
-    if metadata := metadata_files(root, named):
-        return scan_metadata(root, metadata, files, skipped, (named, train), label_column)
+    metadata = metadata_files(root, named)
+    labels = {top: read_metadata(path, label_column) for top, path in metadata.items()}
+    if labels and all(v is not None for v in labels.values()):
+        return scan_metadata(root, metadata, labels, files, skipped, (named, train))
+    try:
+        return scan_classes(root, files, skipped, named, train)
+    except Fm2EdgeError:
+        if not metadata:
+            raise
+        path = next(metadata[t] for t, v in labels.items() if v is None)
+        raise Fm2EdgeError(f"'{path}' has no label column ({', '.join(LABEL_NAMES)}) and the images are not in class "
+                           f"folders; name the column that holds each image's class with --data.label_column") from None
+
+
+def scan_classes(root: Path, files: list[Path], skipped: dict[str, int], named: dict[str, str],
+                 train: str) -> FolderScan:
+    """``root``'s ``files`` (relative to it) resolved into splits and classes by their folders (see
+    :func:`scan_folder`)."""
     if not files:
         heif = skipped.get(HEIF_SKIPPED)
         raise Fm2EdgeError(f"image folder '{root}' holds no image files ({', '.join(IMAGE_SUFFIXES)})"
@@ -252,33 +270,34 @@ def metadata_files(root: Path, named: dict[str, str]) -> dict[str, Path]:
     return out
 
 
-def read_metadata(path: Path, label_column: str | None) -> dict[str, str]:
-    """``file_name`` -> label (as text) from a metadata.csv or .jsonl; one error naming the file and its columns
-    where the file names or the labels cannot be found."""
+def read_metadata(path: Path, label_column: str | None) -> dict[str, str] | None:
+    """``file_name`` -> label (as text) from a metadata.csv or .jsonl; None where it has no label column
+    (``label_column``, else one of LABEL_NAMES: a caption or a camera is not a class), as the hub's image folder
+    then takes the labels from the class folders; one error naming the file and its columns where it has no
+    ``file_name`` column or not the label column named."""
     with open(path, newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.DictReader(fh)) if path.suffix == ".csv" else [json.loads(line) for line in fh if line.strip()]
     columns = list(rows[0]) if rows else []
-    others = [c for c in columns if c != "file_name"]
-    column = label_column or next((c for c in LABEL_NAMES if c in others), None) or (
-        others[0] if len(others) == 1 else None)
-    if "file_name" not in columns or column not in others:
-        wanted = "a file_name column" if "file_name" not in columns else (
-            f"a '{label_column}' column" if label_column else "a label column (choose it with --data.label_column)")
+    column = label_column or next((c for c in LABEL_NAMES if c in columns), None)
+    if "file_name" not in columns or (label_column and label_column not in columns):
+        wanted = "a file_name column" if "file_name" not in columns else f"a '{label_column}' column"
         raise Fm2EdgeError(f"'{path}' has columns {columns or 'none'}; it needs {wanted}: one row per image, its "
                            f"path from '{path.parent}' and its class")
+    if column is None:
+        return None
     return {str(Path(r["file_name"])): str(r[column]) for r in rows if r.get(column) not in (None, "")}
 
 
-def scan_metadata(root: Path, metadata: dict[str, Path], files: list[Path], skipped: dict[str, int],
-                  splits_named: tuple[dict[str, str], str], label_column: str | None) -> FolderScan:
-    """An image folder labelled by metadata files (see the module's docstring): each split's images those files
-    list, each its own group; unlisted images skipped and counted. ``splits_named``: (``named``, ``train``) as
-    :func:`scan_folder` takes them."""
+def scan_metadata(root: Path, metadata: dict[str, Path], labels: dict[str, dict[str, str]], files: list[Path],
+                  skipped: dict[str, int], splits_named: tuple[dict[str, str], str]) -> FolderScan:
+    """An image folder labelled by metadata files (see the module's docstring; ``labels``: each one's
+    :func:`read_metadata`): each split's images those files list, each its own group; unlisted images skipped and
+    counted. ``splits_named``: (``named``, ``train``) as :func:`scan_folder` takes them."""
     named, train = splits_named
     layout = "root/metadata.csv" if "" in metadata else "root/<split>/metadata.csv"
     by_split: dict[str, tuple[Path, dict[str, str]]] = {}
     for top, path in metadata.items():
-        by_split[split_of(top, named) if top else train] = (path.parent, read_metadata(path, label_column))
+        by_split[split_of(top, named) if top else train] = (path.parent, labels[top])
     if train not in by_split:
         raise Fm2EdgeError(f"image folder '{root}' has metadata files for {', '.join(sorted(by_split))} but none for "
                            f"training; add one to the training split's folder")
