@@ -222,6 +222,47 @@ def test_a_bad_metadata_file_is_one_line(metadata, match, tmp_path, capsys):
     assert len(err) == 1 and re.search(match, err[0]), err
 
 
+def test_images_listed_in_a_labels_file_as_kaggle_ships_them(tmp_path, capsys):
+    """train/<id>.jpg beside labels.csv (id,breed), the ids without their extension, and an unlabelled test/."""
+    root = photos(tmp_path / "dogs", {"train": 16, "test": 4})
+    for f in (root / "test").iterdir():
+        f.rename(f.with_name("t" + f.name))  # Kaggle's test ids are not its training ids
+    (root / "labels.csv").write_text("id,breed\n" + "".join(f"{i},{'pug' if i % 2 else 'husky'}\n" for i in range(16)))
+    assert main(["data", str(root)]) == 2  # the folders name no class: the error names the file to give
+    assert f"--data.labels {root / 'labels.csv'}" in capsys.readouterr().err
+    train, val, test = load_data(DataConfig(source=str(root), labels="labels.csv", test_fraction=0.25))
+    assert train.class_names == ["husky", "pug"] and len(train) + len(val) + len(test) == 16
+    assert main(["data", str(root), "--data.labels", "labels.csv"]) == 0
+    out = capsys.readouterr().out
+    assert "(images listed in labels.csv)" in out and "skipped: 4 not in labels.csv" in out, out  # test/*
+    # a JSON Lines file outside the folder, paths from the folder, the class column among others, then relabelled
+    listing = tmp_path / "classes.jsonl"
+    rows = [{"file_name": f"train/{i}.png", "kind": "ab"[i < 8], "note": "x"} for i in range(16)]
+    listing.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = DataConfig(source=str(root), labels=str(listing), label_column="kind", val_fraction=0, test_fraction=0.25)
+    assert load_data(cfg)[0].labels.bincount().tolist() == [6, 6]
+    listing.write_text("".join(json.dumps({**r, "kind": "ab"[i >= 4]}) + "\n" for i, r in enumerate(rows)))
+    assert load_data(cfg)[0].labels.bincount().tolist() == [3, 9]  # the cached images keep no old label
+
+
+@pytest.mark.parametrize("listing,match", [
+    ("id,label\n1,a\n2,b\n99,b\n", r"'99' is listed in labels file .* but no image in .* has that path or name"),
+    ("id,label\n0.png,a\n1,b\n", r"'0.png' in labels file .* names 2 images .*; give each image's path"),
+    ("id,label\ntrain/0.png,a\ntrain/1.png,b\n./train/1.png,a\n", r"'train/1.png' is listed twice .* as 'b' "
+                                                                      r"and 'a'"),
+    ("name,label\ntrain/0.png,a\n", r"has columns \['name', 'label'\]; it needs a column naming each image"),
+    ("id,kind,notes\ntrain/0.png,a,x\n", r"it needs its class column named: give --data.label_column"),
+    (None, r"labels file 'labels.csv' does not exist"),
+])
+def test_a_bad_labels_file_is_one_line(listing, match, tmp_path, capsys):
+    root = photos(tmp_path / "p", {"train": 4, "more": 1})  # train/0.png and more/0.png
+    if listing:
+        (root / "labels.csv").write_text(listing)
+    assert main(["data", str(root), "--data.labels", "labels.csv"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(match, err[0]), err
+
+
 def test_a_split_folder_without_the_metadata_file_the_others_have_is_named(tmp_path, capsys):
     root = photos(tmp_path / "p", {"train/x": 6, "test/x": 2})
     (root / "train" / "metadata.csv").write_text("file_name,label\n" + "".join(f"x/{i}.png,{i % 2}\n"

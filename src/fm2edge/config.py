@@ -33,7 +33,8 @@ class DataConfig:
             folder laid out as root/<class>/<image> or root/<split>/<class>/<image> (train, val, test; links are
             followed, hidden and non-image files skipped; a class folder's sub-folders are read as the class, each
             kept whole on one side of a held-out split), or labelled by a metadata.csv (columns file_name and
-            label) as the hub's image folders are. `fm2edge data SOURCE` shows what it resolves to.
+            label) as the hub's image folders are, or by a labels file (`labels`). `fm2edge data SOURCE` shows what
+            it resolves to.
         train_split: Name of the training split.
         test_split: Name of the test split; when the source has none, a stratified hold-out of the training split
             of size test_fraction is used.
@@ -45,6 +46,12 @@ class DataConfig:
             the last epoch is kept.
         image_column: Image column; detected from the schema when empty.
         label_column: Label column; detected from the schema when empty.
+        labels: For an image folder whose images are not in class folders: a CSV (or JSON Lines) file listing each
+            image and its class, as Kaggle ships train/ beside labels.csv. Images are named by their path from the
+            data folder, or by their file name with or without its extension (id, file_name, image, ... column);
+            the class is in label_column, a column named label, class, category or target, or the file's one other
+            column. Its images are the training split (validation and test held out from it); images it does not
+            list are left out and counted. A relative path is looked for in the current folder, then the data folder.
         max_train: Use at most this many training images, class-balanced.
         max_test: Use at most this many test images, class-balanced.
         per_class: Use this many labelled training images per class (overrides max_train).
@@ -65,6 +72,7 @@ class DataConfig:
     val_fraction: float = 0.1
     image_column: str | None = None
     label_column: str | None = None
+    labels: str | None = None
     max_train: int | None = None
     max_test: int | None = None
     per_class: int | None = None

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from fm2edge.config import DataConfig
-from fm2edge.data.folders import looks_like_image_folder, scan_folder
+from fm2edge.data.folders import FolderScan, looks_like_image_folder, scan_folder
 from fm2edge.data.images import decode, find_images, peek_size
 from fm2edge.data.splits import (
     check_classes,
@@ -277,11 +277,16 @@ def _open_hf(cfg: DataConfig) -> Any:
 
 def _folder_splits(cfg: DataConfig, root: Path) -> dict[str, _Split]:
     """An image folder's splits (see :mod:`fm2edge.data.folders`), keyed by the bytes of its images."""
-    scan = scan_folder(root, folder_names(cfg), cfg.train_split, cfg.label_column)
+    scan = folder_scan(cfg, root)
     content = files_key(scan.files + scan.metadata, root)
     return {name: _Split(np.array([str(f) for f in split.files], dtype=object), np.asarray(split.labels, np.int64),
                          scan.class_names, f"{content}-{name}", np.array(split.groups, dtype=object))
             for name, split in scan.splits.items()}
+
+
+def folder_scan(cfg: DataConfig, root: Path) -> FolderScan:
+    """The image folder ``root`` resolved as ``cfg`` reads it (:func:`fm2edge.data.folders.scan_folder`)."""
+    return scan_folder(root, folder_names(cfg), cfg.train_split, cfg.label_column, cfg.labels)
 
 
 def is_saved_dataset(path: Path) -> bool:
@@ -315,7 +320,8 @@ def files_key(files: list[Path], root: Path) -> str:
     by_content = sum(f.stat().st_size for f in files) <= CONTENT_KEY_LIMIT
     digest = hashlib.blake2b(digest_size=16)
     for f in files:
-        digest.update(f"{f.relative_to(root) if f != root else f.name}:{f.stat().st_size}:".encode())
+        name = f.relative_to(root) if f != root and f.is_relative_to(root) else f.name  # a labels file elsewhere
+        digest.update(f"{name}:{f.stat().st_size}:".encode())
         if by_content:
             with open(f, "rb") as fh:
                 digest.update(hashlib.file_digest(fh, "blake2b").digest())

@@ -15,7 +15,9 @@ Labels may instead be listed beside the images, as the Hugging Face image folder
 that file's folder) and a label column (``--data.label_column``, else ``label`` or another name the hub uses for
 one). A metadata file without a label column (captions, camera settings) leaves the labels to the class folders, as
 the hub's image folder does. Images it does not list are skipped and counted; a listed file that is missing is an
-error.
+error. A labels file anywhere else (``--data.labels labels.csv``, as Kaggle ships ``train/`` beside ``labels.csv``)
+lists each image by its path from the data folder, or by its file name with or without the extension where that
+name is unique, and its class; its images form the training split, the rest are skipped and counted.
 
 Written here rather than left to ``datasets``' ``imagefolder`` builder because on real folders that builder gives
 wrong numbers without a word: it does not follow symbolic links (a linked ``train/`` ends in an EmptyDatasetError),
@@ -164,15 +166,18 @@ def read_through(folder: Path, rel: list[Path]) -> tuple[Path, list[Path]]:
 
 
 def scan_folder(root: Path, named: dict[str, str] | None = None, train: str = "train",
-                label_column: str | None = None) -> FolderScan:
+                label_column: str | None = None, labels_file: str | None = None) -> FolderScan:
     """Resolve ``root`` into splits and classes, or raise one error naming the misplaced file or folder and the fix.
 
     ``named`` maps folder names given on the command line (``--data.test_split holdout``) to the split they are;
     ``train`` is the training split's name (the one whose class folders name the classes); ``label_column`` the
-    column of a metadata file that holds the labels.
+    column of a metadata or labels file that holds the labels; ``labels_file`` a file that lists every image's
+    class (``--data.labels``), read instead of the folders.
     """
     named = named or {}
     files, skipped = walk_files(root)
+    if labels_file:
+        return scan_listed(root, find_labels_file(root, labels_file), label_column, files, skipped, train)
     metadata = metadata_files(root, named)
     labels = {top: read_metadata(path, label_column) for top, path in metadata.items()}
     if labels and all(v is not None for v in labels.values()):
@@ -275,8 +280,7 @@ def read_metadata(path: Path, label_column: str | None) -> dict[str, str] | None
     (``label_column``, else one of LABEL_NAMES: a caption or a camera is not a class), as the hub's image folder
     then takes the labels from the class folders; one error naming the file and its columns where it has no
     ``file_name`` column or not the label column named."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.DictReader(fh)) if path.suffix == ".csv" else [json.loads(line) for line in fh if line.strip()]
+    rows = read_rows(path)
     columns = list(rows[0]) if rows else []
     column = label_column or next((c for c in LABEL_NAMES if c in columns), None)
     if "file_name" not in columns or (label_column and label_column not in columns):
@@ -307,9 +311,18 @@ def scan_metadata(root: Path, metadata: dict[str, Path], labels: dict[str, dict[
         if missing:
             raise Fm2EdgeError(f"'{folder / missing[0]}' is listed in '{folder}' metadata ({len(missing)} such "
                                f"file(s)) but is not an image there; fix the file_name column or add the image")
+    return labelled_scan(root, layout, by_split, train, (files, skipped), sorted(metadata.values()))
+
+
+def labelled_scan(root: Path, layout: str, by_split: dict[str, tuple[Path, dict[str, str]]], train: str,
+                  walked: tuple[list[Path], dict[str, int]], label_files: list[Path]) -> FolderScan:
+    """The scan of images labelled by ``label_files`` (metadata or labels files): ``by_split`` maps each split to
+    its folder and {image path from that folder: class}; ``walked`` is :func:`walk_files`' answer for ``root``.
+    Each image is its own group; images no file lists are skipped and counted."""
+    files, skipped = walked
     train_classes = sorted(set(by_split[train][1].values()))
     if len(train_classes) < 2:
-        raise Fm2EdgeError(f"'{metadata[next(iter(metadata))]}' labels every training image "
+        raise Fm2EdgeError(f"'{label_files[0]}' labels every training image "
                            f"'{train_classes[0] if train_classes else ''}'; a classifier needs at least two classes")
     index = {c: i for i, c in enumerate(train_classes)}
     splits: dict[str, FolderSplit] = {}
@@ -321,13 +334,100 @@ def scan_metadata(root: Path, metadata: dict[str, Path], labels: dict[str, dict[
         names = sorted(labels)
         splits[split] = FolderSplit(folder, [folder / n for n in names], [index[labels[n]] for n in names],
                                     [IMAGE_GROUP + n for n in names])
-    skipped = {k: v for k, v in {**skipped, "not an image": skipped.get("not an image", 0) - len(metadata)}.items()
-               if v}  # the metadata files themselves are not skipped images
+    inside = sum(f.resolve().is_relative_to(root.resolve()) for f in label_files)
+    skipped = {k: v for k, v in {**skipped, "not an image": skipped.get("not an image", 0) - inside}.items()
+               if v}  # the label files themselves are not skipped images
     unlisted = len(files) - sum(len(s.files) for s in splits.values())
     if unlisted:
-        skipped["not in a metadata file"] = unlisted
-        log.warning("%s: %d image(s) not listed in a metadata file are left out", root, unlisted)
-    return FolderScan(root, layout, splits, train_classes, skipped, metadata=sorted(metadata.values()))
+        kind = "a metadata file" if layout.endswith("metadata.csv") else label_files[0].name
+        skipped[f"not in {kind}"] = unlisted
+        log.warning("%s: %d image(s) not listed in %s are left out", root, unlisted, kind)
+    return FolderScan(root, layout, splits, train_classes, skipped, metadata=label_files)
+
+
+FILE_COLUMNS = ("file_name", "file", "filename", "file_path", "filepath", "path", "image", "image_name",
+                "image_id", "img", "id")  # the columns that name images in labels files people have, first wins
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a CSV (header first) or JSON Lines file, each a dict by column."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in fh if line.strip()]
+        return list(csv.DictReader(fh))
+
+
+def find_labels_file(root: Path, given: str) -> Path:
+    """``--data.labels`` as an existing file: the path as given, else inside the data folder."""
+    path = next((p for p in (Path(given).expanduser(), root / given) if p.is_file()), None)
+    if path is None:
+        raise Fm2EdgeError(f"labels file '{given}' does not exist (looked in the current folder and in '{root}'); "
+                           f"give the CSV that lists each image's file and class")
+    return path
+
+
+def read_labels_file(path: Path, label_column: str | None) -> dict[str, str]:
+    """{image as the file names it: class} from a labels file (``--data.labels``): the first column FILE_COLUMNS
+    names (case aside) names the image; ``label_column``, else a column LABEL_NAMES names, else the file's one other
+    column holds its class. Rows without a class are left out (a test list with empty labels)."""
+    rows = read_rows(path)
+    columns = [str(c) for c in rows[0]] if rows else []
+    lower = {c.lower(): c for c in columns}
+    file_col = next((lower[n] for n in FILE_COLUMNS if n in lower), None)
+    others = [c for c in columns if c != file_col]
+    label = label_column or next((lower[n] for n in LABEL_NAMES if n in lower), None) or \
+        (others[0] if len(others) == 1 else None)
+    if file_col is None or label not in columns:
+        wanted = (f"a column naming each image ({', '.join(FILE_COLUMNS[:3])}, id, ...)" if file_col is None else
+                  f"a '{label_column}' column" if label_column else
+                  "its class column named: give --data.label_column")
+        raise Fm2EdgeError(f"labels file '{path}' has columns {columns or 'none'}; it needs {wanted}")
+    return {str(r[file_col]).strip(): str(r[label]).strip() for r in rows
+            if r.get(file_col) not in (None, "") and r.get(label) not in (None, "")}
+
+
+def match_listed(root: Path, files: list[Path], listed: dict[str, str], path: Path) -> dict[str, str]:
+    """{image path from ``root``: class} for the images ``listed`` (by :func:`read_labels_file`) names among
+    ``files``: by path from the data folder or from the labels file's folder, else by file name, else by file name
+    without its extension (Kaggle's ids), where one image has it; one error for a name no image or several have."""
+    by_path = {f.as_posix(): f for f in files}
+    by_name: dict[str, list[Path]] = {}
+    by_stem: dict[str, list[Path]] = {}
+    for f in files:
+        by_name.setdefault(f.name, []).append(f)
+        by_stem.setdefault(f.stem, []).append(f)
+    here = path.parent.resolve()
+    base = here.relative_to(root.resolve()).as_posix() + "/" if here.is_relative_to(root.resolve()) else ""
+    out: dict[str, str] = {}
+    missing: list[str] = []
+    for name, label in listed.items():
+        key = name.replace("\\", "/").removeprefix("./")
+        exact = by_path.get(key) or by_path.get(base + key)
+        found = [exact] if exact else by_name.get(Path(key).name) or by_stem.get(Path(key).name) or []
+        if len(found) > 1:
+            raise Fm2EdgeError(f"'{name}' in labels file '{path}' names {len(found)} images ('{found[0]}', "
+                               f"'{found[1]}'); give each image's path from '{root}' in that column")
+        if not found:
+            missing.append(name)
+            continue
+        rel = found[0].as_posix()
+        if out.setdefault(rel, label) != label:
+            raise Fm2EdgeError(f"'{rel}' is listed twice in labels file '{path}', as '{out[rel]}' and '{label}'; "
+                               f"keep one row for it")
+    if missing:
+        raise Fm2EdgeError(f"'{missing[0]}' is listed in labels file '{path}' ({len(missing)} such row(s)) but no "
+                           f"image in '{root}' has that path or name; fix the row or add the image")
+    return out
+
+
+def scan_listed(root: Path, path: Path, label_column: str | None, files: list[Path], skipped: dict[str, int],
+                train: str) -> FolderScan:
+    """An image folder labelled by a labels file (``--data.labels``): its images are the training split."""
+    if not files:
+        raise Fm2EdgeError(f"image folder '{root}' holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    labels = match_listed(root, files, read_labels_file(path, label_column), path)
+    return labelled_scan(root, f"images listed in {path.name}", {train: (root, labels)}, train, (files, skipped),
+                         [path])
 
 
 def one_class(root: Path, train: tuple[Path, list[Path]], name: str) -> Fm2EdgeError:
@@ -355,9 +455,11 @@ def empty_class_folders(by_split: dict[str, tuple[Path, list[Path]]]) -> list[Pa
 
 def _misplaced(root: Path, odd: list[Path], layout: str) -> Fm2EdgeError:
     more = f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""
+    tables = sorted(p.name for p in root.glob("*.csv"))
+    listed = (f"give the file that lists every image's class: --data.labels {root / tables[0]}" if tables else
+              "list every image's class in a metadata.csv with columns file_name and label")
     return Fm2EdgeError(f"image folder '{root}' is laid out {layout}, but '{odd[0]}'{more} is not inside a class "
-                        f"folder; move it into its class folder, or out of the data folder (or list every image's "
-                        f"class in a metadata.csv with columns file_name and label)")
+                        f"folder; move it into its class folder, or out of the data folder (or {listed})")
 
 
 def looks_like_image_folder(path: Path) -> bool:

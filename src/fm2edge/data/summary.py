@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fm2edge.config import DataConfig
-from fm2edge.data.dataset import ImageData, SplitPlan, folder_names, image_folder, load_planned, plan_splits
-from fm2edge.data.folders import scan_folder
+from fm2edge.data.dataset import ImageData, SplitPlan, folder_scan, image_folder, load_planned, plan_splits
 from fm2edge.data.images import peek_size
 from fm2edge.data.splits import MIN_HASHED_SIDE, NEAR_COPY_BITS, label_conflicts, near_copies, selection_noise
 
@@ -64,7 +63,7 @@ def summarise(cfg: DataConfig, pairs: str | None = None) -> dict:
     out["label_conflicts"] = conflict_summary(plan, train, cfg)
     folder = image_folder(cfg)
     if folder is not None:
-        scan = scan_folder(folder, folder_names(cfg), cfg.train_split, cfg.label_column)
+        scan = folder_scan(cfg, folder)
         sizes = np.array(header_sizes(scan.files))
         out.update(layout=scan.layout, sub_folders=scan.sub_folders, skipped_files=scan.skipped,
                    split_folders={name: str(split.folder.relative_to(folder)) for name, split in scan.splits.items()},
