@@ -624,6 +624,11 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     assert "the classes are the same size" in section
     assert 'id="auto-near-copies">3 test image(s) look like a training image' in section
     assert "without them, 90.00% against the teacher's 100.00%" in section
+    # only students from random weights were candidates here, and none from pretrained weights was measured: no
+    # note on the budget; where the budget shut them out, the page says what it cost
+    assert result["pretrained_out_of_budget"] is None and 'id="auto-pretrained-out"' not in page
+    result["pretrained_out_of_budget"] = {"text": "no student that starts from pretrained weights fits"}
+    assert 'id="auto-pretrained-out"><b>The budget:</b> no student that starts' in auto_section(str(run), result)
     # the finalist reached --auto.max_epochs (3): a run that used under half its 6 minutes says where the rest could go
     assert (result["finished_early"] is not None) == (result["minutes"] < 3)
     assert ('id="auto-finished-early"' in page) == (result["minutes"] < 3)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from fm2edge.automate.job import rank
 from fm2edge.automate.measure import Candidate
-from fm2edge.automate.sizes import fit_backbone, fitted_sizes, next_probe, precisions_within, search_text
+from fm2edge.automate.sizes import (
+    fastest_pretrained,
+    fastest_pretrained_text,
+    fit_backbone,
+    fitted_sizes,
+    next_probe,
+    precisions_within,
+    search_text,
+)
 
 LITE = "pypi:efficientnet_lite0"
 
@@ -57,9 +65,12 @@ def test_fitted_sizes_add_the_largest_within_the_budget_and_say_why_the_others_m
     (search,) = searches
     assert search["added"] == 120 and search["listed"] == [96, 128]
     assert "120 px added" in search["text"] and "112 px 1.75 ms" in search["text"]
-    # over the budget: measured, and said to be over (not left to the screen, which keeps what is a little over)
-    added, probed, _ = fitted_sizes(listed, 0.9, None, linear_latency)  # 64 px: 1.0 ms
-    assert not added and all("over the budget" in p["why"] for p in probed)
+    # over the budget where a size fits: measured, and said to be over (not left to the screen, which keeps what is
+    # a little over); where no size fits, the smallest measured is screened like a listed size
+    added, probed, (search,) = fitted_sizes(listed, 0.9, None, linear_latency)  # 64 px: 1.0 ms
+    assert [f["candidate"] for f in added] == [f"{LITE}@64"] and all("over the budget" in p["why"] for p in probed)
+    assert "no size down to 64 px fits the budget, so 64 px is screened like the listed sizes" in search["text"]
+    assert [p["candidate"] for p in probed] == [f"{LITE}@80", f"{LITE}@72"]  # 64 px measured too, and screened
     assert "no size down to 64 px fits" in search_text({"backbone": LITE, "added": None, "largest_listed_within": None,
                                                         "probes": []})
     wider = listed + [linear_latency(Candidate(LITE, 160))]
@@ -88,3 +99,14 @@ def test_a_candidates_int8_latency_is_its_fastest_int8_layout():
     assert set(int8["layouts_ms"]) == set(INT8_LAYOUTS) and int8["recipe"] in INT8_LAYOUTS
     assert int8["p50_ms"] == min(int8["layouts_ms"].values()) == int8["layouts_ms"][int8["recipe"]]
     assert figures["fp32"]["p50_ms"] > 0 and int8["mb"] < figures["fp32"]["mb"]
+
+
+def test_a_budget_that_keeps_no_pretrained_student_says_what_would_let_the_fastest_in():
+    scratch = figures("student:small_cnn@32", 1.1)
+    lite = [figures(f"{LITE}@64", 2.6, int8_ms=2.004), figures(f"{LITE}@96", 4.99, int8_ms=4.84)]
+    out = fastest_pretrained(lite + [scratch], [scratch])
+    assert out == {"candidate": f"{LITE}@64", "precision": "int8", "p50_ms": 2.004, "latency_ms": 2.4}
+    text = fastest_pretrained_text(out)
+    assert f"the fastest, {LITE}@64 as int8, measured 2.00 ms" in text and "--auto.latency_ms 2.4 lets it in" in text
+    assert fastest_pretrained(lite + [scratch], [lite[0], scratch]) is None  # one is kept: nothing to say
+    assert fastest_pretrained([scratch], [scratch]) is None  # none measured (only students from random weights)

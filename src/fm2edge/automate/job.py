@@ -29,7 +29,13 @@ from fm2edge.automate.measure import (
     measure,
     measure_training,
 )
-from fm2edge.automate.sizes import fitted_sizes, precisions_within, within_budget
+from fm2edge.automate.sizes import (
+    fastest_pretrained,
+    fastest_pretrained_text,
+    fitted_sizes,
+    precisions_within,
+    within_budget,
+)
 from fm2edge.automate.stages import run_one_stage
 from fm2edge.automate.teachers import (
     TEACHER_STAGE,
@@ -749,6 +755,9 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
         raise Fm2EdgeError(f"no candidate student meets the budget ({budget_text(job.auto)}); the fastest measured "
                            f"here is {fastest['candidate']} ({fastest['int8']['p50_ms']:.3f} ms as int8); raise the "
                            f"budget or add smaller candidates with --auto.students")
+    if out_of_budget := fastest_pretrained(figures + added + probed, kept):
+        out_of_budget["text"] = fastest_pretrained_text(out_of_budget)
+        print(f"  note: {out_of_budget['text']}")
     for f in kept:  # timed only for what the budget keeps
         speed = measure_training(Candidate.parse(f["candidate"]), train.num_classes, job.auto.threads,
                                  latency_cache(job.data))
@@ -809,6 +818,7 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
             "views": planned["views"], "val_images": len(val), "selection": noise, **chosen,
             "teacher_option": teacher_option,
             "candidates": kept, "dropped": dropped, "size_searches": searches,
+            "pretrained_out_of_budget": out_of_budget,
             "held_out": held_out, "finalists": finalists, "finalists_why": finalists_why,
             "teaching_seconds": planned["teaching"],
             "export_seconds": export_reserve(exports, [f for f in kept if f["candidate"] in laddered]),
@@ -1328,6 +1338,8 @@ def print_summary(result: dict) -> None:
           f"{result['minutes']:.1f} min of the {result['budget_minutes']:.0f}-minute budget")
     if result.get("finished_early"):
         print(f"note: {result['finished_early']}")
+    if result.get("pretrained_out_of_budget"):
+        print(f"note: {result['pretrained_out_of_budget']['text']}")
     graph = Path(result["best"]) / Path(c["onnx"]).name
     print(f"next: fm2edge predict {result['best']} PHOTOS (runs {graph.name}); on the device itself: copy {graph} "
           f"there and run fm2edge bench {graph.name}")
@@ -1403,7 +1415,8 @@ def auto_job(job: AutoJob) -> dict:
               "selection": plan["selection"], "held_out_images": plan["held_out"]["images"],
               "finalists": plan["finalists"], "finalists_why": plan["finalists_why"], "machine": plan["machine"],
               "train_images": plan["train_images"], "unlabeled_images": plan["unlabeled_images"],
-              "views": plan["views"], "size_searches": plan.get("size_searches", [])}
+              "views": plan["views"], "size_searches": plan.get("size_searches", []),
+              "pretrained_out_of_budget": plan.get("pretrained_out_of_budget")}
     result["finished_early"] = early_finish(minutes, job.auto.minutes,
                                             max(f.get("trained_epochs", 0) for f in finalists), job.auto.max_epochs,
                                             plan["unlabeled_available"])

@@ -288,6 +288,9 @@ def auto_section(folder: str, r: dict) -> str:
              f"{M.gap_text(t['gap_points'], t.get('gap_interval_points'))}. {r['minutes']:.1f} of "
              f"{r['budget_minutes']:g} minutes on "
              f"{html.escape(str(r.get('machine', 'this machine')))}.</p>"]
+    if r.get("pretrained_out_of_budget"):  # the budget left only students from random weights
+        parts.append(f'<p id="auto-pretrained-out"><b>The budget:</b> '
+                     f'{html.escape(r["pretrained_out_of_budget"]["text"])}.</p>')
     if "chosen_balanced_acc" in t:  # written since the test split is compared image by image
         parts.append(f"<p id=\"auto-test\">On the test images the two agree on {_pct(t['agreement'])}; balanced "
                      f"accuracy (the mean of the classes' accuracies; "
