@@ -250,6 +250,7 @@ def test_images_listed_in_a_labels_file_as_kaggle_ships_them(tmp_path, capsys):
     ("id,label\n0.png,a\n1,b\n", r"'0.png' in labels file .* names 2 images .*; give each image's path"),
     ("id,label\ntrain/0.png,a\ntrain/1.png,b\n./train/1.png,a\n", r"'train/1.png' is listed twice .* as 'b' "
                                                                       r"and 'a'"),
+    ("id,label\n1,b\n1,a\n", r"'train/1.png' is listed twice .* as 'b' and 'a'"),
     ("name,label\ntrain/0.png,a\n", r"has columns \['name', 'label'\]; it needs a column naming each image"),
     ("id,kind,notes\ntrain/0.png,a,x\n", r"it needs its class column named: give --data.label_column"),
     (None, r"labels file 'labels.csv' does not exist"),

@@ -366,8 +366,8 @@ def find_labels_file(root: Path, given: str) -> Path:
     return path
 
 
-def read_labels_file(path: Path, label_column: str | None) -> dict[str, str]:
-    """{image as the file names it: class} from a labels file (``--data.labels``): the first column FILE_COLUMNS
+def read_labels_file(path: Path, label_column: str | None) -> list[tuple[str, str]]:
+    """(image as the file names it, class) rows of a labels file (``--data.labels``): the first column FILE_COLUMNS
     names (case aside) names the image; ``label_column``, else a column LABEL_NAMES names, else the file's one other
     column holds its class. Rows without a class are left out (a test list with empty labels)."""
     rows = read_rows(path)
@@ -382,11 +382,11 @@ def read_labels_file(path: Path, label_column: str | None) -> dict[str, str]:
                   f"a '{label_column}' column" if label_column else
                   "its class column named: give --data.label_column")
         raise Fm2EdgeError(f"labels file '{path}' has columns {columns or 'none'}; it needs {wanted}")
-    return {str(r[file_col]).strip(): str(r[label]).strip() for r in rows
-            if r.get(file_col) not in (None, "") and r.get(label) not in (None, "")}
+    return [(str(r[file_col]).strip(), str(r[label]).strip()) for r in rows
+            if r.get(file_col) not in (None, "") and r.get(label) not in (None, "")]
 
 
-def match_listed(root: Path, files: list[Path], listed: dict[str, str], path: Path) -> dict[str, str]:
+def match_listed(root: Path, files: list[Path], listed: list[tuple[str, str]], path: Path) -> dict[str, str]:
     """{image path from ``root``: class} for the images ``listed`` (by :func:`read_labels_file`) names among
     ``files``: by path from the data folder or from the labels file's folder, else by file name, else by file name
     without its extension (Kaggle's ids), where one image has it; one error for a name no image or several have."""
@@ -396,11 +396,11 @@ def match_listed(root: Path, files: list[Path], listed: dict[str, str], path: Pa
     for f in files:
         by_name.setdefault(f.name, []).append(f)
         by_stem.setdefault(f.stem, []).append(f)
-    here = path.parent.resolve()
-    base = here.relative_to(root.resolve()).as_posix() + "/" if here.is_relative_to(root.resolve()) else ""
+    here, top = path.parent.resolve(), root.resolve()
+    base = here.relative_to(top).as_posix() + "/" if here.is_relative_to(top) and here != top else ""
     out: dict[str, str] = {}
     missing: list[str] = []
-    for name, label in listed.items():
+    for name, label in listed:
         key = name.replace("\\", "/").removeprefix("./")
         exact = by_path.get(key) or by_path.get(base + key)
         found = [exact] if exact else by_name.get(Path(key).name) or by_stem.get(Path(key).name) or []
