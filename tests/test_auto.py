@@ -192,10 +192,11 @@ def test_a_short_budget_leaves_the_slowest_out_of_the_search_and_keeps_one_of_ea
               "pypi:efficientnet_lite0@96": 116.0, "student:small_cnn@64": 797.0, "student:small_cnn@32": 822.0}
     sets = ladder_sets(speeds)
     assert sets[0] == sorted(speeds, key=speeds.get)  # all of them first
-    assert [len(s) for s in sets] == [5, 4, 3, 2, 1]
+    assert [len(s) for s in sets] == [5, 4, 3, 2, 1, 1]
     # the slowest whose start another one shares goes first: the large Lite0 sizes, then the slower small CNN
     assert sets[3] == ["pypi:efficientnet_lite0@96", "student:small_cnn@32"]
-    assert sets[4] == ["pypi:efficientnet_lite0@96"]  # last, the fastest pretrained one alone
+    assert sets[4] == ["pypi:efficientnet_lite0@96"]  # then the fastest pretrained one alone
+    assert sets[5] == ["student:small_cnn@32"]  # last the fastest of all, where not even that fits
     assert ladder_sets({"student:small_cnn@32": 800.0, "student:small_cnn@64": 700.0}) == [
         ["student:small_cnn@64", "student:small_cnn@32"], ["student:small_cnn@32"]]
     assert ladder_sets({"pypi:efficientnet_lite0@96": 116.0}) == [["pypi:efficientnet_lite0@96"]]

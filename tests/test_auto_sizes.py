@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fm2edge.automate.job import rank
+from fm2edge.automate.job import rank, teacher_export_too_long
 from fm2edge.automate.measure import Candidate
 from fm2edge.automate.sizes import (
     fastest_pretrained,
@@ -110,3 +110,9 @@ def test_a_budget_that_keeps_no_pretrained_student_says_what_would_let_the_faste
     assert f"the fastest, {LITE}@64 as int8, measured 2.00 ms" in text and "--auto.latency_ms 2.4 lets it in" in text
     assert fastest_pretrained(lite + [scratch], [lite[0], scratch]) is None  # one is kept: nothing to say
     assert fastest_pretrained([scratch], [scratch]) is None  # none measured (only students from random weights)
+
+
+def test_the_teacher_is_not_exported_where_that_would_take_most_of_the_budget():
+    assert teacher_export_too_long(119, 8) is None  # a quarter of 8 minutes is 120 s
+    why = teacher_export_too_long(400, 8)
+    assert why == "its export would take 6.7 of the 8-minute budget, more than 25%: the students get the time"

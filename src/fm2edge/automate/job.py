@@ -77,6 +77,10 @@ EXPORT_INFERENCES = 1000
 CALIBRATION_COST = 6.0
 PERCENTILE_COST = 20.0
 EXPORT_LATENCY_RUNS = 100
+# The teacher is exported and judged beside the finalists (where it fits the latency budget) only where its export
+# takes at most this share of --auto.minutes: Lite0 at 224 px on a 2-core AVX2-only EPYC (13.7 ms a batch-1 image)
+# was reserved most of an 8-minute budget, and the run stopped with no time for any student.
+TEACHER_EXPORT_SHARE = 0.25
 # More timings of an exported graph over the latency budget whose candidate screened within it, before it is judged
 # over: the export timed it once, and that minute's machine may have been busy
 RETIMES = 2
@@ -169,6 +173,15 @@ def screen(figures: list[dict], cfg) -> tuple[list[dict], list[dict]]:
     return kept, dropped
 
 
+def teacher_export_too_long(seconds: float, minutes: float) -> str | None:
+    """Why the teacher is not exported beside the finalists where its export (``seconds``) would take more than
+    TEACHER_EXPORT_SHARE of the ``minutes`` budget; None where it may be."""
+    if seconds <= TEACHER_EXPORT_SHARE * minutes * 60:
+        return None
+    return (f"its export would take {seconds / 60:.1f} of the {minutes:g}-minute budget, more than "
+            f"{TEACHER_EXPORT_SHARE:.0%}: the students get the time")
+
+
 def finalists_wanted(kept: list[dict], cfg) -> int:
     """How many students are exported and judged at the end: ``--auto.finalists`` when given; else one where there
     is no latency budget or every kept candidate measured within FAR_INSIDE of it in one precision at least (the
@@ -231,7 +244,9 @@ def plan_rungs(speeds: dict[str, float], images: int, seconds: float, lo: int, h
 def ladder_sets(speeds: dict[str, float]) -> list[list[str]]:
     """The candidate sets a ladder is tried on when the budget is short, largest first: all of them; then one at a
     time without the slowest candidate whose start (pretrained or random weights) another one left shares, down to
-    one of each; last the fastest pretrained candidate alone (the fastest of all where none is pretrained). A short
+    one of each; then the fastest pretrained candidate alone, and last the fastest of all alone (where a pretrained
+    student's training and export do not fit, a student is better than none: Lite0 on a 2-core AVX2-only EPYC, 8
+    minutes on digits, left no time for any set that held one, and the run stopped). A short
     budget that cannot give every candidate --auto.min_epochs shared them out equally before, and the equal shares
     bought the slow pretrained students nothing (digits, 8 minutes: the five Lite0 sizes were dropped at 0.3
     minutes each and the small CNNs trained), while on small photo folders students from random weights trail the
@@ -243,8 +258,10 @@ def ladder_sets(speeds: dict[str, float]) -> list[list[str]]:
         left = [c for c in left if c != drop]
         sets.append(left)
     starts = [c for c in speeds if pretrained[c]] or list(speeds)
-    alone = [max(starts, key=lambda c: speeds[c])]
-    return sets if sets[-1] == alone else [*sets, alone]
+    for alone in ([max(starts, key=lambda c: speeds[c])], [max(speeds, key=lambda c: speeds[c])]):
+        if alone not in sets:
+            sets.append(alone)
+    return sets
 
 
 def respace_rungs(epoch_seconds: dict[str, float], counts: list[int], seconds: float, overhead: float,
@@ -768,8 +785,6 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     chosen = plan_teacher(job, root, train, val, resolve_device(job.auto.device), noise["noisy"])
     teacher = chosen["teacher"]
     teacher_option = teacher_as_candidate(job, teacher, train.num_classes)
-    print(f"  the teacher as the model: {teacher_option['why']}" if "why" in teacher_option else
-          "  the teacher as the model: within the budget (exported and judged beside the finalists)")
     teacher_speed = TEACHER_VIEW_EFFICIENCY * teacher["images_per_s"]  # views per second while caching
     available = len(pool) if (pool := unlabeled_pool(job, train)) is not None else 0
     speeds = {f["candidate"]: LOOP_EFFICIENCY * f["train_images_per_s"] for f in kept}
@@ -784,6 +799,11 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
         print(f"  one finalist: {finalists_why}")
     exports = {"train_images": len(train), "val_images": len(val), "held_out": held_out, "finalists": finalists,
                "teacher_option": teacher_option}  # what export_reserve reads of a plan
+    if "why" not in teacher_option and (why := teacher_export_too_long(
+            export_reserve({**exports, "finalists": 0}, []), job.auto.minutes)):
+        teacher_option["why"] = why
+    print(f"  the teacher as the model: {teacher_option['why']}" if "why" in teacher_option else
+          "  the teacher as the model: within the budget (exported and judged beside the finalists)")
 
     def ladder(extra: int, views: int) -> tuple[list[dict], float, float]:
         """The rungs, the teacher's seconds and the students' seconds with ``extra`` unlabelled images: successive
