@@ -113,6 +113,6 @@ def test_a_budget_that_keeps_no_pretrained_student_says_what_would_let_the_faste
 
 
 def test_the_teacher_is_not_exported_where_that_would_take_most_of_the_budget():
-    assert teacher_export_too_long(119, 8) is None  # a quarter of 8 minutes is 120 s
+    assert teacher_export_too_long(239, 8) is None  # half of 8 minutes is 240 s
     why = teacher_export_too_long(400, 8)
-    assert why == "its export would take 6.7 of the 8-minute budget, more than 25%: the students get the time"
+    assert why == "its export would take 6.7 of the 8-minute budget, more than 50%: the students get the time"
