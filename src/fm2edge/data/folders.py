@@ -192,15 +192,19 @@ def scan_folder(root: Path, named: dict[str, str] | None = None, train: str = "t
                            f"folders; name the column that holds each image's class with --data.label_column") from None
 
 
+def no_images(root: Path, skipped: dict[str, int], fix: str) -> Fm2EdgeError:
+    """The error for an image folder with no image file: HEIC photos named where they are the reason, else ``fix``."""
+    heif = skipped.get(HEIF_SKIPPED)
+    return Fm2EdgeError(f"image folder '{root}' holds no image files ({', '.join(IMAGE_SUFFIXES)})"
+                        + (f" but {heif} HEIC/HEIF photo(s): {HEIF_FIX}" if heif else f"; {fix}"))
+
+
 def scan_classes(root: Path, files: list[Path], skipped: dict[str, int], named: dict[str, str],
                  train: str) -> FolderScan:
     """``root``'s ``files`` (relative to it) resolved into splits and classes by their folders (see
     :func:`scan_folder`)."""
     if not files:
-        heif = skipped.get(HEIF_SKIPPED)
-        raise Fm2EdgeError(f"image folder '{root}' holds no image files ({', '.join(IMAGE_SUFFIXES)})"
-                           + (f" but {heif} HEIC/HEIF photo(s): {HEIF_FIX}" if heif else
-                              "; lay it out as root/<class>/<image> or root/<split>/<class>/<image>"))
+        raise no_images(root, skipped, "lay it out as root/<class>/<image> or root/<split>/<class>/<image>")
     root, files = read_through(root, files)
     tops = sorted({f.parts[0] for f in files if len(f.parts) > 1})
     split_tops = [t for t in tops if split_of(t, named)]
@@ -311,14 +315,16 @@ def scan_metadata(root: Path, metadata: dict[str, Path], labels: dict[str, dict[
         if missing:
             raise Fm2EdgeError(f"'{folder / missing[0]}' is listed in '{folder}' metadata ({len(missing)} such "
                                f"file(s)) but is not an image there; fix the file_name column or add the image")
-    return labelled_scan(root, layout, by_split, train, (files, skipped), sorted(metadata.values()))
+    return labelled_scan(root, layout, by_split, train, (files, skipped), sorted(metadata.values()),
+                         "a metadata file")
 
 
 def labelled_scan(root: Path, layout: str, by_split: dict[str, tuple[Path, dict[str, str]]], train: str,
-                  walked: tuple[list[Path], dict[str, int]], label_files: list[Path]) -> FolderScan:
-    """The scan of images labelled by ``label_files`` (metadata or labels files): ``by_split`` maps each split to
-    its folder and {image path from that folder: class}; ``walked`` is :func:`walk_files`' answer for ``root``.
-    Each image is its own group; images no file lists are skipped and counted."""
+                  walked: tuple[list[Path], dict[str, int]], label_files: list[Path], named: str) -> FolderScan:
+    """The scan of images labelled by ``label_files`` (metadata or labels files, ``named`` so in messages):
+    ``by_split`` maps each split to its folder and {image path from that folder: class}; ``walked`` is
+    :func:`walk_files`' answer for ``root``. Each image is its own group; images no file lists are skipped and
+    counted."""
     files, skipped = walked
     train_classes = sorted(set(by_split[train][1].values()))
     if len(train_classes) < 2:
@@ -339,9 +345,8 @@ def labelled_scan(root: Path, layout: str, by_split: dict[str, tuple[Path, dict[
                if v}  # the label files themselves are not skipped images
     unlisted = len(files) - sum(len(s.files) for s in splits.values())
     if unlisted:
-        kind = "a metadata file" if layout.endswith("metadata.csv") else label_files[0].name
-        skipped[f"not in {kind}"] = unlisted
-        log.warning("%s: %d image(s) not listed in %s are left out", root, unlisted, kind)
+        skipped[f"not in {named}"] = unlisted
+        log.warning("%s: %d image(s) not listed in %s are left out", root, unlisted, named)
     return FolderScan(root, layout, splits, train_classes, skipped, metadata=label_files)
 
 
@@ -402,8 +407,8 @@ def match_listed(root: Path, files: list[Path], listed: list[tuple[str, str]], p
     missing: list[str] = []
     for name, label in listed:
         key = name.replace("\\", "/").removeprefix("./")
-        exact = by_path.get(key) or by_path.get(base + key)
-        found = [exact] if exact else by_name.get(Path(key).name) or by_stem.get(Path(key).name) or []
+        exact, leaf = by_path.get(key) or by_path.get(base + key), Path(key).name
+        found = [exact] if exact else by_name.get(leaf) or by_stem.get(leaf) or []
         if len(found) > 1:
             raise Fm2EdgeError(f"'{name}' in labels file '{path}' names {len(found)} images ('{found[0]}', "
                                f"'{found[1]}'); give each image's path from '{root}' in that column")
@@ -424,10 +429,10 @@ def scan_listed(root: Path, path: Path, label_column: str | None, files: list[Pa
                 train: str) -> FolderScan:
     """An image folder labelled by a labels file (``--data.labels``): its images are the training split."""
     if not files:
-        raise Fm2EdgeError(f"image folder '{root}' holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+        raise no_images(root, skipped, f"put the images that '{path}' lists in it")
     labels = match_listed(root, files, read_labels_file(path, label_column), path)
     return labelled_scan(root, f"images listed in {path.name}", {train: (root, labels)}, train, (files, skipped),
-                         [path])
+                         [path], path.name)
 
 
 def one_class(root: Path, train: tuple[Path, list[Path]], name: str) -> Fm2EdgeError:
