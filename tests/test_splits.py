@@ -264,6 +264,114 @@ def test_a_bad_labels_file_is_one_line(listing, match, tmp_path, capsys):
     assert len(err) == 1 and re.search(match, err[0]), err
 
 
+def sides(data, root) -> set[str]:
+    """The file names (relative to ``root``) of ``data``'s images, found by their pixels."""
+    where = {np.asarray(Image.open(f).convert("RGB")).tobytes(): f.relative_to(root).as_posix()
+             for f in sorted(root.rglob("*.png"))}
+    return {where[img.permute(1, 2, 0).numpy().tobytes()] for img in data.images}
+
+
+def test_a_group_column_keeps_each_patients_images_on_one_side(tmp_path, capsys):
+    """Four images per patient, two of each class: held out by image, a patient's images sit on both sides of the
+    split (the test accuracy then partly measures recognising the patient); by --data.group_column, never."""
+    root = photos(tmp_path / "p", {"train": 60})
+    patient = {f"train/{i}.png": f"p{i // 4}" if i < 56 else "" for i in range(60)}  # the last four: no patient
+    (root / "labels.csv").write_text("image,label,patient\n" + "".join(
+        f"train/{i}.png,{'ab'[i % 2]},{patient[f'train/{i}.png']}\n" for i in range(60)))
+    def patients(cfg):
+        return [{patient[f] for f in sides(d, root)} - {""} for d in load_data(cfg)]
+    by_image = patients(DataConfig(source=str(root), labels="labels.csv", test_fraction=0.25, val_fraction=0.2))
+    assert by_image[0] & by_image[2], "held out by image, patients straddle the split (else this test shows nothing)"
+    cfg = DataConfig(source=str(root), labels="labels.csv", group_column="patient", test_fraction=0.25,
+                     val_fraction=0.2)
+    train, val, test = patients(cfg)
+    assert not train & val and not train & test and not val & test and val and test
+    assert main(["data", str(root), "--data.labels", "labels.csv", "--data.group_column", "patient",
+                 "--json", "true"]) == 0
+    groups = json.loads(capsys.readouterr().out)["groups"]
+    assert groups["column"] == "patient" and groups["across_splits"] == {}
+    assert groups["groups"] == groups["several_classes"] == len(train | val)  # of the labelled training images
+    tested = sum(f in sides(d, root) for d in load_data(cfg)[2:] for f in ("train/56.png", "train/57.png",
+                                                                           "train/58.png", "train/59.png"))
+    assert groups["ungrouped_images"] == 4 - tested
+    assert main(["data", str(root), "--data.labels", "labels.csv", "--data.group_column", "patient"]) == 0
+    n = len(train | val)
+    assert f"groups: {n} in column 'patient' ({n} with images of several classes" in capsys.readouterr().out
+
+
+def test_a_group_column_in_a_parquet_dataset_and_groups_its_test_split_shares_are_named(tmp_path, capsys, caplog):
+    from conftest import hub_dataset
+
+    sites = [f"s{i // 3}" for i in range(24)]
+    hub_dataset(24, seed=0).add_column("site", sites).to_parquet(str(tmp_path / "train.parquet"))
+    from fm2edge.data.dataset import plan_splits
+
+    plan = plan_splits(DataConfig(source=str(tmp_path), group_column="site", val_fraction=0.25))
+    groups = plan.train.groups
+    assert not set(groups[plan.train_idx]) & set(groups[plan.test_idx]) and len(plan.test_idx)
+    assert not set(groups[plan.train_idx]) & set(groups[plan.val_idx]) and len(plan.val_idx)
+    with pytest.raises(Fm2EdgeError, match=r"split 'train' of data.source .* has no column 'patient' "
+                                           r"\(--data.group_column\); its columns are \['img', 'label', 'site'\]"):
+        plan_splits(DataConfig(source=str(tmp_path), group_column="patient"))
+    hub_dataset(6, seed=1).add_column("site", ["s0", "s0", "s1", "t1", "t2", ""]).to_parquet(
+        str(tmp_path / "test.parquet"))
+    with caplog.at_level("WARNING"):
+        plan_splits(DataConfig(source=str(tmp_path), group_column="site"))
+    assert "2 group(s) of column 'site' have images in both 'train' and 'test' (e.g. 's0')" in caplog.text
+    assert main(["data", str(tmp_path), "--data.group_column", "site", "--json", "true"]) == 0
+    assert json.loads(capsys.readouterr().out)["groups"]["across_splits"] == {"test": ["s0", "s1"]}
+
+
+def test_a_group_column_in_a_metadata_file(tmp_path):
+    from fm2edge.data.dataset import plan_splits
+
+    root = photos(tmp_path / "p", {"images": 24})  # four sites, three images of each class at each
+    (root / "metadata.csv").write_text("file_name,label,site\n" + "".join(
+        f"images/{i}.png,{'ab'[i % 2]},s{i // 6}\n" for i in range(24)))
+    plan = plan_splits(DataConfig(source=str(root), group_column="site", val_fraction=0))
+    groups = plan.train.groups
+    assert set(groups[plan.test_idx]) in ({"group:s0"}, {"group:s1"}, {"group:s2"}, {"group:s3"})
+    assert not set(groups[plan.train_idx]) & set(groups[plan.test_idx])
+
+
+@pytest.mark.parametrize("listing,match", [
+    ("image,label\ntrain/0.png,a\ntrain/1.png,b\n", r"has columns \['image', 'label'\]; it needs a 'patient' "
+                                                   r"column \(--data.group_column\)"),
+    (None, r"--data.group_column 'patient' names a column of a labels or metadata file, and image folder .* is "
+           r"labelled by its class folders"),
+])
+def test_a_group_column_the_data_lacks_is_one_line(listing, match, tmp_path, capsys):
+    root = photos(tmp_path / "p", {"a": 4, "b": 4} if listing is None else {"train": 4})
+    args = ["data", str(root), "--data.group_column", "patient"]
+    if listing:
+        (root / "labels.csv").write_text(listing)
+        args += ["--data.labels", "labels.csv"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(match, err[0]), err
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 9)), min_size=2, max_size=60),
+       st.floats(0.05, 0.5), st.integers(0, 3))
+def test_groups_a_column_names_are_never_split_whatever_their_classes(images, fraction, seed):
+    """Whatever the (class, group) of each image: held-out and kept images share no group; every class keeps a
+    training image; a class with no held-out image has no group whose holding out would leave every class one."""
+    from fm2edge.data.dataset import group_split
+
+    labels = np.array([c for c, _ in images])
+    groups = np.array([f"group:g{g}" for _, g in images], dtype=object)
+    kept, out = group_split(labels, groups, fraction, seed)
+    assert sorted([*kept, *out]) == list(range(len(labels)))
+    assert not set(groups[kept]) & set(groups[out])
+    assert set(labels[kept]) == set(labels)
+    for c in np.unique(labels):
+        if (labels == c).sum() >= 2 and not (labels[out] == c).any():
+            for g in set(groups[kept][labels[kept] == c]):
+                rest = kept[groups[kept] != g]
+                assert set(labels[rest]) != set(labels), (c, g)
+
+
 def test_a_split_folder_without_the_metadata_file_the_others_have_is_named(tmp_path, capsys):
     root = photos(tmp_path / "p", {"train/x": 6, "test/x": 2})
     (root / "train" / "metadata.csv").write_text("file_name,label\n" + "".join(f"x/{i}.png,{i % 2}\n"

@@ -52,6 +52,11 @@ class DataConfig:
             the class is in label_column, a column named label, class, category or target, or the file's one other
             column. Its images are the training split (validation and test held out from it); images it does not
             list are left out and counted. A relative path is looked for in the current folder, then the data folder.
+        group_column: A column of the labels file, metadata file or parquet/hub dataset naming each image's group:
+            the patient, site, camera or shoot it comes from. Images of one group are held out together, never some
+            for training and others for validation or test (which would measure how well the model recognises the
+            group, not the class); a group may hold images of several classes. Empty: each image is its own group
+            (class folders: each sub-folder of a class folder is one).
         max_train: Use at most this many training images, class-balanced.
         max_test: Use at most this many test images, class-balanced.
         per_class: Use this many labelled training images per class (overrides max_train).
@@ -73,6 +78,7 @@ class DataConfig:
     image_column: str | None = None
     label_column: str | None = None
     labels: str | None = None
+    group_column: str | None = None
     max_train: int | None = None
     max_test: int | None = None
     per_class: int | None = None

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from fm2edge.config import DataConfig
-from fm2edge.data.folders import FolderScan, looks_like_image_folder, scan_folder
+from fm2edge.data.folders import COLUMN_GROUP, Columns, FolderScan, column_group, looks_like_image_folder, scan_folder
 from fm2edge.data.images import decode, find_images, peek_size
 from fm2edge.data.splits import (
     check_classes,
@@ -184,9 +184,14 @@ def group_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: i
     group at least is kept. A class whose images all share one group cannot be held out whole: its images are held
     out one by one, with a warning naming the group; a class with one image is kept for training.
 
+    Groups a column names (``--data.group_column``: a patient, a site) may hold several classes, and are never
+    broken: :func:`column_group_split`.
+
     Written here rather than taken from scikit-learn: ``GroupShuffleSplit`` ignores the classes (a class can lose
     every training image) and ``StratifiedGroupKFold`` can put a class's only group in the held-out fold."""
     labels, groups = np.asarray(labels), np.asarray(groups)
+    if any(str(g).startswith(COLUMN_GROUP) for g in groups):
+        return column_group_split(labels, groups, fraction, seed)
     rng = np.random.default_rng(seed)
     out = np.zeros(len(labels), dtype=bool)
     for c in np.unique(labels):
@@ -212,6 +217,45 @@ def group_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: i
         if not taken:  # every group is larger than the share: the smallest, rather than none
             taken = [int(np.argmin(sizes))]
         out[where[np.isin(unit, taken)]] = True
+    return np.flatnonzero(~out), np.flatnonzero(out)
+
+
+def column_group_split(labels: np.ndarray, groups: np.ndarray, fraction: float,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held-out) positions where ``groups`` may hold images of several classes (a patient with two kinds of
+    lesion): no group on both sides, ever. Whole groups in a seeded order are held out while every class stays
+    within its share (``fraction`` of its images, rounded; one at least) and keeps a training image; then a class
+    left with no held-out image gets the smallest group that holds it, where that leaves every class a training
+    image. A class that cannot be held out so is named in a warning (its held-out images would come from groups
+    that training also sees)."""
+    names, unit = np.unique(groups, return_inverse=True)
+    counts = np.zeros((len(names), int(labels.max()) + 1), dtype=np.int64)
+    np.add.at(counts, (unit, labels), 1)
+    total = counts.sum(0)
+    target = np.where(total >= 2, np.maximum(1, np.round(fraction * total)), 0)
+    held, taken = np.zeros_like(total), np.zeros(len(names), dtype=bool)
+
+    def fits(u: int, cap: np.ndarray) -> bool:  # within ``cap``, and every class keeps a training image
+        after = held + counts[u]
+        return bool(np.all(after <= cap) and np.all(after[total > 0] < total[total > 0]))
+
+    for u in np.random.default_rng(seed).permutation(len(names)):
+        if np.all(held >= target):
+            break
+        if fits(u, target):
+            taken[u], held = True, held + counts[u]
+    for c in np.flatnonzero((target > 0) & (held == 0)):
+        options = [u for u in np.flatnonzero(~taken & (counts[:, c] > 0)) if fits(u, total)]
+        if options:
+            u = min(options, key=lambda u: (counts[u].sum(), u))
+            taken[u], held = True, held + counts[u]
+            continue
+        mine = [str(names[u]).removeprefix(COLUMN_GROUP) for u in np.flatnonzero(counts[:, c])]
+        log.warning("no image of one class can be held out: its %d image(s) are in group(s) %s, and holding one "
+                    "out would leave a class without training images; its held-out images are missing, so give it "
+                    "images in more groups", total[c], ", ".join(f"'{g}'" for g in mine[:3])
+                    + (", ..." if len(mine) > 3 else ""))
+    out = taken[unit]
     return np.flatnonzero(~out), np.flatnonzero(out)
 
 
@@ -286,7 +330,8 @@ def _folder_splits(cfg: DataConfig, root: Path) -> dict[str, _Split]:
 
 def folder_scan(cfg: DataConfig, root: Path) -> FolderScan:
     """The image folder ``root`` resolved as ``cfg`` reads it (:func:`fm2edge.data.folders.scan_folder`)."""
-    return scan_folder(root, folder_names(cfg), cfg.train_split, cfg.label_column, cfg.labels)
+    return scan_folder(root, folder_names(cfg), cfg.train_split, Columns(cfg.label_column, cfg.group_column),
+                       cfg.labels)
 
 
 def is_saved_dataset(path: Path) -> bool:
@@ -402,11 +447,20 @@ def _hf_splits(cfg: DataConfig) -> dict[str, _Split]:
             ds = ds.cast_column(img_col, ImageFeature(decode=False))
         rows = _EncodedColumn(ds, img_col)
         source_key = ds._fingerprint if content is None else f"{content}-{split}"
-        splits[split] = _Split(rows, labels, names, f"{source_key}-{img_col}-{lbl_col}")
+        splits[split] = _Split(rows, labels, names, f"{source_key}-{img_col}-{lbl_col}",
+                               hub_groups(ds, cfg, split) if cfg.group_column else None)
     if cfg.train_split not in splits:
         raise Fm2EdgeError(f"data.source '{cfg.source}' has no split '{cfg.train_split}'; its splits are "
                            f"{list(dsd)}; choose one with --data.train_split")
     return splits
+
+
+def hub_groups(ds: Any, cfg: DataConfig, split: str) -> np.ndarray:
+    """Each row's group from the column ``--data.group_column`` names (an empty cell: the row alone)."""
+    if cfg.group_column not in ds.column_names:
+        raise Fm2EdgeError(f"split '{split}' of data.source '{cfg.source}' has no column '{cfg.group_column}' "
+                           f"(--data.group_column); its columns are {ds.column_names}")
+    return np.array([column_group(v, f"{split}/{i}") for i, v in enumerate(ds[cfg.group_column])], dtype=object)
 
 
 class _EncodedColumn:
@@ -644,6 +698,25 @@ def _check_plan(plan: SplitPlan, cfg: DataConfig) -> None:
     if plan.test is plan.train:
         check_disjoint(plan.labelled, plan.test_idx, cfg.train_split)
     check_classes(plan.train.class_names, plan.train.labels[plan.train_idx], others, cfg.source)
+    for name, found in groups_across_splits(plan, cfg).items():
+        log.warning("%d group(s) of column '%s' have images in both '%s' and '%s' (e.g. '%s'): the %s accuracy then "
+                    "partly measures recognising them; move each group's images into one split", len(found),
+                    cfg.group_column, cfg.train_split, name, found[0], name)
+
+
+def groups_across_splits(plan: SplitPlan, cfg: DataConfig) -> dict[str, list[str]]:
+    """The groups (``--data.group_column``) that have training images and images in the source's own validation
+    or test split, by that split (held-out shares never share a group: :func:`group_split`)."""
+    out = {}
+    trained = set() if plan.train.groups is None else set(plan.train.groups[plan.pool].tolist())
+    held = {cfg.test_split: (plan.test, plan.test_idx), plan.val_name: (plan.val, plan.val_idx)}
+    for name, (split, idx) in held.items():
+        if split is not None and split is not plan.train and split.groups is not None:
+            found = sorted(str(g).removeprefix(COLUMN_GROUP) for g in set(split.groups[idx].tolist()) & trained
+                           if str(g).startswith(COLUMN_GROUP))
+            if found:
+                out[name] = found
+    return out
 
 
 def _same_classes(train: _Split, other: _Split, cfg: DataConfig, name: str) -> None:

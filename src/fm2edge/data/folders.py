@@ -79,11 +79,30 @@ class FolderScan:
     @property
     def sub_folders(self) -> int:
         """How many sub-folders of class folders hold images (each one a group kept whole)."""
-        return sum(len({g for g in s.groups if not g.startswith(IMAGE_GROUP)}) for s in self.splits.values())
+        return sum(len({g for g in s.groups if not g.startswith((IMAGE_GROUP, COLUMN_GROUP))})
+                   for s in self.splits.values())
 
 
 # The group of an image directly in its class folder: the image alone (nothing says which of them are alike).
 IMAGE_GROUP = "image:"
+# The group a column names (--data.group_column: a patient, a site, a camera): kept whole whatever its classes.
+COLUMN_GROUP = "group:"
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The columns of a metadata or labels file that fm2edge reads beside the image's name: its class (``label``;
+    empty: found by name) and its group (``group``; empty: each image its own)."""
+
+    label: str | None = None
+    group: str | None = None
+
+
+def column_group(value: object, name: str) -> str:
+    """The group of an image whose group column holds ``value``: that value's, or the image alone where it is
+    empty."""
+    text = "" if value is None else str(value).strip()
+    return COLUMN_GROUP + text if text else IMAGE_GROUP + name
 
 
 def group_of(rel: Path) -> str:
@@ -166,22 +185,27 @@ def read_through(folder: Path, rel: list[Path]) -> tuple[Path, list[Path]]:
 
 
 def scan_folder(root: Path, named: dict[str, str] | None = None, train: str = "train",
-                label_column: str | None = None, labels_file: str | None = None) -> FolderScan:
+                columns: Columns = Columns(), labels_file: str | None = None) -> FolderScan:
     """Resolve ``root`` into splits and classes, or raise one error naming the misplaced file or folder and the fix.
 
     ``named`` maps folder names given on the command line (``--data.test_split holdout``) to the split they are;
-    ``train`` is the training split's name (the one whose class folders name the classes); ``label_column`` the
-    column of a metadata or labels file that holds the labels; ``labels_file`` a file that lists every image's
-    class (``--data.labels``), read instead of the folders.
+    ``train`` is the training split's name (the one whose class folders name the classes); ``columns`` the
+    columns of a metadata or labels file that hold the labels and groups; ``labels_file`` a file that lists every
+    image's class (``--data.labels``), read instead of the folders.
     """
     named = named or {}
     files, skipped = walk_files(root)
     if labels_file:
-        return scan_listed(root, find_labels_file(root, labels_file), label_column, files, skipped, train)
+        return scan_listed(root, find_labels_file(root, labels_file), columns, files, skipped, train)
     metadata = metadata_files(root, named)
-    labels = {top: read_metadata(path, label_column) for top, path in metadata.items()}
+    labels = {top: read_metadata(path, columns) for top, path in metadata.items()}
     if labels and all(v is not None for v in labels.values()):
         return scan_metadata(root, metadata, labels, files, skipped, (named, train))
+    if columns.group:
+        raise Fm2EdgeError(f"--data.group_column '{columns.group}' names a column of a labels or metadata file, and "
+                           f"image folder '{root}' is labelled by its class folders; give the file that lists each "
+                           f"image's class and group (--data.labels FILE), or leave --data.group_column empty (a "
+                           f"class folder's sub-folders are its groups)")
     try:
         return scan_classes(root, files, skipped, named, train)
     except Fm2EdgeError:
@@ -279,31 +303,37 @@ def metadata_files(root: Path, named: dict[str, str]) -> dict[str, Path]:
     return out
 
 
-def read_metadata(path: Path, label_column: str | None) -> dict[str, str] | None:
-    """``file_name`` -> label (as text) from a metadata.csv or .jsonl; None where it has no label column
-    (``label_column``, else one of LABEL_NAMES: a caption or a camera is not a class), as the hub's image folder
+# An image's row in a metadata or labels file, read: {its path: (class, group)}.
+Listed = dict[str, tuple[str, str]]
+
+
+def read_metadata(path: Path, columns: Columns) -> Listed | None:
+    """``file_name`` -> (label as text, group) from a metadata.csv or .jsonl; None where it has no label column
+    (``columns.label``, else one of LABEL_NAMES: a caption or a camera is not a class), as the hub's image folder
     then takes the labels from the class folders; one error naming the file and its columns where it has no
-    ``file_name`` column or not the label column named."""
+    ``file_name`` column or not a column named."""
     rows = read_rows(path)
-    columns = list(rows[0]) if rows else []
-    column = label_column or next((c for c in LABEL_NAMES if c in columns), None)
-    if "file_name" not in columns or (label_column and label_column not in columns):
-        wanted = "a file_name column" if "file_name" not in columns else f"a '{label_column}' column"
-        raise Fm2EdgeError(f"'{path}' has columns {columns or 'none'}; it needs {wanted}: one row per image, its "
+    have = list(rows[0]) if rows else []
+    column = columns.label or next((c for c in LABEL_NAMES if c in have), None)
+    lacking = next((c for c in (columns.label, columns.group) if c and c not in have), None)
+    if "file_name" not in have or lacking:
+        wanted = "a file_name column" if "file_name" not in have else f"a '{lacking}' column"
+        raise Fm2EdgeError(f"'{path}' has columns {have or 'none'}; it needs {wanted}: one row per image, its "
                            f"path from '{path.parent}' and its class")
     if column is None:
         return None
-    return {str(Path(r["file_name"])): str(r[column]) for r in rows if r.get(column) not in (None, "")}
+    return {(name := str(Path(r["file_name"]))): (str(r[column]), column_group(r.get(columns.group), name))
+            for r in rows if r.get(column) not in (None, "")}
 
 
-def scan_metadata(root: Path, metadata: dict[str, Path], labels: dict[str, dict[str, str]], files: list[Path],
+def scan_metadata(root: Path, metadata: dict[str, Path], labels: dict[str, Listed], files: list[Path],
                   skipped: dict[str, int], splits_named: tuple[dict[str, str], str]) -> FolderScan:
     """An image folder labelled by metadata files (see the module's docstring; ``labels``: each one's
-    :func:`read_metadata`): each split's images those files list, each its own group; unlisted images skipped and
-    counted. ``splits_named``: (``named``, ``train``) as :func:`scan_folder` takes them."""
+    :func:`read_metadata`): each split's images those files list; unlisted images skipped and counted.
+    ``splits_named``: (``named``, ``train``) as :func:`scan_folder` takes them."""
     named, train = splits_named
     layout = "root/metadata.csv" if "" in metadata else "root/<split>/metadata.csv"
-    by_split: dict[str, tuple[Path, dict[str, str]]] = {}
+    by_split: dict[str, tuple[Path, Listed]] = {}
     for top, path in metadata.items():
         by_split[split_of(top, named) if top else train] = (path.parent, labels[top])
     if train not in by_split:
@@ -319,27 +349,26 @@ def scan_metadata(root: Path, metadata: dict[str, Path], labels: dict[str, dict[
                          "a metadata file")
 
 
-def labelled_scan(root: Path, layout: str, by_split: dict[str, tuple[Path, dict[str, str]]], train: str,
+def labelled_scan(root: Path, layout: str, by_split: dict[str, tuple[Path, Listed]], train: str,
                   walked: tuple[list[Path], dict[str, int]], label_files: list[Path], named: str) -> FolderScan:
     """The scan of images labelled by ``label_files`` (metadata or labels files, ``named`` so in messages):
-    ``by_split`` maps each split to its folder and {image path from that folder: class}; ``walked`` is
-    :func:`walk_files`' answer for ``root``. Each image is its own group; images no file lists are skipped and
-    counted."""
+    ``by_split`` maps each split to its folder and {image path from that folder: (class, group)}; ``walked`` is
+    :func:`walk_files`' answer for ``root``. Images no file lists are skipped and counted."""
     files, skipped = walked
-    train_classes = sorted(set(by_split[train][1].values()))
+    train_classes = sorted({label for label, _ in by_split[train][1].values()})
     if len(train_classes) < 2:
         raise Fm2EdgeError(f"'{label_files[0]}' labels every training image "
                            f"'{train_classes[0] if train_classes else ''}'; a classifier needs at least two classes")
     index = {c: i for i, c in enumerate(train_classes)}
     splits: dict[str, FolderSplit] = {}
     for split, (folder, labels) in sorted(by_split.items(), key=lambda item: item[0] != train):
-        strays = sorted(set(labels.values()) - set(index))
+        strays = sorted({label for label, _ in labels.values()} - set(index))
         if strays:
             raise Fm2EdgeError(f"class '{strays[0]}' is in '{folder}' metadata but no training image has it; "
                                f"label some training images '{strays[0]}', or drop its rows")
         names = sorted(labels)
-        splits[split] = FolderSplit(folder, [folder / n for n in names], [index[labels[n]] for n in names],
-                                    [IMAGE_GROUP + n for n in names])
+        splits[split] = FolderSplit(folder, [folder / n for n in names], [index[labels[n][0]] for n in names],
+                                    [labels[n][1] for n in names])
     inside = sum(f.resolve().is_relative_to(root.resolve()) for f in label_files)
     skipped = {k: v for k, v in {**skipped, "not an image": skipped.get("not an image", 0) - inside}.items()
                if v}  # the label files themselves are not skipped images
@@ -371,28 +400,31 @@ def find_labels_file(root: Path, given: str) -> Path:
     return path
 
 
-def read_labels_file(path: Path, label_column: str | None) -> list[tuple[str, str]]:
-    """(image as the file names it, class) rows of a labels file (``--data.labels``): the first column FILE_COLUMNS
-    names (case aside) names the image; ``label_column``, else a column LABEL_NAMES names, else the file's one other
-    column holds its class. Rows without a class are left out (a test list with empty labels)."""
+def read_labels_file(path: Path, columns: Columns) -> list[tuple[str, str, str]]:
+    """(image as the file names it, class, group) rows of a labels file (``--data.labels``): the first column
+    FILE_COLUMNS names (case aside) names the image; ``columns.label``, else a column LABEL_NAMES names, else the
+    file's one other column (the group column aside) holds its class; ``columns.group``, where given, its group
+    (an empty cell: the image alone). Rows without a class are left out (a test list with empty labels)."""
     rows = read_rows(path)
-    columns = [str(c) for c in rows[0]] if rows else []
-    lower = {c.lower(): c for c in columns}
+    have = [str(c) for c in rows[0]] if rows else []
+    lower = {c.lower(): c for c in have}
     file_col = next((lower[n] for n in FILE_COLUMNS if n in lower), None)
-    others = [c for c in columns if c != file_col]
-    label = label_column or next((lower[n] for n in LABEL_NAMES if n in lower), None) or \
+    others = [c for c in have if c not in (file_col, columns.group)]
+    label = columns.label or next((lower[n] for n in LABEL_NAMES if n in lower), None) or \
         (others[0] if len(others) == 1 else None)
-    if file_col is None or label not in columns:
+    if file_col is None or label not in have or (columns.group and columns.group not in have):
         wanted = (f"a column naming each image ({', '.join(FILE_COLUMNS[:3])}, id, ...)" if file_col is None else
-                  f"a '{label_column}' column" if label_column else
+                  f"a '{columns.label}' column" if columns.label and columns.label not in have else
+                  f"a '{columns.group}' column (--data.group_column)" if label in have else
                   "its class column named: give --data.label_column")
-        raise Fm2EdgeError(f"labels file '{path}' has columns {columns or 'none'}; it needs {wanted}")
-    return [(str(r[file_col]).strip(), str(r[label]).strip()) for r in rows
-            if r.get(file_col) not in (None, "") and r.get(label) not in (None, "")]
+        raise Fm2EdgeError(f"labels file '{path}' has columns {have or 'none'}; it needs {wanted}")
+    return [(name, str(r[label]).strip(), column_group(r.get(columns.group), name)) for r in rows
+            if r.get(file_col) not in (None, "") and r.get(label) not in (None, "")
+            and (name := str(r[file_col]).strip())]
 
 
-def match_listed(root: Path, files: list[Path], listed: list[tuple[str, str]], path: Path) -> dict[str, str]:
-    """{image path from ``root``: class} for the images ``listed`` (by :func:`read_labels_file`) names among
+def match_listed(root: Path, files: list[Path], listed: list[tuple[str, str, str]], path: Path) -> Listed:
+    """{image path from ``root``: (class, group)} for the images ``listed`` (by :func:`read_labels_file`) names among
     ``files``: by path from the data folder or from the labels file's folder, else by file name, else by file name
     without its extension (Kaggle's ids), where one image has it; one error for a name no image or several have."""
     by_path = {f.as_posix(): f for f in files}
@@ -403,9 +435,9 @@ def match_listed(root: Path, files: list[Path], listed: list[tuple[str, str]], p
         by_stem.setdefault(f.stem, []).append(f)
     here, top = path.parent.resolve(), root.resolve()
     base = here.relative_to(top).as_posix() + "/" if here.is_relative_to(top) and here != top else ""
-    out: dict[str, str] = {}
+    out: Listed = {}
     missing: list[str] = []
-    for name, label in listed:
+    for name, label, group in listed:
         key = name.replace("\\", "/").removeprefix("./")
         exact, leaf = by_path.get(key) or by_path.get(base + key), Path(key).name
         found = [exact] if exact else by_name.get(leaf) or by_stem.get(leaf) or []
@@ -416,8 +448,8 @@ def match_listed(root: Path, files: list[Path], listed: list[tuple[str, str]], p
             missing.append(name)
             continue
         rel = found[0].as_posix()
-        if out.setdefault(rel, label) != label:
-            raise Fm2EdgeError(f"'{rel}' is listed twice in labels file '{path}', as '{out[rel]}' and '{label}'; "
+        if out.setdefault(rel, (label, group))[0] != label:
+            raise Fm2EdgeError(f"'{rel}' is listed twice in labels file '{path}', as '{out[rel][0]}' and '{label}'; "
                                f"keep one row for it")
     if missing:
         raise Fm2EdgeError(f"'{missing[0]}' is listed in labels file '{path}' ({len(missing)} such row(s)) but no "
@@ -425,12 +457,12 @@ def match_listed(root: Path, files: list[Path], listed: list[tuple[str, str]], p
     return out
 
 
-def scan_listed(root: Path, path: Path, label_column: str | None, files: list[Path], skipped: dict[str, int],
+def scan_listed(root: Path, path: Path, columns: Columns, files: list[Path], skipped: dict[str, int],
                 train: str) -> FolderScan:
     """An image folder labelled by a labels file (``--data.labels``): its images are the training split."""
     if not files:
         raise no_images(root, skipped, f"put the images that '{path}' lists in it")
-    labels = match_listed(root, files, read_labels_file(path, label_column), path)
+    labels = match_listed(root, files, read_labels_file(path, columns), path)
     return labelled_scan(root, f"images listed in {path.name}", {train: (root, labels)}, train, (files, skipped),
                          [path], path.name)
 

@@ -14,7 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from fm2edge.config import DataConfig
-from fm2edge.data.dataset import ImageData, SplitPlan, folder_scan, image_folder, load_planned, plan_splits
+from fm2edge.data.dataset import (
+    ImageData,
+    SplitPlan,
+    folder_scan,
+    groups_across_splits,
+    image_folder,
+    load_planned,
+    plan_splits,
+)
+from fm2edge.data.folders import COLUMN_GROUP
 from fm2edge.data.images import peek_size
 from fm2edge.data.splits import MIN_HASHED_SIDE, NEAR_COPY_BITS, label_conflicts, near_copies, selection_noise
 
@@ -61,6 +70,8 @@ def summarise(cfg: DataConfig, pairs: str | None = None) -> dict:
     out["imbalance"] = class_imbalance(out["splits"]["train"]["per_class"])
     out["near_copies"] = near_copy_summary(plan, train, {"test": test, "validation": val}, cfg, pairs)
     out["label_conflicts"] = conflict_summary(plan, train, cfg)
+    if cfg.group_column:
+        out["groups"] = group_summary(plan, cfg)
     folder = image_folder(cfg)
     if folder is not None:
         scan = folder_scan(cfg, folder)
@@ -71,6 +82,31 @@ def summarise(cfg: DataConfig, pairs: str | None = None) -> dict:
                    original_sizes={"min": sizes.min(0).tolist(), "median": np.median(sizes, 0).tolist(),
                                    "max": sizes.max(0).tolist()})
     return out
+
+
+def group_summary(plan: SplitPlan, cfg: DataConfig) -> dict:
+    """The groups ``--data.group_column`` names: how many the labelled training split holds, how many hold images
+    of several classes, and those that also have images in the source's own validation or test split."""
+    groups, labels = plan.train.groups[plan.labelled], plan.train.labels[plan.labelled]
+    named = [g.removeprefix(COLUMN_GROUP) for g in groups.tolist() if g.startswith(COLUMN_GROUP)]
+    classes: dict[str, set] = {}
+    for g, y in zip(groups.tolist(), labels.tolist(), strict=True):
+        classes.setdefault(g, set()).add(y)
+    return {"column": cfg.group_column, "groups": len(set(named)), "ungrouped_images": len(groups) - len(named),
+            "several_classes": sum(len(c) > 1 for g, c in classes.items() if g.startswith(COLUMN_GROUP)),
+            "across_splits": groups_across_splits(plan, cfg)}
+
+
+def group_lines(groups: dict) -> list[str]:
+    """:func:`group_summary` in words."""
+    lines = [f"groups: {groups['groups']} in column '{groups['column']}' ({groups['several_classes']} with images of "
+             f"several classes" + (f"; {groups['ungrouped_images']} image(s) without one, each its own"
+                                  if groups["ungrouped_images"] else "")
+             + "); each is kept whole on one side when images are held out"]
+    for split, found in groups["across_splits"].items():
+        lines.append(f"  {len(found)} group(s) also in '{split}' ({', '.join(found[:5])}"
+                     f"{', ...' if len(found) > 5 else ''}): move each group's images into one split")
+    return lines
 
 
 def near_copy_summary(plan: SplitPlan, train: ImageData, held: dict[str, ImageData | None], cfg: DataConfig,
@@ -242,6 +278,7 @@ def render(summary: dict) -> str:
         lines.append(f"empty class folder left out: {folder}")
     lines += near_copy_lines(summary["near_copies"])
     lines += conflict_lines(summary["label_conflicts"])
+    lines += group_lines(summary["groups"]) if "groups" in summary else []
     width = max(len("class"), *(len(c) for c in summary["classes"]))
     lines.append("")
     lines.append(f"{'class':<{width}}  " + "  ".join(f"{n:>10}" for n in splits))
