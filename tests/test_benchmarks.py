@@ -149,6 +149,7 @@ def test_the_inference_batch_benchmark_runs_each_batch_and_fm2edges_own(monkeypa
     assert "fm2edge's batch when asked for 16" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_memory_benchmark_runs_onnxruntimes_defaults_beside_fm2edges_own(monkeypatch, tmp_path, capsys):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import memory_peaks

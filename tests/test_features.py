@@ -242,7 +242,6 @@ def test_cpu_bf16_embeddings_stay_close_to_fp32(tiny_dinov2, parquet_dir):
     assert cos.mean() > 0.99
 
 
-@pytest.mark.slow
 def test_two_process_embedding_equals_one(tiny_dinov2, parquet_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "JSONARGPARSE_DEPRECATION_WARNINGS": "off",
            "FM2EDGE_CACHE": str(tmp_path / "cache2")}

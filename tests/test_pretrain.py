@@ -100,6 +100,7 @@ def knn_accuracy(model, k: int = 5) -> float:
     return KNeighborsClassifier(k).fit(a, train.labels.numpy()).score(b, test.labels.numpy())
 
 
+@pytest.mark.slow
 def test_pretraining_without_labels_improves_a_knn_probe_and_saves_no_projector(tmp_path, digits_run):
     result = pretrain(tmp_path, digits_run, epochs=6)
     run = tmp_path / "pre"
