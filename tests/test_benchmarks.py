@@ -84,6 +84,22 @@ def test_the_decode_benchmark_times_both_decodes_of_the_same_photos(monkeypatch,
     assert "full decode" in capsys.readouterr().out
 
 
+def test_the_group_benchmark_trains_each_model_on_both_splits_of_one_burst_folder(monkeypatch, tmp_path, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import group_leak
+
+    monkeypatch.setattr(group_leak, "SHARED_PHOTOS", tmp_path / "absent.parquet")  # digits, wherever it runs
+    out = tmp_path / "groups.json"
+    monkeypatch.setattr("sys.argv", ["group_leak.py", "--photos", "24", "--burst", "3", "--models",
+                                     "student:small_cnn@32@1", "--json", str(out)])
+    group_leak.main()
+    folder, by_image, by_burst = json.loads(out.read_text())["rows"]
+    assert folder["images"] == 72 and folder["near_copies"]["test_images"] == by_image["test_images"]
+    assert (by_image["held_out_by"], by_burst["held_out_by"]) == ("image", "burst")
+    assert by_burst["test_images"] % 3 == 0  # whole bursts of three shots
+    assert "held out image by image" in capsys.readouterr().out
+
+
 def test_the_near_copy_benchmark_counts_the_copy_it_was_given(monkeypatch, tmp_path, capsys):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import near_copies
