@@ -299,6 +299,27 @@ def test_a_group_column_keeps_each_patients_images_on_one_side(tmp_path, capsys)
     assert f"groups: {n} in column 'patient' ({n} with images of several classes" in capsys.readouterr().out
 
 
+def test_unlabelled_extras_hold_no_image_of_a_group_validation_holds(tmp_path):
+    """--data.max_train labels part of a patient's images; where validation holds that patient, the rest are not
+    the unlabelled images a distillation trains on (`fm2edge auto` takes them): it would see validation's subjects."""
+    from fm2edge.data import load_unlabeled
+
+    root = photos(tmp_path / "p", {"train": 80})
+    patient = {f"train/{i}.png": f"p{i // 8}" for i in range(80)}  # eight images each, both classes
+    (root / "labels.csv").write_text("image,label,patient\n" + "".join(
+        f"train/{i}.png,{'ab'[i % 2]},{patient[f'train/{i}.png']}\n" for i in range(80)))
+    straddled = 0
+    for most in range(18, 42, 3):
+        cfg = DataConfig(source=str(root), labels="labels.csv", group_column="patient", max_train=most,
+                         val_fraction=0.3, test_fraction=0.25)
+        train, val, _ = load_data(cfg)
+        extra = load_unlabeled(cfg, None)
+        trained, validated, extras = ({patient[f] for f in sides(d, root)} for d in (train, val, extra))
+        assert validated and extras and not validated & extras
+        straddled += bool(trained & extras)  # a patient partly labelled: the case this guards, where it is validation's
+    assert straddled
+
+
 def test_a_group_column_in_a_parquet_dataset_and_groups_its_test_split_shares_are_named(tmp_path, capsys, caplog):
     from conftest import hub_dataset
 

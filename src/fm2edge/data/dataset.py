@@ -791,9 +791,12 @@ def _without_copies(data: ImageData, of: ImageData, name: str, other: str, where
 def load_left_out(cfg: DataConfig, n: int | None = None, last: bool = False) -> ImageData:
     """Labelled training images that ``load_data(cfg)`` leaves out (beyond max_train / per_class), the first ``n`` of
     them in source order (the last ``n`` with ``last``; all when ``n`` is None), with their labels. Test and
-    validation images are never among them: a check on them reads neither split."""
+    validation images are never among them, nor images of a group (``--data.group_column``, a sub-folder) that
+    validation holds: a check on them reads neither split, and training on them sees no validation subject."""
     plan = plan_splits(cfg)
     rest = np.setdiff1d(plan.pool, plan.labelled)
+    if plan.val is plan.train and plan.train.groups is not None:
+        rest = rest[~np.isin(plan.train.groups[rest], plan.train.groups[plan.val_idx])]
     rest = rest if n is None else rest[max(0, len(rest) - n):] if last else rest[:n]
     if len(rest) == 0:
         raise Fm2EdgeError(f"'{cfg.source}' has no training images beyond the {len(plan.labelled)} labelled ones; "
