@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,13 +122,16 @@ def shoots(root, per_class: dict[str, list[int]], size: int = 12):
     return photos(root, {f"{c}/shoot {k}": n for c, counts in per_class.items() for k, n in enumerate(counts)}, size)
 
 
+def sides(data, root) -> set[str]:
+    """The file names (relative to ``root``) of ``data``'s images, found by their pixels."""
+    where = {np.asarray(Image.open(f).convert("RGB")).tobytes(): f.relative_to(root).as_posix()
+             for f in sorted(root.rglob("*.png"))}
+    return {where[img.permute(1, 2, 0).numpy().tobytes()] for img in data.images}
+
+
 def groups_of(data, root) -> set[str]:
     """The sub-folders (relative to ``root``) that ``data``'s images came from, found by their pixels."""
-    where = {}
-    for f in sorted(root.rglob("*.png")):
-        arr = np.asarray(Image.open(f).convert("RGB"))
-        where[arr.tobytes()] = str(f.parent.relative_to(root))
-    return {where[img.permute(1, 2, 0).numpy().tobytes()] for img in data.images}
+    return {str(Path(f).parent) for f in sides(data, root)}
 
 
 def test_sub_folders_of_class_folders_are_read_and_held_out_whole(tmp_path):
@@ -262,13 +266,6 @@ def test_a_bad_labels_file_is_one_line(listing, match, tmp_path, capsys):
     assert main(["data", str(root), "--data.labels", "labels.csv"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.search(match, err[0]), err
-
-
-def sides(data, root) -> set[str]:
-    """The file names (relative to ``root``) of ``data``'s images, found by their pixels."""
-    where = {np.asarray(Image.open(f).convert("RGB")).tobytes(): f.relative_to(root).as_posix()
-             for f in sorted(root.rglob("*.png"))}
-    return {where[img.permute(1, 2, 0).numpy().tobytes()] for img in data.images}
 
 
 def test_a_group_column_keeps_each_patients_images_on_one_side(tmp_path, capsys):

@@ -23,7 +23,14 @@ import numpy as np
 import torch
 
 from fm2edge.config import DataConfig
-from fm2edge.data.folders import COLUMN_GROUP, Columns, FolderScan, column_group, looks_like_image_folder, scan_folder
+from fm2edge.data.folders import (
+    Columns,
+    FolderScan,
+    column_group,
+    looks_like_image_folder,
+    named_group,
+    scan_folder,
+)
 from fm2edge.data.images import decode, find_images, peek_size
 from fm2edge.data.splits import (
     check_classes,
@@ -190,7 +197,7 @@ def group_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: i
     Written here rather than taken from scikit-learn: ``GroupShuffleSplit`` ignores the classes (a class can lose
     every training image) and ``StratifiedGroupKFold`` can put a class's only group in the held-out fold."""
     labels, groups = np.asarray(labels), np.asarray(groups)
-    if any(str(g).startswith(COLUMN_GROUP) for g in groups):
+    if any(named_group(g) is not None for g in groups):
         return column_group_split(labels, groups, fraction, seed)
     rng = np.random.default_rng(seed)
     out = np.zeros(len(labels), dtype=bool)
@@ -250,7 +257,7 @@ def column_group_split(labels: np.ndarray, groups: np.ndarray, fraction: float,
             u = min(options, key=lambda u: (counts[u].sum(), u))
             taken[u], held = True, held + counts[u]
             continue
-        mine = [str(names[u]).removeprefix(COLUMN_GROUP) for u in np.flatnonzero(counts[:, c])]
+        mine = [named_group(names[u]) or str(names[u]) for u in np.flatnonzero(counts[:, c])]
         log.warning("no image of one class can be held out: its %d image(s) are in group(s) %s, and holding one "
                     "out would leave a class without training images; its held-out images are missing, so give it "
                     "images in more groups", total[c], ", ".join(f"'{g}'" for g in mine[:3])
@@ -712,8 +719,7 @@ def groups_across_splits(plan: SplitPlan, cfg: DataConfig) -> dict[str, list[str
     held = {cfg.test_split: (plan.test, plan.test_idx), plan.val_name: (plan.val, plan.val_idx)}
     for name, (split, idx) in held.items():
         if split is not None and split is not plan.train and split.groups is not None:
-            found = sorted(str(g).removeprefix(COLUMN_GROUP) for g in set(split.groups[idx].tolist()) & trained
-                           if str(g).startswith(COLUMN_GROUP))
+            found = sorted(filter(None, map(named_group, set(split.groups[idx].tolist()) & trained)))
             if found:
                 out[name] = found
     return out

@@ -105,6 +105,12 @@ def column_group(value: object, name: str) -> str:
     return COLUMN_GROUP + text if text else IMAGE_GROUP + name
 
 
+def named_group(group: object) -> str | None:
+    """The value a group column gave ``group`` (:func:`column_group`); None for any other group."""
+    text = str(group)
+    return text.removeprefix(COLUMN_GROUP) if text.startswith(COLUMN_GROUP) else None
+
+
 def group_of(rel: Path) -> str:
     """The group of an image at ``rel`` (``<class>/.../<image>``, relative to its split folder): the sub-folder it
     sits in (``cats/2019``), or the image itself where it sits directly in its class folder."""

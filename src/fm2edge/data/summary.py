@@ -23,7 +23,7 @@ from fm2edge.data.dataset import (
     load_planned,
     plan_splits,
 )
-from fm2edge.data.folders import COLUMN_GROUP
+from fm2edge.data.folders import named_group
 from fm2edge.data.images import peek_size
 from fm2edge.data.splits import MIN_HASHED_SIDE, NEAR_COPY_BITS, label_conflicts, near_copies, selection_noise
 
@@ -87,13 +87,15 @@ def summarise(cfg: DataConfig, pairs: str | None = None) -> dict:
 def group_summary(plan: SplitPlan, cfg: DataConfig) -> dict:
     """The groups ``--data.group_column`` names: how many the labelled training split holds, how many hold images
     of several classes, and those that also have images in the source's own validation or test split."""
-    groups, labels = plan.train.groups[plan.labelled], plan.train.labels[plan.labelled]
-    named = [g.removeprefix(COLUMN_GROUP) for g in groups.tolist() if g.startswith(COLUMN_GROUP)]
-    classes: dict[str, set] = {}
-    for g, y in zip(groups.tolist(), labels.tolist(), strict=True):
-        classes.setdefault(g, set()).add(y)
-    return {"column": cfg.group_column, "groups": len(set(named)), "ungrouped_images": len(groups) - len(named),
-            "several_classes": sum(len(c) > 1 for g, c in classes.items() if g.startswith(COLUMN_GROUP)),
+    classes: dict[str, set] = {}  # each named group's classes
+    ungrouped = 0
+    for g, y in zip(plan.train.groups[plan.labelled].tolist(), plan.train.labels[plan.labelled].tolist(), strict=True):
+        if (name := named_group(g)) is None:
+            ungrouped += 1
+        else:
+            classes.setdefault(name, set()).add(y)
+    return {"column": cfg.group_column, "groups": len(classes), "ungrouped_images": ungrouped,
+            "several_classes": sum(len(c) > 1 for c in classes.values()),
             "across_splits": groups_across_splits(plan, cfg)}
 
 
