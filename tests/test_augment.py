@@ -351,17 +351,41 @@ def boxed_views(boxes, stored, flips=None):
     return Views(p)
 
 
-@pytest.mark.parametrize(("stored", "size"), [(256, 96), (61, 32), (32, 96), (100, 100)])
-def test_the_batched_resample_is_torch_s_antialiased_resize(stored, size):
-    """The batch's own resample (the GPU path) of whole images equals interpolate(antialias=True) to float
-    precision, shrinking and growing."""
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize(("stored", "size"), [(256, 96), (61, 32), (32, 96), (100, 100), (8, 224)])
+def test_the_batched_resample_is_torch_s_antialiased_resize(stored, size, mode):
+    """The batch's own resample (the GPU path) of whole images equals interpolate(antialias=True) with the same
+    kernel to float precision, shrinking and growing (a bicubic's overshoot clamped to the pixel range, as a
+    model's preprocessing clamps it)."""
     from fm2edge.augment import resample
 
     x = images(3, stored)
-    out = resample(x, boxed_views([(0, 0, stored, stored)] * 3, stored), size)
-    reference = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    out = resample(x, boxed_views([(0, 0, stored, stored)] * 3, stored), size, interpolation=mode)
+    reference = F.interpolate(x.float(), size=(size, size), mode=mode, antialias=True, align_corners=False)
     assert out.shape == (3, 3, size, size) and out.dtype == torch.float32
-    assert torch.allclose(out, reference, atol=1e-2)
+    assert torch.allclose(out, reference.clamp(0, 255), atol=1e-2)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_a_model_sees_whole_image_views_as_its_preprocessing_resizes(mode):
+    """A view of the whole image, rendered for a model, is the image its own preprocessing gives (its interpolation
+    kernel, not always bilinear): a teacher shown views resized otherwise than it was trained on sees other
+    images (upscaled 8 x 8 digits: 24% agreement with the labels instead of 100%)."""
+    from fm2edge.augment import model_views
+    from fm2edge.models.preprocess import Preprocess
+
+    x = images(3, 8)
+    pre = Preprocess(size=64, crop_pct=1.0, interpolation=mode)
+    whole = boxed_views([(0, 0, 8, 8)] * 3, 8, flips=[0, 0, 0])
+    level = 1 / 255 / max(pre.std)  # one pixel level, normalised
+
+    def mean_levels(shown):
+        return float((shown - pre(x)).abs().mean() / level)
+
+    # within rounding on average (torch's uint8 bicubic rounds between its passes: a few levels at sharp edges)
+    assert mean_levels(model_views(pre, x, whole)) < 1
+    other = Preprocess(size=64, crop_pct=1.0, interpolation="bicubic" if mode == "bilinear" else "bilinear")
+    assert mean_levels(model_views(other, x, whole)) > 5, "the kernel matters (about 10 levels on average here)"
 
 
 def test_the_cpu_crop_and_the_batched_resample_give_the_same_views():
@@ -379,6 +403,10 @@ def test_the_cpu_crop_and_the_batched_resample_give_the_same_views():
         per_image, batched = crop_resize(x, views, size), resample(x, views, size, snapped)
         assert per_image.dtype == torch.uint8 and batched.dtype == torch.float32
         assert (per_image.float() - batched.round()).abs().max() <= 1
+        # bicubic: torch's uint8 kernel rounds and clamps between its two passes (as PIL does), so overshooting
+        # edges differ by more than a level; the views agree on average
+        per_image, batched = crop_resize(x, views, size, "bicubic"), resample(x, views, size, snapped, "bicubic")
+        assert (per_image.float() - batched).abs().mean() <= 1
     unflipped = crop_resize(x, boxed_views(boxes, 96, flips=[0, 0, 0, 0]), 64)
     assert torch.equal(crop_resize(x, views, 64)[1], unflipped[1].flip(-1))
 

@@ -115,6 +115,41 @@ def test_distilled_student_beats_the_student_trained_alone(tmp_path, clean_teach
     assert (saved["preds"] == saved["labels"]).mean() == pytest.approx(distilled["teacher_test_acc"])
 
 
+def test_the_teachers_accuracy_on_its_views_counts_labelled_images_only():
+    from fm2edge.distill.teacher import views_accuracy
+
+    logits = torch.zeros(3, 2, 4)
+    logits[0, :, 1] = 1  # image 0: right on both views
+    logits[1, 0, 2], logits[1, 1, 0] = 1, 1  # image 1 (label 2): right on one view of two
+    logits[2, :, 3] = 1  # image 2: unlabelled
+    assert views_accuracy(logits, torch.tensor([1, 2, -1])) == pytest.approx(0.75)
+    assert views_accuracy(logits, torch.tensor([-1, -1, -1])) is None
+
+
+def test_a_bicubic_teacher_sees_a_whole_image_view_as_it_sees_the_image(clean_teacher, parquet_dir):
+    """Consistent teaching renders the teacher's views with its own interpolation: a bicubic model shown the whole
+    image as a view gives the outputs it gives the image through its own preprocessing."""
+    import dataclasses
+
+    from fm2edge.augment import Views, draw_views
+    from fm2edge.config import AugmentConfig
+    from fm2edge.data import load_data
+    from fm2edge.models.io import load_classifier
+
+    train, _, _ = load_data(DataConfig(source=str(parquet_dir)))
+    teacher = load_classifier(clean_teacher)
+    teacher.preprocess = dataclasses.replace(teacher.preprocess, size=96, crop_pct=1.0, interpolation="bicubic")
+    task = DistillTask(create_model(ModelConfig(name="student:small_cnn"), 4), teacher,
+                       DistillConfig(teacher=str(clean_teacher)))
+    images = train.images[:16]
+    params = draw_views(16, AugmentConfig(crop="none", flip=False), torch.Generator().manual_seed(0), 16,
+                        images.shape[-1]).params
+    whole, _ = task.teacher_outputs(images, Views(params))
+    plain, _ = task.teacher_outputs(images)
+    assert float((whole - plain).abs().max()) <= 0.05 * float(plain.abs().max())
+    assert torch.equal(whole.argmax(1), plain.argmax(1))
+
+
 def test_unknown_loss_name_is_an_error():
     with pytest.raises(ValueError, match="unknown distillation losses"):
         DistillConfig(teacher="x", losses={"crd": 1.0})
@@ -206,6 +241,10 @@ def test_a_teacher_from_a_file_of_a_plain_module_distils_a_student(kind, tmp_pat
         distill=DistillConfig(teacher=f"{kind}:{path}", views=2), run=RunConfig(root=str(tmp_path), name="s")))
     assert result["teacher"] == f"{kind}:{path}" and result["teacher_gate_acc"] >= 0.9
     assert result["teacher_cached"] and result["stored_views"] == 2
+    # how often it names the label on the views it taught from: the whole of its cache, checked against the labels
+    cached = np.load(Path(result["teacher_cache"]) / "logits.npy")
+    assert cached.shape[1] == 2 and 0.5 <= result["teacher_views_acc"] <= 1
+    assert result["teacher_views_acc"] <= result["teacher_gate_acc"] + 0.2
     assert result["teacher_test_acc"] == pytest.approx(
         json.loads((clean_teacher / "metrics.json").read_text())["test_acc"], abs=1e-6)
 

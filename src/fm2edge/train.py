@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fm2edge.augment import OnlineViews, Views, render, soft_targets
+from fm2edge.augment import OnlineViews, Views, model_views, soft_targets
 from fm2edge.config import TrainConfig, is_resolved
 from fm2edge.data import ImageData
 from fm2edge.data.splits import selection_noise
@@ -72,7 +72,7 @@ class SupervisedTask(nn.Module):
         if views is None:
             x = self.model.preprocess(images)
         else:
-            x = self.model.preprocess.normalise(render(images, views, self.model.preprocess.size, partners))
+            x = model_views(self.model.preprocess, images, views, partners)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         logits = self.model(x)

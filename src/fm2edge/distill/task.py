@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fm2edge.augment import StoredViews, Views, render, soft_targets
+from fm2edge.augment import StoredViews, Views, model_views, soft_targets
 from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, check, check_probe_head
 from fm2edge.distill.losses import DIST, DKD, RKD, FeatureDistillation, KDLoss, MaskedCrossEntropy
 from fm2edge.distill.teacher import (
@@ -34,6 +34,7 @@ from fm2edge.distill.teacher import (
     load_teacher,
     load_teacher_cache,
     teacher_graph,
+    views_accuracy,
     with_unlabeled,
 )
 from fm2edge.errors import Fm2EdgeError
@@ -196,7 +197,7 @@ def model_inputs(model: Classifier, images: torch.Tensor, views: Views | None, p
     if views is None:
         x = model.preprocess(images)
     else:
-        x = model.preprocess.normalise(render(images, views, model.preprocess.size, partners))
+        x = model_views(model.preprocess, images, views, partners)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -460,7 +461,7 @@ def distill_one(job: DistillJob) -> dict:
         task = DistillTask(student, teacher, job.distill, job.train.channels_last, calls)
         task.teacher_graph, graph = graph, None  # one reference, so that dropping it closes the session
         views, cached, views_key = teaching_plan(job, train)
-        cache_dir = None
+        cache_dir = views_acc = None
         if views is not None:
             task.view_source = StoredViews(views)
         if cached:
@@ -472,6 +473,7 @@ def distill_one(job: DistillJob) -> dict:
             accelerator.wait_for_everyone()
             task.cache = load_teacher_cache(cache_dir, len(train), task.needs_features, accelerator.device)
             task.teacher_graph = None  # training reads its outputs from the cache: the session's memory goes
+            views_acc = views_accuracy(task.cache["logits"], train.labels) if views is not None else None
         if accelerator.is_main_process:
             run.write_config(config)
             print(f"student {student.name}: {sum(p.numel() for p in student.parameters()):,} parameters, input "
@@ -479,6 +481,9 @@ def distill_one(job: DistillJob) -> dict:
                   f"{int((train.labels >= 0).sum())} labelled + {int((train.labels < 0).sum())} unlabelled training "
                   f"images | losses "
                   f"{job.distill.losses} | {teaching_line(job, task)}")
+            if views_acc is not None:
+                print(f"teacher on the stored views: {100 * views_acc:.2f}% name the label ({100 * gate_acc:.2f}% "
+                      f"on {gate_split})")
         scored = job.train.score_test  # false: a candidate; neither it nor its teacher reads the test split here
         result = fit(task, student, train, session.val, test if scored else None, job.train, run, accelerator, config)
         metrics = {}
@@ -499,7 +504,7 @@ def distill_one(job: DistillJob) -> dict:
                 "agreement_with_teacher": agree, "teacher_cached": task.cache is not None,
                 "labelled_images": int((train.labels >= 0).sum()), "unlabelled_images": int((train.labels < 0).sum()),
                 "teaching": job.distill.teaching if job.train.augment.active else "plain images",
-                "stored_views": job.distill.views if views is not None else 0,
+                "stored_views": job.distill.views if views is not None else 0, "teacher_views_acc": views_acc,
                 "teacher_cache": str(cache_dir) if cache_dir else None})
             if scored:
                 run.write_predictions(t_logits.numpy(), test.labels.numpy(), test.class_names,
