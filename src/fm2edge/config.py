@@ -374,6 +374,12 @@ def starts_trained(model: ModelConfig) -> bool:
     return bool(model.pretrained or model.init or model.weights)
 
 
+def is_photo(image_px: int) -> bool:
+    """Images stored at ``image_px`` are photos, which random-resized crops and flips help; smaller ones (8 x 8
+    digits) lose what they show to a crop."""
+    return image_px >= PHOTO_PX
+
+
 def proven_recipe(cfg: TrainConfig, images: int, image_px: int, trained: bool, pretrained: bool = False) -> TrainConfig:
     """``cfg`` with what was left empty filled as the studies found best (docs: studies): epochs scaled to the
     ``images`` of the training set; from trained weights a gentle rate (5e-4) and weight decay 0.05, from random
@@ -381,7 +387,7 @@ def proven_recipe(cfg: TrainConfig, images: int, image_px: int, trained: bool, p
     smaller images such as digits; from ``pretrained`` weights (trained on other images, with labels here to fit a
     probe on) LP-FT with the pretrained BatchNorm statistics kept, as `fm2edge auto` trains its pretrained students
     (docs: auto, "Measured"). Every training stage passes its settings through this before the loop."""
-    photo = image_px >= PHOTO_PX
+    photo = is_photo(image_px)
     augment = dataclasses.replace(cfg.augment, crop=("resized" if photo else "none") if cfg.augment.crop == "auto"
                       else cfg.augment.crop, flip=photo if cfg.augment.flip is None else cfg.augment.flip)
     epochs = cfg.epochs or scaled_epochs(images)

@@ -51,7 +51,8 @@ class AutoConfig:
             either pool, when validation is too small to rank the students, up to 1,000 of its images are held out
             of training and labelled by the teacher, and the students are ranked by their agreement with it.
         views: Most augmented views per image whose teacher outputs are cached (consistent teaching); with
-            unlabelled images the plan takes fewer views of more images when the teacher's time is short.
+            unlabelled images the plan takes fewer views of more images when the teacher's time is short. Images
+            stored under 32 px (8 x 8 digits) are not cropped: their plain images, one output each.
         min_epochs: Fewest passes over the labelled images a student is trained for (with unlabelled images an
             epoch is longer, and fewer epochs make the same passes); candidates that cannot have them in the budget
             are left out, and the report says so.
