@@ -100,6 +100,33 @@ def test_the_group_benchmark_trains_each_model_on_both_splits_of_one_burst_folde
     assert "held out image by image" in capsys.readouterr().out
 
 
+def test_the_interpolation_benchmark_scores_each_kind_of_view_with_both_kernels(monkeypatch, tmp_path, capsys,
+                                                                               digits_run):
+    """A bilinear teacher (the small CNN) sees the same pixels in both columns; its preprocessing row is its
+    accuracy on the training images it was trained on, as the classifier gives it."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import view_interpolation
+
+    from fm2edge.config import DataConfig
+    from fm2edge.data import load_data
+    from fm2edge.models.io import load_classifier
+
+    out = tmp_path / "views.json"
+    monkeypatch.setattr("sys.argv", ["view_interpolation.py", str(digits_run), "--data.source", "digits",
+                                     "--data.max_train", "400", "--images", "48", "--json", str(out)])
+    view_interpolation.main()
+    plain, whole, cropped = json.loads(out.read_text())["rows"]
+    assert (plain["views"], whole["views"], cropped["views"]) == (
+        "preprocessing (as trained)", "whole image", "resized crop + flip")
+    assert whole["bilinear"] == whole["own"] and cropped["bilinear"] == cropped["own"]
+    train = load_data(DataConfig(source="digits", max_train=400))[0]
+    model = load_classifier(digits_run).eval()
+    with torch.no_grad():
+        expected = (model(model.preprocess(train.images[:48])).argmax(1) == train.labels[:48]).float().mean()
+    assert plain["own"] == pytest.approx(float(expected)) and plain["images"] == 48
+    assert "share naming the label" in capsys.readouterr().out
+
+
 def test_the_near_copy_benchmark_counts_the_copy_it_was_given(monkeypatch, tmp_path, capsys):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import near_copies
