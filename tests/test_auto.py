@@ -635,7 +635,7 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
                  'id="auto-minutes"', "students, rung 1", 'id="auto-test"', "each class&#x27;s test accuracy",
                  gap_text(test["gap_points"], test["gap_interval_points"]), 'id="auto-selection"',
                  "enough to rank", 'id="auto-teacher"', "used as they are", 'id="auto-teachers"',
-                 'id="auto-teachers-left-out"'):
+                 'id="auto-teachers-left-out"', "outputs cached once for each"):  # 8 px digits: plain images
         assert part in page, part
     # digits (8 px) are too small to look for near-copies; where a folder has some, the page gives the accuracies
     # without them beside

@@ -351,8 +351,8 @@ def auto_section(folder: str, r: dict) -> str:
             parts.append(f'<p class="auto-sizes">{html.escape(s["text"])}.</p>')
         if r.get("views"):
             parts.append(f"<p id=\"auto-teaching\">The students were taught on {r['train_images']:,} labelled and "
-                         f"{r['unlabeled_images']:,} unlabelled images, the teacher's outputs cached on "
-                         f"{r['views']} view{'s' if r['views'] > 1 else ''} of each.</p>")
+                         f"{r['unlabeled_images']:,} unlabelled images, the teacher's outputs cached "
+                         + (f"on {r['views']} views of each" if r["views"] > 1 else "once for each") + ".</p>")
         def epochs(g: dict) -> str:
             ran = str(g["epochs"] or "shared")
             return ran if g.get("planned", g["epochs"]) in (None, g["epochs"]) else f"{ran} (planned {g['planned']})"
