@@ -23,6 +23,7 @@ from fm2edge.augment import draw_views, model_views
 from fm2edge.config import AugmentConfig, DataConfig
 from fm2edge.data import load_data
 from fm2edge.models.io import load_classifier
+from fm2edge.report.metrics import accuracy
 
 VIEWS = {"whole image": AugmentConfig(crop="none", flip=False),
          "resized crop + flip": AugmentConfig(crop="resized", flip=True)}
@@ -31,8 +32,8 @@ VIEWS = {"whole image": AugmentConfig(crop="none", flip=False),
 def named(model, images: torch.Tensor, labels: torch.Tensor, batch: int = 64) -> float:
     """The share of ``images`` (normalised model inputs) on which ``model`` names the label."""
     with torch.no_grad():
-        preds = torch.cat([model(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
-    return float((preds == labels).float().mean())
+        logits = torch.cat([model(images[i:i + batch]) for i in range(0, len(images), batch)])
+    return accuracy(logits, labels)
 
 
 def main() -> None:

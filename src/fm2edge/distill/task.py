@@ -473,8 +473,9 @@ def distill_one(job: DistillJob) -> dict:
             accelerator.wait_for_everyone()
             task.cache = load_teacher_cache(cache_dir, len(train), task.needs_features, accelerator.device)
             task.teacher_graph = None  # training reads its outputs from the cache: the session's memory goes
-            views_acc = views_accuracy(task.cache["logits"], train.labels) if views is not None else None
         if accelerator.is_main_process:
+            if cached and views is not None:  # read once, by the process that reports it
+                views_acc = views_accuracy(task.cache["logits"], train.labels)
             run.write_config(config)
             print(f"student {student.name}: {sum(p.numel() for p in student.parameters()):,} parameters, input "
                   f"{student.preprocess.size} px | teacher input {teacher.preprocess.size} px | "

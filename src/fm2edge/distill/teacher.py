@@ -18,6 +18,7 @@ from fm2edge.augment import RENDER_VERSION, Views
 from fm2edge.config import ModelConfig
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import Classifier
+from fm2edge.report.metrics import accuracy
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +249,8 @@ def views_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float | None:
     known = labels >= 0
     if not bool(known.any()):
         return None
-    picked = logits.cpu()[known].argmax(-1)
-    return float((picked == labels[known][:, None]).float().mean())
+    picked = logits.cpu()[known].argmax(-1)  # (labelled, K): one prediction per view
+    return accuracy(picked.flatten(), labels[known].repeat_interleave(picked.shape[1]))
 
 
 def draw_order(count: int) -> np.ndarray:
