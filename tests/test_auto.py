@@ -30,6 +30,7 @@ from fm2edge.automate.job import (
     leaderboard,
     plan_pool,
     plan_rungs,
+    precision_text,
     probability_gap,
     rank,
     respace_rungs,
@@ -298,6 +299,29 @@ def test_the_teachers_time_buys_distinct_images_before_views():
     # too few to be worth their passes, or none at all: the labelled images alone, at the most views
     assert views_and_unlabeled(200, 8000, 4, 250) == (4, 0)
     assert views_and_unlabeled(200, 0, 4, 10_000) == (4, 0)
+
+
+def test_the_chosen_precision_is_explained_by_what_the_other_one_measured():
+    """fp32 chosen where int8 scored the same and ran slower on an AVX2-only CPU (the pets run: 2.09 against 2.39
+    ms) says so, and where int8 pays; int8 chosen for its speed gives both figures; an int8 graph over the budget is
+    named as the reason; a model with one precision has nothing to explain."""
+    fp32 = {"candidate": "a", "precision": "fp32", "val_acc": 0.87, "p50_ms": 2.09, "mb": 13.5}
+    int8 = {"candidate": "a", "precision": "int8", "int8_recipe": "minmax", "val_acc": 0.87, "p50_ms": 2.39,
+            "mb": 3.8, "agreement_with_fp32": 1.0}
+    text = precision_text(fp32, [{"candidate": "a", "options": [fp32, int8]}], 2.6, None, "x86_64, AVX2, 2 threads")
+    assert text.startswith("fp32 rather than int8 (minmax): validation 87.00% against 87.00%, 2.09 ms against 2.39 ms")
+    assert "lacks VNNI and AMX int8 instructions" in text
+    amx = precision_text(fp32, [{"candidate": "a", "options": [fp32, int8]}], 2.6, None, "x86_64, AVX2, AMX")
+    assert "VNNI" not in amx  # there int8's slowness is not the CPU's
+    fast = {**int8, "p50_ms": 1.0}
+    text = precision_text(fast, [{"candidate": "a", "options": [fp32, fast]}], 2.6, None, "x86_64, AVX2")
+    assert text.startswith("int8 rather than fp32: validation 87.00% against 87.00%, 1.00 ms against 2.09 ms, "
+                           "3.8 MB against 13.5 MB; the int8 graph (minmax) answers as the fp32 graph on 100.0%")
+    assert "VNNI" not in text
+    slow = {**fp32, "p50_ms": 3.0}
+    assert precision_text(fast, [{"candidate": "a", "options": [slow, fast]}], 2.6, None, "") == \
+        "int8: its fp32 graph is over the budget (3.00 ms, 13.5 MB)"
+    assert precision_text(fp32, [{"candidate": "a", "options": [fp32]}], None, None, "") is None
 
 
 def test_with_balanced_accuracy_the_choice_and_the_ranking_read_it():
@@ -594,6 +618,9 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     test = result["test"]
     assert "test (read once)" in out and gap_text(test["gap_points"], test["gap_interval_points"]) in out
     assert f"next: fm2edge predict {run / 'best'} PHOTOS" in out
+    # why fp32 or int8: said beside the choice, kept in auto.json and shown in the report
+    assert result["precision_why"].startswith(chosen["precision"]) and f"precision: {result['precision_why']}" in out
+    assert 'id="auto-precision"' in (run / "report.html").read_text()
     # the test split compared image by image: the gap's interval contains the gap, each class is accounted for
     low, high = test["gap_interval_points"]
     assert low <= test["gap_points"] <= high and 0 <= test["agreement"] <= 1

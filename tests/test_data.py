@@ -309,6 +309,16 @@ def test_the_data_summary_skips_what_it_cannot_read(tmp_path):
     assert out["original_sizes"]["min"] == out["original_sizes"]["max"] == [12, 12]
 
 
+def test_the_originals_sides_are_given_as_ranges_each_on_its_own():
+    """Landscape and portrait photos of 300 x 400 are 300-400 px on each side, not "up to 400 x 400"."""
+    from fm2edge.data.summary import original_sizes_text
+
+    assert original_sizes_text({"min": [32, 32], "max": [400, 400], "median": [300.0, 400.0]}) == \
+        "32-400 px high, 32-400 px wide (median 300 x 400)"
+    assert original_sizes_text({"min": [12, 12], "max": [12, 12], "median": [12.0, 12.0]}) == \
+        "12 px high, 12 px wide (median 12 x 12)"
+
+
 @pytest.mark.skipif(not (SHARED / "data" / "cifar10" / "test.parquet").exists(), reason="../shared not present")
 def test_shared_cifar10_loads_like_the_hub():
     train, val, test = load_data(DataConfig(source=str(SHARED / "data" / "cifar10"), max_train=100, max_test=50))

@@ -411,9 +411,21 @@ def test_a_class_in_one_sub_folder_is_held_out_image_by_image_with_a_warning(tmp
     root = shoots(tmp_path / "p", {"cats": [12], "dogs": [3, 4, 3, 4]})
     with caplog.at_level("WARNING"):
         train, val, test = load_data(DataConfig(source=str(root), test_fraction=0.25, val_fraction=0))
-    assert "every image of one class is in 'cats/shoot 0'" in caplog.text
+    assert "every 'cats' image the test split is drawn from is in 'cats/shoot 0'; its test images" in caplog.text
     assert {test.class_names[i] for i in test.labels.tolist()} == {"cats", "dogs"}
     assert not groups_of(train, root) & groups_of(test, root) - {"cats/shoot 0"}
+
+
+def test_whole_folders_far_over_the_share_are_counted_and_the_split_after_them_named(tmp_path, caplog):
+    """Two folders of 8 cats and a 25% test split: one whole folder is the test split (8 of 16, said so), and the
+    validation split drawn from the one folder left warns by the split's name."""
+    root = shoots(tmp_path / "p", {"cats": [8, 8], "dogs": [2, 2, 2, 2, 2, 2, 2, 2]})
+    with caplog.at_level("INFO"):
+        train, val, test = load_data(DataConfig(source=str(root), test_fraction=0.25, val_fraction=0.2))
+    assert "the test split holds 1 whole folder(s) of 'cats' 16 images in 2: 8 of them (25% asked)" in caplog.text
+    assert "every 'cats' image the validation split is drawn from is in 'cats/shoot" in caplog.text
+    assert "'dogs'" not in caplog.text  # 4 of its 16 in whole folders: the share asked
+    assert [test.class_names[i] for i in test.labels.tolist()].count("cats") == 8
 
 
 def test_a_data_folder_one_level_too_high_names_the_one_to_give(tmp_path):
@@ -584,6 +596,30 @@ def test_odd_split_layouts_are_one_line_each(layout, match, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fm2edge: error: image folder") and re.search(match, err[0]), err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_training_image_that_is_a_test_image_of_another_class_is_named_a_conflict(tmp_path, caplog):
+    """Two training photos copied into the test split, one under its own class and one under the other: both count
+    as shared, the second as a label conflict too."""
+    import shutil
+
+    root = photos(tmp_path / "p", {"train/ants": 6, "train/bees": 6, "test/ants": 3, "test/bees": 3})
+    shutil.copy(root / "train/ants/0.png", root / "test/ants/copy.png")
+    shutil.copy(root / "train/ants/1.png", root / "test/bees/copy.png")
+    with caplog.at_level("WARNING"):
+        load_data(DataConfig(source=str(root), val_fraction=0))
+    assert "2 training image(s) of" in caplog.text
+    assert "also test images (same pixels), 1 of them filed there under another class" in caplog.text
+
+
+def test_class_folders_named_like_splits_beside_others_are_classes(tmp_path, capsys):
+    """An inspection set's `valid/` and `invalid/` (no training split among them) are its two classes; `val/` and
+    `test/` alone still ask for the training split (the parametrised layouts above)."""
+    root = photos(tmp_path / "p", {"valid": 8, "invalid": 8})
+    train, val, test = load_data(DataConfig(source=str(root), test_fraction=0.25))
+    assert train.class_names == ["invalid", "valid"] and set(test.labels.tolist()) == {0, 1}
+    assert main(["data", str(root)]) == 0
+    assert "source: " in capsys.readouterr().out
 
 
 def test_imbalanced_training_classes_get_a_note_balanced_ones_none(tmp_path, capsys):

@@ -494,6 +494,37 @@ def choose(finalists: list[dict], latency_ms: float | None, max_mb: float | None
     return max(scored, key=key)[1]
 
 
+def precision_text(chosen: dict, finalists: list[dict], latency_ms: float | None, max_mb: float | None,
+                   machine: str = "") -> str | None:
+    """Why the chosen graph is fp32 or int8, from what its other precision measured (None where it has none): over
+    the budget, or its validation score, agreement with the fp32 graph, latency and size beside the chosen one's.
+    Where int8 ran no faster than fp32 on an x86 CPU without VNNI or AMX (AVX2 only: Lite0 at 96 px measured
+    3.47 ms fp32 and 4.12 ms int8 on a 2-core EPYC), it says that such CPUs, and int8 accelerators, are where int8
+    pays."""
+    f = next((f for f in finalists if f["candidate"] == chosen["candidate"]), None)
+    others = [o for o in (f or {}).get("options", []) if o["precision"] != chosen["precision"]]
+    if not others:
+        return None
+    mine, other = chosen["precision"], "int8" if chosen["precision"] == "fp32" else "fp32"
+    fits = [o for o in others if within_budget(o, latency_ms, max_mb)]
+    if not fits:
+        o = min(others, key=lambda o: o["p50_ms"])
+        return f"{mine}: its {other} graph is over the budget ({o['p50_ms']:.2f} ms, {o['mb']:.1f} MB)"
+    o = max(fits, key=lambda o: (graph_score(o), -o["p50_ms"]))
+    int8, fp32 = (o, chosen) if mine == "fp32" else (chosen, o)
+    recipe = f" ({int8['int8_recipe']})" if int8.get("int8_recipe") else ""
+    text = (f"{mine} rather than {other}{recipe if mine == 'fp32' else ''}: validation "
+            f"{100 * graph_score(chosen):.2f}% against {100 * graph_score(o):.2f}%, "
+            f"{chosen['p50_ms']:.2f} ms against {o['p50_ms']:.2f} ms, {chosen['mb']:.1f} MB against {o['mb']:.1f} MB; "
+            f"the int8 graph{recipe} answers as the fp32 graph on {100 * int8.get('agreement_with_fp32', 1.0):.1f}% of "
+            f"the images checked")
+    x86 = "AVX" in machine and not any(k in machine for k in ("VNNI", "AMX"))
+    if x86 and int8["p50_ms"] >= fp32["p50_ms"]:
+        text += ("; int8 ran no faster than fp32 on this CPU, which lacks VNNI and AMX int8 instructions: on CPUs "
+                 "that have them, or an int8 accelerator, the int8 graph is the faster one (export folders keep it)")
+    return text
+
+
 # ---------------------------------------------------------------- steps
 
 
@@ -1355,6 +1386,8 @@ def print_summary(result: dict) -> None:
               if result.get("metric") == "balanced_accuracy" else f"validation {100 * c['val_acc']:.2f}%")
     print(f"\nchosen: {c['candidate']} as {c['precision']} ONNX{recipe}: {judged}{agreed}, "
           f"{c['p50_ms']:.2f} ms batch-1 p50 on this CPU, {c['mb']:.1f} MB, {c['params']:,} parameters")
+    if result.get("precision_why"):
+        print(f"precision: {result['precision_why']}")
     print(f"test (read once): {100 * t['chosen_test_acc']:.2f}% against the teacher's "
           f"{100 * t['teacher_test_acc']:.2f}% on {t['test_images']} images: "
           f"{gap_text(t['gap_points'], t.get('gap_interval_points'))}")
@@ -1448,7 +1481,9 @@ def auto_job(job: AutoJob) -> dict:
               "finalists": plan["finalists"], "finalists_why": plan["finalists_why"], "machine": plan["machine"],
               "train_images": plan["train_images"], "unlabeled_images": plan["unlabeled_images"],
               "views": plan["views"], "size_searches": plan.get("size_searches", []),
-              "pretrained_out_of_budget": plan.get("pretrained_out_of_budget")}
+              "pretrained_out_of_budget": plan.get("pretrained_out_of_budget"),
+              "precision_why": precision_text(chosen, finalists, job.auto.latency_ms, job.auto.max_mb,
+                                              plan["machine"])}
     result["finished_early"] = early_finish(minutes, job.auto.minutes,
                                             max(f.get("trained_epochs", 0) for f in finalists), job.auto.max_epochs,
                                             plan["unlabeled_available"])

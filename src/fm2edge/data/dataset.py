@@ -36,6 +36,7 @@ from fm2edge.data.splits import (
     check_classes,
     check_disjoint,
     content_hash,
+    filed_elsewhere,
     image_hashes,
     label_conflicts,
     near_copies,
@@ -132,14 +133,15 @@ def balanced_indices(labels: np.ndarray, n: int | None = None, per_class: int | 
     return np.sort(order[:n])
 
 
-def holdout_split(labels: np.ndarray, fraction: float, seed: int = 0,
-                  groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def holdout_split(labels: np.ndarray, fraction: float, seed: int = 0, groups: np.ndarray | None = None,
+                  names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Stratified (train, test) index split for sources without a test split; where ``groups`` ties images together
-    (a sub-folder of a class folder), whole groups are held out (:func:`group_split`)."""
+    (a sub-folder of a class folder), whole groups are held out (:func:`group_split`; ``names``: the classes, for
+    its messages)."""
     from sklearn.model_selection import train_test_split
 
     if is_grouped(groups):
-        return group_split(labels, groups, fraction, seed)
+        return group_split(labels, groups, fraction, seed, "test", names)
     if len(labels) < 2:
         raise Fm2EdgeError(f"the source has {len(labels)} image(s) and no test split; give it more images or a "
                            f"test split")
@@ -160,8 +162,8 @@ def holdout_split(labels: np.ndarray, fraction: float, seed: int = 0,
     return np.sort(np.concatenate([train, idx])), np.sort(test)
 
 
-def validation_split(labels: np.ndarray, fraction: float, seed: int = 0,
-                     groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+def validation_split(labels: np.ndarray, fraction: float, seed: int = 0, groups: np.ndarray | None = None,
+                     names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """Stratified (train, validation) positions in ``labels``: ``fraction`` of the images, and at least one of
     every class, for validation (whole ``groups`` where images are grouped: :func:`group_split`); None when some
     class has fewer than two images (nothing would be left to train on or to check with)."""
@@ -173,7 +175,7 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int = 0,
     if fraction <= 0 or classes == 0 or counts[counts > 0].min() < 2:
         return None
     if is_grouped(groups):
-        return group_split(labels, groups, fraction, seed)
+        return group_split(labels, groups, fraction, seed, "validation", names)
     n_val = min(max(classes, math.ceil(fraction * len(labels))), len(labels) - classes)
     train, val = train_test_split(np.arange(len(labels)), test_size=n_val, random_state=seed, stratify=labels)
     return np.sort(train), np.sort(val)
@@ -184,12 +186,14 @@ def is_grouped(groups: np.ndarray | None) -> bool:
     return groups is not None and len(np.unique(groups)) < len(groups)
 
 
-def group_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray,
-                                                                                                  np.ndarray]:
+def group_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int = 0, split: str = "held-out",
+                names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(kept, held-out) positions with no group on both sides: per class, whole groups in a seeded order are held
     out while they fit in the class's share (``fraction`` of its images, rounded; one group at least), and one
     group at least is kept. A class whose images all share one group cannot be held out whole: its images are held
-    out one by one, with a warning naming the group; a class with one image is kept for training.
+    out one by one, with a warning naming the group; a class with one image is kept for training. Where whole
+    groups overshoot the share by far (two folders of 40 for a 25% test split), the run says how many were held out.
+    ``split`` names the split in those messages ("test", "validation"), ``names`` the classes.
 
     Groups a column names (``--data.group_column``: a patient, a site) may hold several classes, and are never
     broken: :func:`column_group_split`.
@@ -205,11 +209,12 @@ def group_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: i
         where = np.flatnonzero(labels == c)
         if len(where) < 2:
             continue
-        names, unit = np.unique(groups[where], return_inverse=True)
-        if len(names) == 1:
-            log.warning("every image of one class is in '%s'; its held-out images come from that same folder as its "
-                        "training images, so they may look alike: put its images in two sub-folders or more (one per "
-                        "shoot) to hold them out whole", names[0])
+        folders, unit = np.unique(groups[where], return_inverse=True)
+        name = f"'{names[c]}'" if names is not None else "one class's"
+        if len(folders) == 1:
+            log.warning("every %s image the %s split is drawn from is in '%s'; its %s images come from that same "
+                        "folder as its training images, so they may look alike: put its images in two sub-folders or "
+                        "more (one per shoot) to hold them out whole", name, split, folders[0], split)
             unit = np.arange(len(where))
         sizes = np.bincount(unit)
         target = max(1, round(fraction * len(where)))
@@ -223,6 +228,10 @@ def group_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: i
                 held += sizes[u]
         if not taken:  # every group is larger than the share: the smallest, rather than none
             taken = [int(np.argmin(sizes))]
+        if (count := int(sizes[taken].sum())) > max(target + 1, 1.5 * target):
+            log.info("the %s split holds %d whole folder(s) of %s %d images in %d: %d of them (%.0f%% asked); more "
+                     "sub-folders per class make the shares closer", split, len(taken), name, len(where), len(sizes),
+                     count, 100 * fraction)
         out[where[np.isin(unit, taken)]] = True
     return np.flatnonzero(~out), np.flatnonzero(out)
 
@@ -649,7 +658,8 @@ def plan_splits(cfg: DataConfig) -> SplitPlan:
     else:
         log.info("'%s' has no split '%s'; holding out %.0f%% of '%s' as test data",
                  cfg.source, cfg.test_split, 100 * cfg.test_fraction, cfg.train_split)
-        train_idx, test_idx = holdout_split(train.labels, cfg.test_fraction, groups=train.groups)
+        train_idx, test_idx = holdout_split(train.labels, cfg.test_fraction, groups=train.groups,
+                                            names=train.class_names)
         test = train
     pool = train_idx
     labelled = train_idx[balanced_indices(train.labels[train_idx], cfg.max_train, cfg.per_class)]
@@ -662,7 +672,8 @@ def plan_splits(cfg: DataConfig) -> SplitPlan:
         plan = SplitPlan(train, labelled, pool, labelled, val, np.arange(len(val.labels)), val_name, test, test_idx)
     else:
         held = validation_split(train.labels[labelled], cfg.val_fraction,
-                                groups=None if train.groups is None else train.groups[labelled])
+                                groups=None if train.groups is None else train.groups[labelled],
+                                names=train.class_names)
         if held is None:
             if cfg.val_fraction > 0:
                 log.warning("too few labelled images per class to hold out a validation split; the last epoch is "
@@ -770,8 +781,12 @@ def load_planned(plan: SplitPlan, cfg: DataConfig) -> tuple[ImageData, ImageData
                     "mislabelled; `fm2edge data %s` names them", sum(map(len, conflicts)), cfg.source, cfg.source)
     leaked = int(shared_with(train.image_hashes(), test.image_hashes()).sum())
     if leaked:
-        log.warning("%d training image(s) of '%s' are also test images (same pixels); the test accuracy may "
-                    "flatter the model: remove them from one split", leaked, cfg.source)
+        crossed = int(filed_elsewhere(train.image_hashes(), train.labels.numpy(), test.image_hashes(),
+                                      test.labels.numpy()).sum())
+        log.warning("%d training image(s) of '%s' are also test images (same pixels)%s; the test accuracy may "
+                    "flatter the model: remove them from one split", leaked, cfg.source,
+                    f", {crossed} of them filed there under another class (one of each pair is mislabelled)"
+                    if crossed else "")
     alike = near_copies(test, train)
     if alike is not None and len(alike[0]):
         log.warning("%d of the %d test images of '%s' look like a training image (the same photo resized, re-saved "

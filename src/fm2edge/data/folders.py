@@ -181,6 +181,16 @@ def splits_in_words(root: Path, tops: list[str]) -> dict[str, str]:
     return {t: found[t] for t in like}
 
 
+def classes_named_like_splits(split_tops: list[str], tops: list[str], named: dict[str, str], train: str) -> bool:
+    """Whether top-level folders whose names are split names are classes after all: ``valid`` beside ``invalid``
+    (an inspection set's classes) or ``test`` beside ``production``. So where some of the folders are not named as
+    splits, none of those that are was named on the command line, and none is the training split (split folders
+    without one cannot be read as splits anyway); all named as splits (``val``, ``test``) stays an error that asks
+    for the training split."""
+    return (bool(split_tops) and len(split_tops) < len(tops) and not set(split_tops) & set(named)
+            and train not in {split_of(t, named) for t in split_tops})
+
+
 def read_through(folder: Path, rel: list[Path]) -> tuple[Path, list[Path]]:
     """``folder`` and its files (relative to it) read through a sub-folder of the same name that holds them all
     (``seg_train/seg_train/<class>/``, as archives often unpack), however deep the repetition."""
@@ -238,6 +248,10 @@ def scan_classes(root: Path, files: list[Path], skipped: dict[str, int], named: 
     root, files = read_through(root, files)
     tops = sorted({f.parts[0] for f in files if len(f.parts) > 1})
     split_tops = [t for t in tops if split_of(t, named)]
+    if classes_named_like_splits(split_tops, tops, named, train):
+        log.info("'%s': %s named like a split beside %s, with no training split: all read as class folders", root,
+                 ", ".join(split_tops), ", ".join(t for t in tops if t not in split_tops))
+        split_tops = []
     if not split_tops and (in_words := splits_in_words(root, tops)):
         named, split_tops = {**in_words, **named}, list(in_words)
     if split_tops and len(split_tops) < len(tops):

@@ -57,6 +57,16 @@ def shared_with(hashes: np.ndarray, others: np.ndarray) -> np.ndarray:
     return np.array([h.tobytes() in seen for h in hashes], dtype=bool)
 
 
+def filed_elsewhere(hashes: np.ndarray, labels: np.ndarray, others: np.ndarray, other_labels: np.ndarray) -> np.ndarray:
+    """Boolean mask over ``hashes``: the images whose pixels occur among ``others`` under another label (a training
+    image that is also a test image of another class: one of the two is mislabelled)."""
+    seen: dict[bytes, set[int]] = {}
+    for h, y in zip(others, np.asarray(other_labels).tolist(), strict=True):
+        seen.setdefault(h.tobytes(), set()).add(int(y))
+    return np.array([bool(seen.get(h.tobytes(), set()) - {int(y)})
+                     for h, y in zip(hashes, np.asarray(labels).tolist(), strict=True)], dtype=bool)
+
+
 def label_conflicts(hashes: np.ndarray, labels: np.ndarray) -> list[list[int]]:
     """The positions of images whose pixels another image also has under another label, one list per set of
     copies (in order): at least one of each set is mislabelled, and training sees one image with two answers."""

@@ -198,6 +198,17 @@ def image_name(split, data: ImageData, i: int, label: str, source: str) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else item
 
 
+def original_sizes_text(sizes: dict) -> str:
+    """The originals' sides as ranges, each on its own (the smallest height and width need not be one image's):
+    "96-400 px high, 128-400 px wide (median 300 x 400)"."""
+    def span(side: int) -> str:
+        lo, hi = sizes["min"][side], sizes["max"][side]
+        return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+    median = " x ".join(f"{v:g}" for v in sizes["median"])
+    return f"{span(0)} px high, {span(1)} px wide (median {median})"
+
+
 def header_sizes(files: list) -> list[tuple[int, int]]:
     """(height, width) of every file whose header reads; the others are the undecodable images the load skipped
     (``--data.on_bad_image skip``) or stopped on."""
@@ -270,9 +281,7 @@ def render(summary: dict) -> str:
                      f"is kept whole on one side when images are held out")
     h, w = summary["stored_size"]
     sizes = summary.get("original_sizes")
-    lines.append(f"stored at {h} x {w} px" + (f"; originals from {sizes['min'][0]} x {sizes['min'][1]} to "
-                                              f"{sizes['max'][0]} x {sizes['max'][1]} px (height x width)"
-                                              if sizes else ""))
+    lines.append(f"stored at {h} x {w} px" + (f"; originals {original_sizes_text(sizes)}" if sizes else ""))
     skipped = {**summary.get("skipped_files", {}), **({"undecodable": summary["undecodable"]}
                                                        if summary["undecodable"] else {})}
     lines.append("skipped: " + (", ".join(f"{n} {what}" for what, n in skipped.items()) if skipped else "nothing"))

@@ -288,6 +288,8 @@ def auto_section(folder: str, r: dict) -> str:
              f"{M.gap_text(t['gap_points'], t.get('gap_interval_points'))}. {r['minutes']:.1f} of "
              f"{r['budget_minutes']:g} minutes on "
              f"{html.escape(str(r.get('machine', 'this machine')))}.</p>"]
+    if r.get("precision_why"):  # fp32 or int8, and what the other precision measured
+        parts.append(f'<p id="auto-precision"><b>Precision:</b> {html.escape(r["precision_why"])}.</p>')
     if r.get("pretrained_out_of_budget"):  # the budget left only students from random weights
         parts.append(f'<p id="auto-pretrained-out"><b>The budget:</b> '
                      f'{html.escape(r["pretrained_out_of_budget"]["text"])}.</p>')
