@@ -411,7 +411,7 @@ def test_a_class_in_one_sub_folder_is_held_out_image_by_image_with_a_warning(tmp
     root = shoots(tmp_path / "p", {"cats": [12], "dogs": [3, 4, 3, 4]})
     with caplog.at_level("WARNING"):
         train, val, test = load_data(DataConfig(source=str(root), test_fraction=0.25, val_fraction=0))
-    assert "every 'cats' image the test split is drawn from is in 'cats/shoot 0'; its test images" in caplog.text
+    assert "every image of 'cats' the test split is drawn from is in 'cats/shoot 0'; its test images" in caplog.text
     assert {test.class_names[i] for i in test.labels.tolist()} == {"cats", "dogs"}
     assert not groups_of(train, root) & groups_of(test, root) - {"cats/shoot 0"}
 
@@ -422,8 +422,8 @@ def test_whole_folders_far_over_the_share_are_counted_and_the_split_after_them_n
     root = shoots(tmp_path / "p", {"cats": [8, 8], "dogs": [2, 2, 2, 2, 2, 2, 2, 2]})
     with caplog.at_level("INFO"):
         train, val, test = load_data(DataConfig(source=str(root), test_fraction=0.25, val_fraction=0.2))
-    assert "the test split holds 1 whole folder(s) of 'cats' 16 images in 2: 8 of them (25% asked)" in caplog.text
-    assert "every 'cats' image the validation split is drawn from is in 'cats/shoot" in caplog.text
+    assert "the test split holds 1 of the 2 folders of 'cats' whole: 8 of its 16 images (25% asked)" in caplog.text
+    assert "every image of 'cats' the validation split is drawn from is in 'cats/shoot" in caplog.text
     assert "'dogs'" not in caplog.text  # 4 of its 16 in whole folders: the share asked
     assert [test.class_names[i] for i in test.labels.tolist()].count("cats") == 8
 

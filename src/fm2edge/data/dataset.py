@@ -210,9 +210,9 @@ def group_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: i
         if len(where) < 2:
             continue
         folders, unit = np.unique(groups[where], return_inverse=True)
-        name = f"'{names[c]}'" if names is not None else "one class's"
+        name = f"'{names[c]}'" if names is not None else f"class {c}"
         if len(folders) == 1:
-            log.warning("every %s image the %s split is drawn from is in '%s'; its %s images come from that same "
+            log.warning("every image of %s the %s split is drawn from is in '%s'; its %s images come from that same "
                         "folder as its training images, so they may look alike: put its images in two sub-folders or "
                         "more (one per shoot) to hold them out whole", name, split, folders[0], split)
             unit = np.arange(len(where))
@@ -229,9 +229,9 @@ def group_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: i
         if not taken:  # every group is larger than the share: the smallest, rather than none
             taken = [int(np.argmin(sizes))]
         if (count := int(sizes[taken].sum())) > max(target + 1, 1.5 * target):
-            log.info("the %s split holds %d whole folder(s) of %s %d images in %d: %d of them (%.0f%% asked); more "
-                     "sub-folders per class make the shares closer", split, len(taken), name, len(where), len(sizes),
-                     count, 100 * fraction)
+            log.info("the %s split holds %d of the %d folders of %s whole: %d of its %d images (%.0f%% asked); more "
+                     "sub-folders per class make the shares closer", split, len(taken), len(sizes), name, count,
+                     len(where), 100 * fraction)
         out[where[np.isin(unit, taken)]] = True
     return np.flatnonzero(~out), np.flatnonzero(out)
 
