@@ -30,6 +30,14 @@ With ``--catsdogs DIR`` (a cats-and-dogs folder in the hub's parquet schema, ``t
   split (8 to 1 and 7.5 to 1), ``imbal/{train,test}/<class>/``;
 - ``photos16``: the first 8 cats and 8 dogs of its training split in one ``photos16/<class>/`` folder, which
   ``auto`` splits itself.
+
+With ``--cifar10 DIR`` too (CIFAR-10 in the same schema), ``messy``: a folder as people keep photos, one
+``messy/<class>/`` folder that ``auto`` splits itself: the first 80 cats of the cats-and-dogs training split as
+JPEGs of 400 x 300 and 300 x 400 px in two dated sub-folders (``2019``, ``2020 trip``), a fifth stored on their
+side with an EXIF orientation tag, as phones save them; the first 80 dogs as PNGs named with spaces and an umlaut,
+a quarter with a transparent strip, a quarter grey; the first 40 airplanes of CIFAR-10 (32 px PNGs); and a
+``.DS_Store``, a ``Thumbs.db``, a ``notes.txt``, a truncated JPEG among the dogs and an empty class folder
+(``fm2edge auto`` stops on the truncated file and names ``--data.on_bad_image skip``).
 """
 
 from __future__ import annotations
@@ -231,6 +239,49 @@ def catsdogs(source: Path, out: Path) -> dict[str, int]:
     return {name: len(rows) for name, rows in parts.items()}
 
 
+def messy(catsdogs_dir: Path, cifar_dir: Path, out: Path) -> dict[str, int]:
+    """The ``messy`` folder (see the module's docstring) under ``out``: images per class folder."""
+    import io
+
+    train, (cat, dog) = parquet_photos(catsdogs_dir / "train.parquet")
+    root = out / "messy"
+
+    def rgb(data: bytes) -> PILImage.Image:
+        return PILImage.open(io.BytesIO(data)).convert("RGB")
+
+    for i, (_, data) in enumerate(first_of_each(train, {cat: 80, dog: 0})):
+        folder = root / "cat" / ("2019" if i % 2 else "2020 trip")
+        folder.mkdir(parents=True, exist_ok=True)
+        img = rgb(data).resize((400, 300) if i % 3 else (300, 400), PILImage.Resampling.BICUBIC)
+        if i % 5 == 0:  # the pixels on their side and an EXIF tag that turns them upright
+            exif = PILImage.Exif()
+            exif[0x0112] = 6
+            img.transpose(PILImage.Transpose.ROTATE_90).save(folder / f"IMG_{i:04d}.JPG", exif=exif, quality=90)
+        else:
+            img.save(folder / f"IMG_{i:04d}.jpg", quality=88)
+    (root / "dog").mkdir(parents=True)
+    for i, (_, data) in enumerate(first_of_each(train, {cat: 0, dog: 80})):
+        img = rgb(data)
+        if i % 4 == 0:
+            img = img.convert("RGBA")
+            img.paste((0, 0, 0, 0), (0, 0, 10, img.height))
+        elif i % 4 == 1:
+            img = img.convert("L")
+        img.save(root / "dog" / f"Hund Foto \u00fc {i}.png")
+    cifar = Dataset.from_parquet(str(cifar_dir / "train.parquet")).cast_column("img", Image(decode=False))
+    planes = [row["img"]["bytes"] for row in cifar.select(range(min(2000, len(cifar)))) if row["label"] == 0][:40]
+    (root / "airplane").mkdir()
+    for i, data in enumerate(planes):
+        PILImage.open(io.BytesIO(data)).save(root / "airplane" / f"plane{i}.png")
+    counts = {c: sum(1 for f in (root / c).rglob("*") if f.is_file()) for c in ("cat", "dog", "airplane")}
+    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "cat" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    (root / "notes.txt").write_text("photos from the shelter\n")
+    (root / "dog" / "broken.jpg").write_bytes((root / "cat" / "2019" / "IMG_0001.jpg").read_bytes()[:900])
+    (root / "empty_class").mkdir()
+    return counts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -240,6 +291,7 @@ def main() -> None:
     ap.add_argument("--start", type=int, default=0, help="Fashion-MNIST: each class's images from this one on")
     ap.add_argument("--fine_min", type=int, default=10, help="tuxpaint-fine: the fewest stamps a class may have")
     ap.add_argument("--catsdogs", type=Path, help="a cats-and-dogs parquet folder: also build imbal and photos16")
+    ap.add_argument("--cifar10", type=Path, help="CIFAR-10 as parquet: with --catsdogs, also build messy")
     ap.add_argument("--only", nargs="+", choices=("gcompris", "fashion", "tuxpaint", "catsdogs"),
                     default=("gcompris", "fashion", "tuxpaint", "catsdogs"), help="build these folders only")
     a = ap.parse_args()
@@ -256,6 +308,8 @@ def main() -> None:
             print("tuxpaint-fine", tuxpaint_fine(tp, a.out / "tuxpaint-fine", a.fine_min))
     if "catsdogs" in a.only and a.catsdogs:
         print("catsdogs", catsdogs(a.catsdogs, a.out))
+        if a.cifar10:
+            print("messy", messy(a.catsdogs, a.cifar10, a.out))
 
 
 if __name__ == "__main__":

@@ -372,3 +372,47 @@ def test_the_letterbox_keeps_a_wide_photo_whole_on_grey_where_the_crop_keeps_its
     cropped = fit_probe.square(str(tmp_path / "wide.png"), 15, "crop")
     assert cropped.shape == (15, 15, 3) and cropped[:, 0, 0].max() < 60  # red cut away, a fringe left
     assert fit_probe.probe_scores(np.eye(10).repeat(5, 0), np.arange(10).repeat(5), [1.0])[0] == 1.0
+
+
+def hub_parquet(path: Path, column: str, names: list[str], labels: list[int], side: int = 16) -> None:
+    """A parquet split in the hub's image schema: one coloured PNG per label."""
+    import io
+
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as HubImage
+
+    def png(i: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.full((side, side, 3), (37 * i) % 256, np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    features = Features({column: HubImage(), "label": ClassLabel(names=names)})
+    Dataset.from_dict({column: [{"bytes": png(i), "path": None} for i in range(len(labels))], "label": labels},
+                      features=features).to_parquet(str(path))
+
+
+def test_the_messy_folder_is_built_as_people_keep_photos_and_reads_as_three_classes(monkeypatch, tmp_path):
+    """`photo_folders.messy`: dated sub-folders, EXIF-turned JPEGs, transparent and grey PNGs, clutter, a truncated
+    JPEG and an empty class folder; `fm2edge data` reads it as three classes, skipping and counting the rest."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import photo_folders
+
+    from fm2edge.config import DataConfig
+    from fm2edge.data.summary import summarise
+
+    (tmp_path / "cd").mkdir()
+    (tmp_path / "cifar").mkdir()
+    hub_parquet(tmp_path / "cd" / "train.parquet", "image", ["cat", "dog"], [0, 1] * 6)
+    hub_parquet(tmp_path / "cifar" / "train.parquet", "img", ["airplane", "automobile"], [1, 0, 0, 1, 0, 0], 32)
+    assert photo_folders.messy(tmp_path / "cd", tmp_path / "cifar", tmp_path) == {"cat": 6, "dog": 6, "airplane": 4}
+    root = tmp_path / "messy"
+    turned = Image.open(root / "cat" / "2020 trip" / "IMG_0000.JPG")
+    assert turned.getexif()[0x0112] == 6 and turned.size == (400, 300)  # stored on its side: 300 x 400 upright
+    assert Image.open(root / "dog" / "Hund Foto \u00fc 0.png").mode == "RGBA"
+    assert Image.open(root / "dog" / "Hund Foto \u00fc 1.png").mode == "L"
+    out = summarise(DataConfig(source=str(root), on_bad_image="skip", test_fraction=0.25,
+                               cache_dir=str(tmp_path / "cache")))
+    assert out["classes"] == ["airplane", "cat", "dog"] and out["undecodable"] == 1
+    assert out["skipped_files"] == {"hidden": 1, "not an image": 2} and out["empty_class_folders"] == [
+        str(root / "empty_class")]
+    assert out["sub_folders"] == 2

@@ -280,7 +280,9 @@ def auto_section(folder: str, r: dict) -> str:
     budget = f"budget {r['latency_budget_ms']:.3g} ms" if r.get("latency_budget_ms") else "no latency bound"
     parts = [f"<h2>fm2edge auto: {html.escape(Path(folder).name)}</h2>",
              f"<p id=\"auto-choice\">Chosen: <b>{html.escape(c['candidate'])}</b> as {c['precision']} ONNX, "
-             f"{c['p50_ms']:.2f} ms batch-1 ({budget}), {c['mb']:.1f} MB, validation {_pct(c['val_acc'])}"
+             f"{c['p50_ms']:.2f} ms batch-1"
+             + (f" ({c['state_ms']:.2f} ms in the state the machine screened it in)" if "state_ms" in c else "")
+             + f" ({budget}), {c['mb']:.1f} MB, validation {_pct(c['val_acc'])}"
              + (f", balanced accuracy {_pct(c['val_score'])} (what chose it)"
                 if r.get("metric") == "balanced_accuracy" and c.get("val_score") is not None else "") + ". "
              f"Test, read once: <b>{_pct(t['chosen_test_acc'])}</b> against the teacher's "
@@ -288,6 +290,8 @@ def auto_section(folder: str, r: dict) -> str:
              f"{M.gap_text(t['gap_points'], t.get('gap_interval_points'))}. {r['minutes']:.1f} of "
              f"{r['budget_minutes']:g} minutes on "
              f"{html.escape(str(r.get('machine', 'this machine')))}.</p>"]
+    if r.get("passed_over"):  # a more accurate finalist that timed over the budget only in its export
+        parts.append(f'<p id="auto-passed-over"><b>Timed over the budget:</b> {html.escape(r["passed_over"])}.</p>')
     if r.get("precision_why"):  # fp32 or int8, and what the other precision measured
         parts.append(f'<p id="auto-precision"><b>Precision:</b> {html.escape(r["precision_why"])}.</p>')
     if r.get("pretrained_out_of_budget"):  # the budget left only students from random weights
