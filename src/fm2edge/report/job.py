@@ -281,7 +281,7 @@ def auto_section(folder: str, r: dict) -> str:
     parts = [f"<h2>fm2edge auto: {html.escape(Path(folder).name)}</h2>",
              f"<p id=\"auto-choice\">Chosen: <b>{html.escape(c['candidate'])}</b> as {c['precision']} ONNX, "
              f"{c['p50_ms']:.2f} ms batch-1"
-             + (f" ({c['state_ms']:.2f} ms in the state the machine screened it in)" if "state_ms" in c else "")
+             + (f", {c['state_ms']:.2f} ms in the state the machine screened it in" if "state_ms" in c else "")
              + f" ({budget}), {c['mb']:.1f} MB, validation {_pct(c['val_acc'])}"
              + (f", balanced accuracy {_pct(c['val_score'])} (what chose it)"
                 if r.get("metric") == "balanced_accuracy" and c.get("val_score") is not None else "") + ". "
