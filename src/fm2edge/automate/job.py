@@ -186,7 +186,17 @@ def worth_a_second_look(f: dict, now_ms: float, latency_ms: float | None) -> boo
     if latency_ms is None or not f.get("reference_ms"):
         return False
     limit = latency_ms * (1 + SCREEN_TOLERANCE)
-    return fastest_ms(f) > limit and fastest_ms(f) * now_ms / f["reference_ms"] <= limit
+    ratio = state_ratio(f["reference_ms"], now_ms)  # within the cache's tolerance, measure() would return f itself
+    return ratio is not None and ratio < 1 and fastest_ms(f) > limit and fastest_ms(f) * ratio <= limit
+
+
+def state_ratio(then_ms: float, now_ms: float) -> float | None:
+    """How much slower (above 1) or faster the machine runs now than when ``then_ms`` was taken (both reference
+    timings), where the two states differ beyond the cache's tolerance (:func:`fm2edge.timing.same_state`); None
+    where they are the same state, and figures taken in either may be compared."""
+    from fm2edge.timing import same_state
+
+    return None if same_state(then_ms, now_ms) else now_ms / then_ms
 
 
 def fastest_ms(f: dict) -> float:
@@ -198,11 +208,8 @@ def in_screen_state(ms: float, screened_ref: float, now_ref: float) -> float | N
     """``ms``, timed while the machine runs its reference in ``now_ref`` ms, as it would time in the state its
     candidate was screened in (``screened_ref``), where the machine runs slower now beyond the cache's tolerance
     (:func:`fm2edge.timing.same_state`); None where it does not (then the figure stands as timed)."""
-    from fm2edge.timing import same_state
-
-    if now_ref <= screened_ref or same_state(screened_ref, now_ref):
-        return None
-    return ms * screened_ref / now_ref
+    ratio = state_ratio(screened_ref, now_ref)
+    return ms / ratio if ratio is not None and ratio > 1 else None
 
 
 def teacher_export_too_long(seconds: float, minutes: float) -> str | None:
