@@ -151,6 +151,22 @@ def test_peak_rss_sees_a_large_temporary_allocation():
     assert int(out) >= 48 * 2**20
 
 
+def test_garbage_released_during_the_call_does_not_hide_its_memory():
+    """64 MiB left in a reference cycle by earlier work, freed by a collection while the call runs (Python's
+    collector may run at any allocation), would cancel the call's own 64 MiB; it is collected before the
+    measurement starts instead."""
+    import subprocess
+    import sys
+
+    code = ("import gc, numpy as np; from fm2edge.timing import peak_rss_during; "
+            "cycle = [np.ones(64 * 2**20 // 8)]; cycle.append(cycle); del cycle; "
+            "print(peak_rss_during(lambda: (gc.collect(), np.ones(64 * 2**20 // 8).sum())))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    if out == "None":
+        pytest.skip("no /proc/self/clear_refs on this system")
+    assert int(out) >= 48 * 2**20
+
+
 def test_latency_knows_when_the_machine_was_busy():
     """Repeated medians that disagree mark a figure as measured on a busy machine; the quiet figure is the lowest
     block median (what the model takes when nothing else runs)."""
