@@ -29,6 +29,8 @@ from fm2edge.automate.job import (
     in_screen_state,
     ladder_sets,
     leaderboard,
+    measure_candidates,
+    over_at_a_smaller_size,
     passed_over_text,
     plan_pool,
     plan_rungs,
@@ -45,9 +47,11 @@ from fm2edge.automate.job import (
     size_candidates,
     size_epochs,
     student_args,
+    teacher_as_candidate,
     tie_width,
     too_short,
     train_students,
+    unmeasured,
     val_score,
     views_and_unlabeled,
     with_fallbacks,
@@ -987,6 +991,49 @@ def test_a_candidate_a_slower_machine_put_over_the_budget_is_measured_again(tmp_
     monkeypatch.setattr(measure_mod, "latency_and_size", lambda c, n, t: figures(c.label, 9.0, 9.5))
     fresh = AutoJob(data=DataConfig(source="digits", cache_dir=str(tmp_path / "b")), auto=AutoConfig(latency_ms=5.0))
     assert second_look(fresh, [slow], 2) == [slow]
+
+
+def test_a_larger_input_of_a_network_a_smaller_one_puts_over_the_budget_is_not_measured(tmp_path, monkeypatch):
+    """Each network's inputs are measured smallest first; once one is over the budget, its larger inputs are passed
+    over with the reason (their parameters still counted), other networks measured as before; a second look that
+    brings the smaller input within the budget lets the next one be measured; the teacher of a network a student
+    was over with is not measured either."""
+    import fm2edge.automate.measure as measure_mod
+    import fm2edge.timing as timing
+
+    ms = {32: 1.0, 48: 6.0, 64: 9.0, 96: 20.0}
+    calls = []
+    monkeypatch.setattr(measure_mod, "latency_and_size",
+                        lambda c, n, t: calls.append(c.label) or figures(c.label, ms[c.size], ms[c.size]))
+    monkeypatch.setattr(timing, "reference_ms", lambda threads=None: 1.0)
+    students = ["student:small_cnn@96", "student:small_cnn@32", "student:small_cnn@64", "student:small_cnn@48",
+                "student:cifar_resnet18@64"]
+    job = AutoJob(data=DataConfig(source="digits", cache_dir=str(tmp_path)),
+                  auto=AutoConfig(latency_ms=5.0, students=students))
+    measured, passed = measure_candidates(job, 10)
+    assert calls == ["student:cifar_resnet18@64", "student:small_cnn@32", "student:small_cnn@48"]
+    assert [f["candidate"] for f in measured] == ["student:small_cnn@32", "student:small_cnn@48",
+                                                  "student:cifar_resnet18@64"]  # in the order listed
+    assert [c.label for c, _ in passed] == ["student:small_cnn@96", "student:small_cnn@64"]
+    assert passed[0][1].startswith("not measured: student:small_cnn@48 is over the budget already (fp32 6.00 ms")
+    entry = unmeasured(passed[0][0], 10, passed[0][1])
+    assert entry["fp32"]["p50_ms"] is None and entry["params"] > 0 and entry["macs"] > 0
+    assert over_at_a_smaller_size(Candidate("student:small_cnn", 40), measured, job.auto) is None  # 32 px fits
+    # measured again at 4 ms (a quieter machine): 64 px is measured now, and 96 px stays passed over behind it
+    quieter = [{**f, "fp32": {"p50_ms": 4.0, "mb": 1.0}} if f["candidate"].endswith("@48") else f for f in measured]
+    measured, passed = measure_candidates(job, 10, quieter)
+    assert calls[3:] == ["student:small_cnn@64"] and [c.label for c, _ in passed] == ["student:small_cnn@96"]
+    assert "student:small_cnn@64 is over the budget already" in passed[0][1]
+    assert "parameters" in over_at_a_smaller_size(Candidate("student:cifar_resnet18", 96), measured,
+                                                  AutoConfig(latency_ms=50.0, max_params=10))
+    # the teacher as the model: its network at 96 px, where a student of it at 64 px is over already
+    import fm2edge.models.io as io_mod
+
+    monkeypatch.setattr(io_mod, "model_meta", lambda folder: {"name": "student:small_cnn",
+                                                              "preprocess": {"size": 96}})
+    option = teacher_as_candidate(job, {"folder": str(tmp_path), "val_acc": 0.9}, 10, measured)
+    assert option["candidate"] == "teacher student:small_cnn@96" and option["fp32"]["p50_ms"] is None
+    assert "student:small_cnn@64 is over the budget already" in option["why"] and len(calls) == 4
 
 
 def test_training_speed_is_timed_under_the_allocator_setting_the_training_loop_runs_under(monkeypatch):

@@ -166,17 +166,44 @@ def screen(figures: list[dict], cfg) -> tuple[list[dict], list[dict]]:
     any training, each with the reason; within SCREEN_TOLERANCE of the latency budget they stay (the finalists'
     exports measure again, and only what meets the budget there is chosen)."""
     kept, dropped = [], []
-    limit = None if cfg.latency_ms is None else cfg.latency_ms * (1 + SCREEN_TOLERANCE)
     for f in figures:
-        fits = precisions_within(f, limit, cfg.max_mb)
-        if cfg.max_params is not None and f["params"] > cfg.max_params:
-            dropped.append({**f, "why": f"{f['params']:,} parameters, over --auto.max_params {cfg.max_params:,}"})
-        elif not fits:
-            dropped.append({**f, "why": f"fp32 {f['fp32']['p50_ms']:.2f} ms / int8 {f['int8']['p50_ms']:.2f} ms "
-                                        f"({f['fp32']['mb']:.1f} / {f['int8']['mb']:.1f} MB) over the budget"})
+        if why := screened_out(f, cfg):
+            dropped.append({**f, "why": why})
         else:
-            kept.append({**f, "fits": fits})
+            kept.append({**f, "fits": precisions_within(f, screen_limit(cfg), cfg.max_mb)})
     return kept, dropped
+
+
+def screen_limit(cfg) -> float | None:
+    """The latency (ms) the screen keeps candidates within: the budget and SCREEN_TOLERANCE over it."""
+    return None if cfg.latency_ms is None else cfg.latency_ms * (1 + SCREEN_TOLERANCE)
+
+
+def screened_out(f: dict, cfg) -> str | None:
+    """Why the screen drops a measured candidate ``f`` (over the parameter budget, or over the latency or size
+    budget in both precisions); None where it keeps it."""
+    if cfg.max_params is not None and f["params"] > cfg.max_params:
+        return f"{f['params']:,} parameters, over --auto.max_params {cfg.max_params:,}"
+    if not precisions_within(f, screen_limit(cfg), cfg.max_mb):
+        return (f"fp32 {f['fp32']['p50_ms']:.2f} ms / int8 {f['int8']['p50_ms']:.2f} ms, "
+                f"{f['fp32']['mb']:.1f} / {f['int8']['mb']:.1f} MB, over the budget")
+    return None
+
+
+def over_at_a_smaller_size(cand: Candidate, measured: list[dict], cfg) -> str | None:
+    """Why ``cand`` need not be measured: the largest smaller input of the same network measured so far is
+    dropped by the screen, and a larger input runs no faster (the same weights, so the same file size and
+    parameters, and more pixels through every layer: Lite0's fp32 graph ran 0.87, 1.08, 1.15, 1.37 and 3.29 ms at
+    96, 104, 112, 128 and 224 px in one run on a 2-core AMX Xeon, docs/benchmarks.md#fixed_paddingpy); None where
+    none is measured or it is kept."""
+    smaller = [f for f in measured if (c := Candidate.parse(f["candidate"])).name == cand.name and c.size < cand.size]
+    if not smaller:
+        return None
+    largest = max(smaller, key=lambda f: Candidate.parse(f["candidate"]).size)
+    if (why := screened_out(largest, cfg)) is None:
+        return None
+    return (f"not measured: {largest['candidate']} is over the budget already "
+            f"({why.removesuffix(', over the budget')}), and a larger input is no faster")
 
 
 def worth_a_second_look(f: dict, now_ms: float, latency_ms: float | None) -> bool:
@@ -676,17 +703,41 @@ def step_order(step: str) -> tuple[int, int]:
     return {"measuring and planning": 0, "teachers": 1, "weight averages": 3, "exports": 4}.get(step, 5), 0
 
 
-def measure_candidates(job: AutoJob, num_classes: int) -> list[dict]:
-    """Every candidate's figures, each from the cache only when the machine runs now as it ran when they were
-    measured (one reference timing for all: they are compared with each other and with the budget)."""
+def measure_candidates(job: AutoJob, num_classes: int,
+                       known: list[dict] = ()) -> tuple[list[dict], list[tuple[Candidate, str]]]:
+    """(figures, passed over): every candidate's figures, each network's inputs smallest first, each from the cache
+    only when the machine runs now as it ran when they were measured (one reference timing for all: they are
+    compared with each other and with the budget); a larger input of a network that a smaller one already puts over
+    the budget is passed over instead, with why (:func:`over_at_a_smaller_size`: Lite0 at 128, 160 and 224 px took
+    50 of the 82 seconds measuring on a 2-core AVX2 EPYC under a 5 ms budget that 112 px was over). ``known``:
+    figures measured already (after :func:`second_look`), kept as they are."""
     from tqdm.auto import tqdm
 
     from fm2edge.timing import reference_ms
 
     cands = [Candidate.parse(s) for s in job.auto.students]
-    now = reference_ms(job.auto.threads)
-    return [measure(c, num_classes, job.auto.threads, latency_cache(job.data), now)
-            for c in tqdm(cands, desc="measuring candidates on this machine", unit="model", leave=False)]
+    figures = {f["candidate"]: f for f in known}
+    passed, now = {}, None
+    for c in tqdm(sorted(cands, key=lambda c: (c.name, c.size)), desc="measuring candidates on this machine",
+                  unit="model", leave=False, disable=bool(known)):
+        if c.label in figures:
+            continue
+        if why := over_at_a_smaller_size(c, list(figures.values()), job.auto):
+            passed[c.label] = c, why
+            continue
+        now = now or reference_ms(job.auto.threads)
+        figures[c.label] = measure(c, num_classes, job.auto.threads, latency_cache(job.data), now)
+    return ([figures[c.label] for c in cands if c.label in figures],
+            [passed[c.label] for c in cands if c.label in passed])
+
+
+def unmeasured(cand: Candidate, num_classes: int, why: str) -> dict:
+    """A candidate's entry without timings (their places None), its parameters and compute counted, and ``why``."""
+    from fm2edge.automate.measure import architecture, build
+
+    untimed = {"p50_ms": None, "mb": None}
+    return {"candidate": cand.label, **architecture(build(cand, num_classes), cand.size), "fp32": untimed,
+            "int8": untimed, "why": why}
 
 
 def second_look(job: AutoJob, figures: list[dict], num_classes: int) -> list[dict]:
@@ -801,17 +852,21 @@ def scored_teachers(job: AutoJob, teachers: list[dict], val, device) -> list[dic
             for t in score_teachers(teachers, val, device, graph_folder(job.data))]
 
 
-def teacher_as_candidate(job: AutoJob, teacher: dict, num_classes: int) -> dict:
+def teacher_as_candidate(job: AutoJob, teacher: dict, num_classes: int, measured: list[dict]) -> dict:
     """The chosen teacher measured as a deployable model (its architecture at its input size, fp32 and int8 ONNX):
     within the budget it is exported and judged on validation beside the students' finalists (no student need
-    beat it); over it, the screen's reason (``why``)."""
+    beat it); over it, the screen's reason (``why``), or why it was not measured (``measured``: the students'
+    figures, :func:`over_at_a_smaller_size`)."""
     from fm2edge.models.io import model_meta
     from fm2edge.timing import reference_ms
 
     meta = model_meta(teacher["folder"])
     cand = Candidate(meta["name"], int(meta["preprocess"]["size"]))
-    figures = measure(cand, num_classes, job.auto.threads, latency_cache(job.data), reference_ms(job.auto.threads))
-    kept, dropped = screen([figures], job.auto)
+    if why := over_at_a_smaller_size(cand, measured, job.auto):  # a student of its network was over already
+        kept, dropped = [], [unmeasured(cand, num_classes, why)]
+    else:
+        kept, dropped = screen([measure(cand, num_classes, job.auto.threads, latency_cache(job.data),
+                                        reference_ms(job.auto.threads))], job.auto)
     return {**(kept or dropped)[0], "candidate": f"teacher {cand.label}", "folder": teacher["folder"],
             "val_acc": teacher["val_acc"], "val_score": score(teacher),
             "val_balanced_acc": teacher.get("val_balanced_acc"), "val_loss": teacher.get("val_loss"),
@@ -893,10 +948,13 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     if val is None:
         raise Fm2EdgeError("auto chooses on validation images and this data has none; give it a validation split "
                            "(val/ beside train/) or more images per class (--data.val_fraction holds some out)")
-    figures = second_look(job, measure_candidates(job, train.num_classes), train.num_classes)
+    figures, _ = measure_candidates(job, train.num_classes)
+    # measured again where a slower machine put them over; then what a smaller input no longer rules out
+    figures, passed = measure_candidates(job, train.num_classes,
+                                         second_look(job, figures, train.num_classes))
     added, probed, searches = fit_sizes(job, figures, train.num_classes)
     kept, dropped = screen(figures + added, job.auto)
-    dropped += probed
+    dropped += probed + [unmeasured(c, train.num_classes, why) for c, why in passed]
     for d in dropped:
         print(f"  dropped {d['candidate']}: {d['why']}")
     if not kept:
@@ -916,7 +974,7 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
              else selection_noise(len(val), "candidates"))
     chosen = plan_teacher(job, root, train, val, resolve_device(job.auto.device), noise["noisy"])
     teacher = chosen["teacher"]
-    teacher_option = teacher_as_candidate(job, teacher, train.num_classes)
+    teacher_option = teacher_as_candidate(job, teacher, train.num_classes, figures + added + probed)
     teacher_speed = TEACHER_VIEW_EFFICIENCY * teacher["images_per_s"]  # views per second while caching
     available = len(pool) if (pool := unlabeled_pool(job, train)) is not None else 0
     speeds = {f["candidate"]: LOOP_EFFICIENCY * f["train_images_per_s"] for f in kept}

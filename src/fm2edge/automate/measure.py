@@ -152,13 +152,11 @@ def latency_and_size(candidate: Candidate, num_classes: int, threads: int | None
     """Batch-1 median (and p90) latency of the fp32 and int8 ONNX graphs as `fm2edge export` ships them (uint8
     images in, probabilities out) under ONNX Runtime on the CPU, their file sizes, parameters and
     multiply-accumulates; int8 as the fastest of INT8_LAYOUTS (``recipe`` says which)."""
-    from fm2edge.bench import count_macs
     from fm2edge.export import export_deployable, quantize_int8
 
     model = build(candidate, num_classes)
     size = candidate.size
-    out = {"params": sum(p.numel() for p in model.parameters()),
-           "macs": count_macs(model, torch.randn(1, 3, size, size))}
+    out = architecture(model, size)
     rng = np.random.default_rng(0)
     x1 = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,6 +172,14 @@ def latency_and_size(candidate: Candidate, num_classes: int, threads: int | None
     recipe = min(timed, key=lambda r: timed[r]["p50_ms"])
     out["int8"] = {**timed[recipe], "recipe": recipe, "layouts_ms": {r: t["p50_ms"] for r, t in timed.items()}}
     return out
+
+
+def architecture(model: torch.nn.Module, size: int) -> dict:
+    """A network's parameters and multiply-accumulates at ``size`` px (what it is, whatever the machine)."""
+    from fm2edge.bench import count_macs
+
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "macs": count_macs(model, torch.randn(1, 3, size, size))}
 
 
 def graph_figures(path: Path, x1: np.ndarray, threads: int | None) -> dict:
