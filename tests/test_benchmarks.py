@@ -164,6 +164,21 @@ def test_the_fixed_padding_benchmark_times_both_graphs_of_each_size(monkeypatch,
     assert "| 64 |" in capsys.readouterr().out
 
 
+def test_the_quantisation_benchmark_times_both_ways_of_each_layout_and_compares_the_graphs(monkeypatch, tmp_path,
+                                                                                           capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import int8_quantize_speed
+
+    out = tmp_path / "quantise.json"
+    monkeypatch.setattr("sys.argv", ["int8_quantize_speed.py", "--models", "student:small_cnn@32", "--repeats", "1",
+                                     "--json", str(out)])
+    int8_quantize_speed.main()
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["layout"] for r in rows] == ["none", "first_last"]
+    assert all(r["identical"] and r["onnxruntime_s"] > 0 and r["vectorised_s"] > 0 for r in rows)
+    assert "| student:small_cnn@32 | fully int8 |" in capsys.readouterr().out
+
+
 def test_the_teacher_speed_benchmark_times_each_way_a_teacher_runs(monkeypatch, tmp_path, capsys):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import teacher_speed

@@ -47,6 +47,44 @@ def test_int8_weights_keep_to_7_bits_where_the_cpu_saturates_or_when_asked(train
     assert default["reduce_range"] is int8_saturates()
 
 
+@pytest.mark.parametrize("reduce_range", [False, True])
+@pytest.mark.parametrize("fp32_layers", ["none", "first_last"])
+def test_vectorised_weight_scales_write_the_graph_onnxruntime_writes(tmp_path, reduce_range, fp32_layers):
+    """The convolutions' per-channel weight scales computed in one pass per weight and handed to onnxruntime give
+    the int8 graph its quantiser writes when it computes them channel by channel: every node and every initializer
+    identical, a channel of zeros (its scale 1, as onnxruntime sets it) included."""
+    import onnx
+    from onnx import numpy_helper
+
+    from fm2edge.config import ModelConfig
+    from fm2edge.export import export_deployable, quantize_int8
+    from fm2edge.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(name="student:small_cnn", image_size=32), 10).eval()
+    second = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][1]  # quantised in both layouts
+    with torch.no_grad():
+        second.weight[3].zero_()
+    fp32 = export_deployable(model, tmp_path / "model.onnx")
+    rng = np.random.default_rng(0)
+    graphs = {}
+    for scales in ("onnxruntime", "vectorised"):
+        batches = (rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8) for _ in range(2))
+        rng = np.random.default_rng(0)  # the same calibration images for both
+        path = quantize_int8(fp32, tmp_path / f"{scales}.onnx", batches, input_name="images",
+                             fp32_layers=fp32_layers, reduce_range=reduce_range, weight_scales=scales)
+        graphs[scales] = onnx.load(str(path)).graph
+    ours, theirs = graphs["vectorised"], graphs["onnxruntime"]
+    assert [n.SerializeToString() for n in ours.node] == [n.SerializeToString() for n in theirs.node]
+    mine = {t.name: numpy_helper.to_array(t) for t in ours.initializer}
+    assert len(mine) == len(theirs.initializer) and sum(t.data_type == onnx.TensorProto.INT8 for t in
+                                                        theirs.initializer) >= 3
+    for t in theirs.initializer:
+        expected = numpy_helper.to_array(t)
+        assert mine[t.name].dtype == expected.dtype and np.array_equal(mine[t.name], expected), t.name
+    assert any(a.dtype == np.float32 and a.ndim == 1 and 1.0 in a for n, a in mine.items() if "scale" in n)
+
+
 def test_export_fp32_and_int8_with_parity_and_accuracy(trained, tmp_path):
     out = tmp_path / "export"
     result = export_job(ExportJob(model=str(trained), data=DIGITS, export=fast(), output=str(out)))
