@@ -268,6 +268,22 @@ def test_a_bad_labels_file_is_one_line(listing, match, tmp_path, capsys):
     assert len(err) == 1 and re.search(match, err[0]), err
 
 
+def test_an_image_listed_in_two_groups_is_one_line_and_one_row_with_its_group_keeps_it(tmp_path, capsys):
+    """An image in two rows of one class but two patients could join either side of the split: one error naming
+    both; listed once with its patient and once without, the patient's row counts."""
+    root = photos(tmp_path / "p", {"train": 8})
+    rows = "".join(f"train/{i}.png,{'ab'[i % 2]},p{i // 2}\n" for i in range(8))
+    (root / "labels.csv").write_text("image,label,patient\n" + rows + "train/1.png,b,p3\n")
+    assert main(["data", str(root), "--data.labels", "labels.csv", "--data.group_column", "patient"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'train/1.png' is listed twice" in err[0] and "in groups 'p0' and 'p3'" in err[0], err
+    from fm2edge.data.folders import column_group, match_listed, named_group
+
+    files = [Path(f"train/{i}.png") for i in range(8)]
+    listed = [("train/1.png", "b", column_group("", "train/1.png")), ("train/1.png", "b", column_group("p0", ""))]
+    assert named_group(match_listed(root, files, listed, root / "labels.csv")["train/1.png"][1]) == "p0"
+
+
 def test_a_group_column_keeps_each_patients_images_on_one_side(tmp_path, capsys):
     """Four images per patient, two of each class: held out by image, a patient's images sit on both sides of the
     split (the test accuracy then partly measures recognising the patient); by --data.group_column, never."""

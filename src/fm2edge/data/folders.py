@@ -468,9 +468,16 @@ def match_listed(root: Path, files: list[Path], listed: list[tuple[str, str, str
             missing.append(name)
             continue
         rel = found[0].as_posix()
-        if out.setdefault(rel, (label, group))[0] != label:
-            raise Fm2EdgeError(f"'{rel}' is listed twice in labels file '{path}', as '{out[rel][0]}' and '{label}'; "
+        first, first_group = out.setdefault(rel, (label, group))
+        if first != label:
+            raise Fm2EdgeError(f"'{rel}' is listed twice in labels file '{path}', as '{first}' and '{label}'; "
                                f"keep one row for it")
+        named = named_group(first_group), named_group(group)
+        if None not in named and named[0] != named[1]:  # which group holds it decides which split it may join
+            raise Fm2EdgeError(f"'{rel}' is listed twice in labels file '{path}', in groups '{named[0]}' and "
+                               f"'{named[1]}'; keep one row for it")
+        if named[0] is None and named[1] is not None:  # a row with its group over one without
+            out[rel] = (label, group)
     if missing:
         raise Fm2EdgeError(f"'{missing[0]}' is listed in labels file '{path}' ({len(missing)} such row(s)) but no "
                            f"image in '{root}' has that path or name; fix the row or add the image")
