@@ -387,7 +387,7 @@ def conv_weight_scales(path: Path, exclude: list[str], reduce_range: bool) -> di
 
 def quantize_int8(fp32: Path, out: Path, batches: Iterator[np.ndarray], method: str = "minmax",
                   per_channel: bool = True, input_name: str = "pixels", fp32_layers: str = "first_last",
-                  reduce_range: bool | None = None, weight_scales: str = "vectorised") -> Path:
+                  reduce_range: bool | None = None, weight_scales: str = "vectorised", progress: bool = True) -> Path:
     """Static int8 quantisation with ONNX Runtime: graph pre-processing, calibration on ``batches`` (fed to the
     graph's ``input_name`` as they are: float pixels, or uint8 images for a deployable graph), QDQ format.
 
@@ -396,7 +396,8 @@ def quantize_int8(fp32: Path, out: Path, batches: Iterator[np.ndarray], method: 
     see :func:`fm2edge.device.int8_saturates`); ``fp32_layers`` "first_last" leaves :func:`first_and_last_layers`
     in fp32 (see ExportConfig.fp32_layers), "none" quantises every layer it can. ``weight_scales``: "vectorised"
     hands the convolutions' per-channel weight scales over computed (:func:`conv_weight_scales`, the same graph in
-    a fraction of the time), "onnxruntime" leaves them to the quantiser.
+    a fraction of the time), "onnxruntime" leaves them to the quantiser. ``progress``: a bar over the calibration
+    batches (off inside work that shows its own).
     """
     from tqdm.auto import tqdm
 
@@ -422,7 +423,8 @@ def quantize_int8(fp32: Path, out: Path, batches: Iterator[np.ndarray], method: 
         def __init__(self) -> None:
             self.batches = [np.ascontiguousarray(b) for b in batches]  # uint8 images: 150 KB each at 224 px
             self.it = iter(self.batches)
-            self.bar = tqdm(total=len(self.batches), desc="int8 calibration", unit="batch", leave=False)
+            self.bar = tqdm(total=len(self.batches), desc="int8 calibration", unit="batch", leave=False,
+                            disable=not progress)
 
         def __len__(self) -> int:
             return len(self.batches)

@@ -165,7 +165,7 @@ def latency_and_size(candidate: Candidate, num_classes: int, threads: int | None
         for recipe, settings in INT8_LAYOUTS.items():
             calibration = (rng.integers(0, 256, (4, size, size, 3), dtype=np.uint8) for _ in range(2))
             graphs[recipe] = quantize_int8(fp32, Path(tmp) / f"{recipe}.int8.onnx", calibration,
-                                           input_name="images", **settings)
+                                           input_name="images", progress=False, **settings)
         timed = {name: graph_figures(path, x1, threads) for name, path in graphs.items()}
     out["fp32"] = timed.pop("fp32")
     # int8 is its fastest layout: the finalists' export tries each, and each graph is judged at its own latency
