@@ -23,7 +23,12 @@ LATENCY_RUNS, LATENCY_WARMUP = 50, 5
 # the speed was timed under the loop's allocator setting). It sizes the teacher's fine-tuning, the first rung and the
 # unlabelled images; the later rungs are re-sized from the loop's own epoch times.
 LOOP_EFFICIENCY = 0.8
-SPEED_WARMUP, SPEED_STEPS = 2, 5
+# Only the first training step runs slower (kernel choice, the optimiser's state): Lite0 at 112 px took 1.94, then
+# 1.63-1.67 s a step at batch 64, and at 96 px 1.46, then 1.18-1.20 (2-core AVX2 EPYC, two runs each), so one step
+# of warm-up and the median of three give the figure seven steps gave: timing the five candidates a 5 ms budget kept
+# on the messy photo folder (Lite0 at 96-128 px, the small CNN at 32 and 64) took 46.6 s with seven steps, of that
+# run's 97 s of planning, and 29.3 s with four, each figure within 4% of its seven-step one.
+SPEED_WARMUP, SPEED_STEPS = 1, 3
 # A pretrained student's training batch holds at most 64 images of 128 px: what a training step keeps grows with
 # the batch's pixels, not its speed per image (EfficientNet-Lite0 at 224 px: 23.2 img/s and 7.4 GB of resident memory
 # at batch 64, 21.8 img/s and 2.3 GB at 16; 2-core AMX Xeon). Their BatchNorm statistics stay as pretrained, so a
