@@ -387,7 +387,8 @@ def conv_weight_scales(path: Path, exclude: list[str], reduce_range: bool) -> di
 
 def quantize_int8(fp32: Path, out: Path, batches: Iterator[np.ndarray], method: str = "minmax",
                   per_channel: bool = True, input_name: str = "pixels", fp32_layers: str = "first_last",
-                  reduce_range: bool | None = None, weight_scales: str = "vectorised", progress: bool = True) -> Path:
+                  reduce_range: bool | None = None, weight_scales: Literal["vectorised", "onnxruntime"] = "vectorised",
+                  progress: bool = True) -> Path:
     """Static int8 quantisation with ONNX Runtime: graph pre-processing, calibration on ``batches`` (fed to the
     graph's ``input_name`` as they are: float pixels, or uint8 images for a deployable graph), QDQ format.
 
