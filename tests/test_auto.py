@@ -993,6 +993,18 @@ def test_a_candidate_a_slower_machine_put_over_the_budget_is_measured_again(tmp_
     assert second_look(fresh, [slow], 2) == [slow]
 
 
+def test_the_tie_note_says_what_pool_would_let_the_students_be_ranked_on_held_out_images():
+    """A pool the user gave that is too small to spare HELD_OUT_FEWEST images is named with the size that would;
+    without one, the note asks for one of that size."""
+    from fm2edge.automate.heldout import HELD_OUT_FEWEST, ranking_pool_text
+
+    given = ranking_pool_text(60, given=True)
+    assert given.startswith("the unlabelled pool holds 60 images; with 1,000 or more")
+    assert f"{HELD_OUT_FEWEST} of them are held out" in given and held_out_count(1000, True) == HELD_OUT_FEWEST
+    assert held_out_count(999, True) == 0
+    assert ranking_pool_text(0, given=False).startswith("add unlabelled images, --auto.unlabeled_source DIR (1,000 or")
+
+
 def test_a_larger_input_of_a_network_a_smaller_one_puts_over_the_budget_is_not_measured(tmp_path, monkeypatch):
     """Each network's inputs are measured smallest first; once one is over the budget, its larger inputs are passed
     over with the reason (their parameters still counted), other networks measured as before; a second look that

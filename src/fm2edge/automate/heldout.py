@@ -11,6 +11,7 @@ by their agreement with the teacher on 800 photos as by their accuracy on the tr
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,16 @@ def held_out_count(available: int, noisy: bool) -> int:
     them (``noisy`` False) or the pool is too small to spare HELD_OUT_FEWEST."""
     n = min(HELD_OUT_MOST, int(HELD_OUT_SHARE * available)) if noisy else 0
     return n if n >= HELD_OUT_FEWEST else 0
+
+
+def ranking_pool_text(available: int, given: bool) -> str:
+    """What to do where validation is too small to rank the students and no images could be held out for it:
+    ``available`` unlabelled images in the pool, ``given`` whether the user named one."""
+    needed = math.ceil(HELD_OUT_FEWEST / HELD_OUT_SHARE)
+    rank = f"{HELD_OUT_FEWEST} of them are held out to rank the students on instead"
+    if given and available < needed:
+        return f"the unlabelled pool holds {available:,} images; with {needed:,} or more, {rank}"
+    return f"add unlabelled images, --auto.unlabeled_source DIR ({needed:,} or more): {rank}"
 
 
 def unlabeled_pool(job, train, n: int | None = None):

@@ -18,6 +18,7 @@ from fm2edge.automate.heldout import (
     held_out_count,
     held_out_images,
     predicted_labels,
+    ranking_pool_text,
     unlabeled_pool,
 )
 from fm2edge.automate.measure import (
@@ -1621,9 +1622,10 @@ def auto_job(job: AutoJob) -> dict:
         print(f"note: the candidates are ranked by their agreement with the teacher on {len(held):,} unlabelled "
               f"images held out of training")
     elif (within := tie_width(plan)) is not None:
+        pool = ranking_pool_text(plan.get("unlabeled_available", 0),
+                                 bool(job.auto.unlabeled_source or job.auto.unlabeled_left_out))
         print(f"note: validation scores ({METRIC_NAMES[job.auto.metric]}) within {100 * within:.0f} points of the "
-              f"best count as a tie, which goes to the students that start pretrained (add unlabelled images, "
-              f"--auto.unlabeled_source DIR, to rank them on those instead)")
+              f"best count as a tie, which goes to the students that start pretrained ({pool})")
     trained = train_students(job, root, plan, held)
     if not trained:
         raise Fm2EdgeError(too_short(plan, job.auto))
