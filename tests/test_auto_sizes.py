@@ -48,6 +48,29 @@ def test_the_largest_size_within_the_budget_is_found_between_two_listed_sizes_an
     assert fit_backbone(listed, fits, lambda s: linear_latency(Candidate(LITE, s)), most=1) == probes[:1]
 
 
+def test_a_size_fitted_just_within_the_budget_below_every_listed_size_brings_the_next_size_down_as_a_hedge():
+    """Lite0 at 72 px screened at 2.59 ms under 2.6, timed over it in its export, and the run fell back to a small
+    CNN: where the added size is the backbone's only one within the budget and within HEDGE_MARGIN of it, the next
+    size down is measured and added too; with room to spare, or with a listed size within the budget, it is not."""
+    listed = [linear_latency(Candidate(LITE, s)) for s in (96, 112, 128)]  # all over 1.15 ms
+    measured = []
+
+    def measure(c: Candidate) -> dict:
+        measured.append(c.size)
+        return linear_latency(c)
+
+    added, probed, (search,) = fitted_sizes(listed, 1.15, None, measure)  # 72 px: 1.125 ms, within 2.2%
+    assert measured == [80, 72, 64] and [f["candidate"] for f in added] == [f"{LITE}@72", f"{LITE}@64"]
+    assert [p["candidate"] for p in probed] == [f"{LITE}@80"] and search["added"] == 72 and search["hedge"] == 64
+    assert "64 px added too, as 72 px measured within 10% of the budget" in search["text"]
+    roomy = lambda c: figures(c.label, 0.5 if c.size <= 72 else 2.0)  # noqa: E731 - 72 px far inside the budget
+    added, _, (search,) = fitted_sizes(listed, 1.15, None, roomy)
+    assert [f["candidate"] for f in added] == [f"{LITE}@72"] and search["hedge"] is None
+    with_listed = [linear_latency(Candidate(LITE, s)) for s in (64, 96)]  # 64 px listed, within the budget
+    added, _, (search,) = fitted_sizes(with_listed, 1.15, None, linear_latency)
+    assert [f["candidate"] for f in added] == [f"{LITE}@72"] and search["hedge"] is None
+
+
 def test_fitted_sizes_add_the_largest_within_the_budget_and_say_why_the_others_measured_are_not_candidates():
     listed = [linear_latency(Candidate(LITE, s)) for s in (96, 128)] + [figures("student:small_cnn@64", 9.0)]
     measured = []
