@@ -59,8 +59,9 @@ class AutoConfig:
         max_epochs: Most epochs a student is trained for, however much time is left.
         fit_sizes: With a latency budget, search each pretrained student's input size in steps of 8 px (down to
             64 px) for the largest within the budget where it falls between two listed sizes or below the smallest,
-            and add that size as a candidate (a pretrained backbone scores higher with more pixels); the sizes
-            measured on the way are listed in the report.
+            and add that size as a candidate (a pretrained backbone scores higher with more pixels), with the next
+            size down where it is the backbone's only one within the budget and within 10% of it (its export is
+            timed again); the sizes measured on the way are listed in the report.
         finalists: Students, best on validation, exported to fp32 and int8 ONNX and scored there. By default
             two, as a hedge against the leader's exported graph timing over the latency budget; one (trained the
             longer for it) where every candidate measured within 60% of the budget in one precision at least, or
