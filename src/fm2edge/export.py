@@ -18,6 +18,7 @@ import io
 import logging
 import platform
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,10 +365,7 @@ def conv_weight_scales(path: Path, exclude: list[str], reduce_range: bool) -> di
 
     graph = onnx.load(str(path)).graph
     weights = {t.name: t for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 3}
-    uses: dict[str, int] = {}
-    for n in graph.node:
-        for name in n.input:
-            uses[name] = uses.get(name, 0) + 1
+    uses = Counter(name for n in graph.node for name in n.input)
     qmin, qmax = (float(q) for q in get_qmin_qmax_for_qType(QuantType.QInt8.tensor_type, reduce_range,
                                                              symmetric=True))
     out = {}

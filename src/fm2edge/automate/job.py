@@ -171,13 +171,14 @@ def screen(figures: list[dict], cfg) -> tuple[list[dict], list[dict]]:
         if why := screened_out(f, cfg):
             dropped.append({**f, "why": why})
         else:
-            kept.append({**f, "fits": precisions_within(f, screen_limit(cfg), cfg.max_mb)})
+            kept.append({**f, "fits": precisions_within(f, screen_limit(cfg.latency_ms), cfg.max_mb)})
     return kept, dropped
 
 
-def screen_limit(cfg) -> float | None:
-    """The latency (ms) the screen keeps candidates within: the budget and SCREEN_TOLERANCE over it."""
-    return None if cfg.latency_ms is None else cfg.latency_ms * (1 + SCREEN_TOLERANCE)
+def screen_limit(latency_ms: float | None) -> float | None:
+    """The latency (ms) the screen keeps candidates within: the budget ``latency_ms`` and SCREEN_TOLERANCE over it
+    (None without a budget)."""
+    return None if latency_ms is None else latency_ms * (1 + SCREEN_TOLERANCE)
 
 
 def screened_out(f: dict, cfg) -> str | None:
@@ -185,7 +186,7 @@ def screened_out(f: dict, cfg) -> str | None:
     budget in both precisions); None where it keeps it."""
     if cfg.max_params is not None and f["params"] > cfg.max_params:
         return f"{f['params']:,} parameters, over --auto.max_params {cfg.max_params:,}"
-    if not precisions_within(f, screen_limit(cfg), cfg.max_mb):
+    if not precisions_within(f, screen_limit(cfg.latency_ms), cfg.max_mb):
         return (f"fp32 {f['fp32']['p50_ms']:.2f} ms / int8 {f['int8']['p50_ms']:.2f} ms, "
                 f"{f['fp32']['mb']:.1f} / {f['int8']['mb']:.1f} MB, over the budget")
     return None
@@ -213,7 +214,7 @@ def worth_a_second_look(f: dict, now_ms: float, latency_ms: float | None) -> boo
     enough that the difference would bring it within: then it is measured again before the screen."""
     if latency_ms is None or not f.get("reference_ms"):
         return False
-    limit = latency_ms * (1 + SCREEN_TOLERANCE)
+    limit = screen_limit(latency_ms)
     ratio = state_ratio(f["reference_ms"], now_ms)  # within the cache's tolerance, measure() would return f itself
     return ratio is not None and ratio < 1 and fastest_ms(f) > limit and fastest_ms(f) * ratio <= limit
 
@@ -1289,7 +1290,7 @@ def disputed(f: dict, o: dict, latency_ms: float | None) -> bool:
     graph within it (up to SCREEN_TOLERANCE over): the two timings of one graph disagree."""
     screened = screened_ms(f, o)
     return (latency_ms is not None and screened is not None and o["p50_ms"] > latency_ms
-            and screened <= latency_ms * (1 + SCREEN_TOLERANCE))
+            and screened <= screen_limit(latency_ms))
 
 
 def retime_disputed(job: AutoJob, f: dict) -> None:
