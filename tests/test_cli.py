@@ -68,6 +68,20 @@ def test_help_explains_options():
         assert part in " ".join(res.stdout.split()), part
 
 
+
+@pytest.mark.parametrize("args,shown", [
+    (["--help"], "auto"), (["auto", "--help"], "--auto.latency_ms"), (["train", "--help"], "--train.lr"),
+    (["auto", "photos", "--auto.latency", "3"], "unrecognized arguments: --auto.latency"),
+    (["lst"], "invalid choice: 'lst'"),
+])
+def test_help_and_flag_mistakes_answer_without_importing_torch(args, shown):
+    # torch is 3 of the 4 s a command took to start: help and a mistyped flag need none of it (Stage imports lazily)
+    code = (f"import sys; from fm2edge.cli import main\ntry:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+            "print('torch imported:', 'torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
+    assert shown in res.stdout + res.stderr
+    assert "torch imported: False" in res.stdout, res.stdout + res.stderr
+
 def test_list_prints_models_and_sources():
     res = cli("list", timeout=60)
     assert res.returncode == 0 and "student:small_cnn" in res.stdout and "digits" in res.stdout

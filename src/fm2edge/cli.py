@@ -9,28 +9,29 @@ import logging
 import os
 import sys
 
-from fm2edge.catalog import ListJob, list_job
-from fm2edge.config import DemoJob
-from fm2edge.demo import demo_job
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.parsing import command_parser, one_line
-from fm2edge.push import PushJob, push_job
-from fm2edge.recipe import RunJob, run_job
 from fm2edge.stages import STAGES, Stage
 
+# each command's module is imported when it runs (see Stage): `fm2edge --help` and a mistyped flag answer in a second
 COMMANDS: dict[str, Stage] = {
     "auto": STAGES["auto"],  # the main job first in --help
-    "run": Stage(run_job, RunJob, "run a recipe YAML (embed -> probe -> ... -> report), skipping unchanged stages"),
-    "demo": Stage(demo_job, DemoJob, "run the whole lifecycle offline on scikit-learn's digits (no arguments needed)"),
+    "run": Stage("fm2edge.recipe:run_job", "fm2edge.recipe:RunJob",
+                 "run a recipe YAML (embed -> probe -> ... -> report), skipping unchanged stages"),
+    "demo": Stage("fm2edge.demo:demo_job", "fm2edge.config:DemoJob",
+                  "run the whole lifecycle offline on scikit-learn's digits (no arguments needed)"),
     **{name: stage for name, stage in STAGES.items() if name != "auto"},
-    "push": Stage(push_job, PushJob, "upload a run's model (weights, config.json, card, ONNX) to the Hugging Face Hub"),
-    "list": Stage(list_job, ListJob, "list registered models and accepted data sources"),
+    "push": Stage("fm2edge.push:push_job", "fm2edge.push:PushJob",
+                  "upload a run's model (weights, config.json, card, ONNX) to the Hugging Face Hub"),
+    "list": Stage("fm2edge.catalog:list_job", "fm2edge.catalog:ListJob",
+                  "list registered models and accepted data sources"),
 }
 
 
-def build_parser(command: str | None = None):
+def build_parser(command: str | None = None, listing: bool = False):
     """The command line's parser: every command's, or only ``command``'s where one is named (the parsers of all
-    eighteen took 0.6 s to build, on every call, for the one that runs)."""
+    eighteen took 0.6 s to build, on every call, for the one that runs). With ``listing`` the commands carry their
+    help line and no flags: what `fm2edge --help` shows, without importing any command's module."""
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(prog="fm2edge", description="From a vision foundation model to a tiny edge model, "
@@ -42,7 +43,7 @@ def build_parser(command: str | None = None):
     sub = parser.add_subcommands(dest="command", required=True)
     for name, stage in COMMANDS.items():
         if command in (None, name):
-            sub.add_subcommand(name, command_parser(stage.job), help=stage.help)
+            sub.add_subcommand(name, ArgumentParser() if listing else command_parser(stage.job), help=stage.help)
     return parser
 
 
@@ -184,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     from jsonargparse import ArgumentError
 
     argv = _spaced_lists(_positional_models(sys.argv[1:] if argv is None else list(argv)))
-    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    parser = build_parser(command, listing=command is None)  # no command named: --help, --version or a mistake
     try:
         cfg = parser.parse_args(argv)
         stage = COMMANDS[cfg.command]

@@ -7,58 +7,73 @@ takes, validated the same way either way.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fm2edge.automate import AutoJob, auto_job
-from fm2edge.bench import BenchJob, bench_job
-from fm2edge.config import TrainJob
-from fm2edge.data.summary import DataJob, data_job
-from fm2edge.distill.task import DistillJob, distill_job
 from fm2edge.errors import Fm2EdgeError
-from fm2edge.export import ExportJob, export_job
-from fm2edge.features import EmbedJob, embed_job
-from fm2edge.finetune import FinetuneJob, finetune_job
 from fm2edge.parsing import job_from_class
-from fm2edge.predict import PredictJob, predict_job
-from fm2edge.pretrain import PretrainJob, pretrain_job
-from fm2edge.probe import ProbeJob, probe_job
-from fm2edge.report.job import ReportJob, report_job
-from fm2edge.soup import SoupJob, soup_job
-from fm2edge.train import train_job
-from fm2edge.zeroshot import ZeroShotJob, zeroshot_job
 
 
 @dataclass(frozen=True)
 class Stage:
-    run: Callable
-    job: type
+    """A command: the function that runs it, its job class (every flag and YAML key) and its help line. The function
+    and the class may be named as ``"module:name"``, imported when first used: the command line then imports the
+    module of the one command it runs (most import torch, 3 s of a 4 s start) and `fm2edge --help` none of them."""
+
+    function: Callable | str
+    config: type | str
     help: str
+
+    @property
+    def run(self) -> Callable:
+        return named(self.function)
+
+    @property
+    def job(self) -> type:
+        return named(self.config)
+
+
+def named(thing):
+    """``thing`` itself, or the object a ``"module:name"`` string names."""
+    if not isinstance(thing, str):
+        return thing
+    module, _, name = thing.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 STAGES: dict[str, Stage] = {
-    "data": Stage(data_job, DataJob, "show what a data source resolves to (splits, classes, counts, sizes, what is "
-                  "skipped), without training"),
-    "train": Stage(train_job, TrainJob, "train a model on labelled images, no teacher"),
-    "embed": Stage(embed_job, EmbedJob, "foundation-model features of a dataset, cached on disk, with t-SNE"),
-    "probe": Stage(probe_job, ProbeJob, "linear / k-NN probes on cached features, label efficiency, pooling"),
-    "zeroshot": Stage(zeroshot_job, ZeroShotJob, "CLIP-style zero-shot classification from prompts, no training"),
-    "finetune": Stage(finetune_job, FinetuneJob, "adapt a pretrained backbone: LoRA, full or linear fine-tuning, "
-                      "compared"),
-    "soup": Stage(soup_job, SoupJob, "one model from the averaged weights of fine-tuned runs (greedy on validation "
-                  "or uniform)"),
-    "bench": Stage(bench_job, BenchJob, "latency, throughput, parameters, MACs and size of models"),
-    "distill": Stage(distill_job, DistillJob, "train a student with a teacher's guidance: KD, DKD, DIST, RKD, "
-                     "features"),
-    "pretrain": Stage(pretrain_job, PretrainJob, "distil a foundation model's features into a small network on "
-                      "images without labels (a starting point for --model.init)"),
-    "export": Stage(export_job, ExportJob, "ONNX and int8 ONNX of a trained model, with parity, accuracy and "
-                    "latency checks"),
-    "predict": Stage(predict_job, PredictJob, "classify image files with a run folder or an exported .onnx: CSV, "
-                     "JSON Lines, pseudo-labels"),
-    "report": Stage(report_job, ReportJob, "one self-contained HTML report (and Markdown) from run folders"),
-    "auto": Stage(auto_job, AutoJob, "a folder of labelled photos and a latency budget in, the most accurate "
-                  "verified model out (teacher, student, size and precision chosen on validation)"),
+    "data": Stage("fm2edge.data.summary:data_job", "fm2edge.data.summary:DataJob",
+                  "show what a data source resolves to (splits, classes, counts, sizes, what is skipped), without "
+                  "training"),
+    "train": Stage("fm2edge.train:train_job", "fm2edge.config:TrainJob",
+                   "train a model on labelled images, no teacher"),
+    "embed": Stage("fm2edge.features:embed_job", "fm2edge.features:EmbedJob",
+                   "foundation-model features of a dataset, cached on disk, with t-SNE"),
+    "probe": Stage("fm2edge.probe:probe_job", "fm2edge.probe:ProbeJob",
+                   "linear / k-NN probes on cached features, label efficiency, pooling"),
+    "zeroshot": Stage("fm2edge.zeroshot:zeroshot_job", "fm2edge.zeroshot:ZeroShotJob",
+                      "CLIP-style zero-shot classification from prompts, no training"),
+    "finetune": Stage("fm2edge.finetune:finetune_job", "fm2edge.finetune:FinetuneJob",
+                      "adapt a pretrained backbone: LoRA, full or linear fine-tuning, compared"),
+    "soup": Stage("fm2edge.soup:soup_job", "fm2edge.soup:SoupJob",
+                  "one model from the averaged weights of fine-tuned runs (greedy on validation or uniform)"),
+    "bench": Stage("fm2edge.bench:bench_job", "fm2edge.bench:BenchJob",
+                   "latency, throughput, parameters, MACs and size of models"),
+    "distill": Stage("fm2edge.distill.task:distill_job", "fm2edge.distill.task:DistillJob",
+                     "train a student with a teacher's guidance: KD, DKD, DIST, RKD, features"),
+    "pretrain": Stage("fm2edge.pretrain:pretrain_job", "fm2edge.pretrain:PretrainJob",
+                      "distil a foundation model's features into a small network on images without labels (a starting"
+                      " point for --model.init)"),
+    "export": Stage("fm2edge.export:export_job", "fm2edge.export:ExportJob",
+                    "ONNX and int8 ONNX of a trained model, with parity, accuracy and latency checks"),
+    "predict": Stage("fm2edge.predict:predict_job", "fm2edge.predict:PredictJob",
+                     "classify image files with a run folder or an exported .onnx: CSV, JSON Lines, pseudo-labels"),
+    "report": Stage("fm2edge.report.job:report_job", "fm2edge.report.job:ReportJob",
+                    "one self-contained HTML report (and Markdown) from run folders"),
+    "auto": Stage("fm2edge.automate.job:auto_job", "fm2edge.automate.config:AutoJob",
+                  "a folder of labelled photos and a latency budget in, the most accurate verified model out "
+                  "(teacher, student, size and precision chosen on validation)"),
 }
 
 

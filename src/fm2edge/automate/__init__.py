@@ -7,6 +7,14 @@ meets the budget, and read the test split once for it and for the teacher.
 """
 
 from fm2edge.automate.config import AutoConfig, AutoJob
-from fm2edge.automate.job import auto_job
 
 __all__ = ["AutoConfig", "AutoJob", "auto_job"]
+
+
+def __getattr__(name: str):
+    # auto_job's module imports torch; its config does not, so `fm2edge auto --help` reads the flags without it
+    if name == "auto_job":
+        from fm2edge.automate.job import auto_job
+
+        return auto_job
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
