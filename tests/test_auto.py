@@ -573,6 +573,13 @@ def test_where_nothing_can_rank_them_a_tie_on_few_validation_images_goes_to_the_
     row = next(r for r in leaderboard(plan, [], [{"options": [over, within_budget]}])
                if r["candidate"] == large["candidate"])
     assert row["int8_recipe"] == "first-last-fp32" and row["int8_ms"] == 0.97
+    assert "not a choice" not in row["status"]
+    # a finalist whose every exported graph timed over the budget says so (its validation may lead the board)
+    row = next(r for r in leaderboard(plan, [], [{"options": [over, {**small, "candidate": large["candidate"],
+                                                                      "p50_ms": 1.3}]}])
+               if r["candidate"] == large["candidate"])
+    assert row["status"].endswith("not a choice: over the budget as exported (fp32 1.30 ms, 13.5 MB, int8 1.29 ms, "
+                                  "3.8 MB)"), row["status"]
     # the width applies only where validation is too small and no held-out images rank the candidates instead
     plan = {"selection": {"noisy": True, "half_width": 0.31}, "held_out": {"images": 0}}
     assert tie_width(plan) == 0.31

@@ -1502,6 +1502,11 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict], chosen: 
                 status += ", weights averaged with the teacher's (WiSE-FT)"
         if f["candidate"] in fallbacks:
             status += "; exported because no finalist's graph met the budget"
+        graphs = {p: o for (c, p), o in options.items() if c == f["candidate"]}
+        if graphs and not any(within_budget(o, budget.get("latency_ms"), budget.get("max_mb"))
+                              for o in graphs.values()):
+            status += "; not a choice: over the budget as exported (" + ", ".join(
+                f"{p} {o['p50_ms']:.2f} ms, {o['mb']:.1f} MB" for p, o in sorted(graphs.items())) + ")"
         if f["candidate"] in failed:
             status += f"; not a choice: its export failed ({failed[f['candidate']]})"
         rows.append({"candidate": f["candidate"], "status": status,
