@@ -720,10 +720,8 @@ def measure_candidates(job: AutoJob, num_classes: int,
     cands = [Candidate.parse(s) for s in job.auto.students]
     figures = {f["candidate"]: f for f in known}
     passed, now = {}, None
-    for c in tqdm(sorted(cands, key=lambda c: (c.name, c.size)), desc="measuring candidates on this machine",
-                  unit="model", leave=False, disable=bool(known)):
-        if c.label in figures:
-            continue
+    left = sorted({c.label: c for c in cands if c.label not in figures}.values(), key=lambda c: (c.name, c.size))
+    for c in tqdm(left, desc="measuring candidates on this machine", unit="model", leave=False, disable=not left):
         if why := over_at_a_smaller_size(c, list(figures.values()), job.auto):
             passed[c.label] = c, why
             continue
