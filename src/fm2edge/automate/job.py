@@ -539,16 +539,8 @@ def choose(finalists: list[dict], latency_ms: float | None, max_mb: float | None
     def loss(o: dict) -> float:
         return float("inf") if o.get("val_loss") is None else o["val_loss"]
 
-    def score(f: dict, o: dict) -> float:
-        if not noisy:
-            return graph_score(o)
-        if "teacher_agreement" in o:
-            return o["teacher_agreement"]
-        # its model's accuracy, less what the graph is measured to change (at most one error per disagreement)
-        model = next(graph_score(p) for p in f["options"] if p["precision"] == "fp32")
-        return model - (1 - o.get("agreement_with_fp32", 1.0))
-
-    scored = [(score(f, o), o, f) for f in finalists for o in f["options"] if within_budget(o, latency_ms, max_mb)]
+    scored = [(option_score(f, o, noisy), o, f) for f in finalists for o in f["options"]
+              if within_budget(o, latency_ms, max_mb)]
     if not scored:
         return None
     best = max(s[0] for s in scored)
@@ -563,6 +555,18 @@ def choose(finalists: list[dict], latency_ms: float | None, max_mb: float | None
                 -s[1]["p50_ms"])
 
     return max(scored, key=key)[1]
+
+
+def option_score(finalist: dict, o: dict, noisy: bool) -> float:
+    """What :func:`choose` ranks one exported graph ``o`` of ``finalist`` on: its validation score; where validation
+    is too small to rank (``noisy``), its agreement with the teacher on held-out images where there are some, else its
+    model's fp32 validation score less what the graph is measured to change (at most one error per disagreement)."""
+    if not noisy:
+        return graph_score(o)
+    if "teacher_agreement" in o:
+        return o["teacher_agreement"]
+    model = next(graph_score(p) for p in finalist["options"] if p["precision"] == "fp32")
+    return model - (1 - o.get("agreement_with_fp32", 1.0))
 
 
 def precision_text(chosen: dict, finalists: list[dict], latency_ms: float | None, max_mb: float | None,
@@ -583,17 +587,11 @@ def precision_text(chosen: dict, finalists: list[dict], latency_ms: float | None
         o = min(others, key=lambda o: o["p50_ms"])
         return f"{mine}: its {other} graph is over the budget ({o['p50_ms']:.2f} ms, {o['mb']:.1f} MB)"
     held = noisy and "teacher_agreement" in chosen
-
-    def judged(o: dict) -> float:
-        if not noisy:
-            return graph_score(o)
-        return o.get("teacher_agreement", 0.0) if held else o.get("agreement_with_fp32", 1.0)
-
-    o = max(fits, key=lambda o: (judged(o), -o["p50_ms"]))
+    o = max(fits, key=lambda o: (option_score(f, o, noisy), -o["p50_ms"]))  # the best graph choose passed over
     int8, fp32 = (o, chosen) if mine == "fp32" else (chosen, o)
     recipe = f" ({int8['int8_recipe']})" if int8.get("int8_recipe") else ""
-    figures = (f"agreement with the teacher on the held-out images {100 * judged(chosen):.2f}% against "
-               f"{100 * judged(o):.2f}%" if held else
+    figures = (f"agreement with the teacher on the held-out images {100 * chosen['teacher_agreement']:.2f}% against "
+               f"{100 * o.get('teacher_agreement', 0.0):.2f}%" if held else
                f"validation {100 * graph_score(chosen):.2f}% against {100 * graph_score(o):.2f}%"
                + (", too few images to tell one model's graphs apart, so the graph most faithful to the model is kept"
                   if noisy else ""))
