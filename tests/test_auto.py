@@ -731,7 +731,24 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     assert main(argv) == 0
     again = capsys.readouterr().out
     assert "resuming" in again and "unchanged, skipped" in again
-    assert json.loads((run / "auto.json").read_text())["chosen"]["candidate"] == chosen["candidate"]
+    rerun = json.loads((run / "auto.json").read_text())
+    assert rerun["chosen"]["candidate"] == chosen["candidate"]
+    assert rerun["earlier_test_reads"] == [] and "read the test split for" not in again  # the same choice: no new look
+    # an earlier run that chose another graph (a graph timed again on an idle machine can fit where it did not): its
+    # test read is kept and said beside the new one, in the output, auto.json and the page
+    earlier = {**rerun, "chosen": {**rerun["chosen"], "candidate": "student:small_cnn@99"},
+               "test": {**rerun["test"], "chosen_test_acc": 0.5}}
+    (run / "auto.json").write_text(json.dumps(earlier))
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    rerun = json.loads((run / "auto.json").read_text())
+    assert rerun["earlier_test_reads"] == [{"candidate": "student:small_cnn@99", "precision": chosen["precision"],
+                                            "test_acc": 0.5}]
+    assert f"note: earlier runs in this folder read the test split for 1 other choice(s) (student:small_cnn@99 as " \
+           f"{chosen['precision']}, 50.00%)" in out
+    assert 'id="auto-test-read-before"><b>Read before:</b> earlier runs' in (run / "report.html").read_text()
+    assert main(argv) == 0  # and kept by the next rerun, which chose as the last one did
+    assert json.loads((run / "auto.json").read_text())["earlier_test_reads"] == rerun["earlier_test_reads"]
 
 
 @pytest.mark.slow

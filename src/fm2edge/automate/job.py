@@ -1445,6 +1445,30 @@ def read_test_once(chosen: dict, teacher: dict, test, train, device) -> dict:
     return out
 
 
+def earlier_test_reads(previous: dict | None, chosen: dict) -> list[dict]:
+    """The test reads of earlier runs in this folder for another choice than ``chosen`` (``previous``: the auto.json
+    they left). A rerun chooses again, on validation and timings alone (an exported graph timed again on an idle
+    machine may fit where it did not), and reads the test split for its own choice: each read is honest, but a test
+    figure picked among several is not, so every earlier one is kept and shown beside the last."""
+    if not previous or "test" not in previous:
+        return []
+    reads = list(previous.get("earlier_test_reads", []))
+    was = previous["chosen"]
+    if (was["candidate"], was["precision"]) != (chosen["candidate"], chosen["precision"]):
+        reads.append({"candidate": was["candidate"], "precision": was["precision"],
+                      "test_acc": previous["test"]["chosen_test_acc"]})
+    return reads
+
+
+def earlier_reads_text(reads: list[dict]) -> str | None:
+    """The note that says where the test split was read before, for which choices, and what it scored."""
+    if not reads:
+        return None
+    listed = "; ".join(f"{r['candidate']} as {r['precision']}, {100 * r['test_acc']:.2f}%" for r in reads)
+    return (f"earlier runs in this folder read the test split for {len(reads)} other choice(s) ({listed}): each choice "
+            f"was made on validation and timings alone, but a test figure picked among several reads is optimistic")
+
+
 def write_best(root: Path, chosen: dict, test: dict) -> Path:
     """RUN/best: the chosen run folder (for `fm2edge predict`, `fm2edge.load`, push) with its chosen ONNX graph,
     its metrics and model card carrying the test accuracy `auto` read once (through that graph)."""
@@ -1564,6 +1588,8 @@ def print_summary(result: dict) -> None:
     print(f"test (read once): {100 * t['chosen_test_acc']:.2f}% against the teacher's "
           f"{100 * t['teacher_test_acc']:.2f}% on {t['test_images']} images: "
           f"{gap_text(t['gap_points'], t.get('gap_interval_points'))}")
+    if result.get("test_read_before"):
+        print(f"note: {result['test_read_before']}")
     if t.get("near_copies"):
         print(f"{t['near_copies']} test image(s) look like a training image (near-copies: `fm2edge data` names them); "
               f"without them, {100 * t['chosen_test_acc_without_near_copies']:.2f}% against the teacher's "
@@ -1644,6 +1670,8 @@ def auto_job(job: AutoJob) -> dict:
             raise Fm2EdgeError(f"no finalist could be exported: {'; '.join(failed)}")
         raise Fm2EdgeError(f"no finalist meets the budget once exported (latency {job.auto.latency_ms} ms); see "
                            f"{root}/plan.json and the export folders; raise --auto.latency_ms or --auto.finalists")
+    previous = root / "auto.json"  # what an earlier run in this folder chose, and read the test split for
+    earlier = earlier_test_reads(json.loads(previous.read_text()) if previous.exists() else None, chosen)
     test = read_test_once(chosen, plan["teacher"], data[2], data[0], resolve_device(job.auto.device))
     rows = leaderboard(plan, trained, finalists, chosen["candidate"])
     best = write_best(root, chosen, test)
@@ -1660,7 +1688,8 @@ def auto_job(job: AutoJob) -> dict:
               "pretrained_out_of_budget": plan.get("pretrained_out_of_budget"),
               "precision_why": precision_text(chosen, finalists, job.auto.latency_ms, job.auto.max_mb,
                                               plan["machine"], plan["selection"]["noisy"]),
-              "passed_over": passed_over_text(finalists, chosen, job.auto.latency_ms)}
+              "passed_over": passed_over_text(finalists, chosen, job.auto.latency_ms),
+              "earlier_test_reads": earlier, "test_read_before": earlier_reads_text(earlier)}
     result["finished_early"] = early_finish(minutes, job.auto.minutes,
                                             max(f.get("trained_epochs", 0) for f in finalists), job.auto.max_epochs,
                                             plan["unlabeled_available"])

@@ -304,6 +304,8 @@ def auto_section(folder: str, r: dict) -> str:
                         else "the classes are the same size")
                      + f") {_pct(t['chosen_balanced_acc'])} against the teacher's "
                      f"{_pct(t['teacher_balanced_acc'])}.</p>")
+    if r.get("test_read_before"):  # a rerun in the same folder chose another model and read the test split again
+        parts.append(f'<p id="auto-test-read-before"><b>Read before:</b> {html.escape(r["test_read_before"])}.</p>')
     if t.get("near_copies"):
         parts.append(f"<p id=\"auto-near-copies\">{t['near_copies']} test image(s) look like a training image (the "
                      f"same photo resized, re-saved or lightly edited: <code>fm2edge data</code> names them), which "
