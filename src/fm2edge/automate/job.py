@@ -53,6 +53,8 @@ from fm2edge.errors import Fm2EdgeError
 from fm2edge.runs import METRICS_FILE, atomic_dir, atomic_write_json, atomic_write_text, read_metrics
 from fm2edge.stagecache import moved
 
+AUTO_FILE = "auto.json"  # RUN/auto.json: the choice, its test figures and the leaderboard (read again by a rerun)
+
 # A candidate measured up to this much over the latency budget is kept for training: a screen of 30 runs is noisier
 # than the finalists' export (100 runs of the shipped graph), which decides.
 SCREEN_TOLERANCE = 0.10
@@ -1523,11 +1525,11 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict], chosen: 
                 status += ", weights averaged with the teacher's (WiSE-FT)"
         if f["candidate"] in fallbacks:
             status += "; exported because no finalist's graph met the budget"
-        graphs = {p: o for (c, p), o in options.items() if c == f["candidate"]}
+        graphs = {p: options[f["candidate"], p] for p in ("fp32", "int8") if (f["candidate"], p) in options}
         if graphs and not any(within_budget(o, budget.get("latency_ms"), budget.get("max_mb"))
                               for o in graphs.values()):
             status += "; not a choice: over the budget as exported (" + ", ".join(
-                f"{p} {o['p50_ms']:.2f} ms, {o['mb']:.1f} MB" for p, o in sorted(graphs.items())) + ")"
+                f"{p} {o['p50_ms']:.2f} ms, {o['mb']:.1f} MB" for p, o in graphs.items()) + ")"
         if f["candidate"] in failed:
             status += f"; not a choice: its export failed ({failed[f['candidate']]})"
         rows.append({"candidate": f["candidate"], "status": status,
@@ -1536,11 +1538,11 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict], chosen: 
                      "kept_epochs": t.get("kept_epochs"), "rung": t.get("rung"),
                      "val_acc": t.get("val_acc"), "val_balanced_acc": t.get("val_balanced_acc"),
                      "val_score": graph_score(t) if t else None, "teacher_agreement": t.get("teacher_agreement"),
-                     **{f"{k}_onnx_{p}": options.get((f["candidate"], p), {}).get(k)
+                     **{f"{k}_onnx_{p}": graphs.get(p, {}).get(k)
                         for p in ("fp32", "int8") for k in ("val_acc", "val_balanced_acc")},
-                     "fp32_ms": options.get((f["candidate"], "fp32"), {}).get("p50_ms"),
-                     "int8_ms": options.get((f["candidate"], "int8"), {}).get("p50_ms"),
-                     "int8_recipe": options.get((f["candidate"], "int8"), {}).get("int8_recipe"),
+                     "fp32_ms": graphs.get("fp32", {}).get("p50_ms"),
+                     "int8_ms": graphs.get("int8", {}).get("p50_ms"),
+                     "int8_recipe": graphs.get("int8", {}).get("int8_recipe"),
                      "minutes": t.get("minutes")})
     # the choice, then the order the search ranked them in: agreement with the teacher on held-out images first,
     # equal scores by how far they went
@@ -1670,7 +1672,7 @@ def auto_job(job: AutoJob) -> dict:
             raise Fm2EdgeError(f"no finalist could be exported: {'; '.join(failed)}")
         raise Fm2EdgeError(f"no finalist meets the budget once exported (latency {job.auto.latency_ms} ms); see "
                            f"{root}/plan.json and the export folders; raise --auto.latency_ms or --auto.finalists")
-    previous = root / "auto.json"  # what an earlier run in this folder chose, and read the test split for
+    previous = root / AUTO_FILE  # what an earlier run in this folder chose, and read the test split for
     earlier = earlier_test_reads(json.loads(previous.read_text()) if previous.exists() else None, chosen)
     test = read_test_once(chosen, plan["teacher"], data[2], data[0], resolve_device(job.auto.device))
     rows = leaderboard(plan, trained, finalists, chosen["candidate"])
@@ -1694,7 +1696,7 @@ def auto_job(job: AutoJob) -> dict:
                                             max(f.get("trained_epochs", 0) for f in finalists), job.auto.max_epochs,
                                             plan["unlabeled_available"])
     atomic_write_text(root / "leaderboard.csv", leaderboard_csv(rows))
-    atomic_write_json(root / "auto.json", result)
+    atomic_write_json(root / AUTO_FILE, result)
     points = [o for f in finalists for o in f["options"]]
     held_n = plan["held_out"]["images"]  # the choice was made on agreement there: the plot shows what chose
     scored = [{**o, "val_score": graph_score(o)} for o in points + [chosen]]
