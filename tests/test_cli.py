@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fm2edge.cli import main
+from fm2edge.stages import STAGES
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "JSONARGPARSE_DEPRECATION_WARNINGS": "off", "PYTHONUNBUFFERED": "1"}
 
@@ -81,6 +82,20 @@ def test_help_and_flag_mistakes_answer_without_importing_torch(args, shown):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
     assert shown in res.stdout + res.stderr
     assert "torch imported: False" in res.stdout, res.stdout + res.stderr
+
+
+def test_every_command_answers_help_without_importing_torch():
+    # every job class lives in fm2edge.config (or automate.config), which imports no torch: each command's help
+    # is read in one process, and its own sections are listed in it
+    code = ("import contextlib, io, sys\nfrom fm2edge.cli import main\nfrom fm2edge.stages import STAGES\n"
+            "for command in STAGES:\n    out = io.StringIO()\n"
+            "    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
+            "        main([command, '--help'])\n    print(command, 'flags', out.getvalue().count('--'))\n"
+            "print('torch imported:', 'torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert "torch imported: False" in res.stdout, res.stdout + res.stderr
+    counts = dict(line.split(" flags ") for line in res.stdout.splitlines() if " flags " in line)
+    assert set(counts) == set(STAGES) and all(int(n) >= 5 for n in counts.values()), counts
 
 def test_list_prints_models_and_sources():
     res = cli("list", timeout=60)

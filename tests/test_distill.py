@@ -11,13 +11,17 @@ from conftest import hub_dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
-from fm2edge.distill.task import (
+from fm2edge.config import (
+    LOSS_NAMES,
+    DataConfig,
     DistillConfig,
     DistillJob,
-    DistillTask,
-    distill_job,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    TrainJob,
 )
+from fm2edge.distill.task import LOSSES, DistillTask, distill_job
 from fm2edge.distill.teacher import build_teacher_cache, load_teacher_cache
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import create_model
@@ -153,6 +157,11 @@ def test_a_bicubic_teacher_sees_a_whole_image_view_as_it_sees_the_image(clean_te
 def test_unknown_loss_name_is_an_error():
     with pytest.raises(ValueError, match="unknown distillation losses"):
         DistillConfig(teacher="x", losses={"crd": 1.0})
+
+
+def test_the_config_names_every_loss_the_task_builds():
+    # the config checks names without importing torch; the task's table builds them: the two must agree
+    assert set(LOSS_NAMES) == set(LOSSES) and len(LOSS_NAMES) == len(LOSSES)
 
 
 def test_unlabeled_images_are_the_training_images_left_out():

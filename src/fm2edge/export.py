@@ -20,100 +20,16 @@ import platform
 import warnings
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
-from fm2edge.config import DataConfig, Tracker, check
+from fm2edge.config import DataConfig, ExportConfig, ExportJob
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.report.metrics import Difference, accuracy, balanced_accuracy, paired_difference
 from fm2edge.timing import latency_with_noise
-
-
-@dataclass
-class ExportConfig:
-    """How to export and what to check.
-
-    Args:
-        opset: ONNX opset version.
-        parity_tolerance: Largest allowed absolute difference between PyTorch and ONNX Runtime fp32 probabilities.
-        int8: Also write a statically quantised int8 model.
-        calibration_images: Training images fed through the model to calibrate int8 activation ranges.
-        calibration_method: How ranges are chosen from the calibration activations: minmax, percentile or entropy.
-        per_channel: Quantise weights per output channel (more accurate than one scale per tensor).
-        resize_inside: Also write model.any_size.onnx, which takes uint8 RGB images of any size (one size a batch)
-            and does the model's resize and centre crop itself (antialiased, as fm2edge does it), for apps that
-            cannot resize; checked against PyTorch on the test images at their stored size.
-        reduce_range: Quantise weights to 7 bits instead of 8: empty decides for this CPU (on where it has no VNNI
-            or AMX, whose 8-bit dot products saturate: measured 88.4% -> 92.5% for an EfficientNet-Lite0 student
-            whose fp32 graph scores 93.5%, AVX2 CPU). Set it true for a target CPU without VNNI when exporting
-            elsewhere.
-        fp32_layers: Layers kept in fp32 in the int8 graph: "first_last" (the first convolution or matrix multiply,
-            which sees raw pixels, and the last, which makes the logits, with the pooled features it reads), or
-            "none". The default: faster as well as closer to fp32 where measured (EfficientNet-Lite0 at batch 1,
-            AMX CPU: 0.99 against 1.31 ms at 128 px, the stem's 3-channel int8 convolution being the slow part; a
-            student whose fully int8 graph scored 76.7% on validation against its fp32 graph's 83.3% kept 83.3%).
-        max_int8_drop: Warn when int8 test accuracy is more than this many points below fp32's.
-        threads: ONNX Runtime and PyTorch CPU threads for the checks and timings; empty keeps the default.
-        latency_runs: Timed batch-1 runs per backend (after warm-up) for the latency table.
-        batch_size: Images per batch for the accuracy checks (fewer at large inputs: a batch holds at most eight
-            224 px images' pixels, as memory grows with them).
-        push_to_hub: A Hugging Face Hub repository (user/name) to upload the run's model, model card and ONNX
-            files to after the checks pass (needs network and a token: HF_TOKEN or `hf auth login`).
-        score_on: The split the parity and accuracy checks read: "test", or "validation" when the export is one of
-            several candidates still to be chosen between (the test split is then left unread).
-        log_with: Experiment tracker for the export's settings and checks (parity, fp32 and int8 accuracy, latency,
-            sizes), beside the run's training logs: "auto" (TensorBoard in MODEL/logs when installed, else none),
-            "tensorboard", "wandb", "mlflow" or "none" (see --run.log_with of the training commands).
-    """
-
-    opset: int = 17
-    parity_tolerance: float = 1e-4
-    int8: bool = True
-    calibration_images: int = 500
-    calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
-    per_channel: bool = True
-    fp32_layers: Literal["none", "first_last"] = "first_last"
-    reduce_range: bool | None = None
-    resize_inside: bool = False
-    max_int8_drop: float = 1.0
-    threads: int | None = None
-    latency_runs: int = 200
-    batch_size: int = 256
-    push_to_hub: str | None = None
-    score_on: Literal["test", "validation"] = "test"
-    log_with: Tracker = "auto"
-
-    def __post_init__(self) -> None:
-        check(self.parity_tolerance > 0, f"export.parity_tolerance must be positive, got {self.parity_tolerance}")
-        check(self.calibration_images >= 1, "export.calibration_images must be at least 1")
-        check(self.threads is None or self.threads >= 1, f"export.threads must be >= 1, got {self.threads}")
-        check(self.latency_runs >= 1 and self.batch_size >= 1, "export.latency_runs and batch_size must be >= 1")
-
-
-@dataclass
-class ExportJob:
-    """`fm2edge export MODEL`: ONNX fp32 and int8 files with parity, accuracy and batch-1 latency checks.
-
-    Args:
-        model: A run folder holding a trained fm2edge model (`fm2edge train`, `distill`, `probe`, `finetune`).
-        data: Calibration images (training split) and accuracy images (test split); empty uses the data the run
-            was trained on (its config.yaml).
-        export: Export settings and checks.
-        output: Folder for model.onnx, model.int8.onnx and export.json; empty writes MODEL/export.
-    """
-
-    model: str = ""
-    data: DataConfig | None = None
-    export: ExportConfig = field(default_factory=ExportConfig)
-    output: str | None = None
-
-    def __post_init__(self) -> None:
-        check(bool(self.model), "give the run folder of a trained model, e.g. fm2edge export runs/distill-student")
-
 
 # ---------------------------------------------------------------- ONNX building blocks (shared with `fm2edge bench`)
 

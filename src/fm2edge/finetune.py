@@ -11,17 +11,17 @@ looking at the model's own layers (timm's fused ``qkv``; transformers' ``q_proj`
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from torch import nn
 
-from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, check
+from fm2edge.config import (
+    FinetuneConfig,
+    FinetuneJob,
+)
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import Classifier
 
-Mode = Literal["lora", "full", "linear"]
 HEAD = "head"  # Classifier's head attribute: the one module every mode trains in full
 # (suffixes of the attention projections LoRA adapts, per model family), tried in this order
 PRESETS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -30,59 +30,6 @@ PRESETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("transformers < 5 ViT / DINOv2", ("query", "value")),
     ("timm EfficientNet / MobileNet (pointwise 1x1 convolutions)", ("conv_pw", "conv_pwl")),
 )
-
-
-@dataclass
-class FinetuneConfig:
-    """How the backbone is adapted.
-
-    Args:
-        modes: One or more of lora (low-rank adapters on the attention projections, head trained in full), full
-            (every weight trained) and linear (backbone frozen, head only). Several modes run one after the other on
-            the same data and are compared in one table and plot.
-        lora_r: LoRA rank r.
-        lora_alpha: LoRA scaling alpha (the update is scaled by alpha / r).
-        lora_dropout: Dropout on the LoRA branch's input.
-        target_modules: Module-name suffixes LoRA adapts; empty picks the preset for the model's family (timm: qkv;
-            transformers ViT/DINOv2/CLIP: q_proj, v_proj, or query, value before transformers 5; timm EfficientNet
-            and MobileNet, the offline EfficientNet-Lite0 included: the pointwise convolutions conv_pw, conv_pwl).
-        eval_before: Measure validation accuracy before training ("accuracy before LoRA"); the test split is read
-            only once, after training.
-        lora_norm_stats: In LoRA mode, BatchNorm running statistics either "update" while training (the default,
-            as PyTorch does for any model in training mode: the statistics follow the new data) or stay "frozen" at
-            their pretrained values. Linear mode always keeps the whole backbone, statistics included, frozen;
-            full mode always updates them.
-    """
-
-    modes: list[Mode] = field(default_factory=lambda: ["lora"])
-    lora_r: int = 16
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.1
-    target_modules: list[str] | None = None
-    eval_before: bool = True
-    lora_norm_stats: Literal["update", "frozen"] = "update"
-
-    def __post_init__(self) -> None:
-        check(bool(self.modes) and len(set(self.modes)) == len(self.modes),
-              f"finetune.modes must name each of lora, full, linear at most once, got {self.modes}")
-        check(self.lora_r >= 1, f"finetune.lora_r must be at least 1, got {self.lora_r}")
-        check(self.lora_alpha > 0, f"finetune.lora_alpha must be positive, got {self.lora_alpha}")
-        check(0 <= self.lora_dropout < 1, f"finetune.lora_dropout must be in [0, 1), got {self.lora_dropout}")
-
-
-@dataclass
-class FinetuneJob:
-    """`fm2edge finetune`: LoRA, full or linear fine-tuning of a pretrained backbone, compared in one table."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="timm:vit_small_patch16_224.augreg_in21k",
-                                                                   pretrained=True))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, batch_size=32, lr=5e-4,
-                                                                   optimizer="adamw", schedule="constant",
-                                                                   weight_decay=0.0,
-                                                                   augment=AugmentConfig(crop="none", flip=False)))
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    run: RunConfig = field(default_factory=RunConfig)
 
 
 # ---------------------------------------------------------------- pure pieces

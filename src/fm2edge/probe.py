@@ -11,20 +11,15 @@ import dataclasses
 import io
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fm2edge.config import DataConfig, ModelConfig, RunConfig, check
-from fm2edge.features import EmbedConfig, EmbedJob, Features, embed_data, load_backbone
+from fm2edge.config import EmbedJob, ModelConfig, ProbeConfig, ProbeJob, RunConfig
+from fm2edge.features import Features, embed_data, load_backbone
 from fm2edge.linear import LinearHead, fit_logreg
 from fm2edge.report.metrics import accuracy
-
-Method = Literal["logreg", "knn", "linear"]
-
 
 # ---------------------------------------------------------------- probes as pure functions
 
@@ -98,68 +93,6 @@ def probe_scores(method: str, train: Features, test_x: np.ndarray, cfg: ProbeCon
 
 
 # ---------------------------------------------------------------- the `fm2edge probe` stage
-
-
-@dataclass
-class ProbeConfig:
-    """Which probes to fit on the cached features, and which studies to run.
-
-    Args:
-        methods: Probes to fit: "logreg" (scikit-learn, C by cross-validation), "knn" (cosine, weighted votes),
-            "linear" (a torch linear head, for large feature sets).
-        cs: Inverse regularisation strengths tried by cross-validation for "logreg".
-        cv_folds: Cross-validation folds for choosing C.
-        knn_k: Neighbours for k-NN.
-        knn_temperature: Vote temperature for k-NN.
-        linear_epochs: Epochs for the torch linear head.
-        teacher: Which fitted probe becomes the saved classifier (backbone + head) for later stages.
-        label_counts: Labelled images per class for the label-efficiency study (empty skips it).
-        scratch_model: Student trained from scratch on the same labels for the study (empty skips that curve).
-        scratch_steps: Optimiser steps for each from-scratch run (epochs scale with the labelled set).
-        poolings: Poolings to compare with the logistic-regression probe (token backbones only; empty skips).
-        seed: Seed for the probes and the from-scratch runs.
-        score_test: Score the probes on the test split and write the teacher's test predictions; false scores them
-            on the validation split instead (none where there is none) and leaves the test split unembedded and
-            unread: a candidate teacher, as `fm2edge auto` probes them (it reads the test split once, at the end).
-            The label-efficiency and pooling studies score on test and need it true.
-    """
-
-    methods: list[Method] = field(default_factory=lambda: ["logreg", "knn"])
-    cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
-    cv_folds: int = 3
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    linear_epochs: int = 100
-    teacher: Method = "logreg"
-    label_counts: list[int] = field(default_factory=list)
-    scratch_model: str | None = "student:small_cnn"
-    scratch_steps: int = 300
-    poolings: list[str] = field(default_factory=list)
-    seed: int = 0
-    score_test: bool = True
-
-    def __post_init__(self) -> None:
-        check(bool(self.methods), "probe.methods must name at least one probe")
-        check(self.teacher in self.methods and self.teacher != "knn",
-              f"probe.teacher must be 'logreg' or 'linear' and one of probe.methods, got {self.teacher}")
-        check(all(c > 0 for c in self.cs) and self.cs, "probe.cs must be positive numbers")
-        check(self.cv_folds >= 2, f"probe.cv_folds must be at least 2, got {self.cv_folds}")
-        check(self.knn_k >= 1, f"probe.knn_k must be at least 1, got {self.knn_k}")
-        check(all(n >= 1 for n in self.label_counts), "probe.label_counts must be positive")
-        check(set(self.poolings) <= {"cls", "mean", "both"}, "probe.poolings: choose from cls, mean, both")
-        check(self.score_test or not (self.label_counts or self.poolings), "probe.label_counts and probe.poolings "
-              "score on the test split: leave them empty with --probe.score_test false")
-
-
-@dataclass
-class ProbeJob:
-    """`fm2edge probe`: linear / k-NN probes on foundation-model features, label efficiency, pooling comparison."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="pypi:efficientnet_lite0", pretrained=True))
-    embed: EmbedConfig = field(default_factory=EmbedConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    run: RunConfig = field(default_factory=RunConfig)
 
 
 def fit_probes(job: ProbeJob, train: Features, scored: Features | None,

@@ -11,59 +11,12 @@ split is read once, on the soup.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from fm2edge.config import DataConfig, RunConfig, check
+from fm2edge.config import SoupJob
 from fm2edge.errors import Fm2EdgeError
-
-
-@dataclass
-class SoupConfig:
-    """Which runs to average and how.
-
-    Args:
-        runs: Run folders of one architecture with the same classes (fine-tuned from the same pretrained weights).
-        method: "greedy" (best on validation first; each further run kept only when validation accuracy does not
-            drop) or "uniform" (the average of all).
-        batchnorm: "recalibrate": BatchNorm statistics are estimated again on ``bn_images`` plain training images
-            after averaging; "average": the runs' statistics are averaged with the weights, right for runs that kept
-            their pretrained statistics while training (`--train.freeze_bn`), whose statistics are the same, and
-            where the training images are too few to estimate them again (a few dozen photos re-estimate them worse
-            than ImageNet's).
-        bn_images: Training images (without augmentation) that re-estimate BatchNorm statistics after averaging.
-        batch_size: Images per forward pass.
-        device: "auto" picks CUDA when available.
-        precision: "auto" is bf16 autocast on CUDA and fp32 on CPU.
-        score_test: Read the test split once, for the soup; false leaves it unread (a candidate that something else
-            chooses on validation, as `auto` does with its teachers).
-    """
-
-    runs: list[str] = field(default_factory=list)
-    method: Literal["greedy", "uniform"] = "greedy"
-    batchnorm: Literal["recalibrate", "average"] = "recalibrate"
-    bn_images: int = 2000
-    batch_size: int = 250
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    score_test: bool = True
-
-    def __post_init__(self) -> None:
-        check(len(set(self.runs)) == len(self.runs), "soup.runs names a run folder twice")
-        check(self.bn_images >= 1, f"soup.bn_images must be at least 1, got {self.bn_images}")
-        check(self.batch_size >= 1, f"soup.batch_size must be at least 1, got {self.batch_size}")
-
-
-@dataclass
-class SoupJob:
-    """`fm2edge soup`: average the weights of fine-tuned runs into one model (greedy on validation or uniform)."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    soup: SoupConfig = field(default_factory=SoupConfig)
-    run: RunConfig = field(default_factory=RunConfig)
 
 
 def average_weights(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

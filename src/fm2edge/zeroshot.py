@@ -8,54 +8,11 @@ label-free teacher like any other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
-from fm2edge.config import DataConfig, ModelConfig, RunConfig, check
+from fm2edge.config import ZeroShotJob
 from fm2edge.errors import Fm2EdgeError
-
-# A few of CLIP's ImageNet prompt templates (Radford et al. 2021, "prompt ensembling").
-TEMPLATES = ["a photo of a {}.", "a blurry photo of a {}.", "a low resolution photo of a {}.",
-             "a photo of the small {}.", "a photo of the large {}.", "a bright photo of a {}.",
-             "a cropped photo of a {}.", "a good photo of a {}."]
-
-
-@dataclass
-class ZeroShotConfig:
-    """Prompts and inference settings for zero-shot classification.
-
-    Args:
-        templates: Prompt templates; "{}" is replaced by each class name and the embeddings are averaged.
-        class_names: Names to prompt with instead of the dataset's (same order and count), e.g. "car" for
-            "automobile".
-        batch_size: Images per forward pass.
-        device: "auto" picks CUDA when available.
-        precision: "auto" is bf16 autocast on CUDA and fp32 on CPU.
-    """
-
-    templates: list[str] = field(default_factory=lambda: list(TEMPLATES))
-    class_names: list[str] | None = None
-    batch_size: int = 64
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-
-    def __post_init__(self) -> None:
-        check(bool(self.templates) and all("{}" in t for t in self.templates),
-              "zeroshot.templates must be non-empty and each must contain '{}'")
-        check(self.batch_size >= 1, f"zeroshot.batch_size must be at least 1, got {self.batch_size}")
-
-
-@dataclass
-class ZeroShotJob:
-    """`fm2edge zeroshot`: classify with a CLIP-style model and prompts only, no labels used for training."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="clip:openai/clip-vit-base-patch32"))
-    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
-    run: RunConfig = field(default_factory=RunConfig)
 
 
 @torch.inference_mode()

@@ -46,7 +46,7 @@ from fm2edge.automate.teachers import (
     teacher_stages,
     usable_teachers,
 )
-from fm2edge.config import EPOCHS_FEWEST, is_photo, scaled_epochs, to_dict
+from fm2edge.config import EPOCHS_FEWEST, ExportConfig, is_photo, scaled_epochs, to_dict
 from fm2edge.data.summary import IMBALANCED, class_imbalance, imbalance_text, per_class
 from fm2edge.distill.teacher import graph_folder
 from fm2edge.errors import Fm2EdgeError
@@ -662,8 +662,6 @@ def seconds_left(job: AutoJob, root: Path, plan: dict, alive: list[dict]) -> flo
 def export_reserve(plan: dict, candidates: list[dict]) -> float:
     """Seconds the exports need when the finalists will be ``plan["finalists"]`` of ``candidates``: the costliest
     that many (:func:`export_seconds`), and the teacher's where it is exported beside them (it fits the budget)."""
-    from fm2edge.export import ExportConfig
-
     calibration = min(ExportConfig().calibration_images, plan["train_images"])
 
     def cost(f: dict) -> float:

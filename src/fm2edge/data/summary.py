@@ -8,12 +8,11 @@ import io
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from fm2edge.config import DataConfig
+from fm2edge.config import DataConfig, DataJob
 from fm2edge.data.dataset import (
     ImageData,
     SplitPlan,
@@ -29,21 +28,6 @@ from fm2edge.data.splits import MIN_HASHED_SIDE, NEAR_COPY_BITS, label_conflicts
 
 NAMED_PAIRS = 10  # near-copies named by `fm2edge data` (all are counted)
 SHEET_PAIRS = 24  # near-copies drawn by `fm2edge data --pairs FILE.png` (its help says 24)
-
-
-@dataclass
-class DataJob:
-    """`fm2edge data`: show what a data source resolves to, without training.
-
-    Args:
-        json: Print the summary as one JSON object instead of a table.
-        pairs: Also draw the near-copies found (each held-out image beside the training image it looks like, the
-            first 24) into this PNG file, to look at before deleting any.
-    """
-
-    data: DataConfig = field(default_factory=DataConfig)
-    json: bool = False
-    pairs: str | None = None
 
 
 # Classes whose largest has this many times the images of its smallest are imbalanced: accuracy is then read beside

@@ -8,7 +8,17 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
+from fm2edge.config import (
+    AugmentConfig,
+    DataConfig,
+    FinetuneConfig,
+    FinetuneJob,
+    ModelConfig,
+    RunConfig,
+    SoupConfig,
+    SoupJob,
+    TrainConfig,
+)
 
 # the teacher's fine-tuning recipe: full fine-tuning with strong augmentation (TrivialAugment on random-resized crops)
 TEACHER_AUGMENT = AugmentConfig(crop="resized", scale=(0.5, 1.0), flip=True, auto="trivial")
@@ -31,7 +41,7 @@ def teacher_recipe(epochs: int = TEACHER_EPOCHS, batch: int = TEACHER_BATCH, ema
 def finetune_teacher(root: Path, name: str, data: DataConfig, model: ModelConfig, train: TrainConfig) -> Path:
     """One `fm2edge finetune --finetune.modes [full]` run of the teacher (resumed when interrupted, reused when
     done), validation-selected like every run: ROOT/NAME/full."""
-    from fm2edge.finetune import FinetuneConfig, FinetuneJob, finetune_job
+    from fm2edge.finetune import finetune_job
     from fm2edge.models.io import is_model_folder
 
     run = root / name / "full"
@@ -75,7 +85,7 @@ def soup_teacher(root: Path, data: DataConfig, candidates: list[Path], name: str
     when the average's validation accuracy does not drop; BatchNorm statistics estimated again), itself a
     candidate. Its validation score is chosen on validation too, so it flatters the soup a little."""
     from fm2edge.runs import read_metrics
-    from fm2edge.soup import SoupConfig, SoupJob, soup_job
+    from fm2edge.soup import soup_job
 
     run = root / name
     if not read_metrics(run):

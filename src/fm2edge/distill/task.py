@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +23,10 @@ import torch
 from torch import nn
 
 from fm2edge.augment import StoredViews, Views, model_views, soft_targets
-from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, check, check_probe_head
+from fm2edge.config import (
+    DistillConfig,
+    DistillJob,
+)
 from fm2edge.distill.losses import DIST, DKD, RKD, FeatureDistillation, KDLoss, MaskedCrossEntropy
 from fm2edge.distill.teacher import (
     build_teacher_cache,
@@ -65,129 +68,6 @@ LOSSES: dict[str, LossSpec] = {
                                                                                    teacher.feature_dim), "features"),
     "ce": LossSpec(lambda cfg, student, teacher, steps=1: MaskedCrossEntropy(), "labels"),
 }
-
-
-@dataclass
-class DistillConfig:
-    """The teacher and the losses.
-
-    Args:
-        teacher: A run folder of a trained classifier (`fm2edge probe`, `train`, `zeroshot`, ...) or a registered
-            model name (its new head is untrained, so the quality gate refuses it unless forced).
-        teacher_pretrained: Load pretrained weights when the teacher is a registered name.
-        teacher_image_size: Run the teacher at this input size instead of its own (choose it on validation data,
-            e.g. with benchmarks/teacher_resolution.py: a network fine-tuned on random-resized crops often does
-            better a little above its training size).
-        teacher_flip: Test-time flip for the teacher: its logits (and features) are the mean over each view and its
-            mirror image, a steadier teacher at twice the teacher's cost (cache builds included). For classes that
-            look the same mirrored (objects, animals; not text or digits); choose it on validation data, e.g. with
-            benchmarks/teacher_resolution.py --flip.
-        losses: Loss name -> weight. Names: kd (Hinton, uses alpha and temperature; its alpha already mixes in the
-            labels), dkd, dist, rkd, feature (student features projected onto the teacher's), ce (labels only).
-        temperature: Softmax temperature T for kd and dkd.
-        alpha: kd's weight on the label cross-entropy; 1 - alpha goes to the soft targets.
-        dkd_alpha: dkd's weight on the target-class term (TCKD).
-        dkd_beta: dkd's weight on the non-target-class term (NCKD).
-        dkd_warmup: Epochs over which dkd's weight ramps up linearly from 0 (0 turns the ramp off).
-        dist_beta: dist's weight on the inter-class relation (each image's class distribution).
-        dist_gamma: dist's weight on the intra-class relation (each class across the batch).
-        dist_tau: dist's softmax temperature.
-        rkd_distance: rkd's weight on pairwise distances.
-        rkd_angle: rkd's weight on triplet angles.
-        teaching: With augmentation on: "consistent" shows the teacher exactly the student's augmented view (same
-            crop, flip, colour and mix, at the teacher's own resolution and normalisation); "fixed" shows it the
-            plain image, so its targets ignore the augmentation.
-        views: Cached consistent views (FKD): 0 runs the teacher online on every augmented batch; K > 0 draws K
-            views of every training image once (from view_seed), stores the teacher's outputs on them in the
-            fm2edge cache, and replays them to the student (epoch e shows view e mod K). Empty: 4 on a CPU (the
-            teacher's passes are its cost there), online on a GPU.
-        view_seed: Seed of the stored views; students with other training seeds share them.
-        cache_teacher: "auto" stores teacher outputs when they are deterministic (no augmentation, "fixed"
-            teaching, or stored views); "never" runs the teacher online.
-        teacher_precision: The teacher's arithmetic. "auto" runs it as training runs (bf16 autocast on CUDA, fp32
-            on a CPU); "bf16" autocasts it on a CPU too, where the CPU has native bf16 (AMX, AVX-512 BF16): about
-            2x faster teacher passes and cache builds there, with logits that differ from fp32 in the third digit.
-        teacher_backend: Where the teacher's forward passes run. "auto" is ONNX Runtime for a convolutional
-            teacher in fp32 on a CPU with onnxruntime installed (EfficientNet-Lite0 at 224 px: its outputs on
-            stored views at 143 views/s against 58 in PyTorch on 2 cores, equal to about 1e-5), else PyTorch;
-            "onnx" asks for ONNX Runtime (on a CPU, in fp32), "torch" for PyTorch. The graph is exported once per
-            teacher weights and input size, into the fm2edge cache.
-        unlabeled: Also distil on this many further training images without their labels (soft targets only):
-            the training-split images beyond --data.max_train / --data.per_class, in source order; -1 takes all.
-        unlabeled_source: Further images to distil on without labels, from anywhere: image files, a folder of them
-            in any layout, a glob, or a dataset (parquet, a hub id) whose labels are ignored, such as the output of
-            `fm2edge predict --predict.pseudo_labels`. They are stored at the labelled images' size.
-        unlabeled_limit: Use at most this many of the unlabeled_source images: a seeded random sample (sources
-            are often sorted by class), the same in every run; empty uses them all.
-        min_teacher_gain: The gate: refuse a teacher whose validation accuracy is below chance x (1 + this).
-        force: Distil even from a teacher that fails the gate.
-    """
-
-    teacher: str = ""
-    teacher_pretrained: bool = True
-    teacher_image_size: int | None = None
-    teacher_flip: bool = False
-    losses: dict[str, float] = field(default_factory=lambda: {"kd": 1.0})
-    temperature: float = 4.0
-    alpha: float = 0.5
-    dkd_alpha: float = 1.0
-    dkd_beta: float = 8.0
-    dkd_warmup: float = 0.0
-    dist_beta: float = 1.0
-    dist_gamma: float = 1.0
-    dist_tau: float = 1.0
-    rkd_distance: float = 25.0
-    rkd_angle: float = 50.0
-    teaching: Literal["consistent", "fixed"] = "consistent"
-    views: int | None = None
-    view_seed: int = 0
-    cache_teacher: Literal["auto", "never"] = "auto"
-    teacher_precision: Literal["auto", "fp32", "bf16"] = "auto"
-    teacher_backend: Literal["auto", "torch", "onnx"] = "auto"
-    unlabeled: int = 0
-    unlabeled_source: str = ""
-    unlabeled_limit: int | None = None
-    min_teacher_gain: float = 0.5
-    force: bool = False
-
-    def __post_init__(self) -> None:
-        unknown = set(self.losses) - set(LOSSES)
-        check(not unknown, f"unknown distillation losses {sorted(unknown)}; choose from {list(LOSSES)}")
-        check(bool(self.losses) and all(w >= 0 for w in self.losses.values()),
-              "distill.losses needs at least one loss with a non-negative weight")
-        check(self.temperature > 0, f"distill.temperature must be positive, got {self.temperature}")
-        check(0 <= self.alpha <= 1, f"distill.alpha must be in [0, 1], got {self.alpha}")
-        check(self.unlabeled >= -1, f"distill.unlabeled must be a count, or -1 for all, got {self.unlabeled}")
-        check(self.unlabeled_limit is None or self.unlabeled_limit >= 0,
-              f"distill.unlabeled_limit must be a count, got {self.unlabeled_limit}")
-        check(self.views is None or self.views >= 0,
-              f"distill.views must be >= 0 (0 runs the teacher online), got {self.views}")
-        check(self.dkd_warmup >= 0 and self.dist_tau > 0,
-              "distill.dkd_warmup must be >= 0 and distill.dist_tau positive")
-        check(min(self.dkd_alpha, self.dkd_beta, self.dist_beta, self.dist_gamma, self.rkd_distance,
-                  self.rkd_angle) >= 0, "the dkd_*, dist_* and rkd_* weights must be >= 0")
-
-
-@dataclass
-class DistillJob:
-    """`fm2edge distill`: train a student with a teacher's guidance, on the same loop as `fm2edge train`.
-
-    Args:
-        seeds: Distil once per seed (overriding train.seed), each in RUN/seed-N, and report mean and standard
-            deviation of test accuracy in RUN/seeds.json.
-    """
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    seeds: list[int] | None = None
-
-    def __post_init__(self) -> None:
-        check_probe_head(self.model, self.train)
-        check(bool(self.distill.teacher), "--distill.teacher is required: the run folder of a trained classifier "
-                                          "(e.g. runs/probe-<model> from `fm2edge probe`) or a registered model name")
 
 
 def model_inputs(model: Classifier, images: torch.Tensor, views: Views | None, partners: torch.Tensor | None,
