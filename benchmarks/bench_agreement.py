@@ -14,7 +14,8 @@ import argparse
 import torch
 import torch.utils.benchmark as tb
 
-from fm2edge.bench import BenchConfig, bench_model, load_for_bench
+from fm2edge.bench import bench_model, load_for_bench
+from fm2edge.config import BenchConfig
 from fm2edge.device import cpu_features
 
 

@@ -74,8 +74,8 @@ def seed_epoch(n: int, size: int, batch: int, device: str, source: Path = SHARED
 def fm2edge_epochs(n: int, size: int, batch: int, precision: str, cache: str, root: Path,
                    source: Path = SHARED_CIFAR10, teacher_model: str = "torchvision:resnet50",
                    student_model: str = "torchvision:resnet18", compile: bool = False) -> dict:
-    from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
-    from fm2edge.distill.task import DistillConfig, DistillJob, distill_job
+    from fm2edge.config import AugmentConfig, DataConfig, DistillConfig, DistillJob, ModelConfig, RunConfig, TrainConfig
+    from fm2edge.distill.task import distill_job
     from fm2edge.models import create_model
     from fm2edge.models.io import save_classifier
 

@@ -40,7 +40,16 @@ from pathlib import Path
 
 from common import SHARED_CIFAR10
 
-from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
+from fm2edge.config import (
+    AugmentConfig,
+    DataConfig,
+    DistillConfig,
+    DistillJob,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    TrainJob,
+)
 from fm2edge.device import cpu_features
 from fm2edge.distill.selection import (
     choose_teacher,
@@ -50,7 +59,7 @@ from fm2edge.distill.selection import (
     soup_teacher,
     teacher_recipe,
 )
-from fm2edge.distill.task import DistillConfig, DistillJob, distill_job
+from fm2edge.distill.task import distill_job
 from fm2edge.report.metrics import seed_difference
 from fm2edge.train import train_job
 

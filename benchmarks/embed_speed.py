@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from common import SHARED_CIFAR10
 
+from fm2edge.config import EmbedConfig
 from fm2edge.device import bf16_supported_on_cpu, cpu_features
-from fm2edge.features import EmbedConfig, embed_batches, onnx_runner
+from fm2edge.features import embed_batches, onnx_runner
 from fm2edge.models import Classifier
 from fm2edge.models.preprocess import Preprocess
 from fm2edge.models.sources import HFBackbone

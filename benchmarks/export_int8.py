@@ -15,9 +15,9 @@ import tempfile
 
 from common import default_data
 
-from fm2edge.config import DataConfig
+from fm2edge.config import DataConfig, ExportConfig, ExportJob
 from fm2edge.device import cpu_features
-from fm2edge.export import ExportConfig, ExportJob, export_job
+from fm2edge.export import export_job
 
 
 def main() -> None:

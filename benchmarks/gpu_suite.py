@@ -125,7 +125,8 @@ def part_lora(size: str) -> dict:
 
 
 def part_latency(size: str, tmp: Path) -> dict:
-    from fm2edge.bench import BenchConfig, BenchJob, bench_job
+    from fm2edge.bench import bench_job
+    from fm2edge.config import BenchConfig, BenchJob
 
     smoke = size == "smoke"
     models = ["student:small_cnn", "student:cifar_resnet18"] if smoke else ["torchvision:resnet50",
@@ -142,9 +143,20 @@ def part_latency(size: str, tmp: Path) -> dict:
 
 def part_recipe(size: str, tmp: Path) -> dict:
     """train (compiled, bf16 autocast on CUDA) -> distill (compiled) -> export, on the device."""
-    from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
-    from fm2edge.distill.task import DistillConfig, DistillJob, distill_job
-    from fm2edge.export import ExportConfig, ExportJob, export_job
+    from fm2edge.config import (
+        AugmentConfig,
+        DataConfig,
+        DistillConfig,
+        DistillJob,
+        ExportConfig,
+        ExportJob,
+        ModelConfig,
+        RunConfig,
+        TrainConfig,
+        TrainJob,
+    )
+    from fm2edge.distill.task import distill_job
+    from fm2edge.export import export_job
     from fm2edge.train import train_job
 
     smoke = size == "smoke"

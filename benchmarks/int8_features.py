@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from common import default_data
 
-from fm2edge.config import DataConfig, ModelConfig
+from fm2edge.config import DataConfig, EmbedConfig, ModelConfig
 from fm2edge.data import load_data
 from fm2edge.device import cpu_features
-from fm2edge.features import EmbedConfig, embed_batches, load_backbone, onnx_runner
+from fm2edge.features import embed_batches, load_backbone, onnx_runner
 from fm2edge.linear import fit_logreg
 from fm2edge.probe import knn_predict
 from fm2edge.report.metrics import accuracy

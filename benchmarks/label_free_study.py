@@ -40,9 +40,18 @@ from pathlib import Path
 import numpy as np
 from common import SHARED_CIFAR10
 
-from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
+from fm2edge.config import (
+    AugmentConfig,
+    DataConfig,
+    ModelConfig,
+    PretrainConfig,
+    PretrainJob,
+    RunConfig,
+    TrainConfig,
+    TrainJob,
+)
 from fm2edge.device import cpu_features
-from fm2edge.pretrain import PretrainConfig, PretrainJob, pretrain_job
+from fm2edge.pretrain import pretrain_job
 from fm2edge.report.metrics import seed_difference
 from fm2edge.results import slug
 from fm2edge.runs import atomic_write_json
@@ -111,8 +120,9 @@ def kd_unlabelled(root: Path, source: str, student: ModelConfig, n: int, seeds: 
     """Logit KD from the Lite0 probe trained on ``n`` labels per class, with every other training image unlabelled.
     ``precision``: the student's training arithmetic (bf16 autocast trains this student 2.4x faster on a CPU with
     AMX)."""
-    from fm2edge.distill.task import DistillConfig, DistillJob, distill_job
-    from fm2edge.probe import ProbeConfig, ProbeJob, probe_job
+    from fm2edge.config import DistillConfig, DistillJob, ProbeConfig, ProbeJob
+    from fm2edge.distill.task import distill_job
+    from fm2edge.probe import probe_job
 
     data = DataConfig(source=source, per_class=n, max_test=1000)
     teacher = root / "kd-teachers" / f"per-class-{n}"
@@ -134,7 +144,8 @@ def kd_unlabelled(root: Path, source: str, student: ModelConfig, n: int, seeds: 
 
 def probe_curve(root: Path, source: str, name: str, model: ModelConfig, counts: list[int]) -> dict[int, float]:
     """Logistic-regression test accuracy at each count, on frozen features (`fm2edge probe`'s label efficiency)."""
-    from fm2edge.probe import ProbeConfig, ProbeJob, probe_job
+    from fm2edge.config import ProbeConfig, ProbeJob
+    from fm2edge.probe import probe_job
 
     out = root / name / "metrics.json"
     done = json.loads(out.read_text())["label_efficiency"]["probe"] if out.exists() else {}

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from common import SHARED_CIFAR10
 
-from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
+from fm2edge.config import AugmentConfig, DataConfig, FinetuneConfig, FinetuneJob, ModelConfig, RunConfig, TrainConfig
 from fm2edge.device import cpu_features
-from fm2edge.finetune import FinetuneConfig, FinetuneJob, finetune_job
+from fm2edge.finetune import finetune_job
 
 
 def lab_recipe(arch: str, n: int, images, labels, out: str) -> float:

@@ -13,15 +13,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fm2edge.augment import COL, StoredViews, Views, draw_stored_views, draw_views, render, soft_targets
-from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
-from fm2edge.device import bf16_supported_on_cpu
-from fm2edge.distill.task import (
+from fm2edge.config import (
+    AugmentConfig,
+    DataConfig,
     DistillConfig,
     DistillJob,
-    DistillTask,
-    distill_job,
-    teacher_cache_dir,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    TrainJob,
 )
+from fm2edge.device import bf16_supported_on_cpu
+from fm2edge.distill.task import DistillTask, distill_job, teacher_cache_dir
 from fm2edge.distill.teacher import build_teacher_cache, load_teacher_cache
 from fm2edge.models import create_model
 from fm2edge.train import train_job

@@ -514,6 +514,11 @@ def test_the_test_split_compares_the_chosen_model_and_the_teacher_image_by_image
     json.dumps(t)  # JSON-ready
     same = chosen_against_teacher(labels, labels, labels, ["ok", "defect"])
     assert same["gap_points"] == 0 and same["gap_interval_points"] == [0.0, 0.0]
+    # the verdict names who is ahead (the gap is the teacher's lead, whose interval's own word would be "gain")
+    ahead = np.r_[np.ones(60, int), np.zeros(40, int)]
+    assert chosen_against_teacher(ahead * 0, ahead, ahead, ["a", "b"])["gap_verdict"] == "teacher better"
+    assert chosen_against_teacher(ahead, ahead * 0, ahead, ["a", "b"])["gap_verdict"] == "chosen model better"
+    assert same["gap_verdict"] == "no difference measured"
 
 
 def test_the_probability_gap_is_the_mean_total_variation_distance():
@@ -1207,9 +1212,9 @@ def test_with_the_hub_in_reach_both_default_teachers_are_probed(tmp_path):
     the stand-ins are the cached-copy test of `hub_unavailable` and the tiny DINOv2 that auto probes and fine-tunes
     as its teacher in this module."""
     from fm2edge.automate.config import DEFAULT_TEACHERS
-    from fm2edge.config import DataConfig, ModelConfig, RunConfig
+    from fm2edge.config import DataConfig, ModelConfig, ProbeConfig, ProbeJob, RunConfig
     from fm2edge.models.sources import hub_offline
-    from fm2edge.probe import ProbeConfig, ProbeJob, probe_job
+    from fm2edge.probe import probe_job
 
     if hub_offline():
         pytest.skip("HF_HUB_OFFLINE is set: run with HF_HUB_OFFLINE=0")

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fm2edge.bench import BenchConfig, BenchJob, bench_job, count_macs, summarise, time_calls
+from fm2edge.bench import bench_job, count_macs, summarise, time_calls
 from fm2edge.cli import main
+from fm2edge.config import BenchConfig, BenchJob
 from fm2edge.errors import Fm2EdgeError
 
 FIELDS = {"model", "backend", "dtype", "batch", "params", "macs", "size_bytes", "image_size", "device", "torch",
@@ -192,8 +193,8 @@ def test_an_exported_graph_is_timed_as_shipped_and_a_folder_that_ships_one_gets_
     folder: its PyTorch model and the graph it ships); the report's speed table takes both."""
     import shutil
 
-    from fm2edge.config import DataConfig
-    from fm2edge.export import ExportConfig, ExportJob, export_job
+    from fm2edge.config import DataConfig, ExportConfig, ExportJob
+    from fm2edge.export import export_job
     from fm2edge.report.job import bench_cells
 
     run = tmp_path / "run"

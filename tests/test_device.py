@@ -105,7 +105,8 @@ def test_training_on_cuda_runs_in_bf16(tmp_path):
 
 @gpu
 def test_bench_times_eager_and_compiled_on_cuda(tmp_path):
-    from fm2edge.bench import BenchConfig, BenchJob, bench_job
+    from fm2edge.bench import bench_job
+    from fm2edge.config import BenchConfig, BenchJob
 
     rows = bench_job(BenchJob(models=["torchvision:resnet18"], output=str(tmp_path / "b.json"),
                               bench=BenchConfig(devices=["cuda"], backends=["eager", "compile"],

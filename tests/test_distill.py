@@ -300,8 +300,9 @@ def test_a_convolutional_teacher_runs_in_onnx_runtime_on_a_cpu_with_pytorchs_out
 def test_a_teacher_the_exporter_cannot_trace_runs_in_pytorch_unless_the_graph_was_asked_for(
         clean_teacher, monkeypatch, tmp_path, caplog):
     import fm2edge.export as export
+    from fm2edge.config import EmbedConfig
     from fm2edge.distill.teacher import load_teacher, teacher_graph
-    from fm2edge.features import EmbedConfig, resolve_backend
+    from fm2edge.features import resolve_backend
 
     def unsupported(*a, **k):
         raise RuntimeError("Exporting the operator 'aten::weird' to ONNX opset version 17 is not supported.\nmore")

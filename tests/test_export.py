@@ -8,9 +8,9 @@ import torch
 from conftest import DIGITS_SMALL
 
 from fm2edge.cli import main
-from fm2edge.config import DataConfig
+from fm2edge.config import DataConfig, ExportConfig, ExportJob
 from fm2edge.errors import Fm2EdgeError
-from fm2edge.export import ExportConfig, ExportJob, export_job, graph_latency, open_session, run_images
+from fm2edge.export import export_job, graph_latency, open_session, run_images
 
 DIGITS = DataConfig(**DIGITS_SMALL)
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from fm2edge.config import DataConfig, ModelConfig, RunConfig
+from fm2edge.config import DataConfig, EmbedConfig, EmbedJob, ModelConfig, RunConfig
 from fm2edge.data import load_data
 from fm2edge.errors import Fm2EdgeError
-from fm2edge.features import EmbedConfig, EmbedJob, embed_data, embed_job, load_backbone
+from fm2edge.features import embed_data, embed_job, load_backbone
 from fm2edge.models import create_model
 
 

@@ -6,11 +6,9 @@ import pytest
 import torch
 
 from fm2edge.cli import main
-from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from fm2edge.config import DataConfig, FinetuneConfig, FinetuneJob, ModelConfig, RunConfig, TrainConfig
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.finetune import (
-    FinetuneConfig,
-    FinetuneJob,
     apply_mode,
     count_parameters,
     expected_lora_parameters,

@@ -28,7 +28,8 @@ def logits(model: Classifier, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def run_with_export(digits_run, tmp_path_factory):
-    from fm2edge.export import ExportConfig, ExportJob, export_job
+    from fm2edge.config import ExportConfig, ExportJob
+    from fm2edge.export import export_job
 
     run = tmp_path_factory.mktemp("hub") / "cnn"
     shutil.copytree(digits_run, run)

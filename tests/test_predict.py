@@ -14,8 +14,8 @@ from PIL import Image
 
 import fm2edge
 from fm2edge.cli import main
-from fm2edge.config import DataConfig
-from fm2edge.export import ExportConfig, ExportJob, export_job, open_session
+from fm2edge.config import DataConfig, ExportConfig, ExportJob
+from fm2edge.export import export_job, open_session
 
 DIGITS = DataConfig(**DIGITS_SMALL)
 
@@ -119,8 +119,8 @@ def test_pseudo_labels_are_a_dataset_train_reads(exported, pngs, tmp_path):
 
 @pytest.mark.parametrize("kind", ["pseudo-labels", "files"])
 def test_autolabelled_or_plain_image_files_are_an_unlabelled_source_for_distill(kind, exported, pngs, tmp_path):
-    from fm2edge.config import ModelConfig, RunConfig, TrainConfig
-    from fm2edge.distill.task import DistillConfig, DistillJob, distill_job
+    from fm2edge.config import DistillConfig, DistillJob, ModelConfig, RunConfig, TrainConfig
+    from fm2edge.distill.task import distill_job
 
     folder, _ = pngs
     source = str(folder)

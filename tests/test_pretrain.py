@@ -12,11 +12,20 @@ import torch
 from conftest import DIGITS_SMALL
 from safetensors.torch import load_file
 
-from fm2edge.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
+from fm2edge.config import (
+    AugmentConfig,
+    DataConfig,
+    ModelConfig,
+    PretrainConfig,
+    PretrainJob,
+    RunConfig,
+    TrainConfig,
+    TrainJob,
+)
 from fm2edge.distill.losses import DenseMatch, EmbeddingMatch, embedding_distance, to_grid
 from fm2edge.models import create_model
 from fm2edge.models.dense import pooled_and_map
-from fm2edge.pretrain import PretrainConfig, PretrainJob, PretrainTask, pretrain_job
+from fm2edge.pretrain import PretrainTask, pretrain_job
 from fm2edge.train import train_job
 
 DIGITS = DataConfig(**DIGITS_SMALL)
@@ -123,7 +132,8 @@ def test_pretraining_without_labels_improves_a_knn_probe_and_saves_no_projector(
 
 
 def test_a_pretrained_student_starts_train_and_probe(tmp_path, digits_run):
-    from fm2edge.probe import ProbeConfig, ProbeJob, probe_job
+    from fm2edge.config import ProbeConfig, ProbeJob
+    from fm2edge.probe import probe_job
 
     pretrain(tmp_path, digits_run, epochs=1, pooled=1.0, dense=0.0)
     model = ModelConfig(name="student:small_cnn", init=str(tmp_path / "pre"))

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fm2edge.config import DataConfig, ModelConfig, RunConfig
+from fm2edge.config import DataConfig, EmbedConfig, ModelConfig, ProbeConfig, ProbeJob, RunConfig
 from fm2edge.data import load_data
-from fm2edge.features import EmbedConfig
 from fm2edge.linear import fit_logreg
-from fm2edge.probe import ProbeConfig, ProbeJob, fit_linear_torch, knn_predict, probe_job
+from fm2edge.probe import fit_linear_torch, knn_predict, probe_job
 
 
 def _separable(n=300, d=16, c=3, seed=0):

@@ -7,10 +7,20 @@ import subprocess
 
 import pytest
 
-from fm2edge.bench import BenchConfig, BenchJob, bench_job
+from fm2edge.bench import bench_job
 from fm2edge.cli import main
-from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
-from fm2edge.distill.task import DistillConfig, DistillJob, distill_job
+from fm2edge.config import (
+    BenchConfig,
+    BenchJob,
+    DataConfig,
+    DistillConfig,
+    DistillJob,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    TrainJob,
+)
+from fm2edge.distill.task import distill_job
 from fm2edge.report.job import ReportJob, report_job
 from fm2edge.train import train_job
 

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
+from fm2edge.config import DataConfig, ModelConfig, RunConfig, SoupConfig, SoupJob, TrainConfig, TrainJob
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.models import create_model
 from fm2edge.models.io import load_classifier
-from fm2edge.soup import SoupConfig, SoupJob, average_weights, check_shapes, recalibrate_batchnorm, soup_job
+from fm2edge.soup import average_weights, check_shapes, recalibrate_batchnorm, soup_job
 from fm2edge.train import predict, train_job
 
 DIGITS = DataConfig(source="digits", max_train=400, max_test=150)

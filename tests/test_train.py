@@ -260,7 +260,8 @@ def test_without_validation_images_the_last_epoch_is_kept(tmp_path, parquet_dir)
 @pytest.mark.slow
 def test_compiled_training_and_distillation_run_on_the_cpu(tmp_path):
     """torch.compile (inductor, which also compiles for the CPU) through the one loop: the GPU recipe's path."""
-    from fm2edge.distill.task import DistillConfig, DistillJob, distill_job
+    from fm2edge.config import DistillConfig, DistillJob
+    from fm2edge.distill.task import distill_job
 
     data = DataConfig(source="digits", max_train=128, max_test=40)
     cfg = TrainConfig(epochs=1, batch_size=32, lr=3e-3, device="cpu", compile=True)
@@ -406,7 +407,8 @@ def test_backbone_lr_scales_only_the_backbone(tmp_path, parquet_dir):
 
 
 def test_pretraining_refuses_a_probe_head(tmp_path, parquet_dir):
-    from fm2edge.pretrain import PretrainConfig, PretrainJob, pretrain_job
+    from fm2edge.config import PretrainConfig, PretrainJob
+    from fm2edge.pretrain import pretrain_job
 
     with pytest.raises(ValueError, match="head_init probe"):
         pretrain_job(PretrainJob(data=DataConfig(source=str(parquet_dir)),

@@ -13,8 +13,9 @@ from fm2edge.data import load_data
 def test_zeroshot_head_is_scaled_mean_of_prompt_embeddings(tiny_clip, parquet_dir, tmp_path):
     from transformers import AutoTokenizer, CLIPModel
 
+    from fm2edge.config import ZeroShotConfig, ZeroShotJob
     from fm2edge.models.io import load_classifier
-    from fm2edge.zeroshot import ZeroShotConfig, ZeroShotJob, zeroshot_job
+    from fm2edge.zeroshot import zeroshot_job
 
     templates = ["a photo of a {}.", "a {} thing"]
     job = ZeroShotJob(data=DataConfig(source=str(parquet_dir)), model=ModelConfig(name=f"clip:{tiny_clip}"),
@@ -44,8 +45,9 @@ def test_zeroshot_head_is_scaled_mean_of_prompt_embeddings(tiny_clip, parquet_di
 
 
 def test_zeroshot_rejects_a_vision_only_model(tiny_dinov2, parquet_dir, tmp_path):
+    from fm2edge.config import ZeroShotJob
     from fm2edge.errors import Fm2EdgeError
-    from fm2edge.zeroshot import ZeroShotJob, zeroshot_job
+    from fm2edge.zeroshot import zeroshot_job
 
     with pytest.raises(Fm2EdgeError, match="not an image-text model"):
         zeroshot_job(ZeroShotJob(data=DataConfig(source=str(parquet_dir)),

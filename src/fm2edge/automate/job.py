@@ -618,7 +618,7 @@ def passed_over_text(finalists: list[dict], chosen: dict, latency_ms: float | No
     o = max(over, key=graph_score)
     return (f"{o['candidate']} as {o['precision']} scored {100 * graph_score(o):.2f}% on validation against the "
             f"chosen model's {100 * graph_score(chosen):.2f}%, and timed {o['p50_ms']:.2f} ms in its export, over the "
-            f"{latency_ms:g} ms budget it had screened within: if the machine was busy, rerun the same command when "
+            f"{latency_ms:.3g} ms budget it had screened within: if the machine was busy, rerun the same command when "
             f"it is idle (the exports are reused and timed again), or allow it with --auto.latency_ms "
             f"{math.ceil(100 * o['p50_ms']) / 100:g}")
 
@@ -816,7 +816,7 @@ def settings(job: AutoJob) -> dict:
 
 def budget_text(cfg) -> str:
     """``"latency 2 ms, 5 MB"``: the limits that were set."""
-    parts = [f"latency {cfg.latency_ms:g} ms" if cfg.latency_ms is not None else "",
+    parts = [f"latency {cfg.latency_ms:.3g} ms" if cfg.latency_ms is not None else "",
              f"{cfg.max_mb:g} MB" if cfg.max_mb is not None else "",
              f"{cfg.max_params:,} parameters" if cfg.max_params is not None else ""]
     return ", ".join(p for p in parts if p) or "no limits"
@@ -1668,7 +1668,7 @@ def auto_job(job: AutoJob) -> dict:
         failed = [f"{f['candidate']}: {f['export_failed']}" for f in finalists if "export_failed" in f]
         if len(failed) == len(finalists):
             raise Fm2EdgeError(f"no finalist could be exported: {'; '.join(failed)}")
-        raise Fm2EdgeError(f"no finalist meets the budget once exported (latency {job.auto.latency_ms} ms); see "
+        raise Fm2EdgeError(f"no finalist meets the budget once exported (latency {job.auto.latency_ms:.3g} ms); see "
                            f"{root}/plan.json and the export folders; raise --auto.latency_ms or --auto.finalists")
     previous = root / AUTO_FILE  # what an earlier run in this folder chose, and read the test split for
     earlier = earlier_test_reads(json.loads(previous.read_text()) if previous.exists() else None, chosen)

@@ -234,6 +234,10 @@ def imbalance(labels: np.ndarray) -> float:
     return float(counts.max() / counts.min()) if len(counts) else 1.0
 
 
+# the gap is the teacher's lead, so the interval's own verdict ("gain": above 0) is named for who is ahead
+GAP_VERDICTS = {"gain": "teacher better", "loss": "chosen model better"}
+
+
 def chosen_against_teacher(chosen: np.ndarray, teacher: np.ndarray, labels: np.ndarray,
                            class_names: Sequence[str]) -> dict:
     """What the test split says of a smaller model against its teacher, from their predicted classes on the same
@@ -247,7 +251,7 @@ def chosen_against_teacher(chosen: np.ndarray, teacher: np.ndarray, labels: np.n
     return {"chosen_test_acc": float(right_c.mean()), "teacher_test_acc": float(right_t.mean()),
             "test_images": len(labels), "gap_points": 100 * gap.diff,
             "gap_interval_points": None if gap.low is None else [100 * gap.low, 100 * gap.high],
-            "gap_interval_method": gap.method, "gap_verdict": gap.verdict,
+            "gap_interval_method": gap.method, "gap_verdict": GAP_VERDICTS.get(gap.verdict, gap.verdict),
             "chosen_balanced_acc": balanced_accuracy(chosen, labels),
             "teacher_balanced_acc": balanced_accuracy(teacher, labels),
             "class_imbalance": imbalance(labels), "agreement": float((chosen == teacher).mean()),
