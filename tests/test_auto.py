@@ -35,6 +35,7 @@ from fm2edge.automate.job import (
     plan_pool,
     plan_rungs,
     precision_text,
+    previous_choice,
     probability_gap,
     rank,
     respace_rungs,
@@ -46,6 +47,7 @@ from fm2edge.automate.job import (
     second_look,
     size_candidates,
     size_epochs,
+    split_settings,
     student_args,
     teacher_as_candidate,
     tie_width,
@@ -519,6 +521,23 @@ def test_the_test_split_compares_the_chosen_model_and_the_teacher_image_by_image
     assert chosen_against_teacher(ahead * 0, ahead, ahead, ["a", "b"])["gap_verdict"] == "teacher better"
     assert chosen_against_teacher(ahead, ahead * 0, ahead, ["a", "b"])["gap_verdict"] == "chosen model better"
     assert same["gap_verdict"] == "no difference measured"
+
+
+def test_an_earlier_choice_counts_where_it_read_the_same_test_split(tmp_path):
+    # a rerun (overwritten or not) keeps the earlier test read when the data settings, which fix the test split,
+    # are the same; another source under the same --run.name read another split
+    from fm2edge.automate.config import AutoJob
+
+    job = AutoJob(data=DataConfig(source="photos", cache_dir="/a"))
+    assert previous_choice(tmp_path, job) is None
+    earlier = {"chosen": {"candidate": "x", "precision": "int8"}, "test": {"chosen_test_acc": 0.9}}
+    (tmp_path / "auto.json").write_text(json.dumps(earlier))  # written before the data settings were recorded
+    assert previous_choice(tmp_path, job) == earlier
+    (tmp_path / "auto.json").write_text(json.dumps({**earlier, "data": split_settings(job.data)}))
+    assert previous_choice(tmp_path, AutoJob(data=DataConfig(source="photos", cache_dir="/b")))["chosen"] == \
+        earlier["chosen"]  # the cache folder does not change the split
+    assert previous_choice(tmp_path, AutoJob(data=DataConfig(source="other"))) is None
+    assert previous_choice(tmp_path, AutoJob(data=DataConfig(source="photos", test_fraction=0.3))) is None
 
 
 def test_the_probability_gap_is_the_mean_total_variation_distance():

@@ -1460,6 +1460,23 @@ def earlier_test_reads(previous: dict | None, chosen: dict) -> list[dict]:
     return reads
 
 
+def split_settings(data) -> dict:
+    """The data settings a test split follows from (all but where the decoded images are cached), as JSON reads
+    them back."""
+    return json.loads(json.dumps({k: v for k, v in to_dict(data).items() if k != "cache_dir"}))
+
+
+def previous_choice(root: Path, job: AutoJob) -> dict | None:
+    """What an earlier run in this folder chose and read the test split for (its auto.json), when it read the same
+    test split: the same data settings (an auto.json written before they were recorded counts as the same). Read
+    before ``--run.overwrite`` empties the folder, since replacing the run does not undo the read."""
+    path = root / AUTO_FILE
+    if not path.exists():
+        return None
+    previous = json.loads(path.read_text())
+    return previous if previous.get("data", split_settings(job.data)) == split_settings(job.data) else None
+
+
 def earlier_reads_text(reads: list[dict]) -> str | None:
     """The note that says where the test split was read before, for which choices, and what it scored."""
     if not reads:
@@ -1621,6 +1638,7 @@ def auto_job(job: AutoJob) -> dict:
 
     started = time.perf_counter()
     root = auto_root(job)
+    previous = previous_choice(root, job)
     if job.run.overwrite and root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -1670,8 +1688,7 @@ def auto_job(job: AutoJob) -> dict:
             raise Fm2EdgeError(f"no finalist could be exported: {'; '.join(failed)}")
         raise Fm2EdgeError(f"no finalist meets the budget once exported (latency {job.auto.latency_ms:.3g} ms); see "
                            f"{root}/plan.json and the export folders; raise --auto.latency_ms or --auto.finalists")
-    previous = root / AUTO_FILE  # what an earlier run in this folder chose, and read the test split for
-    earlier = earlier_test_reads(json.loads(previous.read_text()) if previous.exists() else None, chosen)
+    earlier = earlier_test_reads(previous, chosen)
     test = read_test_once(chosen, plan["teacher"], data[2], data[0], resolve_device(job.auto.device))
     rows = leaderboard(plan, trained, finalists, chosen["candidate"])
     best = write_best(root, chosen, test)
@@ -1689,7 +1706,8 @@ def auto_job(job: AutoJob) -> dict:
               "precision_why": precision_text(chosen, finalists, job.auto.latency_ms, job.auto.max_mb,
                                               plan["machine"], plan["selection"]["noisy"]),
               "passed_over": passed_over_text(finalists, chosen, job.auto.latency_ms),
-              "earlier_test_reads": earlier, "test_read_before": earlier_reads_text(earlier)}
+              "earlier_test_reads": earlier, "test_read_before": earlier_reads_text(earlier),
+              "data": split_settings(job.data)}
     result["finished_early"] = early_finish(minutes, job.auto.minutes,
                                             max(f.get("trained_epochs", 0) for f in finalists), job.auto.max_epochs,
                                             plan["unlabeled_available"])
