@@ -40,7 +40,7 @@ def replace_in(path: Path, old: str, new: str) -> None:
 
 
 def test_a_changed_field_docstring_changes_the_page_and_the_help(project):
-    replace_in(project / "src/fm2edge/export.py", "opset: ONNX opset version.",
+    replace_in(project / "src/fm2edge/config.py", "opset: ONNX opset version.",
                "opset: ONNX opset version, as the docs test wrote it.")
     replace_in(project / "src/fm2edge/config.py", "epochs: Passes over the training set;",
                "epochs: Passes (docs test) over the training set;")
@@ -52,7 +52,7 @@ def test_a_changed_field_docstring_changes_the_page_and_the_help(project):
     for command in ("train", "distill"):
         page = (project / f"site/commands/{command}/index.html").read_text()
         assert "Passes (docs test) over the training set;" in page, command
-    assert "ONNX opset version, as the docs test wrote it." not in (ROOT / "src/fm2edge/export.py").read_text()
+    assert "ONNX opset version, as the docs test wrote it." not in (ROOT / "src/fm2edge/config.py").read_text()
     env = {**os.environ, "PYTHONPATH": str(project / "src"), "COLUMNS": "400"}
     help_text = subprocess.run([sys.executable, "-m", "fm2edge", "export", "--help"], env=env, capture_output=True,
                                text=True, timeout=120).stdout
