@@ -604,6 +604,10 @@ def test_where_nothing_can_rank_them_a_tie_on_few_validation_images_goes_to_the_
                if r["candidate"] == large["candidate"])
     assert row["status"].endswith("not a choice: over the budget as exported (fp32 1.30 ms, 13.5 MB, int8 1.29 ms, "
                                   "3.8 MB)"), row["status"]
+    # its recipes as faithful as each other, all over the budget: the row quotes the fastest (the closest to it)
+    faster = {**over, "int8_recipe": "first-last-fp32", "p50_ms": 1.21}
+    row = next(r for r in leaderboard(plan, [], [{"options": [over, faster]}]) if r["candidate"] == large["candidate"])
+    assert row["int8_recipe"] == "first-last-fp32" and "int8 1.21 ms" in row["status"], row["status"]
     # the width applies only where validation is too small and no held-out images rank the candidates instead
     plan = {"selection": {"noisy": True, "half_width": 0.31}, "held_out": {"images": 0}}
     assert tie_width(plan) == 0.31

@@ -1515,9 +1515,10 @@ def leaderboard(plan: dict, trained: list[dict], finalists: list[dict], chosen: 
 
     budget = plan.get("settings", {}).get("auto", {})
 
-    def order(o: dict) -> tuple:  # within the budget first, then as `choose` ranks them (held-out agreement first)
+    def order(o: dict) -> tuple:  # within the budget first, then as `choose` ranks them (held-out agreement first,
+        # the faster last: where every recipe timed over the budget, the row quotes the one closest to it)
         return (within_budget(o, budget.get("latency_ms"), budget.get("max_mb")), o.get("teacher_agreement", 0.0),
-                graph_score(o), o["agreement_with_fp32"], -o.get("fp32_gap", 0.0))
+                graph_score(o), o["agreement_with_fp32"], -o.get("fp32_gap", 0.0), -o["p50_ms"])
 
     for f in finalists:  # per candidate and precision, its best option (the int8 recipe validation prefers)
         for o in f["options"]:
