@@ -523,7 +523,7 @@ def test_the_test_split_compares_the_chosen_model_and_the_teacher_image_by_image
     assert same["gap_verdict"] == "no difference measured"
 
 
-def test_an_earlier_choice_counts_where_it_read_the_same_test_split(tmp_path):
+def test_an_earlier_choice_counts_where_it_read_the_same_test_split(tmp_path, monkeypatch):
     # a rerun (overwritten or not) keeps the earlier test read when the data settings, which fix the test split,
     # are the same; another source under the same --run.name read another split
     from fm2edge.automate.config import AutoJob
@@ -537,6 +537,12 @@ def test_an_earlier_choice_counts_where_it_read_the_same_test_split(tmp_path):
     assert previous_choice(tmp_path, AutoJob(data=DataConfig(source="photos", cache_dir="/b")))["chosen"] == \
         earlier["chosen"]  # the cache folder does not change the split
     assert previous_choice(tmp_path, AutoJob(data=DataConfig(source="other"))) is None
+    # a local folder is one source however it is spelled
+    (tmp_path / "photos").mkdir()
+    here = AutoJob(data=DataConfig(source=str(tmp_path / "photos") + "/"))
+    (tmp_path / "auto.json").write_text(json.dumps({**earlier, "data": split_settings(here.data)}))
+    monkeypatch.chdir(tmp_path)
+    assert previous_choice(tmp_path, AutoJob(data=DataConfig(source="./photos"))) is not None
     assert previous_choice(tmp_path, AutoJob(data=DataConfig(source="photos", test_fraction=0.3))) is None
 
 

@@ -1462,8 +1462,10 @@ def earlier_test_reads(previous: dict | None, chosen: dict) -> list[dict]:
 
 def split_settings(data) -> dict:
     """The data settings a test split follows from (all but where the decoded images are cached), as JSON reads
-    them back."""
-    return json.loads(json.dumps({k: v for k, v in to_dict(data).items() if k != "cache_dir"}))
+    them back; a local source by its full path, so that `photos/`, `photos` and `./photos` are one source."""
+    source = Path(data.source)
+    settings = {k: v for k, v in to_dict(data).items() if k != "cache_dir"}
+    return json.loads(json.dumps({**settings, "source": str(source.resolve()) if source.exists() else data.source}))
 
 
 def previous_choice(root: Path, job: AutoJob) -> dict | None:
