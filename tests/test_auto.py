@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from fm2edge.automate.job import (
     averages_with_teacher,
     choose,
     disputed,
+    earlier_test_reads,
     early_finish,
     export_reserve,
     export_seconds,
@@ -35,7 +37,6 @@ from fm2edge.automate.job import (
     plan_pool,
     plan_rungs,
     precision_text,
-    previous_choice,
     probability_gap,
     rank,
     respace_rungs,
@@ -47,7 +48,6 @@ from fm2edge.automate.job import (
     second_look,
     size_candidates,
     size_epochs,
-    split_settings,
     student_args,
     teacher_as_candidate,
     tie_width,
@@ -523,27 +523,30 @@ def test_the_test_split_compares_the_chosen_model_and_the_teacher_image_by_image
     assert same["gap_verdict"] == "no difference measured"
 
 
-def test_an_earlier_choice_counts_where_it_read_the_same_test_split(tmp_path, monkeypatch):
-    # a rerun (overwritten or not) keeps the earlier test read when the data settings, which fix the test split,
-    # are the same; another source under the same --run.name read another split
-    from fm2edge.automate.config import AutoJob
+def test_an_earlier_choice_counts_where_it_read_the_same_test_split(tmp_path, image_folder, monkeypatch):
+    # a rerun (overwritten or not) keeps the earlier test read when it reads the same test split: the split's
+    # fingerprint follows the images, not the cache folder or how the source is spelled; another source under the
+    # same --run.name, or another test_fraction, read another split
+    from fm2edge.data import load_data
 
-    job = AutoJob(data=DataConfig(source="photos", cache_dir="/a"))
-    assert previous_choice(tmp_path, job) is None
+    def test_split(**data) -> str:
+        return load_data(DataConfig(**data))[2].fingerprint
+
+    monkeypatch.chdir(image_folder.parent)
+    mine = test_split(source=str(image_folder) + "/")
+    assert test_split(source=f"./{image_folder.name}", cache_dir=str(tmp_path / "b")) == mine
+    copy = tmp_path / "copy"
+    shutil.copytree(image_folder, copy)
+    assert test_split(source=str(copy)) == mine
+    assert test_split(source=str(image_folder), test_fraction=0.3) != mine
+    assert test_split(source="digits") != mine
+    chosen = {"candidate": "y", "precision": "fp32"}
     earlier = {"chosen": {"candidate": "x", "precision": "int8"}, "test": {"chosen_test_acc": 0.9}}
-    (tmp_path / "auto.json").write_text(json.dumps(earlier))  # written before the data settings were recorded
-    assert previous_choice(tmp_path, job) == earlier
-    (tmp_path / "auto.json").write_text(json.dumps({**earlier, "data": split_settings(job.data)}))
-    assert previous_choice(tmp_path, AutoJob(data=DataConfig(source="photos", cache_dir="/b")))["chosen"] == \
-        earlier["chosen"]  # the cache folder does not change the split
-    assert previous_choice(tmp_path, AutoJob(data=DataConfig(source="other"))) is None
-    # a local folder is one source however it is spelled
-    (tmp_path / "photos").mkdir()
-    here = AutoJob(data=DataConfig(source=str(tmp_path / "photos") + "/"))
-    (tmp_path / "auto.json").write_text(json.dumps({**earlier, "data": split_settings(here.data)}))
-    monkeypatch.chdir(tmp_path)
-    assert previous_choice(tmp_path, AutoJob(data=DataConfig(source="./photos"))) is not None
-    assert previous_choice(tmp_path, AutoJob(data=DataConfig(source="photos", test_fraction=0.3))) is None
+    read = [{"candidate": "x", "precision": "int8", "test_acc": 0.9}]
+    assert earlier_test_reads(None, chosen, mine) == []
+    assert earlier_test_reads(earlier, chosen, mine) == read  # written before the split was recorded
+    assert earlier_test_reads({**earlier, "test_split": mine}, chosen, mine) == read
+    assert earlier_test_reads({**earlier, "test_split": "another"}, chosen, mine) == []
 
 
 def test_the_probability_gap_is_the_mean_total_variation_distance():

@@ -1445,12 +1445,14 @@ def read_test_once(chosen: dict, teacher: dict, test, train, device) -> dict:
     return out
 
 
-def earlier_test_reads(previous: dict | None, chosen: dict) -> list[dict]:
+def earlier_test_reads(previous: dict | None, chosen: dict, test_split: str) -> list[dict]:
     """The test reads of earlier runs in this folder for another choice than ``chosen`` (``previous``: the auto.json
     they left). A rerun chooses again, on validation and timings alone (an exported graph timed again on an idle
     machine may fit where it did not), and reads the test split for its own choice: each read is honest, but a test
-    figure picked among several is not, so every earlier one is kept and shown beside the last."""
-    if not previous or "test" not in previous:
+    figure picked among several is not, so every earlier one is kept and shown beside the last. Only reads of the
+    same test split count (``test_split``: its fingerprint, which follows the images' bytes, however the folder is
+    spelled or wherever it was moved; an auto.json written before it was recorded counts as the same)."""
+    if not previous or "test" not in previous or previous.get("test_split", test_split) != test_split:
         return []
     reads = list(previous.get("earlier_test_reads", []))
     was = previous["chosen"]
@@ -1458,25 +1460,6 @@ def earlier_test_reads(previous: dict | None, chosen: dict) -> list[dict]:
         reads.append({"candidate": was["candidate"], "precision": was["precision"],
                       "test_acc": previous["test"]["chosen_test_acc"]})
     return reads
-
-
-def split_settings(data) -> dict:
-    """The data settings a test split follows from (all but where the decoded images are cached), as JSON reads
-    them back; a local source by its full path, so that `photos/`, `photos` and `./photos` are one source."""
-    source = Path(data.source)
-    settings = {k: v for k, v in to_dict(data).items() if k != "cache_dir"}
-    return json.loads(json.dumps({**settings, "source": str(source.resolve()) if source.exists() else data.source}))
-
-
-def previous_choice(root: Path, job: AutoJob) -> dict | None:
-    """What an earlier run in this folder chose and read the test split for (its auto.json), when it read the same
-    test split: the same data settings (an auto.json written before they were recorded counts as the same). Read
-    before ``--run.overwrite`` empties the folder, since replacing the run does not undo the read."""
-    path = root / AUTO_FILE
-    if not path.exists():
-        return None
-    previous = json.loads(path.read_text())
-    return previous if previous.get("data", split_settings(job.data)) == split_settings(job.data) else None
 
 
 def earlier_reads_text(reads: list[dict]) -> str | None:
@@ -1641,7 +1624,9 @@ def auto_job(job: AutoJob) -> dict:
 
     started = time.perf_counter()
     root = auto_root(job)
-    previous = previous_choice(root, job)
+    # what earlier runs here chose and read the test split for: read before --run.overwrite empties the folder, as
+    # replacing the run does not undo the read
+    previous = json.loads((root / AUTO_FILE).read_text()) if (root / AUTO_FILE).exists() else None
     if job.run.overwrite and root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -1691,7 +1676,7 @@ def auto_job(job: AutoJob) -> dict:
             raise Fm2EdgeError(f"no finalist could be exported: {'; '.join(failed)}")
         raise Fm2EdgeError(f"no finalist meets the budget once exported (latency {job.auto.latency_ms:.3g} ms); see "
                            f"{root}/plan.json and the export folders; raise --auto.latency_ms or --auto.finalists")
-    earlier = earlier_test_reads(previous, chosen)
+    earlier = earlier_test_reads(previous, chosen, data[2].fingerprint)
     test = read_test_once(chosen, plan["teacher"], data[2], data[0], resolve_device(job.auto.device))
     rows = leaderboard(plan, trained, finalists, chosen["candidate"])
     best = write_best(root, chosen, test)
@@ -1710,7 +1695,7 @@ def auto_job(job: AutoJob) -> dict:
                                               plan["machine"], plan["selection"]["noisy"]),
               "passed_over": passed_over_text(finalists, chosen, job.auto.latency_ms),
               "earlier_test_reads": earlier, "test_read_before": earlier_reads_text(earlier),
-              "data": split_settings(job.data)}
+              "test_split": data[2].fingerprint}
     result["finished_early"] = early_finish(minutes, job.auto.minutes,
                                             max(f.get("trained_epochs", 0) for f in finalists), job.auto.max_epochs,
                                             plan["unlabeled_available"])
