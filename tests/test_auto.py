@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from fm2edge.automate.config import AutoConfig, AutoJob
 from fm2edge.automate.heldout import HELD_OUT_FEWEST, HELD_OUT_MOST, held_out_count
@@ -46,6 +47,8 @@ from fm2edge.automate.job import (
     screen,
     screened_ms,
     second_look,
+    seed_seconds,
+    seeds_that_fit,
     size_candidates,
     size_epochs,
     student_args,
@@ -698,6 +701,8 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     # the test split compared image by image: the gap's interval contains the gap, each class is accounted for
     low, high = test["gap_interval_points"]
     assert low <= test["gap_points"] <= high and 0 <= test["agreement"] <= 1
+    # the finalist starts from random weights: no seeds of it are trained to be averaged (no shared basin)
+    assert not list(run.glob("seed*")) and not list(run.glob("soup-*")) and "seeds" not in plan.get("respaced", {})
     assert sum(c["images"] for c in test["per_class"]) == 450
     for key in ("chosen", "teacher"):
         assert test[f"{key}_balanced_acc"] == pytest.approx(np.mean([c[f"{key}_acc"] for c in test["per_class"]]))
@@ -1324,7 +1329,7 @@ def test_a_pretrained_student_of_the_teachers_architecture_is_averaged_with_the_
     model = f"hf:{hub_cnn}"
     # a budget the 32 px student meets (0.04 ms measured); the teacher at 64 px is exported beside it when it does too
     argv = auto_argv(tmp_path, model, "--auto.students", f"[{model}@32]", "--auto.max_epochs", "2",
-                     "--auto.teacher_epochs", "0", "--auto.latency_ms", "0.2")
+                     "--auto.teacher_epochs", "0", "--auto.latency_ms", "0.2", "--auto.soup_seeds", "0")
     assert main(argv) == 0
     out = capsys.readouterr().out
     run = tmp_path / "a"
@@ -1349,6 +1354,66 @@ def test_a_pretrained_student_of_the_teachers_architecture_is_averaged_with_the_
     exported = [json.loads(e.read_text())["model"] for e in run.glob("export-*/export.json")
                 if not e.parent.name.startswith("export-teacher")]
     assert exported and all(("average-" in m) == kept for m in exported)
+
+
+def test_time_left_over_trains_seeds_of_a_pretrained_finalist_and_averages_them_into_a_soup(tmp_path, hub_cnn,
+                                                                                                capsys):
+    """A run whose finalist reached --auto.max_epochs with time left trains the pretrained finalist again with
+    --auto.soup_seeds other seeds (each its own views and order, the same epochs; cached stages), averages the three
+    into a uniform soup (test split unread), and keeps the soup where it ranks at least as high; the decision is
+    written into plan.json, and a rerun with another --auto.soup_seeds keeps the plan."""
+    import torch
+
+    from fm2edge.models.io import load_classifier
+
+    model = f"hf:{hub_cnn}"
+    argv = auto_argv(tmp_path, model, "--auto.students", f"[{model}@32]", "--auto.max_epochs", "2",
+                     "--auto.teacher_epochs", "0", "--auto.latency_ms", "0.2")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "a"
+    (student,) = [p for p in run.glob("student-*") if p.is_dir()]
+    seeds = [run / f"seed{k}-{student.name}" for k in (1, 2)]
+    configs = [yaml.safe_load((f / "config.yaml").read_text()) for f in [student, *seeds]]
+    assert [c["train"]["seed"] for c in configs] == [0, 1, 2]
+    assert [c["distill"]["view_seed"] for c in configs] == [0, 1, 2]  # each seed its own views
+    assert {c["train"]["epochs"] for c in configs} == {2}  # the finalist's epochs
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["respaced"]["seeds"]["seeds"] == {f"{model}@32": 2}
+    assert "trained again with 2 more seeds" in out
+    soup = json.loads((run / f"soup-{student.name}" / "metrics.json").read_text())
+    assert soup["method"] == "uniform" and soup["test_acc"] is None and len(soup["ingredients"]) == 3
+    states = [load_classifier(f).state_dict() for f in [student, *seeds]]
+    weights = load_classifier(run / f"soup-{student.name}").state_dict()
+    conv = next(k for k in weights if k.endswith("weight") and weights[k].ndim == 4)
+    assert torch.allclose(weights[conv], sum(s[conv] for s in states) / 3, atol=1e-6)
+    result = json.loads((run / "auto.json").read_text())
+    row = next(r for r in result["leaderboard"] if r["candidate"] == f"{model}@32")
+    trained = metrics_of(student)
+    loss = next(h["val_loss"] for h in trained["history"] if h["epoch"] == trained["selected"]["epoch"])
+    # ranked as students are: validation accuracy, then the lower validation loss; an exact tie to the soup
+    kept = (soup["val_acc"], -soup["val_loss"]) >= (trained["val_acc"], -loss)
+    assert ("a soup" in row["status"]) == kept and ("the soup is kept" in out) == kept
+    assert "averaged with 2 more seeds (a soup)" in out
+    assert "seeds and their soup" in result["minutes_by_step"]
+    steps = list(result["minutes_by_step"])
+    assert steps.index("seeds and their soup") < steps.index("weight averages") < steps.index("exports")
+    # a rerun asking for no seeds keeps the plan and every finished stage
+    assert main([*argv, "--auto.soup_seeds", "0"]) == 0
+    assert "resuming" in capsys.readouterr().out
+
+
+def test_seeds_are_bought_for_the_leader_first_within_the_time_left():
+    assert seeds_that_fit([("a", 10.0), ("b", 5.0)], 100.0, 2) == {"a": 2, "b": 2}
+    assert seeds_that_fit([("a", 10.0), ("b", 5.0)], 25.0, 2) == {"a": 2, "b": 1}  # the leader's first
+    assert seeds_that_fit([("a", 10.0), ("b", 5.0)], 9.0, 3) == {"a": 0, "b": 1}  # what is left goes on
+    assert seeds_that_fit([("a", 10.0)], -5.0, 2) == {"a": 0}  # over the budget already
+    assert seeds_that_fit([("a", 10.0)], 100.0, 0) == {"a": 0}
+    plan = {"train_images": 100, "unlabeled_images": 50, "views": 2, "val_images": 30,
+            "teacher": {"images_per_s": 30.0}, "held_out": {"images": 0}}
+    f = {"trained_epochs": 10, "epoch_seconds": 4.0, "overhead_seconds": 3.0, "train_images_per_s": 20.0}
+    # the teacher's outputs on 2 new views of 150 images, 10 epochs, the stage's overhead, two validation passes
+    assert seed_seconds(f, plan) == pytest.approx(300 / (0.9 * 30) + 40 + 3 + 60 / 60)
 
 
 def test_only_students_of_the_teachers_architecture_at_half_its_input_or_more_are_averaged_with_it():

@@ -57,6 +57,11 @@ class AutoConfig:
             epoch is longer, and fewer epochs make the same passes); candidates that cannot have them in the budget
             are left out, and the report says so.
         max_epochs: Most epochs a student is trained for, however much time is left.
+        soup_seeds: Where time is left once the search has trained its finalists (--auto.max_epochs reached), each
+            pretrained finalist, the leader first, is trained again with up to this many other seeds (other views
+            of the images, another order) for the same epochs, and the uniform average of its weights with theirs
+            (a model soup: the same network, the same latency) replaces it where it ranks at least as high. Only as
+            many seeds as the time left buys; 0 trains none.
         fit_sizes: With a latency budget, search each pretrained student's input size in steps of 8 px (down to
             64 px) for the largest within the budget where it falls between two listed sizes or below the smallest,
             and add that size as a candidate (a pretrained backbone scores higher with more pixels), with the next
@@ -90,6 +95,7 @@ class AutoConfig:
     views: int = 4
     min_epochs: int = 3
     max_epochs: int = 30
+    soup_seeds: int = 2
     fit_sizes: bool = True
     finalists: int | None = None
     metric: Literal["accuracy", "balanced_accuracy"] = "accuracy"
@@ -114,6 +120,7 @@ class AutoConfig:
         check(self.views >= 1, f"auto.views must be at least 1, got {self.views}")
         check(1 <= self.min_epochs <= self.max_epochs, "auto.min_epochs must be at least 1 and at most "
               "auto.max_epochs")
+        check(self.soup_seeds >= 0, f"auto.soup_seeds must be 0 or more, got {self.soup_seeds}")
         check(self.finalists is None or self.finalists >= 1, f"auto.finalists must be at least 1, got {self.finalists}")
         check(self.threads is None or self.threads >= 1, "auto.threads must be at least 1")
 
