@@ -1239,7 +1239,7 @@ def average_with_teacher(job: AutoJob, root: Path, plan: dict, trained: list[dic
             "soup": {"runs": [t["folder"], teacher], "method": "uniform", "batchnorm": "average",
                      "score_test": False, "device": job.auto.device}})
         average = averaged_entry(job, plan, root / name, result, held)
-        replace_if_as_good(job, t, average, "averaged", "averaged with the teacher's weights", "the average is kept")
+        replace_if_as_good(job, t, average, "averaged", "averaged with the teacher's weights", "the average")
 
 
 def averaged_entry(job: AutoJob, plan: dict, folder: Path, result: dict, held=None) -> dict:
@@ -1255,18 +1255,18 @@ def averaged_entry(job: AutoJob, plan: dict, folder: Path, result: dict, held=No
     return entry
 
 
-def replace_if_as_good(job: AutoJob, t: dict, entry: dict, key: str, what: str, kept_text: str) -> bool:
-    """Whether ``entry`` (weights averaged from ``t``'s) ranks at least as high as the trained candidate ``t`` (as
-    students are ranked; an exact tie to ``entry``): ``t`` records both under ``key`` and takes ``entry``'s folder
-    and scores when it does, and the run says which was kept."""
+def replace_if_as_good(job: AutoJob, t: dict, entry: dict, key: str, what: str, called: str) -> bool:
+    """Whether ``entry`` (weights averaged from ``t``'s, ``called`` "the soup", say) ranks at least as high as the
+    trained candidate ``t`` (as students are ranked; an exact tie to ``entry``): ``t`` records both under ``key`` and
+    takes ``entry``'s folder and scores when it does, and the run says which was kept."""
     kept = rank([{**entry, "candidate": t["candidate"]}, t])[0] is not t
     t[key] = {**entry, "kept": kept, "student": {k: t.get(k) for k in entry}}
     scored = ("agreement with the teacher on the held-out images" if "teacher_agreement" in entry else "validation"
               if job.auto.metric == "accuracy" else f"validation {METRIC_NAMES[job.auto.metric]}")
     loss = (f" (validation loss {entry['val_loss']:.4f} against {t['val_loss']:.4f})"
             if score(entry) == score(t) and None not in (entry["val_loss"], t["val_loss"]) else "")
-    print(f"  {t['candidate']} {what}: {scored} {100 * score(entry):.2f}% against {100 * score(t):.2f}% as trained"
-          f"{loss}: {kept_text if kept else 'the student is kept'}")
+    print(f"  {t['candidate']} {what}: {scored} {100 * score(entry):.2f}% against {100 * score(t):.2f}% without"
+          f"{loss}: {called} is {'kept' if kept else 'left out'}")
     if kept:
         t.update(entry)
     return kept
@@ -1325,7 +1325,7 @@ def soup_finalist(job: AutoJob, root: Path, plan: dict, t: dict, seeds: int, sel
     t["minutes"] = t.get("minutes", 0) + sum(recorded[Path(f).name] for f in folders + [name]) / 60
     soup = {**averaged_entry(job, plan, root / name, result, held), "seeds": seeds}
     replace_if_as_good(job, t, soup, "souped", f"averaged with {seeds} more seed{'s' * (seeds > 1)} (a soup)",
-                       "the soup is kept")
+                       "the soup")
 
 
 def fidelity_images(job: AutoJob, train, unlabeled: int):
