@@ -1396,6 +1396,8 @@ def test_time_left_over_trains_seeds_of_a_pretrained_finalist_and_averages_them_
     assert ("a soup" in row["status"]) == kept and ("the soup is kept" in out) == kept
     assert "averaged with 2 more seeds (a soup)" in out
     assert "seeds and their soup" in result["minutes_by_step"]
+    assert result["soups"] == [{"candidate": f"{model}@32", "seeds": 2, "kept": kept}]
+    assert 'id="auto-soups"' in (run / "report.html").read_text()
     steps = list(result["minutes_by_step"])
     assert steps.index("seeds and their soup") < steps.index("weight averages") < steps.index("exports")
     # a rerun asking for no seeds keeps the plan and every finished stage

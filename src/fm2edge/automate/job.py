@@ -1812,7 +1812,9 @@ def auto_job(job: AutoJob) -> dict:
                                               plan["machine"], plan["selection"]["noisy"]),
               "passed_over": passed_over_text(finalists, chosen, job.auto.latency_ms),
               "earlier_test_reads": earlier, "test_read_before": earlier_reads_text(earlier),
-              "test_split": data[2].fingerprint}
+              "test_split": data[2].fingerprint,
+              "soups": [{"candidate": t["candidate"], "seeds": t["souped"]["seeds"], "kept": t["souped"]["kept"]}
+                        for t in trained if "souped" in t]}
     result["finished_early"] = early_finish(minutes, job.auto.minutes,
                                             max(f.get("trained_epochs", 0) for f in finalists), job.auto.max_epochs,
                                             plan["unlabeled_available"])

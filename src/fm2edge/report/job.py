@@ -369,6 +369,12 @@ def auto_section(folder: str, r: dict) -> str:
                             [[f"{i} (time left over)" if g.get("extension") else str(i), str(g["candidates"]),
                               epochs(g), _num(None if g.get("seconds") is None else g["seconds"] / 60, "{:.1f}")]
                              for i, g in enumerate(r["rungs"])]))
+        if r.get("soups"):  # the time the search left over, spent on seeds of the finalists (auto: soup_of_seeds)
+            parts.append("<p id=\"auto-soups\">Time left over: " + "; ".join(
+                f"<b>{html.escape(s['candidate'])}</b> trained again with {s['seeds']} more seed"
+                f"{'s' * (s['seeds'] > 1)} for its epochs, the average of its weights and theirs (a soup) "
+                + ("kept: it ranked at least as high" if s["kept"] else "left out: it ranked lower")
+                for s in r["soups"]) + ".</p>")
         if r.get("finalists_why"):
             parts.append(f"<p id=\"auto-finalists\">One finalist: {html.escape(r['finalists_why'])}, and the last "
                          f"rung trained the leader alone.</p>")
