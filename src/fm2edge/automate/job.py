@@ -1093,9 +1093,7 @@ def train_students(job: AutoJob, root: Path, plan: dict, held=None) -> list[dict
     epochs), then, when the plan left time over, the finalists for the epochs it buys; each with its latest
     validation accuracy (and agreement with the teacher on ``held``), the rung it reached and the minutes it took in
     all."""
-    # a fixed schedule where validation cannot rank epochs, or where the loop's best epoch (on accuracy) is not the
-    # metric that chooses
-    select = "last" if plan["selection"]["noisy"] or job.auto.metric != "accuracy" else "best"
+    select = kept_epoch(job, plan)
     alive = [dict(f) for f in plan["candidates"] if f["epochs"]]
     if not alive:  # the budget bought no candidate an epoch
         return []
@@ -1123,6 +1121,18 @@ def train_students(job: AutoJob, root: Path, plan: dict, held=None) -> list[dict
             print(f"time left over: {', '.join(f['candidate'] for f in alive)} go on for {more} more epochs")
             train_rung(job, root, plan, alive, r, more, select, done, held)
     return list(done.values())
+
+
+def kept_epoch(job: AutoJob, plan: dict) -> str:
+    """Which epoch a student's stage keeps (``--train.select``): a fixed schedule's last where validation cannot rank
+    epochs, or where the loop's best epoch (on accuracy) is not the metric that chooses; else the best."""
+    return "last" if plan["selection"]["noisy"] or job.auto.metric != "accuracy" else "best"
+
+
+def last_rung_best(trained: list[dict], count: int, within: float | None = None) -> list[dict]:
+    """The ``count`` best (:func:`rank`) of the candidates that reached the last rung: the finalists."""
+    last = max(t["rung"] for t in trained)
+    return rank([t for t in trained if t["rung"] == last], within)[:count]
 
 
 def train_rung(job: AutoJob, root: Path, plan: dict, alive: list[dict], r: int, epochs: int | None, select: str,
@@ -1259,7 +1269,7 @@ def replace_if_as_good(job: AutoJob, t: dict, entry: dict, key: str, what: str, 
     """Whether ``entry`` (weights averaged from ``t``'s, ``called`` "the soup", say) ranks at least as high as the
     trained candidate ``t`` (as students are ranked; an exact tie to ``entry``): ``t`` records both under ``key`` and
     takes ``entry``'s folder and scores when it does, and the run says which was kept."""
-    kept = rank([{**entry, "candidate": t["candidate"]}, t])[0] is not t
+    kept = rank([entry, t])[0] is entry
     t[key] = {**entry, "kept": kept, "student": {k: t.get(k) for k in entry}}
     scored = ("agreement with the teacher on the held-out images" if "teacher_agreement" in entry else "validation"
               if job.auto.metric == "accuracy" else f"validation {METRIC_NAMES[job.auto.metric]}")
@@ -1281,8 +1291,7 @@ def soup_of_seeds(job: AutoJob, root: Path, plan: dict, trained: list[dict], hel
     replaces it in ``trained`` where it ranks at least as high (:func:`replace_if_as_good`, under "souped")."""
     if not job.auto.soup_seeds or not trained:
         return
-    last = max(t["rung"] for t in trained)
-    exported = rank([t for t in trained if t["rung"] == last], tie_width(plan))[:plan["finalists"]]
+    exported = last_rung_best(trained, plan["finalists"], tie_width(plan))
     finalists = [t for t in exported if Candidate.parse(t["candidate"]).pretrained]
     if not finalists:
         return
@@ -1293,7 +1302,7 @@ def soup_of_seeds(job: AutoJob, root: Path, plan: dict, trained: list[dict], hel
         saved["seeds"] = {"seconds_left": seconds, "seconds_per_seed": dict(costs),
                           "seeds": seeds_that_fit(costs, seconds, job.auto.soup_seeds)}
         atomic_write_json(root / "plan.json", plan)
-    select = "last" if plan["selection"]["noisy"] or job.auto.metric != "accuracy" else "best"
+    select = kept_epoch(job, plan)
     for t in finalists:
         seeds = min(job.auto.soup_seeds, saved["seeds"]["seeds"].get(t["candidate"], 0))
         if seeds:
@@ -1314,8 +1323,8 @@ def soup_finalist(job: AutoJob, root: Path, plan: dict, t: dict, seeds: int, sel
         args = student_args(job, cand, t["trained_epochs"], plan["teacher"]["folder"], select, plan)
         args["train"]["seed"] = job.auto.seed + k
         args["distill"]["view_seed"] = k  # its own views of the images, the teacher's outputs on them cached apart
-        run_one_stage(root, f"{SEED_STAGE}{k}-{base}", "distill", args)
-        folders.append(str(root / f"{SEED_STAGE}{k}-{base}"))
+        run_one_stage(root, stage := f"{SEED_STAGE}{k}-{base}", "distill", args)
+        folders.append(str(root / stage))
     name = SOUP_STAGE + base
     result = run_one_stage(root, name, "soup", {
         "data": to_dict(job.data),
@@ -1363,8 +1372,7 @@ def export_finalists(job: AutoJob, root: Path, trained: list[dict], count: int, 
     each with its :func:`exported_options`. A finalist whose export fails (its ONNX graph's probabilities stray from
     PyTorch's beyond the parity tolerance, say) is not a choice: it keeps no options and the reason under
     "export_failed", and the others are still judged."""
-    last = max(t["rung"] for t in trained)  # the candidates that reached the last rung, best first
-    finalists = rank([t for t in trained if t["rung"] == last], within)[:count]
+    finalists = last_rung_best(trained, count, within)
     finalists += [dict(teacher)] if teacher is not None and "why" not in teacher else []
     return [exported(job, root, f, images, held, teacher_labels) for f in finalists]
 
