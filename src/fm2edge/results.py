@@ -174,9 +174,21 @@ def card_metadata(name: str, metrics: dict, teacher: str | None) -> str:
     return card.to_yaml().rstrip("\n")
 
 
-def model_card(model: Classifier, metrics: dict, saved: dict, path: Path) -> str:
+@dataclass(frozen=True)
+class CardOrigin:
+    """What a model card says of a model that no one training run made (`fm2edge auto`'s best/): how it was made
+    (ends the card's first sentence), the lines under Results in place of the training one, the graph it ships and
+    how other tools run it (markdown), and the command that makes it again."""
+
+    made: str
+    process: list[str]
+    graph: str
+    reproduce: str
+
+
+def model_card(model: Classifier, metrics: dict, saved: dict, path: Path, origin: CardOrigin | None = None) -> str:
     """A Hugging Face model card (README.md) for a run's model: what it is, what it was trained on, how well it
-    does, how to load it, how to reproduce it, and what it is for."""
+    does, how to load it, how to reproduce it, and what it is for; ``origin`` where no one run made it."""
     import yaml
 
     p = model.preprocess
@@ -184,21 +196,29 @@ def model_card(model: Classifier, metrics: dict, saved: dict, path: Path) -> str
     command = "distill" if "distill" in config else "train"
     teacher = metrics.get("teacher")
     selected = metrics.get("selected") or {}
+    epoch = f" (epoch {selected['epoch']})" if selected.get("epoch") is not None else ""
+    if origin is not None:
+        made, process, reproduce = origin.made, origin.process, origin.reproduce
+    else:
+        made = f"trained with `fm2edge {command}`" + (f", taught by {teacher}" if teacher else "")
+        process = [f"- training: {len(metrics.get('history', []))} epochs, {metrics.get('train_seconds', 0) / 60:.1f} "
+                   f"min on {(metrics.get('env') or {}).get('device', 'an unrecorded device')}"]
+        reproduce = f"fm2edge {command} --config config.yaml"
+    read = (f"through {metrics['test_read_through']}" if metrics.get("test_read_through") else
+            f"on the weights kept by {selected.get('on', 'the last epoch')}{epoch}")
     lines = [
         "---", card_metadata(path.name, metrics, teacher), "---", "",
         f"# {path.name}", "",
         f"A {model.name} image classifier ({metrics.get('parameters', 0):,} parameters, {p.size} x {p.size} px "
-        f"input) trained with `fm2edge {command}`" + (f", taught by {teacher}" if teacher else "") + ".", "",
+        f"input) {made}.", "",
         "## Results", "",
         (f"- test accuracy: {100 * metrics['test_acc']:.2f}% on the test split of {metrics.get('data', 'its data')}, "
-         f"read once, on the weights kept by {selected.get('on', 'the last epoch')} (epoch {selected.get('epoch')})"
-         if metrics.get("test_acc") is not None else
+         f"read once, {read}" if metrics.get("test_acc") is not None else
          "- test accuracy: not read (a candidate chosen between on validation; see the run that chose it)"),
         *([f"- validation accuracy: {100 * metrics['val_acc']:.2f}%"] if metrics.get("val_acc") is not None else []),
         *([f"- teacher test accuracy: {100 * metrics['teacher_test_acc']:.2f}%"]
           if metrics.get("teacher_test_acc") is not None else []),
-        f"- training: {len(metrics.get('history', []))} epochs, {metrics.get('train_seconds', 0) / 60:.1f} min on "
-        f"{(metrics.get('env') or {}).get('device', 'an unrecorded device')}", "",
+        *process, "",
         "## Use", "",
         "```python", "import fm2edge", "", f'model = fm2edge.load("{path.name}")  # this folder',
         'print(model.predict(["image.jpg"]).labels)', "",
@@ -209,14 +229,37 @@ def model_card(model: Classifier, metrics: dict, saved: dict, path: Path) -> str
         "`export/timm_model.safetensors`: `export/export.json` (`timm`) gives the `timm.create_model` arguments "
         "that load it.", "",
         f"Inputs are RGB images; the model resizes the shortest edge to {p.resize_size()} px ({p.interpolation}), "
-        f"centre-crops {p.size} px and normalises with mean {list(p.mean)} and std {list(p.std)}. "
-        "`fm2edge export` writes an ONNX graph that takes uint8 images and returns probabilities.", "",
-        "## Reproduce", "", "```bash", f"fm2edge {command} --config config.yaml", "```", "",
+        f"centre-crops {p.size} px and normalises with mean {list(p.mean)} and std {list(p.std)}."
+        + ("" if origin is not None else
+           " `fm2edge export` writes an ONNX graph that takes uint8 images and returns probabilities."), "",
+        *([origin.graph, ""] if origin is not None else []),
+        "## Reproduce", "", "```bash", reproduce, "```", "",
         "## Intended use and limits", "",
         f"Classifying images like those of {metrics.get('data', 'its training data')} into its classes. It has "
         "seen only that data: expect lower accuracy on other cameras, scenes or classes, and check it on your own "
         "images before relying on it.", ""]
     return "\n".join(lines)
+
+
+def onnx_snippet(graph: str, preprocess, class_names: list[str]) -> str:
+    """Python that classifies one image file with the exported ``graph`` (uint8 NHWC input "images", probabilities
+    out) through ONNX Runtime, PIL and NumPy alone, preparing the image as ``preprocess`` does (the shortest edge
+    resized with PIL's antialiased kernels, which the model's own resize follows, then the centre crop)."""
+    size, short = preprocess.size, preprocess.resize_size()
+    kernel = {"bicubic": "BICUBIC", "nearest": "NEAREST"}.get(preprocess.interpolation, "BILINEAR")
+    return "\n".join([
+        "```python", "import numpy as np", "import onnxruntime as ort", "from PIL import Image, ImageOps", "",
+        f"classes = {class_names!r}",
+        f'session = ort.InferenceSession("{graph}")',
+        'image = ImageOps.exif_transpose(Image.open("image.jpg")).convert("RGB")',
+        f"scale = {short} / min(image.size)  # the shortest edge to {short} px, then the centre {size} x {size}",
+        f"width, height = max({short}, round(image.width * scale)), max({short}, round(image.height * scale))",
+        f"image = image.resize((width, height), Image.Resampling.{kernel})",
+        f"left, top = (width - {size}) // 2, (height - {size}) // 2",
+        f"pixels = np.asarray(image.crop((left, top, left + {size}, top + {size})))[None]  # uint8, 1 x {size} x "
+        f"{size} x 3",
+        'probabilities = session.run(None, {"images": pixels})[0][0]',
+        "print(classes[int(probabilities.argmax())], float(probabilities.max()))", "```"])
 
 
 def over_seeds(job, run_one, default_name: str) -> dict:

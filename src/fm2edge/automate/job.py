@@ -53,6 +53,7 @@ from fm2edge.errors import Fm2EdgeError
 from fm2edge.runs import METRICS_FILE, atomic_dir, atomic_write_json, atomic_write_text, read_metrics
 from fm2edge.stagecache import moved
 
+BEST_SETTINGS = "auto.yaml"  # RUN/best/auto.yaml: the settings of the run that chose it
 AUTO_FILE = "auto.json"  # RUN/auto.json: the choice, its test figures and the leaderboard (read again by a rerun)
 
 # A candidate measured up to this much over the latency budget is kept for training: a screen of 30 runs is noisier
@@ -1282,13 +1283,15 @@ def replace_if_as_good(job: AutoJob, t: dict, entry: dict, key: str, what: str, 
     return kept
 
 
-def soup_of_seeds(job: AutoJob, root: Path, plan: dict, trained: list[dict], held=None) -> None:
+def soup_of_seeds(job: AutoJob, root: Path, plan: dict, trained: list[dict], images, held=None,
+                  teacher_labels: list[int] | None = None) -> None:
     """Each pretrained finalist (the last rung's best ``plan["finalists"]``, as they will be exported) trained again
-    with the further seeds the time left buys (:func:`seeds_that_fit`, at most --auto.soup_seeds each, the leader's
-    first; decided once and written into plan.json, so a resumed run follows it), each seed its own views of the
-    images and its own order for the finalist's epochs; the uniform average of the finalist's weights and its
-    seeds' (a cached soup stage, BatchNorm statistics averaged: every pretrained student keeps its pretrained ones)
-    replaces it in ``trained`` where it ranks at least as high (:func:`replace_if_as_good`, under "souped")."""
+    with the further seeds the time left buys (:func:`seeds_bought`, at most --auto.soup_seeds each, the leader's
+    first and those whose exported graphs are over the latency budget last or not at all; decided once and written
+    into plan.json, so a resumed run follows it), each seed its own views of the images and its own order for the
+    finalist's epochs; the uniform average of the finalist's weights and its seeds' (a cached soup stage, BatchNorm
+    statistics averaged: every pretrained student keeps its pretrained ones) replaces it in ``trained`` where it
+    ranks at least as high (:func:`replace_if_as_good`, under "souped")."""
     if not job.auto.soup_seeds or not trained:
         return
     exported = last_rung_best(trained, plan["finalists"], tie_width(plan))
@@ -1297,16 +1300,77 @@ def soup_of_seeds(job: AutoJob, root: Path, plan: dict, trained: list[dict], hel
         return
     saved = plan.setdefault("respaced", {})
     if "seeds" not in saved:
-        seconds = seconds_left(job, root, plan, exported)
-        costs = [(t["candidate"], SEED_MARGIN * seed_seconds(t, plan)) for t in finalists]
-        saved["seeds"] = {"seconds_left": seconds, "seconds_per_seed": dict(costs),
-                          "seeds": seeds_that_fit(costs, seconds, job.auto.soup_seeds)}
+        saved["seeds"] = seeds_bought(job, root, plan, exported, finalists, images, held, teacher_labels)
         atomic_write_json(root / "plan.json", plan)
     select = kept_epoch(job, plan)
     for t in finalists:
         seeds = min(job.auto.soup_seeds, saved["seeds"]["seeds"].get(t["candidate"], 0))
         if seeds:
             soup_finalist(job, root, plan, t, seeds, select, held)
+        elif why := saved["seeds"].get("over_budget", {}).get(t["candidate"]):
+            t["unsouped"] = why
+
+
+def seeds_bought(job: AutoJob, root: Path, plan: dict, exported: list[dict], finalists: list[dict], images,
+                 held=None, teacher_labels: list[int] | None = None) -> dict:
+    """What :func:`soup_of_seeds` buys: the seeds per pretrained finalist (``finalists``, among the ``exported``
+    ones) that the time left pays for (:func:`seeds_that_fit`), the time and each seed's cost, and, under
+    "over_budget", the finalists whose exported graphs are over the budget, each with why. Under a latency budget,
+    where the time buys a seed at all, each finalist is exported first (cached stages, reused as they are where its
+    weights do not change): its graphs' latency is its network's, which seeds do not change. A finalist none of whose
+    graphs meets the budget gets no seeds where even its quickest graph is over by more than SCREEN_TOLERANCE
+    (Lite0's int8 graph at 152 px timed 2.66 ms against a 1.88 ms budget: two cat/dog runs each spent 4-5 minutes on
+    seeds of a finalist whose graphs then timed over), and its seeds come after those of the finalists within the
+    budget where it is only just over: timed again in another state of the machine, such a graph can meet the
+    budget (Lite0 at 144 px timed 1.56-1.60 ms against 1.53 before its seeds, and was chosen at 1.43 ms in the
+    screen's state when the exports were timed again)."""
+    def bought(order: list[dict]) -> tuple[float, list[tuple[str, float]], dict[str, int]]:
+        seconds = seconds_left(job, root, plan, exported)
+        costs = [(t["candidate"], SEED_MARGIN * seed_seconds(t, plan)) for t in order]
+        return seconds, costs, seeds_that_fit(costs, seconds, job.auto.soup_seeds)
+
+    seconds, costs, seeds = bought(finalists)
+    over: dict[str, str] = {}
+    if job.auto.latency_ms is not None and any(seeds.values()):
+        verdicts = {t["candidate"]: over_budget(exported_once(job, root, t, images, held, teacher_labels),
+                                                job.auto.latency_ms, job.auto.max_mb) for t in finalists}
+        near = [t for t in finalists if verdicts[t["candidate"]] is not None and verdicts[t["candidate"]][0]]
+        # the exports' time is spent: what is left buys the seeds, the finalists within the budget first
+        seconds, costs, seeds = bought([t for t in finalists if verdicts[t["candidate"]] is None] + near)
+        over = {name: v[1] for name, v in verdicts.items() if v is not None}
+        for name, why in over.items():
+            print(f"time left over: {name} " + (
+                "is not trained again with seeds" if not verdicts[name][0] else
+                "has its seeds after those of the finalists within the budget" if seeds.get(name) else
+                "has no time left for seeds after those of the finalists within the budget") + f": {why}")
+    return {"seconds_left": seconds, "seconds_per_seed": dict(costs), "seeds": seeds, "over_budget": over}
+
+
+def exported_once(job: AutoJob, root: Path, t: dict, images, held=None,
+                  teacher_labels: list[int] | None = None) -> dict:
+    """A copy of the trained student ``t`` with its :func:`exported` options (``t`` itself stays unexported: its
+    finalists are exported after the seeds and weight averages, the unchanged ones from these cached stages)."""
+    return exported(job, root, dict(t), images, held, teacher_labels)
+
+
+def over_budget(f: dict, latency_ms: float, max_mb: float | None) -> tuple[bool, str] | None:
+    """None where one of exported finalist ``f``'s graphs meets the budget; else whether it is only just over (its
+    quickest graph within SCREEN_TOLERANCE over the latency budget, and within the file-size one) and why."""
+    if "export_failed" in f:
+        return False, f"its export failed ({f['export_failed']})"
+    if meets_budget(f, latency_ms, max_mb):
+        return None
+    near = any(within_budget(o, screen_limit(latency_ms), max_mb) for o in f["options"])
+    quickest = min(f["options"], key=lambda o: o.get("state_ms", o["p50_ms"]))
+    recipe = f" ({quickest['int8_recipe']})" if quickest.get("int8_recipe") else ""
+    return near, (f"its exported graphs are {'just ' if near else ''}over the {latency_ms:.3g} ms budget (the "
+                  f"quickest, {quickest['precision']}{recipe}, {quickest.get('state_ms', quickest['p50_ms']):.2f} ms"
+                  + (f", within the {SCREEN_TOLERANCE:.0%} that timings move by)" if near else ")"))
+
+
+def meets_budget(f: dict, latency_ms: float | None, max_mb: float | None) -> bool:
+    """Whether one of exported finalist ``f``'s graphs (its options) is within the budget."""
+    return any(within_budget(o, latency_ms, max_mb) for o in f.get("options", []))
 
 
 def soup_finalist(job: AutoJob, root: Path, plan: dict, t: dict, seeds: int, select: str, held=None) -> None:
@@ -1335,6 +1399,13 @@ def soup_finalist(job: AutoJob, root: Path, plan: dict, t: dict, seeds: int, sel
     soup = {**averaged_entry(job, plan, root / name, result, held), "seeds": seeds}
     replace_if_as_good(job, t, soup, "souped", f"averaged with {seeds} more seed{'s' * (seeds > 1)} (a soup)",
                        "the soup")
+
+
+def soup_summary(t: dict) -> dict:
+    """What auto.json says of a finalist's seeds: how many, and whether their soup was kept, or why it had none."""
+    if "souped" in t:
+        return {"candidate": t["candidate"], "seeds": t["souped"]["seeds"], "kept": t["souped"]["kept"]}
+    return {"candidate": t["candidate"], "seeds": 0, "kept": False, "why": t["unsouped"]}
 
 
 def fidelity_images(job: AutoJob, train, unlabeled: int):
@@ -1463,7 +1534,7 @@ def with_fallbacks(job: AutoJob, root: Path, trained: list[dict], finalists: lis
     screened 2.00 ms as int8 and its exported graphs 2.07 ms and more, the 224 px one 2.14 ms, and the run ended
     with no model while the 160 px student (1.33 ms) had trained."""
     def met(fs: list[dict]) -> bool:
-        return any(within_budget(o, job.auto.latency_ms, job.auto.max_mb) for f in fs for o in f["options"])
+        return any(meets_budget(f, job.auto.latency_ms, job.auto.max_mb) for f in fs)
 
     tried = {f["candidate"] for f in finalists}
     for t in rank([t for t in trained if t["candidate"] not in tried], within):
@@ -1593,10 +1664,13 @@ def earlier_reads_text(reads: list[dict]) -> str | None:
             f"was made on validation and timings alone, but a test figure picked among several reads is optimistic")
 
 
-def write_best(root: Path, chosen: dict, test: dict) -> Path:
+def write_best(job: AutoJob, root: Path, plan: dict, trained: list[dict], chosen: dict, test: dict) -> Path:
     """RUN/best: the chosen run folder (for `fm2edge predict`, `fm2edge.load`, push) with its chosen ONNX graph,
-    its metrics and model card carrying the test accuracy `auto` read once (through that graph)."""
-    from fm2edge.models.io import load_classifier
+    its metrics and model card carrying the test accuracy `auto` read once (through that graph), how auto made it
+    (:func:`best_card`) and the settings that make it again (auto.yaml)."""
+    import yaml
+
+    from fm2edge.models.io import class_names_of_run, load_classifier
     from fm2edge.results import model_card
 
     with atomic_dir(root / "best") as tmp:
@@ -1609,9 +1683,48 @@ def write_best(root: Path, chosen: dict, test: dict) -> Path:
                        **({"test_balanced_acc": test["chosen_balanced_acc"]} if "chosen_balanced_acc" in test else {}),
                        test_read_through=f"{Path(chosen['onnx']).name} ({chosen['precision']}), by fm2edge auto")
         atomic_write_json(tmp / METRICS_FILE, metrics)
+        given = to_dict(job)
+        given["run"]["overwrite"] = False  # running the card's command again resumes; it never empties the run
+        atomic_write_text(tmp / BEST_SETTINGS, yaml.safe_dump(given, sort_keys=False))
     best = root / "best"
-    atomic_write_text(best / "README.md", model_card(load_classifier(best), metrics, metrics, best))
+    model = load_classifier(best)
+    entry = next((t for t in trained if t["candidate"] == chosen["candidate"]), None)
+    origin = best_card(job, plan, entry, chosen, model.preprocess, class_names_of_run(best))
+    atomic_write_text(best / "README.md", model_card(model, metrics, metrics, best, origin))
     return best
+
+
+def best_card(job: AutoJob, plan: dict, entry: dict | None, chosen: dict, preprocess, class_names: list[str]):
+    """What best/'s model card says (a :class:`fm2edge.results.CardOrigin`): how the run made the chosen model
+    (``entry``: its trained candidate, None for the teacher itself), the graph it ships with the figures its export
+    measured and how ONNX Runtime runs it without fm2edge, and the command that makes it again."""
+    from fm2edge.results import CardOrigin, onnx_snippet
+
+    teacher = plan["teacher"]["teacher"]
+    budget = [f"{job.auto.latency_ms:.3g} ms batch-1 latency"] if job.auto.latency_ms is not None else []
+    budget += [f"{job.auto.max_mb:.3g} MB"] if job.auto.max_mb is not None else []
+    if entry is None:
+        how = f"the teacher itself ({teacher}, as the run trained it to teach), which met the budget"
+    else:
+        how = f"distilled from {teacher} for {entry.get('trained_epochs', 0)} epochs"
+        averages = ([f"{entry['souped']['seeds']} more seeds' (a soup)"] if entry.get("souped", {}).get("kept")
+                    else []) + (["the teacher's (WiSE-FT)"] if entry.get("averaged", {}).get("kept") else [])
+        how += f", its weights averaged with {', then with '.join(averages)}" if averages else ""
+    within = f" within a {' and '.join(budget)} budget" if budget else ""
+    name, recipe = Path(chosen["onnx"]).name, f", {chosen['int8_recipe']}" if chosen.get("int8_recipe") else ""
+    graph = (f"`{name}` is the graph the test accuracy was read through ({chosen['precision']}{recipe}, "
+             f"{chosen['p50_ms']:.2f} ms batch-1 median on {plan['machine']} when the run timed it, "
+             f"{chosen['mb']:.1f} MB). It takes uint8 RGB images, batch x {preprocess.size} x {preprocess.size} x 3 "
+             f"(resized and cropped as above; it normalises them itself), and returns the classes' probabilities. "
+             f"`fm2edge predict best PHOTOS` runs it; so does ONNX Runtime alone, without fm2edge or PyTorch:\n\n"
+             + onnx_snippet(name, preprocess, class_names))
+    process = [f"- chosen by `fm2edge auto` on validation among {len(plan['candidates'])} candidates (networks at "
+               f"input sizes; {len(plan['dropped'])} more left out by the budget before training) in a "
+               f"{job.auto.minutes:g}-minute search; the run folder's report.html and auto.json give every one's "
+               f"figures"]
+    return CardOrigin(made=f"chosen by `fm2edge auto`{within}: {how}", process=process, graph=graph,
+                      reproduce=f"fm2edge auto --config {BEST_SETTINGS}  # this run's settings, beside this card "
+                                f"where the run was made; a finished run resumes (its stages are reused)")
 
 
 def leaderboard(plan: dict, trained: list[dict], finalists: list[dict], chosen: str | None = None) -> list[dict]:
@@ -1788,9 +1901,9 @@ def auto_job(job: AutoJob) -> dict:
     trained = train_students(job, root, plan, held)
     if not trained:
         raise Fm2EdgeError(too_short(plan, job.auto))
-    soup_of_seeds(job, root, plan, trained, held)
-    average_with_teacher(job, root, plan, trained, held)
     images, labels = fidelity_images(job, data[0], plan["unlabeled_images"]), plan["held_out"].get("teacher_labels")
+    soup_of_seeds(job, root, plan, trained, images, held, labels)
+    average_with_teacher(job, root, plan, trained, held)
     finalists = export_finalists(job, root, trained, plan["finalists"], images, plan["teacher_option"], held, labels,
                                  tie_width(plan))
     finalists = with_fallbacks(job, root, trained, finalists, images, held, labels, tie_width(plan))
@@ -1804,7 +1917,7 @@ def auto_job(job: AutoJob) -> dict:
     earlier = earlier_test_reads(previous, chosen, data[2].fingerprint)
     test = read_test_once(chosen, plan["teacher"], data[2], data[0], resolve_device(job.auto.device))
     rows = leaderboard(plan, trained, finalists, chosen["candidate"])
-    best = write_best(root, chosen, test)
+    best = write_best(job, root, plan, trained, chosen, test)
     minutes = (before + time.perf_counter() - started) / 60
     result = {"root": str(root), "metric": job.auto.metric, "chosen": chosen, "test": test, "teacher": plan["teacher"],
               "teachers": plan["teachers"], "teachers_left_out": plan.get("teachers_left_out", []),
@@ -1821,8 +1934,7 @@ def auto_job(job: AutoJob) -> dict:
               "passed_over": passed_over_text(finalists, chosen, job.auto.latency_ms),
               "earlier_test_reads": earlier, "test_read_before": earlier_reads_text(earlier),
               "test_split": data[2].fingerprint,
-              "soups": [{"candidate": t["candidate"], "seeds": t["souped"]["seeds"], "kept": t["souped"]["kept"]}
-                        for t in trained if "souped" in t]}
+              "soups": [soup_summary(t) for t in trained if "souped" in t or "unsouped" in t]}
     result["finished_early"] = early_finish(minutes, job.auto.minutes,
                                             max(f.get("trained_epochs", 0) for f in finalists), job.auto.max_epochs,
                                             plan["unlabeled_available"])

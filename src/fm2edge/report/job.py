@@ -371,6 +371,8 @@ def auto_section(folder: str, r: dict) -> str:
                              for i, g in enumerate(r["rungs"])]))
         if r.get("soups"):  # the time the search left over, spent on seeds of the finalists (auto: soup_of_seeds)
             parts.append("<p id=\"auto-soups\">Time left over: " + "; ".join(
+                f"<b>{html.escape(s['candidate'])}</b> not trained again with seeds: {html.escape(s['why'])}"
+                if s.get("why") else
                 f"<b>{html.escape(s['candidate'])}</b> trained again with {s['seeds']} more seed"
                 f"{'s' * (s['seeds'] > 1)} for its epochs, the average of its weights and theirs (a soup) "
                 + ("kept: it ranked at least as high" if s["kept"] else "left out: it ranked lower")
