@@ -1848,7 +1848,8 @@ def print_summary(result: dict) -> None:
         print(f"note: {result['passed_over']}")
     graph = Path(result["best"]) / Path(c["onnx"]).name
     print(f"next: fm2edge predict {result['best']} PHOTOS (runs {graph.name}); on the device itself: copy {graph} "
-          f"there and run fm2edge bench {graph.name}")
+          f"there and run fm2edge bench {graph.name}; without fm2edge, {Path(result['best']) / 'README.md'} has the "
+          f"lines that run it with ONNX Runtime")
 
 
 def auto_job(job: AutoJob) -> dict:
