@@ -1718,10 +1718,10 @@ def best_card(job: AutoJob, plan: dict, entry: dict | None, chosen: dict, prepro
              f"(resized and cropped as above; it normalises them itself), and returns the classes' probabilities. "
              f"`fm2edge predict best PHOTOS` runs it; so does ONNX Runtime alone, without fm2edge or PyTorch:\n\n"
              + onnx_snippet(name, preprocess, class_names))
+    dropped = f"; {len(plan['dropped'])} more left out before training" if plan["dropped"] else ""
     process = [f"- chosen by `fm2edge auto` on validation among {len(plan['candidates'])} candidates (networks at "
-               f"input sizes; {len(plan['dropped'])} more left out by the budget before training) in a "
-               f"{job.auto.minutes:g}-minute search; the run folder's report.html and auto.json give every one's "
-               f"figures"]
+               f"input sizes{dropped}) in a search of {job.auto.minutes:g} minutes; the run folder's report.html and "
+               f"auto.json give every one's figures"]
     return CardOrigin(made=f"chosen by `fm2edge auto`{within}: {how}", process=process, graph=graph,
                       reproduce=f"fm2edge auto --config {BEST_SETTINGS}  # this run's settings, beside this card "
                                 f"where the run was made; a finished run resumes (its stages are reused)")
