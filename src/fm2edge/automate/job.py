@@ -34,6 +34,7 @@ from fm2edge.automate.sizes import (
     fastest_pretrained,
     fastest_pretrained_text,
     fitted_sizes,
+    judged_ms,
     precisions_within,
     within_budget,
 )
@@ -1283,8 +1284,7 @@ def replace_if_as_good(job: AutoJob, t: dict, entry: dict, key: str, what: str, 
     return kept
 
 
-def soup_of_seeds(job: AutoJob, root: Path, plan: dict, trained: list[dict], images, held=None,
-                  teacher_labels: list[int] | None = None) -> None:
+def soup_of_seeds(job: AutoJob, root: Path, plan: dict, trained: list[dict], images, held=None) -> None:
     """Each pretrained finalist (the last rung's best ``plan["finalists"]``, as they will be exported) trained again
     with the further seeds the time left buys (:func:`seeds_bought`, at most --auto.soup_seeds each, the leader's
     first and those whose exported graphs are over the latency budget last or not at all; decided once and written
@@ -1300,7 +1300,7 @@ def soup_of_seeds(job: AutoJob, root: Path, plan: dict, trained: list[dict], ima
         return
     saved = plan.setdefault("respaced", {})
     if "seeds" not in saved:
-        saved["seeds"] = seeds_bought(job, root, plan, exported, finalists, images, held, teacher_labels)
+        saved["seeds"] = seeds_bought(job, root, plan, exported, finalists, images)
         atomic_write_json(root / "plan.json", plan)
     select = kept_epoch(job, plan)
     for t in finalists:
@@ -1311,11 +1311,11 @@ def soup_of_seeds(job: AutoJob, root: Path, plan: dict, trained: list[dict], ima
             t["unsouped"] = why
 
 
-def seeds_bought(job: AutoJob, root: Path, plan: dict, exported: list[dict], finalists: list[dict], images,
-                 held=None, teacher_labels: list[int] | None = None) -> dict:
-    """What :func:`soup_of_seeds` buys: the seeds per pretrained finalist (``finalists``, among the ``exported``
-    ones) that the time left pays for (:func:`seeds_that_fit`), the time and each seed's cost, and, under
-    "over_budget", the finalists whose exported graphs are over the budget, each with why. Under a latency budget,
+def seeds_bought(job: AutoJob, root: Path, plan: dict, all_finalists: list[dict], finalists: list[dict],
+                 images) -> dict:
+    """What :func:`soup_of_seeds` buys: the seeds per pretrained finalist (``finalists``, among ``all_finalists``,
+    the last rung's best) that the time left pays for (:func:`seeds_that_fit`), the time and each seed's cost, and,
+    under "over_budget", the finalists whose exported graphs are over the budget, each with why. Under a latency budget,
     where the time buys a seed at all, each finalist is exported first (cached stages, reused as they are where its
     weights do not change): its graphs' latency is its network's, which seeds do not change. A finalist none of whose
     graphs meets the budget gets no seeds where even its quickest graph is over by more than SCREEN_TOLERANCE
@@ -1325,15 +1325,17 @@ def seeds_bought(job: AutoJob, root: Path, plan: dict, exported: list[dict], fin
     budget (Lite0 at 144 px timed 1.56-1.60 ms against 1.53 before its seeds, and was chosen at 1.43 ms in the
     screen's state when the exports were timed again)."""
     def bought(order: list[dict]) -> tuple[float, list[tuple[str, float]], dict[str, int]]:
-        seconds = seconds_left(job, root, plan, exported)
+        seconds = seconds_left(job, root, plan, all_finalists)
         costs = [(t["candidate"], SEED_MARGIN * seed_seconds(t, plan)) for t in order]
         return seconds, costs, seeds_that_fit(costs, seconds, job.auto.soup_seeds)
 
     seconds, costs, seeds = bought(finalists)
     over: dict[str, str] = {}
     if job.auto.latency_ms is not None and any(seeds.values()):
-        verdicts = {t["candidate"]: over_budget(exported_once(job, root, t, images, held, teacher_labels),
-                                                job.auto.latency_ms, job.auto.max_mb) for t in finalists}
+        # a copy of each exported (the finalists themselves are exported after the seeds and weight averages, the
+        # unchanged ones from these cached stages), without the held-out images: the verdict reads latency and size
+        verdicts = {t["candidate"]: over_budget(exported(job, root, dict(t), images), job.auto.latency_ms,
+                                                job.auto.max_mb) for t in finalists}
         near = [t for t in finalists if verdicts[t["candidate"]] is not None and verdicts[t["candidate"]][0]]
         # the exports' time is spent: what is left buys the seeds, the finalists within the budget first
         seconds, costs, seeds = bought([t for t in finalists if verdicts[t["candidate"]] is None] + near)
@@ -1346,13 +1348,6 @@ def seeds_bought(job: AutoJob, root: Path, plan: dict, exported: list[dict], fin
     return {"seconds_left": seconds, "seconds_per_seed": dict(costs), "seeds": seeds, "over_budget": over}
 
 
-def exported_once(job: AutoJob, root: Path, t: dict, images, held=None,
-                  teacher_labels: list[int] | None = None) -> dict:
-    """A copy of the trained student ``t`` with its :func:`exported` options (``t`` itself stays unexported: its
-    finalists are exported after the seeds and weight averages, the unchanged ones from these cached stages)."""
-    return exported(job, root, dict(t), images, held, teacher_labels)
-
-
 def over_budget(f: dict, latency_ms: float, max_mb: float | None) -> tuple[bool, str] | None:
     """None where one of exported finalist ``f``'s graphs meets the budget; else whether it is only just over (its
     quickest graph within SCREEN_TOLERANCE over the latency budget, and within the file-size one) and why."""
@@ -1361,10 +1356,10 @@ def over_budget(f: dict, latency_ms: float, max_mb: float | None) -> tuple[bool,
     if meets_budget(f, latency_ms, max_mb):
         return None
     near = any(within_budget(o, screen_limit(latency_ms), max_mb) for o in f["options"])
-    quickest = min(f["options"], key=lambda o: o.get("state_ms", o["p50_ms"]))
+    quickest = min(f["options"], key=judged_ms)
     recipe = f" ({quickest['int8_recipe']})" if quickest.get("int8_recipe") else ""
     return near, (f"its exported graphs are {'just ' if near else ''}over the {latency_ms:.3g} ms budget (the "
-                  f"quickest, {quickest['precision']}{recipe}, {quickest.get('state_ms', quickest['p50_ms']):.2f} ms"
+                  f"quickest, {quickest['precision']}{recipe}, {judged_ms(quickest):.2f} ms"
                   + (f", within the {SCREEN_TOLERANCE:.0%} that timings move by)" if near else ")"))
 
 
@@ -1903,7 +1898,7 @@ def auto_job(job: AutoJob) -> dict:
     if not trained:
         raise Fm2EdgeError(too_short(plan, job.auto))
     images, labels = fidelity_images(job, data[0], plan["unlabeled_images"]), plan["held_out"].get("teacher_labels")
-    soup_of_seeds(job, root, plan, trained, images, held, labels)
+    soup_of_seeds(job, root, plan, trained, images, held)
     average_with_teacher(job, root, plan, trained, held)
     finalists = export_finalists(job, root, trained, plan["finalists"], images, plan["teacher_option"], held, labels,
                                  tie_width(plan))

@@ -31,8 +31,13 @@ def within_budget(figures: dict, latency_ms: float | None, max_mb: float | None)
     exported graph timed while the machine ran slower than when its candidate was screened is judged by its figure
     in the screen's state (``state_ms``, :func:`fm2edge.automate.job.retime_disputed`): figures taken in different
     states are not compared with each other or with the budget."""
-    ms = figures.get("state_ms", figures["p50_ms"])
-    return (latency_ms is None or ms <= latency_ms) and (max_mb is None or figures["mb"] <= max_mb)
+    return (latency_ms is None or judged_ms(figures) <= latency_ms) and (max_mb is None or figures["mb"] <= max_mb)
+
+
+def judged_ms(figures: dict) -> float:
+    """The latency (ms) a graph is judged by (:func:`within_budget`): its figure in the screen's machine state where
+    it was timed in a slower one, else its measured median."""
+    return figures.get("state_ms", figures["p50_ms"])
 
 
 def precisions_within(f: dict, latency_ms: float | None, max_mb: float | None) -> list[str]:
