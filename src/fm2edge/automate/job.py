@@ -1236,7 +1236,9 @@ def average_with_teacher(job: AutoJob, root: Path, plan: dict, trained: list[dic
     """Each student of the last rung that :func:`averages_with_teacher` averaged with the teacher's weights (a
     cached soup stage) and ranked against it as students are ranked (:func:`rank`: agreement with the teacher on
     ``held``, else validation accuracy, then validation loss); the average replaces the student's weights in
-    ``trained`` where it ranks at least as high. Each such student keeps both scores under "averaged"."""
+    ``trained`` where it ranks at least as high. Each such student keeps both scores under "averaged". A finalist
+    whose graphs, exported before the seeds were bought, are over the budget by more than timings move by
+    (:func:`far_over`) is not averaged: the average is the same network, as slow."""
     from fm2edge.models.io import model_meta
 
     teacher = plan["teacher"]["folder"]
@@ -1244,6 +1246,9 @@ def average_with_teacher(job: AutoJob, root: Path, plan: dict, trained: list[dic
     last = max(t["rung"] for t in trained)
     for t in trained:
         if t["rung"] != last or not averages_with_teacher(t["candidate"], meta["name"], meta["preprocess"]["size"]):
+            continue
+        if why := far_over(job, plan, t["candidate"]):  # an average has its latency too (as its seeds are not bought)
+            print(f"  {t['candidate']} is not averaged with the teacher's weights: {why}")
             continue
         name = AVERAGE_STAGE + Path(t["folder"]).name
         result = run_one_stage(root, name, "soup", {
@@ -1331,11 +1336,13 @@ def seeds_bought(job: AutoJob, root: Path, plan: dict, all_finalists: list[dict]
 
     seconds, costs, seeds = bought(finalists)
     over: dict[str, str] = {}
+    timings: dict[str, list[dict]] = {}
     if job.auto.latency_ms is not None and any(seeds.values()):
         # a copy of each exported (the finalists themselves are exported after the seeds and weight averages, the
         # unchanged ones from these cached stages), without the held-out images: the verdict reads latency and size
-        verdicts = {t["candidate"]: over_budget(exported(job, root, dict(t), images), job.auto.latency_ms,
-                                                job.auto.max_mb) for t in finalists}
+        copies = {t["candidate"]: exported(job, root, dict(t), images) for t in finalists}
+        timings = {name: [timing_record(o) for o in f["options"]] for name, f in copies.items()}
+        verdicts = {name: over_budget(f, job.auto.latency_ms, job.auto.max_mb) for name, f in copies.items()}
         near = [t for t in finalists if verdicts[t["candidate"]] is not None and verdicts[t["candidate"]][0]]
         # the exports' time is spent: what is left buys the seeds, the finalists within the budget first
         seconds, costs, seeds = bought([t for t in finalists if verdicts[t["candidate"]] is None] + near)
@@ -1345,7 +1352,70 @@ def seeds_bought(job: AutoJob, root: Path, plan: dict, all_finalists: list[dict]
                 "is not trained again with seeds" if not verdicts[name][0] else
                 "has its seeds after those of the finalists within the budget" if seeds.get(name) else
                 "has no time left for seeds after those of the finalists within the budget") + f": {why}")
-    return {"seconds_left": seconds, "seconds_per_seed": dict(costs), "seeds": seeds, "over_budget": over}
+    return {"seconds_left": seconds, "seconds_per_seed": dict(costs), "seeds": seeds, "over_budget": over,
+            "timings": timings}
+
+
+TIMING_KEYS = ("precision", "int8_recipe", "p50_ms", "mb", "state_ms", "reference_ms")
+
+
+def timing_record(o: dict) -> dict:
+    """What plan.json keeps of an exported option's measurement (:func:`seeds_bought`): which graph, its timing, and
+    the machine's state beside it where one was measured (``reference_ms``; ``state_ms``, its figure scaled to the
+    screen's state)."""
+    return {k: o[k] for k in TIMING_KEYS if k in o}
+
+
+def earlier_timings(plan: dict, candidate: str) -> list[dict]:
+    """The timings of ``candidate``'s graphs taken when it was exported before its seeds were bought (none where it
+    was not)."""
+    return plan.get("respaced", {}).get("seeds", {}).get("timings", {}).get(candidate, [])
+
+
+def far_over(job: AutoJob, plan: dict, candidate: str) -> str | None:
+    """Why ``candidate``'s graphs, exported before its seeds were bought, are over the budget by more than timings
+    move by (:func:`over_budget`), or None where they are not or were not exported then."""
+    timings = earlier_timings(plan, candidate)
+    verdict = over_budget({"options": timings}, job.auto.latency_ms, job.auto.max_mb) if timings else None
+    return verdict[1] if verdict is not None and not verdict[0] else None
+
+
+def with_earlier(o: dict, before: dict, latency_ms: float | None) -> dict:
+    """Exported option ``o`` judged with ``before``: the same network's graph in the same precision and int8 recipe,
+    timed when its finalist was exported before the seeds were bought (seeds and weight averages change its weights,
+    not its latency). Its median is the quieter of the two timings (as an export keeps the lowest of its fp32 graph's
+    timings: ``earlier_ms`` keeps the other). Where both are over the budget, a figure scaled to the screen's machine
+    state (``state_ms``) stands only where neither was timed in that state (a reference timing beside it, not slower
+    beyond the cache's tolerance), and then the one scaled from the timing nearest that state (the lower reference):
+    a cat/dog run timed Lite0 at 144 px 1.56-1.60 ms in the screen's state before its seeds, against a 1.53 ms
+    budget, then 2.32 ms with the machine 1.6x slower, and chose it at that timing's 1.43 ms scaled."""
+    out = {k: v for k, v in o.items() if k not in ("state_ms", "reference_ms")}
+    out.update(p50_ms=min(o["p50_ms"], before["p50_ms"]), earlier_ms=before["p50_ms"])
+    if latency_ms is None or out["p50_ms"] <= latency_ms:
+        return out
+    timed = [x for x in (o, before) if "reference_ms" in x]
+    if timed and all("state_ms" in x for x in timed):
+        nearest = min(timed, key=lambda x: x["reference_ms"])
+        out.update(state_ms=nearest["state_ms"], reference_ms=nearest["reference_ms"])
+    return out
+
+
+def judged_with_earlier(job: AutoJob, plan: dict, finalists: list[dict]) -> list[dict]:
+    """``finalists`` with each option judged together with its graph's timing before the seeds (:func:`with_earlier`),
+    saying where that changes whether it meets the budget."""
+    for f in finalists:
+        before = {(b["precision"], b.get("int8_recipe")): b for b in earlier_timings(plan, f["candidate"])}
+        for i, o in enumerate(f["options"]):
+            if (b := before.get((o["precision"], o.get("int8_recipe")))) is None:
+                continue
+            f["options"][i] = judged = with_earlier(o, b, job.auto.latency_ms)
+            was, now = (within_budget(x, job.auto.latency_ms, job.auto.max_mb) for x in (o, judged))
+            if was != now:
+                recipe = f" ({o['int8_recipe']})" if o.get("int8_recipe") else ""
+                print(f"  {o['candidate']} {o['precision']}{recipe}: judged {judged_ms(judged):.2f} ms with its "
+                      f"timing before the seeds ({b['p50_ms']:.2f} ms), not {judged_ms(o):.2f} ms: "
+                      + ("within the budget" if now else "over it"))
+    return finalists
 
 
 def over_budget(f: dict, latency_ms: float, max_mb: float | None) -> tuple[bool, str] | None:
@@ -1503,8 +1573,9 @@ def retime_disputed(job: AutoJob, f: dict) -> None:
         screened = screened_ms(f, o)
         if o["p50_ms"] > job.auto.latency_ms and f.get("reference_ms"):
             now = now or reference_ms(job.auto.threads)
+            o["reference_ms"] = now  # the machine's state beside the figure (see with_earlier)
             if (scaled := in_screen_state(o["p50_ms"], f["reference_ms"], now)) is not None:
-                o["state_ms"], o["reference_ms"] = scaled, now
+                o["state_ms"] = scaled
         if o["p50_ms"] <= job.auto.latency_ms:
             verdict = "within the budget"
         elif "state_ms" in o:
@@ -1900,8 +1971,8 @@ def auto_job(job: AutoJob) -> dict:
     images, labels = fidelity_images(job, data[0], plan["unlabeled_images"]), plan["held_out"].get("teacher_labels")
     soup_of_seeds(job, root, plan, trained, images, held)
     average_with_teacher(job, root, plan, trained, held)
-    finalists = export_finalists(job, root, trained, plan["finalists"], images, plan["teacher_option"], held, labels,
-                                 tie_width(plan))
+    finalists = judged_with_earlier(job, plan, export_finalists(job, root, trained, plan["finalists"], images,
+                                                                plan["teacher_option"], held, labels, tie_width(plan)))
     finalists = with_fallbacks(job, root, trained, finalists, images, held, labels, tie_width(plan))
     chosen = choose(finalists, job.auto.latency_ms, job.auto.max_mb, plan["selection"]["noisy"], tie_width(plan))
     if chosen is None:
