@@ -86,6 +86,7 @@ from fm2edge.cli import main
 from fm2edge.config import DataConfig
 from fm2edge.errors import Fm2EdgeError
 from fm2edge.report.metrics import chosen_against_teacher, gap_text
+from fm2edge.timing import timings_text
 
 
 def figures(name, fp32_ms, int8_ms, params=1000, mb=1.0):
@@ -1271,8 +1272,8 @@ def test_a_graph_timed_while_the_machine_ran_slower_than_at_its_screen_is_judged
 def test_a_graph_timed_once_in_the_screens_state_is_judged_by_that_timing_not_a_scaled_one(monkeypatch):
     """A cat/dog run screened Lite0 at 144 px at 1.49 ms (reference 0.50 ms) under a 1.53 ms budget; its export timed
     2.16 ms and 2.49-2.51 ms again with the reference at 0.82 ms, a minute apart, and the scaled 1.30 ms chose it,
-    where the idle machine times it at 1.75 ms. Each timing now has its own reference, and a third try in the
-    screen's state settles it: over the budget."""
+    where it timed 1.75 ms beside a reference in the screen's state. Each timing now has its own reference, and a
+    third try in the screen's state settles it: over the budget."""
     import fm2edge.export
     import fm2edge.timing as timing
 
@@ -1285,6 +1286,12 @@ def test_a_graph_timed_once_in_the_screens_state_is_judged_by_that_timing_not_a_
          "int8": {"p50_ms": 1.49, "layouts_ms": {"first-last-fp32": 1.49}}, "options": [graph]}
     retime_disputed(AutoJob(auto=AutoConfig(latency_ms=1.53)), f)
     assert graph["retimed_ms"] == [2.49, 2.51, 1.75] and graph["p50_ms"] == 1.75 and graph["reference_ms"] == 0.52
+    assert graph["timings_ms"] == [2.16, 2.49, 2.51, 1.75]
+    assert timings_text(graph["timings_ms"]) == " (the quietest of 4 timings, 1.75-2.51 ms)"
+    assert timings_text([1.50, 1.52]) == "" and timings_text([1.5]) == "" and timings_text(None) == ""
+    # judged with its timings before the seeds too: every timing of the network's graph is kept
+    judged = with_earlier(graph, {**graph, "p50_ms": 1.49, "timings_ms": [1.49]}, 1.53)
+    assert judged["p50_ms"] == 1.49 and judged["timings_ms"] == [2.16, 2.49, 2.51, 1.75, 1.49]
     assert "state_ms" not in graph and choose([f], 1.53, None) is None
 
 
@@ -1569,8 +1576,8 @@ def test_a_graph_is_judged_with_its_networks_timing_before_the_seeds(capsys):
     assert not within_budget(judged, 1.53, None) and within_budget(scaled, 1.53, None)
     # the quieter of the two timings stands, within the budget or not
     assert with_earlier({**int8, "p50_ms": 1.7}, {**int8, "p50_ms": 1.5}, 1.53)["p50_ms"] == 1.5
-    assert with_earlier({**int8, "p50_ms": 1.5}, {**int8, "p50_ms": 1.7}, None) == {**int8, "p50_ms": 1.5,
-                                                                                 "earlier_ms": 1.7}
+    assert with_earlier({**int8, "p50_ms": 1.5}, {**int8, "p50_ms": 1.7}, None) == {
+        **int8, "p50_ms": 1.5, "earlier_ms": 1.7, "timings_ms": [1.5, 1.7]}
     # both timed in slower states: the figure scaled from the one nearer the screen's state
     nearer = {**int8, "p50_ms": 1.9, "reference_ms": 2.6, "state_ms": 1.6}
     assert with_earlier(scaled, nearer, 1.53)["state_ms"] == 1.6

@@ -37,6 +37,14 @@ def latency_with_noise(fn: Callable[[], object], runs: int, warmup: int, blocks:
     return out
 
 
+def timings_text(timings_ms: list[float] | None, unit_spread: float = 1.05) -> str:
+    """``" (the quietest of 4 timings, 1.49-2.10 ms)"``: where one graph was timed more than once and the timings
+    differ by more than ``unit_spread``, the range its quiet figure was taken from; else nothing."""
+    if not timings_ms or len(timings_ms) < 2 or max(timings_ms) <= unit_spread * min(timings_ms):
+        return ""
+    return f" (the quietest of {len(timings_ms)} timings, {min(timings_ms):.2f}-{max(timings_ms):.2f} ms)"
+
+
 def reference_ms(threads: int | None = None) -> float:
     """How fast this machine runs right now: the quiet median of a fixed 3x3 convolution (about 30 M
     multiply-accumulates, a millisecond or two on a laptop core). On shared or throttled machines the same model's

@@ -21,6 +21,7 @@ from fm2edge.errors import Fm2EdgeError
 from fm2edge.report import metrics as M
 from fm2edge.report.compare import Group, findings
 from fm2edge.report.read import Run
+from fm2edge.timing import timings_text
 
 METHOD_COLOURS = {"teacher": "C3", "train": "C0", "distill": "C1", "probe": "C2", "finetune": "C4",
                   "zeroshot": "C5", "soup": "C6"}
@@ -280,7 +281,7 @@ def auto_section(folder: str, r: dict) -> str:
     budget = f"budget {r['latency_budget_ms']:.3g} ms" if r.get("latency_budget_ms") else "no latency bound"
     parts = [f"<h2>fm2edge auto: {html.escape(Path(folder).name)}</h2>",
              f"<p id=\"auto-choice\">Chosen: <b>{html.escape(c['candidate'])}</b> as {c['precision']} ONNX, "
-             f"{c['p50_ms']:.2f} ms batch-1"
+             f"{c['p50_ms']:.2f} ms batch-1{timings_text(c.get('timings_ms'))}"
              + (f", {c['state_ms']:.2f} ms in the state the machine screened it in" if "state_ms" in c else "")
              + f" ({budget}), {c['mb']:.1f} MB, validation {_pct(c['val_acc'])}"
              + (f", balanced accuracy {_pct(c['val_score'])} (what chose it)"
