@@ -37,10 +37,10 @@ def latency_with_noise(fn: Callable[[], object], runs: int, warmup: int, blocks:
     return out
 
 
-def timings_text(timings_ms: list[float] | None, unit_spread: float = 1.05) -> str:
-    """``" (the quietest of 4 timings, 1.49-2.10 ms)"``: where one graph was timed more than once and the timings
-    differ by more than ``unit_spread``, the range its quiet figure was taken from; else nothing."""
-    if not timings_ms or len(timings_ms) < 2 or max(timings_ms) <= unit_spread * min(timings_ms):
+def timings_text(timings_ms: list[float] | None, spread: float = 1.05) -> str:
+    """``" (the quietest of 4 timings, 1.49-2.10 ms)"``: where one graph was timed more than once and its slowest
+    timing is over ``spread`` times its quietest, the range its quiet figure was taken from; else nothing."""
+    if not timings_ms or len(timings_ms) < 2 or max(timings_ms) <= spread * min(timings_ms):
         return ""
     return f" (the quietest of {len(timings_ms)} timings, {min(timings_ms):.2f}-{max(timings_ms):.2f} ms)"
 

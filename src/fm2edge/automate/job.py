@@ -1427,8 +1427,7 @@ def judged_with_earlier(job: AutoJob, plan: dict, finalists: list[dict]) -> list
             f["options"][i] = judged = with_earlier(o, b, job.auto.latency_ms)
             was, now = (within_budget(x, job.auto.latency_ms, job.auto.max_mb) for x in (o, judged))
             if was != now:
-                recipe = f" ({o['int8_recipe']})" if o.get("int8_recipe") else ""
-                print(f"  {o['candidate']} {o['precision']}{recipe}: judged {judged_ms(judged):.2f} ms with its "
+                print(f"  {o['candidate']} {option_text(o)}: judged {judged_ms(judged):.2f} ms with its "
                       f"timing before the seeds ({b['p50_ms']:.2f} ms), not {judged_ms(o):.2f} ms: "
                       + ("within the budget" if now else "over it"))
     return finalists
