@@ -278,12 +278,13 @@ def auto_section(folder: str, r: dict) -> str:
     """`fm2edge auto`'s page: the choice beside the teacher and the budget, accuracy against measured latency, the
     path the search took (rungs), the leaderboard and where the minutes went."""
     c, t = r["chosen"], r["test"]
-    budget = f"budget {r['latency_budget_ms']:.3g} ms" if r.get("latency_budget_ms") else "no latency bound"
+    budget = (f"against a {r['latency_budget_ms']:.3g} ms budget" if r.get("latency_budget_ms")
+              else "with no latency bound")
     parts = [f"<h2>fm2edge auto: {html.escape(Path(folder).name)}</h2>",
              f"<p id=\"auto-choice\">Chosen: <b>{html.escape(c['candidate'])}</b> as {c['precision']} ONNX, "
              f"{c['p50_ms']:.2f} ms batch-1{timings_text(c.get('timings_ms'))}"
              + (f", {c['state_ms']:.2f} ms in the state the machine screened it in" if "state_ms" in c else "")
-             + f" ({budget}), {c['mb']:.1f} MB, validation {_pct(c['val_acc'])}"
+             + f", {budget}, {c['mb']:.1f} MB, validation {_pct(c['val_acc'])}"
              + (f", balanced accuracy {_pct(c['val_score'])} (what chose it)"
                 if r.get("metric") == "balanced_accuracy" and c.get("val_score") is not None else "") + ". "
              f"Test, read once: <b>{_pct(t['chosen_test_acc'])}</b> against the teacher's "
