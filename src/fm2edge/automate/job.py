@@ -1442,9 +1442,8 @@ def over_budget(f: dict, latency_ms: float, max_mb: float | None) -> tuple[bool,
         return None
     near = any(within_budget(o, screen_limit(latency_ms), max_mb) for o in f["options"])
     quickest = min(f["options"], key=judged_ms)
-    recipe = f" ({quickest['int8_recipe']})" if quickest.get("int8_recipe") else ""
     return near, (f"its exported graphs are {'just ' if near else ''}over the {latency_ms:.3g} ms budget (the "
-                  f"quickest, {quickest['precision']}{recipe}, {judged_ms(quickest):.2f} ms"
+                  f"quickest, {option_text(quickest)}, {judged_ms(quickest):.2f} ms"
                   + (f", within the {SCREEN_TOLERANCE:.0%} that timings move by)" if near else ")"))
 
 
@@ -1606,10 +1605,13 @@ def paired_timings(job: AutoJob, f: dict, o: dict) -> list[tuple[float, float | 
     def slower(reference: float | None) -> bool:
         return reference is not None and in_screen_state(1.0, f["reference_ms"], reference) is not None
 
+    def more(pairs: list[tuple[float, float | None]]) -> bool:
+        if pairs and pairs[-1][0] <= job.auto.latency_ms:
+            return False
+        return len(pairs) < RETIMES or (len(pairs) < RETIMES + SLOW_RETIMES and all(slower(r) for _, r in pairs))
+
     pairs: list[tuple[float, float | None]] = []
-    while not pairs or (pairs[-1][0] > job.auto.latency_ms
-                        and (len(pairs) < RETIMES
-                             or (len(pairs) < RETIMES + SLOW_RETIMES and all(slower(r) for _, r in pairs)))):
+    while more(pairs):
         reference = reference_ms(job.auto.threads) if f.get("reference_ms") else None
         pairs.append((graph_latency(Path(o["onnx"]), job.auto.threads, EXPORT_LATENCY_RUNS)["quiet_p50_ms"],
                       reference))
