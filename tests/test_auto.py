@@ -1527,6 +1527,9 @@ def test_seeds_go_to_the_finalists_whose_exported_graphs_meet_the_budget_first(m
     assert list(bought["seconds_per_seed"]) == [name[160], name[144]]  # within the budget first, 152 px left out
     assert "over the 1.88 ms budget (the quickest, int8 (first-last-fp32), 2.66 ms)" in bought["over_budget"][name[152]]
     assert "just over the 1.88 ms budget" in bought["over_budget"][name[144]]
+    assert bought["far_over"] == [name[152]]  # no seeds, and no average with the teacher (far_over)
+    assert far_over({"respaced": {"seeds": bought}}, name[152]) == bought["over_budget"][name[152]]
+    assert far_over({"respaced": {"seeds": bought}}, name[144]) is None
     assert "options" not in lite[152]  # the trained entries themselves stay unexported
     # what the exports timed is kept (plan.json), to judge each network's graphs once its weights change
     assert bought["timings"][name[152]] == [{"precision": "fp32", "int8_recipe": None, "p50_ms": 2.66 * 1.6, "mb": 3.8},
@@ -1602,14 +1605,19 @@ def test_a_finalist_far_over_the_budget_before_its_seeds_is_not_averaged_with_th
     import fm2edge.models.io
     from fm2edge.automate import job as auto_module
 
-    graph = {"precision": "int8", "int8_recipe": "first-last-fp32", "mb": 3.8}
-    timings = {"pypi:efficientnet_lite0@152": [{**graph, "p50_ms": 2.66}],  # 41% over a 1.88 ms budget
-               "pypi:efficientnet_lite0@144": [{**graph, "p50_ms": 1.95}]}  # 4% over: timings move by that much
-    plan = {"teacher": {"folder": "teacher"}, "respaced": {"seeds": {"timings": timings}}}
+    # the verdicts seeds_bought gave: 152 px 41% over a 1.88 ms budget, 144 px 4% over (timings move by that much),
+    # 128 px's export failed
+    over = {"pypi:efficientnet_lite0@152": "its exported graphs are over the 1.88 ms budget",
+            "pypi:efficientnet_lite0@144": "its exported graphs are just over the 1.88 ms budget",
+            "pypi:efficientnet_lite0@128": "its export failed (parity)"}
+    plan = {"teacher": {"folder": "teacher"}, "respaced": {"seeds": {
+        "over_budget": over, "far_over": ["pypi:efficientnet_lite0@152", "pypi:efficientnet_lite0@128"]}}}
     job = AutoJob(auto=AutoConfig(latency_ms=1.88))
-    assert far_over(job, plan, "pypi:efficientnet_lite0@152").startswith("its exported graphs are over the 1.88 ms")
-    assert far_over(job, plan, "pypi:efficientnet_lite0@144") is None
-    assert far_over(job, plan, "pypi:efficientnet_lite0@160") is None  # not exported before its seeds
+    assert far_over(plan, "pypi:efficientnet_lite0@152").startswith("its exported graphs are over the 1.88 ms")
+    assert far_over(plan, "pypi:efficientnet_lite0@128") == "its export failed (parity)"
+    assert far_over(plan, "pypi:efficientnet_lite0@144") is None
+    assert far_over(plan, "pypi:efficientnet_lite0@160") is None  # not exported before its seeds
+    assert far_over({}, "pypi:efficientnet_lite0@152") is None  # no seeds were bought
     averaged = []
     monkeypatch.setattr(fm2edge.models.io, "model_meta",
                         lambda folder: {"name": "pypi:efficientnet_lite0", "preprocess": {"size": 224}})
@@ -1617,7 +1625,7 @@ def test_a_finalist_far_over_the_budget_before_its_seeds_is_not_averaged_with_th
     monkeypatch.setattr(auto_module, "averaged_entry", lambda job, plan, folder, result, held=None: {})
     monkeypatch.setattr(auto_module, "replace_if_as_good", lambda *args: False)
     trained = [{"candidate": f"pypi:efficientnet_lite0@{s}", "rung": 2, "folder": f"/r/student-{s}"}
-               for s in (152, 144)]
+               for s in (152, 144, 128)]
     average_with_teacher(job, Path("/r"), plan, trained)
     assert averaged == ["average-student-144"]
     assert "pypi:efficientnet_lite0@152 is not averaged with the teacher's weights: its exported graphs are over" in \

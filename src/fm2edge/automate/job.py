@@ -1262,7 +1262,7 @@ def average_with_teacher(job: AutoJob, root: Path, plan: dict, trained: list[dic
     for t in trained:
         if t["rung"] != last or not averages_with_teacher(t["candidate"], meta["name"], meta["preprocess"]["size"]):
             continue
-        if why := far_over(job, plan, t["candidate"]):  # an average has its latency too (as its seeds are not bought)
+        if why := far_over(plan, t["candidate"]):  # an average has its latency too (as its seeds are not bought)
             print(f"  {t['candidate']} is not averaged with the teacher's weights: {why}")
             continue
         name = AVERAGE_STAGE + Path(t["folder"]).name
@@ -1334,7 +1334,8 @@ def soup_of_seeds(job: AutoJob, root: Path, plan: dict, trained: list[dict], hel
 def seeds_bought(job: AutoJob, root: Path, plan: dict, all_finalists: list[dict], finalists: list[dict]) -> dict:
     """What :func:`soup_of_seeds` buys: the seeds per pretrained finalist (``finalists``, among ``all_finalists``,
     the last rung's best) that the time left pays for (:func:`seeds_that_fit`), the time and each seed's cost, and,
-    under "over_budget", the finalists whose exported graphs are over the budget, each with why. Under a latency budget,
+    under "over_budget", the finalists whose exported graphs are over the budget, each with why ("far_over": those
+    over by more than timings move by, or whose export failed, which get no seeds). Under a latency budget,
     where the time buys a seed at all, each finalist is exported first (cached stages, reused as they are where its
     weights do not change): its graphs' latency is its network's, which seeds do not change. A finalist none of whose
     graphs meets the budget gets no seeds where even its quickest graph is over by more than SCREEN_TOLERANCE
@@ -1350,6 +1351,7 @@ def seeds_bought(job: AutoJob, root: Path, plan: dict, all_finalists: list[dict]
 
     seconds, costs, seeds = bought(finalists)
     over: dict[str, str] = {}
+    far: list[str] = []
     timings: dict[str, list[dict]] = {}
     if job.auto.latency_ms is not None and any(seeds.values()):
         # a copy of each exported (the finalists themselves are exported after the seeds and weight averages, the
@@ -1362,13 +1364,14 @@ def seeds_bought(job: AutoJob, root: Path, plan: dict, all_finalists: list[dict]
         # the exports' time is spent: what is left buys the seeds, the finalists within the budget first
         seconds, costs, seeds = bought([t for t in finalists if verdicts[t["candidate"]] is None] + near)
         over = {name: v[1] for name, v in verdicts.items() if v is not None}
+        far = [name for name, v in verdicts.items() if v is not None and not v[0]]
         for name, why in over.items():
             print(f"time left over: {name} " + (
                 "is not trained again with seeds" if not verdicts[name][0] else
                 "has its seeds after those of the finalists within the budget" if seeds.get(name) else
                 "has no time left for seeds after those of the finalists within the budget") + f": {why}")
     return {"seconds_left": seconds, "seconds_per_seed": dict(costs), "seeds": seeds, "over_budget": over,
-            "timings": timings}
+            "far_over": far, "timings": timings}
 
 
 TIMING_KEYS = ("precision", "int8_recipe", "p50_ms", "mb", "state_ms", "reference_ms", "timings_ms")
@@ -1387,12 +1390,11 @@ def earlier_timings(plan: dict, candidate: str) -> list[dict]:
     return plan.get("respaced", {}).get("seeds", {}).get("timings", {}).get(candidate, [])
 
 
-def far_over(job: AutoJob, plan: dict, candidate: str) -> str | None:
+def far_over(plan: dict, candidate: str) -> str | None:
     """Why ``candidate``'s graphs, exported before its seeds were bought, are over the budget by more than timings
-    move by (:func:`over_budget`), or None where they are not or were not exported then."""
-    timings = earlier_timings(plan, candidate)
-    verdict = over_budget({"options": timings}, job.auto.latency_ms, job.auto.max_mb) if timings else None
-    return verdict[1] if verdict is not None and not verdict[0] else None
+    move by, or its export failed: the verdict :func:`seeds_bought` gave it no seeds for (None where it has none)."""
+    seeds = plan.get("respaced", {}).get("seeds", {})
+    return seeds["over_budget"][candidate] if candidate in seeds.get("far_over", ()) else None
 
 
 def with_earlier(o: dict, before: dict, latency_ms: float | None) -> dict:
