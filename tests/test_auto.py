@@ -187,7 +187,7 @@ def test_large_inputs_train_at_smaller_batches_and_a_rate_scaled_with_them():
     train = {size: student_args(AutoJob(), Candidate("pypi:efficientnet_lite0", size), 5, "t", "last", plan)["train"]
              for size in (96, 128, 160, 224)}
     assert [train[s]["batch_size"] for s in (96, 128, 160, 224)] == [64, 64, 32, 16]
-    assert train[128]["lr"] == 5e-4 and train[224]["lr"] == pytest.approx(2.5e-4)
+    assert train[128]["lr"] == 2e-4 and train[224]["lr"] == pytest.approx(1e-4)
     assert Candidate("student:small_cnn", 128).batch_size == 128
     for size in (64, 160, 224, 320, 518, 4096):
         batch = Candidate("hf:x", size).batch_size

@@ -1,0 +1,82 @@
+"""How a pretrained student's first optimiser steps treat what its probe head starts from: students distilled as
+`fm2edge auto` distils them (a probe teacher, LP-FT from pretrained weights, KD on 4 cached views per image), for a
+short schedule such as a search's first rung and a longer one, under learning-rate schedules given as extra
+`fm2edge distill` flags, each scored on the labelled training-split images that --per_class leaves out (never the
+validation or the test split).
+
+    python benchmarks/warmup_study.py --source ../shared/data/catsdogs128 --per_class 100 --root /tmp/warmup-study
+
+Prints a table (held-out accuracy per schedule, epochs and seed, their mean) with the CPU beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from fm2edge.config import DataConfig
+from fm2edge.data import load_left_out
+from fm2edge.device import cpu_features
+from fm2edge.models.io import load_classifier
+from fm2edge.train import predict
+
+SCHEDULES = {
+    "onecycle": "",  # the default: linear warm-up over the first quarter of the steps, then linear decay
+    "cosine-half": "--train.schedule cosine --train.warmup_epochs {half}",  # warm-up over half the run
+    "onecycle-lr2e-4": "--train.lr 2e-4",
+}
+
+
+def fm2edge(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "fm2edge", *args], check=True, stdout=subprocess.DEVNULL)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--source", required=True)
+    ap.add_argument("--per_class", type=int, default=100)
+    ap.add_argument("--root", default="/tmp/warmup-study")
+    ap.add_argument("--student", default="pypi:efficientnet_lite0")
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--epochs", type=int, nargs="+", default=[4, 16])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
+    a = ap.parse_args()
+    data = ["--data.source", a.source, "--data.per_class", str(a.per_class), "--run.root", a.root]
+    teacher = Path(a.root) / "teacher"
+    fm2edge("probe", *data, "--run.name", "teacher", "--model.name", "pypi:efficientnet_lite0",
+            "--probe.methods", "[logreg]")
+    held = load_left_out(DataConfig(source=a.source, per_class=a.per_class))
+    labels = held.labels.numpy()
+    print(f"{a.source}, {a.per_class} per class; {len(held)} left-out images; CPU {cpu_features()}")
+    rows = []
+    for epochs in a.epochs:
+        for name in a.schedules:
+            for seed in a.seeds:
+                run = f"{name}-e{epochs}-s{seed}"
+                extra = shlex.split(SCHEDULES[name].format(half=epochs / 2))
+                start = time.perf_counter()
+                fm2edge("distill", *data, "--run.name", run, "--model.name", a.student, "--model.pretrained", "true",
+                        "--model.image_size", str(a.size), "--distill.teacher", str(teacher), "--train.epochs",
+                        str(epochs), "--train.seed", str(seed), "--distill.view_seed", str(seed),
+                        "--train.select", "last", *extra)
+                got = predict(load_classifier(Path(a.root) / run), held, 64, torch.device("cpu")).argmax(1).numpy()
+                rows.append((epochs, name, seed, float((got == labels).mean())))
+                print(f"  {run:<28} held-out {100 * rows[-1][3]:6.2f}%  ({time.perf_counter() - start:.0f} s)",
+                      flush=True)
+    print(f"\n{'epochs':>6}  {'schedule':<18} mean held-out accuracy over seeds {a.seeds}")
+    for epochs in a.epochs:
+        for name in a.schedules:
+            accs = [r[3] for r in rows if r[0] == epochs and r[1] == name]
+            print(f"{epochs:>6}  {name:<18} {100 * sum(accs) / len(accs):6.2f}%  "
+                  f"({', '.join(f'{100 * x:.2f}' for x in accs)})")
+
+
+if __name__ == "__main__":
+    main()
