@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--source", required=True)
     ap.add_argument("--per_class", type=int, default=100)
     ap.add_argument("--root", default="/tmp/warmup-study")
+    ap.add_argument("--teacher", default="pypi:efficientnet_lite0", help="probed as `auto` probes its teacher")
     ap.add_argument("--student", default="pypi:efficientnet_lite0")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--epochs", type=int, nargs="+", default=[4, 16])
@@ -50,7 +51,7 @@ def main() -> None:
     a = ap.parse_args()
     data = ["--data.source", a.source, "--data.per_class", str(a.per_class), "--run.root", a.root]
     teacher = Path(a.root) / "teacher"
-    fm2edge("probe", *data, "--run.name", "teacher", "--model.name", "pypi:efficientnet_lite0",
+    fm2edge("probe", *data, "--run.name", "teacher", "--model.name", a.teacher,
             "--probe.methods", "[logreg]")
     held = load_left_out(DataConfig(source=a.source, per_class=a.per_class))
     labels = held.labels.numpy()
@@ -65,7 +66,7 @@ def main() -> None:
                 fm2edge("distill", *data, "--run.name", run, "--model.name", a.student, "--model.pretrained", "true",
                         "--model.image_size", str(a.size), "--distill.teacher", str(teacher), "--train.epochs",
                         str(epochs), "--train.seed", str(seed), "--distill.view_seed", str(seed),
-                        "--train.select", "last", *extra)
+                        "--train.select", "last", "--train.score_test", "false", *extra)
                 got = predict(load_classifier(Path(a.root) / run), held, 64, torch.device("cpu")).argmax(1).numpy()
                 rows.append((epochs, name, seed, float((got == labels).mean())))
                 print(f"  {run:<28} held-out {100 * rows[-1][3]:6.2f}%  ({time.perf_counter() - start:.0f} s)",

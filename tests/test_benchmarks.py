@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -431,3 +433,30 @@ def test_the_messy_folder_is_built_as_people_keep_photos_and_reads_as_three_clas
     assert out["skipped_files"] == {"hidden": 1, "not an image": 2} and out["empty_class_folders"] == [
         str(root / "empty_class")]
     assert out["sub_folders"] == 2
+
+
+def test_the_warmup_study_distils_each_schedule_and_scores_it_on_the_left_out_images(monkeypatch, tmp_path, capsys,
+                                                                                    parquet_dir, tiny_hf_resnet):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import warmup_study
+
+    root = tmp_path / "runs"
+    argv = ["warmup_study.py", "--source", str(parquet_dir), "--per_class", "8", "--root", str(root), "--teacher",
+            f"hf:{tiny_hf_resnet}", "--student", f"hf:{tiny_hf_resnet}", "--size", "16", "--epochs", "1",
+            "--seeds", "0", "--schedules", "onecycle", "onecycle-lr2e-4"]
+    monkeypatch.setattr("sys.argv", argv)
+    warmup_study.main()
+    out = capsys.readouterr().out
+    assert "left-out images" in out and "CPU " in out
+    for name, lr in (("onecycle", 5e-4), ("onecycle-lr2e-4", 2e-4)):
+        assert re.search(rf"^\s+1  {re.escape(name)}\s+\d+\.\d\d%", out, re.M)  # the table's row
+        config = yaml.safe_load((root / f"{name}-e1-s0" / "config.yaml").read_text())
+        assert config["train"]["lr"] == lr and config["distill"]["teacher"] == str(root / "teacher")
+        assert json.loads((root / f"{name}-e1-s0" / "metrics.json").read_text())["test_acc"] is None  # unread
+
+
+def test_the_auto_study_row_says_a_run_without_a_latency_budget(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import auto_study
+
+    assert auto_study.latency_text(None) == "no latency bound" and auto_study.latency_text(1.534) == "1.53 ms"
