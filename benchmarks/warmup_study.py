@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--teacher", default="pypi:efficientnet_lite0", help="probed as `auto` probes its teacher")
     ap.add_argument("--student", default="pypi:efficientnet_lite0")
     ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--batch_size", type=int, default=64, help="auto's for a pretrained student at up to 128 px")
     ap.add_argument("--epochs", type=int, nargs="+", default=[4, 16])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
@@ -65,8 +66,9 @@ def main() -> None:
                 start = time.perf_counter()
                 fm2edge("distill", *data, "--run.name", run, "--model.name", a.student, "--model.pretrained", "true",
                         "--model.image_size", str(a.size), "--distill.teacher", str(teacher), "--train.epochs",
-                        str(epochs), "--train.seed", str(seed), "--distill.view_seed", str(seed),
-                        "--train.select", "last", "--train.score_test", "false", *extra)
+                        str(epochs), "--train.batch_size", str(a.batch_size), "--train.seed", str(seed),
+                        "--distill.view_seed", str(seed), "--train.select", "last", "--train.score_test", "false",
+                        *extra)
                 got = predict(load_classifier(Path(a.root) / run), held, 64, torch.device("cpu")).argmax(1).numpy()
                 rows.append((epochs, name, seed, float((got == labels).mean())))
                 print(f"  {run:<28} held-out {100 * rows[-1][3]:6.2f}%  ({time.perf_counter() - start:.0f} s)",

@@ -452,6 +452,7 @@ def test_the_warmup_study_distils_each_schedule_and_scores_it_on_the_left_out_im
         assert re.search(rf"^\s+1  {re.escape(name)}\s+\d+\.\d\d%", out, re.M)  # the table's row
         config = yaml.safe_load((root / f"{name}-e1-s0" / "config.yaml").read_text())
         assert config["train"]["lr"] == lr and config["distill"]["teacher"] == str(root / "teacher")
+        assert config["train"]["batch_size"] == 64  # auto's batch for a pretrained student at up to 128 px
         assert json.loads((root / f"{name}-e1-s0" / "metrics.json").read_text())["test_acc"] is None  # unread
 
 

@@ -111,9 +111,9 @@ RESPACE_MARGIN = 0.03
 HALVING = 2
 # A pretrained student's peak learning rate at PRETRAINED_BATCH images (AdamW, one-cycle). A first rung is a few
 # optimiser steps, and AdamW's first steps move every weight by about the rate whatever its gradient: Lite0 at 128 px
-# on 180 cat/dog photos, 4 epochs of 2 steps from its probe head (benchmarks/warmup_study.py), scored 84.12 / 78.62%
-# on 800 unseen photos at 5e-4 (its loss rose from 0.10 to 3.6 in the second step) and 94.62 / 94.25% at 2e-4; after
-# 16 epochs 94.50 / 94.38% at 5e-4 and 95.12 / 94.25% at 2e-4 (seeds 0 / 1; 2-core VNNI Xeon).
+# on 180 cat/dog photos, 4 epochs of 3 steps from its probe head (benchmarks/warmup_study.py), scored 88.62 / 91.75%
+# on 800 unseen photos at 5e-4 and 95.00 / 93.38% at 2e-4; after 16 epochs 94.50 / 94.88% at 5e-4 and 95.62 / 94.62%
+# at 2e-4 (seeds 0 / 1; 2-core VNNI Xeon; docs: auto, "The rate of a pretrained student's first steps").
 PRETRAINED_LR = 2e-4
 # A continuing rung's peak learning rate, relative to the first rung's (a second, gentler cycle from trained weights).
 CONTINUE_LR = 0.5
