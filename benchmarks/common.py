@@ -101,3 +101,13 @@ def graph_labels(model, onnx: Path, images) -> np.ndarray:
 
     sess = export.open_session(onnx)
     return np.concatenate([export.run_images(sess, b) for b in export.image_batches(model, images, 256)]).argmax(1)
+
+
+def model_labels(folder, data) -> np.ndarray:
+    """The classes the model in run folder ``folder`` predicts for ``data`` (an ImageData), in PyTorch on the CPU."""
+    import torch
+
+    from fm2edge.models.io import load_classifier
+    from fm2edge.train import predict
+
+    return predict(load_classifier(folder), data, 64, torch.device("cpu")).argmax(1).numpy()

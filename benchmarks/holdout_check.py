@@ -17,14 +17,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import graph_labels
+from common import graph_labels, model_labels
 
 from fm2edge import export
 from fm2edge.config import DataConfig
 from fm2edge.data import balanced_indices, load_data, load_left_out
 from fm2edge.device import cpu_features
 from fm2edge.models.io import is_model_folder, load_classifier
-from fm2edge.train import predict
 
 
 def main() -> None:
@@ -46,10 +45,9 @@ def main() -> None:
     import json
 
     teacher = json.loads((root / "plan.json").read_text())["teacher"]["folder"]
-    taught = predict(load_classifier(teacher), held, 64, torch.device("cpu")).argmax(1).numpy()
+    taught = model_labels(teacher, held)
     for folder in folders:
-        model = load_classifier(folder)
-        got = predict(model, held, 64, torch.device("cpu")).argmax(1).numpy()
+        got = model_labels(folder, held)
         print(f"  {folder.name:<58} PyTorch fp32 {100 * (got == labels).mean():6.2f}%, agreement with the teacher "
               f"{100 * (got == taught).mean():6.2f}%")
     for onnx in sorted(root.glob("export-*/*.onnx")):

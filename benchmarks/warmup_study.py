@@ -18,13 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+from common import model_labels
 
 from fm2edge.config import DataConfig
 from fm2edge.data import load_left_out
 from fm2edge.device import cpu_features
-from fm2edge.models.io import load_classifier
-from fm2edge.train import predict
 
 SCHEDULES = {
     "onecycle": "",  # the default: linear warm-up over the first quarter of the steps, then linear decay
@@ -69,7 +67,7 @@ def main() -> None:
                         str(epochs), "--train.batch_size", str(a.batch_size), "--train.seed", str(seed),
                         "--distill.view_seed", str(seed), "--train.select", "last", "--train.score_test", "false",
                         *extra)
-                got = predict(load_classifier(Path(a.root) / run), held, 64, torch.device("cpu")).argmax(1).numpy()
+                got = model_labels(Path(a.root) / run, held)
                 rows.append((epochs, name, seed, float((got == labels).mean())))
                 print(f"  {run:<28} held-out {100 * rows[-1][3]:6.2f}%  ({time.perf_counter() - start:.0f} s)",
                       flush=True)
