@@ -450,10 +450,30 @@ def test_the_warmup_study_distils_each_schedule_and_scores_it_on_the_left_out_im
     assert "left-out images" in out and "CPU " in out
     for name, lr in (("onecycle", 5e-4), ("onecycle-lr2e-4", 2e-4)):
         assert re.search(rf"^\s+1  {re.escape(name)}\s+\d+\.\d\d%", out, re.M)  # the table's row
-        config = yaml.safe_load((root / f"{name}-e1-s0" / "config.yaml").read_text())
+        config = yaml.safe_load((root / f"distill-{name}-e1-s0" / "config.yaml").read_text())
         assert config["train"]["lr"] == lr and config["distill"]["teacher"] == str(root / "teacher")
         assert config["train"]["batch_size"] == 64  # auto's batch for a pretrained student at up to 128 px
-        assert json.loads((root / f"{name}-e1-s0" / "metrics.json").read_text())["test_acc"] is None  # unread
+        assert json.loads((root / f"distill-{name}-e1-s0" / "metrics.json").read_text())["test_acc"] is None
+
+
+def test_the_warmup_study_fine_tunes_on_labels_alone_with_the_recipes_epochs(monkeypatch, tmp_path, capsys,
+                                                                              parquet_dir, tiny_hf_resnet):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import warmup_study
+
+    root = tmp_path / "runs"
+    argv = ["warmup_study.py", "--source", str(parquet_dir), "--per_class", "8", "--root", str(root), "--student",
+            f"hf:{tiny_hf_resnet}", "--size", "16", "--epochs", "0", "--seeds", "0", "--schedules", "onecycle",
+            "--command", "train", "--held_out", "5"]
+    monkeypatch.setattr("sys.argv", argv)
+    warmup_study.main()
+    out = capsys.readouterr().out
+    assert "fm2edge train" in out and "; 5 left-out images" in out
+    assert re.search(r"^recipe  onecycle\s+\d+\.\d\d%", out, re.M)  # the table row: the recipe's epochs
+    assert not (root / "teacher").exists()  # no teacher is probed for training on labels alone
+    config = yaml.safe_load((root / "train-onecycle-e0-s0" / "config.yaml").read_text())
+    assert config["train"]["epochs"] == 30 and config["train"]["lr"] == 5e-4  # the recipe's epochs, the rate given
+    assert "distill" not in config
 
 
 def test_the_auto_study_row_says_a_run_without_a_latency_budget(monkeypatch):
@@ -461,3 +481,34 @@ def test_the_auto_study_row_says_a_run_without_a_latency_budget(monkeypatch):
     import auto_study
 
     assert auto_study.latency_text(None) == "no latency bound" and auto_study.latency_text(1.534) == "1.53 ms"
+
+
+def test_the_holdout_check_scores_every_stage_and_graph_of_a_run_on_images_it_left_out(monkeypatch, tmp_path, capsys,
+                                                                                      digits_run):
+    from fm2edge.cli import main
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import holdout_check
+
+    assert main(["auto", "--data.source", "digits", "--data.per_class", "30", "--auto.teachers", f"[{digits_run}]",
+                 "--auto.students", "[student:small_cnn@16]", "--auto.views", "1", "--auto.minutes", "3",
+                 "--auto.latency_ms", "50", "--auto.min_epochs", "1", "--auto.max_epochs", "2", "--auto.device",
+                 "cpu", "--run.root", str(tmp_path), "--run.name", "a"]) == 0
+    run = tmp_path / "a"
+    capsys.readouterr()
+    monkeypatch.setattr("sys.argv", ["holdout_check.py", str(run), "--source", "digits", "--per_class", "30",
+                                     "--requantise"])
+    holdout_check.main()
+    out = capsys.readouterr().out
+    # digits' training split less the 30 per class the run read (300, validation carved from them)
+    assert re.search(r": (\d+) labelled training-split images the run left out; CPU ", out)
+    assert int(re.search(r": (\d+) labelled", out)[1]) == 1347 - 300
+    stage = re.search(r"^  (student-small_cnn-16)\s+PyTorch fp32\s+(\d+\.\d\d)%, agreement with the teacher\s+"
+                      r"(\d+\.\d\d)%$", out, re.M)
+    assert stage and 0 <= float(stage[2]) <= 100 and 0 <= float(stage[3]) <= 100
+    graphs = sorted(p.parent.name + "/" + p.name for p in run.glob("export-*/*.onnx"))
+    assert graphs and any(g.startswith("export-teacher") for g in graphs)  # the teacher's own graphs are scored too
+    for g in graphs:
+        assert re.search(rf"^  {re.escape(g)}\s+ONNX\s+\d+\.\d\d%$", out, re.M), g
+    assert re.search(r"requantised \(min-max, per-channel\): fp32 \d+\.\d\d%", out)
+    assert len(re.findall(r"int8 weights in [78] bits: \d+\.\d\d%, agreement with fp32 \d+\.\d\d%", out)) == 2
