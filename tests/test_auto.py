@@ -41,6 +41,7 @@ from fm2edge.automate.job import (
     ladder_sets,
     leaderboard,
     measure_candidates,
+    no_budget_text,
     over_at_a_smaller_size,
     over_budget,
     passed_over_text,
@@ -795,6 +796,11 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     assert result["pretrained_out_of_budget"] is None and 'id="auto-pretrained-out"' not in page
     result["pretrained_out_of_budget"] = {"text": "no student that starts from pretrained weights fits"}
     assert 'id="auto-pretrained-out"><b>The budget:</b> no student that starts' in auto_section(str(run), result)
+    # a run without a latency budget whose choice is the teacher says so and gives a budget to start from
+    assert result["no_budget"] is None and 'id="auto-no-budget"' not in page  # this one had a 50 ms budget
+    result["no_budget"] = "with no latency budget the most accurate model won"
+    assert ('id="auto-no-budget"><b>The budget:</b> With no latency budget the most accurate model won.</p>'
+            in auto_section(str(run), result))
     # a finalist left without seeds because its graphs are over the budget: the page says why
     result["soups"] = [{"candidate": "pypi:efficientnet_lite0@152", "seeds": 0, "kept": False,
                         "why": "its exported graphs are over the 1.88 ms budget"}]
@@ -1267,6 +1273,19 @@ def test_a_graph_timed_while_the_machine_ran_slower_than_at_its_screen_is_judged
     assert note.startswith("m@80 as fp32 scored 92.00% on validation against the chosen model's 62.00%, and timed "
                            "5.28 ms in its export, over the 5 ms budget it had screened within")
     assert note.endswith("or allow it with --auto.latency_ms 5.28")
+
+
+def test_without_a_latency_budget_a_teacher_that_wins_is_named_with_a_budget_to_start_from():
+    teacher = {"candidate": "teacher pypi:efficientnet_lite0@224", "fp32": {"p50_ms": 7.31}, "int8": {"p50_ms": 3.9}}
+    chosen = {"candidate": teacher["candidate"], "precision": "int8", "p50_ms": 3.94}
+    note = no_budget_text(chosen, teacher, None)
+    assert note == ("with no latency budget the most accurate model won whatever its latency: the teacher itself, "
+                    "3.94 ms here; for a smaller, faster student give the device's budget, e.g. --auto.latency_ms "
+                    "2.44 (a third of the teacher's fp32 latency)")
+    assert no_budget_text(chosen, teacher, 10.0) is None  # a budget was given: the teacher met it
+    student = {"candidate": "pypi:efficientnet_lite0@128", "precision": "int8", "p50_ms": 1.2}
+    assert no_budget_text(student, teacher, None) is None  # a student won on its own
+    assert "--auto.latency_ms 1.32 " in no_budget_text(chosen, {"candidate": chosen["candidate"]}, None)  # 3.94 / 3
 
 
 def test_a_graph_timed_once_in_the_screens_state_is_judged_by_that_timing_not_a_scaled_one(monkeypatch):

@@ -667,6 +667,18 @@ def passed_over_text(finalists: list[dict], chosen: dict, latency_ms: float | No
             f"{math.ceil(100 * o['p50_ms']) / 100:g}")
 
 
+def no_budget_text(chosen: dict, teacher_option: dict, latency_ms: float | None) -> str | None:
+    """Where no latency budget was given and the most accurate model is the teacher itself: the note that says so
+    and gives a budget to start from (a third of the teacher's fp32 latency, the budget the studies measured
+    students at; docs: auto)."""
+    if latency_ms is not None or not chosen["candidate"].startswith("teacher "):
+        return None
+    fp32_ms = (teacher_option.get("fp32") or {}).get("p50_ms") or chosen["p50_ms"]
+    return (f"with no latency budget the most accurate model won whatever its latency: the teacher itself, "
+            f"{chosen['p50_ms']:.2f} ms here; for a smaller, faster student give the device's budget, e.g. "
+            f"--auto.latency_ms {math.ceil(100 * fp32_ms / 3) / 100:g} (a third of the teacher's fp32 latency)")
+
+
 # ---------------------------------------------------------------- steps
 
 
@@ -1970,6 +1982,8 @@ def print_summary(result: dict) -> None:
         print(f"note: {result['pretrained_out_of_budget']['text']}")
     if result.get("passed_over"):
         print(f"note: {result['passed_over']}")
+    if result.get("no_budget"):
+        print(f"note: {result['no_budget']}")
     graph = Path(result["best"]) / Path(c["onnx"]).name
     print(f"next: fm2edge predict {result['best']} PHOTOS (runs {graph.name}); on the device itself: copy {graph} "
           f"there and run fm2edge bench {graph.name}; without fm2edge, {Path(result['best']) / 'README.md'} has the "
@@ -2014,6 +2028,9 @@ def auto_job(job: AutoJob) -> dict:
     left_out = "".join(f"; {t['teacher']} left out: {t['why']}" for t in plan.get("teachers_left_out", []))
     figure = "validation balanced accuracy" if job.auto.metric == "balanced_accuracy" else "validation"
     print(f"teacher: {plan['teacher']['teacher']} ({100 * graph_score(plan['teacher']):.2f}% {figure}){left_out}")
+    if job.auto.latency_ms is None:
+        print("note: no latency budget (--auto.latency_ms): the most accurate model wins whatever its latency, the "
+              "teacher itself included")
     held = (held_out_images(job, data[0], plan["held_out"]["images"]) if plan["held_out"]["images"] else None)
     if held is not None:
         print(f"note: the candidates are ranked by their agreement with the teacher on {len(held):,} unlabelled "
@@ -2057,6 +2074,7 @@ def auto_job(job: AutoJob) -> dict:
               "precision_why": precision_text(chosen, finalists, job.auto.latency_ms, job.auto.max_mb,
                                               plan["machine"], plan["selection"]["noisy"]),
               "passed_over": passed_over_text(finalists, chosen, job.auto.latency_ms),
+              "no_budget": no_budget_text(chosen, plan["teacher_option"], job.auto.latency_ms),
               "earlier_test_reads": earlier, "test_read_before": earlier_reads_text(earlier),
               "test_split": data[2].fingerprint,
               "soups": [soup_summary(t) for t in trained if "souped" in t or "unsouped" in t]}

@@ -200,6 +200,11 @@ def _pct(v, std=None) -> str:
     return f"{100 * v:.2f}%" + (f" ± {100 * std:.2f}" if std is not None else "")
 
 
+def _sentence(text: str) -> str:
+    """A note's text as a sentence: capitalised and closed."""
+    return f"{text[0].upper()}{text[1:]}."
+
+
 def _num(v, fmt="{:.3f}") -> str:
     if isinstance(v, str):
         return v
@@ -294,6 +299,8 @@ def auto_section(folder: str, r: dict) -> str:
              f"{html.escape(str(r.get('machine', 'this machine')))}.</p>"]
     if r.get("passed_over"):  # a more accurate finalist that timed over the budget only in its export
         parts.append(f'<p id="auto-passed-over"><b>Timed over the budget:</b> {html.escape(r["passed_over"])}.</p>')
+    if r.get("no_budget"):  # the teacher won because nothing bounded the latency
+        parts.append(f'<p id="auto-no-budget"><b>The budget:</b> {html.escape(_sentence(r["no_budget"]))}</p>')
     if r.get("precision_why"):  # fp32 or int8, and what the other precision measured
         parts.append(f'<p id="auto-precision"><b>Precision:</b> {html.escape(r["precision_why"])}.</p>')
     if r.get("pretrained_out_of_budget"):  # the budget left only students from random weights
@@ -406,8 +413,8 @@ def auto_section(folder: str, r: dict) -> str:
         parts.append("<h3>Where the minutes went</h3>")
         parts.append(_table("auto-minutes", ["step", "minutes"],
                             [[k, f"{v:.1f}"] for k, v in r["minutes_by_step"].items()]))
-    if early := r.get("finished_early"):  # a sentence: capitalised and closed
-        parts.append(f'<p id="auto-finished-early">{html.escape(early[0].upper() + early[1:])}.</p>')
+    if early := r.get("finished_early"):
+        parts.append(f'<p id="auto-finished-early">{html.escape(_sentence(early))}</p>')
     return "\n".join(parts)
 
 
