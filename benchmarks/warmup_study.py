@@ -23,8 +23,8 @@ from pathlib import Path
 
 from common import model_labels
 
-from fm2edge.config import DataConfig
-from fm2edge.data import load_left_out
+from fm2edge.config import DataConfig, scaled_epochs
+from fm2edge.data import load_data, load_left_out
 from fm2edge.device import cpu_features
 
 # Each given in full, so that a study means the same whatever the recipe's defaults: one-cycle is linear warm-up over
@@ -60,7 +60,10 @@ def main() -> None:
     if a.command == "distill":
         fm2edge("probe", *data, "--run.name", "teacher", "--model.name", a.teacher, "--probe.methods", "[logreg]",
                 "--probe.score_test", "false")  # as `auto` probes: the test split unread
-    held = load_left_out(DataConfig(source=a.source, per_class=a.per_class), a.held_out)
+    cfg = DataConfig(source=a.source, per_class=a.per_class)
+    # --epochs 0: the epochs `fm2edge train` and `distill` give this training set, for a warm-up over half of them
+    recipe = scaled_epochs(len(load_data(cfg)[0])) if 0 in a.epochs else None
+    held = load_left_out(cfg, a.held_out)
     labels = held.labels.numpy()
     print(f"fm2edge {a.command}, {a.source}, {a.per_class} per class; {len(held)} left-out images; batch "
           f"{a.batch_size}; CPU {cpu_features()}")
@@ -69,7 +72,7 @@ def main() -> None:
         for name in a.schedules:
             for seed in a.seeds:
                 run = f"{a.command}-{name}-e{epochs}-s{seed}"
-                extra = shlex.split(SCHEDULES[name].format(half=epochs / 2 or 15))
+                extra = shlex.split(SCHEDULES[name].format(half=(epochs or recipe) / 2))
                 if epochs:
                     extra += ["--train.epochs", str(epochs)]
                 if a.command == "distill":

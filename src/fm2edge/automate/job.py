@@ -663,20 +663,24 @@ def passed_over_text(finalists: list[dict], chosen: dict, latency_ms: float | No
     return (f"{o['candidate']} as {o['precision']} scored {100 * graph_score(o):.2f}% on validation against the "
             f"chosen model's {100 * graph_score(chosen):.2f}%, and timed {o['p50_ms']:.2f} ms in its export, over the "
             f"{latency_ms:.3g} ms budget it had screened within: if the machine was busy, rerun the same command when "
-            f"it is idle (the exports are reused and timed again), or allow it with --auto.latency_ms "
-            f"{math.ceil(100 * o['p50_ms']) / 100:g}")
+            f"it is idle (the exports are reused and timed again), or allow it with {budget_flag(o['p50_ms'])}")
 
 
 def no_budget_text(chosen: dict, teacher_option: dict, latency_ms: float | None) -> str | None:
     """Where no latency budget was given and the most accurate model is the teacher itself: the note that says so
     and gives a budget to start from (a third of the teacher's fp32 latency, the budget the studies measured
     students at; docs: auto)."""
-    if latency_ms is not None or not chosen["candidate"].startswith("teacher "):
+    if latency_ms is not None or chosen["candidate"] != teacher_option["candidate"]:
         return None
     fp32_ms = (teacher_option.get("fp32") or {}).get("p50_ms") or chosen["p50_ms"]
     return (f"with no latency budget the most accurate model won whatever its latency: the teacher itself, "
             f"{chosen['p50_ms']:.2f} ms here; for a smaller, faster student give the device's budget, e.g. "
-            f"--auto.latency_ms {math.ceil(100 * fp32_ms / 3) / 100:g} (a third of the teacher's fp32 latency)")
+            f"{budget_flag(fp32_ms / 3)} (a third of the teacher's fp32 latency)")
+
+
+def budget_flag(ms: float) -> str:
+    """The flag that sets a latency budget of ``ms``, rounded up to a hundredth of a millisecond."""
+    return f"--auto.latency_ms {math.ceil(100 * ms) / 100:g}"
 
 
 # ---------------------------------------------------------------- steps
