@@ -296,8 +296,8 @@ def test_time_the_planned_rungs_leave_goes_to_the_finalists_once(tmp_path):
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     alive = [{"candidate": "a", "epoch_seconds": 10.0, "overhead_seconds": 5.0, "trained_epochs": 6, **fast},
              {"candidate": "b", "epoch_seconds": 5.0, "overhead_seconds": 9.0, "trained_epochs": 6, **fast}]
-    reserve = export_seconds(fast, 100, 20)
-    assert 10 < reserve < 20
+    reserve = export_seconds(fast, 100, 20, agreement=100)  # 100 training images to measure int8's fidelity on
+    assert 6 < reserve < 20
     # 600 s less 3% for unrecorded work, planning and those exports: 507 s; each epoch of both 15 s, 5 s per stage
     # each: 33 epochs (14 with the plan's 300 s)
     assert extension(job, tmp_path, plan, alive) == 33
@@ -324,6 +324,12 @@ def test_the_exports_reserved_are_the_costliest_finalists_and_the_teacher_where_
     # held-out images are labelled by every graph: they cost each finalist more
     held = {**plan, "held_out": {"images": 1000}}
     assert export_reserve(held, times) > export_reserve(plan, times)
+    # int8's fidelity is measured on up to 500 training (then unlabelled) images: a small folder's fewer cost less
+    small = {**plan, "train_images": 80}
+    assert export_reserve(small, times) == pytest.approx(sum(export_seconds(f, 80, 100, agreement=80)
+                                                             for f in times[1:]))
+    assert export_reserve({**small, "unlabeled_images": 2000}, times) == pytest.approx(
+        sum(export_seconds(f, 80, 100, agreement=500) for f in times[1:]))
 
 
 def test_the_teachers_time_buys_distinct_images_before_views():
@@ -947,6 +953,42 @@ def test_a_budget_nothing_meets_is_one_clear_error(tmp_path, teacher, capsys, mo
     assert "no candidate student meets the budget (0.0001 ms batch-1 latency)" in errors[0]
     assert "the fastest measured here is" in errors[0]
     assert not (tmp_path / "a" / "plan.json").exists()
+
+
+@pytest.mark.slow
+def test_a_budget_that_trains_no_student_ships_the_teacher_where_it_is_a_choice(tmp_path, teacher, capsys,
+                                                                               monkeypatch):
+    """Found with no latency budget and --auto.minutes 4 on a busy machine: measuring took the time, no student got an
+    epoch, and the run stopped with an error although the teacher, within (no) budget, could be shipped. Here the
+    students train too slowly for one epoch: the teacher is exported, judged alone and shipped, and the run says
+    why and what budget would train a student; where the teacher is not a choice either, one clear error."""
+    from fm2edge.automate import job as auto_job
+
+    monkeypatch.setattr(auto_job, "measure_training", lambda *a, **k: {"train_images_per_s": 0.01,
+                                                                        "train_device": "cpu"})
+    assert main(auto_argv(tmp_path, teacher)) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "a"
+    result = json.loads((run / "auto.json").read_text())
+    assert result["chosen"]["candidate"] == "teacher student:small_cnn@32"
+    skipped = result["students_skipped"]
+    assert skipped.startswith("the teacher itself, within the budget, is the model, judged alone, as the 6-minute "
+                              "budget leaves no time to train a student")
+    assert "give --auto.minutes" in skipped and f"note: {skipped}" in out
+    assert 'id="auto-students-skipped"' in (run / "report.html").read_text()
+    rows = {r["candidate"]: r for r in result["leaderboard"]}
+    assert rows["student:small_cnn@16"]["status"].startswith("dropped: fewer than 1 epochs fit")
+    assert rows["student:small_cnn@16"]["val_acc"] is None
+    assert not [s for s in result["minutes_by_step"] if s.startswith("students")]
+    assert (run / "best" / Path(result["chosen"]["onnx"]).name).exists()
+    assert "the teacher itself" in (run / "best" / "README.md").read_text()
+    assert 0 <= result["test"]["chosen_test_acc"] <= 1
+
+    # the teacher not a choice either (its export would take too much of the budget): nothing to ship
+    monkeypatch.setattr(auto_job, "teacher_export_too_long", lambda *args: "its export is too long")
+    assert main(auto_argv(tmp_path, teacher, "--run.name", "b")) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fm2edge: error:")]
+    assert len(errors) == 1 and "leaves no time to train a student" in errors[0]
 
 
 @pytest.mark.slow

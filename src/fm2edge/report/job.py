@@ -301,6 +301,9 @@ def auto_section(folder: str, r: dict) -> str:
         parts.append(f'<p id="auto-passed-over"><b>Timed over the budget:</b> {html.escape(r["passed_over"])}.</p>')
     if r.get("no_budget"):  # the teacher won because nothing bounded the latency
         parts.append(f'<p id="auto-no-budget"><b>The budget:</b> {html.escape(_sentence(r["no_budget"]))}</p>')
+    if r.get("students_skipped"):  # the budget left no student an epoch: the teacher was shipped alone
+        parts.append(f'<p id="auto-students-skipped"><b>No student:</b> '
+                     f'{html.escape(_sentence(r["students_skipped"]))}</p>')
     if r.get("precision_why"):  # fp32 or int8, and what the other precision measured
         parts.append(f'<p id="auto-precision"><b>Precision:</b> {html.escape(r["precision_why"])}.</p>')
     if r.get("pretrained_out_of_budget"):  # the budget left only students from random weights
