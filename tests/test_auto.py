@@ -512,6 +512,7 @@ def test_a_budget_that_buys_no_student_an_epoch_says_where_the_minutes_went_and_
 
 def test_the_gap_to_the_teacher_reads_right_whichever_side_the_student_is_on():
     assert gap_text(1.3) == "1.30 points paid for the speed-up"
+    assert gap_text(0.0, [0.0, 0.0], itself=True) == "the teacher itself: no speed-up, nothing paid"
     assert gap_text(-7.78) == "7.78 points above the teacher: the speed-up cost nothing here"
     # with its interval (teacher less chosen), turned to read the same way as the sentence
     assert gap_text(1.3, [0.2, 2.4]) == "1.30 points paid for the speed-up (95% interval +0.20 to +2.40)"
@@ -982,6 +983,7 @@ def test_a_budget_that_trains_no_student_ships_the_teacher_where_it_is_a_choice(
     assert not [s for s in result["minutes_by_step"] if s.startswith("students")]
     assert (run / "best" / Path(result["chosen"]["onnx"]).name).exists()
     assert "the teacher itself" in (run / "best" / "README.md").read_text()
+    assert result["teacher_itself"] == (result["chosen"]["precision"] == "fp32")
     assert 0 <= result["test"]["chosen_test_acc"] <= 1
 
     # the teacher not a choice either (its export would take too much of the budget): nothing to ship

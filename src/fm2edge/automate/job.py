@@ -1988,7 +1988,7 @@ def print_summary(result: dict) -> None:
         print(f"precision: {result['precision_why']}")
     print(f"test (read once): {100 * t['chosen_test_acc']:.2f}% against the teacher's "
           f"{100 * t['teacher_test_acc']:.2f}% on {t['test_images']} images: "
-          f"{gap_text(t['gap_points'], t.get('gap_interval_points'))}")
+          f"{gap_text(t['gap_points'], t.get('gap_interval_points'), result.get('teacher_itself', False))}")
     if result.get("test_read_before"):
         print(f"note: {result['test_read_before']}")
     if t.get("near_copies"):
@@ -2105,6 +2105,9 @@ def auto_job(job: AutoJob) -> dict:
               "passed_over": passed_over_text(finalists, chosen, job.auto.latency_ms),
               "no_budget": no_budget_text(chosen, plan["teacher_option"], job.auto.latency_ms),
               "students_skipped": students_skipped,
+              # the teacher's own fp32 graph: no speed-up to pay for (its int8 graph is one)
+              "teacher_itself": (chosen["candidate"] == plan["teacher_option"]["candidate"]
+                                 and chosen["precision"] == "fp32"),
               "earlier_test_reads": earlier, "test_read_before": earlier_reads_text(earlier),
               "test_split": data[2].fingerprint,
               "soups": [soup_summary(t) for t in trained if "souped" in t or "unsouped" in t]}

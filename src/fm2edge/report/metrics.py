@@ -259,10 +259,13 @@ def chosen_against_teacher(chosen: np.ndarray, teacher: np.ndarray, labels: np.n
                           for name, n, c, t in zip(class_names, counts, per_c, per_t, strict=True) if n]}
 
 
-def gap_text(points: float, interval: Sequence[float] | None = None) -> str:
+def gap_text(points: float, interval: Sequence[float] | None = None, itself: bool = False) -> str:
     """The teacher's test accuracy less the chosen model's, in words: what the speed-up cost, or, where the smaller
     model scored higher, by how much it beat its teacher; with its 95% ``interval`` (in points, teacher less
-    chosen), how far the test images' noise lets that be trusted."""
+    chosen), how far the test images' noise lets that be trusted. ``itself``: the chosen model is the teacher's own
+    fp32 graph, so there is no speed-up to pay for."""
+    if itself:
+        return "the teacher itself: no speed-up, nothing paid"
     if points >= 0:
         text = f"{points:.2f} points paid for the speed-up"
     else:
