@@ -139,5 +139,7 @@ def test_the_teacher_is_not_exported_where_that_would_take_most_of_the_budget():
     assert teacher_export_too_long(239, 8) is None  # half of 8 minutes is 240 s
     why = teacher_export_too_long(400, 8)
     assert why == "its export would take 6.7 of the 8-minute budget, more than 50%: the students get the time"
-    # on photos it is always exported: students trained in the time it would free trail it far
+    # on photos it is exported wherever it fits the whole budget: students trained in the time it would free trail it
     assert teacher_export_too_long(400, 8, photos=True) is None
+    assert teacher_export_too_long(481, 8, photos=True) == ("its export would take 8.0 of the 8-minute budget, more "
+                                                             "than 100%: the students get the time")
