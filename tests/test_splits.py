@@ -513,6 +513,12 @@ def test_selection_noise_thresholds():
     assert binomial_half_width(25) == pytest.approx(0.1825, abs=1e-3)
     assert selection_noise(99)["noisy"] and not selection_noise(500)["noisy"]
     assert "warning" not in selection_noise(1000)
+    # what helps: a fixed schedule where epochs are chosen; more validation images where auto's candidates are (they
+    # train a fixed schedule already, and --train.select is not one of auto's options)
+    assert "--train.select last" in selection_noise(40)["warning"]
+    warning = selection_noise(40, "candidates")["warning"]
+    assert "--train.select" not in warning and warning.endswith("give validation more images (a val/ folder beside "
+                                                                "train/, or a larger --data.val_fraction)")
 
 
 def test_validation_never_holds_a_test_image_even_when_the_source_files_one_under_both(tmp_path, caplog):

@@ -204,12 +204,16 @@ def balanced_selection_noise(counts: Sequence[int], class_names: Sequence[str], 
 
 def selection_noise(n_val: int, what: str = "epochs") -> dict:
     """How well ``n_val`` validation images can rank ``what``: the 95% interval's half-width, and a warning when it
-    is too wide (fewer than MIN_SELECTION_IMAGES images or wider than MAX_SELECTION_HALF_WIDTH)."""
+    is too wide (fewer than MIN_SELECTION_IMAGES images or wider than MAX_SELECTION_HALF_WIDTH), with what helps:
+    for epochs a fixed schedule (--train.select last), for anything else (`auto`'s candidates, which train a fixed
+    schedule then) more validation images."""
     half = binomial_half_width(n_val)
     noisy = n_val < MIN_SELECTION_IMAGES or half > MAX_SELECTION_HALF_WIDTH
     out = {"val_images": int(n_val), "half_width": round(half, 4), "noisy": noisy}
     if noisy:
+        remedy = ("choose with --train.select last (a fixed schedule), or give validation more images"
+                  if what == "epochs" else
+                  "give validation more images (a val/ folder beside train/, or a larger --data.val_fraction)")
         out["warning"] = (f"validation holds {n_val} images: its accuracy is known to +-{100 * half:.1f} points "
-                          f"(95% interval), too coarse to rank {what} that differ by less; choose with "
-                          f"--train.select last (a fixed schedule), or give validation more images")
+                          f"(95% interval), too coarse to rank {what} that differ by less; {remedy}")
     return out
