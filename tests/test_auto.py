@@ -321,6 +321,8 @@ def test_the_exports_reserved_are_the_costliest_finalists_and_the_teacher_where_
     teacher = {"fp32": {"p50_ms": 9.0}, "params": 5_000_000}
     fits = {**plan, "finalists": 1, "teacher_option": teacher}
     assert export_reserve(fits, times) == pytest.approx(costs[1] + export_seconds(teacher, 500, 100))
+    # once exported (before the students train) its time is spent, not reserved
+    assert export_reserve({**fits, "teacher_exported": True}, times) == pytest.approx(costs[1])
     # held-out images are labelled by every graph: they cost each finalist more
     held = {**plan, "held_out": {"images": 1000}}
     assert export_reserve(held, times) > export_reserve(plan, times)

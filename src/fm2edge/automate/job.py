@@ -741,8 +741,9 @@ def export_reserve(plan: dict, candidates: list[dict]) -> float:
         return export_seconds(f, calibration, plan["val_images"], plan["held_out"]["images"], agreement)
 
     costs = sorted((cost(f) for f in candidates), reverse=True)
-    teacher = plan["teacher_option"]
-    return sum(costs[:plan["finalists"]]) + (0.0 if "why" in teacher else cost(teacher))
+    teacher = plan["teacher_option"]  # exported already (`export_teacher`): its time is spent, not to be reserved
+    return sum(costs[:plan["finalists"]]) + (0.0 if "why" in teacher or plan.get("teacher_exported") else
+                                             cost(teacher))
 
 
 def minutes_by_step(root: Path, plan: dict, total_minutes: float) -> dict[str, float]:
@@ -1565,15 +1566,27 @@ def probability_gap(p, q) -> float:
     return float(0.5 * np.abs(np.asarray(p, dtype=np.float64) - np.asarray(q, dtype=np.float64)).sum(1).mean())
 
 
-def export_finalists(job: AutoJob, root: Path, trained: list[dict], count: int, images, teacher: dict | None = None,
-                     held=None, teacher_labels: list[int] | None = None, within: float | None = None) -> list[dict]:
-    """The ``count`` best students on validation (and ``teacher``, the teacher as a candidate, when it fits the budget),
-    each with its :func:`exported_options`. A finalist whose export fails (its ONNX graph's probabilities stray from
-    PyTorch's beyond the parity tolerance, say) is not a choice: it keeps no options and the reason under
-    "export_failed", and the others are still judged."""
-    finalists = last_rung_best(trained, count, within)
-    finalists += [dict(teacher)] if teacher is not None and "why" not in teacher else []
-    return [exported(job, root, f, images, held, teacher_labels) for f in finalists]
+def export_teacher(job: AutoJob, root: Path, plan: dict, images, held=None,
+                   teacher_labels: list[int] | None = None) -> dict | None:
+    """The teacher as a candidate (``plan["teacher_option"]``) with its :func:`exported_options` where it fits the
+    budget (None where it does not), exported before the students train, since it does not depend on them: the
+    later rungs and the extension are then sized with the time its export took instead of its estimate, which errs
+    long (for Lite0 at 224 px on 56 training photos 54 s were reserved for two exports that took 16.5 s, percentile
+    calibration skipped). Marked in the plan (``teacher_exported``) for :func:`export_reserve`."""
+    if "why" in plan["teacher_option"]:
+        return None
+    teacher = exported(job, root, dict(plan["teacher_option"]), images, held, teacher_labels)
+    plan["teacher_exported"] = True
+    atomic_write_json(root / "plan.json", plan)
+    return teacher
+
+
+def export_finalists(job: AutoJob, root: Path, trained: list[dict], count: int, images, held=None,
+                     teacher_labels: list[int] | None = None, within: float | None = None) -> list[dict]:
+    """The ``count`` best students on validation, each with its :func:`exported_options`. A finalist whose export
+    fails (its ONNX graph's probabilities stray from PyTorch's beyond the parity tolerance, say) is not a choice: it
+    keeps no options and the reason under "export_failed", and the others are still judged."""
+    return [exported(job, root, f, images, held, teacher_labels) for f in last_rung_best(trained, count, within)]
 
 
 def exported(job: AutoJob, root: Path, f: dict, images, held=None, teacher_labels: list[int] | None = None) -> dict:
@@ -2071,16 +2084,17 @@ def auto_job(job: AutoJob) -> dict:
                                  bool(job.auto.unlabeled_source or job.auto.unlabeled_left_out))
         print(f"note: validation scores ({METRIC_NAMES[job.auto.metric]}) within {100 * within:.0f} points of the "
               f"best count as a tie, which goes to the students that start pretrained ({pool})")
+    images, labels = fidelity_images(job, data[0], plan["unlabeled_images"]), plan["held_out"].get("teacher_labels")
+    teacher = export_teacher(job, root, plan, images, held, labels)
     trained = train_students(job, root, plan, held)
-    if not trained and "why" in plan["teacher_option"]:  # nothing to ship: no student, the teacher not a choice
+    if not trained and teacher is None:  # nothing to ship: no student, the teacher not a choice
         raise Fm2EdgeError(too_short(plan, job.auto))
     if students_skipped := (None if trained else teacher_alone_text(plan, job.auto)):
         print(f"note: {students_skipped}")
-    images, labels = fidelity_images(job, data[0], plan["unlabeled_images"]), plan["held_out"].get("teacher_labels")
     soup_of_seeds(job, root, plan, trained, held)
     average_with_teacher(job, root, plan, trained, held)
-    finalists = judged_with_earlier(job, plan, export_finalists(job, root, trained, plan["finalists"], images,
-                                                                plan["teacher_option"], held, labels, tie_width(plan)))
+    students = export_finalists(job, root, trained, plan["finalists"], images, held, labels, tie_width(plan))
+    finalists = judged_with_earlier(job, plan, students + ([teacher] if teacher else []))
     finalists = with_fallbacks(job, root, trained, finalists, images, held, labels, tie_width(plan))
     chosen = choose(finalists, job.auto.latency_ms, job.auto.max_mb, plan["selection"]["noisy"], tie_width(plan))
     if chosen is None:
