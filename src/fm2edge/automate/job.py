@@ -1138,7 +1138,8 @@ def too_short(plan: dict, cfg) -> str:
     return (f"the {cfg.minutes:g}-minute budget leaves no time to train a student: measuring the candidates and "
             f"choosing the teacher took {plan['planning_seconds']:.0f} s, the teacher's outputs need "
             f"{plan['teaching_seconds']:.0f} s and the exports {plan['export_seconds']:.0f} s, the fastest "
-            f"candidate's {cfg.min_epochs} epoch(s) {fastest:.0f} s; give --auto.minutes {wanted} or more")
+            f"candidate's {cfg.min_epochs} epoch(s) {f'{fastest:.0f} s' if fastest >= 1 else 'under 1 s'}; give "
+            f"--auto.minutes {wanted} or more")
 
 
 def teacher_alone_text(plan: dict, cfg) -> str:
