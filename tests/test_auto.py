@@ -63,6 +63,7 @@ from fm2edge.automate.job import (
     size_candidates,
     size_epochs,
     soup_summary,
+    spent_before,
     student_args,
     teacher_as_candidate,
     tie_width,
@@ -310,6 +311,17 @@ def test_time_the_planned_rungs_leave_goes_to_the_finalists_once(tmp_path):
     assert extension(job, tmp_path, tight, alive[1:]) == 0  # 17 s left: one epoch, not worth a further cycle
 
 
+def test_the_time_spent_counts_the_teachers_labels_after_its_export(tmp_path):
+    """The teacher is exported before the students train; its graphs' labels for the fidelity and held-out images
+    take time no stage records, which the later rungs must not spend again."""
+    assert spent_before(tmp_path) == 0.0  # nothing planned yet
+    (tmp_path / "plan.json").write_text(json.dumps({"planning_seconds": 60.0}))
+    assert spent_before(tmp_path) == 60.0
+    (tmp_path / "plan.json").write_text(json.dumps({"planning_seconds": 60.0,
+                                                    "teacher_exported": {"unrecorded_seconds": 12.5}}))
+    assert spent_before(tmp_path) == 72.5
+
+
 def test_the_exports_reserved_are_the_costliest_finalists_and_the_teacher_where_it_fits():
     plan = {"train_images": 800, "val_images": 100, "held_out": {"images": 0}, "finalists": 2,
             "teacher_option": {"why": "over the budget", "fp32": {"p50_ms": 9.0}, "params": 5_000_000}}
@@ -322,7 +334,7 @@ def test_the_exports_reserved_are_the_costliest_finalists_and_the_teacher_where_
     fits = {**plan, "finalists": 1, "teacher_option": teacher}
     assert export_reserve(fits, times) == pytest.approx(costs[1] + export_seconds(teacher, 500, 100))
     # once exported (before the students train) its time is spent, not reserved
-    assert export_reserve({**fits, "teacher_exported": True}, times) == pytest.approx(costs[1])
+    assert export_reserve({**fits, "teacher_exported": {"unrecorded_seconds": 0.4}}, times) == pytest.approx(costs[1])
     # held-out images are labelled by every graph: they cost each finalist more
     held = {**plan, "held_out": {"images": 1000}}
     assert export_reserve(held, times) > export_reserve(plan, times)
@@ -986,6 +998,8 @@ def test_a_budget_that_trains_no_student_ships_the_teacher_where_it_is_a_choice(
     assert (run / "best" / Path(result["chosen"]["onnx"]).name).exists()
     assert "the teacher itself" in (run / "best" / "README.md").read_text()
     assert result["teacher_itself"] == (result["chosen"]["precision"] == "fp32")
+    # exported before the (here absent) students: its time is spent, not reserved, from then on
+    assert json.loads((run / "plan.json").read_text())["teacher_exported"]["unrecorded_seconds"] >= 0
     assert 0 <= result["test"]["chosen_test_acc"] <= 1
 
     # the teacher not a choice either (its export would take too much of the budget): nothing to ship

@@ -714,12 +714,15 @@ def read_plan(path: Path, root: Path) -> dict | None:
 
 def spent_before(root: Path) -> float:
     """Seconds earlier calls of this run spent: planning (the teachers included: probed and fine-tuned while it
-    plans) and the finished stages after it (a resumed run counts them against the budget)."""
+    plans), the finished stages after it (a resumed run counts them against the budget) and the teacher's graphs'
+    labels after its export (:func:`export_teacher`)."""
     from fm2edge.stagecache import stage_seconds
 
-    plan = root / "plan.json"
     after = sum(s for name, s in stage_seconds(root).items() if not name.startswith(TEACHER_STAGE))
-    return after + (json.loads(plan.read_text())["planning_seconds"] if plan.exists() else 0.0)
+    if not (root / "plan.json").exists():
+        return after
+    plan = json.loads((root / "plan.json").read_text())
+    return after + plan["planning_seconds"] + (plan.get("teacher_exported") or {}).get("unrecorded_seconds", 0.0)
 
 
 def seconds_left(job: AutoJob, root: Path, plan: dict, alive: list[dict]) -> float:
@@ -1573,11 +1576,21 @@ def export_teacher(job: AutoJob, root: Path, plan: dict, images, held=None,
     budget (None where it does not), exported before the students train, since it does not depend on them: the
     later rungs and the extension are then sized with the time its export took instead of its estimate, which errs
     long (for Lite0 at 224 px on 56 training photos 54 s were reserved for two exports that took 16.5 s, percentile
-    calibration skipped). Marked in the plan (``teacher_exported``) for :func:`export_reserve`."""
+    calibration skipped). Marked in the plan (``teacher_exported``) for :func:`export_reserve`, with the seconds its
+    graphs' labels for ``images`` and ``held`` took beyond its export stages, which no stage records, for
+    :func:`spent_before`."""
+    from fm2edge.stagecache import stage_seconds
+
     if "why" in plan["teacher_option"]:
         return None
+
+    def stages() -> float:
+        name = plan["teacher_option"]["export_name"]
+        return sum(s for stage, s in stage_seconds(root).items() if stage.startswith(name))
+
+    started, before = time.perf_counter(), stages()
     teacher = exported(job, root, dict(plan["teacher_option"]), images, held, teacher_labels)
-    plan["teacher_exported"] = True
+    plan["teacher_exported"] = {"unrecorded_seconds": max(0.0, time.perf_counter() - started - (stages() - before))}
     atomic_write_json(root / "plan.json", plan)
     return teacher
 
