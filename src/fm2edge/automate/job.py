@@ -1196,9 +1196,7 @@ def kept_epoch(job: AutoJob, plan: dict) -> str:
 def last_rung_best(trained: list[dict], count: int, within: float | None = None) -> list[dict]:
     """The ``count`` best (:func:`rank`) of the candidates that reached the last rung: the finalists (none where
     no student trained)."""
-    if not trained:
-        return []
-    last = max(t["rung"] for t in trained)
+    last = max((t["rung"] for t in trained), default=0)
     return rank([t for t in trained if t["rung"] == last], within)[:count]
 
 
@@ -1306,11 +1304,9 @@ def average_with_teacher(job: AutoJob, root: Path, plan: dict, trained: list[dic
     (:func:`far_over`) is not averaged: the average is the same network, as slow."""
     from fm2edge.models.io import model_meta
 
-    if not trained:
-        return
     teacher = plan["teacher"]["folder"]
     meta = model_meta(teacher)
-    last = max(t["rung"] for t in trained)
+    last = max((t["rung"] for t in trained), default=0)  # none where no student trained: nothing to average
     for t in trained:
         if t["rung"] != last or not averages_with_teacher(t["candidate"], meta["name"], meta["preprocess"]["size"]):
             continue

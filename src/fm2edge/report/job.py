@@ -295,8 +295,7 @@ def auto_section(folder: str, r: dict) -> str:
              f"Test, read once: <b>{_pct(t['chosen_test_acc'])}</b> against the teacher's "
              f"{_pct(t['teacher_test_acc'])} on {t['test_images']:,} images: "
              f"{M.gap_text(t['gap_points'], t.get('gap_interval_points'), r.get('teacher_itself', False))}. "
-             f"{r['minutes']:.1f} of "
-             f"{r['budget_minutes']:g} minutes on "
+             f"{r['minutes']:.1f} of {r['budget_minutes']:g} minutes on "
              f"{html.escape(str(r.get('machine', 'this machine')))}.</p>"]
     if r.get("passed_over"):  # a more accurate finalist that timed over the budget only in its export
         parts.append(f'<p id="auto-passed-over"><b>Timed over the budget:</b> {html.escape(r["passed_over"])}.</p>')
