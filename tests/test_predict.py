@@ -206,6 +206,9 @@ def test_a_folder_that_ships_a_graph_predicts_through_it(exported, pngs, tmp_pat
     assert shipped.predict(files).labels == fm2edge.load(exported / "export" / "model.int8.onnx").predict(files).labels
     assert main(["predict", str(best), str(folder), "--predict.output", str(tmp_path / "p.csv")]) == 0
     assert "onnx" in capsys.readouterr().out
+    assert main(["predict", str(best), str(files[0])]) == 0
+    out = capsys.readouterr().out
+    assert "classifying 1 image with" in out and "\n1 image, per class" in out  # one image is not "1 images"
 
 
 def test_without_onnx_runtime_a_folder_that_ships_a_graph_predicts_with_its_weights(exported, tmp_path, monkeypatch,

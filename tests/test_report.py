@@ -275,3 +275,11 @@ def test_a_leaderboards_epochs_say_where_the_kept_weights_are_from():
     assert epochs_text(11, 0) == "11 (kept 0)"  # no epoch beat the weights it started from (a probe head)
     assert epochs_text(11, None) == "11"  # a run recorded before the kept epochs were
     assert epochs_text(None, None) == "-" and epochs_text(0, 0) == "-"  # not trained
+
+
+def test_a_plot_copied_into_another_run_folder_is_shown_once_naming_both():
+    from fm2edge.report.job import unique_plots
+
+    soup, curves = b"soup-png", b"curves-png"
+    shown = unique_plots([("average-a: soup", soup), ("student-a: learning curves", curves), ("best: soup", soup)])
+    assert shown == [("average-a: soup (also best)", soup), ("student-a: learning curves", curves)]

@@ -248,12 +248,17 @@ def write_pseudo_labels(folder: Path, files: list[Path], preds: Predictions, min
     return len(keep)
 
 
+def images_text(n: int) -> str:
+    """"1 image", "21 images"."""
+    return f"{n:,} image{'' if n == 1 else 's'}"
+
+
 def predict_job(job: PredictJob) -> dict:
     """`fm2edge predict`: find the images, classify them in batches, write or print the answers."""
     cfg = job.predict
     files = find_images(job.inputs)
     predictor = load(job.model, cfg.backend, cfg.threads)
-    print(f"classifying {len(files)} images with {predictor.source} ({predictor.backend}, input "
+    print(f"classifying {images_text(len(files))} with {predictor.source} ({predictor.backend}, input "
           f"{predictor.input_size} px, {len(predictor.class_names)} classes)")
     files, preds, skipped = predict_readable(predictor, files, cfg.batch_size)
     if skipped:
@@ -275,5 +280,6 @@ def predict_job(job: PredictJob) -> dict:
         print(f"pseudo-labels: {n} of {len(files)} images (confidence >= {cfg.min_confidence}) with their predicted "
               f"labels in {cfg.pseudo_labels}/train.parquet; train on them with --data.source {cfg.pseudo_labels}")
     counts = ", ".join(f"{c}: {n}" for c, n in result["counts"].items() if n)
-    print(f"{len(files)} images, per class {counts}; {result['sure']} at or above confidence {cfg.min_confidence}")
+    print(f"{images_text(len(files))}, per class {counts}; {result['sure']} at or above confidence "
+          f"{cfg.min_confidence}")
     return result

@@ -529,6 +529,17 @@ def render_markdown(title: str, acc: list[dict], mistakes: list[dict], compared:
 # ---------------------------------------------------------------- the stage
 
 
+def unique_plots(plots: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """``plots`` (caption, PNG bytes) with each image shown once, where it first came, its caption naming every run
+    that holds it: a folder copied from another run (`fm2edge auto`'s best/, a copy of the chosen candidate) brings
+    the same plots again."""
+    captions: dict[bytes, list[str]] = {}
+    for caption, data in plots:
+        captions.setdefault(data, []).append(caption)
+    return [(names[0] + "".join(f" (also {n.split(': ', 1)[0]})" for n in names[1:]), data)
+            for data, names in captions.items()]
+
+
 def report_job(job: ReportJob) -> dict:
     """`fm2edge report`: the page and the summary written, the summary printed."""
     result, markdown = write_pages(job)
@@ -553,6 +564,7 @@ def write_pages(job: ReportJob) -> tuple[dict, str]:
     for folder, _ in extras["comparison"]:
         for p in sorted((Path(folder) / "plots").glob("*.png")):
             run_plots.append((f"{Path(folder).name}: {p.stem}", p.read_bytes()))
+    run_plots = unique_plots(run_plots)
     out = Path(job.output) if job.output else Path(job.runs[0])
     page = render_html(job.title, acc, mistakes, superclasses, figures, run_plots, extras, runs, compared, verdicts,
                        found.cautions)
