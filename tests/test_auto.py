@@ -39,6 +39,8 @@ from fm2edge.automate.job import (
     in_screen_state,
     judged_with_earlier,
     ladder_sets,
+    last_rung_best,
+    latency_hedge,
     leaderboard,
     measure_candidates,
     no_budget_text,
@@ -74,6 +76,7 @@ from fm2edge.automate.job import (
     views_and_unlabeled,
     with_earlier,
     with_fallbacks,
+    with_hedge,
     worth_a_second_look,
 )
 from fm2edge.automate.measure import Candidate
@@ -277,6 +280,33 @@ def test_where_ties_go_to_the_larger_input_the_smaller_inputs_leave_the_search_f
         kept = sorted(Candidate.parse(c).size for c in s if c.startswith("pypi:"))
         assert len(kept) <= 1 or kept == sorted(Candidate.parse(c).size for c in lite)[-len(kept):]
     assert ladder_sets(speeds, photos=True, larger_first=False)[2] == [lite[1], lite[2], "student:small_cnn@32"]
+    # a hedge well inside the latency budget stays to the last beside the largest input, which sits at its edge
+    hedged = ladder_sets(speeds, photos=True, larger_first=True, hedge=lite[2])
+    assert hedged[2:5] == [[lite[0], lite[2], "student:small_cnn@32"],  # 128 px leaves, not the 96 px hedge
+                           [lite[2], "student:small_cnn@32"],  # then the largest: the hedge is the last one left
+                           [lite[2]]]
+    # screened over the budget (kept for a noisy screen's sake): it leaves before any input within the budget
+    assert ladder_sets(speeds, photos=True, larger_first=True, over=frozenset({lite[0]}))[2] == [
+        lite[1], lite[2], "student:small_cnn@32"]
+
+
+def test_the_hedge_is_the_largest_pretrained_input_well_inside_the_budget_and_goes_on_to_the_finalists():
+    def measured(name: str, ms: float) -> dict:
+        return {"candidate": name, "fp32": {"p50_ms": 2 * ms}, "int8": {"p50_ms": ms}}
+
+    kept = [measured("pypi:efficientnet_lite0@160", 1.49), measured("pypi:efficientnet_lite0@144", 1.50),
+            measured("pypi:efficientnet_lite0@128", 1.07), measured("pypi:efficientnet_lite0@112", 0.94),
+            measured("student:small_cnn@32", 0.16)]
+    assert latency_hedge(kept, 1.5) == "pypi:efficientnet_lite0@128"  # 144 px is within 10% of the budget
+    assert latency_hedge(kept, 2.0) is None  # the largest input is well inside: no hedge needed
+    assert latency_hedge(kept, None) is None and latency_hedge(kept[-1:], 1.5) is None
+    assert latency_hedge(kept, 1.05) == "pypi:efficientnet_lite0@112" and latency_hedge(kept, 1.0) is None
+    ranked = [{"candidate": c} for c in ("a@160", "a@144", "a@128", "a@112")]
+    assert with_hedge(ranked, 2, "a@128") == [ranked[0], ranked[2]]  # the leader and the hedge go on
+    assert with_hedge(ranked, 2, "a@144") == ranked[:2] and with_hedge(ranked, 2, None) == ranked[:2]
+    assert with_hedge(ranked, 1, "a@128") == ranked[:1]  # one finalist: the leader alone
+    assert [t["candidate"] for t in last_rung_best([{**t, "rung": 1, "val_acc": 0.8, "val_loss": 0.5}
+                                                    for t in ranked], 2, 0.2, "a@112")] == ["a@160", "a@112"]
 
 
 def test_candidates_the_ladder_leaves_out_are_dropped_with_the_reason(capsys):
@@ -296,8 +326,9 @@ def test_candidates_the_ladder_leaves_out_are_dropped_with_the_reason(capsys):
             "pypi:efficientnet_lite0@224\n") in capsys.readouterr().out
     rungs[0]["trained"] = ["pypi:efficientnet_lite0@224", "student:small_cnn@32"]
     size_candidates(kept, rungs, {**speeds, "pypi:efficientnet_lite0@96": 100.0}, 100, 60.0, AutoConfig(), True, True)
-    assert ("(those from random weights first, then the pretrained ones with the smallest inputs (validation ties go "
-            "to the larger) left out, one of each start, pretrained or random weights, kept): "
+    assert ("(those from random weights first, then the pretrained ones screened over the latency budget, then "
+            "those with the smallest inputs (validation ties go to the larger) left out, one of each start, pretrained "
+            "or random weights, kept): "
             "pypi:efficientnet_lite0@96\n") in capsys.readouterr().out
 
 

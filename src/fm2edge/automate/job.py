@@ -31,6 +31,7 @@ from fm2edge.automate.measure import (
     measure_training,
 )
 from fm2edge.automate.sizes import (
+    HEDGE_MARGIN,
     fastest_pretrained,
     fastest_pretrained_text,
     fitted_sizes,
@@ -272,6 +273,32 @@ def fastest_ms(f: dict) -> float:
     return min(f["fp32"]["p50_ms"], f["int8"]["p50_ms"])
 
 
+def latency_hedge(kept: list[dict], latency_ms: float | None) -> str | None:
+    """Where validation ties go to the larger input (:func:`ladder_sets`), the pretrained candidate that the search
+    keeps to the finalists beside the larger ones: the largest input measured at least HEDGE_MARGIN inside the
+    latency budget, where the largest pretrained input is not (None where it is, or nothing is). Sizes fitted to
+    the budget sit at its edge: on Fashion-MNIST (1.5 ms, 4 minutes) Lite0 at 160 and 144 px screened at 1.49-1.50
+    ms, went on alone, and timed 1.51 ms and more in their exports; no smaller Lite0 had trained, and the run
+    shipped a small CNN from random weights, 22.75% on test against the teacher's 81.70%."""
+    pretrained = [f for f in kept if Candidate.parse(f["candidate"]).pretrained]
+    if latency_ms is None or not pretrained:
+        return None
+    def size(f: dict) -> int:
+        return Candidate.parse(f["candidate"]).size
+
+    safe = [f for f in pretrained if fastest_ms(f) <= (1 - HEDGE_MARGIN) * latency_ms]
+    largest = max(pretrained, key=size)
+    return max(safe, key=size)["candidate"] if safe and largest not in safe else None
+
+
+def with_hedge(ranked: list[dict], count: int, hedge: str | None) -> list[dict]:
+    """The first ``count`` of ``ranked``, the ``hedge`` (:func:`latency_hedge`) in the last place where it is among
+    ``ranked`` but not among them and two or more go on."""
+    top = ranked[:count]
+    spare = next((t for t in ranked[count:] if t["candidate"] == hedge), None)
+    return top[:-1] + [spare] if spare is not None and count >= 2 else top
+
+
 def in_screen_state(ms: float, screened_ref: float, now_ref: float) -> float | None:
     """``ms``, timed while the machine runs its reference in ``now_ref`` ms, as it would time in the state its
     candidate was screened in (``screened_ref``), where the machine runs slower now beyond the cache's tolerance
@@ -349,7 +376,8 @@ def plan_rungs(speeds: dict[str, float], images: int, seconds: float, lo: int, h
             for k, m, c in zip(counts, rung_epochs, cost(e), strict=True)]
 
 
-def ladder_sets(speeds: dict[str, float], photos: bool = False, larger_first: bool = False) -> list[list[str]]:
+def ladder_sets(speeds: dict[str, float], photos: bool = False, larger_first: bool = False,
+                hedge: str | None = None, over: frozenset[str] = frozenset()) -> list[list[str]]:
     """The candidate sets a ladder is tried on when the budget is short, largest first: all of them; then one at a
     time without the slowest candidate whose start (pretrained or random weights) another one left shares, down to
     one of each (for ``photos``, those from random weights first: on photo folders they trail the pretrained ones by
@@ -368,20 +396,27 @@ def ladder_sets(speeds: dict[str, float], photos: bool = False, larger_first: bo
     tie: the pretrained students leave smallest input first instead of slowest first, and once one is left, each
     smaller one takes its place in turn (Tux Paint's 22 classes, 46 validation images, 8 minutes and 1.5 ms: the
     ladder left out Lite0 at 160 px, within the budget, trained the 96 px one for a rung, and the tie rule then
-    kept 128 and 112 px as it would have without any of their scores)."""
+    kept 128 and 112 px as it would have without any of their scores). Those screened ``over`` the latency budget
+    (kept for a noisy screen's sake) leave before any within it, and the ``hedge`` (:func:`latency_hedge`) is the
+    last pretrained one left, after the largest input: the larger inputs sit at the budget's edge."""
     pretrained = {c: Candidate.parse(c).pretrained for c in speeds}
     left = sorted(speeds, key=lambda c: speeds[c])  # slowest first
     sets = [left]
     order = sorted(left, key=lambda c: photos and pretrained[c])  # stable: slowest first within each start
     if larger_first:  # the pretrained ones' places taken by them smallest input first (slowest first among equals)
-        by_size = iter(sorted((c for c in order if pretrained[c]), key=lambda c: Candidate.parse(c).size))
+        by_size = iter(sorted((c for c in order if pretrained[c]), key=lambda c: (c not in over,
+                                                                                    Candidate.parse(c).size)))
         order = [next(by_size) if pretrained[c] else c for c in order]
+    if hedge in order:  # the last pretrained one standing
+        order = [c for c in order if c != hedge] + [hedge]
     while drop := next((c for c in order if c in left and sum(pretrained[o] == pretrained[c] for o in left) > 1),
                        None):
         left = [c for c in left if c != drop]
         sets.append(left)
-    if larger_first:
-        for smaller in [c for c in reversed(order) if pretrained[c] and c not in left]:
+    if larger_first and (kept := [c for c in left if pretrained[c]]):
+        size = Candidate.parse(kept[0]).size
+        for smaller in sorted((c for c in speeds if pretrained[c] and Candidate.parse(c).size < size),
+                              key=lambda c: -Candidate.parse(c).size):
             sets.append(sorted([smaller] + [c for c in left if not pretrained[c]], key=lambda c: speeds[c]))
     starts = [c for c in speeds if pretrained[c]] or list(speeds)
     for alone in ([max(starts, key=lambda c: speeds[c])], [max(speeds, key=lambda c: speeds[c])]):
@@ -1017,8 +1052,8 @@ def size_candidates(kept: list[dict], rungs: list[dict], speeds: dict[str, float
     if rungs:
         trained = rungs[0].get("trained", [f["candidate"] for f in kept])
         starts = {Candidate.parse(c).pretrained for c in trained}
-        slowest = ("the pretrained ones with the smallest inputs (validation ties go to the larger)" if larger_first
-                   else "the slowest")
+        slowest = ("the pretrained ones screened over the latency budget, then those with the smallest inputs "
+                   "(validation ties go to the larger)" if larger_first else "the slowest")
         order = f"those from random weights first, then {slowest}" if photos else slowest
         why = (f"left out of the search: the budget fits {len(trained)} of the {len(kept)} candidates at "
                f"{cfg.min_epochs} epochs or more each ({order} left out"
@@ -1124,6 +1159,11 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
           "  the teacher as the model: within the budget (exported and judged beside the finalists)")
 
     by_size = noise["noisy"] and not held_out["images"]  # ties decide, and go to the larger input (tie_width)
+    hedge = latency_hedge(kept, job.auto.latency_ms) if by_size else None
+    over = frozenset(f["candidate"] for f in kept if job.auto.latency_ms and fastest_ms(f) > job.auto.latency_ms)
+    if hedge:
+        print(f"  {hedge} goes on to the finalists beside the larger inputs, which validation ties favour: it measured "
+              f"at least {HEDGE_MARGIN:.0%} inside the latency budget, where they did not")
 
     def ladder(extra: int, views: int) -> tuple[list[dict], float, float]:
         """The rungs, the teacher's seconds and the students' seconds with ``extra`` unlabelled images: successive
@@ -1136,7 +1176,8 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
         left = job.auto.minutes * 60 - elapsed - teaching - held_out["seconds"]
         # --auto.min_epochs counts passes over the labelled images: unlabelled ones lengthen an epoch, not the need
         lo = max(1, math.ceil(job.auto.min_epochs * len(train) / images))
-        for names in ladder_sets(speeds, is_photo(train.image_size[0]), by_size) if not extra else [list(speeds)]:
+        for names in (ladder_sets(speeds, is_photo(train.image_size[0]), by_size, hedge, over) if not extra else
+                      [list(speeds)]):
             seconds = left - export_reserve(exports, [f for f in kept if f["candidate"] in names])
             if rungs := plan_rungs({c: speeds[c] for c in names}, images, seconds, lo, job.auto.max_epochs,
                                    finalists):
@@ -1161,7 +1202,7 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
             "teacher_option": teacher_option,
             "candidates": kept, "dropped": dropped, "size_searches": searches,
             "pretrained_out_of_budget": out_of_budget,
-            "held_out": held_out, "finalists": finalists, "finalists_why": finalists_why,
+            "held_out": held_out, "finalists": finalists, "finalists_why": finalists_why, "hedge": hedge,
             "teaching_seconds": planned["teaching"],
             "export_seconds": export_reserve(exports, [f for f in kept if f["candidate"] in laddered]),
             "student_seconds": planned["seconds"],
@@ -1208,7 +1249,8 @@ def train_students(job: AutoJob, root: Path, plan: dict, held=None) -> list[dict
             for c, gap in behind.items():
                 done[c]["left_behind"] = f"left after rung {r - 1}, {100 * gap:.1f} points under the leader"
                 print(f"  {c} {done[c]['left_behind']}: too far behind to be worth another rung")
-            alive = [t for t in ranked if t["candidate"] not in behind][:rungs[r]["candidates"]]
+            alive = with_hedge([t for t in ranked if t["candidate"] not in behind], rungs[r]["candidates"],
+                               plan.get("hedge"))
             rungs = rungs[:r] + respaced(job, root, plan, r, alive)
             if r >= len(rungs):
                 print(f"the budget has no time for rung {r}: the finalists are rung {r - 1}'s best")
@@ -1217,7 +1259,7 @@ def train_students(job: AutoJob, root: Path, plan: dict, held=None) -> list[dict
         train_rung(job, root, plan, alive, r, rungs[r]["epochs"], select, done, held)
         r += 1
     else:  # every rung ran: the time the plan left over (a teacher faster than planned, say) goes to the finalists
-        alive = rank(alive, tie_width(plan))[:plan["finalists"]]
+        alive = with_hedge(rank(alive, tie_width(plan)), plan["finalists"], plan.get("hedge"))
         if more := extension(job, root, plan, alive):
             print(f"time left over: {', '.join(f['candidate'] for f in alive)} go on for {more} more epochs")
             train_rung(job, root, plan, alive, r, more, select, done, held)
@@ -1230,11 +1272,12 @@ def kept_epoch(job: AutoJob, plan: dict) -> str:
     return "last" if plan["selection"]["noisy"] or job.auto.metric != "accuracy" else "best"
 
 
-def last_rung_best(trained: list[dict], count: int, within: float | None = None) -> list[dict]:
-    """The ``count`` best (:func:`rank`) of the candidates that reached the last rung: the finalists (none where
-    no student trained)."""
+def last_rung_best(trained: list[dict], count: int, within: float | None = None,
+                   hedge: str | None = None) -> list[dict]:
+    """The ``count`` best (:func:`rank`) of the candidates that reached the last rung, the ``hedge`` among them
+    where it reached it (:func:`with_hedge`): the finalists (none where no student trained)."""
     last = max((t["rung"] for t in trained), default=0)
-    return rank([t for t in trained if t["rung"] == last], within)[:count]
+    return with_hedge(rank([t for t in trained if t["rung"] == last], within), count, hedge)
 
 
 def train_rung(job: AutoJob, root: Path, plan: dict, alive: list[dict], r: int, epochs: int | None, select: str,
@@ -1399,7 +1442,7 @@ def soup_of_seeds(job: AutoJob, root: Path, plan: dict, trained: list[dict], hel
     ranks at least as high (:func:`replace_if_as_good`, under "souped")."""
     if not job.auto.soup_seeds or not trained:
         return
-    exported = last_rung_best(trained, plan["finalists"], tie_width(plan))
+    exported = last_rung_best(trained, plan["finalists"], tie_width(plan), plan.get("hedge"))
     finalists = [t for t in exported if Candidate.parse(t["candidate"]).pretrained]
     if not finalists:
         return
@@ -1629,11 +1672,13 @@ def export_teacher(job: AutoJob, root: Path, plan: dict, images, held=None,
 
 
 def export_finalists(job: AutoJob, root: Path, trained: list[dict], count: int, images, held=None,
-                     teacher_labels: list[int] | None = None, within: float | None = None) -> list[dict]:
+                     teacher_labels: list[int] | None = None, within: float | None = None,
+                     hedge: str | None = None) -> list[dict]:
     """The ``count`` best students on validation, each with its :func:`exported_options`. A finalist whose export
     fails (its ONNX graph's probabilities stray from PyTorch's beyond the parity tolerance, say) is not a choice: it
     keeps no options and the reason under "export_failed", and the others are still judged."""
-    return [exported(job, root, f, images, held, teacher_labels) for f in last_rung_best(trained, count, within)]
+    return [exported(job, root, f, images, held, teacher_labels)
+            for f in last_rung_best(trained, count, within, hedge)]
 
 
 def exported(job: AutoJob, root: Path, f: dict, images, held=None, teacher_labels: list[int] | None = None) -> dict:
@@ -2140,7 +2185,8 @@ def auto_job(job: AutoJob) -> dict:
         print(f"note: {students_skipped}")
     soup_of_seeds(job, root, plan, trained, held)
     average_with_teacher(job, root, plan, trained, held)
-    students = export_finalists(job, root, trained, plan["finalists"], images, held, labels, tie_width(plan))
+    students = export_finalists(job, root, trained, plan["finalists"], images, held, labels, tie_width(plan),
+                                plan.get("hedge"))
     finalists = judged_with_earlier(job, plan, students + ([teacher] if teacher else []))
     finalists = with_fallbacks(job, root, trained, finalists, images, held, labels, tie_width(plan))
     chosen = choose(finalists, job.auto.latency_ms, job.auto.max_mb, plan["selection"]["noisy"], tie_width(plan))
