@@ -35,6 +35,7 @@ from fm2edge.automate.job import (
     extension,
     far_over,
     finalists_wanted,
+    hedge_text,
     hopeless,
     in_screen_state,
     judged_with_earlier,
@@ -886,6 +887,11 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     assert result["pretrained_out_of_budget"] is None and 'id="auto-pretrained-out"' not in page
     result["pretrained_out_of_budget"] = {"text": "no student that starts from pretrained weights fits"}
     assert 'id="auto-pretrained-out"><b>The budget:</b> no student that starts' in auto_section(str(run), result)
+    # digits' validation ranks: no hedge was needed; where one went on beside the larger inputs, the page names it
+    assert result["hedge"] is None and 'id="auto-hedge"' not in page
+    result["hedge"] = {"candidate": "pypi:efficientnet_lite0@128", "text": hedge_text("pypi:efficientnet_lite0@128")}
+    assert ('id="auto-hedge">Hedge: pypi:efficientnet_lite0@128 goes on to the finalists beside the larger inputs'
+            in auto_section(str(run), result))
     # a run without a latency budget whose choice is the teacher says so and gives a budget to start from
     assert result["no_budget"] is None and 'id="auto-no-budget"' not in page  # this one had a 50 ms budget
     result["no_budget"] = "with no latency budget the most accurate model won"

@@ -291,6 +291,13 @@ def latency_hedge(kept: list[dict], latency_ms: float | None) -> str | None:
     return max(safe, key=size)["candidate"] if safe and largest not in safe else None
 
 
+def hedge_text(hedge: str) -> str:
+    """What the run and its report say of the ``hedge`` (:func:`latency_hedge`)."""
+    return (f"{hedge} goes on to the finalists beside the larger inputs, which validation ties favour: it measured at "
+            f"least {HEDGE_MARGIN:.0%} inside the latency budget, where they did not, and a graph at the budget's "
+            f"edge can time over it once exported")
+
+
 def with_hedge(ranked: list[dict], count: int, hedge: str | None) -> list[dict]:
     """The first ``count`` of ``ranked``, the ``hedge`` (:func:`latency_hedge`) in the last place where it is among
     ``ranked`` but not among them and two or more go on."""
@@ -1162,8 +1169,7 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     hedge = latency_hedge(kept, job.auto.latency_ms) if by_size else None
     over = frozenset(f["candidate"] for f in kept if job.auto.latency_ms and fastest_ms(f) > job.auto.latency_ms)
     if hedge:
-        print(f"  {hedge} goes on to the finalists beside the larger inputs, which validation ties favour: it measured "
-              f"at least {HEDGE_MARGIN:.0%} inside the latency budget, where they did not")
+        print(f"  {hedge_text(hedge)}")
 
     def ladder(extra: int, views: int) -> tuple[list[dict], float, float]:
         """The rungs, the teacher's seconds and the students' seconds with ``extra`` unlabelled images: successive
@@ -2210,6 +2216,7 @@ def auto_job(job: AutoJob) -> dict:
               "finalists": plan["finalists"], "finalists_why": plan["finalists_why"], "machine": plan["machine"],
               "train_images": plan["train_images"], "unlabeled_images": plan["unlabeled_images"],
               "views": plan["views"], "size_searches": plan.get("size_searches", []),
+              "hedge": {"candidate": plan["hedge"], "text": hedge_text(plan["hedge"])} if plan.get("hedge") else None,
               "pretrained_out_of_budget": plan.get("pretrained_out_of_budget"),
               "precision_why": precision_text(chosen, finalists, job.auto.latency_ms, job.auto.max_mb,
                                               plan["machine"], plan["selection"]["noisy"]),

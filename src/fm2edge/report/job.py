@@ -369,6 +369,8 @@ def auto_section(folder: str, r: dict) -> str:
         parts.append("<h3>The search</h3>")
         for s in r.get("size_searches") or []:  # input sizes fitted to the latency budget before any training
             parts.append(f'<p class="auto-sizes">{html.escape(s["text"])}.</p>')
+        if r.get("hedge"):  # the candidate kept to the finalists beside the larger inputs at the budget's edge
+            parts.append(f'<p id="auto-hedge">Hedge: {html.escape(r["hedge"]["text"])}.</p>')
         if r.get("views"):
             parts.append(f"<p id=\"auto-teaching\">The students were taught on {r['train_images']:,} labelled and "
                          f"{r['unlabeled_images']:,} unlabelled images, the teacher's outputs cached "
