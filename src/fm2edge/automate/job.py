@@ -283,12 +283,14 @@ def latency_hedge(kept: list[dict], latency_ms: float | None) -> str | None:
     pretrained = [f for f in kept if Candidate.parse(f["candidate"]).pretrained]
     if latency_ms is None or not pretrained:
         return None
-    def size(f: dict) -> int:
-        return Candidate.parse(f["candidate"]).size
-
     safe = [f for f in pretrained if fastest_ms(f) <= (1 - HEDGE_MARGIN) * latency_ms]
-    largest = max(pretrained, key=size)
-    return max(safe, key=size)["candidate"] if safe and largest not in safe else None
+    largest = max(pretrained, key=candidate_size)
+    return max(safe, key=candidate_size)["candidate"] if safe and largest not in safe else None
+
+
+def candidate_size(f: dict) -> int:
+    """A measured candidate's input size."""
+    return Candidate.parse(f["candidate"]).size
 
 
 def hedge_text(hedge: str) -> str:
@@ -1167,7 +1169,7 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
 
     by_size = noise["noisy"] and not held_out["images"]  # ties decide, and go to the larger input (tie_width)
     hedge = latency_hedge(kept, job.auto.latency_ms) if by_size else None
-    over = frozenset(f["candidate"] for f in kept if job.auto.latency_ms and fastest_ms(f) > job.auto.latency_ms)
+    over = frozenset(f["candidate"] for f in kept if not precisions_within(f, job.auto.latency_ms, job.auto.max_mb))
     if hedge:
         print(f"  {hedge_text(hedge)}")
 
@@ -1276,6 +1278,11 @@ def kept_epoch(job: AutoJob, plan: dict) -> str:
     """Which epoch a student's stage keeps (``--train.select``): a fixed schedule's last where validation cannot rank
     epochs, or where the loop's best epoch (on accuracy) is not the metric that chooses; else the best."""
     return "last" if plan["selection"]["noisy"] or job.auto.metric != "accuracy" else "best"
+
+
+def finalists_of(trained: list[dict], plan: dict) -> list[dict]:
+    """The plan's finalists among ``trained`` (:func:`last_rung_best` with its count, tie width and hedge)."""
+    return last_rung_best(trained, plan["finalists"], tie_width(plan), plan.get("hedge"))
 
 
 def last_rung_best(trained: list[dict], count: int, within: float | None = None,
@@ -1448,7 +1455,7 @@ def soup_of_seeds(job: AutoJob, root: Path, plan: dict, trained: list[dict], hel
     ranks at least as high (:func:`replace_if_as_good`, under "souped")."""
     if not job.auto.soup_seeds or not trained:
         return
-    exported = last_rung_best(trained, plan["finalists"], tie_width(plan), plan.get("hedge"))
+    exported = finalists_of(trained, plan)
     finalists = [t for t in exported if Candidate.parse(t["candidate"]).pretrained]
     if not finalists:
         return
@@ -1677,14 +1684,12 @@ def export_teacher(job: AutoJob, root: Path, plan: dict, images, held=None,
     return teacher
 
 
-def export_finalists(job: AutoJob, root: Path, trained: list[dict], count: int, images, held=None,
-                     teacher_labels: list[int] | None = None, within: float | None = None,
-                     hedge: str | None = None) -> list[dict]:
-    """The ``count`` best students on validation, each with its :func:`exported_options`. A finalist whose export
+def export_finalists(job: AutoJob, root: Path, trained: list[dict], plan: dict, images, held=None,
+                     teacher_labels: list[int] | None = None) -> list[dict]:
+    """The plan's finalists (:func:`finalists_of`), each with its :func:`exported_options`. A finalist whose export
     fails (its ONNX graph's probabilities stray from PyTorch's beyond the parity tolerance, say) is not a choice: it
     keeps no options and the reason under "export_failed", and the others are still judged."""
-    return [exported(job, root, f, images, held, teacher_labels)
-            for f in last_rung_best(trained, count, within, hedge)]
+    return [exported(job, root, f, images, held, teacher_labels) for f in finalists_of(trained, plan)]
 
 
 def exported(job: AutoJob, root: Path, f: dict, images, held=None, teacher_labels: list[int] | None = None) -> dict:
@@ -2191,8 +2196,7 @@ def auto_job(job: AutoJob) -> dict:
         print(f"note: {students_skipped}")
     soup_of_seeds(job, root, plan, trained, held)
     average_with_teacher(job, root, plan, trained, held)
-    students = export_finalists(job, root, trained, plan["finalists"], images, held, labels, tie_width(plan),
-                                plan.get("hedge"))
+    students = export_finalists(job, root, trained, plan, images, held, labels)
     finalists = judged_with_earlier(job, plan, students + ([teacher] if teacher else []))
     finalists = with_fallbacks(job, root, trained, finalists, images, held, labels, tie_width(plan))
     chosen = choose(finalists, job.auto.latency_ms, job.auto.max_mb, plan["selection"]["noisy"], tie_width(plan))
