@@ -438,7 +438,8 @@ def render_html(title: str, acc: list[dict], mistakes: list[dict], groups: dict 
     for name, result in extras.get("auto", []):
         parts.append(auto_section(name, result))
     parts.append("<h2>Accuracy</h2>")
-    parts.append(_table("accuracy", ["run", "kind", "test accuracy (mean ± std over seeds)",
+    several = any(r["n"] > 1 for r in acc)  # a spread over seeds only where some row has seeds to spread
+    parts.append(_table("accuracy", ["run", "kind", "test accuracy" + (" (mean ± std over seeds)" if several else ""),
                                      "balanced accuracy (mean of the classes')", "seeds", "parameters"],
                         [[r["label"], r["kind"], _pct(r["test_acc"], r["std"]), _pct(r.get("balanced_acc")),
                           r["seeds"], f"{r['parameters']:,}" if r.get("parameters") else "-"] for r in acc],

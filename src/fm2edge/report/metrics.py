@@ -196,8 +196,8 @@ def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray, resamples: i
     a, b = np.asarray(correct_a, dtype=np.float64), np.asarray(correct_b, dtype=np.float64)
     diff = float(a.mean() - b.mean())
     method = f"paired bootstrap over {len(a):,} {what}"
-    if np.array_equal(a, b):
-        return Difference(diff, 0.0, 0.0, method + ", identical predictions")
+    if np.array_equal(a, b):  # right on the same images (their answers may still differ where both are wrong)
+        return Difference(diff, 0.0, 0.0, method + ", right on the same images")
     from scipy import stats
 
     res = stats.bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis) - y.mean(axis), paired=True,
