@@ -403,6 +403,13 @@ def test_the_exports_reserved_are_the_costliest_finalists_and_the_teacher_where_
                                                              for f in times[1:]))
     assert export_reserve({**small, "unlabeled_images": 2000}, times) == pytest.approx(
         sum(export_seconds(f, 80, 100, agreement=500) for f in times[1:]))
+    # no percentile stage is reserved where the layout it would calibrate screened over the latency budget
+    screened = [{**f, "int8": {"recipe": "first-last-fp32", "layouts_ms": {"first-last-fp32": 0.8 * ms}}}
+                for f, ms in zip(times, (0.2, 3.0, 1.0), strict=True)]
+    assert export_reserve(plan, screened, latency_ms=1.0) < export_reserve(plan, screened) == pytest.approx(
+        export_reserve(plan, times))
+    assert export_seconds(screened[1], 500, 100, latency_ms=1.0) < export_seconds(screened[1], 500, 100)
+    assert export_seconds(screened[2], 500, 100, latency_ms=1.0) == pytest.approx(export_seconds(screened[2], 500, 100))
 
 
 def test_the_teachers_time_buys_distinct_images_before_views():
@@ -1855,25 +1862,39 @@ def test_the_rungs_as_run_are_the_plans_re_sized_then_the_extension():
     assert rungs_as_run({**plan, "respaced": {"1": {"epochs": []}}}) == rungs[:1]  # the search ended at rung 0
 
 
-@pytest.mark.parametrize("agreements,recipes", [
-    ((1.0, 0.9), ["minmax", "first-last-fp32"]),  # min-max's graph answers as fp32: percentile has nothing to win back
-    ((0.9, 1.0), ["minmax", "first-last-fp32"]),
-    ((0.9, 0.95), ["minmax", "first-last-fp32", "percentile"]),
+FL_FASTEST = {"recipe": "first-last-fp32", "layouts_ms": {"minmax": 1.9, "first-last-fp32": 1.45}}
+
+
+@pytest.mark.parametrize("agreements,screened,latency_ms,recipes", [
+    # not screened: percentile in the all-int8 layout, skipped where min-max's graph of that layout answers as fp32
+    ((1.0, 0.9), None, None, ["minmax", "first-last-fp32"]),
+    ((0.9, 1.0), None, None, ["minmax", "first-last-fp32", "percentile"]),
+    ((0.9, 0.95), None, None, ["minmax", "first-last-fp32", "percentile"]),
+    # screened fastest with the first and last layers in fp32: percentile in that layout, which the budget admits
+    ((1.0, 0.95), FL_FASTEST, 1.5, ["minmax", "first-last-fp32", "percentile-first-last-fp32"]),
+    ((0.95, 1.0), FL_FASTEST, 1.5, ["minmax", "first-last-fp32"]),
+    ((0.95, 0.95), FL_FASTEST, None, ["minmax", "first-last-fp32", "percentile-first-last-fp32"]),
+    # that layout screened over the budget (beyond the screen's tolerance): no calibration makes it faster
+    ((0.95, 0.95), FL_FASTEST, 1.2, ["minmax", "first-last-fp32"]),
 ])
-def test_percentile_calibration_runs_only_where_no_int8_graph_already_answers_as_fp32(
-        agreements, recipes, monkeypatch, tmp_path, capsys):
-    """The slow int8 recipe (histograms) is exported only where the first two int8 graphs disagree with the fp32
-    graph on some validation image; each export is a stand-in recording its recipe."""
+def test_percentile_calibration_runs_in_the_fastest_layout_where_its_min_max_graph_strays(
+        agreements, screened, latency_ms, recipes, monkeypatch, tmp_path, capsys):
+    """The slow int8 recipe (histograms) is exported in the layout the screen timed fastest, only where that
+    layout's min-max graph disagrees with the fp32 graph on some validation image and the layout screened within
+    the latency budget; each export is a stand-in recording its recipe."""
     import numpy as np
 
     import fm2edge.automate.job as auto_job
     import fm2edge.models.io
 
-    ran, agreement = [], {"minmax": agreements[0], "first-last-fp32": agreements[1], "percentile": 1.0}
+    ran = []
+    agreement = {"minmax": agreements[0], "first-last-fp32": agreements[1], "percentile": 1.0,
+                 "percentile-first-last-fp32": 1.0}
 
     def export_stage(root, name, command, cfg):
-        recipe = "percentile" if cfg["export"].get("calibration_method") == "percentile" else (
-            "first-last-fp32" if cfg["export"]["fp32_layers"] == "first_last" else "minmax")
+        recipe = ("percentile" if cfg["export"].get("calibration_method") == "percentile" else "minmax") + (
+            "-first-last-fp32" if cfg["export"]["fp32_layers"] == "first_last" else "")
+        recipe = {"minmax-first-last-fp32": "first-last-fp32"}.get(recipe, recipe)
         ran.append(recipe)
         timing = {"quiet_p50_ms": 1.0, "p50_ms": 1.0, "p90_ms": 1.1, "spread": 1.1}
         return {"latency_batch1": {"onnx_fp32": timing, "onnx_int8": timing},
@@ -1885,11 +1906,14 @@ def test_percentile_calibration_runs_only_where_no_int8_graph_already_answers_as
     monkeypatch.setattr(auto_job, "run_one_stage", export_stage)
     monkeypatch.setattr(auto_job, "graph_probabilities", lambda model, onnx, images: np.eye(2)[[0, 1, 1]])
     monkeypatch.setattr(fm2edge.models.io, "load_classifier", lambda folder: None)
-    f = {"candidate": "m@128", "folder": str(tmp_path / "m"), "params": 10}
-    options = auto_job.exported_options(AutoJob(), tmp_path, f, images=[0, 1, 2])
+    f = {"candidate": "m@128", "folder": str(tmp_path / "m"), "params": 10, **({"int8": screened} if screened else {})}
+    options = auto_job.exported_options(AutoJob(auto=AutoConfig(latency_ms=latency_ms)), tmp_path, f, images=[0, 1, 2])
     assert ran == recipes
     assert [o["int8_recipe"] for o in options if o["precision"] == "int8"] == recipes
-    assert ("percentile calibration skipped" in capsys.readouterr().out) == (len(recipes) == 2)
+    skipped = len(recipes) == 2 and (latency_ms is None or latency_ms >= 1.5)
+    assert ("percentile calibration skipped" in capsys.readouterr().out) == skipped
+    assert list(auto_job.int8_recipes(f, latency_ms)) == [*recipes[:2], *(
+        [] if latency_ms == 1.2 else [auto_job.PERCENTILE_RECIPES[(screened or {}).get("recipe", "minmax")]])]
 
 
 def test_the_teachers_labels_for_held_out_images_are_the_same_through_its_graph(teacher, tmp_path):

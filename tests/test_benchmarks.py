@@ -512,3 +512,25 @@ def test_the_holdout_check_scores_every_stage_and_graph_of_a_run_on_images_it_le
         assert re.search(rf"^  {re.escape(g)}\s+ONNX\s+\d+\.\d\d%$", out, re.M), g
     assert re.search(r"requantised \(min-max, per-channel\): fp32 \d+\.\d\d%", out)
     assert len(re.findall(r"int8 weights in [78] bits: \d+\.\d\d%, agreement with fp32 \d+\.\d\d%", out)) == 2
+
+
+def test_the_int8_layout_benchmark_scores_each_recipe_against_fp32_on_three_sets(monkeypatch, tmp_path, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import int8_layouts
+
+    from fm2edge.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrainJob
+    from fm2edge.train import train_job
+
+    data = DataConfig(source="digits", max_train=200, max_test=60)
+    train_job(TrainJob(data=data, model=ModelConfig(name="student:small_cnn"), run=RunConfig(root=str(tmp_path)),
+                       train=TrainConfig(epochs=1, batch_size=32, device="cpu")))
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    out = tmp_path / "layouts.json"
+    monkeypatch.setattr("sys.argv", ["int8_layouts.py", str(run), "--data", "digits", "--probe", "digits",
+                                     "--latency-runs", "5", "--json", str(out)])
+    int8_layouts.main()
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["recipe"] for r in rows] == ["fp32", "minmax, all int8", "minmax, first and last fp32",
+                                           "percentile, all int8", "percentile, first and last fp32"]
+    assert all(0 <= r[f"agreement_{k}"] <= 1 for r in rows[1:] for k in ("train", "validation", "probe"))
+    assert all(r["p50_ms"] > 0 for r in rows) and "| percentile, first and last fp32 |" in capsys.readouterr().out

@@ -142,11 +142,16 @@ MIN_UNLABELED = 100  # below this many, unlabelled images are not worth their te
 # student's labels on the held-out images (`automate.heldout`) are priced at, twice per candidate.
 INFERENCE_SPEEDUP = 3.0
 # int8 recipes tried on each finalist (static QDQ, per-channel weights): min-max calibration; the same with the
-# first and last layers (raw pixels in, logits out) kept in fp32; percentile calibration (outliers clipped).
-# Validation chooses among them, ties going to the closest agreement with the fp32 graph. Percentile calibration
-# only moves min-max's scales, to win back what outliers cost, and its histograms make it the slow one (Lite0 at 128
-# to 176 px on a 2-core AMX Xeon: 63-126 s against 16-24 s for each of the others): it is skipped where an earlier
-# int8 graph already answers as the fp32 graph on every validation image.
+# first and last layers (raw pixels in, logits out) kept in fp32; percentile calibration (outliers clipped) in the
+# layout the screen timed fastest (:func:`int8_recipes`). Validation chooses among them, ties going to the closest
+# agreement with the fp32 graph. Percentile calibration only moves min-max's scales, to win back what outliers cost,
+# and its histograms make it the slow one (Lite0 at 128 to 176 px on a 2-core AMX Xeon: 63-126 s against 16-24 s
+# for each of the others): it is skipped where the min-max graph of its layout already answers as the fp32 graph on
+# every validation image, and where its layout screened over the latency budget. In one layout only, the fastest:
+# Lite0's all-int8 graphs run 1.2-1.4x slower than those with the first and last layers in fp32, which answered as
+# their fp32 graphs on 0.3-0.7 points more of 1,000 photos no calibration saw (four Tux Paint students at 128 and
+# 144 px, percentile calibration: benchmarks/int8_layouts.py). Calibrated all-int8, a Tux Paint run's percentile
+# graphs timed 1.58-2.09 ms against a 1.5 ms budget: 46 s of exports that could not be chosen.
 # Images on which each int8 graph's agreement with its fp32 graph is measured (the students' own training images,
 # unlabelled ones included): a validation split of a few dozen images cannot tell the int8 recipes apart, their
 # fidelity to the fp32 graph on hundreds of images can.
@@ -196,7 +201,9 @@ SOUP_STAGE = "soup-"  # soup-student-..., the finalist averaged with its seeds
 # seed's stage also loads the data and writes its checkpoints.
 SEED_MARGIN = 1.15
 INT8_RECIPES = {"minmax": {"fp32_layers": "none"}, "first-last-fp32": {"fp32_layers": "first_last"},
-                "percentile": {"calibration_method": "percentile", "fp32_layers": "none"}}
+                "percentile": {"calibration_method": "percentile", "fp32_layers": "none"},
+                "percentile-first-last-fp32": {"calibration_method": "percentile", "fp32_layers": "first_last"}}
+PERCENTILE_RECIPES = {"minmax": "percentile", "first-last-fp32": "percentile-first-last-fp32"}  # by INT8_LAYOUTS
 
 
 # ---------------------------------------------------------------- pure pieces
@@ -601,16 +608,32 @@ def hopeless(ranked: list[dict], scored_on: int) -> dict[str, float]:
     return behind
 
 
-def export_seconds(f: dict, calibration: int, val: int, held: int = 0, agreement: int = AGREEMENT_IMAGES) -> float:
-    """What exporting a finalist costs: one export stage per int8 recipe, each its fixed part, its timed runs and
-    checks, calibration and the validation passes at the finalist's measured batch-1 speed (batched inference is
-    faster, so this errs long); percentile calibration's histograms; and every graph's labels for the ``agreement``
-    fidelity images (:func:`fidelity_images`) and the ``held`` held-out ones."""
+def int8_recipes(f: dict, latency_ms: float | None = None) -> dict[str, dict]:
+    """The INT8_RECIPES finalist ``f`` is exported with: min-max calibration in both INT8_LAYOUTS, and percentile
+    calibration in the layout its screen timed fastest (all-int8 where ``f`` was not screened), left out where the
+    screen timed that layout over the latency budget (beyond SCREEN_TOLERANCE): no calibration makes it faster."""
+    screened = f.get("int8") if isinstance(f.get("int8"), dict) else {}
+    layout = screened.get("recipe", "minmax")
+    recipes = {name: INT8_RECIPES[name] for name in INT8_LAYOUTS}
+    timed = screened.get("layouts_ms", {}).get(layout)
+    if latency_ms is None or timed is None or timed <= screen_limit(latency_ms):
+        recipes[PERCENTILE_RECIPES[layout]] = INT8_RECIPES[PERCENTILE_RECIPES[layout]]
+    return recipes
+
+
+def export_seconds(f: dict, calibration: int, val: int, held: int = 0, agreement: int = AGREEMENT_IMAGES,
+                   latency_ms: float | None = None) -> float:
+    """What exporting a finalist costs: one export stage per int8 recipe (:func:`int8_recipes`), each its fixed
+    part, its timed runs and checks, calibration and the validation passes at the finalist's measured batch-1 speed
+    (batched inference is faster, so this errs long); percentile calibration's histograms; and every graph's labels
+    for the ``agreement`` fidelity images (:func:`fidelity_images`) and the ``held`` held-out ones."""
     per_image = f["fp32"]["p50_ms"] / 1e3
-    fidelity = (1 + len(INT8_RECIPES)) * (agreement + held) * per_image
+    recipes = int8_recipes(f, latency_ms)
+    fidelity = (1 + len(recipes)) * (agreement + held) * per_image
     stage = (EXPORT_BASE_SECONDS + EXPORT_SECONDS_PER_PARAM * f["params"]
              + (EXPORT_INFERENCES + CALIBRATION_COST * calibration + 2 * val) * per_image)
-    return len(INT8_RECIPES) * stage + PERCENTILE_COST * calibration * per_image + fidelity
+    percentile = any(r.get("calibration_method") == "percentile" for r in recipes.values())
+    return len(recipes) * stage + percentile * PERCENTILE_COST * calibration * per_image + fidelity
 
 
 def seeds_that_fit(costs: list[tuple[str, float]], seconds: float, most: int) -> dict[str, int]:
@@ -805,19 +828,20 @@ def seconds_left(job: AutoJob, root: Path, plan: dict, alive: list[dict]) -> flo
     """What the budget still has for training: the minutes less what was spent, the exports of ``alive`` (the
     candidates still training, the finalists among them: :func:`export_reserve`) and RESPACE_MARGIN for unrecorded
     work (what later rungs and the extension are sized to)."""
-    exports = export_reserve(plan, alive)
+    exports = export_reserve(plan, alive, job.auto.latency_ms)
     return job.auto.minutes * 60 * (1 - RESPACE_MARGIN) - spent_before(root) - exports - plan["held_out"]["seconds"]
 
 
-def export_reserve(plan: dict, candidates: list[dict]) -> float:
+def export_reserve(plan: dict, candidates: list[dict], latency_ms: float | None = None) -> float:
     """Seconds the exports need when the finalists will be ``plan["finalists"]`` of ``candidates``: the costliest
-    that many (:func:`export_seconds`), and the teacher's where it is exported beside them (it fits the budget)."""
+    that many (:func:`export_seconds` under the ``latency_ms`` budget), and the teacher's where it is exported
+    beside them (it fits the budget)."""
     calibration = min(ExportConfig().calibration_images, plan["train_images"])
     # the fidelity images: the training images, then the unlabelled ones (before the pool is planned, all of them)
     agreement = min(AGREEMENT_IMAGES, plan["train_images"] + plan.get("unlabeled_images", 0))
 
     def cost(f: dict) -> float:
-        return export_seconds(f, calibration, plan["val_images"], plan["held_out"]["images"], agreement)
+        return export_seconds(f, calibration, plan["val_images"], plan["held_out"]["images"], agreement, latency_ms)
 
     costs = sorted((cost(f) for f in candidates), reverse=True)
     teacher = plan["teacher_option"]  # exported already (`export_teacher`): its time is spent, not to be reserved
@@ -1161,8 +1185,12 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     exports = {"train_images": len(train), "unlabeled_images": available, "val_images": len(val),
                "held_out": held_out, "finalists": finalists,
                "teacher_option": teacher_option}  # what export_reserve reads of a plan
+
+    def reserve(candidates: list[dict], plan: dict = exports) -> float:
+        return export_reserve(plan, candidates, job.auto.latency_ms)
+
     if "why" not in teacher_option and (why := teacher_export_too_long(
-            export_reserve({**exports, "finalists": 0}, []), job.auto.minutes, is_photo(train.image_size[0]))):
+            reserve([], {**exports, "finalists": 0}), job.auto.minutes, is_photo(train.image_size[0]))):
         teacher_option["why"] = why
     print(f"  the teacher as the model: {teacher_option['why']}" if "why" in teacher_option else
           "  the teacher as the model: within the budget (exported and judged beside the finalists)")
@@ -1186,12 +1214,12 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
         lo = max(1, math.ceil(job.auto.min_epochs * len(train) / images))
         for names in (ladder_sets(speeds, is_photo(train.image_size[0]), by_size, hedge, over) if not extra else
                       [list(speeds)]):
-            seconds = left - export_reserve(exports, [f for f in kept if f["candidate"] in names])
+            seconds = left - reserve([f for f in kept if f["candidate"] in names])
             if rungs := plan_rungs({c: speeds[c] for c in names}, images, seconds, lo, job.auto.max_epochs,
                                    finalists):
                 rungs[0]["trained"] = names
                 return rungs, teaching, seconds
-        return [], teaching, left - export_reserve(exports, kept)  # equal shares instead: size_candidates
+        return [], teaching, left - reserve(kept)  # equal shares instead: size_candidates
 
     fewest = min(EPOCHS_FEWEST, job.auto.max_epochs)  # the proven recipe's fewest epochs, for the finalists
     planned = plan_pool(len(train), available, most_views(job, train.image_size[0]),
@@ -1212,7 +1240,7 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
             "pretrained_out_of_budget": out_of_budget,
             "held_out": held_out, "finalists": finalists, "finalists_why": finalists_why, "hedge": hedge,
             "teaching_seconds": planned["teaching"],
-            "export_seconds": export_reserve(exports, [f for f in kept if f["candidate"] in laddered]),
+            "export_seconds": reserve([f for f in kept if f["candidate"] in laddered]),
             "student_seconds": planned["seconds"],
             "rungs": rungs, "planning_seconds": time.perf_counter() - started}
 
@@ -1826,19 +1854,20 @@ def with_fallbacks(job: AutoJob, root: Path, trained: list[dict], finalists: lis
 
 def exported_options(job: AutoJob, root: Path, f: dict, images, held=None,
                      teacher_labels: list[int] | None = None) -> list[dict]:
-    """Finalist ``f`` exported to fp32 ONNX and to int8 with each INT8_RECIPES entry, scored there on validation (the
-    test split stays unread): each (precision, recipe) an option with its measured latency and size, each int8
-    option its agreement with the fp32 graph on ``images`` (None: on validation alone, as the export measured it,
-    and nothing else), and, with ``held`` (the held-out unlabelled images), each option its agreement with
-    ``teacher_labels`` for them."""
+    """Finalist ``f`` exported to fp32 ONNX and to int8 with each of its :func:`int8_recipes`, scored there on
+    validation (the test split stays unread): each (precision, recipe) an option with its measured latency and
+    size, each int8 option its agreement with the fp32 graph on ``images`` (None: on validation alone, as the export
+    measured it, and nothing else), and, with ``held`` (the held-out unlabelled images), each option its agreement
+    with ``teacher_labels`` for them."""
     from fm2edge.models.io import load_classifier
 
     options, fp32_timings = [], []
-    for i, (recipe, settings) in enumerate(INT8_RECIPES.items()):
-        faithful = next((o for o in options if o["precision"] == "int8" and o["agreement_with_fp32"] >= 1.0), None)
-        if recipe == "percentile" and faithful is not None:
+    for i, (recipe, settings) in enumerate(int8_recipes(f, job.auto.latency_ms).items()):
+        faithful = next((o for o in options if o["precision"] == "int8" and o["agreement_with_fp32"] >= 1.0
+                         and INT8_RECIPES[o["int8_recipe"]]["fp32_layers"] == settings["fp32_layers"]), None)
+        if settings.get("calibration_method") == "percentile" and faithful is not None:
             print(f"  {f['candidate']}: percentile calibration skipped: its {faithful['int8_recipe']} int8 graph "
-                  f"answers as its fp32 graph on every validation image")
+                  f"(the layout percentile would calibrate) answers as its fp32 graph on every validation image")
             continue
         name = f.get("export_name", f"export-{Path(f['folder']).name}") + (f"-{recipe}" if i else "")
         result = run_one_stage(root, name, "export", {
