@@ -753,10 +753,10 @@ def precision_text(chosen: dict, finalists: list[dict], latency_ms: float | None
 def passed_over_text(finalists: list[dict], chosen: dict, latency_ms: float | None, noisy: bool = False,
                      within: float | None = None) -> str | None:
     """Where a finalist's graph scored higher on validation than the chosen one and only its latency, timed again
-    over the budget it had screened within (:func:`retime_disputed`), left it out (within the budget, :func:`choose`
-    would have taken it, with ``noisy`` and ``within`` as it chose: a graph that only loses a validation tie is not
-    named): the note that says so and what to do (on a busy machine the chosen model can be far less accurate than
-    one that fits on an idle one)."""
+    over the budget it had screened within or near (:func:`retime_disputed`), left it out (within the budget,
+    :func:`choose` would have taken it, with ``noisy`` and ``within`` as it chose: a graph that only loses a
+    validation tie is not named): the note that says so and what to do (on a busy machine the chosen model can be
+    far less accurate than one that fits on an idle one)."""
     def won(o: dict) -> bool:
         fitted = {**o, "p50_ms": latency_ms, "state_ms": latency_ms}
         return choose([{**f, "options": [fitted if p is o else p for p in f.get("options", [])]} for f in finalists],
@@ -764,16 +764,18 @@ def passed_over_text(finalists: list[dict], chosen: dict, latency_ms: float | No
 
     if latency_ms is None:
         return None
-    over = [o for f in finalists for o in f.get("options", [])
+    over = [(f, o) for f in finalists for o in f.get("options", [])
             if "retimed_ms" in o and not within_budget(o, latency_ms, None) and graph_score(o) > graph_score(chosen)
             and won(o)]
     if not over:
         return None
-    o = max(over, key=graph_score)
+    f, o = max(over, key=lambda fo: graph_score(fo[1]))
+    screened = screened_ms(f, o)
     return (f"{o['candidate']} as {o['precision']} scored {100 * graph_score(o):.2f}% on validation against the "
             f"chosen model's {100 * graph_score(chosen):.2f}%, and timed {o['p50_ms']:.2f} ms in its export, over the "
-            f"{latency_ms:.3g} ms budget it had screened within: if the machine was busy, rerun the same command when "
-            f"it is idle (the exports are reused and timed again), or allow it with {budget_flag(o['p50_ms'])}")
+            f"{latency_ms:.3g} ms budget" + (f", where it screened at {screened:.2f} ms" if screened else "") +
+            f": if the machine was busy, rerun the same command when it is idle (the exports are reused and timed "
+            f"again), or allow it with {budget_flag(o['p50_ms'])}")
 
 
 def no_budget_text(chosen: dict, teacher_option: dict, latency_ms: float | None) -> str | None:
