@@ -1870,18 +1870,21 @@ FL_FASTEST = {"recipe": "first-last-fp32", "layouts_ms": {"minmax": 1.9, "first-
     ((1.0, 0.9), None, None, ["minmax", "first-last-fp32"]),
     ((0.9, 1.0), None, None, ["minmax", "first-last-fp32", "percentile"]),
     ((0.9, 0.95), None, None, ["minmax", "first-last-fp32", "percentile"]),
-    # screened fastest with the first and last layers in fp32: percentile in that layout, which the budget admits
-    ((1.0, 0.95), FL_FASTEST, 1.5, ["minmax", "first-last-fp32", "percentile-first-last-fp32"]),
-    ((0.95, 1.0), FL_FASTEST, 1.5, ["minmax", "first-last-fp32"]),
-    ((0.95, 0.95), FL_FASTEST, None, ["minmax", "first-last-fp32", "percentile-first-last-fp32"]),
-    # that layout screened over the budget (beyond the screen's tolerance): no calibration makes it faster
-    ((0.95, 0.95), FL_FASTEST, 1.2, ["minmax", "first-last-fp32"]),
+    # screened fastest with the first and last layers in fp32: that layout first, percentile in it
+    ((1.0, 0.95), FL_FASTEST, 2.0, ["first-last-fp32", "minmax", "percentile-first-last-fp32"]),
+    ((0.95, 1.0), FL_FASTEST, 2.0, ["first-last-fp32", "minmax"]),
+    ((0.95, 0.95), FL_FASTEST, None, ["first-last-fp32", "minmax", "percentile-first-last-fp32"]),
+    # the all-int8 layout screened over the budget (beyond the screen's tolerance): no calibration makes it faster
+    ((1.0, 0.95), FL_FASTEST, 1.5, ["first-last-fp32", "percentile-first-last-fp32"]),
+    # both over: the first export still writes the fp32 graph
+    ((0.95, 0.95), FL_FASTEST, 1.2, ["first-last-fp32"]),
 ])
-def test_percentile_calibration_runs_in_the_fastest_layout_where_its_min_max_graph_strays(
+def test_int8_recipes_run_fastest_layout_first_and_percentile_in_it_where_min_max_strays(
         agreements, screened, latency_ms, recipes, monkeypatch, tmp_path, capsys):
-    """The slow int8 recipe (histograms) is exported in the layout the screen timed fastest, only where that
-    layout's min-max graph disagrees with the fp32 graph on some validation image and the layout screened within
-    the latency budget; each export is a stand-in recording its recipe."""
+    """The layout the screen timed fastest is exported first (with the fp32 graph), a layout screened over the
+    latency budget is left out, and the slow int8 recipe (histograms) runs in the fastest layout only where that
+    layout's min-max graph disagrees with the fp32 graph on some validation image; each export is a stand-in
+    recording its recipe."""
     import numpy as np
 
     import fm2edge.automate.job as auto_job
@@ -1910,10 +1913,12 @@ def test_percentile_calibration_runs_in_the_fastest_layout_where_its_min_max_gra
     options = auto_job.exported_options(AutoJob(auto=AutoConfig(latency_ms=latency_ms)), tmp_path, f, images=[0, 1, 2])
     assert ran == recipes
     assert [o["int8_recipe"] for o in options if o["precision"] == "int8"] == recipes
-    skipped = len(recipes) == 2 and (latency_ms is None or latency_ms >= 1.5)
+    assert [o["precision"] for o in options].count("fp32") == 1
+    percentile = auto_job.PERCENTILE_RECIPES[(screened or {}).get("recipe", "minmax")]
+    skipped = percentile not in recipes and latency_ms in (None, 2.0)
     assert ("percentile calibration skipped" in capsys.readouterr().out) == skipped
-    assert list(auto_job.int8_recipes(f, latency_ms)) == [*recipes[:2], *(
-        [] if latency_ms == 1.2 else [auto_job.PERCENTILE_RECIPES[(screened or {}).get("recipe", "minmax")]])]
+    assert list(auto_job.int8_recipes(f, latency_ms)) == [*(r for r in recipes if r != percentile), *(
+        [] if latency_ms == 1.2 else [percentile])]
 
 
 def test_the_teachers_labels_for_held_out_images_are_the_same_through_its_graph(teacher, tmp_path):

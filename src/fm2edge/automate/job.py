@@ -141,17 +141,19 @@ MIN_UNLABELED = 100  # below this many, unlabelled images are not worth their te
 # Inference runs about this many times faster than a training step (no backward pass, no optimiser step): what a
 # student's labels on the held-out images (`automate.heldout`) are priced at, twice per candidate.
 INFERENCE_SPEEDUP = 3.0
-# int8 recipes tried on each finalist (static QDQ, per-channel weights): min-max calibration; the same with the
-# first and last layers (raw pixels in, logits out) kept in fp32; percentile calibration (outliers clipped) in the
-# layout the screen timed fastest (:func:`int8_recipes`). Validation chooses among them, ties going to the closest
-# agreement with the fp32 graph. Percentile calibration only moves min-max's scales, to win back what outliers cost,
-# and its histograms make it the slow one (Lite0 at 128 to 176 px on a 2-core AMX Xeon: 63-126 s against 16-24 s
-# for each of the others): it is skipped where the min-max graph of its layout already answers as the fp32 graph on
-# every validation image, and where its layout screened over the latency budget. In one layout only, the fastest:
-# Lite0's all-int8 graphs run 1.2-1.4x slower than those with the first and last layers in fp32, which answered as
-# their fp32 graphs on 0.3-0.7 points more of 1,000 photos no calibration saw (four Tux Paint students at 128 and
-# 144 px, percentile calibration: benchmarks/int8_layouts.py). Calibrated all-int8, a Tux Paint run's percentile
-# graphs timed 1.58-2.09 ms against a 1.5 ms budget: 46 s of exports that could not be chosen.
+# int8 recipes tried on each finalist (static QDQ, per-channel weights), in the order :func:`int8_recipes` gives:
+# min-max calibration in the layout the screen timed fastest (its export writes the fp32 graph too), min-max in the
+# other layout (every layer in int8, or the first and last layers, raw pixels in and logits out, kept in fp32), and
+# percentile calibration (outliers clipped) in the fastest layout. Validation chooses among them, ties going to the
+# closest agreement with the fp32 graph. A layout the screen timed over the latency budget (beyond SCREEN_TOLERANCE)
+# is not exported again, whatever its calibration: under a 1.5 ms budget Lite0's all-int8 graph at 144 px, screened
+# at 1.88 ms, timed 2.16 ms in its export, and a Tux Paint run's two percentile graphs, all-int8 then, 1.58-2.09 ms:
+# 57 s of exports no choice could take. Percentile calibration only moves min-max's scales, to win back what
+# outliers cost, and its histograms make it the slow one (Lite0 at 128 to 176 px on a 2-core AMX Xeon: 63-126 s
+# against 16-24 s for each of the others): it is skipped where min-max's graph of its layout already answers as the
+# fp32 graph on every validation image. It runs in the fastest layout only: Lite0's all-int8 graphs run 1.2-1.4x
+# slower than those with the first and last layers in fp32, which answered as their fp32 graphs on 0.3-0.7 points
+# more of 1,000 photos no calibration saw (four Tux Paint students at 128 and 144 px: benchmarks/int8_layouts.py).
 # Images on which each int8 graph's agreement with its fp32 graph is measured (the students' own training images,
 # unlabelled ones included): a validation split of a few dozen images cannot tell the int8 recipes apart, their
 # fidelity to the fp32 graph on hundreds of images can.
@@ -609,16 +611,20 @@ def hopeless(ranked: list[dict], scored_on: int) -> dict[str, float]:
 
 
 def int8_recipes(f: dict, latency_ms: float | None = None) -> dict[str, dict]:
-    """The INT8_RECIPES finalist ``f`` is exported with: min-max calibration in both INT8_LAYOUTS, and percentile
-    calibration in the layout its screen timed fastest (all-int8 where ``f`` was not screened), left out where the
-    screen timed that layout over the latency budget (beyond SCREEN_TOLERANCE): no calibration makes it faster."""
+    """The INT8_RECIPES finalist ``f`` is exported with, in order: min-max calibration in the layout its screen timed
+    fastest (all-int8 where ``f`` was not screened; its export writes the fp32 graph too), min-max in the other
+    INT8_LAYOUTS, and percentile calibration in the fastest layout; each but the first left out where the screen
+    timed its layout over the latency budget (beyond SCREEN_TOLERANCE): no calibration makes a graph faster."""
     screened = f.get("int8") if isinstance(f.get("int8"), dict) else {}
-    layout = screened.get("recipe", "minmax")
-    recipes = {name: INT8_RECIPES[name] for name in INT8_LAYOUTS}
-    timed = screened.get("layouts_ms", {}).get(layout)
-    if latency_ms is None or timed is None or timed <= screen_limit(latency_ms):
-        recipes[PERCENTILE_RECIPES[layout]] = INT8_RECIPES[PERCENTILE_RECIPES[layout]]
-    return recipes
+    fastest = screened.get("recipe", "minmax")
+
+    def fits(layout: str) -> bool:
+        timed = screened.get("layouts_ms", {}).get(layout)
+        return latency_ms is None or timed is None or timed <= screen_limit(latency_ms)
+
+    names = [fastest, *(layout for layout in INT8_LAYOUTS if layout != fastest and fits(layout)),
+             *([PERCENTILE_RECIPES[fastest]] if fits(fastest) else [])]
+    return {name: INT8_RECIPES[name] for name in names}
 
 
 def export_seconds(f: dict, calibration: int, val: int, held: int = 0, agreement: int = AGREEMENT_IMAGES,
