@@ -51,9 +51,8 @@ def main() -> None:
         print(f"  {folder.name:<58} PyTorch fp32 {100 * (got == labels).mean():6.2f}%, agreement with the teacher "
               f"{100 * (got == taught).mean():6.2f}%")
     for onnx in sorted(root.glob("export-*/*.onnx")):
-        name = onnx.parent.name.removeprefix("export-").removesuffix("-first-last-fp32").removesuffix("-percentile")
-        student = Path(teacher) if name == "teacher" else root / name  # the teacher's own graphs: export-teacher*
-        acc = float((graph_labels(load_classifier(student), onnx, held.images) == labels).mean())
+        exported = Path(json.loads((onnx.parent / "export.json").read_text())["model"])  # the folder it exported
+        acc = float((graph_labels(load_classifier(exported), onnx, held.images) == labels).mean())
         print(f"  {onnx.parent.name + '/' + onnx.name:<58} ONNX {100 * acc:6.2f}%")
     if a.requantise:
         chosen = Path(json.loads((root / "auto.json").read_text())["chosen"]["folder"])
