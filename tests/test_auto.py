@@ -1914,7 +1914,8 @@ def test_int8_recipes_run_fastest_layout_first_and_percentile_in_it_where_min_ma
     assert ran == recipes
     assert [o["int8_recipe"] for o in options if o["precision"] == "int8"] == recipes
     assert [o["precision"] for o in options].count("fp32") == 1
-    percentile = auto_job.PERCENTILE_RECIPES[(screened or {}).get("recipe", "minmax")]
+    percentile = {"minmax": "percentile", "first-last-fp32": "percentile-first-last-fp32"}[
+        (screened or {}).get("recipe", "minmax")]
     skipped = percentile not in recipes and latency_ms in (None, 2.0)
     assert ("percentile calibration skipped" in capsys.readouterr().out) == skipped
     assert list(auto_job.int8_recipes(f, latency_ms)) == [*(r for r in recipes if r != percentile), *(

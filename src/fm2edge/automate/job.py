@@ -205,7 +205,6 @@ SEED_MARGIN = 1.15
 INT8_RECIPES = {"minmax": {"fp32_layers": "none"}, "first-last-fp32": {"fp32_layers": "first_last"},
                 "percentile": {"calibration_method": "percentile", "fp32_layers": "none"},
                 "percentile-first-last-fp32": {"calibration_method": "percentile", "fp32_layers": "first_last"}}
-PERCENTILE_RECIPES = {"minmax": "percentile", "first-last-fp32": "percentile-first-last-fp32"}  # by INT8_LAYOUTS
 
 
 # ---------------------------------------------------------------- pure pieces
@@ -622,9 +621,17 @@ def int8_recipes(f: dict, latency_ms: float | None = None) -> dict[str, dict]:
         timed = screened.get("layouts_ms", {}).get(layout)
         return latency_ms is None or timed is None or timed <= screen_limit(latency_ms)
 
+    percentile = next(r for r, settings in INT8_RECIPES.items()
+                      if settings.get("calibration_method") == "percentile" and layout_of(r) == fastest)
     names = [fastest, *(layout for layout in INT8_LAYOUTS if layout != fastest and fits(layout)),
-             *([PERCENTILE_RECIPES[fastest]] if fits(fastest) else [])]
+             *([percentile] if fits(fastest) else [])]
     return {name: INT8_RECIPES[name] for name in names}
+
+
+def layout_of(recipe: str) -> str | None:
+    """The INT8_LAYOUTS entry (the layers kept in fp32) an INT8_RECIPES recipe quantises in; None for another name."""
+    layers = INT8_RECIPES.get(recipe, {}).get("fp32_layers")
+    return next((k for k, v in INT8_LAYOUTS.items() if v["fp32_layers"] == layers), None)
 
 
 def export_seconds(f: dict, calibration: int, val: int, held: int = 0, agreement: int = AGREEMENT_IMAGES,
@@ -1747,9 +1754,7 @@ def screened_ms(f: dict, o: dict) -> float | None:
     screened = f.get(o["precision"])
     if not isinstance(screened, dict):
         return None
-    if o["precision"] == "int8" and o.get("int8_recipe") in INT8_RECIPES:
-        layers = INT8_RECIPES[o["int8_recipe"]]["fp32_layers"]
-        layout = next((k for k, v in INT8_LAYOUTS.items() if v["fp32_layers"] == layers), None)
+    if o["precision"] == "int8" and (layout := layout_of(o.get("int8_recipe"))) is not None:
         return screened.get("layouts_ms", {}).get(layout, screened["p50_ms"])
     return screened["p50_ms"]
 
@@ -1872,7 +1877,7 @@ def exported_options(job: AutoJob, root: Path, f: dict, images, held=None,
     options, fp32_timings = [], []
     for i, (recipe, settings) in enumerate(int8_recipes(f, job.auto.latency_ms).items()):
         faithful = next((o for o in options if o["precision"] == "int8" and o["agreement_with_fp32"] >= 1.0
-                         and INT8_RECIPES[o["int8_recipe"]]["fp32_layers"] == settings["fp32_layers"]), None)
+                         and layout_of(o["int8_recipe"]) == layout_of(recipe)), None)
         if settings.get("calibration_method") == "percentile" and faithful is not None:
             print(f"  {f['candidate']}: percentile calibration skipped: its {faithful['int8_recipe']} int8 graph "
                   f"(the layout percentile would calibrate) answers as its fp32 graph on every validation image")
