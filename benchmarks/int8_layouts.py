@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import graph_labels
 
 from fm2edge.config import DataConfig, ExportConfig
 from fm2edge.data import balanced_indices, load_data
@@ -30,19 +31,11 @@ from fm2edge.export import (
     calibration_batches,
     export_deployable,
     graph_latency,
-    image_batches,
-    open_session,
     quantize_int8,
-    run_images,
 )
 from fm2edge.models.io import load_classifier
 
 RECIPES = (("minmax", "none"), ("minmax", "first_last"), ("percentile", "none"), ("percentile", "first_last"))
-
-
-def answers(path: Path, model, images: torch.Tensor, threads: int) -> np.ndarray:
-    sess = open_session(path, threads)
-    return np.concatenate([run_images(sess, b) for b in image_batches(model, images, 128)]).argmax(1)
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -70,7 +63,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = export_deployable(model, Path(tmp) / "model.onnx",  # its input size, for the timings
                                      metadata={"preprocess": model.describe()["preprocess"]})
-            reference = {k: answers(fp32, model, v, args.threads) for k, v in sets.items()}
+            reference = {k: graph_labels(model, fp32, v) for k, v in sets.items()}
             rows.append({"run": run, "recipe": "fp32", "p50_ms": graph_latency(fp32, args.threads,
                                                                               args.latency_runs)["quiet_p50_ms"]})
             for method, layers in RECIPES:
@@ -82,7 +75,7 @@ def main() -> None:
                 row = {"run": run, "recipe": f"{method}, {'first and last fp32' if layers != 'none' else 'all int8'}",
                        "quantise_s": seconds,
                        "p50_ms": graph_latency(path, args.threads, args.latency_runs)["quiet_p50_ms"]}
-                row.update({f"agreement_{k}": agreement(answers(path, model, v, args.threads), reference[k])
+                row.update({f"agreement_{k}": agreement(graph_labels(model, path, v), reference[k])
                             for k, v in sets.items()})
                 rows.append(row)
     print(f"{args.data}: {len(train)} training, {len(val)} validation images; probe: {len(probe)} test images of "
