@@ -53,6 +53,7 @@ from fm2edge.automate.job import (
     precision_text,
     probability_gap,
     rank,
+    read_once_seconds,
     respace_rungs,
     retime_disputed,
     rungs_as_run,
@@ -352,7 +353,8 @@ def test_time_the_planned_rungs_leave_goes_to_the_finalists_once(tmp_path):
     fast = {"fp32": {"p50_ms": 1.0}, "params": 1_000_000}
     # the plan reserved 300 s for the costliest candidate's exports; the finalist is a fast one: its own are reserved
     plan = {"planning_seconds": 60.0, "export_seconds": 300.0, "held_out": {"images": 0, "seconds": 0.0},
-            "train_images": 100, "val_images": 20, "finalists": 1, "teacher_option": {"why": "over the budget"}}
+            "train_images": 100, "val_images": 20, "finalists": 1, "teacher_option": {"why": "over the budget"},
+            "test_read_seconds": 0.0}
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     alive = [{"candidate": "a", "epoch_seconds": 10.0, "overhead_seconds": 5.0, "trained_epochs": 6, **fast},
              {"candidate": "b", "epoch_seconds": 5.0, "overhead_seconds": 9.0, "trained_epochs": 6, **fast}]
@@ -368,6 +370,23 @@ def test_time_the_planned_rungs_leave_goes_to_the_finalists_once(tmp_path):
     tight = {**{k: v for k, v in plan.items() if k != "respaced"}, "planning_seconds": 550.0}
     (tmp_path / "plan.json").write_text(json.dumps(tight))
     assert extension(job, tmp_path, tight, alive[1:]) == 0  # 17 s left: one epoch, not worth a further cycle
+    # the test read's reserve is the finalists' no more: 150 s of it leave 10 epochs fewer
+    read = {**{k: v for k, v in plan.items() if k != "respaced"}, "test_read_seconds": 150.0}
+    (tmp_path / "plan.json").write_text(json.dumps(read))
+    alive[0]["trained_epochs"] = 6
+    assert extension(job, tmp_path, read, alive) == 23
+    saved = json.loads((tmp_path / "plan.json").read_text())["respaced"]["extension"]
+    assert saved["seconds_left"] == pytest.approx(582 - 60 - reserve - 150)
+
+
+def test_the_test_read_is_reserved_at_the_teachers_speed_and_the_slowest_graph_that_may_be_chosen():
+    """The teacher reads the test split at its measured speed, the chosen graph at its batch-1 latency: reserved for
+    the slowest graph that can be chosen (the teacher's own, where it is a candidate)."""
+    teacher = {"images_per_s": 200.0}
+    options = [{"fp32": {"p50_ms": 1.0}}, {"fp32": {"p50_ms": 4.0}}]
+    assert read_once_seconds(2000, teacher, options) == pytest.approx(2000 / 200 + 2000 * 4e-3)
+    assert read_once_seconds(2000, teacher, []) == pytest.approx(10.0)
+    assert read_once_seconds(0, teacher, options) == 0.0
 
 
 def test_the_time_spent_counts_the_teachers_labels_after_its_export(tmp_path):
@@ -579,14 +598,15 @@ def test_a_budget_that_buys_no_student_an_epoch_says_where_the_minutes_went_and_
     """Found on a 30-photo folder with --auto.minutes 3 on a busy machine: measuring and the teacher took 2.2 of the 3
     minutes, no candidate got an epoch, and the run stopped on a Python error."""
     plan = {"train_images": 10, "unlabeled_images": 0, "planning_seconds": 120.0, "teaching_seconds": 30.0,
-            "export_seconds": 45.0, "selection": {"noisy": True},
+            "export_seconds": 45.0, "test_read_seconds": 20.0, "selection": {"noisy": True},
             "candidates": [{"candidate": "a", "epochs": 0, "train_images_per_s": 100.0},
                            {"candidate": "b", "epochs": 0, "train_images_per_s": 50.0}]}
     assert train_students(AutoJob(auto=AutoConfig(minutes=3)), tmp_path, plan) == []
     text = too_short(plan, AutoConfig(minutes=3, min_epochs=3))
     assert text.startswith("the 3-minute budget leaves no time to train a student")
     assert "took 120 s" in text and "outputs need 30 s" in text and "exports 45 s" in text
-    # (120 + 30 + 45 + 3 epochs of 10 images at 80 img/s) x 1.25 = 4.07 minutes
+    assert "test read 20 s" in text
+    # (120 + 30 + 45 + 20 + 3 epochs of 10 images at 80 img/s) x 1.25 = 4.49 minutes
     assert text.endswith("give --auto.minutes 5 or more")
 
 
@@ -788,7 +808,7 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     # the finalists' exports (how long they then take is the machine's: benchmarks time it, tests do not)
     plan = json.loads((run / "plan.json").read_text())
     planned = (plan["planning_seconds"] + plan["teaching_seconds"] + plan["export_seconds"]
-               + sum(r["seconds"] for r in plan["rungs"]))
+               + plan["test_read_seconds"] + sum(r["seconds"] for r in plan["rungs"]))
     assert planned <= 6 * 60 and result["minutes"] > 0
     # successive halving: both candidates for one epoch, the better on validation two more from its weights
     assert [(r["candidates"], r["epochs"]) for r in plan["rungs"]] == [(2, 1), (1, 2)]
@@ -1027,7 +1047,7 @@ def test_time_the_students_leave_over_buys_more_unlabelled_images(tmp_path, teac
     plan = json.loads((tmp_path / "a" / "plan.json").read_text())
     assert plan["unlabeled_images"] >= job.MIN_UNLABELED and plan["views"] == 1
     planned = (plan["planning_seconds"] + plan["teaching_seconds"] + plan["export_seconds"]
-               + sum(r["seconds"] for r in plan["rungs"]))
+               + plan["test_read_seconds"] + sum(r["seconds"] for r in plan["rungs"]))
     assert planned <= 6 * 60
 
 
@@ -1978,9 +1998,37 @@ def test_the_test_split_is_also_scored_without_its_near_copies(monkeypatch):
     teacher = np.array([1, 0, 1, 0, 0, 0])  # right but on image 4
     monkeypatch.setattr(fm2edge.models.io, "load_classifier", lambda folder: torch.nn.Identity())
     monkeypatch.setattr(auto, "graph_probabilities", lambda model, path, x: np.eye(2)[chosen])
-    monkeypatch.setattr(fm2edge.train, "predict", lambda model, data, batch, device: torch.eye(2)[teacher])
+    monkeypatch.setattr(fm2edge.train, "predict", lambda model, data, batch, device, **kw: torch.eye(2)[teacher])
     out = auto.read_test_once({"folder": "c", "onnx": "c/model.onnx"}, {"folder": "t"}, test, train, "cpu")
     assert out["near_copies"] == 1
     assert out["chosen_test_acc"] == pytest.approx(5 / 6) and out["teacher_test_acc"] == pytest.approx(5 / 6)
     assert out["chosen_test_acc_without_near_copies"] == pytest.approx(4 / 5)
     assert out["teacher_test_acc_without_near_copies"] == pytest.approx(4 / 5)
+    # the teacher's own fp32 graph chosen: its answers are the teacher's, the split is not read twice
+    monkeypatch.setattr(fm2edge.train, "predict", lambda *a, **kw: pytest.fail("the teacher read the split again"))
+    itself = auto.read_test_once({"folder": "c", "onnx": "c/model.onnx"}, {"folder": "t"}, test, train, "cpu",
+                                 teacher_itself=True)
+    assert itself["teacher_test_acc"] == itself["chosen_test_acc"] == pytest.approx(5 / 6)
+
+
+def test_the_teacher_reads_the_test_split_through_its_graph(teacher, tmp_path):
+    """The teacher reads the test split as its cached outputs are made (its ONNX Runtime graph on a CPU: 2,000
+    photos took 54 s in PyTorch's default layout), and its answers are those PyTorch gives."""
+    import torch
+
+    from fm2edge.automate import job as auto
+    from fm2edge.config import DataConfig
+    from fm2edge.data import load_data
+    from fm2edge.export import export_deployable
+    from fm2edge.models.io import load_classifier
+
+    train, _, test = load_data(DataConfig(source="digits"))
+    onnx = export_deployable(load_classifier(str(teacher)), tmp_path / "model.onnx")
+    cpu = torch.device("cpu")
+    through_graph = auto.read_test_once({"folder": str(teacher), "onnx": str(onnx)}, {"folder": str(teacher)}, test,
+                                        train, cpu, tmp_path / "graphs")
+    assert list((tmp_path / "graphs").glob("*/backbone.onnx"))
+    in_torch = auto.read_test_once({"folder": str(teacher), "onnx": str(onnx)}, {"folder": str(teacher)}, test,
+                                   train, cpu)
+    assert through_graph["teacher_test_acc"] == in_torch["teacher_test_acc"]
+    assert through_graph["chosen_test_acc"] == pytest.approx(through_graph["teacher_test_acc"], abs=1 / len(test))

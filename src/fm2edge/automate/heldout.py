@@ -73,14 +73,14 @@ def held_out_images(job, train, n: int):
 def predicted_labels(folder: str, images, device, graphs: Path | None = None) -> np.ndarray:
     """A run folder's classifier's labels for ``images`` (preprocessed as the model expects); with ``graphs``, a
     teacher's graphs folder, through its ONNX Runtime graph where it has one (as its cached outputs are made)."""
-    from fm2edge.distill.teacher import graph_logits, teacher_graph
+    from fm2edge.distill.teacher import teacher_graph, teacher_logits
     from fm2edge.models.io import load_classifier
     from fm2edge.train import predict
 
     model = load_classifier(folder).to(device)
-    graph = teacher_graph(model, "auto", device, None, graphs) if graphs is not None else None
-    logits = graph_logits(model, graph, images, 64, device) if graph else predict(model, images, 64, device)
-    return logits.argmax(1).numpy()
+    if graphs is None:
+        return predict(model, images, 64, device).argmax(1).numpy()
+    return teacher_logits(model, images, device, teacher_graph(model, "auto", device, None, graphs)).argmax(1).numpy()
 
 
 def agreement_share(labels: np.ndarray, teacher_labels: list[int]) -> float:

@@ -11,7 +11,7 @@ from fm2edge.automate.config import AutoJob
 from fm2edge.automate.measure import LOOP_EFFICIENCY, Candidate, latency_cache, measure_training
 from fm2edge.automate.stages import run_one_stage
 from fm2edge.config import to_dict
-from fm2edge.distill.teacher import graph_logits, teacher_graph
+from fm2edge.distill.teacher import teacher_graph, teacher_logits
 from fm2edge.errors import Fm2EdgeError
 
 TEACHER_STAGE = "teacher-"  # every teacher stage's name starts so (spent while planning, counted there)
@@ -118,7 +118,6 @@ def score_teachers(teachers: list[dict], val, device, graphs: Path) -> list[dict
 
     from fm2edge.models.io import load_classifier
     from fm2edge.report.metrics import accuracy, balanced_accuracy
-    from fm2edge.train import predict
 
     for t in teachers:
         if "val_acc" in t:
@@ -127,8 +126,7 @@ def score_teachers(teachers: list[dict], val, device, graphs: Path) -> list[dict
         graph = teacher_graph(model, "auto", device, None, graphs)
         # its validation logits made as its cached outputs will be (once, not once more in PyTorch besides): also
         # the warm-up of the timing below
-        logits = graph_logits(model, graph, val, 64, device) if graph else \
-            predict(model.to(memory_format=torch.channels_last), val, 64, device, channels_last=True, progress=True)
+        logits = teacher_logits(model, val, device, graph, progress=True)
         timed = val.subset(np.arange(max(len(val), SPEED_IMAGES)) % len(val))  # a few validation images repeated
         t["images_per_s"] = len(timed) / min(seconds_to_predict(model, timed, device, graph)
                                              for _ in range(SPEED_REPEATS))
@@ -144,15 +142,8 @@ def seconds_to_predict(model, data, device, graph=None) -> float:
     """Seconds one inference pass of ``model`` over ``data`` takes as the teacher's cache runs it: in batches of
     64 (fewer for large inputs on a CPU), channels-last, or through ``graph`` (its pooled features as an ONNX
     Runtime session) where it has one."""
-    import torch
-
-    from fm2edge.train import predict
-
     t0 = time.perf_counter()
-    if graph is None:
-        predict(model.to(memory_format=torch.channels_last), data, 64, device, channels_last=True)
-    else:
-        graph_logits(model, graph, data, 64, device)
+    teacher_logits(model, data, device, graph)
     return time.perf_counter() - t0
 
 

@@ -167,6 +167,18 @@ def graph_logits(model: Classifier, graph: Callable[[torch.Tensor], np.ndarray],
                           for i in range(0, len(data), batch)])
 
 
+def teacher_logits(model: Classifier, data, device: torch.device,
+                   graph: Callable[[torch.Tensor], np.ndarray] | None = None, progress: bool = False) -> torch.Tensor:
+    """``model``'s logits on ``data``'s plain images as its cached outputs are made: through ``graph`` (its
+    :func:`teacher_graph`) where it has one, else in PyTorch channels-last."""
+    from fm2edge.train import predict
+
+    if graph is not None:
+        return graph_logits(model, graph, data, 64, device)
+    return predict(model.to(memory_format=torch.channels_last), data, 64, device, channels_last=True,
+                   progress=progress)
+
+
 CHUNK = 2048  # images per saved piece of a teacher cache: an interrupted build loses at most one
 
 
