@@ -172,3 +172,19 @@ def test_soup_plot_labels_tell_same_named_runs_apart():
 
     assert unique_tails(["/s/t20/teacher/full", "/s/base/teacher/full", "/gpu/c/full", "c"]) == \
         ["t20/teacher/full", "base/teacher/full", "c/full", "c"]
+
+
+def test_a_uniform_soups_plot_gives_the_soup_of_all_runs_not_a_step_at_the_first():
+    """A uniform soup of a student and the teacher's weights scored 76.7% where the student alone scored 86.7%: its
+    plot put the soup's 76.7% at the student as "the soup so far (kept)", as if it had been built step by step."""
+    from fm2edge.report.plots import soup_steps
+
+    steps = [{"run": "a/student", "alone": 0.867, "soup": 0.767, "kept": True},
+             {"run": "a/teacher", "alone": 0.833, "soup": 0.767, "kept": True}]
+    ax = soup_steps(steps, "uniform soup", uniform=True).axes[0]
+    assert [line.get_label() for line in ax.lines] == ["the soup of all 2 runs"]
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([76.7, 76.7])
+    assert not ax.collections  # no dot for a step that was never tried
+    greedy = soup_steps([{**steps[0], "soup": 0.867}, {**steps[1], "kept": False}], "greedy soup").axes[0]
+    assert [line.get_label() for line in greedy.lines] == ["the soup so far"]
+    assert len(greedy.collections) == 2  # kept and left out

@@ -186,7 +186,7 @@ def soup_job(job: SoupJob) -> dict:
             run.write_metrics("soup", results)
             run.log_summary(results)
             if session.val is not None:
-                save_figure(plots.soup_steps(steps, f"{cfg.method} soup of {soup.name}"),
+                save_figure(plots.soup_steps(steps, f"{cfg.method} soup of {soup.name}", cfg.method == "uniform"),
                             run.file("plots", "soup.png"))
             shown = f"validation {100 * best:.2f}%, " if best is not None else ""
             tested = f"test accuracy {100 * test_acc:.2f}%" if test_acc is not None else "test split unread"

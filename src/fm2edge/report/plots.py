@@ -119,22 +119,27 @@ def bars(values: dict[str, float], xlabel: str, ylabel: str, title: str) -> Figu
     return fig
 
 
-def soup_steps(steps: Sequence[dict], title: str) -> Figure:
+def soup_steps(steps: Sequence[dict], title: str, uniform: bool = False) -> Figure:
     """A model soup, run by run in the order tried: each run's validation accuracy alone (bars), the soup's with it
-    (dots: filled where the run was kept, hollow where it was left out) and the soup so far (a step line)."""
+    (dots: filled where the run was kept, hollow where it was left out) and the soup so far (a step line). A
+    ``uniform`` soup is not built step by step: one line gives the soup of all its runs (a step line would put the
+    whole soup's accuracy at the first run, as if that run alone had scored it)."""
     fig = Figure(figsize=(max(6, 1.1 * len(steps) + 2), 4.5), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(steps))
     alone = [100 * s["alone"] for s in steps]
     trial = np.array([100 * s["soup"] for s in steps])
     kept = np.array([s["kept"] for s in steps])
-    so_far = np.maximum.accumulate(np.where(kept, trial, -np.inf))
     ax.bar(x, alone, color="lightgray", label="the run alone")
-    ax.step(x, so_far, where="post", color="tab:blue", linewidth=1.5, label="the soup so far")
-    ax.scatter(x[kept], trial[kept], color="tab:blue", zorder=3, label="soup with it (kept)")
-    if not kept.all():
-        ax.scatter(x[~kept], trial[~kept], facecolor="white", edgecolor="tab:blue", zorder=3,
-                   label="soup with it (left out)")
+    if uniform:
+        ax.axhline(trial[0], color="tab:blue", linewidth=1.5, label=f"the soup of all {len(steps)} runs")
+    else:
+        so_far = np.maximum.accumulate(np.where(kept, trial, -np.inf))
+        ax.step(x, so_far, where="post", color="tab:blue", linewidth=1.5, label="the soup so far")
+        ax.scatter(x[kept], trial[kept], color="tab:blue", zorder=3, label="soup with it (kept)")
+        if not kept.all():
+            ax.scatter(x[~kept], trial[~kept], facecolor="white", edgecolor="tab:blue", zorder=3,
+                       label="soup with it (left out)")
     ax.set_xticks(x, unique_tails([s["run"] for s in steps]), rotation=30, ha="right", fontsize=8)
     low = min(alone + trial.tolist())
     ax.set_ylim(max(0.0, low - 5), min(101.0, max(alone + trial.tolist()) + 2))  # room for a dot at 100%
