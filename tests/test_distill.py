@@ -264,8 +264,7 @@ def test_a_convolutional_teacher_runs_in_onnx_runtime_on_a_cpu_with_pytorchs_out
     graph, flip average included, with the outputs PyTorch gives; bf16, "torch" or a GPU keep PyTorch, and asking
     for the graph where it cannot run is one error."""
     from fm2edge.data import load_data
-    from fm2edge.distill.task import teacher_logits
-    from fm2edge.distill.teacher import graph_folder, load_teacher, teacher_graph
+    from fm2edge.distill.teacher import graph_folder, load_teacher, teacher_graph, teacher_logits
     from fm2edge.train import predict
 
     train, _, test = load_data(DataConfig(source=str(parquet_dir)))
@@ -282,8 +281,10 @@ def test_a_convolutional_teacher_runs_in_onnx_runtime_on_a_cpu_with_pytorchs_out
             assert torch.allclose(expected[name], got[name], atol=1e-4), (flip, name)
     assert len(list((tmp_path / "graphs").glob("*/backbone.onnx"))) == 2  # one graph per flip setting
     one_process = SimpleNamespace(num_processes=1, device=cpu)
-    assert torch.allclose(teacher_logits(teacher, task.teacher_graph, test, 16, one_process),
+    assert torch.allclose(teacher_logits(teacher, test, cpu, task.teacher_graph, 16, one_process),
                           predict(teacher, test, 16, cpu), atol=1e-4)
+    # without its graph, or where several processes share the images out, PyTorch channels-last gives the same
+    assert torch.allclose(teacher_logits(teacher, test, cpu, None, 16), predict(teacher, test, 16, cpu), atol=1e-4)
     assert teacher_graph(teacher, "torch", cpu, None, tmp_path / "graphs") is None
     assert teacher_graph(teacher, "auto", cpu, torch.bfloat16, tmp_path / "graphs") is None
     assert teacher_graph(teacher, "auto", torch.device("cuda"), None, tmp_path / "graphs") is None

@@ -32,11 +32,11 @@ from fm2edge.distill.teacher import (
     build_teacher_cache,
     cache_dir_for,
     graph_folder,
-    graph_logits,
     limited,
     load_teacher,
     load_teacher_cache,
     teacher_graph,
+    teacher_logits,
     views_accuracy,
     with_unlabeled,
 )
@@ -216,17 +216,6 @@ def gate_images(train, val, most: int = GATE_TRAINING_IMAGES) -> tuple:
     return train.subset(torch.arange(n)), f"{n} training images ({why})"
 
 
-def teacher_logits(teacher: Classifier, graph: Callable[[torch.Tensor], np.ndarray] | None, data, batch_size: int,
-                   accelerator) -> torch.Tensor:
-    """The teacher's logits on ``data``'s plain images: through its ``graph`` where it has one (in one process),
-    else with :func:`fm2edge.train.predict` (sharded over processes)."""
-    from fm2edge.train import predict
-
-    if graph is None or accelerator.num_processes > 1:
-        return predict(teacher, data, batch_size, accelerator.device, accelerator=accelerator)
-    return graph_logits(teacher, graph, data, batch_size, accelerator.device)
-
-
 def teacher_cache_dir(job: DistillJob, teacher: Classifier, train, features: bool, views: dict | None,
                       dtype: torch.dtype | None = None) -> Path:
     """Where the teacher's outputs on these training images live, shared by every run (seeds, loss variants) with
@@ -326,8 +315,8 @@ def distill_one(job: DistillJob) -> dict:
     # one fills a cache: the others open the graph only where training runs the teacher
     graph = open_graph() if accelerator.is_main_process or not caches_teacher(job) else None
     gate_data, gate_split = gate_images(session.train, session.val)
-    gate_acc = accuracy(teacher_logits(teacher, graph, gate_data, job.train.eval_batch_size, accelerator),
-                        gate_data.labels)
+    gate_acc = accuracy(teacher_logits(teacher, gate_data, accelerator.device, graph, job.train.eval_batch_size,
+                                       accelerator), gate_data.labels)
     if accelerator.is_main_process:
         print(f"teacher {teacher.name}: {100 * gate_acc:.2f}% on {gate_split}"
               f"{' (its forward passes in ONNX Runtime)' if graph and accelerator.num_processes == 1 else ''}")
@@ -372,8 +361,8 @@ def distill_one(job: DistillJob) -> dict:
         # several processes share them out through predict (teacher_logits)
         if cached and scored and accelerator.num_processes == 1:
             task.teacher_graph = open_graph()
-        t_logits = teacher_logits(teacher, task.teacher_graph, test, job.train.eval_batch_size, accelerator) \
-            if scored else None
+        t_logits = teacher_logits(teacher, test, accelerator.device, task.teacher_graph, job.train.eval_batch_size,
+                                  accelerator) if scored else None
         teacher_acc = accuracy(t_logits, test.labels) if scored else None
         if accelerator.is_main_process:
             agree = accuracy(result.test_logits.argmax(1), t_logits.argmax(1)) if scored else None

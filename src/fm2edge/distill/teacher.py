@@ -168,15 +168,18 @@ def graph_logits(model: Classifier, graph: Callable[[torch.Tensor], np.ndarray],
 
 
 def teacher_logits(model: Classifier, data, device: torch.device,
-                   graph: Callable[[torch.Tensor], np.ndarray] | None = None, progress: bool = False) -> torch.Tensor:
+                   graph: Callable[[torch.Tensor], np.ndarray] | None = None, batch_size: int = 64, accelerator=None,
+                   progress: bool = False) -> torch.Tensor:
     """``model``'s logits on ``data``'s plain images as its cached outputs are made: through ``graph`` (its
-    :func:`teacher_graph`) where it has one, else in PyTorch channels-last."""
+    :func:`teacher_graph`) where it has one and one process runs, else with :func:`fm2edge.train.predict`,
+    channels-last (EfficientNet-Lite0 at 224 px on 2,000 photos, 2-core AMX Xeon: 12 s through its graph, 36 s
+    channels-last, 54 s in PyTorch's default layout), sharded over ``accelerator``'s processes where several run."""
     from fm2edge.train import predict
 
-    if graph is not None:
-        return graph_logits(model, graph, data, 64, device)
-    return predict(model.to(memory_format=torch.channels_last), data, 64, device, channels_last=True,
-                   progress=progress)
+    if graph is not None and (accelerator is None or accelerator.num_processes == 1):
+        return graph_logits(model, graph, data, batch_size, device)
+    return predict(model.to(memory_format=torch.channels_last), data, batch_size, device, channels_last=True,
+                   accelerator=accelerator, progress=progress)
 
 
 CHUNK = 2048  # images per saved piece of a teacher cache: an interrupted build loses at most one
