@@ -851,7 +851,7 @@ def seconds_left(job: AutoJob, root: Path, plan: dict, alive: list[dict]) -> flo
 def read_once_seconds(images: int, teacher: dict, options: list[dict]) -> float:
     """What reading ``images`` test images once costs (:func:`read_test_once`): the ``teacher``'s pass as its
     cached outputs are made, at its measured speed, and the slowest fp32 graph of ``options`` (those that may be
-    chosen) at its batch-1 latency (batched, the graphs ran within 12% of it: EfficientNet-Lite0 at 160 and 224 px on
+    chosen) at its batch-1 latency (batched, the graphs ran within 13% of it: EfficientNet-Lite0 at 160 and 224 px on
     2,000 photos, 2-core AMX Xeon). Reserved in the budget: on Fashion-MNIST's 2,000 test images the read took a
     minute of a 4-minute budget (the teacher in PyTorch) that no stage recorded."""
     return images * (1 / teacher["images_per_s"] + max((f["fp32"]["p50_ms"] / 1e3 for f in options), default=0.0))
