@@ -59,13 +59,16 @@ def test_report_tables_hold_the_runs_numbers(runs, tmp_path):
     assert len(re.findall(r'<img alt="[^"]*" src="data:image/png;base64,', page)) >= 5
     assert "Confusion matrices: from scratch vs distilled" in page and "Accuracy vs latency" in page
     assert (tmp_path / "report.md").read_text().startswith("# fm2edge report")
-    assert "test accuracy (mean ± std over seeds)" in page  # kd ran 2 seeds
+    assert "test accuracy (mean ± std over seeds)" in page and "<th>seeds</th>" in page  # kd ran 2 seeds
 
 
 def test_a_report_of_single_runs_claims_no_spread_over_seeds(runs, tmp_path):
     report_job(ReportJob(runs=[str(runs / "scratch"), str(runs / "teacher")], output=str(tmp_path)))
     page = (tmp_path / "report.html").read_text()
     assert "<th>test accuracy</th>" in page and "over seeds" not in page
+    # each row's one seed under "seed": a "0" under "seeds" read as no seeds at all
+    assert "<th>seed</th>" in page and "<th>seeds</th>" not in page
+    assert "| run | kind | test accuracy | seed |" in (tmp_path / "report.md").read_text()
 
 
 def test_each_run_folder_says_which_stage_wrote_it(runs):

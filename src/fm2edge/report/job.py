@@ -440,7 +440,7 @@ def render_html(title: str, acc: list[dict], mistakes: list[dict], groups: dict 
     parts.append("<h2>Accuracy</h2>")
     several = any(r["n"] > 1 for r in acc)  # a spread over seeds only where some row has seeds to spread
     parts.append(_table("accuracy", ["run", "kind", "test accuracy" + (" (mean ± std over seeds)" if several else ""),
-                                     "balanced accuracy (mean of the classes')", "seeds", "parameters"],
+                                     "balanced accuracy (mean of the classes')", seed_heading(acc), "parameters"],
                         [[r["label"], r["kind"], _pct(r["test_acc"], r["std"]), _pct(r.get("balanced_acc")),
                           r["seeds"], f"{r['parameters']:,}" if r.get("parameters") else "-"] for r in acc],
                         [[None, None, float(r["test_acc"]), r.get("balanced_acc"), None, None] for r in acc]))
@@ -509,6 +509,12 @@ def render_html(title: str, acc: list[dict], mistakes: list[dict], groups: dict 
     return "\n".join(parts)
 
 
+def seed_heading(acc: list[dict]) -> str:
+    """The accuracy table's seed column: "seeds" where some row averages several, else "seed" (a single run's "0"
+    under "seeds" read as no seeds at all)."""
+    return "seeds" if any(r["n"] > 1 for r in acc) else "seed"
+
+
 def render_markdown(title: str, acc: list[dict], mistakes: list[dict], compared: list[dict],
                     verdicts: list[str], cautions: list[str] = ()) -> str:
     lines = [f"# {title}", ""]
@@ -516,7 +522,7 @@ def render_markdown(title: str, acc: list[dict], mistakes: list[dict], compared:
         lines += [f"- {v}" for v in verdicts] + [""]
     if cautions:
         lines += ["Cautions:", *[f"- {c}" for c in cautions], ""]
-    lines += ["| run | kind | test accuracy | seeds |", "|---|---|---|---|"]
+    lines += [f"| run | kind | test accuracy | {seed_heading(acc)} |", "|---|---|---|---|"]
     lines += [f"| {r['label']} | {r['kind']} | {_pct(r['test_acc'], r['std'])} | {r['seeds']} |" for r in acc]
     if compared:
         lines += ["", "| " + " | ".join(COMPARISON_HEAD) + " |", "|" + "---|" * len(COMPARISON_HEAD)]
