@@ -843,6 +843,8 @@ def test_auto_on_digits_chooses_on_validation_within_budget_and_reads_test_once(
     # best/ is an ordinary run folder with its ONNX graph: it loads and predicts; its metrics carry the test figures
     best = json.loads((run / "best" / "metrics.json").read_text())
     assert (best["test_acc"], best["test_balanced_acc"]) == (test["chosen_test_acc"], test["chosen_balanced_acc"])
+    assert (best["teacher_test_acc"], best["teacher_test_balanced_acc"]) == (test["teacher_test_acc"],
+                                                                             test["teacher_balanced_acc"])
     model = fm2edge.load(str(run / "best"))
     assert (run / "best" / ("model.int8.onnx" if chosen["precision"] == "int8" else "model.onnx")).exists()
     labels = model.predict([np.full((8, 8, 3), 255, np.uint8)]).labels

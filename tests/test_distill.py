@@ -117,6 +117,8 @@ def test_distilled_student_beats_the_student_trained_alone(tmp_path, clean_teach
     assert (Path(distilled["teacher_cache"]) / "logits.npy").exists()
     saved = np.load(run / "teacher_predictions.npz")
     assert (saved["preds"] == saved["labels"]).mean() == pytest.approx(distilled["teacher_test_acc"])
+    recalls = [(saved["preds"][saved["labels"] == c] == c).mean() for c in np.unique(saved["labels"])]
+    assert distilled["teacher_test_balanced_acc"] == pytest.approx(np.mean(recalls))
 
 
 def test_the_teachers_accuracy_on_its_views_counts_labelled_images_only():

@@ -51,7 +51,8 @@ def test_report_tables_hold_the_runs_numbers(runs, tmp_path):
     seeds = json.loads((runs / "kd" / "seeds.json").read_text())
     assert acc["kd"]["test_acc"] == pytest.approx(seeds["mean"]) and acc["kd"]["n"] == 2
     assert acc["kd"]["std"] == pytest.approx(seeds["std"])
-    assert next(r for r in result["accuracy"] if r["kind"] == "teacher")["test_acc"] > 0
+    teacher = next(r for r in result["accuracy"] if r["kind"] == "teacher")
+    assert teacher["test_acc"] > 0 and 0 < teacher["balanced_acc"] <= 1  # its balanced accuracy beside the others'
     kinds = {m["label"]: m for m in result["mistakes"]}
     assert kinds["scratch (seed 0)"]["kl_to_teacher"] >= 0 and 0 <= kinds["scratch (seed 0)"]["ece"] <= 1
     page = (tmp_path / "report.html").read_text()

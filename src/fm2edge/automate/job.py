@@ -2022,7 +2022,9 @@ def write_best(job: AutoJob, root: Path, plan: dict, trained: list[dict], chosen
         shutil.copy2(export_json, tmp / "export.json")
         metrics = read_metrics(tmp)
         metrics.update(test_acc=test["chosen_test_acc"], teacher_test_acc=test["teacher_test_acc"],
-                       **({"test_balanced_acc": test["chosen_balanced_acc"]} if "chosen_balanced_acc" in test else {}),
+                       **({"test_balanced_acc": test["chosen_balanced_acc"],
+                           "teacher_test_balanced_acc": test["teacher_balanced_acc"]}
+                          if "chosen_balanced_acc" in test else {}),
                        test_read_through=f"{Path(chosen['onnx']).name} ({chosen['precision']}), by fm2edge auto")
         atomic_write_json(tmp / METRICS_FILE, metrics)
         given = to_dict(job)

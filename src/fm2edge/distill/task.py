@@ -286,7 +286,7 @@ def distill_one(job: DistillJob) -> dict:
     from fm2edge.config import proven_recipe, starts_trained, to_dict
     from fm2edge.data import load_unlabeled, load_unlabeled_source
     from fm2edge.device import autocast_dtype, environment
-    from fm2edge.report.metrics import accuracy
+    from fm2edge.report.metrics import accuracy, balanced_accuracy
     from fm2edge.results import selection_line, slug, start_stage, write_outputs
     from fm2edge.train import fit
 
@@ -364,12 +364,14 @@ def distill_one(job: DistillJob) -> dict:
         t_logits = teacher_logits(teacher, test, accelerator.device, task.teacher_graph, job.train.eval_batch_size,
                                   accelerator) if scored else None
         teacher_acc = accuracy(t_logits, test.labels) if scored else None
+        teacher_balanced = balanced_accuracy(t_logits.argmax(1), test.labels) if scored else None
         if accelerator.is_main_process:
             agree = accuracy(result.test_logits.argmax(1), t_logits.argmax(1)) if scored else None
             metrics = write_outputs(run, "distill", student, result, test, {
                 "data": job.data.source, "splits": session.splits, "env": environment(accelerator),
                 "teacher": teacher.name,
-                "teacher_test_acc": teacher_acc, "teacher_gate_acc": gate_acc, "teacher_gate_split": gate_split,
+                "teacher_test_acc": teacher_acc, "teacher_test_balanced_acc": teacher_balanced,
+                "teacher_gate_acc": gate_acc, "teacher_gate_split": gate_split,
                 "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
                 "agreement_with_teacher": agree, "teacher_cached": task.cache is not None,
                 "labelled_images": int((train.labels >= 0).sum()), "unlabelled_images": int((train.labels < 0).sum()),

@@ -63,6 +63,7 @@ def accuracy_rows(runs: list[Run], groups: list[Group]) -> list[dict]:
     if teacher is not None:
         rows.append({"label": f"teacher: {teacher.metrics['teacher']}", "kind": "teacher",
                      "test_acc": teacher.metrics["teacher_test_acc"], "std": None, "n": 1, "seeds": "-",
+                     "balanced_acc": teacher.metrics.get("teacher_test_balanced_acc"),  # runs before it: none
                      "parameters": teacher.metrics.get("teacher_parameters")})
     for g in groups:
         accs = np.asarray(g.accs)
