@@ -1954,25 +1954,19 @@ def read_test_once(chosen: dict, teacher: dict, test, train, device, graphs: Pat
                    teacher_itself: bool = False) -> dict:
     """The test split, read once, for the chosen model (as shipped: its ONNX graph) and for the teacher, compared
     image by image (`chosen_against_teacher`). No candidate read it before: the teachers' probes and fine-tunes
-    were scored on validation. The teacher reads it as its cached outputs were made (:func:`teacher_logits`, its
+    were scored on validation. The teacher reads it as its cached outputs were made (:func:`predicted_labels`, its
     graph kept under ``graphs``); where the chosen graph is the teacher's own fp32 one (``teacher_itself``), its
     answers are the teacher's. Where test images look like training images (near-copies: the same photo resized
     or re-saved), both accuracies are also given without them."""
     import numpy as np
 
     from fm2edge.data.splits import near_copies
-    from fm2edge.distill.teacher import teacher_graph, teacher_logits
     from fm2edge.models.io import load_classifier
     from fm2edge.report.metrics import chosen_against_teacher
 
     labels = test.labels.numpy()
     chosen_preds = graph_probabilities(load_classifier(chosen["folder"]), Path(chosen["onnx"]), test.images).argmax(1)
-    if teacher_itself:
-        teacher_preds = chosen_preds
-    else:
-        model = load_classifier(teacher["folder"]).to(device)
-        graph = teacher_graph(model, "auto", device, None, graphs) if graphs is not None else None
-        teacher_preds = teacher_logits(model, test, device, graph, progress=True).argmax(1).numpy()
+    teacher_preds = chosen_preds if teacher_itself else predicted_labels(teacher["folder"], test, device, graphs)
     out = chosen_against_teacher(chosen_preds, teacher_preds, labels, test.class_names)
     alike = near_copies(test, train)
     out["near_copies"] = None if alike is None else len(alike[0])
