@@ -146,9 +146,11 @@ def test_the_near_copy_benchmark_counts_the_copy_it_was_given(monkeypatch, tmp_p
     near_copies.main()
     rows = json.loads(out.read_text())["rows"]
     test = next(r for r in rows if r.get("split") == "test")
-    assert test["images"] == 5 and test["within"]["4"] == 1
+    assert test["images"] == 5 and test["within"]["4"] == 1 and test["confirmed"] == 1
+    assert test["nearest_similarity"]["max"] >= 0.9  # the copy
     copies = rows[-1]["copies"]
     assert copies["photos"] == 8 and sum(copies["copy_bits"]) <= 8 and copies["others_compared"] == 4
+    assert copies["copies_confirmed"] <= copies["copies_within_threshold"]
     assert Image.open(tmp_path / "pairs.png").size[0] > 0
     assert "within the threshold" in capsys.readouterr().out
 

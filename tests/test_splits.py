@@ -719,6 +719,7 @@ def test_a_held_out_image_that_looks_like_a_training_image_is_named(tmp_path, ca
     near = json.loads(capsys.readouterr().out)["near_copies"]
     assert near["test"] == 1 and near["pairs"][0]["image"] == "test/a/copy.jpg"
     assert near["pairs"][0]["training_image"] == "train/a/3.png" and near["pairs"][0]["bits"] <= near["max_bits"]
+    assert near["min_similarity"] <= near["pairs"][0]["similarity"] <= 1.0
     sheet = tmp_path / "pairs.png"
     assert main(["data", str(root), "--data.image_size", "32", "--data.val_fraction", "0", "--pairs", str(sheet)]) == 0
     out = capsys.readouterr().out
@@ -736,6 +737,78 @@ def test_distinct_photos_have_no_near_copies_and_tiny_images_are_not_compared(tm
     assert "near-copies: no validation or test image looks like a training image" in capsys.readouterr().out
     assert main(["data", "digits"]) == 0
     assert "near-copies: not looked for (images under 16 px" in capsys.readouterr().out
+
+
+def traffic_light(lit: int, size: int = 64) -> Image.Image:
+    """Clip art on a flat black background: three lamps, one lit. Any two hash alike (the grey cells barely
+    differ), though which lamp is lit is the whole picture."""
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (size, size))
+    draw = ImageDraw.Draw(image)
+    for k, colour in enumerate([(255, 0, 0), (255, 220, 0), (0, 200, 0)]):
+        draw.ellipse((22, 4 + 19 * k, 42, 22 + 19 * k), fill=colour if k == lit else tuple(v // 4 for v in colour))
+    return image
+
+
+def test_drawings_that_hash_alike_on_a_flat_background_are_near_copies_only_where_they_are_alike(tmp_path):
+    """The hash finds candidates; the structural similarity of their grey levels, flat windows left out, decides:
+    a red and a yellow traffic light 0 bits apart are two pictures, a photo saved again as a JPEG is one."""
+    from fm2edge.data.splits import NEAR_COPY_BITS, near_copies
+
+    root = smooth_photos(tmp_path / "p", {"train/a": 10, "train/b": 10, "test/a": 3, "test/b": 3})
+    traffic_light(0).save(root / "train" / "b" / "red.png")
+    traffic_light(1).save(root / "test" / "b" / "yellow.png")
+    Image.open(root / "train" / "a" / "3.png").save(root / "test" / "a" / "copy.jpg", quality=85)
+    train, _, test = load_data(DataConfig(source=str(root), val_fraction=0, image_size=64))
+
+    def position(data, image: Image.Image) -> int:
+        pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+        return next(i for i in range(len(data)) if torch.equal(data.images[i], pixels))
+
+    red, yellow = position(train, traffic_light(0)), position(test, traffic_light(1))
+    hash_bits = np.unpackbits(test.perceptual_hashes()[yellow] ^ train.perceptual_hashes()[red]).sum()
+    assert hash_bits <= NEAR_COPY_BITS  # the hash alone would call the yellow light a copy of the red one
+    at, index, bits, similarity = near_copies(test, train)
+    assert yellow not in at.tolist()
+    assert len(at) == 1 and index[0] != red and bits[0] <= NEAR_COPY_BITS and similarity[0] >= 0.9  # the JPEG
+
+
+def test_structural_similarity_is_one_for_equal_images_and_leaves_flat_windows_out():
+    from fm2edge.data.splits import NEAR_COPY_SSIM, structural_similarity
+
+    def tensor(*images):
+        return torch.from_numpy(np.stack([np.asarray(i) for i in images])).permute(0, 3, 1, 2).contiguous()
+
+    lights = tensor(traffic_light(0), traffic_light(1), traffic_light(2))
+    flat = torch.full((2, 3, 40, 40), 90, dtype=torch.uint8)
+    assert structural_similarity(lights, lights) == pytest.approx(1.0)
+    assert structural_similarity(flat[:1], flat[1:]) == pytest.approx(1.0)  # flat all over: every window counts
+    apart = structural_similarity(lights[:2], lights[1:])
+    assert (apart < NEAR_COPY_SSIM).all()
+    # two chunks or one, the same scores
+    assert structural_similarity(lights[:2], lights[1:], chunk=1) == pytest.approx(apart)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=0, max_size=12), st.lists(st.integers(0, 2**64 - 1),
+                                                                               min_size=0, max_size=30),
+       st.integers(0, 64), st.integers(1, 4), st.integers(1, 64))
+def test_hash_candidates_are_every_pair_within_the_bits_nearest_first_and_capped_per_image(held, train, max_bits,
+                                                                                          per_image, budget):
+    """Against a brute-force count, whatever the chunking: each held-out hash's training hashes within max_bits,
+    nearest first (ties in training order), the first per_image of them."""
+    from fm2edge.data.splits import hash_candidates
+
+    def packed(values):
+        return np.array(values, dtype=np.uint64).reshape(-1, 1).view(np.uint8).reshape(-1, 8)
+
+    rows, cols, bits = hash_candidates(packed(held), packed(train), max_bits, per_image, budget=budget)
+    want = []
+    for i, h in enumerate(held):
+        near = sorted((bin(h ^ t).count("1"), j) for j, t in enumerate(train) if bin(h ^ t).count("1") <= max_bits)
+        want += [(i, j, d) for d, j in near[:per_image]]
+    assert list(zip(rows.tolist(), cols.tolist(), bits.tolist(), strict=True)) == want
 
 
 def test_run_metrics_count_near_copies(tmp_path):

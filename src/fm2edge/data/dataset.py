@@ -790,8 +790,8 @@ def load_planned(plan: SplitPlan, cfg: DataConfig) -> tuple[ImageData, ImageData
     alike = near_copies(test, train)
     if alike is not None and len(alike[0]):
         log.warning("%d of the %d test images of '%s' look like a training image (the same photo resized, re-saved "
-                    "or lightly edited, by their perceptual hashes); the test accuracy may flatter the model: "
-                    "`fm2edge data %s` names them", len(alike[0]), len(test), cfg.source, cfg.source)
+                    "or lightly edited, by their perceptual hashes and structural similarity); the test accuracy may "
+                    "flatter the model: `fm2edge data %s` names them", len(alike[0]), len(test), cfg.source, cfg.source)
     return train, val, test
 
 

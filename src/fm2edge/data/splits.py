@@ -77,9 +77,12 @@ def label_conflicts(hashes: np.ndarray, labels: np.ndarray) -> list[list[int]]:
     return [group for group in by_pixels.values() if len(set(labels[group].tolist())) > 1]
 
 
-# A held-out image whose perceptual hash is within this many of 64 bits of a training image's looks like that image
-# (the same photo resized, re-saved or lightly edited): `fm2edge data` names such pairs, runs count them.
+# A held-out image whose perceptual hash is within this many of 64 bits of a training image's is a candidate
+# near-copy (the same photo resized, re-saved or lightly edited): `fm2edge data` names such pairs, runs count them,
+# once their structural similarity confirms them (NEAR_COPY_SSIM).
 NEAR_COPY_BITS = 4
+# At most this many training images within NEAR_COPY_BITS are compared with each held-out image, nearest first.
+CANDIDATES_PER_IMAGE = 8
 
 
 HASHED_SIDE = 64  # images are sampled down to about this many pixels a side before they are hashed
@@ -91,14 +94,19 @@ def perceptual_hashes(images: torch.Tensor, chunk: int = 512) -> np.ndarray:
     few bits; another photo changes about half. Written here rather than taken from ``imagehash``, whose hashes are
     made one PIL image at a time: this hashes the stored uint8 tensors in batches, with the same definition."""
     out = np.empty((len(images), 8), dtype=np.uint8)
-    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     step = max(1, min(images.shape[-2:]) // HASHED_SIDE)  # every step-th pixel: the cells average ~50 of them
     for lo in range(0, len(images), chunk):
-        grey = (images[lo:lo + chunk, :, ::step, ::step].float() * weights).sum(1, keepdim=True)
-        cells = torch.nn.functional.adaptive_avg_pool2d(grey, (8, 9))[:, 0]
+        cells = torch.nn.functional.adaptive_avg_pool2d(grey_levels(images[lo:lo + chunk, :, ::step, ::step]),
+                                                        (8, 9))[:, 0]
         bits = (cells[..., 1:] > cells[..., :-1]).reshape(len(cells), 64).numpy()
         out[lo:lo + chunk] = np.packbits(bits, axis=1)
     return out
+
+
+def grey_levels(images: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) float luma (ITU-R BT.601 weights, 0-255) of uint8 (N, 3, H, W) RGB images."""
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (images.float() * weights).sum(1, keepdim=True)
 
 
 def nearest_hashes(held: np.ndarray, train: np.ndarray, budget: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
@@ -115,23 +123,92 @@ def nearest_hashes(held: np.ndarray, train: np.ndarray, budget: int = 1 << 22) -
     return index, bits
 
 
+def hash_candidates(held: np.ndarray, train: np.ndarray, max_bits: int = NEAR_COPY_BITS,
+                    per_image: int = CANDIDATES_PER_IMAGE, budget: int = 1 << 22
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair of a held-out and a training hash at most ``max_bits`` apart, at most ``per_image`` per held-out
+    hash (the nearest): (held-out positions, training positions, bits), ordered by held-out position, then bits."""
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    if len(train) and len(held):
+        a, b = held.view(np.uint64)[:, 0], train.view(np.uint64)[:, 0]
+        step = max(1, budget // len(b))
+        for lo in range(0, len(a), step):
+            dist = popcount(a[lo:lo + step, None] ^ b[None, :])
+            close = np.flatnonzero(dist.min(1) <= max_bits)  # most rows have none: not scanned pair by pair
+            rows, cols = np.nonzero(dist[close] <= max_bits)
+            rows = close[rows]
+            bits = dist[rows, cols].astype(np.int64)
+            order = np.lexsort((bits, rows))
+            rows, cols, bits = rows[order], cols[order], bits[order]
+            rank = np.arange(len(rows)) - np.searchsorted(rows, rows)  # each pair's place among its row's
+            keep = rank < per_image
+            found.append((rows[keep] + lo, cols[keep], bits[keep]))
+    if not found:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return tuple(np.concatenate(parts).astype(np.int64) for parts in zip(*found, strict=True))
+
+
+# A candidate pair is a near-copy where the structural similarity of its grey levels at SSIM_SIDE px a side is at
+# least NEAR_COPY_SSIM. The hash alone reads two different things on one flat background as one: on 28 px
+# Fashion-MNIST products (grey on black) 441 of 2,000 test images had a training image within 4 bits (a bag beside a
+# dress), on clip art a red and a yellow traffic light 0 bits apart; of the 92 CIFAR-10 test images the hash paired
+# with a training image, the 81 of the same photo (shifted, cropped, recoloured) scored 0.53-0.98 and the 11 others
+# 0.12-0.49 (benchmarks/near_copies.py).
+NEAR_COPY_SSIM = 0.6
+SSIM_SIDE = 32
+# A window of the similarity where neither image's grey levels vary by this many of 255 (standard deviation) is flat
+# (a plain background): two flat windows agree whatever the images are, so they are left out of the mean.
+FLAT_STD = 5.0
+
+
+def structural_similarity(a: torch.Tensor, b: torch.Tensor, side: int = SSIM_SIDE, chunk: int = 1024) -> np.ndarray:
+    """The mean structural similarity (SSIM; Wang et al., IEEE TIP 2004: 7 x 7 Gaussian windows of sigma 1.5,
+    K1 0.01, K2 0.03) of each pair of uint8 (N, 3, H, W) images, ``a[i]`` with ``b[i]``, on their grey levels
+    sampled to ``side`` px a side, averaged over the windows where either image varies (FLAT_STD); a pair flat all
+    over is averaged over every window. 1 for equal images. Written here rather than taken from scikit-image or
+    torchmetrics: neither leaves flat windows out, and this scores the stored tensors in batches."""
+    x = torch.arange(7, dtype=torch.float32) - 3
+    g = torch.exp(-x ** 2 / (2 * 1.5 ** 2))
+    window = (g[:, None] * g[None, :] / g.sum() ** 2)[None, None]
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    out = np.empty(len(a), dtype=np.float64)
+    for lo in range(0, len(a), chunk):
+        p, q = (torch.nn.functional.interpolate(grey_levels(t[lo:lo + chunk]), size=(side, side), mode="area")
+                for t in (a, b))
+        mean_p, mean_q = (torch.nn.functional.conv2d(t, window) for t in (p, q))
+        var_p, var_q, cov = (torch.nn.functional.conv2d(t, window) - m for t, m in
+                             ((p * p, mean_p ** 2), (q * q, mean_q ** 2), (p * q, mean_p * mean_q)))
+        score = ((2 * mean_p * mean_q + c1) * (2 * cov + c2)) / ((mean_p ** 2 + mean_q ** 2 + c1)
+                                                                 * (var_p + var_q + c2))
+        varied = (torch.maximum(var_p, var_q) > FLAT_STD ** 2).float()
+        varied[varied.sum((1, 2, 3)) == 0] = 1.0  # flat all over: every window counts
+        out[lo:lo + chunk] = ((score * varied).sum((1, 2, 3)) / varied.sum((1, 2, 3))).numpy()
+    return out
+
+
 # Below this many pixels a side the 8 x 9 cells of a perceptual hash are not averages of anything: scikit-learn's 8 x
 # 8 digits hash alike (77% of their test images within NEAR_COPY_BITS of a training image), so they are not compared.
 MIN_HASHED_SIDE = 16
 
 
-def near_copies(held, train) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """The images of ``held`` (an ``ImageData``) that look like one of ``train``'s: (their positions, the nearest
-    training image's, the bits that differ), at most NEAR_COPY_BITS apart; None where the images are too small to
-    tell (below MIN_HASHED_SIDE px). Searched once per pair of splits: the load's warning, every run's metrics,
-    `auto`'s test reading and `fm2edge data` ask again, and get the answer kept on ``held``."""
+def near_copies(held, train) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The images of ``held`` (an ``ImageData``) that look like one of ``train``'s: (their positions, the training
+    image's, the hash bits that differ, the structural similarity), each the most similar of the training images
+    whose hashes are at most NEAR_COPY_BITS apart (CANDIDATES_PER_IMAGE nearest) and whose similarity is at least
+    NEAR_COPY_SSIM; None where the images are too small to tell (below MIN_HASHED_SIDE px). Searched once per pair
+    of splits: the load's warning, every run's metrics, `auto`'s test reading and `fm2edge data` ask again, and get
+    the answer kept on ``held``."""
     if held.near is not None and held.near[0] == train.fingerprint:
         return held.near[1]
     found = None
     if min(train.image_size) >= MIN_HASHED_SIDE:
-        index, bits = nearest_hashes(held.perceptual_hashes(), train.perceptual_hashes())
-        at = np.flatnonzero(bits <= NEAR_COPY_BITS)
-        found = at, index[at], bits[at]
+        rows, cols, bits = hash_candidates(held.perceptual_hashes(), train.perceptual_hashes())
+        similarity = structural_similarity(held.images[torch.from_numpy(rows)], train.images[torch.from_numpy(cols)])
+        ok = similarity >= NEAR_COPY_SSIM
+        rows, cols, bits, similarity = rows[ok], cols[ok], bits[ok], similarity[ok]
+        order = np.lexsort((-similarity, rows))  # per held-out image, the most similar first
+        first = order[np.unique(rows[order], return_index=True)[1]]
+        found = rows[first], cols[first], bits[first], similarity[first]
     held.near = (train.fingerprint, found)
     return found
 

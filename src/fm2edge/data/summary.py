@@ -24,7 +24,14 @@ from fm2edge.data.dataset import (
 )
 from fm2edge.data.folders import named_group
 from fm2edge.data.images import peek_size
-from fm2edge.data.splits import MIN_HASHED_SIDE, NEAR_COPY_BITS, label_conflicts, near_copies, selection_noise
+from fm2edge.data.splits import (
+    MIN_HASHED_SIDE,
+    NEAR_COPY_BITS,
+    NEAR_COPY_SSIM,
+    label_conflicts,
+    near_copies,
+    selection_noise,
+)
 
 NAMED_PAIRS = 10  # near-copies named by `fm2edge data` (all are counted)
 SHEET_PAIRS = 24  # near-copies drawn by `fm2edge data --pairs FILE.png` (its help says 24)
@@ -100,7 +107,8 @@ def near_copy_summary(plan: SplitPlan, train: ImageData, held: dict[str, ImageDa
     """How many test and validation images look like a training image (:func:`fm2edge.data.splits.near_copies`),
     the first NAMED_PAIRS pairs by name (a file under the source, or a row of the source's split), and where
     ``sheet`` names a PNG file, the first SHEET_PAIRS drawn into it (:func:`pair_sheet`)."""
-    out: dict = {"max_bits": NEAR_COPY_BITS, "compared": min(train.image_size) >= MIN_HASHED_SIDE, "pairs": []}
+    out: dict = {"max_bits": NEAR_COPY_BITS, "min_similarity": NEAR_COPY_SSIM,
+                 "compared": min(train.image_size) >= MIN_HASHED_SIDE, "pairs": []}
     drawn: list[tuple] = []
     splits = {"validation": plan.val, "test": plan.test}
     source_split = {"validation": plan.val_name or cfg.train_split,
@@ -110,15 +118,15 @@ def near_copy_summary(plan: SplitPlan, train: ImageData, held: dict[str, ImageDa
         if alike is None:
             continue
         out[name] = len(alike[0])
-        for i, j, bits in zip(*alike, strict=True):
+        for i, j, bits, similarity in zip(*alike, strict=True):
             if len(drawn) < SHEET_PAIRS:
-                drawn.append((data.images[i], train.images[j], f"{name} ~ train, {bits} bit{'' if bits == 1 else 's'}"))
+                drawn.append((data.images[i], train.images[j], f"{name} ~ train, SSIM {similarity:.2f}"))
             if len(out["pairs"]) < NAMED_PAIRS:
                 out["pairs"].append({"split": name,
                                      "image": image_name(splits[name], data, int(i), source_split[name], cfg.source),
                                      "training_image": image_name(plan.train, train, int(j), cfg.train_split,
                                                                   cfg.source),
-                                     "bits": int(bits)})
+                                     "bits": int(bits), "similarity": round(float(similarity), 3)})
     if sheet:
         from fm2edge.runs import atomic_write_bytes
 
@@ -227,15 +235,16 @@ def near_copy_lines(near: dict) -> list[str]:
     if not near["compared"]:
         return [f"near-copies: not looked for (images under {MIN_HASHED_SIDE} px are too small to compare)"]
     counts = {k: near[k] for k in ("test", "validation") if near.get(k)}
-    how = f"perceptual hashes at most {near['max_bits']} of 64 bits apart"
+    how = (f"perceptual hashes at most {near['max_bits']} of 64 bits apart and structural similarity (SSIM) at least "
+           f"{near['min_similarity']}")
     if not counts:
         return [f"near-copies: no validation or test image looks like a training image ({how})"]
     lines = [f"near-copies: {' and '.join(f'{n} {k}' for k, n in counts.items())} image(s) look like a training "
              f"image ({how}: the same photo resized, re-saved or lightly edited); the held-out accuracy may flatter "
              f"the model: look at each pair and remove one of the two"
              + (f" (the first {len(near['pairs'])} named)" if sum(counts.values()) > len(near["pairs"]) else "")]
-    lines += [f"  {p['split']}: {p['image']}  ~  train: {p['training_image']}  ({p['bits']} "
-              f"bit{'' if p['bits'] == 1 else 's'})" for p in near["pairs"]]
+    lines += [f"  {p['split']}: {p['image']}  ~  train: {p['training_image']}  (SSIM {p['similarity']:.2f}, "
+              f"{p['bits']} bit{'' if p['bits'] == 1 else 's'})" for p in near["pairs"]]
     lines += [f"  drawn side by side in {near['sheet']}"] if near.get("sheet") else \
         ["  (--pairs FILE.png draws them side by side)"]
     return lines
