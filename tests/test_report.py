@@ -294,3 +294,19 @@ def test_a_plot_copied_into_another_run_folder_is_shown_once_naming_both():
     soup, curves = b"soup-png", b"curves-png"
     shown = unique_plots([("average-a: soup", soup), ("student-a: learning curves", curves), ("best: soup", soup)])
     assert shown == [("average-a: soup (also best)", soup), ("student-a: learning curves", curves)]
+
+
+def test_balanced_accuracy_is_the_mean_of_the_classes_recall_and_quiet_on_one_class():
+    """scikit-learn's definition; a split of one class (every answer right, or a class predicted that is not
+    there) scores without a warning."""
+    import warnings
+
+    import numpy as np
+
+    from fm2edge.report.metrics import balanced_accuracy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert balanced_accuracy(np.array([0, 0, 0, 1]), np.array([0, 0, 1, 1])) == pytest.approx((1 + 0.5) / 2)
+        assert balanced_accuracy(np.array([1, 1]), np.array([1, 1])) == 1.0
+        assert balanced_accuracy(np.array([0, 1]), np.array([1, 1])) == 0.5
