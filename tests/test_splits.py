@@ -751,7 +751,8 @@ def traffic_light(lit: int, size: int = 64) -> Image.Image:
     return image
 
 
-def test_drawings_that_hash_alike_on_a_flat_background_are_near_copies_only_where_they_are_alike(tmp_path):
+def test_drawings_that_hash_alike_on_a_flat_background_are_near_copies_only_where_they_are_alike(tmp_path,
+                                                                                                monkeypatch):
     """The hash finds candidates; the structural similarity of their grey levels, flat windows left out, decides:
     a red and a yellow traffic light 0 bits apart are two pictures, a photo saved again as a JPEG is one."""
     from fm2edge.data.splits import NEAR_COPY_BITS, near_copies
@@ -772,6 +773,10 @@ def test_drawings_that_hash_alike_on_a_flat_background_are_near_copies_only_wher
     at, index, bits, similarity = near_copies(test, train)
     assert yellow not in at.tolist()
     assert len(at) == 1 and index[0] != red and bits[0] <= NEAR_COPY_BITS and similarity[0] >= 0.9  # the JPEG
+    monkeypatch.setattr("fm2edge.data.splits.SIMILARITY_CHUNK", 1)  # the pairs scored one at a time: the same
+    test.near = None
+    again = near_copies(test, train)
+    assert all(np.array_equal(x, y) for x, y in zip(again, (at, index, bits, similarity), strict=True))
 
 
 def test_structural_similarity_is_one_for_equal_images_and_leaves_flat_windows_out():

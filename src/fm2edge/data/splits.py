@@ -159,9 +159,11 @@ SSIM_SIDE = 32
 # A window of the similarity where neither image's grey levels vary by this many of 255 (standard deviation) is flat
 # (a plain background): two flat windows agree whatever the images are, so they are left out of the mean.
 FLAT_STD = 5.0
+SIMILARITY_CHUNK = 1024  # pairs scored at once: their images are copied out of the splits to be compared
 
 
-def structural_similarity(a: torch.Tensor, b: torch.Tensor, side: int = SSIM_SIDE, chunk: int = 1024) -> np.ndarray:
+def structural_similarity(a: torch.Tensor, b: torch.Tensor, side: int = SSIM_SIDE,
+                          chunk: int = SIMILARITY_CHUNK) -> np.ndarray:
     """The mean structural similarity (SSIM; Wang et al., IEEE TIP 2004: 7 x 7 Gaussian windows of sigma 1.5,
     K1 0.01, K2 0.03) of each pair of uint8 (N, 3, H, W) images, ``a[i]`` with ``b[i]``, on their grey levels
     sampled to ``side`` px a side, averaged over the windows where either image varies (FLAT_STD); a pair flat all
@@ -203,7 +205,11 @@ def near_copies(held, train) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     found = None
     if min(train.image_size) >= MIN_HASHED_SIDE:
         rows, cols, bits = hash_candidates(held.perceptual_hashes(), train.perceptual_hashes())
-        similarity = structural_similarity(held.images[torch.from_numpy(rows)], train.images[torch.from_numpy(cols)])
+        similarity = np.empty(len(rows))
+        for lo in range(0, len(rows), SIMILARITY_CHUNK):  # the pairs' images gathered a chunk at a time
+            pick = slice(lo, lo + SIMILARITY_CHUNK)
+            similarity[pick] = structural_similarity(held.images[torch.from_numpy(rows[pick])],
+                                                     train.images[torch.from_numpy(cols[pick])])
         ok = similarity >= NEAR_COPY_SSIM
         rows, cols, bits, similarity = rows[ok], cols[ok], bits[ok], similarity[ok]
         order = np.lexsort((-similarity, rows))  # per held-out image, the most similar first
