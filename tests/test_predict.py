@@ -66,6 +66,7 @@ def test_predict_files_through_pytorch_and_onnx_agree(exported, pngs, tmp_path, 
     for a, b in zip(out["torch"], out["onnx"], strict=True):
         assert abs(float(a["probability_1"]) - float(b["probability_1"])) <= 1e-4
     assert np.mean([r["class_1"] == t for r, t in zip(out["torch"], truth, strict=True)]) >= 0.6  # chance: 0.1
+    assert "at or above confidence" not in capsys.readouterr().out  # no --predict.min_confidence: every one is sure
 
     files = sorted(folder.glob("*.png"))
     a = fm2edge.load(exported).predict(files)
@@ -74,7 +75,7 @@ def test_predict_files_through_pytorch_and_onnx_agree(exported, pngs, tmp_path, 
     # the same answers for a PIL image and a uint8 array as for the file
     one = fm2edge.load(exported)
     pil = Image.open(files[0])
-    for image in (pil, np.asarray(pil.convert("RGB")), torch.from_numpy(np.asarray(pil.convert("RGB"))).permute(2, 0,
+    for image in (pil, np.asarray(pil.convert("RGB")), torch.from_numpy(np.array(pil.convert("RGB"))).permute(2, 0,
                                                                                                             1)):
         assert np.allclose(one.predict(image).probabilities, a.probabilities[:1], atol=1e-6)
 
@@ -105,13 +106,14 @@ def test_an_any_size_graph_resizes_inside_and_agrees_with_pytorch(digits_run, pn
                   ).max() <= 3e-4
 
 
-def test_pseudo_labels_are_a_dataset_train_reads(exported, pngs, tmp_path):
+def test_pseudo_labels_are_a_dataset_train_reads(exported, pngs, tmp_path, capsys):
     from fm2edge.data import load_data
 
     folder, _ = pngs
     result = fm2edge.run_stage("predict", {"model": str(exported), "inputs": [str(folder)],
                                            "predict": {"min_confidence": 0.5, "pseudo_labels": str(tmp_path / "pl")}})
     sure = result["probabilities"].max(1) >= 0.5
+    assert f"; {int(sure.sum())} at or above confidence 0.5" in capsys.readouterr().out
     train, val, test = load_data(DataConfig(source=str(tmp_path / "pl"), test_fraction=0.25, val_fraction=0))
     assert len(train) + len(test) == int(sure.sum())
     assert train.class_names == [str(i) for i in range(10)]

@@ -280,6 +280,6 @@ def predict_job(job: PredictJob) -> dict:
         print(f"pseudo-labels: {n} of {len(files)} images (confidence >= {cfg.min_confidence}) with their predicted "
               f"labels in {cfg.pseudo_labels}/train.parquet; train on them with --data.source {cfg.pseudo_labels}")
     counts = ", ".join(f"{c}: {n}" for c, n in result["counts"].items() if n)
-    print(f"{images_text(len(files))}, per class {counts}; {result['sure']} at or above confidence "
-          f"{cfg.min_confidence}")
+    sure_text = f"; {result['sure']} at or above confidence {cfg.min_confidence}" if cfg.min_confidence > 0 else ""
+    print(f"{images_text(len(files))}, per class {counts}{sure_text}")
     return result
