@@ -727,6 +727,20 @@ def test_a_held_out_image_that_looks_like_a_training_image_is_named(tmp_path, ca
     assert Image.open(sheet).size == (4 * (2 * 96 + 16), 96 + 18)  # one row of four pairs' room, one pair in it
 
 
+def test_near_copies_are_named_the_most_alike_first(tmp_path, capsys):
+    """`fm2edge data` names (and draws) the likeliest copies first, whatever their order in the folder."""
+    from PIL import ImageEnhance
+
+    root = smooth_photos(tmp_path / "p", {"train/a": 10, "train/b": 10, "test/a": 3, "test/b": 3})
+    edited = ImageEnhance.Contrast(Image.open(root / "train" / "a" / "1.png").convert("RGB")).enhance(0.6)
+    edited.save(root / "test" / "a" / "0-edited.png")  # first in the folder, less alike
+    Image.open(root / "train" / "b" / "2.png").save(root / "test" / "b" / "9-copy.png")  # last, the same pixels
+    assert main(["data", str(root), "--data.image_size", "32", "--data.val_fraction", "0", "--json", "true"]) == 0
+    pairs = json.loads(capsys.readouterr().out)["near_copies"]["pairs"]
+    assert [p["image"] for p in pairs] == ["test/b/9-copy.png", "test/a/0-edited.png"]
+    assert pairs[0]["similarity"] > pairs[1]["similarity"]
+
+
 def test_distinct_photos_have_no_near_copies_and_tiny_images_are_not_compared(tmp_path, capsys):
     from fm2edge.data.splits import near_copies
 

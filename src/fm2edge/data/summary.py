@@ -105,8 +105,8 @@ def group_lines(groups: dict) -> list[str]:
 def near_copy_summary(plan: SplitPlan, train: ImageData, held: dict[str, ImageData | None], cfg: DataConfig,
                       sheet: str | None = None) -> dict:
     """How many test and validation images look like a training image (:func:`fm2edge.data.splits.near_copies`),
-    the first NAMED_PAIRS pairs by name (a file under the source, or a row of the source's split), and where
-    ``sheet`` names a PNG file, the first SHEET_PAIRS drawn into it (:func:`pair_sheet`)."""
+    the first NAMED_PAIRS pairs by name (a file under the source, or a row of the source's split), the most alike
+    first, and where ``sheet`` names a PNG file, the first SHEET_PAIRS drawn into it (:func:`pair_sheet`)."""
     out: dict = {"max_bits": NEAR_COPY_BITS, "min_similarity": NEAR_COPY_SSIM,
                  "compared": min(train.image_size) >= MIN_HASHED_SIDE, "pairs": []}
     drawn: list[tuple] = []
@@ -118,7 +118,8 @@ def near_copy_summary(plan: SplitPlan, train: ImageData, held: dict[str, ImageDa
         if alike is None:
             continue
         out[name] = len(alike[0])
-        for i, j, bits, similarity in zip(*alike, strict=True):
+        order = np.argsort(-alike[3], kind="stable")  # the most alike first: the likeliest copies to look at
+        for i, j, bits, similarity in zip(*(a[order] for a in alike), strict=True):
             if len(drawn) < SHEET_PAIRS:
                 drawn.append((data.images[i], train.images[j], f"{name} ~ train, SSIM {similarity:.2f}"))
             if len(out["pairs"]) < NAMED_PAIRS:
@@ -242,7 +243,8 @@ def near_copy_lines(near: dict) -> list[str]:
     lines = [f"near-copies: {' and '.join(f'{n} {k}' for k, n in counts.items())} image(s) look like a training "
              f"image ({how}: the same photo resized, re-saved or lightly edited); the held-out accuracy may flatter "
              f"the model: look at each pair and remove one of the two"
-             + (f" (the first {len(near['pairs'])} named)" if sum(counts.values()) > len(near["pairs"]) else "")]
+             + (f" ({len(near['pairs'])} named, the most alike first)" if sum(counts.values()) > len(near["pairs"])
+                else "")]
     lines += [f"  {p['split']}: {p['image']}  ~  train: {p['training_image']}  (SSIM {p['similarity']:.2f}, "
               f"{p['bits']} bit{'' if p['bits'] == 1 else 's'})" for p in near["pairs"]]
     lines += [f"  drawn side by side in {near['sheet']}"] if near.get("sheet") else \
