@@ -8,8 +8,8 @@ Two measurements behind ``fm2edge.data.splits.NEAR_COPY_BITS`` and ``NEAR_COPY_S
    held-out validation) images have a training image within 0, 1, ..., 8 bits of their 64-bit perceptual hash, how
    many of those within NEAR_COPY_BITS the structural similarity confirms (what `fm2edge data` names), the
    similarity of the nearest pairs, and how long hashing, the search and the similarity took; ``--pairs`` draws the
-   first 24 pairs at 4 bits or fewer, then the first 24 at 5 to 6 bits, side by side (test image left, training
-   image right, each with its similarity) to look at;
+   24 named pairs most alike, then the first 24 candidates the similarity leaves out, side by side (test image
+   left, training image right, each with its bits and similarity) to look at;
 2. on ``--count`` real photos (default: the shared cat and dog photos' test split, else smooth synthetic images),
    each saved again at 100 px as JPEG quality 70 and stored as a folder holding both stores them (at the originals'
    shorter side, up to 256 px): the bits and similarity between each photo and its copy, and between each photo and
@@ -90,12 +90,16 @@ def quantiles(values: np.ndarray) -> dict | None:
 
 def sheet(held, train, index: np.ndarray, bits: np.ndarray, similarity: np.ndarray, path: str,
           per: int = 24) -> None:
-    """Up to ``per`` pairs at NEAR_COPY_BITS or fewer, then up to ``per`` just above it, drawn as `fm2edge data
-    --pairs` draws them, each labelled with its bits and similarity."""
-    groups = [np.flatnonzero(bits <= NEAR_COPY_BITS)[:per],
-              np.flatnonzero((bits > NEAR_COPY_BITS) & (bits <= NEAR_COPY_BITS + 2))[:per]]
-    pairs = [(held.images[i], train.images[index[i]], f"{bits[i]} bits, SSIM {similarity[i]:.2f}")
-             for g in groups for i in g]
+    """Up to ``per`` of the pairs `fm2edge data` names (:func:`near_copies`, the most alike first), then up to ``per``
+    candidates it does not (their hashes within NEAR_COPY_BITS, their similarity below NEAR_COPY_SSIM), drawn as
+    `fm2edge data --pairs` draws them, each labelled with its bits and similarity."""
+    at, named, named_bits, named_similarity = near_copies(held, train)
+    first = np.argsort(-named_similarity, kind="stable")[:per]
+    left = np.flatnonzero((bits <= NEAR_COPY_BITS) & (similarity < NEAR_COPY_SSIM) & ~np.isin(np.arange(len(bits)), at)
+                          )[:per]
+    pairs = [(held.images[at[i]], train.images[named[i]], f"{named_bits[i]} bits, SSIM {named_similarity[i]:.2f}")
+             for i in first]
+    pairs += [(held.images[i], train.images[index[i]], f"{bits[i]} bits, SSIM {similarity[i]:.2f}") for i in left]
     pair_sheet(pairs, side=64, cols=6).save(path)
 
 

@@ -80,7 +80,7 @@ def label_conflicts(hashes: np.ndarray, labels: np.ndarray) -> list[list[int]]:
 # A held-out image whose perceptual hash is within this many of 64 bits of a training image's is a candidate
 # near-copy (the same photo resized, re-saved or lightly edited): `fm2edge data` names such pairs, runs count them,
 # once their structural similarity confirms them (NEAR_COPY_SSIM).
-NEAR_COPY_BITS = 4
+NEAR_COPY_BITS = 8
 # At most this many training images within NEAR_COPY_BITS are compared with each held-out image, nearest first.
 CANDIDATES_PER_IMAGE = 8
 
@@ -151,10 +151,12 @@ def hash_candidates(held: np.ndarray, train: np.ndarray, max_bits: int = NEAR_CO
 # A candidate pair is a near-copy where the structural similarity of its grey levels at SSIM_SIDE px a side is at
 # least NEAR_COPY_SSIM. The hash alone reads two different things on one flat background as one: on 28 px
 # Fashion-MNIST products (grey on black) 441 of 2,000 test images had a training image within 4 bits (a bag beside a
-# dress), on clip art a red and a yellow traffic light 0 bits apart; of the 92 CIFAR-10 test images the hash paired
-# with a training image, the 81 of the same photo (shifted, cropped, recoloured) scored 0.53-0.98 and the 11 others
-# 0.12-0.49 (benchmarks/near_copies.py).
-NEAR_COPY_SSIM = 0.6
+# dress), on clip art a red and a yellow traffic light 0 bits apart. On photos the similarity is what tells: of the
+# 92 CIFAR-10 test images within 4 bits of a training image, the 81 of the same photo (shifted, cropped, recoloured)
+# scored 0.53-0.98 and the 11 others 0.12-0.49; from 5 to 8 bits, where the hash alone named about half wrongly,
+# every pair looked at that scored 0.7 or more was the same photo (benchmarks/near_copies.py: 80 named at 4 bits
+# and 0.6, 165 at 8 bits and 0.7).
+NEAR_COPY_SSIM = 0.7
 SSIM_SIDE = 32
 # A window of the similarity where neither image's grey levels vary by this many of 255 (standard deviation) is flat
 # (a plain background): two flat windows agree whatever the images are, so they are left out of the mean.
