@@ -1,4 +1,4 @@
-"""Near-copies between held-out and training images: what the perceptual-hash threshold finds, in one run.
+"""Near-copies between held-out and training images: what the hash-and-similarity rule finds, in one run.
 
     python benchmarks/near_copies.py [--data PATH] [--folders PATH ...] [--count 300] [--pairs FILE.png]
 
@@ -116,7 +116,8 @@ def photos(count: int) -> list[Image.Image]:
 
 
 def copies_table(count: int) -> dict:
-    """Bits between each photo and its copy (100 px, JPEG quality 70), and to its nearest other photo."""
+    """Bits and similarity between each photo and its copy (100 px, JPEG quality 70), and to its nearest other
+    photo."""
     originals, copies = [], []
     for img in photos(count):
         side = min(DEFAULT_VARIABLE_SIZE, *img.size)  # a folder of both stores them at the larger shorter side
@@ -125,13 +126,10 @@ def copies_table(count: int) -> dict:
         originals.append(np.asarray(resize_center_crop(img, side)))
         copies.append(np.asarray(resize_center_crop(Image.open(buf).convert("RGB"), side)))
 
-    def hashes(arrays: list[np.ndarray]) -> np.ndarray:
-        return perceptual_hashes(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous())
-
     def tensor(arrays: list[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
-    a, b = hashes(originals), hashes(copies)
+    a, b = perceptual_hashes(tensor(originals)), perceptual_hashes(tensor(copies))
     to_copy = np.unpackbits(a ^ b, axis=1).sum(1, dtype=np.int64)
     copy_similarity = structural_similarity(tensor(originals), tensor(copies))
     half = len(a) // 2
