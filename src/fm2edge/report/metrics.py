@@ -222,8 +222,9 @@ def balanced_accuracy(preds: np.ndarray, labels: np.ndarray) -> float:
 
     from sklearn.metrics import balanced_accuracy_score
 
-    with warnings.catch_warnings():  # a class predicted but absent from the labels is no error here, nor one
-        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true", UserWarning)  # class in both
+    # a class predicted but absent from the labels, or a split of one class, is no error here
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true", UserWarning)
         warnings.filterwarnings("ignore", "A single label was found", UserWarning)
         return float(balanced_accuracy_score(np.asarray(labels), np.asarray(preds)))
 
