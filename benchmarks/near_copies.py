@@ -59,10 +59,11 @@ def split_table(source: str, pairs: str | None) -> list[dict]:
         if held is None:
             continue
         started = time.perf_counter()
-        index, bits = nearest_hashes(perceptual_hashes(held.images), base)
+        hashes = perceptual_hashes(held.images)
+        index, bits = nearest_hashes(hashes, base)
         seconds = time.perf_counter() - started
         similarity = pair_similarity(held, train, index)
-        held.perceptual_hashes(), train.perceptual_hashes()  # hashed already above: not timed twice
+        held.perceptual, train.perceptual = hashes, base  # hashed above: near_copies reads them, not timed twice
         held.near = None  # found when the data loaded: searched again, to time the search and the similarity
         started = time.perf_counter()
         confirmed = len(near_copies(held, train)[0])
@@ -78,7 +79,7 @@ def split_table(source: str, pairs: str | None) -> list[dict]:
 
 def pair_similarity(held, train, index: np.ndarray) -> np.ndarray:
     """The structural similarity of each held-out image and its nearest training image by hash."""
-    return structural_similarity(held.images, train.images[torch.from_numpy(index)])
+    return structural_similarity(held.images, train.images, (np.arange(len(held)), index))
 
 
 def quantiles(values: np.ndarray) -> dict | None:

@@ -109,17 +109,23 @@ def grey_levels(images: torch.Tensor) -> torch.Tensor:
     return (images.float() * weights).sum(1, keepdim=True)
 
 
-def nearest_hashes(held: np.ndarray, train: np.ndarray, budget: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
-    """For each of ``held``'s perceptual hashes, the nearest of ``train``'s: (its index, how many bits differ)."""
-    index, bits = np.zeros(len(held), dtype=np.int64), np.full(len(held), 64, dtype=np.int64)
+def hash_distances(held: np.ndarray, train: np.ndarray, budget: int = 1 << 22):
+    """The bits between ``held``'s and ``train``'s perceptual hashes, a block of held-out rows at a time (about
+    ``budget`` pairs each): yields (the block's first held-out position, its (rows, len(train)) distances)."""
     if len(train) == 0:
-        return index, bits
+        return
     a, b = held.view(np.uint64)[:, 0], train.view(np.uint64)[:, 0]
     step = max(1, budget // len(b))
     for lo in range(0, len(a), step):
-        dist = popcount(a[lo:lo + step, None] ^ b[None, :])
-        index[lo:lo + step] = dist.argmin(1)
-        bits[lo:lo + step] = dist.min(1)
+        yield lo, popcount(a[lo:lo + step, None] ^ b[None, :])
+
+
+def nearest_hashes(held: np.ndarray, train: np.ndarray, budget: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``held``'s perceptual hashes, the nearest of ``train``'s: (its index, how many bits differ)."""
+    index, bits = np.zeros(len(held), dtype=np.int64), np.full(len(held), 64, dtype=np.int64)
+    for lo, dist in hash_distances(held, train, budget):
+        index[lo:lo + len(dist)] = dist.argmin(1)
+        bits[lo:lo + len(dist)] = dist.min(1)
     return index, bits
 
 
@@ -128,23 +134,17 @@ def hash_candidates(held: np.ndarray, train: np.ndarray, max_bits: int = NEAR_CO
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair of a held-out and a training hash at most ``max_bits`` apart, at most ``per_image`` per held-out
     hash (the nearest): (held-out positions, training positions, bits), ordered by held-out position, then bits."""
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    if len(train) and len(held):
-        a, b = held.view(np.uint64)[:, 0], train.view(np.uint64)[:, 0]
-        step = max(1, budget // len(b))
-        for lo in range(0, len(a), step):
-            dist = popcount(a[lo:lo + step, None] ^ b[None, :])
-            close = np.flatnonzero(dist.min(1) <= max_bits)  # most rows have none: not scanned pair by pair
-            rows, cols = np.nonzero(dist[close] <= max_bits)
-            rows = close[rows]
-            bits = dist[rows, cols].astype(np.int64)
-            order = np.lexsort((bits, rows))
-            rows, cols, bits = rows[order], cols[order], bits[order]
-            rank = np.arange(len(rows)) - np.searchsorted(rows, rows)  # each pair's place among its row's
-            keep = rank < per_image
-            found.append((rows[keep] + lo, cols[keep], bits[keep]))
-    if not found:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    found = [(np.zeros(0, dtype=np.int64),) * 3]
+    for lo, dist in hash_distances(held, train, budget):
+        close = np.flatnonzero(dist.min(1) <= max_bits)  # most rows have none: not scanned pair by pair
+        rows, cols = np.nonzero(dist[close] <= max_bits)
+        rows = close[rows]
+        bits = dist[rows, cols].astype(np.int64)
+        order = np.lexsort((bits, rows))
+        rows, cols, bits = rows[order], cols[order], bits[order]
+        rank = np.arange(len(rows)) - np.searchsorted(rows, rows)  # each pair's place among its row's
+        keep = rank < per_image
+        found.append((rows[keep] + lo, cols[keep], bits[keep]))
     return tuple(np.concatenate(parts).astype(np.int64) for parts in zip(*found, strict=True))
 
 
@@ -164,10 +164,11 @@ FLAT_STD = 5.0
 SIMILARITY_CHUNK = 1024  # pairs scored at once: their images are copied out of the splits to be compared
 
 
-def structural_similarity(a: torch.Tensor, b: torch.Tensor, side: int = SSIM_SIDE,
-                          chunk: int = SIMILARITY_CHUNK) -> np.ndarray:
+def structural_similarity(a: torch.Tensor, b: torch.Tensor, pairs: tuple[np.ndarray, np.ndarray] | None = None,
+                          side: int = SSIM_SIDE, chunk: int | None = None) -> np.ndarray:
     """The mean structural similarity (SSIM; Wang et al., IEEE TIP 2004: 7 x 7 Gaussian windows of sigma 1.5,
-    K1 0.01, K2 0.03) of each pair of uint8 (N, 3, H, W) images, ``a[i]`` with ``b[i]``, on their grey levels
+    K1 0.01, K2 0.03) of each pair of uint8 (N, 3, H, W) images, ``a[i]`` with ``b[i]`` (or, with ``pairs`` =
+    (i, j), ``a[i[k]]`` with ``b[j[k]]``, gathered SIMILARITY_CHUNK pairs at a time), on their grey levels
     sampled to ``side`` px a side, averaged over the windows where either image varies (FLAT_STD); a pair flat all
     over is averaged over every window. 1 for equal images. Written here rather than taken from scikit-image or
     torchmetrics: neither leaves flat windows out, and this scores the stored tensors in batches."""
@@ -175,10 +176,12 @@ def structural_similarity(a: torch.Tensor, b: torch.Tensor, side: int = SSIM_SID
     g = torch.exp(-x ** 2 / (2 * 1.5 ** 2))
     window = (g[:, None] * g[None, :] / g.sum() ** 2)[None, None]
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    out = np.empty(len(a), dtype=np.float64)
-    for lo in range(0, len(a), chunk):
-        p, q = (torch.nn.functional.interpolate(grey_levels(t[lo:lo + chunk]), size=(side, side), mode="area")
-                for t in (a, b))
+    rows, cols = pairs if pairs is not None else (np.arange(len(a)), np.arange(len(a)))
+    chunk = chunk or SIMILARITY_CHUNK
+    out = np.empty(len(rows), dtype=np.float64)
+    for lo in range(0, len(rows), chunk):
+        picked = (t[torch.from_numpy(np.asarray(i[lo:lo + chunk], dtype=np.int64))] for t, i in ((a, rows), (b, cols)))
+        p, q = (torch.nn.functional.interpolate(grey_levels(t), size=(side, side), mode="area") for t in picked)
         mean_p, mean_q = (torch.nn.functional.conv2d(t, window) for t in (p, q))
         var_p, var_q, cov = (torch.nn.functional.conv2d(t, window) - m for t, m in
                              ((p * p, mean_p ** 2), (q * q, mean_q ** 2), (p * q, mean_p * mean_q)))
@@ -207,11 +210,7 @@ def near_copies(held, train) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     found = None
     if min(train.image_size) >= MIN_HASHED_SIDE:
         rows, cols, bits = hash_candidates(held.perceptual_hashes(), train.perceptual_hashes())
-        similarity = np.empty(len(rows))
-        for lo in range(0, len(rows), SIMILARITY_CHUNK):  # the pairs' images gathered a chunk at a time
-            pick = slice(lo, lo + SIMILARITY_CHUNK)
-            similarity[pick] = structural_similarity(held.images[torch.from_numpy(rows[pick])],
-                                                     train.images[torch.from_numpy(cols[pick])])
+        similarity = structural_similarity(held.images, train.images, (rows, cols))
         ok = similarity >= NEAR_COPY_SSIM
         rows, cols, bits, similarity = rows[ok], cols[ok], bits[ok], similarity[ok]
         order = np.lexsort((-similarity, rows))  # per held-out image, the most similar first
