@@ -16,79 +16,71 @@ import pytest
 import yaml
 from PIL import Image
 
-from fm2edge.automate.config import AutoConfig, AutoJob
-from fm2edge.automate.heldout import HELD_OUT_FEWEST, HELD_OUT_MOST, held_out_count
-from fm2edge.automate.job import (
-    MIN_UNLABELED,
-    RETIMES,
-    SLOW_RETIMES,
-    average_with_teacher,
-    averages_with_teacher,
+from fm2edge.automate.budget import (
     budget_sentence,
     budget_text,
-    choose,
-    disputed,
-    earlier_test_reads,
-    early_finish,
     export_reserve,
-    export_seconds,
-    extension,
-    far_over,
-    finalists_wanted,
-    hedge_text,
-    hopeless,
-    in_screen_state,
-    judged_with_earlier,
-    ladder_sets,
-    last_rung_best,
-    latency_hedge,
-    leaderboard,
-    measure_candidates,
-    no_budget_text,
-    over_at_a_smaller_size,
-    over_budget,
-    passed_over_text,
-    plan_pool,
-    plan_rungs,
-    precision_text,
-    probability_gap,
-    rank,
     read_once_seconds,
-    respace_rungs,
-    retime_disputed,
-    rungs_as_run,
-    score,
-    screen,
-    screened_ms,
-    second_look,
     seed_seconds,
-    seeds_bought,
     seeds_that_fit,
-    size_candidates,
-    size_epochs,
-    soup_summary,
     spent_before,
-    student_args,
-    teacher_as_candidate,
-    tie_width,
-    too_short,
-    train_students,
-    unmeasured,
-    val_score,
-    views_and_unlabeled,
+)
+from fm2edge.automate.config import AutoConfig, AutoJob
+from fm2edge.automate.exports import (
+    RETIMES,
+    SLOW_RETIMES,
+    disputed,
+    export_seconds,
+    far_over,
+    int8_recipes,
+    judged_with_earlier,
+    over_budget,
+    probability_gap,
+    retime_disputed,
+    screened_ms,
     with_earlier,
     with_fallbacks,
+)
+from fm2edge.automate.heldout import HELD_OUT_FEWEST, HELD_OUT_MOST, held_out_count
+from fm2edge.automate.measure import Candidate
+from fm2edge.automate.plan import (
+    MIN_UNLABELED,
+    finalists_wanted,
+    ladder_sets,
+    plan_pool,
+    plan_rungs,
+    respace_rungs,
+    rungs_as_run,
+    size_candidates,
+    size_epochs,
+    teacher_as_candidate,
+    too_short,
+    views_and_unlabeled,
+)
+from fm2edge.automate.ranking import choose, hopeless, rank, score, tie_width, val_score
+from fm2edge.automate.results import (
+    earlier_test_reads,
+    early_finish,
+    leaderboard,
+    no_budget_text,
+    passed_over_text,
+    precision_text,
+)
+from fm2edge.automate.screen import (
+    hedge_text,
+    in_screen_state,
+    latency_hedge,
+    measure_candidates,
+    over_at_a_smaller_size,
+    screen,
+    second_look,
+    unmeasured,
     with_hedge,
     worth_a_second_look,
 )
-from fm2edge.automate.measure import Candidate
-from fm2edge.automate.teachers import (
-    FINETUNE_SIZES,
-    finetune_choice,
-    finetune_seconds,
-    finetune_sizes,
-    usable_teachers,
-)
+from fm2edge.automate.soups import average_with_teacher, averages_with_teacher, seeds_bought, soup_summary
+from fm2edge.automate.students import extension, last_rung_best, student_args, train_students
+from fm2edge.automate.teachers import FINETUNE_SIZES, finetune_choice, finetune_seconds, finetune_sizes, usable_teachers
 from fm2edge.cli import main
 from fm2edge.config import DataConfig
 from fm2edge.errors import Fm2EdgeError
@@ -126,7 +118,7 @@ def test_one_finalist_where_every_candidate_is_far_inside_the_budget_else_two_as
 
 
 def test_a_candidate_far_behind_the_leader_is_left_behind_and_its_place_goes_to_the_others(tmp_path, monkeypatch):
-    import fm2edge.automate.job as auto_job
+    import fm2edge.automate.students as students
 
     def trained(name, val_acc, agreement=None):
         return {"candidate": name, "val_acc": val_acc, "val_loss": 0.5,
@@ -150,13 +142,13 @@ def test_a_candidate_far_behind_the_leader_is_left_behind_and_its_place_goes_to_
                      stage_minutes=1.0, folder=str(tmp_path / f["candidate"]))
             done[f["candidate"]] = {**done.get(f["candidate"], {}), **f}
 
-    monkeypatch.setattr(auto_job, "train_rung", fake_rung)
-    monkeypatch.setattr(auto_job, "respaced", lambda job, root, plan, r, alive: plan["rungs"][r:])
-    monkeypatch.setattr(auto_job, "extension", lambda *a: 0)
+    monkeypatch.setattr(students, "train_rung", fake_rung)
+    monkeypatch.setattr(students, "respaced", lambda job, root, plan, r, alive: plan["rungs"][r:])
+    monkeypatch.setattr(students, "extension", lambda *a: 0)
     plan = {"candidates": [{"candidate": c, "epochs": 5} for c in scores], "finalists": 2,
             "selection": {"noisy": False}, "held_out": {"images": 0}, "val_images": 500,
             "rungs": [{"candidates": 3, "epochs": 5}, {"candidates": 2, "epochs": 10}]}
-    out = {t["candidate"]: t for t in auto_job.train_students(AutoJob(), tmp_path, plan)}
+    out = {t["candidate"]: t for t in students.train_students(AutoJob(), tmp_path, plan)}
     assert calls == [(0, ["lite0@96", "cnn@64", "cnn@32"]), (1, ["lite0@96"])]
     assert out["lite0@96"]["rung"] == 1 and "left_behind" not in out["lite0@96"]
     assert out["cnn@64"]["left_behind"] == "left after rung 0, 23.0 points under the leader"
@@ -174,7 +166,7 @@ def test_pretrained_students_keep_their_batchnorm_statistics_and_start_from_a_pr
 def test_photos_are_taught_on_cropped_views_and_tiny_images_on_themselves():
     """Students of photos train on random-resized crops and flips, the teacher's outputs cached on up to
     --auto.views of them; images too small to crop (8 x 8 digits) on the plain images, one output each."""
-    from fm2edge.automate.job import most_views
+    from fm2edge.automate.plan import most_views
     from fm2edge.config import AugmentConfig, TrainConfig, proven_recipe
 
     job = AutoJob()
@@ -548,7 +540,7 @@ def test_the_choice_is_the_most_accurate_option_within_budget_and_ties_go_to_the
 def test_where_no_finalist_meets_the_budget_once_exported_the_next_students_within_it_are_exported(monkeypatch):
     """Found with a 2 ms budget: the 208 and 224 px finalists screened at 2.00 and 2.14 ms timed 2.07 and 2.14 ms
     once exported, and the run stopped with no model while a 160 px student (1.33 ms) had trained."""
-    from fm2edge.automate import job as auto_module
+    from fm2edge.automate import exports
 
     def student(size: int, rung: int, ms: float) -> dict:
         return {"candidate": f"pypi:efficientnet_lite0@{size}", "rung": rung, "val_acc": 1.0, "val_loss": 0.1,
@@ -563,7 +555,7 @@ def test_where_no_finalist_meets_the_budget_once_exported_the_next_students_with
         return {**f, "options": [{"candidate": f["candidate"], "precision": p, "p50_ms": exported_ms[size] * k,
                                   "mb": 3.8, "val_acc": 1.0} for p, k in (("fp32", 1.4), ("int8", 1.0))]}
 
-    monkeypatch.setattr(auto_module, "exported", fake_export)
+    monkeypatch.setattr(exports, "exported", fake_export)
     job = AutoJob(auto=AutoConfig(latency_ms=2.0))
     trained = [student(208, 2, 2.0), student(224, 2, 2.14), student(192, 1, 1.9), student(160, 1, 1.33),
                student(128, 0, 1.0)]
@@ -1041,15 +1033,15 @@ def test_auto_distils_on_the_training_images_its_labels_leave_out(tmp_path, teac
 def test_time_the_students_leave_over_buys_more_unlabelled_images(tmp_path, teacher, capsys, monkeypatch):
     """A teacher's share of the budget too small for even MIN_UNLABELED images, and students that get their epochs
     with time to spare: the plan gives the teacher more of the budget (one view each) instead of leaving it idle."""
-    import fm2edge.automate.job as job
+    import fm2edge.automate.plan as plan_module
 
-    monkeypatch.setattr(job, "TEACHING_SHARE", 1e-6)
+    monkeypatch.setattr(plan_module, "TEACHING_SHARE", 1e-6)
     argv = auto_argv(tmp_path, teacher, "--data.per_class", "15", "--auto.unlabeled_left_out", "true",
                      "--auto.students", "[student:small_cnn@16]")
     assert main(argv) == 0
     assert "the students' epochs leave time over" in capsys.readouterr().out
     plan = json.loads((tmp_path / "a" / "plan.json").read_text())
-    assert plan["unlabeled_images"] >= job.MIN_UNLABELED and plan["views"] == 1
+    assert plan["unlabeled_images"] >= plan_module.MIN_UNLABELED and plan["views"] == 1
     planned = (plan["planning_seconds"] + plan["teaching_seconds"] + plan["export_seconds"]
                + plan["test_read_seconds"] + sum(r["seconds"] for r in plan["rungs"]))
     assert planned <= 6 * 60
@@ -1083,9 +1075,9 @@ def test_a_budget_that_trains_no_student_ships_the_teacher_where_it_is_a_choice(
     epoch, and the run stopped with an error although the teacher, within (no) budget, could be shipped. Here the
     students train too slowly for one epoch: the teacher is exported, judged alone and shipped, and the run says
     why and what budget would train a student; where the teacher is not a choice either, one clear error."""
-    from fm2edge.automate import job as auto_job
+    from fm2edge.automate import plan as plan_module
 
-    monkeypatch.setattr(auto_job, "measure_training", lambda *a, **k: {"train_images_per_s": 0.01,
+    monkeypatch.setattr(plan_module, "measure_training", lambda *a, **k: {"train_images_per_s": 0.01,
                                                                         "train_device": "cpu"})
     assert main(auto_argv(tmp_path, teacher)) == 0
     out = capsys.readouterr().out
@@ -1109,7 +1101,7 @@ def test_a_budget_that_trains_no_student_ships_the_teacher_where_it_is_a_choice(
     assert 0 <= result["test"]["chosen_test_acc"] <= 1
 
     # the teacher not a choice either (its export would take too much of the budget): nothing to ship
-    monkeypatch.setattr(auto_job, "teacher_export_too_long", lambda *args: "its export is too long")
+    monkeypatch.setattr(plan_module, "teacher_export_too_long", lambda *args: "its export is too long")
     assert main(auto_argv(tmp_path, teacher, "--run.name", "b")) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fm2edge: error:")]
     assert len(errors) == 1 and "leaves no time to train a student" in errors[0]
@@ -1121,9 +1113,9 @@ def test_a_finalist_whose_export_fails_is_not_a_choice_and_the_others_are_still_
     """The teacher fits the budget, but its graph fails the parity check (a random tiny network at 224 px strayed
     1.8e-4 from PyTorch against a 1e-4 tolerance): the students are still exported and one is chosen, the
     leaderboard says why the teacher is not; when every finalist's export fails, one clear error names them."""
-    from fm2edge.automate import job as auto_job
+    from fm2edge.automate import exports
 
-    real = auto_job.run_one_stage
+    real = exports.run_one_stage
     parity = ("the ONNX model's probabilities differ from PyTorch's by 0.000178, above --export.parity_tolerance "
               "0.0001; nothing was written")
 
@@ -1132,7 +1124,7 @@ def test_a_finalist_whose_export_fails_is_not_a_choice_and_the_others_are_still_
             raise Fm2EdgeError(parity)
         return real(root, name, command, args)
 
-    monkeypatch.setattr(auto_job, "run_one_stage", teacher_fails)
+    monkeypatch.setattr(exports, "run_one_stage", teacher_fails)
     assert main(auto_argv(tmp_path, teacher)) == 0
     assert "is not a choice: its export failed" in capsys.readouterr().out
     result = json.loads((tmp_path / "a" / "auto.json").read_text())
@@ -1145,7 +1137,7 @@ def test_a_finalist_whose_export_fails_is_not_a_choice_and_the_others_are_still_
             raise Fm2EdgeError(parity)
         return real(root, name, command, args)
 
-    monkeypatch.setattr(auto_job, "run_one_stage", every_export_fails)
+    monkeypatch.setattr(exports, "run_one_stage", every_export_fails)
     assert main(auto_argv(tmp_path, teacher, "--run.name", "b")) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fm2edge: error:")]
     assert len(errors) == 1 and "no finalist could be exported" in errors[0] and "parity_tolerance" in errors[0]
@@ -1697,7 +1689,7 @@ def test_seeds_go_to_the_finalists_whose_exported_graphs_meet_the_budget_first(m
     exported (Lite0's int8 graph at 152 px: 2.66 ms against 1.88). Each finalist is exported before the seeds are
     bought: one whose quickest graph is over by more than SCREEN_TOLERANCE gets none, and one just over the budget
     has its seeds after those of the finalists within it, from the time the exports left."""
-    from fm2edge.automate import job as auto_module
+    from fm2edge.automate import soups
 
     exported_ms = {152: 2.66, 160: 1.62, 144: 1.95}  # 144 px: 4% over, as one timing of a graph at the budget can be
     calls = []
@@ -1710,9 +1702,9 @@ def test_seeds_go_to_the_finalists_whose_exported_graphs_meet_the_budget_first(m
                                   "mb": 3.8} for p, r, k in (("fp32", None, 1.6), ("int8", "first-last-fp32", 1.0))]}
 
     left = []
-    monkeypatch.setattr(auto_module, "exported", fake_export)
-    monkeypatch.setattr(auto_module, "seconds_left", lambda job, root, plan, alive: left.pop(0))
-    monkeypatch.setattr(auto_module, "seed_seconds", lambda t, plan: 100.0)  # 115 s with SEED_MARGIN
+    monkeypatch.setattr(soups, "exported", fake_export)
+    monkeypatch.setattr(soups, "seconds_left", lambda job, root, plan, alive: left.pop(0))
+    monkeypatch.setattr(soups, "seed_seconds", lambda t, plan: 100.0)  # 115 s with SEED_MARGIN
     job = AutoJob(auto=AutoConfig(latency_ms=1.88, soup_seeds=2))
     lite = {s: {"candidate": f"pypi:efficientnet_lite0@{s}"} for s in (152, 160, 144)}
     name = {s: f["candidate"] for s, f in lite.items()}
@@ -1800,7 +1792,7 @@ def test_a_graph_is_judged_with_its_networks_timing_before_the_seeds(capsys):
 def test_a_finalist_far_over_the_budget_before_its_seeds_is_not_averaged_with_the_teacher(monkeypatch, capsys):
     """Its average with the teacher's weights is the same network, as slow: not worth its soup stage and export."""
     import fm2edge.models.io
-    from fm2edge.automate import job as auto_module
+    from fm2edge.automate import soups
 
     # the verdicts seeds_bought gave: 152 px 41% over a 1.88 ms budget, 144 px 4% over (timings move by that much),
     # 128 px's export failed
@@ -1818,9 +1810,9 @@ def test_a_finalist_far_over_the_budget_before_its_seeds_is_not_averaged_with_th
     averaged = []
     monkeypatch.setattr(fm2edge.models.io, "model_meta",
                         lambda folder: {"name": "pypi:efficientnet_lite0", "preprocess": {"size": 224}})
-    monkeypatch.setattr(auto_module, "run_one_stage", lambda root, name, kind, args: averaged.append(name) or {})
-    monkeypatch.setattr(auto_module, "averaged_entry", lambda job, plan, folder, result, held=None: {})
-    monkeypatch.setattr(auto_module, "replace_if_as_good", lambda *args: False)
+    monkeypatch.setattr(soups, "run_one_stage", lambda root, name, kind, args: averaged.append(name) or {})
+    monkeypatch.setattr(soups, "averaged_entry", lambda job, plan, folder, result, held=None: {})
+    monkeypatch.setattr(soups, "replace_if_as_good", lambda *args: False)
     trained = [{"candidate": f"pypi:efficientnet_lite0@{s}", "rung": 2, "folder": f"/r/student-{s}"}
                for s in (152, 144, 128)]
     average_with_teacher(job, Path("/r"), plan, trained)
@@ -1911,7 +1903,7 @@ def test_int8_recipes_run_fastest_layout_first_and_percentile_in_it_where_min_ma
     recording its recipe."""
     import numpy as np
 
-    import fm2edge.automate.job as auto_job
+    import fm2edge.automate.exports as exports
     import fm2edge.models.io
 
     ran = []
@@ -1930,11 +1922,11 @@ def test_int8_recipes_run_fastest_layout_first_and_percentile_in_it_where_min_ma
                 "files": {"onnx_fp32": "model.onnx", "onnx_int8": "model.int8.onnx"},
                 "int8_agreement_with_fp32": agreement[recipe]}
 
-    monkeypatch.setattr(auto_job, "run_one_stage", export_stage)
-    monkeypatch.setattr(auto_job, "graph_probabilities", lambda model, onnx, images: np.eye(2)[[0, 1, 1]])
+    monkeypatch.setattr(exports, "run_one_stage", export_stage)
+    monkeypatch.setattr(exports, "graph_probabilities", lambda model, onnx, images: np.eye(2)[[0, 1, 1]])
     monkeypatch.setattr(fm2edge.models.io, "load_classifier", lambda folder: None)
     f = {"candidate": "m@128", "folder": str(tmp_path / "m"), "params": 10, **({"int8": screened} if screened else {})}
-    options = auto_job.exported_options(AutoJob(auto=AutoConfig(latency_ms=latency_ms)), tmp_path, f, images=[0, 1, 2])
+    options = exports.exported_options(AutoJob(auto=AutoConfig(latency_ms=latency_ms)), tmp_path, f, images=[0, 1, 2])
     assert ran == recipes
     assert [o["int8_recipe"] for o in options if o["precision"] == "int8"] == recipes
     assert [o["precision"] for o in options].count("fp32") == 1
@@ -1942,7 +1934,7 @@ def test_int8_recipes_run_fastest_layout_first_and_percentile_in_it_where_min_ma
         (screened or {}).get("recipe", "minmax")]
     skipped = percentile not in recipes and latency_ms in (None, 2.0)
     assert ("percentile calibration skipped" in capsys.readouterr().out) == skipped
-    assert list(auto_job.int8_recipes(f, latency_ms)) == [*(r for r in recipes if r != percentile), *(
+    assert list(int8_recipes(f, latency_ms)) == [*(r for r in recipes if r != percentile), *(
         [] if latency_ms == 1.2 else [percentile])]
 
 
@@ -1988,7 +1980,7 @@ def test_the_test_split_is_also_scored_without_its_near_copies(monkeypatch):
 
     import fm2edge.models.io
     import fm2edge.train
-    from fm2edge.automate import job as auto
+    from fm2edge.automate import results as auto
     from fm2edge.data.dataset import ImageData
 
     rng = np.random.default_rng(0)
@@ -2020,7 +2012,7 @@ def test_the_teacher_reads_the_test_split_through_its_graph(teacher, tmp_path):
     photos took 54 s in PyTorch's default layout), and its answers are those PyTorch gives."""
     import torch
 
-    from fm2edge.automate import job as auto
+    from fm2edge.automate import results as auto
     from fm2edge.config import DataConfig
     from fm2edge.data import load_data
     from fm2edge.export import export_deployable

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from fm2edge.automate.job import rank, teacher_export_too_long
+from fm2edge.automate.budget import teacher_export_too_long
 from fm2edge.automate.measure import Candidate
+from fm2edge.automate.ranking import rank
 from fm2edge.automate.sizes import (
     fastest_pretrained,
     fastest_pretrained_text,

@@ -29,7 +29,7 @@ def within_budget(figures: dict, latency_ms: float | None, max_mb: float | None)
     """Whether one graph's measured figures (``p50_ms``, ``mb``: a screened precision or an exported option) are
     within a latency (ms) and file-size (MB) bound: the one place that says what "within the budget" means. An
     exported graph timed while the machine ran slower than when its candidate was screened is judged by its figure
-    in the screen's state (``state_ms``, :func:`fm2edge.automate.job.retime_disputed`): figures taken in different
+    in the screen's state (``state_ms``, :func:`fm2edge.automate.exports.retime_disputed`): figures taken in different
     states are not compared with each other or with the budget."""
     return (latency_ms is None or judged_ms(figures) <= latency_ms) and (max_mb is None or figures["mb"] <= max_mb)
 
