@@ -393,6 +393,34 @@ def plan_held_out(job: AutoJob, train, teacher: dict, available: int, noisy: boo
             "seconds": n * sum(2 / (INFERENCE_SPEEDUP * s) for s in speeds.values())}
 
 
+def screened(job: AutoJob, num_classes: int) -> tuple[list[dict], list[dict], list[dict], list[dict], dict | None]:
+    """(measured, kept, dropped, size searches, out of budget): every candidate measured on this machine (again where
+    a slower machine put it over, then what a smaller input no longer rules out), each pretrained backbone's input
+    fitted to the budget, and the screen; the kept ones' training speed timed, and where the budget keeps only
+    students from random weights, the fastest pretrained one that was over. One clear error where none is kept."""
+    figures, _ = measure_candidates(job, num_classes)
+    figures, passed = measure_candidates(job, num_classes, second_look(job, figures, num_classes))
+    added, probed, searches = fit_sizes(job, figures, num_classes)
+    kept, dropped = screen(figures + added, job.auto)
+    dropped += probed + [unmeasured(c, num_classes, why) for c, why in passed]
+    for d in dropped:
+        print(f"  dropped {d['candidate']}: {d['why']}")
+    if not kept:
+        fastest = min(figures, key=lambda f: f["int8"]["p50_ms"])
+        raise Fm2EdgeError(f"no candidate student meets the budget ({budget_text(job.auto)}); the fastest measured "
+                           f"here is {fastest['candidate']} ({fastest['int8']['p50_ms']:.3f} ms as int8); raise the "
+                           f"budget or add smaller candidates with --auto.students")
+    measured = figures + added + probed
+    if out_of_budget := fastest_pretrained(measured, kept):
+        out_of_budget["text"] = fastest_pretrained_text(out_of_budget)
+        print(f"  note: {out_of_budget['text']}")
+    for f in kept:  # timed only for what the budget keeps
+        speed = measure_training(Candidate.parse(f["candidate"]), num_classes, job.auto.threads,
+                                 latency_cache(job.data))
+        f.update(train_images_per_s=speed["train_images_per_s"], train_device=speed["train_device"])
+    return measured, kept, dropped, searches, out_of_budget
+
+
 def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     """Measure, screen, choose the teacher and size every student's epochs: written once (plan.json), so a resumed
     run follows the same plan whatever its clock says."""
@@ -403,33 +431,13 @@ def make_plan(job: AutoJob, root: Path, data, started: float) -> dict:
     if val is None:
         raise Fm2EdgeError("auto chooses on validation images and this data has none; give it a validation split "
                            "(val/ beside train/) or more images per class (--data.val_fraction holds some out)")
-    figures, _ = measure_candidates(job, train.num_classes)
-    # measured again where a slower machine put them over; then what a smaller input no longer rules out
-    figures, passed = measure_candidates(job, train.num_classes,
-                                         second_look(job, figures, train.num_classes))
-    added, probed, searches = fit_sizes(job, figures, train.num_classes)
-    kept, dropped = screen(figures + added, job.auto)
-    dropped += probed + [unmeasured(c, train.num_classes, why) for c, why in passed]
-    for d in dropped:
-        print(f"  dropped {d['candidate']}: {d['why']}")
-    if not kept:
-        fastest = min(figures, key=lambda f: f["int8"]["p50_ms"])
-        raise Fm2EdgeError(f"no candidate student meets the budget ({budget_text(job.auto)}); the fastest measured "
-                           f"here is {fastest['candidate']} ({fastest['int8']['p50_ms']:.3f} ms as int8); raise the "
-                           f"budget or add smaller candidates with --auto.students")
-    if out_of_budget := fastest_pretrained(figures + added + probed, kept):
-        out_of_budget["text"] = fastest_pretrained_text(out_of_budget)
-        print(f"  note: {out_of_budget['text']}")
-    for f in kept:  # timed only for what the budget keeps
-        speed = measure_training(Candidate.parse(f["candidate"]), train.num_classes, job.auto.threads,
-                                 latency_cache(job.data))
-        f.update(train_images_per_s=speed["train_images_per_s"], train_device=speed["train_device"])
+    measured, kept, dropped, searches, out_of_budget = screened(job, train.num_classes)
     noise = (balanced_selection_noise(val.labels.bincount(minlength=val.num_classes).tolist(), val.class_names,
                                       "candidates") if job.auto.metric == "balanced_accuracy"
              else selection_noise(len(val), "candidates"))
     chosen = plan_teacher(job, root, train, val, resolve_device(job.auto.device), noise["noisy"])
     teacher = chosen["teacher"]
-    teacher_option = teacher_as_candidate(job, teacher, train.num_classes, figures + added + probed)
+    teacher_option = teacher_as_candidate(job, teacher, train.num_classes, measured)
     teacher_speed = TEACHER_VIEW_EFFICIENCY * teacher["images_per_s"]  # views per second while caching
     available = len(pool) if (pool := unlabeled_pool(job, train)) is not None else 0
     speeds = {f["candidate"]: LOOP_EFFICIENCY * f["train_images_per_s"] for f in kept}

@@ -282,12 +282,22 @@ COMPARISON_HEAD = ["comparison (same student, data, augmentation, budget)", "a",
 
 def auto_section(folder: str, r: dict) -> str:
     """`fm2edge auto`'s page: the choice beside the teacher and the budget, accuracy against measured latency, the
-    path the search took (rungs), the leaderboard and where the minutes went."""
+    teacher, the path the search took (rungs), the leaderboard and where the minutes went."""
+    parts = [f"<h2>fm2edge auto: {html.escape(Path(folder).name)}</h2>", *auto_choice(folder, r)]
+    if r.get("teachers"):
+        parts += auto_teacher(r)
+    if r.get("rungs"):
+        parts += auto_search(r)
+    return "\n".join(parts + auto_leaderboard(r))
+
+
+def auto_choice(folder: str, r: dict) -> list[str]:
+    """The choice: its test figures beside the teacher's, what decided its precision, what the budget passed over or
+    left out, near-copies in the test split, the two plots, and how validation ranked."""
     c, t = r["chosen"], r["test"]
     budget = (f"against a {r['latency_budget_ms']:.3g} ms budget" if r.get("latency_budget_ms")
               else "with no latency bound")
-    parts = [f"<h2>fm2edge auto: {html.escape(Path(folder).name)}</h2>",
-             f"<p id=\"auto-choice\">Chosen: <b>{html.escape(c['candidate'])}</b> as {c['precision']} ONNX, "
+    parts = [f"<p id=\"auto-choice\">Chosen: <b>{html.escape(c['candidate'])}</b> as {c['precision']} ONNX, "
              f"{c['p50_ms']:.2f} ms batch-1{timings_text(c.get('timings_ms'))}"
              + (f", {c['state_ms']:.2f} ms in the state the machine screened it in" if "state_ms" in c else "")
              + f", {budget}, {c['mb']:.1f} MB, validation {_pct(c['val_acc'])}"
@@ -352,54 +362,70 @@ def auto_section(folder: str, r: dict) -> str:
                  f"on {sel['effective_images']:,} images: its smallest classes decide)" if "effective_images" in sel
                  else f"accuracy known to +-{100 * sel['half_width']:.1f} points (95% interval)")
         parts.append(f"<p id=\"auto-selection\">Validation: {sel['val_images']:,} images, {known}; {how}.</p>")
-    if r.get("teachers"):
-        parts.append("<h3>The teacher</h3>")
-        fine = r.get("teacher_finetune") or {}
-        how = (f"fine-tuned {fine['seeds']} x {fine['epochs']} epochs at {fine['size']} px" if "size" in fine
-               else f"not fine-tuned: {fine['why']}" if "why" in fine else "")
-        parts.append(f"<p id=\"auto-teacher\">Chosen on validation: <b>{html.escape(r['teacher']['teacher'])}</b>"
-                     + (f"; {html.escape(how)}" if how else "") + ".</p>")
-        parts.append(_table("auto-teachers", ["teacher", "validation", "images/s here"],
-                            [[t["teacher"], _pct(t["val_acc"]), _num(t.get("images_per_s"), "{:.1f}")]
-                             for t in r["teachers"]]))
-        if r.get("teachers_left_out"):
-            parts.append("<p id=\"auto-teachers-left-out\">Left out (cannot be loaded here): "
-                         + "; ".join(f"<b>{html.escape(t['teacher'])}</b>: {html.escape(t['why'])}"
-                                     for t in r["teachers_left_out"]) + ".</p>")
-    if r.get("rungs"):
-        parts.append("<h3>The search</h3>")
-        for s in r.get("size_searches") or []:  # input sizes fitted to the latency budget before any training
-            parts.append(f'<p class="auto-sizes">{html.escape(s["text"])}.</p>')
-        if r.get("hedge"):  # the candidate kept to the finalists beside the larger inputs at the budget's edge
-            parts.append(f'<p id="auto-hedge">Hedge: {html.escape(r["hedge"]["text"])}.</p>')
-        if r.get("views"):
-            parts.append(f"<p id=\"auto-teaching\">The students were taught on {r['train_images']:,} labelled and "
-                         f"{r['unlabeled_images']:,} unlabelled images, the teacher's outputs cached "
-                         + (f"on {r['views']} views of each" if r["views"] > 1 else "once for each") + ".</p>")
-        def epochs(g: dict) -> str:
-            ran = str(g["epochs"] or "shared")
-            return ran if g.get("planned", g["epochs"]) in (None, g["epochs"]) else f"{ran} (planned {g['planned']})"
+    return parts
 
-        parts.append(_table("auto-rungs", ["rung", "candidates", "epochs each", "planned minutes"],
-                            [[f"{i} (time left over)" if g.get("extension") else str(i), str(g["candidates"]),
-                              epochs(g), _num(None if g.get("seconds") is None else g["seconds"] / 60, "{:.1f}")]
-                             for i, g in enumerate(r["rungs"])]))
-        if r.get("soups"):  # the time the search left over, spent on seeds of the finalists (auto: soup_of_seeds)
-            parts.append("<p id=\"auto-soups\">Time left over: " + "; ".join(
-                f"<b>{html.escape(s['candidate'])}</b> not trained again with seeds: {html.escape(s['why'])}"
-                if s.get("why") else
-                f"<b>{html.escape(s['candidate'])}</b> trained again with {s['seeds']} more seed"
-                f"{'s' * (s['seeds'] > 1)} for its epochs, the average of its weights and theirs (a soup) "
-                + ("kept: it ranked at least as high" if s["kept"] else "left out: it ranked lower")
-                for s in r["soups"]) + ".</p>")
-        if r.get("finalists_why"):
-            parts.append(f"<p id=\"auto-finalists\">One finalist: {html.escape(r['finalists_why'])}, and the last "
-                         f"rung trained the leader alone.</p>")
+
+def auto_teacher(r: dict) -> list[str]:
+    """The teacher chosen on validation, how it was fine-tuned, every teacher probed and those left out."""
+    parts = ["<h3>The teacher</h3>"]
+    fine = r.get("teacher_finetune") or {}
+    how = (f"fine-tuned {fine['seeds']} x {fine['epochs']} epochs at {fine['size']} px" if "size" in fine
+           else f"not fine-tuned: {fine['why']}" if "why" in fine else "")
+    parts.append(f"<p id=\"auto-teacher\">Chosen on validation: <b>{html.escape(r['teacher']['teacher'])}</b>"
+                 + (f"; {html.escape(how)}" if how else "") + ".</p>")
+    parts.append(_table("auto-teachers", ["teacher", "validation", "images/s here"],
+                        [[t["teacher"], _pct(t["val_acc"]), _num(t.get("images_per_s"), "{:.1f}")]
+                         for t in r["teachers"]]))
+    if r.get("teachers_left_out"):
+        parts.append("<p id=\"auto-teachers-left-out\">Left out (cannot be loaded here): "
+                     + "; ".join(f"<b>{html.escape(t['teacher'])}</b>: {html.escape(t['why'])}"
+                                 for t in r["teachers_left_out"]) + ".</p>")
+    return parts
+
+
+def auto_search(r: dict) -> list[str]:
+    """The path the search took: input sizes fitted to the budget, the hedge, the teaching, the rungs, the seeds
+    and the finalists."""
+    parts = ["<h3>The search</h3>"]
+    for s in r.get("size_searches") or []:  # input sizes fitted to the latency budget before any training
+        parts.append(f'<p class="auto-sizes">{html.escape(s["text"])}.</p>')
+    if r.get("hedge"):  # the candidate kept to the finalists beside the larger inputs at the budget's edge
+        parts.append(f'<p id="auto-hedge">Hedge: {html.escape(r["hedge"]["text"])}.</p>')
+    if r.get("views"):
+        parts.append(f"<p id=\"auto-teaching\">The students were taught on {r['train_images']:,} labelled and "
+                     f"{r['unlabeled_images']:,} unlabelled images, the teacher's outputs cached "
+                     + (f"on {r['views']} views of each" if r["views"] > 1 else "once for each") + ".</p>")
+    parts.append(_table("auto-rungs", ["rung", "candidates", "epochs each", "planned minutes"],
+                        [[f"{i} (time left over)" if g.get("extension") else str(i), str(g["candidates"]),
+                          _rung_epochs(g), _num(None if g.get("seconds") is None else g["seconds"] / 60, "{:.1f}")]
+                         for i, g in enumerate(r["rungs"])]))
+    if r.get("soups"):  # the time the search left over, spent on seeds of the finalists (auto: soup_of_seeds)
+        parts.append("<p id=\"auto-soups\">Time left over: " + "; ".join(
+            f"<b>{html.escape(s['candidate'])}</b> not trained again with seeds: {html.escape(s['why'])}"
+            if s.get("why") else
+            f"<b>{html.escape(s['candidate'])}</b> trained again with {s['seeds']} more seed"
+            f"{'s' * (s['seeds'] > 1)} for its epochs, the average of its weights and theirs (a soup) "
+            + ("kept: it ranked at least as high" if s["kept"] else "left out: it ranked lower")
+            for s in r["soups"]) + ".</p>")
+    if r.get("finalists_why"):
+        parts.append(f"<p id=\"auto-finalists\">One finalist: {html.escape(r['finalists_why'])}, and the last "
+                     f"rung trained the leader alone.</p>")
+    return parts
+
+
+def _rung_epochs(g: dict) -> str:
+    """A rung's epochs each, with those planned where the rung was re-sized."""
+    ran = str(g["epochs"] or "shared")
+    return ran if g.get("planned", g["epochs"]) in (None, g["epochs"]) else f"{ran} (planned {g['planned']})"
+
+
+def auto_leaderboard(r: dict) -> list[str]:
+    """Every candidate's row, where the minutes went, and what a run that finished early could do with the rest."""
     rows = r["leaderboard"]
     held = r.get("held_out_images") or 0
     # the graphs' columns show the figure that chose (balanced accuracy with --auto.metric balanced_accuracy)
     graphs = "val_balanced_acc" if r.get("metric") == "balanced_accuracy" else "val_acc"
-    parts.append("<h3>Leaderboard</h3>")
+    parts = ["<h3>Leaderboard</h3>"]
     # the status, a sentence, last: the numbers stay in narrow columns and the sentence takes the width left
     parts.append(_table("auto-leaderboard", ["candidate", "rung", "epochs", "validation"]
                         + (["validation balanced"] if graphs == "val_balanced_acc" else [])
@@ -421,7 +447,7 @@ def auto_section(folder: str, r: dict) -> str:
                             [[k, f"{v:.1f}"] for k, v in r["minutes_by_step"].items()]))
     if early := r.get("finished_early"):
         parts.append(f'<p id="auto-finished-early">{html.escape(_sentence(early))}</p>')
-    return "\n".join(parts)
+    return parts
 
 
 def render_html(title: str, acc: list[dict], mistakes: list[dict], groups: dict | None, figures: list,
