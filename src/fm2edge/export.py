@@ -604,18 +604,7 @@ def export_job(job: ExportJob) -> dict:
         result["int8_drop_points"] = drop if cfg.int8 else None
         atomic_write_json(tmp / "export.json", result)
     _print_table(result)
-    print(f"the ONNX graphs take uint8 RGB images, batch x {size} x {size} x 3 (NHWC), and output probabilities; "
-          f"resize first ({result['input']['resize'].split(':')[0]}); `fm2edge predict` does it for image files")
-    if cfg.resize_inside:
-        print(f"model.any_size.onnx takes uint8 RGB images of any size (one size a batch) and resizes them itself "
-              f"(against PyTorch: {100 * result['any_size_parity']['pixels_off_by_one']:.2f}% of pixels off by one, "
-              f"max probability difference {result['any_size_parity']['max_probability_diff']:.1e})")
-    if cfg.int8:
-        print(Difference(**result["int8_vs_fp32"]).line("int8 vs fp32 ONNX"))
-    if cfg.int8 and drop > cfg.max_int8_drop:
-        print(f"warning: int8 loses {drop:.2f} points of {cfg.score_on} accuracy (more than --export.max_int8_drop "
-              f"{cfg.max_int8_drop}); try --export.calibration_method percentile, more calibration images, or ship "
-              f"the fp32 model")
+    _print_notes(result, cfg, size)
     print(f"results in {out}")
     # the run's own tracker folder (TensorBoard: RUN/logs), not the export folder, which holds what ships
     log_summary(cfg.log_with, Path(job.model), to_dict(job), result, name=f"{Path(job.model).resolve().name}-export")
@@ -624,6 +613,23 @@ def export_job(job: ExportJob) -> dict:
 
         print(f"uploaded to {push_to_hub(job.model, cfg.push_to_hub)}")
     return result
+
+
+def _print_notes(result: dict, cfg: ExportConfig, size: int) -> None:
+    """What the graphs take and give, the any-size graph's parity, int8 against fp32, and a warning where int8 loses
+    more than --export.max_int8_drop."""
+    print(f"the ONNX graphs take uint8 RGB images, batch x {size} x {size} x 3 (NHWC), and output probabilities; "
+          f"resize first ({result['input']['resize'].split(':')[0]}); `fm2edge predict` does it for image files")
+    if cfg.resize_inside:
+        print(f"model.any_size.onnx takes uint8 RGB images of any size (one size a batch) and resizes them itself "
+              f"(against PyTorch: {100 * result['any_size_parity']['pixels_off_by_one']:.2f}% of pixels off by one, "
+              f"max probability difference {result['any_size_parity']['max_probability_diff']:.1e})")
+    if cfg.int8:
+        print(Difference(**result["int8_vs_fp32"]).line("int8 vs fp32 ONNX"))
+    if cfg.int8 and result["int8_drop_points"] > cfg.max_int8_drop:
+        print(f"warning: int8 loses {result['int8_drop_points']:.2f} points of {cfg.score_on} accuracy (more than "
+              f"--export.max_int8_drop {cfg.max_int8_drop}); try --export.calibration_method percentile, more "
+              f"calibration images, or ship the fp32 model")
 
 
 def _torch_forward(model, x: torch.Tensor) -> torch.Tensor:

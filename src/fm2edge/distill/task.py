@@ -282,16 +282,12 @@ def distill_job(job: DistillJob) -> dict:
     return over_seeds(job, distill_one, slug(f"distill-{job.model.name}"))
 
 
-def distill_one(job: DistillJob) -> dict:
-    from fm2edge.config import proven_recipe, starts_trained, to_dict
+def with_unlabeled_images(job: DistillJob, train, accelerator):
+    """The training split with the unlabelled images the job asks for (``--distill.unlabeled``: the source's own
+    unlabelled split; ``--distill.unlabeled_source``: a folder, at most ``--distill.unlabeled_limit``), read by the
+    main process first so that the others find its cache."""
     from fm2edge.data import load_unlabeled, load_unlabeled_source
-    from fm2edge.device import autocast_dtype, environment
-    from fm2edge.report.metrics import accuracy, balanced_accuracy
-    from fm2edge.results import selection_line, slug, start_stage, write_outputs
-    from fm2edge.train import fit
 
-    session = start_stage(job.data, job.train.device, job.train.precision)
-    train, test, accelerator = session.train, session.test, session.accelerator
     if job.distill.unlabeled:
         with accelerator.main_process_first():
             train = with_unlabeled(train, load_unlabeled(job.data, None if job.distill.unlabeled < 0
@@ -301,6 +297,32 @@ def distill_one(job: DistillJob) -> dict:
             extra = limited(load_unlabeled_source(job.distill.unlabeled_source, job.data, train.image_size),
                             job.distill.unlabeled_limit)
             train = with_unlabeled(train, extra)
+    return train
+
+
+def cache_teacher(job: DistillJob, task: DistillTask, train, views, views_key: dict | None, accelerator) -> Path:
+    """The teacher's outputs on every training image (or stored view), built once by the main process and read by
+    every process into ``task.cache``; the teacher's graph is closed, as training reads the cache. Its folder."""
+    cache_dir = teacher_cache_dir(job, task.teacher, train, task.needs_features, views_key,
+                                  task.teacher_dtype(accelerator.device))
+    if accelerator.is_main_process:
+        build_teacher_cache(task, train.images, views, cache_dir, job.train.eval_batch_size, accelerator.device)
+    accelerator.wait_for_everyone()
+    task.cache = load_teacher_cache(cache_dir, len(train), task.needs_features, accelerator.device)
+    task.teacher_graph = None  # training reads its outputs from the cache: the session's memory goes
+    return cache_dir
+
+
+def distill_one(job: DistillJob) -> dict:
+    from fm2edge.config import proven_recipe, starts_trained, to_dict
+    from fm2edge.device import autocast_dtype, environment
+    from fm2edge.report.metrics import accuracy, balanced_accuracy
+    from fm2edge.results import selection_line, slug, start_stage, write_outputs
+    from fm2edge.train import fit
+
+    session = start_stage(job.data, job.train.device, job.train.precision)
+    test, accelerator = session.test, session.accelerator
+    train = with_unlabeled_images(job, session.train, accelerator)
     job = dataclasses.replace(job, train=proven_recipe(job.train, len(train), train.image_size[0],
                                                        starts_trained(job.model), job.model.pretrained),
                               distill=dataclasses.replace(job.distill, views=resolved_views(job.distill,
@@ -334,14 +356,7 @@ def distill_one(job: DistillJob) -> dict:
         if views is not None:
             task.view_source = StoredViews(views)
         if cached:
-            cache_dir = teacher_cache_dir(job, teacher, train, task.needs_features, views_key,
-                                          task.teacher_dtype(accelerator.device))
-            if accelerator.is_main_process:
-                build_teacher_cache(task, train.images, views, cache_dir, job.train.eval_batch_size,
-                                    accelerator.device)
-            accelerator.wait_for_everyone()
-            task.cache = load_teacher_cache(cache_dir, len(train), task.needs_features, accelerator.device)
-            task.teacher_graph = None  # training reads its outputs from the cache: the session's memory goes
+            cache_dir = cache_teacher(job, task, train, views, views_key, accelerator)
         if accelerator.is_main_process:
             if cached and views is not None:  # read once, by the process that reports it
                 views_acc = views_accuracy(task.cache["logits"], train.labels)
