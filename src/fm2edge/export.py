@@ -600,8 +600,7 @@ def export_job(job: ExportJob) -> dict:
                        "env": {"torch": torch.__version__, "onnxruntime": _ort().__version__,
                                "threads": cfg.threads or torch.get_num_threads(),
                                "cpu": f"{platform.machine()}, {torch.backends.cpu.get_cpu_capability()}"}})
-        drop = 100 * (acc["onnx_fp32"] - acc.get("onnx_int8", acc["onnx_fp32"]))
-        result["int8_drop_points"] = drop if cfg.int8 else None
+        result["int8_drop_points"] = 100 * (acc["onnx_fp32"] - acc["onnx_int8"]) if cfg.int8 else None
         atomic_write_json(tmp / "export.json", result)
     _print_table(result)
     _print_notes(result, cfg, size)

@@ -169,10 +169,9 @@ def pretrain_one(job: PretrainJob) -> dict:
     from fm2edge.config import proven_recipe, starts_trained, to_dict
     from fm2edge.device import environment
     from fm2edge.distill.teacher import (
-        build_teacher_cache,
         cache_dir_for,
         graph_folder,
-        load_teacher_cache,
+        share_teacher_cache,
         teacher_graph,
     )
     from fm2edge.models import create_model
@@ -212,13 +211,8 @@ def pretrain_one(job: PretrainJob) -> dict:
             what = {"pretrain": ["pooled", *(["map", task.grid] if task.dense is not None else [])]}
             cache_dir = cache_dir_for(job.data, cfg.teacher, f"{cfg.teacher}|{cfg.teacher_pretrained}", teacher,
                                       images, what, key, task.teacher_dtype(accelerator.device))
-            if accelerator.is_main_process:
-                build_teacher_cache(task, images.images, views, cache_dir, job.train.eval_batch_size,
-                                    accelerator.device)
-            accelerator.wait_for_everyone()
-            needed = ("pooled", "map") if task.dense is not None else ("pooled",)
-            task.cache = load_teacher_cache(cache_dir, len(images), needed, accelerator.device)
-            task.teacher_graph = None  # its outputs are all stored: the session and its memory go
+            share_teacher_cache(task, images.images, views, cache_dir, job.train.eval_batch_size, accelerator,
+                                ("pooled", "map") if task.dense is not None else ("pooled",))
         if accelerator.is_main_process:
             run.write_config(config)
             teaching = (f"{cfg.views} stored views per image, teacher features cached" if task.cache is not None

@@ -29,12 +29,11 @@ from fm2edge.config import (
 )
 from fm2edge.distill.losses import DIST, DKD, RKD, FeatureDistillation, KDLoss, MaskedCrossEntropy
 from fm2edge.distill.teacher import (
-    build_teacher_cache,
     cache_dir_for,
     graph_folder,
     limited,
     load_teacher,
-    load_teacher_cache,
+    share_teacher_cache,
     teacher_graph,
     teacher_logits,
     views_accuracy,
@@ -300,19 +299,6 @@ def with_unlabeled_images(job: DistillJob, train, accelerator):
     return train
 
 
-def cache_teacher(job: DistillJob, task: DistillTask, train, views, views_key: dict | None, accelerator) -> Path:
-    """The teacher's outputs on every training image (or stored view), built once by the main process and read by
-    every process into ``task.cache``; the teacher's graph is closed, as training reads the cache. Its folder."""
-    cache_dir = teacher_cache_dir(job, task.teacher, train, task.needs_features, views_key,
-                                  task.teacher_dtype(accelerator.device))
-    if accelerator.is_main_process:
-        build_teacher_cache(task, train.images, views, cache_dir, job.train.eval_batch_size, accelerator.device)
-    accelerator.wait_for_everyone()
-    task.cache = load_teacher_cache(cache_dir, len(train), task.needs_features, accelerator.device)
-    task.teacher_graph = None  # training reads its outputs from the cache: the session's memory goes
-    return cache_dir
-
-
 def distill_one(job: DistillJob) -> dict:
     from fm2edge.config import proven_recipe, starts_trained, to_dict
     from fm2edge.device import autocast_dtype, environment
@@ -356,7 +342,10 @@ def distill_one(job: DistillJob) -> dict:
         if views is not None:
             task.view_source = StoredViews(views)
         if cached:
-            cache_dir = cache_teacher(job, task, train, views, views_key, accelerator)
+            cache_dir = teacher_cache_dir(job, teacher, train, task.needs_features, views_key,
+                                          task.teacher_dtype(accelerator.device))
+            share_teacher_cache(task, train.images, views, cache_dir, job.train.eval_batch_size, accelerator,
+                                task.needs_features)
         if accelerator.is_main_process:
             if cached and views is not None:  # read once, by the process that reports it
                 views_acc = views_accuracy(task.cache["logits"], train.labels)

@@ -255,6 +255,18 @@ def load_teacher_cache(folder: Path, n: int, features: bool | tuple[str, ...],
     return {k: v.to(device) if device.type == "cuda" and k != "views" else v for k, v in out.items()}
 
 
+def share_teacher_cache(task, images: torch.Tensor, views: torch.Tensor | None, folder: Path, batch_size: int,
+                        accelerator, features: bool | tuple[str, ...]) -> None:
+    """The teacher's cache in ``folder``, built once by the main process (:func:`build_teacher_cache`) and read by
+    every process into ``task.cache`` (:func:`load_teacher_cache`); the teacher's graph is closed, as training reads
+    its outputs from the cache (the session's memory goes)."""
+    if accelerator.is_main_process:
+        build_teacher_cache(task, images, views, folder, batch_size, accelerator.device)
+    accelerator.wait_for_everyone()
+    task.cache = load_teacher_cache(folder, len(images), features, accelerator.device)
+    task.teacher_graph = None
+
+
 def views_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float | None:
     """How often the teacher's stored outputs (N, K, C) name the label on the views it was shown, over the labelled
     images (None without any): far below its accuracy on validation, the students are taught from views the
